@@ -1,0 +1,5 @@
+//! The `kvirt` command.
+
+fn main() {
+    println!("kvirt");
+}

@@ -1,0 +1,106 @@
+//! Paging formats: everything architecture-specific about a page table.
+//!
+//! The generic page table (`crate::page_table`) knows nothing about PTE bits.
+//! It asks a [`PagingFormat`] for the shape of the tree (levels, entries per
+//! node, the highest level that may hold a leaf) and to encode and decode
+//! single entries. Adding an architecture (RISC-V Sv39/Sv48, a tiny format
+//! for exhaustive testing) means writing one such type; no generic code
+//! changes.
+//!
+//! Every format uses 4 KiB nodes holding 64-bit entries (a format with fewer
+//! entries per node simply uses the start of the node).
+
+pub mod x86_64;
+
+use core::fmt::Debug;
+
+use crate::addr::{Paddr, PagingLevel, PAGE_SIZE};
+use crate::page_prop::PageProperty;
+
+/// What one page-table entry says, independent of its encoding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PteKind {
+    /// Nothing is mapped here.
+    Absent,
+    /// Points to a page-table node one level down.
+    Table(Paddr),
+    /// A leaf mapping `pa` (aligned to the page size of its level).
+    Page {
+        /// The physical address of the page.
+        pa: Paddr,
+        /// Its property, without any library bookkeeping bits.
+        prop: PageProperty,
+        /// The library's marker: the page is a tracked frame whose reference
+        /// the entry owns (as opposed to untracked memory such as MMIO).
+        tracked: bool,
+    },
+}
+
+/// The encoding and shape of one kind of page table.
+///
+/// Implementations are plain constant tables plus pure functions; they are
+/// trusted to be self-consistent, which the generic tests check
+/// (`decode(encode(x)) == x` for every property at every leaf level).
+pub trait PagingFormat: Copy + Debug + Send + Sync + 'static {
+    /// Number of levels; the root is at this level.
+    const NR_LEVELS: PagingLevel;
+    /// log2 of the number of entries in a node.
+    const ENTRY_BITS: u32;
+    /// The highest level at which a leaf (huge page) may be mapped.
+    const HIGHEST_LEAF_LEVEL: PagingLevel;
+    /// Physical addresses a leaf can express are below `1 << PA_BITS`.
+    const PA_BITS: u32;
+    /// Whether virtual addresses are sign-extended from bit `VA_BITS - 1`
+    /// (x86-64, RISC-V) rather than zero-extended.
+    const SIGN_EXTEND: bool;
+
+    /// Entries in one node.
+    const NR_ENTRIES: usize = 1 << Self::ENTRY_BITS;
+    /// Virtual address bits translated by the whole tree.
+    const VA_BITS: u32 = PAGE_SIZE.trailing_zeros() + Self::NR_LEVELS as u32 * Self::ENTRY_BITS;
+
+    /// Encodes a leaf mapping `pa` at `level` (`1..=HIGHEST_LEAF_LEVEL`).
+    /// `pa` is aligned to [`page_size::<Self>(level)`](page_size) and below
+    /// `1 << PA_BITS`; the generic code checks both before calling.
+    fn encode_page(pa: Paddr, level: PagingLevel, prop: PageProperty, tracked: bool) -> u64;
+
+    /// Encodes an entry pointing to a node at physical address `pa`.
+    fn encode_table(pa: Paddr) -> u64;
+
+    /// Decodes an entry found at `level`. Total: any 64-bit word decodes to
+    /// something, and an all-zero word is [`PteKind::Absent`].
+    fn decode(raw: u64, level: PagingLevel) -> PteKind;
+}
+
+/// The number of bytes a leaf at `level` maps in format `F`.
+#[must_use]
+#[inline]
+pub const fn page_size<F: PagingFormat>(level: PagingLevel) -> usize {
+    PAGE_SIZE << (F::ENTRY_BITS as usize * (level as usize - 1))
+}
+
+/// The index into a node at `level` that `va` selects.
+#[must_use]
+#[inline]
+pub const fn pte_index<F: PagingFormat>(va: usize, level: PagingLevel) -> usize {
+    (va >> (PAGE_SIZE.trailing_zeros() as usize + F::ENTRY_BITS as usize * (level as usize - 1)))
+        & (F::NR_ENTRIES - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::x86_64::X86_64;
+    use super::*;
+
+    #[test]
+    fn x86_64_page_sizes_and_indices() {
+        assert_eq!(page_size::<X86_64>(1), 4096);
+        assert_eq!(page_size::<X86_64>(2), 2 << 20);
+        assert_eq!(page_size::<X86_64>(3), 1 << 30);
+        assert_eq!(page_size::<X86_64>(4), 512 << 30);
+        assert_eq!(X86_64::VA_BITS, 48);
+        let va = 0xffff_c000_1234_5000usize;
+        assert_eq!(pte_index::<X86_64>(va, 4), 384);
+        assert_eq!(pte_index::<X86_64>(va, 1), 0x145);
+    }
+}

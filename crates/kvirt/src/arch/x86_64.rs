@@ -1,0 +1,240 @@
+//! The x86-64 4-level paging format (48-bit virtual addresses).
+//!
+//! Entry bits used (Intel SDM vol. 3, 4.5):
+//!
+//! ```text
+//!  63   62..53  52..M  M-1..12      11  10   9     8  7     6  5  4   3   2  1  0
+//!  NX   ign     frame address       ign NONE TRACK G  PS/PAT D  A  PCD PWT U  W  P
+//! ```
+//!
+//! * `P` is set exactly when the mapping is readable. A mapping without
+//!   [`PageFlags::R`] keeps `P` clear and sets the software bit `NONE` (10),
+//!   so it stays a mapping to the library while every access faults.
+//! * `TRACK` (software bit 9) is the library's "tracked frame" marker. It is
+//!   never part of a decoded [`PageProperty`].
+//! * Bit 7 is `PS` (huge page) at levels 2 and 3, and the `PAT` bit of a
+//!   4 KiB leaf at level 1. A huge leaf keeps its `PAT` bit at bit 12.
+//! * Cache policies use the PAT layout [`PAT_MSR_VALUE`], which a kernel must
+//!   load into `IA32_PAT` (MSR 0x277) before using kvirt's mappings:
+//!
+//! | PAT index (PAT,PCD,PWT) | memory type | [`CachePolicy`] |
+//! |---|---|---|
+//! | 0 (000) | WB  | `Writeback` |
+//! | 1 (001) | WT  | `Writethrough` |
+//! | 2 (010) | UC- | (decodes as `Uncacheable`) |
+//! | 3 (011) | UC  | `Uncacheable` |
+//! | 4 (100) | WC  | `WriteCombining` |
+//! | 5 (101) | WP  | `WriteProtected` |
+//! | 6 (110) | UC- | (decodes as `Uncacheable`) |
+//! | 7 (111) | UC  | (decodes as `Uncacheable`) |
+//!
+//! Table entries are `P | W | U` plus the address, so that the leaf alone
+//! decides access rights.
+
+use super::{PagingFormat, PteKind};
+use crate::addr::{Paddr, PagingLevel};
+use crate::page_prop::{CachePolicy, PageFlags, PageProperty, PrivilegedPageFlags};
+
+/// The x86-64 4-level paging format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct X86_64;
+
+/// The value for `IA32_PAT` that the cache-policy encoding assumes.
+pub const PAT_MSR_VALUE: u64 = 0x0007_0501_0007_0406;
+
+const P: u64 = 1 << 0;
+const W: u64 = 1 << 1;
+const U: u64 = 1 << 2;
+const PWT: u64 = 1 << 3;
+const PCD: u64 = 1 << 4;
+const A: u64 = 1 << 5;
+const D: u64 = 1 << 6;
+const PS: u64 = 1 << 7;
+const PAT_4K: u64 = 1 << 7;
+const G: u64 = 1 << 8;
+const TRACKED: u64 = 1 << 9;
+const NONE: u64 = 1 << 10;
+const PAT_HUGE: u64 = 1 << 12;
+const NX: u64 = 1 << 63;
+const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+
+impl X86_64 {
+    const fn addr_mask(level: PagingLevel) -> u64 {
+        match level {
+            1 => ADDR_MASK,
+            2 => ADDR_MASK & !((1 << 21) - 1),
+            _ => ADDR_MASK & !((1 << 30) - 1),
+        }
+    }
+
+    const fn pat_bit(level: PagingLevel) -> u64 {
+        if level == 1 {
+            PAT_4K
+        } else {
+            PAT_HUGE
+        }
+    }
+}
+
+impl PagingFormat for X86_64 {
+    const NR_LEVELS: PagingLevel = 4;
+    const ENTRY_BITS: u32 = 9;
+    const HIGHEST_LEAF_LEVEL: PagingLevel = 3;
+    const PA_BITS: u32 = 52;
+    const SIGN_EXTEND: bool = true;
+
+    fn encode_page(pa: Paddr, level: PagingLevel, prop: PageProperty, tracked: bool) -> u64 {
+        debug_assert!((1..=3).contains(&level));
+        debug_assert_eq!(pa as u64 & !Self::addr_mask(level), 0, "unencodable frame address");
+        let mut raw = pa as u64;
+        let f = prop.flags;
+        raw |= if f.contains(PageFlags::R) { P } else { NONE };
+        if f.contains(PageFlags::W) {
+            raw |= W;
+        }
+        if !f.contains(PageFlags::X) {
+            raw |= NX;
+        }
+        if f.contains(PageFlags::ACCESSED) {
+            raw |= A;
+        }
+        if f.contains(PageFlags::DIRTY) {
+            raw |= D;
+        }
+        if prop.priv_flags.contains(PrivilegedPageFlags::USER) {
+            raw |= U;
+        }
+        if prop.priv_flags.contains(PrivilegedPageFlags::GLOBAL) {
+            raw |= G;
+        }
+        let pat = Self::pat_bit(level);
+        raw |= match prop.cache {
+            CachePolicy::Writeback => 0,
+            CachePolicy::Writethrough => PWT,
+            CachePolicy::Uncacheable => PCD | PWT,
+            CachePolicy::WriteCombining => pat,
+            CachePolicy::WriteProtected => pat | PWT,
+        };
+        if level > 1 {
+            raw |= PS;
+        }
+        if tracked {
+            raw |= TRACKED;
+        }
+        raw
+    }
+
+    fn encode_table(pa: Paddr) -> u64 {
+        debug_assert_eq!(pa as u64 & !ADDR_MASK, 0, "unencodable table address");
+        pa as u64 | P | W | U
+    }
+
+    fn decode(raw: u64, level: PagingLevel) -> PteKind {
+        if raw & (P | NONE) == 0 {
+            return PteKind::Absent;
+        }
+        let is_leaf = level == 1 || (level <= Self::HIGHEST_LEAF_LEVEL && raw & PS != 0);
+        if !is_leaf {
+            return PteKind::Table((raw & ADDR_MASK) as Paddr);
+        }
+        let mut flags = PageFlags::empty();
+        flags.set(PageFlags::R, raw & P != 0);
+        flags.set(PageFlags::W, raw & W != 0);
+        flags.set(PageFlags::X, raw & NX == 0);
+        flags.set(PageFlags::ACCESSED, raw & A != 0);
+        flags.set(PageFlags::DIRTY, raw & D != 0);
+        let mut priv_flags = PrivilegedPageFlags::empty();
+        priv_flags.set(PrivilegedPageFlags::USER, raw & U != 0);
+        priv_flags.set(PrivilegedPageFlags::GLOBAL, raw & G != 0);
+        let pat_index =
+            (raw & Self::pat_bit(level) != 0) as u8 * 4 + (raw & PCD != 0) as u8 * 2 + (raw & PWT != 0) as u8;
+        let cache = match pat_index {
+            0 => CachePolicy::Writeback,
+            1 => CachePolicy::Writethrough,
+            4 => CachePolicy::WriteCombining,
+            5 => CachePolicy::WriteProtected,
+            _ => CachePolicy::Uncacheable,
+        };
+        PteKind::Page {
+            pa: (raw & Self::addr_mask(level)) as Paddr,
+            prop: PageProperty { flags, cache, priv_flags },
+            tracked: raw & TRACKED != 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::page_size;
+
+    #[test]
+    fn zeroed_pte_is_absent_at_every_level() {
+        for level in 1..=4 {
+            assert_eq!(X86_64::decode(0, level), PteKind::Absent);
+        }
+    }
+
+    #[test]
+    fn every_property_round_trips_at_every_leaf_level() {
+        for level in 1..=X86_64::HIGHEST_LEAF_LEVEL {
+            let pa = 3 * page_size::<X86_64>(level);
+            for prop in PageProperty::all() {
+                for tracked in [false, true] {
+                    let raw = X86_64::encode_page(pa, level, prop, tracked);
+                    assert_eq!(
+                        X86_64::decode(raw, level),
+                        PteKind::Page { pa, prop, tracked },
+                        "level {level} prop {prop:?} tracked {tracked}: raw {raw:#x}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tracked_marker_never_changes_the_property() {
+        let prop = PageProperty::new_kernel(PageFlags::RW, CachePolicy::Writeback);
+        let with = X86_64::encode_page(0x5000, 1, prop, true);
+        let without = X86_64::encode_page(0x5000, 1, prop, false);
+        assert_eq!(with ^ without, TRACKED);
+        let (PteKind::Page { prop: p1, .. }, PteKind::Page { prop: p2, .. }) =
+            (X86_64::decode(with, 1), X86_64::decode(without, 1))
+        else {
+            panic!("leaf did not decode as a page");
+        };
+        assert_eq!(p1, p2);
+    }
+
+    #[test]
+    fn table_entry_round_trips_and_is_not_a_leaf() {
+        for level in 2..=4 {
+            let raw = X86_64::encode_table(0x1234_5000);
+            assert_eq!(X86_64::decode(raw, level), PteKind::Table(0x1234_5000));
+        }
+    }
+
+    #[test]
+    fn huge_pages_keep_pat_at_bit_12_and_address_above_it() {
+        let prop = PageProperty::new_kernel(PageFlags::RW, CachePolicy::WriteCombining);
+        let raw = X86_64::encode_page(0x4000_0000, 3, prop, false);
+        assert_ne!(raw & PAT_HUGE, 0);
+        assert_ne!(raw & PS, 0);
+        assert_eq!(raw & ADDR_MASK & !PAT_HUGE, 0x4000_0000);
+    }
+
+    #[test]
+    fn unreadable_mapping_is_not_present_to_hardware_but_decodes() {
+        let prop = PageProperty::new_kernel(PageFlags::W, CachePolicy::Writeback);
+        let raw = X86_64::encode_page(0x2000, 1, prop, false);
+        assert_eq!(raw & P, 0);
+        assert!(matches!(X86_64::decode(raw, 1), PteKind::Page { pa: 0x2000, .. }));
+    }
+
+    #[test]
+    fn pat_msr_value_matches_the_table() {
+        // WB=06 WT=04 UC-=07 UC=00 WC=01 WP=05, one byte per PAT index.
+        let bytes = PAT_MSR_VALUE.to_le_bytes();
+        assert_eq!(bytes, [0x06, 0x04, 0x07, 0x00, 0x01, 0x05, 0x07, 0x00]);
+    }
+}

@@ -1,0 +1,342 @@
+//! Frame metadata: one fixed-size slot per physical page.
+//!
+//! ```text
+//!   physical memory                      metadata array (in RAM, 64 B a slot)
+//!  +---------+---------+---------+      +--------+--------+--------+
+//!  | page 0  | page 1  | page 2  | ...  | slot 0 | slot 1 | slot 2 | ...
+//!  +---------+---------+---------+      +--------+--------+--------+
+//!                                        slot i describes page i
+//!
+//!  one slot:  | storage: 40 B | ref_count: 8 B | vtable: 8 B | owner: 8 B |
+//! ```
+//!
+//! The array lives in physical pages that the kernel space reserves at
+//! start-up and reaches through the platform's physical window, so a
+//! 4 GiB machine needs 64 MiB of it. All-zero bytes are a valid slot in the
+//! [`REF_COUNT_UNUSED`] state, so the array needs no initialisation pass and,
+//! on the hosted machine, costs nothing until touched.
+//!
+//! ## Reference count states
+//!
+//! | value | meaning |
+//! |---|---|
+//! | [`REF_COUNT_UNUSED`] (0) | free, or never allocatable; storage is uninitialised |
+//! | `1..=`[`REF_COUNT_MAX`] | in use by that many references (handles, page-table entries, segments) |
+//! | [`REF_COUNT_UNIQUE`] | reserved for exclusively owned frames (no shared handles) |
+//! | [`REF_COUNT_BUSY`] | being built or torn down by the one thread that holds it |
+//!
+//! A slot goes `UNUSED -> BUSY -> 1` when allocated (the metadata is written
+//! while `BUSY`), moves within `1..=MAX` as references come and go, and goes
+//! `1 -> BUSY -> UNUSED` when the last reference is dropped (the drop hook
+//! and the metadata destructor run while `BUSY`). Counting past `MAX` aborts:
+//! it cannot happen without leaking 2^63 references.
+//!
+//! ## Typed metadata
+//!
+//! A frame's metadata is any `M: AnyFrameMeta` of at most
+//! [`META_STORAGE_SIZE`] bytes and alignment at most 8, stored in place.
+//! The slot also stores a function that turns the storage address into a
+//! `*const dyn AnyFrameMeta`, which is how `Frame<dyn AnyFrameMeta>` finds
+//! the concrete type (and its drop hook) without nightly pointer metadata.
+
+use core::any::Any;
+use core::cell::UnsafeCell;
+use core::fmt::{self, Debug};
+use core::mem::{align_of, size_of, MaybeUninit};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::addr::Paddr;
+
+/// The size of one metadata slot.
+pub const META_SLOT_SIZE: usize = 64;
+/// The room for a frame's metadata value inside its slot.
+pub const META_STORAGE_SIZE: usize = 40;
+
+/// The count of a free slot.
+pub const REF_COUNT_UNUSED: u64 = 0;
+/// The largest count of a shared frame.
+pub const REF_COUNT_MAX: u64 = i64::MAX as u64;
+/// The count of an exclusively owned frame.
+pub const REF_COUNT_UNIQUE: u64 = u64::MAX - 1;
+/// The count of a slot being built or torn down.
+pub const REF_COUNT_BUSY: u64 = u64::MAX;
+
+/// Metadata of a frame.
+///
+/// Implement it for a type to allocate frames carrying that type
+/// (`FrameAllocOptions::alloc_frame_with`). The type must fit in
+/// [`META_STORAGE_SIZE`] bytes with alignment at most 8 (checked at compile
+/// time when a frame is created).
+pub trait AnyFrameMeta: Any + Send + Sync + Debug {
+    /// Called once when the last reference to the frame is dropped, before
+    /// the metadata is dropped and the page is returned to the allocator.
+    /// `paddr` is the frame's physical address.
+    fn on_drop(&mut self, paddr: Paddr) {
+        let _ = paddr;
+    }
+
+    /// The metadata as untyped metadata, if the frame's contents are plain
+    /// bytes that any holder may read and write. Implement
+    /// [`AnyUFrameMeta`] with [`impl_untyped_frame_meta!`](crate::impl_untyped_frame_meta)
+    /// instead of overriding this by hand.
+    fn as_untyped(&self) -> Option<&dyn AnyUFrameMeta> {
+        None
+    }
+
+    /// `self` as [`Any`], for down-casts.
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// Metadata of a frame whose contents are untyped bytes.
+///
+/// Frames with such metadata convert to [`UFrame`](super::UFrame), which
+/// offers byte access. Implement it through
+/// [`impl_untyped_frame_meta!`](crate::impl_untyped_frame_meta), which also
+/// implements [`AnyFrameMeta`] consistently.
+pub trait AnyUFrameMeta: AnyFrameMeta {}
+
+/// Implements [`AnyFrameMeta`] and [`AnyUFrameMeta`] for a type whose frames
+/// hold plain bytes.
+///
+/// ```
+/// #[derive(Debug)]
+/// struct BufferMeta { id: u32 }
+/// kvirt::impl_untyped_frame_meta!(BufferMeta);
+/// ```
+#[macro_export]
+macro_rules! impl_untyped_frame_meta {
+    ($t:ty) => {
+        impl $crate::frame::AnyFrameMeta for $t {
+            fn as_untyped(&self) -> ::core::option::Option<&dyn $crate::frame::AnyUFrameMeta> {
+                ::core::option::Option::Some(self)
+            }
+            fn as_any(&self) -> &dyn ::core::any::Any {
+                self
+            }
+        }
+        impl $crate::frame::AnyUFrameMeta for $t {}
+    };
+}
+
+/// Implements [`AnyFrameMeta`] for a type whose frames are not plain bytes
+/// (their contents are managed by whoever owns the metadata type).
+#[macro_export]
+macro_rules! impl_frame_meta {
+    ($t:ty) => {
+        impl $crate::frame::AnyFrameMeta for $t {
+            fn as_any(&self) -> &dyn ::core::any::Any {
+                self
+            }
+        }
+    };
+}
+
+impl_untyped_frame_meta!(());
+
+/// Turns a storage address into a fat pointer to the stored metadata.
+pub(crate) type AsDynFn = fn(*const u8) -> *const dyn AnyFrameMeta;
+
+fn as_dyn<M: AnyFrameMeta>(storage: *const u8) -> *const dyn AnyFrameMeta {
+    storage.cast::<M>() as *const dyn AnyFrameMeta
+}
+
+/// One metadata slot. See the module documentation for the states.
+///
+/// Public only because [`MetaPtr`] names it; it has no public methods.
+#[doc(hidden)]
+#[repr(C)]
+pub struct MetaSlot {
+    /// The metadata value. Initialised exactly while the count is not
+    /// `UNUSED`; written only in the `BUSY` state; shared (`&M`) otherwise.
+    storage: UnsafeCell<[MaybeUninit<u64>; META_STORAGE_SIZE / 8]>,
+    /// The reference count and state (module documentation).
+    pub(super) ref_count: AtomicU64,
+    /// How to view `storage` as `dyn AnyFrameMeta`. Initialised with it.
+    vtable: UnsafeCell<MaybeUninit<AsDynFn>>,
+    /// The physical memory this slot belongs to. Written while `BUSY` at
+    /// allocation; read by handles to find their allocator.
+    owner: UnsafeCell<*const super::PhysMem>,
+}
+
+const _: () = assert!(size_of::<MetaSlot>() == META_SLOT_SIZE);
+const _: () = assert!(align_of::<MetaSlot>() <= 8);
+
+// SAFETY: `storage`, `vtable` and `owner` are written only by the one thread
+// that moved the slot to `BUSY`, and read only by holders of a reference,
+// which synchronise with that writer through the Release/Acquire operations
+// on `ref_count`. Metadata types are `Send + Sync`.
+unsafe impl Sync for MetaSlot {}
+
+impl fmt::Debug for MetaSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MetaSlot").field("ref_count", &self.ref_count()).finish_non_exhaustive()
+    }
+}
+
+impl MetaSlot {
+    /// Moves a free slot to `BUSY` and writes `meta` into it, then makes it
+    /// a frame with one reference.
+    ///
+    /// Returns `Err(meta)` back if the slot was not free.
+    pub(super) fn init<M: AnyFrameMeta>(&self, meta: M, owner: *const super::PhysMem) -> Result<(), M> {
+        const { assert!(size_of::<M>() <= META_STORAGE_SIZE, "frame metadata too large") };
+        const { assert!(align_of::<M>() <= 8, "frame metadata over-aligned") };
+        if self
+            .ref_count
+            .compare_exchange(REF_COUNT_UNUSED, REF_COUNT_BUSY, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return Err(meta);
+        }
+        // SAFETY: the slot is `BUSY` and we made it so: no other thread reads
+        // or writes these fields until the Release store below. The storage
+        // is 8-aligned and large enough for `M` (checked above).
+        unsafe {
+            self.storage.get().cast::<M>().write(meta);
+            self.vtable.get().write(MaybeUninit::new(as_dyn::<M> as AsDynFn));
+            self.owner.get().write(owner);
+        }
+        self.ref_count.store(1, Ordering::Release);
+        Ok(())
+    }
+
+    /// Adds one reference to a slot that has at least one.
+    pub(super) fn inc_ref(&self) {
+        let old = self.ref_count.fetch_add(1, Ordering::Relaxed);
+        debug_assert!(old != REF_COUNT_UNUSED && old != REF_COUNT_BUSY, "new reference to a dead frame");
+        if old >= REF_COUNT_MAX {
+            ref_count_overflow();
+        }
+    }
+
+    /// Drops one reference. Returns `true` if it was the last one; the slot
+    /// is then `BUSY` and the caller must call [`Self::tear_down`].
+    pub(super) fn dec_ref(&self) -> bool {
+        let old = self.ref_count.fetch_sub(1, Ordering::Release);
+        debug_assert!((1..=REF_COUNT_MAX).contains(&old), "dropped a reference to a dead frame");
+        if old == 1 {
+            // Pairs with the Release decrements of the other references, so
+            // every use of the frame happens before its teardown.
+            core::sync::atomic::fence(Ordering::Acquire);
+            self.ref_count.store(REF_COUNT_BUSY, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Runs the drop hook and the destructor of the metadata and frees the
+    /// slot.
+    ///
+    /// # Safety
+    ///
+    /// The caller moved the slot to `BUSY` through [`Self::dec_ref`]
+    /// returning `true`, and calls this once.
+    pub(super) unsafe fn tear_down(&self, paddr: Paddr) {
+        // SAFETY: the slot is `BUSY` and owned by this thread (caller
+        // contract), so the metadata is initialised and nobody else
+        // accesses it; the vtable was written with it.
+        unsafe {
+            let meta = self.as_dyn_ptr().cast_mut();
+            (*meta).on_drop(paddr);
+            core::ptr::drop_in_place(meta);
+        }
+        self.ref_count.store(REF_COUNT_UNUSED, Ordering::Release);
+    }
+
+    /// The metadata as a `dyn` pointer.
+    ///
+    /// # Safety
+    ///
+    /// The slot holds metadata: the caller owns a reference or the `BUSY`
+    /// state.
+    pub(super) unsafe fn as_dyn_ptr(&self) -> *const dyn AnyFrameMeta {
+        // SAFETY: initialised together with the metadata (caller contract).
+        let vtable = unsafe { (*self.vtable.get()).assume_init() };
+        vtable(self.storage.get().cast::<u8>())
+    }
+
+    /// The address of the storage, for sized metadata.
+    pub(crate) fn storage_ptr(&self) -> *const u8 {
+        self.storage.get().cast::<u8>()
+    }
+
+    /// The physical memory the slot belongs to.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns a reference to the frame.
+    pub(super) unsafe fn owner(&self) -> *const super::PhysMem {
+        // SAFETY: written at allocation, before the Release store that the
+        // caller's reference synchronises with; never written while the
+        // frame is alive.
+        unsafe { *self.owner.get() }
+    }
+
+    /// The current count (a snapshot).
+    pub(crate) fn ref_count(&self) -> u64 {
+        self.ref_count.load(Ordering::Relaxed)
+    }
+}
+
+#[cold]
+fn ref_count_overflow() -> ! {
+    #[cfg(feature = "std")]
+    {
+        extern crate std;
+        std::eprintln!("kvirt: frame reference count overflow");
+        std::process::abort();
+    }
+    #[cfg(not(feature = "std"))]
+    panic!("kvirt: frame reference count overflow");
+}
+
+/// Types whose pointer can be rebuilt from a slot: every sized metadata type
+/// and the two `dyn` metadata types.
+///
+/// # Safety
+///
+/// `from_slot` must return a pointer to the metadata value stored in `slot`
+/// when `slot` holds metadata of type `Self` (or, for the `dyn` types, any
+/// metadata that the `dyn` type can view).
+pub unsafe trait MetaPtr: 'static {
+    /// The metadata of `slot` as `*const Self`, or `None` if the stored
+    /// metadata cannot be viewed as `Self`.
+    ///
+    /// # Safety
+    ///
+    /// The slot holds metadata (the caller owns a reference).
+    #[doc(hidden)]
+    unsafe fn from_slot(slot: &MetaSlot) -> Option<*const Self>;
+}
+
+// SAFETY: the slot stores an `M` at the start of the storage; the type check
+// makes `None` the answer for any other type.
+unsafe impl<M: AnyFrameMeta> MetaPtr for M {
+    unsafe fn from_slot(slot: &MetaSlot) -> Option<*const Self> {
+        // SAFETY: the slot holds metadata (caller contract).
+        let dyn_ptr = unsafe { slot.as_dyn_ptr() };
+        // SAFETY: the pointer targets initialised metadata that lives while
+        // the caller's reference does.
+        let is_m = unsafe { (*dyn_ptr).as_any().is::<M>() };
+        is_m.then(|| slot.storage_ptr().cast::<M>())
+    }
+}
+
+// SAFETY: the vtable function stored with the metadata builds exactly this.
+unsafe impl MetaPtr for dyn AnyFrameMeta {
+    unsafe fn from_slot(slot: &MetaSlot) -> Option<*const Self> {
+        // SAFETY: the slot holds metadata (caller contract).
+        Some(unsafe { slot.as_dyn_ptr() })
+    }
+}
+
+// SAFETY: `as_untyped` returns a reference to the same stored value.
+unsafe impl MetaPtr for dyn AnyUFrameMeta {
+    unsafe fn from_slot(slot: &MetaSlot) -> Option<*const Self> {
+        // SAFETY: the slot holds metadata (caller contract), alive while the
+        // caller's reference is.
+        let meta = unsafe { &*slot.as_dyn_ptr() };
+        meta.as_untyped().map(|m| m as *const dyn AnyUFrameMeta)
+    }
+}

@@ -1,0 +1,439 @@
+//! Physical frames: metadata, handles, segments and the allocator.
+//!
+//! Every physical page below [`max_paddr`] has a metadata slot ([`meta`]
+//! module docs show the layout and the reference-count states). Handles are
+//! thin pointers to slots:
+//!
+//! | handle | holds | use |
+//! |---|---|---|
+//! | [`Frame<M>`] | one reference | typed metadata `M`, or `dyn AnyFrameMeta` |
+//! | [`UFrame`] | one reference | untyped bytes, readable and writable |
+//! | [`FrameRef`] | nothing | a borrow of a frame owned elsewhere (a page-table entry) |
+//! | [`Segment<M>`] | one reference per page | a physically contiguous run |
+//!
+//! Dropping the last reference runs the metadata's drop hook and returns the
+//! page to the allocator of the kernel space it came from. Each slot records
+//! that owner, so handles stay one word and independent kernel spaces (many
+//! per test process) never mix their pages.
+//!
+//! The allocator ([`buddy`]) is a buddy system: O(log n) per allocation,
+//! LIFO reuse of freed pages.
+
+mod buddy;
+mod bytes;
+mod handle;
+pub(crate) mod meta;
+mod segment;
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::fmt;
+use core::ops::Range;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+pub use handle::{Frame, FrameRef, UFrame};
+pub use meta::{
+    AnyFrameMeta, AnyUFrameMeta, META_SLOT_SIZE, META_STORAGE_SIZE, REF_COUNT_BUSY, REF_COUNT_MAX,
+    REF_COUNT_UNIQUE, REF_COUNT_UNUSED,
+};
+#[doc(hidden)]
+pub use meta::{MetaPtr, MetaSlot};
+pub use segment::{Segment, SegmentError, USegment};
+
+use self::buddy::BuddyAllocator;
+use crate::addr::{is_page_aligned, Paddr, PAGE_SIZE};
+use crate::kspace::KernelSpace;
+use crate::platform::{MemoryRegion, MemoryRegionKind, Platform};
+
+/// Why a frame allocation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameAllocError {
+    /// A segment of zero pages was requested.
+    ZeroLength,
+    /// No free run of the requested length exists.
+    OutOfMemory,
+}
+
+impl fmt::Display for FrameAllocError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameAllocError::ZeroLength => f.write_str("a segment must have at least one page"),
+            FrameAllocError::OutOfMemory => f.write_str("out of physical memory"),
+        }
+    }
+}
+
+/// Why a byte access to an untyped frame or segment failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameAccessError {
+    /// `offset + len` is past the end (or overflows).
+    OutOfBounds {
+        /// The requested offset.
+        offset: usize,
+        /// The requested length.
+        len: usize,
+        /// The size of the frame or segment.
+        size: usize,
+    },
+}
+
+impl fmt::Display for FrameAccessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameAccessError::OutOfBounds { offset, len, size } => {
+                write!(f, "access of {len} bytes at offset {offset:#x} is out of bounds of {size:#x} bytes")
+            }
+        }
+    }
+}
+
+/// Options for allocating frames and segments.
+///
+/// Frames are zeroed unless [`zeroed(false)`](Self::zeroed) is set.
+/// [`new`](Self::new) allocates from the process-wide default kernel space;
+/// [`new_in`](Self::new_in) from an explicit one.
+#[derive(Clone, Copy, Debug)]
+pub struct FrameAllocOptions<'a> {
+    zeroed: bool,
+    space: Option<&'a KernelSpace>,
+}
+
+impl Default for FrameAllocOptions<'static> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FrameAllocOptions<'static> {
+    /// Options for the default kernel space, zeroing on.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self { zeroed: true, space: None }
+    }
+}
+
+impl<'a> FrameAllocOptions<'a> {
+    /// Options for `space`, zeroing on.
+    #[must_use]
+    pub const fn new_in(space: &'a KernelSpace) -> Self {
+        Self { zeroed: true, space: Some(space) }
+    }
+
+    /// Whether to zero the frames (default `true`).
+    #[must_use]
+    pub const fn zeroed(mut self, zeroed: bool) -> Self {
+        self.zeroed = zeroed;
+        self
+    }
+
+    fn phys(&self) -> &'a PhysMem {
+        match self.space {
+            Some(space) => space.phys(),
+            None => KernelSpace::global().phys(),
+        }
+    }
+
+    /// Allocates one frame with `()` metadata.
+    pub fn alloc_frame(&self) -> Result<Frame<()>, FrameAllocError> {
+        self.alloc_frame_with(())
+    }
+
+    /// Allocates one frame with metadata `meta`.
+    pub fn alloc_frame_with<M: AnyFrameMeta>(&self, meta: M) -> Result<Frame<M>, FrameAllocError> {
+        let phys = self.phys();
+        let pa = phys.alloc_pages(1, self.zeroed)?;
+        // SAFETY: the page was just handed out by the allocator, so its slot
+        // is free and no one else refers to it.
+        Ok(unsafe { phys.init_frame(pa, meta) })
+    }
+
+    /// Allocates `nr_pages` contiguous frames with `()` metadata.
+    pub fn alloc_segment(&self, nr_pages: usize) -> Result<Segment<()>, FrameAllocError> {
+        self.alloc_segment_with(nr_pages, |_| ())
+    }
+
+    /// Allocates `nr_pages` contiguous frames, the metadata of each made by
+    /// `meta` from its physical address.
+    pub fn alloc_segment_with<M: AnyFrameMeta, F: FnMut(Paddr) -> M>(
+        &self,
+        nr_pages: usize,
+        mut meta: F,
+    ) -> Result<Segment<M>, FrameAllocError> {
+        if nr_pages == 0 {
+            return Err(FrameAllocError::ZeroLength);
+        }
+        let phys = self.phys();
+        let start = phys.alloc_pages(nr_pages, self.zeroed)?;
+        for i in 0..nr_pages {
+            let pa = start + i * PAGE_SIZE;
+            // SAFETY: the run was just handed out by the allocator; the
+            // `Frame` made here is forgotten so the segment owns its
+            // reference.
+            core::mem::forget(unsafe { phys.init_frame(pa, meta(pa)) });
+        }
+        // SAFETY: every page of the run now holds one reference with `M`
+        // metadata, which the segment takes over.
+        Ok(unsafe { Segment::from_raw_parts(phys, start..start + nr_pages * PAGE_SIZE) })
+    }
+}
+
+/// The highest physical address of RAM (exclusive) in the default kernel
+/// space: every page below it has a metadata slot.
+#[must_use]
+pub fn max_paddr() -> Paddr {
+    KernelSpace::global().phys().max_paddr()
+}
+
+/// Why physical memory could not be set up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PhysMemError {
+    /// A memory-map region is not page aligned or is empty.
+    BadRegion(MemoryRegion),
+    /// Memory-map regions overlap.
+    OverlappingRegions,
+    /// No usable region can hold the metadata array.
+    NoRoomForMetadata {
+        /// The bytes needed.
+        needed: usize,
+    },
+    /// The memory map has no RAM.
+    NoRam,
+}
+
+impl fmt::Display for PhysMemError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PhysMemError::BadRegion(r) => write!(f, "memory region {r:x?} is empty or not page aligned"),
+            PhysMemError::OverlappingRegions => f.write_str("memory-map regions overlap"),
+            PhysMemError::NoRoomForMetadata { needed } => {
+                write!(f, "no usable region can hold {needed:#x} bytes of frame metadata")
+            }
+            PhysMemError::NoRam => f.write_str("the memory map has no RAM"),
+        }
+    }
+}
+
+/// Usage counters of physical memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PhysStats {
+    /// Pages the allocator manages (usable RAM minus the metadata array).
+    pub total_pages: usize,
+    /// Pages free in the allocator.
+    pub free_pages: usize,
+    /// Pages handed out (`total_pages - free_pages`).
+    pub used_pages: usize,
+    /// Pages used as page-table nodes (a subset of `used_pages`).
+    pub page_table_pages: usize,
+}
+
+/// The physical memory of one kernel space: the platform, the metadata
+/// array and the allocator.
+pub(crate) struct PhysMem {
+    platform: Box<dyn Platform>,
+    /// `platform.phys_base()`, read once.
+    base: NonNull<u8>,
+    /// The metadata array: slot `i` describes page `i`. Lives in RAM at
+    /// physical `meta_range`, reached through `base`.
+    slots: NonNull<MetaSlot>,
+    meta_range: Range<Paddr>,
+    /// RAM ends here; slots exist for every page below.
+    max_paddr: Paddr,
+    /// Ranges the allocator may hand out, sorted (usable RAM minus the
+    /// metadata array). Nothing outside them is ever allocated.
+    allocatable: Vec<Range<Paddr>>,
+    allocator: spin::Mutex<BuddyAllocator>,
+    /// Page-table nodes alive (attached or waiting for reclamation).
+    pub(crate) page_table_pages: AtomicUsize,
+}
+
+// SAFETY: the raw pointers target RAM that the platform keeps valid and
+// shareable (Platform safety contract 1); all mutation of shared state goes
+// through atomics or the allocator lock.
+unsafe impl Send for PhysMem {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for PhysMem {}
+
+impl fmt::Debug for PhysMem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PhysMem")
+            .field("platform", &self.platform)
+            .field("max_paddr", &format_args!("{:#x}", self.max_paddr))
+            .field("meta_range", &format_args!("{:#x?}", self.meta_range))
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl PhysMem {
+    /// Sets up the metadata array and the allocator over `memory_map`.
+    pub(crate) fn new(
+        platform: Box<dyn Platform>,
+        memory_map: &[MemoryRegion],
+        ram_is_zeroed: bool,
+    ) -> Result<Self, PhysMemError> {
+        let mut ram: Vec<MemoryRegion> =
+            memory_map.iter().filter(|r| r.kind != MemoryRegionKind::Device).cloned().collect();
+        ram.sort_by_key(|r| r.range.start);
+        for r in &ram {
+            if r.range.is_empty() || !is_page_aligned(r.range.start) || !is_page_aligned(r.range.end) {
+                return Err(PhysMemError::BadRegion(r.clone()));
+            }
+        }
+        if ram.windows(2).any(|w| w[0].range.end > w[1].range.start) {
+            return Err(PhysMemError::OverlappingRegions);
+        }
+        let max_paddr = ram.last().ok_or(PhysMemError::NoRam)?.range.end;
+        let nr_pages = max_paddr / PAGE_SIZE;
+        let meta_bytes = crate::addr::align_up(nr_pages * META_SLOT_SIZE, PAGE_SIZE);
+        let meta_start = ram
+            .iter()
+            .filter(|r| r.kind == MemoryRegionKind::Usable && r.range.len() >= meta_bytes)
+            .map(|r| r.range.start)
+            .next()
+            .ok_or(PhysMemError::NoRoomForMetadata { needed: meta_bytes })?;
+        let meta_range = meta_start..meta_start + meta_bytes;
+
+        let mut allocatable = Vec::new();
+        for r in ram.iter().filter(|r| r.kind == MemoryRegionKind::Usable) {
+            for piece in [
+                r.range.start..r.range.end.min(meta_range.start),
+                r.range.start.max(meta_range.end)..r.range.end,
+            ] {
+                if !piece.is_empty() {
+                    allocatable.push(piece);
+                }
+            }
+        }
+        let mut allocator = BuddyAllocator::new(nr_pages);
+        for r in &allocatable {
+            allocator.add_free_range(r.start / PAGE_SIZE..r.end / PAGE_SIZE);
+        }
+
+        let base = platform.phys_base();
+        // SAFETY: `meta_range` is RAM, reachable at `base + pa` (Platform
+        // contract 1).
+        let slots = unsafe { NonNull::new_unchecked(base.as_ptr().add(meta_range.start)) }.cast::<MetaSlot>();
+        if !ram_is_zeroed {
+            // SAFETY: the metadata array is usable RAM that nothing else uses
+            // (contract 2) and that we have not shared yet.
+            unsafe { core::ptr::write_bytes(slots.as_ptr().cast::<u8>(), 0, meta_bytes) };
+        }
+        Ok(Self {
+            platform,
+            base,
+            slots,
+            meta_range,
+            max_paddr,
+            allocatable,
+            allocator: spin::Mutex::new(allocator),
+            page_table_pages: AtomicUsize::new(0),
+        })
+    }
+
+    pub(crate) fn platform(&self) -> &dyn Platform {
+        &*self.platform
+    }
+
+    pub(crate) fn max_paddr(&self) -> Paddr {
+        self.max_paddr
+    }
+
+    /// The physical range holding the metadata array.
+    pub(crate) fn meta_range(&self) -> Range<Paddr> {
+        self.meta_range.clone()
+    }
+
+    /// Whether the allocator may ever hand out any page of `range`.
+    pub(crate) fn overlaps_allocatable(&self, range: &Range<Paddr>) -> bool {
+        self.allocatable.iter().any(|r| r.start < range.end && range.start < r.end)
+    }
+
+    /// Whether every page of `range` is RAM (has a metadata slot).
+    pub(crate) fn is_ram(&self, range: &Range<Paddr>) -> bool {
+        range.end <= self.max_paddr
+    }
+
+    /// A pointer to physical address `pa` through the platform window.
+    ///
+    /// The pointer is valid (Platform contract 1) when `pa` is RAM.
+    pub(crate) fn phys_ptr(&self, pa: Paddr) -> *mut u8 {
+        debug_assert!(pa < self.max_paddr, "physical address {pa:#x} is not RAM");
+        self.base.as_ptr().wrapping_add(pa)
+    }
+
+    /// The slot of the page at `pa`.
+    pub(crate) fn slot(&self, pa: Paddr) -> &MetaSlot {
+        assert!(pa < self.max_paddr, "physical address {pa:#x} has no metadata slot");
+        // SAFETY: `pa / PAGE_SIZE < nr_pages`, so the slot is inside the
+        // metadata array, which lives as long as `self`.
+        unsafe { &*self.slots.as_ptr().add(pa / PAGE_SIZE) }
+    }
+
+    /// The physical address of the page a slot of this array describes.
+    pub(crate) fn slot_paddr(&self, slot: &MetaSlot) -> Paddr {
+        let offset = (slot as *const MetaSlot as usize) - (self.slots.as_ptr() as usize);
+        offset / META_SLOT_SIZE * PAGE_SIZE
+    }
+
+    pub(crate) fn stats(&self) -> PhysStats {
+        let allocator = self.allocator.lock();
+        let total_pages = self.allocatable.iter().map(|r| r.len() / PAGE_SIZE).sum();
+        let free_pages = allocator.free_pages();
+        PhysStats {
+            total_pages,
+            free_pages,
+            used_pages: total_pages - free_pages,
+            page_table_pages: self.page_table_pages.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Takes `count` contiguous pages from the allocator, zeroing them if
+    /// asked. Their slots are free; the caller initialises them.
+    pub(crate) fn alloc_pages(&self, count: usize, zeroed: bool) -> Result<Paddr, FrameAllocError> {
+        let pfn = self.allocator.lock().alloc(count).ok_or(FrameAllocError::OutOfMemory)?;
+        let pa = pfn * PAGE_SIZE;
+        if zeroed {
+            // SAFETY: the run is usable RAM (contract 1) just handed to us:
+            // no handle refers to it and no one else accesses it (contract 2).
+            unsafe { core::ptr::write_bytes(self.phys_ptr(pa), 0, count * PAGE_SIZE) };
+        }
+        Ok(pa)
+    }
+
+    /// Returns pages to the allocator.
+    pub(crate) fn dealloc_pages(&self, pa: Paddr, count: usize) {
+        self.allocator.lock().dealloc(pa / PAGE_SIZE, count);
+    }
+
+    /// Makes the free page at `pa` a frame with metadata `meta`.
+    ///
+    /// # Safety
+    ///
+    /// The page came from [`Self::alloc_pages`] and no slot of it was
+    /// initialised since.
+    pub(crate) unsafe fn init_frame<M: AnyFrameMeta>(&self, pa: Paddr, meta: M) -> Frame<M> {
+        let slot = self.slot(pa);
+        if slot.init(meta, self).is_err() {
+            panic!("allocator handed out page {pa:#x} whose metadata slot is in use");
+        }
+        // SAFETY: the slot now holds `M` metadata and one reference, which we
+        // hand to the new handle.
+        unsafe { Frame::from_slot(NonNull::from(slot)) }
+    }
+
+    /// Whether the allocator considers the page at `pa` free.
+    pub(crate) fn is_free(&self, pa: Paddr) -> bool {
+        self.allocator.lock().is_free(pa / PAGE_SIZE)
+    }
+
+    /// Checks the allocator's internal invariants (O(n)).
+    pub(crate) fn allocator_inv(&self) -> bool {
+        self.allocator.lock().inv()
+    }
+
+    /// The sorted allocatable ranges.
+    pub(crate) fn allocatable(&self) -> &[Range<Paddr>] {
+        &self.allocatable
+    }
+}

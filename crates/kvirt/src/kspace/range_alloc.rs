@@ -1,0 +1,1065 @@
+//! Virtual-address range allocator for the kernel's VMALLOC region.
+//!
+//! [`RangeAllocator`] hands out page-granular sub-ranges of one fixed range of
+//! addresses (the *managed range*), in the spirit of Linux's `vmap_area`
+//! allocator. It only knows what is **free**: an allocation is not recorded
+//! anywhere, so any allocated range, or any sub-range of one, can be given back
+//! with [`RangeAllocator::free`].
+//!
+//! # Design
+//!
+//! Free space is a set of *blocks*, kept in two indexes that always describe
+//! the same blocks:
+//!
+//! * `by_addr: BTreeMap<start, end>` orders blocks by address. `free` uses it
+//!   to detect overlap with free space and to find the neighbours to merge
+//!   with; [`RangeAllocator::free_ranges`] walks it.
+//! * `by_size: BTreeSet<(len, start)>` orders blocks by length (ties by
+//!   address). `alloc` uses it to find the best-fitting block, and
+//!   [`RangeAllocator::stats`] reads the largest block from its last entry.
+//!
+//! Blocks are non-empty, granule-aligned, inside the managed range,
+//! non-overlapping and never adjacent: `free` always merges with free
+//! neighbours, so a free range is always exactly one block.
+//! [`RangeAllocator::inv`] checks all of this.
+//!
+//! # Allocation policy
+//!
+//! A request for `size` bytes aligned to `align` is placed as follows.
+//!
+//! 1. **Best fit, cheaply.** The first few blocks of length `>= size`, in
+//!    size order, are tried; the first one that holds an aligned sub-range of
+//!    `size` bytes wins. When `align` is the granule, the very first candidate
+//!    always fits, so this is plain best fit.
+//! 2. **Guaranteed fit.** Otherwise the smallest block of length
+//!    `>= size + align - granule` is taken: a block start is granule-aligned,
+//!    so at most `align - granule` bytes are skipped to reach an aligned
+//!    address, and such a block always fits.
+//! 3. **Last resort.** Only if no block is that long, the remaining blocks of
+//!    length in `size..size + align - granule` are scanned, so that
+//!    [`RangeAllocError::Exhausted`] really means that no free block can hold
+//!    the request.
+//!
+//! Inside the chosen block the allocation is carved from the **low end**:
+//! it starts at `align_up(block.start, align)`, and the bytes before and after
+//! it stay free as up to two remainders.
+//!
+//! ```text
+//!   block.start    at = align_up(block.start, align)      at + size     block.end
+//!        |                |                                   |              |
+//!        v                v                                   v              v
+//!        +----------------+-----------------------------------+--------------+
+//!        |  left rest     |         allocated (size)          |  right rest  |
+//!        |  (stays free)  |                                   | (stays free) |
+//!        +----------------+-----------------------------------+--------------+
+//!         < align bytes
+//! ```
+//!
+//! Why: best fit leaves the large blocks whole for the requests that need
+//! them, notably huge-page-aligned mappings (2 MiB, 1 GiB) that a first-fit
+//! policy would find chopped up by small areas. Carving from the low end keeps
+//! successive areas next to each other, so related mappings share page-table
+//! pages and free space stays in few, large blocks at the top of the region.
+//!
+//! # Complexity
+//!
+//! With `n` free blocks: `alloc` is `O(log n)` in steps 1 and 2, which serve
+//! every request whose alignment is the granule and every aligned request
+//! that some block can hold with full alignment slack. Step 3 costs
+//! `O(log n + m)`, `m` being the number of blocks with a length in
+//! `size..size + align - granule`; it runs only when nothing longer is free.
+//! `free` and `is_free` are `O(log n)`; `stats` is `O(log n)` (free bytes and
+//! fragment count are counters, the largest block is the last size entry);
+//! `inv` is `O(n log n)` (one size-index lookup per block). Memory is two
+//! tree entries per free block.
+//!
+//! # Limits
+//!
+//! Addresses are `usize` and ranges are `Range<usize>`, so the managed range
+//! ends at most at `usize::MAX`; with a granule of 4096 the last granule of the
+//! address space (`usize::MAX - 4095..=usize::MAX`) cannot be managed. All
+//! arithmetic is checked: sizes and alignments near `usize::MAX` are rejected
+//! with [`RangeAllocError::Misaligned`] or [`RangeAllocError::Exhausted`],
+//! never by a panic or a wrapped address. Every call that returns an error
+//! leaves the allocator exactly as it was.
+
+use alloc::collections::{BTreeMap, BTreeSet};
+use core::fmt;
+use core::ops::Range;
+
+/// How many best-fit candidates `alloc` checks for an aligned fit before it
+/// falls back to a block that is long enough for any alignment offset.
+const FAST_PATH_CANDIDATES: usize = 4;
+
+/// Allocates page-granular sub-ranges of a fixed range of usize addresses.
+///
+/// See the [module documentation](self) for the design and the policy.
+#[derive(Debug, Clone)]
+pub struct RangeAllocator {
+    /// The managed range; never empty, granule-aligned at both ends.
+    range: Range<usize>,
+    /// Allocation unit in bytes; a power of two.
+    granule: usize,
+    /// Free blocks by address: `start -> end`.
+    by_addr: BTreeMap<usize, usize>,
+    /// Free blocks by size: `(len, start)`.
+    by_size: BTreeSet<(usize, usize)>,
+    /// Sum of the lengths of all free blocks.
+    free_bytes: usize,
+}
+
+/// Why a [`RangeAllocator`] call was rejected. A rejected call changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeAllocError {
+    /// `alloc` was asked for zero bytes.
+    ZeroSize,
+    /// A size or a freed range is not a multiple of the granule, or an
+    /// alignment is not a power of two at least as large as the granule.
+    Misaligned,
+    /// No free block can hold the requested size with its alignment.
+    Exhausted,
+    /// `free` was given an empty or reversed range, or one that is not inside
+    /// the managed range.
+    OutOfRange,
+    /// `free` was given a range that is entirely free already.
+    DoubleFree,
+    /// `free` was given a range that is partly free already.
+    OverlappingFree,
+}
+
+impl fmt::Display for RangeAllocError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::ZeroSize => "cannot allocate a range of zero bytes",
+            Self::Misaligned => {
+                "size or range is not a multiple of the granule, or the alignment is not a power of two at least as large as the granule"
+            }
+            Self::Exhausted => "no free block can hold the requested size with its alignment",
+            Self::OutOfRange => "range is empty, reversed, or not inside the managed range",
+            Self::DoubleFree => "range is already entirely free",
+            Self::OverlappingFree => "range is already partly free",
+        })
+    }
+}
+
+/// A snapshot of a [`RangeAllocator`]'s occupancy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RangeAllocStats {
+    /// Length of the managed range in bytes.
+    pub total_bytes: usize,
+    /// Bytes in free blocks.
+    pub free_bytes: usize,
+    /// Length of the largest free block in bytes (0 when nothing is free).
+    pub largest_free: usize,
+    /// Number of free blocks (maximal free ranges).
+    pub fragments: usize,
+}
+
+/// Rounds `addr` up to a multiple of `align` (a power of two), or `None` if
+/// that is past `usize::MAX`.
+fn align_up(addr: usize, align: usize) -> Option<usize> {
+    let mask = align - 1;
+    addr.checked_add(mask).map(|a| a & !mask)
+}
+
+/// The start of the lowest `align`-aligned sub-range of `size` bytes inside
+/// `start..end`, if there is one.
+fn fit_in(start: usize, end: usize, size: usize, align: usize) -> Option<usize> {
+    let at = align_up(start, align)?;
+    let stop = at.checked_add(size)?;
+    (stop <= end).then_some(at)
+}
+
+impl RangeAllocator {
+    /// Creates an allocator whose whole `range` is free.
+    ///
+    /// `range` must be non-empty and aligned to `granule` (a power of two,
+    /// e.g. 4096), else panic with a clear message.
+    pub fn new(range: Range<usize>, granule: usize) -> Self {
+        assert!(granule.is_power_of_two(), "RangeAllocator::new: granule {granule:#x} is not a power of two");
+        assert!(
+            range.start < range.end,
+            "RangeAllocator::new: managed range {:#x}..{:#x} is empty or reversed",
+            range.start,
+            range.end
+        );
+        assert!(
+            range.start % granule == 0 && range.end % granule == 0,
+            "RangeAllocator::new: managed range {:#x}..{:#x} is not aligned to the granule {granule:#x}",
+            range.start,
+            range.end
+        );
+        let mut this = Self {
+            range: range.clone(),
+            granule,
+            by_addr: BTreeMap::new(),
+            by_size: BTreeSet::new(),
+            free_bytes: 0,
+        };
+        this.insert_block(range.start, range.end);
+        this.free_bytes = range.end - range.start;
+        this
+    }
+
+    /// Allocates `size` bytes aligned to `align` (power of two >= granule).
+    /// O(log n) in the number of free fragments.
+    ///
+    /// The block is chosen by best fit and carved from its low end (see the
+    /// [module documentation](self)). Errors, checked in this order:
+    /// [`ZeroSize`](RangeAllocError::ZeroSize) for `size == 0`,
+    /// [`Misaligned`](RangeAllocError::Misaligned) for a size that is not a
+    /// multiple of the granule or a bad alignment, and
+    /// [`Exhausted`](RangeAllocError::Exhausted) when no free block can hold
+    /// the request.
+    pub fn alloc(&mut self, size: usize, align: usize) -> Result<Range<usize>, RangeAllocError> {
+        if size == 0 {
+            return Err(RangeAllocError::ZeroSize);
+        }
+        if size % self.granule != 0 || !align.is_power_of_two() || align < self.granule {
+            return Err(RangeAllocError::Misaligned);
+        }
+        let (start, end, at) = self.find_block(size, align).ok_or(RangeAllocError::Exhausted)?;
+        // `fit_in` checked that `at + size <= end`, so nothing below overflows.
+        let stop = at + size;
+        self.remove_block(start, end);
+        if start < at {
+            self.insert_block(start, at);
+        }
+        if stop < end {
+            self.insert_block(stop, end);
+        }
+        self.free_bytes -= size;
+        Ok(at..stop)
+    }
+
+    /// Returns a previously allocated range (or any sub-range of one; the
+    /// allocator does not remember allocations, it only knows what is free).
+    /// Rejects (leaving the state unchanged) a range that overlaps free space:
+    /// DoubleFree if entirely free, OverlappingFree if partly. Merges with
+    /// free neighbours. O(log n).
+    ///
+    /// Errors, checked in this order: [`OutOfRange`](RangeAllocError::OutOfRange)
+    /// for an empty or reversed range or one not inside the managed range,
+    /// [`Misaligned`](RangeAllocError::Misaligned) if either end is not a
+    /// multiple of the granule, then [`DoubleFree`](RangeAllocError::DoubleFree)
+    /// or [`OverlappingFree`](RangeAllocError::OverlappingFree).
+    pub fn free(&mut self, range: Range<usize>) -> Result<(), RangeAllocError> {
+        let Range { start, end } = range;
+        if start >= end || start < self.range.start || end > self.range.end {
+            return Err(RangeAllocError::OutOfRange);
+        }
+        if start % self.granule != 0 || end % self.granule != 0 {
+            return Err(RangeAllocError::Misaligned);
+        }
+        // The last block starting before `end` is the only candidate for
+        // overlap: every earlier block ends before it starts.
+        if let Some((&bs, &be)) = self.by_addr.range(..end).next_back() {
+            if be > start {
+                // Blocks are never adjacent, so an entirely free range lies
+                // inside a single block.
+                return Err(if bs <= start && end <= be {
+                    RangeAllocError::DoubleFree
+                } else {
+                    RangeAllocError::OverlappingFree
+                });
+            }
+        }
+        let mut merged = start..end;
+        if let Some((&ls, &le)) = self.by_addr.range(..start).next_back() {
+            if le == start {
+                self.remove_block(ls, le);
+                merged.start = ls;
+            }
+        }
+        if let Some(&re) = self.by_addr.get(&end) {
+            self.remove_block(end, re);
+            merged.end = re;
+        }
+        self.insert_block(merged.start, merged.end);
+        self.free_bytes += end - start;
+        Ok(())
+    }
+
+    /// Occupancy counters. O(log n): free bytes and the fragment count are
+    /// counters, the largest free block is the last entry of the size index.
+    pub fn stats(&self) -> RangeAllocStats {
+        RangeAllocStats {
+            total_bytes: self.range.end - self.range.start,
+            free_bytes: self.free_bytes,
+            largest_free: self.by_size.last().map_or(0, |&(len, _)| len),
+            fragments: self.by_addr.len(),
+        }
+    }
+
+    /// The range given to [`RangeAllocator::new`].
+    pub fn managed_range(&self) -> Range<usize> {
+        self.range.clone()
+    }
+
+    /// The allocation unit given to [`RangeAllocator::new`].
+    pub fn granule(&self) -> usize {
+        self.granule
+    }
+
+    /// The free blocks (maximal free ranges), in ascending address order.
+    pub fn free_ranges(&self) -> impl Iterator<Item = Range<usize>> + '_ {
+        self.by_addr.iter().map(|(&start, &end)| start..end)
+    }
+
+    /// True iff `range` lies entirely in free space. An empty or reversed
+    /// range is never reported free (as `free` rejects it). O(log n).
+    pub fn is_free(&self, range: Range<usize>) -> bool {
+        if range.start >= range.end {
+            return false;
+        }
+        matches!(
+            self.by_addr.range(..=range.start).next_back(),
+            Some((_, &end)) if end >= range.end
+        )
+    }
+
+    /// All internal invariants: address index and size index describe the
+    /// same blocks, blocks are non-empty, granule-aligned, inside the managed
+    /// range, sorted, non-overlapping and never adjacent (always merged),
+    /// counters match. O(n) blocks with one O(log n) lookup each, for tests
+    /// and debug assertions.
+    pub fn inv(&self) -> bool {
+        let g = self.granule;
+        let Range { start: lo, end: hi } = self.range;
+        if !g.is_power_of_two() || lo >= hi || lo % g != 0 || hi % g != 0 {
+            return false;
+        }
+        if self.by_addr.len() != self.by_size.len() {
+            return false;
+        }
+        let mut sum: usize = 0;
+        let mut prev_end: Option<usize> = None;
+        for (&start, &end) in &self.by_addr {
+            let well_formed = start < end && start % g == 0 && end % g == 0;
+            let inside = lo <= start && end <= hi;
+            // `prev == start` would be two adjacent, unmerged blocks.
+            let apart = prev_end.is_none_or(|prev| prev < start);
+            if !(well_formed && inside && apart) {
+                return false;
+            }
+            // Equal lengths and one distinct size entry per address entry
+            // make the two indexes hold the same blocks.
+            if !self.by_size.contains(&(end - start, start)) {
+                return false;
+            }
+            sum = match sum.checked_add(end - start) {
+                Some(sum) => sum,
+                None => return false,
+            };
+            prev_end = Some(end);
+        }
+        sum == self.free_bytes
+    }
+
+    /// Finds the block to carve `size` bytes aligned to `align` from, as
+    /// `(block start, block end, aligned start)`. `size` and `align` are
+    /// validated: non-zero multiples of the granule, `align` a power of two.
+    fn find_block(&self, size: usize, align: usize) -> Option<(usize, usize, usize)> {
+        // Blocks lie inside the managed range, so `start + len` cannot overflow.
+        let try_block = |&(len, start): &(usize, usize)| {
+            let end = start + len;
+            fit_in(start, end, size, align).map(|at| (start, end, at))
+        };
+        // 1. Best fit: the few smallest blocks that are long enough.
+        let fast = self.by_size.range((size, 0)..).take(FAST_PATH_CANDIDATES).find_map(try_block);
+        if fast.is_some() {
+            return fast;
+        }
+        let Some(need) = size.checked_add(align - self.granule) else {
+            // No block can be that long; scan every candidate left.
+            return self.by_size.range((size, 0)..).skip(FAST_PATH_CANDIDATES).find_map(try_block);
+        };
+        // 2. The smallest block with room for any alignment offset.
+        if let Some(hit) = self.by_size.range((need, 0)..).next() {
+            let found = try_block(hit);
+            debug_assert!(found.is_some(), "a block of size + align - granule always fits");
+            if found.is_some() {
+                return found;
+            }
+        }
+        // 3. Last resort: the shorter candidates step 1 did not look at.
+        self.by_size.range((size, 0)..(need, 0)).skip(FAST_PATH_CANDIDATES).find_map(try_block)
+    }
+
+    fn insert_block(&mut self, start: usize, end: usize) {
+        self.by_addr.insert(start, end);
+        self.by_size.insert((end - start, start));
+    }
+
+    fn remove_block(&mut self, start: usize, end: usize) {
+        self.by_addr.remove(&start);
+        self.by_size.remove(&(end - start, start));
+    }
+}
+
+#[cfg(test)]
+// Slices of one address range are meant: the free blocks of a test setup.
+#[allow(clippy::single_range_in_vec_init)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+    use alloc::vec::Vec;
+    use proptest::prelude::*;
+
+    const G: usize = 4096;
+    const MIB2: usize = 2 << 20;
+    const GIB: usize = 1 << 30;
+    const VMALLOC: Range<usize> = 0xffff_c000_0000_0000..0xffff_e000_0000_0000;
+    const TIB32: usize = 32 << 40;
+
+    /// Page `n` of an allocator managing `0..` pages.
+    const fn p(n: usize) -> usize {
+        n * G
+    }
+
+    /// An allocator over `range` in which exactly `free` is free.
+    fn with_free(range: Range<usize>, free: &[Range<usize>]) -> RangeAllocator {
+        let mut a = RangeAllocator::new(range.clone(), G);
+        assert_eq!(a.alloc(range.end - range.start, G), Ok(range));
+        for r in free {
+            a.free(r.clone()).unwrap();
+        }
+        assert!(a.inv());
+        a
+    }
+
+    fn snapshot(a: &RangeAllocator) -> (RangeAllocStats, Vec<Range<usize>>) {
+        (a.stats(), a.free_ranges().collect())
+    }
+
+    /// Runs `op`, expects `err`, and checks that nothing changed.
+    fn rejects<T: fmt::Debug + PartialEq>(
+        a: &mut RangeAllocator,
+        err: RangeAllocError,
+        op: impl FnOnce(&mut RangeAllocator) -> Result<T, RangeAllocError>,
+    ) {
+        let before = a.clone();
+        assert_eq!(op(a), Err(err));
+        assert_eq!(snapshot(a), snapshot(&before));
+        assert!(a.inv());
+    }
+
+    #[test]
+    fn new_allocator_has_one_free_block_covering_the_range() {
+        let a = RangeAllocator::new(VMALLOC, G);
+        assert!(a.inv());
+        assert_eq!(a.managed_range(), VMALLOC);
+        assert_eq!(a.granule(), G);
+        assert_eq!(a.free_ranges().collect::<Vec<_>>(), vec![VMALLOC]);
+        assert_eq!(
+            a.stats(),
+            RangeAllocStats { total_bytes: TIB32, free_bytes: TIB32, largest_free: TIB32, fragments: 1 }
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "is empty or reversed")]
+    fn new_panics_on_empty_range() {
+        let _ = RangeAllocator::new(p(4)..p(4), G);
+    }
+
+    #[test]
+    #[should_panic(expected = "is not aligned to the granule")]
+    fn new_panics_on_misaligned_range() {
+        let _ = RangeAllocator::new(p(1)..p(4) + 1, G);
+    }
+
+    #[test]
+    #[should_panic(expected = "is not a power of two")]
+    fn new_panics_on_non_power_of_two_granule() {
+        let _ = RangeAllocator::new(0..3 * 4096, 3000);
+    }
+
+    #[test]
+    fn alloc_carves_from_the_low_end() {
+        let mut a = RangeAllocator::new(p(16)..p(32), G);
+        assert_eq!(a.alloc(p(2), G), Ok(p(16)..p(18)));
+        assert_eq!(a.alloc(p(1), G), Ok(p(18)..p(19)));
+        assert_eq!(a.free_ranges().collect::<Vec<_>>(), vec![p(19)..p(32)]);
+        assert!(a.inv());
+    }
+
+    #[test]
+    fn alloc_then_free_restores_the_whole_range() {
+        let mut a = RangeAllocator::new(p(0)..p(64), G);
+        let r1 = a.alloc(p(3), G).unwrap();
+        let r2 = a.alloc(p(5), p(4)).unwrap();
+        let r3 = a.alloc(p(1), G).unwrap();
+        assert!(a.inv());
+        for r in [r2, r1, r3] {
+            assert!(!a.is_free(r.clone()));
+            a.free(r.clone()).unwrap();
+            assert!(a.is_free(r));
+            assert!(a.inv());
+        }
+        assert_eq!(a.free_ranges().collect::<Vec<_>>(), vec![p(0)..p(64)]);
+        assert_eq!(a.stats().fragments, 1);
+    }
+
+    #[test]
+    fn alloc_picks_the_smallest_block_that_fits() {
+        let mut a = with_free(p(0)..p(64), &[p(0)..p(2), p(4)..p(5), p(8)..p(16)]);
+        assert_eq!(a.alloc(p(1), G), Ok(p(4)..p(5)));
+        assert_eq!(a.alloc(p(2), G), Ok(p(0)..p(2)));
+        assert_eq!(a.alloc(p(3), G), Ok(p(8)..p(11)));
+        assert_eq!(a.free_ranges().collect::<Vec<_>>(), vec![p(11)..p(16)]);
+        assert!(a.inv());
+    }
+
+    #[test]
+    fn aligned_alloc_skips_unaligned_prefix() {
+        let mut a = RangeAllocator::new(p(1)..p(256), G);
+        assert_eq!(a.alloc(p(1), p(4)), Ok(p(4)..p(5)));
+        assert_eq!(a.free_ranges().collect::<Vec<_>>(), vec![p(1)..p(4), p(5)..p(256)]);
+        // The skipped prefix is still usable.
+        assert_eq!(a.alloc(p(3), G), Ok(p(1)..p(4)));
+        assert!(a.inv());
+    }
+
+    #[test]
+    fn aligned_alloc_uses_a_small_block_whose_aligned_part_fits() {
+        // 1..3 is misaligned for 2 pages but its aligned page 2 fits.
+        let mut a = with_free(p(0)..p(64), &[p(1)..p(3), p(16)..p(32)]);
+        assert_eq!(a.alloc(p(1), p(2)), Ok(p(2)..p(3)));
+        assert_eq!(a.free_ranges().collect::<Vec<_>>(), vec![p(1)..p(2), p(16)..p(32)]);
+        assert!(a.inv());
+    }
+
+    #[test]
+    fn aligned_alloc_falls_back_to_the_smallest_block_with_alignment_slack() {
+        // Many odd single pages, none 2-page aligned, then 20..24 and 32..48.
+        let mut free: Vec<Range<usize>> =
+            (0..FAST_PATH_CANDIDATES + 2).map(|i| p(2 * i + 1)..p(2 * i + 2)).collect();
+        free.push(p(20)..p(24));
+        free.push(p(32)..p(48));
+        let mut a = with_free(p(0)..p(64), &free);
+        assert_eq!(a.alloc(p(1), p(2)), Ok(p(20)..p(21)));
+        assert_eq!(a.alloc(p(4), p(4)), Ok(p(32)..p(36)));
+        assert!(a.inv());
+    }
+
+    #[test]
+    fn aligned_alloc_finds_a_fit_beyond_the_fast_path_candidates() {
+        // More misaligned single pages than the fast path checks, a
+        // misaligned 2-page block, and one 3-page block whose page 28 is
+        // 4-page aligned; nothing is long enough for any alignment offset.
+        let mut free: Vec<Range<usize>> =
+            (0..FAST_PATH_CANDIDATES + 1).map(|i| p(4 * i + 1)..p(4 * i + 2)).collect();
+        free.push(p(41)..p(43));
+        free.push(p(50)..p(53));
+        let mut a = with_free(p(0)..p(64), &free);
+        assert_eq!(a.alloc(p(1), p(4)), Ok(p(52)..p(53)));
+        assert!(a.inv());
+        // Now nothing fits 4-page aligned: exhausted, and nothing changes.
+        rejects(&mut a, RangeAllocError::Exhausted, |a| a.alloc(p(1), p(4)));
+    }
+
+    #[test]
+    fn huge_page_alignment_in_the_vmalloc_range() {
+        let base = VMALLOC.start;
+        let mut a = RangeAllocator::new(VMALLOC, G);
+        assert_eq!(a.alloc(G, G), Ok(base..base + G));
+        let two_mib = a.alloc(MIB2, MIB2).unwrap();
+        assert_eq!(two_mib, base + MIB2..base + 2 * MIB2);
+        let one_gib = a.alloc(GIB, GIB).unwrap();
+        assert_eq!(one_gib, base + GIB..base + 2 * GIB);
+        assert_eq!(one_gib.start % GIB, 0);
+        assert_eq!(
+            a.free_ranges().collect::<Vec<_>>(),
+            vec![base + G..base + MIB2, base + 2 * MIB2..base + GIB, base + 2 * GIB..VMALLOC.end]
+        );
+        // A small request takes the smallest block, not the big tail.
+        assert_eq!(a.alloc(G, G), Ok(base + G..base + 2 * G));
+        // The next 1 GiB area still comes from the tail, 1 GiB aligned.
+        assert_eq!(a.alloc(GIB, GIB), Ok(base + 2 * GIB..base + 3 * GIB));
+        assert!(a.inv());
+        for r in a.clone().free_ranges().collect::<Vec<_>>().windows(2) {
+            a.free(r[0].end..r[1].start).unwrap();
+        }
+        a.free(base..base + 2 * G).unwrap();
+        assert_eq!(a.free_ranges().collect::<Vec<_>>(), vec![VMALLOC]);
+        // The whole 32 TiB, 1 GiB aligned.
+        assert_eq!(a.alloc(TIB32, GIB), Ok(VMALLOC));
+        assert_eq!(a.stats().fragments, 0);
+        assert!(a.inv());
+    }
+
+    #[test]
+    fn exhaustion_is_reported_and_changes_nothing() {
+        let mut a = RangeAllocator::new(p(0)..p(8), G);
+        rejects(&mut a, RangeAllocError::Exhausted, |a| a.alloc(p(9), G));
+        assert_eq!(a.alloc(p(5), G), Ok(p(0)..p(5)));
+        // Three pages are free, but no 4-page aligned run of 2 pages.
+        rejects(&mut a, RangeAllocError::Exhausted, |a| a.alloc(p(2), p(4)));
+        assert_eq!(a.alloc(p(3), G), Ok(p(5)..p(8)));
+        rejects(&mut a, RangeAllocError::Exhausted, |a| a.alloc(p(1), G));
+        assert_eq!(a.stats().free_bytes, 0);
+        assert_eq!(a.stats().largest_free, 0);
+        assert_eq!(a.free_ranges().count(), 0);
+    }
+
+    #[test]
+    fn zero_size_is_rejected() {
+        let mut a = RangeAllocator::new(VMALLOC, G);
+        rejects(&mut a, RangeAllocError::ZeroSize, |a| a.alloc(0, G));
+        // Zero size wins over a bad alignment.
+        rejects(&mut a, RangeAllocError::ZeroSize, |a| a.alloc(0, 3));
+    }
+
+    #[test]
+    fn misaligned_size_or_alignment_is_rejected() {
+        let mut a = RangeAllocator::new(VMALLOC, G);
+        for (size, align) in [(G + 1, G), (G / 2, G), (G, 0), (G, G / 2), (G, 3 * G), (G, usize::MAX)] {
+            rejects(&mut a, RangeAllocError::Misaligned, |a| a.alloc(size, align));
+        }
+    }
+
+    #[test]
+    fn overflowing_sizes_and_alignments_are_rejected_without_panic() {
+        let mut a = RangeAllocator::new(VMALLOC, G);
+        rejects(&mut a, RangeAllocError::Misaligned, |a| a.alloc(usize::MAX, G));
+        for align in [G, MIB2, GIB, 1 << 63] {
+            rejects(&mut a, RangeAllocError::Exhausted, |a| a.alloc(usize::MAX - 4095, align));
+        }
+        // Aligning the VMALLOC start up to 2^47 or 2^63 passes usize::MAX.
+        rejects(&mut a, RangeAllocError::Exhausted, |a| a.alloc(G, 1 << 47));
+        rejects(&mut a, RangeAllocError::Exhausted, |a| a.alloc(G, 1 << 63));
+        // 2^46 divides the start, so that one fits.
+        assert_eq!(a.alloc(G, 1 << 46), Ok(VMALLOC.start..VMALLOC.start + G));
+        rejects(&mut a, RangeAllocError::Exhausted, |a| a.alloc(TIB32, G));
+    }
+
+    #[test]
+    fn range_ending_at_the_top_of_the_address_space_is_handled() {
+        let top = usize::MAX & !(G - 1);
+        let mut a = RangeAllocator::new(top - p(16)..top, G);
+        rejects(&mut a, RangeAllocError::Exhausted, |a| a.alloc(G, 1 << 63));
+        rejects(&mut a, RangeAllocError::Exhausted, |a| a.alloc(p(17), G));
+        assert_eq!(a.alloc(p(15), G), Ok(top - p(16)..top - G));
+        assert_eq!(a.alloc(G, G), Ok(top - G..top));
+        rejects(&mut a, RangeAllocError::OutOfRange, |a| a.free(top..usize::MAX));
+        a.free(top - G..top).unwrap();
+        rejects(&mut a, RangeAllocError::DoubleFree, |a| a.free(top - G..top));
+        a.free(top - p(16)..top - G).unwrap();
+        assert_eq!(a.stats().fragments, 1);
+        assert!(a.inv());
+    }
+
+    #[test]
+    fn free_merges_with_left_neighbour() {
+        let mut a = with_free(p(0)..p(16), &[p(2)..p(4)]);
+        a.free(p(4)..p(6)).unwrap();
+        assert_eq!(a.free_ranges().collect::<Vec<_>>(), vec![p(2)..p(6)]);
+        assert!(a.inv());
+    }
+
+    #[test]
+    fn free_merges_with_right_neighbour() {
+        let mut a = with_free(p(0)..p(16), &[p(6)..p(8)]);
+        a.free(p(4)..p(6)).unwrap();
+        assert_eq!(a.free_ranges().collect::<Vec<_>>(), vec![p(4)..p(8)]);
+        assert!(a.inv());
+    }
+
+    #[test]
+    fn free_merges_with_both_neighbours() {
+        let mut a = with_free(p(0)..p(16), &[p(1)..p(4), p(6)..p(8), p(12)..p(13)]);
+        a.free(p(4)..p(6)).unwrap();
+        assert_eq!(a.free_ranges().collect::<Vec<_>>(), vec![p(1)..p(8), p(12)..p(13)]);
+        assert_eq!(a.stats().fragments, 2);
+        assert_eq!(a.stats().largest_free, p(7));
+        assert!(a.inv());
+    }
+
+    #[test]
+    fn free_without_free_neighbours_makes_a_new_fragment() {
+        let mut a = with_free(p(0)..p(16), &[p(1)..p(2)]);
+        a.free(p(8)..p(10)).unwrap();
+        assert_eq!(a.free_ranges().collect::<Vec<_>>(), vec![p(1)..p(2), p(8)..p(10)]);
+        assert!(a.inv());
+    }
+
+    #[test]
+    fn free_of_a_sub_range_of_an_allocation_is_allowed() {
+        let mut a = RangeAllocator::new(p(0)..p(16), G);
+        let r = a.alloc(p(8), G).unwrap();
+        a.free(p(2)..p(4)).unwrap();
+        a.free(p(6)..p(8)).unwrap();
+        assert_eq!(a.free_ranges().collect::<Vec<_>>(), vec![p(2)..p(4), p(6)..p(16)]);
+        a.free(r.start..p(2)).unwrap();
+        a.free(p(4)..p(6)).unwrap();
+        assert_eq!(a.free_ranges().collect::<Vec<_>>(), vec![p(0)..p(16)]);
+        assert!(a.inv());
+    }
+
+    #[test]
+    fn double_free_is_rejected_and_changes_nothing() {
+        let mut a = RangeAllocator::new(p(0)..p(16), G);
+        let r = a.alloc(p(4), G).unwrap();
+        a.free(r.clone()).unwrap();
+        rejects(&mut a, RangeAllocError::DoubleFree, |a| a.free(r.clone()));
+        // Any sub-range of free space, including the whole free range.
+        rejects(&mut a, RangeAllocError::DoubleFree, |a| a.free(p(1)..p(2)));
+        rejects(&mut a, RangeAllocError::DoubleFree, |a| a.free(p(0)..p(16)));
+        rejects(&mut a, RangeAllocError::DoubleFree, |a| a.free(p(15)..p(16)));
+    }
+
+    #[test]
+    fn overlapping_free_at_the_start_is_rejected_and_changes_nothing() {
+        // 4..8 free; 2..6 starts in allocated space and runs into it.
+        let mut a = with_free(p(0)..p(16), &[p(4)..p(8)]);
+        rejects(&mut a, RangeAllocError::OverlappingFree, |a| a.free(p(2)..p(6)));
+        rejects(&mut a, RangeAllocError::OverlappingFree, |a| a.free(p(3)..p(5)));
+    }
+
+    #[test]
+    fn overlapping_free_at_the_end_is_rejected_and_changes_nothing() {
+        // 4..8 free; 6..10 starts in it and runs into allocated space.
+        let mut a = with_free(p(0)..p(16), &[p(4)..p(8)]);
+        rejects(&mut a, RangeAllocError::OverlappingFree, |a| a.free(p(6)..p(10)));
+        rejects(&mut a, RangeAllocError::OverlappingFree, |a| a.free(p(7)..p(9)));
+    }
+
+    #[test]
+    fn overlapping_free_spanning_free_space_is_rejected_and_changes_nothing() {
+        let mut a = with_free(p(0)..p(16), &[p(4)..p(6), p(10)..p(12)]);
+        // Covers one free block with allocated space on both sides.
+        rejects(&mut a, RangeAllocError::OverlappingFree, |a| a.free(p(3)..p(7)));
+        // Covers both free blocks and the allocated space between them.
+        rejects(&mut a, RangeAllocError::OverlappingFree, |a| a.free(p(4)..p(12)));
+        rejects(&mut a, RangeAllocError::OverlappingFree, |a| a.free(p(0)..p(16)));
+        // Allocated, free, allocated, free.
+        rejects(&mut a, RangeAllocError::OverlappingFree, |a| a.free(p(5)..p(11)));
+    }
+
+    #[test]
+    fn out_of_range_free_is_rejected_and_changes_nothing() {
+        let mut a = with_free(p(4)..p(16), &[]);
+        for r in [
+            p(0)..p(2),   // below
+            p(2)..p(4),   // just below
+            p(3)..p(5),   // straddles the start
+            p(15)..p(17), // straddles the end
+            p(16)..p(17), // just above
+            p(20)..p(24), // above
+            p(6)..p(6),   // empty
+            0..usize::MAX,
+        ] {
+            rejects(&mut a, RangeAllocError::OutOfRange, |a| a.free(r.clone()));
+        }
+        let (high, low) = (p(8), p(6));
+        for r in [high..low, p(20)..p(2)] {
+            // reversed
+            rejects(&mut a, RangeAllocError::OutOfRange, |a| a.free(r.clone()));
+        }
+    }
+
+    #[test]
+    fn misaligned_free_is_rejected_and_changes_nothing() {
+        let mut a = with_free(p(0)..p(16), &[p(8)..p(9)]);
+        rejects(&mut a, RangeAllocError::Misaligned, |a| a.free(p(2) + 1..p(4)));
+        rejects(&mut a, RangeAllocError::Misaligned, |a| a.free(p(2)..p(4) - 1));
+        // Misalignment is reported before overlap with free space.
+        rejects(&mut a, RangeAllocError::Misaligned, |a| a.free(p(8)..p(8) + 8));
+    }
+
+    #[test]
+    fn stats_track_fragments_and_largest_after_a_pattern_of_frees() {
+        let mut a = RangeAllocator::new(p(0)..p(64), G);
+        let areas: Vec<_> = (0..8).map(|_| a.alloc(p(8), G).unwrap()).collect();
+        let stats = |free: usize, largest: usize, fragments: usize| RangeAllocStats {
+            total_bytes: p(64),
+            free_bytes: p(free),
+            largest_free: p(largest),
+            fragments,
+        };
+        assert_eq!(a.stats(), stats(0, 0, 0));
+        for i in [1, 3, 5] {
+            a.free(areas[i].clone()).unwrap();
+        }
+        assert_eq!(a.stats(), stats(24, 8, 3));
+        a.free(areas[2].clone()).unwrap(); // joins 1 and 3
+        assert_eq!(a.stats(), stats(32, 24, 2));
+        a.free(areas[7].clone()).unwrap(); // alone at the top
+        assert_eq!(a.stats(), stats(40, 24, 3));
+        a.free(areas[6].clone()).unwrap(); // joins 5 and 7
+        assert_eq!(a.stats(), stats(48, 24, 2));
+        a.free(areas[4].clone()).unwrap(); // joins 1..=3 and 5..=7
+        assert_eq!(a.stats(), stats(56, 56, 1));
+        a.free(areas[0].clone()).unwrap();
+        assert_eq!(a.stats(), stats(64, 64, 1));
+        assert!(a.inv());
+    }
+
+    #[test]
+    fn is_free_reports_only_fully_free_ranges() {
+        let a = with_free(p(0)..p(16), &[p(2)..p(6)]);
+        assert!(a.is_free(p(2)..p(6)));
+        assert!(a.is_free(p(3)..p(4)));
+        assert!(a.is_free(p(3)..p(4) + 1)); // byte-granular query
+        assert!(!a.is_free(p(1)..p(3)));
+        assert!(!a.is_free(p(5)..p(7)));
+        assert!(!a.is_free(p(8)..p(9)));
+        assert!(!a.is_free(p(3)..p(3)));
+        assert!(!a.is_free(p(100)..p(101)));
+    }
+
+    #[test]
+    fn free_ranges_are_ascending() {
+        let a = with_free(p(0)..p(32), &[p(20)..p(21), p(2)..p(3), p(10)..p(14)]);
+        assert_eq!(a.free_ranges().collect::<Vec<_>>(), vec![p(2)..p(3), p(10)..p(14), p(20)..p(21)]);
+    }
+
+    #[test]
+    fn errors_display_as_distinct_sentences() {
+        use alloc::string::ToString;
+        let all = [
+            RangeAllocError::ZeroSize,
+            RangeAllocError::Misaligned,
+            RangeAllocError::Exhausted,
+            RangeAllocError::OutOfRange,
+            RangeAllocError::DoubleFree,
+            RangeAllocError::OverlappingFree,
+        ];
+        let texts: Vec<_> = all.iter().map(|e| e.to_string()).collect();
+        for (i, t) in texts.iter().enumerate() {
+            assert!(!t.is_empty());
+            assert!(texts[..i].iter().all(|u| u != t));
+        }
+    }
+
+    /// A small deterministic generator, so the stress test needs no seed.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn ten_thousand_live_areas_alloc_and_free() {
+        const N: usize = 10_000;
+        let base = VMALLOC.start;
+        let mut a = RangeAllocator::new(VMALLOC, G);
+        // Granule-aligned areas are packed from the bottom.
+        let packed: Vec<_> = (0..N).map(|_| a.alloc(G, G).unwrap()).collect();
+        assert_eq!(packed[N - 1], base + (N - 1) * G..base + N * G);
+        for r in packed.iter().skip(1).step_by(2) {
+            a.free(r.clone()).unwrap();
+        }
+        // N/2 - 1 isolated holes, plus the last one merged into the tail.
+        assert_eq!(a.stats().fragments, N / 2);
+        assert_eq!(a.stats().free_bytes, TIB32 - N / 2 * G);
+        assert!(a.inv());
+
+        // Another N areas of random sizes and alignments on top.
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let mut live: Vec<Range<usize>> = packed.into_iter().step_by(2).collect();
+        for _ in 0..N {
+            let size = (1 + rng.below(16)) * G;
+            let align = G << rng.below(10);
+            let r = a.alloc(size, align).unwrap();
+            assert_eq!(r.start % align, 0);
+            live.push(r);
+        }
+        assert_eq!(live.len(), N + N / 2);
+        let mut sorted = live.clone();
+        sorted.sort_by_key(|r| r.start);
+        assert!(sorted.windows(2).all(|w| w[0].end <= w[1].start));
+        assert!(a.inv());
+
+        // Free everything in random order.
+        let mut step = 0;
+        while !live.is_empty() {
+            let r = live.swap_remove(rng.below(live.len()));
+            a.free(r).unwrap();
+            step += 1;
+            if step % 2500 == 0 {
+                assert_eq!(a.stats().fragments, a.free_ranges().count());
+                assert!(a.inv());
+            }
+        }
+        assert_eq!(a.free_ranges().collect::<Vec<_>>(), vec![VMALLOC]);
+        assert_eq!(a.stats().fragments, 1);
+        assert!(a.inv());
+    }
+
+    // ---- Model-based property test ----------------------------------------
+
+    const PAGES: usize = 256;
+    const BASE: usize = VMALLOC.start;
+    const END: usize = BASE + PAGES * G;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Allocate `pages` granules aligned to `1 << align_log` granules.
+        Alloc { pages: usize, align_log: u32 },
+        /// Free a sub-range of a live allocation.
+        Free { pick: usize, off: usize, len: usize },
+        /// Free pages `start..start + len` when the model says some of them
+        /// are free (must be rejected); skipped when all are allocated.
+        FreeOverlapping { start: usize, len: usize },
+        /// A call that is invalid whatever the state.
+        Invalid { kind: u8, x: usize },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (1..=24usize, 0..=4u32).prop_map(|(pages, align_log)| Op::Alloc { pages, align_log }),
+            3 => (any::<usize>(), any::<usize>(), any::<usize>())
+                .prop_map(|(pick, off, len)| Op::Free { pick, off, len }),
+            1 => (0..PAGES, 1..=24usize).prop_map(|(start, len)| Op::FreeOverlapping { start, len }),
+            1 => (0..10u8, any::<usize>()).prop_map(|(kind, x)| Op::Invalid { kind, x }),
+        ]
+    }
+
+    /// Maximal runs of free pages in the model, as page ranges.
+    fn model_runs(allocated: &BTreeSet<usize>) -> Vec<Range<usize>> {
+        let mut runs: Vec<Range<usize>> = Vec::new();
+        for page in (0..PAGES).filter(|pg| !allocated.contains(pg)) {
+            match runs.last_mut() {
+                Some(run) if run.end == page => run.end += 1,
+                _ => runs.push(page..page + 1),
+            }
+        }
+        runs
+    }
+
+    fn addr(page: usize) -> usize {
+        BASE + page * G
+    }
+
+    fn check_against_model(a: &RangeAllocator, allocated: &BTreeSet<usize>) {
+        assert!(a.inv());
+        let runs = model_runs(allocated);
+        let expect: Vec<_> = runs.iter().map(|r| addr(r.start)..addr(r.end)).collect();
+        assert_eq!(a.free_ranges().collect::<Vec<_>>(), expect);
+        assert_eq!(
+            a.stats(),
+            RangeAllocStats {
+                total_bytes: PAGES * G,
+                free_bytes: (PAGES - allocated.len()) * G,
+                largest_free: runs.iter().map(|r| r.len() * G).max().unwrap_or(0),
+                fragments: runs.len(),
+            }
+        );
+    }
+
+    fn apply(a: &mut RangeAllocator, allocated: &mut BTreeSet<usize>, live: &mut Vec<Range<usize>>, op: Op) {
+        use RangeAllocError::*;
+        match op {
+            Op::Alloc { pages, align_log } => {
+                let align = 1usize << align_log;
+                let runs = model_runs(allocated);
+                // Lowest aligned start in each run that leaves room.
+                let fits = |r: &Range<usize>| {
+                    let at = r.start.next_multiple_of(align);
+                    (at + pages <= r.end).then_some(at)
+                };
+                match a.alloc(pages * G, align * G) {
+                    Ok(r) => {
+                        assert_eq!(r.len(), pages * G);
+                        assert_eq!(r.start % (align * G), 0);
+                        let first = (r.start - BASE) / G;
+                        // Carved from the low end of the free block it is in.
+                        let run = runs.iter().find(|run| run.contains(&first)).unwrap();
+                        assert_eq!(fits(run), Some(first));
+                        for pg in first..first + pages {
+                            assert!(allocated.insert(pg), "page {pg} handed out twice");
+                        }
+                        live.push(first..first + pages);
+                    }
+                    Err(Exhausted) => {
+                        let possible = runs.iter().find_map(fits);
+                        assert_eq!(possible, None, "a fitting run was free");
+                    }
+                    Err(e) => panic!("unexpected {e:?}"),
+                }
+            }
+            Op::Free { pick, off, len } => {
+                if live.is_empty() {
+                    return;
+                }
+                let whole = live.swap_remove(pick % live.len());
+                let off = off % whole.len();
+                let len = 1 + len % (whole.len() - off);
+                let start = whole.start + off;
+                let end = start + len;
+                assert_eq!(a.free(addr(start)..addr(end)), Ok(()));
+                for pg in start..end {
+                    assert!(allocated.remove(&pg));
+                }
+                if whole.start < start {
+                    live.push(whole.start..start);
+                }
+                if end < whole.end {
+                    live.push(end..whole.end);
+                }
+            }
+            Op::FreeOverlapping { start, len } => {
+                let end = (start + len).min(PAGES);
+                let free = (start..end).filter(|pg| !allocated.contains(pg)).count();
+                let expect = if free == 0 {
+                    return; // a valid free the live list does not know about
+                } else if free == end - start {
+                    DoubleFree
+                } else {
+                    OverlappingFree
+                };
+                rejects(a, expect, |a| a.free(addr(start)..addr(end)));
+            }
+            Op::Invalid { kind, x } => {
+                let page = x % PAGES;
+                let small = 1 + x % 4;
+                let odd = 1 + x % (G - 1);
+                match kind {
+                    0 => rejects(a, OutOfRange, |a| a.free(addr(page)..addr(page))),
+                    1 => rejects(a, OutOfRange, |a| a.free(addr(page + 1)..addr(page))),
+                    2 => rejects(a, OutOfRange, |a| a.free(BASE - small * G..BASE + (x % 3) * G)),
+                    3 => rejects(a, OutOfRange, |a| a.free(END - (x % 3) * G..END + small * G)),
+                    4 => rejects(a, Misaligned, |a| a.free(addr(page) + odd..addr(page + 1))),
+                    5 => rejects(a, Misaligned, |a| a.free(addr(page)..addr(page) + odd)),
+                    6 => rejects(a, ZeroSize, |a| a.alloc(0, G << (x % 5))),
+                    7 => rejects(a, Misaligned, |a| a.alloc(small * G + odd, G)),
+                    8 => rejects(a, Misaligned, |a| a.alloc(G, (G << (x % 5)) + odd)),
+                    _ => rejects(a, Exhausted, |a| a.alloc((PAGES + small) * G, G << (x % 5))),
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn random_alloc_and_free_match_a_page_model(ops in proptest::collection::vec(op(), 1..160)) {
+            let mut a = RangeAllocator::new(BASE..END, G);
+            let mut allocated = BTreeSet::new();
+            let mut live = Vec::new();
+            for op in ops {
+                apply(&mut a, &mut allocated, &mut live, op);
+                check_against_model(&a, &allocated);
+            }
+            // Freeing everything restores one fragment of the whole range.
+            for r in live.drain(..) {
+                prop_assert_eq!(a.free(addr(r.start)..addr(r.end)), Ok(()));
+                for pg in r {
+                    prop_assert!(allocated.remove(&pg));
+                }
+            }
+            prop_assert!(allocated.is_empty());
+            check_against_model(&a, &allocated);
+            prop_assert_eq!(a.free_ranges().collect::<Vec<_>>(), vec![BASE..END]);
+            prop_assert_eq!(a.stats().fragments, 1);
+        }
+    }
+}

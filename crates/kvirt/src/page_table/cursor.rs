@@ -1,0 +1,847 @@
+//! Cursors: locked windows onto a page table.
+//!
+//! A cursor is created over a page-aligned range (its *barrier*), locks the
+//! part of the tree covering it (see the `page_table` module docs) and keeps
+//! a current address `va` plus the path of nodes from its guard node down to
+//! the node holding `va`'s entry. Every node on that path, and every node
+//! below the guard that intersects the barrier, is locked by the cursor, so
+//! the cursor reads and writes those entries freely.
+
+use alloc::vec::Vec;
+use core::fmt;
+use core::marker::PhantomData;
+use core::ops::Range;
+use core::ptr::NonNull;
+
+use super::node::NodeRef;
+use super::{
+    alloc_node, check_range, release_entry, sign_extend, MappedItem, MappedItemRef, OutOfCursorRange,
+    PageTable, PageTableConfig, RangeError,
+};
+use crate::addr::{align_down, is_aligned, is_page_aligned, Paddr, PagingLevel, Vaddr};
+use crate::arch::{page_size, pte_index, PagingFormat, PteKind};
+use crate::frame::{AnyFrameMeta, Frame, FrameRef, PhysMem};
+use crate::page_prop::PageProperty;
+use crate::platform::{RcuReadGuard, TlbFlushOp, TlbScope};
+
+/// The most levels a paging format may have.
+const MAX_LEVELS: usize = 5;
+
+/// A read-only cursor.
+pub struct Cursor<'a, C: PageTableConfig> {
+    pt: &'a PageTable<C>,
+    /// The locked range. The cursor never touches entries outside it.
+    barrier: Range<Vaddr>,
+    /// The current address: page aligned, in `barrier.start..=barrier.end`.
+    va: Vaddr,
+    /// The level of the guard node, the highest node the cursor holds.
+    guard_level: PagingLevel,
+    /// The current level: `path[level - 1]` holds `va`'s entry.
+    level: PagingLevel,
+    /// `path[l - 1]` is the node at level `l` on the way from the guard to
+    /// `va` (valid for `level..=guard_level`).
+    path: [Paddr; MAX_LEVELS],
+    /// `base[l - 1]` is the lowest address `path[l - 1]` maps.
+    base: [Vaddr; MAX_LEVELS],
+    /// Whether the locks are still held (false once released by `CursorMut`).
+    locked: bool,
+    _rcu: RcuReadGuard<'a>,
+    /// Cursors hold a CPU-local read-side section: they stay on their thread.
+    _not_send: PhantomData<*const ()>,
+}
+
+/// The span of a node at `level`.
+fn node_span<F: PagingFormat>(level: PagingLevel) -> usize {
+    page_size::<F>(level + 1)
+}
+
+impl<'a, C: PageTableConfig> Cursor<'a, C> {
+    pub(super) fn new(pt: &'a PageTable<C>, range: &Range<Vaddr>) -> Result<Self, RangeError> {
+        check_range::<C>(range)?;
+        let rcu = RcuReadGuard::new(pt.phys().platform());
+        let (guard, guard_level) = lock_range(pt, range);
+        let mut path = [0; MAX_LEVELS];
+        let mut base = [0; MAX_LEVELS];
+        path[guard_level as usize - 1] = guard;
+        base[guard_level as usize - 1] = if guard_level == C::F::NR_LEVELS {
+            0
+        } else {
+            sign_extend::<C::F>(align_down(range.start, node_span::<C::F>(guard_level)))
+        };
+        Ok(Self {
+            pt,
+            barrier: range.clone(),
+            va: range.start,
+            guard_level,
+            level: guard_level,
+            path,
+            base,
+            locked: true,
+            _rcu: rcu,
+            _not_send: PhantomData,
+        })
+    }
+
+    fn phys(&self) -> &'a PhysMem {
+        self.pt.phys()
+    }
+
+    fn node(&self, level: PagingLevel) -> NodeRef<'a> {
+        // SAFETY: nodes on the path are locked by this cursor, hence alive.
+        unsafe { NodeRef::new(self.phys(), self.path[level as usize - 1]) }
+    }
+
+    fn cur_node(&self) -> NodeRef<'a> {
+        self.node(self.level)
+    }
+
+    fn cur_index(&self) -> usize {
+        pte_index::<C::F>(self.va, self.level)
+    }
+
+    fn cur_raw(&self) -> u64 {
+        self.cur_node().read(self.cur_index())
+    }
+
+    /// The range of the current entry: `start` and the exclusive end, which
+    /// saturates at `usize::MAX` for the very last entry of the space.
+    fn cur_entry_range(&self) -> Range<Vaddr> {
+        let size = page_size::<C::F>(self.level);
+        let start = align_down(self.va, size);
+        start..start.saturating_add(size)
+    }
+
+    /// Descends into the child node at the current entry.
+    fn push(&mut self, child: Paddr) {
+        debug_assert!(self.level > 1);
+        self.level -= 1;
+        let l = self.level as usize - 1;
+        self.path[l] = child;
+        self.base[l] = align_down(self.va, node_span::<C::F>(self.level));
+    }
+
+    /// Pops levels until the current node holds `va`.
+    fn sync_path(&mut self) {
+        while self.level < self.guard_level {
+            let span = node_span::<C::F>(self.level);
+            if align_down(self.va, span) == self.base[self.level as usize - 1] {
+                break;
+            }
+            self.level += 1;
+        }
+    }
+
+    /// Moves `va` to the end of the current entry, or to `end` if sooner.
+    fn skip_entry(&mut self, end: Vaddr) {
+        self.va = self.cur_entry_range().end.min(end);
+    }
+
+    fn node_of(&self, pa: Paddr) -> NodeRef<'a> {
+        // SAFETY: only called for children of locked nodes inside the
+        // barrier, which this cursor holds locked.
+        unsafe { NodeRef::new(self.phys(), pa) }
+    }
+
+    /// The current address.
+    #[must_use]
+    pub fn virt_addr(&self) -> Vaddr {
+        self.va
+    }
+
+    /// The range the cursor locked.
+    #[must_use]
+    pub fn range(&self) -> Range<Vaddr> {
+        self.barrier.clone()
+    }
+
+    /// What is mapped at the current address: the range of the whole entry
+    /// (a huge page, or an absent slot at any level; it may extend past the
+    /// cursor's range) and the item, if any. Does not move the cursor.
+    pub fn query(&mut self) -> Result<(Range<Vaddr>, Option<MappedItemRef<'_>>), OutOfCursorRange> {
+        if self.va >= self.barrier.end {
+            return Err(OutOfCursorRange { va: self.va, range: self.barrier.clone() });
+        }
+        self.sync_path();
+        loop {
+            let raw = self.cur_raw();
+            match C::F::decode(raw, self.level) {
+                PteKind::Table(child) => self.push(child),
+                PteKind::Absent => return Ok((self.cur_entry_range(), None)),
+                PteKind::Page { pa, prop, tracked } => {
+                    let item = if tracked {
+                        let slot = NonNull::from(self.phys().slot(pa));
+                        // SAFETY: the entry owns a reference to the frame and
+                        // cannot change while the cursor, borrowed for the
+                        // result's lifetime, holds the node lock.
+                        MappedItemRef::Tracked(unsafe { FrameRef::from_slot(slot) }, prop)
+                    } else {
+                        MappedItemRef::Untracked(pa, self.level, prop)
+                    };
+                    return Ok((self.cur_entry_range(), Some(item)));
+                }
+            }
+        }
+    }
+
+    /// The end of a search of `len` bytes from `va`.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `len` is misaligned or reaches past the cursor's range.
+    fn search_end(&self, len: usize) -> Vaddr {
+        assert!(is_page_aligned(len), "length {len:#x} is not page aligned");
+        assert!(
+            len <= self.barrier.end.saturating_sub(self.va),
+            "length {len:#x} from {:#x} reaches past the cursor's range {:#x?}",
+            self.va,
+            self.barrier
+        );
+        self.va + len
+    }
+
+    /// Moves to the first address in `va..va + len` at which something is
+    /// mapped and returns it; if there is none, moves to `va + len` and
+    /// returns `None`.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `len` is not page aligned or `va + len` is past the range.
+    pub fn find_next(&mut self, len: usize) -> Option<Vaddr> {
+        let end = self.search_end(len);
+        loop {
+            if self.va >= end {
+                self.va = end;
+                return None;
+            }
+            self.sync_path();
+            match C::F::decode(self.cur_raw(), self.level) {
+                PteKind::Absent => self.skip_entry(end),
+                PteKind::Table(child) => {
+                    let child_node = self.node_of(child);
+                    if child_node.nr_children() == 0 {
+                        self.skip_entry(end);
+                    } else {
+                        self.push(child);
+                    }
+                }
+                PteKind::Page { .. } => return Some(self.va),
+            }
+        }
+    }
+
+    /// Moves to `va` (page aligned, within the range or at its end).
+    pub fn jump(&mut self, va: Vaddr) -> Result<(), OutOfCursorRange> {
+        if !is_page_aligned(va) || va < self.barrier.start || va > self.barrier.end {
+            return Err(OutOfCursorRange { va, range: self.barrier.clone() });
+        }
+        self.va = va;
+        Ok(())
+    }
+
+    /// Releases every lock, once.
+    fn unlock_all(&mut self) {
+        if self.locked {
+            self.locked = false;
+            let guard = self.node(self.guard_level);
+            dfs_unlock::<C::F>(
+                guard,
+                self.guard_level,
+                self.base[self.guard_level as usize - 1],
+                &self.barrier,
+            );
+        }
+    }
+}
+
+impl<C: PageTableConfig> Drop for Cursor<'_, C> {
+    fn drop(&mut self) {
+        self.unlock_all();
+    }
+}
+
+impl<C: PageTableConfig> fmt::Debug for Cursor<'_, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cursor")
+            .field("range", &format_args!("{:#x?}", self.barrier))
+            .field("va", &format_args!("{:#x}", self.va))
+            .field("guard_level", &self.guard_level)
+            .finish()
+    }
+}
+
+/// Walks down without locks to the lowest node covering `range`, locks it
+/// and every node below it that intersects the range. Returns the guard
+/// node and its level.
+fn lock_range<C: PageTableConfig>(pt: &PageTable<C>, range: &Range<Vaddr>) -> (Paddr, PagingLevel) {
+    loop {
+        let mut node = pt.root_node();
+        let mut level = C::F::NR_LEVELS;
+        while level > 1 {
+            let i = pte_index::<C::F>(range.start, level);
+            let inside_one_entry = i == pte_index::<C::F>(range.end - 1, level);
+            if !inside_one_entry || range.len() >= page_size::<C::F>(level) {
+                break;
+            }
+            match C::F::decode(node.read(i), level) {
+                PteKind::Table(child) => {
+                    // SAFETY: we are inside the cursor's read-side section,
+                    // so a node reachable now stays unreused until it ends.
+                    node = unsafe { NodeRef::new(pt.phys(), child) };
+                    level -= 1;
+                }
+                PteKind::Absent | PteKind::Page { .. } => break,
+            }
+        }
+        node.lock();
+        if node.is_stray() {
+            // Detached after we read its parent's entry: start again.
+            node.unlock();
+            continue;
+        }
+        let base = if level == C::F::NR_LEVELS {
+            0
+        } else {
+            sign_extend::<C::F>(align_down(range.start, node_span::<C::F>(level)))
+        };
+        dfs_lock::<C::F>(node, level, base, range);
+        return (node.pa(), level);
+    }
+}
+
+/// The indices of a node at `level` starting at `base` whose entries
+/// intersect `range`.
+fn entry_indices<F: PagingFormat>(level: PagingLevel, base: Vaddr, range: &Range<Vaddr>) -> Range<usize> {
+    let first = if range.start <= base { 0 } else { pte_index::<F>(range.start, level) };
+    let node_last = base.wrapping_add(node_span::<F>(level) - 1);
+    let last = if level == F::NR_LEVELS || range.end - 1 < node_last {
+        pte_index::<F>(range.end - 1, level)
+    } else {
+        F::NR_ENTRIES - 1
+    };
+    first..last + 1
+}
+
+/// Locks, parent before child, every node below `node` intersecting `range`.
+fn dfs_lock<F: PagingFormat>(node: NodeRef<'_>, level: PagingLevel, base: Vaddr, range: &Range<Vaddr>) {
+    if level == 1 {
+        return;
+    }
+    for i in entry_indices::<F>(level, base, range) {
+        if let PteKind::Table(child) = F::decode(node.read(i), level) {
+            // SAFETY: `node` is locked, so its child cannot be detached.
+            let child = unsafe { NodeRef::new(node_phys(node), child) };
+            child.lock();
+            dfs_lock::<F>(child, level - 1, sign_extend::<F>(base + i * page_size::<F>(level)), range);
+        }
+    }
+}
+
+/// Unlocks what `dfs_lock` (and the cursor since) locked, children first.
+fn dfs_unlock<F: PagingFormat>(node: NodeRef<'_>, level: PagingLevel, base: Vaddr, range: &Range<Vaddr>) {
+    if level > 1 {
+        for i in entry_indices::<F>(level, base, range) {
+            if let PteKind::Table(child) = F::decode(node.read(i), level) {
+                // SAFETY: `node` is locked by us, so its child is attached
+                // and locked by us too.
+                let child = unsafe { NodeRef::new(node_phys(node), child) };
+                dfs_unlock::<F>(child, level - 1, sign_extend::<F>(base + i * page_size::<F>(level)), range);
+            }
+        }
+    }
+    node.unlock();
+}
+
+fn node_phys(node: NodeRef<'_>) -> &PhysMem {
+    node.phys()
+}
+
+/// Why a mapping was rejected; carries the item back.
+#[derive(Debug)]
+pub struct MapError {
+    /// What was wrong.
+    pub kind: MapErrorKind,
+    /// The item, returned unmapped.
+    pub item: MappedItem,
+}
+
+/// What was wrong with a mapping request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapErrorKind {
+    /// The page does not fit between the cursor's address and the end of
+    /// its range.
+    OutOfRange,
+    /// The virtual or physical address is not aligned to the page size.
+    Misaligned,
+    /// The format cannot map a leaf at this level.
+    UnsupportedLevel,
+    /// The physical address is beyond what the format can encode.
+    PaddrTooLarge,
+    /// Something is mapped there already.
+    AlreadyMapped,
+    /// No memory for a page-table node.
+    OutOfMemory,
+}
+
+impl fmt::Display for MapErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MapErrorKind::OutOfRange => "the page does not fit in the cursor's remaining range",
+            MapErrorKind::Misaligned => "the address is not aligned for mapping at this level",
+            MapErrorKind::UnsupportedLevel => "the paging format cannot map a page at this level",
+            MapErrorKind::PaddrTooLarge => "the physical address is beyond what the paging format encodes",
+            MapErrorKind::AlreadyMapped => "mapping over an already mapped page",
+            MapErrorKind::OutOfMemory => "out of memory for page-table nodes",
+        })
+    }
+}
+
+/// What [`CursorMut::take_next`] removed from the table.
+///
+/// It still owns what was mapped: flush the TLB for
+/// [`va_range`](Self::va_range) on every CPU that may cache it, then drop
+/// it (a `TlbFlusher` does both in order).
+#[must_use = "dropping a fragment before the TLB flush lets its frames be reused while still cached"]
+#[derive(Debug)]
+pub enum PageTableFrag {
+    /// One leaf mapping.
+    Mapped {
+        /// Where it was mapped.
+        va: Vaddr,
+        /// What was mapped.
+        item: MappedItem,
+    },
+    /// A whole sub-tree, detached at once.
+    StrayPageTable {
+        /// The detached sub-tree.
+        pt: StraySubtree,
+        /// The first address it mapped.
+        va: Vaddr,
+        /// The bytes it spans.
+        len: usize,
+        /// The leaf mappings it held (huge pages included, one each).
+        num_frames: usize,
+    },
+}
+
+impl PageTableFrag {
+    /// The virtual range the fragment covered.
+    #[must_use]
+    pub fn va_range(&self) -> Range<Vaddr> {
+        match self {
+            PageTableFrag::Mapped { va, item } => {
+                let len = match item {
+                    MappedItem::Tracked(..) => crate::addr::PAGE_SIZE,
+                    MappedItem::Untracked(_, level, _) => page_size::<crate::arch::x86_64::X86_64>(*level),
+                };
+                *va..va.saturating_add(len)
+            }
+            PageTableFrag::StrayPageTable { va, len, .. } => *va..va.saturating_add(*len),
+        }
+    }
+}
+
+/// A detached page-table sub-tree. Dropping it frees the nodes and releases
+/// the tracked frames they map after an RCU grace period.
+pub struct StraySubtree {
+    phys: NonNull<PhysMem>,
+    /// The entry that pointed to it, and that entry's level.
+    raw: u64,
+    level: PagingLevel,
+    release: unsafe fn(&PhysMem, u64, PagingLevel),
+}
+
+// SAFETY: the sub-tree is owned by this value alone; `PhysMem` is `Sync`.
+unsafe impl Send for StraySubtree {}
+
+impl fmt::Debug for StraySubtree {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StraySubtree").field("entry", &format_args!("{:#x}", self.raw)).finish()
+    }
+}
+
+impl Drop for StraySubtree {
+    fn drop(&mut self) {
+        // SAFETY: the `PhysMem` outlives its page tables and their parts.
+        let phys = unsafe { self.phys.as_ref() };
+        let (phys_addr, raw, level, release) =
+            (self.phys.as_ptr() as usize, self.raw, self.level, self.release);
+        phys.platform().call_rcu(alloc::boxed::Box::new(move || {
+            // SAFETY: the space waits for its callbacks before it is freed
+            // (`KernelSpace::drop` calls `rcu_barrier`); the sub-tree was
+            // detached, its TLB entries flushed by the owner of this value,
+            // and the grace period has passed, so no one reaches it.
+            unsafe { release(&*(phys_addr as *const PhysMem), raw, level) };
+        }));
+    }
+}
+
+/// A cursor that can change the mappings in its range.
+pub struct CursorMut<'a, C: PageTableConfig> {
+    inner: Cursor<'a, C>,
+    /// Emptied nodes detached by this cursor: freed after a TLB flush of
+    /// their spans and a grace period, when the cursor is dropped.
+    detached: Vec<(u64, PagingLevel, Range<Vaddr>)>,
+    /// Whether the cursor removed anything (so the guard may have emptied).
+    removed: bool,
+}
+
+impl<'a, C: PageTableConfig> CursorMut<'a, C> {
+    pub(super) fn new(pt: &'a PageTable<C>, range: &Range<Vaddr>) -> Result<Self, RangeError> {
+        Ok(Self { inner: Cursor::new(pt, range)?, detached: Vec::new(), removed: false })
+    }
+
+    /// The current address.
+    #[must_use]
+    pub fn virt_addr(&self) -> Vaddr {
+        self.inner.va
+    }
+
+    /// See [`Cursor::query`].
+    pub fn query(&mut self) -> Result<(Range<Vaddr>, Option<MappedItemRef<'_>>), OutOfCursorRange> {
+        self.inner.query()
+    }
+
+    /// See [`Cursor::find_next`].
+    pub fn find_next(&mut self, len: usize) -> Option<Vaddr> {
+        self.inner.find_next(len)
+    }
+
+    /// See [`Cursor::jump`].
+    pub fn jump(&mut self, va: Vaddr) -> Result<(), OutOfCursorRange> {
+        self.inner.jump(va)
+    }
+
+    /// Maps `item` at the current address and moves past it.
+    ///
+    /// # Panics
+    ///
+    /// Panics in the cases [`try_map`](Self::try_map) reports, with the
+    /// reason: most notably "mapping over an already mapped page".
+    pub fn map(&mut self, item: MappedItem) {
+        if let Err(e) = self.try_map(item) {
+            panic!("CursorMut::map at {:#x}: {}", self.inner.va, e.kind);
+        }
+    }
+
+    /// Maps `item` at the current address and moves past it, or returns it
+    /// with the reason. A rejected call changes nothing.
+    ///
+    /// A tracked frame is mapped at level 1; an untracked item at its level,
+    /// where an empty page-table node left there is replaced.
+    pub fn try_map(&mut self, item: MappedItem) -> Result<(), MapError> {
+        let (pa, level, prop, tracked) = match &item {
+            MappedItem::Tracked(frame, prop) => (frame.paddr(), 1, *prop, true),
+            MappedItem::Untracked(pa, level, prop) => (*pa, *level, *prop, false),
+        };
+        let fail = |kind, item| Err(MapError { kind, item });
+        if !(1..=C::F::HIGHEST_LEAF_LEVEL).contains(&level) {
+            return fail(MapErrorKind::UnsupportedLevel, item);
+        }
+        let size = page_size::<C::F>(level);
+        let c = &mut self.inner;
+        if c.va >= c.barrier.end || size > c.barrier.end - c.va {
+            return fail(MapErrorKind::OutOfRange, item);
+        }
+        if !is_aligned(c.va, size) || !is_aligned(pa, size) {
+            return fail(MapErrorKind::Misaligned, item);
+        }
+        if C::F::PA_BITS < usize::BITS && pa.checked_add(size).is_none_or(|end| end > 1 << C::F::PA_BITS) {
+            return fail(MapErrorKind::PaddrTooLarge, item);
+        }
+        c.sync_path();
+        // The guard covers at least one entry of `size` (the range does), so
+        // it is at `level` or above.
+        while c.level < level {
+            c.level += 1;
+        }
+        while c.level > level {
+            let (node, i) = (c.cur_node(), c.cur_index());
+            match C::F::decode(node.read(i), c.level) {
+                PteKind::Table(child) => c.push(child),
+                PteKind::Page { .. } => return fail(MapErrorKind::AlreadyMapped, item),
+                PteKind::Absent => {
+                    let Ok(child) = alloc_node(c.phys(), c.level - 1) else {
+                        self.reclaim_empty_path();
+                        return fail(MapErrorKind::OutOfMemory, item);
+                    };
+                    node.write(i, C::F::encode_table(child.pa()));
+                    c.push(child.pa());
+                }
+            }
+        }
+        let (node, i) = (c.cur_node(), c.cur_index());
+        match C::F::decode(node.read(i), level) {
+            PteKind::Absent => {}
+            PteKind::Table(child) if c.node_of(child).nr_children() == 0 && Self::may_detach(level - 1) => {
+                let raw = node.read(i);
+                node.write(i, 0);
+                self.retire_empty(raw, level, c_entry_range::<C>(self.inner.va, level));
+            }
+            _ => return fail(MapErrorKind::AlreadyMapped, item),
+        }
+        let c = &mut self.inner;
+        let (node, i) = (c.cur_node(), c.cur_index());
+        node.write(i, C::F::encode_page(pa, level, prop, tracked));
+        if let MappedItem::Tracked(frame, _) = item {
+            // The entry now owns the frame's reference.
+            let _ = frame.into_raw();
+        }
+        c.va += size;
+        Ok(())
+    }
+
+    /// Whether a node at `level` may be detached.
+    fn may_detach(level: PagingLevel) -> bool {
+        level < C::F::NR_LEVELS - 1 || (level == C::F::NR_LEVELS - 1 && C::TOP_LEVEL_CAN_UNMAP)
+    }
+
+    /// Queues an emptied node, already unhooked from its parent, for freeing.
+    fn retire_empty(&mut self, raw: u64, entry_level: PagingLevel, span: Range<Vaddr>) {
+        let PteKind::Table(pa) = C::F::decode(raw, entry_level) else { unreachable!() };
+        let node = self.inner.node_of(pa);
+        debug_assert_eq!(node.nr_children(), 0);
+        node.mark_stray();
+        node.unlock();
+        self.detached.push((raw, entry_level, span));
+    }
+
+    /// Detaches the nodes on the path, bottom up, that are empty and below
+    /// the guard. The guard itself is left to `drop`.
+    fn reclaim_empty_path(&mut self) {
+        loop {
+            let c = &self.inner;
+            let level = c.level;
+            if level >= c.guard_level || !Self::may_detach(level) || c.cur_node().nr_children() != 0 {
+                return;
+            }
+            let base = c.base[level as usize - 1];
+            let parent = c.node(level + 1);
+            let i = pte_index::<C::F>(base, level + 1);
+            let raw = parent.read(i);
+            parent.write(i, 0);
+            let span = base..base.saturating_add(node_span::<C::F>(level));
+            self.inner.level += 1;
+            self.retire_empty(raw, level + 1, span);
+        }
+    }
+
+    /// Splits the huge page at the current entry into pages one level down.
+    ///
+    /// # Panics
+    ///
+    /// Panics if no memory is left for the new node.
+    fn split_huge(&mut self) {
+        let c = &mut self.inner;
+        let (node, i, level) = (c.cur_node(), c.cur_index(), c.level);
+        let PteKind::Page { pa, prop, tracked } = C::F::decode(node.read(i), level) else {
+            unreachable!("split_huge on a non-leaf entry")
+        };
+        debug_assert!(level > 1 && !tracked, "only untracked huge pages exist");
+        let child = alloc_node(c.phys(), level - 1).expect("out of memory while splitting a huge page");
+        let small = page_size::<C::F>(level - 1);
+        for j in 0..C::F::NR_ENTRIES {
+            child.write(j, C::F::encode_page(pa + j * small, level - 1, prop, false));
+        }
+        // The new node stays locked: it is inside the barrier.
+        node.write(i, C::F::encode_table(child.pa()));
+    }
+
+    /// Removes the next mapping in `va..va + len`: a leaf, or a whole
+    /// sub-tree if its span lies inside. Huge pages straddling the search
+    /// range are split first, so nothing outside it is unmapped. Moves past
+    /// what it removed; returns `None`, at `va + len`, if nothing is mapped.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `len` is misaligned or reaches past the range, or if
+    /// memory runs out while splitting a huge page.
+    pub fn take_next(&mut self, len: usize) -> Option<PageTableFrag> {
+        let end = self.inner.search_end(len);
+        loop {
+            let c = &mut self.inner;
+            if c.va >= end {
+                c.va = end;
+                return None;
+            }
+            c.sync_path();
+            let (node, i, level) = (c.cur_node(), c.cur_index(), c.level);
+            let entry = c.cur_entry_range();
+            let raw = node.read(i);
+            match C::F::decode(raw, level) {
+                PteKind::Absent => c.skip_entry(end),
+                PteKind::Table(child) => {
+                    let child_node = c.node_of(child);
+                    if child_node.nr_children() == 0 {
+                        c.skip_entry(end);
+                    } else if entry.start >= c.va && entry.end <= end && Self::may_detach(level - 1) {
+                        node.write(i, 0);
+                        let num_frames = detach_subtree::<C::F>(child_node, level - 1);
+                        self.inner.va = entry.end;
+                        self.removed = true;
+                        self.reclaim_empty_path();
+                        return Some(PageTableFrag::StrayPageTable {
+                            pt: StraySubtree {
+                                phys: NonNull::from(self.inner.phys()),
+                                raw,
+                                level,
+                                release: release_entry::<C::F>,
+                            },
+                            va: entry.start,
+                            len: entry.len(),
+                            num_frames,
+                        });
+                    } else {
+                        c.push(child);
+                    }
+                }
+                PteKind::Page { pa, prop, tracked } => {
+                    if entry.start < c.va || entry.end > end {
+                        self.split_huge();
+                        continue;
+                    }
+                    node.write(i, 0);
+                    let item = if tracked {
+                        let slot = NonNull::from(c.phys().slot(pa));
+                        // SAFETY: the entry owned one reference to the frame;
+                        // it moves to the returned item.
+                        MappedItem::Tracked(unsafe { Frame::<dyn AnyFrameMeta>::from_slot(slot) }, prop)
+                    } else {
+                        MappedItem::Untracked(pa, level, prop)
+                    };
+                    c.va = entry.end;
+                    self.removed = true;
+                    self.reclaim_empty_path();
+                    return Some(PageTableFrag::Mapped { va: entry.start, item });
+                }
+            }
+        }
+    }
+
+    /// Changes the property of the next mapping in `va..va + len` with `op`
+    /// (splitting huge pages that straddle the search range) and returns the
+    /// range changed; returns `None`, at `va + len`, if nothing is mapped.
+    /// The caller flushes the TLB for the returned range.
+    ///
+    /// # Panics
+    ///
+    /// As for [`take_next`](Self::take_next).
+    #[must_use = "the returned range must be flushed from the TLB"]
+    pub fn protect_next(
+        &mut self,
+        len: usize,
+        op: &mut impl FnMut(&mut PageProperty),
+    ) -> Option<Range<Vaddr>> {
+        let end = self.inner.search_end(len);
+        loop {
+            let c = &mut self.inner;
+            if c.va >= end {
+                c.va = end;
+                return None;
+            }
+            c.sync_path();
+            let (node, i, level) = (c.cur_node(), c.cur_index(), c.level);
+            let entry = c.cur_entry_range();
+            match C::F::decode(node.read(i), level) {
+                PteKind::Absent => c.skip_entry(end),
+                PteKind::Table(child) => {
+                    if c.node_of(child).nr_children() == 0 {
+                        c.skip_entry(end);
+                    } else {
+                        c.push(child);
+                    }
+                }
+                PteKind::Page { pa, mut prop, tracked } => {
+                    if entry.start < c.va || entry.end > end {
+                        self.split_huge();
+                        continue;
+                    }
+                    op(&mut prop);
+                    node.write(i, C::F::encode_page(pa, level, prop, tracked));
+                    c.va = entry.end;
+                    return Some(entry);
+                }
+            }
+        }
+    }
+}
+
+fn c_entry_range<C: PageTableConfig>(va: Vaddr, level: PagingLevel) -> Range<Vaddr> {
+    let size = page_size::<C::F>(level);
+    let start = align_down(va, size);
+    start..start.saturating_add(size)
+}
+
+/// Marks a detached sub-tree stray and unlocks it; returns its leaf count.
+fn detach_subtree<F: PagingFormat>(node: NodeRef<'_>, level: PagingLevel) -> usize {
+    let mut leaves = 0;
+    for i in 0..F::NR_ENTRIES {
+        match F::decode(node.read(i), level) {
+            PteKind::Absent => {}
+            PteKind::Page { .. } => leaves += 1,
+            PteKind::Table(child) => {
+                // SAFETY: children of a node we hold are locked by us.
+                let child = unsafe { NodeRef::new(node_phys(node), child) };
+                leaves += detach_subtree::<F>(child, level - 1);
+            }
+        }
+    }
+    node.mark_stray();
+    node.unlock();
+    leaves
+}
+
+impl<C: PageTableConfig> Drop for CursorMut<'_, C> {
+    fn drop(&mut self) {
+        let c = &self.inner;
+        let guard = c.node(c.guard_level);
+        let guard_emptied = self.removed && Self::may_detach(c.guard_level) && guard.nr_children() == 0;
+        let guard_span = c.base[c.guard_level as usize - 1]
+            ..c.base[c.guard_level as usize - 1].saturating_add(node_span::<C::F>(c.guard_level));
+        self.inner.unlock_all();
+
+        let platform = self.inner.phys().platform();
+        for (raw, level, span) in self.detached.drain(..) {
+            platform.flush_tlb(TlbFlushOp::Range(span), TlbScope::AllCpus);
+            drop(StraySubtree {
+                phys: NonNull::from(self.inner.phys()),
+                raw,
+                level,
+                release: release_entry::<C::F>,
+            });
+        }
+
+        if guard_emptied {
+            // The guard node is empty: lock its parent (a cursor over the
+            // guard's whole span does) and detach it there. That cursor's
+            // own drop continues upwards.
+            if let Ok(mut parent) = CursorMut::new(self.inner.pt, &guard_span) {
+                parent.reclaim_empty_child(guard_span.start);
+            }
+        }
+    }
+}
+
+impl<C: PageTableConfig> CursorMut<'_, C> {
+    /// Detaches the empty node mapping `span_start..` from the guard, if it
+    /// is still there and still empty.
+    fn reclaim_empty_child(&mut self, span_start: Vaddr) {
+        let c = &mut self.inner;
+        let (node, level) = (c.node(c.guard_level), c.guard_level);
+        let i = pte_index::<C::F>(span_start, level);
+        let raw = node.read(i);
+        if let PteKind::Table(child) = C::F::decode(raw, level) {
+            if c.node_of(child).nr_children() == 0 && Self::may_detach(level - 1) {
+                node.write(i, 0);
+                self.removed = true;
+                let span = c_entry_range::<C>(span_start, level);
+                self.retire_empty(raw, level, span);
+            }
+        }
+    }
+}
+
+impl<C: PageTableConfig> fmt::Debug for CursorMut<'_, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("CursorMut").field(&self.inner).finish()
+    }
+}

@@ -1,0 +1,464 @@
+//! The multi-level page table.
+//!
+//! A [`PageTable<C>`] is a tree of 4 KiB nodes in the shape its paging
+//! format `C::F` prescribes. All access goes through cursors:
+//! [`Cursor`] (query, find, jump) and [`CursorMut`] (also map, take, protect),
+//! each created over a page-aligned range that it locks for its lifetime.
+//!
+//! ## Locking (CortenMM)
+//!
+//! A cursor walks down from the root **without locks** (inside an RCU
+//! read-side section) to the lowest node that covers its whole range, locks
+//! that *guard node*, re-checks that it is still attached (not `stray`),
+//! and then locks, top-down, every existing node below it that intersects
+//! the range. Cursors over disjoint ranges therefore lock disjoint nodes
+//! and run in parallel; locks are always taken parent before child, so
+//! cursors never deadlock.
+//!
+//! The walk descends into an entry only if the range lies strictly inside
+//! it: a range that covers a whole entry keeps the lock of the node holding
+//! that entry, because the cursor may need to replace it (map a huge page,
+//! detach a sub-tree).
+//!
+//! ```text
+//!   root (L4)            walk without locks
+//!     └─ L3 node             │
+//!          └─ L2 node  <── guard: locked, re-checked not stray
+//!               ├─ L1 node  <── locked (intersects the range)
+//!               └─ L1 node  <── locked (intersects the range)
+//! ```
+//!
+//! ## Reclamation
+//!
+//! A node detached from the tree (a sub-tree taken whole, or a node emptied
+//! by unmapping) is marked `stray` under its lock and freed only after the
+//! TLB flush covering its span and an RCU grace period
+//! ([`Platform::call_rcu`](crate::platform::Platform::call_rcu)), since
+//! lock-free walkers and hardware paging-structure caches may still see it.
+//! Nodes emptied by unmapping are reclaimed as soon as the cursor that
+//! emptied them is dropped, so the number of page-table frames in use
+//! returns to its old value once everything mapped is unmapped.
+//!
+//! ## Ownership
+//!
+//! An entry mapping a tracked frame owns one reference to it; an entry
+//! pointing to a node owns the node. Untracked entries own nothing.
+
+mod cursor;
+mod node;
+
+use core::fmt;
+use core::marker::PhantomData;
+use core::ops::Range;
+use core::ptr::NonNull;
+use core::sync::atomic::Ordering;
+
+pub use cursor::{Cursor, CursorMut, MapError, MapErrorKind, PageTableFrag};
+pub(crate) use node::{NodeRef, PtNodeMeta};
+
+use crate::addr::{is_page_aligned, Paddr, PagingLevel, Vaddr};
+use crate::arch::x86_64::X86_64;
+use crate::arch::{page_size, pte_index, PagingFormat, PteKind};
+use crate::frame::{AnyFrameMeta, Frame, FrameRef, PhysMem};
+use crate::kspace::KernelSpace;
+use crate::page_prop::PageProperty;
+
+/// The shape and address range of one kind of page table.
+pub trait PageTableConfig: fmt::Debug + Send + Sync + 'static {
+    /// The paging format.
+    type F: PagingFormat;
+    /// The root entries this kind of table may use.
+    const TOP_LEVEL_INDEX_RANGE: Range<usize>;
+    /// Whether the children of the root may be detached. Kernel tables keep
+    /// them for ever, so that user tables can share them.
+    const TOP_LEVEL_CAN_UNMAP: bool;
+}
+
+/// The kernel half of an x86-64 address space.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelPtConfig;
+
+impl PageTableConfig for KernelPtConfig {
+    type F = X86_64;
+    const TOP_LEVEL_INDEX_RANGE: Range<usize> = 256..512;
+    const TOP_LEVEL_CAN_UNMAP: bool = false;
+}
+
+/// The user half of an x86-64 address space.
+#[derive(Clone, Copy, Debug)]
+pub struct UserPtConfig;
+
+impl PageTableConfig for UserPtConfig {
+    type F = X86_64;
+    const TOP_LEVEL_INDEX_RANGE: Range<usize> = 0..256;
+    const TOP_LEVEL_CAN_UNMAP: bool = true;
+}
+
+/// The first and last virtual address a configuration covers.
+#[must_use]
+pub fn vaddr_bounds<C: PageTableConfig>() -> (Vaddr, Vaddr) {
+    let top = page_size::<C::F>(C::F::NR_LEVELS);
+    let first = C::TOP_LEVEL_INDEX_RANGE.start * top;
+    let last = C::TOP_LEVEL_INDEX_RANGE.end * top - 1;
+    (sign_extend::<C::F>(first), sign_extend::<C::F>(last))
+}
+
+fn sign_extend<F: PagingFormat>(va: Vaddr) -> Vaddr {
+    let bits = F::VA_BITS;
+    if F::SIGN_EXTEND && bits < usize::BITS && va & (1 << (bits - 1)) != 0 {
+        va | !((1usize << bits) - 1)
+    } else {
+        va
+    }
+}
+
+/// What a leaf entry maps, owned: taken out of the table or about to go in.
+#[derive(Debug)]
+pub enum MappedItem {
+    /// A tracked 4 KiB frame; the entry owns one reference to it.
+    Tracked(Frame<dyn AnyFrameMeta>, PageProperty),
+    /// Untracked physical memory `pa` mapped by a leaf at `level`.
+    Untracked(Paddr, PagingLevel, PageProperty),
+}
+
+/// What a leaf entry maps, borrowed from the table.
+#[derive(Debug, Clone)]
+pub enum MappedItemRef<'a> {
+    /// A tracked 4 KiB frame.
+    Tracked(FrameRef<'a, dyn AnyFrameMeta>, PageProperty),
+    /// Untracked physical memory `pa` mapped by a leaf at `level`.
+    Untracked(Paddr, PagingLevel, PageProperty),
+}
+
+impl MappedItemRef<'_> {
+    /// The physical address of the mapped page.
+    #[must_use]
+    pub fn paddr(&self) -> Paddr {
+        match self {
+            MappedItemRef::Tracked(f, _) => f.paddr(),
+            MappedItemRef::Untracked(pa, _, _) => *pa,
+        }
+    }
+
+    /// The property of the mapping.
+    #[must_use]
+    pub fn prop(&self) -> PageProperty {
+        match self {
+            MappedItemRef::Tracked(_, p) | MappedItemRef::Untracked(_, _, p) => *p,
+        }
+    }
+
+    /// The level of the leaf (1 for tracked frames).
+    #[must_use]
+    pub fn level(&self) -> PagingLevel {
+        match self {
+            MappedItemRef::Tracked(..) => 1,
+            MappedItemRef::Untracked(_, l, _) => *l,
+        }
+    }
+}
+
+impl PartialEq for MappedItemRef<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (MappedItemRef::Tracked(a, p), MappedItemRef::Tracked(b, q)) => a.paddr() == b.paddr() && p == q,
+            (MappedItemRef::Untracked(a, l, p), MappedItemRef::Untracked(b, m, q)) => {
+                a == b && l == m && p == q
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Why a cursor could not be created over a range.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RangeError {
+    /// `start == end`.
+    Empty,
+    /// `start > end`.
+    Reversed,
+    /// `start` or `end` is not page aligned.
+    Misaligned,
+    /// The range leaves the addresses this kind of table covers.
+    OutOfBounds,
+}
+
+impl fmt::Display for RangeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RangeError::Empty => "the range is empty",
+            RangeError::Reversed => "the range is reversed",
+            RangeError::Misaligned => "the range is not page aligned",
+            RangeError::OutOfBounds => "the range is outside the page table's address range",
+        })
+    }
+}
+
+/// A virtual address outside a cursor's range.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutOfCursorRange {
+    /// The address.
+    pub va: Vaddr,
+    /// The cursor's range.
+    pub range: Range<Vaddr>,
+}
+
+impl fmt::Display for OutOfCursorRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "address {:#x} is outside the cursor's range {:#x?} (or misaligned)", self.va, self.range)
+    }
+}
+
+/// Checks a cursor range against configuration `C`.
+pub(crate) fn check_range<C: PageTableConfig>(range: &Range<Vaddr>) -> Result<(), RangeError> {
+    if range.start == range.end {
+        return Err(RangeError::Empty);
+    }
+    if range.start > range.end {
+        return Err(RangeError::Reversed);
+    }
+    if !is_page_aligned(range.start) || !is_page_aligned(range.end) {
+        return Err(RangeError::Misaligned);
+    }
+    let (first, last) = vaddr_bounds::<C>();
+    if range.start < first || range.end - 1 > last {
+        return Err(RangeError::OutOfBounds);
+    }
+    Ok(())
+}
+
+/// The greedy split of `len` bytes at `va -> pa` into the largest aligned
+/// pages: yields `(pa, level)` for each page in order.
+///
+/// # Panics
+///
+/// Panics if `va`, `pa` or `len` is not page aligned.
+pub fn largest_pages<F: PagingFormat>(
+    mut va: Vaddr,
+    mut pa: Paddr,
+    mut len: usize,
+) -> impl Iterator<Item = (Paddr, PagingLevel)> {
+    assert!(
+        is_page_aligned(va) && is_page_aligned(pa) && is_page_aligned(len),
+        "largest_pages: va {va:#x}, pa {pa:#x} and len {len:#x} must be page aligned"
+    );
+    core::iter::from_fn(move || {
+        if len == 0 {
+            return None;
+        }
+        let level = (1..=F::HIGHEST_LEAF_LEVEL)
+            .rev()
+            .find(|&l| {
+                let size = page_size::<F>(l);
+                size <= len && va % size == 0 && pa % size == 0
+            })
+            .expect("level 1 always fits");
+        let size = page_size::<F>(level);
+        let item = (pa, level);
+        va = va.wrapping_add(size);
+        pa += size;
+        len -= size;
+        Some(item)
+    })
+}
+
+/// A page table of configuration `C`.
+pub struct PageTable<C: PageTableConfig> {
+    /// The root node, owned (one reference).
+    root: Paddr,
+    /// Where the nodes live. Outlives the table (kernel-space lifetime rule).
+    phys: NonNull<PhysMem>,
+    _config: PhantomData<C>,
+}
+
+// SAFETY: the table's nodes are shared through locks and atomics; `PhysMem`
+// is `Sync`.
+unsafe impl<C: PageTableConfig> Send for PageTable<C> {}
+// SAFETY: as for `Send`.
+unsafe impl<C: PageTableConfig> Sync for PageTable<C> {}
+
+/// Why a page table could not be created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageTableAllocError;
+
+impl fmt::Display for PageTableAllocError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("out of memory for page-table nodes")
+    }
+}
+
+impl<C: PageTableConfig> PageTable<C> {
+    /// An empty page table whose nodes come from `space`. If the root's
+    /// children cannot be unmapped (`TOP_LEVEL_CAN_UNMAP == false`), they are
+    /// all created now.
+    pub fn empty_in(space: &KernelSpace) -> Result<Self, PageTableAllocError> {
+        Self::empty(space.phys())
+    }
+
+    pub(crate) fn empty(phys: &PhysMem) -> Result<Self, PageTableAllocError> {
+        let root = alloc_node(phys, C::F::NR_LEVELS)?;
+        let table = Self { root: root.pa(), phys: NonNull::from(phys), _config: PhantomData };
+        if !C::TOP_LEVEL_CAN_UNMAP {
+            for i in C::TOP_LEVEL_INDEX_RANGE {
+                let Ok(child) = alloc_node(phys, C::F::NR_LEVELS - 1) else {
+                    // Dropping `table` releases the children made so far.
+                    root.unlock();
+                    return Err(PageTableAllocError);
+                };
+                root.write(i, C::F::encode_table(child.pa()));
+                child.unlock();
+            }
+        }
+        root.unlock();
+        Ok(table)
+    }
+
+    pub(crate) fn phys(&self) -> &PhysMem {
+        // SAFETY: the `PhysMem` outlives its page tables (kernel-space
+        // lifetime rule).
+        unsafe { self.phys.as_ref() }
+    }
+
+    /// The physical address of the root node (what goes into CR3).
+    #[must_use]
+    pub fn root_paddr(&self) -> Paddr {
+        self.root
+    }
+
+    /// A read-only cursor over `range`.
+    pub fn cursor(&self, range: &Range<Vaddr>) -> Result<Cursor<'_, C>, RangeError> {
+        Cursor::new(self, range)
+    }
+
+    /// A cursor over `range` that can change the mappings.
+    pub fn cursor_mut(&self, range: &Range<Vaddr>) -> Result<CursorMut<'_, C>, RangeError> {
+        CursorMut::new(self, range)
+    }
+
+    pub(crate) fn root_node(&self) -> NodeRef<'_> {
+        // SAFETY: the table owns its root.
+        unsafe { NodeRef::new(self.phys(), self.root) }
+    }
+
+    /// Reads the leaf mapping `va` by a plain walk, like the hardware does
+    /// (no locks; a snapshot). Returns the physical address `va` translates
+    /// to and the property.
+    #[must_use]
+    pub fn translate(&self, va: Vaddr) -> Option<(Paddr, PageProperty)> {
+        let _rcu = crate::platform::RcuReadGuard::new(self.phys().platform());
+        let mut node = self.root_node();
+        let mut level = C::F::NR_LEVELS;
+        loop {
+            let raw = node.read(pte_index::<C::F>(va, level));
+            match C::F::decode(raw, level) {
+                PteKind::Absent => return None,
+                PteKind::Page { pa, prop, .. } => return Some((pa + va % page_size::<C::F>(level), prop)),
+                PteKind::Table(child) => {
+                    // SAFETY: we are in a read-side section, so a node
+                    // reachable now is not freed before it ends.
+                    node = unsafe { NodeRef::new(self.phys(), child) };
+                    level -= 1;
+                }
+            }
+        }
+    }
+}
+
+impl PageTable<KernelPtConfig> {
+    /// A user page table sharing this kernel table's upper-half entries.
+    pub fn create_user_page_table(&self) -> Result<PageTable<UserPtConfig>, PageTableAllocError> {
+        let user = PageTable::<UserPtConfig>::empty(self.phys())?;
+        let (root, kroot) = (user.root_node(), self.root_node());
+        root.lock();
+        for i in KernelPtConfig::TOP_LEVEL_INDEX_RANGE {
+            root.write(i, kroot.read(i));
+        }
+        root.unlock();
+        Ok(user)
+    }
+}
+
+impl<C: PageTableConfig> Drop for PageTable<C> {
+    fn drop(&mut self) {
+        let root = self.root_node();
+        root.lock();
+        for i in C::TOP_LEVEL_INDEX_RANGE {
+            let raw = root.read(i);
+            root.write(i, 0);
+            // SAFETY: `&mut self` means no cursor of this table is alive; the
+            // entries in the table's own index range belong to it alone.
+            unsafe { release_entry::<C::F>(self.phys(), raw, C::F::NR_LEVELS) };
+        }
+        // Entries outside our range (shared kernel entries in a user table)
+        // are not ours: forget them.
+        for i in 0..C::F::NR_ENTRIES {
+            if root.read(i) != 0 {
+                root.write(i, 0);
+            }
+        }
+        root.unlock();
+        // SAFETY: the root is ours and now empty.
+        unsafe { free_node(self.phys(), self.root) };
+    }
+}
+
+impl<C: PageTableConfig> fmt::Debug for PageTable<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PageTable").field("root", &format_args!("{:#x}", self.root)).finish()
+    }
+}
+
+/// Allocates a zeroed node at `level`, returned locked.
+pub(crate) fn alloc_node(phys: &PhysMem, level: PagingLevel) -> Result<NodeRef<'_>, PageTableAllocError> {
+    let pa = phys.alloc_pages(1, true).map_err(|_| PageTableAllocError)?;
+    // SAFETY: the page was just allocated.
+    let frame = unsafe { phys.init_frame(pa, PtNodeMeta::new_locked(level)) };
+    phys.page_table_pages.fetch_add(1, Ordering::Relaxed);
+    // The node's reference now belongs to whichever entry (or table) will
+    // point to it.
+    let pa = frame.into_raw();
+    // SAFETY: the node is alive: its reference was just given up to the
+    // caller, who stores it in an entry or the table.
+    Ok(unsafe { NodeRef::new(phys, pa) })
+}
+
+/// Drops the node's own reference (its entries must be released already).
+///
+/// # Safety
+///
+/// The caller owns the node's reference and no one can reach the node.
+pub(crate) unsafe fn free_node(phys: &PhysMem, pa: Paddr) {
+    // SAFETY: the caller owns the reference, which `alloc_node` created for
+    // a `PtNodeMeta` frame.
+    drop(unsafe { Frame::<PtNodeMeta>::from_slot(NonNull::from(phys.slot(pa))) });
+    phys.page_table_pages.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Releases what an entry found at `level` owns: a tracked frame's
+/// reference, or a whole sub-tree.
+///
+/// # Safety
+///
+/// The entry was removed from the tree, the caller owned it, and no one can
+/// reach what it points to any more.
+pub(crate) unsafe fn release_entry<F: PagingFormat>(phys: &PhysMem, raw: u64, level: PagingLevel) {
+    match F::decode(raw, level) {
+        PteKind::Absent | PteKind::Page { tracked: false, .. } => {}
+        PteKind::Page { pa, tracked: true, .. } => {
+            // SAFETY: a tracked entry owns one reference to its frame.
+            drop(unsafe { Frame::<dyn AnyFrameMeta>::from_slot(NonNull::from(phys.slot(pa))) });
+        }
+        PteKind::Table(child) => {
+            for i in 0..F::NR_ENTRIES {
+                // SAFETY: the caller owns the sub-tree, which no one else
+                // can reach: reading its entries directly is fine.
+                let node = unsafe { NodeRef::new(phys, child) };
+                let raw = node.read(i);
+                // SAFETY: the sub-tree's entries are owned with it.
+                unsafe { release_entry::<F>(phys, raw, level - 1) };
+            }
+            // SAFETY: the entry owned the node, now emptied of ownership.
+            unsafe { free_node(phys, child) };
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The platform: what a kernel provides and kvirt trusts.
+//!
+//! kvirt runs in two worlds. In a kernel, the platform is the kernel itself:
+//! physical memory is reachable through its linear mapping, TLB shoot-downs
+//! are IPIs, and "the current CPU" is a per-CPU register. In a hosted build
+//! (feature `std`) the platform is [`hosted::SimPlatform`] over a simulated
+//! machine from `kvirt-sim`, whose MMU and TLBs show what the library built.
+//!
+//! The boundary is one object-safe `unsafe trait`, [`Platform`], so a kernel
+//! space can hold `Box<dyn Platform>` and the rest of the library stays free
+//! of generic parameters. The hot path never calls through it for memory:
+//! the physical window base is read once at start-up.
+//!
+//! ## Deferred reclamation
+//!
+//! Page-table walkers descend without locks (see `page_table`), so a node
+//! that a cursor detaches may still be read by a walker that passed its
+//! parent a moment earlier. Such a node goes to [`Platform::call_rcu`] and is
+//! returned to the allocator only after every read-side section that might
+//! have seen it has ended. In a kernel that is its RCU (or, on one CPU,
+//! [`CountingRcu`]); in the hosted build it is `crossbeam-epoch`.
+
+#[cfg(feature = "std")]
+pub mod hosted;
+mod rcu;
+
+use alloc::boxed::Box;
+use core::fmt::Debug;
+use core::ops::Range;
+use core::ptr::NonNull;
+
+pub use rcu::CountingRcu;
+
+use crate::addr::{Paddr, Vaddr};
+
+/// A TLB invalidation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TlbFlushOp {
+    /// The translation of the page containing this address.
+    Page(Vaddr),
+    /// Every translation intersecting this (page-aligned) range.
+    Range(Range<Vaddr>),
+    /// Every translation, global ones included.
+    All,
+}
+
+/// Which CPUs a TLB invalidation must reach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlbScope {
+    /// Only the calling CPU.
+    Local,
+    /// Every CPU (the calling one included); returns when all are done.
+    AllCpus,
+}
+
+/// What kind of physical memory a range of the firmware memory map is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryRegionKind {
+    /// RAM the frame allocator may hand out.
+    Usable,
+    /// RAM that is in use already (firmware, the kernel image, boot data).
+    /// It has frame metadata but is never allocated; it may be mapped as
+    /// untracked memory.
+    Reserved,
+    /// Not RAM (device registers). No frame metadata.
+    Device,
+}
+
+/// One range of the firmware memory map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryRegion {
+    /// The physical range (page aligned).
+    pub range: Range<Paddr>,
+    /// What is there.
+    pub kind: MemoryRegionKind,
+}
+
+/// A callback deferred until a grace period has passed.
+pub type RcuCallback = Box<dyn FnOnce() + Send>;
+
+/// The services a kernel provides to kvirt.
+///
+/// # Safety
+///
+/// kvirt's memory safety rests on these promises; an implementation must
+/// keep every one of them:
+///
+/// 1. For every physical address `pa` of RAM (every `Usable` and `Reserved`
+///    region of the memory map given to the kernel space), `phys_base() + pa`
+///    is valid for reads and writes, including 8-byte aligned atomic
+///    accesses, for as long as the platform lives. `phys_base()` returns the
+///    same value every time.
+/// 2. Nothing but kvirt (through the frames and page tables it hands out)
+///    reads or writes the RAM of `Usable` regions.
+/// 3. [`flush_tlb`](Platform::flush_tlb) returns only when no targeted CPU
+///    can use a translation that the flush removes.
+/// 4. A callback given to [`call_rcu`](Platform::call_rcu) runs exactly once,
+///    and only after every read-side section (between
+///    [`rcu_read_lock`](Platform::rcu_read_lock) and the matching
+///    [`rcu_read_unlock`](Platform::rcu_read_unlock)) that had begun before
+///    the call has ended; a read-side section does not migrate between CPUs
+///    or threads. [`rcu_barrier`](Platform::rcu_barrier) returns only after
+///    every callback queued before it has run.
+pub unsafe trait Platform: Send + Sync + Debug + 'static {
+    /// The virtual address at which physical address 0 appears.
+    fn phys_base(&self) -> NonNull<u8>;
+
+    /// Invalidates translations on the CPUs in `scope`.
+    fn flush_tlb(&self, op: TlbFlushOp, scope: TlbScope);
+
+    /// The index of the calling CPU.
+    fn current_cpu(&self) -> usize;
+
+    /// Begins a read-side section (and, in a kernel, atomic mode: no
+    /// preemption until the matching unlock).
+    fn rcu_read_lock(&self);
+
+    /// Ends the innermost read-side section begun on this CPU.
+    fn rcu_read_unlock(&self);
+
+    /// Runs `callback` after a grace period.
+    fn call_rcu(&self, callback: RcuCallback);
+
+    /// Waits until every callback queued by `call_rcu` so far has run.
+    fn rcu_barrier(&self);
+}
+
+/// A read-side section that ends when dropped.
+pub(crate) struct RcuReadGuard<'a> {
+    platform: &'a dyn Platform,
+}
+
+impl<'a> RcuReadGuard<'a> {
+    pub(crate) fn new(platform: &'a dyn Platform) -> Self {
+        platform.rcu_read_lock();
+        Self { platform }
+    }
+}
+
+impl Drop for RcuReadGuard<'_> {
+    fn drop(&mut self) {
+        self.platform.rcu_read_unlock();
+    }
+}
+
+impl Debug for RcuReadGuard<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("RcuReadGuard")
+    }
+}

@@ -1,0 +1,137 @@
+//! The hosted platform: kvirt over a simulated machine from `kvirt-sim`.
+//!
+//! * Physical memory is the machine's RAM allocation.
+//! * TLB flushes invalidate the simulated per-CPU TLBs, so a flush the
+//!   library forgets shows up as a stale translation in tests.
+//! * The current CPU is a per-thread setting ([`set_current_cpu`]), 0 by
+//!   default, so tests can play several CPUs from several threads.
+//! * Deferred reclamation uses `crossbeam-epoch` (the well-kept epoch-based
+//!   reclamation crate), with a per-platform count of pending callbacks so
+//!   that [`Platform::rcu_barrier`] can wait for exactly ours.
+
+extern crate std;
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::cell::{Cell, RefCell};
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use kvirt_sim::{Machine, RegionKind};
+
+use super::{MemoryRegion, MemoryRegionKind, Platform, RcuCallback, TlbFlushOp, TlbScope};
+
+std::thread_local! {
+    static CURRENT_CPU: Cell<usize> = const { Cell::new(0) };
+    static READ_GUARDS: RefCell<Vec<crossbeam_epoch::Guard>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Makes the calling thread act as CPU `cpu` for every hosted platform
+/// (flushes with [`TlbScope::Local`] reach that CPU's TLB).
+pub fn set_current_cpu(cpu: usize) {
+    CURRENT_CPU.with(|c| c.set(cpu));
+}
+
+/// The platform of a simulated machine.
+#[derive(Debug)]
+pub struct SimPlatform {
+    machine: Arc<Machine>,
+    pending_callbacks: Arc<AtomicUsize>,
+}
+
+impl SimPlatform {
+    /// A platform over `machine`.
+    #[must_use]
+    pub fn new(machine: Arc<Machine>) -> Self {
+        Self { machine, pending_callbacks: Arc::new(AtomicUsize::new(0)) }
+    }
+
+    /// The simulated machine.
+    #[must_use]
+    pub fn machine(&self) -> &Arc<Machine> {
+        &self.machine
+    }
+
+    /// The machine's memory map in kvirt's terms.
+    #[must_use]
+    pub fn memory_map(&self) -> Vec<MemoryRegion> {
+        self.machine
+            .memory_map()
+            .iter()
+            .map(|r| MemoryRegion {
+                range: r.range.start as usize..r.range.end as usize,
+                kind: match r.kind {
+                    RegionKind::Usable => MemoryRegionKind::Usable,
+                    RegionKind::Reserved => MemoryRegionKind::Reserved,
+                    RegionKind::Device => MemoryRegionKind::Device,
+                },
+            })
+            .collect()
+    }
+}
+
+// SAFETY:
+// 1. `ram_base()` is fixed for the machine's life, covers all its RAM
+//    (the memory map's Usable and Reserved regions) and supports atomics;
+//    the platform keeps the machine alive.
+// 2. The simulated RAM is touched only through kvirt and through the
+//    machine's own MMU accesses that tests make on kvirt's behalf.
+// 3. Simulated TLB flushes complete before returning.
+// 4. Callbacks are deferred through crossbeam-epoch: they run after every
+//    guard pinned before them is dropped; read-side sections are thread
+//    local guards, so they cannot migrate.
+unsafe impl Platform for SimPlatform {
+    fn phys_base(&self) -> NonNull<u8> {
+        self.machine.ram_base()
+    }
+
+    fn flush_tlb(&self, op: TlbFlushOp, scope: TlbScope) {
+        let flush_one = |cpu: &kvirt_sim::Cpu| match &op {
+            TlbFlushOp::Page(va) => cpu.flush_page(*va),
+            TlbFlushOp::Range(range) => cpu.flush_range(range.clone()),
+            TlbFlushOp::All => cpu.flush_all(),
+        };
+        match scope {
+            TlbScope::Local => flush_one(self.machine.cpu(self.current_cpu())),
+            TlbScope::AllCpus => (0..self.machine.nr_cpus()).for_each(|i| flush_one(self.machine.cpu(i))),
+        }
+    }
+
+    fn current_cpu(&self) -> usize {
+        CURRENT_CPU.with(Cell::get).min(self.machine.nr_cpus() - 1)
+    }
+
+    fn rcu_read_lock(&self) {
+        let guard = crossbeam_epoch::pin();
+        READ_GUARDS.with(|g| g.borrow_mut().push(guard));
+    }
+
+    fn rcu_read_unlock(&self) {
+        let guard = READ_GUARDS.with(|g| g.borrow_mut().pop());
+        debug_assert!(guard.is_some(), "rcu_read_unlock without rcu_read_lock");
+        drop(guard);
+    }
+
+    fn call_rcu(&self, callback: RcuCallback) {
+        self.pending_callbacks.fetch_add(1, Ordering::SeqCst);
+        let pending = self.pending_callbacks.clone();
+        let guard = crossbeam_epoch::pin();
+        guard.defer(move || {
+            callback();
+            pending.fetch_sub(1, Ordering::SeqCst);
+        });
+        guard.flush();
+    }
+
+    fn rcu_barrier(&self) {
+        let started = Instant::now();
+        while self.pending_callbacks.load(Ordering::SeqCst) != 0 {
+            crossbeam_epoch::pin().flush();
+            if started.elapsed() > Duration::from_secs(30) {
+                panic!("rcu_barrier: a read-side section has not ended for 30 s");
+            }
+            std::thread::yield_now();
+        }
+    }
+}
