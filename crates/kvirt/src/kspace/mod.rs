@@ -15,27 +15,52 @@
 //! alive leaks the space (with a log warning) instead of leaving them
 //! dangling. The default space is never dropped.
 
+mod kvirt_area;
+mod layout;
 mod range_alloc;
+mod registry;
+mod vmalloc;
 
 use alloc::boxed::Box;
+use alloc::vec::Vec;
 use core::fmt;
+use core::ops::Range;
 use core::ptr::NonNull;
 
-use crate::addr::Paddr;
+pub use kvirt_area::{AreaAccessError, KVirtArea, KVirtAreaError};
+pub use layout::{
+    paddr_to_vaddr, FRAME_METADATA_VADDR_RANGE, KERNEL_BASE_VADDR, KERNEL_CODE_BASE_VADDR, KERNEL_END_VADDR,
+    LINEAR_MAPPING_BASE_VADDR, LINEAR_MAPPING_VADDR_RANGE, VMALLOC_VADDR_RANGE,
+};
+pub use range_alloc::RangeAllocError;
+pub use registry::{AreaInfo, AreaKind};
+pub use vmalloc::{VmallocStats, GUARD_SIZE};
+
+pub use crate::page_table::{MappedItem, MappedItemRef};
+
+use self::registry::AreaRegistry;
+use self::vmalloc::Vmalloc;
+use crate::addr::{Paddr, Vaddr};
+use crate::arch::x86_64::X86_64;
 use crate::frame::{Frame, PhysMem, PhysMemError, PhysStats};
-use crate::platform::{MemoryRegion, Platform};
+use crate::page_prop::{CachePolicy, PageFlags, PageProperty};
+use crate::page_table::{largest_pages, Cursor, KernelPtConfig, MappedItem as Item, PageTable, RangeError};
+use crate::platform::{MemoryRegion, MemoryRegionKind, Platform};
 
 /// Why a kernel space could not be created.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KernelSpaceError {
     /// The memory map cannot be used.
     PhysMem(PhysMemError),
+    /// No memory for the kernel page table.
+    OutOfMemory,
 }
 
 impl fmt::Display for KernelSpaceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             KernelSpaceError::PhysMem(e) => write!(f, "bad physical memory: {e}"),
+            KernelSpaceError::OutOfMemory => f.write_str("out of memory for the kernel page table"),
         }
     }
 }
@@ -47,8 +72,19 @@ impl From<PhysMemError> for KernelSpaceError {
 }
 
 /// The parts of a kernel space, at a fixed address for its whole life.
+///
+/// Field order is drop order: the page table goes before the memory its
+/// nodes live in.
 struct SpaceInner {
-    phys: PhysMem,
+    /// The kernel page table: the linear mapping, the metadata mapping and
+    /// every area. Only kvirt changes it (no mutable cursor is public), so
+    /// an area's entries change only through the area.
+    kernel_pt: PageTable<KernelPtConfig>,
+    vmalloc: Vmalloc,
+    registry: AreaRegistry,
+    /// Frames, metadata and the allocator. Boxed so that frames can point
+    /// to it from before the page table exists.
+    phys: Box<PhysMem>,
     /// Pages in use when the space was set up (metadata excluded): the
     /// kernel's own page-table nodes. Used to decide whether the space can
     /// be freed.
@@ -80,8 +116,14 @@ impl KernelSpace {
         memory_map: &[MemoryRegion],
         ram_is_zeroed: bool,
     ) -> Result<Self, KernelSpaceError> {
-        let phys = PhysMem::new(platform, memory_map, ram_is_zeroed)?;
+        let phys = Box::new(PhysMem::new(platform, memory_map, ram_is_zeroed)?);
+        let kernel_pt =
+            PageTable::<KernelPtConfig>::empty(&phys).map_err(|_| KernelSpaceError::OutOfMemory)?;
+        map_linear_and_metadata(&kernel_pt, &phys, memory_map)?;
         let inner = Box::new(SpaceInner {
+            kernel_pt,
+            vmalloc: Vmalloc::new(VMALLOC_VADDR_RANGE),
+            registry: AreaRegistry::new(),
             phys,
             baseline_used_pages: 0,
             #[cfg(feature = "std")]
@@ -203,16 +245,92 @@ impl KernelSpace {
     pub fn synchronize(&self) {
         self.platform().rcu_barrier();
     }
+
+    /// The physical address of the kernel page table's root (for CR3).
+    #[must_use]
+    pub fn kernel_root_paddr(&self) -> Paddr {
+        self.inner().kernel_pt.root_paddr()
+    }
+
+    /// A read-only cursor over the kernel page table.
+    pub fn kernel_cursor(&self, range: &Range<Vaddr>) -> Result<Cursor<'_, KernelPtConfig>, RangeError> {
+        self.inner().kernel_pt.cursor(range)
+    }
+
+    /// What `va` translates to in the kernel page table (a lock-free walk).
+    #[must_use]
+    pub fn kernel_translate(&self, va: Vaddr) -> Option<(Paddr, PageProperty)> {
+        self.inner().kernel_pt.translate(va)
+    }
+
+    /// Usage of the VMALLOC region.
+    #[must_use]
+    pub fn vmalloc_stats(&self) -> VmallocStats {
+        self.inner().vmalloc.stats()
+    }
+
+    /// Every live area, sorted by address (like `/proc/vmallocinfo`).
+    #[must_use]
+    pub fn areas(&self) -> Vec<AreaInfo> {
+        self.inner().registry.list()
+    }
+
+    pub(crate) fn kernel_pt(&self) -> &PageTable<KernelPtConfig> {
+        &self.inner().kernel_pt
+    }
+
+    pub(crate) fn vmalloc(&self) -> &Vmalloc {
+        &self.inner().vmalloc
+    }
+
+    pub(crate) fn registry(&self) -> &AreaRegistry {
+        &self.inner().registry
+    }
+}
+
+/// Maps every RAM region at `paddr_to_vaddr` and the metadata array at
+/// `FRAME_METADATA_VADDR_RANGE`, with the largest pages that fit.
+fn map_linear_and_metadata(
+    pt: &PageTable<KernelPtConfig>,
+    phys: &PhysMem,
+    memory_map: &[MemoryRegion],
+) -> Result<(), KernelSpaceError> {
+    let prop = PageProperty::new_kernel(PageFlags::RW, CachePolicy::Writeback);
+    let map = |va: Vaddr, pa: Range<Paddr>| -> Result<(), KernelSpaceError> {
+        let mut cursor = pt.cursor_mut(&(va..va + pa.len())).map_err(|_| KernelSpaceError::OutOfMemory)?;
+        for (pa, level) in largest_pages::<X86_64>(va, pa.start, pa.len()) {
+            cursor.try_map(Item::Untracked(pa, level, prop)).map_err(|_| KernelSpaceError::OutOfMemory)?;
+        }
+        Ok(())
+    };
+    // Merge touching RAM regions so that the linear mapping uses the
+    // largest pages the whole run allows.
+    let mut ram: Vec<Range<Paddr>> =
+        memory_map.iter().filter(|r| r.kind != MemoryRegionKind::Device).map(|r| r.range.clone()).collect();
+    ram.sort_by_key(|r| r.start);
+    let mut merged: Vec<Range<Paddr>> = Vec::new();
+    for r in ram {
+        match merged.last_mut() {
+            Some(last) if last.end == r.start => last.end = r.end,
+            _ => merged.push(r),
+        }
+    }
+    for run in merged {
+        map(paddr_to_vaddr(run.start), run)?;
+    }
+    let meta = phys.meta_range();
+    map(FRAME_METADATA_VADDR_RANGE.start, meta)
 }
 
 impl Drop for KernelSpace {
     fn drop(&mut self) {
         self.synchronize();
         let used = self.phys().stats().used_pages;
-        if used != self.inner().baseline_used_pages {
+        if used != self.inner().baseline_used_pages || self.inner().registry.len() != 0 {
             log::warn!(
-                "kvirt: kernel space dropped with {} pages still in use; leaking it",
-                used - self.inner().baseline_used_pages
+                "kvirt: kernel space dropped with {} pages and {} areas still in use; leaking it",
+                used - self.inner().baseline_used_pages,
+                self.inner().registry.len()
             );
             return;
         }
