@@ -1,0 +1,91 @@
+//! kvirt through its public area API: `KVirtArea::map_frames` with
+//! pre-allocated frames, `query`, and drop.
+
+use kvirt::frame::{Frame, FrameAllocOptions};
+use kvirt::kspace::{KVirtArea, KernelSpace};
+use kvirt::sim::MachineConfig;
+use kvirt::{Paddr, Vaddr, PAGE_SIZE};
+
+use super::{kvirt_prop, KVIRT_RAM};
+use crate::bench::mapper::{Mapper, POOL_FRAMES};
+
+/// Kernel virtual areas in an isolated hosted space.
+#[derive(Debug)]
+pub struct KvirtArea {
+    pool: Vec<Frame<()>>,
+    space: KernelSpace,
+}
+
+impl KvirtArea {
+    /// A fresh space with a pool of data frames.
+    ///
+    /// # Panics
+    ///
+    /// If the frames cannot be allocated.
+    #[must_use]
+    pub fn new() -> Self {
+        let space = KernelSpace::new_hosted(MachineConfig::new(KVIRT_RAM).cpus(2));
+        let seg = FrameAllocOptions::new_in(&space).alloc_segment(POOL_FRAMES).expect("pool frames");
+        Self { pool: seg.into_iter().collect(), space }
+    }
+
+    /// The space (for the area workloads).
+    #[must_use]
+    pub fn space(&self) -> &KernelSpace {
+        &self.space
+    }
+}
+
+impl Default for KvirtArea {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Mapper for KvirtArea {
+    const NAME: &'static str = "kvirt-area";
+    type Frames = Vec<Frame<()>>;
+    type Mapping = KVirtArea;
+
+    fn prepare(&mut self, n: usize) -> Self::Frames {
+        (0..n).map(|i| self.pool[i % POOL_FRAMES].clone()).collect()
+    }
+
+    fn map(&mut self, _va: Vaddr, frames: Self::Frames) -> KVirtArea {
+        let size = frames.len() * PAGE_SIZE;
+        self.space.try_map_frames(size, 0, frames, kvirt_prop()).expect("map_frames")
+    }
+
+    fn start(mapping: &KVirtArea) -> Vaddr {
+        mapping.start()
+    }
+
+    fn query(&self, mapping: &KVirtArea, va: Vaddr) -> Option<Paddr> {
+        mapping.query(va).map(|item| {
+            let size = PAGE_SIZE << (9 * (item.level() as usize - 1));
+            item.paddr() + va % size
+        })
+    }
+
+    fn unmap(&mut self, mapping: KVirtArea) {
+        drop(mapping);
+    }
+
+    fn map_huge(&mut self, _va: Vaddr, pa: Paddr, len: usize) -> Option<KVirtArea> {
+        // SAFETY: `pa` is the simulated device window, which no Rust object
+        // owns; the benchmark never accesses it.
+        Some(
+            unsafe { self.space.try_map_untracked_frames(len, 0, pa..pa + len, kvirt_prop()) }
+                .expect("untracked"),
+        )
+    }
+
+    fn frame_pa(&self, i: usize) -> Paddr {
+        self.pool[i % POOL_FRAMES].paddr()
+    }
+
+    fn huge_pa(&self) -> Paddr {
+        let w = self.space.machine().expect("hosted").device_window();
+        usize::try_from(w.start).expect("64-bit")
+    }
+}

@@ -1,0 +1,108 @@
+//! kvirt's raw page-table API: an independent `PageTable<KernelPtConfig>`
+//! and one `CursorMut` over each range; unmapping takes every fragment,
+//! flushes the TLB for the range, then drops the fragments (what
+//! `KVirtArea`'s drop does, minus the area bookkeeping).
+
+use std::ops::Range;
+
+use kvirt::frame::{AnyFrameMeta, Frame, FrameAllocOptions};
+use kvirt::kspace::KernelSpace;
+use kvirt::page_table::{KernelPtConfig, MappedItem, PageTable};
+use kvirt::platform::{TlbFlushOp, TlbScope};
+use kvirt::sim::MachineConfig;
+use kvirt::{Paddr, Vaddr, PAGE_SIZE};
+
+use super::{kvirt_prop, KVIRT_RAM};
+use crate::bench::mapper::{Mapper, POOL_FRAMES};
+
+/// A raw kvirt page table in an isolated hosted space.
+#[derive(Debug)]
+pub struct KvirtPt {
+    // Field order is drop order: the table and the frames go before the
+    // space they live in.
+    pt: PageTable<KernelPtConfig>,
+    pool: Vec<Frame<()>>,
+    space: KernelSpace,
+}
+
+impl KvirtPt {
+    /// A fresh space, an empty table and a pool of data frames.
+    ///
+    /// # Panics
+    ///
+    /// If memory runs out.
+    #[must_use]
+    pub fn new() -> Self {
+        let space = KernelSpace::new_hosted(MachineConfig::new(KVIRT_RAM).cpus(2));
+        let seg = FrameAllocOptions::new_in(&space).alloc_segment(POOL_FRAMES).expect("pool frames");
+        let pt = PageTable::<KernelPtConfig>::empty_in(&space).expect("page table");
+        Self { pt, pool: seg.into_iter().collect(), space }
+    }
+
+    fn unmap_range(&self, range: Range<Vaddr>) {
+        let mut frags = Vec::new();
+        {
+            let mut cursor = self.pt.cursor_mut(&range).expect("a kernel range");
+            while let Some(frag) = cursor.take_next(range.end - cursor.virt_addr()) {
+                frags.push(frag);
+            }
+        }
+        self.space.platform().flush_tlb(TlbFlushOp::Range(range), TlbScope::AllCpus);
+        drop(frags);
+    }
+}
+
+impl Default for KvirtPt {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Mapper for KvirtPt {
+    const NAME: &'static str = "kvirt-pt";
+    type Frames = Vec<Frame<dyn AnyFrameMeta>>;
+    type Mapping = Range<Vaddr>;
+
+    fn prepare(&mut self, n: usize) -> Self::Frames {
+        (0..n).map(|i| self.pool[i % POOL_FRAMES].clone().into_dyn()).collect()
+    }
+
+    fn map(&mut self, va: Vaddr, frames: Self::Frames) -> Range<Vaddr> {
+        let range = va..va + frames.len() * PAGE_SIZE;
+        let mut cursor = self.pt.cursor_mut(&range).expect("a kernel range");
+        let prop = kvirt_prop();
+        for frame in frames {
+            cursor.map(MappedItem::Tracked(frame, prop));
+        }
+        range
+    }
+
+    fn start(mapping: &Range<Vaddr>) -> Vaddr {
+        mapping.start
+    }
+
+    fn query(&self, _mapping: &Range<Vaddr>, va: Vaddr) -> Option<Paddr> {
+        self.pt.translate(va).map(|(pa, _)| pa)
+    }
+
+    fn unmap(&mut self, mapping: Range<Vaddr>) {
+        self.unmap_range(mapping);
+    }
+
+    fn map_huge(&mut self, va: Vaddr, pa: Paddr, len: usize) -> Option<Range<Vaddr>> {
+        assert_eq!(len, 1 << 30, "the huge workload maps one 1 GiB page");
+        let range = va..va + len;
+        let mut cursor = self.pt.cursor_mut(&range).expect("a kernel range");
+        cursor.map(MappedItem::Untracked(pa, 3, kvirt_prop()));
+        Some(range)
+    }
+
+    fn frame_pa(&self, i: usize) -> Paddr {
+        self.pool[i % POOL_FRAMES].paddr()
+    }
+
+    fn huge_pa(&self) -> Paddr {
+        let w = self.space.machine().expect("hosted").device_window();
+        usize::try_from(w.start).expect("64-bit")
+    }
+}

@@ -1,0 +1,557 @@
+//! `kvirt bench`: kvirt and its peers over the same simulated RAM, in one
+//! run.
+//!
+//! Implementations (each adapted to [`mapper::Mapper`] in [`impls`]):
+//!
+//! | name | what |
+//! |---|---|
+//! | `kvirt-area` | `KVirtArea::map_frames` / `query` / drop (the public API) |
+//! | `kvirt-pt` | kvirt's raw `PageTable` + one `CursorMut` per range; queries by the lock-free `translate` walk |
+//! | `x86_64` | the `x86_64` crate's `OffsetPageTable` |
+//! | `multiarch` | `page_table_multiarch`'s `X64PageTable` |
+//! | `floor` | raw PTE stores into pre-allocated leaves; a raw 4-level walk |
+//!
+//! Workloads (one "op" is named in the table's unit column):
+//!
+//! * map, query (random addresses), unmap of ranges of N contiguous 4 KiB
+//!   pages, N = 1, 16, 512, 65536, ns per page (per query);
+//! * an untracked 1 GiB mapping (map + unmap), with 1 GiB pages;
+//! * kernel-virtual-area create + drop, modelled on Linux's
+//!   `lib/test_vmalloc.c`: fixed 1 page, random 1-100 pages, 1 page with
+//!   10 000 live areas around, 2 MiB aligned, and 1 page from 1 and from 2
+//!   threads at once (kvirt only: the peers have no virtual-range
+//!   allocator).
+//!
+//! Each measurement is the median over several runs after warm-up runs,
+//! timed with `std::time::Instant` around whole batches. Every workload
+//! checks its results (queries return the right addresses; the area
+//! workloads leave the counters as they found them).
+
+pub mod impls;
+pub mod mapper;
+pub mod report;
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use kvirt::frame::FrameAllocOptions;
+use kvirt::kspace::{KVirtArea, KernelSpace};
+use kvirt::sim::MachineConfig;
+use kvirt::{Paddr, Vaddr, PAGE_SIZE};
+
+use self::impls::floor::Floor;
+use self::impls::kvirt_area::KvirtArea;
+use self::impls::kvirt_pt::KvirtPt;
+use self::impls::multiarch::Multiarch;
+use self::impls::x86_64_crate::X86Crate;
+use self::impls::{kvirt_prop, KVIRT_RAM};
+use self::mapper::{Mapper, BASE_VA, HUGE_VA};
+use crate::rng::Rng;
+use crate::{ensure, Error};
+
+/// Command-line options.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Small iteration counts.
+    pub quick: bool,
+    /// Where to write JSON.
+    pub json: Option<PathBuf>,
+    /// Where to write the SVG plot.
+    pub svg: Option<PathBuf>,
+    /// Where to write the Markdown report.
+    pub markdown: Option<PathBuf>,
+}
+
+/// Iteration counts.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// Pages mapped per run of a 4 KiB workload (split into ranges of N),
+    /// and queries per run.
+    pub pages_per_round: usize,
+    /// Untimed runs first.
+    pub warmup: usize,
+    /// Timed runs (the median is reported).
+    pub runs: usize,
+    /// Map + unmap pairs per run of the 1 GiB workload.
+    pub huge_ops: usize,
+    /// Create + drop pairs per run of the fixed-size area workloads.
+    pub area_ops: usize,
+    /// Create + drop pairs per run of the random-size area workload.
+    pub random_area_ops: usize,
+    /// Live areas in the busy workload.
+    pub busy_areas: usize,
+    /// Create + drop pairs per thread per run of the threaded workloads.
+    pub thread_ops: usize,
+}
+
+impl Config {
+    /// The full benchmark.
+    #[must_use]
+    pub fn full() -> Self {
+        Self {
+            pages_per_round: 1 << 16,
+            warmup: 2,
+            runs: 7,
+            huge_ops: 20_000,
+            area_ops: 100_000,
+            random_area_ops: 10_000,
+            busy_areas: 10_000,
+            thread_ops: 100_000,
+        }
+    }
+
+    /// Small counts for CI.
+    #[must_use]
+    pub fn quick() -> Self {
+        Self {
+            pages_per_round: 1 << 10,
+            warmup: 1,
+            runs: 3,
+            huge_ops: 200,
+            area_ops: 1000,
+            random_area_ops: 100,
+            busy_areas: 10_000,
+            thread_ops: 1000,
+        }
+    }
+}
+
+/// The implementations, in table order.
+pub const IMPLS: [&str; 5] = [KvirtArea::NAME, KvirtPt::NAME, X86Crate::NAME, Multiarch::NAME, Floor::NAME];
+
+/// The range sizes of the 4 KiB workloads.
+pub const SIZES: [usize; 4] = [1, 16, 512, 65536];
+
+/// One workload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workload {
+    /// Stable identifier (JSON).
+    pub id: String,
+    /// Human title.
+    pub title: String,
+    /// What one op is.
+    pub unit: &'static str,
+}
+
+/// The median and the runs of one measurement.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stats {
+    /// Median nanoseconds per op.
+    pub ns_per_op: f64,
+    /// Nanoseconds per op of each timed run.
+    pub runs: Vec<f64>,
+    /// Ops per run.
+    pub ops_per_run: u64,
+}
+
+impl Stats {
+    fn from_runs(mut runs: Vec<f64>, ops_per_run: u64) -> Self {
+        let mut sorted = runs.clone();
+        sorted.sort_by(f64::total_cmp);
+        let ns_per_op = if sorted.is_empty() { f64::NAN } else { sorted[sorted.len() / 2] };
+        runs.shrink_to_fit();
+        Self { ns_per_op, runs, ops_per_run }
+    }
+
+    /// Operations per second at the median.
+    #[must_use]
+    pub fn ops_per_s(&self) -> f64 {
+        1e9 / self.ns_per_op
+    }
+}
+
+/// One cell of the workload × implementation matrix.
+#[derive(Clone, Debug)]
+pub struct Measurement {
+    /// The workload.
+    pub workload: Workload,
+    /// The implementation.
+    pub impl_name: &'static str,
+    /// The result, or why there is none.
+    pub result: Result<Stats, &'static str>,
+}
+
+/// Everything a run produced.
+#[derive(Clone, Debug)]
+pub struct Results {
+    /// Whether `--quick` was given.
+    pub quick: bool,
+    /// The iteration counts.
+    pub config: Config,
+    /// Every cell, workload by workload in order.
+    pub cells: Vec<Measurement>,
+    /// The machine.
+    pub machine: report::MachineInfo,
+}
+
+impl Results {
+    /// The stats of a cell, if measured.
+    #[must_use]
+    pub fn get(&self, workload: &str, impl_name: &str) -> Option<&Stats> {
+        self.cells
+            .iter()
+            .find(|c| c.workload.id == workload && c.impl_name == impl_name)
+            .and_then(|c| c.result.as_ref().ok())
+    }
+
+    /// The workloads in order.
+    #[must_use]
+    pub fn workloads(&self) -> Vec<Workload> {
+        let mut out: Vec<Workload> = Vec::new();
+        for c in &self.cells {
+            if !out.contains(&c.workload) {
+                out.push(c.workload.clone());
+            }
+        }
+        out
+    }
+}
+
+fn ns_per(d: Duration, ops: usize) -> f64 {
+    d.as_nanos() as f64 / ops.max(1) as f64
+}
+
+/// Progress on stderr.
+struct Progress {
+    done: usize,
+    total: usize,
+    started: Instant,
+}
+
+impl Progress {
+    fn step(&mut self, what: &str) {
+        self.done += 1;
+        eprintln!("[{:>2}/{}] {:>6.1}s  {what}", self.done, self.total, self.started.elapsed().as_secs_f64());
+    }
+}
+
+fn workload(id: String, title: String, unit: &'static str) -> Workload {
+    Workload { id, title, unit }
+}
+
+/// The map, query and unmap workloads of ranges of `n` pages.
+fn page_workloads(n: usize) -> [Workload; 3] {
+    [
+        workload(format!("map-4k-x{n}"), format!("map {n} x 4 KiB"), "page"),
+        workload(format!("query-4k-x{n}"), format!("query, random, in {n} x 4 KiB"), "query"),
+        workload(format!("unmap-4k-x{n}"), format!("unmap {n} x 4 KiB"), "page"),
+    ]
+}
+
+/// Runs the map/query/unmap workloads of `n`-page ranges on `m`.
+fn run_pages<M: Mapper>(m: &mut M, n: usize, cfg: &Config) -> Result<[Stats; 3], Error> {
+    let ranges = (cfg.pages_per_round / n).max(1);
+    let stride = (n + 1) * PAGE_SIZE;
+    let queries = cfg.pages_per_round;
+    let mut rng = Rng::new(n as u64);
+    let (mut map_ns, mut query_ns, mut unmap_ns) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..cfg.warmup + cfg.runs {
+        let inputs: Vec<M::Frames> = (0..ranges).map(|_| m.prepare(n)).collect();
+        let mut maps = Vec::with_capacity(ranges);
+        let t = Instant::now();
+        for (j, frames) in inputs.into_iter().enumerate() {
+            maps.push(m.map(BASE_VA + j * stride, frames));
+        }
+        let t_map = t.elapsed();
+
+        let qs: Vec<(usize, Vaddr, Paddr)> = (0..queries)
+            .map(|_| {
+                let (j, page, off) = (rng.below(ranges), rng.below(n), rng.below(PAGE_SIZE) & !7);
+                (j, M::start(&maps[j]) + page * PAGE_SIZE + off, m.frame_pa(page) + off)
+            })
+            .collect();
+        let t = Instant::now();
+        let mut sum = 0usize;
+        for &(j, va, _) in &qs {
+            sum = sum.wrapping_add(m.query(&maps[j], va).unwrap_or(0));
+        }
+        let t_query = t.elapsed();
+        let want = qs.iter().fold(0usize, |s, q| s.wrapping_add(q.2));
+        ensure(black_box(sum) == want, || {
+            format!("{}: queries of {n}-page ranges return wrong addresses", M::NAME)
+        })?;
+        let (j, va, pa) = qs[0];
+        ensure(m.query(&maps[j], va) == Some(pa), || format!("{}: query({va:#x}) is wrong", M::NAME))?;
+
+        let t = Instant::now();
+        for mapping in maps.drain(..) {
+            m.unmap(mapping);
+        }
+        let t_unmap = t.elapsed();
+        if run >= cfg.warmup {
+            map_ns.push(ns_per(t_map, ranges * n));
+            query_ns.push(ns_per(t_query, queries));
+            unmap_ns.push(ns_per(t_unmap, ranges * n));
+        }
+    }
+    let pages = (ranges * n) as u64;
+    Ok([
+        Stats::from_runs(map_ns, pages),
+        Stats::from_runs(query_ns, queries as u64),
+        Stats::from_runs(unmap_ns, pages),
+    ])
+}
+
+/// Map + unmap of 1 GiB of untracked memory with the largest pages.
+fn run_huge<M: Mapper>(m: &mut M, cfg: &Config) -> Result<Stats, Error> {
+    let pa = m.huge_pa();
+    let len = 1 << 30;
+    let probe = 0x1234_5000;
+    let mapping = m.map_huge(HUGE_VA, pa, len).ok_or("no huge pages")?;
+    let got = m.query(&mapping, M::start(&mapping) + probe);
+    ensure(got == Some(pa + probe), || format!("{}: the 1 GiB mapping translates to {got:x?}", M::NAME))?;
+    m.unmap(mapping);
+    let mut runs = Vec::new();
+    for run in 0..cfg.warmup + cfg.runs {
+        let t = Instant::now();
+        for _ in 0..cfg.huge_ops {
+            let mapping = m.map_huge(HUGE_VA, pa, len).ok_or("no huge pages")?;
+            m.unmap(black_box(mapping));
+        }
+        if run >= cfg.warmup {
+            runs.push(ns_per(t.elapsed(), cfg.huge_ops));
+        }
+    }
+    Ok(Stats::from_runs(runs, cfg.huge_ops as u64))
+}
+
+fn kvirt_space() -> KernelSpace {
+    KernelSpace::new_hosted(MachineConfig::new(KVIRT_RAM).cpus(2))
+}
+
+/// Creates and drops a 1-page area (with a fresh, non-zeroed frame, as
+/// `vmalloc` gives non-zeroed pages) `ops` times.
+fn create_drop_1p(space: &KernelSpace, ops: usize) -> Result<(), Error> {
+    let prop = kvirt_prop();
+    for _ in 0..ops {
+        let frame = FrameAllocOptions::new_in(space).zeroed(false).alloc_frame()?;
+        let area = space.try_map_frames(PAGE_SIZE, 0, [frame], prop)?;
+        drop(black_box(area));
+    }
+    Ok(())
+}
+
+/// Runs `body` `warmup + runs` times on a fresh space and checks that the
+/// space's counters are back afterwards.
+fn run_area(
+    cfg: &Config,
+    ops: usize,
+    mut body: impl FnMut(&KernelSpace) -> Result<(), Error>,
+) -> Result<Stats, Error> {
+    let space = kvirt_space();
+    space.synchronize();
+    let before = (space.phys_stats(), space.vmalloc_stats());
+    let mut runs = Vec::new();
+    for run in 0..cfg.warmup + cfg.runs {
+        let t = Instant::now();
+        body(&space)?;
+        if run >= cfg.warmup {
+            runs.push(ns_per(t.elapsed(), ops));
+        }
+    }
+    space.synchronize();
+    ensure((space.phys_stats(), space.vmalloc_stats()) == before, || "an area workload leaked".into())?;
+    Ok(Stats::from_runs(runs, ops as u64))
+}
+
+/// Create + drop from `threads` threads at once on one space; ns per op of
+/// the aggregate (wall time / all ops).
+fn run_threads(cfg: &Config, threads: usize) -> Result<Stats, Error> {
+    let space = kvirt_space();
+    space.synchronize();
+    let before = (space.phys_stats(), space.vmalloc_stats());
+    let ops = cfg.thread_ops;
+    let mut runs = Vec::new();
+    for run in 0..cfg.warmup + cfg.runs {
+        let barrier = std::sync::Barrier::new(threads + 1);
+        let elapsed = std::thread::scope(|s| -> Result<Duration, Error> {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let (space, barrier) = (&space, &barrier);
+                    s.spawn(move || {
+                        kvirt::platform::hosted::set_current_cpu(t);
+                        barrier.wait();
+                        create_drop_1p(space, ops)
+                    })
+                })
+                .collect();
+            barrier.wait();
+            let start = Instant::now();
+            for h in handles {
+                h.join().map_err(|_| Error("a benchmark thread panicked".into()))??;
+            }
+            Ok(start.elapsed())
+        })?;
+        if run >= cfg.warmup {
+            runs.push(ns_per(elapsed, ops * threads));
+        }
+    }
+    space.synchronize();
+    ensure((space.phys_stats(), space.vmalloc_stats()) == before, || "the threaded workload leaked".into())?;
+    Ok(Stats::from_runs(runs, (ops * threads) as u64))
+}
+
+const NO_ALLOCATOR: &str = "n/a: no kernel virtual-range allocator";
+
+/// Runs every workload for every implementation.
+///
+/// # Errors
+///
+/// If an implementation returns wrong results or a workload leaks.
+pub fn measure(quick: bool) -> Result<Results, Error> {
+    let cfg = if quick { Config::quick() } else { Config::full() };
+    let area_workloads = [
+        workload("area-1p".into(), "area create+drop, 1 page".into(), "area"),
+        workload(
+            "area-1p-busy".into(),
+            format!("area create+drop, 1 page, {} live areas", cfg.busy_areas),
+            "area",
+        ),
+        workload("area-rand-1-100p".into(), "area create+drop, random 1-100 pages".into(), "area"),
+        workload("area-2m-aligned".into(), "area create+drop, 2 MiB aligned (untracked)".into(), "area"),
+        workload("area-1p-1thread".into(), "area create+drop, 1 page, 1 thread".into(), "area"),
+        workload("area-1p-2threads".into(), "area create+drop, 1 page, 2 threads".into(), "area"),
+    ];
+    let huge = workload("untracked-1g".into(), "untracked 1 GiB map+unmap".into(), "1 GiB");
+    let mut progress = Progress {
+        done: 0,
+        total: SIZES.len() * IMPLS.len() + IMPLS.len() + area_workloads.len(),
+        started: Instant::now(),
+    };
+    let mut cells = Vec::new();
+
+    for n in SIZES {
+        let ws = page_workloads(n);
+        let mut push = |name: &'static str, stats: [Stats; 3], progress: &mut Progress| {
+            progress.step(&format!(
+                "{n:>5} pages  {name:<10} map {:>8.1} ns/page  query {:>7.1} ns  unmap {:>8.1} ns/page",
+                stats[0].ns_per_op, stats[1].ns_per_op, stats[2].ns_per_op
+            ));
+            for (w, s) in ws.iter().zip(stats) {
+                cells.push(Measurement { workload: w.clone(), impl_name: name, result: Ok(s) });
+            }
+        };
+        let window = ((cfg.pages_per_round / n).max(1)) * (n + 1);
+        push(KvirtArea::NAME, run_pages(&mut KvirtArea::new(), n, &cfg)?, &mut progress);
+        push(KvirtPt::NAME, run_pages(&mut KvirtPt::new(), n, &cfg)?, &mut progress);
+        push(X86Crate::NAME, run_pages(&mut X86Crate::new(), n, &cfg)?, &mut progress);
+        push(Multiarch::NAME, run_pages(&mut Multiarch::new(), n, &cfg)?, &mut progress);
+        push(Floor::NAME, run_pages(&mut Floor::new(window), n, &cfg)?, &mut progress);
+    }
+
+    let huge_results: [(&'static str, Stats); 5] = [
+        (KvirtArea::NAME, run_huge(&mut KvirtArea::new(), &cfg)?),
+        (KvirtPt::NAME, run_huge(&mut KvirtPt::new(), &cfg)?),
+        (X86Crate::NAME, run_huge(&mut X86Crate::new(), &cfg)?),
+        (Multiarch::NAME, run_huge(&mut Multiarch::new(), &cfg)?),
+        (Floor::NAME, run_huge(&mut Floor::new(1), &cfg)?),
+    ];
+    for (name, stats) in huge_results {
+        progress.step(&format!("untracked 1 GiB  {name:<10} {:>9.1} ns/op", stats.ns_per_op));
+        cells.push(Measurement { workload: huge.clone(), impl_name: name, result: Ok(stats) });
+    }
+
+    let ops = cfg.area_ops;
+    let mut area_stats: Vec<Stats> = Vec::new();
+    area_stats.push(run_area(&cfg, ops, |space| create_drop_1p(space, ops))?);
+    progress.step(&format!("{}: {:.1} ns/op", area_workloads[0].title, area_stats[0].ns_per_op));
+    {
+        let space = kvirt_space();
+        space.synchronize();
+        let before = (space.phys_stats(), space.vmalloc_stats());
+        let mut live: Vec<KVirtArea> = Vec::with_capacity(cfg.busy_areas);
+        for _ in 0..cfg.busy_areas {
+            let frame = FrameAllocOptions::new_in(&space).zeroed(false).alloc_frame()?;
+            live.push(space.try_map_frames(PAGE_SIZE, 0, [frame], kvirt_prop())?);
+        }
+        let mut runs = Vec::new();
+        for run in 0..cfg.warmup + cfg.runs {
+            let t = Instant::now();
+            create_drop_1p(&space, ops)?;
+            if run >= cfg.warmup {
+                runs.push(ns_per(t.elapsed(), ops));
+            }
+        }
+        ensure(space.areas().len() == cfg.busy_areas, || "the busy list changed".into())?;
+        drop(live);
+        space.synchronize();
+        ensure((space.phys_stats(), space.vmalloc_stats()) == before, || "the busy workload leaked".into())?;
+        area_stats.push(Stats::from_runs(runs, ops as u64));
+    }
+    progress.step(&format!("{}: {:.1} ns/op", area_workloads[1].title, area_stats[1].ns_per_op));
+    let rops = cfg.random_area_ops;
+    let mut rng = Rng::new(100);
+    let sizes: Vec<usize> = (0..rops).map(|_| rng.range(1, 100)).collect();
+    area_stats.push(run_area(&cfg, rops, |space| {
+        for &k in &sizes {
+            let seg = FrameAllocOptions::new_in(space).zeroed(false).alloc_segment(k)?;
+            let area = space.try_map_frames(k * PAGE_SIZE, 0, seg, kvirt_prop())?;
+            drop(black_box(area));
+        }
+        Ok(())
+    })?);
+    progress.step(&format!("{}: {:.1} ns/op", area_workloads[2].title, area_stats[2].ns_per_op));
+    area_stats.push(run_area(&cfg, ops, |space| {
+        let dev = space.machine().expect("hosted").device_window();
+        let pa = usize::try_from(dev.start)?;
+        for i in 0..ops {
+            // SAFETY: the simulated device window, never accessed.
+            let area =
+                unsafe { space.try_map_untracked_frames(2 << 20, 0, pa..pa + (2 << 20), kvirt_prop()) }?;
+            if i == 0 {
+                ensure(area.start() % (2 << 20) == 0, || {
+                    "a 2 MiB untracked area is not 2 MiB aligned".into()
+                })?;
+            }
+            drop(black_box(area));
+        }
+        Ok(())
+    })?);
+    progress.step(&format!("{}: {:.1} ns/op", area_workloads[3].title, area_stats[3].ns_per_op));
+    area_stats.push(run_threads(&cfg, 1)?);
+    progress.step(&format!("{}: {:.0} ops/s", area_workloads[4].title, area_stats[4].ops_per_s()));
+    area_stats.push(run_threads(&cfg, 2)?);
+    progress.step(&format!("{}: {:.0} ops/s", area_workloads[5].title, area_stats[5].ops_per_s()));
+
+    for (w, stats) in area_workloads.iter().zip(area_stats) {
+        for name in IMPLS {
+            let result = if name == KvirtArea::NAME { Ok(stats.clone()) } else { Err(NO_ALLOCATOR) };
+            cells.push(Measurement { workload: w.clone(), impl_name: name, result });
+        }
+    }
+    Ok(Results { quick, config: cfg, cells, machine: report::MachineInfo::probe() })
+}
+
+/// `kvirt bench`.
+///
+/// # Errors
+///
+/// If a workload fails its checks or a file cannot be written.
+pub fn run(options: &Options) -> Result<(), Error> {
+    eprintln!(
+        "kvirt bench{}: {} implementations, progress below; the table goes to stdout",
+        if options.quick { " --quick" } else { "" },
+        IMPLS.len()
+    );
+    let results = measure(options.quick)?;
+    let targets = report::targets(&results);
+    println!("{}", report::text_table(&results, &targets));
+    if let Some(path) = &options.json {
+        std::fs::write(path, report::json(&results, &targets))
+            .map_err(|e| Error(format!("writing {}: {e}", path.display())))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &options.svg {
+        std::fs::write(path, report::svg(&results))
+            .map_err(|e| Error(format!("writing {}: {e}", path.display())))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &options.markdown {
+        let svg_link = options.svg.as_ref().map(|svg| report::relative_link(path, svg));
+        std::fs::write(path, report::markdown(&results, &targets, svg_link.as_deref()))
+            .map_err(|e| Error(format!("writing {}: {e}", path.display())))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,577 @@
+//! Reports of a benchmark run: the text table with the targets as a footer,
+//! hand-written JSON, a hand-written SVG bar plot and the Markdown page.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use super::{Results, Stats, IMPLS};
+
+/// The machine the benchmark ran on.
+#[derive(Clone, Debug, Default)]
+pub struct MachineInfo {
+    /// `available_parallelism`.
+    pub nproc: usize,
+    /// `model name` from /proc/cpuinfo.
+    pub cpu: String,
+    /// `MemTotal` from /proc/meminfo.
+    pub memory: String,
+    /// Kernel release.
+    pub os: String,
+    /// `rustc --version`, if rustc is on the path.
+    pub rustc: String,
+    /// `release` or `debug`.
+    pub profile: &'static str,
+}
+
+impl MachineInfo {
+    /// Reads what the host tells.
+    #[must_use]
+    pub fn probe() -> Self {
+        let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+        let field = |text: &str, key: &str| {
+            text.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+                .unwrap_or_else(|| "unknown".into())
+        };
+        let mem_kb: Option<u64> =
+            field(&read("/proc/meminfo"), "MemTotal").split_whitespace().next().and_then(|v| v.parse().ok());
+        let rustc = std::process::Command::new("rustc")
+            .arg("--version")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "unknown".into());
+        Self {
+            nproc: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            cpu: field(&read("/proc/cpuinfo"), "model name"),
+            memory: mem_kb
+                .map_or_else(|| "unknown".into(), |kb| format!("{:.1} GiB", kb as f64 / (1 << 20) as f64)),
+            os: format!("{} {}", std::env::consts::OS, read("/proc/sys/kernel/osrelease").trim()),
+            rustc,
+            profile: if cfg!(debug_assertions) { "debug" } else { "release" },
+        }
+    }
+}
+
+/// A performance target of the issue, evaluated on a run.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// Short id: (a), (b), ...
+    pub id: &'static str,
+    /// The goal.
+    pub goal: &'static str,
+    /// Whether it was met (`None` if a number is missing).
+    pub pass: Option<bool>,
+    /// The measured numbers.
+    pub measured: String,
+}
+
+impl Target {
+    /// `PASS`, `FAIL` or `n/a`.
+    #[must_use]
+    pub fn verdict(&self) -> &'static str {
+        match self.pass {
+            Some(true) => "PASS",
+            Some(false) => "FAIL",
+            None => "n/a",
+        }
+    }
+}
+
+fn ns(results: &Results, workload: &str, impl_name: &str) -> Option<f64> {
+    results.get(workload, impl_name).map(|s| s.ns_per_op)
+}
+
+/// The issue's targets.
+#[must_use]
+pub fn targets(r: &Results) -> Vec<Target> {
+    let mut out = Vec::new();
+    let map = "map-4k-x512";
+    out.push(match (ns(r, map, "kvirt-area"), ns(r, map, "floor"), ns(r, map, "x86_64"), ns(r, map, "multiarch")) {
+        (Some(k), Some(f), Some(x), Some(m)) => Target {
+            id: "(a)",
+            goal: "map 512 tracked 4 KiB pages with KVirtArea::map_frames: <= 3x the raw-store floor per page, and >= 3x faster per page than both peers",
+            pass: Some(k <= 3.0 * f && x >= 3.0 * k && m >= 3.0 * k),
+            measured: format!(
+                "kvirt-area {k:.1} ns/page = {:.1}x floor ({f:.2} ns); x86_64 {x:.1} ns = {:.2}x kvirt-area, multiarch {m:.1} ns = {:.2}x kvirt-area",
+                k / f,
+                x / k,
+                m / k
+            ),
+        },
+        _ => missing("(a)"),
+    });
+    let q = "query-4k-x512";
+    out.push(match (ns(r, q, "kvirt-area"), ns(r, q, "kvirt-pt"), ns(r, q, "floor")) {
+        (Some(k), Some(t), Some(f)) => Target {
+            id: "(b)",
+            goal: "a query (KVirtArea::query, random addresses in 512-page areas) costs <= 2x the raw 4-level walk",
+            pass: Some(k <= 2.0 * f),
+            measured: format!(
+                "KVirtArea::query {k:.1} ns = {:.1}x the raw walk ({f:.1} ns); kvirt-pt's lock-free translate {t:.1} ns = {:.1}x",
+                k / f,
+                t / f
+            ),
+        },
+        _ => missing("(b)"),
+    });
+    out.push(match (ns(r, "area-1p", "kvirt-area"), ns(r, "area-1p-busy", "kvirt-area")) {
+        (Some(idle), Some(busy)) => Target {
+            id: "(c)",
+            goal: "create+drop of a 1-page area stays within 1.5x from 0 to 10k live areas",
+            pass: Some(busy <= 1.5 * idle),
+            measured: format!(
+                "{idle:.1} ns with no other area, {busy:.1} ns with 10k live: {:.2}x",
+                busy / idle
+            ),
+        },
+        _ => missing("(c)"),
+    });
+    let tput = |w: &str| r.get(w, "kvirt-area").map(Stats::ops_per_s);
+    out.push(match (tput("area-1p-1thread"), tput("area-1p-2threads")) {
+        (Some(one), Some(two)) => Target {
+            id: "(d)",
+            goal: "2 threads give >= 1.6x the create+drop throughput of 1",
+            pass: Some(two >= 1.6 * one),
+            measured: format!("1 thread {}/s, 2 threads {}/s: {:.2}x", si(one), si(two), two / one),
+        },
+        _ => missing("(d)"),
+    });
+    out
+}
+
+fn missing(id: &'static str) -> Target {
+    Target { id, goal: "", pass: None, measured: "not measured".into() }
+}
+
+/// A number with an SI suffix: `12.3 M`.
+#[must_use]
+pub fn si(v: f64) -> String {
+    if !v.is_finite() {
+        return "-".into();
+    }
+    for (scale, suffix) in [(1e9, " G"), (1e6, " M"), (1e3, " k")] {
+        if v >= scale {
+            return format!("{:.2}{suffix}", v / scale);
+        }
+    }
+    format!("{v:.1}")
+}
+
+/// Nanoseconds with a precision that suits their size.
+#[must_use]
+pub fn fmt_ns(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// The reference for "x kvirt": kvirt-area if measured, else kvirt-pt.
+fn reference(r: &Results, workload: &str) -> Option<f64> {
+    ns(r, workload, "kvirt-area").or_else(|| ns(r, workload, "kvirt-pt"))
+}
+
+/// Rows of (workload title, impl, unit, ns/op, ops/s, ratio) for measured
+/// cells.
+fn rows(r: &Results) -> Vec<[String; 6]> {
+    let mut out = Vec::new();
+    for w in r.workloads() {
+        let base = reference(r, &w.id);
+        for name in IMPLS {
+            let Some(s) = r.get(&w.id, name) else { continue };
+            let ratio = base.map_or_else(|| "-".into(), |b| format!("{:.2}", s.ns_per_op / b));
+            out.push([
+                w.title.clone(),
+                name.to_string(),
+                w.unit.to_string(),
+                fmt_ns(s.ns_per_op),
+                si(s.ops_per_s()),
+                ratio,
+            ]);
+        }
+    }
+    out
+}
+
+const HEADER: [&str; 6] = ["workload", "impl", "op", "ns/op", "ops/s", "x kvirt"];
+
+/// The table printed on stdout, with the targets as its footer.
+#[must_use]
+pub fn text_table(r: &Results, targets: &[Target]) -> String {
+    let rows = rows(r);
+    let mut width = HEADER.map(str::len);
+    for row in &rows {
+        for (w, cell) in width.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: [&str; 6]| {
+        format!(
+            "{:<w0$}  {:<w1$}  {:<w2$}  {:>w3$}  {:>w4$}  {:>w5$}",
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3],
+            cells[4],
+            cells[5],
+            w0 = width[0],
+            w1 = width[1],
+            w2 = width[2],
+            w3 = width[3],
+            w4 = width[4],
+            w5 = width[5]
+        )
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "{}", line(HEADER));
+    let _ = writeln!(out, "{}", "-".repeat(width.iter().sum::<usize>() + 10));
+    let mut last = String::new();
+    for row in &rows {
+        if !last.is_empty() && last != row[0] {
+            let _ = writeln!(out);
+        }
+        last.clone_from(&row[0]);
+        let _ = writeln!(out, "{}", line([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]));
+    }
+    let _ = writeln!(out, "{}", "-".repeat(width.iter().sum::<usize>() + 10));
+    let _ = writeln!(out, "x kvirt: time per op relative to kvirt-area (kvirt-pt where kvirt-area has no such op); above 1 is slower.");
+    let _ = writeln!(
+        out,
+        "{} run, {} build: median of {} runs after {} warm-up run(s); {} CPUs ({})",
+        if r.quick { "quick" } else { "full" },
+        r.machine.profile,
+        r.config.runs,
+        r.config.warmup,
+        r.machine.nproc,
+        r.machine.cpu
+    );
+    let _ = writeln!(out, "\ntargets:");
+    for t in targets {
+        let _ = writeln!(out, "  {} {} {}\n       {}", t.verdict(), t.id, t.goal, t.measured);
+    }
+    out
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json_num(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.4}")
+    } else {
+        "null".into()
+    }
+}
+
+/// The results as JSON: machine, configuration, every workload x impl cell
+/// (unsupported ones with the reason), and the targets.
+#[must_use]
+pub fn json(r: &Results, targets: &[Target]) -> String {
+    let m = &r.machine;
+    let c = &r.config;
+    let mut out = String::from("{\n");
+    let _ = writeln!(out, "  \"tool\": \"kvirt bench\",\n  \"quick\": {},", r.quick);
+    let _ = writeln!(
+        out,
+        "  \"machine\": {{\"nproc\": {}, \"cpu\": {}, \"memory\": {}, \"os\": {}, \"rustc\": {}, \"profile\": {}}},",
+        m.nproc,
+        json_str(&m.cpu),
+        json_str(&m.memory),
+        json_str(&m.os),
+        json_str(&m.rustc),
+        json_str(m.profile)
+    );
+    let _ = writeln!(
+        out,
+        "  \"config\": {{\"pages_per_round\": {}, \"warmup\": {}, \"runs\": {}, \"huge_ops\": {}, \"area_ops\": {}, \"random_area_ops\": {}, \"busy_areas\": {}, \"thread_ops\": {}}},",
+        c.pages_per_round, c.warmup, c.runs, c.huge_ops, c.area_ops, c.random_area_ops, c.busy_areas, c.thread_ops
+    );
+    let impls: Vec<String> = IMPLS.iter().map(|i| json_str(i)).collect();
+    let _ = writeln!(out, "  \"impls\": [{}],", impls.join(", "));
+    let workloads: Vec<String> = r
+        .workloads()
+        .iter()
+        .map(|w| {
+            format!(
+                "    {{\"id\": {}, \"title\": {}, \"unit\": {}}}",
+                json_str(&w.id),
+                json_str(&w.title),
+                json_str(w.unit)
+            )
+        })
+        .collect();
+    let _ = writeln!(out, "  \"workloads\": [\n{}\n  ],", workloads.join(",\n"));
+    let cells: Vec<String> = r
+        .cells
+        .iter()
+        .map(|cell| {
+            let head = format!("\"workload\": {}, \"impl\": {}", json_str(&cell.workload.id), json_str(cell.impl_name));
+            match &cell.result {
+                Ok(s) => {
+                    let ratio = reference(r, &cell.workload.id).map_or(f64::NAN, |b| s.ns_per_op / b);
+                    let runs: Vec<String> = s.runs.iter().map(|v| json_num(*v)).collect();
+                    format!(
+                        "    {{{head}, \"supported\": true, \"ns_per_op\": {}, \"ops_per_s\": {}, \"ratio_to_kvirt\": {}, \"ops_per_run\": {}, \"runs_ns_per_op\": [{}]}}",
+                        json_num(s.ns_per_op),
+                        json_num(s.ops_per_s()),
+                        json_num(ratio),
+                        s.ops_per_run,
+                        runs.join(", ")
+                    )
+                }
+                Err(why) => format!("    {{{head}, \"supported\": false, \"reason\": {}}}", json_str(why)),
+            }
+        })
+        .collect();
+    let _ = writeln!(out, "  \"results\": [\n{}\n  ],", cells.join(",\n"));
+    let ts: Vec<String> = targets
+        .iter()
+        .map(|t| {
+            format!(
+                "    {{\"id\": {}, \"goal\": {}, \"pass\": {}, \"measured\": {}}}",
+                json_str(t.id),
+                json_str(t.goal),
+                t.pass.map_or_else(|| "null".into(), |p| p.to_string()),
+                json_str(&t.measured)
+            )
+        })
+        .collect();
+    let _ = writeln!(out, "  \"targets\": [\n{}\n  ]", ts.join(",\n"));
+    out.push_str("}\n");
+    out
+}
+
+fn color(impl_name: &str) -> &'static str {
+    match impl_name {
+        "kvirt-area" => "#1f5fa8",
+        "kvirt-pt" => "#6ea8dc",
+        "x86_64" => "#c8372d",
+        "multiarch" => "#e8902a",
+        _ => "#8a8a8a",
+    }
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// A horizontal bar plot of ns/op (log scale), grouped by workload.
+#[must_use]
+pub fn svg(r: &Results) -> String {
+    const WIDTH: f64 = 1100.0;
+    const LEFT: f64 = 330.0;
+    const RIGHT: f64 = 1000.0;
+    const BAR: f64 = 11.0;
+    const ROW: f64 = 14.0;
+    const GROUP_HEAD: f64 = 20.0;
+    const TOP: f64 = 70.0;
+    let values: Vec<f64> = r
+        .cells
+        .iter()
+        .filter_map(|c| c.result.as_ref().ok())
+        .map(|s| s.ns_per_op)
+        .filter(|v| *v > 0.0)
+        .collect();
+    let lo = values.iter().copied().fold(f64::INFINITY, f64::min).max(1e-3).log10().floor();
+    let hi = values.iter().copied().fold(0.0, f64::max).max(1.0).log10().ceil().max(lo + 1.0);
+    let x = |v: f64| LEFT + (v.max(1e-3).log10() - lo) / (hi - lo) * (RIGHT - LEFT);
+    let workloads = r.workloads();
+    let bars: usize = r.cells.iter().filter(|c| c.result.is_ok()).count();
+    let height = TOP + workloads.len() as f64 * (GROUP_HEAD + 6.0) + bars as f64 * ROW + 40.0;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{height:.0}\" viewBox=\"0 0 {WIDTH} {height:.0}\" font-family=\"Helvetica, Arial, sans-serif\" font-size=\"11\">"
+    );
+    let _ = writeln!(out, "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>");
+    let _ = writeln!(
+        out,
+        "<text x=\"10\" y=\"22\" font-size=\"15\" font-weight=\"bold\">kvirt bench: time per op (log scale, shorter is faster)</text>"
+    );
+    let _ = writeln!(
+        out,
+        "<text x=\"10\" y=\"40\" fill=\"#555\">{} run, {} CPUs ({}), {} build; median of {} runs</text>",
+        if r.quick { "quick" } else { "full" },
+        r.machine.nproc,
+        xml(&r.machine.cpu),
+        r.machine.profile,
+        r.config.runs
+    );
+    let mut lx = LEFT;
+    for name in IMPLS {
+        let _ = writeln!(
+            out,
+            "<rect x=\"{lx:.0}\" y=\"50\" width=\"12\" height=\"10\" fill=\"{}\"/>",
+            color(name)
+        );
+        let _ = writeln!(out, "<text x=\"{:.0}\" y=\"59\">{name}</text>", lx + 16.0);
+        lx += 110.0;
+    }
+    let bottom = height - 30.0;
+    let mut decade = lo;
+    while decade <= hi {
+        let v = 10f64.powf(decade);
+        let gx = x(v);
+        let label = if v >= 1e6 {
+            format!("{} ms", v / 1e6)
+        } else if v >= 1e3 {
+            format!("{} µs", v / 1e3)
+        } else {
+            format!("{v} ns")
+        };
+        let _ = writeln!(
+            out,
+            "<line x1=\"{gx:.1}\" y1=\"{TOP}\" x2=\"{gx:.1}\" y2=\"{bottom:.0}\" stroke=\"#ddd\"/>"
+        );
+        let _ = writeln!(
+            out,
+            "<text x=\"{gx:.1}\" y=\"{:.0}\" text-anchor=\"middle\" fill=\"#555\">{label}</text>",
+            bottom + 14.0
+        );
+        decade += 1.0;
+    }
+    let mut y = TOP;
+    for w in &workloads {
+        y += GROUP_HEAD;
+        let _ = writeln!(
+            out,
+            "<text x=\"10\" y=\"{:.0}\" font-weight=\"bold\">{} <tspan font-weight=\"normal\" fill=\"#555\">(ns per {})</tspan></text>",
+            y - 5.0,
+            xml(&w.title),
+            xml(w.unit)
+        );
+        for name in IMPLS {
+            let Some(s) = r.get(&w.id, name) else { continue };
+            let end = x(s.ns_per_op);
+            let _ = writeln!(
+                out,
+                "<text x=\"{:.0}\" y=\"{:.1}\" text-anchor=\"end\">{name}</text>",
+                LEFT - 6.0,
+                y + BAR - 2.0
+            );
+            let _ = writeln!(
+                out,
+                "<rect x=\"{LEFT}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{BAR}\" fill=\"{}\"/>",
+                (end - LEFT).max(1.0),
+                color(name)
+            );
+            let _ = writeln!(
+                out,
+                "<text x=\"{:.1}\" y=\"{:.1}\">{}</text>",
+                end + 4.0,
+                y + BAR - 2.0,
+                fmt_ns(s.ns_per_op)
+            );
+            y += ROW;
+        }
+        y += 6.0;
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
+/// How the Markdown file at `md` should link to `svg`.
+#[must_use]
+pub fn relative_link(md: &Path, svg: &Path) -> String {
+    let same_dir = md.parent().map(Path::to_path_buf).unwrap_or_default()
+        == svg.parent().map(Path::to_path_buf).unwrap_or_default();
+    match (same_dir, svg.file_name()) {
+        (true, Some(name)) => name.to_string_lossy().into_owned(),
+        _ => svg.display().to_string(),
+    }
+}
+
+/// The command that regenerates docs/BENCHMARKS.md.
+pub const REGENERATE: &str =
+    "cargo run --release -p kvirt-cli -- bench --json docs/bench.json --svg docs/bench.svg --markdown docs/BENCHMARKS.md";
+
+/// docs/BENCHMARKS.md.
+#[must_use]
+pub fn markdown(r: &Results, targets: &[Target], svg_link: Option<&str>) -> String {
+    let m = &r.machine;
+    let mut out = String::new();
+    let _ = writeln!(out, "# kvirt benchmarks\n");
+    let _ = writeln!(
+        out,
+        "Generated by `kvirt bench`; do not edit by hand. To regenerate this page, `bench.json` and `bench.svg`:\n\n```sh\n{REGENERATE}\n```\n"
+    );
+    let _ = writeln!(out, "## Machine\n\n| | |\n|---|---|");
+    let _ = writeln!(out, "| CPUs (nproc) | {} |", m.nproc);
+    let _ = writeln!(out, "| CPU model | {} |", m.cpu);
+    let _ = writeln!(out, "| memory | {} |", m.memory);
+    let _ = writeln!(out, "| OS | {} |", m.os);
+    let _ = writeln!(out, "| compiler | {} |", m.rustc);
+    let _ = writeln!(out, "| build | {} |", m.profile);
+    let _ = writeln!(
+        out,
+        "| run | {}: median of {} timed runs after {} warm-up run(s); {} pages (and queries) per run of the 4 KiB workloads |\n",
+        if r.quick { "quick" } else { "full" },
+        r.config.runs,
+        r.config.warmup,
+        r.config.pages_per_round
+    );
+    let _ = writeln!(
+        out,
+        "The machine is shared (other builds may run at the same time), so single numbers can be noisy; `bench.json` keeps every run.\n"
+    );
+    let _ = writeln!(out, "## Implementations\n");
+    let _ = writeln!(out, "| impl | what |\n|---|---|");
+    let _ = writeln!(out, "| `kvirt-area` | kvirt's public API: `KVirtArea::map_frames` with pre-allocated frames, `KVirtArea::query`, drop (unmap, TLB flush, free the range) |");
+    let _ = writeln!(out, "| `kvirt-pt` | kvirt's raw page table: `PageTable<KernelPtConfig>`, one `CursorMut` per range (`map`, `take_next`, then a TLB flush), queries by the lock-free `PageTable::translate` |");
+    let _ = writeln!(out, "| `x86_64` | the `x86_64` crate 0.15 (default features off): `OffsetPageTable` `map_to` / `translate_addr` / `unmap`, flushes ignored |");
+    let _ = writeln!(out, "| `multiarch` | `page_table_multiarch` 0.6 (ArceOS): `X64PageTable` with a `PagingHandler` over simulated RAM; `map` / `query` / `unmap`, `map_region` with huge pages |");
+    let _ = writeln!(out, "| `floor` | the cheapest possible table: map = one PTE store per page into pre-allocated, pre-linked leaves; query = a raw 4-level walk; unmap = one store of zero |\n");
+    let _ = writeln!(
+        out,
+        "All of them run over the same kind of simulated RAM (`kvirt::sim::Machine`): the peers and the floor get a frame allocator over a range of their machine's RAM and its `ram_base()` as the physical-memory offset. kvirt maps tracked frames (each entry owns a reference), so its map and unmap include reference counting, node locking and reclaiming emptied page-table nodes; the peers map raw physical addresses and keep their tables.\n"
+    );
+    let _ = writeln!(
+        out,
+        "Both peers build on stable Rust (1.95 here), so none had to be left out: the `x86_64` crate's default features include `nightly`, so it is used with `default-features = false` (the paging structures and `OffsetPageTable` need no feature); `page_table_multiarch` 0.6.2 (and its `page_table_entry`, `memory_addr`) needs nothing special. Its TLB flushes compile only for `target_os = \"none\"`, and the `x86_64` crate's `MapperFlush`es are `.ignore()`d, so neither peer flushes a TLB here; kvirt's drop and `kvirt-pt`'s unmap do flush the simulated TLBs of both CPUs.\n"
+    );
+    let _ = writeln!(out, "## Results\n");
+    let _ = writeln!(out, "`x kvirt` is the time per op relative to `kvirt-area` (or `kvirt-pt` where `kvirt-area` has no such op): above 1 is slower than kvirt. The area workloads exist only for kvirt (the peers have no virtual-range allocator; `bench.json` marks those cells unsupported).\n");
+    let _ = writeln!(out, "| workload | impl | op | ns/op | ops/s | x kvirt |\n|---|---|---|---:|---:|---:|");
+    for row in rows(r) {
+        let _ =
+            writeln!(out, "| {} | {} | {} | {} | {} | {} |", row[0], row[1], row[2], row[3], row[4], row[5]);
+    }
+    let _ = writeln!(out, "\n## Targets\n");
+    let _ = writeln!(out, "| | target | result | measured |\n|---|---|---|---|");
+    for t in targets {
+        let _ = writeln!(out, "| {} | {} | **{}** | {} |", t.id, t.goal, t.verdict(), t.measured);
+    }
+    if let Some(link) = svg_link {
+        let _ = writeln!(out, "\n## Plot\n\n![time per op, log scale]({link})\n");
+    }
+    let _ = writeln!(out, "## Method\n");
+    let _ = writeln!(out, "- Every cell is the median of the timed runs; each run times whole batches with `std::time::Instant` (no per-op timer reads).");
+    let _ = writeln!(out, "- map / query / unmap of N x 4 KiB: a run maps {} pages as ranges of N (N = 1, 16, 512, 65536), laid out like VMALLOC (one unmapped page between ranges), maps pool frame `i % 512` at page `i`, then does {} queries at random pages of random ranges, then unmaps every range. Inputs (frame handles, addresses) are prepared outside the timed region. The sum of all query results is checked against the expected addresses.", r.config.pages_per_round, r.config.pages_per_round);
+    let _ = writeln!(out, "- untracked 1 GiB: map + unmap of 1 GiB of the simulated device window as one 1 GiB page (`map_untracked_frames` for kvirt-area).");
+    let _ = writeln!(out, "- area workloads follow Linux's `lib/test_vmalloc.c`: fixed size (1 page), random size (1-100 pages), a long busy list ({} live areas, then fixed-size create+drop), aligned allocations (2 MiB untracked areas, which kvirt aligns to 2 MiB), and fixed size from 1 and from 2 threads on one space (ops/s of the whole). Each create allocates its frames (not zeroed, like `vmalloc`), and every area workload checks that the counters are back afterwards.", r.config.busy_areas);
+    let _ = writeln!(out, "- `area create+drop, 1 page` runs with no other area in the space, so every create allocates the page-table nodes under the area and every drop reclaims them (through a TLB flush and an RCU grace period); with 10 000 live areas around, those nodes stay and only the leaf entry changes. Target (c) compares exactly these two.");
+    let _ = writeln!(out, "- The targets are reported as measured; nothing is tuned to pass them.");
+    out
+}
