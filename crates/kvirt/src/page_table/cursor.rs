@@ -57,9 +57,21 @@ fn node_span<F: PagingFormat>(level: PagingLevel) -> usize {
 
 impl<'a, C: PageTableConfig> Cursor<'a, C> {
     pub(super) fn new(pt: &'a PageTable<C>, range: &Range<Vaddr>) -> Result<Self, RangeError> {
+        Self::new_with_guard_at_least(pt, range, 1)
+    }
+
+    /// Like [`new`](Self::new), but the guard node is at `min_guard_level`
+    /// or above even if the range lies inside one entry of a lower node.
+    /// Used to lock the parent of a node whose span reaches the end of the
+    /// address space, where no `Range` can cover the whole span.
+    fn new_with_guard_at_least(
+        pt: &'a PageTable<C>,
+        range: &Range<Vaddr>,
+        min_guard_level: PagingLevel,
+    ) -> Result<Self, RangeError> {
         check_range::<C>(range)?;
         let rcu = RcuReadGuard::new(pt.phys().platform());
-        let (guard, guard_level) = lock_range(pt, range);
+        let (guard, guard_level) = lock_range(pt, range, min_guard_level);
         let mut path = [0; MAX_LEVELS];
         let mut base = [0; MAX_LEVELS];
         path[guard_level as usize - 1] = guard;
@@ -115,6 +127,7 @@ impl<'a, C: PageTableConfig> Cursor<'a, C> {
     fn push(&mut self, child: Paddr) {
         debug_assert!(self.level > 1);
         self.level -= 1;
+        debug_assert_eq!(self.node_of(child).level(), self.level, "page-table node at the wrong level");
         let l = self.level as usize - 1;
         self.path[l] = child;
         self.base[l] = align_down(self.va, node_span::<C::F>(self.level));
@@ -269,14 +282,18 @@ impl<C: PageTableConfig> fmt::Debug for Cursor<'_, C> {
     }
 }
 
-/// Walks down without locks to the lowest node covering `range`, locks it
-/// and every node below it that intersects the range. Returns the guard
-/// node and its level.
-fn lock_range<C: PageTableConfig>(pt: &PageTable<C>, range: &Range<Vaddr>) -> (Paddr, PagingLevel) {
+/// Walks down without locks to the lowest node covering `range` (but not
+/// below `min_guard_level`), locks it and every node below it that
+/// intersects the range. Returns the guard node and its level.
+fn lock_range<C: PageTableConfig>(
+    pt: &PageTable<C>,
+    range: &Range<Vaddr>,
+    min_guard_level: PagingLevel,
+) -> (Paddr, PagingLevel) {
     loop {
         let mut node = pt.root_node();
         let mut level = C::F::NR_LEVELS;
-        while level > 1 {
+        while level > min_guard_level.max(1) {
             let i = pte_index::<C::F>(range.start, level);
             let inside_one_entry = i == pte_index::<C::F>(range.end - 1, level);
             if !inside_one_entry || range.len() >= page_size::<C::F>(level) {
@@ -380,6 +397,9 @@ pub enum MapErrorKind {
     AlreadyMapped,
     /// No memory for a page-table node.
     OutOfMemory,
+    /// The tracked frame belongs to another kernel space than the page
+    /// table (its reference and metadata live in that space).
+    ForeignFrame,
 }
 
 impl fmt::Display for MapErrorKind {
@@ -391,6 +411,7 @@ impl fmt::Display for MapErrorKind {
             MapErrorKind::PaddrTooLarge => "the physical address is beyond what the paging format encodes",
             MapErrorKind::AlreadyMapped => "mapping over an already mapped page",
             MapErrorKind::OutOfMemory => "out of memory for page-table nodes",
+            MapErrorKind::ForeignFrame => "the frame belongs to another kernel space",
         })
     }
 }
@@ -467,10 +488,14 @@ impl Drop for StraySubtree {
             (self.phys.as_ptr() as usize, self.raw, self.level, self.release);
         phys.platform().call_rcu(alloc::boxed::Box::new(move || {
             // SAFETY: the space waits for its callbacks before it is freed
-            // (`KernelSpace::drop` calls `rcu_barrier`); the sub-tree was
-            // detached, its TLB entries flushed by the owner of this value,
-            // and the grace period has passed, so no one reaches it.
-            unsafe { release(&*(phys_addr as *const PhysMem), raw, level) };
+            // (`KernelSpace::drop` calls `rcu_barrier`), so the `PhysMem`
+            // is still alive.
+            let phys = unsafe { &*(phys_addr as *const PhysMem) };
+            // SAFETY: this value owned the detached sub-tree's entry; the
+            // grace period has passed, so no lock-free walker still reaches
+            // it. Flushing the TLB for it before dropping this value is the
+            // duty of its owner (see `PageTableFrag`).
+            unsafe { release(phys, raw, level) };
         }));
     }
 }
@@ -534,6 +559,13 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
             MappedItem::Untracked(pa, level, prop) => (*pa, *level, *prop, false),
         };
         let fail = |kind, item| Err(MapError { kind, item });
+        if let MappedItem::Tracked(frame, _) = &item {
+            // The entry will hold the frame's reference as a bare address
+            // and take it back through this table's metadata array.
+            if !core::ptr::eq(frame.phys(), self.inner.phys()) {
+                return fail(MapErrorKind::ForeignFrame, item);
+            }
+        }
         if !(1..=C::F::HIGHEST_LEAF_LEVEL).contains(&level) {
             return fail(MapErrorKind::UnsupportedLevel, item);
         }
@@ -795,8 +827,8 @@ impl<C: PageTableConfig> Drop for CursorMut<'_, C> {
         let c = &self.inner;
         let guard = c.node(c.guard_level);
         let guard_emptied = self.removed && Self::may_detach(c.guard_level) && guard.nr_children() == 0;
-        let guard_span = c.base[c.guard_level as usize - 1]
-            ..c.base[c.guard_level as usize - 1].saturating_add(node_span::<C::F>(c.guard_level));
+        let guard_level = c.guard_level;
+        let guard_base = c.base[guard_level as usize - 1];
         self.inner.unlock_all();
 
         let platform = self.inner.phys().platform();
@@ -812,10 +844,21 @@ impl<C: PageTableConfig> Drop for CursorMut<'_, C> {
 
         if guard_emptied {
             // The guard node is empty: lock its parent (a cursor over the
-            // guard's whole span does) and detach it there. That cursor's
-            // own drop continues upwards.
-            if let Ok(mut parent) = CursorMut::new(self.inner.pt, &guard_span) {
-                parent.reclaim_empty_child(guard_span.start);
+            // guard's span, with its guard one level up) and detach it
+            // there. That cursor's own drop continues upwards. The span of
+            // a node at the very top of the address space ends at 2^64,
+            // which no `Range` can express: it stops one page short, and the
+            // guard level is forced instead.
+            let span_end = guard_base
+                .checked_add(node_span::<C::F>(guard_level))
+                .unwrap_or(usize::MAX - (crate::addr::PAGE_SIZE - 1));
+            let span = guard_base..span_end;
+            match Cursor::new_with_guard_at_least(self.inner.pt, &span, guard_level + 1) {
+                Ok(parent) => {
+                    let mut parent = CursorMut { inner: parent, detached: Vec::new(), removed: false };
+                    parent.reclaim_empty_child(guard_base);
+                }
+                Err(e) => debug_assert!(false, "cannot lock the parent of an emptied node: {e}"),
             }
         }
     }
