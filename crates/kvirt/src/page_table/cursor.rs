@@ -13,6 +13,7 @@ use core::marker::PhantomData;
 use core::ops::Range;
 use core::ptr::NonNull;
 
+use super::locking::{lock_range, unlock_range, Guard, LockTree};
 use super::node::NodeRef;
 use super::{
     alloc_node, check_range, release_entry, sign_extend, MappedItem, MappedItemRef, OutOfCursorRange,
@@ -71,15 +72,12 @@ impl<'a, C: PageTableConfig> Cursor<'a, C> {
     ) -> Result<Self, RangeError> {
         check_range::<C>(range)?;
         let rcu = RcuReadGuard::new(pt.phys().platform());
-        let (guard, guard_level) = lock_range(pt, range, min_guard_level);
+        let guard = lock_range(&PtTree(pt), range, min_guard_level);
+        let guard_level = guard.level;
         let mut path = [0; MAX_LEVELS];
         let mut base = [0; MAX_LEVELS];
-        path[guard_level as usize - 1] = guard;
-        base[guard_level as usize - 1] = if guard_level == C::F::NR_LEVELS {
-            0
-        } else {
-            sign_extend::<C::F>(align_down(range.start, node_span::<C::F>(guard_level)))
-        };
+        path[guard_level as usize - 1] = guard.node.pa();
+        base[guard_level as usize - 1] = guard.base;
         Ok(Self {
             pt,
             barrier: range.clone(),
@@ -255,13 +253,12 @@ impl<'a, C: PageTableConfig> Cursor<'a, C> {
     fn unlock_all(&mut self) {
         if self.locked {
             self.locked = false;
-            let guard = self.node(self.guard_level);
-            dfs_unlock::<C::F>(
-                guard,
-                self.guard_level,
-                self.base[self.guard_level as usize - 1],
-                &self.barrier,
-            );
+            let guard = Guard {
+                node: self.node(self.guard_level),
+                level: self.guard_level,
+                base: self.base[self.guard_level as usize - 1],
+            };
+            unlock_range(&PtTree(self.pt), &guard, &self.barrier);
         }
     }
 }
@@ -282,90 +279,57 @@ impl<C: PageTableConfig> fmt::Debug for Cursor<'_, C> {
     }
 }
 
-/// Walks down without locks to the lowest node covering `range` (but not
-/// below `min_guard_level`), locks it and every node below it that
-/// intersects the range. Returns the guard node and its level.
-fn lock_range<C: PageTableConfig>(
-    pt: &PageTable<C>,
-    range: &Range<Vaddr>,
-    min_guard_level: PagingLevel,
-) -> (Paddr, PagingLevel) {
-    loop {
-        let mut node = pt.root_node();
-        let mut level = C::F::NR_LEVELS;
-        while level > min_guard_level.max(1) {
-            let i = pte_index::<C::F>(range.start, level);
-            let inside_one_entry = i == pte_index::<C::F>(range.end - 1, level);
-            if !inside_one_entry || range.len() >= page_size::<C::F>(level) {
-                break;
-            }
-            match C::F::decode(node.read(i), level) {
-                PteKind::Table(child) => {
-                    // SAFETY: we are inside the cursor's read-side section,
-                    // so a node reachable now stays unreused until it ends.
-                    node = unsafe { NodeRef::new(pt.phys(), child) };
-                    level -= 1;
-                }
-                PteKind::Absent | PteKind::Page { .. } => break,
-            }
+/// The page table as a [`LockTree`]: the lock protocol's view of it.
+struct PtTree<'a, C: PageTableConfig>(&'a PageTable<C>);
+
+impl<'a, C: PageTableConfig> LockTree for PtTree<'a, C> {
+    type Node = NodeRef<'a>;
+
+    fn root(&self) -> NodeRef<'a> {
+        self.0.root_node()
+    }
+
+    fn nr_levels(&self) -> u8 {
+        C::F::NR_LEVELS
+    }
+
+    fn nr_entries(&self) -> usize {
+        C::F::NR_ENTRIES
+    }
+
+    fn entry_size(&self, level: u8) -> usize {
+        page_size::<C::F>(level)
+    }
+
+    fn index(&self, va: usize, level: u8) -> usize {
+        pte_index::<C::F>(va, level)
+    }
+
+    fn canonical(&self, va: usize) -> usize {
+        sign_extend::<C::F>(va)
+    }
+
+    fn child(&self, node: NodeRef<'a>, level: u8, index: usize) -> Option<NodeRef<'a>> {
+        match C::F::decode(node.read(index), level) {
+            // SAFETY: the protocol runs inside the cursor's read-side
+            // section, so a node reachable now is not reused before it ends;
+            // a child of a node the caller holds cannot even be detached.
+            PteKind::Table(child) => Some(unsafe { NodeRef::new(self.0.phys(), child) }),
+            PteKind::Absent | PteKind::Page { .. } => None,
         }
+    }
+
+    fn lock(&self, node: NodeRef<'a>) {
         node.lock();
-        if node.is_stray() {
-            // Detached after we read its parent's entry: start again.
-            node.unlock();
-            continue;
-        }
-        let base = if level == C::F::NR_LEVELS {
-            0
-        } else {
-            sign_extend::<C::F>(align_down(range.start, node_span::<C::F>(level)))
-        };
-        dfs_lock::<C::F>(node, level, base, range);
-        return (node.pa(), level);
     }
-}
 
-/// The indices of a node at `level` starting at `base` whose entries
-/// intersect `range`.
-fn entry_indices<F: PagingFormat>(level: PagingLevel, base: Vaddr, range: &Range<Vaddr>) -> Range<usize> {
-    let first = if range.start <= base { 0 } else { pte_index::<F>(range.start, level) };
-    let node_last = base.wrapping_add(node_span::<F>(level) - 1);
-    let last = if level == F::NR_LEVELS || range.end - 1 < node_last {
-        pte_index::<F>(range.end - 1, level)
-    } else {
-        F::NR_ENTRIES - 1
-    };
-    first..last + 1
-}
+    fn unlock(&self, node: NodeRef<'a>) {
+        node.unlock();
+    }
 
-/// Locks, parent before child, every node below `node` intersecting `range`.
-fn dfs_lock<F: PagingFormat>(node: NodeRef<'_>, level: PagingLevel, base: Vaddr, range: &Range<Vaddr>) {
-    if level == 1 {
-        return;
+    fn is_stray(&self, node: NodeRef<'a>) -> bool {
+        node.is_stray()
     }
-    for i in entry_indices::<F>(level, base, range) {
-        if let PteKind::Table(child) = F::decode(node.read(i), level) {
-            // SAFETY: `node` is locked, so its child cannot be detached.
-            let child = unsafe { NodeRef::new(node_phys(node), child) };
-            child.lock();
-            dfs_lock::<F>(child, level - 1, sign_extend::<F>(base + i * page_size::<F>(level)), range);
-        }
-    }
-}
-
-/// Unlocks what `dfs_lock` (and the cursor since) locked, children first.
-fn dfs_unlock<F: PagingFormat>(node: NodeRef<'_>, level: PagingLevel, base: Vaddr, range: &Range<Vaddr>) {
-    if level > 1 {
-        for i in entry_indices::<F>(level, base, range) {
-            if let PteKind::Table(child) = F::decode(node.read(i), level) {
-                // SAFETY: `node` is locked by us, so its child is attached
-                // and locked by us too.
-                let child = unsafe { NodeRef::new(node_phys(node), child) };
-                dfs_unlock::<F>(child, level - 1, sign_extend::<F>(base + i * page_size::<F>(level)), range);
-            }
-        }
-    }
-    node.unlock();
 }
 
 fn node_phys(node: NodeRef<'_>) -> &PhysMem {

@@ -45,6 +45,8 @@
 //! pointing to a node owns the node. Untracked entries own nothing.
 
 mod cursor;
+#[doc(hidden)]
+pub mod locking;
 mod node;
 
 use core::fmt;
