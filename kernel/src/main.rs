@@ -33,7 +33,7 @@
 //!
 //! * Serial: a dozen lines of port I/O rather than the `uart_16550` crate
 //!   (see [`serial`]).
-//! * Heap: `linked_list_allocator` on an 8 MiB array in `.bss` (see [`heap`]).
+//! * Heap: `linked_list_allocator` on a 16 MiB array in `.bss` (see [`heap`]).
 //! * Exceptions: hand-written entry stubs, as stable Rust has no
 //!   `x86-interrupt` ABI; expected page faults are caught by probe routines
 //!   ([`probe`]).
@@ -128,7 +128,8 @@ fn kernel_main(start_info: Paddr) -> ! {
     }
     println!("kvirt-kernel: CR3 = {root:#x}: running on kvirt's page table");
 
-    scenario::run(space, &image);
+    let ram_end = boot.memory_map.iter().filter(|r| r.kind == boot::E820_RAM).map(|r| r.range.end).max();
+    scenario::run(space, &image, ram_end.unwrap_or(0));
     println!("kvirt-kernel: all checks passed");
     exit_qemu(ExitCode::Success)
 }

@@ -117,8 +117,9 @@ fn alloc_frames(n: usize) -> Vec<Frame<()>> {
     (0..n).map(|_| FrameAllocOptions::new().alloc_frame().expect("out of frames")).collect()
 }
 
-/// Runs every step.
-pub fn run(space: &'static KernelSpace, image: &ImageLayout) {
+/// Runs every step. `ram_end` is the end of the highest RAM in the
+/// firmware map (kvirt may have been given less).
+pub fn run(space: &'static KernelSpace, image: &ImageLayout, ram_end: Paddr) {
     let start = Snapshot::take(space);
     let phys = space.phys_stats();
     println!(
@@ -131,7 +132,7 @@ pub fn run(space: &'static KernelSpace, image: &ImageLayout) {
     running_on_kvirt(space, image);
     tracked_frames(space);
     device_memory(space);
-    huge_untracked(space);
+    huge_untracked(space, ram_end);
     guard_gap();
     dropped_area();
     let churn = churn(space);
@@ -304,10 +305,10 @@ fn device_memory(space: &KernelSpace) {
 
 /// Step 4: huge untracked mappings use 2 MiB and 1 GiB pages, and the MMU
 /// walks them.
-fn huge_untracked(space: &KernelSpace) {
-    // Physical space above RAM (and above 4 GiB): nothing there, nothing
-    // allocatable.
-    let base = align_up(space.max_paddr().max(4 * GIB), GIB);
+fn huge_untracked(space: &KernelSpace, ram_end: Paddr) {
+    // Physical space above all RAM (and above 4 GiB): nothing there,
+    // nothing allocatable.
+    let base = align_up(ram_end.max(space.max_paddr()).max(4 * GIB), GIB);
     let two_mib = base..base + 4 * MIB;
     // SAFETY: unbacked physical space above RAM; only read.
     let area = unsafe { KVirtArea::map_untracked_frames(4 * MIB, 0, two_mib.clone(), uncached()) };
