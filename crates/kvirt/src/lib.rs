@@ -33,6 +33,10 @@ extern crate alloc;
 #[cfg(any(test, feature = "std"))]
 extern crate std;
 
+/// The hosted machine (feature `std`), re-exported for tests and tools.
+#[cfg(feature = "std")]
+pub use kvirt_sim as sim;
+
 mod addr;
 pub mod arch;
 pub mod frame;
@@ -40,6 +44,7 @@ pub mod kspace;
 pub mod page_prop;
 pub mod page_table;
 pub mod platform;
+pub mod spec;
 
 pub use addr::{
     align_down, align_up, checked_align_up, is_aligned, is_page_aligned, Paddr, PageSize, PagingLevel, Vaddr,

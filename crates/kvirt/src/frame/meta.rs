@@ -272,6 +272,17 @@ impl MetaSlot {
         vtable(self.storage.get().cast::<u8>())
     }
 
+    /// The metadata as a `dyn` pointer, for invariant checks.
+    ///
+    /// # Safety
+    ///
+    /// The slot holds metadata (it is not `UNUSED` and stays so while the
+    /// result is used).
+    pub(crate) unsafe fn as_dyn_meta(&self) -> *const dyn AnyFrameMeta {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.as_dyn_ptr() }
+    }
+
     /// The address of the storage, for sized metadata.
     pub(crate) fn storage_ptr(&self) -> *const u8 {
         self.storage.get().cast::<u8>()

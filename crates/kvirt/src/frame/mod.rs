@@ -20,7 +20,7 @@
 //! LIFO reuse of freed pages.
 
 mod buddy;
-mod bytes;
+pub(crate) mod bytes;
 mod handle;
 pub(crate) mod meta;
 mod segment;

@@ -45,6 +45,7 @@
 //! pointing to a node owns the node. Untracked entries own nothing.
 
 mod cursor;
+mod inv;
 #[doc(hidden)]
 pub mod locking;
 mod node;

@@ -1,0 +1,659 @@
+//! Kernel virtual areas.
+//!
+//! A [`KVirtArea`] is a range of the VMALLOC region that owns what is mapped
+//! into it. It is created mapped ([`KVirtArea::map_frames`] for tracked
+//! frames, [`KVirtArea::map_untracked_frames`] for raw physical memory such
+//! as device registers) and unmapped when dropped.
+//!
+//! ## Contract (the seed's, plus DESIGN.md section 4)
+//!
+//! Every check happens before anything is allocated, so a rejected call
+//! leaves the frame allocator, the page table and VMALLOC exactly as they
+//! were. The `try_` constructors return the [`KVirtAreaError`]; the
+//! panicking ones panic with its message in exactly the same cases.
+//!
+//! * `area_size` is non-zero and page aligned; `map_offset` is page aligned
+//!   and `< area_size`.
+//! * What is mapped fits: `map_offset + len <= area_size`, without overflow.
+//! * Tracked frames belong to the kernel space of the area.
+//! * An untracked physical range is page aligned, not reversed, encodable by
+//!   the paging format, and covers no page the frame allocator can ever
+//!   hand out (that would alias a frame that may be freed and reused).
+//! * The property does not carry [`PrivilegedPageFlags::USER`]: kernel
+//!   areas are never user accessible.
+//!
+//! An untracked area whose range allows it is placed so that its mapping
+//! uses 2 MiB and 1 GiB pages. Each area is followed by an unmapped guard
+//! page. `Drop` unmaps everything, issues the TLB invalidation for the
+//! range on all CPUs, and only then releases the frames and the range.
+//!
+//! TLB coherence for *new* mappings needs nothing: an area's range was
+//! unmapped and flushed before it became free.
+
+use alloc::vec::Vec;
+use core::fmt;
+use core::ops::Range;
+use core::ptr::NonNull;
+
+use super::registry::{AreaInfo, AreaKind};
+use super::{KernelSpace, SpaceInner, VMALLOC_VADDR_RANGE};
+use crate::addr::{align_down, is_page_aligned, Paddr, Vaddr, PAGE_SIZE};
+use crate::arch::x86_64::X86_64;
+use crate::arch::PagingFormat;
+use crate::frame::{AnyFrameMeta, Frame, FrameRef};
+use crate::page_prop::{PageProperty, PrivilegedPageFlags};
+use crate::page_table::{largest_pages, MappedItem, MappedItemRef, PageTableFrag};
+use crate::platform::{TlbFlushOp, TlbScope};
+
+/// Why a kernel virtual area could not be created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KVirtAreaError {
+    /// `area_size` is zero.
+    ZeroSize,
+    /// `area_size` is not a multiple of the page size.
+    MisalignedSize(usize),
+    /// `map_offset` is not a multiple of the page size.
+    MisalignedOffset(usize),
+    /// `map_offset >= area_size`.
+    OffsetOutOfArea {
+        /// The offset.
+        map_offset: usize,
+        /// The area size.
+        area_size: usize,
+    },
+    /// The frames or the physical range do not fit between `map_offset`
+    /// and the end of the area (or the sum overflows).
+    MappingExceedsArea {
+        /// The offset.
+        map_offset: usize,
+        /// The bytes to map.
+        len: usize,
+        /// The area size.
+        area_size: usize,
+    },
+    /// A physical range bound is not a multiple of the page size.
+    MisalignedPaddr(Range<Paddr>),
+    /// The physical range is reversed (`start > end`).
+    ReversedPaddrRange(Range<Paddr>),
+    /// The physical range reaches beyond what the paging format can address.
+    PaddrTooLarge(Range<Paddr>),
+    /// The physical range contains pages the frame allocator can hand out.
+    TrackedPaddr(Range<Paddr>),
+    /// A frame belongs to another kernel space.
+    ForeignFrame(Paddr),
+    /// The property allows user access.
+    UserAccessible,
+    /// VMALLOC has no free range of this size.
+    VmallocExhausted(usize),
+    /// No memory was left for page-table nodes.
+    OutOfMemory,
+}
+
+impl fmt::Display for KVirtAreaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use KVirtAreaError as E;
+        match self {
+            E::ZeroSize => f.write_str("the area size is zero"),
+            E::MisalignedSize(s) => write!(f, "the area size {s:#x} is not a multiple of PAGE_SIZE"),
+            E::MisalignedOffset(o) => write!(f, "the map offset {o:#x} is not aligned to PAGE_SIZE"),
+            E::OffsetOutOfArea { map_offset, area_size } => {
+                write!(f, "the map offset {map_offset:#x} is not inside the area of {area_size:#x} bytes")
+            }
+            E::MappingExceedsArea { map_offset, len, area_size } => write!(
+                f,
+                "the map offset {map_offset:#x} plus the {len:#x} bytes to map exceeds the area size {area_size:#x}"
+            ),
+            E::MisalignedPaddr(r) => write!(f, "the provided physical range {r:#x?} is not aligned to PAGE_SIZE"),
+            E::ReversedPaddrRange(r) => write!(f, "the provided physical range {r:#x?} is reversed"),
+            E::PaddrTooLarge(r) => {
+                write!(f, "the provided physical range {r:#x?} is beyond what the paging format can map")
+            }
+            E::TrackedPaddr(r) => {
+                write!(f, "the provided physical range {r:#x?} contains tracked physical addresses")
+            }
+            E::ForeignFrame(pa) => write!(f, "frame {pa:#x} belongs to another kernel space"),
+            E::UserAccessible => f.write_str("kernel virtual areas cannot be user accessible"),
+            E::VmallocExhausted(s) => write!(f, "VMALLOC has no free range of {s:#x} bytes"),
+            E::OutOfMemory => f.write_str("out of memory for page-table nodes"),
+        }
+    }
+}
+
+/// Why a byte access through an area failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AreaAccessError {
+    /// `offset + len` is past the end of the area (or overflows).
+    OutOfBounds {
+        /// The offset.
+        offset: usize,
+        /// The length.
+        len: usize,
+        /// The area size.
+        size: usize,
+    },
+    /// Nothing is mapped at this address.
+    Unmapped(Vaddr),
+    /// The page at this address is not RAM (device memory: use volatile
+    /// accesses through the virtual address instead).
+    NotRam(Vaddr),
+    /// The page at this address is a frame with typed metadata, whose
+    /// contents are not plain bytes.
+    TypedFrame(Vaddr),
+}
+
+impl fmt::Display for AreaAccessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AreaAccessError::OutOfBounds { offset, len, size } => {
+                write!(
+                    f,
+                    "access of {len:#x} bytes at offset {offset:#x} exceeds the area of {size:#x} bytes"
+                )
+            }
+            AreaAccessError::Unmapped(va) => write!(f, "nothing is mapped at {va:#x}"),
+            AreaAccessError::NotRam(va) => write!(f, "the page at {va:#x} is not RAM"),
+            AreaAccessError::TypedFrame(va) => write!(f, "the frame at {va:#x} has typed metadata"),
+        }
+    }
+}
+
+/// A kernel virtual area (see the module documentation).
+pub struct KVirtArea {
+    /// The area. Invariant: page aligned, non-empty, inside
+    /// `VMALLOC_VADDR_RANGE`, allocated from the space's VMALLOC.
+    range: Range<Vaddr>,
+    /// The part mapped at creation; only this part is ever mapped.
+    /// Invariant: inside `range`, page aligned (possibly empty).
+    mapped: Range<Vaddr>,
+    /// The guard bytes after `range` that this area frees with it.
+    guard: usize,
+    space: NonNull<SpaceInner>,
+}
+
+// SAFETY: the area only refers to its space, which is `Sync`, and owns the
+// mappings in its range.
+unsafe impl Send for KVirtArea {}
+// SAFETY: `&KVirtArea` only queries and copies bytes, under page-table locks.
+unsafe impl Sync for KVirtArea {}
+
+fn check_common(
+    area_size: usize,
+    map_offset: usize,
+    len: usize,
+    prop: &PageProperty,
+) -> Result<(), KVirtAreaError> {
+    if area_size == 0 {
+        return Err(KVirtAreaError::ZeroSize);
+    }
+    if !is_page_aligned(area_size) {
+        return Err(KVirtAreaError::MisalignedSize(area_size));
+    }
+    if !is_page_aligned(map_offset) {
+        return Err(KVirtAreaError::MisalignedOffset(map_offset));
+    }
+    if map_offset >= area_size {
+        return Err(KVirtAreaError::OffsetOutOfArea { map_offset, area_size });
+    }
+    if map_offset.checked_add(len).is_none_or(|end| end > area_size) {
+        return Err(KVirtAreaError::MappingExceedsArea { map_offset, len, area_size });
+    }
+    if prop.priv_flags.contains(PrivilegedPageFlags::USER) {
+        return Err(KVirtAreaError::UserAccessible);
+    }
+    Ok(())
+}
+
+impl KVirtArea {
+    /// Creates an area of `area_size` bytes in the default kernel space and
+    /// maps `frames` one page after another from `map_offset`.
+    ///
+    /// # Panics
+    ///
+    /// Panics, with the message of the [`KVirtAreaError`], in the cases
+    /// [`try_map_frames`](Self::try_map_frames) rejects: the area size is
+    /// zero or not a multiple of `PAGE_SIZE`; the map offset is not aligned
+    /// or not inside the area; the map offset plus the size of the frames
+    /// exceeds the area size; a frame belongs to another space; the property
+    /// is user accessible; VMALLOC or memory is exhausted.
+    pub fn map_frames<T: AnyFrameMeta + ?Sized>(
+        area_size: usize,
+        map_offset: usize,
+        frames: impl IntoIterator<Item = Frame<T>>,
+        prop: PageProperty,
+    ) -> Self {
+        Self::try_map_frames(area_size, map_offset, frames, prop)
+            .unwrap_or_else(|e| panic!("KVirtArea::map_frames: {e}"))
+    }
+
+    /// [`map_frames`](Self::map_frames) with a typed error.
+    pub fn try_map_frames<T: AnyFrameMeta + ?Sized>(
+        area_size: usize,
+        map_offset: usize,
+        frames: impl IntoIterator<Item = Frame<T>>,
+        prop: PageProperty,
+    ) -> Result<Self, KVirtAreaError> {
+        KernelSpace::global().try_map_frames(area_size, map_offset, frames, prop)
+    }
+
+    /// Creates an area of `area_size` bytes in the default kernel space and
+    /// maps physical `pa_range` from `map_offset`, with the largest pages
+    /// that fit. `0..0` maps nothing.
+    ///
+    /// # Safety
+    ///
+    /// The caller is responsible for what the mapping exposes: the physical
+    /// range must be memory (or device registers) that may be accessed with
+    /// `prop` for as long as the area lives, and that no Rust object owns.
+    ///
+    /// # Panics
+    ///
+    /// Panics, with the message of the [`KVirtAreaError`], in the cases
+    /// [`try_map_untracked_frames`](Self::try_map_untracked_frames) rejects:
+    /// the area size is zero or not a multiple of `PAGE_SIZE`; the map
+    /// offset is not aligned or not inside the area; the physical range is
+    /// not aligned, reversed or beyond what the format can map; the map
+    /// offset plus the length of the physical range exceeds the area size;
+    /// the physical range contains tracked physical addresses; the property
+    /// is user accessible; VMALLOC or memory is exhausted.
+    pub unsafe fn map_untracked_frames(
+        area_size: usize,
+        map_offset: usize,
+        pa_range: Range<Paddr>,
+        prop: PageProperty,
+    ) -> Self {
+        // SAFETY: forwarded to the caller.
+        unsafe { Self::try_map_untracked_frames(area_size, map_offset, pa_range, prop) }
+            .unwrap_or_else(|e| panic!("KVirtArea::map_untracked_frames: {e}"))
+    }
+
+    /// [`map_untracked_frames`](Self::map_untracked_frames) with a typed
+    /// error.
+    ///
+    /// # Safety
+    ///
+    /// As for [`map_untracked_frames`](Self::map_untracked_frames).
+    pub unsafe fn try_map_untracked_frames(
+        area_size: usize,
+        map_offset: usize,
+        pa_range: Range<Paddr>,
+        prop: PageProperty,
+    ) -> Result<Self, KVirtAreaError> {
+        // SAFETY: forwarded to the caller.
+        unsafe { KernelSpace::global().try_map_untracked_frames(area_size, map_offset, pa_range, prop) }
+    }
+
+    fn space(&self) -> &SpaceInner {
+        // SAFETY: a space is never freed while an area of it is alive (the
+        // registry entry keeps `KernelSpace::drop` from freeing it).
+        unsafe { self.space.as_ref() }
+    }
+
+    /// The start address.
+    #[must_use]
+    pub fn start(&self) -> Vaddr {
+        self.range.start
+    }
+
+    /// The end address (exclusive).
+    #[must_use]
+    pub fn end(&self) -> Vaddr {
+        self.range.end
+    }
+
+    /// The range.
+    #[must_use]
+    pub fn range(&self) -> Range<Vaddr> {
+        self.range.clone()
+    }
+
+    /// The size in bytes.
+    #[must_use]
+    pub fn size(&self) -> usize {
+        self.range.len()
+    }
+
+    /// The part of the area that was mapped at creation.
+    #[must_use]
+    pub fn mapped_range(&self) -> Range<Vaddr> {
+        self.mapped.clone()
+    }
+
+    /// What is mapped at the page containing `addr`.
+    ///
+    /// # Panics
+    ///
+    /// Panics unless `start() <= addr < end()`.
+    #[must_use]
+    pub fn query(&self, addr: Vaddr) -> Option<MappedItemRef<'_>> {
+        assert!(
+            self.range.start <= addr && addr < self.range.end,
+            "KVirtArea::query: address {addr:#x} is outside the area {:#x?}",
+            self.range
+        );
+        #[cfg(feature = "check-contracts")]
+        crate::spec::contracts::query_requires(self, addr);
+        let result = self.query_unchecked(addr);
+        #[cfg(feature = "check-contracts")]
+        crate::spec::contracts::query_ensures(self, addr, &result);
+        result
+    }
+
+    fn query_unchecked(&self, addr: Vaddr) -> Option<MappedItemRef<'_>> {
+        let page = align_down(addr, PAGE_SIZE);
+        let space = self.space();
+        let mut cursor =
+            space.kernel_pt.cursor(&(page..page + PAGE_SIZE)).expect("an area lies in kernel space");
+        let (_, item) = cursor.query().expect("the page is inside the cursor");
+        Some(match item? {
+            MappedItemRef::Tracked(frame, prop) => {
+                let slot = NonNull::from(frame.slot());
+                // SAFETY: the entry owns a reference to the frame, and only
+                // this area can change the entries of its range: they stay
+                // while `self` is borrowed.
+                MappedItemRef::Tracked(unsafe { FrameRef::from_slot(slot) }, prop)
+            }
+            MappedItemRef::Untracked(pa, level, prop) => MappedItemRef::Untracked(pa, level, prop),
+        })
+    }
+
+    /// Splits the area at `offset` into `start..start + offset` and the rest.
+    ///
+    /// # Panics
+    ///
+    /// Panics unless `offset` is page aligned and `0 < offset < size()`.
+    #[must_use]
+    pub fn split(self, offset: usize) -> (Self, Self) {
+        assert!(
+            is_page_aligned(offset) && 0 < offset && offset < self.size(),
+            "KVirtArea::split: offset {offset:#x} must be page aligned and strictly inside the area of {:#x} bytes",
+            self.size()
+        );
+        let this = core::mem::ManuallyDrop::new(self);
+        let mid = this.range.start + offset;
+        let clamp = |r: &Range<Vaddr>| {
+            let s = this.mapped.start.clamp(r.start, r.end);
+            let e = this.mapped.end.clamp(r.start, r.end);
+            s..e.max(s)
+        };
+        let left_range = this.range.start..mid;
+        let right_range = mid..this.range.end;
+        let left = KVirtArea { mapped: clamp(&left_range), range: left_range, guard: 0, space: this.space };
+        let right = KVirtArea {
+            mapped: clamp(&right_range),
+            range: right_range,
+            guard: this.guard,
+            space: this.space,
+        };
+        let registry = &this.space().registry;
+        let info = registry.remove(this.range.start).expect("a live area is registered");
+        registry.insert(AreaInfo { range: left.range(), mapped: left.mapped_range(), ..info.clone() });
+        registry.insert(AreaInfo { range: right.range(), mapped: right.mapped_range(), ..info });
+        (left, right)
+    }
+
+    /// Labels the area in the registry ([`KernelSpace::areas`]).
+    pub fn set_label(&self, label: &'static str) {
+        self.space().registry.set_label(self.range.start, Some(label));
+    }
+
+    /// Reads `buf.len()` bytes at `offset` into the area.
+    pub fn read_bytes(&self, offset: usize, buf: &mut [u8]) -> Result<(), AreaAccessError> {
+        let pieces = self.ram_pieces(offset, buf.len())?;
+        let mut done = 0;
+        for (ptr, len) in pieces {
+            // SAFETY: `ram_pieces` checked that each piece is RAM of an
+            // untyped frame or untracked memory mapped by this area, which
+            // keeps it alive while `self` is borrowed; untyped contents are
+            // only accessed atomically.
+            unsafe { crate::frame::bytes::copy_from(ptr, &mut buf[done..done + len]) };
+            done += len;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `offset` into the area.
+    pub fn write_bytes(&self, offset: usize, data: &[u8]) -> Result<(), AreaAccessError> {
+        let pieces = self.ram_pieces(offset, data.len())?;
+        let mut done = 0;
+        for (ptr, len) in pieces {
+            // SAFETY: as in `read_bytes`.
+            unsafe { crate::frame::bytes::copy_to(&data[done..done + len], ptr) };
+            done += len;
+        }
+        Ok(())
+    }
+
+    /// Translates `offset..offset + len` into RAM pieces, checking every
+    /// page before any byte is touched.
+    fn ram_pieces(&self, offset: usize, len: usize) -> Result<Vec<(*mut u8, usize)>, AreaAccessError> {
+        let size = self.size();
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(AreaAccessError::OutOfBounds { offset, len, size });
+        }
+        let mut pieces = Vec::new();
+        let (mut va, end) = (self.range.start + offset, self.range.start + offset + len);
+        let phys = &self.space().phys;
+        while va < end {
+            let in_page = (PAGE_SIZE - va % PAGE_SIZE).min(end - va);
+            let pa = match self.query_unchecked(va) {
+                None => return Err(AreaAccessError::Unmapped(va)),
+                Some(MappedItemRef::Tracked(frame, _)) => {
+                    if frame.meta().as_untyped().is_none() {
+                        return Err(AreaAccessError::TypedFrame(va));
+                    }
+                    frame.paddr() + va % PAGE_SIZE
+                }
+                Some(MappedItemRef::Untracked(pa, level, _)) => {
+                    let size = crate::arch::page_size::<X86_64>(level);
+                    pa + va % size
+                }
+            };
+            if !phys.is_ram(&(pa..pa + in_page)) {
+                return Err(AreaAccessError::NotRam(va));
+            }
+            pieces.push((phys.phys_ptr(pa), in_page));
+            va += in_page;
+        }
+        Ok(pieces)
+    }
+}
+
+impl KVirtArea {
+    /// The rest of `Inv::check`: what only the space can tell.
+    pub(crate) fn check_with_space(&self) -> Result<(), &'static str> {
+        let space = self.space();
+        match space.registry.get(self.range.start) {
+            Some(info) if info.range == self.range && info.mapped == self.mapped => {}
+            _ => return Err("the area is not registered as it is"),
+        }
+        if !space.vmalloc.is_allocated(self.range.start..self.range.end + self.guard) {
+            return Err("the area or its guard is free in VMALLOC");
+        }
+        let mut cursor = space
+            .kernel_pt
+            .cursor(&(self.range.start..self.range.end + self.guard))
+            .map_err(|_| "bad range")?;
+        let view = crate::spec::view_of(&mut cursor);
+        if view.values().any(|m| m.va < self.mapped.start || m.va + m.size > self.mapped.end) {
+            return Err("something is mapped in the area outside its mapped part, or in its guard");
+        }
+        Ok(())
+    }
+
+    /// Runs `f` with a temporary handle to the area's kernel space.
+    pub(crate) fn with_kernel_space<R>(&self, f: impl FnOnce(&KernelSpace) -> R) -> R {
+        let handle = core::mem::ManuallyDrop::new(KernelSpace { inner: self.space });
+        f(&handle)
+    }
+}
+
+impl KernelSpace {
+    /// [`KVirtArea::try_map_frames`] in this space.
+    pub fn try_map_frames<T: AnyFrameMeta + ?Sized>(
+        &self,
+        area_size: usize,
+        map_offset: usize,
+        frames: impl IntoIterator<Item = Frame<T>>,
+        prop: PageProperty,
+    ) -> Result<KVirtArea, KVirtAreaError> {
+        let frames: Vec<Frame<T>> = frames.into_iter().collect();
+        let len = frames.len().checked_mul(PAGE_SIZE).unwrap_or(usize::MAX);
+        #[cfg(feature = "check-contracts")]
+        let panics = crate::spec::map_frames_panic_condition(area_size, map_offset, frames.len(), &prop);
+        let result = self.try_map_frames_checked(area_size, map_offset, frames, len, prop);
+        #[cfg(feature = "check-contracts")]
+        crate::spec::contracts::constructor_ensures(self, panics, &result);
+        result
+    }
+
+    fn try_map_frames_checked<T: AnyFrameMeta + ?Sized>(
+        &self,
+        area_size: usize,
+        map_offset: usize,
+        frames: Vec<Frame<T>>,
+        len: usize,
+        prop: PageProperty,
+    ) -> Result<KVirtArea, KVirtAreaError> {
+        check_common(area_size, map_offset, len, &prop)?;
+        let phys = self.phys() as *const _;
+        if let Some(f) = frames.iter().find(|f| !core::ptr::eq(f.phys(), phys)) {
+            return Err(KVirtAreaError::ForeignFrame(f.paddr()));
+        }
+        let area = self.alloc_area(area_size, PAGE_SIZE, map_offset, len, AreaKind::Tracked)?;
+        if frames.is_empty() {
+            return Ok(area);
+        }
+        let mut cursor =
+            self.inner().kernel_pt.cursor_mut(&area.mapped).expect("an area lies in kernel space");
+        for frame in frames {
+            if cursor.try_map(MappedItem::Tracked(frame.into_dyn(), prop)).is_err() {
+                // Only running out of page-table memory can fail here; the
+                // area's drop unmaps what was mapped and frees the range.
+                drop(cursor);
+                drop(area);
+                return Err(KVirtAreaError::OutOfMemory);
+            }
+        }
+        Ok(area)
+    }
+
+    /// [`KVirtArea::try_map_untracked_frames`] in this space.
+    ///
+    /// # Safety
+    ///
+    /// As for [`KVirtArea::map_untracked_frames`].
+    pub unsafe fn try_map_untracked_frames(
+        &self,
+        area_size: usize,
+        map_offset: usize,
+        pa_range: Range<Paddr>,
+        prop: PageProperty,
+    ) -> Result<KVirtArea, KVirtAreaError> {
+        #[cfg(feature = "check-contracts")]
+        let panics =
+            crate::spec::map_untracked_frames_panic_condition(self, area_size, map_offset, &pa_range, &prop);
+        let result = self.try_map_untracked_checked(area_size, map_offset, pa_range, prop);
+        #[cfg(feature = "check-contracts")]
+        crate::spec::contracts::constructor_ensures(self, panics, &result);
+        result
+    }
+
+    fn try_map_untracked_checked(
+        &self,
+        area_size: usize,
+        map_offset: usize,
+        pa_range: Range<Paddr>,
+        prop: PageProperty,
+    ) -> Result<KVirtArea, KVirtAreaError> {
+        if pa_range.start > pa_range.end {
+            return Err(KVirtAreaError::ReversedPaddrRange(pa_range));
+        }
+        check_common(area_size, map_offset, pa_range.len(), &prop)?;
+        if !is_page_aligned(pa_range.start) || !is_page_aligned(pa_range.end) {
+            return Err(KVirtAreaError::MisalignedPaddr(pa_range));
+        }
+        if pa_range.end > 1usize << <X86_64 as PagingFormat>::PA_BITS {
+            return Err(KVirtAreaError::PaddrTooLarge(pa_range));
+        }
+        if self.phys().overlaps_allocatable(&pa_range) {
+            return Err(KVirtAreaError::TrackedPaddr(pa_range));
+        }
+        let len = pa_range.len();
+        // Align the area so that the mapping can use the largest pages the
+        // physical range allows.
+        let align = [1 << 30, 2 << 20]
+            .into_iter()
+            .find(|&a| len >= a && pa_range.start % a == 0 && map_offset % a == 0)
+            .unwrap_or(PAGE_SIZE);
+        let area = self.alloc_area(area_size, align, map_offset, len, AreaKind::Untracked)?;
+        if len == 0 {
+            return Ok(area);
+        }
+        let mut cursor =
+            self.inner().kernel_pt.cursor_mut(&area.mapped).expect("an area lies in kernel space");
+        for (pa, level) in largest_pages::<X86_64>(area.mapped.start, pa_range.start, len) {
+            if cursor.try_map(MappedItem::Untracked(pa, level, prop)).is_err() {
+                drop(cursor);
+                drop(area);
+                return Err(KVirtAreaError::OutOfMemory);
+            }
+        }
+        Ok(area)
+    }
+
+    /// Allocates and registers an area; nothing is mapped yet.
+    fn alloc_area(
+        &self,
+        area_size: usize,
+        align: usize,
+        map_offset: usize,
+        len: usize,
+        kind: AreaKind,
+    ) -> Result<KVirtArea, KVirtAreaError> {
+        let range = self
+            .inner()
+            .vmalloc
+            .alloc(area_size, align)
+            .map_err(|_| KVirtAreaError::VmallocExhausted(area_size))?;
+        debug_assert!(VMALLOC_VADDR_RANGE.start <= range.start && range.end <= VMALLOC_VADDR_RANGE.end);
+        let mapped = range.start + map_offset..range.start + map_offset + len;
+        self.inner().registry.insert(AreaInfo {
+            range: range.clone(),
+            mapped: mapped.clone(),
+            kind,
+            label: None,
+        });
+        Ok(KVirtArea { range, mapped, guard: super::vmalloc::GUARD_SIZE, space: self.inner })
+    }
+}
+
+impl Drop for KVirtArea {
+    fn drop(&mut self) {
+        let space = self.space();
+        if !self.mapped.is_empty() {
+            let mut frags: Vec<PageTableFrag> = Vec::new();
+            {
+                let mut cursor =
+                    space.kernel_pt.cursor_mut(&self.mapped).expect("an area lies in kernel space");
+                while let Some(frag) = cursor.take_next(self.mapped.end - cursor.virt_addr()) {
+                    frags.push(frag);
+                }
+            }
+            // Invalidate before anything mapped can be reused.
+            space.phys.platform().flush_tlb(TlbFlushOp::Range(self.mapped.clone()), TlbScope::AllCpus);
+            drop(frags);
+        }
+        space.registry.remove(self.range.start);
+        let freed = space.vmalloc.free(self.range.start..self.range.end + self.guard);
+        debug_assert!(freed.is_ok(), "freeing an area's range failed: {freed:?}");
+    }
+}
+
+impl fmt::Debug for KVirtArea {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KVirtArea")
+            .field("range", &format_args!("{:#x?}", self.range))
+            .field("mapped", &format_args!("{:#x?}", self.mapped))
+            .finish()
+    }
+}

@@ -1,0 +1,93 @@
+//! Invariants, as predicates.
+
+use crate::addr::PAGE_SIZE;
+use crate::frame::{REF_COUNT_MAX, REF_COUNT_UNUSED};
+use crate::kspace::{KVirtArea, KernelSpace, KERNEL_BASE_VADDR, KERNEL_END_VADDR, VMALLOC_VADDR_RANGE};
+
+/// A structure's invariant.
+pub trait Inv {
+    /// Whether the invariant holds. Meant for quiescent points (no other
+    /// thread changing the structure), as in tests and contract checks.
+    fn inv(&self) -> bool {
+        self.check().is_ok()
+    }
+
+    /// The invariant, with the first violated clause named.
+    fn check(&self) -> Result<(), &'static str>;
+}
+
+impl Inv for KVirtArea {
+    /// The seed's `KERNEL_BASE_VADDR <= start && end <= KERNEL_END_VADDR`,
+    /// strengthened: a non-empty, page-aligned range inside VMALLOC, with
+    /// its mapped part inside it; registered, allocated in VMALLOC, and with
+    /// nothing mapped in the area or its guard outside the mapped part.
+    fn check(&self) -> Result<(), &'static str> {
+        let r = self.range();
+        if !(KERNEL_BASE_VADDR <= r.start && r.end <= KERNEL_END_VADDR) {
+            return Err("the area is outside kernel space");
+        }
+        if !(VMALLOC_VADDR_RANGE.start <= r.start && r.end <= VMALLOC_VADDR_RANGE.end) {
+            return Err("the area is outside VMALLOC");
+        }
+        if r.start >= r.end || r.start % PAGE_SIZE != 0 || r.end % PAGE_SIZE != 0 {
+            return Err("the area is empty or misaligned");
+        }
+        let m = self.mapped_range();
+        if m.start < r.start
+            || m.end > r.end
+            || m.start > m.end
+            || m.start % PAGE_SIZE != 0
+            || m.end % PAGE_SIZE != 0
+        {
+            return Err("the mapped part is not a page-aligned part of the area");
+        }
+        self.check_with_space()
+    }
+}
+
+impl Inv for KernelSpace {
+    /// The kernel page table's structure (`PageTable::check_inv`), the frame
+    /// metadata (every allocatable page is free in the allocator exactly
+    /// when its slot is `UNUSED`; used slots count `1..=MAX`), the
+    /// allocator's and VMALLOC's internal invariants, and the registry
+    /// (areas disjoint, inside VMALLOC, allocated there).
+    ///
+    /// O(physical pages): use it on small spaces.
+    fn check(&self) -> Result<(), &'static str> {
+        self.kernel_pt().check_inv()?;
+        let phys = self.phys();
+        if !phys.allocator_inv() {
+            return Err("the frame allocator's invariant is broken");
+        }
+        for range in phys.allocatable() {
+            for pa in range.clone().step_by(PAGE_SIZE) {
+                let rc = phys.slot(pa).ref_count();
+                let free = phys.is_free(pa);
+                if free != (rc == REF_COUNT_UNUSED) {
+                    return Err("a page is free in the allocator but its slot is in use, or the reverse");
+                }
+                if !free && rc > REF_COUNT_MAX && rc != crate::frame::REF_COUNT_UNIQUE {
+                    return Err("a used slot is neither shared nor unique");
+                }
+            }
+        }
+        if !self.vmalloc().inv() {
+            return Err("the VMALLOC allocator's invariant is broken");
+        }
+        let areas = self.areas();
+        for pair in areas.windows(2) {
+            if pair[0].range.end > pair[1].range.start {
+                return Err("two areas overlap");
+            }
+        }
+        for a in &areas {
+            if a.range.start < VMALLOC_VADDR_RANGE.start || a.range.end > VMALLOC_VADDR_RANGE.end {
+                return Err("an area is outside VMALLOC");
+            }
+            if !self.vmalloc().is_allocated(a.range.clone()) {
+                return Err("an area's range is free in VMALLOC");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,189 @@
+//! The executable specification.
+//!
+//! The seed API is specified in Verus against abstract views of the page
+//! table, the frames and the areas. This module makes those views and
+//! predicates plain Rust, so tests (and, with the `check-contracts`
+//! feature, every public `KVirtArea` operation) can check them at run time:
+//!
+//! * **views**: [`PageTableView`] (the leaf mappings of a range, page by
+//!   page), [`frame_ref_count`], [`KernelSpace::areas`];
+//! * **invariants**: [`Inv::inv`] for [`KVirtArea`] and [`KernelSpace`]
+//!   (which covers its page table, frame metadata, allocator, VMALLOC and
+//!   registry);
+//! * **the seed's predicates**: [`query_some_condition`],
+//!   [`query_some_ensures`], [`query_none_ensures`], and the requires and
+//!   panic conditions of `map_frames` and `map_untracked_frames`.
+
+#[cfg(feature = "check-contracts")]
+pub(crate) mod contracts;
+mod inv;
+
+use alloc::collections::BTreeMap;
+use core::ops::Range;
+
+pub use inv::Inv;
+
+use crate::addr::{is_page_aligned, Paddr, PagingLevel, Vaddr, PAGE_SIZE};
+use crate::arch::x86_64::X86_64;
+use crate::arch::{page_size, PagingFormat};
+use crate::kspace::{KVirtArea, KVirtAreaError, KernelSpace};
+use crate::page_prop::{PageProperty, PrivilegedPageFlags};
+use crate::page_table::{Cursor, MappedItemRef, PageTableConfig};
+
+/// One leaf mapping in the abstract view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    /// The first virtual address.
+    pub va: Vaddr,
+    /// The physical address it maps.
+    pub pa: Paddr,
+    /// The page size (4 KiB, 2 MiB or 1 GiB).
+    pub size: usize,
+    /// The property.
+    pub prop: PageProperty,
+    /// Whether a tracked frame is mapped.
+    pub tracked: bool,
+}
+
+impl Mapping {
+    /// The virtual range.
+    #[must_use]
+    pub fn va_range(&self) -> Range<Vaddr> {
+        self.va..self.va.saturating_add(self.size)
+    }
+}
+
+/// The leaf mappings of a range, keyed by virtual start address.
+pub type PageTableView = BTreeMap<Vaddr, Mapping>;
+
+/// Reads the abstract view of everything mapped in the cursor's range
+/// (whole leaves, even where they extend past it).
+pub fn view_of<C: PageTableConfig>(cursor: &mut Cursor<'_, C>) -> PageTableView {
+    let range = cursor.range();
+    let mut view = PageTableView::new();
+    cursor.jump(range.start).expect("the start is inside");
+    while let Some(va) = cursor.find_next(range.end - cursor.virt_addr()) {
+        let (entry, item) = cursor.query().expect("find_next stops inside the range");
+        let item = item.expect("find_next stops at a mapping");
+        let (pa, tracked) = match &item {
+            MappedItemRef::Tracked(f, _) => (f.paddr(), true),
+            MappedItemRef::Untracked(pa, _, _) => (*pa, false),
+        };
+        let size = page_size::<C::F>(item.level());
+        view.insert(entry.start, Mapping { va: entry.start, pa, size, prop: item.prop(), tracked });
+        let next = entry.end.min(range.end).max(va + PAGE_SIZE);
+        cursor.jump(next).expect("inside or at the end");
+    }
+    view
+}
+
+/// The kernel-space view of `range` (page aligned).
+///
+/// # Panics
+///
+/// Panics if the range is not a valid kernel range.
+#[must_use]
+pub fn kernel_view(space: &KernelSpace, range: &Range<Vaddr>) -> PageTableView {
+    view_of(&mut space.kernel_cursor(range).expect("a valid kernel range"))
+}
+
+/// The mapping covering `addr` in a view, if any.
+#[must_use]
+pub fn mapping_at(view: &PageTableView, addr: Vaddr) -> Option<&Mapping> {
+    view.range(..=addr).next_back().map(|(_, m)| m).filter(|m| m.va_range().contains(&addr))
+}
+
+/// The seed's `query_some_condition`: something is mapped at the page
+/// containing `addr`.
+#[must_use]
+pub fn query_some_condition(view: &PageTableView, addr: Vaddr) -> bool {
+    mapping_at(view, addr).is_some()
+}
+
+/// The seed's `query_some_ensures`: `r` is the item of the mapping at
+/// `addr`: same physical page (offset within a huge page accounted for),
+/// same level and exactly the mapped property.
+#[must_use]
+pub fn query_some_ensures(view: &PageTableView, addr: Vaddr, r: &Option<MappedItemRef<'_>>) -> bool {
+    let (Some(item), Some(m)) = (r, mapping_at(view, addr)) else { return false };
+    let level_size = page_size::<X86_64>(item.level());
+    item.paddr() == m.pa
+        && level_size == m.size
+        && item.prop() == m.prop
+        && matches!(item, MappedItemRef::Tracked(..)) == m.tracked
+}
+
+/// The seed's `query_none_ensures`.
+#[must_use]
+pub fn query_none_ensures(r: &Option<MappedItemRef<'_>>) -> bool {
+    r.is_none()
+}
+
+/// The seed's requires of `KVirtArea::query`.
+#[must_use]
+pub fn query_requires(area: &KVirtArea, addr: Vaddr) -> bool {
+    area.inv() && area.start() <= addr && addr < area.end()
+}
+
+/// Whether `map_frames(area_size, map_offset, n frames, prop)` must panic
+/// (the seed's panic conditions plus DESIGN.md section 4), leaving out
+/// running out of VMALLOC or memory.
+#[must_use]
+pub fn map_frames_panic_condition(
+    area_size: usize,
+    map_offset: usize,
+    nr_frames: usize,
+    prop: &PageProperty,
+) -> bool {
+    let len = nr_frames.checked_mul(PAGE_SIZE);
+    area_size == 0
+        || !is_page_aligned(area_size)
+        || !is_page_aligned(map_offset)
+        || map_offset >= area_size
+        || len.and_then(|l| l.checked_add(map_offset)).is_none_or(|end| end > area_size)
+        || prop.priv_flags.contains(PrivilegedPageFlags::USER)
+}
+
+/// Whether `map_untracked_frames(area_size, map_offset, pa_range, prop)`
+/// in `space` must panic, leaving out running out of VMALLOC or memory.
+#[must_use]
+pub fn map_untracked_frames_panic_condition(
+    space: &KernelSpace,
+    area_size: usize,
+    map_offset: usize,
+    pa_range: &Range<Paddr>,
+    prop: &PageProperty,
+) -> bool {
+    let reversed = pa_range.start > pa_range.end;
+    let len = pa_range.end.wrapping_sub(pa_range.start);
+    reversed
+        || area_size == 0
+        || !is_page_aligned(area_size)
+        || !is_page_aligned(map_offset)
+        || map_offset >= area_size
+        || !is_page_aligned(pa_range.start)
+        || !is_page_aligned(pa_range.end)
+        || map_offset.checked_add(len).is_none_or(|end| end > area_size)
+        || pa_range.end > 1 << <X86_64 as PagingFormat>::PA_BITS
+        || space.phys().overlaps_allocatable(pa_range)
+        || prop.priv_flags.contains(PrivilegedPageFlags::USER)
+}
+
+/// Whether an error is one of the conditions outside the caller's control
+/// (exhaustion), which the seed leaves unspecified.
+#[must_use]
+pub fn is_resource_error(e: &KVirtAreaError) -> bool {
+    matches!(e, KVirtAreaError::VmallocExhausted(_) | KVirtAreaError::OutOfMemory)
+}
+
+/// The reference count of the frame at `pa` in `space` (a snapshot).
+#[must_use]
+pub fn frame_ref_count(space: &KernelSpace, pa: Paddr) -> u64 {
+    space.phys().slot(pa).ref_count()
+}
+
+/// The page-table level of a page size in the x86-64 format.
+#[must_use]
+pub fn level_of_size(size: usize) -> Option<PagingLevel> {
+    (1..=X86_64::HIGHEST_LEAF_LEVEL).find(|&l| page_size::<X86_64>(l) == size)
+}
