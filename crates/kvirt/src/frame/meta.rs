@@ -95,7 +95,7 @@ pub trait AnyFrameMeta: Any + Send + Sync + Debug {
 /// metadata type can override), never [`AnyFrameMeta::as_any`]: a
 /// down-cast that trusted a lying `as_any` would view one type's bytes as
 /// another's.
-pub(super) fn meta_is<M: AnyFrameMeta>(meta: &dyn AnyFrameMeta) -> bool {
+pub(crate) fn meta_is<M: AnyFrameMeta>(meta: &dyn AnyFrameMeta) -> bool {
     Any::type_id(meta) == core::any::TypeId::of::<M>()
 }
 

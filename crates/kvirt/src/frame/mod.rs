@@ -338,6 +338,7 @@ impl PhysMem {
             }
         }
         let mut allocator = BuddyAllocator::new(nr_pages);
+        debug_assert_eq!(allocator.total_pages(), nr_pages);
         for r in &allocatable {
             allocator.add_free_range(r.start / PAGE_SIZE..r.end / PAGE_SIZE);
         }
