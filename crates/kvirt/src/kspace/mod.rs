@@ -422,16 +422,21 @@ impl KernelSpace {
         self.inner().registry.list()
     }
 
+    /// Whether `range` covers a page that kvirt tracks: one the frame
+    /// allocator may hand out, or one of the frame metadata array (which
+    /// kvirt owns; mapping it untracked would let a byte write corrupt
+    /// reference counts). Such memory may not be mapped untracked.
+    pub(crate) fn covers_tracked(&self, range: &Range<Paddr>) -> bool {
+        let meta = self.phys().meta_range();
+        self.phys().overlaps_allocatable(range) || (meta.start < range.end && range.start < meta.end)
+    }
+
     pub(crate) fn kernel_pt(&self) -> &PageTable<KernelPtConfig> {
         &self.inner().kernel_pt
     }
 
     pub(crate) fn vmalloc(&self) -> &Vmalloc {
         &self.inner().vmalloc
-    }
-
-    pub(crate) fn registry(&self) -> &AreaRegistry {
-        &self.inner().registry
     }
 }
 
