@@ -61,7 +61,11 @@ impl SimPlatform {
     /// A platform over `machine`.
     #[must_use]
     pub fn new(machine: Arc<Machine>) -> Self {
-        Self { machine, batch: std::sync::Mutex::new(Vec::new()), pending_callbacks: Arc::new(AtomicUsize::new(0)) }
+        Self {
+            machine,
+            batch: std::sync::Mutex::new(Vec::new()),
+            pending_callbacks: Arc::new(AtomicUsize::new(0)),
+        }
     }
 
     /// The simulated machine.
@@ -93,7 +97,8 @@ impl SimPlatform {
     /// every guard pinned before now is dropped, which includes every
     /// read-side section that began before any of them was queued.
     fn hand_over_batch(&self) {
-        let batch = core::mem::take(&mut *self.batch.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let batch =
+            core::mem::take(&mut *self.batch.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
         if batch.is_empty() {
             return;
         }
