@@ -1,6 +1,41 @@
 //! Project automation: `cargo xtask <task>`.
+//!
+//! Dependency-free (std only), so it builds as fast as possible and never
+//! needs anything the stock toolchain does not have.
 
-fn main() {
-    eprintln!("usage: cargo xtask <task>");
-    std::process::exit(2);
+use std::process::ExitCode;
+
+mod qemu;
+
+const USAGE: &str = "\
+usage: cargo xtask <task> [options]
+
+tasks:
+  qemu [--timeout SECS]   build the demo kernel (kernel/) for x86_64-unknown-none and
+                          boot it under qemu-system-x86_64; succeeds when the kernel
+                          reports that every check passed (default timeout: 120 s)
+  help                    print this message
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((task, rest)) = args.split_first() else {
+        eprint!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let result = match task.as_str() {
+        "qemu" => qemu::parse_args(rest).and_then(|options| qemu::run(&options)),
+        "help" | "-h" | "--help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => Err(format!("unknown task `{other}`\n\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
 }

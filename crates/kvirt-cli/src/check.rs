@@ -46,6 +46,10 @@ use kvirt::{Paddr, Vaddr, PAGE_SIZE};
 use crate::rng::{splitmix64, Rng};
 use crate::Error;
 
+/// The reserved low memory of every simulated machine; RAM above it is
+/// usable, so kvirt's.
+const LOW_MEMORY: Paddr = 1 << 20;
+
 /// A deliberately wrong model, to show that the checker catches and shrinks
 /// a discrepancy (used by the tests; not reachable from the command line).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,39 +71,15 @@ pub struct Options {
     pub max_len: usize,
     /// RAM of each sequence's machine.
     pub ram_size: usize,
-    /// Fail on the known library defects too (see [`KNOWN_DEFECTS`])
-    /// instead of counting them.
-    pub strict: bool,
     /// A deliberately wrong model (tests only).
     pub fault: Option<ModelFault>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { sequences: 200, seed: 1, max_len: 40, ram_size: 16 << 20, strict: false, fault: None }
+        Self { sequences: 200, seed: 1, max_len: 40, ram_size: 16 << 20, fault: None }
     }
 }
-
-/// Library defects the checker knows about. Unless [`Options::strict`] is
-/// set, it counts them (and reports where it first saw each) instead of
-/// failing, so that the rest of the model keeps being checked.
-pub const KNOWN_DEFECTS: [(&str, &str); 2] = [
-    (
-        "split-guard",
-        "KVirtArea::split leaves the left half without a guard page: after the right half is dropped, \
-         VMALLOC may place a new area directly after the left half, with no guard gap between them \
-         (DESIGN.md section 4 asks for one between neighbouring areas)",
-    ),
-    (
-        "split-huge-inv",
-        "KVirtArea::split inside an untracked huge page keeps the huge page whole, and the halves' \
-         Inv (\"something is mapped in the area outside its mapped part\") then fails although the \
-         mappings are the ones the model expects",
-    ),
-];
-
-const SPLIT_GUARD: usize = 0;
-const SPLIT_HUGE_INV: usize = 1;
 
 /// The seed of sequence `index` of a run with base seed `seed`.
 #[must_use]
@@ -367,9 +347,6 @@ pub struct Counts {
     pub operations: u64,
     /// Individual checks that passed.
     pub checks: u64,
-    /// For each of [`KNOWN_DEFECTS`]: the sequences in which it was
-    /// observed, and the first of them (index, seed).
-    pub known_defects: [(u64, Option<(u64, u64)>); KNOWN_DEFECTS.len()],
 }
 
 /// A failing sequence, shrunk.
@@ -415,10 +392,12 @@ struct ModelArea {
     mapped: Range<Vaddr>,
     kind: AreaKind,
     label: &'static str,
-    /// VMALLOC bytes after the range that this area frees with it.
-    guard: usize,
-    /// The allocation the area came from (split halves share it).
-    alloc: u64,
+    /// The split boundary with the area's left neighbour, if it is the
+    /// right half of a split.
+    left: Option<u64>,
+    /// The split boundary with its right neighbour, if it is the left half
+    /// of a split.
+    right: Option<u64>,
 }
 
 /// The model of one sequence plus the real space.
@@ -432,17 +411,13 @@ struct Runner<'s> {
     kept: Vec<Frame<()>>,
     ram_size: usize,
     dev_start: usize,
-    /// The first allocatable physical address (after the metadata array).
-    alloc_start: usize,
     /// `used_pages - page_table_pages` at the start.
     base_data_pages: usize,
     start: (PhysStats, VmallocStats),
     step: usize,
     checks: std::cell::Cell<u64>,
-    next_alloc: u64,
-    strict: bool,
-    /// Steps after which each known defect was observed.
-    known_defect_steps: [std::cell::Cell<u64>; KNOWN_DEFECTS.len()],
+    /// Split boundaries: whether one of the two halves was dropped.
+    links: HashMap<u64, bool>,
 }
 
 type Outcome = Result<(), Failure>;
@@ -453,9 +428,6 @@ impl<'s> Runner<'s> {
         let start = (space.phys_stats(), space.vmalloc_stats());
         let machine = space.machine().expect("a hosted space");
         let dev_start = usize::try_from(machine.device_window().start).expect("64-bit host");
-        // The metadata array (64 bytes per page) sits at the start of the
-        // usable RAM above the reserved first MiB.
-        let meta = (ram_size / PAGE_SIZE * kvirt::frame::META_SLOT_SIZE).next_multiple_of(PAGE_SIZE);
         Self {
             space,
             fault,
@@ -465,14 +437,11 @@ impl<'s> Runner<'s> {
             kept: Vec::new(),
             ram_size,
             dev_start,
-            alloc_start: (1 << 20) + meta,
             base_data_pages: start.0.used_pages - start.0.page_table_pages,
             start,
             step: 0,
             checks: std::cell::Cell::new(0),
-            next_alloc: 0,
-            strict: false,
-            known_defect_steps: Default::default(),
+            links: HashMap::new(),
         }
     }
 
@@ -523,6 +492,9 @@ impl<'s> Runner<'s> {
                 if let Some(i) = self.pick_area(area) {
                     let a = self.areas.remove(i);
                     self.model_unmap(&a.mapped);
+                    for link in [a.left, a.right].into_iter().flatten() {
+                        self.links.insert(link, true);
+                    }
                     drop(a.area);
                 }
                 Ok(())
@@ -616,7 +588,9 @@ impl<'s> Runner<'s> {
         if pa.end > 1 << 52 {
             violated.push(KVirtAreaError::PaddrTooLarge(pa.clone()));
         }
-        if pa.start < self.ram_size.min(pa.end) && self.alloc_start < pa.end {
+        // All usable RAM (above the reserved first MiB) is kvirt's: frames
+        // the allocator hands out, or the frame metadata array.
+        if pa.start < self.ram_size.min(pa.end) && LOW_MEMORY < pa.end {
             violated.push(KVirtAreaError::TrackedPaddr(pa.clone()));
         }
         let spec_panics = spec::map_untracked_frames_panic_condition(self.space, size, offset, &pa, &prop);
@@ -687,16 +661,7 @@ impl<'s> Runner<'s> {
             || format!("asked size {size:#x}, offset {offset:#x}, len {len:#x}; got {range:#x?}, mapped {mapped:#x?}"),
         )?;
         area.set_label(label);
-        self.next_alloc += 1;
-        self.areas.push(ModelArea {
-            area,
-            range,
-            mapped,
-            kind,
-            label,
-            guard: GUARD_SIZE,
-            alloc: self.next_alloc,
-        });
+        self.areas.push(ModelArea { area, range, mapped, kind, label, left: None, right: None });
         Ok(())
     }
 
@@ -732,13 +697,48 @@ impl<'s> Runner<'s> {
                 )
             },
         )?;
-        let (kind, label, alloc) = (old.kind, old.label, old.alloc);
-        self.areas.insert(
-            i,
-            ModelArea { area: right, range: rr, mapped: rm, kind, label, guard: old.guard, alloc },
-        );
-        self.areas.insert(i, ModelArea { area: left, range: lr, mapped: lm, kind, label, guard: 0, alloc });
+        // A huge page straddling the split point is split (down to 4 KiB
+        // at it), so that each half owns whole pages.
+        self.model_split_at(mid);
+        let link = self.links.len() as u64;
+        self.links.insert(link, false);
+        let (kind, label) = (old.kind, old.label);
+        let right =
+            ModelArea { area: right, range: rr, mapped: rm, kind, label, left: Some(link), right: old.right };
+        let left =
+            ModelArea { area: left, range: lr, mapped: lm, kind, label, left: old.left, right: Some(link) };
+        self.areas.insert(i, right);
+        self.areas.insert(i, left);
         Ok(())
+    }
+
+    /// Splits the model's huge page that contains `va` and starts below
+    /// it, down to 4 KiB pages at `va` (what re-protecting the 4 KiB page
+    /// at `va` does).
+    fn model_split_at(&mut self, va: Vaddr) {
+        let straddles = page_at(&self.view, va).is_some_and(|(base, _)| base < va);
+        if !straddles {
+            return;
+        }
+        while let Some((base, page)) = page_at(&self.view, va).map(|(b, p)| (b, *p)) {
+            if page.size == PAGE_SIZE {
+                break;
+            }
+            self.view.remove(&base);
+            let child = page.size / 512;
+            for j in 0..512 {
+                self.view.insert(base + j * child, Page { pa: page.pa + j * child, size: child, ..page });
+            }
+        }
+    }
+
+    /// The VMALLOC bytes after an area that are its guard: none while the
+    /// right half of a split of it is alive there.
+    fn guard(&self, a: &ModelArea) -> usize {
+        match a.right {
+            Some(link) if !self.links[&link] => 0,
+            _ => GUARD_SIZE,
+        }
     }
 
     fn query(&mut self, i: usize, page: usize, byte: usize) -> Outcome {
@@ -896,18 +896,6 @@ impl<'s> Runner<'s> {
         }
     }
 
-    fn saw(&self, defect: usize) {
-        let c = &self.known_defect_steps[defect];
-        c.set(c.get() + 1);
-    }
-
-    /// Whether a huge page of the model crosses a boundary of `range`.
-    fn straddles_huge_page(&self, range: &Range<Vaddr>) -> bool {
-        [range.start, range.end]
-            .into_iter()
-            .any(|edge| page_at(&self.view, edge).is_some_and(|(base, p)| p.size > PAGE_SIZE && base < edge))
-    }
-
     /// The checks after every operation.
     fn check_all(&mut self) -> Outcome {
         self.space.synchronize();
@@ -915,10 +903,6 @@ impl<'s> Runner<'s> {
         self.expect(inv.is_ok(), "Inv of the space", || format!("{inv:?}"))?;
         for i in 0..self.areas.len() {
             let inv = self.areas[i].area.check();
-            if inv.is_err() && !self.strict && self.straddles_huge_page(&self.areas[i].range) {
-                self.saw(SPLIT_HUGE_INV);
-                continue;
-            }
             self.expect(inv.is_ok(), "Inv of an area", || {
                 format!("area {:#x?}: {inv:?}", self.areas[i].range)
             })?;
@@ -939,37 +923,18 @@ impl<'s> Runner<'s> {
         self.expect(got == expected, "registry matches the model", || {
             format!("registry {got:#x?}\nmodel {expected:#x?}")
         })?;
-        // Areas are disjoint, and areas of different allocations (split
-        // halves may touch) are separated by a guard gap. A left split half
-        // has no guard of its own: once its right half is dropped, kvirt may
-        // place a new area right after it (a known library defect, see
-        // `KNOWN_DEFECTS`).
+        // Areas are disjoint; two halves of a split may touch while both
+        // live, any other neighbours are separated by a guard gap.
         let mut by_start: Vec<&ModelArea> = self.areas.iter().collect();
         by_start.sort_by_key(|a| a.range.start);
-        for w in by_start.windows(2) {
-            let (a, b) = (w[0], w[1]);
-            let gap = if a.alloc == b.alloc { 0 } else { GUARD_SIZE };
-            if a.range.end + gap <= b.range.start {
-                self.checks.set(self.checks.get() + 1);
-                continue;
-            }
-            let known = a.guard == 0 && a.alloc != b.alloc && a.range.end <= b.range.start;
-            if known && !self.strict {
-                self.saw(SPLIT_GUARD);
-                continue;
-            }
-            return Err(self.fail(
-                "guard gap between areas",
-                format!(
-                    "area {:#x?} (allocation {}) and area {:#x?} (allocation {}) overlap or touch{}",
-                    a.range,
-                    a.alloc,
-                    b.range,
-                    b.alloc,
-                    if known { " (the left one is a split half whose right half was dropped)" } else { "" }
-                ),
-            ));
-        }
+        let touching = by_start.windows(2).find(|w| {
+            let siblings = w[0].right.is_some() && w[0].right == w[1].left;
+            w[0].range.end + if siblings { 0 } else { GUARD_SIZE } > w[1].range.start
+        });
+        self.expect(touching.is_none(), "guard gap between areas", || {
+            let w = touching.expect("failed");
+            format!("areas {:#x?} and {:#x?} overlap or touch", w[0].range, w[1].range)
+        })?;
         // Refinement.
         let actual = spec::kernel_view(self.space, &VMALLOC_VADDR_RANGE);
         let model: PageTableView = self
@@ -1001,7 +966,7 @@ impl<'s> Runner<'s> {
             format!("{data_pages} data pages in use, the model has {} live frames", refs.len())
         })?;
         let vm = self.space.vmalloc_stats();
-        let used: usize = self.areas.iter().map(|a| a.range.len() + a.guard).sum();
+        let used: usize = self.areas.iter().map(|a| a.range.len() + self.guard(a)).sum();
         self.expect(vm.total_bytes - vm.free_bytes == used, "VMALLOC in use = areas + guards", || {
             format!(
                 "{:#x} bytes of VMALLOC in use, the model expects {used:#x}",
@@ -1083,23 +1048,13 @@ fn describe_diff(actual: &PageTableView, model: &PageTableView) -> String {
     )
 }
 
-/// What a passing sequence counted.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SequenceStats {
-    /// Checks that passed.
-    pub checks: u64,
-    /// Steps after which each known defect was observed (not strict).
-    pub known_defect_steps: [u64; KNOWN_DEFECTS.len()],
-}
-
-/// Runs one sequence on a fresh space; returns what it counted, or the
-/// first failure (a panic is a failure too).
-pub fn run_sequence(ops: &[Op], options: &Options) -> Result<SequenceStats, Failure> {
+/// Runs one sequence on a fresh space; returns the number of checks that
+/// passed, or the first failure (a panic is a failure too).
+pub fn run_sequence(ops: &[Op], options: &Options) -> Result<u64, Failure> {
     let step = std::cell::Cell::new(0);
     let result = catch_unwind(AssertUnwindSafe(|| {
         let space = KernelSpace::new_hosted(MachineConfig::new(options.ram_size).cpus(2));
         let mut runner = Runner::new(&space, options.ram_size, options.fault);
-        runner.strict = options.strict;
         let outcome = (|| {
             runner.check_all()?;
             for (i, op) in ops.iter().enumerate() {
@@ -1112,16 +1067,13 @@ pub fn run_sequence(ops: &[Op], options: &Options) -> Result<SequenceStats, Fail
             step.set(ops.len());
             runner.finish()
         })();
-        let stats = SequenceStats {
-            checks: runner.checks.get(),
-            known_defect_steps: runner.known_defect_steps.each_ref().map(std::cell::Cell::get),
-        };
+        let checks = runner.checks.get();
         // After a failure the state may be broken: a panic while tearing it
         // down must not hide the failure (and a space with areas or frames
         // left is leaked by its own drop, not freed).
         let _ = catch_unwind(AssertUnwindSafe(move || drop(runner)));
         drop(space);
-        outcome.map(|()| stats)
+        outcome.map(|()| checks)
     }));
     match result {
         Ok(r) => r,
@@ -1289,15 +1241,9 @@ pub fn check(options: &Options) -> Report {
         let ops = gen_sequence(seed, options.max_len);
         counts.sequences += 1;
         match run_sequence(&ops, options) {
-            Ok(stats) => {
+            Ok(checks) => {
                 counts.operations += ops.len() as u64;
-                counts.checks += stats.checks;
-                for (seen, steps) in counts.known_defects.iter_mut().zip(stats.known_defect_steps) {
-                    if steps > 0 {
-                        seen.0 += 1;
-                        seen.1.get_or_insert((index, seed));
-                    }
-                }
+                counts.checks += checks;
             }
             Err(original) => {
                 counts.operations += original.step.min(ops.len()) as u64;
@@ -1327,12 +1273,11 @@ pub fn check(options: &Options) -> Report {
 pub fn run(options: &Options, out: &mut dyn Write) -> Result<(), Error> {
     writeln!(
         out,
-        "kvirt check: {} sequences of up to {} operations, base seed {}, {} MiB machines{}",
+        "kvirt check: {} sequences of up to {} operations, base seed {}, {} MiB machines",
         options.sequences,
         options.max_len,
         options.seed,
-        options.ram_size >> 20,
-        if options.strict { ", strict" } else { "" }
+        options.ram_size >> 20
     )?;
     let report = check(options);
     let c = report.counts;
@@ -1361,14 +1306,6 @@ pub fn run(options: &Options, out: &mut dyn Write) -> Result<(), Error> {
             f.index + 1,
             options.max_len
         )?;
-    }
-    for ((id, what), (sequences, first)) in KNOWN_DEFECTS.iter().zip(c.known_defects) {
-        if let Some((index, seed)) = first {
-            writeln!(
-                out,
-                "\nknown library defect [{id}] observed in {sequences} sequence(s), first #{index} (seed {seed:#018x}):\n  {what}\n  (counted, not failed: `--strict` fails on it and shrinks the sequence)"
-            )?;
-        }
     }
     writeln!(out, "\nsequences: {}\noperations: {}\nchecks: {}", c.sequences, c.operations, c.checks)?;
     match report.failure {

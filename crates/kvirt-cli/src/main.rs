@@ -55,10 +55,6 @@ struct CheckArgs {
     /// The most operations in one sequence.
     #[arg(long, default_value_t = 40)]
     max_len: usize,
-    /// Fail (and shrink) on the known library defect too, instead of
-    /// counting it: split halves lose their guard page.
-    #[arg(long)]
-    strict: bool,
 }
 
 fn main() -> ExitCode {
@@ -73,7 +69,6 @@ fn main() -> ExitCode {
                 sequences: a.sequences,
                 seed: a.seed,
                 max_len: a.max_len,
-                strict: a.strict,
                 ..check::Options::default()
             };
             check::run(&options, &mut std::io::stdout().lock())

@@ -18,6 +18,35 @@
 //! kernel space runs over a simulated machine (`kvirt-sim`) whose software
 //! MMU and per-CPU TLBs walk the page tables kvirt builds.
 //!
+//! ## Decisions where the specification is silent
+//!
+//! * **Addresses are `usize` aliases** ([`Paddr`], [`Vaddr`]), as in the
+//!   seed's signatures (`Range<Vaddr>` must have `len()`); page sizes are a
+//!   type ([`PageSize`]) and alignment has checked helpers.
+//! * **Kernel spaces are values.** The seed's calls use the process-wide
+//!   default ([`kspace::KernelSpace::global`]); every other call has a form
+//!   on an explicit space, so tests run many isolated machines in parallel.
+//!   Frames and areas point into their space without reference counts; a
+//!   space dropped while any of them lives is leaked (with a warning)
+//!   rather than left dangling.
+//! * **Only kvirt changes the kernel page table.** A kernel space hands out
+//!   read-only cursors, so the entries of an area change only through the
+//!   area, and [`kspace::KVirtArea::query`] can lend a frame for the
+//!   area's lifetime.
+//! * **Tracked frames are 4 KiB; huge pages are untracked.** Unmapping or
+//!   protecting part of a huge page splits it; mapping over any part of an
+//!   existing mapping is refused without splitting anything.
+//! * **Emptied page-table nodes are reclaimed** when the cursor that
+//!   emptied them is dropped: their span is flushed from every TLB (the
+//!   hardware's paging-structure caches may hold them) and they are freed
+//!   after an RCU grace period.
+//! * **Untracked byte access is atomic.** Untyped frame contents may be
+//!   shared and written through any clone, so byte copies use relaxed
+//!   `AtomicU8` operations: racing copies are unordered, never undefined.
+//! * **Errors:** every constructor that can fail has a `try_` form with one
+//!   error enum; the panicking form panics in exactly those cases with the
+//!   error's message. `largest_pages` of zero bytes yields nothing.
+//!
 //! ## Dependencies, and why
 //!
 //! * `bitflags`: page-property flag sets.

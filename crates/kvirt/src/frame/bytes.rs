@@ -19,9 +19,10 @@ use core::sync::atomic::{AtomicU8, Ordering};
 /// module.
 pub(crate) unsafe fn copy_from(src: *const u8, dst: &mut [u8]) {
     for (i, out) in dst.iter_mut().enumerate() {
+        let byte = src.wrapping_add(i).cast_mut();
         // SAFETY: in bounds of the valid range (caller contract); `AtomicU8`
         // has the layout and alignment of `u8`; other accesses are atomic.
-        *out = unsafe { AtomicU8::from_ptr(src.add(i).cast_mut()) }.load(Ordering::Relaxed);
+        *out = unsafe { AtomicU8::from_ptr(byte) }.load(Ordering::Relaxed);
     }
 }
 
@@ -34,8 +35,9 @@ pub(crate) unsafe fn copy_from(src: *const u8, dst: &mut [u8]) {
 /// module.
 pub(crate) unsafe fn copy_to(src: &[u8], dst: *mut u8) {
     for (i, byte) in src.iter().enumerate() {
+        let at = dst.wrapping_add(i);
         // SAFETY: as in `copy_from`.
-        unsafe { AtomicU8::from_ptr(dst.add(i)) }.store(*byte, Ordering::Relaxed);
+        unsafe { AtomicU8::from_ptr(at) }.store(*byte, Ordering::Relaxed);
     }
 }
 
@@ -46,7 +48,8 @@ pub(crate) unsafe fn copy_to(src: &[u8], dst: *mut u8) {
 /// As for [`copy_to`].
 pub(crate) unsafe fn fill(dst: *mut u8, value: u8, len: usize) {
     for i in 0..len {
+        let at = dst.wrapping_add(i);
         // SAFETY: as in `copy_from`.
-        unsafe { AtomicU8::from_ptr(dst.add(i)) }.store(value, Ordering::Relaxed);
+        unsafe { AtomicU8::from_ptr(at) }.store(value, Ordering::Relaxed);
     }
 }

@@ -6,7 +6,7 @@ use core::mem::ManuallyDrop;
 use core::ops::Deref;
 use core::ptr::NonNull;
 
-use super::meta::{AnyFrameMeta, AnyUFrameMeta, MetaPtr, MetaSlot};
+use super::meta::{meta_is, AnyFrameMeta, AnyUFrameMeta, MetaPtr, MetaSlot};
 use super::{bytes, FrameAccessError, PhysMem};
 use crate::addr::{Paddr, PagingLevel, PAGE_SIZE};
 use crate::kspace::KernelSpace;
@@ -52,10 +52,11 @@ impl<M: ?Sized> Frame<M> {
     }
 
     pub(crate) fn phys(&self) -> &PhysMem {
-        // SAFETY: the handle owns a reference; the owner outlives every
-        // frame it handed out (a kernel space is never freed while frames
-        // are in use).
-        unsafe { &*self.slot().owner() }
+        // SAFETY: the handle owns a reference to the frame.
+        let owner = unsafe { self.slot().owner() };
+        // SAFETY: the owner outlives every frame it handed out (a kernel
+        // space is never freed while frames are in use).
+        unsafe { &*owner }
     }
 
     /// The physical address.
@@ -122,9 +123,11 @@ impl<M: ?Sized + MetaPtr> Frame<M> {
     /// The metadata.
     #[must_use]
     pub fn meta(&self) -> &M {
-        // SAFETY: the handle owns a reference, so the slot holds metadata
-        // viewable as `M` (type invariant) for as long as `self` lives.
-        unsafe { &*M::from_slot(self.slot()).expect("frame metadata is not of the handle's type") }
+        // SAFETY: the handle owns a reference, so the slot holds metadata.
+        let meta = unsafe { M::from_slot(self.slot()) }.expect("frame metadata is not of the handle's type");
+        // SAFETY: the metadata is viewable as `M` (checked above) and lives
+        // as long as `self` holds its reference.
+        unsafe { &*meta }
     }
 }
 
@@ -203,7 +206,7 @@ impl<M: AnyFrameMeta> TryFrom<Frame<dyn AnyFrameMeta>> for Frame<M> {
 
     /// Down-casts to the concrete metadata type, or gives the frame back.
     fn try_from(frame: Frame<dyn AnyFrameMeta>) -> Result<Self, Self::Error> {
-        if frame.meta().as_any().is::<M>() {
+        if meta_is::<M>(frame.meta()) {
             Ok(frame.cast())
         } else {
             Err(frame)

@@ -83,8 +83,20 @@ pub trait AnyFrameMeta: Any + Send + Sync + Debug {
         None
     }
 
-    /// `self` as [`Any`], for down-casts.
+    /// `self` as [`Any`], for down-casts in user code. kvirt's own type
+    /// checks do not trust it (a safe implementation may return anything);
+    /// they use [`Any::type_id`], which cannot be overridden.
     fn as_any(&self) -> &dyn Any;
+}
+
+/// Whether `meta` is of type `M`.
+///
+/// Asks the vtable's [`Any::type_id`] (the blanket implementation, which no
+/// metadata type can override), never [`AnyFrameMeta::as_any`]: a
+/// down-cast that trusted a lying `as_any` would view one type's bytes as
+/// another's.
+pub(crate) fn meta_is<M: AnyFrameMeta>(meta: &dyn AnyFrameMeta) -> bool {
+    Any::type_id(meta) == core::any::TypeId::of::<M>()
 }
 
 /// Metadata of a frame whose contents are untyped bytes.
@@ -191,11 +203,11 @@ impl MetaSlot {
         // SAFETY: the slot is `BUSY` and we made it so: no other thread reads
         // or writes these fields until the Release store below. The storage
         // is 8-aligned and large enough for `M` (checked above).
-        unsafe {
-            self.storage.get().cast::<M>().write(meta);
-            self.vtable.get().write(MaybeUninit::new(as_dyn::<M> as AsDynFn));
-            self.owner.get().write(owner);
-        }
+        unsafe { self.storage.get().cast::<M>().write(meta) };
+        // SAFETY: as above, for the vtable field.
+        unsafe { self.vtable.get().write(MaybeUninit::new(as_dyn::<M> as AsDynFn)) };
+        // SAFETY: as above, for the owner field.
+        unsafe { self.owner.get().write(owner) };
         self.ref_count.store(1, Ordering::Release);
         Ok(())
     }
@@ -234,13 +246,14 @@ impl MetaSlot {
     /// returning `true`, and calls this once.
     pub(super) unsafe fn tear_down(&self, paddr: Paddr) {
         // SAFETY: the slot is `BUSY` and owned by this thread (caller
-        // contract), so the metadata is initialised and nobody else
-        // accesses it; the vtable was written with it.
-        unsafe {
-            let meta = self.as_dyn_ptr().cast_mut();
-            (*meta).on_drop(paddr);
-            core::ptr::drop_in_place(meta);
-        }
+        // contract), so it holds metadata.
+        let meta = unsafe { self.as_dyn_ptr() }.cast_mut();
+        // SAFETY: the metadata is initialised and nobody else accesses it
+        // while this thread holds the `BUSY` state.
+        unsafe { (*meta).on_drop(paddr) };
+        // SAFETY: as above; it is dropped once, and never used again until
+        // the slot is initialised anew.
+        unsafe { core::ptr::drop_in_place(meta) };
         self.ref_count.store(REF_COUNT_UNUSED, Ordering::Release);
     }
 
@@ -251,8 +264,11 @@ impl MetaSlot {
     /// The slot holds metadata: the caller owns a reference or the `BUSY`
     /// state.
     pub(super) unsafe fn as_dyn_ptr(&self) -> *const dyn AnyFrameMeta {
+        // SAFETY: the field is only written while `BUSY`, before the
+        // caller's reference (or `BUSY` ownership) was obtained.
+        let vtable = unsafe { *self.vtable.get() };
         // SAFETY: initialised together with the metadata (caller contract).
-        let vtable = unsafe { (*self.vtable.get()).assume_init() };
+        let vtable = unsafe { vtable.assume_init() };
         vtable(self.storage.get().cast::<u8>())
     }
 
@@ -322,14 +338,15 @@ pub unsafe trait MetaPtr: 'static {
 }
 
 // SAFETY: the slot stores an `M` at the start of the storage; the type check
-// makes `None` the answer for any other type.
+// (on the real type id, not on `as_any`) makes `None` the answer for any
+// other type.
 unsafe impl<M: AnyFrameMeta> MetaPtr for M {
     unsafe fn from_slot(slot: &MetaSlot) -> Option<*const Self> {
         // SAFETY: the slot holds metadata (caller contract).
         let dyn_ptr = unsafe { slot.as_dyn_ptr() };
         // SAFETY: the pointer targets initialised metadata that lives while
         // the caller's reference does.
-        let is_m = unsafe { (*dyn_ptr).as_any().is::<M>() };
+        let is_m = meta_is::<M>(unsafe { &*dyn_ptr });
         is_m.then(|| slot.storage_ptr().cast::<M>())
     }
 }
@@ -345,9 +362,10 @@ unsafe impl MetaPtr for dyn AnyFrameMeta {
 // SAFETY: `as_untyped` returns a reference to the same stored value.
 unsafe impl MetaPtr for dyn AnyUFrameMeta {
     unsafe fn from_slot(slot: &MetaSlot) -> Option<*const Self> {
-        // SAFETY: the slot holds metadata (caller contract), alive while the
-        // caller's reference is.
-        let meta = unsafe { &*slot.as_dyn_ptr() };
+        // SAFETY: the slot holds metadata (caller contract).
+        let meta = unsafe { slot.as_dyn_ptr() };
+        // SAFETY: it is alive while the caller's reference is.
+        let meta = unsafe { &*meta };
         meta.as_untyped().map(|m| m as *const dyn AnyUFrameMeta)
     }
 }

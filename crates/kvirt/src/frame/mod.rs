@@ -165,16 +165,48 @@ impl<'a> FrameAllocOptions<'a> {
         }
         let phys = self.phys();
         let start = phys.alloc_pages(nr_pages, self.zeroed)?;
+        // If `meta` panics, the guard gives the run back.
+        let mut run = PartialRun { phys, start, built: 0, total: nr_pages };
         for i in 0..nr_pages {
             let pa = start + i * PAGE_SIZE;
             // SAFETY: the run was just handed out by the allocator; the
-            // `Frame` made here is forgotten so the segment owns its
-            // reference.
+            // `Frame` made here is forgotten so the segment (or, on unwind,
+            // the guard) owns its reference.
             core::mem::forget(unsafe { phys.init_frame(pa, meta(pa)) });
+            run.built += 1;
         }
+        core::mem::forget(run);
         // SAFETY: every page of the run now holds one reference with `M`
         // metadata, which the segment takes over.
         Ok(unsafe { Segment::from_raw_parts(phys, start..start + nr_pages * PAGE_SIZE) })
+    }
+}
+
+/// A run of pages being made into frames by `alloc_segment_with`. Dropped
+/// only if a metadata constructor unwinds: it then releases the frames
+/// built so far (running their drop hooks) and returns the pages whose slots
+/// were never initialised, so a panic leaks nothing.
+struct PartialRun<'a> {
+    phys: &'a PhysMem,
+    start: Paddr,
+    /// The first `built` pages are frames holding one reference each.
+    built: usize,
+    /// The run's length in pages; pages `built..total` have free slots.
+    total: usize,
+}
+
+impl Drop for PartialRun<'_> {
+    fn drop(&mut self) {
+        let built_end = self.start + self.built * PAGE_SIZE;
+        if self.built > 0 {
+            // SAFETY: each page of `start..built_end` holds one reference
+            // that no handle owns (its `Frame` was forgotten); any metadata
+            // is viewable as `dyn AnyFrameMeta`.
+            drop(unsafe { Segment::<dyn AnyFrameMeta>::from_raw_parts(self.phys, self.start..built_end) });
+        }
+        if self.built < self.total {
+            self.phys.dealloc_pages(built_end, self.total - self.built);
+        }
     }
 }
 
@@ -306,6 +338,7 @@ impl PhysMem {
             }
         }
         let mut allocator = BuddyAllocator::new(nr_pages);
+        debug_assert_eq!(allocator.total_pages(), nr_pages);
         for r in &allocatable {
             allocator.add_free_range(r.start / PAGE_SIZE..r.end / PAGE_SIZE);
         }
@@ -313,7 +346,7 @@ impl PhysMem {
         let base = platform.phys_base();
         // SAFETY: `meta_range` is RAM, reachable at `base + pa` (Platform
         // contract 1).
-        let slots = unsafe { NonNull::new_unchecked(base.as_ptr().add(meta_range.start)) }.cast::<MetaSlot>();
+        let slots = unsafe { base.add(meta_range.start) }.cast::<MetaSlot>();
         if !ram_is_zeroed {
             // SAFETY: the metadata array is usable RAM that nothing else uses
             // (contract 2) and that we have not shared yet.
@@ -365,9 +398,10 @@ impl PhysMem {
     /// The slot of the page at `pa`.
     pub(crate) fn slot(&self, pa: Paddr) -> &MetaSlot {
         assert!(pa < self.max_paddr, "physical address {pa:#x} has no metadata slot");
+        let slot = self.slots.as_ptr().wrapping_add(pa / PAGE_SIZE);
         // SAFETY: `pa / PAGE_SIZE < nr_pages`, so the slot is inside the
         // metadata array, which lives as long as `self`.
-        unsafe { &*self.slots.as_ptr().add(pa / PAGE_SIZE) }
+        unsafe { &*slot }
     }
 
     /// The physical address of the page a slot of this array describes.

@@ -7,7 +7,7 @@ use core::ops::Range;
 use core::ptr::NonNull;
 
 use super::handle::check_bounds;
-use super::meta::{AnyFrameMeta, AnyUFrameMeta, MetaPtr};
+use super::meta::{meta_is, AnyFrameMeta, AnyUFrameMeta, MetaPtr};
 use super::{bytes, Frame, FrameAccessError, PhysMem};
 use crate::addr::{is_page_aligned, Paddr, PAGE_SIZE};
 
@@ -186,9 +186,12 @@ impl<M: ?Sized + MetaPtr> Segment<M> {
     pub fn meta_at(&self, offset: usize) -> &M {
         assert!(offset < self.size(), "offset {offset:#x} out of bounds of the segment");
         let slot = self.phys().slot(self.range.start + offset);
-        // SAFETY: the segment owns a reference to the page, whose metadata is
-        // viewable as `M` (type invariant) while `self` lives.
-        unsafe { &*M::from_slot(slot).expect("segment metadata is not of the handle's type") }
+        // SAFETY: the segment owns a reference to the page, so the slot holds
+        // metadata.
+        let meta = unsafe { M::from_slot(slot) }.expect("segment metadata is not of the handle's type");
+        // SAFETY: the metadata is viewable as `M` (checked above) and lives
+        // while `self` holds its reference.
+        unsafe { &*meta }
     }
 }
 
@@ -288,13 +291,19 @@ impl<M: AnyUFrameMeta> From<Segment<M>> for USegment {
     }
 }
 
+impl From<USegment> for Segment<dyn AnyFrameMeta> {
+    fn from(seg: USegment) -> Self {
+        seg.cast()
+    }
+}
+
 impl<M: AnyFrameMeta> TryFrom<Segment<dyn AnyFrameMeta>> for Segment<M> {
     type Error = Segment<dyn AnyFrameMeta>;
 
     /// Down-casts if every page has metadata of type `M`, or gives the
     /// segment back.
     fn try_from(seg: Segment<dyn AnyFrameMeta>) -> Result<Self, Self::Error> {
-        let all_m = (0..seg.size()).step_by(PAGE_SIZE).all(|off| seg.meta_at(off).as_any().is::<M>());
+        let all_m = (0..seg.size()).step_by(PAGE_SIZE).all(|off| meta_is::<M>(seg.meta_at(off)));
         if all_m {
             Ok(seg.cast())
         } else {

@@ -18,24 +18,34 @@
 //! * Tracked frames belong to the kernel space of the area.
 //! * An untracked physical range is page aligned, not reversed, encodable by
 //!   the paging format, and covers no page the frame allocator can ever
-//!   hand out (that would alias a frame that may be freed and reused).
+//!   hand out (that would alias a frame that may be freed and reused) nor
+//!   the frame metadata array (kvirt's own memory).
 //! * The property does not carry [`PrivilegedPageFlags::USER`]: kernel
 //!   areas are never user accessible.
 //!
-//! An untracked area whose range allows it is placed so that its mapping
-//! uses 2 MiB and 1 GiB pages. Each area is followed by an unmapped guard
-//! page. `Drop` unmaps everything, issues the TLB invalidation for the
-//! range on all CPUs, and only then releases the frames and the range.
+//! An untracked area is placed so that its mapping uses 2 MiB and 1 GiB
+//! pages wherever the physical range holds aligned pieces and `map_offset`
+//! agrees with the physical start modulo the page size. Each area is
+//! followed by an unmapped guard page; the two halves of a
+//! [`split`](KVirtArea::split) touch, and when one goes the other keeps a
+//! guard (see `SplitLink`). `Drop` unmaps everything, issues the TLB
+//! invalidation for the range on all CPUs, and only then releases the
+//! frames and the range. It never needs memory for page-table nodes (so it
+//! cannot fail): a huge page straddling a split point is split by `split`
+//! itself.
 //!
 //! TLB coherence for *new* mappings needs nothing: an area's range was
 //! unmapped and flushed before it became free.
 
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 use core::ops::Range;
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use super::registry::{AreaInfo, AreaKind};
+use super::vmalloc::GUARD_SIZE;
 use super::{KernelSpace, SpaceInner, VMALLOC_VADDR_RANGE};
 use crate::addr::{align_down, is_page_aligned, Paddr, Vaddr, PAGE_SIZE};
 use crate::arch::x86_64::X86_64;
@@ -165,13 +175,41 @@ pub struct KVirtArea {
     /// The part mapped at creation; only this part is ever mapped.
     /// Invariant: inside `range`, page aligned (possibly empty).
     mapped: Range<Vaddr>,
-    /// The guard bytes after `range` that this area frees with it.
-    guard: usize,
+    /// The boundary with the right half of a split of this area, while
+    /// that half may be alive. `None`: the area owns the guard after it.
+    right: Option<Arc<SplitLink>>,
+    /// The boundary with the left half of a split of this area.
+    left: Option<Arc<SplitLink>>,
     space: NonNull<SpaceInner>,
 }
 
-// SAFETY: the area only refers to its space, which is `Sync`, and owns the
-// mappings in its range.
+/// The boundary between two halves of a split area.
+///
+/// Split halves touch: the left half has no guard of its own while the
+/// right half is alive. Whichever half is dropped first marks the link;
+/// if that is the right half, it leaves its first page allocated in
+/// VMALLOC (unmapped), which becomes the left half's guard, and the left
+/// half frees it when it goes. So every live area always has an unmapped,
+/// allocated page after it unless its split neighbour is there.
+#[derive(Debug, Default)]
+struct SplitLink {
+    /// Whether one of the two halves was dropped.
+    one_dropped: AtomicBool,
+}
+
+impl SplitLink {
+    /// Marks that one half is being dropped; returns whether the other
+    /// half was dropped before.
+    fn drop_one(&self) -> bool {
+        self.one_dropped.swap(true, Ordering::AcqRel)
+    }
+}
+
+// The page the right half leaves for the left half holds a whole guard.
+const _: () = assert!(GUARD_SIZE <= PAGE_SIZE);
+
+// SAFETY: the area only refers to its space, which is `Sync`, and to split
+// links (atomics behind `Arc`), and owns the mappings in its range.
 unsafe impl Send for KVirtArea {}
 // SAFETY: `&KVirtArea` only queries and copies bytes, under page-table locks.
 unsafe impl Sync for KVirtArea {}
@@ -358,16 +396,25 @@ impl KVirtArea {
 
     /// Splits the area at `offset` into `start..start + offset` and the rest.
     ///
+    /// A huge page that straddles the split point is split into smaller
+    /// pages now, so that dropping either half later never needs memory.
+    ///
     /// # Panics
     ///
-    /// Panics unless `offset` is page aligned and `0 < offset < size()`.
+    /// Panics unless `offset` is page aligned and `0 < offset < size()`, or
+    /// if no memory is left to split a huge page at the split point. The
+    /// area is dropped (unmapped) in both cases.
     #[must_use]
-    pub fn split(self, offset: usize) -> (Self, Self) {
+    pub fn split(mut self, offset: usize) -> (Self, Self) {
         assert!(
             is_page_aligned(offset) && 0 < offset && offset < self.size(),
             "KVirtArea::split: offset {offset:#x} must be page aligned and strictly inside the area of {:#x} bytes",
             self.size()
         );
+        self.split_huge_page_at(self.range.start + offset);
+        let (outer_left, outer_right) = (self.left.take(), self.right.take());
+        let link = Arc::new(SplitLink::default());
+        // The halves take over everything; `self` has nothing left to free.
         let this = core::mem::ManuallyDrop::new(self);
         let mid = this.range.start + offset;
         let clamp = |r: &Range<Vaddr>| {
@@ -377,11 +424,18 @@ impl KVirtArea {
         };
         let left_range = this.range.start..mid;
         let right_range = mid..this.range.end;
-        let left = KVirtArea { mapped: clamp(&left_range), range: left_range, guard: 0, space: this.space };
+        let left = KVirtArea {
+            mapped: clamp(&left_range),
+            range: left_range,
+            right: Some(link.clone()),
+            left: outer_left,
+            space: this.space,
+        };
         let right = KVirtArea {
             mapped: clamp(&right_range),
             range: right_range,
-            guard: this.guard,
+            right: outer_right,
+            left: Some(link),
             space: this.space,
         };
         let registry = &this.space().registry;
@@ -389,6 +443,30 @@ impl KVirtArea {
         registry.insert(AreaInfo { range: left.range(), mapped: left.mapped_range(), ..info.clone() });
         registry.insert(AreaInfo { range: right.range(), mapped: right.mapped_range(), ..info });
         (left, right)
+    }
+
+    /// If a huge page maps `va` and starts below it, splits it (down to
+    /// 4 KiB pages at `va`) so that no page straddles `va`.
+    ///
+    /// # Panics
+    ///
+    /// Panics if no memory is left for the new page-table nodes.
+    fn split_huge_page_at(&self, va: Vaddr) {
+        let space = self.space();
+        let mut cursor =
+            space.kernel_pt.cursor_mut(&(va..va + PAGE_SIZE)).expect("an area lies in kernel space");
+        let straddling = match cursor.query() {
+            Ok((entry, Some(_))) if entry.start < va => entry,
+            _ => return,
+        };
+        // Re-writing the page with its own property splits the huge pages
+        // around it; the translations do not change.
+        let changed = cursor.protect_next(PAGE_SIZE, &mut |_| {});
+        debug_assert_eq!(changed, Some(va..va + PAGE_SIZE));
+        drop(cursor);
+        // Nothing changed for the MMU, but drop the huge TLB entries so that
+        // no CPU caches two entries of different sizes for one address.
+        space.phys.platform().flush_tlb(TlbFlushOp::Range(straddling), TlbScope::AllCpus);
     }
 
     /// Labels the area in the registry ([`KernelSpace::areas`]).
@@ -466,21 +544,36 @@ impl KVirtArea {
             Some(info) if info.range == self.range && info.mapped == self.mapped => {}
             _ => return Err("the area is not registered as it is"),
         }
-        if !space.vmalloc.is_allocated(self.range.start..self.range.end + self.guard) {
+        let window = self.range.start..self.range.end + self.guard();
+        if !space.vmalloc.is_allocated(window.clone()) {
             return Err("the area or its guard is free in VMALLOC");
         }
-        let mut cursor = space
-            .kernel_pt
-            .cursor(&(self.range.start..self.range.end + self.guard))
-            .map_err(|_| "bad range")?;
+        let mut cursor = space.kernel_pt.cursor(&window).map_err(|_| "bad range")?;
         let view = crate::spec::view_of(&mut cursor);
-        if view.values().any(|m| m.va < self.mapped.start || m.va + m.size > self.mapped.end) {
+        // A huge page may extend past the area: after a split inside it,
+        // each half owns its own part of the page. Only the part inside the
+        // area and its guard is this area's business.
+        let outside_mapped = |m: &crate::spec::Mapping| {
+            let (start, end) = (m.va.max(window.start), (m.va + m.size).min(window.end));
+            start < self.mapped.start || end > self.mapped.end
+        };
+        if view.values().any(outside_mapped) {
             return Err("something is mapped in the area outside its mapped part, or in its guard");
         }
         Ok(())
     }
 
+    /// The unmapped bytes after the area that belong to it: a guard, unless
+    /// the right half of a split of it is alive there.
+    fn guard(&self) -> usize {
+        match &self.right {
+            Some(link) if !link.one_dropped.load(Ordering::Acquire) => 0,
+            _ => GUARD_SIZE,
+        }
+    }
+
     /// Runs `f` with a temporary handle to the area's kernel space.
+    #[cfg(feature = "check-contracts")]
     pub(crate) fn with_kernel_space<R>(&self, f: impl FnOnce(&KernelSpace) -> R) -> R {
         let handle = core::mem::ManuallyDrop::new(KernelSpace { inner: self.space });
         f(&handle)
@@ -497,9 +590,10 @@ impl KernelSpace {
         prop: PageProperty,
     ) -> Result<KVirtArea, KVirtAreaError> {
         let frames: Vec<Frame<T>> = frames.into_iter().collect();
-        let len = frames.len().checked_mul(PAGE_SIZE).unwrap_or(usize::MAX);
+        let len = frames.len().saturating_mul(PAGE_SIZE);
         #[cfg(feature = "check-contracts")]
-        let panics = crate::spec::map_frames_panic_condition(area_size, map_offset, frames.len(), &prop);
+        let panics = crate::spec::map_frames_panic_condition(area_size, map_offset, frames.len(), &prop)
+            || crate::spec::map_frames_foreign_frame_condition(self, &frames);
         let result = self.try_map_frames_checked(area_size, map_offset, frames, len, prop);
         #[cfg(feature = "check-contracts")]
         crate::spec::contracts::constructor_ensures(self, panics, &result);
@@ -575,17 +669,32 @@ impl KernelSpace {
         if pa_range.end > 1usize << <X86_64 as PagingFormat>::PA_BITS {
             return Err(KVirtAreaError::PaddrTooLarge(pa_range));
         }
-        if self.phys().overlaps_allocatable(&pa_range) {
+        if self.covers_tracked(&pa_range) {
             return Err(KVirtAreaError::TrackedPaddr(pa_range));
         }
         let len = pa_range.len();
         // Align the area so that the mapping can use the largest pages the
-        // physical range allows.
+        // physical range allows: with the area's start aligned to `a`, the
+        // mapping's virtual and physical addresses agree modulo `a` when
+        // `map_offset` and `pa_range.start` do, and then every `a`-aligned
+        // piece of the physical range becomes one huge page. Only worth it
+        // if the range holds such a piece; if VMALLOC has no aligned room,
+        // fall back to small pages.
         let align = [1 << 30, 2 << 20]
             .into_iter()
-            .find(|&a| len >= a && pa_range.start % a == 0 && map_offset % a == 0)
+            .find(|&a| {
+                pa_range.start % a == map_offset % a
+                    && crate::addr::checked_align_up(pa_range.start, a)
+                        .and_then(|s| s.checked_add(a))
+                        .is_some_and(|e| e <= pa_range.end)
+            })
             .unwrap_or(PAGE_SIZE);
-        let area = self.alloc_area(area_size, align, map_offset, len, AreaKind::Untracked)?;
+        let area = match self.alloc_area(area_size, align, map_offset, len, AreaKind::Untracked) {
+            Err(KVirtAreaError::VmallocExhausted(_)) if align > PAGE_SIZE => {
+                self.alloc_area(area_size, PAGE_SIZE, map_offset, len, AreaKind::Untracked)?
+            }
+            result => result?,
+        };
         if len == 0 {
             return Ok(area);
         }
@@ -623,7 +732,7 @@ impl KernelSpace {
             kind,
             label: None,
         });
-        Ok(KVirtArea { range, mapped, guard: super::vmalloc::GUARD_SIZE, space: self.inner })
+        Ok(KVirtArea { range, mapped, right: None, left: None, space: self.inner })
     }
 }
 
@@ -644,8 +753,20 @@ impl Drop for KVirtArea {
             drop(frags);
         }
         space.registry.remove(self.range.start);
-        let freed = space.vmalloc.free(self.range.start..self.range.end + self.guard);
-        debug_assert!(freed.is_ok(), "freeing an area's range failed: {freed:?}");
+        // See `SplitLink`: leave the first page to a live left half as its
+        // guard; take back the page a dropped right half left to us.
+        let start = match &self.left {
+            Some(link) if !link.drop_one() => self.range.start + GUARD_SIZE,
+            _ => self.range.start,
+        };
+        let end = match &self.right {
+            Some(link) if !link.drop_one() => self.range.end,
+            _ => self.range.end + GUARD_SIZE,
+        };
+        if start < end {
+            let freed = space.vmalloc.free(start..end);
+            debug_assert!(freed.is_ok(), "freeing an area's range failed: {freed:?}");
+        }
     }
 }
 

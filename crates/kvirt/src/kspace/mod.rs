@@ -40,12 +40,15 @@ pub use crate::page_table::{MappedItem, MappedItemRef};
 
 use self::registry::AreaRegistry;
 use self::vmalloc::Vmalloc;
-use crate::addr::{Paddr, Vaddr};
+use crate::addr::{is_page_aligned, Paddr, Vaddr};
 use crate::arch::x86_64::X86_64;
+use crate::arch::PagingFormat;
 use crate::frame::{Frame, PhysMem, PhysMemError, PhysStats};
-use crate::page_prop::{CachePolicy, PageFlags, PageProperty};
-use crate::page_table::{largest_pages, Cursor, KernelPtConfig, MappedItem as Item, PageTable, RangeError};
-use crate::platform::{MemoryRegion, MemoryRegionKind, Platform};
+use crate::page_prop::{CachePolicy, PageFlags, PageProperty, PrivilegedPageFlags};
+use crate::page_table::{
+    largest_pages, Cursor, KernelPtConfig, MapErrorKind, MappedItem as Item, PageTable, RangeError,
+};
+use crate::platform::{MemoryRegion, MemoryRegionKind, Platform, TlbFlushOp, TlbScope};
 
 /// Why a kernel space could not be created.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +71,57 @@ impl fmt::Display for KernelSpaceError {
 impl From<PhysMemError> for KernelSpaceError {
     fn from(e: PhysMemError) -> Self {
         KernelSpaceError::PhysMem(e)
+    }
+}
+
+/// Why [`KernelSpace::map_kernel_image`] rejected a request. A rejected
+/// call changes nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KernelImageError {
+    /// Frames or areas of the space exist already. The image is mapped while
+    /// the space is being set up, before anything else uses it.
+    SpaceInUse,
+    /// The virtual address or a physical bound is not page aligned.
+    Misaligned,
+    /// The physical range is empty or reversed.
+    EmptyOrReversed(Range<Paddr>),
+    /// The virtual range leaves `KERNEL_CODE_BASE_VADDR..KERNEL_END_VADDR`.
+    OutsideKernelCode(Range<Vaddr>),
+    /// The physical range reaches beyond what the paging format can map.
+    PaddrTooLarge(Range<Paddr>),
+    /// The physical range contains pages the frame allocator can hand out:
+    /// the image must be `Reserved` (or non-RAM) in the memory map, or the
+    /// allocator would give the kernel's own pages away.
+    TrackedPaddr(Range<Paddr>),
+    /// The property allows user access.
+    UserAccessible,
+    /// Something is mapped at this address already.
+    AlreadyMapped(Vaddr),
+    /// No memory was left for page-table nodes.
+    OutOfMemory,
+}
+
+impl fmt::Display for KernelImageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use KernelImageError as E;
+        match self {
+            E::SpaceInUse => f.write_str("the kernel image is mapped during set-up, before any frame or area exists"),
+            E::Misaligned => f.write_str("the kernel image mapping is not page aligned"),
+            E::EmptyOrReversed(r) => write!(f, "the kernel image's physical range {r:#x?} is empty or reversed"),
+            E::OutsideKernelCode(r) => write!(
+                f,
+                "the kernel image's virtual range {r:#x?} is outside {KERNEL_CODE_BASE_VADDR:#x}..{KERNEL_END_VADDR:#x}"
+            ),
+            E::PaddrTooLarge(r) => {
+                write!(f, "the kernel image's physical range {r:#x?} is beyond what the paging format can map")
+            }
+            E::TrackedPaddr(r) => {
+                write!(f, "the kernel image's physical range {r:#x?} contains allocatable (tracked) pages")
+            }
+            E::UserAccessible => f.write_str("the kernel image cannot be user accessible"),
+            E::AlreadyMapped(va) => write!(f, "something is mapped at {va:#x} already"),
+            E::OutOfMemory => f.write_str("out of memory for page-table nodes"),
+        }
     }
 }
 
@@ -246,6 +300,99 @@ impl KernelSpace {
         self.platform().rcu_barrier();
     }
 
+    /// Maps the kernel image (or a part of it, such as one section) at `va`
+    /// to physical `pa`, as untracked memory with the largest pages that
+    /// fit, for the whole life of the space.
+    ///
+    /// A kernel that switches to kvirt's page table must find its own code,
+    /// data and stack there. It calls this once per part of its image (say
+    /// text `RX`, read-only data `R`, data and bss `RW`) right after
+    /// [`KernelSpace::new`], before the space is shared
+    /// ([`KernelSpace::init_global`]) or used, and then loads
+    /// [`kernel_root_paddr`](Self::kernel_root_paddr).
+    ///
+    /// `va..va + pa.len()` must lie in
+    /// `KERNEL_CODE_BASE_VADDR..KERNEL_END_VADDR` (which nothing else in
+    /// kvirt uses), be unmapped, and `pa` must contain no page the frame
+    /// allocator can hand out (mark the image `Reserved` in the memory map).
+    /// These mappings are never removed; the page-table nodes they need
+    /// count as part of the space's set-up, like those of the linear
+    /// mapping.
+    ///
+    /// # Errors
+    ///
+    /// The [`KernelImageError`] of a request that breaks the rules above. A
+    /// rejected call changes nothing.
+    ///
+    /// # Safety
+    ///
+    /// Accessing `pa` through `va` with `prop` must be sound for as long as
+    /// the space lives: `pa` is the kernel's own image (or memory no Rust
+    /// object owns), and the caller answers for what executable or writable
+    /// mappings allow.
+    pub unsafe fn map_kernel_image(
+        &mut self,
+        va: Vaddr,
+        pa: Range<Paddr>,
+        prop: PageProperty,
+    ) -> Result<(), KernelImageError> {
+        if self.inner().registry.len() != 0
+            || self.phys().stats().used_pages != self.inner().baseline_used_pages
+        {
+            return Err(KernelImageError::SpaceInUse);
+        }
+        if pa.start >= pa.end {
+            return Err(KernelImageError::EmptyOrReversed(pa));
+        }
+        if !is_page_aligned(va) || !is_page_aligned(pa.start) || !is_page_aligned(pa.end) {
+            return Err(KernelImageError::Misaligned);
+        }
+        let range = va..va.wrapping_add(pa.len());
+        if va < KERNEL_CODE_BASE_VADDR || range.end < va || range.end > KERNEL_END_VADDR {
+            return Err(KernelImageError::OutsideKernelCode(range));
+        }
+        if pa.end > 1usize << <X86_64 as PagingFormat>::PA_BITS {
+            return Err(KernelImageError::PaddrTooLarge(pa));
+        }
+        if self.phys().overlaps_allocatable(&pa) {
+            return Err(KernelImageError::TrackedPaddr(pa));
+        }
+        if prop.priv_flags.contains(PrivilegedPageFlags::USER) {
+            return Err(KernelImageError::UserAccessible);
+        }
+        let mut cursor =
+            self.kernel_pt().cursor_mut(&range).expect("the kernel code range is in kernel space");
+        if let Some(mapped) = cursor.find_next(range.len()) {
+            return Err(KernelImageError::AlreadyMapped(mapped));
+        }
+        cursor.jump(range.start).expect("the start is inside the cursor's range");
+        for (page, level) in largest_pages::<X86_64>(va, pa.start, pa.len()) {
+            if let Err(e) = cursor.try_map(Item::Untracked(page, level, prop)) {
+                debug_assert_eq!(e.kind, MapErrorKind::OutOfMemory, "checked above: {}", e.kind);
+                // Take back what was mapped so that the call changes nothing.
+                let mapped = range.start..cursor.virt_addr();
+                let mut frags = Vec::new();
+                if !mapped.is_empty() {
+                    cursor.jump(range.start).expect("the start is inside the cursor's range");
+                    while let Some(frag) = cursor.take_next(mapped.end - cursor.virt_addr()) {
+                        frags.push(frag);
+                    }
+                }
+                drop(cursor);
+                if !mapped.is_empty() {
+                    self.platform().flush_tlb(TlbFlushOp::Range(mapped), TlbScope::AllCpus);
+                }
+                drop(frags);
+                return Err(KernelImageError::OutOfMemory);
+            }
+        }
+        drop(cursor);
+        // The new nodes belong to the set-up, like the linear mapping's.
+        let used = self.phys().stats().used_pages;
+        self.inner_mut().baseline_used_pages = used;
+        Ok(())
+    }
+
     /// The physical address of the kernel page table's root (for CR3).
     #[must_use]
     pub fn kernel_root_paddr(&self) -> Paddr {
@@ -275,16 +422,21 @@ impl KernelSpace {
         self.inner().registry.list()
     }
 
+    /// Whether `range` covers a page that kvirt tracks: one the frame
+    /// allocator may hand out, or one of the frame metadata array (which
+    /// kvirt owns; mapping it untracked would let a byte write corrupt
+    /// reference counts). Such memory may not be mapped untracked.
+    pub(crate) fn covers_tracked(&self, range: &Range<Paddr>) -> bool {
+        let meta = self.phys().meta_range();
+        self.phys().overlaps_allocatable(range) || (meta.start < range.end && range.start < meta.end)
+    }
+
     pub(crate) fn kernel_pt(&self) -> &PageTable<KernelPtConfig> {
         &self.inner().kernel_pt
     }
 
     pub(crate) fn vmalloc(&self) -> &Vmalloc {
         &self.inner().vmalloc
-    }
-
-    pub(crate) fn registry(&self) -> &AreaRegistry {
-        &self.inner().registry
     }
 }
 

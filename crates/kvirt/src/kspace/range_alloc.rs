@@ -108,7 +108,7 @@ pub struct RangeAllocator {
     free_bytes: usize,
 }
 
-/// Why a [`RangeAllocator`] call was rejected. A rejected call changes nothing.
+/// Why a `RangeAllocator` call was rejected. A rejected call changes nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RangeAllocError {
     /// `alloc` was asked for zero bytes.
@@ -292,22 +292,30 @@ impl RangeAllocator {
     }
 
     /// The range given to [`RangeAllocator::new`].
+    // Introspection for tests and debugging; VMALLOC does not need it.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn managed_range(&self) -> Range<usize> {
         self.range.clone()
     }
 
     /// The allocation unit given to [`RangeAllocator::new`].
+    // Introspection for tests and debugging; VMALLOC does not need it.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn granule(&self) -> usize {
         self.granule
     }
 
     /// The free blocks (maximal free ranges), in ascending address order.
+    // Introspection for tests and debugging; VMALLOC does not need it.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn free_ranges(&self) -> impl Iterator<Item = Range<usize>> + '_ {
         self.by_addr.iter().map(|(&start, &end)| start..end)
     }
 
     /// True iff `range` lies entirely in free space. An empty or reversed
     /// range is never reported free (as `free` rejects it). O(log n).
+    // Introspection for tests and debugging; VMALLOC does not need it.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn is_free(&self, range: Range<usize>) -> bool {
         if range.start >= range.end {
             return false;
@@ -316,6 +324,16 @@ impl RangeAllocator {
             self.by_addr.range(..=range.start).next_back(),
             Some((_, &end)) if end >= range.end
         )
+    }
+
+    /// True iff some byte of `range` is free. An empty or reversed range
+    /// has no byte, so it never is. O(log n): only the last block starting
+    /// before `range.end` can reach into it.
+    pub fn overlaps_free(&self, range: Range<usize>) -> bool {
+        if range.start >= range.end {
+            return false;
+        }
+        matches!(self.by_addr.range(..range.end).next_back(), Some((_, &end)) if end > range.start)
     }
 
     /// All internal invariants: address index and size index describe the
@@ -807,6 +825,26 @@ mod tests {
         assert!(!a.is_free(p(8)..p(9)));
         assert!(!a.is_free(p(3)..p(3)));
         assert!(!a.is_free(p(100)..p(101)));
+    }
+
+    #[test]
+    fn overlaps_free_reports_any_free_byte() {
+        let a = with_free(p(0)..p(16), &[p(2)..p(6), p(10)..p(11)]);
+        for (r, expect) in [
+            (p(0)..p(2), false),
+            (p(1)..p(3), true),
+            (p(5)..p(7), true),
+            (p(6)..p(10), false),
+            (p(6)..p(10) + 1, true),
+            (p(0)..p(16), true),
+            (p(11)..p(16), false),
+            (p(3)..p(3), false),
+            (p(12)..p(4), false),
+        ] {
+            assert_eq!(a.overlaps_free(r.clone()), expect, "{r:x?}");
+            let scan = r.start < r.end && a.free_ranges().any(|f| f.start < r.end && r.start < f.end);
+            assert_eq!(scan, expect, "{r:x?}");
+        }
     }
 
     #[test]

@@ -54,10 +54,8 @@ impl Vmalloc {
         self.inner.lock().inv()
     }
 
-    /// Whether no byte of `range` is free (it is allocated).
+    /// Whether no byte of `range` is free (it is allocated). O(log n).
     pub(crate) fn is_allocated(&self, range: Range<Vaddr>) -> bool {
-        let inner = self.inner.lock();
-        let overlaps_free = inner.free_ranges().any(|f| f.start < range.end && range.start < f.end);
-        !overlaps_free
+        !self.inner.lock().overlaps_free(range)
     }
 }

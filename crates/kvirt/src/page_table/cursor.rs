@@ -13,6 +13,7 @@ use core::marker::PhantomData;
 use core::ops::Range;
 use core::ptr::NonNull;
 
+use super::locking::{lock_range, unlock_range, Guard, LockTree};
 use super::node::NodeRef;
 use super::{
     alloc_node, check_range, release_entry, sign_extend, MappedItem, MappedItemRef, OutOfCursorRange,
@@ -57,17 +58,26 @@ fn node_span<F: PagingFormat>(level: PagingLevel) -> usize {
 
 impl<'a, C: PageTableConfig> Cursor<'a, C> {
     pub(super) fn new(pt: &'a PageTable<C>, range: &Range<Vaddr>) -> Result<Self, RangeError> {
+        Self::new_with_guard_at_least(pt, range, 1)
+    }
+
+    /// Like [`new`](Self::new), but the guard node is at `min_guard_level`
+    /// or above even if the range lies inside one entry of a lower node.
+    /// Used to lock the parent of a node whose span reaches the end of the
+    /// address space, where no `Range` can cover the whole span.
+    fn new_with_guard_at_least(
+        pt: &'a PageTable<C>,
+        range: &Range<Vaddr>,
+        min_guard_level: PagingLevel,
+    ) -> Result<Self, RangeError> {
         check_range::<C>(range)?;
         let rcu = RcuReadGuard::new(pt.phys().platform());
-        let (guard, guard_level) = lock_range(pt, range);
+        let guard = lock_range(&PtTree(pt), range, min_guard_level);
+        let guard_level = guard.level;
         let mut path = [0; MAX_LEVELS];
         let mut base = [0; MAX_LEVELS];
-        path[guard_level as usize - 1] = guard;
-        base[guard_level as usize - 1] = if guard_level == C::F::NR_LEVELS {
-            0
-        } else {
-            sign_extend::<C::F>(align_down(range.start, node_span::<C::F>(guard_level)))
-        };
+        path[guard_level as usize - 1] = guard.node.pa();
+        base[guard_level as usize - 1] = guard.base;
         Ok(Self {
             pt,
             barrier: range.clone(),
@@ -115,6 +125,7 @@ impl<'a, C: PageTableConfig> Cursor<'a, C> {
     fn push(&mut self, child: Paddr) {
         debug_assert!(self.level > 1);
         self.level -= 1;
+        debug_assert_eq!(self.node_of(child).level(), self.level, "page-table node at the wrong level");
         let l = self.level as usize - 1;
         self.path[l] = child;
         self.base[l] = align_down(self.va, node_span::<C::F>(self.level));
@@ -242,13 +253,12 @@ impl<'a, C: PageTableConfig> Cursor<'a, C> {
     fn unlock_all(&mut self) {
         if self.locked {
             self.locked = false;
-            let guard = self.node(self.guard_level);
-            dfs_unlock::<C::F>(
-                guard,
-                self.guard_level,
-                self.base[self.guard_level as usize - 1],
-                &self.barrier,
-            );
+            let guard = Guard {
+                node: self.node(self.guard_level),
+                level: self.guard_level,
+                base: self.base[self.guard_level as usize - 1],
+            };
+            unlock_range(&PtTree(self.pt), &guard, &self.barrier);
         }
     }
 }
@@ -269,86 +279,57 @@ impl<C: PageTableConfig> fmt::Debug for Cursor<'_, C> {
     }
 }
 
-/// Walks down without locks to the lowest node covering `range`, locks it
-/// and every node below it that intersects the range. Returns the guard
-/// node and its level.
-fn lock_range<C: PageTableConfig>(pt: &PageTable<C>, range: &Range<Vaddr>) -> (Paddr, PagingLevel) {
-    loop {
-        let mut node = pt.root_node();
-        let mut level = C::F::NR_LEVELS;
-        while level > 1 {
-            let i = pte_index::<C::F>(range.start, level);
-            let inside_one_entry = i == pte_index::<C::F>(range.end - 1, level);
-            if !inside_one_entry || range.len() >= page_size::<C::F>(level) {
-                break;
-            }
-            match C::F::decode(node.read(i), level) {
-                PteKind::Table(child) => {
-                    // SAFETY: we are inside the cursor's read-side section,
-                    // so a node reachable now stays unreused until it ends.
-                    node = unsafe { NodeRef::new(pt.phys(), child) };
-                    level -= 1;
-                }
-                PteKind::Absent | PteKind::Page { .. } => break,
-            }
+/// The page table as a [`LockTree`]: the lock protocol's view of it.
+struct PtTree<'a, C: PageTableConfig>(&'a PageTable<C>);
+
+impl<'a, C: PageTableConfig> LockTree for PtTree<'a, C> {
+    type Node = NodeRef<'a>;
+
+    fn root(&self) -> NodeRef<'a> {
+        self.0.root_node()
+    }
+
+    fn nr_levels(&self) -> u8 {
+        C::F::NR_LEVELS
+    }
+
+    fn nr_entries(&self) -> usize {
+        C::F::NR_ENTRIES
+    }
+
+    fn entry_size(&self, level: u8) -> usize {
+        page_size::<C::F>(level)
+    }
+
+    fn index(&self, va: usize, level: u8) -> usize {
+        pte_index::<C::F>(va, level)
+    }
+
+    fn canonical(&self, va: usize) -> usize {
+        sign_extend::<C::F>(va)
+    }
+
+    fn child(&self, node: NodeRef<'a>, level: u8, index: usize) -> Option<NodeRef<'a>> {
+        match C::F::decode(node.read(index), level) {
+            // SAFETY: the protocol runs inside the cursor's read-side
+            // section, so a node reachable now is not reused before it ends;
+            // a child of a node the caller holds cannot even be detached.
+            PteKind::Table(child) => Some(unsafe { NodeRef::new(self.0.phys(), child) }),
+            PteKind::Absent | PteKind::Page { .. } => None,
         }
+    }
+
+    fn lock(&self, node: NodeRef<'a>) {
         node.lock();
-        if node.is_stray() {
-            // Detached after we read its parent's entry: start again.
-            node.unlock();
-            continue;
-        }
-        let base = if level == C::F::NR_LEVELS {
-            0
-        } else {
-            sign_extend::<C::F>(align_down(range.start, node_span::<C::F>(level)))
-        };
-        dfs_lock::<C::F>(node, level, base, range);
-        return (node.pa(), level);
     }
-}
 
-/// The indices of a node at `level` starting at `base` whose entries
-/// intersect `range`.
-fn entry_indices<F: PagingFormat>(level: PagingLevel, base: Vaddr, range: &Range<Vaddr>) -> Range<usize> {
-    let first = if range.start <= base { 0 } else { pte_index::<F>(range.start, level) };
-    let node_last = base.wrapping_add(node_span::<F>(level) - 1);
-    let last = if level == F::NR_LEVELS || range.end - 1 < node_last {
-        pte_index::<F>(range.end - 1, level)
-    } else {
-        F::NR_ENTRIES - 1
-    };
-    first..last + 1
-}
+    fn unlock(&self, node: NodeRef<'a>) {
+        node.unlock();
+    }
 
-/// Locks, parent before child, every node below `node` intersecting `range`.
-fn dfs_lock<F: PagingFormat>(node: NodeRef<'_>, level: PagingLevel, base: Vaddr, range: &Range<Vaddr>) {
-    if level == 1 {
-        return;
+    fn is_stray(&self, node: NodeRef<'a>) -> bool {
+        node.is_stray()
     }
-    for i in entry_indices::<F>(level, base, range) {
-        if let PteKind::Table(child) = F::decode(node.read(i), level) {
-            // SAFETY: `node` is locked, so its child cannot be detached.
-            let child = unsafe { NodeRef::new(node_phys(node), child) };
-            child.lock();
-            dfs_lock::<F>(child, level - 1, sign_extend::<F>(base + i * page_size::<F>(level)), range);
-        }
-    }
-}
-
-/// Unlocks what `dfs_lock` (and the cursor since) locked, children first.
-fn dfs_unlock<F: PagingFormat>(node: NodeRef<'_>, level: PagingLevel, base: Vaddr, range: &Range<Vaddr>) {
-    if level > 1 {
-        for i in entry_indices::<F>(level, base, range) {
-            if let PteKind::Table(child) = F::decode(node.read(i), level) {
-                // SAFETY: `node` is locked by us, so its child is attached
-                // and locked by us too.
-                let child = unsafe { NodeRef::new(node_phys(node), child) };
-                dfs_unlock::<F>(child, level - 1, sign_extend::<F>(base + i * page_size::<F>(level)), range);
-            }
-        }
-    }
-    node.unlock();
 }
 
 fn node_phys(node: NodeRef<'_>) -> &PhysMem {
@@ -380,6 +361,9 @@ pub enum MapErrorKind {
     AlreadyMapped,
     /// No memory for a page-table node.
     OutOfMemory,
+    /// The tracked frame belongs to another kernel space than the page
+    /// table (its reference and metadata live in that space).
+    ForeignFrame,
 }
 
 impl fmt::Display for MapErrorKind {
@@ -391,6 +375,7 @@ impl fmt::Display for MapErrorKind {
             MapErrorKind::PaddrTooLarge => "the physical address is beyond what the paging format encodes",
             MapErrorKind::AlreadyMapped => "mapping over an already mapped page",
             MapErrorKind::OutOfMemory => "out of memory for page-table nodes",
+            MapErrorKind::ForeignFrame => "the frame belongs to another kernel space",
         })
     }
 }
@@ -467,10 +452,14 @@ impl Drop for StraySubtree {
             (self.phys.as_ptr() as usize, self.raw, self.level, self.release);
         phys.platform().call_rcu(alloc::boxed::Box::new(move || {
             // SAFETY: the space waits for its callbacks before it is freed
-            // (`KernelSpace::drop` calls `rcu_barrier`); the sub-tree was
-            // detached, its TLB entries flushed by the owner of this value,
-            // and the grace period has passed, so no one reaches it.
-            unsafe { release(&*(phys_addr as *const PhysMem), raw, level) };
+            // (`KernelSpace::drop` calls `rcu_barrier`), so the `PhysMem`
+            // is still alive.
+            let phys = unsafe { &*(phys_addr as *const PhysMem) };
+            // SAFETY: this value owned the detached sub-tree's entry; the
+            // grace period has passed, so no lock-free walker still reaches
+            // it. Flushing the TLB for it before dropping this value is the
+            // duty of its owner (see `PageTableFrag`).
+            unsafe { release(phys, raw, level) };
         }));
     }
 }
@@ -534,6 +523,13 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
             MappedItem::Untracked(pa, level, prop) => (*pa, *level, *prop, false),
         };
         let fail = |kind, item| Err(MapError { kind, item });
+        if let MappedItem::Tracked(frame, _) = &item {
+            // The entry will hold the frame's reference as a bare address
+            // and take it back through this table's metadata array.
+            if !core::ptr::eq(frame.phys(), self.inner.phys()) {
+                return fail(MapErrorKind::ForeignFrame, item);
+            }
+        }
         if !(1..=C::F::HIGHEST_LEAF_LEVEL).contains(&level) {
             return fail(MapErrorKind::UnsupportedLevel, item);
         }
@@ -795,8 +791,8 @@ impl<C: PageTableConfig> Drop for CursorMut<'_, C> {
         let c = &self.inner;
         let guard = c.node(c.guard_level);
         let guard_emptied = self.removed && Self::may_detach(c.guard_level) && guard.nr_children() == 0;
-        let guard_span = c.base[c.guard_level as usize - 1]
-            ..c.base[c.guard_level as usize - 1].saturating_add(node_span::<C::F>(c.guard_level));
+        let guard_level = c.guard_level;
+        let guard_base = c.base[guard_level as usize - 1];
         self.inner.unlock_all();
 
         let platform = self.inner.phys().platform();
@@ -812,10 +808,21 @@ impl<C: PageTableConfig> Drop for CursorMut<'_, C> {
 
         if guard_emptied {
             // The guard node is empty: lock its parent (a cursor over the
-            // guard's whole span does) and detach it there. That cursor's
-            // own drop continues upwards.
-            if let Ok(mut parent) = CursorMut::new(self.inner.pt, &guard_span) {
-                parent.reclaim_empty_child(guard_span.start);
+            // guard's span, with its guard one level up) and detach it
+            // there. That cursor's own drop continues upwards. The span of
+            // a node at the very top of the address space ends at 2^64,
+            // which no `Range` can express: it stops one page short, and the
+            // guard level is forced instead.
+            let span_end = guard_base
+                .checked_add(node_span::<C::F>(guard_level))
+                .unwrap_or(usize::MAX - (crate::addr::PAGE_SIZE - 1));
+            let span = guard_base..span_end;
+            match Cursor::new_with_guard_at_least(self.inner.pt, &span, guard_level + 1) {
+                Ok(parent) => {
+                    let mut parent = CursorMut { inner: parent, detached: Vec::new(), removed: false };
+                    parent.reclaim_empty_child(guard_base);
+                }
+                Err(e) => debug_assert!(false, "cannot lock the parent of an emptied node: {e}"),
             }
         }
     }

@@ -89,8 +89,10 @@ impl<C: PageTableConfig> PageTable<C> {
             let is_node = {
                 let slot = phys.slot(child);
                 // SAFETY: a reachable node's slot holds metadata.
-                let meta = unsafe { &*slot.as_dyn_meta() };
-                meta.as_any().is::<PtNodeMeta>()
+                let meta = unsafe { slot.as_dyn_meta() };
+                // SAFETY: the metadata lives while the node is reachable,
+                // which it is at a quiescent point.
+                crate::frame::meta::meta_is::<PtNodeMeta>(unsafe { &*meta })
             };
             if !is_node {
                 return Err("a table entry points to a frame that is not a page-table node");

@@ -46,6 +46,8 @@
 
 mod cursor;
 mod inv;
+#[doc(hidden)]
+pub mod locking;
 mod node;
 
 use core::fmt;
@@ -344,8 +346,16 @@ impl<C: PageTableConfig> PageTable<C> {
     /// Reads the leaf mapping `va` by a plain walk, like the hardware does
     /// (no locks; a snapshot). Returns the physical address `va` translates
     /// to and the property.
+    ///
+    /// Only addresses of this table's own range are translated (`None`
+    /// otherwise): a user table does not follow the kernel entries it
+    /// shares, which belong to the kernel table and may be freed before it.
     #[must_use]
     pub fn translate(&self, va: Vaddr) -> Option<(Paddr, PageProperty)> {
+        let (first, last) = vaddr_bounds::<C>();
+        if !(first..=last).contains(&va) {
+            return None;
+        }
         let _rcu = crate::platform::RcuReadGuard::new(self.phys().platform());
         let mut node = self.root_node();
         let mut level = C::F::NR_LEVELS;

@@ -53,7 +53,15 @@ impl Inv for KernelSpace {
     /// (areas disjoint, inside VMALLOC, allocated there).
     ///
     /// O(physical pages): use it on small spaces.
+    ///
+    /// It first waits for the space's deferred reclamation
+    /// ([`KernelSpace::synchronize`]): a freed page-table node goes back to
+    /// the allocator in a callback that may run on any thread at any time,
+    /// and while it runs the node's slot and the allocator disagree. So do
+    /// not call it inside a read-side section (for example while a cursor
+    /// of the space is alive).
     fn check(&self) -> Result<(), &'static str> {
+        self.synchronize();
         self.kernel_pt().check_inv()?;
         let phys = self.phys();
         if !phys.allocator_inv() {

@@ -12,7 +12,9 @@
 //!   registry);
 //! * **the seed's predicates**: [`query_some_condition`],
 //!   [`query_some_ensures`], [`query_none_ensures`], and the requires and
-//!   panic conditions of `map_frames` and `map_untracked_frames`.
+//!   panic conditions of `map_frames` and `map_untracked_frames`
+//!   ([`map_frames_panic_condition`], [`map_frames_foreign_frame_condition`],
+//!   [`map_untracked_frames_panic_condition`]).
 
 #[cfg(feature = "check-contracts")]
 pub(crate) mod contracts;
@@ -26,6 +28,7 @@ pub use inv::Inv;
 use crate::addr::{is_page_aligned, Paddr, PagingLevel, Vaddr, PAGE_SIZE};
 use crate::arch::x86_64::X86_64;
 use crate::arch::{page_size, PagingFormat};
+use crate::frame::Frame;
 use crate::kspace::{KVirtArea, KVirtAreaError, KernelSpace};
 use crate::page_prop::{PageProperty, PrivilegedPageFlags};
 use crate::page_table::{Cursor, MappedItemRef, PageTableConfig};
@@ -144,6 +147,15 @@ pub fn map_frames_panic_condition(
         || prop.priv_flags.contains(PrivilegedPageFlags::USER)
 }
 
+/// Whether one of the frames handed to `map_frames` in `space` belongs to
+/// another kernel space: the seed's `item_slot_in_regions` requirement (each
+/// frame's slot is in the metadata regions of the page table it goes into)
+/// made a checked panic condition, on top of [`map_frames_panic_condition`].
+#[must_use]
+pub fn map_frames_foreign_frame_condition<T: ?Sized>(space: &KernelSpace, frames: &[Frame<T>]) -> bool {
+    frames.iter().any(|f| !core::ptr::eq(f.phys(), space.phys()))
+}
+
 /// Whether `map_untracked_frames(area_size, map_offset, pa_range, prop)`
 /// in `space` must panic, leaving out running out of VMALLOC or memory.
 #[must_use]
@@ -165,7 +177,7 @@ pub fn map_untracked_frames_panic_condition(
         || !is_page_aligned(pa_range.end)
         || map_offset.checked_add(len).is_none_or(|end| end > area_size)
         || pa_range.end > 1 << <X86_64 as PagingFormat>::PA_BITS
-        || space.phys().overlaps_allocatable(pa_range)
+        || space.covers_tracked(pa_range)
         || prop.priv_flags.contains(PrivilegedPageFlags::USER)
 }
 

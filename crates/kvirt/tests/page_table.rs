@@ -1,0 +1,1705 @@
+//! Behaviour of the page table and its cursors, grouped by topic.
+//!
+//! Every test runs on its own hosted kernel space (a simulated 64 MiB
+//! machine), so page-table and frame counters are exact. Untracked physical
+//! addresses are arbitrary values above RAM (`0x1_0000_0000..`): the page
+//! table itself does not check trackedness.
+//!
+//! About the end of the address space: a `Range<Vaddr>` cannot contain the
+//! last page `0xffff_ffff_ffff_f000..=usize::MAX` (its exclusive end would be
+//! 2^64). The highest cursor range is therefore `..0xffff_ffff_ffff_f000`,
+//! and the range `query` reports for an entry that reaches the end of the
+//! space saturates at `usize::MAX`. The `near_address_space_end` tests pin
+//! both facts down.
+
+use std::ops::Range;
+
+use kvirt::frame::{AnyFrameMeta, Frame, FrameAllocOptions};
+use kvirt::kspace::KernelSpace;
+use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
+use kvirt::page_table::{
+    vaddr_bounds, KernelPtConfig, MapErrorKind, MappedItem, MappedItemRef, PageTable, PageTableConfig,
+    PageTableFrag, RangeError, UserPtConfig,
+};
+use kvirt::{Paddr, PagingLevel, Vaddr, PAGE_SIZE};
+
+const SZ_4K: usize = PAGE_SIZE;
+const SZ_2M: usize = 2 << 20;
+const SZ_1G: usize = 1 << 30;
+/// A 1 GiB-aligned kernel address (the start of VMALLOC).
+const KVA: Vaddr = 0xffff_c000_0000_0000;
+/// Untracked physical memory, 1 GiB aligned, above any test machine's RAM.
+const UPA: Paddr = 0x1_0000_0000;
+/// The highest page-aligned address a range may end at.
+const LAST_RANGE_END: Vaddr = usize::MAX - (SZ_4K - 1);
+
+fn new_space() -> KernelSpace {
+    KernelSpace::new_hosted(kvirt_sim::MachineConfig::new(64 << 20))
+}
+
+fn kernel_pt(space: &KernelSpace) -> PageTable<KernelPtConfig> {
+    PageTable::<KernelPtConfig>::empty_in(space).expect("page table")
+}
+
+fn rw() -> PageProperty {
+    PageProperty::new_kernel(PageFlags::RW, CachePolicy::Writeback)
+}
+
+fn ro() -> PageProperty {
+    PageProperty::new_kernel(PageFlags::R, CachePolicy::Writeback)
+}
+
+fn level_size(level: PagingLevel) -> usize {
+    match level {
+        1 => SZ_4K,
+        2 => SZ_2M,
+        3 => SZ_1G,
+        _ => unreachable!("no leaf at level {level}"),
+    }
+}
+
+fn frame(space: &KernelSpace) -> Frame<dyn AnyFrameMeta> {
+    FrameAllocOptions::new_in(space).alloc_frame().expect("frame").into_dyn()
+}
+
+/// An owned summary of one leaf, for comparisons.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Leaf {
+    pa: Paddr,
+    level: PagingLevel,
+    prop: PageProperty,
+    tracked: bool,
+}
+
+impl Leaf {
+    fn of(item: &MappedItemRef<'_>) -> Self {
+        Leaf { pa: item.paddr(), level: item.level(), prop: item.prop(), tracked: is_tracked(item) }
+    }
+}
+
+fn is_tracked(item: &MappedItemRef<'_>) -> bool {
+    matches!(item, MappedItemRef::Tracked(..))
+}
+
+/// Queries the page at `va` through a fresh read-only cursor.
+fn query<C: PageTableConfig>(pt: &PageTable<C>, va: Vaddr) -> (Range<Vaddr>, Option<Leaf>) {
+    let mut c = pt.cursor(&(va..va + SZ_4K)).expect("cursor");
+    let (range, item) = c.query().expect("query inside the range");
+    (range, item.as_ref().map(Leaf::of))
+}
+
+/// Every leaf intersecting `range`, found with `find_next` + `query`, as
+/// `(leaf start, leaf)`.
+fn leaves<C: PageTableConfig>(pt: &PageTable<C>, range: Range<Vaddr>) -> Vec<(Vaddr, Leaf)> {
+    let mut c = pt.cursor(&range).expect("cursor");
+    let mut out = Vec::new();
+    while let Some(va) = c.find_next(range.end - c.virt_addr()) {
+        let (entry, item) = c.query().expect("query at a found address");
+        assert!(entry.contains(&va), "query range {entry:#x?} misses the found address {va:#x}");
+        let leaf = Leaf::of(item.as_ref().expect("find_next stopped at an unmapped address"));
+        out.push((entry.start, leaf));
+        let next = entry.end.min(range.end);
+        c.jump(next).expect("jump within the range");
+    }
+    assert_eq!(c.virt_addr(), range.end, "find_next ends at the end of its search");
+    out
+}
+
+fn map_untracked<C: PageTableConfig>(
+    pt: &PageTable<C>,
+    va: Vaddr,
+    pa: Paddr,
+    level: PagingLevel,
+    prop: PageProperty,
+) {
+    let size = level_size(level);
+    let mut c = pt.cursor_mut(&(va..va + size)).expect("cursor");
+    c.map(MappedItem::Untracked(pa, level, prop));
+    assert_eq!(c.virt_addr(), va + size, "map moves past the page");
+}
+
+fn map_tracked<C: PageTableConfig>(
+    pt: &PageTable<C>,
+    va: Vaddr,
+    frame: Frame<dyn AnyFrameMeta>,
+    prop: PageProperty,
+) {
+    let mut c = pt.cursor_mut(&(va..va + SZ_4K)).expect("cursor");
+    c.map(MappedItem::Tracked(frame, prop));
+}
+
+/// Takes everything mapped in `range` and drops it, returning the number of
+/// leaf mappings removed.
+fn unmap_all<C: PageTableConfig>(pt: &PageTable<C>, range: Range<Vaddr>) -> usize {
+    let mut c = pt.cursor_mut(&range).expect("cursor");
+    let mut n = 0;
+    while let Some(frag) = c.take_next(range.end - c.virt_addr()) {
+        n += match frag {
+            PageTableFrag::Mapped { .. } => 1,
+            PageTableFrag::StrayPageTable { num_frames, .. } => num_frames,
+        };
+    }
+    n
+}
+
+fn pt_pages(space: &KernelSpace) -> usize {
+    space.synchronize();
+    space.phys_stats().page_table_pages
+}
+
+mod range_checks {
+    use super::*;
+
+    fn check<C: PageTableConfig>(pt: &PageTable<C>, range: Range<Vaddr>) -> Result<(), RangeError> {
+        let ro = pt.cursor(&range).map(drop);
+        let rw = pt.cursor_mut(&range).map(drop);
+        assert_eq!(ro, rw, "read-only and mutable cursors disagree on {range:#x?}");
+        ro
+    }
+
+    #[test]
+    fn empty_range_is_rejected() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        assert_eq!(check(&pt, KVA..KVA), Err(RangeError::Empty));
+        let user = pt.create_user_page_table().unwrap();
+        assert_eq!(check(&user, 0..0), Err(RangeError::Empty));
+    }
+
+    #[test]
+    #[allow(clippy::reversed_empty_ranges, reason = "the reversed range is the input under test")]
+    fn reversed_range_is_rejected() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        assert_eq!(check(&pt, KVA + SZ_4K..KVA), Err(RangeError::Reversed));
+    }
+
+    #[test]
+    fn misaligned_start_or_end_is_rejected() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        assert_eq!(check(&pt, KVA + 1..KVA + SZ_4K), Err(RangeError::Misaligned));
+        assert_eq!(check(&pt, KVA..KVA + SZ_4K + 8), Err(RangeError::Misaligned));
+        assert_eq!(check(&pt, KVA + 0x800..KVA + 0x1800), Err(RangeError::Misaligned));
+    }
+
+    #[test]
+    fn config_bounds_are_the_two_halves() {
+        assert_eq!(vaddr_bounds::<KernelPtConfig>(), (0xffff_8000_0000_0000, usize::MAX));
+        assert_eq!(vaddr_bounds::<UserPtConfig>(), (0, 0x7fff_ffff_ffff));
+    }
+
+    #[test]
+    fn kernel_cursor_outside_the_kernel_half_is_out_of_bounds() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        // User half.
+        assert_eq!(check(&pt, 0..SZ_4K), Err(RangeError::OutOfBounds));
+        assert_eq!(check(&pt, 0x7fff_ffff_f000..0x8000_0000_0000), Err(RangeError::OutOfBounds));
+        // Non-canonical addresses just below the kernel half.
+        assert_eq!(check(&pt, 0xffff_7fff_ffff_f000..0xffff_8000_0000_0000), Err(RangeError::OutOfBounds));
+        // Straddling the start of the kernel half.
+        assert_eq!(check(&pt, 0xffff_7fff_ffff_f000..0xffff_8000_0000_1000), Err(RangeError::OutOfBounds));
+    }
+
+    #[test]
+    fn user_cursor_outside_the_user_half_is_out_of_bounds() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let user = pt.create_user_page_table().unwrap();
+        assert_eq!(check(&user, KVA..KVA + SZ_4K), Err(RangeError::OutOfBounds));
+        // The first non-canonical page above the user half.
+        assert_eq!(check(&user, 0x8000_0000_0000..0x8000_0000_1000), Err(RangeError::OutOfBounds));
+        // Straddling the end of the user half.
+        assert_eq!(check(&user, 0x7fff_ffff_f000..0x8000_0000_1000), Err(RangeError::OutOfBounds));
+    }
+
+    #[test]
+    fn whole_halves_are_accepted() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let user = pt.create_user_page_table().unwrap();
+        assert_eq!(check(&pt, 0xffff_8000_0000_0000..LAST_RANGE_END), Ok(()));
+        assert_eq!(check(&user, 0..0x8000_0000_0000), Ok(()));
+    }
+
+    #[test]
+    fn the_last_page_of_the_space_cannot_end_a_range() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        // `usize::MAX` is the only possible end covering the last page, and
+        // it is not page aligned.
+        assert_eq!(check(&pt, LAST_RANGE_END..usize::MAX), Err(RangeError::Misaligned));
+        // The page before it is the highest one a range can hold.
+        assert_eq!(check(&pt, LAST_RANGE_END - SZ_4K..LAST_RANGE_END), Ok(()));
+    }
+
+    #[test]
+    fn a_length_that_overflows_gives_a_reversed_or_empty_range() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let start = LAST_RANGE_END - SZ_4K;
+        // `start + 3 pages` wraps to the bottom of the space.
+        let end = start.wrapping_add(3 * SZ_4K);
+        assert_eq!(end, SZ_4K);
+        assert_eq!(check(&pt, start..end), Err(RangeError::Reversed));
+        // `start + (2^64 - 4096)` wraps to the page below `start`.
+        assert_eq!(
+            check(&pt, start..start.wrapping_add(usize::MAX - (SZ_4K - 1))),
+            Err(RangeError::Reversed)
+        );
+    }
+
+    fn map_query_unmap_page<C: PageTableConfig>(space: &KernelSpace, pt: &PageTable<C>, va: Vaddr) {
+        let before = pt_pages(space);
+        let f = frame(space);
+        map_tracked(pt, va, f.clone(), rw());
+        let (range, leaf) = query(pt, va);
+        assert_eq!(range, va..va + SZ_4K);
+        assert_eq!(leaf, Some(Leaf { pa: f.paddr(), level: 1, prop: rw(), tracked: true }));
+        assert_eq!(pt.translate(va + 0x123), Some((f.paddr() + 0x123, rw())));
+        assert_eq!(f.reference_count(), 2);
+        assert_eq!(unmap_all(pt, va..va + SZ_4K), 1);
+        assert_eq!(query(pt, va).1, None);
+        assert_eq!(pt_pages(space), before, "nodes for {va:#x} are reclaimed");
+        assert_eq!(f.reference_count(), 1);
+    }
+
+    #[test]
+    fn first_page_of_the_kernel_half_maps() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        map_query_unmap_page(&space, &pt, 0xffff_8000_0000_0000);
+    }
+
+    #[test]
+    fn last_page_a_kernel_range_can_hold_maps() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        map_query_unmap_page(&space, &pt, LAST_RANGE_END - SZ_4K);
+    }
+
+    #[test]
+    fn first_page_of_the_user_half_maps() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let user = pt.create_user_page_table().unwrap();
+        map_query_unmap_page(&space, &user, 0);
+    }
+
+    #[test]
+    fn last_page_of_the_user_half_maps() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let user = pt.create_user_page_table().unwrap();
+        map_query_unmap_page(&space, &user, 0x7fff_ffff_f000);
+    }
+
+    #[test]
+    fn query_at_the_range_end_is_an_error() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let mut c = pt.cursor(&(KVA..KVA + SZ_4K)).unwrap();
+        c.jump(KVA + SZ_4K).unwrap();
+        let err = c.query().unwrap_err();
+        assert_eq!(err.va, KVA + SZ_4K);
+        assert_eq!(err.range, KVA..KVA + SZ_4K);
+    }
+}
+
+mod properties {
+    use super::*;
+
+    #[test]
+    fn every_property_round_trips_through_untracked_maps_at_levels_1_2_3() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let props: Vec<PageProperty> = PageProperty::all().collect();
+        for level in 1..=3u8 {
+            let size = level_size(level);
+            // Each level gets its own 1 TiB of VMALLOC.
+            let base = KVA + (level as usize) * (1 << 40);
+            let range = base..base + props.len() * size;
+            {
+                let mut c = pt.cursor_mut(&range).unwrap();
+                for (i, &prop) in props.iter().enumerate() {
+                    c.map(MappedItem::Untracked(UPA + i * size, level, prop));
+                }
+                c.jump(base).unwrap();
+                for (i, &prop) in props.iter().enumerate() {
+                    let va = base + i * size;
+                    c.jump((va + size / 2) & !(SZ_4K - 1)).unwrap();
+                    let (r, item) = c.query().unwrap();
+                    assert_eq!(r, va..va + size);
+                    assert_eq!(
+                        item.as_ref().map(Leaf::of),
+                        Some(Leaf { pa: UPA + i * size, level, prop, tracked: false }),
+                        "level {level} property {prop:?}"
+                    );
+                }
+            }
+            for (i, &prop) in props.iter().enumerate() {
+                let va = base + i * size;
+                assert_eq!(pt.translate(va + size - 8), Some((UPA + i * size + size - 8, prop)));
+            }
+            // Unmapping hands the same property back.
+            let mut c = pt.cursor_mut(&range).unwrap();
+            for (i, &prop) in props.iter().enumerate() {
+                // One page at a time: a longer search would take whole
+                // sub-trees.
+                match c.take_next(size) {
+                    Some(PageTableFrag::Mapped { va, item: MappedItem::Untracked(pa, l, p) }) => {
+                        assert_eq!((va, pa, l, p), (base + i * size, UPA + i * size, level, prop));
+                    }
+                    other => panic!("unexpected fragment {other:?}"),
+                }
+            }
+            assert!(c.take_next(0).is_none());
+        }
+    }
+
+    #[test]
+    fn every_property_round_trips_through_tracked_maps_without_the_tracked_bit() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let props: Vec<PageProperty> = PageProperty::all().collect();
+        let f = frame(&space);
+        let range = KVA..KVA + props.len() * SZ_4K;
+        {
+            let mut c = pt.cursor_mut(&range).unwrap();
+            for &prop in &props {
+                c.map(MappedItem::Tracked(f.clone(), prop));
+            }
+        }
+        assert_eq!(f.reference_count(), 1 + props.len() as u64);
+        for (i, &prop) in props.iter().enumerate() {
+            let va = KVA + i * SZ_4K;
+            assert_eq!(query(&pt, va).1, Some(Leaf { pa: f.paddr(), level: 1, prop, tracked: true }));
+            assert_eq!(pt.translate(va), Some((f.paddr(), prop)));
+        }
+        let mut c = pt.cursor_mut(&range).unwrap();
+        for &prop in &props {
+            match c.take_next(SZ_4K) {
+                Some(PageTableFrag::Mapped { item: MappedItem::Tracked(g, p), .. }) => {
+                    assert_eq!(g.paddr(), f.paddr());
+                    assert_eq!(p, prop);
+                }
+                other => panic!("unexpected fragment {other:?}"),
+            }
+        }
+        drop(c);
+        assert_eq!(f.reference_count(), 1);
+    }
+}
+
+mod map_errors {
+    use super::*;
+
+    #[test]
+    #[should_panic(expected = "mapping over an already mapped page")]
+    fn overlapping_map_panics() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        map_untracked(&pt, KVA, UPA, 1, rw());
+        map_untracked(&pt, KVA, UPA + SZ_4K, 1, rw());
+    }
+
+    #[test]
+    #[should_panic(expected = "mapping over an already mapped page")]
+    fn huge_map_over_a_mapped_small_page_panics() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        map_untracked(&pt, KVA + 5 * SZ_4K, UPA, 1, rw());
+        map_untracked(&pt, KVA, UPA, 2, rw());
+    }
+
+    /// Tries to map `item` at `va` over what `setup` mapped and checks that
+    /// the call is rejected with `AlreadyMapped`, hands the item back, and
+    /// changes nothing.
+    fn rejected_over(setup: &[(Vaddr, PagingLevel)], va: Vaddr, level: PagingLevel, tracked: bool) {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        for (i, &(sva, slevel)) in setup.iter().enumerate() {
+            map_untracked(&pt, sva, UPA + i * SZ_1G, slevel, ro());
+        }
+        let window = KVA..KVA + 2 * SZ_1G;
+        let view = leaves(&pt, window.clone());
+        let nodes = pt_pages(&space);
+        let f = frame(&space);
+        let size = level_size(level);
+        let item = if tracked {
+            MappedItem::Tracked(f.clone(), rw())
+        } else {
+            MappedItem::Untracked(UPA + 7 * SZ_1G, level, rw())
+        };
+        let mut c = pt.cursor_mut(&(va..va + size)).unwrap();
+        let err = c.try_map(item).expect_err("mapping over a mapped page");
+        assert_eq!(err.kind, MapErrorKind::AlreadyMapped);
+        assert_eq!(c.virt_addr(), va, "a rejected map does not move the cursor");
+        match err.item {
+            MappedItem::Tracked(g, p) => {
+                assert!(tracked);
+                assert_eq!((g.paddr(), p), (f.paddr(), rw()));
+                assert_eq!(f.reference_count(), 2, "the item comes back with its reference");
+            }
+            MappedItem::Untracked(pa, l, p) => {
+                assert!(!tracked);
+                assert_eq!((pa, l, p), (UPA + 7 * SZ_1G, level, rw()));
+            }
+        }
+        drop(c);
+        assert_eq!(f.reference_count(), 1);
+        assert_eq!(leaves(&pt, window), view, "nothing changed");
+        assert_eq!(pt_pages(&space), nodes, "no page-table node was added or freed");
+    }
+
+    #[test]
+    fn try_map_small_over_small_returns_already_mapped_and_changes_nothing() {
+        rejected_over(&[(KVA + SZ_4K, 1)], KVA + SZ_4K, 1, true);
+        rejected_over(&[(KVA + SZ_4K, 1)], KVA + SZ_4K, 1, false);
+    }
+
+    #[test]
+    fn try_map_small_inside_a_huge_page_returns_already_mapped_and_changes_nothing() {
+        rejected_over(&[(KVA + SZ_2M, 2)], KVA + SZ_2M + 9 * SZ_4K, 1, true);
+        rejected_over(&[(KVA + SZ_1G, 3)], KVA + SZ_1G + 3 * SZ_2M + SZ_4K, 1, false);
+        rejected_over(&[(KVA + SZ_1G, 3)], KVA + SZ_1G + 5 * SZ_2M, 2, false);
+    }
+
+    #[test]
+    fn try_map_huge_over_smaller_mappings_returns_already_mapped_and_changes_nothing() {
+        rejected_over(&[(KVA + SZ_2M + 511 * SZ_4K, 1)], KVA + SZ_2M, 2, false);
+        rejected_over(&[(KVA + 7 * SZ_2M, 2)], KVA, 3, false);
+        rejected_over(&[(KVA + 7 * SZ_2M + SZ_4K, 1)], KVA, 3, false);
+        rejected_over(&[(KVA + SZ_1G, 3)], KVA + SZ_1G, 3, false);
+    }
+
+    #[test]
+    #[should_panic(expected = "not aligned for mapping")]
+    fn misaligned_huge_map_panics() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let mut c = pt.cursor_mut(&(KVA + SZ_4K..KVA + SZ_4K + SZ_2M)).unwrap();
+        c.map(MappedItem::Untracked(UPA, 2, rw()));
+    }
+
+    #[test]
+    fn misaligned_virtual_or_physical_address_is_rejected() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let nodes = pt_pages(&space);
+        let mut c = pt.cursor_mut(&(KVA..KVA + 4 * SZ_1G)).unwrap();
+        c.jump(KVA + SZ_4K).unwrap();
+        let e = c.try_map(MappedItem::Untracked(UPA, 2, rw())).unwrap_err();
+        assert_eq!(e.kind, MapErrorKind::Misaligned);
+        c.jump(KVA).unwrap();
+        let e = c.try_map(MappedItem::Untracked(UPA + SZ_4K, 2, rw())).unwrap_err();
+        assert_eq!(e.kind, MapErrorKind::Misaligned);
+        let e = c.try_map(MappedItem::Untracked(UPA + SZ_2M, 3, rw())).unwrap_err();
+        assert_eq!(e.kind, MapErrorKind::Misaligned);
+        assert_eq!(c.virt_addr(), KVA);
+        drop(c);
+        assert_eq!(pt_pages(&space), nodes);
+        assert!(leaves(&pt, KVA..KVA + 4 * SZ_1G).is_empty());
+    }
+
+    #[test]
+    fn levels_without_leaves_are_rejected() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let mut c = pt.cursor_mut(&(0xffff_8000_0000_0000..0xffff_8080_0000_0000)).unwrap();
+        for level in [0, 4, 5] {
+            let e = c.try_map(MappedItem::Untracked(0, level, rw())).unwrap_err();
+            assert_eq!(e.kind, MapErrorKind::UnsupportedLevel, "level {level}");
+        }
+    }
+
+    #[test]
+    fn physical_address_beyond_the_format_is_rejected() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let mut c = pt.cursor_mut(&(KVA..KVA + SZ_1G)).unwrap();
+        let e = c.try_map(MappedItem::Untracked(1 << 52, 1, rw())).unwrap_err();
+        assert_eq!(e.kind, MapErrorKind::PaddrTooLarge);
+        let e = c.try_map(MappedItem::Untracked((1 << 52) - SZ_2M, 3, rw())).unwrap_err();
+        assert_eq!(e.kind, MapErrorKind::Misaligned);
+        // The highest page the format can express maps.
+        c.try_map(MappedItem::Untracked((1 << 52) - SZ_4K, 1, rw())).unwrap();
+        drop(c);
+        assert_eq!(query(&pt, KVA).1.unwrap().pa, (1 << 52) - SZ_4K);
+    }
+
+    #[test]
+    fn a_page_that_does_not_fit_the_rest_of_the_range_is_rejected() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let mut c = pt.cursor_mut(&(KVA..KVA + SZ_2M + SZ_4K)).unwrap();
+        c.jump(KVA + 2 * SZ_4K).unwrap();
+        let e = c.try_map(MappedItem::Untracked(UPA, 2, rw())).unwrap_err();
+        // `KVA + 8K` is misaligned too; the range check comes first.
+        assert_eq!(e.kind, MapErrorKind::OutOfRange);
+        c.jump(KVA + SZ_2M + SZ_4K).unwrap();
+        let e = c.try_map(MappedItem::Untracked(UPA, 1, rw())).unwrap_err();
+        assert_eq!(e.kind, MapErrorKind::OutOfRange, "nothing fits at the range end");
+        c.jump(KVA + SZ_2M).unwrap();
+        c.try_map(MappedItem::Untracked(UPA, 1, rw())).unwrap();
+        assert_eq!(c.virt_addr(), KVA + SZ_2M + SZ_4K);
+    }
+
+    #[test]
+    #[should_panic(expected = "does not fit")]
+    fn map_past_the_range_end_panics() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let mut c = pt.cursor_mut(&(KVA..KVA + SZ_4K)).unwrap();
+        c.map(MappedItem::Untracked(UPA, 1, rw()));
+        c.map(MappedItem::Untracked(UPA, 1, rw()));
+    }
+}
+
+mod jump {
+    use super::*;
+
+    #[test]
+    fn jump_then_query_lands_exactly() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let range = KVA..KVA + 4 * SZ_2M;
+        let mut c = pt.cursor_mut(&range).unwrap();
+        c.jump(KVA + 3 * SZ_4K).unwrap();
+        c.map(MappedItem::Untracked(UPA + 3 * SZ_4K, 1, rw()));
+        c.jump(KVA + 2 * SZ_2M).unwrap();
+        c.map(MappedItem::Untracked(UPA, 2, ro()));
+        c.jump(KVA + 3 * SZ_4K).unwrap();
+        assert_eq!(c.virt_addr(), KVA + 3 * SZ_4K);
+        let (r, item) = c.query().unwrap();
+        assert_eq!(r, KVA + 3 * SZ_4K..KVA + 4 * SZ_4K);
+        assert_eq!(item.unwrap().paddr(), UPA + 3 * SZ_4K);
+        c.jump(KVA + 2 * SZ_4K).unwrap();
+        let (r, item) = c.query().unwrap();
+        assert_eq!(r, KVA + 2 * SZ_4K..KVA + 3 * SZ_4K);
+        assert!(item.is_none());
+        assert_eq!(c.virt_addr(), KVA + 2 * SZ_4K, "query does not move the cursor");
+        c.jump(KVA + 2 * SZ_2M + 17 * SZ_4K).unwrap();
+        let (r, item) = c.query().unwrap();
+        assert_eq!(r, KVA + 2 * SZ_2M..KVA + 3 * SZ_2M);
+        assert_eq!(Leaf::of(&item.unwrap()), Leaf { pa: UPA, level: 2, prop: ro(), tracked: false });
+        // An absent 2 MiB slot is reported whole.
+        c.jump(KVA + SZ_2M + SZ_4K).unwrap();
+        let (r, item) = c.query().unwrap();
+        assert_eq!(r, KVA + SZ_2M..KVA + 2 * SZ_2M);
+        assert!(item.is_none());
+    }
+
+    #[test]
+    fn jump_outside_the_range_or_misaligned_is_an_error() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let mut c = pt.cursor(&(KVA + SZ_2M..KVA + 2 * SZ_2M)).unwrap();
+        assert!(c.jump(KVA + SZ_2M - SZ_4K).is_err());
+        assert!(c.jump(KVA + 2 * SZ_2M + SZ_4K).is_err());
+        assert!(c.jump(KVA + SZ_2M + 1).is_err());
+        assert!(c.jump(0).is_err());
+        assert!(c.jump(usize::MAX).is_err());
+        assert_eq!(c.virt_addr(), KVA + SZ_2M, "a failed jump does not move the cursor");
+        c.jump(KVA + 2 * SZ_2M).unwrap();
+        assert_eq!(c.virt_addr(), KVA + 2 * SZ_2M);
+    }
+
+    #[test]
+    fn jump_from_the_range_end_back_into_a_huge_page() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        map_untracked(&pt, KVA + SZ_2M, UPA, 2, rw());
+        let range = KVA + SZ_2M..KVA + 2 * SZ_2M;
+        let mut c = pt.cursor(&range).unwrap();
+        assert_eq!(c.find_next(SZ_2M), Some(KVA + SZ_2M));
+        c.jump(range.end).unwrap();
+        assert!(c.query().is_err());
+        c.jump(KVA + SZ_2M + SZ_2M / 2).unwrap();
+        let (r, item) = c.query().unwrap();
+        assert_eq!(r, range, "a query in the middle of a huge page returns all of it");
+        assert_eq!(item.unwrap().paddr(), UPA);
+    }
+
+    #[test]
+    fn jump_back_after_walking_to_the_end_of_a_multi_node_range() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        // A range spanning two L3 entries, with mappings deep in both.
+        let range = KVA + SZ_1G - SZ_2M..KVA + SZ_1G + SZ_2M;
+        map_untracked(&pt, KVA + SZ_1G - SZ_4K, UPA, 1, rw());
+        map_untracked(&pt, KVA + SZ_1G + SZ_2M - SZ_4K, UPA + SZ_4K, 1, rw());
+        let mut c = pt.cursor(&range).unwrap();
+        assert_eq!(c.find_next(range.len()), Some(KVA + SZ_1G - SZ_4K));
+        c.jump(KVA + SZ_1G).unwrap();
+        assert_eq!(c.find_next(range.end - c.virt_addr()), Some(KVA + SZ_1G + SZ_2M - SZ_4K));
+        assert_eq!(c.query().unwrap().1.unwrap().paddr(), UPA + SZ_4K);
+        c.jump(range.end).unwrap();
+        assert!(c.query().is_err());
+        c.jump(range.start).unwrap();
+        assert_eq!(c.find_next(range.len()), Some(KVA + SZ_1G - SZ_4K));
+        assert_eq!(c.query().unwrap().1.unwrap().paddr(), UPA);
+    }
+}
+
+mod near_address_space_end {
+    use super::*;
+
+    /// The last 2 MiB of the space minus its last page (which no range can
+    /// hold): `usize::MAX - 2M + 1 .. usize::MAX - 4095`.
+    const TAIL: Range<Vaddr> = usize::MAX - SZ_2M + 1..LAST_RANGE_END;
+
+    #[test]
+    fn jump_and_query_in_the_last_two_megabytes() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let baseline = pt_pages(&space);
+        {
+            let mut c = pt.cursor_mut(&TAIL).unwrap();
+            c.map(MappedItem::Untracked(UPA, 1, rw()));
+            c.jump(TAIL.end - SZ_4K).unwrap();
+            c.map(MappedItem::Untracked(UPA + SZ_4K, 1, ro()));
+            assert_eq!(c.virt_addr(), TAIL.end);
+            assert!(c.query().is_err(), "query at the range end");
+            // Jumping back from the end.
+            c.jump(TAIL.end - SZ_4K).unwrap();
+            let (r, item) = c.query().unwrap();
+            assert_eq!(r, TAIL.end - SZ_4K..TAIL.end);
+            assert_eq!(item.unwrap().paddr(), UPA + SZ_4K);
+            c.jump(TAIL.start).unwrap();
+            assert_eq!(c.find_next(TAIL.len()), Some(TAIL.start));
+            c.jump(TAIL.start + SZ_4K).unwrap();
+            assert_eq!(c.find_next(TAIL.end - c.virt_addr()), Some(TAIL.end - SZ_4K));
+            c.jump(TAIL.end).unwrap();
+            assert_eq!(c.find_next(0), None);
+            assert_eq!(c.virt_addr(), TAIL.end);
+        }
+        assert_eq!(pt.translate(TAIL.end - 1), Some((UPA + 2 * SZ_4K - 1, ro())));
+        // The unmappable last page stays unmapped.
+        assert_eq!(pt.translate(usize::MAX), None);
+        assert_eq!(unmap_all(&pt, TAIL), 2);
+        assert_eq!(pt_pages(&space), baseline, "the last L2 and L1 nodes are reclaimed");
+    }
+
+    #[test]
+    fn an_absent_entry_reaching_the_end_of_the_space_reports_a_saturated_range() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let mut c = pt.cursor(&TAIL).unwrap();
+        let (r, item) = c.query().unwrap();
+        assert!(item.is_none());
+        // The last 1 GiB slot of the pre-allocated last L3 node: its true end
+        // is 2^64, reported as `usize::MAX`.
+        assert_eq!(r, usize::MAX - SZ_1G + 1..usize::MAX);
+    }
+
+    #[test]
+    fn a_huge_page_at_the_end_of_the_space_is_split_by_unmapping_its_last_mappable_page() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let baseline = pt_pages(&space);
+        let start = usize::MAX - SZ_1G + 1;
+        {
+            let mut c = pt.cursor_mut(&(start..LAST_RANGE_END)).unwrap();
+            // A 1 GiB page does not fit: the range stops one page short.
+            let e = c.try_map(MappedItem::Untracked(UPA, 3, rw())).unwrap_err();
+            assert_eq!(e.kind, MapErrorKind::OutOfRange);
+            // 2 MiB pages fit everywhere but in the last slot.
+            for i in 0..511 {
+                c.map(MappedItem::Untracked(UPA + i * SZ_2M, 2, rw()));
+            }
+            let e = c.try_map(MappedItem::Untracked(UPA + 511 * SZ_2M, 2, rw())).unwrap_err();
+            assert_eq!(e.kind, MapErrorKind::OutOfRange);
+            for i in 0..511 {
+                c.map(MappedItem::Untracked(UPA + 511 * SZ_2M + i * SZ_4K, 1, rw()));
+            }
+            assert_eq!(c.virt_addr(), LAST_RANGE_END);
+        }
+        assert_eq!(leaves(&pt, start..LAST_RANGE_END).len(), 511 + 511);
+        assert_eq!(unmap_all(&pt, start..LAST_RANGE_END), 511 + 511);
+        assert_eq!(pt_pages(&space), baseline);
+    }
+
+    #[test]
+    #[should_panic(expected = "reaches past")]
+    fn find_next_with_an_overflowing_length_panics() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let mut c = pt.cursor(&TAIL).unwrap();
+        c.jump(TAIL.end - SZ_4K).unwrap();
+        let _ = c.find_next(usize::MAX & !(SZ_4K - 1));
+    }
+}
+
+mod find_next {
+    use super::*;
+
+    #[test]
+    fn finds_each_mapping_in_order() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        map_untracked(&pt, KVA + 5 * SZ_4K, UPA, 1, rw());
+        map_untracked(&pt, KVA + 3 * SZ_2M, UPA, 2, rw());
+        map_untracked(&pt, KVA + 2 * SZ_1G, UPA, 3, rw());
+        let range = KVA..KVA + 4 * SZ_1G;
+        let mut c = pt.cursor(&range).unwrap();
+        assert_eq!(c.find_next(range.len()), Some(KVA + 5 * SZ_4K));
+        assert_eq!(c.virt_addr(), KVA + 5 * SZ_4K);
+        c.jump(KVA + 6 * SZ_4K).unwrap();
+        assert_eq!(c.find_next(range.end - c.virt_addr()), Some(KVA + 3 * SZ_2M));
+        c.jump(KVA + 4 * SZ_2M).unwrap();
+        assert_eq!(c.find_next(range.end - c.virt_addr()), Some(KVA + 2 * SZ_1G));
+        c.jump(KVA + 3 * SZ_1G).unwrap();
+        assert_eq!(c.find_next(range.end - c.virt_addr()), None);
+        assert_eq!(c.virt_addr(), range.end);
+    }
+
+    #[test]
+    fn find_next_stops_at_the_end_of_a_short_search() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        map_untracked(&pt, KVA + SZ_2M, UPA, 1, rw());
+        let mut c = pt.cursor(&(KVA..KVA + SZ_1G)).unwrap();
+        // The mapping lies exactly at the end of the search: not found.
+        assert_eq!(c.find_next(SZ_2M), None);
+        assert_eq!(c.virt_addr(), KVA + SZ_2M);
+        // One more page finds it.
+        c.jump(KVA).unwrap();
+        assert_eq!(c.find_next(SZ_2M + SZ_4K), Some(KVA + SZ_2M));
+    }
+
+    #[test]
+    fn find_next_whose_search_ends_exactly_at_the_range_end() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let range = KVA + SZ_4K..KVA + SZ_2M + 3 * SZ_4K;
+        map_untracked(&pt, range.end - SZ_4K, UPA, 1, rw());
+        let mut c = pt.cursor(&range).unwrap();
+        assert_eq!(c.find_next(range.len()), Some(range.end - SZ_4K));
+        c.jump(range.end - SZ_4K).unwrap();
+        assert_eq!(c.find_next(SZ_4K), Some(range.end - SZ_4K));
+        c.jump(range.start).unwrap();
+        assert_eq!(c.find_next(range.len() - SZ_4K), None);
+        assert_eq!(c.virt_addr(), range.end - SZ_4K);
+    }
+
+    #[test]
+    fn find_next_at_the_range_end_finds_nothing_and_stays_there() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        map_untracked(&pt, KVA, UPA, 2, rw());
+        let range = KVA..KVA + SZ_2M;
+        let mut c = pt.cursor(&range).unwrap();
+        c.jump(range.end).unwrap();
+        assert_eq!(c.find_next(0), None);
+        assert_eq!(c.virt_addr(), range.end);
+    }
+
+    #[test]
+    fn find_next_inside_a_huge_page_returns_the_current_address() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        map_untracked(&pt, KVA, UPA, 3, rw());
+        let mut c = pt.cursor(&(KVA + 5 * SZ_4K..KVA + 9 * SZ_4K)).unwrap();
+        assert_eq!(c.find_next(4 * SZ_4K), Some(KVA + 5 * SZ_4K));
+        let (r, item) = c.query().unwrap();
+        assert_eq!(r, KVA..KVA + SZ_1G);
+        assert_eq!(item.unwrap().level(), 3);
+    }
+
+    #[test]
+    #[should_panic(expected = "reaches past")]
+    fn find_next_past_the_range_end_panics() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let mut c = pt.cursor(&(KVA..KVA + SZ_2M)).unwrap();
+        let _ = c.find_next(SZ_2M + SZ_4K);
+    }
+
+    #[test]
+    #[should_panic(expected = "not page aligned")]
+    fn find_next_with_a_misaligned_length_panics() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let mut c = pt.cursor(&(KVA..KVA + SZ_2M)).unwrap();
+        let _ = c.find_next(100);
+    }
+}
+
+mod take_next {
+    use super::*;
+
+    #[test]
+    fn take_next_takes_a_single_page() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let f = frame(&space);
+        map_tracked(&pt, KVA + 3 * SZ_4K, f.clone(), rw());
+        let mut c = pt.cursor_mut(&(KVA..KVA + 8 * SZ_4K)).unwrap();
+        let frag = c.take_next(8 * SZ_4K).expect("a mapping");
+        assert_eq!(frag.va_range(), KVA + 3 * SZ_4K..KVA + 4 * SZ_4K);
+        match frag {
+            PageTableFrag::Mapped { va, item: MappedItem::Tracked(g, p) } => {
+                assert_eq!(va, KVA + 3 * SZ_4K);
+                assert_eq!(g.paddr(), f.paddr());
+                assert_eq!(p, rw());
+                assert_eq!(f.reference_count(), 2, "the entry's reference moved to the fragment");
+            }
+            other => panic!("unexpected fragment {other:?}"),
+        }
+        assert_eq!(f.reference_count(), 1, "dropping the fragment releases the reference");
+        assert_eq!(c.virt_addr(), KVA + 4 * SZ_4K);
+        assert!(c.take_next(4 * SZ_4K).is_none());
+        assert_eq!(c.virt_addr(), KVA + 8 * SZ_4K);
+        c.jump(KVA + 3 * SZ_4K).unwrap();
+        assert!(c.query().unwrap().1.is_none());
+    }
+
+    #[test]
+    fn take_next_of_a_whole_sub_tree_returns_a_stray_page_table() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let baseline = pt_pages(&space);
+        let f = frame(&space);
+        map_tracked(&pt, KVA + SZ_2M + 7 * SZ_4K, f.clone(), rw());
+        let range = KVA..KVA + 4 * SZ_2M;
+        let mut c = pt.cursor_mut(&range).unwrap();
+        match c.take_next(range.len()).expect("the sub-tree") {
+            PageTableFrag::StrayPageTable { va, len, num_frames, .. } => {
+                assert_eq!((va, len, num_frames), (KVA + SZ_2M, SZ_2M, 1));
+            }
+            other => panic!("unexpected fragment {other:?}"),
+        }
+        assert_eq!(c.virt_addr(), KVA + 2 * SZ_2M);
+        assert!(c.take_next(range.end - c.virt_addr()).is_none());
+        drop(c);
+        assert_eq!(pt_pages(&space), baseline);
+        assert_eq!(f.reference_count(), 1, "the stray sub-tree released its frame");
+    }
+
+    #[test]
+    fn stray_page_table_counts_huge_leaves_too() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let baseline = pt_pages(&space);
+        let base = KVA + SZ_1G;
+        // One L2 node holding three 2 MiB leaves and one L1 node with five
+        // 4 KiB leaves.
+        for i in [0, 4, 511] {
+            map_untracked(&pt, base + i * SZ_2M, UPA + i * SZ_2M, 2, rw());
+        }
+        let frames: Vec<_> = (0..5).map(|_| frame(&space)).collect();
+        for (i, f) in frames.iter().enumerate() {
+            map_tracked(&pt, base + 9 * SZ_2M + i * SZ_4K, f.clone(), rw());
+        }
+        let range = KVA..KVA + 3 * SZ_1G;
+        let mut c = pt.cursor_mut(&range).unwrap();
+        match c.take_next(range.len()).expect("the sub-tree") {
+            PageTableFrag::StrayPageTable { va, len, num_frames, .. } => {
+                assert_eq!((va, len, num_frames), (base, SZ_1G, 3 + 5));
+            }
+            other => panic!("unexpected fragment {other:?}"),
+        }
+        assert!(c.take_next(range.end - c.virt_addr()).is_none());
+        drop(c);
+        assert_eq!(pt_pages(&space), baseline);
+        assert!(frames.iter().all(|f| f.reference_count() == 1));
+    }
+
+    #[test]
+    fn take_next_on_an_empty_range_returns_none_at_the_end() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let nodes = pt_pages(&space);
+        let mut c = pt.cursor_mut(&(KVA..KVA + 3 * SZ_1G)).unwrap();
+        assert!(c.take_next(2 * SZ_1G).is_none());
+        assert_eq!(c.virt_addr(), KVA + 2 * SZ_1G);
+        drop(c);
+        assert_eq!(pt_pages(&space), nodes);
+    }
+
+    #[test]
+    fn take_next_never_detaches_kernel_top_level_nodes() {
+        let space = new_space();
+        let space_own = pt_pages(&space);
+        let pt = kernel_pt(&space);
+        let baseline = pt_pages(&space);
+        assert_eq!(baseline - space_own, 1 + 256, "root plus every kernel L3 node");
+        map_untracked(&pt, KVA + 3 * SZ_1G, UPA, 3, rw());
+        map_untracked(&pt, KVA + 5 * SZ_4K, UPA, 1, rw());
+        // A range covering a whole top-level entry (512 GiB).
+        let range = KVA..KVA + (512 * SZ_1G);
+        let mut c = pt.cursor_mut(&range).unwrap();
+        match c.take_next(range.len()).unwrap() {
+            PageTableFrag::StrayPageTable { va, len, num_frames, .. } => {
+                assert_eq!((va, len, num_frames), (KVA, SZ_1G, 1), "the L2 node under it goes, not the L3");
+            }
+            other => panic!("unexpected fragment {other:?}"),
+        }
+        match c.take_next(range.end - c.virt_addr()).unwrap() {
+            PageTableFrag::Mapped { va, item: MappedItem::Untracked(pa, 3, _) } => {
+                assert_eq!((va, pa), (KVA + 3 * SZ_1G, UPA));
+            }
+            other => panic!("unexpected fragment {other:?}"),
+        }
+        assert!(c.take_next(range.end - c.virt_addr()).is_none());
+        drop(c);
+        assert_eq!(pt_pages(&space), baseline);
+        // The L3 node is still there and usable.
+        map_untracked(&pt, KVA, UPA, 3, rw());
+        assert_eq!(pt_pages(&space), baseline);
+    }
+
+    #[test]
+    fn tracked_frames_get_their_reference_back_after_unmap() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let frames: Vec<_> = (0..4).map(|_| frame(&space)).collect();
+        for (i, f) in frames.iter().enumerate() {
+            // Two mappings of each frame.
+            map_tracked(&pt, KVA + i * SZ_4K, f.clone(), rw());
+            map_tracked(&pt, KVA + SZ_1G + i * SZ_2M, f.clone(), ro());
+        }
+        assert!(frames.iter().all(|f| f.reference_count() == 3));
+        // Page by page in the first group, keeping the fragments for a while.
+        let mut c = pt.cursor_mut(&(KVA..KVA + 4 * SZ_4K)).unwrap();
+        let mut frags = Vec::new();
+        while let Some(frag) = c.take_next(KVA + 4 * SZ_4K - c.virt_addr()) {
+            frags.push(frag);
+        }
+        drop(c);
+        assert!(frames.iter().all(|f| f.reference_count() == 3), "fragments still hold the references");
+        drop(frags);
+        assert!(frames.iter().all(|f| f.reference_count() == 2));
+        // Whole sub-trees in the second group.
+        assert_eq!(unmap_all(&pt, KVA + SZ_1G..KVA + 2 * SZ_1G), 4);
+        space.synchronize();
+        assert!(frames.iter().all(|f| f.reference_count() == 1));
+    }
+}
+
+mod mixed_granularity {
+    use super::*;
+
+    /// Checks that `found` is the `expected` list of `(va, pa, level, prop)`.
+    fn assert_layout(found: &[(Vaddr, Leaf)], expected: &[(Vaddr, Paddr, PagingLevel, PageProperty)]) {
+        assert_eq!(found.len(), expected.len(), "number of leaves");
+        for ((va, leaf), &(eva, epa, elevel, eprop)) in found.iter().zip(expected) {
+            assert_eq!((*va, leaf.pa, leaf.level, leaf.prop), (eva, epa, elevel, eprop), "leaf at {va:#x}");
+        }
+    }
+
+    #[test]
+    fn unmap_4k_inside_a_2m_page_splits_it_and_keeps_the_rest() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let base = KVA + SZ_2M;
+        map_untracked(&pt, base, UPA, 2, ro());
+        let hole = base + 100 * SZ_4K;
+        let mut c = pt.cursor_mut(&(hole..hole + SZ_4K)).unwrap();
+        match c.take_next(SZ_4K).unwrap() {
+            PageTableFrag::Mapped { va, item: MappedItem::Untracked(pa, 1, p) } => {
+                assert_eq!((va, pa, p), (hole, UPA + 100 * SZ_4K, ro()));
+            }
+            other => panic!("unexpected fragment {other:?}"),
+        }
+        drop(c);
+        let expected: Vec<_> =
+            (0..512).filter(|&i| i != 100).map(|i| (base + i * SZ_4K, UPA + i * SZ_4K, 1, ro())).collect();
+        assert_layout(&leaves(&pt, base - SZ_2M..base + 2 * SZ_2M), &expected);
+        assert_eq!(pt.translate(hole), None);
+        assert_eq!(pt.translate(hole + SZ_4K + 5), Some((UPA + 101 * SZ_4K + 5, ro())));
+    }
+
+    #[test]
+    fn unmap_4k_inside_a_1g_page_splits_it_twice_and_keeps_the_rest() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let base = KVA + SZ_1G;
+        let prop = PageProperty::new_kernel(PageFlags::RX, CachePolicy::WriteCombining);
+        map_untracked(&pt, base, UPA, 3, prop);
+        let hole = base + 7 * SZ_2M + 3 * SZ_4K;
+        assert_eq!(unmap_all(&pt, hole..hole + SZ_4K), 1);
+        let mut expected = Vec::new();
+        for j in 0..512 {
+            if j == 7 {
+                for i in (0..512).filter(|&i| i != 3) {
+                    expected.push((base + j * SZ_2M + i * SZ_4K, UPA + j * SZ_2M + i * SZ_4K, 1, prop));
+                }
+            } else {
+                expected.push((base + j * SZ_2M, UPA + j * SZ_2M, 2, prop));
+            }
+        }
+        assert_layout(&leaves(&pt, KVA..KVA + 3 * SZ_1G), &expected);
+    }
+
+    #[test]
+    fn unmap_across_a_huge_page_boundary_keeps_both_outer_parts() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        map_untracked(&pt, KVA, UPA, 2, rw());
+        map_untracked(&pt, KVA + SZ_2M, UPA + SZ_2M, 2, rw());
+        let cut = KVA + SZ_2M - 2 * SZ_4K..KVA + SZ_2M + 3 * SZ_4K;
+        assert_eq!(unmap_all(&pt, cut.clone()), 5);
+        let found = leaves(&pt, KVA..KVA + 2 * SZ_2M);
+        assert_eq!(found.len(), 2 * 512 - 5);
+        for (va, leaf) in &found {
+            assert!(!cut.contains(va));
+            assert_eq!(leaf.pa, UPA + (va - KVA));
+            assert_eq!(leaf.level, 1);
+        }
+    }
+
+    #[test]
+    fn protect_inside_a_2m_page_splits_it() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        map_untracked(&pt, KVA, UPA, 2, rw());
+        let target = KVA + 17 * SZ_4K..KVA + 19 * SZ_4K;
+        let mut c = pt.cursor_mut(&target).unwrap();
+        let mut op = |p: &mut PageProperty| p.flags -= PageFlags::W;
+        assert_eq!(c.protect_next(2 * SZ_4K, &mut op), Some(target.start..target.start + SZ_4K));
+        assert_eq!(c.protect_next(SZ_4K, &mut op), Some(target.start + SZ_4K..target.end));
+        assert_eq!(c.protect_next(0, &mut op), None);
+        drop(c);
+        let expected: Vec<_> = (0..512)
+            .map(|i| {
+                let prop = if (17..19).contains(&i) { ro() } else { rw() };
+                (KVA + i * SZ_4K, UPA + i * SZ_4K, 1, prop)
+            })
+            .collect();
+        assert_layout(&leaves(&pt, KVA..KVA + SZ_2M), &expected);
+    }
+
+    #[test]
+    fn protect_inside_a_1g_page_splits_it() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        map_untracked(&pt, KVA, UPA, 3, rw());
+        // One whole 2 MiB piece plus one 4 KiB page after it.
+        let target = KVA + 2 * SZ_2M..KVA + 3 * SZ_2M + SZ_4K;
+        let mut c = pt.cursor_mut(&target).unwrap();
+        let mut op = |p: &mut PageProperty| p.cache = CachePolicy::Uncacheable;
+        let unc = PageProperty::new_kernel(PageFlags::RW, CachePolicy::Uncacheable);
+        assert_eq!(c.protect_next(target.len(), &mut op), Some(KVA + 2 * SZ_2M..KVA + 3 * SZ_2M));
+        assert_eq!(c.protect_next(SZ_4K, &mut op), Some(KVA + 3 * SZ_2M..target.end));
+        drop(c);
+        let mut expected = Vec::new();
+        for j in 0..512 {
+            match j {
+                2 => expected.push((KVA + j * SZ_2M, UPA + j * SZ_2M, 2, unc)),
+                3 => {
+                    for i in 0..512 {
+                        let p = if i == 0 { unc } else { rw() };
+                        expected.push((KVA + j * SZ_2M + i * SZ_4K, UPA + j * SZ_2M + i * SZ_4K, 1, p));
+                    }
+                }
+                _ => expected.push((KVA + j * SZ_2M, UPA + j * SZ_2M, 2, rw())),
+            }
+        }
+        assert_layout(&leaves(&pt, KVA..KVA + SZ_1G), &expected);
+    }
+
+    #[test]
+    fn mixed_4k_2m_1g_map_protect_unmap_query() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let baseline = pt_pages(&space);
+        // 514 × 2 MiB (crossing a 1 GiB boundary) followed by 2 × 4 KiB,
+        // then a 1 GiB page.
+        let start = KVA + SZ_1G - 2 * SZ_2M;
+        let small = start + 514 * SZ_2M;
+        let giant = KVA + 3 * SZ_1G;
+        {
+            let mut c = pt.cursor_mut(&(start..KVA + 4 * SZ_1G)).unwrap();
+            for i in 0..514 {
+                c.map(MappedItem::Untracked(UPA + i * SZ_2M, 2, rw()));
+            }
+            c.map(MappedItem::Untracked(UPA + 514 * SZ_2M, 1, rw()));
+            c.map(MappedItem::Untracked(UPA + 514 * SZ_2M + SZ_4K, 1, rw()));
+            c.jump(giant).unwrap();
+            c.map(MappedItem::Untracked(UPA + SZ_1G, 3, rw()));
+        }
+        // Protect from the middle of the first 2 MiB page to the middle of
+        // the 1 GiB page.
+        let target = start + SZ_4K..giant + SZ_2M + SZ_4K;
+        {
+            let mut c = pt.cursor_mut(&target).unwrap();
+            let mut op = |p: &mut PageProperty| p.flags = PageFlags::R;
+            let mut changed = 0;
+            while let Some(r) = c.protect_next(target.end - c.virt_addr(), &mut op) {
+                assert!(r.start >= target.start && r.end <= target.end, "changed {r:#x?} outside");
+                changed += 1;
+            }
+            // 511 split pages + 513 huge pages + 2 small pages + one 2 MiB
+            // piece of the 1 GiB page + one 4 KiB page after it.
+            assert_eq!(changed, 511 + 513 + 2 + 1 + 1);
+        }
+        assert_eq!(query(&pt, start).1.unwrap().prop, rw());
+        assert_eq!(query(&pt, start).0, start..start + SZ_4K);
+        assert_eq!(query(&pt, start + SZ_4K).1.unwrap().prop, ro());
+        assert_eq!(query(&pt, start + 300 * SZ_2M).0.len(), SZ_2M);
+        assert_eq!(query(&pt, start + 300 * SZ_2M).1.unwrap().prop, ro());
+        assert_eq!(
+            query(&pt, small + SZ_4K).1.unwrap(),
+            Leaf { pa: UPA + 514 * SZ_2M + SZ_4K, level: 1, prop: ro(), tracked: false }
+        );
+        assert_eq!(query(&pt, giant).1.unwrap().prop, ro());
+        assert_eq!(query(&pt, giant).0, giant..giant + SZ_2M);
+        assert_eq!(query(&pt, giant + SZ_2M).1.unwrap().prop, ro());
+        assert_eq!(query(&pt, giant + SZ_2M + SZ_4K).1.unwrap().prop, rw());
+        assert_eq!(query(&pt, giant + SZ_2M + SZ_4K).0.len(), SZ_4K);
+        assert_eq!(query(&pt, giant + 2 * SZ_2M).0.len(), SZ_2M);
+        assert_eq!(query(&pt, giant + 2 * SZ_2M).1.unwrap().prop, rw());
+        assert_eq!(pt.translate(giant + SZ_1G - 1), Some((UPA + 2 * SZ_1G - 1, rw())));
+        // Everything goes, whatever the granularity.
+        let total = 512 + 513 + 2 + 511 + 512;
+        assert_eq!(unmap_all(&pt, start..KVA + 4 * SZ_1G), total);
+        assert!(leaves(&pt, KVA..KVA + 4 * SZ_1G).is_empty());
+        assert_eq!(pt_pages(&space), baseline);
+    }
+
+    #[test]
+    fn protect_changes_only_the_pages_asked_for() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let range = KVA..KVA + 32 * SZ_4K;
+        {
+            let mut c = pt.cursor_mut(&range).unwrap();
+            for i in 0..32 {
+                c.map(MappedItem::Untracked(UPA + i * SZ_4K, 1, rw()));
+            }
+        }
+        let target = KVA + 18 * SZ_4K..KVA + 20 * SZ_4K;
+        let mut c = pt.cursor_mut(&target).unwrap();
+        let mut op = |p: &mut PageProperty| p.flags = PageFlags::R;
+        while c.protect_next(target.end - c.virt_addr(), &mut op).is_some() {}
+        drop(c);
+        for (va, leaf) in leaves(&pt, range) {
+            let expected = if target.contains(&va) { ro() } else { rw() };
+            assert_eq!(leaf.prop, expected, "page {va:#x}");
+        }
+    }
+
+    #[test]
+    fn protect_next_on_an_empty_range_returns_none() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let nodes = pt_pages(&space);
+        let mut c = pt.cursor_mut(&(KVA..KVA + SZ_1G)).unwrap();
+        assert_eq!(c.protect_next(SZ_1G, &mut |p: &mut PageProperty| p.flags = PageFlags::R), None);
+        assert_eq!(c.virt_addr(), KVA + SZ_1G);
+        drop(c);
+        assert_eq!(pt_pages(&space), nodes);
+    }
+
+    #[test]
+    fn protect_next_returns_the_mapped_subrange_only() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        map_untracked(&pt, KVA + 10 * SZ_4K, UPA, 1, rw());
+        let mut c = pt.cursor_mut(&(KVA..KVA + SZ_2M)).unwrap();
+        let mut calls = 0;
+        let mut op = |p: &mut PageProperty| {
+            calls += 1;
+            p.flags = PageFlags::R;
+        };
+        assert_eq!(c.protect_next(SZ_2M, &mut op), Some(KVA + 10 * SZ_4K..KVA + 11 * SZ_4K));
+        assert_eq!(c.protect_next(SZ_2M - 11 * SZ_4K, &mut op), None);
+        drop(c);
+        assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn map_a_huge_page_where_a_node_was_emptied() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let baseline = pt_pages(&space);
+        // Emptied by a separate cursor.
+        map_untracked(&pt, KVA + 3 * SZ_4K, UPA, 1, rw());
+        assert_eq!(unmap_all(&pt, KVA + 3 * SZ_4K..KVA + 4 * SZ_4K), 1);
+        map_untracked(&pt, KVA, UPA, 2, rw());
+        assert_eq!(query(&pt, KVA + 3 * SZ_4K).0, KVA..KVA + SZ_2M);
+        // Emptied and re-mapped within one cursor, at 2 MiB and at 1 GiB.
+        let range = KVA + SZ_1G..KVA + 2 * SZ_1G;
+        let mut c = pt.cursor_mut(&range).unwrap();
+        c.jump(range.start + SZ_2M + SZ_4K).unwrap();
+        c.map(MappedItem::Untracked(UPA, 1, rw()));
+        c.jump(range.start + SZ_2M + SZ_4K).unwrap();
+        assert!(matches!(c.take_next(SZ_4K), Some(PageTableFrag::Mapped { .. })));
+        c.jump(range.start + SZ_2M).unwrap();
+        c.map(MappedItem::Untracked(UPA, 2, rw()));
+        c.jump(range.start + SZ_2M).unwrap();
+        assert!(matches!(c.take_next(SZ_2M), Some(PageTableFrag::Mapped { .. })));
+        c.jump(range.start).unwrap();
+        c.map(MappedItem::Untracked(UPA, 3, rw()));
+        drop(c);
+        assert_eq!(query(&pt, range.start + SZ_2M).0, range);
+        assert_eq!(unmap_all(&pt, KVA..KVA + 2 * SZ_1G), 2);
+        assert_eq!(pt_pages(&space), baseline);
+    }
+
+    #[test]
+    fn split_huge_page_then_unmap_one_half() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let baseline = pt_pages(&space);
+        map_untracked(&pt, KVA, UPA, 2, rw());
+        assert_eq!(unmap_all(&pt, KVA..KVA + SZ_2M / 2), 256);
+        let rest = leaves(&pt, KVA..KVA + SZ_2M);
+        assert_eq!(rest.len(), 256);
+        assert_eq!(rest[0].0, KVA + SZ_2M / 2);
+        assert_eq!(rest[0].1.pa, UPA + SZ_2M / 2);
+        assert_eq!(unmap_all(&pt, KVA + SZ_2M / 2..KVA + SZ_2M), 256);
+        assert_eq!(pt_pages(&space), baseline);
+    }
+}
+
+mod reclamation {
+    use super::*;
+
+    #[test]
+    fn unmapping_everything_returns_page_table_pages_to_baseline() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let baseline = pt_pages(&space);
+        let free = space.phys_stats().free_pages;
+        let frames: Vec<_> = (0..64).map(|_| frame(&space)).collect();
+        for (i, f) in frames.iter().enumerate() {
+            map_tracked(&pt, KVA + i * 37 * SZ_2M + i * SZ_4K, f.clone(), rw());
+        }
+        map_untracked(&pt, KVA + 200 * SZ_1G, UPA, 3, rw());
+        map_untracked(&pt, KVA + 201 * SZ_1G + 5 * SZ_2M, UPA, 2, rw());
+        map_untracked(&pt, 0xffff_8000_0000_0000, UPA, 1, rw());
+        assert!(pt_pages(&space) > baseline);
+        assert_eq!(unmap_all(&pt, 0xffff_8000_0000_0000..LAST_RANGE_END), 64 + 3);
+        assert_eq!(pt_pages(&space), baseline);
+        drop(frames);
+        assert_eq!(space.phys_stats().free_pages, free);
+    }
+
+    #[test]
+    fn unmapping_page_by_page_with_separate_cursors_reclaims_every_node() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let baseline = pt_pages(&space);
+        let vas: Vec<Vaddr> = (0..40).map(|i| KVA + (i % 5) * SZ_1G + (i / 5) * SZ_2M + i * SZ_4K).collect();
+        for (i, &va) in vas.iter().enumerate() {
+            map_untracked(&pt, va, UPA + i * SZ_4K, 1, rw());
+        }
+        for &va in &vas {
+            assert_eq!(unmap_all(&pt, va..va + SZ_4K), 1);
+        }
+        assert_eq!(pt_pages(&space), baseline);
+    }
+
+    #[test]
+    fn a_split_huge_page_unmapped_piece_by_piece_is_reclaimed() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let baseline = pt_pages(&space);
+        map_untracked(&pt, KVA, UPA, 3, rw());
+        // Small cursors, in an order that splits first and empties last.
+        for j in (0..512).rev() {
+            for i in (0..512).step_by(128) {
+                let va = KVA + j * SZ_2M + i * SZ_4K;
+                assert_eq!(unmap_all(&pt, va..va + 128 * SZ_4K), 128);
+            }
+        }
+        assert_eq!(pt_pages(&space), baseline);
+    }
+
+    #[test]
+    fn user_page_table_nodes_are_reclaimed_up_to_the_top_level() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let user = pt.create_user_page_table().unwrap();
+        let baseline = pt_pages(&space);
+        map_untracked(&user, 0x4000_0000_0000 + 3 * SZ_4K, UPA, 1, rw());
+        assert_eq!(pt_pages(&space), baseline + 3, "L3, L2 and L1 nodes");
+        let va = 0x4000_0000_0000 + 3 * SZ_4K;
+        assert_eq!(unmap_all(&user, va..va + SZ_4K), 1);
+        assert_eq!(pt_pages(&space), baseline);
+    }
+
+    #[test]
+    fn dropping_a_page_table_releases_its_nodes_and_frames() {
+        let space = new_space();
+        let before = space.phys_stats();
+        let f = frame(&space);
+        {
+            let pt = kernel_pt(&space);
+            let user = pt.create_user_page_table().unwrap();
+            map_tracked(&pt, KVA, f.clone(), rw());
+            map_tracked(&user, SZ_1G, f.clone(), rw());
+            map_untracked(&user, 3 * SZ_1G, UPA, 3, rw());
+            assert_eq!(f.reference_count(), 3);
+            drop(user);
+            assert_eq!(f.reference_count(), 2);
+            assert_eq!(pt.translate(KVA), Some((f.paddr(), rw())), "the kernel half survives the user table");
+        }
+        space.synchronize();
+        assert_eq!(f.reference_count(), 1);
+        drop(f);
+        assert_eq!(space.phys_stats(), before);
+    }
+}
+
+mod user_page_table {
+    use super::*;
+
+    #[test]
+    fn user_table_shares_the_kernel_top_level_entries() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let before = pt_pages(&space);
+        let user = pt.create_user_page_table().unwrap();
+        assert_eq!(pt_pages(&space), before + 1, "only a new root");
+        assert_ne!(user.root_paddr(), pt.root_paddr());
+        // Kernel mappings made later are visible to the MMU through the
+        // user table's root (`translate` only answers for the user half).
+        let machine = space.machine().unwrap();
+        let walk = |va: Vaddr| {
+            kvirt_sim::walk(machine, user.root_paddr() as u64, va, kvirt_sim::Access::READ)
+                .ok()
+                .map(|t| t.pa as Paddr)
+        };
+        map_untracked(&pt, KVA + 5 * SZ_1G + SZ_4K, UPA, 1, rw());
+        map_untracked(&pt, 0xffff_ff00_0000_0000, UPA, 3, rw());
+        assert_eq!(walk(KVA + 5 * SZ_1G + SZ_4K + 1), Some(UPA + 1));
+        assert_eq!(walk(0xffff_ff00_0000_0000 + SZ_2M), Some(UPA + SZ_2M));
+        // And removed ones disappear.
+        assert_eq!(unmap_all(&pt, KVA..KVA + 8 * SZ_1G), 1);
+        assert_eq!(walk(KVA + 5 * SZ_1G + SZ_4K), None);
+        assert_eq!(walk(0xffff_ff00_0000_0000), Some(UPA));
+    }
+
+    #[test]
+    fn user_mappings_are_independent_below_the_shared_entries() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let a = pt.create_user_page_table().unwrap();
+        let b = pt.create_user_page_table().unwrap();
+        let va = 0x1000_0000;
+        map_untracked(&a, va, UPA, 1, rw());
+        map_untracked(&b, va, UPA + SZ_2M, 2, ro());
+        assert_eq!(a.translate(va), Some((UPA, rw())));
+        assert_eq!(b.translate(va + SZ_4K), Some((UPA + SZ_2M + SZ_4K, ro())));
+        assert_eq!(a.translate(va + SZ_4K), None);
+        assert_eq!(pt.translate(va), None, "user addresses are not in the kernel table");
+        assert_eq!(unmap_all(&a, 0..0x8000_0000_0000), 1);
+        assert_eq!(a.translate(va), None);
+        assert_eq!(b.translate(va), Some((UPA + SZ_2M, ro())));
+        assert_eq!(leaves(&b, 0..0x8000_0000_0000).len(), 1);
+    }
+
+    #[test]
+    fn user_table_cursor_cannot_reach_kernel_addresses() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let user = pt.create_user_page_table().unwrap();
+        map_untracked(&pt, KVA, UPA, 1, rw());
+        assert_eq!(user.cursor_mut(&(KVA..KVA + SZ_4K)).map(drop), Err(RangeError::OutOfBounds));
+        assert!(leaves(&user, 0..0x8000_0000_0000).is_empty());
+    }
+}
+
+mod soundness {
+    use super::*;
+
+    #[test]
+    fn a_frame_of_another_kernel_space_is_rejected() {
+        let space = new_space();
+        let other = new_space();
+        let pt = kernel_pt(&space);
+        let nodes = pt_pages(&space);
+        let foreign = frame(&other);
+        let mut c = pt.cursor_mut(&(KVA..KVA + SZ_4K)).unwrap();
+        let e = c.try_map(MappedItem::Tracked(foreign.clone(), rw())).unwrap_err();
+        assert_eq!(e.kind, MapErrorKind::ForeignFrame);
+        match e.item {
+            MappedItem::Tracked(g, _) => assert_eq!(g, foreign),
+            other => panic!("unexpected item {other:?}"),
+        }
+        assert_eq!(c.virt_addr(), KVA);
+        drop(c);
+        assert_eq!(foreign.reference_count(), 1);
+        assert_eq!(query(&pt, KVA).1, None);
+        assert_eq!(pt_pages(&space), nodes);
+    }
+
+    #[test]
+    fn translate_reads_only_the_tables_own_half() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let user = pt.create_user_page_table().unwrap();
+        map_untracked(&pt, KVA, UPA, 1, rw());
+        map_untracked(&user, SZ_1G, UPA, 1, rw());
+        assert_eq!(pt.translate(KVA), Some((UPA, rw())));
+        assert_eq!(user.translate(SZ_1G), Some((UPA, rw())));
+        // The shared kernel entries belong to the kernel table, which may be
+        // dropped first: the user table never follows them.
+        assert_eq!(user.translate(KVA), None);
+        // Non-canonical addresses select no entry of either table.
+        assert_eq!(pt.translate(0x0000_c000_0000_0000), None);
+        assert_eq!(pt.translate(0xffff_7fff_ffff_f000), None);
+        assert_eq!(user.translate(0x8000_0000_0000), None);
+        drop(pt);
+        assert_eq!(user.translate(KVA), None);
+        assert_eq!(user.translate(SZ_1G), Some((UPA, rw())));
+    }
+}
+
+mod largest_pages {
+    use kvirt::arch::x86_64::X86_64;
+    use kvirt::page_table::largest_pages;
+
+    use super::*;
+
+    fn split(va: Vaddr, pa: Paddr, len: usize) -> Vec<(Paddr, PagingLevel)> {
+        largest_pages::<X86_64>(va, pa, len).collect()
+    }
+
+    #[test]
+    fn takes_the_largest_aligned_page_at_each_step() {
+        let pieces = split(KVA + SZ_2M - SZ_4K, UPA + SZ_2M - SZ_4K, SZ_4K + SZ_2M + SZ_4K);
+        assert_eq!(pieces, vec![(UPA + SZ_2M - SZ_4K, 1), (UPA + SZ_2M, 2), (UPA + 2 * SZ_2M, 1)]);
+        let pieces = split(KVA, UPA, SZ_1G + SZ_2M);
+        assert_eq!(pieces, vec![(UPA, 3), (UPA + SZ_1G, 2)]);
+    }
+
+    #[test]
+    fn differently_aligned_addresses_get_small_pages() {
+        // `va` is 2 MiB aligned but `pa` only 4 KiB: no huge page fits.
+        let pieces = split(KVA, UPA + SZ_4K, 2 * SZ_2M);
+        assert_eq!(pieces.len(), 1024);
+        assert!(pieces.iter().enumerate().all(|(i, &(pa, l))| l == 1 && pa == UPA + SZ_4K + i * SZ_4K));
+    }
+
+    #[test]
+    fn the_pieces_map_the_whole_length_and_stay_aligned() {
+        for (va, pa, len) in [
+            (KVA + 3 * SZ_4K, UPA + 3 * SZ_4K, 5 * SZ_1G),
+            (KVA, UPA, SZ_4K),
+            (KVA + SZ_2M, UPA + SZ_1G + SZ_2M, SZ_1G),
+        ] {
+            let mut at = (va, pa);
+            for (p, level) in split(va, pa, len) {
+                let size = level_size(level);
+                assert_eq!(p, at.1);
+                assert!(at.0 % size == 0 && p % size == 0, "{level} at {:#x} -> {p:#x}", at.0);
+                at = (at.0 + size, at.1 + size);
+            }
+            assert_eq!(at, (va + len, pa + len));
+        }
+    }
+
+    #[test]
+    fn an_empty_length_gives_no_pages() {
+        assert!(split(KVA, UPA, 0).is_empty());
+    }
+
+    #[test]
+    #[should_panic(expected = "must be page aligned")]
+    fn misaligned_input_panics() {
+        let _ = split(KVA, UPA + 8, SZ_4K);
+    }
+
+    #[test]
+    fn mapping_the_pieces_yields_the_expected_translation() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let (va, pa, len) = (KVA + SZ_1G - SZ_2M - SZ_4K, UPA + SZ_1G - SZ_2M - SZ_4K, SZ_1G + 2 * SZ_2M);
+        {
+            let mut c = pt.cursor_mut(&(va..va + len)).unwrap();
+            for (p, level) in split(va, pa, len) {
+                c.map(MappedItem::Untracked(p, level, rw()));
+            }
+            assert_eq!(c.virt_addr(), va + len);
+        }
+        for off in (0..len).step_by(SZ_2M / 2) {
+            assert_eq!(pt.translate(va + off), Some((pa + off, rw())));
+        }
+        let levels: Vec<PagingLevel> = leaves(&pt, va..va + len).iter().map(|(_, l)| l.level).collect();
+        assert_eq!(levels, [1, 2, 3].into_iter().chain(std::iter::repeat_n(1, 511)).collect::<Vec<_>>());
+    }
+}
+
+mod more_cursor_behaviour {
+    use super::*;
+
+    #[test]
+    fn read_only_cursors_allocate_no_nodes() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let user = pt.create_user_page_table().unwrap();
+        let nodes = pt_pages(&space);
+        let mut c = pt.cursor(&(KVA + SZ_4K..KVA + 2 * SZ_4K)).unwrap();
+        assert!(c.query().unwrap().1.is_none());
+        assert_eq!(c.find_next(SZ_4K), None);
+        drop(c);
+        let mut c = user.cursor(&(SZ_1G..SZ_1G + SZ_4K)).unwrap();
+        assert_eq!(c.query().unwrap().0, 0..0x80_0000_0000, "an absent top-level slot");
+        drop(c);
+        // Mutable cursors that map nothing allocate nothing either.
+        let mut c = pt.cursor_mut(&(KVA..KVA + SZ_4K)).unwrap();
+        assert!(c.take_next(SZ_4K).is_none());
+        drop(c);
+        assert_eq!(pt_pages(&space), nodes);
+    }
+
+    #[test]
+    fn a_range_across_two_top_level_entries_maps_and_unmaps_on_both_sides() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let baseline = pt_pages(&space);
+        let edge = KVA + 512 * SZ_1G;
+        let range = edge - 2 * SZ_4K..edge + 2 * SZ_4K;
+        {
+            let mut c = pt.cursor_mut(&range).unwrap();
+            for i in 0..4 {
+                c.map(MappedItem::Untracked(UPA + i * SZ_4K, 1, rw()));
+            }
+        }
+        for i in 0..4 {
+            assert_eq!(pt.translate(range.start + i * SZ_4K), Some((UPA + i * SZ_4K, rw())));
+        }
+        let found: Vec<Vaddr> = leaves(&pt, range.clone()).into_iter().map(|(va, _)| va).collect();
+        assert_eq!(found, (0..4).map(|i| range.start + i * SZ_4K).collect::<Vec<_>>());
+        assert_eq!(unmap_all(&pt, range), 4);
+        assert_eq!(pt_pages(&space), baseline);
+    }
+
+    #[test]
+    fn user_table_takes_a_whole_top_level_sub_tree() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let user = pt.create_user_page_table().unwrap();
+        let baseline = pt_pages(&space);
+        let top = 512 * SZ_1G;
+        map_untracked(&user, top + 3 * SZ_4K, UPA, 1, rw());
+        map_untracked(&user, top + 7 * SZ_1G, UPA, 3, rw());
+        map_untracked(&user, 2 * top + SZ_2M, UPA, 2, rw());
+        let mut c = user.cursor_mut(&(0..0x8000_0000_0000)).unwrap();
+        match c.take_next(0x8000_0000_0000).unwrap() {
+            PageTableFrag::StrayPageTable { va, len, num_frames, .. } => {
+                assert_eq!((va, len, num_frames), (top, top, 2), "user L3 nodes can go");
+            }
+            other => panic!("unexpected fragment {other:?}"),
+        }
+        match c.take_next(0x8000_0000_0000 - c.virt_addr()).unwrap() {
+            PageTableFrag::StrayPageTable { va, len, num_frames, .. } => {
+                assert_eq!((va, len, num_frames), (2 * top, top, 1));
+            }
+            other => panic!("unexpected fragment {other:?}"),
+        }
+        assert!(c.take_next(0x8000_0000_0000 - c.virt_addr()).is_none());
+        drop(c);
+        assert_eq!(pt_pages(&space), baseline);
+    }
+
+    #[test]
+    fn protect_keeps_tracked_frames_tracked_and_counted() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let f = frame(&space);
+        map_tracked(&pt, KVA, f.clone(), rw());
+        let mut c = pt.cursor_mut(&(KVA..KVA + SZ_4K)).unwrap();
+        assert!(c.protect_next(SZ_4K, &mut |p: &mut PageProperty| p.flags = PageFlags::R).is_some());
+        drop(c);
+        assert_eq!(query(&pt, KVA).1, Some(Leaf { pa: f.paddr(), level: 1, prop: ro(), tracked: true }));
+        assert_eq!(f.reference_count(), 2);
+        assert_eq!(unmap_all(&pt, KVA..KVA + SZ_4K), 1);
+        assert_eq!(f.reference_count(), 1);
+    }
+
+    #[test]
+    fn fragments_report_their_virtual_range() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        map_untracked(&pt, KVA + SZ_1G, UPA, 3, rw());
+        map_untracked(&pt, KVA + 2 * SZ_1G, UPA, 2, rw());
+        map_untracked(&pt, KVA + 3 * SZ_1G + SZ_4K, UPA, 1, rw());
+        let range = KVA + SZ_1G..KVA + 4 * SZ_1G;
+        let mut c = pt.cursor_mut(&range).unwrap();
+        let mut ranges = Vec::new();
+        while let Some(frag) = c.take_next(range.end - c.virt_addr()) {
+            ranges.push(frag.va_range());
+        }
+        assert_eq!(
+            ranges,
+            [
+                KVA + SZ_1G..KVA + 2 * SZ_1G,
+                KVA + 2 * SZ_1G..KVA + 3 * SZ_1G,
+                KVA + 3 * SZ_1G..KVA + 4 * SZ_1G,
+            ]
+        );
+    }
+
+    #[test]
+    fn running_out_of_memory_for_nodes_is_reported_and_leaks_nothing() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let nodes = pt_pages(&space);
+        // Take every free page.
+        let mut hoard = Vec::new();
+        while let Ok(f) = FrameAllocOptions::new_in(&space).zeroed(false).alloc_frame() {
+            hoard.push(f);
+        }
+        assert_eq!(space.phys_stats().free_pages, 0);
+        let va = KVA + 5 * SZ_1G + 3 * SZ_4K;
+        let mut c = pt.cursor_mut(&(va..va + SZ_4K)).unwrap();
+        let e = c.try_map(MappedItem::Untracked(UPA, 1, rw())).unwrap_err();
+        assert_eq!(e.kind, MapErrorKind::OutOfMemory);
+        assert!(matches!(e.item, MappedItem::Untracked(UPA, 1, _)));
+        drop(c);
+        assert_eq!(pt_pages(&space), nodes);
+        // With one free page the L2 node is made, the L1 node is not: the
+        // L2 node is given back.
+        drop(hoard.pop());
+        let mut c = pt.cursor_mut(&(va..va + SZ_4K)).unwrap();
+        let e = c.try_map(MappedItem::Untracked(UPA, 1, rw())).unwrap_err();
+        assert_eq!(e.kind, MapErrorKind::OutOfMemory);
+        assert_eq!(c.virt_addr(), va);
+        drop(c);
+        assert_eq!(pt_pages(&space), nodes);
+        assert_eq!(space.phys_stats().free_pages, 1);
+        // With two it works.
+        drop(hoard.pop());
+        map_untracked(&pt, va, UPA, 1, rw());
+        assert_eq!(pt.translate(va), Some((UPA, rw())));
+        assert_eq!(space.phys_stats().free_pages, 0);
+        assert_eq!(unmap_all(&pt, va..va + SZ_4K), 1);
+        assert_eq!(pt_pages(&space), nodes);
+        assert_eq!(space.phys_stats().free_pages, 2);
+    }
+
+    #[test]
+    fn one_cursor_jumping_around_sees_every_level() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        map_untracked(&pt, KVA, UPA, 3, rw());
+        map_untracked(&pt, KVA + SZ_1G + SZ_2M, UPA, 2, ro());
+        map_untracked(&pt, KVA + SZ_1G + 2 * SZ_2M + SZ_4K, UPA + SZ_4K, 1, rw());
+        let range = KVA..KVA + 2 * SZ_1G;
+        let mut c = pt.cursor(&range).unwrap();
+        let probes = [
+            (KVA + SZ_1G + 2 * SZ_2M + SZ_4K, KVA + SZ_1G + 2 * SZ_2M + SZ_4K, SZ_4K, Some(UPA + SZ_4K)),
+            (KVA + 5 * SZ_4K, KVA, SZ_1G, Some(UPA)),
+            (KVA + SZ_1G + 2 * SZ_2M, KVA + SZ_1G + 2 * SZ_2M, SZ_4K, None),
+            (KVA + SZ_1G + SZ_2M + SZ_4K, KVA + SZ_1G + SZ_2M, SZ_2M, Some(UPA)),
+            (KVA + SZ_1G + 7 * SZ_2M, KVA + SZ_1G + 7 * SZ_2M, SZ_2M, None),
+            (KVA + SZ_1G - SZ_4K, KVA, SZ_1G, Some(UPA)),
+            (KVA + SZ_1G + 2 * SZ_2M + 2 * SZ_4K, KVA + SZ_1G + 2 * SZ_2M + 2 * SZ_4K, SZ_4K, None),
+        ];
+        for _ in 0..2 {
+            for &(va, start, len, pa) in &probes {
+                c.jump(va).unwrap();
+                let (r, item) = c.query().unwrap();
+                assert_eq!(r, start..start + len, "query at {va:#x}");
+                assert_eq!(item.map(|i| i.paddr()), pa, "query at {va:#x}");
+            }
+        }
+    }
+}

@@ -1,0 +1,522 @@
+//! Model-based property test of the page table.
+//!
+//! Random sequences of map (4 KiB tracked or untracked, 2 MiB and 1 GiB
+//! untracked), take_next, protect_next, query and find_next run inside a
+//! 4 GiB window of the kernel half, on addresses drawn from a few slots per
+//! level so that operations collide and huge pages get split. A
+//! `BTreeMap<Vaddr, Mapping>` models the leaf mappings. Every operation's
+//! result is predicted by the model (the exact fragment `take_next` returns,
+//! the range `protect_next` changes, where `find_next` stops, what `query`
+//! reports, including the size of an absent slot), and after every step:
+//!
+//! * the page table's view, walked with a read-only cursor (`find_next` +
+//!   `query`), equals the model exactly;
+//! * the number of page-table nodes equals what the model needs (the root,
+//!   the 256 kernel L3 nodes, one L2 node per 1 GiB holding smaller pages,
+//!   one L1 node per 2 MiB holding 4 KiB pages): emptied nodes are reclaimed;
+//! * each tracked frame's reference count is 1 (the test's handle) plus the
+//!   number of entries mapping it.
+//!
+//! At the end everything is unmapped and the counters of the space return
+//! to their starting values.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use kvirt::frame::{AnyFrameMeta, Frame, FrameAllocOptions};
+use kvirt::kspace::KernelSpace;
+use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
+use kvirt::page_table::{KernelPtConfig, MapErrorKind, MappedItem, MappedItemRef, PageTable, PageTableFrag};
+use kvirt::{Paddr, Vaddr, PAGE_SIZE};
+use proptest::prelude::*;
+
+const SZ_4K: usize = PAGE_SIZE;
+const SZ_2M: usize = 2 << 20;
+const SZ_1G: usize = 1 << 30;
+/// The window: 4 GiB of VMALLOC starting at a 1 GiB boundary.
+const WIN: Vaddr = 0xffff_c000_4000_0000;
+const WIN_END: Vaddr = WIN + 4 * SZ_1G;
+/// Untracked physical memory, above the test machine's RAM.
+const UPA: Paddr = 0x1_0000_0000;
+const NR_FRAMES: usize = 4;
+/// Page-table nodes of an empty kernel table: the root and 256 L3 nodes.
+const EMPTY_TABLE_NODES: usize = 1 + 256;
+
+fn props() -> [PageProperty; 4] {
+    [
+        PageProperty::new_kernel(PageFlags::RW, CachePolicy::Writeback),
+        PageProperty::new_kernel(PageFlags::R, CachePolicy::Writeback),
+        PageProperty::new_kernel(PageFlags::RX, CachePolicy::Uncacheable),
+        PageProperty::new_kernel(PageFlags::RW | PageFlags::DIRTY, CachePolicy::WriteCombining),
+    ]
+}
+
+/// One leaf mapping of the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Mapping {
+    pa: Paddr,
+    size: usize,
+    prop: PageProperty,
+    /// The index of the tracked frame, or `None` for untracked memory.
+    frame: Option<usize>,
+}
+
+/// A 4 KiB-aligned address built from slots: a 1 GiB index, a 2 MiB index
+/// inside it and a 4 KiB index inside that. Few distinct values per level
+/// make operations collide.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    gig: usize,
+    mid: usize,
+    small: usize,
+}
+
+impl Slot {
+    fn va(self) -> Vaddr {
+        WIN + self.gig * SZ_1G + self.mid * SZ_2M + self.small * SZ_4K
+    }
+}
+
+fn slot() -> impl Strategy<Value = Slot> {
+    let idx = || prop::sample::select(vec![0usize, 1, 255, 511]);
+    (0..4usize, idx(), idx()).prop_map(|(gig, mid, small)| Slot { gig, mid, small })
+}
+
+/// A sub-range of the window between two slot boundaries (the window end
+/// included), never empty.
+fn sub_range() -> impl Strategy<Value = Range<Vaddr>> {
+    let point = prop_oneof![4 => slot().prop_map(Slot::va), 1 => Just(WIN_END)];
+    (point.clone(), point).prop_map(|(a, b)| {
+        let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+        if lo == hi {
+            if hi == WIN_END {
+                lo - SZ_4K..hi
+            } else {
+                lo..hi + SZ_4K
+            }
+        } else {
+            lo..hi
+        }
+    })
+}
+
+#[derive(Clone, Debug)]
+enum MapKind {
+    Tracked(usize),
+    Untracked4K(usize),
+    Untracked2M(usize),
+    Untracked1G(usize),
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// Map at the slot (aligned down to the page size); `wide` uses a cursor
+    /// over the whole window instead of just the page.
+    Map { at: Slot, kind: MapKind, prop: usize, wide: bool },
+    /// Up to `steps` calls of `take_next` over all of a cursor's range.
+    Take { range: Range<Vaddr>, steps: usize },
+    /// Up to `steps` calls of `protect_next` setting `prop`.
+    Protect { range: Range<Vaddr>, steps: usize, prop: usize },
+    /// `query` at the slot, through a cursor over `range` if it holds the
+    /// slot, or over the slot's page.
+    Query { at: Slot, range: Range<Vaddr> },
+    /// `find_next` over a cursor's range from a slot inside it (or from the
+    /// start), then `query` where it stopped.
+    FindNext { range: Range<Vaddr>, from: Slot },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let kind = prop_oneof![
+        3 => (0..NR_FRAMES).prop_map(MapKind::Tracked),
+        3 => (0..8usize).prop_map(MapKind::Untracked4K),
+        3 => (0..8usize).prop_map(MapKind::Untracked2M),
+        1 => (0..8usize).prop_map(MapKind::Untracked1G),
+    ];
+    let steps = prop::sample::select(vec![1usize, 2, 3, usize::MAX]);
+    prop_oneof![
+        10 => (slot(), kind, 0..4usize, any::<bool>()).prop_map(|(at, kind, prop, wide)| Op::Map { at, kind, prop, wide }),
+        4 => (sub_range(), steps.clone()).prop_map(|(range, steps)| Op::Take { range, steps }),
+        3 => (sub_range(), steps, 0..4usize).prop_map(|(range, steps, prop)| Op::Protect { range, steps, prop }),
+        2 => (slot(), sub_range()).prop_map(|(at, range)| Op::Query { at, range }),
+        2 => (sub_range(), slot()).prop_map(|(range, from)| Op::FindNext { range, from }),
+    ]
+}
+
+fn align_down(va: usize, align: usize) -> usize {
+    va & !(align - 1)
+}
+
+/// The model: leaf mappings by start address.
+#[derive(Debug, Default)]
+struct Model {
+    map: BTreeMap<Vaddr, Mapping>,
+}
+
+/// What the model says `take_next` returns.
+#[derive(Debug, PartialEq, Eq)]
+enum Taken {
+    Leaf(Vaddr, Mapping),
+    SubTree { va: Vaddr, len: usize, num_frames: usize },
+}
+
+impl Model {
+    /// The lowest mapping intersecting `va..end`.
+    fn first_intersecting(&self, va: Vaddr, end: Vaddr) -> Option<(Vaddr, Mapping)> {
+        if let Some((&s, &m)) = self.map.range(..va).next_back() {
+            if s + m.size > va {
+                return Some((s, m));
+            }
+        }
+        self.map.range(va..end).next().map(|(&s, &m)| (s, m))
+    }
+
+    fn covering(&self, va: Vaddr) -> Option<(Vaddr, Mapping)> {
+        self.first_intersecting(va, va + 1).filter(|&(s, _)| s <= va)
+    }
+
+    fn is_free(&self, range: Range<Vaddr>) -> bool {
+        self.first_intersecting(range.start, range.end).is_none()
+    }
+
+    /// Replaces the huge mapping at `start` with 512 pieces one level down.
+    fn split(&mut self, start: Vaddr) {
+        let m = self.map.remove(&start).expect("split of a missing mapping");
+        assert!(m.size > SZ_4K && m.frame.is_none());
+        let piece = m.size / 512;
+        for i in 0..512 {
+            self.map.insert(start + i * piece, Mapping { pa: m.pa + i * piece, size: piece, ..m });
+        }
+    }
+
+    /// Splits mappings straddling `va..end` until the first one inside it
+    /// fits; returns it.
+    fn first_fitting(&mut self, va: Vaddr, end: Vaddr) -> Option<(Vaddr, Mapping)> {
+        loop {
+            let (s, m) = self.first_intersecting(va, end)?;
+            if s < va || s + m.size > end {
+                self.split(s);
+            } else {
+                return Some((s, m));
+            }
+        }
+    }
+
+    /// `take_next` from `va` with the search ending at `end`; returns what
+    /// is taken and where the cursor ends.
+    fn take_next(&mut self, va: Vaddr, end: Vaddr) -> (Option<Taken>, Vaddr) {
+        let Some((s, m)) = self.first_fitting(va, end) else {
+            return (None, end);
+        };
+        // The largest node span around it that the search covers goes whole
+        // (kernel L3 nodes never do; the window holds none whole anyway).
+        for span in [SZ_1G, SZ_2M] {
+            let base = align_down(s, span);
+            if m.size < span && base >= va && base + span <= end {
+                let inside: Vec<Vaddr> = self.map.range(base..base + span).map(|(&k, _)| k).collect();
+                for k in &inside {
+                    self.map.remove(k);
+                }
+                return (Some(Taken::SubTree { va: base, len: span, num_frames: inside.len() }), base + span);
+            }
+        }
+        self.map.remove(&s);
+        (Some(Taken::Leaf(s, m)), s + m.size)
+    }
+
+    fn protect_next(&mut self, va: Vaddr, end: Vaddr, prop: PageProperty) -> (Option<Range<Vaddr>>, Vaddr) {
+        let Some((s, m)) = self.first_fitting(va, end) else {
+            return (None, end);
+        };
+        self.map.get_mut(&s).unwrap().prop = prop;
+        (Some(s..s + m.size), s + m.size)
+    }
+
+    fn find_next(&self, va: Vaddr, end: Vaddr) -> Option<Vaddr> {
+        self.first_intersecting(va, end).map(|(s, _)| s.max(va))
+    }
+
+    /// Whether a node of `span` (2 MiB: an L1 node; 1 GiB: an L2 node)
+    /// exists at `base`: it does exactly when it holds a smaller mapping.
+    fn node_exists(&self, base: Vaddr, span: usize) -> bool {
+        self.map.range(base..base + span).any(|(_, m)| m.size < span)
+    }
+
+    /// What `query` at `va` reports: the mapping's range, or the absent
+    /// slot at the lowest existing node.
+    fn query(&self, va: Vaddr) -> (Range<Vaddr>, Option<Mapping>) {
+        if let Some((s, m)) = self.covering(va) {
+            return (s..s + m.size, Some(m));
+        }
+        let g = align_down(va, SZ_1G);
+        let size = if !self.node_exists(g, SZ_1G) {
+            SZ_1G
+        } else if !self.node_exists(align_down(va, SZ_2M), SZ_2M) {
+            SZ_2M
+        } else {
+            SZ_4K
+        };
+        let s = align_down(va, size);
+        (s..s + size, None)
+    }
+
+    fn nodes(&self) -> usize {
+        let mut l2 = std::collections::BTreeSet::new();
+        let mut l1 = std::collections::BTreeSet::new();
+        for (&s, m) in &self.map {
+            if m.size < SZ_1G {
+                l2.insert(align_down(s, SZ_1G));
+            }
+            if m.size < SZ_2M {
+                l1.insert(align_down(s, SZ_2M));
+            }
+        }
+        EMPTY_TABLE_NODES + l2.len() + l1.len()
+    }
+}
+
+struct World {
+    space: KernelSpace,
+    /// Nodes of the space's own kernel page table (linear mapping etc.).
+    space_nodes: usize,
+    pt: PageTable<KernelPtConfig>,
+    frames: Vec<Frame<dyn AnyFrameMeta>>,
+    model: Model,
+}
+
+impl World {
+    fn leaf_of(&self, item: &MappedItemRef<'_>) -> Mapping {
+        let (frame, size) = match item {
+            MappedItemRef::Tracked(f, _) => {
+                let i = self.frame_index(f.paddr());
+                (Some(i), SZ_4K)
+            }
+            MappedItemRef::Untracked(_, level, _) => (None, SZ_4K << (9 * (*level as usize - 1))),
+        };
+        Mapping { pa: item.paddr(), size, prop: item.prop(), frame }
+    }
+
+    fn frame_index(&self, pa: Paddr) -> usize {
+        self.frames.iter().position(|f| f.paddr() == pa).expect("a tracked entry maps one of our frames")
+    }
+
+    fn item(&self, kind: &MapKind, prop: PageProperty) -> (MappedItem, Mapping) {
+        match *kind {
+            MapKind::Tracked(i) => {
+                let m = Mapping { pa: self.frames[i].paddr(), size: SZ_4K, prop, frame: Some(i) };
+                (MappedItem::Tracked(self.frames[i].clone(), prop), m)
+            }
+            MapKind::Untracked4K(k) => {
+                let m = Mapping { pa: UPA + k * SZ_4K, size: SZ_4K, prop, frame: None };
+                (MappedItem::Untracked(m.pa, 1, prop), m)
+            }
+            MapKind::Untracked2M(k) => {
+                let m = Mapping { pa: UPA + k * SZ_2M, size: SZ_2M, prop, frame: None };
+                (MappedItem::Untracked(m.pa, 2, prop), m)
+            }
+            MapKind::Untracked1G(k) => {
+                let m = Mapping { pa: UPA + k * SZ_1G, size: SZ_1G, prop, frame: None };
+                (MappedItem::Untracked(m.pa, 3, prop), m)
+            }
+        }
+    }
+
+    fn apply(&mut self, op: &Op) {
+        let props = props();
+        match op {
+            Op::Map { at, kind, prop, wide } => {
+                let (item, m) = self.item(kind, props[*prop]);
+                let va = align_down(at.va(), m.size);
+                let range = if *wide { WIN..WIN_END } else { va..va + m.size };
+                let mut c = self.pt.cursor_mut(&range).unwrap();
+                c.jump(va).unwrap();
+                let free = self.model.is_free(va..va + m.size);
+                match c.try_map(item) {
+                    Ok(()) => {
+                        assert!(
+                            free,
+                            "mapped {m:x?} at {va:#x} over {:x?}",
+                            self.model.first_intersecting(va, va + m.size)
+                        );
+                        assert_eq!(c.virt_addr(), va + m.size);
+                        self.model.map.insert(va, m);
+                    }
+                    Err(e) => {
+                        assert!(!free, "map of {m:x?} at {va:#x} failed with {:?}", e.kind);
+                        assert_eq!(e.kind, MapErrorKind::AlreadyMapped);
+                        assert_eq!(c.virt_addr(), va);
+                        let back = match &e.item {
+                            MappedItem::Tracked(f, p) => (f.paddr(), SZ_4K, *p),
+                            MappedItem::Untracked(pa, l, p) => (*pa, SZ_4K << (9 * (*l as usize - 1)), *p),
+                        };
+                        assert_eq!(back, (m.pa, m.size, m.prop), "the item comes back unchanged");
+                    }
+                }
+            }
+            Op::Take { range, steps } => {
+                let mut c = self.pt.cursor_mut(range).unwrap();
+                for _ in 0..*steps {
+                    let va = c.virt_addr();
+                    let (expected, next) = self.model.take_next(va, range.end);
+                    let got = c.take_next(range.end - va);
+                    assert_eq!(c.virt_addr(), next, "cursor after take_next from {va:#x}");
+                    let got = got.map(|frag| match frag {
+                        PageTableFrag::Mapped { va, item } => {
+                            let m = match &item {
+                                MappedItem::Tracked(f, p) => Mapping {
+                                    pa: f.paddr(),
+                                    size: SZ_4K,
+                                    prop: *p,
+                                    frame: Some(self.frame_index(f.paddr())),
+                                },
+                                MappedItem::Untracked(pa, l, p) => Mapping {
+                                    pa: *pa,
+                                    size: SZ_4K << (9 * (*l as usize - 1)),
+                                    prop: *p,
+                                    frame: None,
+                                },
+                            };
+                            Taken::Leaf(va, m)
+                        }
+                        PageTableFrag::StrayPageTable { va, len, num_frames, .. } => {
+                            Taken::SubTree { va, len, num_frames }
+                        }
+                    });
+                    assert_eq!(got, expected, "take_next from {va:#x} to {:#x}", range.end);
+                    if got.is_none() {
+                        break;
+                    }
+                }
+            }
+            Op::Protect { range, steps, prop } => {
+                let new = props[*prop];
+                let mut c = self.pt.cursor_mut(range).unwrap();
+                for _ in 0..*steps {
+                    let va = c.virt_addr();
+                    let (expected, next) = self.model.protect_next(va, range.end, new);
+                    let got = c.protect_next(range.end - va, &mut |p: &mut PageProperty| *p = new);
+                    assert_eq!(got, expected, "protect_next from {va:#x} to {:#x}", range.end);
+                    assert_eq!(c.virt_addr(), next);
+                    if got.is_none() {
+                        break;
+                    }
+                }
+            }
+            Op::Query { at, range } => {
+                let va = at.va();
+                let range = if range.contains(&va) { range.clone() } else { va..va + SZ_4K };
+                let mut c = self.pt.cursor(&range).unwrap();
+                c.jump(va).unwrap();
+                let (r, item) = c.query().unwrap();
+                let got = (r, item.as_ref().map(|i| self.leaf_of(i)));
+                assert_eq!(got, self.model.query(va), "query at {va:#x}");
+            }
+            Op::FindNext { range, from } => {
+                let from = if range.contains(&from.va()) { from.va() } else { range.start };
+                let mut c = self.pt.cursor(range).unwrap();
+                c.jump(from).unwrap();
+                let found = c.find_next(range.end - from);
+                assert_eq!(found, self.model.find_next(from, range.end), "find_next from {from:#x}");
+                assert_eq!(c.virt_addr(), found.unwrap_or(range.end));
+                if let Some(va) = found {
+                    let (r, item) = c.query().unwrap();
+                    let got = (r, item.as_ref().map(|i| self.leaf_of(i)));
+                    assert_eq!(got, self.model.query(va));
+                }
+            }
+        }
+    }
+
+    /// The page table's leaves in the window, walked with a read-only
+    /// cursor.
+    fn view(&self) -> BTreeMap<Vaddr, Mapping> {
+        let mut c = self.pt.cursor(&(WIN..WIN_END)).unwrap();
+        let mut out = BTreeMap::new();
+        while let Some(va) = c.find_next(WIN_END - c.virt_addr()) {
+            let (r, item) = c.query().unwrap();
+            assert_eq!(r.start, va, "a walk from a leaf's end finds the next leaf's start");
+            let m = self.leaf_of(item.as_ref().expect("found a mapping"));
+            assert_eq!(r.len(), m.size);
+            out.insert(va, m);
+            c.jump(r.end).unwrap();
+        }
+        out
+    }
+
+    fn check(&self) {
+        assert_eq!(self.view(), self.model.map, "page table view vs model");
+        self.space.synchronize();
+        assert_eq!(
+            self.space.phys_stats().page_table_pages - self.space_nodes,
+            self.model.nodes(),
+            "page-table nodes in use by the table under test"
+        );
+        for (i, f) in self.frames.iter().enumerate() {
+            let entries = self.model.map.values().filter(|m| m.frame == Some(i)).count();
+            assert_eq!(
+                f.reference_count(),
+                1 + entries as u64,
+                "frame {i}: our handle plus {entries} entries"
+            );
+        }
+    }
+}
+
+fn run(ops: &[Op]) {
+    let space = KernelSpace::new_hosted(kvirt_sim::MachineConfig::new(64 << 20));
+    let start = space.phys_stats();
+    let pt = PageTable::<KernelPtConfig>::empty_in(&space).unwrap();
+    let frames: Vec<_> =
+        (0..NR_FRAMES).map(|_| FrameAllocOptions::new_in(&space).alloc_frame().unwrap().into_dyn()).collect();
+    let mut world = World { pt, frames, model: Model::default(), space_nodes: start.page_table_pages, space };
+    let baseline = world.space.phys_stats();
+    assert_eq!(baseline.page_table_pages - start.page_table_pages, EMPTY_TABLE_NODES);
+    for op in ops {
+        world.apply(op);
+        world.check();
+    }
+    // Unmap everything.
+    world.apply(&Op::Take { range: WIN..WIN_END, steps: usize::MAX });
+    assert!(world.model.map.is_empty());
+    world.check();
+    assert_eq!(world.space.phys_stats(), baseline, "nothing leaked");
+    let World { space, pt, frames, .. } = world;
+    drop(frames);
+    drop(pt);
+    space.synchronize();
+    assert_eq!(space.phys_stats(), start);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn page_table_refines_the_model(ops in prop::collection::vec(op(), 1..64)) {
+        run(&ops);
+    }
+}
+
+/// A fixed sequence covering the interesting interactions, so they are
+/// exercised on every run whatever the random cases draw.
+#[test]
+fn fixed_sequence_refines_the_model() {
+    let s = |gig, mid, small| Slot { gig, mid, small };
+    let ops = vec![
+        Op::Map { at: s(0, 0, 0), kind: MapKind::Untracked1G(1), prop: 0, wide: false },
+        Op::Map { at: s(1, 1, 0), kind: MapKind::Untracked2M(2), prop: 1, wide: true },
+        Op::Map { at: s(1, 1, 1), kind: MapKind::Tracked(0), prop: 2, wide: false },
+        Op::Map { at: s(1, 2, 1), kind: MapKind::Tracked(0), prop: 2, wide: false },
+        Op::Map { at: s(2, 255, 511), kind: MapKind::Untracked4K(3), prop: 3, wide: true },
+        Op::Protect { range: s(0, 1, 1).va()..s(0, 1, 2).va(), steps: usize::MAX, prop: 3 },
+        Op::Query { at: s(0, 1, 1), range: WIN..WIN_END },
+        Op::Query { at: s(2, 255, 0), range: WIN..WIN_END },
+        Op::Query { at: s(2, 1, 0), range: WIN..WIN_END },
+        Op::Query { at: s(3, 1, 0), range: WIN..WIN_END },
+        Op::FindNext { range: s(0, 255, 0).va()..WIN_END, from: s(1, 0, 0) },
+        Op::Take { range: s(0, 0, 1).va()..s(1, 2, 0).va(), steps: 3 },
+        Op::Take { range: s(0, 0, 0).va()..WIN_END, steps: 2 },
+        Op::Map { at: s(0, 0, 0), kind: MapKind::Untracked2M(0), prop: 0, wide: false },
+        Op::Take { range: s(2, 0, 0).va()..s(3, 0, 0).va(), steps: usize::MAX },
+        Op::Map { at: s(2, 0, 0), kind: MapKind::Untracked1G(0), prop: 0, wide: false },
+    ];
+    run(&ops);
+}

@@ -1,0 +1,80 @@
+//! From the firmware's E820 map to kvirt's memory map.
+
+use alloc::vec::Vec;
+use core::ops::Range;
+
+use kvirt::platform::{MemoryRegion, MemoryRegionKind};
+use kvirt::{align_down, align_up, Paddr, PAGE_SIZE};
+
+use crate::boot::{FirmwareRegion, E820_RAM};
+
+/// Builds kvirt's memory map: every RAM entry (E820 type 1), shrunk to whole
+/// pages and cut at `limit`, split into `Reserved` pieces where it meets
+/// `reserved` and `Usable` pieces elsewhere. Everything that is not RAM is
+/// left out (kvirt would ignore `Device` regions anyway; device memory is
+/// mapped explicitly with `map_untracked_frames`).
+///
+/// Returns the map, sorted, and the bytes of RAM left out at or above
+/// `limit`.
+pub fn for_kvirt(
+    firmware: &[FirmwareRegion],
+    reserved: &[Range<Paddr>],
+    limit: Paddr,
+) -> (Vec<MemoryRegion>, usize) {
+    let reserved = normalise(reserved);
+    let mut ram: Vec<Range<Paddr>> =
+        firmware.iter().filter(|r| r.kind == E820_RAM).map(|r| r.range.clone()).collect();
+    ram.sort_by_key(|r| r.start);
+    let mut map = Vec::new();
+    let mut left_out = 0;
+    for r in ram {
+        let start = align_up(r.start, PAGE_SIZE);
+        let end = align_down(r.end, PAGE_SIZE);
+        if end > limit {
+            left_out += end - start.max(limit);
+        }
+        let end = end.min(limit);
+        if start < end {
+            split(start..end, &reserved, &mut map);
+        }
+    }
+    (map, left_out)
+}
+
+/// Page-aligns (outwards), sorts and merges the reserved ranges.
+fn normalise(reserved: &[Range<Paddr>]) -> Vec<Range<Paddr>> {
+    let mut ranges: Vec<Range<Paddr>> = reserved
+        .iter()
+        .filter(|r| r.start < r.end)
+        .map(|r| align_down(r.start, PAGE_SIZE)..align_up(r.end, PAGE_SIZE))
+        .collect();
+    ranges.sort_by_key(|r| r.start);
+    let mut merged: Vec<Range<Paddr>> = Vec::new();
+    for r in ranges {
+        match merged.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => merged.push(r),
+        }
+    }
+    merged
+}
+
+/// Appends `ram` to `map`, cut into `Usable` and `Reserved` pieces by the
+/// sorted, disjoint `reserved` ranges.
+fn split(ram: Range<Paddr>, reserved: &[Range<Paddr>], map: &mut Vec<MemoryRegion>) {
+    let mut pos = ram.start;
+    for r in reserved {
+        let (start, end) = (r.start.max(ram.start), r.end.min(ram.end));
+        if start >= end {
+            continue;
+        }
+        if pos < start {
+            map.push(MemoryRegion { range: pos..start, kind: MemoryRegionKind::Usable });
+        }
+        map.push(MemoryRegion { range: start..end, kind: MemoryRegionKind::Reserved });
+        pos = end;
+    }
+    if pos < ram.end {
+        map.push(MemoryRegion { range: pos..ram.end, kind: MemoryRegionKind::Usable });
+    }
+}
