@@ -401,6 +401,7 @@ const NO_ALLOCATOR: &str = "n/a: no kernel virtual-range allocator";
 /// If an implementation returns wrong results or a workload leaks.
 pub fn measure(quick: bool) -> Result<Results, Error> {
     let cfg = if quick { Config::quick() } else { Config::full() };
+    let machine = report::MachineInfo::probe();
     let area_workloads = [
         workload("area-1p".into(), "area create+drop, 1 page".into(), "area"),
         workload(
@@ -520,7 +521,7 @@ pub fn measure(quick: bool) -> Result<Results, Error> {
             cells.push(Measurement { workload: w.clone(), impl_name: name, result });
         }
     }
-    Ok(Results { quick, config: cfg, cells, machine: report::MachineInfo::probe() })
+    Ok(Results { quick, config: cfg, cells, machine })
 }
 
 /// `kvirt bench`.

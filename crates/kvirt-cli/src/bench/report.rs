@@ -21,6 +21,9 @@ pub struct MachineInfo {
     pub rustc: String,
     /// `release` or `debug`.
     pub profile: &'static str,
+    /// The 1, 5 and 15 minute load averages when the run started (other
+    /// work on the machine skews the numbers).
+    pub load: String,
 }
 
 impl MachineInfo {
@@ -53,6 +56,7 @@ impl MachineInfo {
             os: format!("{} {}", std::env::consts::OS, read("/proc/sys/kernel/osrelease").trim()),
             rustc,
             profile: if cfg!(debug_assertions) { "debug" } else { "release" },
+            load: read("/proc/loadavg").split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         }
     }
 }
@@ -257,13 +261,14 @@ pub fn text_table(r: &Results, targets: &[Target]) -> String {
     let _ = writeln!(out, "x kvirt: time per op relative to kvirt-area (kvirt-pt where kvirt-area has no such op); above 1 is slower; spread: (slowest - fastest run) / median.");
     let _ = writeln!(
         out,
-        "{} run, {} build: median of {} runs after {} warm-up run(s); {} CPUs ({})",
+        "{} run, {} build: median of {} runs after {} warm-up run(s); {} CPUs ({}), load average {} at start",
         if r.quick { "quick" } else { "full" },
         r.machine.profile,
         r.config.runs,
         r.config.warmup,
         r.machine.nproc,
-        r.machine.cpu
+        r.machine.cpu,
+        r.machine.load
     );
     let _ = writeln!(out, "\ntargets:");
     for t in targets {
@@ -307,13 +312,14 @@ pub fn json(r: &Results, targets: &[Target]) -> String {
     let _ = writeln!(out, "  \"tool\": \"kvirt bench\",\n  \"quick\": {},", r.quick);
     let _ = writeln!(
         out,
-        "  \"machine\": {{\"nproc\": {}, \"cpu\": {}, \"memory\": {}, \"os\": {}, \"rustc\": {}, \"profile\": {}}},",
+        "  \"machine\": {{\"nproc\": {}, \"cpu\": {}, \"memory\": {}, \"os\": {}, \"rustc\": {}, \"profile\": {}, \"load\": {}}},",
         m.nproc,
         json_str(&m.cpu),
         json_str(&m.memory),
         json_str(&m.os),
         json_str(&m.rustc),
-        json_str(m.profile)
+        json_str(m.profile),
+        json_str(&m.load)
     );
     let _ = writeln!(
         out,
@@ -536,6 +542,7 @@ pub fn markdown(r: &Results, targets: &[Target], svg_link: Option<&str>) -> Stri
     let _ = writeln!(out, "| OS | {} |", m.os);
     let _ = writeln!(out, "| compiler | {} |", m.rustc);
     let _ = writeln!(out, "| build | {} |", m.profile);
+    let _ = writeln!(out, "| load average at start (1, 5, 15 min) | {} |", m.load);
     let _ = writeln!(
         out,
         "| run | {}: median of {} timed runs after {} warm-up run(s); {} pages (and queries) per run of the 4 KiB workloads |\n",
@@ -584,7 +591,7 @@ pub fn markdown(r: &Results, targets: &[Target], svg_link: Option<&str>) -> Stri
     let _ = writeln!(out, "- untracked 1 GiB: map + unmap of 1 GiB of the simulated device window as one 1 GiB page (`map_untracked_frames` for kvirt-area).");
     let _ = writeln!(out, "- area workloads follow Linux's `lib/test_vmalloc.c`: fixed size (1 page), random size (1-100 pages), a long busy list ({} live areas, then fixed-size create+drop), aligned allocations (2 MiB untracked areas, which kvirt aligns to 2 MiB), and fixed size from 1 and from 2 threads on one space (ops/s of the whole). Each create allocates its frames (not zeroed, like `vmalloc`), and every area workload checks that the counters are back afterwards.", r.config.busy_areas);
     let _ = writeln!(out, "- `area create+drop, 1 page` runs with no other area in the space, so every create allocates the page-table nodes under the area and every drop reclaims them (through a TLB flush and an RCU grace period); with 10 000 live areas around, those nodes stay and only the leaf entry changes. Target (c) compares exactly these two.");
-    let _ = writeln!(out, "- The threaded workload needs both CPUs of this 2-CPU machine, and its result is unstable *between* `kvirt bench` processes while the timed runs inside one process agree: while this page was written, target (d) measured anywhere from about 0.4x to 1.8x on consecutive runs of the same binary, with and without other load. One run decides nothing; rerun (and look at `runs_ns_per_op` in `bench.json`) before reading much into it.");
+    let _ = writeln!(out, "- The threaded workload needs both CPUs of this 2-CPU machine, and its result is unstable *between* `kvirt bench` processes while the timed runs inside one process agree: while this page was written, target (d) measured anywhere from about 0.4x to 1.8x on consecutive runs, and other load on the machine (builds and tests of other sessions) pushes every number up. One run decides nothing; rerun (and look at `runs_ns_per_op` in `bench.json`) before reading much into it.");
     let _ = writeln!(out, "- The targets are reported as measured; nothing is tuned to pass them.");
     out
 }
