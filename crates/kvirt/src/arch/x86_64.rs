@@ -59,6 +59,7 @@ const NX: u64 = 1 << 63;
 const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 
 impl X86_64 {
+    #[inline]
     const fn addr_mask(level: PagingLevel) -> u64 {
         match level {
             1 => ADDR_MASK,
@@ -67,6 +68,7 @@ impl X86_64 {
         }
     }
 
+    #[inline]
     const fn pat_bit(level: PagingLevel) -> u64 {
         if level == 1 {
             PAT_4K
@@ -83,6 +85,7 @@ impl PagingFormat for X86_64 {
     const PA_BITS: u32 = 52;
     const SIGN_EXTEND: bool = true;
 
+    #[inline]
     fn encode_page(pa: Paddr, level: PagingLevel, prop: PageProperty, tracked: bool) -> u64 {
         debug_assert!((1..=3).contains(&level));
         debug_assert_eq!(pa as u64 & !Self::addr_mask(level), 0, "unencodable frame address");
@@ -124,11 +127,13 @@ impl PagingFormat for X86_64 {
         raw
     }
 
+    #[inline]
     fn encode_table(pa: Paddr) -> u64 {
         debug_assert_eq!(pa as u64 & !ADDR_MASK, 0, "unencodable table address");
         pa as u64 | P | W | U
     }
 
+    #[inline]
     fn decode(raw: u64, level: PagingLevel) -> PteKind {
         if raw & (P | NONE) == 0 {
             return PteKind::Absent;

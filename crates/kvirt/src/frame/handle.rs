@@ -45,12 +45,14 @@ impl<M: ?Sized> Frame<M> {
         Self { slot, _meta: PhantomData }
     }
 
+    #[inline]
     pub(crate) fn slot(&self) -> &MetaSlot {
         // SAFETY: the handle owns a reference, so the slot is alive; slots
         // live as long as their `PhysMem`, which outlives its frames.
         unsafe { self.slot.as_ref() }
     }
 
+    #[inline]
     pub(crate) fn phys(&self) -> &PhysMem {
         // SAFETY: the handle owns a reference to the frame.
         let owner = unsafe { self.slot().owner() };
@@ -61,6 +63,7 @@ impl<M: ?Sized> Frame<M> {
 
     /// The physical address.
     #[must_use]
+    #[inline]
     pub fn paddr(&self) -> Paddr {
         self.phys().slot_paddr(self.slot())
     }

@@ -213,6 +213,7 @@ impl MetaSlot {
     }
 
     /// Adds one reference to a slot that has at least one.
+    #[inline]
     pub(super) fn inc_ref(&self) {
         let old = self.ref_count.fetch_add(1, Ordering::Relaxed);
         debug_assert!(old != REF_COUNT_UNUSED && old != REF_COUNT_BUSY, "new reference to a dead frame");
@@ -223,6 +224,7 @@ impl MetaSlot {
 
     /// Drops one reference. Returns `true` if it was the last one; the slot
     /// is then `BUSY` and the caller must call [`Self::tear_down`].
+    #[inline]
     pub(super) fn dec_ref(&self) -> bool {
         let old = self.ref_count.fetch_sub(1, Ordering::Release);
         debug_assert!((1..=REF_COUNT_MAX).contains(&old), "dropped a reference to a dead frame");
@@ -284,6 +286,7 @@ impl MetaSlot {
     }
 
     /// The address of the storage, for sized metadata.
+    #[inline]
     pub(crate) fn storage_ptr(&self) -> *const u8 {
         self.storage.get().cast::<u8>()
     }
@@ -293,6 +296,7 @@ impl MetaSlot {
     /// # Safety
     ///
     /// The caller owns a reference to the frame.
+    #[inline]
     pub(super) unsafe fn owner(&self) -> *const super::PhysMem {
         // SAFETY: written at allocation, before the Release store that the
         // caller's reference synchronises with; never written while the

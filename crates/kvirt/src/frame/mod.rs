@@ -390,12 +390,14 @@ impl PhysMem {
     /// A pointer to physical address `pa` through the platform window.
     ///
     /// The pointer is valid (Platform contract 1) when `pa` is RAM.
+    #[inline]
     pub(crate) fn phys_ptr(&self, pa: Paddr) -> *mut u8 {
         debug_assert!(pa < self.max_paddr, "physical address {pa:#x} is not RAM");
         self.base.as_ptr().wrapping_add(pa)
     }
 
     /// The slot of the page at `pa`.
+    #[inline]
     pub(crate) fn slot(&self, pa: Paddr) -> &MetaSlot {
         assert!(pa < self.max_paddr, "physical address {pa:#x} has no metadata slot");
         let slot = self.slots.as_ptr().wrapping_add(pa / PAGE_SIZE);
@@ -405,6 +407,7 @@ impl PhysMem {
     }
 
     /// The physical address of the page a slot of this array describes.
+    #[inline]
     pub(crate) fn slot_paddr(&self, slot: &MetaSlot) -> Paddr {
         let offset = (slot as *const MetaSlot as usize) - (self.slots.as_ptr() as usize);
         offset / META_SLOT_SIZE * PAGE_SIZE

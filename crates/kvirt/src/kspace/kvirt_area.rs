@@ -47,7 +47,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use super::registry::{AreaInfo, AreaKind};
 use super::vmalloc::GUARD_SIZE;
 use super::{KernelSpace, SpaceInner, VMALLOC_VADDR_RANGE};
-use crate::addr::{align_down, is_page_aligned, Paddr, Vaddr, PAGE_SIZE};
+use crate::addr::{is_page_aligned, Paddr, Vaddr, PAGE_SIZE};
 use crate::arch::x86_64::X86_64;
 use crate::arch::PagingFormat;
 use crate::frame::{AnyFrameMeta, Frame, FrameRef};
@@ -376,21 +376,29 @@ impl KVirtArea {
         result
     }
 
+    /// The item at `addr`, read without locks.
+    ///
+    /// Only the mapped part of an area is ever mapped (type invariant), so
+    /// anything else queries `None` without a walk. Inside it, the area owns
+    /// the mapping at `addr` and nothing else can remove it while `self` is
+    /// borrowed, so every node on the path stays alive and the lock-free walk
+    /// needs neither locks nor a read-side section.
     fn query_unchecked(&self, addr: Vaddr) -> Option<MappedItemRef<'_>> {
-        let page = align_down(addr, PAGE_SIZE);
+        if !self.mapped.contains(&addr) {
+            return None;
+        }
         let space = self.space();
-        let mut cursor =
-            space.kernel_pt.cursor(&(page..page + PAGE_SIZE)).expect("an area lies in kernel space");
-        let (_, item) = cursor.query().expect("the page is inside the cursor");
-        Some(match item? {
-            MappedItemRef::Tracked(frame, prop) => {
-                let slot = NonNull::from(frame.slot());
-                // SAFETY: the entry owns a reference to the frame, and only
-                // this area can change the entries of its range: they stay
-                // while `self` is borrowed.
-                MappedItemRef::Tracked(unsafe { FrameRef::from_slot(slot) }, prop)
-            }
-            MappedItemRef::Untracked(pa, level, prop) => MappedItemRef::Untracked(pa, level, prop),
+        // SAFETY: the area owns the mapping at `addr` (see above).
+        let leaf = unsafe { space.kernel_pt.walk_unlocked(addr) };
+        let leaf = leaf.expect("the mapped part of an area is mapped");
+        Some(if leaf.tracked {
+            let slot = NonNull::from(space.phys.slot(leaf.pa));
+            // SAFETY: the entry owns a reference to the frame, and only this
+            // area can change the entries of its range: they stay while
+            // `self` is borrowed.
+            MappedItemRef::Tracked(unsafe { FrameRef::from_slot(slot) }, leaf.prop)
+        } else {
+            MappedItemRef::Untracked(leaf.pa, leaf.level, leaf.prop)
         })
     }
 
@@ -619,14 +627,12 @@ impl KernelSpace {
         }
         let mut cursor =
             self.inner().kernel_pt.cursor_mut(&area.mapped).expect("an area lies in kernel space");
-        for frame in frames {
-            if cursor.try_map(MappedItem::Tracked(frame.into_dyn(), prop)).is_err() {
-                // Only running out of page-table memory can fail here; the
-                // area's drop unmaps what was mapped and frees the range.
-                drop(cursor);
-                drop(area);
-                return Err(KVirtAreaError::OutOfMemory);
-            }
+        if cursor.try_map_frames(frames, prop).is_err() {
+            // Only running out of page-table memory can fail here; the
+            // area's drop unmaps what was mapped and frees the range.
+            drop(cursor);
+            drop(area);
+            return Err(KVirtAreaError::OutOfMemory);
         }
         Ok(area)
     }

@@ -171,8 +171,9 @@ impl KernelSpace {
         ram_is_zeroed: bool,
     ) -> Result<Self, KernelSpaceError> {
         let phys = Box::new(PhysMem::new(platform, memory_map, ram_is_zeroed)?);
-        let kernel_pt =
+        let mut kernel_pt =
             PageTable::<KernelPtConfig>::empty(&phys).map_err(|_| KernelSpaceError::OutOfMemory)?;
+        kernel_pt.set_lazy_reclaim(true);
         map_linear_and_metadata(&kernel_pt, &phys, memory_map)?;
         let inner = Box::new(SpaceInner {
             kernel_pt,
@@ -295,8 +296,12 @@ impl KernelSpace {
         unsafe { Frame::from_slot(slot) }
     }
 
-    /// Waits until every deferred reclamation of this space has happened.
+    /// Reclaims the kernel page table's emptied nodes and waits until every
+    /// deferred reclamation of this space has happened. After it, counters
+    /// such as [`phys_stats`](Self::phys_stats) show no memory held for
+    /// reuse.
     pub fn synchronize(&self) {
+        self.inner().kernel_pt.reclaim_empty_nodes();
         self.platform().rcu_barrier();
     }
 

@@ -444,17 +444,32 @@ impl fmt::Debug for StraySubtree {
     }
 }
 
+/// A pointer to a `PhysMem` that an RCU callback takes to another thread.
+/// A pointer, not its address: the callback must use it with its provenance.
+struct SendPhys(NonNull<PhysMem>);
+
+// SAFETY: `PhysMem` is `Sync`, so it may be used through a shared pointer
+// from any thread; whoever dereferences the pointer answers for its life.
+unsafe impl Send for SendPhys {}
+
+impl SendPhys {
+    /// The pointer. A method, so that a closure captures the whole wrapper
+    /// (which is `Send`) rather than its field (which is not).
+    fn get(self) -> NonNull<PhysMem> {
+        self.0
+    }
+}
+
 impl Drop for StraySubtree {
     fn drop(&mut self) {
         // SAFETY: the `PhysMem` outlives its page tables and their parts.
         let phys = unsafe { self.phys.as_ref() };
-        let (phys_addr, raw, level, release) =
-            (self.phys.as_ptr() as usize, self.raw, self.level, self.release);
+        let (phys_ptr, raw, level, release) = (SendPhys(self.phys), self.raw, self.level, self.release);
         phys.platform().call_rcu(alloc::boxed::Box::new(move || {
             // SAFETY: the space waits for its callbacks before it is freed
             // (`KernelSpace::drop` calls `rcu_barrier`), so the `PhysMem`
             // is still alive.
-            let phys = unsafe { &*(phys_addr as *const PhysMem) };
+            let phys = unsafe { phys_ptr.get().as_ref() };
             // SAFETY: this value owned the detached sub-tree's entry; the
             // grace period has passed, so no lock-free walker still reaches
             // it. Flushing the TLB for it before dropping this value is the
@@ -586,6 +601,46 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
         Ok(())
     }
 
+    /// Maps tracked `frames` one 4 KiB page after another from the current
+    /// address, exactly as [`try_map`](Self::try_map) would one at a time,
+    /// but filling each leaf node in a tight loop once the first frame in
+    /// it is mapped. Stops at the first frame `try_map` would reject and
+    /// returns that rejection; the frames before it stay mapped.
+    pub fn try_map_frames<T: AnyFrameMeta + ?Sized>(
+        &mut self,
+        frames: impl IntoIterator<Item = Frame<T>>,
+        prop: PageProperty,
+    ) -> Result<(), MapError> {
+        let mut frames = frames.into_iter().peekable();
+        while let Some(first) = frames.next() {
+            self.try_map(MappedItem::Tracked(first.into_dyn(), prop))?;
+            let c = &mut self.inner;
+            if c.level != 1 {
+                continue;
+            }
+            // `try_map` left the cursor in the leaf node it wrote, just past
+            // that page: fill the rest of the node directly.
+            let node = c.cur_node();
+            let node_end = c.base[0].saturating_add(node_span::<C::F>(1));
+            let limit = node_end.min(c.barrier.end);
+            let phys = c.phys();
+            while c.va < limit {
+                let i = pte_index::<C::F>(c.va, 1);
+                let fits = frames.peek().is_some_and(|f| core::ptr::eq(f.phys(), phys)) && node.read(i) == 0;
+                if !fits {
+                    // Let `try_map` deal with it (and report any error).
+                    break;
+                }
+                let frame = frames.next().expect("peeked");
+                // The entry takes over the frame's reference.
+                let pa = frame.into_raw();
+                node.write(i, C::F::encode_page(pa, 1, prop, true));
+                c.va += crate::addr::PAGE_SIZE;
+            }
+        }
+        Ok(())
+    }
+
     /// Whether a node at `level` may be detached.
     fn may_detach(level: PagingLevel) -> bool {
         level < C::F::NR_LEVELS - 1 || (level == C::F::NR_LEVELS - 1 && C::TOP_LEVEL_CAN_UNMAP)
@@ -653,6 +708,15 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
     /// memory runs out while splitting a huge page.
     pub fn take_next(&mut self, len: usize) -> Option<PageTableFrag> {
         let end = self.inner.search_end(len);
+        // A cursor left deep in the tree at the start of a node (by `jump`
+        // or a rejected `try_map`) starts from the highest entry beginning
+        // at `va`, which may lie in the search range as a whole: a sub-tree
+        // is then taken whole whatever the cursor did before.
+        let c = &mut self.inner;
+        c.sync_path();
+        while c.level < c.guard_level && is_aligned(c.va, page_size::<C::F>(c.level + 1)) {
+            c.level += 1;
+        }
         loop {
             let c = &mut self.inner;
             if c.va >= end {
@@ -796,8 +860,13 @@ impl<C: PageTableConfig> Drop for CursorMut<'_, C> {
         self.inner.unlock_all();
 
         let platform = self.inner.phys().platform();
-        for (raw, level, span) in self.detached.drain(..) {
-            platform.flush_tlb(TlbFlushOp::Range(span), TlbScope::AllCpus);
+        if !self.detached.is_empty() {
+            // One invalidation covers every detached node's span.
+            let start = self.detached.iter().map(|d| d.2.start).min().unwrap_or(0);
+            let end = self.detached.iter().map(|d| d.2.end).max().unwrap_or(0);
+            platform.flush_tlb(TlbFlushOp::Range(start..end), TlbScope::AllCpus);
+        }
+        for (raw, level, _) in self.detached.drain(..) {
             drop(StraySubtree {
                 phys: NonNull::from(self.inner.phys()),
                 raw,
@@ -807,24 +876,34 @@ impl<C: PageTableConfig> Drop for CursorMut<'_, C> {
         }
 
         if guard_emptied {
-            // The guard node is empty: lock its parent (a cursor over the
-            // guard's span, with its guard one level up) and detach it
-            // there. That cursor's own drop continues upwards. The span of
-            // a node at the very top of the address space ends at 2^64,
-            // which no `Range` can express: it stops one page short, and the
-            // guard level is forced instead.
-            let span_end = guard_base
-                .checked_add(node_span::<C::F>(guard_level))
-                .unwrap_or(usize::MAX - (crate::addr::PAGE_SIZE - 1));
-            let span = guard_base..span_end;
-            match Cursor::new_with_guard_at_least(self.inner.pt, &span, guard_level + 1) {
-                Ok(parent) => {
-                    let mut parent = CursorMut { inner: parent, detached: Vec::new(), removed: false };
-                    parent.reclaim_empty_child(guard_base);
-                }
-                Err(e) => debug_assert!(false, "cannot lock the parent of an emptied node: {e}"),
+            if self.inner.pt.lazy_reclaim {
+                // Leave the node for a batch: a node emptied now is often
+                // filled again at once (an area dropped and another
+                // created in the same place), and reclaiming it would cost
+                // a TLB flush and a fresh zeroed node.
+                self.inner.pt.queue_empty_node(guard_base, guard_level);
+            } else {
+                reclaim_empty_node(self.inner.pt, guard_base, guard_level);
             }
         }
+    }
+}
+
+/// Detaches the node at `level` mapping from `base`, if it is still there
+/// and still empty, by locking its parent (a cursor over the node's span,
+/// with its guard one level up). That cursor's own drop continues upwards.
+/// The span of a node at the very top of the address space ends at 2^64,
+/// which no `Range` can express: it stops one page short, and the guard
+/// level is forced instead.
+pub(super) fn reclaim_empty_node<C: PageTableConfig>(pt: &PageTable<C>, base: Vaddr, level: PagingLevel) {
+    let span_end =
+        base.checked_add(node_span::<C::F>(level)).unwrap_or(usize::MAX - (crate::addr::PAGE_SIZE - 1));
+    match Cursor::new_with_guard_at_least(pt, &(base..span_end), level + 1) {
+        Ok(parent) => {
+            let mut parent = CursorMut { inner: parent, detached: Vec::new(), removed: false };
+            parent.reclaim_empty_child(base);
+        }
+        Err(e) => debug_assert!(false, "cannot lock the parent of an emptied node: {e}"),
     }
 }
 

@@ -49,6 +49,7 @@ mod inv;
 #[doc(hidden)]
 pub mod locking;
 mod node;
+mod walk;
 
 use core::fmt;
 use core::marker::PhantomData;
@@ -61,7 +62,7 @@ pub(crate) use node::{NodeRef, PtNodeMeta};
 
 use crate::addr::{is_page_aligned, Paddr, PagingLevel, Vaddr};
 use crate::arch::x86_64::X86_64;
-use crate::arch::{page_size, pte_index, PagingFormat, PteKind};
+use crate::arch::{page_size, PagingFormat, PteKind};
 use crate::frame::{AnyFrameMeta, Frame, FrameRef, PhysMem};
 use crate::kspace::KernelSpace;
 use crate::page_prop::PageProperty;
@@ -271,8 +272,18 @@ pub struct PageTable<C: PageTableConfig> {
     root: Paddr,
     /// Where the nodes live. Outlives the table (kernel-space lifetime rule).
     phys: NonNull<PhysMem>,
+    /// Whether guard nodes emptied by cursors wait in `empty_nodes` for a
+    /// batch instead of being reclaimed at once (kernel spaces turn it on
+    /// for their kernel page table).
+    lazy_reclaim: bool,
+    /// Nodes (start address, level) emptied and not yet reclaimed.
+    empty_nodes: spin::Mutex<alloc::vec::Vec<(Vaddr, PagingLevel)>>,
     _config: PhantomData<C>,
 }
+
+/// How many emptied nodes a lazily reclaiming table keeps before it
+/// reclaims them.
+const EMPTY_NODE_BATCH: usize = 32;
 
 // SAFETY: the table's nodes are shared through locks and atomics; `PhysMem`
 // is `Sync`.
@@ -300,7 +311,13 @@ impl<C: PageTableConfig> PageTable<C> {
 
     pub(crate) fn empty(phys: &PhysMem) -> Result<Self, PageTableAllocError> {
         let root = alloc_node(phys, C::F::NR_LEVELS)?;
-        let table = Self { root: root.pa(), phys: NonNull::from(phys), _config: PhantomData };
+        let table = Self {
+            root: root.pa(),
+            phys: NonNull::from(phys),
+            lazy_reclaim: false,
+            empty_nodes: spin::Mutex::new(alloc::vec::Vec::new()),
+            _config: PhantomData,
+        };
         if !C::TOP_LEVEL_CAN_UNMAP {
             for i in C::TOP_LEVEL_INDEX_RANGE {
                 let Ok(child) = alloc_node(phys, C::F::NR_LEVELS - 1) else {
@@ -320,6 +337,43 @@ impl<C: PageTableConfig> PageTable<C> {
         // SAFETY: the `PhysMem` outlives its page tables (kernel-space
         // lifetime rule).
         unsafe { self.phys.as_ref() }
+    }
+
+    /// Makes emptied guard nodes wait for a batch (or for
+    /// [`reclaim_empty_nodes`](Self::reclaim_empty_nodes)) instead of being
+    /// reclaimed when the cursor that emptied them is dropped.
+    pub(crate) fn set_lazy_reclaim(&mut self, lazy: bool) {
+        self.lazy_reclaim = lazy;
+    }
+
+    /// Queues an emptied node; reclaims the queue when it is full.
+    pub(crate) fn queue_empty_node(&self, base: Vaddr, level: PagingLevel) {
+        let full = {
+            let mut queue = self.empty_nodes.lock();
+            if !queue.contains(&(base, level)) {
+                queue.push((base, level));
+            }
+            queue.len() >= EMPTY_NODE_BATCH
+        };
+        if full {
+            self.reclaim_empty_nodes();
+        }
+    }
+
+    /// Reclaims every queued node that is still empty (see
+    /// [`set_lazy_reclaim`](Self::set_lazy_reclaim)). Nodes are freed after
+    /// an RCU grace period.
+    pub fn reclaim_empty_nodes(&self) {
+        // Reclaiming a node may empty its parent, which is queued in turn.
+        loop {
+            let queue = core::mem::take(&mut *self.empty_nodes.lock());
+            if queue.is_empty() {
+                return;
+            }
+            for (base, level) in queue {
+                cursor::reclaim_empty_node(self, base, level);
+            }
+        }
     }
 
     /// The physical address of the root node (what goes into CR3).
@@ -352,26 +406,11 @@ impl<C: PageTableConfig> PageTable<C> {
     /// shares, which belong to the kernel table and may be freed before it.
     #[must_use]
     pub fn translate(&self, va: Vaddr) -> Option<(Paddr, PageProperty)> {
-        let (first, last) = vaddr_bounds::<C>();
-        if !(first..=last).contains(&va) {
-            return None;
-        }
         let _rcu = crate::platform::RcuReadGuard::new(self.phys().platform());
-        let mut node = self.root_node();
-        let mut level = C::F::NR_LEVELS;
-        loop {
-            let raw = node.read(pte_index::<C::F>(va, level));
-            match C::F::decode(raw, level) {
-                PteKind::Absent => return None,
-                PteKind::Page { pa, prop, .. } => return Some((pa + va % page_size::<C::F>(level), prop)),
-                PteKind::Table(child) => {
-                    // SAFETY: we are in a read-side section, so a node
-                    // reachable now is not freed before it ends.
-                    node = unsafe { NodeRef::new(self.phys(), child) };
-                    level -= 1;
-                }
-            }
-        }
+        // SAFETY: we are in a read-side section, so a node reachable now is
+        // not freed before it ends.
+        let leaf = unsafe { self.walk_unlocked(va) }?;
+        Some((leaf.pa + va % page_size::<C::F>(leaf.level), leaf.prop))
     }
 }
 
@@ -460,13 +499,22 @@ pub(crate) unsafe fn release_entry<F: PagingFormat>(phys: &PhysMem, raw: u64, le
             drop(unsafe { Frame::<dyn AnyFrameMeta>::from_slot(NonNull::from(phys.slot(pa))) });
         }
         PteKind::Table(child) => {
-            for i in 0..F::NR_ENTRIES {
-                // SAFETY: the caller owns the sub-tree, which no one else
-                // can reach: reading its entries directly is fine.
-                let node = unsafe { NodeRef::new(phys, child) };
-                let raw = node.read(i);
-                // SAFETY: the sub-tree's entries are owned with it.
-                unsafe { release_entry::<F>(phys, raw, level - 1) };
+            // SAFETY: the caller owns the sub-tree, which no one else can
+            // reach: reading its entries directly is fine.
+            let node = unsafe { NodeRef::new(phys, child) };
+            // An empty node owns nothing: skip the scan of its entries (a
+            // kernel table's drop would otherwise read all 512 entries of
+            // each of its 256 pre-allocated, mostly empty second-level
+            // nodes). The lock is uncontended; it only guards the count.
+            node.lock();
+            let empty = node.nr_children() == 0;
+            node.unlock();
+            if !empty {
+                for i in 0..F::NR_ENTRIES {
+                    let raw = node.read(i);
+                    // SAFETY: the sub-tree's entries are owned with it.
+                    unsafe { release_entry::<F>(phys, raw, level - 1) };
+                }
             }
             // SAFETY: the entry owned the node, now emptied of ownership.
             unsafe { free_node(phys, child) };

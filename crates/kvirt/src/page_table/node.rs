@@ -75,14 +75,17 @@ impl<'a> NodeRef<'a> {
         Self { phys, pa }
     }
 
+    #[inline]
     pub(crate) fn pa(self) -> Paddr {
         self.pa
     }
 
+    #[inline]
     pub(crate) fn phys(self) -> &'a PhysMem {
         self.phys
     }
 
+    #[inline]
     pub(crate) fn meta(self) -> &'a PtNodeMeta {
         let slot = self.phys.slot(self.pa);
         // SAFETY: the page is a node (type invariant), so its slot holds a
@@ -95,6 +98,7 @@ impl<'a> NodeRef<'a> {
         self.meta().level
     }
 
+    #[inline]
     fn entry(self, index: usize) -> &'a AtomicU64 {
         debug_assert!(index < crate::addr::PAGE_SIZE / 8);
         let ptr = self.phys.phys_ptr(self.pa).wrapping_add(index * 8).cast::<u64>();
@@ -105,6 +109,7 @@ impl<'a> NodeRef<'a> {
     }
 
     /// Reads entry `index` (allowed without the lock).
+    #[inline]
     pub(crate) fn read(self, index: usize) -> u64 {
         self.entry(index).load(Ordering::Acquire)
     }
@@ -112,9 +117,17 @@ impl<'a> NodeRef<'a> {
     /// Writes entry `index`, keeping `nr_children` in step.
     ///
     /// The caller holds the lock (checked in debug builds).
+    #[inline]
     pub(crate) fn write(self, index: usize, raw: u64) {
         debug_assert!(self.is_locked(), "page-table node written without its lock");
-        let old = self.entry(index).swap(raw, Ordering::Release);
+        let entry = self.entry(index);
+        // No other thread writes the entry while we hold the lock. The
+        // hardware may set accessed/dirty bits in a present entry meanwhile,
+        // but never turns an absent entry present or back, which is all
+        // `old` is used for: a plain load and store (no locked exchange)
+        // suffice.
+        let old = entry.load(Ordering::Relaxed);
+        entry.store(raw, Ordering::Release);
         let meta = self.meta();
         // SAFETY: the caller holds the lock, which guards `nr_children`.
         let n = unsafe { &mut *meta.nr_children.get() };
@@ -126,12 +139,14 @@ impl<'a> NodeRef<'a> {
     }
 
     /// The number of non-absent entries. The caller holds the lock.
+    #[inline]
     pub(crate) fn nr_children(self) -> u16 {
         debug_assert!(self.is_locked());
         // SAFETY: the caller holds the lock, which guards `nr_children`.
         unsafe { *self.meta().nr_children.get() }
     }
 
+    #[inline]
     pub(crate) fn lock(self) {
         let lock = &self.meta().lock;
         while lock.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
@@ -141,6 +156,7 @@ impl<'a> NodeRef<'a> {
         }
     }
 
+    #[inline]
     pub(crate) fn unlock(self) {
         debug_assert!(self.is_locked());
         self.meta().lock.store(false, Ordering::Release);
@@ -150,6 +166,7 @@ impl<'a> NodeRef<'a> {
         self.meta().lock.load(Ordering::Relaxed)
     }
 
+    #[inline]
     pub(crate) fn is_stray(self) -> bool {
         self.meta().stray.load(Ordering::Acquire)
     }
