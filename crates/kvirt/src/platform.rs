@@ -3,7 +3,7 @@
 //! kvirt runs in two worlds. In a kernel, the platform is the kernel itself:
 //! physical memory is reachable through its linear mapping, TLB shoot-downs
 //! are IPIs, and "the current CPU" is a per-CPU register. In a hosted build
-//! (feature `std`) the platform is [`hosted::SimPlatform`] over a simulated
+//! (feature `std`) the platform is `hosted::SimPlatform` over a simulated
 //! machine from `kvirt-sim`, whose MMU and TLBs show what the library built.
 //!
 //! The boundary is one object-safe `unsafe trait`, [`Platform`], so a kernel

@@ -1,6 +1,6 @@
 //! Physical frames: metadata, handles, segments and the allocator.
 //!
-//! Every physical page below [`max_paddr`] has a metadata slot ([`meta`]
+//! Every physical page below [`max_paddr`] has a metadata slot (the `meta`
 //! module docs show the layout and the reference-count states). Handles are
 //! thin pointers to slots:
 //!
@@ -16,7 +16,7 @@
 //! that owner, so handles stay one word and independent kernel spaces (many
 //! per test process) never mix their pages.
 //!
-//! The allocator ([`buddy`]) is a buddy system: O(log n) per allocation,
+//! The allocator (the `buddy` module) is a buddy system: O(log n) per allocation,
 //! LIFO reuse of freed pages.
 
 mod buddy;

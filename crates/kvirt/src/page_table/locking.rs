@@ -1,6 +1,6 @@
 //! The CortenMM lock protocol, written once over an abstract tree.
 //!
-//! The page table's cursors use it through [`PtTree`](super::cursor); the
+//! The page table's cursors use it through `PtTree` in the cursor module; the
 //! loom test (`tests/loom_locking.rs`) runs the very same functions over a
 //! model tree built from loom atomics, so every interleaving of the
 //! protocol on a small configuration is explored.

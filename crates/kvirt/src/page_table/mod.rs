@@ -43,6 +43,19 @@
 //!
 //! An entry mapping a tracked frame owns one reference to it; an entry
 //! pointing to a node owns the node. Untracked entries own nothing.
+//!
+//! ## Safety model
+//!
+//! Changing a page table is safe; *using* one is not. `map` may put any
+//! untracked physical address in a table, and a fragment from `take_next`
+//! releases its frames when dropped, flushed or not. Neither can cause
+//! undefined behaviour by itself: a table affects memory only once a CPU
+//! walks it, and making a CPU walk a table (loading CR3) and dereferencing
+//! addresses it maps are `unsafe` acts outside kvirt, whose callers take on
+//! the duty to flush before frames are reused. The kernel's own table, which
+//! safe code runs on, is never exposed mutably: a
+//! [`KernelSpace`](crate::kspace::KernelSpace) only hands out read-only cursors
+//! only, and its areas flush before they release anything.
 
 mod cursor;
 mod inv;
@@ -361,7 +374,7 @@ impl<C: PageTableConfig> PageTable<C> {
     }
 
     /// Reclaims every queued node that is still empty (see
-    /// [`set_lazy_reclaim`](Self::set_lazy_reclaim)). Nodes are freed after
+    /// `set_lazy_reclaim`, on for a kernel space's table). Nodes are freed after
     /// an RCU grace period.
     pub fn reclaim_empty_nodes(&self) {
         // Reclaiming a node may empty its parent, which is queued in turn.
