@@ -53,9 +53,9 @@
 //! walks it, and making a CPU walk a table (loading CR3) and dereferencing
 //! addresses it maps are `unsafe` acts outside kvirt, whose callers take on
 //! the duty to flush before frames are reused. The kernel's own table, which
-//! safe code runs on, is never exposed mutably: a
-//! [`KernelSpace`](crate::kspace::KernelSpace) only hands out read-only cursors
-//! only, and its areas flush before they release anything.
+//! safe code runs on, is never exposed mutably: a kernel space hands out
+//! read-only cursors only, and its areas flush before they release
+//! anything.
 
 mod cursor;
 mod inv;
