@@ -5,6 +5,8 @@
 
 use std::process::ExitCode;
 
+mod fuzz;
+mod miri;
 mod qemu;
 
 const USAGE: &str = "\
@@ -14,6 +16,14 @@ tasks:
   qemu [--timeout SECS]   build the demo kernel (kernel/) for x86_64-unknown-none and
                           boot it under qemu-system-x86_64; succeeds when the kernel
                           reports that every check passed (default timeout: 120 s)
+  fuzz [--time SECS] [TARGET...]
+                          run the cargo-fuzz targets (default: all of kvirt_api,
+                          pte_decode) for SECS each (default 60) on nightly, installing
+                          cargo-fuzz if missing; a crashing input is saved under
+                          fuzz/regressions/<target>/ and fails the task
+  miri                    run the unsafe core's tests under Miri with strict provenance
+                          (crates/kvirt/tests/miri.rs, kvirt-sim's unit tests) on
+                          nightly, installing miri and rust-src if missing
   help                    print this message
 ";
 
@@ -25,6 +35,8 @@ fn main() -> ExitCode {
     };
     let result = match task.as_str() {
         "qemu" => qemu::parse_args(rest).and_then(|options| qemu::run(&options)),
+        "fuzz" => fuzz::parse_args(rest).and_then(|options| fuzz::run(&options)),
+        "miri" => miri::parse_args(rest).and_then(|()| miri::run()),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())

@@ -68,7 +68,7 @@ impl Ram {
         let Some(alloc) = NonNull::new(ptr) else {
             panic!("kvirt-sim: could not allocate {size:#x} bytes of emulated RAM");
         };
-        let addr = alloc.as_ptr() as usize;
+        let addr = alloc.as_ptr().addr();
         let pad = addr.next_multiple_of(PAGE_SIZE) - addr;
         // `pad < PAGE_SIZE`, so `base..base + size` lies inside the allocation
         // of `size + PAGE_SIZE` bytes; `wrapping_add` keeps the provenance.

@@ -409,7 +409,7 @@ impl PhysMem {
     /// The physical address of the page a slot of this array describes.
     #[inline]
     pub(crate) fn slot_paddr(&self, slot: &MetaSlot) -> Paddr {
-        let offset = (slot as *const MetaSlot as usize) - (self.slots.as_ptr() as usize);
+        let offset = core::ptr::from_ref(slot).addr() - self.slots.as_ptr().addr();
         offset / META_SLOT_SIZE * PAGE_SIZE
     }
 

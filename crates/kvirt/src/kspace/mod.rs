@@ -136,15 +136,50 @@ struct SpaceInner {
     kernel_pt: PageTable<KernelPtConfig>,
     vmalloc: Vmalloc,
     registry: AreaRegistry,
-    /// Frames, metadata and the allocator. Boxed so that frames can point
-    /// to it from before the page table exists.
-    phys: Box<PhysMem>,
+    /// Frames, metadata and the allocator, at a fixed heap address that
+    /// frames and the page table point to from before this struct exists.
+    phys: PhysBox,
     /// Pages in use when the space was set up (metadata excluded): the
     /// kernel's own page-table nodes. Used to decide whether the space can
     /// be freed.
     baseline_used_pages: usize,
     #[cfg(feature = "std")]
     machine: Option<alloc::sync::Arc<kvirt_sim::Machine>>,
+}
+
+/// The heap-allocated [`PhysMem`] of a space.
+///
+/// Not a `Box<PhysMem>`: moving a `Box` (into `SpaceInner`, into the
+/// leaked allocation) asserts unique access to its contents, which
+/// invalidates the pointers that the page table and its nodes' frames took
+/// before the move (Miri reports it under Stacked and Tree Borrows). A raw
+/// pointer asserts nothing; the memory is freed when the `PhysBox` drops.
+struct PhysBox(NonNull<PhysMem>);
+
+impl PhysBox {
+    fn new(phys: PhysMem) -> Self {
+        Self(NonNull::from(Box::leak(Box::new(phys))))
+    }
+}
+
+impl core::ops::Deref for PhysBox {
+    type Target = PhysMem;
+
+    fn deref(&self) -> &PhysMem {
+        // SAFETY: the pointer came from `Box::leak` and is freed only in
+        // `drop`; the `PhysMem` is only ever shared.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl Drop for PhysBox {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from `Box::leak` and is freed only here,
+        // once; nothing points into it any more (the page table, declared
+        // before the `PhysBox` in `SpaceInner`, is dropped first, and a
+        // space is freed only when no frame of it is alive).
+        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+    }
 }
 
 /// One kernel's virtual memory (see the module documentation).
@@ -170,7 +205,7 @@ impl KernelSpace {
         memory_map: &[MemoryRegion],
         ram_is_zeroed: bool,
     ) -> Result<Self, KernelSpaceError> {
-        let phys = Box::new(PhysMem::new(platform, memory_map, ram_is_zeroed)?);
+        let phys = PhysBox::new(PhysMem::new(platform, memory_map, ram_is_zeroed)?);
         let mut kernel_pt =
             PageTable::<KernelPtConfig>::empty(&phys).map_err(|_| KernelSpaceError::OutOfMemory)?;
         kernel_pt.set_lazy_reclaim(true);

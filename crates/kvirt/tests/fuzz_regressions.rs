@@ -1,0 +1,65 @@
+//! Replays the saved fuzz inputs (`fuzz/regressions/<target>/`) through the
+//! checks of their fuzz target, so that a bug found by fuzzing stays fixed.
+//!
+//! The checking logic is `fuzz/fuzz_logic.rs`, the very file the cargo-fuzz
+//! targets use (included here as a module). It decodes the raw bytes itself,
+//! so an input means the same here as under libFuzzer. Each target has at
+//! least one committed hand-made seed; the test still passes, and says so,
+//! if a target's directory is empty.
+
+use std::path::{Path, PathBuf};
+
+#[path = "../../../fuzz/fuzz_logic.rs"]
+mod fuzz_logic;
+
+/// The saved inputs of `target`, sorted by name (the README is not one).
+fn saved_inputs(target: &str) -> (PathBuf, Vec<PathBuf>) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions").join(target);
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .map(|e| e.expect("a readable directory entry").path())
+            .filter(|p| p.is_file() && p.extension().is_none_or(|e| e != "md"))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("cannot read {}: {e}", dir.display()),
+    };
+    files.sort();
+    (dir, files)
+}
+
+fn replay(target: &str) {
+    let run = fuzz_logic::TARGETS
+        .iter()
+        .find(|(name, _)| *name == target)
+        .map(|(_, run)| *run)
+        .expect("a known target");
+    let (dir, files) = saved_inputs(target);
+    if files.is_empty() {
+        println!("fuzz regressions of {target}: no saved inputs in {}: nothing to replay", dir.display());
+        return;
+    }
+    for file in &files {
+        let data = std::fs::read(file).unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()));
+        println!("replaying {target}/{} ({} bytes)", file.file_name().unwrap().to_string_lossy(), data.len());
+        run(&data);
+    }
+    println!("fuzz regressions of {target}: {} inputs replayed", files.len());
+}
+
+#[test]
+fn kvirt_api_regressions_replay() {
+    replay("kvirt_api");
+}
+
+#[test]
+fn pte_decode_regressions_replay() {
+    replay("pte_decode");
+}
+
+#[test]
+fn every_target_has_a_regressions_directory() {
+    for (target, _) in fuzz_logic::TARGETS {
+        let (dir, _) = saved_inputs(target);
+        assert!(dir.is_dir(), "{} is missing", dir.display());
+    }
+}

@@ -1,0 +1,565 @@
+//! The unsafe core under Miri: frame metadata slots and handles, page-table
+//! node memory and cursors, and kernel virtual areas.
+//!
+//! `cargo xtask miri` runs this file under Miri with strict provenance;
+//! `cargo test` runs it as an ordinary test file. Each test covers one part
+//! of the unsafe code end to end on its own small kernel space, and checks
+//! that every page and page-table node comes back, so Miri sees every
+//! reference count reach zero and every slot torn down.
+//!
+//! Written for Miri's speed (a few hundred times slower than a native debug
+//! build):
+//!
+//! * Spaces are 4 MiB machines. The cost of a space is its kernel page
+//!   table (the 256 second-level nodes every kernel table pre-allocates),
+//!   not its RAM size.
+//! * Cursor tests use user page tables (an empty one is just its root) and
+//!   call `check_inv` only on those: a kernel table's invariant check walks
+//!   all 256 pre-allocated nodes entry by entry.
+//! * The spaces run on [`MiriPlatform`], a platform over the same simulated
+//!   machine as the hosted default but with kvirt's own [`CountingRcu`] (the
+//!   one the demo kernel uses) instead of crossbeam-epoch. Under Miri,
+//!   crossbeam-epoch 0.9 casts integers back to pointers (`Pointable::deref`
+//!   in its `atomic.rs`), which strict provenance forbids; even with
+//!   permissive provenance it breaks Stacked Borrows (`Local::element_of`,
+//!   crossbeam issue 545); and under Tree Borrows its global collector
+//!   leaks its per-thread state at exit. With `CountingRcu`, the whole run
+//!   is checked with strict provenance, Stacked Borrows and the leak check.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use kvirt::frame::{
+    AnyFrameMeta, Frame, FrameAccessError, FrameAllocOptions, PhysStats, Segment, UFrame, USegment,
+};
+use kvirt::kspace::{KVirtArea, KernelSpace, MappedItemRef};
+use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
+use kvirt::page_table::{MappedItem, PageTable, PageTableFrag, UserPtConfig};
+use kvirt::platform::{
+    CountingRcu, MemoryRegion, MemoryRegionKind, Platform, RcuCallback, TlbFlushOp, TlbScope,
+};
+use kvirt::sim::{Machine, MachineConfig, RegionKind};
+use kvirt::{Paddr, Vaddr, PAGE_SIZE};
+
+const P: usize = PAGE_SIZE;
+const SIZE_2M: usize = 2 << 20;
+/// RAM of every test machine.
+const RAM: usize = 4 << 20;
+/// A 1 GiB-aligned user address for page-table tests.
+const UVA: Vaddr = 0x4000_0000;
+/// Untracked physical memory for page-table tests, 1 GiB aligned, above RAM
+/// (the page table itself does not check trackedness).
+const UPA: Paddr = 0x1_0000_0000;
+/// The device window of every test machine: the first 1 GiB boundary above
+/// its RAM.
+const DEVICE_WINDOW: Paddr = 1 << 30;
+
+/// The hosted platform with kvirt's counting RCU (see the module docs).
+#[derive(Debug)]
+struct MiriPlatform {
+    machine: Arc<Machine>,
+    rcu: CountingRcu,
+}
+
+// SAFETY:
+// 1. `ram_base()` is fixed for the machine's life, covers all its RAM and
+//    supports atomic accesses; the platform keeps the machine alive.
+// 2. The tests touch the simulated RAM only through kvirt.
+// 3. The simulated TLB flushes complete before returning.
+// 4. `CountingRcu` runs a callback only when no read-side section is
+//    active, and runs each once; `rcu_barrier` runs what is queued when no
+//    reader is active, which is the case whenever a test calls it (no
+//    cursor is alive then).
+unsafe impl Platform for MiriPlatform {
+    fn phys_base(&self) -> NonNull<u8> {
+        self.machine.ram_base()
+    }
+
+    fn flush_tlb(&self, op: TlbFlushOp, scope: TlbScope) {
+        let cpus = match scope {
+            TlbScope::Local => 0..1,
+            TlbScope::AllCpus => 0..self.machine.nr_cpus(),
+        };
+        for cpu in cpus.map(|i| self.machine.cpu(i)) {
+            match &op {
+                TlbFlushOp::Page(va) => cpu.flush_page(*va),
+                TlbFlushOp::Range(range) => cpu.flush_range(range.clone()),
+                TlbFlushOp::All => cpu.flush_all(),
+            }
+        }
+    }
+
+    fn current_cpu(&self) -> usize {
+        0
+    }
+
+    fn rcu_read_lock(&self) {
+        self.rcu.read_lock();
+    }
+
+    fn rcu_read_unlock(&self) {
+        self.rcu.read_unlock();
+    }
+
+    fn call_rcu(&self, callback: RcuCallback) {
+        self.rcu.call(callback);
+    }
+
+    fn rcu_barrier(&self) {
+        self.rcu.barrier();
+    }
+}
+
+/// A fresh kernel space over a 4 MiB, 2-CPU simulated machine.
+fn space() -> KernelSpace {
+    let machine = Arc::new(Machine::new(MachineConfig::new(RAM).cpus(2)));
+    assert_eq!(machine.device_window().start, DEVICE_WINDOW as u64);
+    let map: Vec<MemoryRegion> = machine
+        .memory_map()
+        .iter()
+        .map(|r| MemoryRegion {
+            range: r.range.start as usize..r.range.end as usize,
+            kind: match r.kind {
+                RegionKind::Usable => MemoryRegionKind::Usable,
+                RegionKind::Reserved => MemoryRegionKind::Reserved,
+                RegionKind::Device => MemoryRegionKind::Device,
+            },
+        })
+        .collect();
+    let platform = MiriPlatform { machine, rcu: CountingRcu::new() };
+    KernelSpace::new(Box::new(platform), &map, true).expect("a 4 MiB machine can hold a kernel space")
+}
+
+/// The physical memory counters once deferred frees have run.
+fn stats(space: &KernelSpace) -> PhysStats {
+    space.synchronize();
+    space.phys_stats()
+}
+
+fn rw() -> PageProperty {
+    PageProperty::new_kernel(PageFlags::RW, CachePolicy::Writeback)
+}
+
+fn user_rw() -> PageProperty {
+    PageProperty::new_user(PageFlags::RW, CachePolicy::Writeback)
+}
+
+/// Typed metadata without a drop hook.
+#[derive(Debug)]
+struct Counter {
+    value: u64,
+}
+kvirt::impl_frame_meta!(Counter);
+
+/// Typed metadata whose drop hook and destructor count their runs.
+#[derive(Debug)]
+struct Hooked {
+    hooks: Arc<AtomicUsize>,
+    last_paddr: Arc<AtomicUsize>,
+    drops: Arc<AtomicUsize>,
+}
+
+impl AnyFrameMeta for Hooked {
+    fn on_drop(&mut self, paddr: Paddr) {
+        self.hooks.fetch_add(1, Ordering::SeqCst);
+        self.last_paddr.store(paddr, Ordering::SeqCst);
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl Drop for Hooked {
+    fn drop(&mut self) {
+        self.drops.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[derive(Debug, Default)]
+struct HookCounts {
+    hooks: Arc<AtomicUsize>,
+    last_paddr: Arc<AtomicUsize>,
+    drops: Arc<AtomicUsize>,
+}
+
+impl HookCounts {
+    fn meta(&self) -> Hooked {
+        Hooked { hooks: self.hooks.clone(), last_paddr: self.last_paddr.clone(), drops: self.drops.clone() }
+    }
+
+    fn runs(&self) -> (usize, usize) {
+        (self.hooks.load(Ordering::SeqCst), self.drops.load(Ordering::SeqCst))
+    }
+}
+
+#[test]
+fn frame_handles_count_references_and_tear_down_metadata_once() {
+    let space = space();
+    let before = stats(&space);
+    let counts = HookCounts::default();
+    let opts = FrameAllocOptions::new_in(&space);
+
+    let frame = opts.alloc_frame_with(counts.meta()).expect("frame");
+    let pa = frame.paddr();
+    assert_eq!(frame.reference_count(), 1);
+    let clone = frame.clone();
+    assert_eq!(frame.reference_count(), 2);
+    let borrowed = frame.borrow();
+    let borrowed_again = borrowed.clone();
+    assert_eq!((borrowed_again.paddr(), frame.reference_count()), (pa, 2));
+    drop((borrowed, borrowed_again, clone));
+    assert_eq!(frame.reference_count(), 1);
+
+    // Up-casts and down-casts read the slot's vtable and type id.
+    let any: Frame<dyn AnyFrameMeta> = frame.into();
+    assert!(any.meta().as_untyped().is_none());
+    let any = Frame::<Counter>::try_from(any).expect_err("not a Counter");
+    let any = UFrame::try_from(any).expect_err("not untyped");
+    let typed = Frame::<Hooked>::try_from(any).expect("a Hooked frame");
+    assert_eq!(typed.meta().hooks.load(Ordering::SeqCst), 0);
+    assert_eq!(counts.runs(), (0, 0));
+    drop(typed);
+    assert_eq!(counts.runs(), (1, 1), "the hook and the destructor run once");
+    assert_eq!(counts.last_paddr.load(Ordering::SeqCst), pa);
+
+    // The slot is free again: the page comes back with new metadata.
+    let counter = opts.alloc_frame_with(Counter { value: 7 }).expect("frame");
+    assert_eq!(counter.paddr(), pa, "freed pages are reused first");
+    assert_eq!(counter.meta().value, 7);
+    let any = counter.into_dyn();
+    assert_eq!(Frame::<Counter>::try_from(any).expect("a Counter").meta().value, 7);
+    assert_eq!(stats(&space), before);
+}
+
+#[test]
+fn untyped_frames_give_byte_access_and_round_trip_through_raw() {
+    let space = space();
+    let before = stats(&space);
+    let frame: UFrame = FrameAllocOptions::new_in(&space).alloc_frame().expect("frame").into();
+    let mut buf = [0xffu8; 24];
+    frame.read_bytes(P - buf.len(), &mut buf).expect("in bounds");
+    assert_eq!(buf, [0; 24], "frames are zeroed");
+
+    // Unaligned, crossing 8-byte words, through two handles.
+    let other = frame.clone();
+    frame.write_bytes(5, b"kvirt under miri").expect("in bounds");
+    let mut read = [0u8; 16];
+    other.read_bytes(5, &mut read).expect("in bounds");
+    assert_eq!(&read, b"kvirt under miri");
+    assert_eq!(
+        other.write_bytes(P - 1, b"xy"),
+        Err(FrameAccessError::OutOfBounds { offset: P - 1, len: 2, size: P })
+    );
+    assert!(other.read_bytes(usize::MAX, &mut [0u8; 2]).is_err(), "offset + len overflows");
+    drop(other);
+
+    // A raw round trip keeps the one reference.
+    let frame: Frame<dyn AnyFrameMeta> = frame.into();
+    let frame = Frame::<()>::try_from(frame).expect("() metadata");
+    let pa = frame.into_raw();
+    // SAFETY: `pa` came from `into_raw` on a `Frame<()>` of `space`, once.
+    let frame = unsafe { space.frame_from_raw::<()>(pa) };
+    assert_eq!((frame.paddr(), frame.reference_count()), (pa, 1));
+
+    // Without zeroing, the reused page shows what was written before.
+    let frame = UFrame::from(frame);
+    frame.fill(0xa5);
+    drop(frame);
+    let stale: UFrame = FrameAllocOptions::new_in(&space).zeroed(false).alloc_frame().expect("frame").into();
+    assert_eq!(stale.paddr(), pa);
+    let mut byte = [0u8; 1];
+    stale.read_bytes(P - 1, &mut byte).expect("in bounds");
+    assert_eq!(byte, [0xa5]);
+    drop(stale);
+    assert_eq!(stats(&space), before);
+}
+
+#[test]
+fn segments_share_split_slice_iterate_and_convert() {
+    let space = space();
+    let before = stats(&space);
+    let opts = FrameAllocOptions::new_in(&space);
+
+    let seg = opts.alloc_segment_with(4, |pa| Counter { value: pa as u64 }).expect("segment");
+    let start = seg.paddr();
+    for i in 0..4 {
+        assert_eq!(seg.meta_at(i * P).value, (start + i * P) as u64);
+    }
+    let clone = seg.clone();
+    let middle = seg.slice(&(P..3 * P));
+    assert_eq!(counts(&seg), [2, 3, 3, 2]);
+    drop(clone);
+    let (left, right) = seg.split(2 * P);
+    assert_eq!((left.paddr(), right.paddr(), right.nr_pages()), (start, start + 2 * P, 2));
+    drop(left);
+    assert_eq!(counts(&middle), [1, 2]);
+
+    // Iteration hands each page's reference to a frame; dropping a partly
+    // used iterator releases the rest.
+    let mut frames = right.into_iter();
+    let third = frames.next().expect("a frame");
+    assert_eq!((third.paddr(), third.meta().value), (start + 2 * P, (start + 2 * P) as u64));
+    drop(frames);
+    drop((third, middle));
+    assert_eq!(stats(&space), before);
+
+    // Dynamic and untyped segments, with byte access across a page boundary.
+    let dynamic: Segment<dyn AnyFrameMeta> = opts.alloc_segment(2).expect("segment").into();
+    let dynamic = Segment::<Counter>::try_from(dynamic).expect_err("not Counter metadata");
+    let bytes = USegment::try_from(dynamic).expect("untyped metadata");
+    bytes.write_bytes(P - 3, b"across").expect("in bounds");
+    let mut read = [0u8; 6];
+    bytes.read_bytes(P - 3, &mut read).expect("in bounds");
+    assert_eq!(&read, b"across");
+    assert!(bytes.read_bytes(2 * P - 1, &mut read).is_err());
+    drop(bytes);
+    let single = Segment::from(opts.alloc_frame().expect("frame"));
+    assert_eq!(single.nr_pages(), 1);
+    drop(single);
+
+    // A metadata constructor that panics leaks nothing: the frames built so
+    // far are torn down and the rest of the run goes back.
+    let hooks = HookCounts::default();
+    let built = AtomicUsize::new(0);
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        opts.alloc_segment_with(3, |_| {
+            assert!(built.fetch_add(1, Ordering::SeqCst) < 2, "the third page's metadata fails");
+            hooks.meta()
+        })
+    }));
+    assert!(result.is_err());
+    assert_eq!(hooks.runs(), (2, 2));
+    assert_eq!(stats(&space), before);
+}
+
+/// The reference count of each page of `seg`, not counting the reference
+/// that reading it takes (through a clone of the segment).
+fn counts(seg: &Segment<Counter>) -> Vec<u64> {
+    seg.clone().into_iter().map(|frame| frame.reference_count() - 1).collect()
+}
+
+/// What a user table maps at `va`, through a fresh read-only cursor:
+/// `(entry range, paddr, level, property, tracked)`.
+fn query(
+    pt: &PageTable<UserPtConfig>,
+    va: Vaddr,
+) -> Option<(std::ops::Range<Vaddr>, Paddr, u8, PageProperty, bool)> {
+    let mut cursor = pt.cursor(&(va..va + P)).expect("cursor");
+    let (range, item) = cursor.query().expect("inside the range");
+    item.map(|item| {
+        let tracked = matches!(item, MappedItemRef::Tracked(..));
+        (range, item.paddr(), item.level(), item.prop(), tracked)
+    })
+}
+
+#[test]
+fn cursors_map_query_and_protect_splitting_huge_pages() {
+    let space = space();
+    let before = stats(&space);
+    let pt = PageTable::<UserPtConfig>::empty_in(&space).expect("page table");
+    let frame = FrameAllocOptions::new_in(&space).alloc_frame().expect("frame").into_dyn();
+    let frame_pa = frame.paddr();
+
+    let mut cursor = pt.cursor_mut(&(UVA..UVA + 2 * SIZE_2M)).expect("cursor");
+    cursor.map(MappedItem::Tracked(frame.clone(), user_rw()));
+    cursor.jump(UVA + SIZE_2M).expect("inside");
+    cursor.map(MappedItem::Untracked(UPA, 2, user_rw()));
+    cursor.jump(UVA + P).expect("inside");
+    assert_eq!(cursor.find_next(2 * SIZE_2M - P), Some(UVA + SIZE_2M));
+    let over = cursor.try_map(MappedItem::Untracked(UPA, 1, user_rw())).expect_err("already mapped");
+    assert!(matches!(over.item, MappedItem::Untracked(UPA, 1, _)));
+    drop(cursor);
+    assert_eq!(frame.reference_count(), 2, "the entry owns a reference");
+    assert_eq!(query(&pt, UVA), Some((UVA..UVA + P, frame_pa, 1, user_rw(), true)));
+    let huge = UVA + SIZE_2M..UVA + 2 * SIZE_2M;
+    assert_eq!(query(&pt, UVA + SIZE_2M + 5 * P), Some((huge.clone(), UPA, 2, user_rw(), false)));
+    assert_eq!(query(&pt, UVA + 7 * P), None);
+
+    // Protecting one 4 KiB page of the huge page splits it into a new node.
+    let nodes = space.phys_stats().page_table_pages;
+    let target = UVA + SIZE_2M + 5 * P;
+    let mut cursor = pt.cursor_mut(&(target..target + P)).expect("cursor");
+    let changed = cursor.protect_next(P, &mut |prop| prop.flags = PageFlags::R);
+    assert_eq!(changed, Some(target..target + P));
+    drop(cursor);
+    assert_eq!(space.phys_stats().page_table_pages, nodes + 1);
+    let mut ro = user_rw();
+    ro.flags = PageFlags::R;
+    assert_eq!(query(&pt, target), Some((target..target + P, UPA + 5 * P, 1, ro, false)));
+    assert_eq!(query(&pt, target + P), Some((target + P..target + 2 * P, UPA + 6 * P, 1, user_rw(), false)));
+    assert_eq!(pt.check_inv(), Ok(5), "root, level 3, level 2 and two level-1 nodes");
+
+    drop(pt);
+    assert_eq!(frame.reference_count(), 1, "dropping the table released the entry's reference");
+    drop(frame);
+    assert_eq!(stats(&space), before);
+}
+
+#[test]
+fn cursors_take_mappings_and_reclaim_emptied_nodes() {
+    let space = space();
+    let before = stats(&space);
+    let pt = PageTable::<UserPtConfig>::empty_in(&space).expect("page table");
+    let nodes = space.phys_stats().page_table_pages;
+    let frames: Vec<_> = FrameAllocOptions::new_in(&space)
+        .alloc_segment(3)
+        .expect("segment")
+        .into_iter()
+        .map(Frame::into_dyn)
+        .collect();
+
+    let range = UVA..UVA + 2 * SIZE_2M;
+    let mut cursor = pt.cursor_mut(&range).expect("cursor");
+    for frame in &frames {
+        cursor.map(MappedItem::Tracked(frame.clone(), user_rw()));
+    }
+    cursor.jump(UVA + SIZE_2M).expect("inside");
+    cursor.map(MappedItem::Untracked(UPA, 2, user_rw()));
+    drop(cursor);
+    assert_eq!(space.phys_stats().page_table_pages, nodes + 3, "a level-3, a level-2 and a level-1 node");
+
+    // Leaf by leaf, within a cursor whose guard is the level-2 node.
+    let mut cursor = pt.cursor_mut(&range).expect("cursor");
+    let frag = cursor.take_next(P).expect("a page");
+    match &frag {
+        PageTableFrag::Mapped { va, item: MappedItem::Tracked(frame, prop) } => {
+            assert_eq!((*va, frame.paddr(), *prop), (UVA, frames[0].paddr(), user_rw()));
+            assert_eq!(frame.reference_count(), 2, "the entry's reference moved to the fragment");
+        }
+        other => panic!("expected the first frame, got {other:?}"),
+    }
+    flush_and_drop(&space, frag);
+    // 4 KiB out of the huge page: it is split, the rest stays mapped.
+    cursor.jump(UVA + SIZE_2M + P).expect("inside");
+    let frag = cursor.take_next(P).expect("a page");
+    assert!(matches!(&frag, PageTableFrag::Mapped { va, item: MappedItem::Untracked(pa, 1, _) }
+        if *va == UVA + SIZE_2M + P && *pa == UPA + P));
+    flush_and_drop(&space, frag);
+    assert_eq!(space.phys_stats().page_table_pages, nodes + 4, "the split added a level-1 node");
+    // Taking the last two frames empties their level-1 node, which is
+    // detached at once and freed when the cursor is dropped.
+    cursor.jump(UVA + P).expect("inside");
+    for _ in 0..2 {
+        let frag = cursor.take_next(P).expect("a page");
+        flush_and_drop(&space, frag);
+    }
+    assert!(cursor.take_next(SIZE_2M - 3 * P).is_none());
+    drop(cursor);
+    assert_eq!(stats(&space).page_table_pages, nodes + 3);
+    assert_eq!(pt.check_inv(), Ok(4), "root, level 3, level 2 and the split level-1 node");
+    assert_eq!(query(&pt, UVA + SIZE_2M).map(|q| q.1), Some(UPA));
+    assert_eq!(query(&pt, UVA + SIZE_2M + 2 * P).map(|q| q.1), Some(UPA + 2 * P));
+
+    // A whole sub-tree at once. Its parents are emptied in turn, and the
+    // cursor's drop detaches them up to the root.
+    let mut cursor = pt.cursor_mut(&(UVA + SIZE_2M..UVA + 2 * SIZE_2M)).expect("cursor");
+    let frag = cursor.take_next(SIZE_2M).expect("a sub-tree");
+    match &frag {
+        PageTableFrag::StrayPageTable { va, len, num_frames, .. } => {
+            assert_eq!((*va, *len, *num_frames), (UVA + SIZE_2M, SIZE_2M, 511));
+        }
+        other => panic!("expected a detached node, got {other:?}"),
+    }
+    flush_and_drop(&space, frag);
+    drop(cursor);
+    assert_eq!(stats(&space).page_table_pages, nodes, "every emptied node was reclaimed");
+    assert_eq!(pt.check_inv(), Ok(1));
+    assert!(frames.iter().all(|f| f.reference_count() == 1));
+    drop((pt, frames));
+    assert_eq!(stats(&space), before);
+}
+
+/// Flushes what a fragment mapped from every TLB, then releases it.
+fn flush_and_drop(space: &KernelSpace, frag: PageTableFrag) {
+    space.platform().flush_tlb(TlbFlushOp::Range(frag.va_range()), TlbScope::AllCpus);
+    drop(frag);
+}
+
+#[test]
+fn kernel_virtual_areas_map_query_split_and_release() {
+    let space = space();
+    let before = stats(&space);
+    let vmalloc_before = space.vmalloc_stats();
+    let frames = FrameAllocOptions::new_in(&space).alloc_segment(3).expect("segment");
+    let first = frames.paddr();
+
+    let area = space.try_map_frames(5 * P, P, frames, rw()).expect("area");
+    let start = area.start();
+    assert!(area.query(start).is_none());
+    match area.query(start + 2 * P + 9) {
+        Some(MappedItemRef::Tracked(frame, prop)) => {
+            assert_eq!((frame.paddr(), prop, frame.reference_count()), (first + P, rw(), 1));
+        }
+        other => panic!("expected a tracked frame, got {other:?}"),
+    }
+    area.write_bytes(2 * P - 2, b"area").expect("mapped");
+    let mut read = [0u8; 4];
+    area.read_bytes(2 * P - 2, &mut read).expect("mapped");
+    assert_eq!(&read, b"area");
+
+    let (left, right) = area.split(2 * P);
+    assert_eq!(left.query(start + P).map(|i| i.paddr()), Some(first));
+    assert_eq!(right.query(start + 2 * P).map(|i| i.paddr()), Some(first + P));
+    drop(left);
+    assert_eq!(right.query(start + 3 * P).map(|i| i.paddr()), Some(first + 2 * P));
+    drop(right);
+    assert_eq!(stats(&space), before, "frames and page-table nodes are back");
+    assert_eq!(space.vmalloc_stats(), vmalloc_before);
+
+    // Untracked memory: reserved low RAM in 4 KiB pages, and 2 MiB of the
+    // device window in one huge page that a split breaks up.
+    // SAFETY: the low megabyte of the simulated machine is reserved RAM that
+    // no Rust object owns.
+    let low = unsafe { space.try_map_untracked_frames(2 * P, 0, 0x8000..0xa000, rw()) }.expect("area");
+    low.write_bytes(P - 1, b"ab").expect("RAM");
+    let mut read = [0u8; 2];
+    low.read_bytes(P - 1, &mut read).expect("RAM");
+    assert_eq!(&read, b"ab");
+    let window = DEVICE_WINDOW;
+    // SAFETY: the device window is not RAM; nothing is read through it here.
+    let device =
+        unsafe { space.try_map_untracked_frames(SIZE_2M, 0, window..window + SIZE_2M, rw()) }.expect("area");
+    assert!(
+        matches!(device.query(device.start() + 3 * P), Some(MappedItemRef::Untracked(pa, 2, _)) if pa == window)
+    );
+    let (head, tail) = device.split(3 * P);
+    assert!(
+        matches!(tail.query(tail.start()), Some(MappedItemRef::Untracked(pa, 1, _)) if pa == window + 3 * P)
+    );
+    drop((head, tail, low));
+    assert_eq!(stats(&space), before);
+    assert_eq!(space.vmalloc_stats(), vmalloc_before);
+}
+
+#[test]
+fn threads_share_frames_and_map_areas_side_by_side() {
+    let space = space();
+    let before = stats(&space);
+    let shared: UFrame = FrameAllocOptions::new_in(&space).alloc_frame().expect("frame").into();
+    std::thread::scope(|s| {
+        for t in 0..2u8 {
+            let (space, shared) = (&space, shared.clone());
+            s.spawn(move || {
+                let own = FrameAllocOptions::new_in(space).alloc_frame().expect("frame");
+                let area: KVirtArea = space
+                    .try_map_frames(2 * P, 0, [own.into_dyn(), shared.clone().into()], rw())
+                    .expect("area");
+                area.write_bytes(P + usize::from(t), &[t + 1]).expect("mapped");
+                let mut byte = [0u8];
+                shared.read_bytes(usize::from(t), &mut byte).expect("in bounds");
+                assert_eq!(byte, [t + 1]);
+                drop(area);
+            });
+        }
+        // Meanwhile, this thread takes and drops references to the frame.
+        for _ in 0..4 {
+            drop(shared.clone());
+        }
+    });
+    assert_eq!(shared.reference_count(), 1);
+    drop(shared);
+    assert_eq!(stats(&space), before);
+}
