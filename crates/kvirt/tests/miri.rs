@@ -37,10 +37,8 @@ use kvirt::frame::{
 use kvirt::kspace::{KVirtArea, KernelSpace, MappedItemRef};
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
 use kvirt::page_table::{MappedItem, PageTable, PageTableFrag, UserPtConfig};
-use kvirt::platform::{
-    CountingRcu, MemoryRegion, MemoryRegionKind, Platform, RcuCallback, TlbFlushOp, TlbScope,
-};
-use kvirt::sim::{Machine, MachineConfig, RegionKind};
+use kvirt::platform::{CountingRcu, Platform, RcuCallback, TlbFlushOp, TlbScope};
+use kvirt::sim::{Machine, MachineConfig};
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
 
 const P: usize = PAGE_SIZE;
@@ -116,18 +114,7 @@ unsafe impl Platform for MiriPlatform {
 fn space() -> KernelSpace {
     let machine = Arc::new(Machine::new(MachineConfig::new(RAM).cpus(2)));
     assert_eq!(machine.device_window().start, DEVICE_WINDOW as u64);
-    let map: Vec<MemoryRegion> = machine
-        .memory_map()
-        .iter()
-        .map(|r| MemoryRegion {
-            range: r.range.start as usize..r.range.end as usize,
-            kind: match r.kind {
-                RegionKind::Usable => MemoryRegionKind::Usable,
-                RegionKind::Reserved => MemoryRegionKind::Reserved,
-                RegionKind::Device => MemoryRegionKind::Device,
-            },
-        })
-        .collect();
+    let map = kvirt::platform::hosted::memory_map_of(&machine);
     let platform = MiriPlatform { machine, rcu: CountingRcu::new() };
     KernelSpace::new(Box::new(platform), &map, true).expect("a 4 MiB machine can hold a kernel space")
 }

@@ -116,9 +116,7 @@ impl<'a, C: PageTableConfig> Cursor<'a, C> {
     /// The range of the current entry: `start` and the exclusive end, which
     /// saturates at `usize::MAX` for the very last entry of the space.
     fn cur_entry_range(&self) -> Range<Vaddr> {
-        let size = page_size::<C::F>(self.level);
-        let start = align_down(self.va, size);
-        start..start.saturating_add(size)
+        entry_range::<C>(self.va, self.level)
     }
 
     /// Descends into the child node at the current entry.
@@ -586,7 +584,7 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
             PteKind::Table(child) if c.node_of(child).nr_children() == 0 && Self::may_detach(level - 1) => {
                 let raw = node.read(i);
                 node.write(i, 0);
-                self.retire_empty(raw, level, c_entry_range::<C>(self.inner.va, level));
+                self.retire_empty(raw, level, entry_range::<C>(self.inner.va, level));
             }
             _ => return fail(MapErrorKind::AlreadyMapped, item),
         }
@@ -825,7 +823,7 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
     }
 }
 
-fn c_entry_range<C: PageTableConfig>(va: Vaddr, level: PagingLevel) -> Range<Vaddr> {
+fn entry_range<C: PageTableConfig>(va: Vaddr, level: PagingLevel) -> Range<Vaddr> {
     let size = page_size::<C::F>(level);
     let start = align_down(va, size);
     start..start.saturating_add(size)
@@ -919,7 +917,7 @@ impl<C: PageTableConfig> CursorMut<'_, C> {
             if c.node_of(child).nr_children() == 0 && Self::may_detach(level - 1) {
                 node.write(i, 0);
                 self.removed = true;
-                let span = c_entry_range::<C>(span_start, level);
+                let span = entry_range::<C>(span_start, level);
                 self.retire_empty(raw, level, span);
             }
         }

@@ -36,6 +36,24 @@ pub fn set_current_cpu(cpu: usize) {
     CURRENT_CPU.with(|c| c.set(cpu));
 }
 
+/// A simulated machine's memory map in kvirt's terms (for any platform
+/// built over a `kvirt-sim` machine).
+#[must_use]
+pub fn memory_map_of(machine: &Machine) -> Vec<MemoryRegion> {
+    machine
+        .memory_map()
+        .iter()
+        .map(|r| MemoryRegion {
+            range: r.range.start as usize..r.range.end as usize,
+            kind: match r.kind {
+                RegionKind::Usable => MemoryRegionKind::Usable,
+                RegionKind::Reserved => MemoryRegionKind::Reserved,
+                RegionKind::Device => MemoryRegionKind::Device,
+            },
+        })
+        .collect()
+}
+
 /// The platform of a simulated machine.
 pub struct SimPlatform {
     machine: Arc<Machine>,
@@ -77,18 +95,7 @@ impl SimPlatform {
     /// The machine's memory map in kvirt's terms.
     #[must_use]
     pub fn memory_map(&self) -> Vec<MemoryRegion> {
-        self.machine
-            .memory_map()
-            .iter()
-            .map(|r| MemoryRegion {
-                range: r.range.start as usize..r.range.end as usize,
-                kind: match r.kind {
-                    RegionKind::Usable => MemoryRegionKind::Usable,
-                    RegionKind::Reserved => MemoryRegionKind::Reserved,
-                    RegionKind::Device => MemoryRegionKind::Device,
-                },
-            })
-            .collect()
+        memory_map_of(&self.machine)
     }
 }
 
