@@ -68,7 +68,7 @@ use kvirt::arch::x86_64::X86_64;
 use kvirt::arch::{page_size, PagingFormat, PteKind};
 use kvirt::frame::{Frame, FrameAllocError, FrameAllocOptions, PhysStats, Segment};
 use kvirt::kspace::{
-    AreaAccessError, AreaInfo, KVirtArea, KVirtAreaError, KernelSpace, MappedItem, MappedItemRef,
+    AreaAccessError, AreaInfo, KVirtArea, KVirtAreaError, KernelSpace, MappedItem, MappedItemRef, SplitError,
     VmallocStats, VMALLOC_VADDR_RANGE,
 };
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty, PrivilegedPageFlags};
@@ -405,7 +405,7 @@ struct Leaf {
 }
 
 /// The leaves of the raw page table by virtual start address.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct PtModel {
     map: BTreeMap<Vaddr, Leaf>,
 }
@@ -552,6 +552,20 @@ fn expect_range_error(range: &Range<Vaddr>) -> Option<RangeError> {
     } else {
         None
     }
+}
+
+/// After a `try_take_next` or `try_protect_next` that ran out of memory:
+/// the model goes back to `saved`, and the cursor, at `va`, must stand in a
+/// huge page it had to split. Returns `va`.
+fn refused_split(model: &mut PtModel, saved: PtModel, va: Vaddr) -> Vaddr {
+    *model = saved;
+    trace!("  -> out of memory at {va:#x}");
+    let huge = model.map.range(..=va).next_back().filter(|(start, leaf)| va < *start + leaf.size);
+    assert!(
+        huge.is_some_and(|(_, leaf)| leaf.size > PAGE_SIZE),
+        "out of memory at {va:#x}, where no huge page needs a split"
+    );
+    va
 }
 
 /// The raw page table and its model.
@@ -949,11 +963,24 @@ impl World {
         };
         let valid = offset % PAGE_SIZE == 0 && 0 < offset && offset < size;
         trace!("split area {i} of {size:#x} at {offset:#x}: valid {valid}");
-        if !valid {
-            return;
-        }
         let (area, m) = self.areas.swap_remove(i);
-        let (left, right) = area.split(offset);
+        let before = self.snapshot();
+        let (left, right) = match area.try_split(offset) {
+            Ok(halves) => {
+                assert!(valid, "try_split accepted the bad offset {offset:#x} in an area of {size:#x} bytes");
+                halves
+            }
+            Err((area, e)) => {
+                trace!("  -> {e:?}");
+                let expected =
+                    if valid { SplitError::OutOfMemory } else { SplitError::BadOffset { offset, size } };
+                assert_eq!(e, expected, "try_split at {offset:#x} of {size:#x}");
+                assert_eq!(area.range(), m.range, "a refused split changed the area");
+                assert_eq!(self.snapshot(), before, "try_split refused ({e}) but changed the space");
+                self.areas.push((area, m));
+                return;
+            }
+        };
         let mid = m.range.start + offset;
         let lm = AreaModel { range: m.range.start..mid, pristine: false, ..m.clone() };
         let rm = AreaModel { range: mid..m.range.end, pristine: false, ..m };
@@ -1263,14 +1290,22 @@ impl World {
                         continue;
                     }
                     let end = va + len;
+                    let saved = model.clone();
                     if protect {
                         let (predicted, next) = model.protect_next(va, end, new);
-                        let got = c.protect_next(len, &mut |p: &mut PageProperty| *p = new);
+                        let Ok(got) = c.try_protect_next(len, &mut |p: &mut PageProperty| *p = new) else {
+                            va = refused_split(model, saved, c.virt_addr());
+                            continue;
+                        };
                         assert_eq!(got, predicted, "protect_next from {va:#x} to {end:#x}");
                         va = next;
                     } else {
                         let (predicted, next) = model.take_next(va, end);
-                        let got = c.take_next(len).map(|frag| match frag {
+                        let Ok(got) = c.try_take_next(len) else {
+                            va = refused_split(model, saved, c.virt_addr());
+                            continue;
+                        };
+                        let got = got.map(|frag| match frag {
                             PageTableFrag::Mapped { va, item } => {
                                 let leaf = match &item {
                                     MappedItem::Tracked(f, p) => {

@@ -12,7 +12,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use kvirt::frame::{Frame, FrameAllocOptions, PhysStats};
 use kvirt::kspace::{
     paddr_to_vaddr, AreaAccessError, AreaInfo, AreaKind, KVirtArea, KVirtAreaError, KernelSpace,
-    MappedItemRef, VmallocStats, GUARD_SIZE, LINEAR_MAPPING_BASE_VADDR, VMALLOC_VADDR_RANGE,
+    MappedItemRef, SplitError, VmallocStats, GUARD_SIZE, LINEAR_MAPPING_BASE_VADDR, VMALLOC_VADDR_RANGE,
 };
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty, PrivilegedPageFlags};
 use kvirt::sim::{Access, FaultKind, MachineConfig, MemError};
@@ -1125,6 +1125,49 @@ mod split {
         drop(hoard);
         assert_eq!(snapshot(&space), baseline);
         assert!(space.inv());
+    }
+
+    #[test]
+    fn try_split_without_memory_hands_the_area_back_unchanged() {
+        let space = KernelSpace::new_hosted(MachineConfig::new(16 << 20));
+        let dev = device_window(&space).start;
+        let mut area = untracked(&space, SIZE_1G, 0, dev..dev + SIZE_1G, prop()).unwrap();
+        let range = area.range();
+        let mut hoard = Vec::new();
+        while let Ok(frame) = FrameAllocOptions::new_in(&space).alloc_frame() {
+            hoard.push(frame);
+        }
+        // Splitting the 1 GiB page down to 4 KiB pages at the split point
+        // takes two nodes: with none, and with only one, nothing changes.
+        for spare in 0..2 {
+            let before = snapshot(&space);
+            let (back, e) = area.try_split(SIZE_2M + P).unwrap_err();
+            assert_eq!(e, SplitError::OutOfMemory, "with {spare} spare pages");
+            assert_eq!(back.range(), range);
+            assert_eq!(snapshot(&space), before, "a refused split changed the space ({spare} spare pages)");
+            assert_eq!(back.query(range.start + SIZE_2M + P), Some(MappedItemRef::Untracked(dev, 3, prop())));
+            area = back;
+            drop(hoard.pop());
+        }
+        drop(hoard.pop());
+        let (left, right) = area.try_split(SIZE_2M + P).expect("two free pages are enough");
+        assert_eq!(right.query(right.start()), Some(MappedItemRef::Untracked(dev + SIZE_2M + P, 1, prop())));
+        assert!(left.inv() && right.inv() && space.inv());
+    }
+
+    #[test]
+    fn try_split_at_a_bad_offset_hands_the_area_back() {
+        let space = small_space();
+        let frames = FrameAllocOptions::new_in(&space).alloc_segment(2).unwrap();
+        let mut area = space.try_map_frames(2 * P, 0, frames, prop()).unwrap();
+        let before = snapshot(&space);
+        for offset in [0, 1, P + 1, 2 * P, 3 * P, usize::MAX] {
+            let (back, e) = area.try_split(offset).unwrap_err();
+            assert_eq!(e, SplitError::BadOffset { offset, size: 2 * P });
+            assert_eq!(snapshot(&space), before, "try_split at {offset:#x} changed the space");
+            area = back;
+        }
+        assert!(area.inv());
     }
 
     #[test]

@@ -18,8 +18,8 @@ use kvirt::frame::{AnyFrameMeta, Frame, FrameAllocOptions};
 use kvirt::kspace::KernelSpace;
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
 use kvirt::page_table::{
-    vaddr_bounds, KernelPtConfig, MapErrorKind, MappedItem, MappedItemRef, PageTable, PageTableConfig,
-    PageTableFrag, RangeError, UserPtConfig,
+    vaddr_bounds, KernelPtConfig, MapErrorKind, MappedItem, MappedItemRef, PageTable, PageTableAllocError,
+    PageTableConfig, PageTableFrag, RangeError, UserPtConfig,
 };
 use kvirt::{Paddr, PagingLevel, Vaddr, PAGE_SIZE};
 
@@ -1673,6 +1673,38 @@ mod more_cursor_behaviour {
         assert_eq!(unmap_all(&pt, va..va + SZ_4K), 1);
         assert_eq!(pt_pages(&space), nodes);
         assert_eq!(space.phys_stats().free_pages, 2);
+    }
+
+    #[test]
+    fn splitting_a_huge_page_without_memory_changes_nothing() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        map_untracked(&pt, KVA, UPA, 3, rw());
+        let nodes = pt_pages(&space);
+        let mut hoard = Vec::new();
+        while let Ok(f) = FrameAllocOptions::new_in(&space).zeroed(false).alloc_frame() {
+            hoard.push(f);
+        }
+        // A 4 KiB hole in a 1 GiB page needs two new nodes; with none, and
+        // with only one, both operations fail and leave the table as it was.
+        let va = KVA + SZ_2M + 3 * SZ_4K;
+        for spare in 0..2 {
+            let mut c = pt.cursor_mut(&(va..va + SZ_4K)).unwrap();
+            assert_eq!(c.try_protect_next(SZ_4K, &mut |p| p.flags = PageFlags::R), Err(PageTableAllocError));
+            assert!(c.try_take_next(SZ_4K).is_err(), "take_next with {spare} spare pages");
+            assert_eq!(c.virt_addr(), va);
+            drop(c);
+            assert_eq!(pt_pages(&space), nodes, "{spare} spare pages");
+            assert_eq!(pt.translate(va), Some((UPA + SZ_2M + 3 * SZ_4K, rw())));
+            assert_eq!(space.phys_stats().free_pages, spare);
+            drop(hoard.pop());
+        }
+        let mut c = pt.cursor_mut(&(va..va + SZ_4K)).unwrap();
+        assert_eq!(c.try_protect_next(SZ_4K, &mut |p| p.flags = PageFlags::R), Ok(Some(va..va + SZ_4K)));
+        drop(c);
+        assert_eq!(pt_pages(&space), nodes + 2);
+        assert_eq!(pt.translate(va).map(|(_, p)| p.flags), Some(PageFlags::R));
+        assert_eq!(pt.translate(va + SZ_4K), Some((UPA + SZ_2M + 4 * SZ_4K, rw())));
     }
 
     #[test]

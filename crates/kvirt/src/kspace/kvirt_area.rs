@@ -52,7 +52,7 @@ use crate::arch::x86_64::X86_64;
 use crate::arch::PagingFormat;
 use crate::frame::{AnyFrameMeta, Frame, FrameRef};
 use crate::page_prop::{PageProperty, PrivilegedPageFlags};
-use crate::page_table::{largest_pages, MappedItem, MappedItemRef, PageTableFrag};
+use crate::page_table::{largest_pages, MappedItem, MappedItemRef, PageTableAllocError, PageTableFrag};
 use crate::platform::{TlbFlushOp, TlbScope};
 
 /// Why a kernel virtual area could not be created.
@@ -125,6 +125,33 @@ impl fmt::Display for KVirtAreaError {
             E::UserAccessible => f.write_str("kernel virtual areas cannot be user accessible"),
             E::VmallocExhausted(s) => write!(f, "VMALLOC has no free range of {s:#x} bytes"),
             E::OutOfMemory => f.write_str("out of memory for page-table nodes"),
+        }
+    }
+}
+
+/// Why [`KVirtArea::try_split`] refused; the area is handed back unchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SplitError {
+    /// The offset is not page aligned or not strictly inside the area.
+    BadOffset {
+        /// The offset.
+        offset: usize,
+        /// The area size.
+        size: usize,
+    },
+    /// No memory was left for the page-table nodes needed to split the huge
+    /// page that straddles the split point.
+    OutOfMemory,
+}
+
+impl fmt::Display for SplitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadOffset { offset, size } => write!(
+                f,
+                "offset {offset:#x} must be page aligned and strictly inside the area of {size:#x} bytes"
+            ),
+            Self::OutOfMemory => f.write_str("out of memory for the page-table nodes that split a huge page"),
         }
     }
 }
@@ -410,16 +437,28 @@ impl KVirtArea {
     /// # Panics
     ///
     /// Panics unless `offset` is page aligned and `0 < offset < size()`, or
-    /// if no memory is left to split a huge page at the split point. The
-    /// area is dropped (unmapped) in both cases.
+    /// if no memory is left to split a huge page at the split point
+    /// ([`try_split`](Self::try_split) returns the area instead). The area
+    /// is dropped (unmapped) in both cases.
     #[must_use]
-    pub fn split(mut self, offset: usize) -> (Self, Self) {
-        assert!(
-            is_page_aligned(offset) && 0 < offset && offset < self.size(),
-            "KVirtArea::split: offset {offset:#x} must be page aligned and strictly inside the area of {:#x} bytes",
-            self.size()
-        );
-        self.split_huge_page_at(self.range.start + offset);
+    pub fn split(self, offset: usize) -> (Self, Self) {
+        match self.try_split(offset) {
+            Ok(halves) => halves,
+            Err((_area, e)) => panic!("KVirtArea::split: {e}"),
+        }
+    }
+
+    /// [`split`](Self::split), handing the area back unchanged with the
+    /// reason when the offset is bad or memory runs out.
+    #[allow(clippy::result_large_err, reason = "the error hands back the area, as `Rc::try_unwrap` does")]
+    pub fn try_split(mut self, offset: usize) -> Result<(Self, Self), (Self, SplitError)> {
+        if !(is_page_aligned(offset) && 0 < offset && offset < self.size()) {
+            let size = self.size();
+            return Err((self, SplitError::BadOffset { offset, size }));
+        }
+        if self.split_huge_page_at(self.range.start + offset).is_err() {
+            return Err((self, SplitError::OutOfMemory));
+        }
         let (outer_left, outer_right) = (self.left.take(), self.right.take());
         let link = Arc::new(SplitLink::default());
         // The halves take over everything; `self` has nothing left to free.
@@ -450,31 +489,29 @@ impl KVirtArea {
         let info = registry.remove(this.range.start).expect("a live area is registered");
         registry.insert(AreaInfo { range: left.range(), mapped: left.mapped_range(), ..info.clone() });
         registry.insert(AreaInfo { range: right.range(), mapped: right.mapped_range(), ..info });
-        (left, right)
+        Ok((left, right))
     }
 
     /// If a huge page maps `va` and starts below it, splits it (down to
-    /// 4 KiB pages at `va`) so that no page straddles `va`.
-    ///
-    /// # Panics
-    ///
-    /// Panics if no memory is left for the new page-table nodes.
-    fn split_huge_page_at(&self, va: Vaddr) {
+    /// 4 KiB pages at `va`) so that no page straddles `va`. When memory
+    /// runs out nothing changes.
+    fn split_huge_page_at(&self, va: Vaddr) -> Result<(), PageTableAllocError> {
         let space = self.space();
         let mut cursor =
             space.kernel_pt.cursor_mut(&(va..va + PAGE_SIZE)).expect("an area lies in kernel space");
         let straddling = match cursor.query() {
             Ok((entry, Some(_))) if entry.start < va => entry,
-            _ => return,
+            _ => return Ok(()),
         };
         // Re-writing the page with its own property splits the huge pages
         // around it; the translations do not change.
-        let changed = cursor.protect_next(PAGE_SIZE, &mut |_| {});
+        let changed = cursor.try_protect_next(PAGE_SIZE, &mut |_| {})?;
         debug_assert_eq!(changed, Some(va..va + PAGE_SIZE));
         drop(cursor);
         // Nothing changed for the MMU, but drop the huge TLB entries so that
         // no CPU caches two entries of different sizes for one address.
         space.phys.platform().flush_tlb(TlbFlushOp::Range(straddling), TlbScope::AllCpus);
+        Ok(())
     }
 
     /// Labels the area in the registry ([`KernelSpace::areas`]).

@@ -27,7 +27,7 @@ use core::fmt;
 use core::ops::Range;
 use core::ptr::NonNull;
 
-pub use kvirt_area::{AreaAccessError, KVirtArea, KVirtAreaError};
+pub use kvirt_area::{AreaAccessError, KVirtArea, KVirtAreaError, SplitError};
 pub use layout::{
     paddr_to_vaddr, FRAME_METADATA_VADDR_RANGE, KERNEL_BASE_VADDR, KERNEL_CODE_BASE_VADDR, KERNEL_END_VADDR,
     LINEAR_MAPPING_BASE_VADDR, LINEAR_MAPPING_VADDR_RANGE, VMALLOC_VADDR_RANGE,

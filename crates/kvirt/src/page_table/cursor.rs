@@ -16,8 +16,8 @@ use core::ptr::NonNull;
 use super::locking::{lock_range, unlock_range, Guard, LockTree};
 use super::node::NodeRef;
 use super::{
-    alloc_node, check_range, release_entry, sign_extend, MappedItem, MappedItemRef, OutOfCursorRange,
-    PageTable, PageTableConfig, RangeError,
+    alloc_node, check_range, free_node, release_entry, sign_extend, MappedItem, MappedItemRef,
+    OutOfCursorRange, PageTable, PageTableAllocError, PageTableConfig, RangeError,
 };
 use crate::addr::{align_down, is_aligned, is_page_aligned, Paddr, PagingLevel, Vaddr};
 use crate::arch::{page_size, pte_index, PagingFormat, PteKind};
@@ -674,25 +674,50 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
         }
     }
 
-    /// Splits the huge page at the current entry into pages one level down.
+    /// Splits the huge page at the current entry, and the pages it splits
+    /// into, until the page holding `va` starts at `va` and ends by `end`;
+    /// leaves the cursor on that page.
     ///
-    /// # Panics
-    ///
-    /// Panics if no memory is left for the new node.
-    fn split_huge(&mut self) {
+    /// Every node needed is allocated before any entry changes, so when
+    /// memory runs out the page table is left exactly as it was.
+    fn split_huge(&mut self, end: Vaddr) -> Result<(), PageTableAllocError> {
         let c = &mut self.inner;
-        let (node, i, level) = (c.cur_node(), c.cur_index(), c.level);
-        let PteKind::Page { pa, prop, tracked } = C::F::decode(node.read(i), level) else {
-            unreachable!("split_huge on a non-leaf entry")
+        let (va, top) = (c.va, c.level);
+        let fits = |l: PagingLevel| {
+            let size = page_size::<C::F>(l);
+            is_aligned(va, size) && va.checked_add(size).is_some_and(|e| e <= end)
         };
-        debug_assert!(level > 1 && !tracked, "only untracked huge pages exist");
-        let child = alloc_node(c.phys(), level - 1).expect("out of memory while splitting a huge page");
-        let small = page_size::<C::F>(level - 1);
-        for j in 0..C::F::NR_ENTRIES {
-            child.write(j, C::F::encode_page(pa + j * small, level - 1, prop, false));
+        // A 4 KiB page always fits: `va` and `end` are page aligned.
+        let target = (1..top).rev().find(|&l| fits(l)).unwrap_or(1);
+        let mut fresh = [0; MAX_LEVELS];
+        for l in target..top {
+            match alloc_node(c.phys(), l) {
+                Ok(node) => fresh[l as usize] = node.pa(),
+                Err(e) => {
+                    for &pa in &fresh[target as usize..l as usize] {
+                        // SAFETY: allocated above and never linked in.
+                        unsafe { free_node(c.phys(), pa) };
+                    }
+                    return Err(e);
+                }
+            }
         }
-        // The new node stays locked: it is inside the barrier.
-        node.write(i, C::F::encode_table(child.pa()));
+        for l in (target..top).rev() {
+            let (node, i) = (c.cur_node(), c.cur_index());
+            let PteKind::Page { pa, prop, tracked } = C::F::decode(node.read(i), l + 1) else {
+                unreachable!("split_huge on a non-leaf entry")
+            };
+            debug_assert!(!tracked, "only untracked huge pages exist");
+            let child = c.node_of(fresh[l as usize]);
+            let small = page_size::<C::F>(l);
+            for j in 0..C::F::NR_ENTRIES {
+                child.write(j, C::F::encode_page(pa + j * small, l, prop, false));
+            }
+            // The new node stays locked: it is inside the barrier.
+            node.write(i, C::F::encode_table(child.pa()));
+            c.push(child.pa());
+        }
+        Ok(())
     }
 
     /// Removes the next mapping in `va..va + len`: a leaf, or a whole
@@ -703,8 +728,20 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
     /// # Panics
     ///
     /// Panics if `len` is misaligned or reaches past the range, or if
-    /// memory runs out while splitting a huge page.
+    /// memory runs out while splitting a huge page
+    /// ([`try_take_next`](Self::try_take_next) reports that instead).
     pub fn take_next(&mut self, len: usize) -> Option<PageTableFrag> {
+        self.try_take_next(len).expect("out of memory while splitting a huge page")
+    }
+
+    /// [`take_next`](Self::take_next), but running out of memory while
+    /// splitting a huge page is an error: the page table is then unchanged
+    /// and the cursor stands in the mapping it could not split.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `len` is misaligned or reaches past the range.
+    pub fn try_take_next(&mut self, len: usize) -> Result<Option<PageTableFrag>, PageTableAllocError> {
         let end = self.inner.search_end(len);
         // A cursor left deep in the tree at the start of a node (by `jump`
         // or a rejected `try_map`) starts from the highest entry beginning
@@ -719,7 +756,7 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
             let c = &mut self.inner;
             if c.va >= end {
                 c.va = end;
-                return None;
+                return Ok(None);
             }
             c.sync_path();
             let (node, i, level) = (c.cur_node(), c.cur_index(), c.level);
@@ -737,7 +774,7 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
                         self.inner.va = entry.end;
                         self.removed = true;
                         self.reclaim_empty_path();
-                        return Some(PageTableFrag::StrayPageTable {
+                        return Ok(Some(PageTableFrag::StrayPageTable {
                             pt: StraySubtree {
                                 phys: NonNull::from(self.inner.phys()),
                                 raw,
@@ -747,14 +784,14 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
                             va: entry.start,
                             len: entry.len(),
                             num_frames,
-                        });
+                        }));
                     } else {
                         c.push(child);
                     }
                 }
                 PteKind::Page { pa, prop, tracked } => {
                     if entry.start < c.va || entry.end > end {
-                        self.split_huge();
+                        self.split_huge(end)?;
                         continue;
                     }
                     node.write(i, 0);
@@ -769,7 +806,7 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
                     c.va = entry.end;
                     self.removed = true;
                     self.reclaim_empty_path();
-                    return Some(PageTableFrag::Mapped { va: entry.start, item });
+                    return Ok(Some(PageTableFrag::Mapped { va: entry.start, item }));
                 }
             }
         }
@@ -789,12 +826,28 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
         len: usize,
         op: &mut impl FnMut(&mut PageProperty),
     ) -> Option<Range<Vaddr>> {
+        self.try_protect_next(len, op).expect("out of memory while splitting a huge page")
+    }
+
+    /// [`protect_next`](Self::protect_next), but running out of memory
+    /// while splitting a huge page is an error, as for
+    /// [`try_take_next`](Self::try_take_next).
+    ///
+    /// # Panics
+    ///
+    /// Panics if `len` is misaligned or reaches past the range.
+    #[must_use = "the returned range must be flushed from the TLB"]
+    pub fn try_protect_next(
+        &mut self,
+        len: usize,
+        op: &mut impl FnMut(&mut PageProperty),
+    ) -> Result<Option<Range<Vaddr>>, PageTableAllocError> {
         let end = self.inner.search_end(len);
         loop {
             let c = &mut self.inner;
             if c.va >= end {
                 c.va = end;
-                return None;
+                return Ok(None);
             }
             c.sync_path();
             let (node, i, level) = (c.cur_node(), c.cur_index(), c.level);
@@ -810,13 +863,13 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
                 }
                 PteKind::Page { pa, mut prop, tracked } => {
                     if entry.start < c.va || entry.end > end {
-                        self.split_huge();
+                        self.split_huge(end)?;
                         continue;
                     }
                     op(&mut prop);
                     node.write(i, C::F::encode_page(pa, level, prop, tracked));
                     c.va = entry.end;
-                    return Some(entry);
+                    return Ok(Some(entry));
                 }
             }
         }

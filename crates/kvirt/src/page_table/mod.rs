@@ -304,7 +304,9 @@ unsafe impl<C: PageTableConfig> Send for PageTable<C> {}
 // SAFETY: as for `Send`.
 unsafe impl<C: PageTableConfig> Sync for PageTable<C> {}
 
-/// Why a page table could not be created.
+/// No memory was left for a page-table node (creating a page table, or
+/// splitting a huge page in [`CursorMut::try_take_next`] and
+/// [`CursorMut::try_protect_next`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PageTableAllocError;
 
