@@ -568,6 +568,11 @@ fn refused_split(model: &mut PtModel, saved: PtModel, va: Vaddr) -> Vaddr {
     va
 }
 
+/// The x86-64 level of a leaf of `size` bytes.
+fn level_of(size: usize) -> PagingLevel {
+    spec::level_of_size::<X86_64>(size).expect("a leaf size")
+}
+
 /// The raw page table and its model.
 struct RawPt {
     pt: PageTable<KernelPtConfig>,
@@ -1401,7 +1406,14 @@ impl World {
             for (&va, l) in raw.model.map.range(s..range.end) {
                 model.insert(
                     va,
-                    spec::Mapping { va, pa: l.pa, size: l.size, prop: l.prop, tracked: l.tracked },
+                    spec::Mapping {
+                        va,
+                        pa: l.pa,
+                        level: level_of(l.size),
+                        size: l.size,
+                        prop: l.prop,
+                        tracked: l.tracked,
+                    },
                 );
             }
         }
@@ -1437,7 +1449,17 @@ impl World {
             .map
             .iter()
             .map(|(&va, l)| {
-                (va, spec::Mapping { va, pa: l.pa, size: l.size, prop: l.prop, tracked: l.tracked })
+                (
+                    va,
+                    spec::Mapping {
+                        va,
+                        pa: l.pa,
+                        level: level_of(l.size),
+                        size: l.size,
+                        prop: l.prop,
+                        tracked: l.tracked,
+                    },
+                )
             })
             .collect();
         assert_eq!(view, model, "the raw page table's view against the model");

@@ -33,12 +33,15 @@ use std::io::Write;
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use kvirt::arch::{page_size, PagingFormat};
 use kvirt::frame::{Frame, FrameAllocOptions, PhysStats};
 use kvirt::kspace::{
-    AreaAccessError, AreaInfo, AreaKind, KVirtArea, KVirtAreaError, KernelSpace, MappedItemRef, VmallocStats,
-    GUARD_SIZE, VMALLOC_VADDR_RANGE,
+    AreaAccessError, AreaInfo, AreaKind, KVirtArea, KVirtAreaError, KernelLayout, KernelSpace, MappedItemRef,
+    VmallocStats, GUARD_SIZE,
 };
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
+use kvirt::page_table::{vaddr_bounds, MapErrorKind, MappedItem, PageTable, UserPtConfig};
+use kvirt::platform::{TlbFlushOp, TlbScope};
 use kvirt::sim::MachineConfig;
 use kvirt::spec::{self, Inv, Mapping, PageTableView};
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
@@ -212,6 +215,35 @@ pub enum Op {
         /// Which handle.
         which: usize,
     },
+    /// `CursorMut::try_map` at page `page` of the checker's own user page
+    /// table: a fresh tracked frame (4 KiB), or device memory at `level`.
+    PtMap {
+        /// The page index of the virtual address.
+        page: usize,
+        /// The level of an untracked leaf (1 for a tracked frame).
+        level: u8,
+        /// A tracked frame rather than untracked device memory.
+        tracked: bool,
+    },
+    /// `take_next` until nothing is left in `pages` pages from `page`.
+    PtUnmap {
+        /// The first page.
+        page: usize,
+        /// How many pages.
+        pages: usize,
+    },
+    /// `protect_next` (to read-only) over `pages` pages from `page`.
+    PtProtect {
+        /// The first page.
+        page: usize,
+        /// How many pages.
+        pages: usize,
+    },
+    /// `Cursor::query` at page `page`.
+    PtQuery {
+        /// The page.
+        page: usize,
+    },
 }
 
 impl fmt::Display for Op {
@@ -234,6 +266,14 @@ impl fmt::Display for Op {
             Op::Read { area, offset, len } => write!(f, "read_bytes(area #{area}, offset {offset}, {len} bytes)"),
             Op::Drop { area } => write!(f, "drop(area #{area})"),
             Op::DropKept { which } => write!(f, "drop(kept handle #{which})"),
+            Op::PtMap { page, level, tracked } => write!(
+                f,
+                "pt.map(page {page}, {})",
+                if *tracked { "a tracked frame".to_string() } else { format!("device memory at level {level}") }
+            ),
+            Op::PtUnmap { page, pages } => write!(f, "pt.unmap(page {page}, {pages} pages)"),
+            Op::PtProtect { page, pages } => write!(f, "pt.protect(page {page}, {pages} pages, R)"),
+            Op::PtQuery { page } => write!(f, "pt.query(page {page})"),
         }
     }
 }
@@ -378,7 +418,7 @@ pub struct Report {
 }
 
 /// An expected leaf mapping.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Page {
     pa: Paddr,
     size: usize,
@@ -386,8 +426,8 @@ struct Page {
     tracked: bool,
 }
 
-struct ModelArea {
-    area: KVirtArea,
+struct ModelArea<L: KernelLayout> {
+    area: KVirtArea<L>,
     range: Range<Vaddr>,
     mapped: Range<Vaddr>,
     kind: AreaKind,
@@ -401,10 +441,10 @@ struct ModelArea {
 }
 
 /// The model of one sequence plus the real space.
-struct Runner<'s> {
-    space: &'s KernelSpace,
+struct Runner<'s, L: KernelLayout> {
+    space: &'s KernelSpace<L>,
     fault: Option<ModelFault>,
-    areas: Vec<ModelArea>,
+    areas: Vec<ModelArea<L>>,
     view: BTreeMap<Vaddr, Page>,
     /// Expected contents of RAM pages (absent: zero).
     bytes: HashMap<Paddr, Vec<u8>>,
@@ -418,12 +458,16 @@ struct Runner<'s> {
     checks: std::cell::Cell<u64>,
     /// Split boundaries: whether one of the two halves was dropped.
     links: HashMap<u64, bool>,
+    /// A user page table of the space, for the raw cursor operations.
+    pt: Option<PageTable<UserPtConfig<L::Format>>>,
+    /// The model of `pt`.
+    pt_view: BTreeMap<Vaddr, Page>,
 }
 
 type Outcome = Result<(), Failure>;
 
-impl<'s> Runner<'s> {
-    fn new(space: &'s KernelSpace, ram_size: usize, fault: Option<ModelFault>) -> Self {
+impl<'s, L: KernelLayout> Runner<'s, L> {
+    fn new(space: &'s KernelSpace<L>, ram_size: usize, fault: Option<ModelFault>) -> Self {
         space.synchronize();
         let start = (space.phys_stats(), space.vmalloc_stats());
         let machine = space.machine().expect("a hosted space");
@@ -442,6 +486,8 @@ impl<'s> Runner<'s> {
             step: 0,
             checks: std::cell::Cell::new(0),
             links: HashMap::new(),
+            pt: Some(PageTable::empty_in(space).expect("memory for a root node")),
+            pt_view: BTreeMap::new(),
         }
     }
 
@@ -506,7 +552,120 @@ impl<'s> Runner<'s> {
                 }
                 Ok(())
             }
+            Op::PtMap { page, level, tracked } => self.pt_map(page * PAGE_SIZE, level, tracked),
+            Op::PtUnmap { page, pages } => self.pt_unmap(page * PAGE_SIZE, pages),
+            Op::PtProtect { page, pages } => self.pt_protect(page * PAGE_SIZE, pages),
+            Op::PtQuery { page } => self.pt_query(page * PAGE_SIZE),
         }
+    }
+
+    fn pt(&self) -> &PageTable<UserPtConfig<L::Format>> {
+        self.pt.as_ref().expect("the page table lives until `finish`")
+    }
+
+    /// `va..va + pages` pages, clipped to the user page table's range.
+    fn pt_range(&self, va: Vaddr, pages: usize) -> Range<Vaddr> {
+        let (_, last) = vaddr_bounds::<UserPtConfig<L::Format>>();
+        va.min(last + 1)..va.saturating_add(pages * PAGE_SIZE).min(last + 1)
+    }
+
+    fn pt_map(&mut self, va: Vaddr, level: u8, tracked: bool) -> Outcome {
+        let level = if tracked { 1 } else { level };
+        let prop = PropChoice::Rw.prop();
+        let size =
+            if (1..=L::Format::NR_LEVELS).contains(&level) { page_size::<L::Format>(level) } else { 0 };
+        let range = self.pt_range(va, size / PAGE_SIZE);
+        if range.len() != size || size == 0 {
+            return Ok(());
+        }
+        let predicted = if level > L::Format::HIGHEST_LEAF_LEVEL {
+            Err(MapErrorKind::UnsupportedLevel)
+        } else if va % size != 0 {
+            Err(MapErrorKind::Misaligned)
+        } else if self.pt_view.range(..range.end).next_back().is_some_and(|(v, p)| v + p.size > va) {
+            Err(MapErrorKind::AlreadyMapped)
+        } else {
+            Ok(())
+        };
+        let (item, page) = if tracked {
+            let frame = FrameAllocOptions::new_in(self.space)
+                .alloc_frame()
+                .map_err(|e| self.fail("frame allocation", e.to_string()))?;
+            let pa = frame.paddr();
+            self.bytes.remove(&pa);
+            (MappedItem::Tracked(frame.into(), prop), Page { pa, size, prop, tracked: true })
+        } else {
+            let pa = self.dev_start + va;
+            (MappedItem::Untracked(pa, level, prop), Page { pa, size, prop, tracked: false })
+        };
+        let mut cursor =
+            self.pt().cursor_mut(&range).map_err(|e| self.fail("pt cursor", format!("{e:?}")))?;
+        let got = cursor.try_map(item).map_err(|e| e.kind);
+        drop(cursor);
+        self.expect(got == predicted, "pt map agrees with the model", || {
+            format!("try_map at {va:#x}, level {level}: got {got:?}, the model predicts {predicted:?}")
+        })?;
+        if got.is_ok() {
+            self.pt_view.insert(va, page);
+        }
+        Ok(())
+    }
+
+    fn pt_unmap(&mut self, va: Vaddr, pages: usize) -> Outcome {
+        let range = self.pt_range(va, pages);
+        if range.is_empty() {
+            return Ok(());
+        }
+        let mut cursor =
+            self.pt().cursor_mut(&range).map_err(|e| self.fail("pt cursor", format!("{e:?}")))?;
+        let mut frags = Vec::new();
+        while let Some(frag) = cursor.take_next(range.end - cursor.virt_addr()) {
+            frags.push(frag);
+        }
+        drop(cursor);
+        self.space.platform().flush_tlb(TlbFlushOp::Range(range.clone()), TlbScope::AllCpus);
+        drop(frags);
+        reshape(&mut self.pt_view, &range, L::Format::NR_ENTRIES, |_| None);
+        Ok(())
+    }
+
+    fn pt_protect(&mut self, va: Vaddr, pages: usize) -> Outcome {
+        let range = self.pt_range(va, pages);
+        if range.is_empty() {
+            return Ok(());
+        }
+        let mut cursor =
+            self.pt().cursor_mut(&range).map_err(|e| self.fail("pt cursor", format!("{e:?}")))?;
+        let to_read_only = |p: &mut PageProperty| p.flags = PageFlags::R;
+        while let Some(changed) = cursor.protect_next(range.end - cursor.virt_addr(), &mut { to_read_only }) {
+            self.space.platform().flush_tlb(TlbFlushOp::Range(changed), TlbScope::AllCpus);
+        }
+        drop(cursor);
+        reshape(&mut self.pt_view, &range, L::Format::NR_ENTRIES, |mut p| {
+            to_read_only(&mut p.prop);
+            Some(p)
+        });
+        Ok(())
+    }
+
+    fn pt_query(&mut self, va: Vaddr) -> Outcome {
+        let range = self.pt_range(va, 1);
+        if range.is_empty() {
+            return Ok(());
+        }
+        let mut cursor = self.pt().cursor(&range).map_err(|e| self.fail("pt cursor", format!("{e:?}")))?;
+        let (entry, item) = cursor.query().map_err(|e| self.fail("pt query", format!("{e:?}")))?;
+        let got = item.map(|i| {
+            let tracked = matches!(i, MappedItemRef::Tracked(..));
+            (
+                entry.start,
+                Page { pa: i.paddr(), size: page_size::<L::Format>(i.level()), prop: i.prop(), tracked },
+            )
+        });
+        let want = page_at(&self.pt_view, va).map(|(base, p)| (base, *p));
+        self.expect(got == want, "pt query agrees with the model", || {
+            format!("query({va:#x}) returned {got:x?}, the model expects {want:x?}")
+        })
     }
 
     fn create_tracked(
@@ -538,8 +697,9 @@ impl<'s> Runner<'s> {
         if keep {
             self.kept.extend(frames.iter().cloned());
         }
+        let room = self.vmalloc_room(size, PAGE_SIZE);
         let result = self.space.try_map_frames(size, offset, frames, prop);
-        let area = self.check_creation(result, &violated, "map_frames")?;
+        let area = self.check_creation(result, &violated, room, "map_frames")?;
         let Some(area) = area else { return Ok(()) };
         let start = area.mapped_range().start;
         let shift = if self.fault == Some(ModelFault::TrackedViewOffByOne) { PAGE_SIZE } else { 0 };
@@ -571,7 +731,7 @@ impl<'s> Runner<'s> {
                 let s = (4 << 20) + page * PAGE_SIZE;
                 s..s + len
             }
-            PaChoice::TooLarge => (1 << 52)..(1 << 52) + len,
+            PaChoice::TooLarge => pa_limit::<L>()..pa_limit::<L>() + len,
             #[allow(clippy::reversed_empty_ranges)]
             PaChoice::Reversed => 0x2000 + len..0x2000,
             PaChoice::Misaligned => 0x800..0x800 + len,
@@ -585,7 +745,7 @@ impl<'s> Runner<'s> {
         if pa.start % PAGE_SIZE != 0 || pa.end % PAGE_SIZE != 0 {
             violated.push(KVirtAreaError::MisalignedPaddr(pa.clone()));
         }
-        if pa.end > 1 << 52 {
+        if pa.end > pa_limit::<L>() {
             violated.push(KVirtAreaError::PaddrTooLarge(pa.clone()));
         }
         // All usable RAM (above the reserved first MiB) is kvirt's: frames
@@ -598,33 +758,66 @@ impl<'s> Runner<'s> {
         self.expect(spec_panics == model_panics, "spec agrees with the model on map_untracked_frames", || {
             format!("spec::map_untracked_frames_panic_condition = {spec_panics}, model violations = {violated:?}")
         })?;
+        let room = self.vmalloc_room(size, PAGE_SIZE);
+        let huge = page_size::<L::Format>(L::Format::HIGHEST_LEAF_LEVEL);
+        let huge_room = self.vmalloc_room(size, huge);
         // SAFETY: the physical ranges are reserved low memory that nothing
         // else in this space uses, the simulated device window, or ranges
         // the model expects to be rejected before anything is mapped.
         let result = unsafe { self.space.try_map_untracked_frames(size, offset, pa.clone(), prop) };
-        let Some(area) = self.check_creation(result, &violated, "map_untracked_frames")? else {
+        let Some(area) = self.check_creation(result, &violated, room, "map_untracked_frames")? else {
             return Ok(());
         };
         let mapped = area.mapped_range();
-        if pa_len >= 1 << 30 && pa.start % (1 << 30) == 0 && offset % (1 << 30) == 0 {
-            self.expect(mapped.start % (1 << 30) == 0, "huge-page placement", || {
-                format!("a 1 GiB-capable mapping was placed at {:#x}", mapped.start)
+        if huge_room && pa_len >= huge && pa.start % huge == 0 && offset % huge == 0 {
+            self.expect(mapped.start % huge == 0, "huge-page placement", || {
+                format!("a mapping that can use {huge:#x}-byte pages was placed at {:#x}", mapped.start)
             })?;
         }
-        for (va, page) in greedy_pages(mapped.start, pa.start, pa_len) {
+        for (va, page) in greedy_pages::<L::Format>(mapped.start, pa.start, pa_len) {
             self.view.insert(va, Page { prop, ..page });
         }
         self.add_area(area, size, offset, pa_len, AreaKind::Untracked, "check: untracked")
     }
 
-    /// Checks a constructor's result against the violated preconditions.
+    /// Whether the model's free VMALLOC (all of it but the live areas and
+    /// their guards) has room for an area of `size` bytes and its guard at
+    /// alignment `align`.
+    fn vmalloc_room(&self, size: usize, align: usize) -> bool {
+        let mut used: Vec<Range<Vaddr>> =
+            self.areas.iter().map(|a| a.range.start..a.range.end + self.guard(a)).collect();
+        used.sort_by_key(|r| r.start);
+        let vmalloc = L::VMALLOC_VADDR_RANGE;
+        let (mut gaps, mut next) = (Vec::new(), vmalloc.start);
+        for r in &used {
+            if r.start > next {
+                gaps.push(next..r.start);
+            }
+            next = next.max(r.end);
+        }
+        gaps.push(next..vmalloc.end);
+        gaps.iter().any(|g| {
+            let start = g.start.div_ceil(align) * align;
+            size.checked_add(GUARD_SIZE).and_then(|n| start.checked_add(n)).is_some_and(|end| end <= g.end)
+        })
+    }
+
+    /// Checks a constructor's result against the violated preconditions
+    /// and, for valid arguments, whether VMALLOC had `room`.
     fn check_creation(
         &mut self,
-        result: Result<KVirtArea, KVirtAreaError>,
+        result: Result<KVirtArea<L>, KVirtAreaError>,
         violated: &[KVirtAreaError],
+        room: bool,
         what: &'static str,
-    ) -> Result<Option<KVirtArea>, Failure> {
+    ) -> Result<Option<KVirtArea<L>>, Failure> {
         match result {
+            Err(KVirtAreaError::VmallocExhausted(size)) if violated.is_empty() => {
+                self.expect(!room, "VMALLOC exhaustion only without room", || {
+                    format!("{what} reported VMALLOC exhausted for {size:#x} bytes, but a free block fits it")
+                })?;
+                Ok(None)
+            }
             Ok(area) => {
                 self.expect(violated.is_empty(), "rejection of invalid arguments", || {
                     format!("{what} accepted arguments violating {violated:?}")
@@ -646,7 +839,7 @@ impl<'s> Runner<'s> {
 
     fn add_area(
         &mut self,
-        area: KVirtArea,
+        area: KVirtArea<L>,
         size: usize,
         offset: usize,
         len: usize,
@@ -725,8 +918,8 @@ impl<'s> Runner<'s> {
                 break;
             }
             self.view.remove(&base);
-            let child = page.size / 512;
-            for j in 0..512 {
+            let child = page.size / L::Format::NR_ENTRIES;
+            for j in 0..L::Format::NR_ENTRIES {
                 self.view.insert(base + j * child, Page { pa: page.pa + j * child, size: child, ..page });
             }
         }
@@ -734,7 +927,7 @@ impl<'s> Runner<'s> {
 
     /// The VMALLOC bytes after an area that are its guard: none while the
     /// right half of a split of it is alive there.
-    fn guard(&self, a: &ModelArea) -> usize {
+    fn guard(&self, a: &ModelArea<L>) -> usize {
         match a.right {
             Some(link) if !self.links[&link] => 0,
             _ => GUARD_SIZE,
@@ -748,9 +941,7 @@ impl<'s> Runner<'s> {
         let result = a.area.query(va);
         let got = result.as_ref().map(|item| match item {
             MappedItemRef::Tracked(f, p) => (f.paddr(), PAGE_SIZE, *p, true),
-            MappedItemRef::Untracked(pa, level, p) => {
-                (*pa, PAGE_SIZE << (9 * (*level as usize - 1)), *p, false)
-            }
+            MappedItemRef::Untracked(pa, level, p) => (*pa, page_size::<L::Format>(*level), *p, false),
         });
         let want = expected.map(|(_, p)| (p.pa, p.size, p.prop, p.tracked));
         let page_va = va & !(PAGE_SIZE - 1);
@@ -865,35 +1056,7 @@ impl<'s> Runner<'s> {
     /// Removes the model's mappings in `range`, splitting huge pages that
     /// straddle it as kvirt must (DESIGN.md section 4).
     fn model_unmap(&mut self, range: &Range<Vaddr>) {
-        if range.is_empty() {
-            return;
-        }
-        let hit: Vec<Vaddr> = self
-            .view
-            .range(..range.end)
-            .rev()
-            .take_while(|(va, p)| *va + p.size > range.start)
-            .map(|(va, _)| *va)
-            .collect();
-        for va in hit {
-            let page = self.view.remove(&va).expect("just found");
-            self.keep_outside(va, page, range);
-        }
-    }
-
-    fn keep_outside(&mut self, va: Vaddr, page: Page, range: &Range<Vaddr>) {
-        let end = va + page.size;
-        if end <= range.start || va >= range.end {
-            self.view.insert(va, page);
-        } else if range.start <= va && end <= range.end {
-            // Inside: unmapped.
-        } else {
-            let child = page.size / 512;
-            for j in 0..512 {
-                let c = Page { pa: page.pa + j * child, size: child, ..page };
-                self.keep_outside(va + j * child, c, range);
-            }
-        }
+        reshape(&mut self.view, range, L::Format::NR_ENTRIES, |_| None);
     }
 
     /// The checks after every operation.
@@ -925,7 +1088,7 @@ impl<'s> Runner<'s> {
         })?;
         // Areas are disjoint; two halves of a split may touch while both
         // live, any other neighbours are separated by a guard gap.
-        let mut by_start: Vec<&ModelArea> = self.areas.iter().collect();
+        let mut by_start: Vec<&ModelArea<L>> = self.areas.iter().collect();
         by_start.sort_by_key(|a| a.range.start);
         let touching = by_start.windows(2).find(|w| {
             let siblings = w[0].right.is_some() && w[0].right == w[1].left;
@@ -936,13 +1099,18 @@ impl<'s> Runner<'s> {
             format!("areas {:#x?} and {:#x?} overlap or touch", w[0].range, w[1].range)
         })?;
         // Refinement.
-        let actual = spec::kernel_view(self.space, &VMALLOC_VADDR_RANGE);
-        let model: PageTableView = self
-            .view
-            .iter()
-            .map(|(&va, p)| (va, Mapping { va, pa: p.pa, size: p.size, prop: p.prop, tracked: p.tracked }))
-            .collect();
+        let actual = spec::kernel_view(self.space, &L::VMALLOC_VADDR_RANGE);
+        let model = as_spec_view::<L>(&self.view);
         self.expect(actual == model, "refinement: kernel_view equals the model", || {
+            describe_diff(&actual, &model)
+        })?;
+        // The raw page table: its invariant, and refinement.
+        let pt_inv = self.pt().check_inv();
+        self.expect(pt_inv.is_ok(), "Inv of the user page table", || format!("{pt_inv:?}"))?;
+        let (first, last) = vaddr_bounds::<UserPtConfig<L::Format>>();
+        let actual = spec::view_of(&mut self.pt().cursor(&(first..last + 1)).expect("the whole range"));
+        let model = as_spec_view::<L>(&self.pt_view);
+        self.expect(actual == model, "refinement: the user page table equals the model", || {
             describe_diff(&actual, &model)
         })?;
         // Reference counts.
@@ -950,7 +1118,7 @@ impl<'s> Runner<'s> {
         for f in &self.kept {
             *refs.entry(f.paddr()).or_default() += 1;
         }
-        for p in self.view.values().filter(|p| p.tracked) {
+        for p in self.view.values().chain(self.pt_view.values()).filter(|p| p.tracked) {
             *refs.entry(p.pa).or_default() += 1;
         }
         for (&pa, &want) in &refs {
@@ -975,10 +1143,36 @@ impl<'s> Runner<'s> {
         })
     }
 
+    /// A hash of the model's state: what is mapped, the areas with their
+    /// split links, the frame handles held, the bytes written, and the
+    /// space's counters. Two sequences that reach the same hash reached the
+    /// same abstract state (up to hash collisions).
+    fn state_hash(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&self.view, &self.pt_view).hash(&mut h);
+        for a in &self.areas {
+            (&a.range, &a.mapped, a.kind == AreaKind::Tracked).hash(&mut h);
+            let alive = |l: Option<u64>| l.map(|l| self.links[&l]);
+            (alive(a.left), alive(a.right)).hash(&mut h);
+        }
+        let mut kept: Vec<Paddr> = self.kept.iter().map(Frame::paddr).collect();
+        kept.sort_unstable();
+        kept.hash(&mut h);
+        let mut bytes: Vec<(&Paddr, &Vec<u8>)> = self.bytes.iter().collect();
+        bytes.sort_unstable();
+        bytes.hash(&mut h);
+        let (phys, vm) = (self.space.phys_stats(), self.space.vmalloc_stats());
+        (phys.used_pages, phys.page_table_pages, vm.free_bytes, vm.largest_free, vm.fragments).hash(&mut h);
+        h.finish()
+    }
+
     /// Drops everything and checks that the counters are back.
     fn finish(&mut self) -> Outcome {
         self.areas.clear();
         self.view.clear();
+        self.pt = None;
+        self.pt_view.clear();
         self.kept.clear();
         self.space.synchronize();
         let end = (self.space.phys_stats(), self.space.vmalloc_stats());
@@ -1014,14 +1208,78 @@ fn common_violations(size: usize, offset: usize, len: usize, prop: &PageProperty
     v
 }
 
+/// Replaces every page of `view` inside `range` by `inside(page)` (`None`:
+/// unmapped). A huge page straddling the range is first split into its
+/// `nr_entries` children, recursively, so that pages outside keep their
+/// mapping and property: what kvirt must do (DESIGN.md section 4).
+fn reshape(
+    view: &mut BTreeMap<Vaddr, Page>,
+    range: &Range<Vaddr>,
+    nr_entries: usize,
+    inside: impl Fn(Page) -> Option<Page> + Copy,
+) {
+    fn place(
+        view: &mut BTreeMap<Vaddr, Page>,
+        va: Vaddr,
+        page: Page,
+        range: &Range<Vaddr>,
+        nr_entries: usize,
+        inside: impl Fn(Page) -> Option<Page> + Copy,
+    ) {
+        let end = va + page.size;
+        if end <= range.start || va >= range.end {
+            view.insert(va, page);
+        } else if range.start <= va && end <= range.end {
+            if let Some(p) = inside(page) {
+                view.insert(va, p);
+            }
+        } else {
+            let child = page.size / nr_entries;
+            for j in 0..nr_entries {
+                let c = Page { pa: page.pa + j * child, size: child, ..page };
+                place(view, va + j * child, c, range, nr_entries, inside);
+            }
+        }
+    }
+    if range.is_empty() {
+        return;
+    }
+    let hit: Vec<Vaddr> = view
+        .range(..range.end)
+        .rev()
+        .take_while(|(va, p)| *va + p.size > range.start)
+        .map(|(va, _)| *va)
+        .collect();
+    for va in hit {
+        let page = view.remove(&va).expect("just found");
+        place(view, va, page, range, nr_entries, inside);
+    }
+}
+
+/// The model's pages as the spec's view.
+fn as_spec_view<L: KernelLayout>(view: &BTreeMap<Vaddr, Page>) -> PageTableView {
+    view.iter()
+        .map(|(&va, p)| {
+            let level = spec::level_of_size::<L::Format>(p.size).expect("the model keeps leaf sizes");
+            (va, Mapping { va, pa: p.pa, level, size: p.size, prop: p.prop, tracked: p.tracked })
+        })
+        .collect()
+}
+
+/// Physical addresses of format `L::Format` are below this.
+fn pa_limit<L: KernelLayout>() -> Paddr {
+    1 << L::Format::PA_BITS
+}
+
 /// The model's own greedy split into the largest pages (independent of
 /// `kvirt::page_table::largest_pages`).
-fn greedy_pages(mut va: Vaddr, mut pa: Paddr, mut len: usize) -> Vec<(Vaddr, Page)> {
+fn greedy_pages<F: PagingFormat>(mut va: Vaddr, mut pa: Paddr, mut len: usize) -> Vec<(Vaddr, Page)> {
     let prop = PageProperty::new_kernel(PageFlags::empty(), CachePolicy::Writeback);
     let mut out = Vec::new();
     while len > 0 {
-        let size = [1 << 30, 2 << 20, PAGE_SIZE]
-            .into_iter()
+        let size = (1..=F::HIGHEST_LEAF_LEVEL)
+            .rev()
+            .map(page_size::<F>)
             .find(|&s| s <= len && va % s == 0 && pa % s == 0)
             .expect("4 KiB always fits");
         out.push((va, Page { pa, size, prop, tracked: false }));
@@ -1051,9 +1309,19 @@ fn describe_diff(actual: &PageTableView, model: &PageTableView) -> String {
 /// Runs one sequence on a fresh space; returns the number of checks that
 /// passed, or the first failure (a panic is a failure too).
 pub fn run_sequence(ops: &[Op], options: &Options) -> Result<u64, Failure> {
+    run_sequence_in::<kvirt::kspace::X86_64Layout>(ops, options, &mut |_| {})
+}
+
+/// [`run_sequence`] in a space laid out as `L`, calling `visit` with the
+/// model's state after every operation.
+pub fn run_sequence_in<L: KernelLayout>(
+    ops: &[Op],
+    options: &Options,
+    visit: &mut dyn FnMut(u64),
+) -> Result<u64, Failure> {
     let step = std::cell::Cell::new(0);
     let result = catch_unwind(AssertUnwindSafe(|| {
-        let space = KernelSpace::new_hosted(MachineConfig::new(options.ram_size).cpus(2));
+        let space = KernelSpace::<L>::hosted_with_layout(MachineConfig::new(options.ram_size).cpus(2));
         let mut runner = Runner::new(&space, options.ram_size, options.fault);
         let outcome = (|| {
             runner.check_all()?;
@@ -1062,6 +1330,7 @@ pub fn run_sequence(ops: &[Op], options: &Options) -> Result<u64, Failure> {
                 step.set(i);
                 runner.apply(op)?;
                 runner.check_all()?;
+                visit(runner.state_hash());
             }
             runner.step = ops.len();
             step.set(ops.len());
@@ -1151,6 +1420,28 @@ fn simpler(op: &Op) -> Vec<Op> {
                     len_pages,
                     prop,
                 });
+            }
+        }
+        Op::PtMap { page, level, tracked } => {
+            if page > 0 {
+                out.push(Op::PtMap { page: 0, level, tracked });
+            }
+        }
+        Op::PtUnmap { page, pages } | Op::PtProtect { page, pages } => {
+            let same = |page, pages| match op {
+                Op::PtUnmap { .. } => Op::PtUnmap { page, pages },
+                _ => Op::PtProtect { page, pages },
+            };
+            if pages > 1 {
+                out.push(same(page, 1));
+            }
+            if page > 0 {
+                out.push(same(0, pages));
+            }
+        }
+        Op::PtQuery { page } => {
+            if page > 0 {
+                out.push(Op::PtQuery { page: 0 });
             }
         }
     }
@@ -1357,7 +1648,7 @@ mod tests {
         let space = KernelSpace::new_hosted(MachineConfig::new(16 << 20));
         let mut r = Runner::new(&space, 16 << 20, None);
         let base = 1usize << 40;
-        for (va, p) in greedy_pages(base, 1 << 30, 1 << 30) {
+        for (va, p) in greedy_pages::<kvirt::arch::x86_64::X86_64>(base, 1 << 30, 1 << 30) {
             r.view.insert(va, p);
         }
         r.model_unmap(&(base..base + PAGE_SIZE));

@@ -10,6 +10,7 @@
 //! Every format uses 4 KiB nodes holding 64-bit entries (a format with fewer
 //! entries per node simply uses the start of the node).
 
+pub mod tiny;
 pub mod x86_64;
 
 use core::fmt::Debug;

@@ -43,7 +43,7 @@ pub use segment::{Segment, SegmentError, USegment};
 
 use self::buddy::BuddyAllocator;
 use crate::addr::{is_page_aligned, Paddr, PAGE_SIZE};
-use crate::kspace::KernelSpace;
+use crate::kspace::{KernelLayout, KernelSpace};
 use crate::platform::{MemoryRegion, MemoryRegionKind, Platform};
 
 /// Why a frame allocation failed.
@@ -96,7 +96,8 @@ impl fmt::Display for FrameAccessError {
 #[derive(Clone, Copy, Debug)]
 pub struct FrameAllocOptions<'a> {
     zeroed: bool,
-    space: Option<&'a KernelSpace>,
+    /// The physical memory of the chosen space; `None`: the default one.
+    phys: Option<&'a PhysMem>,
 }
 
 impl Default for FrameAllocOptions<'static> {
@@ -109,15 +110,15 @@ impl FrameAllocOptions<'static> {
     /// Options for the default kernel space, zeroing on.
     #[must_use]
     pub const fn new() -> Self {
-        Self { zeroed: true, space: None }
+        Self { zeroed: true, phys: None }
     }
 }
 
 impl<'a> FrameAllocOptions<'a> {
     /// Options for `space`, zeroing on.
     #[must_use]
-    pub const fn new_in(space: &'a KernelSpace) -> Self {
-        Self { zeroed: true, space: Some(space) }
+    pub fn new_in<L: KernelLayout>(space: &'a KernelSpace<L>) -> Self {
+        Self { zeroed: true, phys: Some(space.phys()) }
     }
 
     /// Whether to zero the frames (default `true`).
@@ -128,8 +129,8 @@ impl<'a> FrameAllocOptions<'a> {
     }
 
     fn phys(&self) -> &'a PhysMem {
-        match self.space {
-            Some(space) => space.phys(),
+        match self.phys {
+            Some(phys) => phys,
             None => KernelSpace::global().phys(),
         }
     }

@@ -46,10 +46,9 @@ use core::sync::atomic::{AtomicBool, Ordering};
 
 use super::registry::{AreaInfo, AreaKind};
 use super::vmalloc::GUARD_SIZE;
-use super::{KernelSpace, SpaceInner, VMALLOC_VADDR_RANGE};
+use super::{KernelLayout, KernelSpace, SpaceInner, X86_64Layout};
 use crate::addr::{is_page_aligned, Paddr, Vaddr, PAGE_SIZE};
-use crate::arch::x86_64::X86_64;
-use crate::arch::PagingFormat;
+use crate::arch::{page_size, PagingFormat};
 use crate::frame::{AnyFrameMeta, Frame, FrameRef};
 use crate::page_prop::{PageProperty, PrivilegedPageFlags};
 use crate::page_table::{largest_pages, MappedItem, MappedItemRef, PageTableAllocError, PageTableFrag};
@@ -195,7 +194,7 @@ impl fmt::Display for AreaAccessError {
 }
 
 /// A kernel virtual area (see the module documentation).
-pub struct KVirtArea {
+pub struct KVirtArea<L: KernelLayout = X86_64Layout> {
     /// The area. Invariant: page aligned, non-empty, inside
     /// `VMALLOC_VADDR_RANGE`, allocated from the space's VMALLOC.
     range: Range<Vaddr>,
@@ -207,7 +206,7 @@ pub struct KVirtArea {
     right: Option<Arc<SplitLink>>,
     /// The boundary with the left half of a split of this area.
     left: Option<Arc<SplitLink>>,
-    space: NonNull<SpaceInner>,
+    space: NonNull<SpaceInner<L>>,
 }
 
 /// The boundary between two halves of a split area.
@@ -237,9 +236,9 @@ const _: () = assert!(GUARD_SIZE <= PAGE_SIZE);
 
 // SAFETY: the area only refers to its space, which is `Sync`, and to split
 // links (atomics behind `Arc`), and owns the mappings in its range.
-unsafe impl Send for KVirtArea {}
+unsafe impl<L: KernelLayout> Send for KVirtArea<L> {}
 // SAFETY: `&KVirtArea` only queries and copies bytes, under page-table locks.
-unsafe impl Sync for KVirtArea {}
+unsafe impl<L: KernelLayout> Sync for KVirtArea<L> {}
 
 fn check_common(
     area_size: usize,
@@ -346,8 +345,10 @@ impl KVirtArea {
         // SAFETY: forwarded to the caller.
         unsafe { KernelSpace::global().try_map_untracked_frames(area_size, map_offset, pa_range, prop) }
     }
+}
 
-    fn space(&self) -> &SpaceInner {
+impl<L: KernelLayout> KVirtArea<L> {
+    fn space(&self) -> &SpaceInner<L> {
         // SAFETY: a space is never freed while an area of it is alive (the
         // registry entry keeps `KernelSpace::drop` from freeing it).
         unsafe { self.space.as_ref() }
@@ -567,7 +568,7 @@ impl KVirtArea {
                     frame.paddr() + va % PAGE_SIZE
                 }
                 Some(MappedItemRef::Untracked(pa, level, _)) => {
-                    let size = crate::arch::page_size::<X86_64>(level);
+                    let size = crate::arch::page_size::<L::Format>(level);
                     pa + va % size
                 }
             };
@@ -581,7 +582,7 @@ impl KVirtArea {
     }
 }
 
-impl KVirtArea {
+impl<L: KernelLayout> KVirtArea<L> {
     /// The rest of `Inv::check`: what only the space can tell.
     pub(crate) fn check_with_space(&self) -> Result<(), &'static str> {
         let space = self.space();
@@ -619,13 +620,13 @@ impl KVirtArea {
 
     /// Runs `f` with a temporary handle to the area's kernel space.
     #[cfg(feature = "check-contracts")]
-    pub(crate) fn with_kernel_space<R>(&self, f: impl FnOnce(&KernelSpace) -> R) -> R {
+    pub(crate) fn with_kernel_space<R>(&self, f: impl FnOnce(&KernelSpace<L>) -> R) -> R {
         let handle = core::mem::ManuallyDrop::new(KernelSpace { inner: self.space });
         f(&handle)
     }
 }
 
-impl KernelSpace {
+impl<L: KernelLayout> KernelSpace<L> {
     /// [`KVirtArea::try_map_frames`] in this space.
     pub fn try_map_frames<T: AnyFrameMeta + ?Sized>(
         &self,
@@ -633,7 +634,7 @@ impl KernelSpace {
         map_offset: usize,
         frames: impl IntoIterator<Item = Frame<T>>,
         prop: PageProperty,
-    ) -> Result<KVirtArea, KVirtAreaError> {
+    ) -> Result<KVirtArea<L>, KVirtAreaError> {
         let frames: Vec<Frame<T>> = frames.into_iter().collect();
         let len = frames.len().saturating_mul(PAGE_SIZE);
         #[cfg(feature = "check-contracts")]
@@ -652,7 +653,7 @@ impl KernelSpace {
         frames: Vec<Frame<T>>,
         len: usize,
         prop: PageProperty,
-    ) -> Result<KVirtArea, KVirtAreaError> {
+    ) -> Result<KVirtArea<L>, KVirtAreaError> {
         check_common(area_size, map_offset, len, &prop)?;
         let phys = self.phys() as *const _;
         if let Some(f) = frames.iter().find(|f| !core::ptr::eq(f.phys(), phys)) {
@@ -685,7 +686,7 @@ impl KernelSpace {
         map_offset: usize,
         pa_range: Range<Paddr>,
         prop: PageProperty,
-    ) -> Result<KVirtArea, KVirtAreaError> {
+    ) -> Result<KVirtArea<L>, KVirtAreaError> {
         #[cfg(feature = "check-contracts")]
         let panics =
             crate::spec::map_untracked_frames_panic_condition(self, area_size, map_offset, &pa_range, &prop);
@@ -701,7 +702,7 @@ impl KernelSpace {
         map_offset: usize,
         pa_range: Range<Paddr>,
         prop: PageProperty,
-    ) -> Result<KVirtArea, KVirtAreaError> {
+    ) -> Result<KVirtArea<L>, KVirtAreaError> {
         if pa_range.start > pa_range.end {
             return Err(KVirtAreaError::ReversedPaddrRange(pa_range));
         }
@@ -709,7 +710,7 @@ impl KernelSpace {
         if !is_page_aligned(pa_range.start) || !is_page_aligned(pa_range.end) {
             return Err(KVirtAreaError::MisalignedPaddr(pa_range));
         }
-        if pa_range.end > 1usize << <X86_64 as PagingFormat>::PA_BITS {
+        if pa_range.end > 1usize << <L::Format as PagingFormat>::PA_BITS {
             return Err(KVirtAreaError::PaddrTooLarge(pa_range));
         }
         if self.covers_tracked(&pa_range) {
@@ -723,8 +724,9 @@ impl KernelSpace {
         // piece of the physical range becomes one huge page. Only worth it
         // if the range holds such a piece; if VMALLOC has no aligned room,
         // fall back to small pages.
-        let align = [1 << 30, 2 << 20]
-            .into_iter()
+        let align = (2..=L::Format::HIGHEST_LEAF_LEVEL)
+            .rev()
+            .map(page_size::<L::Format>)
             .find(|&a| {
                 pa_range.start % a == map_offset % a
                     && crate::addr::checked_align_up(pa_range.start, a)
@@ -743,7 +745,7 @@ impl KernelSpace {
         }
         let mut cursor =
             self.inner().kernel_pt.cursor_mut(&area.mapped).expect("an area lies in kernel space");
-        for (pa, level) in largest_pages::<X86_64>(area.mapped.start, pa_range.start, len) {
+        for (pa, level) in largest_pages::<L::Format>(area.mapped.start, pa_range.start, len) {
             if cursor.try_map(MappedItem::Untracked(pa, level, prop)).is_err() {
                 drop(cursor);
                 drop(area);
@@ -761,13 +763,13 @@ impl KernelSpace {
         map_offset: usize,
         len: usize,
         kind: AreaKind,
-    ) -> Result<KVirtArea, KVirtAreaError> {
+    ) -> Result<KVirtArea<L>, KVirtAreaError> {
         let range = self
             .inner()
             .vmalloc
             .alloc(area_size, align)
             .map_err(|_| KVirtAreaError::VmallocExhausted(area_size))?;
-        debug_assert!(VMALLOC_VADDR_RANGE.start <= range.start && range.end <= VMALLOC_VADDR_RANGE.end);
+        debug_assert!(L::VMALLOC_VADDR_RANGE.start <= range.start && range.end <= L::VMALLOC_VADDR_RANGE.end);
         let mapped = range.start + map_offset..range.start + map_offset + len;
         self.inner().registry.insert(AreaInfo {
             range: range.clone(),
@@ -779,11 +781,11 @@ impl KernelSpace {
     }
 }
 
-impl Drop for KVirtArea {
+impl<L: KernelLayout> Drop for KVirtArea<L> {
     fn drop(&mut self) {
         let space = self.space();
         if !self.mapped.is_empty() {
-            let mut frags: Vec<PageTableFrag> = Vec::new();
+            let mut frags: Vec<PageTableFrag<L::Format>> = Vec::new();
             {
                 let mut cursor =
                     space.kernel_pt.cursor_mut(&self.mapped).expect("an area lies in kernel space");
@@ -813,7 +815,7 @@ impl Drop for KVirtArea {
     }
 }
 
-impl fmt::Debug for KVirtArea {
+impl<L: KernelLayout> fmt::Debug for KVirtArea<L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KVirtArea")
             .field("range", &format_args!("{:#x?}", self.range))

@@ -18,10 +18,82 @@
 //! them in its page tables exactly as a kernel would (the software MMU walks
 //! them), but the library itself reaches physical memory through the
 //! platform's window, not through the linear mapping.
+//!
+//! The constants below are the default layout, [`X86_64Layout`]. A kernel
+//! space is generic over a [`KernelLayout`], which names the paging format
+//! and these ranges; [`TinyLayout`] is the layout of the tiny test format
+//! on which the exhaustive checker runs the very same `KVirtArea` code.
 
+use core::fmt;
 use core::ops::Range;
 
 use crate::addr::{Paddr, Vaddr};
+use crate::arch::tiny::Tiny;
+use crate::arch::x86_64::X86_64;
+use crate::arch::PagingFormat;
+
+/// Where a kernel keeps things in its virtual address space, and the
+/// paging format of its page table.
+///
+/// Every range is page aligned and lies in the kernel (upper) half of the
+/// format's address space; `VMALLOC_VADDR_RANGE`, the optional mappings and
+/// `KERNEL_CODE_VADDR_RANGE` lie in `KERNEL_VADDR_RANGE` and do not overlap.
+/// [`KernelSpace`](super::KernelSpace) checks this when it is created.
+pub trait KernelLayout: Copy + fmt::Debug + Send + Sync + 'static {
+    /// The paging format of the kernel page table.
+    type Format: PagingFormat;
+    /// Kernel space: every address a `KVirtArea` may have (the seed's
+    /// `KERNEL_BASE_VADDR..KERNEL_END_VADDR`).
+    const KERNEL_VADDR_RANGE: Range<Vaddr>;
+    /// Where kernel virtual areas are carved from.
+    const VMALLOC_VADDR_RANGE: Range<Vaddr>;
+    /// The linear mapping of all RAM (`start + pa`), if the layout has one.
+    const LINEAR_MAPPING_VADDR_RANGE: Option<Range<Vaddr>>;
+    /// Where the frame metadata array is mapped, if it is.
+    const FRAME_METADATA_VADDR_RANGE: Option<Range<Vaddr>>;
+    /// Where [`map_kernel_image`](super::KernelSpace::map_kernel_image) may
+    /// map the kernel image.
+    const KERNEL_CODE_VADDR_RANGE: Range<Vaddr>;
+}
+
+/// The x86-64 4-level layout drawn above: the default of every generic type
+/// in kvirt, and the one the seed's API (`KVirtArea::map_frames`) uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct X86_64Layout;
+
+impl KernelLayout for X86_64Layout {
+    type Format = X86_64;
+    const KERNEL_VADDR_RANGE: Range<Vaddr> = KERNEL_BASE_VADDR..KERNEL_END_VADDR;
+    const VMALLOC_VADDR_RANGE: Range<Vaddr> = VMALLOC_VADDR_RANGE;
+    const LINEAR_MAPPING_VADDR_RANGE: Option<Range<Vaddr>> = Some(LINEAR_MAPPING_VADDR_RANGE);
+    const FRAME_METADATA_VADDR_RANGE: Option<Range<Vaddr>> = Some(FRAME_METADATA_VADDR_RANGE);
+    const KERNEL_CODE_VADDR_RANGE: Range<Vaddr> = KERNEL_CODE_BASE_VADDR..KERNEL_END_VADDR;
+}
+
+/// The layout of the [`Tiny`] test format (256 KiB address space, kernel
+/// half `0x2_0000..0x4_0000`):
+///
+/// ```text
+/// 0x2_0000 ┬──────────────────────┐
+///          │ VMALLOC: 16 pages    │  one root entry
+/// 0x3_0000 ├──────────────────────┤
+///          │ kernel code          │  one root entry
+/// 0x4_0000 ┴──────────────────────┘
+/// ```
+///
+/// No linear or metadata mapping: they would not fit, and kvirt reaches
+/// memory through the platform's window anyway.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TinyLayout;
+
+impl KernelLayout for TinyLayout {
+    type Format = Tiny;
+    const KERNEL_VADDR_RANGE: Range<Vaddr> = 0x2_0000..0x4_0000;
+    const VMALLOC_VADDR_RANGE: Range<Vaddr> = 0x2_0000..0x3_0000;
+    const LINEAR_MAPPING_VADDR_RANGE: Option<Range<Vaddr>> = None;
+    const FRAME_METADATA_VADDR_RANGE: Option<Range<Vaddr>> = None;
+    const KERNEL_CODE_VADDR_RANGE: Range<Vaddr> = 0x3_0000..0x4_0000;
+}
 
 /// The lowest kernel virtual address.
 pub const KERNEL_BASE_VADDR: Vaddr = 0xffff_8000_0000_0000;
@@ -50,4 +122,38 @@ pub const fn paddr_to_vaddr(pa: Paddr) -> Vaddr {
         "physical address beyond the linear mapping"
     );
     LINEAR_MAPPING_BASE_VADDR + pa
+}
+
+/// Checks what [`KernelLayout`] promises.
+///
+/// # Panics
+///
+/// Panics, naming the broken rule, if `L` breaks one.
+pub(super) fn check<L: KernelLayout>() {
+    use crate::addr::is_page_aligned;
+    use crate::page_table::{vaddr_bounds, KernelPtConfig};
+
+    let (first, last) = vaddr_bounds::<KernelPtConfig<L::Format>>();
+    let kernel = L::KERNEL_VADDR_RANGE;
+    let inside = |r: &Range<Vaddr>| kernel.start <= r.start && r.start <= r.end && r.end <= kernel.end;
+    let aligned = |r: &Range<Vaddr>| is_page_aligned(r.start) && is_page_aligned(r.end);
+    assert!(
+        first <= kernel.start && kernel.start < kernel.end && kernel.end - 1 <= last && aligned(&kernel),
+        "KernelLayout: KERNEL_VADDR_RANGE must be a page-aligned part of the format's kernel half"
+    );
+    let mut parts = [
+        Some(L::VMALLOC_VADDR_RANGE),
+        L::LINEAR_MAPPING_VADDR_RANGE,
+        L::FRAME_METADATA_VADDR_RANGE,
+        Some(L::KERNEL_CODE_VADDR_RANGE),
+    ];
+    for r in parts.iter().flatten() {
+        assert!(inside(r) && aligned(r), "KernelLayout: {r:#x?} must be a page-aligned part of kernel space");
+    }
+    parts.sort_by_key(|r| r.as_ref().map(|r| r.start));
+    let parts: alloc::vec::Vec<_> = parts.into_iter().flatten().collect();
+    for pair in parts.windows(2) {
+        assert!(pair[0].end <= pair[1].start, "KernelLayout: {:#x?} and {:#x?} overlap", pair[0], pair[1]);
+    }
+    assert!(!L::VMALLOC_VADDR_RANGE.is_empty(), "KernelLayout: VMALLOC_VADDR_RANGE is empty");
 }

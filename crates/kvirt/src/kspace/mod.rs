@@ -29,8 +29,9 @@ use core::ptr::NonNull;
 
 pub use kvirt_area::{AreaAccessError, KVirtArea, KVirtAreaError, SplitError};
 pub use layout::{
-    paddr_to_vaddr, FRAME_METADATA_VADDR_RANGE, KERNEL_BASE_VADDR, KERNEL_CODE_BASE_VADDR, KERNEL_END_VADDR,
-    LINEAR_MAPPING_BASE_VADDR, LINEAR_MAPPING_VADDR_RANGE, VMALLOC_VADDR_RANGE,
+    paddr_to_vaddr, KernelLayout, TinyLayout, X86_64Layout, FRAME_METADATA_VADDR_RANGE, KERNEL_BASE_VADDR,
+    KERNEL_CODE_BASE_VADDR, KERNEL_END_VADDR, LINEAR_MAPPING_BASE_VADDR, LINEAR_MAPPING_VADDR_RANGE,
+    VMALLOC_VADDR_RANGE,
 };
 pub use range_alloc::RangeAllocError;
 pub use registry::{AreaInfo, AreaKind};
@@ -41,7 +42,6 @@ pub use crate::page_table::{MappedItem, MappedItemRef};
 use self::registry::AreaRegistry;
 use self::vmalloc::Vmalloc;
 use crate::addr::{is_page_aligned, Paddr, Vaddr};
-use crate::arch::x86_64::X86_64;
 use crate::arch::PagingFormat;
 use crate::frame::{Frame, PhysMem, PhysMemError, PhysStats};
 use crate::page_prop::{CachePolicy, PageFlags, PageProperty, PrivilegedPageFlags};
@@ -57,6 +57,8 @@ pub enum KernelSpaceError {
     PhysMem(PhysMemError),
     /// No memory for the kernel page table.
     OutOfMemory,
+    /// RAM reaches `.0`, past what the layout's linear mapping can hold.
+    RamBeyondLinearMapping(Paddr),
 }
 
 impl fmt::Display for KernelSpaceError {
@@ -64,6 +66,9 @@ impl fmt::Display for KernelSpaceError {
         match self {
             KernelSpaceError::PhysMem(e) => write!(f, "bad physical memory: {e}"),
             KernelSpaceError::OutOfMemory => f.write_str("out of memory for the kernel page table"),
+            KernelSpaceError::RamBeyondLinearMapping(end) => {
+                write!(f, "RAM reaches {end:#x}, past what the linear mapping can hold")
+            }
         }
     }
 }
@@ -85,7 +90,8 @@ pub enum KernelImageError {
     Misaligned,
     /// The physical range is empty or reversed.
     EmptyOrReversed(Range<Paddr>),
-    /// The virtual range leaves `KERNEL_CODE_BASE_VADDR..KERNEL_END_VADDR`.
+    /// The virtual range leaves the layout's kernel-code range
+    /// (`KERNEL_CODE_BASE_VADDR..KERNEL_END_VADDR` on x86-64).
     OutsideKernelCode(Range<Vaddr>),
     /// The physical range reaches beyond what the paging format can map.
     PaddrTooLarge(Range<Paddr>),
@@ -105,15 +111,21 @@ impl fmt::Display for KernelImageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use KernelImageError as E;
         match self {
-            E::SpaceInUse => f.write_str("the kernel image is mapped during set-up, before any frame or area exists"),
+            E::SpaceInUse => {
+                f.write_str("the kernel image is mapped during set-up, before any frame or area exists")
+            }
             E::Misaligned => f.write_str("the kernel image mapping is not page aligned"),
-            E::EmptyOrReversed(r) => write!(f, "the kernel image's physical range {r:#x?} is empty or reversed"),
-            E::OutsideKernelCode(r) => write!(
-                f,
-                "the kernel image's virtual range {r:#x?} is outside {KERNEL_CODE_BASE_VADDR:#x}..{KERNEL_END_VADDR:#x}"
-            ),
+            E::EmptyOrReversed(r) => {
+                write!(f, "the kernel image's physical range {r:#x?} is empty or reversed")
+            }
+            E::OutsideKernelCode(r) => {
+                write!(f, "the kernel image's virtual range {r:#x?} is outside the kernel-code range")
+            }
             E::PaddrTooLarge(r) => {
-                write!(f, "the kernel image's physical range {r:#x?} is beyond what the paging format can map")
+                write!(
+                    f,
+                    "the kernel image's physical range {r:#x?} is beyond what the paging format can map"
+                )
             }
             E::TrackedPaddr(r) => {
                 write!(f, "the kernel image's physical range {r:#x?} contains allocatable (tracked) pages")
@@ -129,11 +141,11 @@ impl fmt::Display for KernelImageError {
 ///
 /// Field order is drop order: the page table goes before the memory its
 /// nodes live in.
-struct SpaceInner {
+struct SpaceInner<L: KernelLayout> {
     /// The kernel page table: the linear mapping, the metadata mapping and
     /// every area. Only kvirt changes it (no mutable cursor is public), so
     /// an area's entries change only through the area.
-    kernel_pt: PageTable<KernelPtConfig>,
+    kernel_pt: PageTable<KernelPtConfig<L::Format>>,
     vmalloc: Vmalloc,
     registry: AreaRegistry,
     /// Frames, metadata and the allocator, at a fixed heap address that
@@ -182,16 +194,17 @@ impl Drop for PhysBox {
     }
 }
 
-/// One kernel's virtual memory (see the module documentation).
-pub struct KernelSpace {
-    inner: NonNull<SpaceInner>,
+/// One kernel's virtual memory (see the module documentation), laid out
+/// as `L` says (x86-64 by default).
+pub struct KernelSpace<L: KernelLayout = X86_64Layout> {
+    inner: NonNull<SpaceInner<L>>,
 }
 
 // SAFETY: `SpaceInner` is `Send + Sync` (its parts synchronise internally);
 // the handle only shares references to it.
-unsafe impl Send for KernelSpace {}
+unsafe impl<L: KernelLayout> Send for KernelSpace<L> {}
 // SAFETY: as for `Send`.
-unsafe impl Sync for KernelSpace {}
+unsafe impl<L: KernelLayout> Sync for KernelSpace<L> {}
 
 static GLOBAL: spin::Once<KernelSpace> = spin::Once::new();
 
@@ -205,24 +218,7 @@ impl KernelSpace {
         memory_map: &[MemoryRegion],
         ram_is_zeroed: bool,
     ) -> Result<Self, KernelSpaceError> {
-        let phys = PhysBox::new(PhysMem::new(platform, memory_map, ram_is_zeroed)?);
-        let mut kernel_pt =
-            PageTable::<KernelPtConfig>::empty(&phys).map_err(|_| KernelSpaceError::OutOfMemory)?;
-        kernel_pt.set_lazy_reclaim(true);
-        map_linear_and_metadata(&kernel_pt, &phys, memory_map)?;
-        let inner = Box::new(SpaceInner {
-            kernel_pt,
-            vmalloc: Vmalloc::new(VMALLOC_VADDR_RANGE),
-            registry: AreaRegistry::new(),
-            phys,
-            baseline_used_pages: 0,
-            #[cfg(feature = "std")]
-            machine: None,
-        });
-        let mut space = Self { inner: NonNull::from(Box::leak(inner)) };
-        let used = space.phys().stats().used_pages;
-        space.inner_mut().baseline_used_pages = used;
-        Ok(space)
+        Self::with_layout(platform, memory_map, ram_is_zeroed)
     }
 
     /// A kernel space over a new simulated machine.
@@ -234,20 +230,7 @@ impl KernelSpace {
     #[cfg(feature = "std")]
     #[must_use]
     pub fn new_hosted(config: kvirt_sim::MachineConfig) -> Self {
-        let machine = alloc::sync::Arc::new(kvirt_sim::Machine::new(config));
-        let platform = crate::platform::hosted::SimPlatform::new(machine.clone());
-        let map = platform.memory_map();
-        let mut space = Self::new(Box::new(platform), &map, true)
-            .unwrap_or_else(|e| panic!("cannot set up a hosted kernel space: {e}"));
-        space.inner_mut().machine = Some(machine);
-        space
-    }
-
-    /// The simulated machine under a hosted space.
-    #[cfg(feature = "std")]
-    #[must_use]
-    pub fn machine(&self) -> Option<&alloc::sync::Arc<kvirt_sim::Machine>> {
-        self.inner().machine.as_ref()
+        Self::hosted_with_layout(config)
     }
 
     /// The process-wide default kernel space.
@@ -283,13 +266,67 @@ impl KernelSpace {
             Some(rejected) => Err(rejected),
         }
     }
+}
 
-    fn inner(&self) -> &SpaceInner {
+impl<L: KernelLayout> KernelSpace<L> {
+    /// [`KernelSpace::new`] for layout `L`.
+    pub fn with_layout(
+        platform: Box<dyn Platform>,
+        memory_map: &[MemoryRegion],
+        ram_is_zeroed: bool,
+    ) -> Result<Self, KernelSpaceError> {
+        layout::check::<L>();
+        let phys = PhysBox::new(PhysMem::new(platform, memory_map, ram_is_zeroed)?);
+        let mut kernel_pt = PageTable::<KernelPtConfig<L::Format>>::empty(&phys)
+            .map_err(|_| KernelSpaceError::OutOfMemory)?;
+        kernel_pt.set_lazy_reclaim(true);
+        map_linear_and_metadata::<L>(&kernel_pt, &phys, memory_map)?;
+        let inner = Box::new(SpaceInner {
+            kernel_pt,
+            vmalloc: Vmalloc::new(L::VMALLOC_VADDR_RANGE),
+            registry: AreaRegistry::new(),
+            phys,
+            baseline_used_pages: 0,
+            #[cfg(feature = "std")]
+            machine: None,
+        });
+        let mut space = Self { inner: NonNull::from(Box::leak(inner)) };
+        let used = space.phys().stats().used_pages;
+        space.inner_mut().baseline_used_pages = used;
+        Ok(space)
+    }
+
+    /// [`KernelSpace::new_hosted`] for layout `L`. The simulated MMU walks
+    /// x86-64 tables only; other layouts are for checking kvirt itself.
+    ///
+    /// # Panics
+    ///
+    /// As for `new_hosted`.
+    #[cfg(feature = "std")]
+    #[must_use]
+    pub fn hosted_with_layout(config: kvirt_sim::MachineConfig) -> Self {
+        let machine = alloc::sync::Arc::new(kvirt_sim::Machine::new(config));
+        let platform = crate::platform::hosted::SimPlatform::new(machine.clone());
+        let map = platform.memory_map();
+        let mut space = Self::with_layout(Box::new(platform), &map, true)
+            .unwrap_or_else(|e| panic!("cannot set up a hosted kernel space: {e}"));
+        space.inner_mut().machine = Some(machine);
+        space
+    }
+
+    /// The simulated machine under a hosted space.
+    #[cfg(feature = "std")]
+    #[must_use]
+    pub fn machine(&self) -> Option<&alloc::sync::Arc<kvirt_sim::Machine>> {
+        self.inner().machine.as_ref()
+    }
+
+    fn inner(&self) -> &SpaceInner<L> {
         // SAFETY: `inner` came from `Box::leak` and is freed only in `drop`.
         unsafe { self.inner.as_ref() }
     }
 
-    fn inner_mut(&mut self) -> &mut SpaceInner {
+    fn inner_mut(&mut self) -> &mut SpaceInner<L> {
         // SAFETY: as in `inner`; `&mut self` excludes other users of the
         // handle, and this is used only during set-up, before any frame or
         // area points into the space.
@@ -388,10 +425,11 @@ impl KernelSpace {
             return Err(KernelImageError::Misaligned);
         }
         let range = va..va.wrapping_add(pa.len());
-        if va < KERNEL_CODE_BASE_VADDR || range.end < va || range.end > KERNEL_END_VADDR {
+        let code = L::KERNEL_CODE_VADDR_RANGE;
+        if va < code.start || range.end < va || range.end > code.end {
             return Err(KernelImageError::OutsideKernelCode(range));
         }
-        if pa.end > 1usize << <X86_64 as PagingFormat>::PA_BITS {
+        if pa.end > 1usize << <L::Format as PagingFormat>::PA_BITS {
             return Err(KernelImageError::PaddrTooLarge(pa));
         }
         if self.phys().overlaps_allocatable(&pa) {
@@ -406,7 +444,7 @@ impl KernelSpace {
             return Err(KernelImageError::AlreadyMapped(mapped));
         }
         cursor.jump(range.start).expect("the start is inside the cursor's range");
-        for (page, level) in largest_pages::<X86_64>(va, pa.start, pa.len()) {
+        for (page, level) in largest_pages::<L::Format>(va, pa.start, pa.len()) {
             if let Err(e) = cursor.try_map(Item::Untracked(page, level, prop)) {
                 debug_assert_eq!(e.kind, MapErrorKind::OutOfMemory, "checked above: {}", e.kind);
                 // Take back what was mapped so that the call changes nothing.
@@ -440,7 +478,10 @@ impl KernelSpace {
     }
 
     /// A read-only cursor over the kernel page table.
-    pub fn kernel_cursor(&self, range: &Range<Vaddr>) -> Result<Cursor<'_, KernelPtConfig>, RangeError> {
+    pub fn kernel_cursor(
+        &self,
+        range: &Range<Vaddr>,
+    ) -> Result<Cursor<'_, KernelPtConfig<L::Format>>, RangeError> {
         self.inner().kernel_pt.cursor(range)
     }
 
@@ -471,7 +512,7 @@ impl KernelSpace {
         self.phys().overlaps_allocatable(range) || (meta.start < range.end && range.start < meta.end)
     }
 
-    pub(crate) fn kernel_pt(&self) -> &PageTable<KernelPtConfig> {
+    pub(crate) fn kernel_pt(&self) -> &PageTable<KernelPtConfig<L::Format>> {
         &self.inner().kernel_pt
     }
 
@@ -480,41 +521,52 @@ impl KernelSpace {
     }
 }
 
-/// Maps every RAM region at `paddr_to_vaddr` and the metadata array at
-/// `FRAME_METADATA_VADDR_RANGE`, with the largest pages that fit.
-fn map_linear_and_metadata(
-    pt: &PageTable<KernelPtConfig>,
+/// Maps every RAM region in the layout's linear mapping and the metadata
+/// array at its range, if the layout has them, with the largest pages that
+/// fit.
+fn map_linear_and_metadata<L: KernelLayout>(
+    pt: &PageTable<KernelPtConfig<L::Format>>,
     phys: &PhysMem,
     memory_map: &[MemoryRegion],
 ) -> Result<(), KernelSpaceError> {
     let prop = PageProperty::new_kernel(PageFlags::RW, CachePolicy::Writeback);
     let map = |va: Vaddr, pa: Range<Paddr>| -> Result<(), KernelSpaceError> {
         let mut cursor = pt.cursor_mut(&(va..va + pa.len())).map_err(|_| KernelSpaceError::OutOfMemory)?;
-        for (pa, level) in largest_pages::<X86_64>(va, pa.start, pa.len()) {
+        for (pa, level) in largest_pages::<L::Format>(va, pa.start, pa.len()) {
             cursor.try_map(Item::Untracked(pa, level, prop)).map_err(|_| KernelSpaceError::OutOfMemory)?;
         }
         Ok(())
     };
-    // Merge touching RAM regions so that the linear mapping uses the
-    // largest pages the whole run allows.
-    let mut ram: Vec<Range<Paddr>> =
-        memory_map.iter().filter(|r| r.kind != MemoryRegionKind::Device).map(|r| r.range.clone()).collect();
-    ram.sort_by_key(|r| r.start);
-    let mut merged: Vec<Range<Paddr>> = Vec::new();
-    for r in ram {
-        match merged.last_mut() {
-            Some(last) if last.end == r.start => last.end = r.end,
-            _ => merged.push(r),
+    if let Some(linear) = L::LINEAR_MAPPING_VADDR_RANGE {
+        // Merge touching RAM regions so that the linear mapping uses the
+        // largest pages the whole run allows.
+        let mut ram: Vec<Range<Paddr>> = memory_map
+            .iter()
+            .filter(|r| r.kind != MemoryRegionKind::Device)
+            .map(|r| r.range.clone())
+            .collect();
+        ram.sort_by_key(|r| r.start);
+        let mut merged: Vec<Range<Paddr>> = Vec::new();
+        for r in ram {
+            match merged.last_mut() {
+                Some(last) if last.end == r.start => last.end = r.end,
+                _ => merged.push(r),
+            }
+        }
+        for run in merged {
+            if run.end > linear.len() {
+                return Err(KernelSpaceError::RamBeyondLinearMapping(run.end));
+            }
+            map(linear.start + run.start, run)?;
         }
     }
-    for run in merged {
-        map(paddr_to_vaddr(run.start), run)?;
+    match L::FRAME_METADATA_VADDR_RANGE {
+        Some(range) => map(range.start, phys.meta_range()),
+        None => Ok(()),
     }
-    let meta = phys.meta_range();
-    map(FRAME_METADATA_VADDR_RANGE.start, meta)
 }
 
-impl Drop for KernelSpace {
+impl<L: KernelLayout> Drop for KernelSpace<L> {
     fn drop(&mut self) {
         self.synchronize();
         let used = self.phys().stats().used_pages;
@@ -533,7 +585,7 @@ impl Drop for KernelSpace {
     }
 }
 
-impl fmt::Debug for KernelSpace {
+impl<L: KernelLayout> fmt::Debug for KernelSpace<L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KernelSpace").field("phys", self.phys()).finish()
     }

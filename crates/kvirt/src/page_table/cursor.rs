@@ -20,6 +20,7 @@ use super::{
     OutOfCursorRange, PageTable, PageTableAllocError, PageTableConfig, RangeError,
 };
 use crate::addr::{align_down, is_aligned, is_page_aligned, Paddr, PagingLevel, Vaddr};
+use crate::arch::x86_64::X86_64;
 use crate::arch::{page_size, pte_index, PagingFormat, PteKind};
 use crate::frame::{AnyFrameMeta, Frame, FrameRef, PhysMem};
 use crate::page_prop::PageProperty;
@@ -385,7 +386,7 @@ impl fmt::Display for MapErrorKind {
 /// it (a `TlbFlusher` does both in order).
 #[must_use = "dropping a fragment before the TLB flush lets its frames be reused while still cached"]
 #[derive(Debug)]
-pub enum PageTableFrag {
+pub enum PageTableFrag<F: PagingFormat = X86_64> {
     /// One leaf mapping.
     Mapped {
         /// Where it was mapped.
@@ -396,7 +397,7 @@ pub enum PageTableFrag {
     /// A whole sub-tree, detached at once.
     StrayPageTable {
         /// The detached sub-tree.
-        pt: StraySubtree,
+        pt: StraySubtree<F>,
         /// The first address it mapped.
         va: Vaddr,
         /// The bytes it spans.
@@ -406,7 +407,7 @@ pub enum PageTableFrag {
     },
 }
 
-impl PageTableFrag {
+impl<F: PagingFormat> PageTableFrag<F> {
     /// The virtual range the fragment covered.
     #[must_use]
     pub fn va_range(&self) -> Range<Vaddr> {
@@ -414,7 +415,7 @@ impl PageTableFrag {
             PageTableFrag::Mapped { va, item } => {
                 let len = match item {
                     MappedItem::Tracked(..) => crate::addr::PAGE_SIZE,
-                    MappedItem::Untracked(_, level, _) => page_size::<crate::arch::x86_64::X86_64>(*level),
+                    MappedItem::Untracked(_, level, _) => page_size::<F>(*level),
                 };
                 *va..va.saturating_add(len)
             }
@@ -425,18 +426,18 @@ impl PageTableFrag {
 
 /// A detached page-table sub-tree. Dropping it frees the nodes and releases
 /// the tracked frames they map after an RCU grace period.
-pub struct StraySubtree {
+pub struct StraySubtree<F: PagingFormat = X86_64> {
     phys: NonNull<PhysMem>,
     /// The entry that pointed to it, and that entry's level.
     raw: u64,
     level: PagingLevel,
-    release: unsafe fn(&PhysMem, u64, PagingLevel),
+    _format: PhantomData<F>,
 }
 
 // SAFETY: the sub-tree is owned by this value alone; `PhysMem` is `Sync`.
-unsafe impl Send for StraySubtree {}
+unsafe impl<F: PagingFormat> Send for StraySubtree<F> {}
 
-impl fmt::Debug for StraySubtree {
+impl<F: PagingFormat> fmt::Debug for StraySubtree<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StraySubtree").field("entry", &format_args!("{:#x}", self.raw)).finish()
     }
@@ -458,11 +459,11 @@ impl SendPhys {
     }
 }
 
-impl Drop for StraySubtree {
+impl<F: PagingFormat> Drop for StraySubtree<F> {
     fn drop(&mut self) {
         // SAFETY: the `PhysMem` outlives its page tables and their parts.
         let phys = unsafe { self.phys.as_ref() };
-        let (phys_ptr, raw, level, release) = (SendPhys(self.phys), self.raw, self.level, self.release);
+        let (phys_ptr, raw, level) = (SendPhys(self.phys), self.raw, self.level);
         phys.platform().call_rcu(alloc::boxed::Box::new(move || {
             // SAFETY: the space waits for its callbacks before it is freed
             // (`KernelSpace::drop` calls `rcu_barrier`), so the `PhysMem`
@@ -472,7 +473,7 @@ impl Drop for StraySubtree {
             // grace period has passed, so no lock-free walker still reaches
             // it. Flushing the TLB for it before dropping this value is the
             // duty of its owner (see `PageTableFrag`).
-            unsafe { release(phys, raw, level) };
+            unsafe { release_entry::<F>(phys, raw, level) };
         }));
     }
 }
@@ -730,7 +731,7 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
     /// Panics if `len` is misaligned or reaches past the range, or if
     /// memory runs out while splitting a huge page
     /// ([`try_take_next`](Self::try_take_next) reports that instead).
-    pub fn take_next(&mut self, len: usize) -> Option<PageTableFrag> {
+    pub fn take_next(&mut self, len: usize) -> Option<PageTableFrag<C::F>> {
         self.try_take_next(len).expect("out of memory while splitting a huge page")
     }
 
@@ -741,7 +742,7 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
     /// # Panics
     ///
     /// Panics if `len` is misaligned or reaches past the range.
-    pub fn try_take_next(&mut self, len: usize) -> Result<Option<PageTableFrag>, PageTableAllocError> {
+    pub fn try_take_next(&mut self, len: usize) -> Result<Option<PageTableFrag<C::F>>, PageTableAllocError> {
         let end = self.inner.search_end(len);
         // A cursor left deep in the tree at the start of a node (by `jump`
         // or a rejected `try_map`) starts from the highest entry beginning
@@ -779,7 +780,7 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
                                 phys: NonNull::from(self.inner.phys()),
                                 raw,
                                 level,
-                                release: release_entry::<C::F>,
+                                _format: PhantomData,
                             },
                             va: entry.start,
                             len: entry.len(),
@@ -922,7 +923,7 @@ impl<C: PageTableConfig> Drop for CursorMut<'_, C> {
                 phys: NonNull::from(self.inner.phys()),
                 raw,
                 level,
-                release: release_entry::<C::F>,
+                _format: PhantomData::<C::F>,
             });
         }
 

@@ -77,7 +77,7 @@ use crate::addr::{is_page_aligned, Paddr, PagingLevel, Vaddr};
 use crate::arch::x86_64::X86_64;
 use crate::arch::{page_size, PagingFormat, PteKind};
 use crate::frame::{AnyFrameMeta, Frame, FrameRef, PhysMem};
-use crate::kspace::KernelSpace;
+use crate::kspace::{KernelLayout, KernelSpace};
 use crate::page_prop::PageProperty;
 
 /// The shape and address range of one kind of page table.
@@ -91,23 +91,24 @@ pub trait PageTableConfig: fmt::Debug + Send + Sync + 'static {
     const TOP_LEVEL_CAN_UNMAP: bool;
 }
 
-/// The kernel half of an x86-64 address space.
+/// The kernel (upper) half of an address space in format `F`: the upper
+/// half of the root's entries.
 #[derive(Clone, Copy, Debug)]
-pub struct KernelPtConfig;
+pub struct KernelPtConfig<F: PagingFormat = X86_64>(PhantomData<F>);
 
-impl PageTableConfig for KernelPtConfig {
-    type F = X86_64;
-    const TOP_LEVEL_INDEX_RANGE: Range<usize> = 256..512;
+impl<F: PagingFormat> PageTableConfig for KernelPtConfig<F> {
+    type F = F;
+    const TOP_LEVEL_INDEX_RANGE: Range<usize> = F::NR_ENTRIES / 2..F::NR_ENTRIES;
     const TOP_LEVEL_CAN_UNMAP: bool = false;
 }
 
-/// The user half of an x86-64 address space.
+/// The user (lower) half of an address space in format `F`.
 #[derive(Clone, Copy, Debug)]
-pub struct UserPtConfig;
+pub struct UserPtConfig<F: PagingFormat = X86_64>(PhantomData<F>);
 
-impl PageTableConfig for UserPtConfig {
-    type F = X86_64;
-    const TOP_LEVEL_INDEX_RANGE: Range<usize> = 0..256;
+impl<F: PagingFormat> PageTableConfig for UserPtConfig<F> {
+    type F = F;
+    const TOP_LEVEL_INDEX_RANGE: Range<usize> = 0..F::NR_ENTRIES / 2;
     const TOP_LEVEL_CAN_UNMAP: bool = true;
 }
 
@@ -320,7 +321,7 @@ impl<C: PageTableConfig> PageTable<C> {
     /// An empty page table whose nodes come from `space`. If the root's
     /// children cannot be unmapped (`TOP_LEVEL_CAN_UNMAP == false`), they are
     /// all created now.
-    pub fn empty_in(space: &KernelSpace) -> Result<Self, PageTableAllocError> {
+    pub fn empty_in<L: KernelLayout>(space: &KernelSpace<L>) -> Result<Self, PageTableAllocError> {
         Self::empty(space.phys())
     }
 
@@ -429,13 +430,13 @@ impl<C: PageTableConfig> PageTable<C> {
     }
 }
 
-impl PageTable<KernelPtConfig> {
+impl<F: PagingFormat> PageTable<KernelPtConfig<F>> {
     /// A user page table sharing this kernel table's upper-half entries.
-    pub fn create_user_page_table(&self) -> Result<PageTable<UserPtConfig>, PageTableAllocError> {
-        let user = PageTable::<UserPtConfig>::empty(self.phys())?;
+    pub fn create_user_page_table(&self) -> Result<PageTable<UserPtConfig<F>>, PageTableAllocError> {
+        let user = PageTable::<UserPtConfig<F>>::empty(self.phys())?;
         let (root, kroot) = (user.root_node(), self.root_node());
         root.lock();
-        for i in KernelPtConfig::TOP_LEVEL_INDEX_RANGE {
+        for i in <KernelPtConfig<F>>::TOP_LEVEL_INDEX_RANGE {
             root.write(i, kroot.read(i));
         }
         root.unlock();

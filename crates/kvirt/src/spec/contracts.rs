@@ -3,19 +3,23 @@
 
 use super::{kernel_view, query_none_ensures, query_some_condition, query_some_ensures, Inv};
 use crate::addr::{align_down, Vaddr, PAGE_SIZE};
-use crate::kspace::{KVirtArea, KVirtAreaError, KernelSpace};
+use crate::kspace::{KVirtArea, KVirtAreaError, KernelLayout, KernelSpace};
 use crate::page_table::MappedItemRef;
 
 /// `query`'s requires: `self.inv()` (`start <= addr < end` is a documented
 /// panic checked before this).
-pub(crate) fn query_requires(area: &KVirtArea, _addr: Vaddr) {
+pub(crate) fn query_requires<L: KernelLayout>(area: &KVirtArea<L>, _addr: Vaddr) {
     if let Err(clause) = area.check() {
         panic!("contract violated: KVirtArea::query requires inv(): {clause}");
     }
 }
 
 /// `query`'s ensures, against the abstract view of the page.
-pub(crate) fn query_ensures(area: &KVirtArea, addr: Vaddr, r: &Option<MappedItemRef<'_>>) {
+pub(crate) fn query_ensures<L: KernelLayout>(
+    area: &KVirtArea<L>,
+    addr: Vaddr,
+    r: &Option<MappedItemRef<'_>>,
+) {
     let page = align_down(addr, PAGE_SIZE);
     let view = area.with_kernel_space(|space| kernel_view(space, &(page..page + PAGE_SIZE)));
     if query_some_condition(&view, addr) {
@@ -27,10 +31,10 @@ pub(crate) fn query_ensures(area: &KVirtArea, addr: Vaddr, r: &Option<MappedItem
 
 /// A constructor's ensures: it fails exactly when its panic condition holds
 /// (or a resource runs out), and a created area satisfies `inv()`.
-pub(crate) fn constructor_ensures(
-    _space: &KernelSpace,
+pub(crate) fn constructor_ensures<L: KernelLayout>(
+    _space: &KernelSpace<L>,
     panic_condition: bool,
-    result: &Result<KVirtArea, KVirtAreaError>,
+    result: &Result<KVirtArea<L>, KVirtAreaError>,
 ) {
     match result {
         Ok(area) => {

@@ -2,7 +2,7 @@
 
 use crate::addr::PAGE_SIZE;
 use crate::frame::{REF_COUNT_MAX, REF_COUNT_UNUSED};
-use crate::kspace::{KVirtArea, KernelSpace, KERNEL_BASE_VADDR, KERNEL_END_VADDR, VMALLOC_VADDR_RANGE};
+use crate::kspace::{KVirtArea, KernelLayout, KernelSpace};
 
 /// A structure's invariant.
 pub trait Inv {
@@ -16,17 +16,19 @@ pub trait Inv {
     fn check(&self) -> Result<(), &'static str>;
 }
 
-impl Inv for KVirtArea {
-    /// The seed's `KERNEL_BASE_VADDR <= start && end <= KERNEL_END_VADDR`,
+impl<L: KernelLayout> Inv for KVirtArea<L> {
+    /// The seed's `KERNEL_BASE_VADDR <= start && end <= KERNEL_END_VADDR`
+    /// (the layout's kernel space),
     /// strengthened: a non-empty, page-aligned range inside VMALLOC, with
     /// its mapped part inside it; registered, allocated in VMALLOC, and with
     /// nothing mapped in the area or its guard outside the mapped part.
     fn check(&self) -> Result<(), &'static str> {
         let r = self.range();
-        if !(KERNEL_BASE_VADDR <= r.start && r.end <= KERNEL_END_VADDR) {
+        let (kernel, vmalloc) = (L::KERNEL_VADDR_RANGE, L::VMALLOC_VADDR_RANGE);
+        if !(kernel.start <= r.start && r.end <= kernel.end) {
             return Err("the area is outside kernel space");
         }
-        if !(VMALLOC_VADDR_RANGE.start <= r.start && r.end <= VMALLOC_VADDR_RANGE.end) {
+        if !(vmalloc.start <= r.start && r.end <= vmalloc.end) {
             return Err("the area is outside VMALLOC");
         }
         if r.start >= r.end || r.start % PAGE_SIZE != 0 || r.end % PAGE_SIZE != 0 {
@@ -45,7 +47,7 @@ impl Inv for KVirtArea {
     }
 }
 
-impl Inv for KernelSpace {
+impl<L: KernelLayout> Inv for KernelSpace<L> {
     /// The kernel page table's structure (`PageTable::check_inv`), the frame
     /// metadata (every allocatable page is free in the allocator exactly
     /// when its slot is `UNUSED`; used slots count `1..=MAX`), the
@@ -89,7 +91,7 @@ impl Inv for KernelSpace {
             }
         }
         for a in &areas {
-            if a.range.start < VMALLOC_VADDR_RANGE.start || a.range.end > VMALLOC_VADDR_RANGE.end {
+            if a.range.start < L::VMALLOC_VADDR_RANGE.start || a.range.end > L::VMALLOC_VADDR_RANGE.end {
                 return Err("an area is outside VMALLOC");
             }
             if !self.vmalloc().is_allocated(a.range.clone()) {

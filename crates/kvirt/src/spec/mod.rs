@@ -26,10 +26,9 @@ use core::ops::Range;
 pub use inv::Inv;
 
 use crate::addr::{is_page_aligned, Paddr, PagingLevel, Vaddr, PAGE_SIZE};
-use crate::arch::x86_64::X86_64;
 use crate::arch::{page_size, PagingFormat};
 use crate::frame::Frame;
-use crate::kspace::{KVirtArea, KVirtAreaError, KernelSpace};
+use crate::kspace::{KVirtArea, KVirtAreaError, KernelLayout, KernelSpace};
 use crate::page_prop::{PageProperty, PrivilegedPageFlags};
 use crate::page_table::{Cursor, MappedItemRef, PageTableConfig};
 
@@ -40,7 +39,9 @@ pub struct Mapping {
     pub va: Vaddr,
     /// The physical address it maps.
     pub pa: Paddr,
-    /// The page size (4 KiB, 2 MiB or 1 GiB).
+    /// The page-table level of the leaf.
+    pub level: PagingLevel,
+    /// The page size (on x86-64: 4 KiB, 2 MiB or 1 GiB).
     pub size: usize,
     /// The property.
     pub prop: PageProperty,
@@ -73,7 +74,8 @@ pub fn view_of<C: PageTableConfig>(cursor: &mut Cursor<'_, C>) -> PageTableView 
             MappedItemRef::Untracked(pa, _, _) => (*pa, false),
         };
         let size = page_size::<C::F>(item.level());
-        view.insert(entry.start, Mapping { va: entry.start, pa, size, prop: item.prop(), tracked });
+        let (start, level, prop) = (entry.start, item.level(), item.prop());
+        view.insert(start, Mapping { va: start, pa, level, size, prop, tracked });
         let next = entry.end.min(range.end).max(va + PAGE_SIZE);
         cursor.jump(next).expect("inside or at the end");
     }
@@ -86,7 +88,7 @@ pub fn view_of<C: PageTableConfig>(cursor: &mut Cursor<'_, C>) -> PageTableView 
 ///
 /// Panics if the range is not a valid kernel range.
 #[must_use]
-pub fn kernel_view(space: &KernelSpace, range: &Range<Vaddr>) -> PageTableView {
+pub fn kernel_view<L: KernelLayout>(space: &KernelSpace<L>, range: &Range<Vaddr>) -> PageTableView {
     view_of(&mut space.kernel_cursor(range).expect("a valid kernel range"))
 }
 
@@ -109,9 +111,8 @@ pub fn query_some_condition(view: &PageTableView, addr: Vaddr) -> bool {
 #[must_use]
 pub fn query_some_ensures(view: &PageTableView, addr: Vaddr, r: &Option<MappedItemRef<'_>>) -> bool {
     let (Some(item), Some(m)) = (r, mapping_at(view, addr)) else { return false };
-    let level_size = page_size::<X86_64>(item.level());
     item.paddr() == m.pa
-        && level_size == m.size
+        && item.level() == m.level
         && item.prop() == m.prop
         && matches!(item, MappedItemRef::Tracked(..)) == m.tracked
 }
@@ -124,7 +125,7 @@ pub fn query_none_ensures(r: &Option<MappedItemRef<'_>>) -> bool {
 
 /// The seed's requires of `KVirtArea::query`.
 #[must_use]
-pub fn query_requires(area: &KVirtArea, addr: Vaddr) -> bool {
+pub fn query_requires<L: KernelLayout>(area: &KVirtArea<L>, addr: Vaddr) -> bool {
     area.inv() && area.start() <= addr && addr < area.end()
 }
 
@@ -152,15 +153,18 @@ pub fn map_frames_panic_condition(
 /// frame's slot is in the metadata regions of the page table it goes into)
 /// made a checked panic condition, on top of [`map_frames_panic_condition`].
 #[must_use]
-pub fn map_frames_foreign_frame_condition<T: ?Sized>(space: &KernelSpace, frames: &[Frame<T>]) -> bool {
+pub fn map_frames_foreign_frame_condition<L: KernelLayout, T: ?Sized>(
+    space: &KernelSpace<L>,
+    frames: &[Frame<T>],
+) -> bool {
     frames.iter().any(|f| !core::ptr::eq(f.phys(), space.phys()))
 }
 
 /// Whether `map_untracked_frames(area_size, map_offset, pa_range, prop)`
 /// in `space` must panic, leaving out running out of VMALLOC or memory.
 #[must_use]
-pub fn map_untracked_frames_panic_condition(
-    space: &KernelSpace,
+pub fn map_untracked_frames_panic_condition<L: KernelLayout>(
+    space: &KernelSpace<L>,
     area_size: usize,
     map_offset: usize,
     pa_range: &Range<Paddr>,
@@ -176,7 +180,7 @@ pub fn map_untracked_frames_panic_condition(
         || !is_page_aligned(pa_range.start)
         || !is_page_aligned(pa_range.end)
         || map_offset.checked_add(len).is_none_or(|end| end > area_size)
-        || pa_range.end > 1 << <X86_64 as PagingFormat>::PA_BITS
+        || pa_range.end > 1 << <L::Format as PagingFormat>::PA_BITS
         || space.covers_tracked(pa_range)
         || prop.priv_flags.contains(PrivilegedPageFlags::USER)
 }
@@ -190,12 +194,12 @@ pub fn is_resource_error(e: &KVirtAreaError) -> bool {
 
 /// The reference count of the frame at `pa` in `space` (a snapshot).
 #[must_use]
-pub fn frame_ref_count(space: &KernelSpace, pa: Paddr) -> u64 {
+pub fn frame_ref_count<L: KernelLayout>(space: &KernelSpace<L>, pa: Paddr) -> u64 {
     space.phys().slot(pa).ref_count()
 }
 
-/// The page-table level of a page size in the x86-64 format.
+/// The page-table level of a leaf of `size` bytes in format `F`.
 #[must_use]
-pub fn level_of_size(size: usize) -> Option<PagingLevel> {
-    (1..=X86_64::HIGHEST_LEAF_LEVEL).find(|&l| page_size::<X86_64>(l) == size)
+pub fn level_of_size<F: PagingFormat>(size: usize) -> Option<PagingLevel> {
+    (1..=F::HIGHEST_LEAF_LEVEL).find(|&l| page_size::<F>(l) == size)
 }
