@@ -5,7 +5,8 @@
 //! * [`bench`]: kvirt against peer page-table crates and raw floors over the
 //!   same simulated RAM, with a table, JSON, an SVG plot and Markdown.
 //! * [`check`]: a model-based checker of random operation sequences, with
-//!   shrinking.
+//!   shrinking; [`exhaustive`]: the same checks over every sequence up to a
+//!   depth, on the tiny paging format.
 //!
 //! Everything runs on isolated kernel spaces (`KernelSpace::new_hosted`),
 //! never on the process-wide default one, so the subcommands can run in
@@ -14,6 +15,7 @@
 pub mod bench;
 pub mod check;
 pub mod demo;
+pub mod exhaustive;
 pub mod rng;
 
 /// The error of a subcommand: a message (they report it and exit

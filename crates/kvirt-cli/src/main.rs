@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use kvirt_cli::{bench, check, demo};
+use kvirt_cli::{bench, check, demo, exhaustive};
 
 /// kvirt on a simulated x86-64 machine: a narrated demo, benchmarks against
 /// peer page-table crates, and a model-based checker.
@@ -55,6 +55,13 @@ struct CheckArgs {
     /// The most operations in one sequence.
     #[arg(long, default_value_t = 40)]
     max_len: usize,
+    /// Instead of random sequences, run every sequence up to `--depth`
+    /// operations on the tiny paging format.
+    #[arg(long)]
+    exhaustive: bool,
+    /// The longest sequence `--exhaustive` enumerates.
+    #[arg(long, default_value_t = 4, requires = "exhaustive")]
+    depth: usize,
 }
 
 fn main() -> ExitCode {
@@ -63,6 +70,10 @@ fn main() -> ExitCode {
         Command::Demo => demo::run(&mut std::io::stdout().lock()),
         Command::Bench(a) => {
             bench::run(&bench::Options { quick: a.quick, json: a.json, svg: a.svg, markdown: a.markdown })
+        }
+        Command::Check(a) if a.exhaustive => {
+            let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+            exhaustive::run(a.depth, threads, &mut std::io::stdout().lock())
         }
         Command::Check(a) => {
             let options = check::Options {
