@@ -46,6 +46,17 @@
 //! * **Errors:** every constructor that can fail has a `try_` form with one
 //!   error enum; the panicking form panics in exactly those cases with the
 //!   error's message. `largest_pages` of zero bytes yields nothing.
+//! * **Running out of memory while splitting a huge page changes nothing.**
+//!   Every node a split needs is allocated before any entry changes:
+//!   `CursorMut::try_take_next`, `try_protect_next` and
+//!   [`kspace::KVirtArea::try_split`] report it (the area comes back
+//!   unchanged); the plain forms panic, as documented.
+//! * **One layout type parameter, defaulting to x86-64.** A kernel space
+//!   and its areas are generic over a [`kspace::KernelLayout`] (paging
+//!   format plus address ranges); every generic type defaults to
+//!   [`kspace::X86_64Layout`], so x86-64 code never names it. The tiny test
+//!   format ([`kspace::TinyLayout`], 3 levels × 4 entries) runs the same
+//!   code for `kvirt check --exhaustive`.
 //!
 //! ## Dependencies, and why
 //!
