@@ -909,6 +909,30 @@ mod query {
     use super::*;
 
     #[test]
+    fn seed_predicates_reject_wrong_answers() {
+        let space = small_space();
+        let dev = device_window(&space).start;
+        let area = untracked(&space, 2 * SIZE_2M, 0, dev..dev + SIZE_2M, prop()).unwrap();
+        let (va, unmapped) = (area.start() + 3 * P + 7, area.start() + SIZE_2M + P);
+        let view = kernel_view(&space, &(area.start()..area.end()));
+        let right = area.query(va);
+        assert_eq!(right, Some(MappedItemRef::Untracked(dev, 2, prop())));
+        assert!(spec::query_some_condition(&view, va) && spec::query_some_ensures(&view, va, &right));
+        let ro = PageProperty::new_kernel(PageFlags::R, CachePolicy::Writeback);
+        for wrong in [
+            None,
+            Some(MappedItemRef::Untracked(dev + P, 2, prop())),
+            Some(MappedItemRef::Untracked(dev, 1, prop())),
+            Some(MappedItemRef::Untracked(dev, 2, ro)),
+        ] {
+            assert!(!spec::query_some_ensures(&view, va, &wrong), "{wrong:?} accepted at {va:#x}");
+        }
+        assert!(!spec::query_some_condition(&view, unmapped));
+        assert!(spec::query_none_ensures(&area.query(unmapped)));
+        assert!(!spec::query_none_ensures(&right));
+    }
+
+    #[test]
     #[should_panic(expected = "outside the area")]
     fn query_at_end_panics() {
         // SAFETY: nothing is mapped.
