@@ -34,9 +34,6 @@ impl RefCountCell for Count {
     fn fetch_add(&self, value: u64, order: Ordering) -> u64 {
         self.0.fetch_add(value, order)
     }
-    fn fetch_sub(&self, value: u64, order: Ordering) -> u64 {
-        self.0.fetch_sub(value, order)
-    }
     fn compare_exchange(
         &self,
         current: u64,
@@ -45,6 +42,15 @@ impl RefCountCell for Count {
         failure: Ordering,
     ) -> Result<u64, u64> {
         self.0.compare_exchange(current, new, success, failure)
+    }
+    fn compare_exchange_weak(
+        &self,
+        current: u64,
+        new: u64,
+        success: Ordering,
+        failure: Ordering,
+    ) -> Result<u64, u64> {
+        self.0.compare_exchange_weak(current, new, success, failure)
     }
     fn fence(order: Ordering) {
         loom::sync::atomic::fence(order);
@@ -198,5 +204,24 @@ fn build_happens_before_teardown_whatever_carried_the_reference() {
         assert!(slot.drop_ref(), "the only reference was dropped");
         builder.join().unwrap();
         assert_eq!(slot.settled(), (REF_COUNT_UNUSED, DEAD));
+    });
+}
+
+/// (e) The holder of the last reference drops it while another thread tries
+/// to initialise the slot (as if the page were back in the allocator
+/// already): the slot is never free while it is torn down, so the init wins
+/// only once the teardown is complete, and builds after it.
+#[test]
+fn init_racing_the_last_drop_wins_only_after_the_teardown() {
+    loom::model(|| {
+        let slot = Slot::in_use(1, 1);
+        let s = slot.clone();
+        let holder = loom::thread::spawn(move || {
+            s.use_meta();
+            assert!(s.drop_ref(), "the only reference was dropped");
+        });
+        let won = slot.init(2);
+        holder.join().unwrap();
+        assert_eq!(slot.settled(), if won { (1, 2) } else { (REF_COUNT_UNUSED, DEAD) });
     });
 }

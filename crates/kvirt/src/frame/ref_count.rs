@@ -26,7 +26,7 @@
 //!  UNUSED ----------------> BUSY -------------> 1 <---------> 2..=MAX
 //!    ^                                          |      dec
 //!    |   finish_tear_down                       |
-//!    +------------------- BUSY <-----(0)--------+
+//!    +------------------- BUSY <----------------+
 //!                          dec of the last reference
 //! ```
 //!
@@ -36,19 +36,20 @@
 //! | [`finish_init`] | `BUSY` | 1 | the thread whose `try_begin_init` won, once it has written the metadata; it then owns the one reference | Release, pairing with the last `dec`: the build comes before the teardown, whatever carried the reference |
 //! | [`inc`] | `n` | `n + 1` | a holder of a reference, for the new one (`Frame::clone`, `Segment::clone`, `Segment::slice`); past `MAX` it aborts (2^63 leaked references) | Relaxed: the holder already sees the metadata |
 //! | [`dec`] | `n > 1` | `n - 1` | a holder giving its reference up (`Frame::drop`, `Segment::drop`) | Release: its uses of the frame come before the teardown |
-//! | [`dec`] | 1 | `BUSY`, through 0 | the holder of the last reference; `dec` returns `true` and the thread owns the slot | Release, then an Acquire fence: every holder's uses come before the teardown |
+//! | [`dec`] | 1 | `BUSY` | the holder of the last reference; `dec` returns `true` and the thread owns the slot | Release, then an Acquire fence: every holder's uses come before the teardown |
 //! | [`finish_tear_down`] | `BUSY` | `UNUSED` | the thread whose `dec` returned `true`, once it has run the drop hook and dropped the metadata (`MetaSlot::tear_down`); it then returns the page to the allocator | Release, pairing with the next `try_begin_init` |
 //!
 //! A new reference is only ever made from an existing one (`inc`), or by
 //! `finish_init`; nothing looks a frame up by address and takes a reference
-//! to it. So no reference can appear once the count reached 0, and the
-//! holder whose `dec` saw 1 is the only thread left to touch the slot.
+//! to it. So no reference can appear once the last one is dropped, and
+//! the holder whose `dec` saw 1 is the only thread left to touch the slot.
 //!
-//! The last `dec` moves the count to 0 (the value of `UNUSED`) before it
-//! stores `BUSY`. That is harmless because only the allocator's new owner of
-//! a page takes `try_begin_init`, and a page goes back to the allocator only
-//! after `finish_tear_down` (the allocator's lock then orders the teardown
-//! before the next build as well).
+//! The last `dec` goes from 1 straight to `BUSY` (a compare-exchange loop,
+//! where a `fetch_sub` would pass through 0), so a slot never reads
+//! `UNUSED` while it still holds metadata: a racing `try_begin_init` fails
+//! until `finish_tear_down`, and then builds after the teardown. The
+//! allocator, which gets the page back only after `finish_tear_down`, does
+//! not have to order the two lives of a slot (its lock does, as well).
 //!
 //! Debug builds assert the `from` state of `finish_init`, `inc`, `dec` and
 //! `finish_tear_down`.
@@ -76,10 +77,16 @@ pub trait RefCountCell {
     fn store(&self, value: u64, order: Ordering);
     /// Like [`AtomicU64::fetch_add`].
     fn fetch_add(&self, value: u64, order: Ordering) -> u64;
-    /// Like [`AtomicU64::fetch_sub`].
-    fn fetch_sub(&self, value: u64, order: Ordering) -> u64;
     /// Like [`AtomicU64::compare_exchange`].
     fn compare_exchange(
+        &self,
+        current: u64,
+        new: u64,
+        success: Ordering,
+        failure: Ordering,
+    ) -> Result<u64, u64>;
+    /// Like [`AtomicU64::compare_exchange_weak`].
+    fn compare_exchange_weak(
         &self,
         current: u64,
         new: u64,
@@ -104,10 +111,6 @@ impl RefCountCell for AtomicU64 {
         AtomicU64::fetch_add(self, value, order)
     }
     #[inline]
-    fn fetch_sub(&self, value: u64, order: Ordering) -> u64 {
-        AtomicU64::fetch_sub(self, value, order)
-    }
-    #[inline]
     fn compare_exchange(
         &self,
         current: u64,
@@ -116,6 +119,16 @@ impl RefCountCell for AtomicU64 {
         failure: Ordering,
     ) -> Result<u64, u64> {
         AtomicU64::compare_exchange(self, current, new, success, failure)
+    }
+    #[inline]
+    fn compare_exchange_weak(
+        &self,
+        current: u64,
+        new: u64,
+        success: Ordering,
+        failure: Ordering,
+    ) -> Result<u64, u64> {
+        AtomicU64::compare_exchange_weak(self, current, new, success, failure)
     }
     #[inline]
     fn fence(order: Ordering) {
@@ -158,13 +171,22 @@ pub fn inc<C: RefCountCell>(count: &C) {
 /// [`finish_tear_down`].
 #[inline]
 pub fn dec<C: RefCountCell>(count: &C) -> bool {
-    let old = count.fetch_sub(1, Ordering::Release);
-    debug_assert!((1..=REF_COUNT_MAX).contains(&old), "dropped a reference to a dead frame");
+    let mut old = count.load(Ordering::Relaxed);
+    loop {
+        debug_assert!((1..=REF_COUNT_MAX).contains(&old), "dropped a reference to a dead frame");
+        // The last reference goes straight to `BUSY`: the slot must not
+        // read `UNUSED` (free) while it is torn down.
+        let new = if old == 1 { REF_COUNT_BUSY } else { old - 1 };
+        match count.compare_exchange_weak(old, new, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => break,
+            Err(actual) => old = actual,
+        }
+    }
     if old == 1 {
-        // Pairs with the Release decrements of the other references, so
-        // every use of the frame happens before its teardown.
+        // Pairs with the Release decrements of the other references (and
+        // with `finish_init`), so every use of the frame happens before its
+        // teardown.
         C::fence(Ordering::Acquire);
-        count.store(REF_COUNT_BUSY, Ordering::Relaxed);
         true
     } else {
         false
