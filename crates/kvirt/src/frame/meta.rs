@@ -13,23 +13,17 @@
 //! The array lives in physical pages that the kernel space reserves at
 //! start-up and reaches through the platform's physical window, so a
 //! 4 GiB machine needs 64 MiB of it. All-zero bytes are a valid slot in the
-//! [`REF_COUNT_UNUSED`] state, so the array needs no initialisation pass and,
-//! on the hosted machine, costs nothing until touched.
+//! [`REF_COUNT_UNUSED`](ref_count::REF_COUNT_UNUSED) state, so the array
+//! needs no initialisation pass and, on the hosted machine, costs nothing
+//! until touched.
 //!
 //! ## Reference count states
 //!
-//! | value | meaning |
-//! |---|---|
-//! | [`REF_COUNT_UNUSED`] (0) | free, or never allocatable; storage is uninitialised |
-//! | `1..=`[`REF_COUNT_MAX`] | in use by that many references (handles, page-table entries, segments) |
-//! | [`REF_COUNT_UNIQUE`] | reserved for exclusively owned frames (no shared handles) |
-//! | [`REF_COUNT_BUSY`] | being built or torn down by the one thread that holds it |
-//!
-//! A slot goes `UNUSED -> BUSY -> 1` when allocated (the metadata is written
-//! while `BUSY`), moves within `1..=MAX` as references come and go, and goes
-//! `1 -> BUSY -> UNUSED` when the last reference is dropped (the drop hook
-//! and the metadata destructor run while `BUSY`). Counting past `MAX` aborts:
-//! it cannot happen without leaking 2^63 references.
+//! The slot's `ref_count` field is its state. The states, every transition
+//! between them, who may take each and with which memory ordering are
+//! documented once, in the [`ref_count`] module; [`MetaSlot`] changes the
+//! count only through that module's functions, and writes its other fields
+//! only in the states those functions give it ownership in.
 //!
 //! ## Typed metadata
 //!
@@ -45,21 +39,13 @@ use core::fmt::{self, Debug};
 use core::mem::{align_of, size_of, MaybeUninit};
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use super::ref_count;
 use crate::addr::Paddr;
 
 /// The size of one metadata slot.
 pub const META_SLOT_SIZE: usize = 64;
 /// The room for a frame's metadata value inside its slot.
 pub const META_STORAGE_SIZE: usize = 40;
-
-/// The count of a free slot.
-pub const REF_COUNT_UNUSED: u64 = 0;
-/// The largest count of a shared frame.
-pub const REF_COUNT_MAX: u64 = i64::MAX as u64;
-/// The count of an exclusively owned frame.
-pub const REF_COUNT_UNIQUE: u64 = u64::MAX - 1;
-/// The count of a slot being built or torn down.
-pub const REF_COUNT_BUSY: u64 = u64::MAX;
 
 /// Metadata of a frame.
 ///
@@ -152,7 +138,7 @@ fn as_dyn<M: AnyFrameMeta>(storage: *const u8) -> *const dyn AnyFrameMeta {
     storage.cast::<M>() as *const dyn AnyFrameMeta
 }
 
-/// One metadata slot. See the module documentation for the states.
+/// One metadata slot. The `ref_count` module documents the states.
 ///
 /// Public only because [`MetaPtr`] names it; it has no public methods.
 #[doc(hidden)]
@@ -161,7 +147,8 @@ pub struct MetaSlot {
     /// The metadata value. Initialised exactly while the count is not
     /// `UNUSED`; written only in the `BUSY` state; shared (`&M`) otherwise.
     storage: UnsafeCell<[MaybeUninit<u64>; META_STORAGE_SIZE / 8]>,
-    /// The reference count and state (module documentation).
+    /// The reference count and state; changed only through the `ref_count`
+    /// module's transitions.
     pub(super) ref_count: AtomicU64,
     /// How to view `storage` as `dyn AnyFrameMeta`. Initialised with it.
     vtable: UnsafeCell<MaybeUninit<AsDynFn>>,
@@ -193,50 +180,32 @@ impl MetaSlot {
     pub(super) fn init<M: AnyFrameMeta>(&self, meta: M, owner: *const super::PhysMem) -> Result<(), M> {
         const { assert!(size_of::<M>() <= META_STORAGE_SIZE, "frame metadata too large") };
         const { assert!(align_of::<M>() <= 8, "frame metadata over-aligned") };
-        if self
-            .ref_count
-            .compare_exchange(REF_COUNT_UNUSED, REF_COUNT_BUSY, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
+        if !ref_count::try_begin_init(&self.ref_count) {
             return Err(meta);
         }
         // SAFETY: the slot is `BUSY` and we made it so: no other thread reads
-        // or writes these fields until the Release store below. The storage
-        // is 8-aligned and large enough for `M` (checked above).
+        // or writes these fields until `finish_init` publishes them. The
+        // storage is 8-aligned and large enough for `M` (checked above).
         unsafe { self.storage.get().cast::<M>().write(meta) };
         // SAFETY: as above, for the vtable field.
         unsafe { self.vtable.get().write(MaybeUninit::new(as_dyn::<M> as AsDynFn)) };
         // SAFETY: as above, for the owner field.
         unsafe { self.owner.get().write(owner) };
-        self.ref_count.store(1, Ordering::Release);
+        ref_count::finish_init(&self.ref_count);
         Ok(())
     }
 
     /// Adds one reference to a slot that has at least one.
     #[inline]
     pub(super) fn inc_ref(&self) {
-        let old = self.ref_count.fetch_add(1, Ordering::Relaxed);
-        debug_assert!(old != REF_COUNT_UNUSED && old != REF_COUNT_BUSY, "new reference to a dead frame");
-        if old >= REF_COUNT_MAX {
-            ref_count_overflow();
-        }
+        ref_count::inc(&self.ref_count);
     }
 
     /// Drops one reference. Returns `true` if it was the last one; the slot
     /// is then `BUSY` and the caller must call [`Self::tear_down`].
     #[inline]
     pub(super) fn dec_ref(&self) -> bool {
-        let old = self.ref_count.fetch_sub(1, Ordering::Release);
-        debug_assert!((1..=REF_COUNT_MAX).contains(&old), "dropped a reference to a dead frame");
-        if old == 1 {
-            // Pairs with the Release decrements of the other references, so
-            // every use of the frame happens before its teardown.
-            core::sync::atomic::fence(Ordering::Acquire);
-            self.ref_count.store(REF_COUNT_BUSY, Ordering::Relaxed);
-            true
-        } else {
-            false
-        }
+        ref_count::dec(&self.ref_count)
     }
 
     /// Runs the drop hook and the destructor of the metadata and frees the
@@ -256,7 +225,7 @@ impl MetaSlot {
         // SAFETY: as above; it is dropped once, and never used again until
         // the slot is initialised anew.
         unsafe { core::ptr::drop_in_place(meta) };
-        self.ref_count.store(REF_COUNT_UNUSED, Ordering::Release);
+        ref_count::finish_tear_down(&self.ref_count);
     }
 
     /// The metadata as a `dyn` pointer.
@@ -308,18 +277,6 @@ impl MetaSlot {
     pub(crate) fn ref_count(&self) -> u64 {
         self.ref_count.load(Ordering::Relaxed)
     }
-}
-
-#[cold]
-fn ref_count_overflow() -> ! {
-    #[cfg(feature = "std")]
-    {
-        extern crate std;
-        std::eprintln!("kvirt: frame reference count overflow");
-        std::process::abort();
-    }
-    #[cfg(not(feature = "std"))]
-    panic!("kvirt: frame reference count overflow");
 }
 
 /// Types whose pointer can be rebuilt from a slot: every sized metadata type

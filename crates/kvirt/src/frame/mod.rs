@@ -1,8 +1,8 @@
 //! Physical frames: metadata, handles, segments and the allocator.
 //!
 //! Every physical page below [`max_paddr`] has a metadata slot (the `meta`
-//! module docs show the layout and the reference-count states). Handles are
-//! thin pointers to slots:
+//! module docs show the layout, the `ref_count` module docs the states of
+//! the reference count). Handles are thin pointers to slots:
 //!
 //! | handle | holds | use |
 //! |---|---|---|
@@ -23,6 +23,8 @@ mod buddy;
 pub(crate) mod bytes;
 mod handle;
 pub(crate) mod meta;
+#[doc(hidden)]
+pub mod ref_count;
 mod segment;
 
 use alloc::boxed::Box;
@@ -33,12 +35,10 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 pub use handle::{Frame, FrameRef, UFrame};
-pub use meta::{
-    AnyFrameMeta, AnyUFrameMeta, META_SLOT_SIZE, META_STORAGE_SIZE, REF_COUNT_BUSY, REF_COUNT_MAX,
-    REF_COUNT_UNIQUE, REF_COUNT_UNUSED,
-};
+pub use meta::{AnyFrameMeta, AnyUFrameMeta, META_SLOT_SIZE, META_STORAGE_SIZE};
 #[doc(hidden)]
 pub use meta::{MetaPtr, MetaSlot};
+pub use ref_count::{REF_COUNT_BUSY, REF_COUNT_MAX, REF_COUNT_UNIQUE, REF_COUNT_UNUSED};
 pub use segment::{Segment, SegmentError, USegment};
 
 use self::buddy::BuddyAllocator;

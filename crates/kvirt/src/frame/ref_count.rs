@@ -1,0 +1,214 @@
+//! The reference count of a frame's metadata slot: its states and every
+//! transition between them, written once over an abstract atomic cell.
+//!
+//! `MetaSlot` (the `meta` module) keeps the count in a
+//! [`core::sync::atomic::AtomicU64`] inside its 64-byte slot in RAM and
+//! calls these functions for every change of state; the loom test
+//! (`tests/loom_ref_count.rs`) runs the very same functions over loom's
+//! atomics, so every interleaving of a few holders on one slot is explored.
+//!
+//! ## States
+//!
+//! | value | state | the slot's metadata |
+//! |---|---|---|
+//! | [`REF_COUNT_UNUSED`] (0) | free, or never allocatable | uninitialised |
+//! | `1..=`[`REF_COUNT_MAX`] | in use by that many references (handles, page-table entries, segments) | initialised; shared, read-only |
+//! | [`REF_COUNT_UNIQUE`] | reserved for exclusively owned frames | (no transition enters or leaves it yet) |
+//! | [`REF_COUNT_BUSY`] | being built or torn down | owned by the one thread that made it `BUSY` |
+//!
+//! All-zero bytes are `UNUSED`, so a zeroed metadata array needs no
+//! initialisation pass.
+//!
+//! ## Transitions
+//!
+//! ```text
+//!          try_begin_init         finish_init          inc
+//!  UNUSED ----------------> BUSY -------------> 1 <---------> 2..=MAX
+//!    ^                                          |      dec
+//!    |   finish_tear_down                       |
+//!    +------------------- BUSY <----------------+
+//!                          dec of the last reference
+//! ```
+//!
+//! | function | from | to | taken by | ordering |
+//! |---|---|---|---|---|
+//! | [`try_begin_init`] | `UNUSED` | `BUSY` | the thread the allocator handed the page to (`MetaSlot::init`); of racing attempts at most one wins, the others change nothing | Acquire, pairing with `finish_tear_down`: the new metadata is written after the old was dropped |
+//! | [`finish_init`] | `BUSY` | 1 | the thread whose `try_begin_init` won, once it has written the metadata; it then owns the one reference | Release, pairing with the last `dec`: the build comes before the teardown, whatever carried the reference |
+//! | [`inc`] | `n` | `n + 1` | a holder of a reference, for the new one (`Frame::clone`, `Segment::clone`, `Segment::slice`); past `MAX` it aborts (2^63 leaked references) | Relaxed: the holder already sees the metadata |
+//! | [`dec`] | `n > 1` | `n - 1` | a holder giving its reference up (`Frame::drop`, `Segment::drop`) | Release: its uses of the frame come before the teardown |
+//! | [`dec`] | 1 | `BUSY` | the holder of the last reference; `dec` returns `true` and the thread owns the slot | Release, then an Acquire fence: every holder's uses come before the teardown |
+//! | [`finish_tear_down`] | `BUSY` | `UNUSED` | the thread whose `dec` returned `true`, once it has run the drop hook and dropped the metadata (`MetaSlot::tear_down`); it then returns the page to the allocator | Release, pairing with the next `try_begin_init` |
+//!
+//! A new reference is only ever made from an existing one (`inc`), or by
+//! `finish_init`; nothing looks a frame up by address and takes a reference
+//! to it. So no reference can appear once the last one is dropped, and
+//! the holder whose `dec` saw 1 is the only thread left to touch the slot.
+//!
+//! The last `dec` goes from 1 straight to `BUSY` (a compare-exchange loop,
+//! where a `fetch_sub` would pass through 0), so a slot never reads
+//! `UNUSED` while it still holds metadata: a racing `try_begin_init` fails
+//! until `finish_tear_down`, and then builds after the teardown. The
+//! allocator, which gets the page back only after `finish_tear_down`, does
+//! not have to order the two lives of a slot (its lock does, as well).
+//!
+//! Debug builds assert the `from` state of `finish_init`, `inc`, `dec` and
+//! `finish_tear_down`.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// The count of a free slot.
+pub const REF_COUNT_UNUSED: u64 = 0;
+/// The largest count of a shared frame.
+pub const REF_COUNT_MAX: u64 = i64::MAX as u64;
+/// The count of an exclusively owned frame (reserved: no transition enters
+/// or leaves it yet).
+pub const REF_COUNT_UNIQUE: u64 = u64::MAX - 1;
+/// The count of a slot being built or torn down.
+pub const REF_COUNT_BUSY: u64 = u64::MAX;
+
+/// The atomic operations the transitions need, on one 64-bit cell.
+///
+/// Implemented for [`AtomicU64`] (each method is the inherent one of the
+/// same name); the loom test implements it over loom's atomics.
+pub trait RefCountCell {
+    /// Like [`AtomicU64::load`].
+    fn load(&self, order: Ordering) -> u64;
+    /// Like [`AtomicU64::store`].
+    fn store(&self, value: u64, order: Ordering);
+    /// Like [`AtomicU64::fetch_add`].
+    fn fetch_add(&self, value: u64, order: Ordering) -> u64;
+    /// Like [`AtomicU64::compare_exchange`].
+    fn compare_exchange(
+        &self,
+        current: u64,
+        new: u64,
+        success: Ordering,
+        failure: Ordering,
+    ) -> Result<u64, u64>;
+    /// Like [`AtomicU64::compare_exchange_weak`].
+    fn compare_exchange_weak(
+        &self,
+        current: u64,
+        new: u64,
+        success: Ordering,
+        failure: Ordering,
+    ) -> Result<u64, u64>;
+    /// Like [`core::sync::atomic::fence`].
+    fn fence(order: Ordering);
+}
+
+impl RefCountCell for AtomicU64 {
+    #[inline]
+    fn load(&self, order: Ordering) -> u64 {
+        AtomicU64::load(self, order)
+    }
+    #[inline]
+    fn store(&self, value: u64, order: Ordering) {
+        AtomicU64::store(self, value, order);
+    }
+    #[inline]
+    fn fetch_add(&self, value: u64, order: Ordering) -> u64 {
+        AtomicU64::fetch_add(self, value, order)
+    }
+    #[inline]
+    fn compare_exchange(
+        &self,
+        current: u64,
+        new: u64,
+        success: Ordering,
+        failure: Ordering,
+    ) -> Result<u64, u64> {
+        AtomicU64::compare_exchange(self, current, new, success, failure)
+    }
+    #[inline]
+    fn compare_exchange_weak(
+        &self,
+        current: u64,
+        new: u64,
+        success: Ordering,
+        failure: Ordering,
+    ) -> Result<u64, u64> {
+        AtomicU64::compare_exchange_weak(self, current, new, success, failure)
+    }
+    #[inline]
+    fn fence(order: Ordering) {
+        core::sync::atomic::fence(order);
+    }
+}
+
+/// `UNUSED -> BUSY`. Returns `true` if this call took the slot: the caller
+/// then owns it, writes the metadata and calls [`finish_init`]. Returns
+/// `false`, changing nothing, if the slot was not free.
+#[inline]
+pub fn try_begin_init<C: RefCountCell>(count: &C) -> bool {
+    count.compare_exchange(REF_COUNT_UNUSED, REF_COUNT_BUSY, Ordering::Acquire, Ordering::Relaxed).is_ok()
+}
+
+/// `BUSY -> 1`, after [`try_begin_init`] took the slot and the metadata was
+/// written. The caller then owns the one reference.
+#[inline]
+pub fn finish_init<C: RefCountCell>(count: &C) {
+    debug_assert_eq!(
+        count.load(Ordering::Relaxed),
+        REF_COUNT_BUSY,
+        "finished building a slot not being built"
+    );
+    count.store(1, Ordering::Release);
+}
+
+/// `n -> n + 1`: one more reference, made by a holder of one.
+#[inline]
+pub fn inc<C: RefCountCell>(count: &C) {
+    let old = count.fetch_add(1, Ordering::Relaxed);
+    debug_assert!(old != REF_COUNT_UNUSED && old != REF_COUNT_BUSY, "new reference to a dead frame");
+    if old >= REF_COUNT_MAX {
+        overflow();
+    }
+}
+
+/// Drops one reference. Returns `true` if it was the last one: the slot is
+/// then `BUSY`, owned by the caller, which tears the metadata down and calls
+/// [`finish_tear_down`].
+#[inline]
+pub fn dec<C: RefCountCell>(count: &C) -> bool {
+    let mut old = count.load(Ordering::Relaxed);
+    loop {
+        debug_assert!((1..=REF_COUNT_MAX).contains(&old), "dropped a reference to a dead frame");
+        // The last reference goes straight to `BUSY`: the slot must not
+        // read `UNUSED` (free) while it is torn down.
+        let new = if old == 1 { REF_COUNT_BUSY } else { old - 1 };
+        match count.compare_exchange_weak(old, new, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => break,
+            Err(actual) => old = actual,
+        }
+    }
+    if old == 1 {
+        // Pairs with the Release decrements of the other references (and
+        // with `finish_init`), so every use of the frame happens before its
+        // teardown.
+        C::fence(Ordering::Acquire);
+        true
+    } else {
+        false
+    }
+}
+
+/// `BUSY -> UNUSED`, after [`dec`] returned `true` and the metadata was torn
+/// down. The caller then returns the page to the allocator.
+#[inline]
+pub fn finish_tear_down<C: RefCountCell>(count: &C) {
+    debug_assert_eq!(count.load(Ordering::Relaxed), REF_COUNT_BUSY, "freed a slot not being torn down");
+    count.store(REF_COUNT_UNUSED, Ordering::Release);
+}
+
+#[cold]
+fn overflow() -> ! {
+    #[cfg(feature = "std")]
+    {
+        extern crate std;
+        std::eprintln!("kvirt: frame reference count overflow");
+        std::process::abort();
+    }
+    #[cfg(not(feature = "std"))]
+    panic!("kvirt: frame reference count overflow");
+}
