@@ -907,21 +907,10 @@ impl<'s, L: KernelLayout> Runner<'s, L> {
 
     /// Splits the model's huge page that contains `va` and starts below
     /// it, down to 4 KiB pages at `va` (what re-protecting the 4 KiB page
-    /// at `va` does).
+    /// at `va` does); a page starting at `va` stays whole.
     fn model_split_at(&mut self, va: Vaddr) {
-        let straddles = page_at(&self.view, va).is_some_and(|(base, _)| base < va);
-        if !straddles {
-            return;
-        }
-        while let Some((base, page)) = page_at(&self.view, va).map(|(b, p)| (b, *p)) {
-            if page.size == PAGE_SIZE {
-                break;
-            }
-            self.view.remove(&base);
-            let child = page.size / L::Format::NR_ENTRIES;
-            for j in 0..L::Format::NR_ENTRIES {
-                self.view.insert(base + j * child, Page { pa: page.pa + j * child, size: child, ..page });
-            }
+        if page_at(&self.view, va).is_some_and(|(base, _)| base < va) {
+            reshape(&mut self.view, &(va..va + PAGE_SIZE), L::Format::NR_ENTRIES, Some);
         }
     }
 
