@@ -88,6 +88,40 @@ pub const fn pte_index<F: PagingFormat>(va: usize, level: PagingLevel) -> usize 
         & (F::NR_ENTRIES - 1)
 }
 
+/// What every [`PagingFormat`] must satisfy, checked by each format's tests.
+#[cfg(test)]
+pub(crate) fn check_format_conformance<F: PagingFormat>() {
+    for level in 1..=F::NR_LEVELS {
+        assert_eq!(F::decode(0, level), PteKind::Absent, "a zeroed entry at level {level}");
+    }
+    for level in 2..=F::NR_LEVELS {
+        let pa = 0x1234_5000;
+        assert_eq!(
+            F::decode(F::encode_table(pa), level),
+            PteKind::Table(pa),
+            "a table entry at level {level}"
+        );
+    }
+    for level in 1..=F::HIGHEST_LEAF_LEVEL {
+        let pa = 3 * page_size::<F>(level);
+        for prop in PageProperty::all() {
+            let [plain, tracked] = [false, true].map(|t| F::encode_page(pa, level, prop, t));
+            for (raw, tracked) in [(plain, false), (tracked, true)] {
+                assert_eq!(
+                    F::decode(raw, level),
+                    PteKind::Page { pa, prop, tracked },
+                    "level {level} prop {prop:?} tracked {tracked}: raw {raw:#x}"
+                );
+            }
+            assert_eq!(
+                (plain ^ tracked).count_ones(),
+                1,
+                "the tracked marker is one bit, apart from the property"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::x86_64::X86_64;
