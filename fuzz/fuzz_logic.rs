@@ -76,14 +76,16 @@ use kvirt::page_table::{vaddr_bounds, KernelPtConfig, MapErrorKind, PageTable, P
 use kvirt::spec::{self, Inv};
 use kvirt::{Paddr, PagingLevel, Vaddr, PAGE_SIZE};
 
+#[path = "../crates/kvirt/tests/support/pt_model.rs"]
+mod pt_model;
+use pt_model::{Leaf, PtModel, Taken, SZ_1G, SZ_2M};
+
 /// A fuzz target's checks: run one input, panic on a violation.
 pub type Target = fn(&[u8]);
 
 /// The fuzz targets by name (the directory names under `fuzz/regressions`).
 pub const TARGETS: [(&str, Target); 2] = [("kvirt_api", kvirt_api), ("pte_decode", pte_decode)];
 
-const SZ_2M: usize = 2 << 20;
-const SZ_1G: usize = 1 << 30;
 /// The reserved low memory of a simulated machine: RAM no one uses, the
 /// only RAM the fuzzer reads and writes through untracked areas.
 const LOW_MEMORY: Paddr = 1 << 20;
@@ -394,139 +396,6 @@ fn expect_access(
 
 // ---------------------------------------------------------------------------
 // Target `kvirt_api`: the page-table model
-
-/// One leaf of the raw page table's model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Leaf {
-    pa: Paddr,
-    size: usize,
-    prop: PageProperty,
-    tracked: bool,
-}
-
-/// The leaves of the raw page table by virtual start address.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct PtModel {
-    map: BTreeMap<Vaddr, Leaf>,
-}
-
-/// What the model says `take_next` returns.
-#[derive(Debug, PartialEq, Eq)]
-enum Taken {
-    Leaf(Vaddr, Leaf),
-    SubTree { va: Vaddr, len: usize, num_frames: usize },
-}
-
-impl PtModel {
-    /// The lowest leaf intersecting `va..end`.
-    fn first_intersecting(&self, va: Vaddr, end: Vaddr) -> Option<(Vaddr, Leaf)> {
-        if let Some((&s, &m)) = self.map.range(..va).next_back() {
-            if s + m.size > va {
-                return Some((s, m));
-            }
-        }
-        self.map.range(va..end).next().map(|(&s, &m)| (s, m))
-    }
-
-    fn covering(&self, va: Vaddr) -> Option<(Vaddr, Leaf)> {
-        self.first_intersecting(va, va + 1).filter(|&(s, _)| s <= va)
-    }
-
-    /// Replaces the huge leaf at `start` by 512 leaves one level down.
-    fn split(&mut self, start: Vaddr) {
-        let m = self.map.remove(&start).expect("split of a missing leaf");
-        let piece = m.size / 512;
-        for i in 0..512 {
-            self.map.insert(start + i * piece, Leaf { pa: m.pa + i * piece, size: piece, ..m });
-        }
-    }
-
-    /// Splits leaves straddling `va..end` until the first one inside fits.
-    fn first_fitting(&mut self, va: Vaddr, end: Vaddr) -> Option<(Vaddr, Leaf)> {
-        loop {
-            let (s, m) = self.first_intersecting(va, end)?;
-            if s < va || s + m.size > end {
-                self.split(s);
-            } else {
-                return Some((s, m));
-            }
-        }
-    }
-
-    fn take_next(&mut self, va: Vaddr, end: Vaddr) -> (Option<Taken>, Vaddr) {
-        if va >= end {
-            return (None, end);
-        }
-        let Some((s, m)) = self.first_fitting(va, end) else {
-            return (None, end);
-        };
-        // The largest node around it that the search covers goes whole
-        // (kernel L3 nodes never do).
-        for span in [SZ_1G, SZ_2M] {
-            let base = s & !(span - 1);
-            if m.size < span && base >= va && base.checked_add(span).is_some_and(|e| e <= end) {
-                let inside: Vec<Vaddr> = self.map.range(base..base + span).map(|(&k, _)| k).collect();
-                for k in &inside {
-                    self.map.remove(k);
-                }
-                return (Some(Taken::SubTree { va: base, len: span, num_frames: inside.len() }), base + span);
-            }
-        }
-        self.map.remove(&s);
-        (Some(Taken::Leaf(s, m)), s + m.size)
-    }
-
-    fn protect_next(&mut self, va: Vaddr, end: Vaddr, prop: PageProperty) -> (Option<Range<Vaddr>>, Vaddr) {
-        if va >= end {
-            return (None, end);
-        }
-        let Some((s, m)) = self.first_fitting(va, end) else {
-            return (None, end);
-        };
-        self.map.get_mut(&s).expect("found above").prop = prop;
-        (Some(s..s + m.size), s + m.size)
-    }
-
-    fn find_next(&self, va: Vaddr, end: Vaddr) -> Option<Vaddr> {
-        if va >= end {
-            return None;
-        }
-        self.first_intersecting(va, end).map(|(s, _)| s.max(va))
-    }
-
-    /// Whether a node of `span` at `base` must exist: it holds a leaf
-    /// smaller than itself.
-    fn node_exists(&self, base: Vaddr, span: usize) -> bool {
-        self.map.range(base..base.saturating_add(span)).any(|(_, m)| m.size < span)
-    }
-
-    /// The size of the absent slot around an unmapped `va`, at the lowest
-    /// node that must exist there.
-    fn absent_size(&self, va: Vaddr) -> usize {
-        if !self.node_exists(va & !(SZ_1G - 1), SZ_1G) {
-            SZ_1G
-        } else if !self.node_exists(va & !(SZ_2M - 1), SZ_2M) {
-            SZ_2M
-        } else {
-            PAGE_SIZE
-        }
-    }
-
-    /// The nodes below the kernel L3 nodes that must exist.
-    fn nodes(&self) -> usize {
-        let mut l2 = std::collections::BTreeSet::new();
-        let mut l1 = std::collections::BTreeSet::new();
-        for (&s, m) in &self.map {
-            if m.size < SZ_1G {
-                l2.insert(s & !(SZ_1G - 1));
-            }
-            if m.size < SZ_2M {
-                l1.insert(s & !(SZ_2M - 1));
-            }
-        }
-        l2.len() + l1.len()
-    }
-}
 
 /// The length of an entry's range as a cursor reports it (its end
 /// saturates at `usize::MAX` at the top of the address space).

@@ -4,7 +4,7 @@
 //! untracked), take_next, protect_next, query and find_next run inside a
 //! 4 GiB window of the kernel half, on addresses drawn from a few slots per
 //! level so that operations collide and huge pages get split. A
-//! `BTreeMap<Vaddr, Mapping>` models the leaf mappings. Every operation's
+//! `BTreeMap<Vaddr, Leaf>` models the leaf mappings. Every operation's
 //! result is predicted by the model (the exact fragment `take_next` returns,
 //! the range `protect_next` changes, where `find_next` stops, what `query`
 //! reports, including the size of an absent slot), and after every step:
@@ -30,9 +30,11 @@ use kvirt::page_table::{KernelPtConfig, MapErrorKind, MappedItem, MappedItemRef,
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
 use proptest::prelude::*;
 
+#[path = "support/pt_model.rs"]
+mod pt_model;
+use pt_model::{Leaf, PtModel, Taken, SZ_1G, SZ_2M};
+
 const SZ_4K: usize = PAGE_SIZE;
-const SZ_2M: usize = 2 << 20;
-const SZ_1G: usize = 1 << 30;
 /// The window: 4 GiB of VMALLOC starting at a 1 GiB boundary.
 const WIN: Vaddr = 0xffff_c000_4000_0000;
 const WIN_END: Vaddr = WIN + 4 * SZ_1G;
@@ -49,16 +51,6 @@ fn props() -> [PageProperty; 4] {
         PageProperty::new_kernel(PageFlags::RX, CachePolicy::Uncacheable),
         PageProperty::new_kernel(PageFlags::RW | PageFlags::DIRTY, CachePolicy::WriteCombining),
     ]
-}
-
-/// One leaf mapping of the model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Mapping {
-    pa: Paddr,
-    size: usize,
-    prop: PageProperty,
-    /// The index of the tracked frame, or `None` for untracked memory.
-    frame: Option<usize>,
 }
 
 /// A 4 KiB-aligned address built from slots: a 1 GiB index, a 2 MiB index
@@ -146,175 +138,50 @@ fn align_down(va: usize, align: usize) -> usize {
     va & !(align - 1)
 }
 
-/// The model: leaf mappings by start address.
-#[derive(Debug, Default)]
-struct Model {
-    map: BTreeMap<Vaddr, Mapping>,
-}
-
-/// What the model says `take_next` returns.
-#[derive(Debug, PartialEq, Eq)]
-enum Taken {
-    Leaf(Vaddr, Mapping),
-    SubTree { va: Vaddr, len: usize, num_frames: usize },
-}
-
-impl Model {
-    /// The lowest mapping intersecting `va..end`.
-    fn first_intersecting(&self, va: Vaddr, end: Vaddr) -> Option<(Vaddr, Mapping)> {
-        if let Some((&s, &m)) = self.map.range(..va).next_back() {
-            if s + m.size > va {
-                return Some((s, m));
-            }
-        }
-        self.map.range(va..end).next().map(|(&s, &m)| (s, m))
-    }
-
-    fn covering(&self, va: Vaddr) -> Option<(Vaddr, Mapping)> {
-        self.first_intersecting(va, va + 1).filter(|&(s, _)| s <= va)
-    }
-
-    fn is_free(&self, range: Range<Vaddr>) -> bool {
-        self.first_intersecting(range.start, range.end).is_none()
-    }
-
-    /// Replaces the huge mapping at `start` with 512 pieces one level down.
-    fn split(&mut self, start: Vaddr) {
-        let m = self.map.remove(&start).expect("split of a missing mapping");
-        assert!(m.size > SZ_4K && m.frame.is_none());
-        let piece = m.size / 512;
-        for i in 0..512 {
-            self.map.insert(start + i * piece, Mapping { pa: m.pa + i * piece, size: piece, ..m });
-        }
-    }
-
-    /// Splits mappings straddling `va..end` until the first one inside it
-    /// fits; returns it.
-    fn first_fitting(&mut self, va: Vaddr, end: Vaddr) -> Option<(Vaddr, Mapping)> {
-        loop {
-            let (s, m) = self.first_intersecting(va, end)?;
-            if s < va || s + m.size > end {
-                self.split(s);
-            } else {
-                return Some((s, m));
-            }
-        }
-    }
-
-    /// `take_next` from `va` with the search ending at `end`; returns what
-    /// is taken and where the cursor ends.
-    fn take_next(&mut self, va: Vaddr, end: Vaddr) -> (Option<Taken>, Vaddr) {
-        let Some((s, m)) = self.first_fitting(va, end) else {
-            return (None, end);
-        };
-        // The largest node span around it that the search covers goes whole
-        // (kernel L3 nodes never do; the window holds none whole anyway).
-        for span in [SZ_1G, SZ_2M] {
-            let base = align_down(s, span);
-            if m.size < span && base >= va && base + span <= end {
-                let inside: Vec<Vaddr> = self.map.range(base..base + span).map(|(&k, _)| k).collect();
-                for k in &inside {
-                    self.map.remove(k);
-                }
-                return (Some(Taken::SubTree { va: base, len: span, num_frames: inside.len() }), base + span);
-            }
-        }
-        self.map.remove(&s);
-        (Some(Taken::Leaf(s, m)), s + m.size)
-    }
-
-    fn protect_next(&mut self, va: Vaddr, end: Vaddr, prop: PageProperty) -> (Option<Range<Vaddr>>, Vaddr) {
-        let Some((s, m)) = self.first_fitting(va, end) else {
-            return (None, end);
-        };
-        self.map.get_mut(&s).unwrap().prop = prop;
-        (Some(s..s + m.size), s + m.size)
-    }
-
-    fn find_next(&self, va: Vaddr, end: Vaddr) -> Option<Vaddr> {
-        self.first_intersecting(va, end).map(|(s, _)| s.max(va))
-    }
-
-    /// Whether a node of `span` (2 MiB: an L1 node; 1 GiB: an L2 node)
-    /// exists at `base`: it does exactly when it holds a smaller mapping.
-    fn node_exists(&self, base: Vaddr, span: usize) -> bool {
-        self.map.range(base..base + span).any(|(_, m)| m.size < span)
-    }
-
-    /// What `query` at `va` reports: the mapping's range, or the absent
-    /// slot at the lowest existing node.
-    fn query(&self, va: Vaddr) -> (Range<Vaddr>, Option<Mapping>) {
-        if let Some((s, m)) = self.covering(va) {
-            return (s..s + m.size, Some(m));
-        }
-        let g = align_down(va, SZ_1G);
-        let size = if !self.node_exists(g, SZ_1G) {
-            SZ_1G
-        } else if !self.node_exists(align_down(va, SZ_2M), SZ_2M) {
-            SZ_2M
-        } else {
-            SZ_4K
-        };
-        let s = align_down(va, size);
-        (s..s + size, None)
-    }
-
-    fn nodes(&self) -> usize {
-        let mut l2 = std::collections::BTreeSet::new();
-        let mut l1 = std::collections::BTreeSet::new();
-        for (&s, m) in &self.map {
-            if m.size < SZ_1G {
-                l2.insert(align_down(s, SZ_1G));
-            }
-            if m.size < SZ_2M {
-                l1.insert(align_down(s, SZ_2M));
-            }
-        }
-        EMPTY_TABLE_NODES + l2.len() + l1.len()
-    }
-}
-
 struct World {
     space: KernelSpace,
     /// Nodes of the space's own kernel page table (linear mapping etc.).
     space_nodes: usize,
     pt: PageTable<KernelPtConfig>,
     frames: Vec<Frame<dyn AnyFrameMeta>>,
-    model: Model,
+    model: PtModel,
 }
 
 impl World {
-    fn leaf_of(&self, item: &MappedItemRef<'_>) -> Mapping {
-        let (frame, size) = match item {
+    fn leaf_of(&self, item: &MappedItemRef<'_>) -> Leaf {
+        let (tracked, size) = match item {
             MappedItemRef::Tracked(f, _) => {
-                let i = self.frame_index(f.paddr());
-                (Some(i), SZ_4K)
+                self.assert_ours(f.paddr());
+                (true, SZ_4K)
             }
-            MappedItemRef::Untracked(_, level, _) => (None, SZ_4K << (9 * (*level as usize - 1))),
+            MappedItemRef::Untracked(_, level, _) => (false, SZ_4K << (9 * (*level as usize - 1))),
         };
-        Mapping { pa: item.paddr(), size, prop: item.prop(), frame }
+        Leaf { pa: item.paddr(), size, prop: item.prop(), tracked }
     }
 
-    fn frame_index(&self, pa: Paddr) -> usize {
-        self.frames.iter().position(|f| f.paddr() == pa).expect("a tracked entry maps one of our frames")
+    fn assert_ours(&self, pa: Paddr) {
+        assert!(
+            self.frames.iter().any(|f| f.paddr() == pa),
+            "a tracked entry maps {pa:#x}, not one of our frames"
+        );
     }
 
-    fn item(&self, kind: &MapKind, prop: PageProperty) -> (MappedItem, Mapping) {
+    fn item(&self, kind: &MapKind, prop: PageProperty) -> (MappedItem, Leaf) {
         match *kind {
             MapKind::Tracked(i) => {
-                let m = Mapping { pa: self.frames[i].paddr(), size: SZ_4K, prop, frame: Some(i) };
+                let m = Leaf { pa: self.frames[i].paddr(), size: SZ_4K, prop, tracked: true };
                 (MappedItem::Tracked(self.frames[i].clone(), prop), m)
             }
             MapKind::Untracked4K(k) => {
-                let m = Mapping { pa: UPA + k * SZ_4K, size: SZ_4K, prop, frame: None };
+                let m = Leaf { pa: UPA + k * SZ_4K, size: SZ_4K, prop, tracked: false };
                 (MappedItem::Untracked(m.pa, 1, prop), m)
             }
             MapKind::Untracked2M(k) => {
-                let m = Mapping { pa: UPA + k * SZ_2M, size: SZ_2M, prop, frame: None };
+                let m = Leaf { pa: UPA + k * SZ_2M, size: SZ_2M, prop, tracked: false };
                 (MappedItem::Untracked(m.pa, 2, prop), m)
             }
             MapKind::Untracked1G(k) => {
-                let m = Mapping { pa: UPA + k * SZ_1G, size: SZ_1G, prop, frame: None };
+                let m = Leaf { pa: UPA + k * SZ_1G, size: SZ_1G, prop, tracked: false };
                 (MappedItem::Untracked(m.pa, 3, prop), m)
             }
         }
@@ -362,17 +229,15 @@ impl World {
                     let got = got.map(|frag| match frag {
                         PageTableFrag::Mapped { va, item } => {
                             let m = match &item {
-                                MappedItem::Tracked(f, p) => Mapping {
-                                    pa: f.paddr(),
-                                    size: SZ_4K,
-                                    prop: *p,
-                                    frame: Some(self.frame_index(f.paddr())),
-                                },
-                                MappedItem::Untracked(pa, l, p) => Mapping {
+                                MappedItem::Tracked(f, p) => {
+                                    self.assert_ours(f.paddr());
+                                    Leaf { pa: f.paddr(), size: SZ_4K, prop: *p, tracked: true }
+                                }
+                                MappedItem::Untracked(pa, l, p) => Leaf {
                                     pa: *pa,
                                     size: SZ_4K << (9 * (*l as usize - 1)),
                                     prop: *p,
-                                    frame: None,
+                                    tracked: false,
                                 },
                             };
                             Taken::Leaf(va, m)
@@ -428,7 +293,7 @@ impl World {
 
     /// The page table's leaves in the window, walked with a read-only
     /// cursor.
-    fn view(&self) -> BTreeMap<Vaddr, Mapping> {
+    fn view(&self) -> BTreeMap<Vaddr, Leaf> {
         let mut c = self.pt.cursor(&(WIN..WIN_END)).unwrap();
         let mut out = BTreeMap::new();
         while let Some(va) = c.find_next(WIN_END - c.virt_addr()) {
@@ -447,11 +312,11 @@ impl World {
         self.space.synchronize();
         assert_eq!(
             self.space.phys_stats().page_table_pages - self.space_nodes,
-            self.model.nodes(),
+            EMPTY_TABLE_NODES + self.model.nodes(),
             "page-table nodes in use by the table under test"
         );
         for (i, f) in self.frames.iter().enumerate() {
-            let entries = self.model.map.values().filter(|m| m.frame == Some(i)).count();
+            let entries = self.model.map.values().filter(|m| m.tracked && m.pa == f.paddr()).count();
             assert_eq!(
                 f.reference_count(),
                 1 + entries as u64,
@@ -467,7 +332,8 @@ fn run(ops: &[Op]) {
     let pt = PageTable::<KernelPtConfig>::empty_in(&space).unwrap();
     let frames: Vec<_> =
         (0..NR_FRAMES).map(|_| FrameAllocOptions::new_in(&space).alloc_frame().unwrap().into_dyn()).collect();
-    let mut world = World { pt, frames, model: Model::default(), space_nodes: start.page_table_pages, space };
+    let mut world =
+        World { pt, frames, model: PtModel::default(), space_nodes: start.page_table_pages, space };
     let baseline = world.space.phys_stats();
     assert_eq!(baseline.page_table_pages - start.page_table_pages, EMPTY_TABLE_NODES);
     for op in ops {
