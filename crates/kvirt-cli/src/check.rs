@@ -1298,15 +1298,15 @@ fn describe_diff(actual: &PageTableView, model: &PageTableView) -> String {
 /// Runs one sequence on a fresh space; returns the number of checks that
 /// passed, or the first failure (a panic is a failure too).
 pub fn run_sequence(ops: &[Op], options: &Options) -> Result<u64, Failure> {
-    run_sequence_in::<kvirt::kspace::X86_64Layout>(ops, options, &mut |_| {})
+    run_sequence_in::<kvirt::kspace::X86_64Layout>(ops, options, None)
 }
 
-/// [`run_sequence`] in a space laid out as `L`, calling `visit` with the
-/// model's state after every operation.
+/// [`run_sequence`] in a space laid out as `L`, calling `visit` (if any)
+/// with a hash of the model's state after every operation.
 pub fn run_sequence_in<L: KernelLayout>(
     ops: &[Op],
     options: &Options,
-    visit: &mut dyn FnMut(u64),
+    mut visit: Option<&mut dyn FnMut(u64)>,
 ) -> Result<u64, Failure> {
     let step = std::cell::Cell::new(0);
     let result = catch_unwind(AssertUnwindSafe(|| {
@@ -1319,7 +1319,9 @@ pub fn run_sequence_in<L: KernelLayout>(
                 step.set(i);
                 runner.apply(op)?;
                 runner.check_all()?;
-                visit(runner.state_hash());
+                if let Some(visit) = visit.as_mut() {
+                    visit(runner.state_hash());
+                }
             }
             runner.step = ops.len();
             step.set(ops.len());

@@ -147,9 +147,10 @@ pub fn check(depth: usize, threads: usize, fault: Option<ModelFault>) -> Report 
                             break;
                         }
                         let seq = sequence(ops, len, index);
-                        match run_sequence_in::<TinyLayout>(&seq, options, &mut |h| {
+                        let mut visit = |h| {
                             seen.insert(h);
-                        }) {
+                        };
+                        match run_sequence_in::<TinyLayout>(&seq, options, Some(&mut visit)) {
                             Ok(n) => checks += n,
                             Err(f) => {
                                 failure.lock().expect("not poisoned").get_or_insert((seq, f));
