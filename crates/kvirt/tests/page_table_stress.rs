@@ -22,7 +22,6 @@
 //! frames' reference counts and the free-page count to where they started.
 
 use std::collections::BTreeMap;
-use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
 
@@ -32,24 +31,17 @@ use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
 use kvirt::page_table::{KernelPtConfig, MapErrorKind, MappedItem, MappedItemRef, PageTable, PageTableFrag};
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
 
+#[path = "support/pt_model.rs"]
+mod pt_model;
+use pt_model::{Leaf, PtModel, Taken, SZ_1G, SZ_2M};
+
 const SZ_4K: usize = PAGE_SIZE;
-const SZ_2M: usize = 2 << 20;
-const SZ_1G: usize = 1 << 30;
 const WIN: Vaddr = 0xffff_c000_0000_0000;
 const WIN_END: Vaddr = WIN + 3 * SZ_1G;
 const UPA: Paddr = 0x1_0000_0000;
 const THREADS: usize = 2;
 const OPS_PER_THREAD: usize = 100_000;
 const FRAMES_PER_THREAD: usize = 3;
-
-/// One leaf mapping: physical address, size, property, tracked frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Mapping {
-    pa: Paddr,
-    size: usize,
-    prop: PageProperty,
-    frame: Option<usize>,
-}
 
 /// A small xorshift generator: reproducible per thread without a crate.
 struct Rng(u64);
@@ -110,35 +102,27 @@ struct Worker<'a> {
     pt: &'a PageTable<KernelPtConfig>,
     frames: &'a [Frame<dyn AnyFrameMeta>],
     layout: Layout,
-    model: BTreeMap<Vaddr, Mapping>,
+    model: PtModel,
     rng: Rng,
     props: [PageProperty; 2],
 }
 
 impl Worker<'_> {
-    fn covering(&self, va: Vaddr) -> Option<(Vaddr, Mapping)> {
-        self.model.range(..=va).next_back().map(|(&s, &m)| (s, m)).filter(|&(s, m)| va < s + m.size)
-    }
-
-    fn is_free(&self, range: Range<Vaddr>) -> bool {
-        self.covering(range.start).is_none() && self.model.range(range).next().is_none()
-    }
-
-    fn mapping_of(&self, item: &MappedItemRef<'_>) -> Mapping {
-        let frame = match item {
-            MappedItemRef::Tracked(f, _) => Some(self.frame_index(f.paddr())),
-            MappedItemRef::Untracked(..) => None,
-        };
-        Mapping {
+    fn leaf_of(&self, item: &MappedItemRef<'_>) -> Leaf {
+        let tracked = matches!(item, MappedItemRef::Tracked(..));
+        if tracked {
+            self.assert_ours(item.paddr());
+        }
+        Leaf {
             pa: item.paddr(),
             size: SZ_4K << (9 * (item.level() as usize - 1)),
             prop: item.prop(),
-            frame,
+            tracked,
         }
     }
 
-    fn frame_index(&self, pa: Paddr) -> usize {
-        self.frames.iter().position(|f| f.paddr() == pa).expect("one of this thread's frames")
+    fn assert_ours(&self, pa: Paddr) {
+        assert!(self.frames.iter().any(|f| f.paddr() == pa), "{pa:#x} is not one of this thread's frames");
     }
 
     fn map_4k(&mut self) {
@@ -146,11 +130,11 @@ impl Worker<'_> {
         let prop = self.rng.pick(&self.props);
         let (item, m) = if self.rng.below(2) == 0 {
             let i = self.rng.below(self.frames.len());
-            let m = Mapping { pa: self.frames[i].paddr(), size: SZ_4K, prop, frame: Some(i) };
+            let m = Leaf { pa: self.frames[i].paddr(), size: SZ_4K, prop, tracked: true };
             (MappedItem::Tracked(self.frames[i].clone(), prop), m)
         } else {
             let pa = UPA + self.rng.below(64) * SZ_4K;
-            (MappedItem::Untracked(pa, 1, prop), Mapping { pa, size: SZ_4K, prop, frame: None })
+            (MappedItem::Untracked(pa, 1, prop), Leaf { pa, size: SZ_4K, prop, tracked: false })
         };
         // In owned regions, half the time through a cursor over the whole
         // region (its guard is then the L2 node shared with the neighbour).
@@ -160,13 +144,13 @@ impl Worker<'_> {
         } else {
             va..va + SZ_4K
         };
-        let free = self.is_free(va..va + SZ_4K);
+        let free = self.model.is_free(va..va + SZ_4K);
         let mut c = self.pt.cursor_mut(&range).unwrap();
         c.jump(va).unwrap();
         match c.try_map(item) {
             Ok(()) => {
                 assert!(free, "mapped over an owned mapping at {va:#x}");
-                self.model.insert(va, m);
+                self.model.map.insert(va, m);
             }
             Err(e) => {
                 assert!(!free, "map at {va:#x} failed: {:?}", e.kind);
@@ -179,12 +163,12 @@ impl Worker<'_> {
         let va = self.rng.pick(&self.layout.regions);
         let prop = self.rng.pick(&self.props);
         let pa = UPA + self.rng.below(8) * SZ_2M;
-        let free = self.is_free(va..va + SZ_2M);
+        let free = self.model.is_free(va..va + SZ_2M);
         let mut c = self.pt.cursor_mut(&(va..va + SZ_2M)).unwrap();
         match c.try_map(MappedItem::Untracked(pa, 2, prop)) {
             Ok(()) => {
                 assert!(free, "mapped 2 MiB over an owned mapping at {va:#x}");
-                self.model.insert(va, Mapping { pa, size: SZ_2M, prop, frame: None });
+                self.model.map.insert(va, Leaf { pa, size: SZ_2M, prop, tracked: false });
             }
             Err(e) => {
                 assert!(!free, "2 MiB map at {va:#x} failed: {:?}", e.kind);
@@ -195,19 +179,11 @@ impl Worker<'_> {
 
     fn unmap_4k(&mut self) {
         let va = self.layout.page(&mut self.rng);
-        let expected = match self.covering(va) {
+        // A 2 MiB page around `va` is split; the model does the same.
+        let expected = match self.model.take_next(va, va + SZ_4K).0 {
             None => None,
-            Some((s, m)) => {
-                if m.size > SZ_4K {
-                    // The 2 MiB page is split; the model follows.
-                    self.model.remove(&s);
-                    for i in 0..512 {
-                        let piece = Mapping { pa: m.pa + i * SZ_4K, size: SZ_4K, ..m };
-                        self.model.insert(s + i * SZ_4K, piece);
-                    }
-                }
-                Some(self.model.remove(&va).unwrap())
-            }
+            Some(Taken::Leaf(at, m)) if at == va => Some(m),
+            other => panic!("the model takes {other:?} for 4 KiB at {va:#x}"),
         };
         let mut c = self.pt.cursor_mut(&(va..va + SZ_4K)).unwrap();
         let got = c.take_next(SZ_4K).map(|frag| match frag {
@@ -215,11 +191,12 @@ impl Worker<'_> {
                 assert_eq!(at, va);
                 match item {
                     MappedItem::Tracked(f, prop) => {
-                        Mapping { pa: f.paddr(), size: SZ_4K, prop, frame: Some(self.frame_index(f.paddr())) }
+                        self.assert_ours(f.paddr());
+                        Leaf { pa: f.paddr(), size: SZ_4K, prop, tracked: true }
                     }
                     MappedItem::Untracked(pa, level, prop) => {
                         assert_eq!(level, 1);
-                        Mapping { pa, size: SZ_4K, prop, frame: None }
+                        Leaf { pa, size: SZ_4K, prop, tracked: false }
                     }
                 }
             }
@@ -230,9 +207,9 @@ impl Worker<'_> {
 
     fn unmap_region(&mut self) {
         let r = self.rng.pick(&self.layout.regions);
-        let inside: Vec<Vaddr> = self.model.range(r..r + SZ_2M).map(|(&k, _)| k).collect();
+        let inside: Vec<Vaddr> = self.model.map.range(r..r + SZ_2M).map(|(&k, _)| k).collect();
         for k in &inside {
-            self.model.remove(k);
+            self.model.map.remove(k);
         }
         let mut c = self.pt.cursor_mut(&(r..r + SZ_2M)).unwrap();
         let mut taken = 0;
@@ -249,8 +226,8 @@ impl Worker<'_> {
         let va = self.layout.page(&mut self.rng);
         let mut c = self.pt.cursor(&(va..va + SZ_4K)).unwrap();
         let (range, item) = c.query().unwrap();
-        let got = item.as_ref().map(|i| self.mapping_of(i));
-        match self.covering(va) {
+        let got = item.as_ref().map(|i| self.leaf_of(i));
+        match self.model.covering(va) {
             Some((s, m)) => {
                 assert_eq!(got, Some(m), "query at {va:#x}");
                 assert_eq!(range, s..s + m.size);
@@ -276,21 +253,17 @@ impl Worker<'_> {
 }
 
 /// Every leaf in the window, walked with a read-only cursor.
-fn view(pt: &PageTable<KernelPtConfig>, frames: &[Vec<Frame<dyn AnyFrameMeta>>]) -> BTreeMap<Vaddr, Mapping> {
+fn view(pt: &PageTable<KernelPtConfig>, frames: &[Vec<Frame<dyn AnyFrameMeta>>]) -> BTreeMap<Vaddr, Leaf> {
     let mut c = pt.cursor(&(WIN..WIN_END)).unwrap();
     let mut out = BTreeMap::new();
     while let Some(va) = c.find_next(WIN_END - c.virt_addr()) {
         let (r, item) = c.query().unwrap();
         let item = item.unwrap();
-        // Frames are numbered across threads here: thread t's frame i is
-        // `t * FRAMES_PER_THREAD + i`.
-        let frame = match &item {
-            MappedItemRef::Tracked(f, _) => {
-                Some(frames.iter().flatten().position(|g| g.paddr() == f.paddr()).expect("a test frame"))
-            }
-            MappedItemRef::Untracked(..) => None,
-        };
-        out.insert(va, Mapping { pa: item.paddr(), size: r.len(), prop: item.prop(), frame });
+        let tracked = matches!(item, MappedItemRef::Tracked(..));
+        if tracked {
+            assert!(frames.iter().flatten().any(|g| g.paddr() == item.paddr()), "a test frame");
+        }
+        out.insert(va, Leaf { pa: item.paddr(), size: r.len(), prop: item.prop(), tracked });
         c.jump(r.end).unwrap();
     }
     out
@@ -311,7 +284,7 @@ fn stress(hot: bool) {
 
     let start = Barrier::new(THREADS + 1);
     let done = AtomicBool::new(false);
-    let models: Vec<BTreeMap<Vaddr, Mapping>> = std::thread::scope(|s| {
+    let models: Vec<PtModel> = std::thread::scope(|s| {
         // A lock-free reader (`translate`, like the MMU) walks the pages the
         // workers map and unmap, through nodes being reclaimed under it.
         let reader = s.spawn(|| {
@@ -346,7 +319,7 @@ fn stress(hot: bool) {
                         pt,
                         frames,
                         layout: Layout::of(t, hot),
-                        model: BTreeMap::new(),
+                        model: PtModel::default(),
                         rng: Rng(0x9e37_79b9_7f4a_7c15 ^ (t as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9)),
                         props: [
                             PageProperty::new_kernel(PageFlags::RW, CachePolicy::Writeback),
@@ -370,9 +343,8 @@ fn stress(hot: bool) {
 
     // The table is exactly the union of the models.
     let mut union = BTreeMap::new();
-    for (t, model) in models.iter().enumerate() {
-        for (&va, &m) in model {
-            let m = Mapping { frame: m.frame.map(|i| t * FRAMES_PER_THREAD + i), ..m };
+    for model in &models {
+        for (&va, &m) in &model.map {
             assert!(union.insert(va, m).is_none());
         }
     }
@@ -380,7 +352,7 @@ fn stress(hot: bool) {
     space.synchronize();
     for (t, model) in models.iter().enumerate() {
         for (i, f) in frames[t].iter().enumerate() {
-            let entries = model.values().filter(|m| m.frame == Some(i)).count() as u64;
+            let entries = model.map.values().filter(|m| m.tracked && m.pa == f.paddr()).count() as u64;
             assert_eq!(f.reference_count(), 1 + entries, "thread {t} frame {i}");
         }
     }
