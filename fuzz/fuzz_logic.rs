@@ -437,11 +437,6 @@ fn refused_split(model: &mut PtModel, saved: PtModel, va: Vaddr) -> Vaddr {
     va
 }
 
-/// The x86-64 level of a leaf of `size` bytes.
-fn level_of(size: usize) -> PagingLevel {
-    spec::level_of_size::<X86_64>(size).expect("a leaf size")
-}
-
 /// The raw page table and its model.
 struct RawPt {
     pt: PageTable<KernelPtConfig>,
@@ -1273,17 +1268,7 @@ impl World {
         let mut model = spec::PageTableView::new();
         if let Some((s, _)) = raw.model.first_intersecting(range.start, range.end) {
             for (&va, l) in raw.model.map.range(s..range.end) {
-                model.insert(
-                    va,
-                    spec::Mapping {
-                        va,
-                        pa: l.pa,
-                        level: level_of(l.size),
-                        size: l.size,
-                        prop: l.prop,
-                        tracked: l.tracked,
-                    },
-                );
+                model.insert(va, l.to_spec(va));
             }
         }
         assert_eq!(view, model, "the raw page table's view of {range:#x?} against the model");
@@ -1313,24 +1298,7 @@ impl World {
         let (first, _) = vaddr_bounds::<KernelPtConfig>();
         let whole = first..usize::MAX & !(PAGE_SIZE - 1);
         let view = spec::view_of(&mut raw.pt.cursor(&whole).expect("the kernel half"));
-        let model: spec::PageTableView = raw
-            .model
-            .map
-            .iter()
-            .map(|(&va, l)| {
-                (
-                    va,
-                    spec::Mapping {
-                        va,
-                        pa: l.pa,
-                        level: level_of(l.size),
-                        size: l.size,
-                        prop: l.prop,
-                        tracked: l.tracked,
-                    },
-                )
-            })
-            .collect();
+        let model: spec::PageTableView = raw.model.map.iter().map(|(&va, l)| (va, l.to_spec(va))).collect();
         assert_eq!(view, model, "the raw page table's view against the model");
         let nodes = raw.pt.check_inv().unwrap_or_else(|clause| panic!("raw page table: {clause}"));
         assert_eq!(nodes, EMPTY_TABLE_NODES + raw.model.nodes(), "nodes reachable in the raw page table");

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
+use kvirt::arch::x86_64::X86_64;
 use kvirt::page_prop::PageProperty;
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
 
@@ -23,6 +24,21 @@ pub struct Leaf {
     pub prop: PageProperty,
     /// A tracked frame (always 4 KiB) rather than untracked memory.
     pub tracked: bool,
+}
+
+impl Leaf {
+    /// The leaf as the spec's view has it, at `va`.
+    pub fn to_spec(self, va: Vaddr) -> kvirt::spec::Mapping {
+        let level = kvirt::spec::level_of_size::<X86_64>(self.size).expect("a leaf size of x86-64");
+        kvirt::spec::Mapping {
+            va,
+            pa: self.pa,
+            level,
+            size: self.size,
+            prop: self.prop,
+            tracked: self.tracked,
+        }
+    }
 }
 
 /// What `take_next` returns.
