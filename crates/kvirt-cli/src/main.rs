@@ -42,6 +42,10 @@ struct BenchArgs {
     /// targets, plot); the plot is linked by the SVG path's file name.
     #[arg(long, value_name = "PATH")]
     markdown: Option<PathBuf>,
+    /// Run only the workloads whose id contains this text (for example
+    /// `map-4k-x512` or `area-1p`); every implementation still runs.
+    #[arg(long, value_name = "TEXT")]
+    only: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -68,9 +72,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Demo) {
         Command::Demo => demo::run(&mut std::io::stdout().lock()),
-        Command::Bench(a) => {
-            bench::run(&bench::Options { quick: a.quick, json: a.json, svg: a.svg, markdown: a.markdown })
-        }
+        Command::Bench(a) => bench::run(&bench::Options {
+            quick: a.quick,
+            json: a.json,
+            svg: a.svg,
+            markdown: a.markdown,
+            only: a.only,
+        }),
         Command::Check(a) if a.exhaustive => {
             let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
             exhaustive::run(a.depth, threads, &mut std::io::stdout().lock())

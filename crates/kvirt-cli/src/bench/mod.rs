@@ -61,6 +61,9 @@ pub struct Options {
     pub svg: Option<PathBuf>,
     /// Where to write the Markdown report.
     pub markdown: Option<PathBuf>,
+    /// Run only the workloads whose id contains this (for profiling one
+    /// workload); every implementation still runs.
+    pub only: Option<String>,
 }
 
 /// Iteration counts.
@@ -230,22 +233,29 @@ fn workload(id: String, title: String, unit: &'static str) -> Workload {
     Workload { id, title, unit }
 }
 
-/// The map, query and unmap workloads of ranges of `n` pages.
-fn page_workloads(n: usize) -> [Workload; 3] {
+/// The map, query (independent and chained) and unmap workloads of ranges
+/// of `n` pages.
+fn page_workloads(n: usize) -> [Workload; 4] {
     [
         workload(format!("map-4k-x{n}"), format!("map {n} x 4 KiB"), "page"),
         workload(format!("query-4k-x{n}"), format!("query, random, in {n} x 4 KiB"), "query"),
+        workload(format!("query-chain-4k-x{n}"), format!("query latency, chained, in {n} x 4 KiB"), "query"),
         workload(format!("unmap-4k-x{n}"), format!("unmap {n} x 4 KiB"), "page"),
     ]
 }
 
 /// Runs the map/query/unmap workloads of `n`-page ranges on `m`.
-fn run_pages<M: Mapper>(m: &mut M, n: usize, cfg: &Config) -> Result<[Stats; 3], Error> {
+///
+/// Queries run twice: independent of each other (throughput: the CPU
+/// overlaps several walks), and chained, each address depending on the
+/// previous answer (latency: one walk at a time).
+fn run_pages<M: Mapper>(m: &mut M, n: usize, cfg: &Config) -> Result<[Stats; 4], Error> {
     let ranges = (cfg.pages_per_round / n).max(1);
     let stride = (n + 1) * PAGE_SIZE;
     let queries = cfg.pages_per_round;
     let mut rng = Rng::new(n as u64);
-    let (mut map_ns, mut query_ns, mut unmap_ns) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut map_ns, mut query_ns, mut chain_ns, mut unmap_ns) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 0..cfg.warmup + cfg.runs {
         let inputs: Vec<M::Frames> = (0..ranges).map(|_| m.prepare(n)).collect();
         let mut maps = Vec::with_capacity(ranges);
@@ -271,6 +281,19 @@ fn run_pages<M: Mapper>(m: &mut M, n: usize, cfg: &Config) -> Result<[Stats; 3],
         ensure(black_box(sum) == want, || {
             format!("{}: queries of {n}-page ranges return wrong addresses", M::NAME)
         })?;
+        // Each address gets `0` added that the compiler cannot see is 0
+        // (an answer's top bit, always clear): the next walk waits for the
+        // previous one.
+        let t = Instant::now();
+        let mut chained = 0usize;
+        for &(j, va, _) in &qs {
+            let pa = m.query(&maps[j], va + (chained >> 63)).unwrap_or(0);
+            chained = chained.wrapping_add(pa);
+        }
+        let t_chain = t.elapsed();
+        ensure(black_box(chained) == want, || {
+            format!("{}: chained queries of {n}-page ranges return wrong addresses", M::NAME)
+        })?;
         let (j, va, pa) = qs[0];
         ensure(m.query(&maps[j], va) == Some(pa), || format!("{}: query({va:#x}) is wrong", M::NAME))?;
 
@@ -282,6 +305,7 @@ fn run_pages<M: Mapper>(m: &mut M, n: usize, cfg: &Config) -> Result<[Stats; 3],
         if run >= cfg.warmup {
             map_ns.push(ns_per(t_map, ranges * n));
             query_ns.push(ns_per(t_query, queries));
+            chain_ns.push(ns_per(t_chain, queries));
             unmap_ns.push(ns_per(t_unmap, ranges * n));
         }
     }
@@ -289,6 +313,7 @@ fn run_pages<M: Mapper>(m: &mut M, n: usize, cfg: &Config) -> Result<[Stats; 3],
     Ok([
         Stats::from_runs(map_ns, pages),
         Stats::from_runs(query_ns, queries as u64),
+        Stats::from_runs(chain_ns, queries as u64),
         Stats::from_runs(unmap_ns, pages),
     ])
 }
@@ -392,6 +417,72 @@ fn run_threads(cfg: &Config, threads: usize) -> Result<Stats, Error> {
     Ok(Stats::from_runs(runs, (ops * threads) as u64))
 }
 
+/// Runs area workload `i` of the list in [`measure`].
+fn run_area_workload(i: usize, cfg: &Config) -> Result<Stats, Error> {
+    let ops = cfg.area_ops;
+    match i {
+        0 => run_area(cfg, ops, |space| create_drop_1p(space, ops)),
+        1 => run_busy(cfg),
+        2 => {
+            let rops = cfg.random_area_ops;
+            let mut rng = Rng::new(100);
+            let sizes: Vec<usize> = (0..rops).map(|_| rng.range(1, 100)).collect();
+            run_area(cfg, rops, |space| {
+                for &k in &sizes {
+                    let seg = FrameAllocOptions::new_in(space).zeroed(false).alloc_segment(k)?;
+                    let area = space.try_map_frames(k * PAGE_SIZE, 0, seg, kvirt_prop())?;
+                    drop(black_box(area));
+                }
+                Ok(())
+            })
+        }
+        3 => run_area(cfg, ops, |space| {
+            let dev = space.machine().expect("hosted").device_window();
+            let pa = usize::try_from(dev.start)?;
+            for i in 0..ops {
+                // SAFETY: the simulated device window, never accessed.
+                let area =
+                    unsafe { space.try_map_untracked_frames(2 << 20, 0, pa..pa + (2 << 20), kvirt_prop()) }?;
+                if i == 0 {
+                    ensure(area.start() % (2 << 20) == 0, || {
+                        "a 2 MiB untracked area is not 2 MiB aligned".into()
+                    })?;
+                }
+                drop(black_box(area));
+            }
+            Ok(())
+        }),
+        4 => run_threads(cfg, 1),
+        _ => run_threads(cfg, 2),
+    }
+}
+
+/// Create + drop of 1-page areas with `busy_areas` live areas around.
+fn run_busy(cfg: &Config) -> Result<Stats, Error> {
+    let ops = cfg.area_ops;
+    let space = kvirt_space();
+    space.synchronize();
+    let before = (space.phys_stats(), space.vmalloc_stats());
+    let mut live: Vec<KVirtArea> = Vec::with_capacity(cfg.busy_areas);
+    for _ in 0..cfg.busy_areas {
+        let frame = FrameAllocOptions::new_in(&space).zeroed(false).alloc_frame()?;
+        live.push(space.try_map_frames(PAGE_SIZE, 0, [frame], kvirt_prop())?);
+    }
+    let mut runs = Vec::new();
+    for run in 0..cfg.warmup + cfg.runs {
+        let t = Instant::now();
+        create_drop_1p(&space, ops)?;
+        if run >= cfg.warmup {
+            runs.push(ns_per(t.elapsed(), ops));
+        }
+    }
+    ensure(space.areas().len() == cfg.busy_areas, || "the busy list changed".into())?;
+    drop(live);
+    space.synchronize();
+    ensure((space.phys_stats(), space.vmalloc_stats()) == before, || "the busy workload leaked".into())?;
+    Ok(Stats::from_runs(runs, ops as u64))
+}
+
 const NO_ALLOCATOR: &str = "n/a: no kernel virtual-range allocator";
 
 /// Runs every workload for every implementation.
@@ -399,8 +490,9 @@ const NO_ALLOCATOR: &str = "n/a: no kernel virtual-range allocator";
 /// # Errors
 ///
 /// If an implementation returns wrong results or a workload leaks.
-pub fn measure(quick: bool) -> Result<Results, Error> {
+pub fn measure(quick: bool, only: Option<&str>) -> Result<Results, Error> {
     let cfg = if quick { Config::quick() } else { Config::full() };
+    let wanted = |id: &str| only.is_none_or(|o| id.contains(o));
     let machine = report::MachineInfo::probe();
     let area_workloads = [
         workload("area-1p".into(), "area create+drop, 1 page".into(), "area"),
@@ -415,19 +507,25 @@ pub fn measure(quick: bool) -> Result<Results, Error> {
         workload("area-1p-2threads".into(), "area create+drop, 1 page, 2 threads".into(), "area"),
     ];
     let huge = workload("untracked-1g".into(), "untracked 1 GiB map+unmap".into(), "1 GiB");
+    let sizes: Vec<usize> =
+        SIZES.into_iter().filter(|&n| page_workloads(n).iter().any(|w| wanted(&w.id))).collect();
+    let run_huge_too = wanted(&huge.id);
+    let area_wanted: Vec<bool> = area_workloads.iter().map(|w| wanted(&w.id)).collect();
     let mut progress = Progress {
         done: 0,
-        total: SIZES.len() * IMPLS.len() + IMPLS.len() + area_workloads.len(),
+        total: sizes.len() * IMPLS.len()
+            + usize::from(run_huge_too) * IMPLS.len()
+            + area_wanted.iter().filter(|&&w| w).count(),
         started: Instant::now(),
     };
     let mut cells = Vec::new();
 
-    for n in SIZES {
+    for n in sizes {
         let ws = page_workloads(n);
-        let mut push = |name: &'static str, stats: [Stats; 3], progress: &mut Progress| {
+        let mut push = |name: &'static str, stats: [Stats; 4], progress: &mut Progress| {
             progress.step(&format!(
-                "{n:>5} pages  {name:<10} map {:>8.1} ns/page  query {:>7.1} ns  unmap {:>8.1} ns/page",
-                stats[0].ns_per_op, stats[1].ns_per_op, stats[2].ns_per_op
+                "{n:>5} pages  {name:<10} map {:>8.1} ns/page  query {:>7.1} ns (chained {:>7.1})  unmap {:>8.1} ns/page",
+                stats[0].ns_per_op, stats[1].ns_per_op, stats[2].ns_per_op, stats[3].ns_per_op
             ));
             for (w, s) in ws.iter().zip(stats) {
                 cells.push(Measurement { workload: w.clone(), impl_name: name, result: Ok(s) });
@@ -441,81 +539,31 @@ pub fn measure(quick: bool) -> Result<Results, Error> {
         push(Floor::NAME, run_pages(&mut Floor::new(window), n, &cfg)?, &mut progress);
     }
 
-    let huge_results: [(&'static str, Stats); 5] = [
-        (KvirtArea::NAME, run_huge(&mut KvirtArea::new(), &cfg)?),
-        (KvirtPt::NAME, run_huge(&mut KvirtPt::new(), &cfg)?),
-        (X86Crate::NAME, run_huge(&mut X86Crate::new(), &cfg)?),
-        (Multiarch::NAME, run_huge(&mut Multiarch::new(), &cfg)?),
-        (Floor::NAME, run_huge(&mut Floor::new(1), &cfg)?),
-    ];
-    for (name, stats) in huge_results {
-        progress.step(&format!("untracked 1 GiB  {name:<10} {:>9.1} ns/op", stats.ns_per_op));
-        cells.push(Measurement { workload: huge.clone(), impl_name: name, result: Ok(stats) });
+    if run_huge_too {
+        let huge_results: [(&'static str, Stats); 5] = [
+            (KvirtArea::NAME, run_huge(&mut KvirtArea::new(), &cfg)?),
+            (KvirtPt::NAME, run_huge(&mut KvirtPt::new(), &cfg)?),
+            (X86Crate::NAME, run_huge(&mut X86Crate::new(), &cfg)?),
+            (Multiarch::NAME, run_huge(&mut Multiarch::new(), &cfg)?),
+            (Floor::NAME, run_huge(&mut Floor::new(1), &cfg)?),
+        ];
+        for (name, stats) in huge_results {
+            progress.step(&format!("untracked 1 GiB  {name:<10} {:>9.1} ns/op", stats.ns_per_op));
+            cells.push(Measurement { workload: huge.clone(), impl_name: name, result: Ok(stats) });
+        }
     }
 
-    let ops = cfg.area_ops;
-    let mut area_stats: Vec<Stats> = Vec::new();
-    area_stats.push(run_area(&cfg, ops, |space| create_drop_1p(space, ops))?);
-    progress.step(&format!("{}: {:.1} ns/op", area_workloads[0].title, area_stats[0].ns_per_op));
-    {
-        let space = kvirt_space();
-        space.synchronize();
-        let before = (space.phys_stats(), space.vmalloc_stats());
-        let mut live: Vec<KVirtArea> = Vec::with_capacity(cfg.busy_areas);
-        for _ in 0..cfg.busy_areas {
-            let frame = FrameAllocOptions::new_in(&space).zeroed(false).alloc_frame()?;
-            live.push(space.try_map_frames(PAGE_SIZE, 0, [frame], kvirt_prop())?);
+    for (i, w) in area_workloads.iter().enumerate() {
+        if !area_wanted[i] {
+            continue;
         }
-        let mut runs = Vec::new();
-        for run in 0..cfg.warmup + cfg.runs {
-            let t = Instant::now();
-            create_drop_1p(&space, ops)?;
-            if run >= cfg.warmup {
-                runs.push(ns_per(t.elapsed(), ops));
-            }
-        }
-        ensure(space.areas().len() == cfg.busy_areas, || "the busy list changed".into())?;
-        drop(live);
-        space.synchronize();
-        ensure((space.phys_stats(), space.vmalloc_stats()) == before, || "the busy workload leaked".into())?;
-        area_stats.push(Stats::from_runs(runs, ops as u64));
-    }
-    progress.step(&format!("{}: {:.1} ns/op", area_workloads[1].title, area_stats[1].ns_per_op));
-    let rops = cfg.random_area_ops;
-    let mut rng = Rng::new(100);
-    let sizes: Vec<usize> = (0..rops).map(|_| rng.range(1, 100)).collect();
-    area_stats.push(run_area(&cfg, rops, |space| {
-        for &k in &sizes {
-            let seg = FrameAllocOptions::new_in(space).zeroed(false).alloc_segment(k)?;
-            let area = space.try_map_frames(k * PAGE_SIZE, 0, seg, kvirt_prop())?;
-            drop(black_box(area));
-        }
-        Ok(())
-    })?);
-    progress.step(&format!("{}: {:.1} ns/op", area_workloads[2].title, area_stats[2].ns_per_op));
-    area_stats.push(run_area(&cfg, ops, |space| {
-        let dev = space.machine().expect("hosted").device_window();
-        let pa = usize::try_from(dev.start)?;
-        for i in 0..ops {
-            // SAFETY: the simulated device window, never accessed.
-            let area =
-                unsafe { space.try_map_untracked_frames(2 << 20, 0, pa..pa + (2 << 20), kvirt_prop()) }?;
-            if i == 0 {
-                ensure(area.start() % (2 << 20) == 0, || {
-                    "a 2 MiB untracked area is not 2 MiB aligned".into()
-                })?;
-            }
-            drop(black_box(area));
-        }
-        Ok(())
-    })?);
-    progress.step(&format!("{}: {:.1} ns/op", area_workloads[3].title, area_stats[3].ns_per_op));
-    area_stats.push(run_threads(&cfg, 1)?);
-    progress.step(&format!("{}: {:.0} ops/s", area_workloads[4].title, area_stats[4].ops_per_s()));
-    area_stats.push(run_threads(&cfg, 2)?);
-    progress.step(&format!("{}: {:.0} ops/s", area_workloads[5].title, area_stats[5].ops_per_s()));
-
-    for (w, stats) in area_workloads.iter().zip(area_stats) {
+        let stats = run_area_workload(i, &cfg)?;
+        let shown = if i >= 4 {
+            format!("{}: {:.0} ops/s", w.title, stats.ops_per_s())
+        } else {
+            format!("{}: {:.1} ns/op", w.title, stats.ns_per_op)
+        };
+        progress.step(&shown);
         for name in IMPLS {
             let result = if name == KvirtArea::NAME { Ok(stats.clone()) } else { Err(NO_ALLOCATOR) };
             cells.push(Measurement { workload: w.clone(), impl_name: name, result });
@@ -535,7 +583,7 @@ pub fn run(options: &Options) -> Result<(), Error> {
         if options.quick { " --quick" } else { "" },
         IMPLS.len()
     );
-    let results = measure(options.quick)?;
+    let results = measure(options.quick, options.only.as_deref())?;
     let targets = report::targets(&results);
     println!("{}", report::text_table(&results, &targets));
     if let Some(path) = &options.json {
