@@ -128,6 +128,16 @@ impl PagingFormat for X86_64 {
     }
 
     #[inline]
+    fn page_encoder(level: PagingLevel, prop: PageProperty, tracked: bool) -> impl Fn(Paddr) -> u64 + Copy {
+        // The address field is bits 12..52 as they are: `encode_page` ORs
+        // the address into the other bits.
+        let rest = Self::encode_page(0, level, prop, tracked);
+        move |pa| {
+            debug_assert_eq!(pa as u64 & !Self::addr_mask(level), 0, "unencodable frame address");
+            rest | pa as u64
+        }
+    }
+
     fn encode_table(pa: Paddr) -> u64 {
         debug_assert_eq!(pa as u64 & !ADDR_MASK, 0, "unencodable table address");
         pa as u64 | P | W | U

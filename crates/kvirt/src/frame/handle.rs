@@ -7,7 +7,7 @@ use core::ops::Deref;
 use core::ptr::NonNull;
 
 use super::meta::{meta_is, AnyFrameMeta, AnyUFrameMeta, MetaPtr, MetaSlot};
-use super::{bytes, FrameAccessError, PhysMem};
+use super::{bytes, FrameAccessError, PhysMem, SlotMap};
 use crate::addr::{Paddr, PagingLevel, PAGE_SIZE};
 use crate::kspace::KernelSpace;
 
@@ -101,6 +101,13 @@ impl<M: ?Sized> Frame<M> {
         let pa = self.paddr();
         core::mem::forget(self);
         pa
+    }
+
+    /// The physical address if the frame belongs to the space whose slots
+    /// `slots` describes, found from the handle alone.
+    #[inline]
+    pub(crate) fn paddr_in(&self, slots: SlotMap) -> Option<Paddr> {
+        slots.paddr(self.slot.as_ptr())
     }
 
     /// Converts into a frame of any metadata type.

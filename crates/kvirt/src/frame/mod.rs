@@ -298,6 +298,29 @@ impl fmt::Debug for PhysMem {
     }
 }
 
+/// The address range of one space's metadata array.
+///
+/// A frame handle points to its slot, so the slot's offset in the array
+/// gives the frame's physical address, and whether the offset is in range
+/// says whether the frame belongs to this space (the arrays of two spaces
+/// are disjoint allocations), all without reading the slot. Mapping a run
+/// of frames uses this to stay out of their metadata.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SlotMap {
+    start: usize,
+    len: usize,
+}
+
+impl SlotMap {
+    /// The physical address of the page `slot` describes, if it is a slot
+    /// of this array.
+    #[inline]
+    pub(crate) fn paddr(self, slot: *const MetaSlot) -> Option<Paddr> {
+        let offset = slot.addr().wrapping_sub(self.start);
+        (offset < self.len).then(|| offset / META_SLOT_SIZE * PAGE_SIZE)
+    }
+}
+
 impl PhysMem {
     /// Sets up the metadata array and the allocator over `memory_map`.
     pub(crate) fn new(
@@ -412,6 +435,13 @@ impl PhysMem {
     pub(crate) fn slot_paddr(&self, slot: &MetaSlot) -> Paddr {
         let offset = core::ptr::from_ref(slot).addr() - self.slots.as_ptr().addr();
         offset / META_SLOT_SIZE * PAGE_SIZE
+    }
+
+    /// Where this array's slots are, to tell a frame's physical address
+    /// from its handle alone (see [`SlotMap`]).
+    #[inline]
+    pub(crate) fn slot_map(&self) -> SlotMap {
+        SlotMap { start: self.slots.as_ptr().addr(), len: self.max_paddr / PAGE_SIZE * META_SLOT_SIZE }
     }
 
     pub(crate) fn stats(&self) -> PhysStats {

@@ -655,8 +655,11 @@ impl<L: KernelLayout> KernelSpace<L> {
         prop: PageProperty,
     ) -> Result<KVirtArea<L>, KVirtAreaError> {
         check_common(area_size, map_offset, len, &prop)?;
-        let phys = self.phys() as *const _;
-        if let Some(f) = frames.iter().find(|f| !core::ptr::eq(f.phys(), phys)) {
+        let slots = self.phys().slot_map();
+        // Branch-free over all frames (it vectorises); the rare failure
+        // then looks for the culprit.
+        if !frames.iter().fold(true, |ours, f| ours & f.paddr_in(slots).is_some()) {
+            let f = frames.iter().find(|f| f.paddr_in(slots).is_none()).expect("a foreign frame");
             return Err(KVirtAreaError::ForeignFrame(f.paddr()));
         }
         let area = self.alloc_area(area_size, PAGE_SIZE, map_offset, len, AreaKind::Tracked)?;

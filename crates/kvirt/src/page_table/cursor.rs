@@ -610,32 +610,39 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
         frames: impl IntoIterator<Item = Frame<T>>,
         prop: PageProperty,
     ) -> Result<(), MapError> {
-        let mut frames = frames.into_iter().peekable();
-        while let Some(first) = frames.next() {
-            self.try_map(MappedItem::Tracked(first.into_dyn(), prop))?;
+        let mut frames = frames.into_iter();
+        let slots = self.inner.phys().slot_map();
+        let encode = C::F::page_encoder(1, prop, true);
+        // A frame taken from `frames` that the fill below could not map.
+        let mut rest = None;
+        while let Some(first) = rest.take().or_else(|| frames.next()) {
+            self.try_map(MappedItem::Tracked(Frame::into_dyn(first), prop))?;
             let c = &mut self.inner;
             if c.level != 1 {
                 continue;
             }
             // `try_map` left the cursor in the leaf node it wrote, just past
-            // that page: fill the rest of the node directly.
-            let node = c.cur_node();
+            // that page: fill the rest of the node directly, as long as the
+            // frames are ours and the entries absent. `try_map` deals with
+            // whatever stops the fill (and reports any error).
             let node_end = c.base[0].saturating_add(node_span::<C::F>(1));
             let limit = node_end.min(c.barrier.end);
-            let phys = c.phys();
-            while c.va < limit {
-                let i = pte_index::<C::F>(c.va, 1);
-                let fits = frames.peek().is_some_and(|f| core::ptr::eq(f.phys(), phys)) && node.read(i) == 0;
-                if !fits {
-                    // Let `try_map` deal with it (and report any error).
-                    break;
-                }
-                let frame = frames.next().expect("peeked");
-                // The entry takes over the frame's reference.
-                let pa = frame.into_raw();
-                node.write(i, C::F::encode_page(pa, 1, prop, true));
-                c.va += crate::addr::PAGE_SIZE;
+            if c.va >= limit {
+                continue;
             }
+            let from = pte_index::<C::F>(c.va, 1);
+            let to = from + (limit - c.va) / crate::addr::PAGE_SIZE;
+            let written = c.cur_node().fill_absent(from, to, || {
+                let frame = frames.next()?;
+                let Some(pa) = frame.paddr_in(slots) else {
+                    rest = Some(frame);
+                    return None;
+                };
+                // The entry takes over the frame's reference.
+                core::mem::forget(frame);
+                Some(encode(pa))
+            });
+            c.va += written * crate::addr::PAGE_SIZE;
         }
         Ok(())
     }

@@ -98,14 +98,19 @@ impl<'a> NodeRef<'a> {
         self.meta().level
     }
 
+    /// All the words of the node's page, as entries.
+    #[inline]
+    fn entries(self) -> &'a [AtomicU64] {
+        let ptr = self.phys.phys_ptr(self.pa).cast::<AtomicU64>();
+        // SAFETY: the node's page is RAM (Platform contract 1), page (so
+        // 8-byte) aligned, holds `PAGE_SIZE / 8` words, and is only ever
+        // accessed atomically while it is a node.
+        unsafe { core::slice::from_raw_parts(ptr, crate::addr::PAGE_SIZE / 8) }
+    }
+
     #[inline]
     fn entry(self, index: usize) -> &'a AtomicU64 {
-        debug_assert!(index < crate::addr::PAGE_SIZE / 8);
-        let ptr = self.phys.phys_ptr(self.pa).wrapping_add(index * 8).cast::<u64>();
-        // SAFETY: the entry lies inside the node's page, which is RAM
-        // (Platform contract 1), 8-byte aligned, and only ever accessed
-        // atomically while it is a node.
-        unsafe { AtomicU64::from_ptr(ptr) }
+        &self.entries()[index]
     }
 
     /// Reads entry `index` (allowed without the lock).
@@ -136,6 +141,33 @@ impl<'a> NodeRef<'a> {
             (false, true) => *n -= 1,
             _ => {}
         }
+    }
+
+    /// Writes `next()` into the absent entries from `from` on, stopping
+    /// before `to`, at the first present entry, or when `next` returns
+    /// `None`; returns how many it wrote. One count update for the batch.
+    ///
+    /// The caller holds the lock (checked in debug builds); `next` returns
+    /// non-absent entries.
+    #[inline]
+    pub(crate) fn fill_absent(self, from: usize, to: usize, mut next: impl FnMut() -> Option<u64>) -> usize {
+        debug_assert!(self.is_locked(), "page-table node written without its lock");
+        let mut written = 0;
+        for entry in &self.entries()[from..to] {
+            // Absent entries stay absent while we hold the lock (see `write`).
+            if entry.load(Ordering::Relaxed) != 0 {
+                break;
+            }
+            let Some(raw) = next() else { break };
+            debug_assert_ne!(raw, 0, "fill_absent writes present entries");
+            entry.store(raw, Ordering::Release);
+            written += 1;
+        }
+        // SAFETY: the caller holds the lock, which guards `nr_children`.
+        let n = unsafe { &mut *self.meta().nr_children.get() };
+        // At most `PAGE_SIZE / 8` entries exist.
+        *n += written as u16;
+        written
     }
 
     /// The number of non-absent entries. The caller holds the lock.
