@@ -91,7 +91,7 @@ impl<M: ?Sized> Frame<M> {
     pub fn borrow(&self) -> FrameRef<'_, M> {
         // SAFETY: the borrow is tied to `self`, which keeps the reference
         // alive; `FrameRef` never drops it.
-        unsafe { FrameRef::from_slot(self.slot) }
+        unsafe { FrameRef::from_slot(self.slot, self.paddr()) }
     }
 
     /// Gives up the handle without dropping its reference; returns the
@@ -278,26 +278,34 @@ pub(super) fn check_bounds(offset: usize, len: usize, size: usize) -> Result<(),
 /// reference count.
 pub struct FrameRef<'a, M: ?Sized> {
     inner: ManuallyDrop<Frame<M>>,
+    /// The frame's physical address, which whoever borrows it knows already
+    /// (a page-table walk reads it from the entry): kept so that `paddr`
+    /// needs no trip through the metadata.
+    paddr: Paddr,
     _borrow: PhantomData<&'a Frame<M>>,
 }
 
 impl<M: ?Sized> FrameRef<'_, M> {
-    /// Borrows the frame of `slot`.
+    /// Borrows the frame of `slot`, at physical address `paddr`.
     ///
     /// # Safety
     ///
     /// Some owner keeps a reference to the slot, with metadata viewable as
-    /// `M`, for the whole lifetime `'a` of the result.
-    pub(crate) unsafe fn from_slot(slot: NonNull<MetaSlot>) -> Self {
+    /// `M`, for the whole lifetime `'a` of the result; `slot` describes the
+    /// page at `paddr`.
+    pub(crate) unsafe fn from_slot(slot: NonNull<MetaSlot>, paddr: Paddr) -> Self {
         // SAFETY: the caller guarantees the reference stays alive; the
         // `ManuallyDrop` never drops it.
-        Self { inner: ManuallyDrop::new(unsafe { Frame::from_slot(slot) }), _borrow: PhantomData }
+        let inner = ManuallyDrop::new(unsafe { Frame::from_slot(slot) });
+        debug_assert_eq!(inner.paddr(), paddr);
+        Self { inner, paddr, _borrow: PhantomData }
     }
 
     /// The physical address.
     #[must_use]
+    #[inline]
     pub fn paddr(&self) -> Paddr {
-        self.inner.paddr()
+        self.paddr
     }
 }
 
@@ -313,6 +321,7 @@ impl<M: ?Sized> Clone for FrameRef<'_, M> {
     fn clone(&self) -> Self {
         Self {
             inner: ManuallyDrop::new(Frame { slot: self.inner.slot, _meta: PhantomData }),
+            paddr: self.paddr,
             _borrow: PhantomData,
         }
     }

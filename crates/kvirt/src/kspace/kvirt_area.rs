@@ -424,7 +424,7 @@ impl<L: KernelLayout> KVirtArea<L> {
             // SAFETY: the entry owns a reference to the frame, and only this
             // area can change the entries of its range: they stay while
             // `self` is borrowed.
-            MappedItemRef::Tracked(unsafe { FrameRef::from_slot(slot) }, leaf.prop)
+            MappedItemRef::Tracked(unsafe { FrameRef::from_slot(slot, leaf.pa) }, leaf.prop)
         } else {
             MappedItemRef::Untracked(leaf.pa, leaf.level, leaf.prop)
         })

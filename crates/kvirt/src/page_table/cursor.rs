@@ -183,7 +183,7 @@ impl<'a, C: PageTableConfig> Cursor<'a, C> {
                         // SAFETY: the entry owns a reference to the frame and
                         // cannot change while the cursor, borrowed for the
                         // result's lifetime, holds the node lock.
-                        MappedItemRef::Tracked(unsafe { FrameRef::from_slot(slot) }, prop)
+                        MappedItemRef::Tracked(unsafe { FrameRef::from_slot(slot, pa) }, prop)
                     } else {
                         MappedItemRef::Untracked(pa, self.level, prop)
                     };
