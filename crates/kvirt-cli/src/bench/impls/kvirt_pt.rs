@@ -1,5 +1,6 @@
 //! kvirt's raw page-table API: an independent `PageTable<KernelPtConfig>`
-//! and one `CursorMut` over each range; unmapping takes every fragment,
+//! and one `CursorMut` over each range, mapping with
+//! `CursorMut::try_map_frames`; unmapping takes every fragment,
 //! flushes the TLB for the range, then drops the fragments (what
 //! `KVirtArea`'s drop does, minus the area bookkeeping).
 
@@ -70,10 +71,7 @@ impl Mapper for KvirtPt {
     fn map(&mut self, va: Vaddr, frames: Self::Frames) -> Range<Vaddr> {
         let range = va..va + frames.len() * PAGE_SIZE;
         let mut cursor = self.pt.cursor_mut(&range).expect("a kernel range");
-        let prop = kvirt_prop();
-        for frame in frames {
-            cursor.map(MappedItem::Tracked(frame, prop));
-        }
+        cursor.try_map_frames(frames, kvirt_prop()).expect("map_frames");
         range
     }
 
