@@ -828,11 +828,41 @@ mod vmalloc {
         assert_eq!(space.vmalloc_stats(), fresh());
     }
 
+    /// Fills VMALLOC with areas of the largest size, the last one
+    /// `leave` bytes short.
+    fn fill_vmalloc(space: &KernelSpace, leave: usize) -> Vec<KVirtArea> {
+        let max = space.max_area_size();
+        let arenas = VMALLOC_VADDR_RANGE.len() / (max + GUARD_SIZE);
+        assert_eq!(arenas * (max + GUARD_SIZE), VMALLOC_VADDR_RANGE.len(), "equal arenas");
+        let areas: Vec<_> = (0..arenas)
+            .map(|i| {
+                let size = if i + 1 == arenas { max - leave } else { max };
+                untracked(space, size, 0, 0..0, prop()).unwrap()
+            })
+            .collect();
+        assert_eq!(areas[0].start(), VMALLOC_VADDR_RANGE.start);
+        areas
+    }
+
+    #[test]
+    fn an_area_larger_than_an_arena_is_refused_and_changes_nothing() {
+        let space = small_space();
+        let max = space.max_area_size();
+        assert!(max >= 1 << 40 && max < VMALLOC_VADDR_RANGE.len());
+        assert_eq!(
+            untracked(&space, max + P, 0, 0..0, prop()).map(drop),
+            Err(KVirtAreaError::VmallocExhausted(max + P))
+        );
+        assert_eq!(space.vmalloc_stats(), fresh());
+        let biggest = untracked(&space, max, 0, 0..0, prop()).unwrap();
+        assert_eq!(biggest.start(), VMALLOC_VADDR_RANGE.start);
+    }
+
     #[test]
     fn exhaustion_is_reported_and_undone_by_drop() {
         let space = small_space();
-        let all = untracked(&space, VMALLOC_VADDR_RANGE.len() - GUARD_SIZE, 0, 0..0, prop()).unwrap();
-        assert_eq!(all.range(), VMALLOC_VADDR_RANGE.start..VMALLOC_VADDR_RANGE.end - GUARD_SIZE);
+        let all = fill_vmalloc(&space, 0);
+        assert_eq!(all.last().unwrap().end(), VMALLOC_VADDR_RANGE.end - GUARD_SIZE);
         assert_eq!(
             space.vmalloc_stats(),
             VmallocStats {
@@ -866,10 +896,9 @@ mod vmalloc {
         let dev = device_window(&space).start;
         // Leave only the top 3 MiB of VMALLOC free: room for 2 MiB plus a
         // guard, but not at a 2 MiB-aligned address.
-        let big = VMALLOC_VADDR_RANGE.len() - GUARD_SIZE - 3 * SIZE_2M / 2;
-        let filler = untracked(&space, big, 0, 0..0, prop()).unwrap();
+        let filler = fill_vmalloc(&space, 3 * SIZE_2M / 2);
         let area = untracked(&space, SIZE_2M, 0, dev..dev + SIZE_2M, prop()).unwrap();
-        assert_eq!(area.start(), filler.end() + GUARD_SIZE);
+        assert_eq!(area.start(), filler.last().unwrap().end() + GUARD_SIZE);
         assert_ne!(area.start() % SIZE_2M, 0);
         let view = kernel_view(&space, &area.range());
         assert_eq!(view.len(), SIZE_2M / P);

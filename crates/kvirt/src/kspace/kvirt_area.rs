@@ -770,7 +770,7 @@ impl<L: KernelLayout> KernelSpace<L> {
         let range = self
             .inner()
             .vmalloc
-            .alloc(area_size, align)
+            .alloc(area_size, align, self.phys().platform().current_cpu())
             .map_err(|_| KVirtAreaError::VmallocExhausted(area_size))?;
         debug_assert!(L::VMALLOC_VADDR_RANGE.start <= range.start && range.end <= L::VMALLOC_VADDR_RANGE.end);
         let mapped = range.start + map_offset..range.start + map_offset + len;

@@ -491,10 +491,24 @@ impl<L: KernelLayout> KernelSpace<L> {
         self.inner().kernel_pt.translate(va)
     }
 
-    /// Usage of the VMALLOC region.
+    /// Usage of the VMALLOC region, as one range of addresses: free blocks
+    /// that touch across an arena boundary count as one (see
+    /// [`max_area_size`](Self::max_area_size)).
     #[must_use]
     pub fn vmalloc_stats(&self) -> VmallocStats {
         self.inner().vmalloc.stats()
+    }
+
+    /// The largest area this space can ever create.
+    ///
+    /// VMALLOC is cut into per-CPU arenas so that CPUs creating areas at
+    /// once neither share a lock nor page-table nodes, and an area never
+    /// spans two arenas: on x86-64 that is 4 TiB (an eighth of VMALLOC),
+    /// less the guard page. A larger request fails with
+    /// [`KVirtAreaError::VmallocExhausted`].
+    #[must_use]
+    pub fn max_area_size(&self) -> usize {
+        self.inner().vmalloc.max_size()
     }
 
     /// Every live area, sorted by address (like `/proc/vmallocinfo`).

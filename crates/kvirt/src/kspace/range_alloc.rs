@@ -308,7 +308,7 @@ impl RangeAllocator {
     /// The free blocks (maximal free ranges), in ascending address order.
     // Introspection for tests and debugging; VMALLOC does not need it.
     #[cfg_attr(not(test), allow(dead_code))]
-    pub fn free_ranges(&self) -> impl Iterator<Item = Range<usize>> + '_ {
+    pub fn free_ranges(&self) -> impl DoubleEndedIterator<Item = Range<usize>> + '_ {
         self.by_addr.iter().map(|(&start, &end)| start..end)
     }
 

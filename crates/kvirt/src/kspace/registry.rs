@@ -71,6 +71,7 @@ impl fmt::Display for AreaInfo {
 }
 
 const SHARDS: usize = 16;
+const _: () = assert!(SHARDS.is_power_of_two());
 
 /// The registry of one kernel space.
 #[derive(Debug)]
@@ -84,7 +85,10 @@ impl AreaRegistry {
     }
 
     fn shard(&self, start: Vaddr) -> &spin::Mutex<BTreeMap<Vaddr, AreaInfo>> {
-        &self.shards[(start / PAGE_SIZE) % SHARDS]
+        // Fibonacci hashing of the page number: areas of different VMALLOC
+        // arenas (whose starts are aligned alike) land in different shards.
+        let hash = (start / PAGE_SIZE).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        &self.shards[hash >> (usize::BITS - SHARDS.trailing_zeros())]
     }
 
     pub(crate) fn insert(&self, info: AreaInfo) {

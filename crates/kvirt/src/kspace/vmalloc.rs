@@ -1,8 +1,8 @@
 //! The VMALLOC range allocator: where kernel virtual areas live.
 //!
-//! A thin, locked wrapper over [`RangeAllocator`] that adds one guard page
-//! after every area, so that an overrun of one area faults instead of
-//! running into its neighbour:
+//! A locked wrapper over [`RangeAllocator`] that adds one guard page after
+//! every area, so that an overrun of one area faults instead of running
+//! into its neighbour:
 //!
 //! ```text
 //!   | area A ........ | guard | area B .... | guard |      free      |
@@ -10,7 +10,28 @@
 //!
 //! The guard belongs to the allocation of the area before it and is freed
 //! with it.
+//!
+//! ## Per-CPU arenas
+//!
+//! A large VMALLOC region is cut into equal, contiguous *arenas*, each with
+//! its own allocator and lock (Linux's `vmap_node`s serve the same end):
+//!
+//! ```text
+//!   VMALLOC  | arena 0          | arena 1          | ... | arena N-1        |
+//!              CPU 0, N, 2N ...   CPU 1, N+1 ...
+//! ```
+//!
+//! An allocation is tried in the calling CPU's arena first (CPU index modulo
+//! N), then in the others in turn, and never spans two arenas. Threads on
+//! different CPUs so take different locks *and* get addresses far apart,
+//! which puts their areas under different page-table nodes: creating and
+//! dropping areas from several CPUs scales instead of meeting on one lock
+//! and one node. A region smaller than `2 * MIN_ARENA` (such as a test
+//! layout's) is one arena. [`Vmalloc::stats`] describes the union of the
+//! arenas' free space, as if it were one allocator: free blocks that touch
+//! across an arena boundary count as one.
 
+use alloc::vec::Vec;
 use core::ops::Range;
 
 use super::range_alloc::{RangeAllocError, RangeAllocStats, RangeAllocator};
@@ -19,43 +40,213 @@ use crate::addr::{Vaddr, PAGE_SIZE};
 /// The bytes of unmapped guard after every area.
 pub const GUARD_SIZE: usize = PAGE_SIZE;
 
+/// The smallest arena: an arena must hold the largest areas a kernel asks
+/// for (1 GiB-aligned huge mappings with room to spare).
+const MIN_ARENA: usize = 1 << 40;
+
+/// The most arenas (enough for the CPUs that create areas at once).
+const MAX_ARENAS: usize = 8;
+
 /// Statistics of the VMALLOC region.
 pub type VmallocStats = RangeAllocStats;
 
 /// The VMALLOC allocator of one kernel space.
 #[derive(Debug)]
 pub(crate) struct Vmalloc {
-    inner: spin::Mutex<RangeAllocator>,
+    /// The arenas, in address order; together they cover the region.
+    arenas: Vec<spin::Mutex<RangeAllocator>>,
+    /// The region's start and the length of every arena but the last (which
+    /// also takes the remainder).
+    start: Vaddr,
+    arena_len: usize,
 }
 
 impl Vmalloc {
     pub(crate) fn new(range: Range<Vaddr>) -> Self {
-        Self { inner: spin::Mutex::new(RangeAllocator::new(range, PAGE_SIZE)) }
+        let n = (range.len() / MIN_ARENA).clamp(1, MAX_ARENAS);
+        // Whole pages per arena; the last one runs to the end of the region.
+        let arena_len = range.len() / n / PAGE_SIZE * PAGE_SIZE;
+        let arenas = (0..n)
+            .map(|i| {
+                let start = range.start + i * arena_len;
+                let end = if i + 1 == n { range.end } else { start + arena_len };
+                spin::Mutex::new(RangeAllocator::new(start..end, PAGE_SIZE))
+            })
+            .collect();
+        Self { arenas, start: range.start, arena_len }
     }
 
-    /// Allocates `size` bytes aligned to `align`, followed by a guard.
-    /// Returns the area's range (without the guard).
-    pub(crate) fn alloc(&self, size: usize, align: usize) -> Result<Range<Vaddr>, RangeAllocError> {
+    /// The arena holding `va` (the last one for anything past the region).
+    fn arena_of(&self, va: Vaddr) -> &spin::Mutex<RangeAllocator> {
+        let i = va.saturating_sub(self.start) / self.arena_len;
+        &self.arenas[i.min(self.arenas.len() - 1)]
+    }
+
+    /// Allocates `size` bytes aligned to `align`, followed by a guard, in
+    /// `cpu`'s arena if it has room and else in another. Returns the area's
+    /// range (without the guard).
+    pub(crate) fn alloc(
+        &self,
+        size: usize,
+        align: usize,
+        cpu: usize,
+    ) -> Result<Range<Vaddr>, RangeAllocError> {
         let with_guard = size.checked_add(GUARD_SIZE).ok_or(RangeAllocError::Exhausted)?;
-        let range = self.inner.lock().alloc(with_guard, align)?;
+        let n = self.arenas.len();
+        let mut result = Err(RangeAllocError::Exhausted);
+        for i in 0..n {
+            result = self.arenas[(cpu + i) % n].lock().alloc(with_guard, align);
+            if !matches!(result, Err(RangeAllocError::Exhausted)) {
+                break;
+            }
+        }
+        let range = result?;
         Ok(range.start..range.start + size)
     }
 
-    /// Frees `range` (part or all of an allocation).
-    pub(crate) fn free(&self, range: Range<Vaddr>) -> Result<(), RangeAllocError> {
-        self.inner.lock().free(range)
+    /// The largest area [`alloc`](Self::alloc) can ever place: an arena,
+    /// less the guard.
+    pub(crate) fn max_size(&self) -> usize {
+        self.arenas.iter().map(|a| a.lock().managed_range().len()).max().unwrap_or(0) - GUARD_SIZE
     }
 
+    /// Frees `range` (part or all of an allocation, so inside one arena).
+    pub(crate) fn free(&self, range: Range<Vaddr>) -> Result<(), RangeAllocError> {
+        self.arena_of(range.start).lock().free(range)
+    }
+
+    /// The statistics of the union of the arenas' free space.
     pub(crate) fn stats(&self) -> VmallocStats {
-        self.inner.lock().stats()
+        let mut total = VmallocStats::default();
+        // Free bytes running up to the current arena's start.
+        let mut run = 0;
+        for arena in &self.arenas {
+            let a = arena.lock();
+            let (r, s) = (a.managed_range(), a.stats());
+            total.total_bytes += s.total_bytes;
+            total.free_bytes += s.free_bytes;
+            total.fragments += s.fragments;
+            total.largest_free = total.largest_free.max(s.largest_free);
+            let first = a.free_ranges().next().filter(|b| b.start == r.start);
+            let last = a.free_ranges().next_back().filter(|b| b.end == r.end);
+            if run > 0 && first.is_some() {
+                // That block continues the run: one fragment, not two.
+                total.fragments -= 1;
+            }
+            run = match (first, last) {
+                (Some(f), _) if f == r => run + r.len(),
+                (first, last) => {
+                    let joined = run + first.map_or(0, |f| f.len());
+                    total.largest_free = total.largest_free.max(joined);
+                    last.map_or(0, |l| l.len())
+                }
+            };
+            total.largest_free = total.largest_free.max(run);
+        }
+        total
     }
 
     pub(crate) fn inv(&self) -> bool {
-        self.inner.lock().inv()
+        self.arenas.iter().all(|a| a.lock().inv())
     }
 
-    /// Whether no byte of `range` is free (it is allocated). O(log n).
+    /// Whether no byte of `range` is free (it is allocated). O(log n) per
+    /// arena it touches.
     pub(crate) fn is_allocated(&self, range: Range<Vaddr>) -> bool {
-        !self.inner.lock().overlaps_free(range)
+        self.arenas.iter().all(|a| {
+            let a = a.lock();
+            let r = a.managed_range();
+            let piece = range.start.max(r.start)..range.end.min(r.end);
+            piece.is_empty() || !a.overlaps_free(piece)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REGION: Range<Vaddr> = 0xffff_c000_0000_0000..0xffff_e000_0000_0000;
+
+    #[test]
+    fn a_large_region_is_cut_into_arenas_that_cover_it() {
+        let v = Vmalloc::new(REGION);
+        assert_eq!(v.arenas.len(), MAX_ARENAS);
+        let ranges: Vec<_> = v.arenas.iter().map(|a| a.lock().managed_range()).collect();
+        assert_eq!(ranges[0].start, REGION.start);
+        assert_eq!(ranges.last().unwrap().end, REGION.end);
+        assert!(ranges.windows(2).all(|w| w[0].end == w[1].start));
+    }
+
+    #[test]
+    fn a_small_region_is_one_arena() {
+        let v = Vmalloc::new(0x2_0000..0x3_0000);
+        assert_eq!(v.arenas.len(), 1);
+        assert_eq!(v.alloc(PAGE_SIZE, PAGE_SIZE, 5), Ok(0x2_0000..0x2_1000));
+    }
+
+    #[test]
+    fn cpus_allocate_in_their_own_arenas() {
+        let v = Vmalloc::new(REGION);
+        let a = v.alloc(PAGE_SIZE, PAGE_SIZE, 0).unwrap();
+        let b = v.alloc(PAGE_SIZE, PAGE_SIZE, 1).unwrap();
+        let c = v.alloc(PAGE_SIZE, PAGE_SIZE, MAX_ARENAS + 1).unwrap();
+        assert_eq!(a.start, REGION.start);
+        assert_eq!(b.start, REGION.start + v.arena_len);
+        assert_eq!(c.start, b.end + GUARD_SIZE, "CPU N + 1 shares CPU 1's arena");
+    }
+
+    #[test]
+    fn a_full_arena_falls_back_to_the_next() {
+        let v = Vmalloc::new(REGION);
+        let whole = v.alloc(v.arena_len - GUARD_SIZE, PAGE_SIZE, 0).unwrap();
+        assert_eq!(whole.start, REGION.start);
+        let next = v.alloc(PAGE_SIZE, PAGE_SIZE, 0).unwrap();
+        assert_eq!(next.start, REGION.start + v.arena_len);
+        assert_eq!(v.alloc(2 * v.arena_len, PAGE_SIZE, 0), Err(RangeAllocError::Exhausted));
+    }
+
+    #[test]
+    fn stats_describe_the_union_as_one_allocator() {
+        let v = Vmalloc::new(REGION);
+        let len = REGION.len();
+        let stats = |free, largest, fragments| VmallocStats {
+            total_bytes: len,
+            free_bytes: free,
+            largest_free: largest,
+            fragments,
+        };
+        assert_eq!(v.stats(), stats(len, len, 1));
+        let a0_end = REGION.start + v.arena_len;
+        // Arena 0 full: the free rest runs over the boundaries of arenas
+        // 1..N as one block.
+        let whole0 = v.alloc(v.arena_len - GUARD_SIZE, PAGE_SIZE, 0).unwrap();
+        assert_eq!(v.stats(), stats(len - v.arena_len, len - v.arena_len, 1));
+        // Only the last page of arena 0 kept.
+        v.free(whole0.start..a0_end - PAGE_SIZE).unwrap();
+        assert_eq!(v.stats(), stats(len - PAGE_SIZE, len - v.arena_len, 2));
+        // Arena 1 starts with an area: the free rest no longer touches
+        // arena 0.
+        let b = v.alloc(PAGE_SIZE, PAGE_SIZE, 1).unwrap();
+        assert_eq!(b.start, a0_end);
+        let rest = REGION.end - (b.end + GUARD_SIZE);
+        assert_eq!(v.stats(), stats(len - 3 * PAGE_SIZE, rest, 2));
+        // Arena 0 free again, but not joined to anything across the area.
+        v.free(a0_end - PAGE_SIZE..a0_end).unwrap();
+        assert_eq!(v.stats(), stats(len - 2 * PAGE_SIZE, rest, 2));
+        v.free(b.start..b.end + GUARD_SIZE).unwrap();
+        assert_eq!(v.stats(), stats(len, len, 1));
+        assert!(v.inv());
+    }
+
+    #[test]
+    fn is_allocated_looks_at_every_arena_a_range_touches() {
+        let v = Vmalloc::new(REGION);
+        let boundary = REGION.start + v.arena_len;
+        let a = v.alloc(v.arena_len - GUARD_SIZE, PAGE_SIZE, 0).unwrap();
+        assert!(v.is_allocated(a.start..boundary));
+        assert!(!v.is_allocated(a.start..boundary + PAGE_SIZE), "arena 1 is free");
+        let b = v.alloc(PAGE_SIZE, PAGE_SIZE, 1).unwrap();
+        assert!(v.is_allocated(a.start..b.end + GUARD_SIZE));
     }
 }
