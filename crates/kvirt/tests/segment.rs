@@ -99,15 +99,20 @@ fn oversized_segment_is_out_of_memory_and_changes_nothing() {
 #[test]
 fn segment_contents_are_zeroed() {
     let space = space();
-    let seg: USegment = FrameAllocOptions::new_in(&space).alloc_segment(4).unwrap().into();
-    let pa = seg.paddr();
-    seg.write_bytes(0, &vec![0xcc; 4 * P]).unwrap();
-    drop(seg);
+    // Dirty every free page, so that whatever run comes next was written.
+    let dirt = vec![0xcc; P];
+    let all: Vec<UFrame> = (0..space.phys_stats().free_pages)
+        .map(|_| FrameAllocOptions::new_in(&space).zeroed(false).alloc_frame().unwrap().into())
+        .collect();
+    all.iter().for_each(|f| f.write_bytes(0, &dirt).unwrap());
+    drop(all);
     let again: USegment = FrameAllocOptions::new_in(&space).alloc_segment(4).unwrap().into();
-    assert_eq!(again.paddr(), pa, "the same run came back");
     let mut buf = vec![0xffu8; 4 * P];
     again.read_bytes(0, &mut buf).unwrap();
     assert!(buf.iter().all(|&b| b == 0));
+    let dirty: USegment = FrameAllocOptions::new_in(&space).zeroed(false).alloc_segment(4).unwrap().into();
+    dirty.read_bytes(0, &mut buf).unwrap();
+    assert!(buf.iter().all(|&b| b == 0xcc), "without zeroing the old bytes show");
 }
 
 #[test]
@@ -144,8 +149,15 @@ fn dropped_segment_returns_every_page() {
     let pa = seg.paddr();
     drop(seg);
     assert_eq!(space.phys_stats(), before);
-    let again = FrameAllocOptions::new_in(&space).alloc_segment(8).unwrap();
-    assert_eq!(again.paddr(), pa);
+    // The pages wait on this CPU's list of free pages: the next single
+    // frames are exactly they, the last freed first.
+    let again: Vec<Paddr> =
+        (0..8).map(|_| FrameAllocOptions::new_in(&space).alloc_frame().unwrap().into_raw()).collect();
+    assert_eq!(again, (0..8).rev().map(|i| pa + i * P).collect::<Vec<_>>());
+    for pa in again {
+        // SAFETY: each `pa` holds the one reference `into_raw` gave up.
+        drop(unsafe { space.frame_from_raw::<()>(pa) });
+    }
 }
 
 #[test]

@@ -17,12 +17,15 @@
 //! per test process) never mix their pages.
 //!
 //! The allocator (the `buddy` module) is a buddy system: O(log n) per allocation,
-//! LIFO reuse of freed pages.
+//! LIFO reuse of freed pages. Single pages go through per-CPU lists in
+//! front of it (the `page_cache` module), so that CPUs allocating and
+//! freeing pages at once do not meet on its lock.
 
 mod buddy;
 pub(crate) mod bytes;
 mod handle;
 pub(crate) mod meta;
+mod page_cache;
 #[doc(hidden)]
 pub mod ref_count;
 mod segment;
@@ -42,6 +45,7 @@ pub use ref_count::{REF_COUNT_BUSY, REF_COUNT_MAX, REF_COUNT_UNIQUE, REF_COUNT_U
 pub use segment::{Segment, SegmentError, USegment};
 
 use self::buddy::BuddyAllocator;
+use self::page_cache::PageCache;
 use crate::addr::{is_page_aligned, Paddr, PAGE_SIZE};
 use crate::kspace::{KernelLayout, KernelSpace};
 use crate::platform::{MemoryRegion, MemoryRegionKind, Platform};
@@ -276,6 +280,8 @@ pub(crate) struct PhysMem {
     /// metadata array). Nothing outside them is ever allocated.
     allocatable: Vec<Range<Paddr>>,
     allocator: spin::Mutex<BuddyAllocator>,
+    /// Free single pages kept per CPU in front of `allocator`.
+    page_cache: PageCache,
     /// Page-table nodes alive (attached or waiting for reclamation).
     pub(crate) page_table_pages: AtomicUsize,
 }
@@ -384,6 +390,7 @@ impl PhysMem {
             max_paddr,
             allocatable,
             allocator: spin::Mutex::new(allocator),
+            page_cache: PageCache::new(),
             page_table_pages: AtomicUsize::new(0),
         })
     }
@@ -445,9 +452,9 @@ impl PhysMem {
     }
 
     pub(crate) fn stats(&self) -> PhysStats {
-        let allocator = self.allocator.lock();
         let total_pages = self.allocatable.iter().map(|r| r.len() / PAGE_SIZE).sum();
-        let free_pages = allocator.free_pages();
+        let free_pages =
+            self.page_cache.with_all(&self.allocator, |cached, buddy| cached + buddy.free_pages());
         PhysStats {
             total_pages,
             free_pages,
@@ -459,8 +466,16 @@ impl PhysMem {
     /// Takes `count` contiguous pages from the allocator, zeroing them if
     /// asked. Their slots are free; the caller initialises them.
     pub(crate) fn alloc_pages(&self, count: usize, zeroed: bool) -> Result<Paddr, FrameAllocError> {
-        let pfn = self.allocator.lock().alloc(count).ok_or(FrameAllocError::OutOfMemory)?;
-        let pa = pfn * PAGE_SIZE;
+        let pfn = if count == 1 {
+            self.page_cache.alloc(self.platform.current_cpu(), &self.allocator)
+        } else {
+            let pfn = self.allocator.lock().alloc(count);
+            pfn.or_else(|| {
+                self.page_cache.drain(&self.allocator);
+                self.allocator.lock().alloc(count)
+            })
+        };
+        let pa = pfn.ok_or(FrameAllocError::OutOfMemory)? * PAGE_SIZE;
         if zeroed {
             // SAFETY: the run is usable RAM (contract 1) just handed to us:
             // no handle refers to it and no one else accesses it (contract 2).
@@ -471,7 +486,18 @@ impl PhysMem {
 
     /// Returns pages to the allocator.
     pub(crate) fn dealloc_pages(&self, pa: Paddr, count: usize) {
-        self.allocator.lock().dealloc(pa / PAGE_SIZE, count);
+        if count == 1 {
+            self.page_cache.dealloc(self.platform.current_cpu(), pa / PAGE_SIZE, &self.allocator);
+        } else {
+            self.allocator.lock().dealloc(pa / PAGE_SIZE, count);
+        }
+    }
+
+    /// Gives the pages cached per CPU back to the allocator (checks walk
+    /// every page; with the lists empty, `is_free` asks the allocator
+    /// alone).
+    pub(crate) fn drain_page_caches(&self) {
+        self.page_cache.drain(&self.allocator);
     }
 
     /// Makes the free page at `pa` a frame with metadata `meta`.
@@ -492,7 +518,8 @@ impl PhysMem {
 
     /// Whether the allocator considers the page at `pa` free.
     pub(crate) fn is_free(&self, pa: Paddr) -> bool {
-        self.allocator.lock().is_free(pa / PAGE_SIZE)
+        let free = self.allocator.lock().is_free(pa / PAGE_SIZE);
+        free || self.page_cache.contains(pa / PAGE_SIZE)
     }
 
     /// Checks the allocator's internal invariants (O(n)).

@@ -66,6 +66,7 @@ impl<L: KernelLayout> Inv for KernelSpace<L> {
         self.synchronize();
         self.kernel_pt().check_inv()?;
         let phys = self.phys();
+        phys.drain_page_caches();
         if !phys.allocator_inv() {
             return Err("the frame allocator's invariant is broken");
         }
