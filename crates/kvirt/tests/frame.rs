@@ -242,6 +242,92 @@ fn independent_spaces_keep_their_own_pages_and_counters() {
     assert_eq!(a.phys_stats(), a0);
 }
 
+/// The upper bound of the reference count, `REF_COUNT_MAX`: reaching it is
+/// allowed, going past it aborts the process (the `ref_count` module docs).
+/// An abort cannot be caught in the process that aborts, so the test runs
+/// its own test binary again as a child, selected by an environment
+/// variable and the exact test name, and checks how the child died.
+///
+/// Not built under Miri, which cannot spawn processes (`cargo xtask miri`
+/// runs only `tests/miri.rs` in any case).
+#[cfg(not(miri))]
+mod reference_count_limit {
+    use std::process::Command;
+
+    use kvirt::frame::{FrameAllocOptions, META_SLOT_SIZE, META_STORAGE_SIZE, REF_COUNT_MAX};
+    use kvirt::kspace::FRAME_METADATA_VADDR_RANGE;
+    use kvirt::PAGE_SIZE;
+
+    use super::space;
+
+    /// Set in the child's environment: the test then overflows the count
+    /// instead of spawning a child.
+    const CHILD: &str = "KVIRT_TEST_REF_COUNT_OVERFLOW_CHILD";
+    /// What `ref_count::inc` prints before it aborts.
+    const OVERFLOW_MESSAGE: &str = "kvirt: frame reference count overflow";
+
+    #[test]
+    fn cloning_a_frame_past_the_maximum_count_aborts_the_process() {
+        if std::env::var_os(CHILD).is_some() {
+            overflow_a_frame();
+        }
+        // The harness names a test by its path without the crate name.
+        let path = concat!(module_path!(), "::cloning_a_frame_past_the_maximum_count_aborts_the_process");
+        let (_crate, name) = path.split_once("::").expect("a test has a module path");
+        let out = Command::new(std::env::current_exe().expect("the path of this test binary"))
+            .args(["--exact", name, "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .output()
+            .expect("the test binary runs again as a child");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stdout.contains("running 1 test"), "the child did not run exactly this test:\n{stdout}");
+        assert!(!out.status.success(), "the child survived the overflow ({})\n{stderr}", out.status);
+        assert_ne!(
+            out.status.code(),
+            Some(101),
+            "the child failed like an ordinary test (a panic), not by aborting:\n{stderr}"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::ExitStatusExt;
+            const SIGABRT: i32 = 6;
+            assert_eq!(out.status.signal(), Some(SIGABRT), "the child was not aborted:\n{stderr}");
+        }
+        assert!(
+            stderr.contains(OVERFLOW_MESSAGE),
+            "the child's stderr does not name the overflow:\n{stderr}"
+        );
+    }
+
+    /// The child: brings a frame's count to `REF_COUNT_MAX` with one real
+    /// clone, clones once more, and fails like an ordinary test if that
+    /// returns.
+    fn overflow_a_frame() -> ! {
+        let space = space();
+        let machine = space.machine().expect("a hosted space has a machine").clone();
+        let frame = FrameAllocOptions::new_in(&space).alloc_frame().unwrap();
+        // The slot's count follows its 40-byte metadata storage (the `meta`
+        // module docs); reach it through the kernel's mapping of the
+        // metadata array, and check that this word is the count.
+        let slot = FRAME_METADATA_VADDR_RANGE.start + frame.paddr() / PAGE_SIZE * META_SLOT_SIZE;
+        let (count, _) =
+            space.kernel_translate(slot + META_STORAGE_SIZE).expect("the metadata array is mapped");
+        let count = count as u64;
+        assert_eq!(machine.read_phys_u64(count).unwrap(), 1);
+        let clone = frame.clone();
+        assert_eq!(machine.read_phys_u64(count).unwrap(), 2, "this word is the frame's reference count");
+        std::mem::forget(clone);
+        // As if all but two of `REF_COUNT_MAX` references had been leaked.
+        machine.write_phys_u64(count, REF_COUNT_MAX - 1).unwrap();
+        let at_max = frame.clone();
+        assert_eq!(frame.reference_count(), REF_COUNT_MAX, "the maximum itself is allowed");
+        let past_max = at_max.clone();
+        std::mem::forget((frame, at_max, past_max));
+        panic!("cloning a frame with REF_COUNT_MAX references returned");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Typed metadata and drop hooks
 // ---------------------------------------------------------------------------
