@@ -545,6 +545,177 @@ fn frames_outlive_a_dropped_space() {
     drop(frame);
 }
 
+/// `UniqueFrame`: a frame owned by one handle, with writable metadata; its
+/// slot is in the `UNIQUE` state of the reference count.
+mod unique_frame {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    use kvirt::frame::{AnyFrameMeta, Frame, FrameAllocError, FrameAllocOptions, UniqueFrame};
+    use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
+    use kvirt::page_table::{KernelPtConfig, MappedItem, PageTable};
+    use kvirt::spec::{frame_ref_count, Inv};
+
+    use super::{space, Counter, HookLog, Hooked};
+
+    #[test]
+    fn a_frame_whose_handle_is_the_only_reference_becomes_unique() {
+        let space = space();
+        let frame = FrameAllocOptions::new_in(&space).alloc_frame_with(Counter { value: 3 }).unwrap();
+        let pa = frame.paddr();
+        let unique = UniqueFrame::try_from(frame).expect("one reference: the frame becomes unique");
+        assert_eq!(unique.paddr(), pa);
+        assert_eq!(unique.meta().value, 3);
+        assert_eq!((unique.size(), unique.map_level()), (kvirt::PAGE_SIZE, 1));
+    }
+
+    #[test]
+    fn a_shared_frame_is_handed_back_unchanged() {
+        let space = space();
+        let before = space.phys_stats();
+        let frame = FrameAllocOptions::new_in(&space).alloc_frame_with(Counter { value: 5 }).unwrap();
+        let pa = frame.paddr();
+
+        // Another handle.
+        let clone = frame.clone();
+        let frame = UniqueFrame::try_from(frame).expect_err("a clone exists");
+        assert_eq!((frame.paddr(), frame.reference_count(), clone.meta().value), (pa, 2, 5));
+        drop(clone);
+
+        // A reference given up by `into_raw`.
+        let raw = frame.clone().into_raw();
+        let frame = UniqueFrame::try_from(frame).expect_err("a raw reference exists");
+        assert_eq!(frame.reference_count(), 2);
+        // SAFETY: `raw` came from `into_raw` on a `Frame<Counter>` of `space`, once.
+        drop(unsafe { space.frame_from_raw::<Counter>(raw) });
+
+        // A page-table entry.
+        let pt = PageTable::<KernelPtConfig>::empty_in(&space).unwrap();
+        let va = kvirt::kspace::VMALLOC_VADDR_RANGE.start;
+        let prop = PageProperty::new_kernel(PageFlags::RW, CachePolicy::Writeback);
+        pt.cursor_mut(&(va..va + kvirt::PAGE_SIZE))
+            .unwrap()
+            .map(MappedItem::Tracked(frame.clone().into_dyn(), prop));
+        let frame = UniqueFrame::try_from(frame).expect_err("a page-table entry maps the frame");
+        assert_eq!(frame.reference_count(), 2);
+        drop(pt);
+
+        // Its last other reference gone, the frame becomes unique.
+        assert_eq!(frame.reference_count(), 1);
+        let unique = UniqueFrame::try_from(frame).expect("the only reference");
+        assert_eq!(unique.meta().value, 5);
+        drop(unique);
+        space.synchronize();
+        assert_eq!(space.phys_stats(), before);
+    }
+
+    #[test]
+    fn metadata_written_through_meta_mut_is_seen_once_the_frame_is_shared() {
+        let space = space();
+        let mut unique =
+            FrameAllocOptions::new_in(&space).alloc_unique_frame_with(Counter { value: 1 }).unwrap();
+        unique.meta_mut().value = 41;
+        unique.meta_mut().value += 1;
+        assert_eq!(unique.meta().value, 42);
+        let frame = Frame::from(unique);
+        let clone = frame.clone();
+        assert_eq!((frame.meta().value, clone.meta().value), (42, 42));
+        drop(clone);
+
+        // Unique again, changed again, shared again, seen through `dyn`.
+        let mut unique = UniqueFrame::try_from(frame).unwrap();
+        unique.meta_mut().value = 7;
+        let any: Frame<dyn AnyFrameMeta> = Frame::from(unique).into_dyn();
+        assert_eq!(any.meta().as_any().downcast_ref::<Counter>().unwrap().value, 7);
+    }
+
+    #[test]
+    fn a_unique_frame_counts_as_one_reference() {
+        let space = space();
+        let unique = FrameAllocOptions::new_in(&space).alloc_unique_frame_with(Counter { value: 0 }).unwrap();
+        let pa = unique.paddr();
+        assert_eq!(unique.reference_count(), 1);
+        assert_eq!(frame_ref_count(&space, pa), 1, "the spec's view counts the unique handle once");
+        assert_eq!(space.check(), Ok(()), "a unique slot is a used slot to the space's invariant");
+        let frame = Frame::from(unique);
+        assert_eq!((frame.reference_count(), frame_ref_count(&space, pa)), (1, 1));
+        drop(frame);
+        assert_eq!(frame_ref_count(&space, pa), 0);
+    }
+
+    #[test]
+    fn dropping_a_unique_frame_runs_the_drop_hook_once_and_returns_the_page() {
+        let space = space();
+        let before = space.phys_stats();
+        let log = Arc::new(HookLog::default());
+        let mut unique = FrameAllocOptions::new_in(&space)
+            .alloc_unique_frame_with(Hooked { log: log.clone(), tag: 1 })
+            .unwrap();
+        let pa = unique.paddr();
+        assert_eq!(space.phys_stats().used_pages, before.used_pages + 1);
+        unique.meta_mut().tag = 2;
+        drop(unique);
+        assert_eq!(log.hook_runs.load(Ordering::SeqCst), 1, "the hook runs once");
+        assert_eq!(log.hook_paddr.load(Ordering::SeqCst), pa);
+        assert_eq!(log.drops.load(Ordering::SeqCst), 1, "the metadata is dropped once");
+        assert_eq!(log.drops_seen_by_hook.load(Ordering::SeqCst), 0, "the hook runs before the destructor");
+        assert_eq!(Arc::strong_count(&log), 1);
+        assert_eq!(space.phys_stats(), before, "the page is back");
+        // Its slot is free again: the page comes back first, with new metadata.
+        let again = FrameAllocOptions::new_in(&space).alloc_frame_with(Counter { value: 9 }).unwrap();
+        assert_eq!((again.paddr(), again.meta().value, again.reference_count()), (pa, 9, 1));
+    }
+
+    #[test]
+    fn a_unique_frame_made_from_a_shared_one_tears_down_like_its_last_reference() {
+        let space = space();
+        let before = space.phys_stats();
+        let log = Arc::new(HookLog::default());
+        let frame =
+            FrameAllocOptions::new_in(&space).alloc_frame_with(Hooked { log: log.clone(), tag: 0 }).unwrap();
+        let clone = frame.clone();
+        drop(frame);
+        let unique = UniqueFrame::try_from(clone).unwrap();
+        assert_eq!(log.hook_runs.load(Ordering::SeqCst), 0);
+        drop(unique);
+        assert_eq!((log.hook_runs.load(Ordering::SeqCst), log.drops.load(Ordering::SeqCst)), (1, 1));
+        assert_eq!(space.phys_stats(), before);
+    }
+
+    #[test]
+    fn a_unique_frame_moves_to_another_thread_and_is_dropped_there() {
+        let space = space();
+        let before = space.phys_stats();
+        let log = Arc::new(HookLog::default());
+        let unique = FrameAllocOptions::new_in(&space)
+            .alloc_unique_frame_with(Hooked { log: log.clone(), tag: 0 })
+            .unwrap();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let mut unique = unique;
+                unique.meta_mut().tag = 1;
+                assert_eq!(unique.meta().tag, 1);
+            });
+        });
+        assert_eq!(log.hook_runs.load(Ordering::SeqCst), 1);
+        assert_eq!(space.phys_stats(), before);
+    }
+
+    #[test]
+    fn unique_allocation_without_memory_fails_like_any_other() {
+        let space = space();
+        let free = space.phys_stats().free_pages;
+        let hog: Vec<_> =
+            (0..free).map(|_| FrameAllocOptions::new_in(&space).alloc_frame().unwrap()).collect();
+        assert_eq!(
+            FrameAllocOptions::new_in(&space).alloc_unique_frame_with(Counter { value: 0 }).unwrap_err(),
+            FrameAllocError::OutOfMemory
+        );
+        drop(hog);
+        assert!(FrameAllocOptions::new_in(&space).alloc_unique_frame_with(Counter { value: 0 }).is_ok());
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Conversions
 // ---------------------------------------------------------------------------

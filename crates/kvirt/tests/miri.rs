@@ -33,6 +33,7 @@ use std::sync::Arc;
 
 use kvirt::frame::{
     AnyFrameMeta, Frame, FrameAccessError, FrameAllocOptions, PhysStats, Segment, UFrame, USegment,
+    UniqueFrame,
 };
 use kvirt::kspace::{KVirtArea, KernelSpace, MappedItemRef};
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
@@ -218,6 +219,36 @@ fn frame_handles_count_references_and_tear_down_metadata_once() {
     assert_eq!(counter.meta().value, 7);
     let any = counter.into_dyn();
     assert_eq!(Frame::<Counter>::try_from(any).expect("a Counter").meta().value, 7);
+    assert_eq!(stats(&space), before);
+}
+
+#[test]
+fn unique_frames_write_their_metadata_and_tear_down_once() {
+    let space = space();
+    let before = stats(&space);
+    let opts = FrameAllocOptions::new_in(&space);
+
+    // Written through `meta_mut`, read through shared handles.
+    let mut unique = opts.alloc_unique_frame_with(Counter { value: 1 }).expect("frame");
+    unique.meta_mut().value += 1;
+    let frame = Frame::from(unique);
+    let clone = frame.clone();
+    let frame = UniqueFrame::try_from(frame).expect_err("a clone exists");
+    assert_eq!(clone.meta().value, 2);
+    drop(clone);
+    let mut unique = UniqueFrame::try_from(frame).expect("the only reference");
+    assert_eq!(unique.reference_count(), 1);
+    unique.meta_mut().value = 3;
+    let any = Frame::from(unique).into_dyn();
+    assert_eq!(Frame::<Counter>::try_from(any).expect("a Counter frame").meta().value, 3);
+
+    // Dropped on another thread: the hook and the destructor run once.
+    let counts = HookCounts::default();
+    let hooked = opts.alloc_unique_frame_with(counts.meta()).expect("frame");
+    let pa = hooked.paddr();
+    std::thread::spawn(move || drop(hooked)).join().expect("the drop does not panic");
+    assert_eq!(counts.runs(), (1, 1));
+    assert_eq!(counts.last_paddr.load(Ordering::SeqCst), pa);
     assert_eq!(stats(&space), before);
 }
 

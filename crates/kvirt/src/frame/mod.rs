@@ -9,10 +9,11 @@
 //! | [`Frame<M>`] | one reference | typed metadata `M`, or `dyn AnyFrameMeta` |
 //! | [`UFrame`] | one reference | untyped bytes, readable and writable |
 //! | [`FrameRef`] | nothing | a borrow of a frame owned elsewhere (a page-table entry) |
+//! | [`UniqueFrame<M>`] | the frame, alone | typed metadata `M`, writable (`meta_mut`) |
 //! | [`Segment<M>`] | one reference per page | a physically contiguous run |
 //!
-//! Dropping the last reference runs the metadata's drop hook and returns the
-//! page to the allocator of the kernel space it came from. Each slot records
+//! Dropping the last reference (or the unique handle) runs the metadata's
+//! drop hook and returns the page to the allocator of the kernel space it came from. Each slot records
 //! that owner, so handles stay one word and independent kernel spaces (many
 //! per test process) never mix their pages.
 //!
@@ -26,6 +27,7 @@ pub(crate) mod meta;
 #[doc(hidden)]
 pub mod ref_count;
 mod segment;
+mod unique;
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -40,6 +42,7 @@ pub use meta::{AnyFrameMeta, AnyUFrameMeta, META_SLOT_SIZE, META_STORAGE_SIZE};
 pub use meta::{MetaPtr, MetaSlot};
 pub use ref_count::{REF_COUNT_BUSY, REF_COUNT_MAX, REF_COUNT_UNIQUE, REF_COUNT_UNUSED};
 pub use segment::{Segment, SegmentError, USegment};
+pub use unique::UniqueFrame;
 
 use self::buddy::BuddyAllocator;
 use crate::addr::{is_page_aligned, Paddr, PAGE_SIZE};
@@ -147,6 +150,17 @@ impl<'a> FrameAllocOptions<'a> {
         // SAFETY: the page was just handed out by the allocator, so its slot
         // is free and no one else refers to it.
         Ok(unsafe { phys.init_frame(pa, meta) })
+    }
+
+    /// Allocates one frame with metadata `meta`, owned by the returned
+    /// handle alone (see [`UniqueFrame`]).
+    pub fn alloc_unique_frame_with<M: AnyFrameMeta>(
+        &self,
+        meta: M,
+    ) -> Result<UniqueFrame<M>, FrameAllocError> {
+        let frame = self.alloc_frame_with(meta)?;
+        // Nothing else can have a reference to a frame just built.
+        Ok(UniqueFrame::try_from(frame).unwrap_or_else(|_| unreachable!("a new frame has one reference")))
     }
 
     /// Allocates `nr_pages` contiguous frames with `()` metadata.
@@ -437,6 +451,21 @@ impl PhysMem {
             unsafe { core::ptr::write_bytes(self.phys_ptr(pa), 0, count * PAGE_SIZE) };
         }
         Ok(pa)
+    }
+
+    /// Tears the frame at `pa` down (its drop hook, then its metadata's
+    /// destructor) and returns its page to the allocator: the end of every
+    /// frame, whether its last reference or its unique handle went.
+    ///
+    /// # Safety
+    ///
+    /// The caller made the page's slot `BUSY` by dropping the last reference
+    /// (`MetaSlot::dec_ref` returned `true`) or the unique handle
+    /// (`MetaSlot::begin_unique_tear_down`), and calls this once.
+    pub(crate) unsafe fn free_frame(&self, pa: Paddr) {
+        // SAFETY: the caller owns the `BUSY` slot, once.
+        unsafe { self.slot(pa).tear_down(pa) };
+        self.dealloc_pages(pa, 1);
     }
 
     /// Returns pages to the allocator.
