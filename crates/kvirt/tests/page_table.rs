@@ -33,6 +33,9 @@ const UPA: Paddr = 0x1_0000_0000;
 /// The highest page-aligned address a range may end at.
 const LAST_RANGE_END: Vaddr = usize::MAX - (SZ_4K - 1);
 
+#[path = "support/counting_rcu.rs"]
+mod counting_rcu;
+
 fn new_space() -> KernelSpace {
     KernelSpace::new_hosted(kvirt_sim::MachineConfig::new(64 << 20))
 }
@@ -1257,7 +1260,58 @@ mod mixed_granularity {
 }
 
 mod reclamation {
+    use kvirt::platform::{TlbFlushOp, TlbScope};
+
     use super::*;
+
+    /// Unmaps the one page at `va`, with a cursor over it alone, and drops
+    /// what was mapped after flushing it.
+    fn unmap_page(space: &KernelSpace, pt: &PageTable<KernelPtConfig>, va: Vaddr) {
+        let mut cursor = pt.cursor_mut(&(va..va + SZ_4K)).expect("cursor");
+        let frag = cursor.take_next(SZ_4K).expect("the page is mapped");
+        drop(cursor);
+        space.platform().flush_tlb(TlbFlushOp::Range(frag.va_range()), TlbScope::AllCpus);
+        drop(frag);
+    }
+
+    /// A node detached from the tree may still be read by a walker that
+    /// passed its parent a moment earlier, so it is freed only once every
+    /// read-side section that may have seen it has ended. On a platform
+    /// with `CountingRcu`, callbacks queued with no section open run at
+    /// once, which the first half shows; the second half holds a section
+    /// open across the unmapping.
+    #[test]
+    fn a_detached_node_is_freed_only_after_the_read_side_sections_open_before() {
+        let machine = kvirt_sim::Machine::new(kvirt_sim::MachineConfig::new(64 << 20));
+        let space = counting_rcu::space_on(std::sync::Arc::new(machine));
+        let pt = kernel_pt(&space);
+        let baseline = space.phys_stats().page_table_pages;
+        let f = frame(&space);
+        let va = KVA + 5 * SZ_4K;
+
+        // No section open: the level-1 and level-2 nodes the page needed
+        // are detached when the cursor is dropped and freed at once.
+        map_tracked(&pt, va, f.clone(), rw());
+        assert_eq!(space.phys_stats().page_table_pages, baseline + 2, "a level-2 and a level-1 node");
+        unmap_page(&space, &pt, va);
+        assert_eq!(space.phys_stats().page_table_pages, baseline, "nothing held the nodes back");
+
+        // A section open across the unmapping holds both nodes.
+        map_tracked(&pt, va, f.clone(), rw());
+        space.platform().rcu_read_lock();
+        unmap_page(&space, &pt, va);
+        assert_eq!(pt.translate(va), None, "the page is unmapped");
+        assert_eq!(f.reference_count(), 1, "the frame's reference left with the fragment");
+        assert_eq!(
+            space.phys_stats().page_table_pages,
+            baseline + 2,
+            "the detached nodes wait for the open section"
+        );
+        space.platform().rcu_read_unlock();
+        space.synchronize();
+        assert_eq!(space.phys_stats().page_table_pages, baseline, "freed once the section ended");
+        assert_eq!(pt.check_inv(), Ok(1 + 256), "the root and the kernel's top-level nodes");
+    }
 
     #[test]
     fn unmapping_everything_returns_page_table_pages_to_baseline() {
