@@ -1459,6 +1459,125 @@ mod user_page_table {
     }
 }
 
+/// Cursors over disjoint ranges run at the same time; cursors over
+/// overlapping ranges exclude each other (the lock protocol in the
+/// `page_table` module docs). Both tests share one upper node: the level-2
+/// node of the first 1 GiB of VMALLOC, under which level-1 nodes exist for
+/// the 2 MiB regions at `KVA` and `KVA + 2 MiB`. A cursor's guard is the
+/// lowest existing node that covers its range, so a range inside one of
+/// those regions locks only that region's level-1 node.
+///
+/// A thread that waits for a lock spins until it gets it, so a test that
+/// went wrong would hang; the cursors therefore live on threads of their
+/// own, and the test waits for them with a generous timeout.
+mod concurrent_cursors {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{mpsc, Arc};
+    use std::time::Duration;
+
+    use super::*;
+
+    /// How long a test waits for a thread before it calls the run a hang.
+    const PATIENCE: Duration = Duration::from_secs(30);
+
+    /// A page table and its space, shared with threads of their own. The
+    /// table is dropped before the space.
+    struct Table {
+        pt: PageTable<KernelPtConfig>,
+        space: KernelSpace,
+    }
+
+    /// A table in which the level-1 nodes for `KVA..KVA + 2 MiB` and
+    /// `KVA + 2 MiB..KVA + 4 MiB` exist (each maps one page at its end).
+    fn table_with_two_leaf_nodes() -> Arc<Table> {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        for region in [KVA, KVA + SZ_2M] {
+            map_untracked(&pt, region + SZ_2M - SZ_4K, UPA, 1, rw());
+        }
+        Arc::new(Table { pt, space })
+    }
+
+    #[test]
+    fn one_thread_holds_cursors_over_disjoint_ranges_under_one_node_at_once() {
+        let table = table_with_two_leaf_nodes();
+        let nodes = pt_pages(&table.space);
+        let (done, finished) = mpsc::channel();
+        let t = table.clone();
+        // If the second cursor waited for the first, this thread would spin
+        // for ever: `finished` would then time out.
+        std::thread::spawn(move || {
+            let mut left = t.pt.cursor_mut(&(KVA..KVA + 4 * SZ_4K)).expect("cursor");
+            let mut right = t.pt.cursor_mut(&(KVA + SZ_2M..KVA + SZ_2M + 4 * SZ_4K)).expect("cursor");
+            for i in 0..4 {
+                left.map(MappedItem::Untracked(UPA + i * SZ_4K, 1, rw()));
+                right.map(MappedItem::Untracked(UPA + (4 + i) * SZ_4K, 1, rw()));
+            }
+            drop((left, right));
+            done.send(()).expect("the test waits");
+        });
+        finished
+            .recv_timeout(PATIENCE)
+            .expect("the thread holding both cursors hung: the second waited for the first");
+        for i in 0..4 {
+            assert_eq!(query(&table.pt, KVA + i * SZ_4K).1.map(|l| l.pa), Some(UPA + i * SZ_4K));
+            assert_eq!(
+                query(&table.pt, KVA + SZ_2M + i * SZ_4K).1.map(|l| l.pa),
+                Some(UPA + (4 + i) * SZ_4K)
+            );
+        }
+        assert_eq!(pt_pages(&table.space), nodes, "both cursors worked in the existing level-1 nodes");
+    }
+
+    #[test]
+    fn a_cursor_over_an_overlapping_range_waits_until_the_first_is_dropped() {
+        let table = table_with_two_leaf_nodes();
+        let b_trying = Arc::new(AtomicBool::new(false));
+        let b_has_cursor = Arc::new(AtomicBool::new(false));
+        let a_released = Arc::new(AtomicBool::new(false));
+        let (a_locked_tx, a_locked) = mpsc::channel();
+        let (a_done_tx, a_done) = mpsc::channel();
+        let (b_done_tx, b_done) = mpsc::channel();
+
+        let (t, trying, has, released) =
+            (table.clone(), b_trying.clone(), b_has_cursor.clone(), a_released.clone());
+        std::thread::spawn(move || {
+            let mut cursor = t.pt.cursor_mut(&(KVA..KVA + 2 * SZ_4K)).expect("cursor");
+            a_locked_tx.send(()).expect("B waits for this");
+            // Wait until B is about to create its cursor, then give it
+            // time to (wrongly) get it.
+            while !trying.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            let b_got_it_early = has.load(Ordering::SeqCst);
+            // Map in the part both ranges cover.
+            cursor.jump(KVA + SZ_4K).expect("inside");
+            cursor.map(MappedItem::Untracked(UPA, 1, rw()));
+            released.store(true, Ordering::SeqCst);
+            drop(cursor);
+            a_done_tx.send(b_got_it_early).expect("the test waits");
+        });
+        let (t, trying, has, released) = (table.clone(), b_trying, b_has_cursor, a_released);
+        std::thread::spawn(move || {
+            a_locked.recv_timeout(PATIENCE).expect("A created its cursor");
+            trying.store(true, Ordering::SeqCst);
+            let mut cursor = t.pt.cursor_mut(&(KVA + SZ_4K..KVA + 3 * SZ_4K)).expect("cursor");
+            has.store(true, Ordering::SeqCst);
+            let a_had_released = released.load(Ordering::SeqCst);
+            let seen = cursor.query().expect("inside").1.map(|item| item.paddr());
+            b_done_tx.send((a_had_released, seen)).expect("the test waits");
+        });
+
+        let b_got_it_early = a_done.recv_timeout(PATIENCE).expect("A finished");
+        assert!(!b_got_it_early, "B got an overlapping cursor while A held its own");
+        let (a_had_released, seen) =
+            b_done.recv_timeout(PATIENCE).expect("B got its cursor once A dropped its own");
+        assert!(a_had_released, "B got its cursor before A released the range");
+        assert_eq!(seen, Some(UPA), "B sees what A mapped under its lock");
+    }
+}
+
 mod soundness {
     use super::*;
 

@@ -11,9 +11,17 @@
 //! read-side section) to the lowest node that covers its whole range, locks
 //! that *guard node*, re-checks that it is still attached (not `stray`),
 //! and then locks, top-down, every existing node below it that intersects
-//! the range. Cursors over disjoint ranges therefore lock disjoint nodes
-//! and run in parallel; locks are always taken parent before child, so
-//! cursors never deadlock.
+//! the range. Locks are always taken parent before child, so cursors never
+//! deadlock.
+//!
+//! A node is the unit of locking. Cursors over disjoint ranges lock
+//! disjoint nodes, and run in parallel, when their guards differ: ranges
+//! under one upper node, each inside its own existing lower node (say two
+//! 2 MiB regions with level-1 nodes, in one 1 GiB region), lock only those
+//! lower nodes and pass the shared upper one without locking it. Two
+//! disjoint ranges inside one leaf node (one 2 MiB region on x86-64), or
+//! inside one absent entry (a region whose nodes do not exist yet), share
+//! their guard and take turns.
 //!
 //! The walk descends into an entry only if the range lies strictly inside
 //! it: a range that covers a whole entry keeps the lock of the node holding
