@@ -957,6 +957,25 @@ fn last_reference_survives_a_raw_round_trip() {
     assert_eq!(space.phys_stats(), before);
 }
 
+#[test]
+#[should_panic(expected = "is not page aligned")]
+fn from_raw_of_a_misaligned_address_panics() {
+    let space = space();
+    let frame = FrameAllocOptions::new_in(&space).alloc_frame().unwrap();
+    // SAFETY: a misaligned address panics before anything else (the
+    // contract covers only page-aligned addresses of RAM).
+    let _ = unsafe { space.frame_from_raw::<()>(frame.paddr() + 8) };
+}
+
+#[test]
+#[should_panic(expected = "has no metadata slot")]
+fn from_raw_of_an_address_beyond_ram_panics() {
+    let space = space();
+    // SAFETY: an address beyond RAM panics before anything else (the
+    // contract covers only page-aligned addresses of RAM).
+    let _ = unsafe { space.frame_from_raw::<()>(space.max_paddr()) };
+}
+
 // ---------------------------------------------------------------------------
 // Contents and byte access
 // ---------------------------------------------------------------------------

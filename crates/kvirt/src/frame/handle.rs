@@ -142,8 +142,15 @@ impl<M: AnyFrameMeta> Frame<M> {
     ///
     /// # Safety
     ///
-    /// `paddr` came from `into_raw` on a `Frame<M>` of the default kernel
-    /// space, and each `into_raw` is matched by at most one `from_raw`.
+    /// As for [`KernelSpace::frame_from_raw`] on the default kernel space:
+    /// a page-aligned `paddr` of its RAM came from `into_raw` on a
+    /// `Frame<M>` of that space, and each `into_raw` is matched by at most
+    /// one `from_raw`.
+    ///
+    /// # Panics
+    ///
+    /// As for [`KernelSpace::frame_from_raw`]: if `paddr` is not page
+    /// aligned or not RAM.
     #[must_use]
     pub unsafe fn from_raw(paddr: Paddr) -> Self {
         // SAFETY: forwarded to the caller.

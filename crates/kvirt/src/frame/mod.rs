@@ -232,13 +232,16 @@ pub fn max_paddr() -> Paddr {
     KernelSpace::global().phys().max_paddr()
 }
 
-/// Why physical memory could not be set up.
+/// Why physical memory could not be set up from a memory map.
+///
+/// Only RAM regions (`Usable` and `Reserved`) are checked; `Device` regions
+/// are ignored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PhysMemError {
-    /// A memory-map region is not page aligned or is empty.
+    /// A RAM region is not page aligned or is empty.
     BadRegion(MemoryRegion),
-    /// Memory-map regions overlap.
-    OverlappingRegions,
+    /// Two RAM regions overlap: the first such pair in address order.
+    OverlappingRegions(MemoryRegion, MemoryRegion),
     /// No usable region can hold the metadata array.
     NoRoomForMetadata {
         /// The bytes needed.
@@ -251,8 +254,8 @@ pub enum PhysMemError {
 impl fmt::Display for PhysMemError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PhysMemError::BadRegion(r) => write!(f, "memory region {r:x?} is empty or not page aligned"),
-            PhysMemError::OverlappingRegions => f.write_str("memory-map regions overlap"),
+            PhysMemError::BadRegion(r) => write!(f, "the memory-map region {r} is empty or not page aligned"),
+            PhysMemError::OverlappingRegions(a, b) => write!(f, "the memory-map regions {a} and {b} overlap"),
             PhysMemError::NoRoomForMetadata { needed } => {
                 write!(f, "no usable region can hold {needed:#x} bytes of frame metadata")
             }
@@ -327,8 +330,8 @@ impl PhysMem {
                 return Err(PhysMemError::BadRegion(r.clone()));
             }
         }
-        if ram.windows(2).any(|w| w[0].range.end > w[1].range.start) {
-            return Err(PhysMemError::OverlappingRegions);
+        if let Some(w) = ram.windows(2).find(|w| w[0].range.end > w[1].range.start) {
+            return Err(PhysMemError::OverlappingRegions(w[0].clone(), w[1].clone()));
         }
         let max_paddr = ram.last().ok_or(PhysMemError::NoRam)?.range.end;
         let nr_pages = max_paddr / PAGE_SIZE;
