@@ -49,12 +49,19 @@ use crate::addr::{is_page_aligned, Paddr, PAGE_SIZE};
 use crate::kspace::{KernelLayout, KernelSpace};
 use crate::platform::{MemoryRegion, MemoryRegionKind, Platform};
 
+/// The most pages a [`Segment`] can have: 2^18, 1 GiB of 4 KiB pages, the
+/// largest block of the buddy allocator. A longer segment is
+/// [`FrameAllocError::OutOfMemory`] even when that much contiguous memory is
+/// free.
+pub const MAX_SEGMENT_PAGES: usize = 1 << buddy::MAX_ORDER;
+
 /// Why a frame allocation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FrameAllocError {
     /// A segment of zero pages was requested.
     ZeroLength,
-    /// No free run of the requested length exists.
+    /// No free run of the requested length exists (a run longer than
+    /// [`MAX_SEGMENT_PAGES`] never does).
     OutOfMemory,
 }
 
@@ -164,12 +171,17 @@ impl<'a> FrameAllocOptions<'a> {
     }
 
     /// Allocates `nr_pages` contiguous frames with `()` metadata.
+    ///
+    /// `nr_pages` is at most [`MAX_SEGMENT_PAGES`] (1 GiB): a longer
+    /// segment fails with [`FrameAllocError::OutOfMemory`] whatever is free.
+    /// A segment of `2^k` pages is aligned to `2^k` pages.
     pub fn alloc_segment(&self, nr_pages: usize) -> Result<Segment<()>, FrameAllocError> {
         self.alloc_segment_with(nr_pages, |_| ())
     }
 
     /// Allocates `nr_pages` contiguous frames, the metadata of each made by
-    /// `meta` from its physical address.
+    /// `meta` from its physical address. The length is limited as for
+    /// [`alloc_segment`](Self::alloc_segment).
     pub fn alloc_segment_with<M: AnyFrameMeta, F: FnMut(Paddr) -> M>(
         &self,
         nr_pages: usize,

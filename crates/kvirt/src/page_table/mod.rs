@@ -197,6 +197,10 @@ impl PartialEq for MappedItemRef<'_> {
 }
 
 /// Why a cursor could not be created over a range.
+///
+/// No range can cover the last page of the address space
+/// (`0xffff_ffff_ffff_f000..`): its exclusive end would be 2^64 (see
+/// [`PageTable`], "The last page").
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RangeError {
     /// `start == end`.
@@ -289,6 +293,23 @@ pub fn largest_pages<F: PagingFormat>(
 }
 
 /// A page table of configuration `C`.
+///
+/// ## The last page
+///
+/// The last page of the address space, `0xffff_ffff_ffff_f000..=usize::MAX`,
+/// can never be mapped. Cursors work on a `Range<Vaddr>`, and a range
+/// covering that page would have to end at 2^64, which no `usize` holds:
+/// the highest range end is `0xffff_ffff_ffff_f000` (`usize::MAX` itself is
+/// not page aligned, and an end that wrapped to 0 makes the range
+/// reversed). The range [`Cursor::query`] reports for an entry that reaches
+/// the end of the space saturates at `usize::MAX` instead.
+///
+/// Nothing is lost by it: kernel space ends at
+/// [`KERNEL_END_VADDR`](crate::kspace::KERNEL_END_VADDR)
+/// (`0xffff_ffff_ffff_0000`, 16 pages below), so no kernel virtual area,
+/// linear mapping or kernel image is ever placed there; and no other
+/// [`KernelLayout`] can claim the page either, since its kernel range is a
+/// page-aligned `Range<Vaddr>` too.
 pub struct PageTable<C: PageTableConfig> {
     /// The root node, owned (one reference).
     root: Paddr,
