@@ -1449,6 +1449,37 @@ mod user_page_table {
     }
 
     #[test]
+    fn a_user_table_checks_and_keeps_only_its_own_half_even_after_the_kernel_table_is_gone() {
+        let space = new_space();
+        let before = space.phys_stats();
+        let space_nodes = before.page_table_pages;
+        let pt = kernel_pt(&space);
+        map_untracked(&pt, KVA, UPA, 1, rw());
+        let user = pt.create_user_page_table().unwrap();
+        map_untracked(&user, SZ_1G, UPA + SZ_4K, 1, rw());
+        assert_eq!(
+            user.check_inv(),
+            Ok(4),
+            "its root and the level-3, level-2 and level-1 nodes of its own half; not the kernel's"
+        );
+        // The kernel table's nodes, the shared ones included, are freed.
+        drop(pt);
+        space.synchronize();
+        assert_eq!(
+            pt_pages(&space),
+            space_nodes + 4,
+            "of the two tables, only the user table's nodes are left"
+        );
+        assert_eq!(user.check_inv(), Ok(4));
+        assert_eq!(user.translate(SZ_1G), Some((UPA + SZ_4K, rw())));
+        assert_eq!(user.translate(KVA), None, "the shared half is not followed");
+        assert_eq!(query(&user, SZ_1G).1.map(|l| l.pa), Some(UPA + SZ_4K));
+        drop(user);
+        space.synchronize();
+        assert_eq!(space.phys_stats(), before);
+    }
+
+    #[test]
     fn user_table_cursor_cannot_reach_kernel_addresses() {
         let space = new_space();
         let pt = kernel_pt(&space);

@@ -461,6 +461,27 @@ impl<C: PageTableConfig> PageTable<C> {
 
 impl<F: PagingFormat> PageTable<KernelPtConfig<F>> {
     /// A user page table sharing this kernel table's upper-half entries.
+    ///
+    /// The new table's root gets copies of this table's top-level entries,
+    /// so the two share the kernel's second-level nodes. Those nodes are
+    /// created with this table, never detached (so kernel mappings made
+    /// later show in every user table) and freed when this table is
+    /// dropped. A user table must therefore **not be walked by an MMU after
+    /// the kernel table it was made from is dropped**: its kernel half would
+    /// point to freed nodes. Keep the kernel table alive as long as any CPU
+    /// may load a user table made from it.
+    ///
+    /// That rule binds only the `unsafe` act of loading a table into a CPU,
+    /// which lies outside kvirt (see "Safety model" in the module docs).
+    /// kvirt itself never follows the shared entries from a user table: its
+    /// cursors and [`translate`](PageTable::translate) cover the lower half
+    /// only, [`check_inv`](PageTable::check_inv) does not descend into them,
+    /// and dropping it forgets them. So a user table may outlive its kernel
+    /// table as a Rust value. That is why the result is an independent
+    /// value rather than one that borrows the kernel table (a lifetime) or
+    /// shares it (an `Arc`): either would only restrict safe code, which
+    /// cannot misuse the shared entries, while the act the rule is about is
+    /// `unsafe` in any case.
     pub fn create_user_page_table(&self) -> Result<PageTable<UserPtConfig<F>>, PageTableAllocError> {
         let user = PageTable::<UserPtConfig<F>>::empty(self.phys())?;
         let (root, kroot) = (user.root_node(), self.root_node());
