@@ -982,6 +982,95 @@ mod take_next {
     }
 }
 
+/// `take_next` and `protect_next` search `va..va + len`, which must lie in
+/// the cursor's range: a longer length, or one whose end overflows, is a
+/// documented panic (before anything changes).
+mod search_length_panics {
+    use super::*;
+
+    /// A cursor over four pages at `KVA` with the second page mapped,
+    /// standing on that page.
+    fn cursor_on_a_mapped_page(
+        pt: &PageTable<KernelPtConfig>,
+    ) -> kvirt::page_table::CursorMut<'_, KernelPtConfig> {
+        map_untracked(pt, KVA + SZ_4K, UPA, 1, rw());
+        let mut c = pt.cursor_mut(&(KVA..KVA + 4 * SZ_4K)).unwrap();
+        c.jump(KVA + SZ_4K).unwrap();
+        c
+    }
+
+    /// The last page a range can hold: a length from there overflows.
+    fn cursor_at_the_end_of_the_space(
+        pt: &PageTable<KernelPtConfig>,
+    ) -> kvirt::page_table::CursorMut<'_, KernelPtConfig> {
+        let last = LAST_RANGE_END - SZ_4K;
+        map_untracked(pt, last, UPA, 1, rw());
+        let mut c = pt.cursor_mut(&(LAST_RANGE_END - SZ_2M..LAST_RANGE_END)).unwrap();
+        c.jump(last).unwrap();
+        c
+    }
+
+    /// A page-aligned length so large that `va + len` overflows.
+    const OVERFLOWING: usize = usize::MAX & !(SZ_4K - 1);
+
+    fn make_read_only(p: &mut PageProperty) {
+        p.flags = PageFlags::R;
+    }
+
+    #[test]
+    #[should_panic(expected = "reaches past the cursor's range")]
+    fn take_next_past_the_range_end_panics() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let mut c = cursor_on_a_mapped_page(&pt);
+        // Three pages are left; four are asked for.
+        let _ = c.take_next(4 * SZ_4K);
+    }
+
+    #[test]
+    #[should_panic(expected = "reaches past the cursor's range")]
+    fn take_next_with_an_overflowing_length_panics() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let mut c = cursor_at_the_end_of_the_space(&pt);
+        let _ = c.take_next(OVERFLOWING);
+    }
+
+    #[test]
+    #[should_panic(expected = "reaches past the cursor's range")]
+    fn protect_next_past_the_range_end_panics() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let mut c = cursor_on_a_mapped_page(&pt);
+        let _ = c.protect_next(4 * SZ_4K, &mut make_read_only);
+    }
+
+    #[test]
+    #[should_panic(expected = "reaches past the cursor's range")]
+    fn protect_next_with_an_overflowing_length_panics() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let mut c = cursor_at_the_end_of_the_space(&pt);
+        let _ = c.protect_next(OVERFLOWING, &mut make_read_only);
+    }
+
+    #[test]
+    fn the_longest_allowed_lengths_reach_exactly_the_range_end() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let mut c = cursor_on_a_mapped_page(&pt);
+        assert_eq!(c.protect_next(3 * SZ_4K, &mut make_read_only), Some(KVA + SZ_4K..KVA + 2 * SZ_4K));
+        c.jump(KVA + SZ_4K).unwrap();
+        assert!(
+            matches!(c.take_next(3 * SZ_4K), Some(PageTableFrag::Mapped { va, .. }) if va == KVA + SZ_4K)
+        );
+        drop(c);
+        let mut c = cursor_at_the_end_of_the_space(&pt);
+        assert_eq!(c.protect_next(SZ_4K, &mut make_read_only), Some(LAST_RANGE_END - SZ_4K..LAST_RANGE_END));
+        assert_eq!(c.virt_addr(), LAST_RANGE_END);
+    }
+}
+
 mod mixed_granularity {
     use super::*;
 
