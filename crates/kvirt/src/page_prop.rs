@@ -33,6 +33,26 @@ bitflags! {
 
 bitflags! {
     /// Properties only the kernel may set.
+    ///
+    /// On x86-64 these are the two per-mapping bits of a leaf entry that
+    /// only the kernel controls and that no other field of
+    /// [`PageProperty`] covers: `U/S` ([`USER`](Self::USER)) and `G`
+    /// ([`GLOBAL`](Self::GLOBAL)). The leaf's `R/W`, `XD`, `A` and `D` bits
+    /// are [`PageFlags`], and its `PWT`, `PCD` and `PAT` bits the
+    /// [`CachePolicy`]. The other privileged controls are left out because
+    /// they are one of:
+    ///
+    /// * **per table, not per mapping**: the PCID and the `PWT`/`PCD` bits
+    ///   of CR3 (one per address space), and the rights bits of non-leaf
+    ///   entries, which kvirt always sets to `P | R/W | U/S` so that the
+    ///   leaf alone decides (see `arch::x86_64`);
+    /// * **not used by kernel virtual areas**: the protection-key field
+    ///   (bits 62:59; PKU keys for user pages, PKS keys for supervisor
+    ///   pages), memory-encryption bits (AMD SEV's C-bit, Intel TDX's
+    ///   shared bit; their position depends on the platform and they sit
+    ///   among the address bits), and the bits left to software (kvirt
+    ///   uses bits 9 and 10 itself, for its tracked and not-present
+    ///   markers).
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
     pub struct PrivilegedPageFlags: u8 {
         /// Accessible from user mode. Kernel virtual areas reject it.

@@ -75,6 +75,13 @@ pub struct MemoryRegion {
     pub kind: MemoryRegionKind,
 }
 
+/// `0x1000..0x2000 (Usable)`.
+impl core::fmt::Display for MemoryRegion {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{:#x}..{:#x} ({:?})", self.range.start, self.range.end, self.kind)
+    }
+}
+
 /// A callback deferred until a grace period has passed.
 pub type RcuCallback = Box<dyn FnOnce() + Send>;
 

@@ -242,6 +242,92 @@ fn independent_spaces_keep_their_own_pages_and_counters() {
     assert_eq!(a.phys_stats(), a0);
 }
 
+/// The upper bound of the reference count, `REF_COUNT_MAX`: reaching it is
+/// allowed, going past it aborts the process (the `ref_count` module docs).
+/// An abort cannot be caught in the process that aborts, so the test runs
+/// its own test binary again as a child, selected by an environment
+/// variable and the exact test name, and checks how the child died.
+///
+/// Not built under Miri, which cannot spawn processes (`cargo xtask miri`
+/// runs only `tests/miri.rs` in any case).
+#[cfg(not(miri))]
+mod reference_count_limit {
+    use std::process::Command;
+
+    use kvirt::frame::{FrameAllocOptions, META_SLOT_SIZE, META_STORAGE_SIZE, REF_COUNT_MAX};
+    use kvirt::kspace::FRAME_METADATA_VADDR_RANGE;
+    use kvirt::PAGE_SIZE;
+
+    use super::space;
+
+    /// Set in the child's environment: the test then overflows the count
+    /// instead of spawning a child.
+    const CHILD: &str = "KVIRT_TEST_REF_COUNT_OVERFLOW_CHILD";
+    /// What `ref_count::inc` prints before it aborts.
+    const OVERFLOW_MESSAGE: &str = "kvirt: frame reference count overflow";
+
+    #[test]
+    fn cloning_a_frame_past_the_maximum_count_aborts_the_process() {
+        if std::env::var_os(CHILD).is_some() {
+            overflow_a_frame();
+        }
+        // The harness names a test by its path without the crate name.
+        let path = concat!(module_path!(), "::cloning_a_frame_past_the_maximum_count_aborts_the_process");
+        let (_crate, name) = path.split_once("::").expect("a test has a module path");
+        let out = Command::new(std::env::current_exe().expect("the path of this test binary"))
+            .args(["--exact", name, "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .output()
+            .expect("the test binary runs again as a child");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stdout.contains("running 1 test"), "the child did not run exactly this test:\n{stdout}");
+        assert!(!out.status.success(), "the child survived the overflow ({})\n{stderr}", out.status);
+        assert_ne!(
+            out.status.code(),
+            Some(101),
+            "the child failed like an ordinary test (a panic), not by aborting:\n{stderr}"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::ExitStatusExt;
+            const SIGABRT: i32 = 6;
+            assert_eq!(out.status.signal(), Some(SIGABRT), "the child was not aborted:\n{stderr}");
+        }
+        assert!(
+            stderr.contains(OVERFLOW_MESSAGE),
+            "the child's stderr does not name the overflow:\n{stderr}"
+        );
+    }
+
+    /// The child: brings a frame's count to `REF_COUNT_MAX` with one real
+    /// clone, clones once more, and fails like an ordinary test if that
+    /// returns.
+    fn overflow_a_frame() -> ! {
+        let space = space();
+        let machine = space.machine().expect("a hosted space has a machine").clone();
+        let frame = FrameAllocOptions::new_in(&space).alloc_frame().unwrap();
+        // The slot's count follows its 40-byte metadata storage (the `meta`
+        // module docs); reach it through the kernel's mapping of the
+        // metadata array, and check that this word is the count.
+        let slot = FRAME_METADATA_VADDR_RANGE.start + frame.paddr() / PAGE_SIZE * META_SLOT_SIZE;
+        let (count, _) =
+            space.kernel_translate(slot + META_STORAGE_SIZE).expect("the metadata array is mapped");
+        let count = count as u64;
+        assert_eq!(machine.read_phys_u64(count).unwrap(), 1);
+        let clone = frame.clone();
+        assert_eq!(machine.read_phys_u64(count).unwrap(), 2, "this word is the frame's reference count");
+        std::mem::forget(clone);
+        // As if all but two of `REF_COUNT_MAX` references had been leaked.
+        machine.write_phys_u64(count, REF_COUNT_MAX - 1).unwrap();
+        let at_max = frame.clone();
+        assert_eq!(frame.reference_count(), REF_COUNT_MAX, "the maximum itself is allowed");
+        let past_max = at_max.clone();
+        std::mem::forget((frame, at_max, past_max));
+        panic!("cloning a frame with REF_COUNT_MAX references returned");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Typed metadata and drop hooks
 // ---------------------------------------------------------------------------
@@ -457,6 +543,177 @@ fn frames_outlive_a_dropped_space() {
     assert_eq!(frame.reference_count(), 2);
     drop(clone);
     drop(frame);
+}
+
+/// `UniqueFrame`: a frame owned by one handle, with writable metadata; its
+/// slot is in the `UNIQUE` state of the reference count.
+mod unique_frame {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    use kvirt::frame::{AnyFrameMeta, Frame, FrameAllocError, FrameAllocOptions, UniqueFrame};
+    use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
+    use kvirt::page_table::{KernelPtConfig, MappedItem, PageTable};
+    use kvirt::spec::{frame_ref_count, Inv};
+
+    use super::{space, Counter, HookLog, Hooked};
+
+    #[test]
+    fn a_frame_whose_handle_is_the_only_reference_becomes_unique() {
+        let space = space();
+        let frame = FrameAllocOptions::new_in(&space).alloc_frame_with(Counter { value: 3 }).unwrap();
+        let pa = frame.paddr();
+        let unique = UniqueFrame::try_from(frame).expect("one reference: the frame becomes unique");
+        assert_eq!(unique.paddr(), pa);
+        assert_eq!(unique.meta().value, 3);
+        assert_eq!((unique.size(), unique.map_level()), (kvirt::PAGE_SIZE, 1));
+    }
+
+    #[test]
+    fn a_shared_frame_is_handed_back_unchanged() {
+        let space = space();
+        let before = space.phys_stats();
+        let frame = FrameAllocOptions::new_in(&space).alloc_frame_with(Counter { value: 5 }).unwrap();
+        let pa = frame.paddr();
+
+        // Another handle.
+        let clone = frame.clone();
+        let frame = UniqueFrame::try_from(frame).expect_err("a clone exists");
+        assert_eq!((frame.paddr(), frame.reference_count(), clone.meta().value), (pa, 2, 5));
+        drop(clone);
+
+        // A reference given up by `into_raw`.
+        let raw = frame.clone().into_raw();
+        let frame = UniqueFrame::try_from(frame).expect_err("a raw reference exists");
+        assert_eq!(frame.reference_count(), 2);
+        // SAFETY: `raw` came from `into_raw` on a `Frame<Counter>` of `space`, once.
+        drop(unsafe { space.frame_from_raw::<Counter>(raw) });
+
+        // A page-table entry.
+        let pt = PageTable::<KernelPtConfig>::empty_in(&space).unwrap();
+        let va = kvirt::kspace::VMALLOC_VADDR_RANGE.start;
+        let prop = PageProperty::new_kernel(PageFlags::RW, CachePolicy::Writeback);
+        pt.cursor_mut(&(va..va + kvirt::PAGE_SIZE))
+            .unwrap()
+            .map(MappedItem::Tracked(frame.clone().into_dyn(), prop));
+        let frame = UniqueFrame::try_from(frame).expect_err("a page-table entry maps the frame");
+        assert_eq!(frame.reference_count(), 2);
+        drop(pt);
+
+        // Its last other reference gone, the frame becomes unique.
+        assert_eq!(frame.reference_count(), 1);
+        let unique = UniqueFrame::try_from(frame).expect("the only reference");
+        assert_eq!(unique.meta().value, 5);
+        drop(unique);
+        space.synchronize();
+        assert_eq!(space.phys_stats(), before);
+    }
+
+    #[test]
+    fn metadata_written_through_meta_mut_is_seen_once_the_frame_is_shared() {
+        let space = space();
+        let mut unique =
+            FrameAllocOptions::new_in(&space).alloc_unique_frame_with(Counter { value: 1 }).unwrap();
+        unique.meta_mut().value = 41;
+        unique.meta_mut().value += 1;
+        assert_eq!(unique.meta().value, 42);
+        let frame = Frame::from(unique);
+        let clone = frame.clone();
+        assert_eq!((frame.meta().value, clone.meta().value), (42, 42));
+        drop(clone);
+
+        // Unique again, changed again, shared again, seen through `dyn`.
+        let mut unique = UniqueFrame::try_from(frame).unwrap();
+        unique.meta_mut().value = 7;
+        let any: Frame<dyn AnyFrameMeta> = Frame::from(unique).into_dyn();
+        assert_eq!(any.meta().as_any().downcast_ref::<Counter>().unwrap().value, 7);
+    }
+
+    #[test]
+    fn a_unique_frame_counts_as_one_reference() {
+        let space = space();
+        let unique = FrameAllocOptions::new_in(&space).alloc_unique_frame_with(Counter { value: 0 }).unwrap();
+        let pa = unique.paddr();
+        assert_eq!(unique.reference_count(), 1);
+        assert_eq!(frame_ref_count(&space, pa), 1, "the spec's view counts the unique handle once");
+        assert_eq!(space.check(), Ok(()), "a unique slot is a used slot to the space's invariant");
+        let frame = Frame::from(unique);
+        assert_eq!((frame.reference_count(), frame_ref_count(&space, pa)), (1, 1));
+        drop(frame);
+        assert_eq!(frame_ref_count(&space, pa), 0);
+    }
+
+    #[test]
+    fn dropping_a_unique_frame_runs_the_drop_hook_once_and_returns_the_page() {
+        let space = space();
+        let before = space.phys_stats();
+        let log = Arc::new(HookLog::default());
+        let mut unique = FrameAllocOptions::new_in(&space)
+            .alloc_unique_frame_with(Hooked { log: log.clone(), tag: 1 })
+            .unwrap();
+        let pa = unique.paddr();
+        assert_eq!(space.phys_stats().used_pages, before.used_pages + 1);
+        unique.meta_mut().tag = 2;
+        drop(unique);
+        assert_eq!(log.hook_runs.load(Ordering::SeqCst), 1, "the hook runs once");
+        assert_eq!(log.hook_paddr.load(Ordering::SeqCst), pa);
+        assert_eq!(log.drops.load(Ordering::SeqCst), 1, "the metadata is dropped once");
+        assert_eq!(log.drops_seen_by_hook.load(Ordering::SeqCst), 0, "the hook runs before the destructor");
+        assert_eq!(Arc::strong_count(&log), 1);
+        assert_eq!(space.phys_stats(), before, "the page is back");
+        // Its slot is free again: the page comes back first, with new metadata.
+        let again = FrameAllocOptions::new_in(&space).alloc_frame_with(Counter { value: 9 }).unwrap();
+        assert_eq!((again.paddr(), again.meta().value, again.reference_count()), (pa, 9, 1));
+    }
+
+    #[test]
+    fn a_unique_frame_made_from_a_shared_one_tears_down_like_its_last_reference() {
+        let space = space();
+        let before = space.phys_stats();
+        let log = Arc::new(HookLog::default());
+        let frame =
+            FrameAllocOptions::new_in(&space).alloc_frame_with(Hooked { log: log.clone(), tag: 0 }).unwrap();
+        let clone = frame.clone();
+        drop(frame);
+        let unique = UniqueFrame::try_from(clone).unwrap();
+        assert_eq!(log.hook_runs.load(Ordering::SeqCst), 0);
+        drop(unique);
+        assert_eq!((log.hook_runs.load(Ordering::SeqCst), log.drops.load(Ordering::SeqCst)), (1, 1));
+        assert_eq!(space.phys_stats(), before);
+    }
+
+    #[test]
+    fn a_unique_frame_moves_to_another_thread_and_is_dropped_there() {
+        let space = space();
+        let before = space.phys_stats();
+        let log = Arc::new(HookLog::default());
+        let unique = FrameAllocOptions::new_in(&space)
+            .alloc_unique_frame_with(Hooked { log: log.clone(), tag: 0 })
+            .unwrap();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let mut unique = unique;
+                unique.meta_mut().tag = 1;
+                assert_eq!(unique.meta().tag, 1);
+            });
+        });
+        assert_eq!(log.hook_runs.load(Ordering::SeqCst), 1);
+        assert_eq!(space.phys_stats(), before);
+    }
+
+    #[test]
+    fn unique_allocation_without_memory_fails_like_any_other() {
+        let space = space();
+        let free = space.phys_stats().free_pages;
+        let hog: Vec<_> =
+            (0..free).map(|_| FrameAllocOptions::new_in(&space).alloc_frame().unwrap()).collect();
+        assert_eq!(
+            FrameAllocOptions::new_in(&space).alloc_unique_frame_with(Counter { value: 0 }).unwrap_err(),
+            FrameAllocError::OutOfMemory
+        );
+        drop(hog);
+        assert!(FrameAllocOptions::new_in(&space).alloc_unique_frame_with(Counter { value: 0 }).is_ok());
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -698,6 +955,25 @@ fn last_reference_survives_a_raw_round_trip() {
     drop(back);
     assert_eq!(log.hook_runs.load(Ordering::SeqCst), 1);
     assert_eq!(space.phys_stats(), before);
+}
+
+#[test]
+#[should_panic(expected = "is not page aligned")]
+fn from_raw_of_a_misaligned_address_panics() {
+    let space = space();
+    let frame = FrameAllocOptions::new_in(&space).alloc_frame().unwrap();
+    // SAFETY: a misaligned address panics before anything else (the
+    // contract covers only page-aligned addresses of RAM).
+    let _ = unsafe { space.frame_from_raw::<()>(frame.paddr() + 8) };
+}
+
+#[test]
+#[should_panic(expected = "has no metadata slot")]
+fn from_raw_of_an_address_beyond_ram_panics() {
+    let space = space();
+    // SAFETY: an address beyond RAM panics before anything else (the
+    // contract covers only page-aligned addresses of RAM).
+    let _ = unsafe { space.frame_from_raw::<()>(space.max_paddr()) };
 }
 
 // ---------------------------------------------------------------------------

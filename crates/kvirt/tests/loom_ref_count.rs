@@ -10,13 +10,15 @@
 //! any write that is not ordered with another access, so a transition with
 //! too weak an ordering fails the test; the holders also check that the
 //! metadata they read is alive, so a count that reaches teardown while a
-//! reference remains fails too.
+//! reference remains fails too. A unique owner (`UniqueFrame`) writes the
+//! metadata too, as `UniqueFrame::meta_mut` does, so a unique conversion
+//! that is not ordered after every other holder's last use fails as well.
 #![cfg(loom)]
 
 use core::sync::atomic::Ordering;
 
 use kvirt::frame::ref_count::{self, RefCountCell};
-use kvirt::frame::{REF_COUNT_BUSY, REF_COUNT_UNUSED};
+use kvirt::frame::{REF_COUNT_BUSY, REF_COUNT_UNIQUE, REF_COUNT_UNUSED};
 use loom::cell::UnsafeCell;
 use loom::sync::atomic::{AtomicBool, AtomicU64};
 use loom::sync::Arc;
@@ -111,12 +113,42 @@ impl Slot {
         if !ref_count::dec(&self.count) {
             return false;
         }
-        assert_eq!(self.count.load(Ordering::Relaxed), REF_COUNT_BUSY, "the last drop owns the slot");
+        self.tear_down();
+        true
+    }
+
+    /// `UniqueFrame::try_from(Frame)`: makes the caller's reference the
+    /// unique owner if it is the only one. Returns whether it did.
+    fn make_unique(&self) -> bool {
+        ref_count::try_make_unique(&self.count)
+    }
+
+    /// `UniqueFrame::meta_mut`: the unique owner changes the metadata.
+    fn write_meta(&self, value: u64) {
+        assert_eq!(self.count.load(Ordering::Relaxed), REF_COUNT_UNIQUE, "only a unique owner writes");
+        // SAFETY: as in `init`.
+        self.meta.with_mut(|m| unsafe { *m = value });
+    }
+
+    /// `Frame::from(UniqueFrame)`: the unique owner becomes the one
+    /// reference.
+    fn share(&self) {
+        ref_count::share_unique(&self.count);
+    }
+
+    /// `UniqueFrame::drop`: the unique owner tears the frame down.
+    fn drop_unique(&self) {
+        ref_count::begin_unique_tear_down(&self.count);
+        self.tear_down();
+    }
+
+    /// `MetaSlot::tear_down` of a slot the caller made `BUSY`.
+    fn tear_down(&self) {
+        assert_eq!(self.count.load(Ordering::Relaxed), REF_COUNT_BUSY, "the teardown owns the slot");
         // SAFETY: as in `init`.
         let old = self.meta.with_mut(|m| unsafe { core::ptr::replace(m, DEAD) });
         assert_ne!(old, DEAD, "torn down twice");
         ref_count::finish_tear_down(&self.count);
-        true
     }
 
     /// The count and metadata once every thread has finished.
@@ -222,6 +254,85 @@ fn init_racing_the_last_drop_wins_only_after_the_teardown() {
         });
         let won = slot.init(2);
         holder.join().unwrap();
+        assert_eq!(slot.settled(), if won { (1, 2) } else { (REF_COUNT_UNUSED, DEAD) });
+    });
+}
+
+/// (f) One holder drops its clone while the other tries to make its own
+/// reference unique (`UniqueFrame::try_from`): the conversion succeeds only
+/// once the clone is gone, and then after the clone's last use (the unique
+/// owner's write would race that use otherwise). A failed attempt changes
+/// nothing, and succeeds once the clone is dropped.
+#[test]
+fn unique_conversion_racing_the_drop_of_a_clone_waits_for_it() {
+    loom::model(|| {
+        let slot = Slot::in_use(1, 2);
+        let about_to_drop = Arc::new(AtomicBool::new(false));
+        let (s, a) = (slot.clone(), about_to_drop.clone());
+        let other = loom::thread::spawn(move || {
+            s.use_meta();
+            a.store(true, Ordering::Relaxed);
+            s.drop_ref()
+        });
+        let unique_at_once = slot.make_unique();
+        if unique_at_once {
+            // The clone's drop (and so what came before it) happened first.
+            assert!(about_to_drop.load(Ordering::Relaxed), "unique while the clone was alive");
+            slot.write_meta(2);
+        } else {
+            assert_eq!(slot.use_meta(), 1, "a failed conversion changes nothing");
+        }
+        let theirs = other.join().unwrap();
+        assert!(!theirs, "the clone was not the last reference");
+        if !unique_at_once {
+            assert!(slot.make_unique(), "with the clone gone the reference is the only one");
+            slot.write_meta(2);
+        }
+        slot.drop_unique();
+        assert_eq!(slot.settled(), (REF_COUNT_UNUSED, DEAD));
+    });
+}
+
+/// (g) A unique owner changes the metadata and shares the frame
+/// (`Frame::from(UniqueFrame)`), whose one reference reaches another thread
+/// through a channel that gives no ordering of its own, which drops it: the
+/// write still happens before the teardown, through the count alone.
+#[test]
+fn writes_of_a_unique_owner_happen_before_the_teardown_after_sharing() {
+    loom::model(|| {
+        let slot = Slot::in_use(1, 1);
+        assert!(slot.make_unique(), "the only reference");
+        let handed_over = Arc::new(AtomicBool::new(false));
+        let (s, h) = (slot.clone(), handed_over.clone());
+        let owner = loom::thread::spawn(move || {
+            s.write_meta(2);
+            s.share();
+            h.store(true, Ordering::Relaxed);
+        });
+        while !handed_over.load(Ordering::Relaxed) {
+            loom::thread::yield_now();
+        }
+        assert!(slot.drop_ref(), "the only reference was dropped");
+        owner.join().unwrap();
+        assert_eq!(slot.settled(), (REF_COUNT_UNUSED, DEAD));
+    });
+}
+
+/// (h) A unique owner drops its frame while another thread tries to
+/// initialise the slot: as after the last `dec`, the slot is never free
+/// while it is torn down, so the init wins only after the teardown.
+#[test]
+fn init_racing_the_drop_of_a_unique_frame_wins_only_after_the_teardown() {
+    loom::model(|| {
+        let slot = Slot::in_use(1, 1);
+        assert!(slot.make_unique(), "the only reference");
+        let s = slot.clone();
+        let owner = loom::thread::spawn(move || {
+            s.write_meta(3);
+            s.drop_unique();
+        });
+        let won = slot.init(2);
+        owner.join().unwrap();
         assert_eq!(slot.settled(), if won { (1, 2) } else { (REF_COUNT_UNUSED, DEAD) });
     });
 }

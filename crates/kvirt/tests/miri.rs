@@ -16,9 +16,10 @@
 //! * Cursor tests use user page tables (an empty one is just its root) and
 //!   call `check_inv` only on those: a kernel table's invariant check walks
 //!   all 256 pre-allocated nodes entry by entry.
-//! * The spaces run on [`MiriPlatform`], a platform over the same simulated
-//!   machine as the hosted default but with kvirt's own [`CountingRcu`] (the
-//!   one the demo kernel uses) instead of crossbeam-epoch. Under Miri,
+//! * The spaces run on `CountingRcuPlatform` (`tests/support/counting_rcu.rs`),
+//!   a platform over the same simulated machine as the hosted default but
+//!   with kvirt's own `CountingRcu` (the one the demo kernel uses) instead
+//!   of crossbeam-epoch. Under Miri,
 //!   crossbeam-epoch 0.9 casts integers back to pointers (`Pointable::deref`
 //!   in its `atomic.rs`), which strict provenance forbids; even with
 //!   permissive provenance it breaks Stacked Borrows (`Local::element_of`,
@@ -27,17 +28,17 @@
 //!   is checked with strict provenance, Stacked Borrows and the leak check.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use kvirt::frame::{
     AnyFrameMeta, Frame, FrameAccessError, FrameAllocOptions, PhysStats, Segment, UFrame, USegment,
+    UniqueFrame,
 };
 use kvirt::kspace::{KVirtArea, KernelSpace, MappedItemRef};
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
 use kvirt::page_table::{MappedItem, PageTable, PageTableFrag, UserPtConfig};
-use kvirt::platform::{CountingRcu, Platform, RcuCallback, TlbFlushOp, TlbScope};
+use kvirt::platform::{TlbFlushOp, TlbScope};
 use kvirt::sim::{Machine, MachineConfig};
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
 
@@ -54,69 +55,15 @@ const UPA: Paddr = 0x1_0000_0000;
 /// its RAM.
 const DEVICE_WINDOW: Paddr = 1 << 30;
 
-/// The hosted platform with kvirt's counting RCU (see the module docs).
-#[derive(Debug)]
-struct MiriPlatform {
-    machine: Arc<Machine>,
-    rcu: CountingRcu,
-}
+#[path = "support/counting_rcu.rs"]
+mod counting_rcu;
 
-// SAFETY:
-// 1. `ram_base()` is fixed for the machine's life, covers all its RAM and
-//    supports atomic accesses; the platform keeps the machine alive.
-// 2. The tests touch the simulated RAM only through kvirt.
-// 3. The simulated TLB flushes complete before returning.
-// 4. `CountingRcu` runs a callback only when no read-side section is
-//    active, and runs each once; `rcu_barrier` runs what is queued when no
-//    reader is active, which is the case whenever a test calls it (no
-//    cursor is alive then).
-unsafe impl Platform for MiriPlatform {
-    fn phys_base(&self) -> NonNull<u8> {
-        self.machine.ram_base()
-    }
-
-    fn flush_tlb(&self, op: TlbFlushOp, scope: TlbScope) {
-        let cpus = match scope {
-            TlbScope::Local => 0..1,
-            TlbScope::AllCpus => 0..self.machine.nr_cpus(),
-        };
-        for cpu in cpus.map(|i| self.machine.cpu(i)) {
-            match &op {
-                TlbFlushOp::Page(va) => cpu.flush_page(*va),
-                TlbFlushOp::Range(range) => cpu.flush_range(range.clone()),
-                TlbFlushOp::All => cpu.flush_all(),
-            }
-        }
-    }
-
-    fn current_cpu(&self) -> usize {
-        0
-    }
-
-    fn rcu_read_lock(&self) {
-        self.rcu.read_lock();
-    }
-
-    fn rcu_read_unlock(&self) {
-        self.rcu.read_unlock();
-    }
-
-    fn call_rcu(&self, callback: RcuCallback) {
-        self.rcu.call(callback);
-    }
-
-    fn rcu_barrier(&self) {
-        self.rcu.barrier();
-    }
-}
-
-/// A fresh kernel space over a 4 MiB, 2-CPU simulated machine.
+/// A fresh kernel space over a 4 MiB, 2-CPU simulated machine, on the
+/// counting-RCU platform (see the module docs).
 fn space() -> KernelSpace {
     let machine = Arc::new(Machine::new(MachineConfig::new(RAM).cpus(2)));
     assert_eq!(machine.device_window().start, DEVICE_WINDOW as u64);
-    let map = kvirt::platform::hosted::memory_map_of(&machine);
-    let platform = MiriPlatform { machine, rcu: CountingRcu::new() };
-    KernelSpace::new(Box::new(platform), &map, true).expect("a 4 MiB machine can hold a kernel space")
+    counting_rcu::space_on(machine)
 }
 
 /// The physical memory counters once deferred frees have run.
@@ -218,6 +165,36 @@ fn frame_handles_count_references_and_tear_down_metadata_once() {
     assert_eq!(counter.meta().value, 7);
     let any = counter.into_dyn();
     assert_eq!(Frame::<Counter>::try_from(any).expect("a Counter").meta().value, 7);
+    assert_eq!(stats(&space), before);
+}
+
+#[test]
+fn unique_frames_write_their_metadata_and_tear_down_once() {
+    let space = space();
+    let before = stats(&space);
+    let opts = FrameAllocOptions::new_in(&space);
+
+    // Written through `meta_mut`, read through shared handles.
+    let mut unique = opts.alloc_unique_frame_with(Counter { value: 1 }).expect("frame");
+    unique.meta_mut().value += 1;
+    let frame = Frame::from(unique);
+    let clone = frame.clone();
+    let frame = UniqueFrame::try_from(frame).expect_err("a clone exists");
+    assert_eq!(clone.meta().value, 2);
+    drop(clone);
+    let mut unique = UniqueFrame::try_from(frame).expect("the only reference");
+    assert_eq!(unique.reference_count(), 1);
+    unique.meta_mut().value = 3;
+    let any = Frame::from(unique).into_dyn();
+    assert_eq!(Frame::<Counter>::try_from(any).expect("a Counter frame").meta().value, 3);
+
+    // Dropped on another thread: the hook and the destructor run once.
+    let counts = HookCounts::default();
+    let hooked = opts.alloc_unique_frame_with(counts.meta()).expect("frame");
+    let pa = hooked.paddr();
+    std::thread::spawn(move || drop(hooked)).join().expect("the drop does not panic");
+    assert_eq!(counts.runs(), (1, 1));
+    assert_eq!(counts.last_paddr.load(Ordering::SeqCst), pa);
     assert_eq!(stats(&space), before);
 }
 

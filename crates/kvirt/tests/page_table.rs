@@ -33,6 +33,9 @@ const UPA: Paddr = 0x1_0000_0000;
 /// The highest page-aligned address a range may end at.
 const LAST_RANGE_END: Vaddr = usize::MAX - (SZ_4K - 1);
 
+#[path = "support/counting_rcu.rs"]
+mod counting_rcu;
+
 fn new_space() -> KernelSpace {
     KernelSpace::new_hosted(kvirt_sim::MachineConfig::new(64 << 20))
 }
@@ -979,6 +982,95 @@ mod take_next {
     }
 }
 
+/// `take_next` and `protect_next` search `va..va + len`, which must lie in
+/// the cursor's range: a longer length, or one whose end overflows, is a
+/// documented panic (before anything changes).
+mod search_length_panics {
+    use super::*;
+
+    /// A cursor over four pages at `KVA` with the second page mapped,
+    /// standing on that page.
+    fn cursor_on_a_mapped_page(
+        pt: &PageTable<KernelPtConfig>,
+    ) -> kvirt::page_table::CursorMut<'_, KernelPtConfig> {
+        map_untracked(pt, KVA + SZ_4K, UPA, 1, rw());
+        let mut c = pt.cursor_mut(&(KVA..KVA + 4 * SZ_4K)).unwrap();
+        c.jump(KVA + SZ_4K).unwrap();
+        c
+    }
+
+    /// The last page a range can hold: a length from there overflows.
+    fn cursor_at_the_end_of_the_space(
+        pt: &PageTable<KernelPtConfig>,
+    ) -> kvirt::page_table::CursorMut<'_, KernelPtConfig> {
+        let last = LAST_RANGE_END - SZ_4K;
+        map_untracked(pt, last, UPA, 1, rw());
+        let mut c = pt.cursor_mut(&(LAST_RANGE_END - SZ_2M..LAST_RANGE_END)).unwrap();
+        c.jump(last).unwrap();
+        c
+    }
+
+    /// A page-aligned length so large that `va + len` overflows.
+    const OVERFLOWING: usize = usize::MAX & !(SZ_4K - 1);
+
+    fn make_read_only(p: &mut PageProperty) {
+        p.flags = PageFlags::R;
+    }
+
+    #[test]
+    #[should_panic(expected = "reaches past the cursor's range")]
+    fn take_next_past_the_range_end_panics() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let mut c = cursor_on_a_mapped_page(&pt);
+        // Three pages are left; four are asked for.
+        let _ = c.take_next(4 * SZ_4K);
+    }
+
+    #[test]
+    #[should_panic(expected = "reaches past the cursor's range")]
+    fn take_next_with_an_overflowing_length_panics() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let mut c = cursor_at_the_end_of_the_space(&pt);
+        let _ = c.take_next(OVERFLOWING);
+    }
+
+    #[test]
+    #[should_panic(expected = "reaches past the cursor's range")]
+    fn protect_next_past_the_range_end_panics() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let mut c = cursor_on_a_mapped_page(&pt);
+        let _ = c.protect_next(4 * SZ_4K, &mut make_read_only);
+    }
+
+    #[test]
+    #[should_panic(expected = "reaches past the cursor's range")]
+    fn protect_next_with_an_overflowing_length_panics() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let mut c = cursor_at_the_end_of_the_space(&pt);
+        let _ = c.protect_next(OVERFLOWING, &mut make_read_only);
+    }
+
+    #[test]
+    fn the_longest_allowed_lengths_reach_exactly_the_range_end() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let mut c = cursor_on_a_mapped_page(&pt);
+        assert_eq!(c.protect_next(3 * SZ_4K, &mut make_read_only), Some(KVA + SZ_4K..KVA + 2 * SZ_4K));
+        c.jump(KVA + SZ_4K).unwrap();
+        assert!(
+            matches!(c.take_next(3 * SZ_4K), Some(PageTableFrag::Mapped { va, .. }) if va == KVA + SZ_4K)
+        );
+        drop(c);
+        let mut c = cursor_at_the_end_of_the_space(&pt);
+        assert_eq!(c.protect_next(SZ_4K, &mut make_read_only), Some(LAST_RANGE_END - SZ_4K..LAST_RANGE_END));
+        assert_eq!(c.virt_addr(), LAST_RANGE_END);
+    }
+}
+
 mod mixed_granularity {
     use super::*;
 
@@ -1257,7 +1349,58 @@ mod mixed_granularity {
 }
 
 mod reclamation {
+    use kvirt::platform::{TlbFlushOp, TlbScope};
+
     use super::*;
+
+    /// Unmaps the one page at `va`, with a cursor over it alone, and drops
+    /// what was mapped after flushing it.
+    fn unmap_page(space: &KernelSpace, pt: &PageTable<KernelPtConfig>, va: Vaddr) {
+        let mut cursor = pt.cursor_mut(&(va..va + SZ_4K)).expect("cursor");
+        let frag = cursor.take_next(SZ_4K).expect("the page is mapped");
+        drop(cursor);
+        space.platform().flush_tlb(TlbFlushOp::Range(frag.va_range()), TlbScope::AllCpus);
+        drop(frag);
+    }
+
+    /// A node detached from the tree may still be read by a walker that
+    /// passed its parent a moment earlier, so it is freed only once every
+    /// read-side section that may have seen it has ended. On a platform
+    /// with `CountingRcu`, callbacks queued with no section open run at
+    /// once, which the first half shows; the second half holds a section
+    /// open across the unmapping.
+    #[test]
+    fn a_detached_node_is_freed_only_after_the_read_side_sections_open_before() {
+        let machine = kvirt_sim::Machine::new(kvirt_sim::MachineConfig::new(64 << 20));
+        let space = counting_rcu::space_on(std::sync::Arc::new(machine));
+        let pt = kernel_pt(&space);
+        let baseline = space.phys_stats().page_table_pages;
+        let f = frame(&space);
+        let va = KVA + 5 * SZ_4K;
+
+        // No section open: the level-1 and level-2 nodes the page needed
+        // are detached when the cursor is dropped and freed at once.
+        map_tracked(&pt, va, f.clone(), rw());
+        assert_eq!(space.phys_stats().page_table_pages, baseline + 2, "a level-2 and a level-1 node");
+        unmap_page(&space, &pt, va);
+        assert_eq!(space.phys_stats().page_table_pages, baseline, "nothing held the nodes back");
+
+        // A section open across the unmapping holds both nodes.
+        map_tracked(&pt, va, f.clone(), rw());
+        space.platform().rcu_read_lock();
+        unmap_page(&space, &pt, va);
+        assert_eq!(pt.translate(va), None, "the page is unmapped");
+        assert_eq!(f.reference_count(), 1, "the frame's reference left with the fragment");
+        assert_eq!(
+            space.phys_stats().page_table_pages,
+            baseline + 2,
+            "the detached nodes wait for the open section"
+        );
+        space.platform().rcu_read_unlock();
+        space.synchronize();
+        assert_eq!(space.phys_stats().page_table_pages, baseline, "freed once the section ended");
+        assert_eq!(pt.check_inv(), Ok(1 + 256), "the root and the kernel's top-level nodes");
+    }
 
     #[test]
     fn unmapping_everything_returns_page_table_pages_to_baseline() {
@@ -1395,6 +1538,37 @@ mod user_page_table {
     }
 
     #[test]
+    fn a_user_table_checks_and_keeps_only_its_own_half_even_after_the_kernel_table_is_gone() {
+        let space = new_space();
+        let before = space.phys_stats();
+        let space_nodes = before.page_table_pages;
+        let pt = kernel_pt(&space);
+        map_untracked(&pt, KVA, UPA, 1, rw());
+        let user = pt.create_user_page_table().unwrap();
+        map_untracked(&user, SZ_1G, UPA + SZ_4K, 1, rw());
+        assert_eq!(
+            user.check_inv(),
+            Ok(4),
+            "its root and the level-3, level-2 and level-1 nodes of its own half; not the kernel's"
+        );
+        // The kernel table's nodes, the shared ones included, are freed.
+        drop(pt);
+        space.synchronize();
+        assert_eq!(
+            pt_pages(&space),
+            space_nodes + 4,
+            "of the two tables, only the user table's nodes are left"
+        );
+        assert_eq!(user.check_inv(), Ok(4));
+        assert_eq!(user.translate(SZ_1G), Some((UPA + SZ_4K, rw())));
+        assert_eq!(user.translate(KVA), None, "the shared half is not followed");
+        assert_eq!(query(&user, SZ_1G).1.map(|l| l.pa), Some(UPA + SZ_4K));
+        drop(user);
+        space.synchronize();
+        assert_eq!(space.phys_stats(), before);
+    }
+
+    #[test]
     fn user_table_cursor_cannot_reach_kernel_addresses() {
         let space = new_space();
         let pt = kernel_pt(&space);
@@ -1402,6 +1576,125 @@ mod user_page_table {
         map_untracked(&pt, KVA, UPA, 1, rw());
         assert_eq!(user.cursor_mut(&(KVA..KVA + SZ_4K)).map(drop), Err(RangeError::OutOfBounds));
         assert!(leaves(&user, 0..0x8000_0000_0000).is_empty());
+    }
+}
+
+/// Cursors over disjoint ranges run at the same time; cursors over
+/// overlapping ranges exclude each other (the lock protocol in the
+/// `page_table` module docs). Both tests share one upper node: the level-2
+/// node of the first 1 GiB of VMALLOC, under which level-1 nodes exist for
+/// the 2 MiB regions at `KVA` and `KVA + 2 MiB`. A cursor's guard is the
+/// lowest existing node that covers its range, so a range inside one of
+/// those regions locks only that region's level-1 node.
+///
+/// A thread that waits for a lock spins until it gets it, so a test that
+/// went wrong would hang; the cursors therefore live on threads of their
+/// own, and the test waits for them with a generous timeout.
+mod concurrent_cursors {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{mpsc, Arc};
+    use std::time::Duration;
+
+    use super::*;
+
+    /// How long a test waits for a thread before it calls the run a hang.
+    const PATIENCE: Duration = Duration::from_secs(30);
+
+    /// A page table and its space, shared with threads of their own. The
+    /// table is dropped before the space.
+    struct Table {
+        pt: PageTable<KernelPtConfig>,
+        space: KernelSpace,
+    }
+
+    /// A table in which the level-1 nodes for `KVA..KVA + 2 MiB` and
+    /// `KVA + 2 MiB..KVA + 4 MiB` exist (each maps one page at its end).
+    fn table_with_two_leaf_nodes() -> Arc<Table> {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        for region in [KVA, KVA + SZ_2M] {
+            map_untracked(&pt, region + SZ_2M - SZ_4K, UPA, 1, rw());
+        }
+        Arc::new(Table { pt, space })
+    }
+
+    #[test]
+    fn one_thread_holds_cursors_over_disjoint_ranges_under_one_node_at_once() {
+        let table = table_with_two_leaf_nodes();
+        let nodes = pt_pages(&table.space);
+        let (done, finished) = mpsc::channel();
+        let t = table.clone();
+        // If the second cursor waited for the first, this thread would spin
+        // for ever: `finished` would then time out.
+        std::thread::spawn(move || {
+            let mut left = t.pt.cursor_mut(&(KVA..KVA + 4 * SZ_4K)).expect("cursor");
+            let mut right = t.pt.cursor_mut(&(KVA + SZ_2M..KVA + SZ_2M + 4 * SZ_4K)).expect("cursor");
+            for i in 0..4 {
+                left.map(MappedItem::Untracked(UPA + i * SZ_4K, 1, rw()));
+                right.map(MappedItem::Untracked(UPA + (4 + i) * SZ_4K, 1, rw()));
+            }
+            drop((left, right));
+            done.send(()).expect("the test waits");
+        });
+        finished
+            .recv_timeout(PATIENCE)
+            .expect("the thread holding both cursors hung: the second waited for the first");
+        for i in 0..4 {
+            assert_eq!(query(&table.pt, KVA + i * SZ_4K).1.map(|l| l.pa), Some(UPA + i * SZ_4K));
+            assert_eq!(
+                query(&table.pt, KVA + SZ_2M + i * SZ_4K).1.map(|l| l.pa),
+                Some(UPA + (4 + i) * SZ_4K)
+            );
+        }
+        assert_eq!(pt_pages(&table.space), nodes, "both cursors worked in the existing level-1 nodes");
+    }
+
+    #[test]
+    fn a_cursor_over_an_overlapping_range_waits_until_the_first_is_dropped() {
+        let table = table_with_two_leaf_nodes();
+        let b_trying = Arc::new(AtomicBool::new(false));
+        let b_has_cursor = Arc::new(AtomicBool::new(false));
+        let a_released = Arc::new(AtomicBool::new(false));
+        let (a_locked_tx, a_locked) = mpsc::channel();
+        let (a_done_tx, a_done) = mpsc::channel();
+        let (b_done_tx, b_done) = mpsc::channel();
+
+        let (t, trying, has, released) =
+            (table.clone(), b_trying.clone(), b_has_cursor.clone(), a_released.clone());
+        std::thread::spawn(move || {
+            let mut cursor = t.pt.cursor_mut(&(KVA..KVA + 2 * SZ_4K)).expect("cursor");
+            a_locked_tx.send(()).expect("B waits for this");
+            // Wait until B is about to create its cursor, then give it
+            // time to (wrongly) get it.
+            while !trying.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            let b_got_it_early = has.load(Ordering::SeqCst);
+            // Map in the part both ranges cover.
+            cursor.jump(KVA + SZ_4K).expect("inside");
+            cursor.map(MappedItem::Untracked(UPA, 1, rw()));
+            released.store(true, Ordering::SeqCst);
+            drop(cursor);
+            a_done_tx.send(b_got_it_early).expect("the test waits");
+        });
+        let (t, trying, has, released) = (table.clone(), b_trying, b_has_cursor, a_released);
+        std::thread::spawn(move || {
+            a_locked.recv_timeout(PATIENCE).expect("A created its cursor");
+            trying.store(true, Ordering::SeqCst);
+            let mut cursor = t.pt.cursor_mut(&(KVA + SZ_4K..KVA + 3 * SZ_4K)).expect("cursor");
+            has.store(true, Ordering::SeqCst);
+            let a_had_released = released.load(Ordering::SeqCst);
+            let seen = cursor.query().expect("inside").1.map(|item| item.paddr());
+            b_done_tx.send((a_had_released, seen)).expect("the test waits");
+        });
+
+        let b_got_it_early = a_done.recv_timeout(PATIENCE).expect("A finished");
+        assert!(!b_got_it_early, "B got an overlapping cursor while A held its own");
+        let (a_had_released, seen) =
+            b_done.recv_timeout(PATIENCE).expect("B got its cursor once A dropped its own");
+        assert!(a_had_released, "B got its cursor before A released the range");
+        assert_eq!(seen, Some(UPA), "B sees what A mapped under its lock");
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use kvirt::frame::{
     AnyFrameMeta, Frame, FrameAccessError, FrameAllocError, FrameAllocOptions, Segment, SegmentError, UFrame,
-    USegment,
+    USegment, MAX_SEGMENT_PAGES,
 };
 use kvirt::kspace::KernelSpace;
 use kvirt::{Paddr, PAGE_SIZE};
@@ -93,6 +93,21 @@ fn oversized_segment_is_out_of_memory_and_changes_nothing() {
             "{n} pages"
         );
     }
+    assert_eq!(space.phys_stats(), before);
+}
+
+#[test]
+fn the_longest_segment_has_max_segment_pages() {
+    // 2 GiB of RAM (committed only where touched) has a free 1 GiB run.
+    let space = KernelSpace::new_hosted(MachineConfig::new(2 << 30));
+    let before = space.phys_stats();
+    assert!(before.free_pages > MAX_SEGMENT_PAGES + 1, "more than the maximum is free");
+    let opts = FrameAllocOptions::new_in(&space).zeroed(false);
+    assert_eq!(opts.alloc_segment(MAX_SEGMENT_PAGES + 1).unwrap_err(), FrameAllocError::OutOfMemory);
+    assert_eq!(space.phys_stats(), before);
+    let seg = opts.alloc_segment(MAX_SEGMENT_PAGES).expect("the maximum fits");
+    assert_eq!((seg.nr_pages(), seg.paddr() % (MAX_SEGMENT_PAGES * P)), (MAX_SEGMENT_PAGES, 0));
+    drop(seg);
     assert_eq!(space.phys_stats(), before);
 }
 

@@ -17,7 +17,9 @@ use crate::kspace::KernelSpace;
 /// dropping removes one, and dropping the last returns the page to the
 /// allocator after running the metadata's drop hook. `M` is a concrete
 /// metadata type, `dyn AnyFrameMeta` (any frame) or `dyn AnyUFrameMeta`
-/// (any untyped frame, see [`UFrame`]).
+/// (any untyped frame, see [`UFrame`]). A frame whose one reference is this
+/// handle can become a [`UniqueFrame`](super::UniqueFrame), whose metadata
+/// is writable.
 pub struct Frame<M: ?Sized> {
     /// The page's slot. Invariant: the slot holds metadata viewable as `M`,
     /// and this handle owns one of its references.
@@ -83,7 +85,7 @@ impl<M: ?Sized> Frame<M> {
     /// The number of references (handles, page-table entries, segments).
     #[must_use]
     pub fn reference_count(&self) -> u64 {
-        self.slot().ref_count()
+        self.slot().live_references()
     }
 
     /// A borrow that does not touch the reference count.
@@ -147,8 +149,15 @@ impl<M: AnyFrameMeta> Frame<M> {
     ///
     /// # Safety
     ///
-    /// `paddr` came from `into_raw` on a `Frame<M>` of the default kernel
-    /// space, and each `into_raw` is matched by at most one `from_raw`.
+    /// As for [`KernelSpace::frame_from_raw`] on the default kernel space:
+    /// a page-aligned `paddr` of its RAM came from `into_raw` on a
+    /// `Frame<M>` of that space, and each `into_raw` is matched by at most
+    /// one `from_raw`.
+    ///
+    /// # Panics
+    ///
+    /// As for [`KernelSpace::frame_from_raw`]: if `paddr` is not page
+    /// aligned or not RAM.
     #[must_use]
     pub unsafe fn from_raw(paddr: Paddr) -> Self {
         // SAFETY: forwarded to the caller.
@@ -166,13 +175,9 @@ impl<M: ?Sized> Clone for Frame<M> {
 
 impl<M: ?Sized> Drop for Frame<M> {
     fn drop(&mut self) {
-        let slot = self.slot();
-        if slot.dec_ref() {
-            let phys = self.phys();
-            let pa = phys.slot_paddr(slot);
+        if self.slot().dec_ref() {
             // SAFETY: `dec_ref` returned true: we own the `BUSY` slot.
-            unsafe { slot.tear_down(pa) };
-            phys.dealloc_pages(pa, 1);
+            unsafe { self.phys().free_frame(self.paddr()) };
         }
     }
 }

@@ -23,7 +23,9 @@
 //! between them, who may take each and with which memory ordering are
 //! documented once, in the [`ref_count`] module; [`MetaSlot`] changes the
 //! count only through that module's functions, and writes its other fields
-//! only in the states those functions give it ownership in.
+//! only in the states those functions give it ownership in. In the safety
+//! contracts below, "a reference" includes the one handle of a `UNIQUE`
+//! slot.
 //!
 //! ## Typed metadata
 //!
@@ -145,7 +147,8 @@ fn as_dyn<M: AnyFrameMeta>(storage: *const u8) -> *const dyn AnyFrameMeta {
 #[repr(C)]
 pub struct MetaSlot {
     /// The metadata value. Initialised exactly while the count is not
-    /// `UNUSED`; written only in the `BUSY` state; shared (`&M`) otherwise.
+    /// `UNUSED`; written only in the `BUSY` state and, in the `UNIQUE`
+    /// state, by the one `UniqueFrame`; shared (`&M`) otherwise.
     storage: UnsafeCell<[MaybeUninit<u64>; META_STORAGE_SIZE / 8]>,
     /// The reference count and state; changed only through the `ref_count`
     /// module's transitions.
@@ -161,9 +164,11 @@ const _: () = assert!(size_of::<MetaSlot>() == META_SLOT_SIZE);
 const _: () = assert!(align_of::<MetaSlot>() <= 8);
 
 // SAFETY: `storage`, `vtable` and `owner` are written only by the one thread
-// that moved the slot to `BUSY`, and read only by holders of a reference,
-// which synchronise with that writer through the Release/Acquire operations
-// on `ref_count`. Metadata types are `Send + Sync`.
+// that moved the slot to `BUSY` (and `storage` by the one `UniqueFrame` of a
+// `UNIQUE` slot, through `&mut`, while no other reference exists), and read
+// only by holders of a reference, which synchronise with those writers
+// through the Release/Acquire operations on `ref_count`. Metadata types are
+// `Send + Sync`.
 unsafe impl Sync for MetaSlot {}
 
 impl fmt::Debug for MetaSlot {
@@ -208,13 +213,34 @@ impl MetaSlot {
         ref_count::dec(&self.ref_count)
     }
 
+    /// Makes the caller's reference, if it is the only one, the unique
+    /// owner of the frame (`1 -> UNIQUE`). Returns whether it did.
+    #[inline]
+    pub(super) fn try_make_unique(&self) -> bool {
+        ref_count::try_make_unique(&self.ref_count)
+    }
+
+    /// Turns the unique owner back into the one reference (`UNIQUE -> 1`).
+    #[inline]
+    pub(super) fn share_unique(&self) {
+        ref_count::share_unique(&self.ref_count);
+    }
+
+    /// Gives up the unique ownership for teardown (`UNIQUE -> BUSY`); the
+    /// caller must call [`Self::tear_down`].
+    #[inline]
+    pub(super) fn begin_unique_tear_down(&self) {
+        ref_count::begin_unique_tear_down(&self.ref_count);
+    }
+
     /// Runs the drop hook and the destructor of the metadata and frees the
     /// slot.
     ///
     /// # Safety
     ///
     /// The caller moved the slot to `BUSY` through [`Self::dec_ref`]
-    /// returning `true`, and calls this once.
+    /// returning `true` or through [`Self::begin_unique_tear_down`], and
+    /// calls this once.
     pub(super) unsafe fn tear_down(&self, paddr: Paddr) {
         // SAFETY: the slot is `BUSY` and owned by this thread (caller
         // contract), so it holds metadata.
@@ -273,9 +299,16 @@ impl MetaSlot {
         unsafe { *self.owner.get() }
     }
 
-    /// The current count (a snapshot).
+    /// The current count (a snapshot): the raw state, see the `ref_count`
+    /// module.
     pub(crate) fn ref_count(&self) -> u64 {
         self.ref_count.load(Ordering::Relaxed)
+    }
+
+    /// The live references the current count stands for (a snapshot; a
+    /// unique frame has one).
+    pub(crate) fn live_references(&self) -> u64 {
+        ref_count::live_references(self.ref_count())
     }
 }
 

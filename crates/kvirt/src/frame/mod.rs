@@ -9,10 +9,11 @@
 //! | [`Frame<M>`] | one reference | typed metadata `M`, or `dyn AnyFrameMeta` |
 //! | [`UFrame`] | one reference | untyped bytes, readable and writable |
 //! | [`FrameRef`] | nothing | a borrow of a frame owned elsewhere (a page-table entry) |
+//! | [`UniqueFrame<M>`] | the frame, alone | typed metadata `M`, writable (`meta_mut`) |
 //! | [`Segment<M>`] | one reference per page | a physically contiguous run |
 //!
-//! Dropping the last reference runs the metadata's drop hook and returns the
-//! page to the allocator of the kernel space it came from. Each slot records
+//! Dropping the last reference (or the unique handle) runs the metadata's
+//! drop hook and returns the page to the allocator of the kernel space it came from. Each slot records
 //! that owner, so handles stay one word and independent kernel spaces (many
 //! per test process) never mix their pages.
 //!
@@ -29,6 +30,7 @@ mod page_cache;
 #[doc(hidden)]
 pub mod ref_count;
 mod segment;
+mod unique;
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -43,6 +45,7 @@ pub use meta::{AnyFrameMeta, AnyUFrameMeta, META_SLOT_SIZE, META_STORAGE_SIZE};
 pub use meta::{MetaPtr, MetaSlot};
 pub use ref_count::{REF_COUNT_BUSY, REF_COUNT_MAX, REF_COUNT_UNIQUE, REF_COUNT_UNUSED};
 pub use segment::{Segment, SegmentError, USegment};
+pub use unique::UniqueFrame;
 
 use self::buddy::BuddyAllocator;
 use self::page_cache::PageCache;
@@ -50,12 +53,19 @@ use crate::addr::{is_page_aligned, Paddr, PAGE_SIZE};
 use crate::kspace::{KernelLayout, KernelSpace};
 use crate::platform::{MemoryRegion, MemoryRegionKind, Platform};
 
+/// The most pages a [`Segment`] can have: 2^18, 1 GiB of 4 KiB pages, the
+/// largest block of the buddy allocator. A longer segment is
+/// [`FrameAllocError::OutOfMemory`] even when that much contiguous memory is
+/// free.
+pub const MAX_SEGMENT_PAGES: usize = 1 << buddy::MAX_ORDER;
+
 /// Why a frame allocation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FrameAllocError {
     /// A segment of zero pages was requested.
     ZeroLength,
-    /// No free run of the requested length exists.
+    /// No free run of the requested length exists (a run longer than
+    /// [`MAX_SEGMENT_PAGES`] never does).
     OutOfMemory,
 }
 
@@ -153,13 +163,29 @@ impl<'a> FrameAllocOptions<'a> {
         Ok(unsafe { phys.init_frame(pa, meta) })
     }
 
+    /// Allocates one frame with metadata `meta`, owned by the returned
+    /// handle alone (see [`UniqueFrame`]).
+    pub fn alloc_unique_frame_with<M: AnyFrameMeta>(
+        &self,
+        meta: M,
+    ) -> Result<UniqueFrame<M>, FrameAllocError> {
+        let frame = self.alloc_frame_with(meta)?;
+        // Nothing else can have a reference to a frame just built.
+        Ok(UniqueFrame::try_from(frame).unwrap_or_else(|_| unreachable!("a new frame has one reference")))
+    }
+
     /// Allocates `nr_pages` contiguous frames with `()` metadata.
+    ///
+    /// `nr_pages` is at most [`MAX_SEGMENT_PAGES`] (1 GiB): a longer
+    /// segment fails with [`FrameAllocError::OutOfMemory`] whatever is free.
+    /// A segment of `2^k` pages is aligned to `2^k` pages.
     pub fn alloc_segment(&self, nr_pages: usize) -> Result<Segment<()>, FrameAllocError> {
         self.alloc_segment_with(nr_pages, |_| ())
     }
 
     /// Allocates `nr_pages` contiguous frames, the metadata of each made by
-    /// `meta` from its physical address.
+    /// `meta` from its physical address. The length is limited as for
+    /// [`alloc_segment`](Self::alloc_segment).
     pub fn alloc_segment_with<M: AnyFrameMeta, F: FnMut(Paddr) -> M>(
         &self,
         nr_pages: usize,
@@ -222,13 +248,16 @@ pub fn max_paddr() -> Paddr {
     KernelSpace::global().phys().max_paddr()
 }
 
-/// Why physical memory could not be set up.
+/// Why physical memory could not be set up from a memory map.
+///
+/// Only RAM regions (`Usable` and `Reserved`) are checked; `Device` regions
+/// are ignored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PhysMemError {
-    /// A memory-map region is not page aligned or is empty.
+    /// A RAM region is not page aligned or is empty.
     BadRegion(MemoryRegion),
-    /// Memory-map regions overlap.
-    OverlappingRegions,
+    /// Two RAM regions overlap: the first such pair in address order.
+    OverlappingRegions(MemoryRegion, MemoryRegion),
     /// No usable region can hold the metadata array.
     NoRoomForMetadata {
         /// The bytes needed.
@@ -241,8 +270,8 @@ pub enum PhysMemError {
 impl fmt::Display for PhysMemError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PhysMemError::BadRegion(r) => write!(f, "memory region {r:x?} is empty or not page aligned"),
-            PhysMemError::OverlappingRegions => f.write_str("memory-map regions overlap"),
+            PhysMemError::BadRegion(r) => write!(f, "the memory-map region {r} is empty or not page aligned"),
+            PhysMemError::OverlappingRegions(a, b) => write!(f, "the memory-map regions {a} and {b} overlap"),
             PhysMemError::NoRoomForMetadata { needed } => {
                 write!(f, "no usable region can hold {needed:#x} bytes of frame metadata")
             }
@@ -342,8 +371,8 @@ impl PhysMem {
                 return Err(PhysMemError::BadRegion(r.clone()));
             }
         }
-        if ram.windows(2).any(|w| w[0].range.end > w[1].range.start) {
-            return Err(PhysMemError::OverlappingRegions);
+        if let Some(w) = ram.windows(2).find(|w| w[0].range.end > w[1].range.start) {
+            return Err(PhysMemError::OverlappingRegions(w[0].clone(), w[1].clone()));
         }
         let max_paddr = ram.last().ok_or(PhysMemError::NoRam)?.range.end;
         let nr_pages = max_paddr / PAGE_SIZE;
@@ -482,6 +511,21 @@ impl PhysMem {
             unsafe { core::ptr::write_bytes(self.phys_ptr(pa), 0, count * PAGE_SIZE) };
         }
         Ok(pa)
+    }
+
+    /// Tears the frame at `pa` down (its drop hook, then its metadata's
+    /// destructor) and returns its page to the allocator: the end of every
+    /// frame, whether its last reference or its unique handle went.
+    ///
+    /// # Safety
+    ///
+    /// The caller made the page's slot `BUSY` by dropping the last reference
+    /// (`MetaSlot::dec_ref` returned `true`) or the unique handle
+    /// (`MetaSlot::begin_unique_tear_down`), and calls this once.
+    pub(crate) unsafe fn free_frame(&self, pa: Paddr) {
+        // SAFETY: the caller owns the `BUSY` slot, once.
+        unsafe { self.slot(pa).tear_down(pa) };
+        self.dealloc_pages(pa, 1);
     }
 
     /// Returns pages to the allocator.

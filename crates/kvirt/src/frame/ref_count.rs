@@ -12,37 +12,54 @@
 //! | value | state | the slot's metadata |
 //! |---|---|---|
 //! | [`REF_COUNT_UNUSED`] (0) | free, or never allocatable | uninitialised |
-//! | `1..=`[`REF_COUNT_MAX`] | in use by that many references (handles, page-table entries, segments) | initialised; shared, read-only |
-//! | [`REF_COUNT_UNIQUE`] | reserved for exclusively owned frames | (no transition enters or leaves it yet) |
+//! | `1..=`[`REF_COUNT_MAX`] | shared: in use by that many references (`Frame` handles, page-table entries, segments, references given up by `Frame::into_raw`) | initialised; shared, read-only |
+//! | [`REF_COUNT_UNIQUE`] | unique: owned by one `UniqueFrame` and nothing else | initialised; that handle may write it (`UniqueFrame::meta_mut`) |
 //! | [`REF_COUNT_BUSY`] | being built or torn down | owned by the one thread that made it `BUSY` |
 //!
 //! All-zero bytes are `UNUSED`, so a zeroed metadata array needs no
-//! initialisation pass.
+//! initialisation pass. The values between `REF_COUNT_MAX` and
+//! `REF_COUNT_UNIQUE` are never stored: an increment that would reach them
+//! aborts first. A unique frame counts as one live reference
+//! ([`live_references`]): it is one handle, and the only one.
 //!
 //! ## Transitions
 //!
 //! ```text
-//!          try_begin_init         finish_init          inc
-//!  UNUSED ----------------> BUSY -------------> 1 <---------> 2..=MAX
-//!    ^                                          |      dec
-//!    |   finish_tear_down                       |
-//!    +------------------- BUSY <----------------+
-//!                          dec of the last reference
+//!          try_begin_init         finish_init           inc
+//!  UNUSED ----------------> BUSY ------------> 1 <-------------> 2..=MAX
+//!    ^                                         |  |  ^    dec
+//!    |                      dec of the last    |  |  |
+//!    |                        reference        |  |  | share_unique
+//!    |          +------------------------------+  |  |
+//!    |          |                 try_make_unique |  |
+//!    |          v                                 v  |
+//!    +------- BUSY <------------------------- UNIQUE
+//!   finish_tear_down   begin_unique_tear_down
 //! ```
+//!
+//! (`BUSY` is drawn twice only to keep the lines apart: a unique frame is
+//! torn down exactly as a shared frame whose last reference is dropped.)
 //!
 //! | function | from | to | taken by | ordering |
 //! |---|---|---|---|---|
 //! | [`try_begin_init`] | `UNUSED` | `BUSY` | the thread the allocator handed the page to (`MetaSlot::init`); of racing attempts at most one wins, the others change nothing | Acquire, pairing with `finish_tear_down`: the new metadata is written after the old was dropped |
 //! | [`finish_init`] | `BUSY` | 1 | the thread whose `try_begin_init` won, once it has written the metadata; it then owns the one reference | Release, pairing with the last `dec`: the build comes before the teardown, whatever carried the reference |
 //! | [`inc`] | `n` | `n + 1` | a holder of a reference, for the new one (`Frame::clone`, `Segment::clone`, `Segment::slice`); past `MAX` it aborts (2^63 leaked references) | Relaxed: the holder already sees the metadata |
-//! | [`dec`] | `n > 1` | `n - 1` | a holder giving its reference up (`Frame::drop`, `Segment::drop`) | Release: its uses of the frame come before the teardown |
+//! | [`dec`] | `n > 1` | `n - 1` | a holder giving its reference up (`Frame::drop`, `Segment::drop`) | Release: its uses of the frame come before the teardown, or before a `try_make_unique` |
 //! | [`dec`] | 1 | `BUSY` | the holder of the last reference; `dec` returns `true` and the thread owns the slot | Release, then an Acquire fence: every holder's uses come before the teardown |
-//! | [`finish_tear_down`] | `BUSY` | `UNUSED` | the thread whose `dec` returned `true`, once it has run the drop hook and dropped the metadata (`MetaSlot::tear_down`); it then returns the page to the allocator | Release, pairing with the next `try_begin_init` |
+//! | [`try_make_unique`] | 1 | `UNIQUE` | the holder of a reference that is the only one (`UniqueFrame::try_from(Frame)`); with other references it fails and changes nothing | Acquire, pairing with the `dec`s of the other references: their uses of the frame come before the unique holder's writes |
+//! | [`share_unique`] | `UNIQUE` | 1 | the unique holder, which then owns the one reference (`Frame::from(UniqueFrame)`) | Release, pairing with the last `dec`: its writes come before the teardown, whatever carried the reference |
+//! | [`begin_unique_tear_down`] | `UNIQUE` | `BUSY` | the unique holder dropping its handle (`UniqueFrame::drop`); it then owns the slot, as after the last `dec` | Relaxed: the holder owns the slot and its metadata already |
+//! | [`finish_tear_down`] | `BUSY` | `UNUSED` | the thread that made the slot `BUSY` by `dec` or `begin_unique_tear_down`, once it has run the drop hook and dropped the metadata (`MetaSlot::tear_down`); it then returns the page to the allocator | Release, pairing with the next `try_begin_init` |
 //!
 //! A new reference is only ever made from an existing one (`inc`), or by
-//! `finish_init`; nothing looks a frame up by address and takes a reference
-//! to it. So no reference can appear once the last one is dropped, and
-//! the holder whose `dec` saw 1 is the only thread left to touch the slot.
+//! `finish_init` or `share_unique`; nothing looks a frame up by address and
+//! takes a reference to it. So no reference can appear once the last one is
+//! dropped, and the holder whose `dec` saw 1 is the only thread left to
+//! touch the slot. For the same reason, a `try_make_unique` that sees 1
+//! was called with the only reference, and no other can appear: while the
+//! slot is `UNIQUE` nothing but the unique holder touches it (no `inc` or
+//! `dec` can run, as no reference exists to run them with).
 //!
 //! The last `dec` goes from 1 straight to `BUSY` (a compare-exchange loop,
 //! where a `fetch_sub` would pass through 0), so a slot never reads
@@ -51,8 +68,8 @@
 //! allocator, which gets the page back only after `finish_tear_down`, does
 //! not have to order the two lives of a slot (its lock does, as well).
 //!
-//! Debug builds assert the `from` state of `finish_init`, `inc`, `dec` and
-//! `finish_tear_down`.
+//! Debug builds assert the `from` state of `finish_init`, `inc`, `dec`,
+//! `share_unique`, `begin_unique_tear_down` and `finish_tear_down`.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -60,8 +77,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 pub const REF_COUNT_UNUSED: u64 = 0;
 /// The largest count of a shared frame.
 pub const REF_COUNT_MAX: u64 = i64::MAX as u64;
-/// The count of an exclusively owned frame (reserved: no transition enters
-/// or leaves it yet).
+/// The count of a frame owned by one `UniqueFrame` (it counts as one live
+/// reference: [`live_references`]).
 pub const REF_COUNT_UNIQUE: u64 = u64::MAX - 1;
 /// The count of a slot being built or torn down.
 pub const REF_COUNT_BUSY: u64 = u64::MAX;
@@ -161,6 +178,7 @@ pub fn finish_init<C: RefCountCell>(count: &C) {
 pub fn inc<C: RefCountCell>(count: &C) {
     let old = count.fetch_add(1, Ordering::Relaxed);
     debug_assert!(old != REF_COUNT_UNUSED && old != REF_COUNT_BUSY, "new reference to a dead frame");
+    debug_assert!(old != REF_COUNT_UNIQUE, "new reference to a uniquely owned frame");
     if old >= REF_COUNT_MAX {
         overflow();
     }
@@ -193,8 +211,55 @@ pub fn dec<C: RefCountCell>(count: &C) -> bool {
     }
 }
 
-/// `BUSY -> UNUSED`, after [`dec`] returned `true` and the metadata was torn
-/// down. The caller then returns the page to the allocator.
+/// `1 -> UNIQUE`. Returns `true` if the caller's reference was the only
+/// one: the caller then owns the frame exclusively, and may write its
+/// metadata, until [`share_unique`] or [`begin_unique_tear_down`]. Returns
+/// `false`, changing nothing, if other references exist.
+#[inline]
+pub fn try_make_unique<C: RefCountCell>(count: &C) -> bool {
+    // Acquire pairs with the Release `dec`s of the references dropped
+    // before: their uses of the frame come before the unique holder's
+    // writes.
+    count.compare_exchange(1, REF_COUNT_UNIQUE, Ordering::Acquire, Ordering::Relaxed).is_ok()
+}
+
+/// `UNIQUE -> 1`: the unique holder shares the frame again. The caller then
+/// owns the one reference.
+#[inline]
+pub fn share_unique<C: RefCountCell>(count: &C) {
+    debug_assert_eq!(count.load(Ordering::Relaxed), REF_COUNT_UNIQUE, "shared a frame that is not unique");
+    // Release pairs with the last `dec`, as in `finish_init`: the unique
+    // holder's writes come before the teardown, whatever carried the
+    // reference.
+    count.store(1, Ordering::Release);
+}
+
+/// `UNIQUE -> BUSY`: the unique holder gives the frame up. The caller then
+/// owns the slot, as after a [`dec`] that returned `true`: it tears the
+/// metadata down and calls [`finish_tear_down`].
+#[inline]
+pub fn begin_unique_tear_down<C: RefCountCell>(count: &C) {
+    debug_assert_eq!(count.load(Ordering::Relaxed), REF_COUNT_UNIQUE, "tore down a frame that is not unique");
+    // Relaxed: no other thread touches a unique slot, and the holder
+    // already sees everything written to it.
+    count.store(REF_COUNT_BUSY, Ordering::Relaxed);
+}
+
+/// The number of live references a count stands for: `n` for a shared
+/// frame, 1 for a unique frame (its one handle), 0 for a slot that is free
+/// or being built or torn down.
+#[must_use]
+pub const fn live_references(count: u64) -> u64 {
+    match count {
+        REF_COUNT_UNUSED | REF_COUNT_BUSY => 0,
+        REF_COUNT_UNIQUE => 1,
+        n => n,
+    }
+}
+
+/// `BUSY -> UNUSED`, after [`dec`] returned `true` (or
+/// [`begin_unique_tear_down`] ran) and the metadata was torn down. The
+/// caller then returns the page to the allocator.
 #[inline]
 pub fn finish_tear_down<C: RefCountCell>(count: &C) {
     debug_assert_eq!(count.load(Ordering::Relaxed), REF_COUNT_BUSY, "freed a slot not being torn down");

@@ -212,8 +212,7 @@ impl<M: ?Sized> Drop for Segment<M> {
             let slot = phys.slot(page);
             if slot.dec_ref() {
                 // SAFETY: `dec_ref` returned true: we own the `BUSY` slot.
-                unsafe { slot.tear_down(page) };
-                phys.dealloc_pages(page, 1);
+                unsafe { phys.free_frame(page) };
             }
         }
     }

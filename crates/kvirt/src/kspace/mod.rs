@@ -359,9 +359,20 @@ impl<L: KernelLayout> KernelSpace<L> {
     ///
     /// # Safety
     ///
-    /// `paddr` came from `into_raw` on a `Frame<M>` of this space, and each
-    /// `into_raw` is matched by at most one `from_raw`.
+    /// A `paddr` that is page aligned and below [`max_paddr`](Self::max_paddr)
+    /// came from `into_raw` on a `Frame<M>` of this space, and each
+    /// `into_raw` is matched by at most one `from_raw`. (Other addresses,
+    /// which no `into_raw` returns, panic.)
+    ///
+    /// # Panics
+    ///
+    /// Panics if `paddr` is not page aligned, or is not RAM of this space
+    /// (at or above `max_paddr`), in release builds too.
     pub unsafe fn frame_from_raw<M: crate::frame::AnyFrameMeta>(&self, paddr: Paddr) -> Frame<M> {
+        // Without this, the slot of the page containing `paddr` would be
+        // taken: a wrong address would then pass for a right one.
+        assert!(is_page_aligned(paddr), "frame_from_raw: {paddr:#x} is not page aligned");
+        // `slot` checks `paddr < max_paddr`.
         let slot = NonNull::from(self.phys().slot(paddr));
         // SAFETY: the caller transfers the reference given up by `into_raw`,
         // whose metadata is `M`.

@@ -17,6 +17,11 @@ impl<C: PageTableConfig> PageTable<C> {
     /// leaf is a 4 KiB frame of RAM with a live reference count whose
     /// metadata is not a page-table node's.
     ///
+    /// Entries of the root outside the table's own index range (the copies
+    /// of the kernel's entries in a user table) are counted in the root's
+    /// child count but not followed: the nodes they point to belong to the
+    /// kernel table, which may be gone already.
+    ///
     /// Meant for quiescent points: nodes are locked one at a time, so
     /// concurrent changes elsewhere in the tree may be seen half-done.
     pub fn check_inv(&self) -> Result<usize, &'static str> {
@@ -51,7 +56,9 @@ impl<C: PageTableConfig> PageTable<C> {
                 PteKind::Absent => {}
                 PteKind::Table(child) => {
                     present += 1;
-                    children.push(child);
+                    if level < C::F::NR_LEVELS || C::TOP_LEVEL_INDEX_RANGE.contains(&i) {
+                        children.push(child);
+                    }
                 }
                 PteKind::Page { pa, tracked, .. } => {
                     present += 1;

@@ -11,9 +11,17 @@
 //! read-side section) to the lowest node that covers its whole range, locks
 //! that *guard node*, re-checks that it is still attached (not `stray`),
 //! and then locks, top-down, every existing node below it that intersects
-//! the range. Cursors over disjoint ranges therefore lock disjoint nodes
-//! and run in parallel; locks are always taken parent before child, so
-//! cursors never deadlock.
+//! the range. Locks are always taken parent before child, so cursors never
+//! deadlock.
+//!
+//! A node is the unit of locking. Cursors over disjoint ranges lock
+//! disjoint nodes, and run in parallel, when their guards differ: ranges
+//! under one upper node, each inside its own existing lower node (say two
+//! 2 MiB regions with level-1 nodes, in one 1 GiB region), lock only those
+//! lower nodes and pass the shared upper one without locking it. Two
+//! disjoint ranges inside one leaf node (one 2 MiB region on x86-64), or
+//! inside one absent entry (a region whose nodes do not exist yet), share
+//! their guard and take turns.
 //!
 //! The walk descends into an entry only if the range lies strictly inside
 //! it: a range that covers a whole entry keeps the lock of the node holding
@@ -189,6 +197,10 @@ impl PartialEq for MappedItemRef<'_> {
 }
 
 /// Why a cursor could not be created over a range.
+///
+/// No range can cover the last page of the address space
+/// (`0xffff_ffff_ffff_f000..`): its exclusive end would be 2^64 (see
+/// [`PageTable`], "The last page").
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RangeError {
     /// `start == end`.
@@ -281,6 +293,23 @@ pub fn largest_pages<F: PagingFormat>(
 }
 
 /// A page table of configuration `C`.
+///
+/// ## The last page
+///
+/// The last page of the address space, `0xffff_ffff_ffff_f000..=usize::MAX`,
+/// can never be mapped. Cursors work on a `Range<Vaddr>`, and a range
+/// covering that page would have to end at 2^64, which no `usize` holds:
+/// the highest range end is `0xffff_ffff_ffff_f000` (`usize::MAX` itself is
+/// not page aligned, and an end that wrapped to 0 makes the range
+/// reversed). The range [`Cursor::query`] reports for an entry that reaches
+/// the end of the space saturates at `usize::MAX` instead.
+///
+/// Nothing is lost by it: kernel space ends at
+/// [`KERNEL_END_VADDR`](crate::kspace::KERNEL_END_VADDR)
+/// (`0xffff_ffff_ffff_0000`, 16 pages below), so no kernel virtual area,
+/// linear mapping or kernel image is ever placed there; and no other
+/// [`KernelLayout`] can claim the page either, since its kernel range is a
+/// page-aligned `Range<Vaddr>` too.
 pub struct PageTable<C: PageTableConfig> {
     /// The root node, owned (one reference).
     root: Paddr,
@@ -432,6 +461,27 @@ impl<C: PageTableConfig> PageTable<C> {
 
 impl<F: PagingFormat> PageTable<KernelPtConfig<F>> {
     /// A user page table sharing this kernel table's upper-half entries.
+    ///
+    /// The new table's root gets copies of this table's top-level entries,
+    /// so the two share the kernel's second-level nodes. Those nodes are
+    /// created with this table, never detached (so kernel mappings made
+    /// later show in every user table) and freed when this table is
+    /// dropped. A user table must therefore **not be walked by an MMU after
+    /// the kernel table it was made from is dropped**: its kernel half would
+    /// point to freed nodes. Keep the kernel table alive as long as any CPU
+    /// may load a user table made from it.
+    ///
+    /// That rule binds only the `unsafe` act of loading a table into a CPU,
+    /// which lies outside kvirt (see "Safety model" in the module docs).
+    /// kvirt itself never follows the shared entries from a user table: its
+    /// cursors and [`translate`](PageTable::translate) cover the lower half
+    /// only, [`check_inv`](PageTable::check_inv) does not descend into them,
+    /// and dropping it forgets them. So a user table may outlive its kernel
+    /// table as a Rust value. That is why the result is an independent
+    /// value rather than one that borrows the kernel table (a lifetime) or
+    /// shares it (an `Arc`): either would only restrict safe code, which
+    /// cannot misuse the shared entries, while the act the rule is about is
+    /// `unsafe` in any case.
     pub fn create_user_page_table(&self) -> Result<PageTable<UserPtConfig<F>>, PageTableAllocError> {
         let user = PageTable::<UserPtConfig<F>>::empty(self.phys())?;
         let (root, kroot) = (user.root_node(), self.root_node());

@@ -192,10 +192,12 @@ pub fn is_resource_error(e: &KVirtAreaError) -> bool {
     matches!(e, KVirtAreaError::VmallocExhausted(_) | KVirtAreaError::OutOfMemory)
 }
 
-/// The reference count of the frame at `pa` in `space` (a snapshot).
+/// The reference count of the frame at `pa` in `space` (a snapshot): the
+/// live references, so 1 for a [`UniqueFrame`](crate::frame::UniqueFrame)
+/// and 0 for a free page.
 #[must_use]
 pub fn frame_ref_count<L: KernelLayout>(space: &KernelSpace<L>, pa: Paddr) -> u64 {
-    space.phys().slot(pa).ref_count()
+    space.phys().slot(pa).live_references()
 }
 
 /// The page-table level of a leaf of `size` bytes in format `F`.
