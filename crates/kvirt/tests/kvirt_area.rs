@@ -8,14 +8,18 @@
 
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use kvirt::frame::{Frame, FrameAllocOptions, PhysStats};
+use kvirt::frame::{AnyFrameMeta, Frame, FrameAllocOptions, PhysStats};
 use kvirt::kspace::{
     paddr_to_vaddr, AreaAccessError, AreaInfo, AreaKind, KVirtArea, KVirtAreaError, KernelSpace,
     MappedItemRef, SplitError, VmallocStats, GUARD_SIZE, LINEAR_MAPPING_BASE_VADDR, VMALLOC_VADDR_RANGE,
 };
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty, PrivilegedPageFlags};
-use kvirt::sim::{Access, FaultKind, MachineConfig, MemError};
+use kvirt::platform::hosted::{memory_map_of, SimPlatform};
+use kvirt::platform::{Platform, RcuCallback, TlbFlushOp, TlbScope};
+use kvirt::sim::{Access, FaultKind, Machine, MachineConfig, MemError};
 use kvirt::spec::{self, kernel_view, mapping_at, Inv, PageTableView};
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
 
@@ -1476,6 +1480,151 @@ mod mmu {
         assert!(matches!(err.kind, FaultKind::NotPresent { .. }), "{err:?}");
         let t = cpu.translate(right.start(), Access::READ).unwrap();
         assert_eq!(t.pa, (dev + SIZE_2M / 2) as u64);
+    }
+
+    /// What the drop-order test sees, in the order it happened.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Event {
+        /// A TLB flush through the platform, with the VMALLOC free bytes at
+        /// that moment (`None` before the space exists).
+        Flush { op: TlbFlushOp, vmalloc_free: Option<usize> },
+        /// The drop hook of the watched frame ran; `translated` says whether
+        /// CPU 0 could still translate the area's address then.
+        FrameReleased { paddr: Paddr, translated: bool },
+    }
+
+    /// The shared record of the drop-order test.
+    #[derive(Debug)]
+    struct Recorder {
+        events: Mutex<Vec<Event>>,
+        machine: Arc<Machine>,
+        /// The space the platform belongs to, set once it exists.
+        space: OnceLock<Weak<KernelSpace>>,
+        /// The address whose translation the frame's drop hook probes.
+        watched_va: OnceLock<Vaddr>,
+    }
+
+    impl Recorder {
+        fn push(&self, event: Event) {
+            self.events.lock().unwrap().push(event);
+        }
+    }
+
+    /// The hosted platform, recording every TLB flush and the VMALLOC free
+    /// bytes at the moment of the flush.
+    #[derive(Debug)]
+    struct RecordingPlatform {
+        inner: SimPlatform,
+        recorder: Arc<Recorder>,
+    }
+
+    // SAFETY: every promise is `SimPlatform`'s, to which every call is
+    // forwarded; recording reads VMALLOC counters and changes nothing.
+    unsafe impl Platform for RecordingPlatform {
+        fn phys_base(&self) -> NonNull<u8> {
+            self.inner.phys_base()
+        }
+
+        fn flush_tlb(&self, op: TlbFlushOp, scope: TlbScope) {
+            let space = self.recorder.space.get().and_then(Weak::upgrade);
+            let vmalloc_free = space.map(|s| s.vmalloc_stats().free_bytes);
+            self.recorder.push(Event::Flush { op: op.clone(), vmalloc_free });
+            self.inner.flush_tlb(op, scope);
+        }
+
+        fn current_cpu(&self) -> usize {
+            self.inner.current_cpu()
+        }
+
+        fn rcu_read_lock(&self) {
+            self.inner.rcu_read_lock();
+        }
+
+        fn rcu_read_unlock(&self) {
+            self.inner.rcu_read_unlock();
+        }
+
+        fn call_rcu(&self, callback: RcuCallback) {
+            self.inner.call_rcu(callback);
+        }
+
+        fn rcu_barrier(&self) {
+            self.inner.rcu_barrier();
+        }
+    }
+
+    /// Typed metadata whose drop hook records when the frame is released,
+    /// and whether CPU 0 could still reach it through the dropped area.
+    #[derive(Debug)]
+    struct Watched {
+        recorder: Arc<Recorder>,
+    }
+
+    impl AnyFrameMeta for Watched {
+        fn on_drop(&mut self, paddr: Paddr) {
+            let va = *self.recorder.watched_va.get().expect("set before the drop");
+            let translated = self.recorder.machine.cpu(0).translate(va, Access::READ).is_ok();
+            self.recorder.push(Event::FrameReleased { paddr, translated });
+        }
+
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+    }
+
+    /// DESIGN.md section 4: `Drop` issues the TLB invalidation of the range
+    /// before the frame is released and before the range goes back to
+    /// VMALLOC.
+    #[test]
+    fn drop_flushes_before_frames_and_range_are_released() {
+        let machine = Arc::new(Machine::new(MachineConfig::new(64 << 20)));
+        let recorder = Arc::new(Recorder {
+            events: Mutex::new(Vec::new()),
+            machine: machine.clone(),
+            space: OnceLock::new(),
+            watched_va: OnceLock::new(),
+        });
+        let platform =
+            RecordingPlatform { inner: SimPlatform::new(machine.clone()), recorder: recorder.clone() };
+        let map = memory_map_of(&machine);
+        let space = Arc::new(KernelSpace::new(Box::new(platform), &map, true).unwrap());
+        recorder.space.set(Arc::downgrade(&space)).unwrap();
+        let before = space.vmalloc_stats();
+
+        let frame = FrameAllocOptions::new_in(&space)
+            .alloc_frame_with(Watched { recorder: recorder.clone() })
+            .unwrap();
+        let paddr = frame.paddr();
+        let area = space.try_map_frames(2 * P, P, [frame], prop()).unwrap();
+        let mapped = area.mapped_range();
+        recorder.watched_va.set(mapped.start).unwrap();
+        let alive = space.vmalloc_stats();
+        assert_eq!(alive.free_bytes, before.free_bytes - 2 * P - GUARD_SIZE);
+        // Cache the translation in CPU 0's TLB: only a flush removes it.
+        let cpu = machine.cpu(0);
+        cpu.set_root(space.kernel_root_paddr() as u64);
+        cpu.translate(mapped.start, Access::READ).expect("mapped before the drop");
+        recorder.events.lock().unwrap().clear();
+
+        drop(area);
+
+        let events = recorder.events.lock().unwrap().clone();
+        let flush = events
+            .iter()
+            .position(|e| matches!(e, Event::Flush { op: TlbFlushOp::Range(r), .. } if *r == mapped))
+            .unwrap_or_else(|| panic!("no flush of {mapped:#x?}: {events:?}"));
+        let released = events
+            .iter()
+            .position(|e| matches!(e, Event::FrameReleased { .. }))
+            .unwrap_or_else(|| panic!("the frame was not released: {events:?}"));
+        assert!(flush < released, "the frame was released before the flush: {events:?}");
+        assert_eq!(events[released], Event::FrameReleased { paddr, translated: false });
+        let Event::Flush { vmalloc_free, .. } = &events[flush] else { unreachable!() };
+        assert_eq!(*vmalloc_free, Some(alive.free_bytes), "the range was freed before the flush");
+        // After the drop the range and its guard are free again.
+        assert_eq!(space.vmalloc_stats(), before);
+        assert!(space.areas().is_empty());
+        assert!(space.inv());
     }
 }
 
