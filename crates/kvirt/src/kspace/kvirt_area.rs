@@ -884,3 +884,7 @@ impl<L: KernelLayout> fmt::Debug for KVirtArea<L> {
             .finish()
     }
 }
+
+/// The invariant checkers of areas and spaces catch each corruption.
+#[cfg(test)]
+mod inv_tests;

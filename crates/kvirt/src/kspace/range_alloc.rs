@@ -336,6 +336,13 @@ impl RangeAllocator {
         matches!(self.by_addr.range(..range.end).next_back(), Some((_, &end)) if end > range.start)
     }
 
+    /// The address index itself: for unit tests elsewhere in the crate
+    /// that corrupt it to see the invariant checks catch it.
+    #[cfg(test)]
+    pub(crate) fn by_addr_mut(&mut self) -> &mut BTreeMap<usize, usize> {
+        &mut self.by_addr
+    }
+
     /// All internal invariants: address index and size index describe the
     /// same blocks, blocks are non-empty, granule-aligned, inside the managed
     /// range, sorted, non-overlapping and never adjacent (always merged),
@@ -784,6 +791,41 @@ mod tests {
         rejects(&mut a, RangeAllocError::Misaligned, |a| a.free(p(2)..p(4) - 1));
         // Misalignment is reported before overlap with free space.
         rejects(&mut a, RangeAllocError::Misaligned, |a| a.free(p(8)..p(8) + 8));
+    }
+
+    #[test]
+    fn inv_detects_each_kind_of_corruption() {
+        let good = with_free(p(0)..p(32), &[p(2)..p(4), p(8)..p(12), p(20)..p(32)]);
+        let broken = |f: &dyn Fn(&mut RangeAllocator)| {
+            let mut a = good.clone();
+            f(&mut a);
+            a.inv()
+        };
+        // A block only one index has.
+        assert!(!broken(&|a| {
+            a.by_addr.insert(p(14), p(16));
+        }));
+        assert!(!broken(&|a| {
+            a.by_size.insert((p(2), p(14)));
+        }));
+        // Both indexes, but overlapping a block, adjacent to one (unmerged),
+        // empty, misaligned, or outside the managed range.
+        for (start, end) in
+            [(p(10), p(14)), (p(4), p(6)), (p(6), p(8)), (p(16), p(16)), (p(16) + 8, p(17)), (p(32), p(33))]
+        {
+            assert!(!broken(&|a| {
+                a.insert_block(start, end);
+                a.free_bytes += end - start;
+            }));
+        }
+        // The two indexes disagree on a block's length.
+        assert!(!broken(&|a| {
+            a.by_size.remove(&(p(2), p(2)));
+            a.by_size.insert((p(3), p(2)));
+        }));
+        // The free-byte counter is off.
+        assert!(!broken(&|a| a.free_bytes -= G));
+        assert!(good.inv());
     }
 
     #[test]

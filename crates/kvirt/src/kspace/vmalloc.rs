@@ -54,6 +54,13 @@ impl Vmalloc {
         self.inner.lock().inv()
     }
 
+    /// The allocator itself: for unit tests that corrupt it to see the
+    /// invariant checks catch it.
+    #[cfg(test)]
+    pub(crate) fn lock_allocator(&self) -> spin::MutexGuard<'_, RangeAllocator> {
+        self.inner.lock()
+    }
+
     /// Whether no byte of `range` is free (it is allocated). O(log n).
     pub(crate) fn is_allocated(&self, range: Range<Vaddr>) -> bool {
         !self.inner.lock().overlaps_free(range)
