@@ -470,66 +470,114 @@ mod panics {
 
     const TOP: usize = usize::MAX & !(PAGE_SIZE - 1);
 
+    /// Runs `f`, checks that it panics with exactly `message`, and panics
+    /// with it again (for `should_panic`), for messages with a run-time
+    /// physical address in them.
+    fn panics_with(message: &str, f: impl FnOnce()) -> ! {
+        let payload = catch_unwind(AssertUnwindSafe(f)).expect_err("the call must panic");
+        let got = payload.downcast_ref::<String>().map(String::as_str);
+        assert_eq!(got, Some(message));
+        std::panic::resume_unwind(payload)
+    }
+
+    // Each expected message is the whole panic message (or, where it holds a
+    // run-time address, its start, and `panics_with` checks all of it): the
+    // function, then the `KVirtAreaError` naming the precondition.
     panics! {
-        map_frames_of_zero_size_panics, "map_frames: the area size is zero",
+        map_frames_of_zero_size_panics, "KVirtArea::map_frames: the area size is zero",
             KVirtArea::map_frames(0, 0, frames(1), prop());
-        map_frames_of_misaligned_size_panics, "map_frames: the area size 0x1001 is not a multiple of PAGE_SIZE",
+        map_frames_of_misaligned_size_panics,
+            "KVirtArea::map_frames: the area size 0x1001 is not a multiple of PAGE_SIZE",
             KVirtArea::map_frames(P + 1, 0, frames(1), prop());
-        map_frames_at_misaligned_offset_panics, "map_frames: the map offset 0x10 is not aligned to PAGE_SIZE",
+        map_frames_at_misaligned_offset_panics,
+            "KVirtArea::map_frames: the map offset 0x10 is not aligned to PAGE_SIZE",
             KVirtArea::map_frames(2 * P, 0x10, frames(1), prop());
-        map_frames_at_offset_equal_to_size_panics, "map_frames: the map offset 0x2000 is not inside the area",
+        map_frames_at_offset_equal_to_size_panics,
+            "KVirtArea::map_frames: the map offset 0x2000 is not inside the area of 0x2000 bytes",
             KVirtArea::map_frames(2 * P, 2 * P, frames(0), prop());
-        map_frames_at_offset_past_the_end_panics, "map_frames: the map offset 0x3000 is not inside the area",
+        map_frames_at_offset_past_the_end_panics,
+            "KVirtArea::map_frames: the map offset 0x3000 is not inside the area of 0x2000 bytes",
             KVirtArea::map_frames(2 * P, 3 * P, frames(1), prop());
-        too_many_frames_panics, "exceeds the area size",
+        too_many_frames_panics,
+            "KVirtArea::map_frames: the map offset 0x0 plus the 0x3000 bytes to map exceeds the area size 0x2000",
             KVirtArea::map_frames(2 * PAGE_SIZE, 0, frames(3), prop());
-        map_frames_overflowing_offset_plus_length_panics, "exceeds the area size",
+        map_frames_overflowing_offset_plus_length_panics,
+            "KVirtArea::map_frames: the map offset 0xffffffffffffe000 plus the 0x2000 bytes to map exceeds \
+             the area size 0xfffffffffffff000",
             KVirtArea::map_frames(TOP, TOP - P, frames(2), prop());
-        map_frames_user_accessible_panics, "map_frames: kernel virtual areas cannot be user accessible",
+        map_frames_user_accessible_panics, "KVirtArea::map_frames: kernel virtual areas cannot be user accessible",
             KVirtArea::map_frames(P, 0, frames(1), user_prop());
-        map_frames_of_a_foreign_frame_panics, "belongs to another kernel space", {
+        map_frames_of_a_foreign_frame_panics, "KVirtArea::map_frames: frame 0x", {
             let other = small_space();
             let frame = FrameAllocOptions::new_in(&other).alloc_frame().unwrap();
             let keep = frame.clone();
-            let r = catch_unwind(AssertUnwindSafe(|| KVirtArea::map_frames(P, 0, [frame], prop())));
-            assert_eq!(keep.reference_count(), 1);
-            std::panic::resume_unwind(r.unwrap_err())
+            let message = format!("KVirtArea::map_frames: frame {:#x} belongs to another kernel space", frame.paddr());
+            panics_with(&message, || {
+                let r = catch_unwind(AssertUnwindSafe(|| KVirtArea::map_frames(P, 0, [frame], prop())));
+                // The frame handed in was released on the way out.
+                assert_eq!(keep.reference_count(), 1);
+                std::panic::resume_unwind(r.unwrap_err())
+            })
         };
-        map_frames_larger_than_vmalloc_panics, "map_frames: VMALLOC has no free range",
+        map_frames_larger_than_vmalloc_panics,
+            "KVirtArea::map_frames: VMALLOC has no free range of 0x200000000000 bytes",
             KVirtArea::map_frames(VMALLOC_VADDR_RANGE.len(), 0, frames(1), prop());
-        map_untracked_reversed_panics, "map_untracked_frames: the provided physical range",
+        map_untracked_reversed_panics,
+            "KVirtArea::map_untracked_frames: the provided physical range 0x2000..0x1000 is reversed",
             map_untracked(P, 0, reversed(), prop());
-        map_untracked_reversed_names_reversal, "is reversed",
-            map_untracked(P, 0, reversed(), prop());
-        map_untracked_of_zero_size_panics, "map_untracked_frames: the area size is zero",
+        map_untracked_of_zero_size_panics, "KVirtArea::map_untracked_frames: the area size is zero",
             map_untracked(0, 0, 0..0, prop());
-        map_untracked_of_misaligned_size_panics, "not a multiple of PAGE_SIZE",
+        map_untracked_of_misaligned_size_panics,
+            "KVirtArea::map_untracked_frames: the area size 0xfff is not a multiple of PAGE_SIZE",
             map_untracked(P - 1, 0, 0..0, prop());
-        map_untracked_at_misaligned_offset_panics, "not aligned to PAGE_SIZE",
+        map_untracked_at_misaligned_offset_panics,
+            "KVirtArea::map_untracked_frames: the map offset 0x800 is not aligned to PAGE_SIZE",
             map_untracked(2 * P, 0x800, 0..0, prop());
-        map_untracked_at_offset_equal_to_size_panics, "is not inside the area",
+        map_untracked_at_offset_equal_to_size_panics,
+            "KVirtArea::map_untracked_frames: the map offset 0x2000 is not inside the area of 0x2000 bytes",
             map_untracked(2 * P, 2 * P, 0..0, prop());
-        map_untracked_of_misaligned_start_panics, "is not aligned to PAGE_SIZE",
+        map_untracked_at_offset_past_the_end_panics,
+            "KVirtArea::map_untracked_frames: the map offset 0x3000 is not inside the area of 0x2000 bytes",
+            map_untracked(2 * P, 3 * P, 0..0, prop());
+        map_untracked_of_misaligned_start_panics,
+            "KVirtArea::map_untracked_frames: the provided physical range 0x800..0x2000 is not aligned to PAGE_SIZE",
             map_untracked(2 * P, 0, 0x800..0x2000, prop());
-        map_untracked_of_misaligned_end_panics, "is not aligned to PAGE_SIZE",
+        map_untracked_of_misaligned_end_panics,
+            "KVirtArea::map_untracked_frames: the provided physical range 0x1000..0x1800 is not aligned to PAGE_SIZE",
             map_untracked(2 * P, 0, 0x1000..0x1800, prop());
-        map_untracked_exceeding_the_area_panics, "exceeds the area size",
+        map_untracked_exceeding_the_area_panics,
+            "KVirtArea::map_untracked_frames: the map offset 0x1000 plus the 0x2000 bytes to map exceeds \
+             the area size 0x2000",
             map_untracked(2 * P, P, 0..2 * P, prop());
-        map_untracked_overflowing_offset_plus_length_panics, "exceeds the area size",
+        map_untracked_overflowing_offset_plus_length_panics,
+            "KVirtArea::map_untracked_frames: the map offset 0x2000 plus the 0xfffffffffffff000 bytes to map \
+             exceeds the area size 0xfffffffffffff000",
             map_untracked(TOP, 2 * P, 0..TOP, prop());
-        map_untracked_beyond_the_format_panics, "is beyond what the paging format can map",
+        map_untracked_beyond_the_format_panics,
+            "KVirtArea::map_untracked_frames: the provided physical range 0x10000000000000..0x10000000001000 \
+             is beyond what the paging format can map",
             map_untracked(P, 0, 1 << 52..(1 << 52) + P, prop());
-        map_untracked_of_tracked_memory_panics, "contains tracked physical addresses", {
+        map_untracked_of_tracked_memory_panics, "KVirtArea::map_untracked_frames: the provided physical range 0x", {
             let frame = FrameAllocOptions::new().alloc_frame().unwrap();
-            map_untracked(P, 0, frame.paddr()..frame.paddr() + P, prop());
+            let pa = frame.paddr()..frame.paddr() + P;
+            let message = format!(
+                "KVirtArea::map_untracked_frames: the provided physical range {pa:#x?} contains tracked physical addresses"
+            );
+            panics_with(&message, || map_untracked(P, 0, pa.clone(), prop()))
         };
-        map_untracked_of_free_ram_panics, "contains tracked physical addresses", {
+        map_untracked_of_free_ram_panics, "KVirtArea::map_untracked_frames: the provided physical range 0x", {
             let max = kvirt::frame::max_paddr();
-            map_untracked(P, 0, max - P..max, prop());
+            let pa = max - P..max;
+            let message = format!(
+                "KVirtArea::map_untracked_frames: the provided physical range {pa:#x?} contains tracked physical addresses"
+            );
+            panics_with(&message, || map_untracked(P, 0, pa.clone(), prop()))
         };
-        map_untracked_user_accessible_panics, "cannot be user accessible",
+        map_untracked_user_accessible_panics,
+            "KVirtArea::map_untracked_frames: kernel virtual areas cannot be user accessible",
             map_untracked(P, 0, 0..P, user_prop());
-        map_untracked_larger_than_vmalloc_panics, "map_untracked_frames: VMALLOC has no free range",
+        map_untracked_larger_than_vmalloc_panics,
+            "KVirtArea::map_untracked_frames: VMALLOC has no free range of 0x200000000000 bytes",
             map_untracked(VMALLOC_VADDR_RANGE.len(), 0, 0..0, prop());
     }
 }
