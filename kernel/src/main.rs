@@ -18,8 +18,8 @@
 //! 1. sets up COM1 ([`serial`]), the heap ([`heap`]) and the GDT, TSS and
 //!    IDT ([`interrupts`]);
 //! 2. copies the memory map out of `hvm_start_info` and gives kvirt the RAM
-//!    below 4 GiB ([`memmap`]), with the first MiB and the kernel image
-//!    marked `Reserved`;
+//!    below 4 GiB ([`memmap`] says why), with the first MiB and the kernel
+//!    image marked `Reserved`, and prints the RAM it leaves out;
 //! 3. programs `IA32_PAT` with kvirt's layout, creates the
 //!    [`KernelSpace`] over [`platform::KernelPlatform`], maps its own image
 //!    into it with `map_kernel_image` (text `RX`, rodata `R`, data, stack
@@ -100,8 +100,20 @@ fn kernel_main(start_info: Paddr) -> ! {
     for region in &map {
         println!("    {:#012x}..{:#012x} {:?}", region.range.start, region.range.end, region.kind);
     }
-    if left_out > 0 {
-        println!("kvirt-kernel: {} MiB of RAM above 4 GiB left out", left_out >> 20);
+    // See `memmap`: kvirt is set up through the boot tables' linear mapping.
+    for range in &left_out {
+        println!(
+            "    {:#012x}..{:#012x} left out: at or above the boot linear mapping",
+            range.start, range.end
+        );
+    }
+    if !left_out.is_empty() {
+        let bytes: usize = left_out.iter().map(core::ops::Range::len).sum();
+        println!(
+            "kvirt-kernel: {bytes:#x} bytes ({} MiB) of RAM at or above {:#x} left out",
+            bytes >> 20,
+            boot::BOOT_LINEAR_MAP_LIMIT
+        );
     }
 
     // SAFETY: PAT support was checked; index 0 stays writeback, which is

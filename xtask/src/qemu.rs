@@ -57,7 +57,9 @@ pub fn run(options: &Options) -> Result<(), String> {
     let kernel = build_kernel(&root)?;
     println!("xtask: booting {} (timeout {} s)", kernel.display(), options.timeout.as_secs());
     let outcome = boot(&kernel, options.timeout)?;
-    judge(&outcome)
+    judge(&outcome)?;
+    println!("xtask: the kernel passed");
+    Ok(())
 }
 
 /// The repository root (the parent of `xtask/`).
@@ -107,7 +109,7 @@ fn qemu_command(kernel: &Path) -> Command {
 }
 
 /// How a QEMU run ended.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 struct Outcome {
     /// QEMU's exit status, or `None` if it was killed at the timeout.
     exit_code: Option<i32>,
@@ -156,21 +158,97 @@ fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Result<(Option<i32
     }
 }
 
-/// Success is exit status 33 *and* the kernel's final line.
+/// Success is exit status 33 *and* the kernel's final line. A pure
+/// function of the outcome: the error says what went wrong.
 fn judge(outcome: &Outcome) -> Result<(), String> {
     if outcome.timed_out {
         return Err("the kernel did not finish before the timeout; QEMU was killed".into());
     }
     match outcome.exit_code {
-        Some(QEMU_SUCCESS) if outcome.saw_success_line => {
-            println!("xtask: the kernel passed");
-            Ok(())
-        }
+        Some(QEMU_SUCCESS) if outcome.saw_success_line => Ok(()),
         Some(QEMU_SUCCESS) => {
             Err(format!("QEMU exited with {QEMU_SUCCESS} but the kernel never printed `{SUCCESS_LINE}`"))
         }
         Some(0) => Err("QEMU exited with 0: the kernel reset the machine (triple fault?)".into()),
         Some(code) => Err(format!("the kernel failed (QEMU exit status {code})")),
         None => Err(format!("{QEMU} was killed by a signal")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(exit_code: Option<i32>, timed_out: bool, saw_success_line: bool) -> Outcome {
+        Outcome { exit_code, timed_out, saw_success_line }
+    }
+
+    mod judge {
+        use super::*;
+
+        #[test]
+        fn exit_status_33_with_the_success_line_passes() {
+            assert_eq!(judge(&outcome(Some(33), false, true)), Ok(()));
+        }
+
+        #[test]
+        fn a_timeout_fails_whatever_else_was_seen() {
+            for o in [outcome(None, true, false), outcome(Some(33), true, true)] {
+                let e = judge(&o).unwrap_err();
+                assert!(e.contains("did not finish before the timeout"), "{o:?}: {e}");
+            }
+        }
+
+        #[test]
+        fn exit_status_33_without_the_success_line_fails() {
+            let e = judge(&outcome(Some(33), false, false)).unwrap_err();
+            assert!(e.contains("never printed `kvirt-kernel: all checks passed`"), "{e}");
+        }
+
+        #[test]
+        fn a_panic_exit_status_fails_and_names_it() {
+            // The kernel's panic handler writes 0x11: QEMU exits with 35,
+            // success line or not.
+            for line in [false, true] {
+                let e = judge(&outcome(Some(35), false, line)).unwrap_err();
+                assert_eq!(e, "the kernel failed (QEMU exit status 35)");
+            }
+        }
+
+        #[test]
+        fn exit_status_0_fails_as_a_reset() {
+            let e = judge(&outcome(Some(0), false, true)).unwrap_err();
+            assert!(e.contains("triple fault"), "{e}");
+        }
+
+        #[test]
+        fn death_by_a_signal_fails() {
+            let e = judge(&outcome(None, false, true)).unwrap_err();
+            assert!(e.contains("killed by a signal"), "{e}");
+        }
+    }
+
+    mod wait_with_timeout {
+        use super::*;
+
+        #[test]
+        fn a_child_past_the_timeout_is_killed_and_reported() {
+            let mut child = Command::new("sleep").arg("5").spawn().expect("sleep(1) is available");
+            let started = Instant::now();
+            let result = wait_with_timeout(&mut child, Duration::from_millis(200));
+            let waited = started.elapsed();
+            assert_eq!(result, Ok((None, true)));
+            assert!(waited >= Duration::from_millis(200), "returned after {waited:?}");
+            assert!(waited < Duration::from_secs(3), "waited {waited:?} for a 5 s child");
+            // Killed and reaped: its exit status is there at once, by SIGKILL.
+            let status = child.try_wait().expect("try_wait").expect("the child is gone");
+            assert_eq!(status.code(), None, "{status}");
+        }
+
+        #[test]
+        fn a_child_that_exits_in_time_reports_its_status() {
+            let mut child = Command::new("sh").args(["-c", "exit 3"]).spawn().expect("sh(1) is available");
+            assert_eq!(wait_with_timeout(&mut child, Duration::from_secs(30)), Ok((Some(3), false)));
+        }
     }
 }

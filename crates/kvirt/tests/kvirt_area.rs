@@ -8,14 +8,18 @@
 
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use kvirt::frame::{Frame, FrameAllocOptions, PhysStats};
+use kvirt::frame::{AnyFrameMeta, Frame, FrameAllocOptions, PhysStats};
 use kvirt::kspace::{
     paddr_to_vaddr, AreaAccessError, AreaInfo, AreaKind, KVirtArea, KVirtAreaError, KernelSpace,
     MappedItemRef, SplitError, VmallocStats, GUARD_SIZE, LINEAR_MAPPING_BASE_VADDR, VMALLOC_VADDR_RANGE,
 };
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty, PrivilegedPageFlags};
-use kvirt::sim::{Access, FaultKind, MachineConfig, MemError};
+use kvirt::platform::hosted::{memory_map_of, SimPlatform};
+use kvirt::platform::{Platform, RcuCallback, TlbFlushOp, TlbScope};
+use kvirt::sim::{Access, FaultKind, Machine, MachineConfig, MemError};
 use kvirt::spec::{self, kernel_view, mapping_at, Inv, PageTableView};
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
 
@@ -466,66 +470,114 @@ mod panics {
 
     const TOP: usize = usize::MAX & !(PAGE_SIZE - 1);
 
+    /// Runs `f`, checks that it panics with exactly `message`, and panics
+    /// with it again (for `should_panic`), for messages with a run-time
+    /// physical address in them.
+    fn panics_with(message: &str, f: impl FnOnce()) -> ! {
+        let payload = catch_unwind(AssertUnwindSafe(f)).expect_err("the call must panic");
+        let got = payload.downcast_ref::<String>().map(String::as_str);
+        assert_eq!(got, Some(message));
+        std::panic::resume_unwind(payload)
+    }
+
+    // Each expected message is the whole panic message (or, where it holds a
+    // run-time address, its start, and `panics_with` checks all of it): the
+    // function, then the `KVirtAreaError` naming the precondition.
     panics! {
-        map_frames_of_zero_size_panics, "map_frames: the area size is zero",
+        map_frames_of_zero_size_panics, "KVirtArea::map_frames: the area size is zero",
             KVirtArea::map_frames(0, 0, frames(1), prop());
-        map_frames_of_misaligned_size_panics, "map_frames: the area size 0x1001 is not a multiple of PAGE_SIZE",
+        map_frames_of_misaligned_size_panics,
+            "KVirtArea::map_frames: the area size 0x1001 is not a multiple of PAGE_SIZE",
             KVirtArea::map_frames(P + 1, 0, frames(1), prop());
-        map_frames_at_misaligned_offset_panics, "map_frames: the map offset 0x10 is not aligned to PAGE_SIZE",
+        map_frames_at_misaligned_offset_panics,
+            "KVirtArea::map_frames: the map offset 0x10 is not aligned to PAGE_SIZE",
             KVirtArea::map_frames(2 * P, 0x10, frames(1), prop());
-        map_frames_at_offset_equal_to_size_panics, "map_frames: the map offset 0x2000 is not inside the area",
+        map_frames_at_offset_equal_to_size_panics,
+            "KVirtArea::map_frames: the map offset 0x2000 is not inside the area of 0x2000 bytes",
             KVirtArea::map_frames(2 * P, 2 * P, frames(0), prop());
-        map_frames_at_offset_past_the_end_panics, "map_frames: the map offset 0x3000 is not inside the area",
+        map_frames_at_offset_past_the_end_panics,
+            "KVirtArea::map_frames: the map offset 0x3000 is not inside the area of 0x2000 bytes",
             KVirtArea::map_frames(2 * P, 3 * P, frames(1), prop());
-        too_many_frames_panics, "exceeds the area size",
+        too_many_frames_panics,
+            "KVirtArea::map_frames: the map offset 0x0 plus the 0x3000 bytes to map exceeds the area size 0x2000",
             KVirtArea::map_frames(2 * PAGE_SIZE, 0, frames(3), prop());
-        map_frames_overflowing_offset_plus_length_panics, "exceeds the area size",
+        map_frames_overflowing_offset_plus_length_panics,
+            "KVirtArea::map_frames: the map offset 0xffffffffffffe000 plus the 0x2000 bytes to map exceeds \
+             the area size 0xfffffffffffff000",
             KVirtArea::map_frames(TOP, TOP - P, frames(2), prop());
-        map_frames_user_accessible_panics, "map_frames: kernel virtual areas cannot be user accessible",
+        map_frames_user_accessible_panics, "KVirtArea::map_frames: kernel virtual areas cannot be user accessible",
             KVirtArea::map_frames(P, 0, frames(1), user_prop());
-        map_frames_of_a_foreign_frame_panics, "belongs to another kernel space", {
+        map_frames_of_a_foreign_frame_panics, "KVirtArea::map_frames: frame 0x", {
             let other = small_space();
             let frame = FrameAllocOptions::new_in(&other).alloc_frame().unwrap();
             let keep = frame.clone();
-            let r = catch_unwind(AssertUnwindSafe(|| KVirtArea::map_frames(P, 0, [frame], prop())));
-            assert_eq!(keep.reference_count(), 1);
-            std::panic::resume_unwind(r.unwrap_err())
+            let message = format!("KVirtArea::map_frames: frame {:#x} belongs to another kernel space", frame.paddr());
+            panics_with(&message, || {
+                let r = catch_unwind(AssertUnwindSafe(|| KVirtArea::map_frames(P, 0, [frame], prop())));
+                // The frame handed in was released on the way out.
+                assert_eq!(keep.reference_count(), 1);
+                std::panic::resume_unwind(r.unwrap_err())
+            })
         };
-        map_frames_larger_than_vmalloc_panics, "map_frames: VMALLOC has no free range",
+        map_frames_larger_than_vmalloc_panics,
+            "KVirtArea::map_frames: VMALLOC has no free range of 0x200000000000 bytes",
             KVirtArea::map_frames(VMALLOC_VADDR_RANGE.len(), 0, frames(1), prop());
-        map_untracked_reversed_panics, "map_untracked_frames: the provided physical range",
+        map_untracked_reversed_panics,
+            "KVirtArea::map_untracked_frames: the provided physical range 0x2000..0x1000 is reversed",
             map_untracked(P, 0, reversed(), prop());
-        map_untracked_reversed_names_reversal, "is reversed",
-            map_untracked(P, 0, reversed(), prop());
-        map_untracked_of_zero_size_panics, "map_untracked_frames: the area size is zero",
+        map_untracked_of_zero_size_panics, "KVirtArea::map_untracked_frames: the area size is zero",
             map_untracked(0, 0, 0..0, prop());
-        map_untracked_of_misaligned_size_panics, "not a multiple of PAGE_SIZE",
+        map_untracked_of_misaligned_size_panics,
+            "KVirtArea::map_untracked_frames: the area size 0xfff is not a multiple of PAGE_SIZE",
             map_untracked(P - 1, 0, 0..0, prop());
-        map_untracked_at_misaligned_offset_panics, "not aligned to PAGE_SIZE",
+        map_untracked_at_misaligned_offset_panics,
+            "KVirtArea::map_untracked_frames: the map offset 0x800 is not aligned to PAGE_SIZE",
             map_untracked(2 * P, 0x800, 0..0, prop());
-        map_untracked_at_offset_equal_to_size_panics, "is not inside the area",
+        map_untracked_at_offset_equal_to_size_panics,
+            "KVirtArea::map_untracked_frames: the map offset 0x2000 is not inside the area of 0x2000 bytes",
             map_untracked(2 * P, 2 * P, 0..0, prop());
-        map_untracked_of_misaligned_start_panics, "is not aligned to PAGE_SIZE",
+        map_untracked_at_offset_past_the_end_panics,
+            "KVirtArea::map_untracked_frames: the map offset 0x3000 is not inside the area of 0x2000 bytes",
+            map_untracked(2 * P, 3 * P, 0..0, prop());
+        map_untracked_of_misaligned_start_panics,
+            "KVirtArea::map_untracked_frames: the provided physical range 0x800..0x2000 is not aligned to PAGE_SIZE",
             map_untracked(2 * P, 0, 0x800..0x2000, prop());
-        map_untracked_of_misaligned_end_panics, "is not aligned to PAGE_SIZE",
+        map_untracked_of_misaligned_end_panics,
+            "KVirtArea::map_untracked_frames: the provided physical range 0x1000..0x1800 is not aligned to PAGE_SIZE",
             map_untracked(2 * P, 0, 0x1000..0x1800, prop());
-        map_untracked_exceeding_the_area_panics, "exceeds the area size",
+        map_untracked_exceeding_the_area_panics,
+            "KVirtArea::map_untracked_frames: the map offset 0x1000 plus the 0x2000 bytes to map exceeds \
+             the area size 0x2000",
             map_untracked(2 * P, P, 0..2 * P, prop());
-        map_untracked_overflowing_offset_plus_length_panics, "exceeds the area size",
+        map_untracked_overflowing_offset_plus_length_panics,
+            "KVirtArea::map_untracked_frames: the map offset 0x2000 plus the 0xfffffffffffff000 bytes to map \
+             exceeds the area size 0xfffffffffffff000",
             map_untracked(TOP, 2 * P, 0..TOP, prop());
-        map_untracked_beyond_the_format_panics, "is beyond what the paging format can map",
+        map_untracked_beyond_the_format_panics,
+            "KVirtArea::map_untracked_frames: the provided physical range 0x10000000000000..0x10000000001000 \
+             is beyond what the paging format can map",
             map_untracked(P, 0, 1 << 52..(1 << 52) + P, prop());
-        map_untracked_of_tracked_memory_panics, "contains tracked physical addresses", {
+        map_untracked_of_tracked_memory_panics, "KVirtArea::map_untracked_frames: the provided physical range 0x", {
             let frame = FrameAllocOptions::new().alloc_frame().unwrap();
-            map_untracked(P, 0, frame.paddr()..frame.paddr() + P, prop());
+            let pa = frame.paddr()..frame.paddr() + P;
+            let message = format!(
+                "KVirtArea::map_untracked_frames: the provided physical range {pa:#x?} contains tracked physical addresses"
+            );
+            panics_with(&message, || map_untracked(P, 0, pa.clone(), prop()))
         };
-        map_untracked_of_free_ram_panics, "contains tracked physical addresses", {
+        map_untracked_of_free_ram_panics, "KVirtArea::map_untracked_frames: the provided physical range 0x", {
             let max = kvirt::frame::max_paddr();
-            map_untracked(P, 0, max - P..max, prop());
+            let pa = max - P..max;
+            let message = format!(
+                "KVirtArea::map_untracked_frames: the provided physical range {pa:#x?} contains tracked physical addresses"
+            );
+            panics_with(&message, || map_untracked(P, 0, pa.clone(), prop()))
         };
-        map_untracked_user_accessible_panics, "cannot be user accessible",
+        map_untracked_user_accessible_panics,
+            "KVirtArea::map_untracked_frames: kernel virtual areas cannot be user accessible",
             map_untracked(P, 0, 0..P, user_prop());
-        map_untracked_larger_than_vmalloc_panics, "map_untracked_frames: VMALLOC has no free range",
+        map_untracked_larger_than_vmalloc_panics,
+            "KVirtArea::map_untracked_frames: VMALLOC has no free range of 0x200000000000 bytes",
             map_untracked(VMALLOC_VADDR_RANGE.len(), 0, 0..0, prop());
     }
 }
@@ -1505,6 +1557,151 @@ mod mmu {
         assert!(matches!(err.kind, FaultKind::NotPresent { .. }), "{err:?}");
         let t = cpu.translate(right.start(), Access::READ).unwrap();
         assert_eq!(t.pa, (dev + SIZE_2M / 2) as u64);
+    }
+
+    /// What the drop-order test sees, in the order it happened.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Event {
+        /// A TLB flush through the platform, with the VMALLOC free bytes at
+        /// that moment (`None` before the space exists).
+        Flush { op: TlbFlushOp, vmalloc_free: Option<usize> },
+        /// The drop hook of the watched frame ran; `translated` says whether
+        /// CPU 0 could still translate the area's address then.
+        FrameReleased { paddr: Paddr, translated: bool },
+    }
+
+    /// The shared record of the drop-order test.
+    #[derive(Debug)]
+    struct Recorder {
+        events: Mutex<Vec<Event>>,
+        machine: Arc<Machine>,
+        /// The space the platform belongs to, set once it exists.
+        space: OnceLock<Weak<KernelSpace>>,
+        /// The address whose translation the frame's drop hook probes.
+        watched_va: OnceLock<Vaddr>,
+    }
+
+    impl Recorder {
+        fn push(&self, event: Event) {
+            self.events.lock().unwrap().push(event);
+        }
+    }
+
+    /// The hosted platform, recording every TLB flush and the VMALLOC free
+    /// bytes at the moment of the flush.
+    #[derive(Debug)]
+    struct RecordingPlatform {
+        inner: SimPlatform,
+        recorder: Arc<Recorder>,
+    }
+
+    // SAFETY: every promise is `SimPlatform`'s, to which every call is
+    // forwarded; recording reads VMALLOC counters and changes nothing.
+    unsafe impl Platform for RecordingPlatform {
+        fn phys_base(&self) -> NonNull<u8> {
+            self.inner.phys_base()
+        }
+
+        fn flush_tlb(&self, op: TlbFlushOp, scope: TlbScope) {
+            let space = self.recorder.space.get().and_then(Weak::upgrade);
+            let vmalloc_free = space.map(|s| s.vmalloc_stats().free_bytes);
+            self.recorder.push(Event::Flush { op: op.clone(), vmalloc_free });
+            self.inner.flush_tlb(op, scope);
+        }
+
+        fn current_cpu(&self) -> usize {
+            self.inner.current_cpu()
+        }
+
+        fn rcu_read_lock(&self) {
+            self.inner.rcu_read_lock();
+        }
+
+        fn rcu_read_unlock(&self) {
+            self.inner.rcu_read_unlock();
+        }
+
+        fn call_rcu(&self, callback: RcuCallback) {
+            self.inner.call_rcu(callback);
+        }
+
+        fn rcu_barrier(&self) {
+            self.inner.rcu_barrier();
+        }
+    }
+
+    /// Typed metadata whose drop hook records when the frame is released,
+    /// and whether CPU 0 could still reach it through the dropped area.
+    #[derive(Debug)]
+    struct Watched {
+        recorder: Arc<Recorder>,
+    }
+
+    impl AnyFrameMeta for Watched {
+        fn on_drop(&mut self, paddr: Paddr) {
+            let va = *self.recorder.watched_va.get().expect("set before the drop");
+            let translated = self.recorder.machine.cpu(0).translate(va, Access::READ).is_ok();
+            self.recorder.push(Event::FrameReleased { paddr, translated });
+        }
+
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+    }
+
+    /// DESIGN.md section 4: `Drop` issues the TLB invalidation of the range
+    /// before the frame is released and before the range goes back to
+    /// VMALLOC.
+    #[test]
+    fn drop_flushes_before_frames_and_range_are_released() {
+        let machine = Arc::new(Machine::new(MachineConfig::new(64 << 20)));
+        let recorder = Arc::new(Recorder {
+            events: Mutex::new(Vec::new()),
+            machine: machine.clone(),
+            space: OnceLock::new(),
+            watched_va: OnceLock::new(),
+        });
+        let platform =
+            RecordingPlatform { inner: SimPlatform::new(machine.clone()), recorder: recorder.clone() };
+        let map = memory_map_of(&machine);
+        let space = Arc::new(KernelSpace::new(Box::new(platform), &map, true).unwrap());
+        recorder.space.set(Arc::downgrade(&space)).unwrap();
+        let before = space.vmalloc_stats();
+
+        let frame = FrameAllocOptions::new_in(&space)
+            .alloc_frame_with(Watched { recorder: recorder.clone() })
+            .unwrap();
+        let paddr = frame.paddr();
+        let area = space.try_map_frames(2 * P, P, [frame], prop()).unwrap();
+        let mapped = area.mapped_range();
+        recorder.watched_va.set(mapped.start).unwrap();
+        let alive = space.vmalloc_stats();
+        assert_eq!(alive.free_bytes, before.free_bytes - 2 * P - GUARD_SIZE);
+        // Cache the translation in CPU 0's TLB: only a flush removes it.
+        let cpu = machine.cpu(0);
+        cpu.set_root(space.kernel_root_paddr() as u64);
+        cpu.translate(mapped.start, Access::READ).expect("mapped before the drop");
+        recorder.events.lock().unwrap().clear();
+
+        drop(area);
+
+        let events = recorder.events.lock().unwrap().clone();
+        let flush = events
+            .iter()
+            .position(|e| matches!(e, Event::Flush { op: TlbFlushOp::Range(r), .. } if *r == mapped))
+            .unwrap_or_else(|| panic!("no flush of {mapped:#x?}: {events:?}"));
+        let released = events
+            .iter()
+            .position(|e| matches!(e, Event::FrameReleased { .. }))
+            .unwrap_or_else(|| panic!("the frame was not released: {events:?}"));
+        assert!(flush < released, "the frame was released before the flush: {events:?}");
+        assert_eq!(events[released], Event::FrameReleased { paddr, translated: false });
+        let Event::Flush { vmalloc_free, .. } = &events[flush] else { unreachable!() };
+        assert_eq!(*vmalloc_free, Some(alive.free_bytes), "the range was freed before the flush");
+        // After the drop the range and its guard are free again.
+        assert_eq!(space.vmalloc_stats(), before);
+        assert!(space.areas().is_empty());
+        assert!(space.inv());
     }
 }
 

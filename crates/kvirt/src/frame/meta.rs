@@ -310,6 +310,14 @@ impl MetaSlot {
     pub(crate) fn live_references(&self) -> u64 {
         ref_count::live_references(self.ref_count())
     }
+
+    /// Replaces the count without any transition and returns the old one:
+    /// for unit tests that corrupt a slot to see the invariant checks
+    /// catch it (and then put the old count back).
+    #[cfg(test)]
+    pub(crate) fn swap_ref_count(&self, count: u64) -> u64 {
+        self.ref_count.swap(count, Ordering::Relaxed)
+    }
 }
 
 /// Types whose pointer can be rebuilt from a slot: every sized metadata type

@@ -452,7 +452,17 @@ impl<L: KernelLayout> KVirtArea<L> {
     /// [`split`](Self::split), handing the area back unchanged with the
     /// reason when the offset is bad or memory runs out.
     #[allow(clippy::result_large_err, reason = "the error hands back the area, as `Rc::try_unwrap` does")]
-    pub fn try_split(mut self, offset: usize) -> Result<(Self, Self), (Self, SplitError)> {
+    pub fn try_split(self, offset: usize) -> Result<(Self, Self), (Self, SplitError)> {
+        #[cfg(feature = "check-contracts")]
+        let before = crate::spec::contracts::split_requires(&self);
+        let result = self.try_split_unchecked(offset);
+        #[cfg(feature = "check-contracts")]
+        crate::spec::contracts::split_ensures(&before, offset, &result);
+        result
+    }
+
+    #[allow(clippy::result_large_err, reason = "as `try_split`")]
+    fn try_split_unchecked(mut self, offset: usize) -> Result<(Self, Self), (Self, SplitError)> {
         if !(is_page_aligned(offset) && 0 < offset && offset < self.size()) {
             let size = self.size();
             return Err((self, SplitError::BadOffset { offset, size }));
@@ -520,8 +530,20 @@ impl<L: KernelLayout> KVirtArea<L> {
         self.space().registry.set_label(self.range.start, Some(label));
     }
 
-    /// Reads `buf.len()` bytes at `offset` into the area.
+    /// Reads `buf.len()` bytes at `offset` into the area. On an error
+    /// `buf` is left as it was.
     pub fn read_bytes(&self, offset: usize, buf: &mut [u8]) -> Result<(), AreaAccessError> {
+        #[cfg(feature = "check-contracts")]
+        let before = buf.to_vec();
+        let result = self.read_bytes_unchecked(offset, buf);
+        #[cfg(feature = "check-contracts")]
+        crate::spec::contracts::read_bytes_ensures(self, offset, &before, buf, &result);
+        result
+    }
+
+    /// [`read_bytes`](Self::read_bytes) without its contract checks, which
+    /// read through it.
+    pub(crate) fn read_bytes_unchecked(&self, offset: usize, buf: &mut [u8]) -> Result<(), AreaAccessError> {
         let pieces = self.ram_pieces(offset, buf.len())?;
         let mut done = 0;
         for (ptr, len) in pieces {
@@ -535,8 +557,18 @@ impl<L: KernelLayout> KVirtArea<L> {
         Ok(())
     }
 
-    /// Writes `data` at `offset` into the area.
+    /// Writes `data` at `offset` into the area. On an error no byte is
+    /// written.
     pub fn write_bytes(&self, offset: usize, data: &[u8]) -> Result<(), AreaAccessError> {
+        #[cfg(feature = "check-contracts")]
+        let before = crate::spec::contracts::write_bytes_requires(self, offset, data.len());
+        let result = self.write_bytes_unchecked(offset, data);
+        #[cfg(feature = "check-contracts")]
+        crate::spec::contracts::write_bytes_ensures(self, offset, data, &before, &result);
+        result
+    }
+
+    fn write_bytes_unchecked(&self, offset: usize, data: &[u8]) -> Result<(), AreaAccessError> {
         let pieces = self.ram_pieces(offset, data.len())?;
         let mut done = 0;
         for (ptr, len) in pieces {
@@ -618,6 +650,12 @@ impl<L: KernelLayout> KVirtArea<L> {
         }
     }
 
+    /// The area's registry entry.
+    #[cfg(feature = "check-contracts")]
+    pub(crate) fn registry_info(&self) -> Option<AreaInfo> {
+        self.space().registry.get(self.range.start)
+    }
+
     /// Runs `f` with a temporary handle to the area's kernel space.
     #[cfg(feature = "check-contracts")]
     pub(crate) fn with_kernel_space<R>(&self, f: impl FnOnce(&KernelSpace<L>) -> R) -> R {
@@ -638,11 +676,21 @@ impl<L: KernelLayout> KernelSpace<L> {
         let frames: Vec<Frame<T>> = frames.into_iter().collect();
         let len = frames.len().saturating_mul(PAGE_SIZE);
         #[cfg(feature = "check-contracts")]
-        let panics = crate::spec::map_frames_panic_condition(area_size, map_offset, frames.len(), &prop)
-            || crate::spec::map_frames_foreign_frame_condition(self, &frames);
+        let request = crate::spec::contracts::ConstructorRequest {
+            panic_condition: crate::spec::map_frames_panic_condition(
+                area_size,
+                map_offset,
+                frames.len(),
+                &prop,
+            ) || crate::spec::map_frames_foreign_frame_condition(self, &frames),
+            area_size,
+            map_offset,
+            what: crate::spec::contracts::Requested::Frames(frames.iter().map(Frame::paddr).collect()),
+            prop,
+        };
         let result = self.try_map_frames_checked(area_size, map_offset, frames, len, prop);
         #[cfg(feature = "check-contracts")]
-        crate::spec::contracts::constructor_ensures(self, panics, &result);
+        crate::spec::contracts::constructor_ensures(self, &request, &result);
         result
     }
 
@@ -691,11 +739,18 @@ impl<L: KernelLayout> KernelSpace<L> {
         prop: PageProperty,
     ) -> Result<KVirtArea<L>, KVirtAreaError> {
         #[cfg(feature = "check-contracts")]
-        let panics =
-            crate::spec::map_untracked_frames_panic_condition(self, area_size, map_offset, &pa_range, &prop);
+        let request = crate::spec::contracts::ConstructorRequest {
+            panic_condition: crate::spec::map_untracked_frames_panic_condition(
+                self, area_size, map_offset, &pa_range, &prop,
+            ),
+            area_size,
+            map_offset,
+            what: crate::spec::contracts::Requested::Untracked(pa_range.clone()),
+            prop,
+        };
         let result = self.try_map_untracked_checked(area_size, map_offset, pa_range, prop);
         #[cfg(feature = "check-contracts")]
-        crate::spec::contracts::constructor_ensures(self, panics, &result);
+        crate::spec::contracts::constructor_ensures(self, &request, &result);
         result
     }
 
@@ -811,8 +866,14 @@ impl<L: KernelLayout> Drop for KVirtArea<L> {
             Some(link) if !link.drop_one() => self.range.end,
             _ => self.range.end + GUARD_SIZE,
         };
+        // Checked while the range is still ours: once it is free, another
+        // thread may take it.
+        #[cfg(feature = "check-contracts")]
+        crate::spec::contracts::drop_ensures_before_free(self, start..end);
         if start < end {
             let freed = space.vmalloc.free(start..end);
+            #[cfg(feature = "check-contracts")]
+            crate::spec::contracts::drop_ensures_freed(&(start..end), &freed);
             debug_assert!(freed.is_ok(), "freeing an area's range failed: {freed:?}");
         }
     }
@@ -826,3 +887,7 @@ impl<L: KernelLayout> fmt::Debug for KVirtArea<L> {
             .finish()
     }
 }
+
+/// The invariant checkers of areas and spaces catch each corruption.
+#[cfg(test)]
+mod inv_tests;

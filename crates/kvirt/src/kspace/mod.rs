@@ -615,3 +615,7 @@ impl<L: KernelLayout> fmt::Debug for KernelSpace<L> {
         f.debug_struct("KernelSpace").field("phys", self.phys()).finish()
     }
 }
+
+/// What a new kernel space maps: the linear mapping and the metadata array.
+#[cfg(test)]
+mod setup_tests;

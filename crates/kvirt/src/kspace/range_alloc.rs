@@ -65,13 +65,23 @@
 //!
 //! With `n` free blocks: `alloc` is `O(log n)` in steps 1 and 2, which serve
 //! every request whose alignment is the granule and every aligned request
-//! that some block can hold with full alignment slack. Step 3 costs
-//! `O(log n + m)`, `m` being the number of blocks with a length in
-//! `size..size + align - granule`; it runs only when nothing longer is free.
-//! `free` and `is_free` are `O(log n)`; `stats` is `O(log n)` (free bytes and
-//! fragment count are counters, the largest block is the last size entry);
-//! `inv` is `O(n log n)` (one size-index lookup per block). Memory is two
-//! tree entries per free block.
+//! that some block can hold with full alignment slack. `free`, `is_free` and
+//! `overlaps_free` are `O(log n)`; `stats` is `O(log n)` (free bytes and
+//! fragment count are counters, the largest block is the last size entry).
+//! Each of these makes a bounded number of B-tree operations (at most 13 in
+//! the unit test `alloc_and_free_probe_the_trees_at_most_logarithmically_often`,
+//! with 10 and with 10 000 free blocks alike), each `O(log n)`.
+//!
+//! **Not `O(log n)`:** step 3 costs `O(log n + m)`, `m` being the number of
+//! blocks with a length in `size..size + align - granule`, because whether
+//! such a block holds an aligned sub-range depends on its start modulo
+//! `align`, which neither index orders by (the unit test
+//! `aligned_alloc_without_slack_scans_the_short_candidates` pins it at
+//! `m + 7` probes). It runs only when no free block is `size + align -
+//! granule` bytes long, which for VMALLOC (32 TiB, requests aligned to at
+//! most 1 GiB) means VMALLOC is all but exhausted. `inv` is `O(n log n)`
+//! (one size-index lookup per block). Memory is two tree entries per free
+//! block.
 //!
 //! # Limits
 //!
@@ -155,6 +165,33 @@ pub struct RangeAllocStats {
     pub fragments: usize,
 }
 
+// Tree probes of the calling thread, for the unit tests that bound them:
+// one per lookup, insertion, removal or iterator seek, and one per block an
+// iterator then yields. Each probe is one O(log n) B-tree operation or one
+// iterator step, so an operation's probes bound its cost in tree steps.
+#[cfg(test)]
+std::thread_local! {
+    static PROBES: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+}
+
+/// Counts `n` tree probes (unit tests only; nothing otherwise).
+fn probe(n: usize) {
+    #[cfg(test)]
+    PROBES.with(|p| p.set(p.get() + n));
+    #[cfg(not(test))]
+    let _ = n;
+}
+
+fn probe_item<T>(_: &T) {
+    probe(1);
+}
+
+/// `iter`, counting a probe for its seek and one for every item it yields.
+fn probed<I: Iterator>(iter: I) -> core::iter::Inspect<I, fn(&I::Item)> {
+    probe(1);
+    iter.inspect(probe_item::<I::Item> as fn(&I::Item))
+}
+
 /// Rounds `addr` up to a multiple of `align` (a power of two), or `None` if
 /// that is past `usize::MAX`.
 fn align_up(addr: usize, align: usize) -> Option<usize> {
@@ -202,7 +239,9 @@ impl RangeAllocator {
     }
 
     /// Allocates `size` bytes aligned to `align` (power of two >= granule).
-    /// O(log n) in the number of free fragments.
+    /// O(log n) in the number of free fragments, except for an aligned
+    /// request that no free block can hold with full alignment slack:
+    /// O(log n + m) then (see the [module documentation](self)).
     ///
     /// The block is chosen by best fit and carved from its low end (see the
     /// [module documentation](self)). Errors, checked in this order:
@@ -253,7 +292,7 @@ impl RangeAllocator {
         }
         // The last block starting before `end` is the only candidate for
         // overlap: every earlier block ends before it starts.
-        if let Some((&bs, &be)) = self.by_addr.range(..end).next_back() {
+        if let Some((&bs, &be)) = probed(self.by_addr.range(..end)).next_back() {
             if be > start {
                 // Blocks are never adjacent, so an entirely free range lies
                 // inside a single block.
@@ -265,12 +304,13 @@ impl RangeAllocator {
             }
         }
         let mut merged = start..end;
-        if let Some((&ls, &le)) = self.by_addr.range(..start).next_back() {
+        if let Some((&ls, &le)) = probed(self.by_addr.range(..start)).next_back() {
             if le == start {
                 self.remove_block(ls, le);
                 merged.start = ls;
             }
         }
+        probe(1);
         if let Some(&re) = self.by_addr.get(&end) {
             self.remove_block(end, re);
             merged.end = re;
@@ -321,7 +361,7 @@ impl RangeAllocator {
             return false;
         }
         matches!(
-            self.by_addr.range(..=range.start).next_back(),
+            probed(self.by_addr.range(..=range.start)).next_back(),
             Some((_, &end)) if end >= range.end
         )
     }
@@ -333,7 +373,14 @@ impl RangeAllocator {
         if range.start >= range.end {
             return false;
         }
-        matches!(self.by_addr.range(..range.end).next_back(), Some((_, &end)) if end > range.start)
+        matches!(probed(self.by_addr.range(..range.end)).next_back(), Some((_, &end)) if end > range.start)
+    }
+
+    /// The address index itself: for unit tests elsewhere in the crate
+    /// that corrupt it to see the invariant checks catch it.
+    #[cfg(test)]
+    pub(crate) fn by_addr_mut(&mut self) -> &mut BTreeMap<usize, usize> {
+        &mut self.by_addr
     }
 
     /// All internal invariants: address index and size index describe the
@@ -384,16 +431,16 @@ impl RangeAllocator {
             fit_in(start, end, size, align).map(|at| (start, end, at))
         };
         // 1. Best fit: the few smallest blocks that are long enough.
-        let fast = self.by_size.range((size, 0)..).take(FAST_PATH_CANDIDATES).find_map(try_block);
+        let fast = probed(self.by_size.range((size, 0)..)).take(FAST_PATH_CANDIDATES).find_map(try_block);
         if fast.is_some() {
             return fast;
         }
         let Some(need) = size.checked_add(align - self.granule) else {
             // No block can be that long; scan every candidate left.
-            return self.by_size.range((size, 0)..).skip(FAST_PATH_CANDIDATES).find_map(try_block);
+            return probed(self.by_size.range((size, 0)..)).skip(FAST_PATH_CANDIDATES).find_map(try_block);
         };
         // 2. The smallest block with room for any alignment offset.
-        if let Some(hit) = self.by_size.range((need, 0)..).next() {
+        if let Some(hit) = probed(self.by_size.range((need, 0)..)).next() {
             let found = try_block(hit);
             debug_assert!(found.is_some(), "a block of size + align - granule always fits");
             if found.is_some() {
@@ -401,15 +448,17 @@ impl RangeAllocator {
             }
         }
         // 3. Last resort: the shorter candidates step 1 did not look at.
-        self.by_size.range((size, 0)..(need, 0)).skip(FAST_PATH_CANDIDATES).find_map(try_block)
+        probed(self.by_size.range((size, 0)..(need, 0))).skip(FAST_PATH_CANDIDATES).find_map(try_block)
     }
 
     fn insert_block(&mut self, start: usize, end: usize) {
+        probe(2);
         self.by_addr.insert(start, end);
         self.by_size.insert((end - start, start));
     }
 
     fn remove_block(&mut self, start: usize, end: usize) {
+        probe(2);
         self.by_addr.remove(&start);
         self.by_size.remove(&(end - start, start));
     }
@@ -787,6 +836,41 @@ mod tests {
     }
 
     #[test]
+    fn inv_detects_each_kind_of_corruption() {
+        let good = with_free(p(0)..p(32), &[p(2)..p(4), p(8)..p(12), p(20)..p(32)]);
+        let broken = |f: &dyn Fn(&mut RangeAllocator)| {
+            let mut a = good.clone();
+            f(&mut a);
+            a.inv()
+        };
+        // A block only one index has.
+        assert!(!broken(&|a| {
+            a.by_addr.insert(p(14), p(16));
+        }));
+        assert!(!broken(&|a| {
+            a.by_size.insert((p(2), p(14)));
+        }));
+        // Both indexes, but overlapping a block, adjacent to one (unmerged),
+        // empty, misaligned, or outside the managed range.
+        for (start, end) in
+            [(p(10), p(14)), (p(4), p(6)), (p(6), p(8)), (p(16), p(16)), (p(16) + 8, p(17)), (p(32), p(33))]
+        {
+            assert!(!broken(&|a| {
+                a.insert_block(start, end);
+                a.free_bytes += end - start;
+            }));
+        }
+        // The two indexes disagree on a block's length.
+        assert!(!broken(&|a| {
+            a.by_size.remove(&(p(2), p(2)));
+            a.by_size.insert((p(3), p(2)));
+        }));
+        // The free-byte counter is off.
+        assert!(!broken(&|a| a.free_bytes -= G));
+        assert!(good.inv());
+    }
+
+    #[test]
     fn stats_track_fragments_and_largest_after_a_pattern_of_frees() {
         let mut a = RangeAllocator::new(p(0)..p(64), G);
         let areas: Vec<_> = (0..8).map(|_| a.alloc(p(8), G).unwrap()).collect();
@@ -929,6 +1013,96 @@ mod tests {
         assert_eq!(a.free_ranges().collect::<Vec<_>>(), vec![VMALLOC]);
         assert_eq!(a.stats().fragments, 1);
         assert!(a.inv());
+    }
+
+    // ---- Cost: tree probes per operation ----------------------------------
+
+    /// What `f` returns, and the tree probes it made on this thread.
+    fn probes_of<T>(f: impl FnOnce() -> T) -> (T, usize) {
+        let before = PROBES.with(core::cell::Cell::get);
+        let result = f();
+        (result, PROBES.with(core::cell::Cell::get) - before)
+    }
+
+    /// VMALLOC with `n` free fragments: `n - 1` isolated single pages at
+    /// odd page numbers, then the free rest. Returns it and the allocated
+    /// pages between the holes.
+    fn fragmented(n: usize) -> (RangeAllocator, Vec<Range<usize>>) {
+        let mut a = RangeAllocator::new(VMALLOC, G);
+        let pages: Vec<_> = (0..2 * n).map(|_| a.alloc(G, G).unwrap()).collect();
+        let mut kept = Vec::new();
+        for (i, r) in pages.into_iter().enumerate() {
+            if i % 2 == 1 {
+                a.free(r).unwrap();
+            } else {
+                kept.push(r);
+            }
+        }
+        assert_eq!(a.stats().fragments, n);
+        (a, kept)
+    }
+
+    /// The most probes one `alloc` or `free` makes in a mix of operations
+    /// on `fragmented(n)`, each undone right away so that the number of
+    /// fragments stays `n`: best-fit and aligned allocations (served by the
+    /// fast path and by the fallback with alignment slack), frees that
+    /// merge with both neighbours, and rejected double frees.
+    fn max_probes_per_operation(n: usize) -> usize {
+        let (mut a, kept) = fragmented(n);
+        let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+        let mut worst = 0;
+        let mut note = |probes: usize| worst = worst.max(probes);
+        for _ in 0..200 {
+            // A random size and alignment (up to 512 pages).
+            let (size, align) = ((1 + rng.below(16)) * G, G << rng.below(10));
+            let (r, probes) = probes_of(|| a.alloc(size, align).unwrap());
+            note(probes);
+            note(probes_of(|| a.free(r).unwrap()).1);
+            // An allocated page between two holes (not the first, at the
+            // bottom, nor the last, next to the free rest): its free merges
+            // all three.
+            let page = kept[1 + rng.below(kept.len() - 2)].clone();
+            note(probes_of(|| a.free(page.clone()).unwrap()).1);
+            let merged = page.start - G..page.end + G;
+            assert_eq!(a.alloc(3 * G, G), Ok(merged.clone()), "best fit takes the merged block back");
+            a.free(merged.start..page.start).unwrap();
+            a.free(page.end..merged.end).unwrap();
+            // A double free of a hole.
+            let hole = page.end..page.end + G;
+            note(probes_of(|| assert_eq!(a.free(hole), Err(RangeAllocError::DoubleFree))).1);
+            assert_eq!(a.stats().fragments, n);
+        }
+        assert!(a.inv());
+        worst
+    }
+
+    #[test]
+    fn alloc_and_free_probe_the_trees_at_most_logarithmically_often() {
+        let log2 = |n: usize| n.ilog2() as usize + 1;
+        let (small, large) = (max_probes_per_operation(10), max_probes_per_operation(10_000));
+        // Each probe is one O(log n) tree operation or one iterator step: a
+        // bounded number of probes per operation is O(log n) per operation.
+        assert!(small <= 4 * log2(10), "{small} probes with 10 fragments");
+        assert!(large <= 4 * log2(10_000), "{large} probes with 10 000 fragments");
+        // A thousand times the fragments: at most log2(1000) ~ 10 times the
+        // probes, and in fact not one more.
+        assert!(large <= small, "{small} probes with 10 fragments, {large} with 10 000");
+    }
+
+    /// The one path that is not O(log n), as the module documentation says:
+    /// an aligned request that no block can hold with full alignment slack
+    /// scans the blocks of length `size..size + align - granule`.
+    #[test]
+    fn aligned_alloc_without_slack_scans_the_short_candidates() {
+        for m in [10, 10_000] {
+            // m single free pages at odd page numbers, nothing else free:
+            // none holds a page aligned to two pages.
+            let holes: Vec<_> = (0..m).map(|i| p(2 * i + 1)..p(2 * i + 2)).collect();
+            let mut a = with_free(p(0)..p(2 * m + 2), &holes);
+            let (result, probes) = probes_of(|| a.alloc(G, 2 * G));
+            assert_eq!(result, Err(RangeAllocError::Exhausted));
+            assert!((m..=m + 16).contains(&probes), "{probes} probes for {m} candidates");
+        }
     }
 
     // ---- Model-based property test ----------------------------------------

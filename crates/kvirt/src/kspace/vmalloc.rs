@@ -150,6 +150,14 @@ impl Vmalloc {
         self.arenas.iter().all(|a| a.lock().inv())
     }
 
+    /// The allocator of the first arena (the bottom of VMALLOC, where the
+    /// areas of CPU 0 go): for unit tests that corrupt it to see the
+    /// invariant checks catch it.
+    #[cfg(test)]
+    pub(crate) fn lock_allocator(&self) -> spin::MutexGuard<'_, RangeAllocator> {
+        self.arenas[0].lock()
+    }
+
     /// Whether no byte of `range` is free (it is allocated). O(log n) per
     /// arena it touches.
     pub(crate) fn is_allocated(&self, range: Range<Vaddr>) -> bool {

@@ -109,3 +109,199 @@ impl<C: PageTableConfig> PageTable<C> {
         Ok(())
     }
 }
+
+/// `check_inv` catches each kind of corruption it names. Every test breaks
+/// one thing in a user page table, expects the clause, and puts the thing
+/// back so that the table drops cleanly.
+///
+/// The clause "a leaf is at a level that cannot map pages, or is
+/// misaligned" cannot be reached this way: both formats' `decode` masks a
+/// leaf's address to its page size and reads a leaf bit at a level without
+/// leaves as a table (checked by `arch::check_format_conformance` and the
+/// `pte_decode` fuzz target), so it guards against a wrong format only.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::{Paddr, Vaddr, PAGE_SIZE};
+    use crate::arch::pte_index;
+    use crate::arch::x86_64::X86_64;
+    use crate::frame::{Frame, FrameAllocOptions, REF_COUNT_MAX};
+    use crate::kspace::KernelSpace;
+    use crate::page_prop::{CachePolicy, PageFlags, PageProperty};
+    use crate::page_table::{MappedItem, UserPtConfig};
+
+    type F = X86_64;
+    type Pt = PageTable<UserPtConfig<F>>;
+
+    /// A 1 GiB-aligned user address, so its level-2 and level-3 nodes have
+    /// free entries right after it.
+    const UVA: Vaddr = 0x4000_0000;
+
+    fn prop() -> PageProperty {
+        PageProperty::new_user(PageFlags::RW, CachePolicy::Writeback)
+    }
+
+    /// A fresh space, a user table of it with one tracked frame mapped at
+    /// `UVA`, and `f` run on them; the table must be intact again after `f`.
+    fn with_table(f: impl FnOnce(&KernelSpace, &Pt, &Path<'_>)) {
+        let space = KernelSpace::new_hosted(kvirt_sim::MachineConfig::new(16 << 20));
+        let pt = Pt::empty(space.phys()).unwrap();
+        let frame = FrameAllocOptions::new_in(&space).alloc_frame().unwrap();
+        pt.cursor_mut(&(UVA..UVA + PAGE_SIZE)).unwrap().map(MappedItem::Tracked(frame.into(), prop()));
+        assert_eq!(pt.check_inv(), Ok(4), "a root and one node per level below it");
+        let path = Path::to(&pt, UVA);
+        f(&space, &pt, &path);
+        assert_eq!(pt.check_inv(), Ok(4), "the test did not restore the table");
+    }
+
+    /// The nodes on the way to `va`'s 4 KiB leaf: `nodes[l]` is the node
+    /// at level `l` (index 0 unused).
+    struct Path<'a> {
+        nodes: [NodeRef<'a>; 5],
+    }
+
+    impl<'a> Path<'a> {
+        fn to(pt: &'a Pt, va: Vaddr) -> Self {
+            let mut nodes = [pt.root_node(); 5];
+            for level in (1..4u8).rev() {
+                let parent = nodes[level as usize + 1];
+                let PteKind::Table(child) = F::decode(parent.read(pte_index::<F>(va, level + 1)), level + 1)
+                else {
+                    panic!("no table at level {level}");
+                };
+                // SAFETY: the child is a node of the table, which outlives
+                // the path and is not changed concurrently.
+                nodes[level as usize] = unsafe { NodeRef::new(pt.phys(), child) };
+            }
+            Self { nodes }
+        }
+
+        fn node(&self, level: PagingLevel) -> NodeRef<'a> {
+            self.nodes[level as usize]
+        }
+    }
+
+    /// Writes `raw` at entry `index` of `node` under its lock; returns what
+    /// was there.
+    fn swap_entry(node: NodeRef<'_>, index: usize, raw: u64) -> u64 {
+        node.lock();
+        let old = node.read(index);
+        node.write(index, raw);
+        node.unlock();
+        old
+    }
+
+    /// Breaks entry `index` of `node` with `raw`, expects `clause`, and
+    /// restores the entry.
+    fn expect_with_entry(pt: &Pt, node: NodeRef<'_>, index: usize, raw: u64, clause: &str) {
+        let old = swap_entry(node, index, raw);
+        assert_eq!(pt.check_inv(), Err(clause));
+        swap_entry(node, index, old);
+    }
+
+    /// A page that is free in the allocator (its slot is `UNUSED`).
+    fn free_page(space: &KernelSpace) -> Paddr {
+        let frame = FrameAllocOptions::new_in(space).alloc_frame().unwrap();
+        let pa = frame.paddr();
+        drop(frame);
+        pa
+    }
+
+    #[test]
+    fn a_tracked_leaf_of_a_free_frame_is_reported() {
+        with_table(|space, pt, path| {
+            let raw = F::encode_page(free_page(space), 1, prop(), true);
+            let leaf = pte_index::<F>(UVA, 1);
+            expect_with_entry(pt, path.node(1), leaf, raw, "a tracked leaf is not a live 4 KiB frame");
+        });
+    }
+
+    #[test]
+    fn a_wrong_child_count_is_reported() {
+        with_table(|_, pt, path| {
+            let node = path.node(1);
+            node.lock();
+            let old = node.swap_nr_children(2);
+            node.unlock();
+            assert_eq!(pt.check_inv(), Err("a node's child count differs from its non-absent entries"));
+            node.lock();
+            node.swap_nr_children(old);
+            node.unlock();
+        });
+    }
+
+    #[test]
+    fn a_node_with_a_second_reference_is_reported() {
+        with_table(|space, pt, path| {
+            let slot = space.phys().slot(path.node(2).pa());
+            let old = slot.swap_ref_count(2);
+            assert_eq!(pt.check_inv(), Err("a page-table node does not have exactly one reference"));
+            slot.swap_ref_count(old);
+        });
+    }
+
+    #[test]
+    fn a_node_reached_at_the_wrong_level_is_reported() {
+        with_table(|_, pt, path| {
+            // The level-1 node, linked a second time as a level-2 node.
+            let raw = F::encode_table(path.node(1).pa());
+            let next = pte_index::<F>(UVA, 3) + 1;
+            expect_with_entry(pt, path.node(3), next, raw, "a page-table node's level is wrong");
+        });
+    }
+
+    #[test]
+    fn a_table_entry_to_a_data_frame_is_reported() {
+        with_table(|space, pt, path| {
+            let data: Frame<()> = FrameAllocOptions::new_in(space).alloc_frame().unwrap();
+            let raw = F::encode_table(data.paddr());
+            let next = pte_index::<F>(UVA, 2) + 1;
+            expect_with_entry(
+                pt,
+                path.node(2),
+                next,
+                raw,
+                "a table entry points to a frame that is not a page-table node",
+            );
+            assert_eq!(data.reference_count(), 1);
+        });
+    }
+
+    #[test]
+    fn a_table_entry_outside_ram_is_reported() {
+        with_table(|space, pt, path| {
+            let raw = F::encode_table(space.phys().max_paddr());
+            let next = pte_index::<F>(UVA, 2) + 1;
+            expect_with_entry(pt, path.node(2), next, raw, "a table entry points outside RAM");
+        });
+    }
+
+    #[test]
+    fn a_tracked_leaf_with_an_impossible_count_is_reported() {
+        with_table(|space, pt, path| {
+            let PteKind::Page { pa, .. } = F::decode(path.node(1).read(pte_index::<F>(UVA, 1)), 1) else {
+                panic!("the leaf is mapped");
+            };
+            let slot = space.phys().slot(pa);
+            let old = slot.swap_ref_count(REF_COUNT_MAX + 1);
+            assert_eq!(pt.check_inv(), Err("a tracked leaf is not a live 4 KiB frame"));
+            slot.swap_ref_count(old);
+        });
+    }
+
+    /// A stray mark cannot be taken back, so this test does not restore the
+    /// table; dropping a table with a stray node is harmless (the mark only
+    /// tells lock-free walkers to retry).
+    #[test]
+    fn a_reachable_stray_node_is_reported() {
+        let space = KernelSpace::new_hosted(kvirt_sim::MachineConfig::new(16 << 20));
+        let pt = Pt::empty(space.phys()).unwrap();
+        let frame = FrameAllocOptions::new_in(&space).alloc_frame().unwrap();
+        pt.cursor_mut(&(UVA..UVA + PAGE_SIZE)).unwrap().map(MappedItem::Tracked(frame.into(), prop()));
+        let node = Path::to(&pt, UVA).node(2);
+        node.lock();
+        node.mark_stray();
+        node.unlock();
+        assert_eq!(pt.check_inv(), Err("a reachable page-table node is marked stray"));
+    }
+}

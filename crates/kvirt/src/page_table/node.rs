@@ -178,6 +178,16 @@ impl<'a> NodeRef<'a> {
         unsafe { *self.meta().nr_children.get() }
     }
 
+    /// Replaces the child count without writing an entry and returns the
+    /// old one: for unit tests that corrupt a node to see the invariant
+    /// check catch it. The caller holds the lock.
+    #[cfg(test)]
+    pub(crate) fn swap_nr_children(self, n: u16) -> u16 {
+        debug_assert!(self.is_locked());
+        // SAFETY: the caller holds the lock, which guards `nr_children`.
+        core::mem::replace(unsafe { &mut *self.meta().nr_children.get() }, n)
+    }
+
     #[inline]
     pub(crate) fn lock(self) {
         let lock = &self.meta().lock;

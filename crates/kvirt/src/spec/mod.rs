@@ -3,7 +3,8 @@
 //! The seed API is specified in Verus against abstract views of the page
 //! table, the frames and the areas. This module makes those views and
 //! predicates plain Rust, so tests (and, with the `check-contracts`
-//! feature, every public `KVirtArea` operation) can check them at run time:
+//! feature, `query`, the constructors, `split`, the byte accessors and
+//! `Drop` of `KVirtArea`: see `contracts`) can check them at run time:
 //!
 //! * **views**: [`PageTableView`] (the leaf mappings of a range, page by
 //!   page), [`frame_ref_count`], [`KernelSpace::areas`];
