@@ -63,6 +63,8 @@
 //! * `bitflags`: page-property flag sets.
 //! * `spin`: locks and `Once` without an operating system.
 //! * `log`: diagnostics a kernel routes to its console.
+//! * `crossbeam-utils` (no_std): `CachePadded`, so that the per-CPU free-page
+//!   lists, VMALLOC arenas and registry shards do not share cache lines.
 //! * `kvirt-sim`, `crossbeam-epoch` (feature `std` only): the hosted machine
 //!   and epoch-based reclamation for hosted builds.
 

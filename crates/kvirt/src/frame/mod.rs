@@ -37,7 +37,9 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::ops::Range;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicIsize, Ordering};
+
+use crossbeam_utils::CachePadded;
 
 pub use handle::{Frame, FrameRef, UFrame};
 pub use meta::{AnyFrameMeta, AnyUFrameMeta, META_SLOT_SIZE, META_STORAGE_SIZE};
@@ -312,7 +314,26 @@ pub(crate) struct PhysMem {
     /// Free single pages kept per CPU in front of `allocator`.
     page_cache: PageCache,
     /// Page-table nodes alive (attached or waiting for reclamation).
-    pub(crate) page_table_pages: AtomicUsize,
+    page_table_pages: PerCpuCount,
+}
+
+/// A count kept in one cache line per CPU (CPU `i` uses cell `i % 8`), so
+/// that CPUs changing it at once do not pass a line back and forth; read by
+/// summing, which is exact whenever no change is under way.
+#[derive(Debug, Default)]
+struct PerCpuCount([CachePadded<AtomicIsize>; 8]);
+
+impl PerCpuCount {
+    fn add(&self, cpu: usize, n: isize) {
+        self.0[cpu % self.0.len()].fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn sum(&self) -> usize {
+        let sum: isize = self.0.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+        // A node freed on another CPU than it was made on leaves one cell
+        // negative; only a sum read during changes can be.
+        usize::try_from(sum).unwrap_or(0)
+    }
 }
 
 // SAFETY: the raw pointers target RAM that the platform keeps valid and
@@ -420,7 +441,7 @@ impl PhysMem {
             allocatable,
             allocator: spin::Mutex::new(allocator),
             page_cache: PageCache::new(),
-            page_table_pages: AtomicUsize::new(0),
+            page_table_pages: PerCpuCount::default(),
         })
     }
 
@@ -488,7 +509,7 @@ impl PhysMem {
             total_pages,
             free_pages,
             used_pages: total_pages - free_pages,
-            page_table_pages: self.page_table_pages.load(Ordering::Relaxed),
+            page_table_pages: self.page_table_pages.sum(),
         }
     }
 
@@ -535,6 +556,11 @@ impl PhysMem {
         } else {
             self.allocator.lock().dealloc(pa / PAGE_SIZE, count);
         }
+    }
+
+    /// Counts a page-table node made (`1`) or freed (`-1`).
+    pub(crate) fn count_page_table_pages(&self, n: isize) {
+        self.page_table_pages.add(self.platform.current_cpu(), n);
     }
 
     /// Gives the pages cached per CPU back to the allocator (checks walk

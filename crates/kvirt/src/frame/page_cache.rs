@@ -25,6 +25,8 @@
 
 use alloc::vec::Vec;
 
+use crossbeam_utils::CachePadded;
+
 use super::buddy::BuddyAllocator;
 
 /// Pages a list takes from or gives back to the buddy allocator at once.
@@ -38,12 +40,14 @@ const LISTS: usize = 8;
 #[derive(Debug)]
 pub(super) struct PageCache {
     /// Page frame numbers; the most recently freed last.
-    lists: [spin::Mutex<Vec<usize>>; LISTS],
+    lists: [CachePadded<spin::Mutex<Vec<usize>>>; LISTS],
 }
 
 impl PageCache {
     pub(super) fn new() -> Self {
-        Self { lists: core::array::from_fn(|_| spin::Mutex::new(Vec::with_capacity(HIGH + 1))) }
+        Self {
+            lists: core::array::from_fn(|_| CachePadded::new(spin::Mutex::new(Vec::with_capacity(HIGH + 1)))),
+        }
     }
 
     /// One free page for `cpu`, or `None` if there is no free page at all.

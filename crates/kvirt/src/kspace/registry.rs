@@ -10,6 +10,8 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::ops::Range;
 
+use crossbeam_utils::CachePadded;
+
 use crate::addr::{Vaddr, PAGE_SIZE};
 
 /// What an area maps.
@@ -76,12 +78,12 @@ const _: () = assert!(SHARDS.is_power_of_two());
 /// The registry of one kernel space.
 #[derive(Debug)]
 pub(crate) struct AreaRegistry {
-    shards: [spin::Mutex<BTreeMap<Vaddr, AreaInfo>>; SHARDS],
+    shards: [CachePadded<spin::Mutex<BTreeMap<Vaddr, AreaInfo>>>; SHARDS],
 }
 
 impl AreaRegistry {
     pub(crate) fn new() -> Self {
-        Self { shards: core::array::from_fn(|_| spin::Mutex::new(BTreeMap::new())) }
+        Self { shards: core::array::from_fn(|_| CachePadded::new(spin::Mutex::new(BTreeMap::new()))) }
     }
 
     fn shard(&self, start: Vaddr) -> &spin::Mutex<BTreeMap<Vaddr, AreaInfo>> {

@@ -34,6 +34,8 @@
 use alloc::vec::Vec;
 use core::ops::Range;
 
+use crossbeam_utils::CachePadded;
+
 use super::range_alloc::{RangeAllocError, RangeAllocStats, RangeAllocator};
 use crate::addr::{Vaddr, PAGE_SIZE};
 
@@ -54,7 +56,7 @@ pub type VmallocStats = RangeAllocStats;
 #[derive(Debug)]
 pub(crate) struct Vmalloc {
     /// The arenas, in address order; together they cover the region.
-    arenas: Vec<spin::Mutex<RangeAllocator>>,
+    arenas: Vec<CachePadded<spin::Mutex<RangeAllocator>>>,
     /// The region's start and the length of every arena but the last (which
     /// also takes the remainder).
     start: Vaddr,
@@ -70,7 +72,7 @@ impl Vmalloc {
             .map(|i| {
                 let start = range.start + i * arena_len;
                 let end = if i + 1 == n { range.end } else { start + arena_len };
-                spin::Mutex::new(RangeAllocator::new(start..end, PAGE_SIZE))
+                CachePadded::new(spin::Mutex::new(RangeAllocator::new(start..end, PAGE_SIZE)))
             })
             .collect();
         Self { arenas, start: range.start, arena_len }

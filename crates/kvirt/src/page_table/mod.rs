@@ -76,7 +76,6 @@ use core::fmt;
 use core::marker::PhantomData;
 use core::ops::Range;
 use core::ptr::NonNull;
-use core::sync::atomic::Ordering;
 
 pub use cursor::{Cursor, CursorMut, MapError, MapErrorKind, PageTableFrag};
 pub(crate) use node::{NodeRef, PtNodeMeta};
@@ -529,7 +528,7 @@ pub(crate) fn alloc_node(phys: &PhysMem, level: PagingLevel) -> Result<NodeRef<'
     let pa = phys.alloc_pages(1, true).map_err(|_| PageTableAllocError)?;
     // SAFETY: the page was just allocated.
     let frame = unsafe { phys.init_frame(pa, PtNodeMeta::new_locked(level)) };
-    phys.page_table_pages.fetch_add(1, Ordering::Relaxed);
+    phys.count_page_table_pages(1);
     // The node's reference now belongs to whichever entry (or table) will
     // point to it.
     let pa = frame.into_raw();
@@ -547,7 +546,7 @@ pub(crate) unsafe fn free_node(phys: &PhysMem, pa: Paddr) {
     // SAFETY: the caller owns the reference, which `alloc_node` created for
     // a `PtNodeMeta` frame.
     drop(unsafe { Frame::<PtNodeMeta>::from_slot(NonNull::from(phys.slot(pa))) });
-    phys.page_table_pages.fetch_sub(1, Ordering::Relaxed);
+    phys.count_page_table_pages(-1);
 }
 
 /// Releases what an entry found at `level` owns: a tracked frame's

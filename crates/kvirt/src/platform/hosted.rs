@@ -6,11 +6,13 @@
 //! * The current CPU is a per-thread setting ([`set_current_cpu`]), 0 by
 //!   default, so tests can play several CPUs from several threads.
 //! * Deferred reclamation uses `crossbeam-epoch` (the well-kept epoch-based
-//!   reclamation crate). Callbacks are gathered in a per-platform batch and
-//!   handed to crossbeam 64 at a time (handing them over costs a flush of
-//!   crossbeam's thread-local bag, about a microsecond); deferring longer
-//!   than needed is always safe. A count of pending callbacks lets
-//!   [`Platform::rcu_barrier`] wait for exactly ours, from any thread.
+//!   reclamation crate). Callbacks are gathered in a batch per simulated
+//!   CPU and handed to crossbeam 64 at a time (handing them over costs a
+//!   flush of crossbeam's thread-local bag, about a microsecond); deferring
+//!   longer than needed is always safe. A count of pending callbacks per
+//!   CPU lets [`Platform::rcu_barrier`] wait for exactly ours, from any
+//!   thread. Batches and counts are per CPU, each in its own cache line, so
+//!   that CPUs freeing page-table nodes at once do not meet on them.
 
 extern crate std;
 
@@ -21,6 +23,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crossbeam_utils::CachePadded;
 use kvirt_sim::{Machine, RegionKind};
 
 use super::{MemoryRegion, MemoryRegionKind, Platform, RcuCallback, TlbFlushOp, TlbScope};
@@ -57,10 +60,11 @@ pub fn memory_map_of(machine: &Machine) -> Vec<MemoryRegion> {
 /// The platform of a simulated machine.
 pub struct SimPlatform {
     machine: Arc<Machine>,
-    /// Callbacks queued but not yet handed to crossbeam-epoch.
-    batch: std::sync::Mutex<Vec<RcuCallback>>,
-    /// Callbacks queued and not yet run (batched or handed over).
-    pending_callbacks: Arc<AtomicUsize>,
+    /// Per CPU: callbacks queued but not yet handed to crossbeam-epoch.
+    batches: Vec<CachePadded<std::sync::Mutex<Vec<RcuCallback>>>>,
+    /// Per CPU: callbacks queued there and not yet run (batched or handed
+    /// over).
+    pending_callbacks: Arc<[CachePadded<AtomicUsize>]>,
 }
 
 /// Callbacks handed to crossbeam-epoch at once.
@@ -70,7 +74,7 @@ impl core::fmt::Debug for SimPlatform {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("SimPlatform")
             .field("machine", &self.machine)
-            .field("pending_callbacks", &self.pending_callbacks.load(Ordering::Relaxed))
+            .field("pending_callbacks", &self.pending())
             .finish_non_exhaustive()
     }
 }
@@ -79,11 +83,17 @@ impl SimPlatform {
     /// A platform over `machine`.
     #[must_use]
     pub fn new(machine: Arc<Machine>) -> Self {
+        let cpus = machine.nr_cpus();
         Self {
             machine,
-            batch: std::sync::Mutex::new(Vec::new()),
-            pending_callbacks: Arc::new(AtomicUsize::new(0)),
+            batches: (0..cpus).map(|_| CachePadded::new(std::sync::Mutex::new(Vec::new()))).collect(),
+            pending_callbacks: (0..cpus).map(|_| CachePadded::new(AtomicUsize::new(0))).collect(),
         }
+    }
+
+    /// Callbacks queued on any CPU and not yet run.
+    fn pending(&self) -> usize {
+        self.pending_callbacks.iter().map(|p| p.load(Ordering::SeqCst)).sum()
     }
 
     /// The simulated machine.
@@ -103,9 +113,10 @@ impl SimPlatform {
     /// Defers the batched callbacks through crossbeam-epoch: they run after
     /// every guard pinned before now is dropped, which includes every
     /// read-side section that began before any of them was queued.
-    fn hand_over_batch(&self) {
-        let batch =
-            core::mem::take(&mut *self.batch.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    fn hand_over_batch(&self, cpu: usize) {
+        let batch = core::mem::take(
+            &mut *self.batches[cpu].lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         if batch.is_empty() {
             return;
         }
@@ -116,7 +127,7 @@ impl SimPlatform {
             for callback in batch {
                 callback();
             }
-            pending.fetch_sub(n, Ordering::SeqCst);
+            pending[cpu].fetch_sub(n, Ordering::SeqCst);
         });
         guard.flush();
     }
@@ -165,21 +176,22 @@ unsafe impl Platform for SimPlatform {
     }
 
     fn call_rcu(&self, callback: RcuCallback) {
-        self.pending_callbacks.fetch_add(1, Ordering::SeqCst);
+        let cpu = self.current_cpu();
+        self.pending_callbacks[cpu].fetch_add(1, Ordering::SeqCst);
         let full = {
-            let mut batch = self.batch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut batch = self.batches[cpu].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             batch.push(callback);
             batch.len() >= RCU_BATCH
         };
         if full {
-            self.hand_over_batch();
+            self.hand_over_batch(cpu);
         }
     }
 
     fn rcu_barrier(&self) {
-        self.hand_over_batch();
+        (0..self.batches.len()).for_each(|cpu| self.hand_over_batch(cpu));
         let started = Instant::now();
-        while self.pending_callbacks.load(Ordering::SeqCst) != 0 {
+        while self.pending() != 0 {
             crossbeam_epoch::pin().flush();
             if started.elapsed() > Duration::from_secs(30) {
                 panic!("rcu_barrier: a read-side section has not ended for 30 s");
