@@ -1,12 +1,10 @@
 //! [`UniqueFrame`]: a frame owned by one handle, with mutable metadata.
 
 use core::fmt;
-use core::marker::PhantomData;
 use core::mem::ManuallyDrop;
-use core::ptr::NonNull;
 
-use super::meta::{AnyFrameMeta, MetaSlot};
-use super::{Frame, PhysMem};
+use super::meta::AnyFrameMeta;
+use super::Frame;
 use crate::addr::{Paddr, PagingLevel, PAGE_SIZE};
 
 /// A frame owned by this handle alone, whose metadata it may change.
@@ -44,10 +42,12 @@ use crate::addr::{Paddr, PagingLevel, PAGE_SIZE};
 /// assert!(UniqueFrame::try_from(shared).is_ok());
 /// ```
 pub struct UniqueFrame<M: AnyFrameMeta> {
-    /// The page's slot. Invariant: the slot is `UNIQUE`, holds metadata of
-    /// type `M`, and this handle is the only reference to it of any kind.
-    slot: NonNull<MetaSlot>,
-    _meta: PhantomData<M>,
+    /// The page, seen through a `Frame` handle so that the accessors are
+    /// `Frame`'s own. Invariant: the slot is `UNIQUE`, holds metadata of
+    /// type `M`, and this handle is the only reference to it of any kind;
+    /// `frame` therefore owns no counted reference and is never dropped or
+    /// cloned as a `Frame`, only read.
+    frame: ManuallyDrop<Frame<M>>,
 }
 
 // SAFETY: the handle owns the frame alone; its metadata is `Send + Sync`
@@ -57,25 +57,10 @@ unsafe impl<M: AnyFrameMeta> Send for UniqueFrame<M> {}
 unsafe impl<M: AnyFrameMeta> Sync for UniqueFrame<M> {}
 
 impl<M: AnyFrameMeta> UniqueFrame<M> {
-    #[inline]
-    fn slot(&self) -> &MetaSlot {
-        // SAFETY: the handle owns the frame, so the slot is alive; slots live
-        // as long as their `PhysMem`, which outlives its frames.
-        unsafe { self.slot.as_ref() }
-    }
-
-    fn phys(&self) -> &PhysMem {
-        // SAFETY: the handle owns the frame (a reference, in the sense of
-        // the `meta` module's safety contracts).
-        let owner = unsafe { self.slot().owner() };
-        // SAFETY: the owner outlives every frame it handed out.
-        unsafe { &*owner }
-    }
-
     /// The physical address.
     #[must_use]
     pub fn paddr(&self) -> Paddr {
-        self.phys().slot_paddr(self.slot())
+        self.frame.paddr()
     }
 
     /// The size in bytes (always [`PAGE_SIZE`]).
@@ -95,15 +80,13 @@ impl<M: AnyFrameMeta> UniqueFrame<M> {
     /// `ref_count::live_references`.)
     #[must_use]
     pub fn reference_count(&self) -> u64 {
-        self.slot().live_references()
+        self.frame.reference_count()
     }
 
     /// The metadata.
     #[must_use]
     pub fn meta(&self) -> &M {
-        // SAFETY: the slot holds an `M` at the start of its storage (type
-        // invariant), alive and unchanged while `self` is borrowed.
-        unsafe { &*self.slot().storage_ptr().cast::<M>() }
+        self.frame.meta()
     }
 
     /// The metadata, to change. Whoever holds the frame next (as this
@@ -114,7 +97,7 @@ impl<M: AnyFrameMeta> UniqueFrame<M> {
         // storage, which the pointer was derived from; this handle is the
         // only reference to the frame, so nothing else reads or writes the
         // metadata while `self` is borrowed mutably.
-        unsafe { &mut *self.slot().storage_ptr().cast::<M>().cast_mut() }
+        unsafe { &mut *self.frame.slot().storage_ptr().cast::<M>().cast_mut() }
     }
 }
 
@@ -128,10 +111,9 @@ impl<M: AnyFrameMeta> TryFrom<Frame<M>> for UniqueFrame<M> {
         if !frame.slot().try_make_unique() {
             return Err(frame);
         }
-        let frame = ManuallyDrop::new(frame);
-        // The frame's reference became the unique ownership; the slot holds
-        // `M` metadata (the `Frame<M>` invariant, for a sized `M`).
-        Ok(Self { slot: NonNull::from(frame.slot()), _meta: PhantomData })
+        // The frame's reference became the unique ownership, which the
+        // handle now stands for.
+        Ok(Self { frame: ManuallyDrop::new(frame) })
     }
 }
 
@@ -139,20 +121,21 @@ impl<M: AnyFrameMeta> From<UniqueFrame<M>> for Frame<M> {
     /// Shares the frame: the result holds its one reference.
     fn from(unique: UniqueFrame<M>) -> Self {
         let unique = ManuallyDrop::new(unique);
-        unique.slot().share_unique();
-        // SAFETY: `share_unique` turned the unique ownership into one
-        // reference, which moves to the new handle; the metadata is `M`.
-        unsafe { Frame::from_slot(unique.slot) }
+        unique.frame.slot().share_unique();
+        // `share_unique` turned the unique ownership into one reference,
+        // which the view now owns.
+        // SAFETY: `unique` is never used or dropped again.
+        ManuallyDrop::into_inner(unsafe { core::ptr::read(&unique.frame) })
     }
 }
 
 impl<M: AnyFrameMeta> Drop for UniqueFrame<M> {
     fn drop(&mut self) {
         let pa = self.paddr();
-        self.slot().begin_unique_tear_down();
+        self.frame.slot().begin_unique_tear_down();
         // SAFETY: the slot was `UNIQUE`, owned by this handle, and is now
         // `BUSY`, owned by this thread; this runs once.
-        unsafe { self.phys().free_frame(pa) };
+        unsafe { self.frame.phys().free_frame(pa) };
     }
 }
 
