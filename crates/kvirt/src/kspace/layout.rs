@@ -4,7 +4,8 @@
 //! 0xffff_8000_0000_0000 ┬─────────────────────────────────┐
 //!                       │ linear mapping of all RAM       │  paddr_to_vaddr(pa) = base + pa
 //! 0xffff_c000_0000_0000 ├─────────────────────────────────┤
-//!                       │ VMALLOC: kernel virtual areas    │  32 TiB, KVirtArea
+//!                       │ VMALLOC: kernel virtual areas    │  32 TiB, KVirtArea; 8 per-CPU
+//!                       │                                 │  arenas of 4 TiB (kspace::vmalloc)
 //! 0xffff_e000_0000_0000 ├─────────────────────────────────┤
 //!                       │ frame metadata array            │  64 B per physical page
 //! 0xffff_e100_0000_0000 ├─────────────────────────────────┤

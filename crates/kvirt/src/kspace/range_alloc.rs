@@ -78,8 +78,8 @@
 //! `align`, which neither index orders by (the unit test
 //! `aligned_alloc_without_slack_scans_the_short_candidates` pins it at
 //! `m + 7` probes). It runs only when no free block is `size + align -
-//! granule` bytes long, which for VMALLOC (32 TiB, requests aligned to at
-//! most 1 GiB) means VMALLOC is all but exhausted. `inv` is `O(n log n)`
+//! granule` bytes long, which for a VMALLOC arena (4 TiB on x86-64,
+//! requests aligned to at most 1 GiB) means the arena is all but exhausted. `inv` is `O(n log n)`
 //! (one size-index lookup per block). Memory is two tree entries per free
 //! block.
 //!
