@@ -563,12 +563,6 @@ impl PhysMem {
         self.page_table_pages.add(self.platform.current_cpu(), n);
     }
 
-    /// Gives the pages cached per CPU back to the allocator (checks walk
-    /// every page; with the lists empty, `is_free` asks the allocator
-    /// alone).
-    pub(crate) fn drain_page_caches(&self) {
-        self.page_cache.drain(&self.allocator);
-    }
 
     /// Makes the free page at `pa` a frame with metadata `meta`.
     ///
@@ -586,15 +580,15 @@ impl PhysMem {
         unsafe { Frame::from_slot(NonNull::from(slot)) }
     }
 
-    /// Whether the allocator considers the page at `pa` free.
-    pub(crate) fn is_free(&self, pa: Paddr) -> bool {
-        let free = self.allocator.lock().is_free(pa / PAGE_SIZE);
-        free || self.page_cache.contains(pa / PAGE_SIZE)
-    }
-
-    /// Checks the allocator's internal invariants (O(n)).
-    pub(crate) fn allocator_inv(&self) -> bool {
-        self.allocator.lock().inv()
+    /// Runs `f` with whether the allocator's internal invariant holds
+    /// (O(n)) and a test of whether a page is free, for a check that walks
+    /// every page: the per-CPU page lists are drained first, so the
+    /// allocator alone knows every free page, and its lock is taken once
+    /// for the whole walk.
+    pub(crate) fn with_free_pages<R>(&self, f: impl FnOnce(bool, &dyn Fn(Paddr) -> bool) -> R) -> R {
+        self.page_cache.drain(&self.allocator);
+        let allocator = self.allocator.lock();
+        f(allocator.inv(), &|pa| allocator.is_free(pa / PAGE_SIZE))
     }
 
     /// The sorted allocatable ranges.

@@ -14,8 +14,9 @@
 //!   anything else:   the buddy allocator, as before
 //! ```
 //!
-//! A page on a list is free: its slot is unused, `PhysMem::stats` counts it
-//! and `PhysMem::is_free` says so. A request the buddy allocator cannot
+//! A page on a list is free: its slot is unused and `PhysMem::stats` counts
+//! it (the invariant check drains the lists before it compares slots with
+//! the allocator). A request the buddy allocator cannot
 //! serve drains every list back into it and tries again, so caching never
 //! makes an allocation fail.
 //!
@@ -103,7 +104,8 @@ impl PageCache {
     }
 
     /// Whether page `pfn` is on a list.
-    pub(super) fn contains(&self, pfn: usize) -> bool {
+    #[cfg(test)]
+    fn contains(&self, pfn: usize) -> bool {
         self.lists.iter().any(|l| l.lock().contains(&pfn))
     }
 }

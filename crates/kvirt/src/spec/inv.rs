@@ -66,22 +66,24 @@ impl<L: KernelLayout> Inv for KernelSpace<L> {
         self.synchronize();
         self.kernel_pt().check_inv()?;
         let phys = self.phys();
-        phys.drain_page_caches();
-        if !phys.allocator_inv() {
-            return Err("the frame allocator's invariant is broken");
-        }
-        for range in phys.allocatable() {
-            for pa in range.clone().step_by(PAGE_SIZE) {
-                let rc = phys.slot(pa).ref_count();
-                let free = phys.is_free(pa);
-                if free != (rc == REF_COUNT_UNUSED) {
-                    return Err("a page is free in the allocator but its slot is in use, or the reverse");
-                }
-                if !free && rc > REF_COUNT_MAX && rc != crate::frame::REF_COUNT_UNIQUE {
-                    return Err("a used slot is neither shared nor unique");
+        phys.with_free_pages(|allocator_ok, is_free| {
+            if !allocator_ok {
+                return Err("the frame allocator's invariant is broken");
+            }
+            for range in phys.allocatable() {
+                for pa in range.clone().step_by(PAGE_SIZE) {
+                    let rc = phys.slot(pa).ref_count();
+                    let free = is_free(pa);
+                    if free != (rc == REF_COUNT_UNUSED) {
+                        return Err("a page is free in the allocator but its slot is in use, or the reverse");
+                    }
+                    if !free && rc > REF_COUNT_MAX && rc != crate::frame::REF_COUNT_UNIQUE {
+                        return Err("a used slot is neither shared nor unique");
+                    }
                 }
             }
-        }
+            Ok(())
+        })?;
         if !self.vmalloc().inv() {
             return Err("the VMALLOC allocator's invariant is broken");
         }
