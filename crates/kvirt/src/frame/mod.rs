@@ -563,7 +563,6 @@ impl PhysMem {
         self.page_table_pages.add(self.platform.current_cpu(), n);
     }
 
-
     /// Makes the free page at `pa` a frame with metadata `meta`.
     ///
     /// # Safety
