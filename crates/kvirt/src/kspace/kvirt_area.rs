@@ -390,6 +390,7 @@ impl<L: KernelLayout> KVirtArea<L> {
     ///
     /// Panics unless `start() <= addr < end()`.
     #[must_use]
+    #[inline]
     pub fn query(&self, addr: Vaddr) -> Option<MappedItemRef<'_>> {
         assert!(
             self.range.start <= addr && addr < self.range.end,
@@ -411,6 +412,7 @@ impl<L: KernelLayout> KVirtArea<L> {
     /// the mapping at `addr` and nothing else can remove it while `self` is
     /// borrowed, so every node on the path stays alive and the lock-free walk
     /// needs neither locks nor a read-side section.
+    #[inline]
     fn query_unchecked(&self, addr: Vaddr) -> Option<MappedItemRef<'_>> {
         if !self.mapped.contains(&addr) {
             return None;

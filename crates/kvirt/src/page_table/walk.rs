@@ -25,6 +25,7 @@ impl<C: PageTableConfig> PageTable<C> {
     /// caller is inside an RCU read-side section of the platform, or it owns
     /// a mapping at `va` that no one else can remove (then every node on the
     /// path holds an entry leading to it and cannot be emptied).
+    #[inline]
     pub(crate) unsafe fn walk_unlocked(&self, va: Vaddr) -> Option<Leaf> {
         let (first, last) = vaddr_bounds::<C>();
         if !(first..=last).contains(&va) {
