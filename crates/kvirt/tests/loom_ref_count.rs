@@ -17,61 +17,25 @@
 
 use core::sync::atomic::Ordering;
 
-use kvirt::frame::ref_count::{self, RefCountCell};
+use kvirt::frame::ref_count;
 use kvirt::frame::{REF_COUNT_BUSY, REF_COUNT_UNIQUE, REF_COUNT_UNUSED};
 use loom::cell::UnsafeCell;
 use loom::sync::atomic::{AtomicBool, AtomicU64};
 use loom::sync::Arc;
-
-/// The count, over loom's atomics.
-struct Count(AtomicU64);
-
-impl RefCountCell for Count {
-    fn load(&self, order: Ordering) -> u64 {
-        self.0.load(order)
-    }
-    fn store(&self, value: u64, order: Ordering) {
-        self.0.store(value, order);
-    }
-    fn fetch_add(&self, value: u64, order: Ordering) -> u64 {
-        self.0.fetch_add(value, order)
-    }
-    fn compare_exchange(
-        &self,
-        current: u64,
-        new: u64,
-        success: Ordering,
-        failure: Ordering,
-    ) -> Result<u64, u64> {
-        self.0.compare_exchange(current, new, success, failure)
-    }
-    fn compare_exchange_weak(
-        &self,
-        current: u64,
-        new: u64,
-        success: Ordering,
-        failure: Ordering,
-    ) -> Result<u64, u64> {
-        self.0.compare_exchange_weak(current, new, success, failure)
-    }
-    fn fence(order: Ordering) {
-        loom::sync::atomic::fence(order);
-    }
-}
 
 /// The metadata of a torn-down frame.
 const DEAD: u64 = 0xdead;
 
 /// A metadata slot: the count and the metadata it guards.
 struct Slot {
-    count: Count,
+    count: AtomicU64,
     meta: UnsafeCell<u64>,
 }
 
 impl Slot {
     /// A free slot.
     fn free() -> Arc<Self> {
-        Arc::new(Slot { count: Count(AtomicU64::new(REF_COUNT_UNUSED)), meta: UnsafeCell::new(0) })
+        Arc::new(Slot { count: AtomicU64::new(REF_COUNT_UNUSED), meta: UnsafeCell::new(0) })
     }
 
     /// A slot in use with metadata `value` and `refs` references, all held
@@ -158,6 +122,26 @@ impl Slot {
     }
 }
 
+/// Runs `work` on another thread, which then hands its reference to this
+/// one through a relaxed flag: a channel that gives no ordering of its own
+/// (say an address from `Frame::into_raw` in a relaxed atomic, taken back
+/// with `Frame::from_raw`). Returns once the reference has arrived.
+fn on_another_thread_then_hand_over(
+    slot: &Arc<Slot>,
+    work: impl FnOnce(&Slot) + Send + 'static,
+) -> loom::thread::JoinHandle<()> {
+    let handed_over = Arc::new(AtomicBool::new(false));
+    let (s, h) = (slot.clone(), handed_over.clone());
+    let other = loom::thread::spawn(move || {
+        work(&s);
+        h.store(true, Ordering::Relaxed);
+    });
+    while !handed_over.load(Ordering::Relaxed) {
+        loom::thread::yield_now();
+    }
+    other
+}
+
 /// (a) Two holders each use the frame and drop their reference at once:
 /// exactly one tears it down, after both uses.
 #[test]
@@ -216,23 +200,15 @@ fn clone_racing_a_drop_keeps_the_frame_alive() {
 }
 
 /// (d) A frame built by one thread reaches another through a channel that
-/// gives no ordering of its own (say its address from `Frame::into_raw` in
-/// a relaxed atomic, taken back with `Frame::from_raw`), which drops the
-/// last reference: the build still happens before the teardown, through
-/// the count alone.
+/// gives no ordering of its own, which drops the last reference: the build
+/// still happens before the teardown, through the count alone.
 #[test]
 fn build_happens_before_teardown_whatever_carried_the_reference() {
     loom::model(|| {
         let slot = Slot::free();
-        let handed_over = Arc::new(AtomicBool::new(false));
-        let (s, h) = (slot.clone(), handed_over.clone());
-        let builder = loom::thread::spawn(move || {
+        let builder = on_another_thread_then_hand_over(&slot, |s| {
             assert!(s.init(1), "the only init of a free slot wins");
-            h.store(true, Ordering::Relaxed);
         });
-        while !handed_over.load(Ordering::Relaxed) {
-            loom::thread::yield_now();
-        }
         assert!(slot.drop_ref(), "the only reference was dropped");
         builder.join().unwrap();
         assert_eq!(slot.settled(), (REF_COUNT_UNUSED, DEAD));
@@ -302,16 +278,10 @@ fn writes_of_a_unique_owner_happen_before_the_teardown_after_sharing() {
     loom::model(|| {
         let slot = Slot::in_use(1, 1);
         assert!(slot.make_unique(), "the only reference");
-        let handed_over = Arc::new(AtomicBool::new(false));
-        let (s, h) = (slot.clone(), handed_over.clone());
-        let owner = loom::thread::spawn(move || {
+        let owner = on_another_thread_then_hand_over(&slot, |s| {
             s.write_meta(2);
             s.share();
-            h.store(true, Ordering::Relaxed);
         });
-        while !handed_over.load(Ordering::Relaxed) {
-            loom::thread::yield_now();
-        }
         assert!(slot.drop_ref(), "the only reference was dropped");
         owner.join().unwrap();
         assert_eq!(slot.settled(), (REF_COUNT_UNUSED, DEAD));

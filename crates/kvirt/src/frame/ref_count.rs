@@ -85,8 +85,8 @@ pub const REF_COUNT_BUSY: u64 = u64::MAX;
 
 /// The atomic operations the transitions need, on one 64-bit cell.
 ///
-/// Implemented for [`AtomicU64`] (each method is the inherent one of the
-/// same name); the loom test implements it over loom's atomics.
+/// Implemented for [`AtomicU64`], and with `--cfg loom` for loom's
+/// `AtomicU64` (each method is the inherent one of the same name).
 pub trait RefCountCell {
     /// Like [`AtomicU64::load`].
     fn load(&self, order: Ordering) -> u64;
@@ -114,44 +114,56 @@ pub trait RefCountCell {
     fn fence(order: Ordering);
 }
 
-impl RefCountCell for AtomicU64 {
-    #[inline]
-    fn load(&self, order: Ordering) -> u64 {
-        AtomicU64::load(self, order)
-    }
-    #[inline]
-    fn store(&self, value: u64, order: Ordering) {
-        AtomicU64::store(self, value, order);
-    }
-    #[inline]
-    fn fetch_add(&self, value: u64, order: Ordering) -> u64 {
-        AtomicU64::fetch_add(self, value, order)
-    }
-    #[inline]
-    fn compare_exchange(
-        &self,
-        current: u64,
-        new: u64,
-        success: Ordering,
-        failure: Ordering,
-    ) -> Result<u64, u64> {
-        AtomicU64::compare_exchange(self, current, new, success, failure)
-    }
-    #[inline]
-    fn compare_exchange_weak(
-        &self,
-        current: u64,
-        new: u64,
-        success: Ordering,
-        failure: Ordering,
-    ) -> Result<u64, u64> {
-        AtomicU64::compare_exchange_weak(self, current, new, success, failure)
-    }
-    #[inline]
-    fn fence(order: Ordering) {
-        core::sync::atomic::fence(order);
-    }
+/// Implements [`RefCountCell`] for an atomic type whose inherent methods of
+/// the same names do the work, with `$fence` as the fence.
+macro_rules! impl_ref_count_cell {
+    ($atomic:ty, $fence:path) => {
+        impl RefCountCell for $atomic {
+            #[inline]
+            fn load(&self, order: Ordering) -> u64 {
+                <$atomic>::load(self, order)
+            }
+            #[inline]
+            fn store(&self, value: u64, order: Ordering) {
+                <$atomic>::store(self, value, order);
+            }
+            #[inline]
+            fn fetch_add(&self, value: u64, order: Ordering) -> u64 {
+                <$atomic>::fetch_add(self, value, order)
+            }
+            #[inline]
+            fn compare_exchange(
+                &self,
+                current: u64,
+                new: u64,
+                success: Ordering,
+                failure: Ordering,
+            ) -> Result<u64, u64> {
+                <$atomic>::compare_exchange(self, current, new, success, failure)
+            }
+            #[inline]
+            fn compare_exchange_weak(
+                &self,
+                current: u64,
+                new: u64,
+                success: Ordering,
+                failure: Ordering,
+            ) -> Result<u64, u64> {
+                <$atomic>::compare_exchange_weak(self, current, new, success, failure)
+            }
+            #[inline]
+            fn fence(order: Ordering) {
+                $fence(order);
+            }
+        }
+    };
 }
+
+impl_ref_count_cell!(AtomicU64, core::sync::atomic::fence);
+// The loom test (`tests/loom_ref_count.rs`) drives these very transitions
+// over loom's atomic.
+#[cfg(loom)]
+impl_ref_count_cell!(loom::sync::atomic::AtomicU64, loom::sync::atomic::fence);
 
 /// `UNUSED -> BUSY`. Returns `true` if this call took the slot: the caller
 /// then owns it, writes the metadata and calls [`finish_init`]. Returns
