@@ -350,6 +350,13 @@ struct AreaModel {
 }
 
 impl AreaModel {
+    /// A new area's model: `len` bytes mapped at `map_offset` with `prop`;
+    /// what is mapped (`frames` or `pa`) is the caller's to fill in.
+    fn created(area: &KVirtArea, map_offset: usize, len: usize, prop: PageProperty) -> Self {
+        let origin = area.start() + map_offset..area.start() + map_offset + len;
+        AreaModel { range: area.range(), origin, frames: None, pa: 0, prop, pristine: true }
+    }
+
     fn mapped(&self, va: Vaddr) -> bool {
         self.origin.contains(&va) && self.range.contains(&va)
     }
@@ -655,16 +662,9 @@ impl World {
             Ok(area) => {
                 assert!(!panics, "map_frames accepted a call its panic condition rejects");
                 assert!(foreign.is_none(), "map_frames accepted a frame of another space");
-                let model = AreaModel {
-                    range: area.range(),
-                    origin: area.start() + map_offset..area.start() + map_offset + len,
-                    frames: Some(pas),
-                    pa: 0,
-                    prop,
-                    pristine: true,
-                };
-                self.check_new_area(&area, &model, area_size);
-                self.areas.push((area, model));
+                let model =
+                    AreaModel { frames: Some(pas), ..AreaModel::created(&area, map_offset, len, prop) };
+                self.adopt_new_area(area, model, area_size);
             }
             Err(e) => {
                 trace!("  -> {e:?}");
@@ -717,16 +717,8 @@ impl World {
                         "an untracked area that can use {a:#x} pages is not aligned"
                     );
                 }
-                let model = AreaModel {
-                    range: area.range(),
-                    origin: area.start() + map_offset..area.start() + map_offset + len,
-                    frames: None,
-                    pa: pa.start,
-                    prop,
-                    pristine: true,
-                };
-                self.check_new_area(&area, &model, area_size);
-                self.areas.push((area, model));
+                let model = AreaModel { pa: pa.start, ..AreaModel::created(&area, map_offset, len, prop) };
+                self.adopt_new_area(area, model, area_size);
             }
             Err(e) => {
                 trace!("  -> {e:?}");
@@ -743,7 +735,8 @@ impl World {
         }
     }
 
-    fn check_new_area(&self, area: &KVirtArea, model: &AreaModel, area_size: usize) {
+    /// Checks a new area against what was asked and keeps it with its model.
+    fn adopt_new_area(&mut self, area: KVirtArea, model: AreaModel, area_size: usize) {
         assert_eq!(area.size(), area_size);
         assert_eq!(area.range(), area.start()..area.end());
         assert!(VMALLOC_VADDR_RANGE.start <= area.start() && area.end() <= VMALLOC_VADDR_RANGE.end);
@@ -751,6 +744,7 @@ impl World {
         if let Err(clause) = area.check() {
             panic!("a new area breaks inv(): {clause}");
         }
+        self.areas.push((area, model));
     }
 
     fn pick_area(&self, inp: &mut Input<'_>) -> Option<usize> {
