@@ -417,44 +417,40 @@ fn run_threads(cfg: &Config, threads: usize) -> Result<Stats, Error> {
     Ok(Stats::from_runs(runs, (ops * threads) as u64))
 }
 
-/// Runs area workload `i` of the list in [`measure`].
-fn run_area_workload(i: usize, cfg: &Config) -> Result<Stats, Error> {
-    let ops = cfg.area_ops;
-    match i {
-        0 => run_area(cfg, ops, |space| create_drop_1p(space, ops)),
-        1 => run_busy(cfg),
-        2 => {
-            let rops = cfg.random_area_ops;
-            let mut rng = Rng::new(100);
-            let sizes: Vec<usize> = (0..rops).map(|_| rng.range(1, 100)).collect();
-            run_area(cfg, rops, |space| {
-                for &k in &sizes {
-                    let seg = FrameAllocOptions::new_in(space).zeroed(false).alloc_segment(k)?;
-                    let area = space.try_map_frames(k * PAGE_SIZE, 0, seg, kvirt_prop())?;
-                    drop(black_box(area));
-                }
-                Ok(())
-            })
+/// Create + drop of random-size areas of 1-100 pages.
+fn run_random_sizes(cfg: &Config) -> Result<Stats, Error> {
+    let rops = cfg.random_area_ops;
+    let mut rng = Rng::new(100);
+    let sizes: Vec<usize> = (0..rops).map(|_| rng.range(1, 100)).collect();
+    run_area(cfg, rops, |space| {
+        for &k in &sizes {
+            let seg = FrameAllocOptions::new_in(space).zeroed(false).alloc_segment(k)?;
+            let area = space.try_map_frames(k * PAGE_SIZE, 0, seg, kvirt_prop())?;
+            drop(black_box(area));
         }
-        3 => run_area(cfg, ops, |space| {
-            let dev = space.machine().expect("hosted").device_window();
-            let pa = usize::try_from(dev.start)?;
-            for i in 0..ops {
-                // SAFETY: the simulated device window, never accessed.
-                let area =
-                    unsafe { space.try_map_untracked_frames(2 << 20, 0, pa..pa + (2 << 20), kvirt_prop()) }?;
-                if i == 0 {
-                    ensure(area.start() % (2 << 20) == 0, || {
-                        "a 2 MiB untracked area is not 2 MiB aligned".into()
-                    })?;
-                }
-                drop(black_box(area));
+        Ok(())
+    })
+}
+
+/// Create + drop of 2 MiB untracked areas, which must be 2 MiB aligned.
+fn run_2m_aligned(cfg: &Config) -> Result<Stats, Error> {
+    let ops = cfg.area_ops;
+    run_area(cfg, ops, |space| {
+        let dev = space.machine().expect("hosted").device_window();
+        let pa = usize::try_from(dev.start)?;
+        for i in 0..ops {
+            // SAFETY: the simulated device window, never accessed.
+            let area =
+                unsafe { space.try_map_untracked_frames(2 << 20, 0, pa..pa + (2 << 20), kvirt_prop()) }?;
+            if i == 0 {
+                ensure(area.start() % (2 << 20) == 0, || {
+                    "a 2 MiB untracked area is not 2 MiB aligned".into()
+                })?;
             }
-            Ok(())
-        }),
-        4 => run_threads(cfg, 1),
-        _ => run_threads(cfg, 2),
-    }
+            drop(black_box(area));
+        }
+        Ok(())
+    })
 }
 
 /// Create + drop of 1-page areas with `busy_areas` live areas around.
@@ -494,28 +490,45 @@ pub fn measure(quick: bool, only: Option<&str>) -> Result<Results, Error> {
     let cfg = if quick { Config::quick() } else { Config::full() };
     let wanted = |id: &str| only.is_none_or(|o| id.contains(o));
     let machine = report::MachineInfo::probe();
-    let area_workloads = [
-        workload("area-1p".into(), "area create+drop, 1 page".into(), "area"),
-        workload(
-            "area-1p-busy".into(),
-            format!("area create+drop, 1 page, {} live areas", cfg.busy_areas),
-            "area",
+    // Each area workload with its runner; the threaded ones report
+    // throughput.
+    type Runner = fn(&Config) -> Result<Stats, Error>;
+    let area_workloads: [(Workload, Runner); 6] = [
+        (workload("area-1p".into(), "area create+drop, 1 page".into(), "area"), |cfg| {
+            run_area(cfg, cfg.area_ops, |space| create_drop_1p(space, cfg.area_ops))
+        }),
+        (
+            workload(
+                "area-1p-busy".into(),
+                format!("area create+drop, 1 page, {} live areas", cfg.busy_areas),
+                "area",
+            ),
+            run_busy,
         ),
-        workload("area-rand-1-100p".into(), "area create+drop, random 1-100 pages".into(), "area"),
-        workload("area-2m-aligned".into(), "area create+drop, 2 MiB aligned (untracked)".into(), "area"),
-        workload("area-1p-1thread".into(), "area create+drop, 1 page, 1 thread".into(), "area"),
-        workload("area-1p-2threads".into(), "area create+drop, 1 page, 2 threads".into(), "area"),
+        (
+            workload("area-rand-1-100p".into(), "area create+drop, random 1-100 pages".into(), "area"),
+            run_random_sizes,
+        ),
+        (
+            workload("area-2m-aligned".into(), "area create+drop, 2 MiB aligned (untracked)".into(), "area"),
+            run_2m_aligned,
+        ),
+        (workload("area-1p-1thread".into(), "area create+drop, 1 page, 1 thread".into(), "area"), |cfg| {
+            run_threads(cfg, 1)
+        }),
+        (workload("area-1p-2threads".into(), "area create+drop, 1 page, 2 threads".into(), "area"), |cfg| {
+            run_threads(cfg, 2)
+        }),
     ];
     let huge = workload("untracked-1g".into(), "untracked 1 GiB map+unmap".into(), "1 GiB");
     let sizes: Vec<usize> =
         SIZES.into_iter().filter(|&n| page_workloads(n).iter().any(|w| wanted(&w.id))).collect();
     let run_huge_too = wanted(&huge.id);
-    let area_wanted: Vec<bool> = area_workloads.iter().map(|w| wanted(&w.id)).collect();
     let mut progress = Progress {
         done: 0,
         total: sizes.len() * IMPLS.len()
             + usize::from(run_huge_too) * IMPLS.len()
-            + area_wanted.iter().filter(|&&w| w).count(),
+            + area_workloads.iter().filter(|(w, _)| wanted(&w.id)).count(),
         started: Instant::now(),
     };
     let mut cells = Vec::new();
@@ -553,12 +566,12 @@ pub fn measure(quick: bool, only: Option<&str>) -> Result<Results, Error> {
         }
     }
 
-    for (i, w) in area_workloads.iter().enumerate() {
-        if !area_wanted[i] {
+    for (w, run) in &area_workloads {
+        if !wanted(&w.id) {
             continue;
         }
-        let stats = run_area_workload(i, &cfg)?;
-        let shown = if i >= 4 {
+        let stats = run(&cfg)?;
+        let shown = if w.id.contains("thread") {
             format!("{}: {:.0} ops/s", w.title, stats.ops_per_s())
         } else {
             format!("{}: {:.1} ns/op", w.title, stats.ns_per_op)
