@@ -490,8 +490,7 @@ impl PhysMem {
     /// The physical address of the page a slot of this array describes.
     #[inline]
     pub(crate) fn slot_paddr(&self, slot: &MetaSlot) -> Paddr {
-        let offset = core::ptr::from_ref(slot).addr() - self.slots.as_ptr().addr();
-        offset / META_SLOT_SIZE * PAGE_SIZE
+        self.slot_map().paddr(slot).expect("the slot belongs to this metadata array")
     }
 
     /// Where this array's slots are, to tell a frame's physical address
