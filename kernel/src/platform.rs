@@ -3,7 +3,7 @@
 use core::ptr::NonNull;
 
 use kvirt::kspace::LINEAR_MAPPING_BASE_VADDR;
-use kvirt::platform::{CountingRcu, Platform, RcuCallback, TlbFlushOp, TlbScope};
+use kvirt::platform::{CountingRcu, Platform, TlbFlushOp, TlbScope};
 use kvirt::PAGE_SIZE;
 
 use crate::cpu;
@@ -59,19 +59,5 @@ unsafe impl Platform for KernelPlatform {
         0
     }
 
-    fn rcu_read_lock(&self) {
-        self.rcu.read_lock();
-    }
-
-    fn rcu_read_unlock(&self) {
-        self.rcu.read_unlock();
-    }
-
-    fn call_rcu(&self, callback: RcuCallback) {
-        self.rcu.call(callback);
-    }
-
-    fn rcu_barrier(&self) {
-        self.rcu.barrier();
-    }
+    kvirt::counting_rcu_methods!(rcu);
 }

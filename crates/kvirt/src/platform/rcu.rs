@@ -13,6 +13,32 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 use super::RcuCallback;
 
+/// Writes the four RCU methods of a [`Platform`](super::Platform)
+/// implementation as calls to its [`CountingRcu`] field `$field`:
+/// `kvirt::counting_rcu_methods!(rcu);` inside the `impl` block. The
+/// implementation's safety comment still owes contract 4, which
+/// `CountingRcu` meets as its documentation says.
+#[macro_export]
+macro_rules! counting_rcu_methods {
+    ($field:ident) => {
+        fn rcu_read_lock(&self) {
+            self.$field.read_lock();
+        }
+
+        fn rcu_read_unlock(&self) {
+            self.$field.read_unlock();
+        }
+
+        fn call_rcu(&self, callback: $crate::platform::RcuCallback) {
+            self.$field.call(callback);
+        }
+
+        fn rcu_barrier(&self) {
+            self.$field.barrier();
+        }
+    };
+}
+
 /// A counting RCU (see the module documentation).
 #[derive(Debug, Default)]
 pub struct CountingRcu {

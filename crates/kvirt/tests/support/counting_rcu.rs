@@ -16,7 +16,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 use kvirt::kspace::KernelSpace;
-use kvirt::platform::{CountingRcu, Platform, RcuCallback, TlbFlushOp, TlbScope};
+use kvirt::platform::{CountingRcu, Platform, TlbFlushOp, TlbScope};
 use kvirt::sim::Machine;
 
 /// The hosted platform with kvirt's counting RCU (see the module docs).
@@ -59,21 +59,7 @@ unsafe impl Platform for CountingRcuPlatform {
         0
     }
 
-    fn rcu_read_lock(&self) {
-        self.rcu.read_lock();
-    }
-
-    fn rcu_read_unlock(&self) {
-        self.rcu.read_unlock();
-    }
-
-    fn call_rcu(&self, callback: RcuCallback) {
-        self.rcu.call(callback);
-    }
-
-    fn rcu_barrier(&self) {
-        self.rcu.barrier();
-    }
+    kvirt::counting_rcu_methods!(rcu);
 }
 
 /// A fresh kernel space over `machine`, on [`CountingRcuPlatform`].
