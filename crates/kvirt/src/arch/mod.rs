@@ -39,10 +39,72 @@ pub enum PteKind {
 
 /// The encoding and shape of one kind of page table.
 ///
-/// Implementations are plain constant tables plus pure functions; they are
-/// trusted to be self-consistent, which the generic tests check
-/// (`decode(encode(x)) == x` for every property at every leaf level).
-pub trait PagingFormat: Copy + Debug + Send + Sync + 'static {
+/// Implementations are plain constant tables plus pure functions. kvirt's
+/// memory safety rests on them: an entry decoded as a table is followed as
+/// a page-table node, and an entry decoded as a tracked page owns a frame
+/// reference that kvirt releases when it unmaps it. So the trait is
+/// `unsafe`: a format that broke a rule below could make kvirt free a live
+/// frame or read an ordinary page as a node.
+///
+/// The shape rules are checked when a page table of the format is made (a
+/// compile-time error); the encoding rules are what
+/// `check_format_conformance` tests for kvirt's own formats. A safe
+/// implementation does not compile:
+///
+/// ```compile_fail,E0200
+/// use kvirt::arch::{PagingFormat, PteKind};
+/// use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
+///
+/// #[derive(Clone, Copy, Debug)]
+/// struct Liar;
+///
+/// impl PagingFormat for Liar {
+///     const NR_LEVELS: u8 = 4;
+///     const ENTRY_BITS: u32 = 9;
+///     const HIGHEST_LEAF_LEVEL: u8 = 1;
+///     const PA_BITS: u32 = 52;
+///     const SIGN_EXTEND: bool = true;
+///     fn encode_page(pa: usize, _: u8, _: PageProperty, _: bool) -> u64 { pa as u64 | 1 }
+///     fn encode_table(pa: usize) -> u64 { pa as u64 | 1 }
+///     // Lies: calls every entry a tracked page.
+///     fn decode(raw: u64, _: u8) -> PteKind {
+///         if raw == 0 { PteKind::Absent } else {
+///             let prop = PageProperty::new_kernel(PageFlags::R, CachePolicy::Writeback);
+///             PteKind::Page { pa: (raw & !0xfff) as usize, prop, tracked: true }
+///         }
+///     }
+/// }
+/// ```
+///
+/// # Safety
+///
+/// An implementation promises, for every `level` in `1..=NR_LEVELS`:
+///
+/// 1. **Shape.** `1 <= HIGHEST_LEAF_LEVEL < NR_LEVELS <= 5`,
+///    `ENTRY_BITS <= 9` (a node's entries fit in its 4 KiB page), and
+///    `VA_BITS` and `PA_BITS` are at most 64.
+/// 2. **Absent.** `decode(0, level)` is [`PteKind::Absent`].
+/// 3. **Round trip.** For every page-aligned `pa` below `1 << PA_BITS`
+///    (aligned to [`page_size`] of `level` for leaves), every
+///    [`PageProperty`] and both values of `tracked`:
+///    `decode(encode_page(pa, level, prop, tracked), level)` is
+///    `Page { pa, prop, tracked }` for `level <= HIGHEST_LEAF_LEVEL`, and
+///    `decode(encode_table(pa), level)` is `Table(pa)` for `level >= 2`;
+///    neither encoding is 0. [`page_encoder`](Self::page_encoder) returns
+///    `encode_page`'s result.
+/// 4. **Nothing else is a table or a tracked page.** kvirt stores only 0
+///    and words from the two encoders, and the MMU may then set the
+///    accessed and dirty bits of a leaf. `decode` of any such word gives
+///    back what was encoded (the MMU's bits may change only the
+///    `ACCESSED` and `DIRTY` flags of the property): in particular a word
+///    encoded untracked never decodes as tracked, and no leaf decodes as
+///    a table. `decode` never returns `Table` at level 1 nor `Page` above
+///    `HIGHEST_LEAF_LEVEL`.
+/// 5. **Hardware.** For a format a CPU walks, the MMU reads an entry as
+///    `decode` does: a table entry leads to the node at its address, a
+///    leaf maps its `pa` with no more rights than its property allows, and
+///    0 faults.
+pub unsafe trait PagingFormat: Copy + Debug + Send + Sync + 'static {
     /// Number of levels; the root is at this level.
     const NR_LEVELS: PagingLevel;
     /// log2 of the number of entries in a node.
@@ -81,6 +143,17 @@ pub trait PagingFormat: Copy + Debug + Send + Sync + 'static {
     /// Decodes an entry found at `level`. Total: any 64-bit word decodes to
     /// something, and an all-zero word is [`PteKind::Absent`].
     fn decode(raw: u64, level: PagingLevel) -> PteKind;
+}
+
+/// Checks the shape rules of [`PagingFormat`] (safety rule 1) for `F`;
+/// evaluated at compile time wherever a page table of `F` is made.
+pub(crate) const fn check_shape<F: PagingFormat>() {
+    assert!(
+        1 <= F::HIGHEST_LEAF_LEVEL && F::HIGHEST_LEAF_LEVEL < F::NR_LEVELS && F::NR_LEVELS <= 5,
+        "PagingFormat: the levels must satisfy 1 <= HIGHEST_LEAF_LEVEL < NR_LEVELS <= 5"
+    );
+    assert!(F::ENTRY_BITS <= 9, "PagingFormat: a node's entries must fit in 4 KiB (ENTRY_BITS <= 9)");
+    assert!(F::VA_BITS <= 64 && F::PA_BITS <= 64, "PagingFormat: VA_BITS and PA_BITS are at most 64");
 }
 
 /// The number of bytes a leaf at `level` maps in format `F`.

@@ -47,7 +47,12 @@ impl Tiny {
     }
 }
 
-impl PagingFormat for Tiny {
+// SAFETY: the shape is 3 levels of 4 entries with leaves at levels 1 and
+// 2; the encoding stores every field in its own bits (the table above), a
+// table entry has VALID without LEAF and a leaf both, and TRACKED is set
+// only by `encode_page(.., true)`. No hardware walks it. The round trip is
+// `check_format_conformance`, run by this file's tests.
+unsafe impl PagingFormat for Tiny {
     const NR_LEVELS: PagingLevel = 3;
     const ENTRY_BITS: u32 = 2;
     const HIGHEST_LEAF_LEVEL: PagingLevel = 2;

@@ -78,7 +78,15 @@ impl X86_64 {
     }
 }
 
-impl PagingFormat for X86_64 {
+// SAFETY: the shape is the SDM's 4 levels of 512 entries with leaves at
+// levels 1 to 3. A table entry is `P | W | U` plus the address, a leaf at
+// level 2 or 3 has `PS`, and a level-1 entry is always a leaf; `TRACKED`
+// (software bit 9) is set only by `encode_page(.., true)`; decode ignores
+// `A` and `D` except as the property's flags. The round trip is
+// `check_format_conformance`, run by this file's tests; the MMU's reading
+// of these bits is the SDM's (section 4.5), which the hosted machine's
+// independent walker and the demo kernel under QEMU exercise.
+unsafe impl PagingFormat for X86_64 {
     const NR_LEVELS: PagingLevel = 4;
     const ENTRY_BITS: u32 = 9;
     const HIGHEST_LEAF_LEVEL: PagingLevel = 3;

@@ -88,6 +88,13 @@ use crate::kspace::{KernelLayout, KernelSpace};
 use crate::page_prop::PageProperty;
 
 /// The shape and address range of one kind of page table.
+///
+/// A safe trait: kvirt checks its constants at compile time wherever a
+/// table of the configuration is made (the root entries must be a
+/// non-empty part of a node), and nothing else about it can break memory
+/// safety: a table is its own tree, and only
+/// [`create_user_page_table`](PageTable::create_user_page_table), defined
+/// for kvirt's own configurations, shares nodes between two tables.
 pub trait PageTableConfig: fmt::Debug + Send + Sync + 'static {
     /// The paging format.
     type F: PagingFormat;
@@ -354,6 +361,14 @@ impl<C: PageTableConfig> PageTable<C> {
     }
 
     pub(crate) fn empty(phys: &PhysMem) -> Result<Self, PageTableAllocError> {
+        const {
+            crate::arch::check_shape::<C::F>();
+            let r = C::TOP_LEVEL_INDEX_RANGE;
+            assert!(
+                r.start < r.end && r.end <= C::F::NR_ENTRIES,
+                "PageTableConfig: TOP_LEVEL_INDEX_RANGE must be a non-empty range of the root's entries"
+            );
+        };
         let root = alloc_node(phys, C::F::NR_LEVELS)?;
         let table = Self {
             root: root.pa(),
@@ -543,10 +558,13 @@ pub(crate) fn alloc_node(phys: &PhysMem, level: PagingLevel) -> Result<NodeRef<'
 ///
 /// The caller owns the node's reference and no one can reach the node.
 pub(crate) unsafe fn free_node(phys: &PhysMem, pa: Paddr) {
+    // Counted first: returning the page is the last thing this does with
+    // `phys`, which may be freed as soon as no page is in use (see the
+    // `kspace` module docs, "Lifetime").
+    phys.count_page_table_pages(-1);
     // SAFETY: the caller owns the reference, which `alloc_node` created for
     // a `PtNodeMeta` frame.
     drop(unsafe { Frame::<PtNodeMeta>::from_slot(NonNull::from(phys.slot(pa))) });
-    phys.count_page_table_pages(-1);
 }
 
 /// Releases what an entry found at `level` owns: a tracked frame's
