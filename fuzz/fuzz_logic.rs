@@ -1305,8 +1305,8 @@ impl World {
 /// The `kvirt_api` target: see the module documentation.
 pub fn kvirt_api(data: &[u8]) {
     let space = KernelSpace::new_hosted(kvirt::sim::MachineConfig::new(RAM_SIZE));
-    let machine = space.machine().expect("a hosted space");
-    let device = machine.device_window().start as Paddr..machine.device_window().end as Paddr;
+    let device = space.memory_map().iter().find(|r| r.kind == kvirt::platform::MemoryRegionKind::Device);
+    let device = device.expect("a hosted space has a device window").range.clone();
     let mut world = World {
         areas: Vec::new(),
         pool: Vec::new(),

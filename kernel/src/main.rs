@@ -120,8 +120,15 @@ fn kernel_main(start_info: Paddr) -> ! {
     // what every live (boot) mapping uses, and kvirt's encoding assumes this
     // value from now on.
     unsafe { cpu::wrmsr(cpu::MSR_IA32_PAT, PAT_MSR_VALUE) };
-    let mut space = KernelSpace::new(Box::new(platform::KernelPlatform::new()), &map, false)
-        .unwrap_or_else(|e| panic!("cannot set up the kernel space: {e}"));
+    // SAFETY: `map` is the firmware's memory map cut to the RAM the boot
+    // linear mapping reaches, with the first MiB and the kernel image
+    // marked Reserved (`memmap::for_kvirt`); the platform's physical window
+    // is that linear mapping, so it covers every RAM range in the map, and
+    // nothing but kvirt uses the Usable ones from now on (the kernel's heap
+    // lives in its image). RAM is not known to be zero, so kvirt clears its
+    // metadata. This is the only kernel space.
+    let space = unsafe { KernelSpace::new(Box::new(platform::KernelPlatform::new()), &map, false) };
+    let mut space = space.unwrap_or_else(|e| panic!("cannot set up the kernel space: {e}"));
     map_image(&mut space, &image);
     let space =
         KernelSpace::init_global(space).unwrap_or_else(|_| panic!("the global kernel space exists already"));

@@ -40,6 +40,7 @@ impl KernelPlatform {
 // 4. `CountingRcu` runs a callback only when no read-side section is
 //    active; with one CPU, no preemption and interrupts off, a section
 //    never migrates.
+// 5. The kernel is built with `panic = "abort"`: nothing unwinds.
 unsafe impl Platform for KernelPlatform {
     fn phys_base(&self) -> NonNull<u8> {
         NonNull::new(LINEAR_MAPPING_BASE_VADDR as *mut u8).expect("the linear mapping base is not null")

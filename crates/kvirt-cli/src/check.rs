@@ -470,8 +470,8 @@ impl<'s, L: KernelLayout> Runner<'s, L> {
     fn new(space: &'s KernelSpace<L>, ram_size: usize, fault: Option<ModelFault>) -> Self {
         space.synchronize();
         let start = (space.phys_stats(), space.vmalloc_stats());
-        let machine = space.machine().expect("a hosted space");
-        let dev_start = usize::try_from(machine.device_window().start).expect("64-bit host");
+        let device = space.memory_map().iter().find(|r| r.kind == kvirt::platform::MemoryRegionKind::Device);
+        let dev_start = device.expect("a hosted space has a device window").range.start;
         Self {
             space,
             fault,

@@ -145,7 +145,8 @@ pub fn run(out: &mut dyn Write) -> Result<(), Error> {
     // 1. The machine.
     n.section("A hosted machine and its kernel space")?;
     let space = KernelSpace::new_hosted(machine_config());
-    let machine = space.machine().expect("a hosted space has a machine").clone();
+    // SAFETY: only the machine's configuration is read.
+    let machine = unsafe { space.machine() }.expect("a hosted space has a machine").clone();
     n.say(format!(
         "machine: {} of RAM, {} CPUs, device window {:#x?}",
         human_bytes(machine.ram_size()),
@@ -363,7 +364,9 @@ pub fn run(out: &mut dyn Write) -> Result<(), Error> {
 /// Section 5: a raw page table, CPU 1 caching a translation, a remap without
 /// flush (stale), then the flush.
 fn stale_tlb(n: &mut Narrator<'_>, space: &KernelSpace) -> Result<(), Error> {
-    let machine = space.machine().expect("hosted").clone();
+    // SAFETY: CPU 1 walks a table of this space that maps only frames this
+    // section holds while the CPU may use them, and reads only those.
+    let machine = unsafe { space.machine() }.expect("hosted").clone();
     let cpu1 = machine.cpu(1);
     let prop = PageProperty::new_kernel(PageFlags::RW, CachePolicy::Writeback);
     let pt = PageTable::<KernelPtConfig>::empty_in(space)?;

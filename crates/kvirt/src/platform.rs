@@ -108,6 +108,16 @@ pub type RcuCallback = Box<dyn FnOnce() + Send>;
 ///    the call has ended; a read-side section does not migrate between CPUs
 ///    or threads. [`rcu_barrier`](Platform::rcu_barrier) returns only after
 ///    every callback queued before it has run.
+/// 5. No method but [`rcu_barrier`](Platform::rcu_barrier) unwinds. kvirt
+///    calls them in the middle of its own work (a TLB flush stands between
+///    removing a mapping and releasing its frame) and does not try to
+///    recover from a panic there; a kernel built with `panic = "abort"`
+///    keeps this promise by construction. `rcu_barrier` is called only
+///    between operations, so it may panic (say, on a read-side section
+///    that never ends).
+///
+/// A kernel space's memory map is part of the same promise: see
+/// [`KernelSpace::new`](crate::kspace::KernelSpace::new).
 pub unsafe trait Platform: Send + Sync + Debug + 'static {
     /// The virtual address at which physical address 0 appears.
     fn phys_base(&self) -> NonNull<u8>;

@@ -46,7 +46,8 @@ fn max_paddr_is_the_end_of_the_default_machines_ram() {
 
 #[test]
 fn default_machine_has_two_cpus() {
-    let machine = KernelSpace::global().machine().expect("the hosted default space has a machine");
+    // SAFETY: only the machine's configuration is read.
+    let machine = unsafe { KernelSpace::global().machine() }.expect("the hosted default space has a machine");
     assert_eq!(machine.nr_cpus(), 2);
     assert_eq!(machine.ram_size(), 4 << 30);
 }

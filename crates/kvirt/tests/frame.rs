@@ -305,7 +305,9 @@ mod reference_count_limit {
     /// returns.
     fn overflow_a_frame() -> ! {
         let space = space();
-        let machine = space.machine().expect("a hosted space has a machine").clone();
+        // SAFETY: the test reads a reference count, which kvirt accesses
+        // only atomically, with 8-byte atomic loads.
+        let machine = unsafe { space.machine() }.expect("a hosted space has a machine").clone();
         let frame = FrameAllocOptions::new_in(&space).alloc_frame().unwrap();
         // The slot's count follows its 40-byte metadata storage (the `meta`
         // module docs); reach it through the kernel's mapping of the
@@ -515,7 +517,8 @@ fn writing_every_allocatable_page_leaves_all_metadata_intact() {
     let frames: Vec<_> = (0..before.free_pages)
         .map(|i| FrameAllocOptions::new_in(&space).alloc_frame_with(Counter { value: i as u64 }).unwrap())
         .collect();
-    let machine = space.machine().unwrap();
+    // SAFETY: the test writes only the pages of frames it holds.
+    let machine = unsafe { space.machine() }.unwrap();
     let ones = vec![0xffu8; PAGE_SIZE];
     for frame in &frames {
         machine.write_phys(frame.paddr() as u64, &ones).unwrap();

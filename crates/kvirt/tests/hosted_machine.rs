@@ -26,6 +26,15 @@ fn space() -> KernelSpace {
     KernelSpace::new_hosted(MachineConfig::new(64 << 20).cpus(2))
 }
 
+/// The machine under `space`.
+fn machine(space: &KernelSpace) -> std::sync::Arc<kvirt_sim::Machine> {
+    // SAFETY: every test in this file maps, into the tables it loads into a
+    // CPU, only frames it holds (alive while a CPU may use them, stale TLB
+    // entries included), device memory and Reserved RAM, and reads and
+    // writes only those.
+    unsafe { space.machine() }.expect("a hosted space has a machine").clone()
+}
+
 fn kernel(flags: PageFlags) -> PageProperty {
     PageProperty::new_kernel(flags, CachePolicy::Writeback)
 }
@@ -76,7 +85,7 @@ fn read_byte(cpu: &kvirt_sim::Cpu, va: Vaddr) -> u8 {
 #[test]
 fn tlb_returns_a_stale_translation_until_the_platform_flushes_it() {
     let space = space();
-    let machine = space.machine().unwrap().clone();
+    let machine = machine(&space);
     let a = frame_filled(&space, 0xaa);
     let b = frame_filled(&space, 0xbb);
     let pt = PageTable::<KernelPtConfig>::empty_in(&space).unwrap();
@@ -122,7 +131,7 @@ fn tlb_returns_a_stale_translation_until_the_platform_flushes_it() {
 #[test]
 fn unmapped_page_faults_only_after_the_flush() {
     let space = space();
-    let machine = space.machine().unwrap().clone();
+    let machine = machine(&space);
     let a = frame_filled(&space, 1);
     let pt = PageTable::<KernelPtConfig>::empty_in(&space).unwrap();
     let _anchor = anchor(&space, &pt);
@@ -143,7 +152,7 @@ fn unmapped_page_faults_only_after_the_flush() {
 #[test]
 fn local_flush_on_another_cpu_does_not_cure_this_one() {
     let space = space();
-    let machine = space.machine().unwrap().clone();
+    let machine = machine(&space);
     let a = frame_filled(&space, 0xaa);
     let b = frame_filled(&space, 0xbb);
     let pt = PageTable::<KernelPtConfig>::empty_in(&space).unwrap();
@@ -173,7 +182,7 @@ fn local_flush_on_another_cpu_does_not_cure_this_one() {
 #[test]
 fn detaching_an_emptied_node_flushes_its_span_on_every_cpu() {
     let space = space();
-    let machine = space.machine().unwrap().clone();
+    let machine = machine(&space);
     let a = frame_filled(&space, 1);
     let pt = PageTable::<KernelPtConfig>::empty_in(&space).unwrap();
     map_tracked(&pt, VA, &a, kernel(PageFlags::RW));
@@ -195,7 +204,7 @@ fn detaching_an_emptied_node_flushes_its_span_on_every_cpu() {
 #[test]
 fn all_cpu_flush_reaches_every_cpu() {
     let space = space();
-    let machine = space.machine().unwrap().clone();
+    let machine = machine(&space);
     let a = frame_filled(&space, 0xaa);
     let b = frame_filled(&space, 0xbb);
     let pt = PageTable::<KernelPtConfig>::empty_in(&space).unwrap();
@@ -220,7 +229,7 @@ fn all_cpu_flush_reaches_every_cpu() {
 #[test]
 fn range_and_full_flushes_drop_exactly_what_they_cover() {
     let space = space();
-    let machine = space.machine().unwrap().clone();
+    let machine = machine(&space);
     let frames: Vec<_> = (0..4u8).map(|i| frame_filled(&space, i)).collect();
     let pt = PageTable::<KernelPtConfig>::empty_in(&space).unwrap();
     for (i, f) in frames.iter().enumerate() {
@@ -265,7 +274,7 @@ fn assert_agree(
 #[test]
 fn mmu_agrees_with_the_page_table_for_4k_2m_and_1g_pages() {
     let space = space();
-    let machine = space.machine().unwrap().clone();
+    let machine = machine(&space);
     let window = machine.device_window().start as Paddr;
     let pt = PageTable::<KernelPtConfig>::empty_in(&space).unwrap();
     let prop = kernel(PageFlags::RW);
@@ -322,7 +331,7 @@ fn mmu_agrees_with_the_page_table_for_4k_2m_and_1g_pages() {
 #[test]
 fn mmu_and_page_table_agree_on_every_page_of_a_mapped_run() {
     let space = space();
-    let machine = space.machine().unwrap().clone();
+    let machine = machine(&space);
     let seg = FrameAllocOptions::new_in(&space).alloc_segment(16).unwrap();
     let base = seg.paddr();
     let pt = PageTable::<KernelPtConfig>::empty_in(&space).unwrap();
@@ -348,7 +357,7 @@ fn mmu_and_page_table_agree_on_every_page_of_a_mapped_run() {
 /// says for a read, a write and an instruction fetch.
 fn kernel_access(flags: PageFlags) -> [Result<(), FaultKind>; 3] {
     let space = space();
-    let machine = space.machine().unwrap().clone();
+    let machine = machine(&space);
     let frame = frame_filled(&space, 0);
     let pt = PageTable::<KernelPtConfig>::empty_in(&space).unwrap();
     map_tracked(&pt, VA, &frame, kernel(flags));
@@ -387,7 +396,7 @@ fn page_without_read_permission_is_not_present() {
 #[test]
 fn write_through_the_mmu_to_a_read_only_page_faults_and_writes_nothing() {
     let space = space();
-    let machine = space.machine().unwrap().clone();
+    let machine = machine(&space);
     let frame = frame_filled(&space, 0x77);
     let pt = PageTable::<KernelPtConfig>::empty_in(&space).unwrap();
     map_tracked(&pt, VA, &frame, kernel(PageFlags::R));
@@ -403,7 +412,7 @@ fn write_through_the_mmu_to_a_read_only_page_faults_and_writes_nothing() {
 #[test]
 fn kernel_mappings_are_global_and_supervisor_only() {
     let space = space();
-    let machine = space.machine().unwrap().clone();
+    let machine = machine(&space);
     let frame = frame_filled(&space, 0);
     let kpt = PageTable::<KernelPtConfig>::empty_in(&space).unwrap();
     map_tracked(&kpt, VA, &frame, kernel(PageFlags::RW));
@@ -419,7 +428,7 @@ fn kernel_mappings_are_global_and_supervisor_only() {
 #[test]
 fn user_mappings_are_enforced_by_the_mmu() {
     let space = space();
-    let machine = space.machine().unwrap().clone();
+    let machine = machine(&space);
     let ro = frame_filled(&space, 1);
     let rw = frame_filled(&space, 2);
     let kpt = PageTable::<KernelPtConfig>::empty_in(&space).unwrap();
@@ -455,7 +464,7 @@ fn user_mappings_are_enforced_by_the_mmu() {
 #[test]
 fn lowering_rights_without_a_flush_leaves_the_old_rights_cached() {
     let space = space();
-    let machine = space.machine().unwrap().clone();
+    let machine = machine(&space);
     let frame = frame_filled(&space, 0);
     let pt = PageTable::<KernelPtConfig>::empty_in(&space).unwrap();
     map_tracked(&pt, VA, &frame, kernel(PageFlags::RW));

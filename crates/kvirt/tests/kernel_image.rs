@@ -42,7 +42,9 @@ fn image_sections_are_mapped_with_their_own_rights_and_translate() {
 #[test]
 fn the_simulated_mmu_reads_the_image_through_the_mapping() {
     let mut space = space_with_image();
-    let machine = space.machine().unwrap().clone();
+    // SAFETY: the test writes only the Reserved image range, which nothing
+    // else uses, and walks the space's own kernel table.
+    let machine = unsafe { space.machine() }.unwrap().clone();
     machine.write_phys(4 * MIB as u64 + 8, b"kernel!").unwrap();
     let va = KERNEL_CODE_BASE_VADDR + 4 * MIB;
     // SAFETY: reserved simulated RAM that nothing else uses.

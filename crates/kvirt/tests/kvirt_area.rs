@@ -42,10 +42,20 @@ fn small_space() -> KernelSpace {
     KernelSpace::new_hosted(MachineConfig::new(64 << 20))
 }
 
+/// CPU 0 of the machine under `space`, running the space's kernel table.
+fn kernel_cpu(space: &KernelSpace) -> &kvirt::sim::Cpu {
+    // SAFETY: the CPU runs the space's own kernel table, and the tests read
+    // and write through it only what their areas map (frames they hold,
+    // device memory, Reserved RAM), faults apart.
+    let cpu = unsafe { space.machine() }.expect("a hosted space").cpu(0);
+    cpu.set_root(space.kernel_root_paddr() as u64);
+    cpu
+}
+
 /// The simulated device window of `space` (1 GiB, 1 GiB aligned, not RAM).
 fn device_window(space: &KernelSpace) -> Range<Paddr> {
-    let w = space.machine().expect("a hosted space").device_window();
-    w.start as Paddr..w.end as Paddr
+    let device = space.memory_map().iter().find(|r| r.kind == kvirt::platform::MemoryRegionKind::Device);
+    device.expect("the hosted machine has a device window").range.clone()
 }
 
 /// Maps `pa` untracked in `space`.
@@ -794,8 +804,7 @@ mod guard {
         let b =
             space.try_map_frames(P, 0, FrameAllocOptions::new_in(&space).alloc_segment(1).unwrap(), prop());
         let b = b.unwrap();
-        let cpu = space.machine().unwrap().cpu(0);
-        cpu.set_root(space.kernel_root_paddr() as u64);
+        let cpu = kernel_cpu(&space);
         cpu.write(a.end() - 8, &[1; 8]).unwrap();
         let err = cpu.write(a.end() - 8, &[1; 16]).unwrap_err();
         let MemError::Fault(fault) = err else { panic!("fault expected, got {err:?}") };
@@ -1464,7 +1473,8 @@ mod bytes {
         area.read_bytes(P, &mut back).unwrap();
         assert_eq!(back, data);
         let mut phys = vec![0; 3 * P];
-        space.machine().unwrap().read_phys(0x6000u64, &mut phys).unwrap();
+        // SAFETY: Reserved RAM that this test's area maps and nothing else uses.
+        unsafe { space.machine() }.unwrap().read_phys(0x6000u64, &mut phys).unwrap();
         assert_eq!(phys, data);
     }
 
@@ -1488,8 +1498,7 @@ mod mmu {
     #[test]
     fn mmu_reads_what_write_bytes_wrote() {
         let space = small_space();
-        let cpu = space.machine().unwrap().cpu(0);
-        cpu.set_root(space.kernel_root_paddr() as u64);
+        let cpu = kernel_cpu(&space);
         let frames = FrameAllocOptions::new_in(&space).alloc_segment(2).unwrap();
         let area = space.try_map_frames(3 * P, P, frames, prop()).unwrap();
         let data: Vec<u8> = (0..200).map(|i| i as u8 ^ 0xa5).collect();
@@ -1509,8 +1518,7 @@ mod mmu {
     }
 
     fn assert_faults_after_drop(space: &KernelSpace, area: KVirtArea) {
-        let cpu = space.machine().unwrap().cpu(0);
-        cpu.set_root(space.kernel_root_paddr() as u64);
+        let cpu = kernel_cpu(space);
         let va = area.mapped_range().start;
         cpu.translate(va, Access::READ).expect("mapped before the drop");
         let entries = cpu.tlb_entries();
@@ -1548,8 +1556,7 @@ mod mmu {
         let dev = device_window(&space).start;
         let area = untracked(&space, SIZE_2M, 0, dev..dev + SIZE_2M, prop()).unwrap();
         let (left, right) = area.split(SIZE_2M / 2);
-        let cpu = space.machine().unwrap().cpu(0);
-        cpu.set_root(space.kernel_root_paddr() as u64);
+        let cpu = kernel_cpu(&space);
         // The huge page's TLB entry covers both halves.
         cpu.translate(right.start(), Access::READ).unwrap();
         drop(left);
@@ -1661,10 +1668,13 @@ mod mmu {
             space: OnceLock::new(),
             watched_va: OnceLock::new(),
         });
-        let platform =
-            RecordingPlatform { inner: SimPlatform::new(machine.clone()), recorder: recorder.clone() };
+        // SAFETY: a new machine; the recorder only translates through the
+        // kernel page table and reads a frame's metadata-free contents.
+        let inner = unsafe { SimPlatform::new(machine.clone()) };
+        let platform = RecordingPlatform { inner, recorder: recorder.clone() };
         let map = memory_map_of(&machine);
-        let space = Arc::new(KernelSpace::new(Box::new(platform), &map, true).unwrap());
+        // SAFETY: the machine's own map, zeroed RAM, one space.
+        let space = Arc::new(unsafe { KernelSpace::new(Box::new(platform), &map, true) }.unwrap());
         recorder.space.set(Arc::downgrade(&space)).unwrap();
         let before = space.vmalloc_stats();
 

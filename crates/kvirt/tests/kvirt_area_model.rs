@@ -237,8 +237,13 @@ impl Model {
         let space = KernelSpace::new_hosted(MachineConfig::new(16 << 20));
         let baseline = space.phys_stats();
         let pool = (0..POOL).map(|_| FrameAllocOptions::new_in(&space).alloc_frame().unwrap()).collect();
-        let w = space.machine().unwrap().device_window();
-        let device = w.start as Paddr..w.end as Paddr;
+        let device = space
+            .memory_map()
+            .iter()
+            .find(|r| r.kind == kvirt::platform::MemoryRegionKind::Device)
+            .expect("the hosted machine has a device window")
+            .range
+            .clone();
         let max_paddr = space.max_paddr();
         Model {
             space,

@@ -85,10 +85,16 @@ impl Live {
     }
 }
 
+/// Where the space's device window starts, if its machine has one.
+fn device_window_start(space: &KernelSpace) -> Option<Paddr> {
+    let device = space.memory_map().iter().find(|r| r.kind == kvirt::platform::MemoryRegionKind::Device);
+    device.map(|r| r.range.start)
+}
+
 /// Creates a random area in `space`: tracked (1-8 fresh frames), untracked
 /// low memory from `low` (one page each), or a 2 MiB device piece.
 fn create(space: &KernelSpace, rng: &mut XorShift, low: &Range<Paddr>) -> Live {
-    let device = space.machine().map(|m| m.device_window().start as Paddr);
+    let device = device_window_start(space);
     let offset = rng.below(3) * P;
     match rng.below(if device.is_some() { 4 } else { 3 }) {
         0 | 1 => {
@@ -148,7 +154,9 @@ fn worker(space: &KernelSpace, id: usize, iterations: usize, low: Range<Paddr>, 
     let mut rng = XorShift::new(id as u64 + 1);
     let cpu = if use_mmu {
         set_current_cpu(id);
-        let cpu = space.machine().unwrap().cpu(id);
+        // SAFETY: the CPU runs the space's own kernel table and reads and
+        // writes only through areas this worker owns.
+        let cpu = unsafe { space.machine() }.unwrap().cpu(id);
         cpu.set_root(space.kernel_root_paddr() as u64);
         Some(cpu)
     } else {
@@ -205,7 +213,8 @@ fn worker(space: &KernelSpace, id: usize, iterations: usize, low: Range<Paddr>, 
 fn keeper(space: &KernelSpace, low: Range<Paddr>, done: &AtomicBool, start: &Barrier, use_mmu: bool) {
     let cpu = if use_mmu {
         set_current_cpu(WORKERS);
-        let cpu = space.machine().unwrap().cpu(WORKERS);
+        // SAFETY: as in `worker`, for the keeper's own areas.
+        let cpu = unsafe { space.machine() }.unwrap().cpu(WORKERS);
         cpu.set_root(space.kernel_root_paddr() as u64);
         Some(cpu)
     } else {

@@ -12,9 +12,11 @@ use kvirt::Vaddr;
 
 /// Creates a space laid out as `L` over a fresh machine of `ram` bytes.
 fn space_with<L: KernelLayout>(ram: usize) -> Result<KernelSpace<L>, KernelSpaceError> {
-    let platform = SimPlatform::new(Arc::new(Machine::new(MachineConfig::new(ram))));
+    // SAFETY: a new machine, used by this space alone.
+    let platform = unsafe { SimPlatform::new(Arc::new(Machine::new(MachineConfig::new(ram)))) };
     let map = platform.memory_map();
-    KernelSpace::<L>::with_layout(Box::new(platform), &map, true)
+    // SAFETY: the map is the machine's own; its RAM reads as zero.
+    unsafe { KernelSpace::<L>::with_layout(Box::new(platform), &map, true) }
 }
 
 /// The tiny format with a 32 KiB linear mapping: far too small for any RAM.

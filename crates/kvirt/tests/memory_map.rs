@@ -34,7 +34,11 @@ fn reserved(start: Paddr, end: Paddr) -> MemoryRegion {
 /// A kernel space over a fresh 4 MiB machine, described by `map`.
 fn space_over(map: &[MemoryRegion]) -> Result<KernelSpace, KernelSpaceError> {
     let machine = Arc::new(Machine::new(MachineConfig::new(RAM)));
-    KernelSpace::new(Box::new(SimPlatform::new(machine)), map, true)
+    // SAFETY: a new machine, used by this space alone.
+    let platform = unsafe { SimPlatform::new(machine) };
+    // SAFETY: every map's RAM lies inside the machine's 4 MiB, which reads
+    // as zero.
+    unsafe { KernelSpace::new(Box::new(platform), map, true) }
 }
 
 /// The `PhysMemError` a map is rejected with, and the message of the

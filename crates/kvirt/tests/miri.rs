@@ -527,3 +527,20 @@ fn threads_share_frames_and_map_areas_side_by_side() {
     drop(shared);
     assert_eq!(stats(&space), before);
 }
+
+/// The space's handle and its last area dropped on two threads at once: the
+/// area's drop still uses the space (its page table, VMALLOC, registry)
+/// after the handle is gone, so whichever goes last must free it. Miri
+/// reported a data race with the space's deallocation when the handle's
+/// drop freed the space while the area's drop was still inside it.
+#[test]
+fn the_space_outlives_an_area_dropped_on_another_thread() {
+    let machine = Arc::new(Machine::new(MachineConfig::new(RAM).cpus(2)));
+    let space = counting_rcu::space_on(machine.clone());
+    let frame = FrameAllocOptions::new_in(&space).alloc_frame().expect("frame");
+    let area: KVirtArea = space.try_map_frames(P, 0, [frame], rw()).expect("area");
+    let dropper = std::thread::spawn(move || drop(area));
+    drop(space);
+    dropper.join().expect("the area's drop does not panic");
+    assert_eq!(Arc::strong_count(&machine), 1, "the last handle freed the space and its platform");
+}

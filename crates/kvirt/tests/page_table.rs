@@ -1502,7 +1502,9 @@ mod user_page_table {
         assert_ne!(user.root_paddr(), pt.root_paddr());
         // Kernel mappings made later are visible to the MMU through the
         // user table's root (`translate` only answers for the user half).
-        let machine = space.machine().unwrap();
+        // SAFETY: only page walks of a table of this space, which read
+        // entries with atomic loads.
+        let machine = unsafe { space.machine() }.unwrap();
         let walk = |va: Vaddr| {
             kvirt_sim::walk(machine, user.root_paddr() as u64, va, kvirt_sim::Access::READ)
                 .ok()

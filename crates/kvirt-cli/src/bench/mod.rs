@@ -436,8 +436,8 @@ fn run_random_sizes(cfg: &Config) -> Result<Stats, Error> {
 fn run_2m_aligned(cfg: &Config) -> Result<Stats, Error> {
     let ops = cfg.area_ops;
     run_area(cfg, ops, |space| {
-        let dev = space.machine().expect("hosted").device_window();
-        let pa = usize::try_from(dev.start)?;
+        let dev = space.memory_map().iter().find(|r| r.kind == kvirt::platform::MemoryRegionKind::Device);
+        let pa = dev.expect("a hosted space has a device window").range.start;
         for i in 0..ops {
             // SAFETY: the simulated device window, never accessed.
             let area =

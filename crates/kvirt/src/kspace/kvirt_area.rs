@@ -206,7 +206,9 @@ pub struct KVirtArea<L: KernelLayout = X86_64Layout> {
     right: Option<Arc<SplitLink>>,
     /// The boundary with the left half of a split of this area.
     left: Option<Arc<SplitLink>>,
-    space: NonNull<SpaceInner<L>>,
+    /// A counted handle to the area's space: the space lives until the
+    /// area's drop has finished with it (this field is dropped last).
+    space: Arc<SpaceInner<L>>,
 }
 
 /// The boundary between two halves of a split area.
@@ -233,12 +235,6 @@ impl SplitLink {
 
 // The page the right half leaves for the left half holds a whole guard.
 const _: () = assert!(GUARD_SIZE <= PAGE_SIZE);
-
-// SAFETY: the area only refers to its space, which is `Sync`, and to split
-// links (atomics behind `Arc`), and owns the mappings in its range.
-unsafe impl<L: KernelLayout> Send for KVirtArea<L> {}
-// SAFETY: `&KVirtArea` only queries and copies bytes, under page-table locks.
-unsafe impl<L: KernelLayout> Sync for KVirtArea<L> {}
 
 fn check_common(
     area_size: usize,
@@ -349,9 +345,7 @@ impl KVirtArea {
 
 impl<L: KernelLayout> KVirtArea<L> {
     fn space(&self) -> &SpaceInner<L> {
-        // SAFETY: a space is never freed while an area of it is alive (the
-        // registry entry keeps `KernelSpace::drop` from freeing it).
-        unsafe { self.space.as_ref() }
+        &self.space
     }
 
     /// The start address.
@@ -476,6 +470,9 @@ impl<L: KernelLayout> KVirtArea<L> {
         let link = Arc::new(SplitLink::default());
         // The halves take over everything; `self` has nothing left to free.
         let this = core::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never dropped or used as an area again, so the
+        // handle moves out of it exactly once (to the right half).
+        let space = unsafe { core::ptr::read(&this.space) };
         let mid = this.range.start + offset;
         let clamp = |r: &Range<Vaddr>| {
             let s = this.mapped.start.clamp(r.start, r.end);
@@ -489,16 +486,16 @@ impl<L: KernelLayout> KVirtArea<L> {
             range: left_range,
             right: Some(link.clone()),
             left: outer_left,
-            space: this.space,
+            space: space.clone(),
         };
         let right = KVirtArea {
             mapped: clamp(&right_range),
             range: right_range,
             right: outer_right,
             left: Some(link),
-            space: this.space,
+            space,
         };
-        let registry = &this.space().registry;
+        let registry = &left.space().registry;
         let info = registry.remove(this.range.start).expect("a live area is registered");
         registry.insert(AreaInfo { range: left.range(), mapped: left.mapped_range(), ..info.clone() });
         registry.insert(AreaInfo { range: right.range(), mapped: right.mapped_range(), ..info });
@@ -661,8 +658,7 @@ impl<L: KernelLayout> KVirtArea<L> {
     /// Runs `f` with a temporary handle to the area's kernel space.
     #[cfg(feature = "check-contracts")]
     pub(crate) fn with_kernel_space<R>(&self, f: impl FnOnce(&KernelSpace<L>) -> R) -> R {
-        let handle = core::mem::ManuallyDrop::new(KernelSpace { inner: self.space });
-        f(&handle)
+        f(&KernelSpace { inner: self.space.clone() })
     }
 }
 
@@ -837,7 +833,7 @@ impl<L: KernelLayout> KernelSpace<L> {
             kind,
             label: None,
         });
-        Ok(KVirtArea { range, mapped, right: None, left: None, space: self.inner })
+        Ok(KVirtArea { range, mapped, right: None, left: None, space: self.inner.clone() })
     }
 }
 

@@ -9,11 +9,22 @@
 //!
 //! ## Lifetime
 //!
-//! Frames and areas point into their space without counting references
-//! (a frame handle is one word). So a space is freed only when nothing can
-//! point into it: dropping a [`KernelSpace`] while frames or areas of it are
-//! alive leaks the space (with a log warning) instead of leaving them
-//! dangling. The default space is never dropped.
+//! A space outlives every operation on it by construction. Its parts live
+//! in one shared allocation whose handles are counted: the
+//! [`KernelSpace`] itself and every [`KVirtArea`] hold one count each (an
+//! area gives its count back as the very last step of its drop, after it
+//! has unmapped, flushed and returned its range). Whichever handle goes
+//! last tears the space down, on whatever thread that is.
+//!
+//! Frames, segments and page tables made from a space stay one word and
+//! count nothing: a space is torn down with pages still in use only by
+//! leaking its physical memory (metadata, allocator, platform), with a log
+//! warning, so every frame stays valid. "In use" is read from the
+//! allocator with every one of its locks held, and the last thing any
+//! frame, segment or page table does with the space is to return a page
+//! under one of those locks: so once the teardown sees no page in use, no
+//! other thread is still inside the space. The default space is never
+//! torn down.
 
 mod kvirt_area;
 mod layout;
@@ -22,8 +33,10 @@ mod registry;
 mod vmalloc;
 
 use alloc::boxed::Box;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
+use core::mem::ManuallyDrop;
 use core::ops::Range;
 use core::ptr::NonNull;
 
@@ -137,20 +150,22 @@ impl fmt::Display for KernelImageError {
     }
 }
 
-/// The parts of a kernel space, at a fixed address for its whole life.
-///
-/// Field order is drop order: the page table goes before the memory its
-/// nodes live in.
+/// The parts of a kernel space, shared by its handles (see "Lifetime" in
+/// the module documentation).
 struct SpaceInner<L: KernelLayout> {
     /// The kernel page table: the linear mapping, the metadata mapping and
     /// every area. Only kvirt changes it (no mutable cursor is public), so
-    /// an area's entries change only through the area.
-    kernel_pt: PageTable<KernelPtConfig<L::Format>>,
+    /// an area's entries change only through the area. Dropped (before
+    /// `phys`, whose memory its nodes live in) or leaked by `Drop`.
+    kernel_pt: ManuallyDrop<PageTable<KernelPtConfig<L::Format>>>,
     vmalloc: Vmalloc,
     registry: AreaRegistry,
     /// Frames, metadata and the allocator, at a fixed heap address that
     /// frames and the page table point to from before this struct exists.
-    phys: PhysBox,
+    /// Freed or leaked by `Drop`.
+    phys: ManuallyDrop<PhysBox>,
+    /// The memory map the space was built over, sorted by address.
+    memory_map: Vec<MemoryRegion>,
     /// Pages in use when the space was set up (metadata excluded): the
     /// kernel's own page-table nodes. Used to decide whether the space can
     /// be freed.
@@ -167,6 +182,11 @@ struct SpaceInner<L: KernelLayout> {
 /// before the move (Miri reports it under Stacked and Tree Borrows). A raw
 /// pointer asserts nothing; the memory is freed when the `PhysBox` drops.
 struct PhysBox(NonNull<PhysMem>);
+
+// SAFETY: `PhysMem` is `Send + Sync`; the box only shares it.
+unsafe impl Send for PhysBox {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for PhysBox {}
 
 impl PhysBox {
     fn new(phys: PhysMem) -> Self {
@@ -187,9 +207,9 @@ impl core::ops::Deref for PhysBox {
 impl Drop for PhysBox {
     fn drop(&mut self) {
         // SAFETY: the pointer came from `Box::leak` and is freed only here,
-        // once; nothing points into it any more (the page table, declared
-        // before the `PhysBox` in `SpaceInner`, is dropped first, and a
-        // space is freed only when no frame of it is alive).
+        // once; nothing points into it any more (`SpaceInner` drops its
+        // page table first and drops the `PhysBox` only when no page is in
+        // use, so no frame, segment or page table of it is alive).
         drop(unsafe { Box::from_raw(self.0.as_ptr()) });
     }
 }
@@ -197,28 +217,60 @@ impl Drop for PhysBox {
 /// One kernel's virtual memory (see the module documentation), laid out
 /// as `L` says (x86-64 by default).
 pub struct KernelSpace<L: KernelLayout = X86_64Layout> {
-    inner: NonNull<SpaceInner<L>>,
+    /// One of the counted handles that keep the space alive.
+    inner: Arc<SpaceInner<L>>,
 }
-
-// SAFETY: `SpaceInner` is `Send + Sync` (its parts synchronise internally);
-// the handle only shares references to it.
-unsafe impl<L: KernelLayout> Send for KernelSpace<L> {}
-// SAFETY: as for `Send`.
-unsafe impl<L: KernelLayout> Sync for KernelSpace<L> {}
 
 static GLOBAL: spin::Once<KernelSpace> = spin::Once::new();
 
 impl KernelSpace {
     /// Sets up a kernel space over `platform` and its firmware memory map.
     ///
-    /// `ram_is_zeroed` promises that RAM reads as zero at this point (true
-    /// for simulated machines); otherwise the metadata array is cleared.
-    pub fn new(
+    /// kvirt checks what it can of the map (RAM regions page aligned,
+    /// non-empty and disjoint, room for the metadata array, every RAM page
+    /// inside the layout's linear mapping) and reports a broken rule as a
+    /// [`KernelSpaceError`]; a rejected call leaves nothing allocated. What
+    /// it cannot check is whether the map tells the truth: that is the
+    /// caller's promise below.
+    ///
+    /// # Safety
+    ///
+    /// 1. `memory_map` describes the machine `platform` reaches: every
+    ///    `Usable` and `Reserved` range is RAM for which `platform` keeps
+    ///    the promises of [`Platform`] (reachable through
+    ///    [`Platform::phys_base`], and nothing but kvirt touches the
+    ///    `Usable` ones). kvirt writes its frame metadata into `Usable` RAM
+    ///    and hands the rest out as frames.
+    /// 2. No other kernel space is, or will be, built over the same `Usable`
+    ///    RAM.
+    /// 3. If `ram_is_zeroed` is true, every byte of `Usable` RAM reads as
+    ///    zero now (true of a freshly made simulated machine). Otherwise
+    ///    kvirt clears the metadata array itself.
+    ///
+    /// The promise is the caller's, so the call is `unsafe` (a map that
+    /// claimed more RAM than the machine has would make kvirt write past
+    /// it):
+    ///
+    /// ```compile_fail,E0133
+    /// use std::sync::Arc;
+    /// use kvirt::kspace::KernelSpace;
+    /// use kvirt::platform::hosted::{memory_map_of, SimPlatform};
+    /// use kvirt::sim::{Machine, MachineConfig};
+    ///
+    /// let machine = Arc::new(Machine::new(MachineConfig::new(4 << 20)));
+    /// let mut map = memory_map_of(&machine);
+    /// map[0].range.end = 64 << 20; // a lie: the machine has 4 MiB
+    /// // SAFETY: a new machine for this space alone.
+    /// let platform = unsafe { SimPlatform::new(machine) };
+    /// let space = KernelSpace::new(Box::new(platform), &map, true);
+    /// ```
+    pub unsafe fn new(
         platform: Box<dyn Platform>,
         memory_map: &[MemoryRegion],
         ram_is_zeroed: bool,
     ) -> Result<Self, KernelSpaceError> {
-        Self::with_layout(platform, memory_map, ram_is_zeroed)
+        // SAFETY: forwarded to the caller.
+        unsafe { Self::with_layout(platform, memory_map, ram_is_zeroed) }
     }
 
     /// A kernel space over a new simulated machine.
@@ -270,7 +322,11 @@ impl KernelSpace {
 
 impl<L: KernelLayout> KernelSpace<L> {
     /// [`KernelSpace::new`] for layout `L`.
-    pub fn with_layout(
+    ///
+    /// # Safety
+    ///
+    /// As for [`KernelSpace::new`].
+    pub unsafe fn with_layout(
         platform: Box<dyn Platform>,
         memory_map: &[MemoryRegion],
         ram_is_zeroed: bool,
@@ -281,19 +337,20 @@ impl<L: KernelLayout> KernelSpace<L> {
             .map_err(|_| KernelSpaceError::OutOfMemory)?;
         kernel_pt.set_lazy_reclaim(true);
         map_linear_and_metadata::<L>(&kernel_pt, &phys, memory_map)?;
-        let inner = Box::new(SpaceInner {
-            kernel_pt,
+        let baseline_used_pages = phys.stats().used_pages;
+        let mut memory_map = memory_map.to_vec();
+        memory_map.sort_by_key(|r| r.range.start);
+        let inner = Arc::new(SpaceInner {
+            memory_map,
+            kernel_pt: ManuallyDrop::new(kernel_pt),
             vmalloc: Vmalloc::new(L::VMALLOC_VADDR_RANGE),
             registry: AreaRegistry::new(),
-            phys,
-            baseline_used_pages: 0,
+            phys: ManuallyDrop::new(phys),
+            baseline_used_pages,
             #[cfg(feature = "std")]
             machine: None,
         });
-        let mut space = Self { inner: NonNull::from(Box::leak(inner)) };
-        let used = space.phys().stats().used_pages;
-        space.inner_mut().baseline_used_pages = used;
-        Ok(space)
+        Ok(Self { inner })
     }
 
     /// [`KernelSpace::new_hosted`] for layout `L`. The simulated MMU walks
@@ -306,31 +363,76 @@ impl<L: KernelLayout> KernelSpace<L> {
     #[must_use]
     pub fn hosted_with_layout(config: kvirt_sim::MachineConfig) -> Self {
         let machine = alloc::sync::Arc::new(kvirt_sim::Machine::new(config));
-        let platform = crate::platform::hosted::SimPlatform::new(machine.clone());
+        // SAFETY: the machine is new and only this space will have it: the
+        // `Arc` kept in the space is handed out by the `unsafe`
+        // `machine()` alone, whose callers promise to keep out of kvirt's
+        // memory.
+        let platform = unsafe { crate::platform::hosted::SimPlatform::new(machine.clone()) };
         let map = platform.memory_map();
-        let mut space = Self::with_layout(Box::new(platform), &map, true)
-            .unwrap_or_else(|e| panic!("cannot set up a hosted kernel space: {e}"));
-        space.inner_mut().machine = Some(machine);
+        // SAFETY: the map is the machine's own (its RAM is the platform's
+        // window), the machine is new (its RAM reads as zero) and no other
+        // space uses it (above).
+        let space = unsafe { Self::with_layout(Box::new(platform), &map, true) };
+        let mut space = space.unwrap_or_else(|e| panic!("cannot set up a hosted kernel space: {e}"));
+        Arc::get_mut(&mut space.inner).expect("a new space has one handle").machine = Some(machine);
         space
     }
 
-    /// The simulated machine under a hosted space.
+    /// The simulated machine under a hosted space, for tests and tools
+    /// that drive its CPUs (walk the page table, fill and flush TLBs, read
+    /// and write through virtual addresses) or inspect its RAM.
+    ///
+    /// For facts that need no machine (the device window, which CPUs
+    /// exist) see [`memory_map`](Self::memory_map) and the
+    /// [`platform`](Self::platform).
+    ///
+    /// # Safety
+    ///
+    /// The machine is the hardware under the space, and its methods reach
+    /// all of its RAM as hardware does, with nothing to stop a write to
+    /// kvirt's own memory. The caller uses it as kernel code uses its
+    /// memory and MMU:
+    ///
+    /// 1. It writes, by physical address ([`Machine::write_phys`] and the
+    ///    like) or through a CPU, only memory that kvirt has given it: the
+    ///    pages of frames and segments it holds, what its areas map,
+    ///    `Reserved` RAM and device memory no one else uses. It reads
+    ///    those, and of kvirt's own memory (the frame metadata array,
+    ///    page-table nodes, free pages) only the words kvirt itself
+    ///    accesses atomically, with 8-byte atomic reads: page-table entries
+    ///    (a CPU's page walk) and reference counts
+    ///    ([`Machine::read_phys_u64`]).
+    /// 2. It loads into a CPU (`set_root`) only the space's own kernel page
+    ///    table ([`kernel_root_paddr`](Self::kernel_root_paddr)) or a page
+    ///    table of this space whose every mapping obeys rule 1, and keeps it
+    ///    alive while the CPU may walk it.
+    /// 3. It builds no other platform or kernel space over the machine.
+    ///
+    /// Safe code cannot reach the machine:
+    ///
+    /// ```compile_fail,E0133
+    /// let space = kvirt::kspace::KernelSpace::new_hosted(kvirt::sim::MachineConfig::new(8 << 20));
+    /// let machine = space.machine().unwrap();
+    /// machine.write_phys(0, &[0xff; 4096]).unwrap();
+    /// ```
+    ///
+    /// [`Machine::write_phys`]: kvirt_sim::Machine::write_phys
+    /// [`Machine::read_phys_u64`]: kvirt_sim::Machine::read_phys_u64
     #[cfg(feature = "std")]
     #[must_use]
-    pub fn machine(&self) -> Option<&alloc::sync::Arc<kvirt_sim::Machine>> {
+    pub unsafe fn machine(&self) -> Option<&alloc::sync::Arc<kvirt_sim::Machine>> {
         self.inner().machine.as_ref()
     }
 
-    fn inner(&self) -> &SpaceInner<L> {
-        // SAFETY: `inner` came from `Box::leak` and is freed only in `drop`.
-        unsafe { self.inner.as_ref() }
+    /// The memory map the space was built over, sorted by address: RAM and
+    /// device regions as the platform reported them.
+    #[must_use]
+    pub fn memory_map(&self) -> &[MemoryRegion] {
+        &self.inner().memory_map
     }
 
-    fn inner_mut(&mut self) -> &mut SpaceInner<L> {
-        // SAFETY: as in `inner`; `&mut self` excludes other users of the
-        // handle, and this is used only during set-up, before any frame or
-        // area points into the space.
-        unsafe { self.inner.as_mut() }
+    fn inner(&self) -> &SpaceInner<L> {
+        &self.inner
     }
 
     pub(crate) fn phys(&self) -> &PhysMem {
@@ -384,8 +486,7 @@ impl<L: KernelLayout> KernelSpace<L> {
     /// such as [`phys_stats`](Self::phys_stats) show no memory held for
     /// reuse.
     pub fn synchronize(&self) {
-        self.inner().kernel_pt.reclaim_empty_nodes();
-        self.platform().rcu_barrier();
+        self.inner().synchronize();
     }
 
     /// Maps the kernel image (or a part of it, such as one section) at `va`
@@ -424,7 +525,8 @@ impl<L: KernelLayout> KernelSpace<L> {
         pa: Range<Paddr>,
         prop: PageProperty,
     ) -> Result<(), KernelImageError> {
-        if self.inner().registry.len() != 0
+        // No other handle (no area) and no page in use beyond the set-up.
+        if Arc::get_mut(&mut self.inner).is_none()
             || self.phys().stats().used_pages != self.inner().baseline_used_pages
         {
             return Err(KernelImageError::SpaceInUse);
@@ -478,7 +580,7 @@ impl<L: KernelLayout> KernelSpace<L> {
         drop(cursor);
         // The new nodes belong to the set-up, like the linear mapping's.
         let used = self.phys().stats().used_pages;
-        self.inner_mut().baseline_used_pages = used;
+        Arc::get_mut(&mut self.inner).expect("checked above: no other handle").baseline_used_pages = used;
         Ok(())
     }
 
@@ -591,22 +693,37 @@ fn map_linear_and_metadata<L: KernelLayout>(
     }
 }
 
-impl<L: KernelLayout> Drop for KernelSpace<L> {
+impl<L: KernelLayout> SpaceInner<L> {
+    /// Reclaims the kernel page table's emptied nodes and waits for every
+    /// deferred reclamation of the space.
+    fn synchronize(&self) {
+        self.kernel_pt.reclaim_empty_nodes();
+        self.phys.platform().rcu_barrier();
+    }
+}
+
+/// Runs when the last handle (the [`KernelSpace`] or an area) goes.
+impl<L: KernelLayout> Drop for SpaceInner<L> {
     fn drop(&mut self) {
+        debug_assert_eq!(self.registry.len(), 0, "every area holds a handle to its space");
         self.synchronize();
-        let used = self.phys().stats().used_pages;
-        if used != self.inner().baseline_used_pages || self.inner().registry.len() != 0 {
+        // Reading the count takes every allocator lock: see "Lifetime" in
+        // the module documentation for why no frame is then in flight.
+        let used = self.phys.stats().used_pages;
+        if used != self.baseline_used_pages {
             log::warn!(
-                "kvirt: kernel space dropped with {} pages and {} areas still in use; leaking it",
-                used - self.inner().baseline_used_pages,
-                self.inner().registry.len()
+                "kvirt: kernel space dropped with {} pages still in use; leaking its physical memory",
+                used.saturating_sub(self.baseline_used_pages)
             );
             return;
         }
-        // SAFETY: `inner` came from `Box::leak`; no frame of the space is
-        // alive (every frame holds an allocated page, and none is beyond the
-        // baseline), so nothing points into it any more.
-        drop(unsafe { Box::from_raw(self.inner.as_ptr()) });
+        // SAFETY: dropped once, here; the page table goes before the memory
+        // its nodes live in, and nothing else refers to it (no handle is
+        // left, and cursors borrow a handle).
+        unsafe { ManuallyDrop::drop(&mut self.kernel_pt) };
+        // SAFETY: dropped once, here; no page is in use, so no frame,
+        // segment or page table points into it any more.
+        unsafe { ManuallyDrop::drop(&mut self.phys) };
     }
 }
 

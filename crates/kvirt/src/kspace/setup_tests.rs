@@ -36,7 +36,11 @@ fn space() -> KernelSpace {
         MemoryRegion { range: 1 << 20..low.end, kind: MemoryRegionKind::Usable },
         MemoryRegion { range: high, kind: MemoryRegionKind::Usable },
     ]);
-    KernelSpace::new(Box::new(SimPlatform::new(machine)), &map, true).unwrap()
+    // SAFETY: a new machine, used by this space alone.
+    let platform = unsafe { SimPlatform::new(machine) };
+    // SAFETY: the map describes the machine's RAM (a part left out is only
+    // unused), which reads as zero.
+    unsafe { KernelSpace::new(Box::new(platform), &map, true) }.unwrap()
 }
 
 fn rw() -> PageProperty {

@@ -81,8 +81,33 @@ impl core::fmt::Debug for SimPlatform {
 
 impl SimPlatform {
     /// A platform over `machine`.
+    ///
+    /// # Safety
+    ///
+    /// The platform promises [`Platform`]'s contract for the machine, which
+    /// only the caller can make true:
+    ///
+    /// 1. No other platform is, or will be, built over the same machine.
+    /// 2. Nothing but the kernel space built on this platform writes the
+    ///    machine's `Usable` RAM, and nothing reads the parts of it that
+    ///    kvirt keeps for itself (frame metadata, page-table nodes, free
+    ///    pages), whether by physical address (`Machine::write_phys` and
+    ///    the like) or through a CPU, except memory that the space has
+    ///    handed out (see [`KernelSpace::machine`](crate::kspace::KernelSpace::machine)).
+    ///
+    /// A second platform over a space's machine would let a second space
+    /// overwrite the first one's page tables and metadata; it takes an
+    /// `unsafe` block:
+    ///
+    /// ```compile_fail,E0133
+    /// use std::sync::Arc;
+    /// use kvirt::platform::hosted::SimPlatform;
+    /// use kvirt::sim::{Machine, MachineConfig};
+    ///
+    /// let platform = SimPlatform::new(Arc::new(Machine::new(MachineConfig::new(4 << 20))));
+    /// ```
     #[must_use]
-    pub fn new(machine: Arc<Machine>) -> Self {
+    pub unsafe fn new(machine: Arc<Machine>) -> Self {
         let cpus = machine.nr_cpus();
         Self {
             machine,
@@ -137,12 +162,15 @@ impl SimPlatform {
 // 1. `ram_base()` is fixed for the machine's life, covers all its RAM
 //    (the memory map's Usable and Reserved regions) and supports atomics;
 //    the platform keeps the machine alive.
-// 2. The simulated RAM is touched only through kvirt and through the
-//    machine's own MMU accesses that tests make on kvirt's behalf.
+// 2. The simulated RAM is touched only through kvirt and through accesses
+//    to memory kvirt handed out: the promise of whoever called the
+//    `unsafe` `SimPlatform::new`.
 // 3. Simulated TLB flushes complete before returning.
 // 4. Callbacks are deferred through crossbeam-epoch: they run after every
 //    guard pinned before them is dropped; read-side sections are thread
 //    local guards, so they cannot migrate.
+// 5. Only `rcu_barrier` panics (on a read-side section open for 30 s);
+//    the mutexes are taken through poisoning.
 unsafe impl Platform for SimPlatform {
     fn phys_base(&self) -> NonNull<u8> {
         self.machine.ram_base()

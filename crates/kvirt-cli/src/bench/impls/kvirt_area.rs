@@ -85,7 +85,8 @@ impl Mapper for KvirtArea {
     }
 
     fn huge_pa(&self) -> Paddr {
-        let w = self.space.machine().expect("hosted").device_window();
-        usize::try_from(w.start).expect("64-bit")
+        let device =
+            self.space.memory_map().iter().find(|r| r.kind == kvirt::platform::MemoryRegionKind::Device);
+        device.expect("a hosted space has a device window").range.start
     }
 }

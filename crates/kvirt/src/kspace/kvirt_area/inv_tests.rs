@@ -181,7 +181,13 @@ fn forged(
     range: Range<Vaddr>,
     mapped: Range<Vaddr>,
 ) -> core::mem::ManuallyDrop<KVirtArea> {
-    core::mem::ManuallyDrop::new(KVirtArea { range, mapped, right: None, left: None, space: space.inner })
+    core::mem::ManuallyDrop::new(KVirtArea {
+        range,
+        mapped,
+        right: None,
+        left: None,
+        space: space.inner.clone(),
+    })
 }
 
 #[test]
