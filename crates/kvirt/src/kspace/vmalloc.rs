@@ -97,7 +97,7 @@ impl Vmalloc {
         let n = self.arenas.len();
         let mut result = Err(RangeAllocError::Exhausted);
         for i in 0..n {
-            result = self.arenas[(cpu + i) % n].lock().alloc(with_guard, align);
+            result = self.arenas[(cpu % n + i) % n].lock().alloc(with_guard, align);
             if !matches!(result, Err(RangeAllocError::Exhausted)) {
                 break;
             }
