@@ -605,6 +605,11 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
     /// but filling each leaf node in a tight loop once the first frame in
     /// it is mapped. Stops at the first frame `try_map` would reject and
     /// returns that rejection; the frames before it stay mapped.
+    ///
+    /// If the iterator panics, the frames it yielded before stay mapped, as
+    /// if it had ended there, and the panic goes on; the table is
+    /// consistent and the cursor usable, at an address no further than the
+    /// end of what was mapped (`jump` before mapping on).
     pub fn try_map_frames<T: AnyFrameMeta + ?Sized>(
         &mut self,
         frames: impl IntoIterator<Item = Frame<T>>,
