@@ -1017,6 +1017,68 @@ fn uframe_converts_to_dyn_frame_and_down_to_its_type() {
 // FrameRef and raw round trips
 // ---------------------------------------------------------------------------
 
+/// Metadata methods other than the drop hook that panic (`as_untyped` in a
+/// conversion, `Debug` when a unique frame is printed): the handle being
+/// converted is dropped with the unwinding, nothing else changes.
+mod panicking_metadata_methods {
+    use std::fmt;
+
+    use kvirt::frame::{AnyUFrameMeta, UniqueFrame};
+    use kvirt::spec::Inv;
+
+    use super::*;
+
+    /// Metadata whose `as_untyped` and `Debug` panic.
+    struct Panicking;
+
+    impl AnyFrameMeta for Panicking {
+        fn as_untyped(&self) -> Option<&dyn AnyUFrameMeta> {
+            panic!("as_untyped panics");
+        }
+
+        fn as_any(&self) -> &dyn Any {
+            self
+        }
+    }
+
+    impl fmt::Debug for Panicking {
+        fn fmt(&self, _: &mut fmt::Formatter<'_>) -> fmt::Result {
+            panic!("Debug panics");
+        }
+    }
+
+    #[test]
+    fn an_as_untyped_panicking_in_a_conversion_drops_only_the_converted_handle() {
+        let space = space();
+        let before = space.phys_stats();
+        let frame = FrameAllocOptions::new_in(&space).alloc_frame_with(Panicking).unwrap();
+        let kept = frame.clone();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            UFrame::try_from(frame.into_dyn()).map(drop).map_err(drop)
+        }));
+        assert!(result.is_err());
+        assert_eq!(kept.reference_count(), 1, "the converted handle's reference went with it");
+        assert_eq!(space.check(), Ok(()));
+        drop(kept);
+        assert_eq!(space.phys_stats(), before);
+    }
+
+    #[test]
+    fn a_metadata_debug_panicking_while_a_unique_frame_is_printed_changes_nothing() {
+        let space = space();
+        let before = space.phys_stats();
+        let unique = FrameAllocOptions::new_in(&space).alloc_unique_frame_with(Panicking).unwrap();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| format!("{unique:?}")));
+        assert!(result.is_err());
+        assert_eq!(space.check(), Ok(()));
+        let frame = Frame::from(unique);
+        assert_eq!(frame.reference_count(), 1);
+        assert!(UniqueFrame::try_from(frame).is_ok(), "the frame is still uniquely owned");
+        assert_eq!(space.phys_stats().used_pages, before.used_pages);
+        assert_eq!(space.check(), Ok(()));
+    }
+}
+
 #[test]
 fn frame_ref_keeps_the_count_and_derefs_to_the_frame() {
     let space = space();

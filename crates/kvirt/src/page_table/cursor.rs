@@ -830,6 +830,10 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
     /// range changed; returns `None`, at `va + len`, if nothing is mapped.
     /// The caller flushes the TLB for the returned range.
     ///
+    /// If `op` panics, the entry keeps its property and the panic goes on
+    /// (a huge page around it may have been split already, which changes
+    /// no translation).
+    ///
     /// # Panics
     ///
     /// As for [`take_next`](Self::take_next).
