@@ -242,38 +242,33 @@ fn independent_spaces_keep_their_own_pages_and_counters() {
     assert_eq!(a.phys_stats(), a0);
 }
 
-/// The upper bound of the reference count, `REF_COUNT_MAX`: reaching it is
-/// allowed, going past it aborts the process (the `ref_count` module docs).
-/// An abort cannot be caught in the process that aborts, so the test runs
-/// its own test binary again as a child, selected by an environment
-/// variable and the exact test name, and checks how the child died.
+/// Tests whose expected outcome is an abort of the process. An abort cannot
+/// be caught in the process that aborts, so such a test runs its own test
+/// binary again as a child, selected by an environment variable and the
+/// exact test name, and checks how the child died.
 ///
 /// Not built under Miri, which cannot spawn processes (`cargo xtask miri`
 /// runs only `tests/miri.rs` in any case).
 #[cfg(not(miri))]
-mod reference_count_limit {
+mod abort_in_child {
     use std::process::Command;
 
-    use kvirt::frame::{FrameAllocOptions, META_SLOT_SIZE, META_STORAGE_SIZE, REF_COUNT_MAX};
-    use kvirt::kspace::FRAME_METADATA_VADDR_RANGE;
-    use kvirt::PAGE_SIZE;
+    /// Set in the child's environment: the test then does what must abort
+    /// instead of spawning a child. Only the one test named on the child's
+    /// command line runs there, so one variable serves every such test.
+    const CHILD: &str = "KVIRT_TEST_ABORT_CHILD";
 
-    use super::space;
-
-    /// Set in the child's environment: the test then overflows the count
-    /// instead of spawning a child.
-    const CHILD: &str = "KVIRT_TEST_REF_COUNT_OVERFLOW_CHILD";
-    /// What `ref_count::inc` prints before it aborts.
-    const OVERFLOW_MESSAGE: &str = "kvirt: frame reference count overflow";
-
-    #[test]
-    fn cloning_a_frame_past_the_maximum_count_aborts_the_process() {
+    /// In the child, runs `abort`, and fails like an ordinary test if it
+    /// returns. In the parent, runs the test named by `test_path` (its
+    /// `module_path!()` and name) as a child and asserts that the child was
+    /// aborted, not failed or passed, after printing `message` on stderr.
+    pub fn assert_aborts_in_child(test_path: &str, message: &str, abort: impl FnOnce()) {
         if std::env::var_os(CHILD).is_some() {
-            overflow_a_frame();
+            abort();
+            panic!("what should have aborted the process returned");
         }
         // The harness names a test by its path without the crate name.
-        let path = concat!(module_path!(), "::cloning_a_frame_past_the_maximum_count_aborts_the_process");
-        let (_crate, name) = path.split_once("::").expect("a test has a module path");
+        let (_crate, name) = test_path.split_once("::").expect("a test has a module path");
         let out = Command::new(std::env::current_exe().expect("the path of this test binary"))
             .args(["--exact", name, "--nocapture", "--test-threads=1"])
             .env(CHILD, "1")
@@ -282,7 +277,7 @@ mod reference_count_limit {
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stdout.contains("running 1 test"), "the child did not run exactly this test:\n{stdout}");
-        assert!(!out.status.success(), "the child survived the overflow ({})\n{stderr}", out.status);
+        assert!(!out.status.success(), "the child survived ({})\n{stderr}", out.status);
         assert_ne!(
             out.status.code(),
             Some(101),
@@ -294,16 +289,36 @@ mod reference_count_limit {
             const SIGABRT: i32 = 6;
             assert_eq!(out.status.signal(), Some(SIGABRT), "the child was not aborted:\n{stderr}");
         }
-        assert!(
-            stderr.contains(OVERFLOW_MESSAGE),
-            "the child's stderr does not name the overflow:\n{stderr}"
+        assert!(stderr.contains(message), "the child's stderr does not say {message:?}:\n{stderr}");
+    }
+}
+
+/// The upper bound of the reference count, `REF_COUNT_MAX`: reaching it is
+/// allowed, going past it aborts the process (the `ref_count` module docs).
+#[cfg(not(miri))]
+mod reference_count_limit {
+    use kvirt::frame::{FrameAllocOptions, META_SLOT_SIZE, META_STORAGE_SIZE, REF_COUNT_MAX};
+    use kvirt::kspace::FRAME_METADATA_VADDR_RANGE;
+    use kvirt::PAGE_SIZE;
+
+    use super::abort_in_child::assert_aborts_in_child;
+    use super::space;
+
+    /// What `ref_count::inc` prints before it aborts.
+    const OVERFLOW_MESSAGE: &str = "kvirt: frame reference count overflow";
+
+    #[test]
+    fn cloning_a_frame_past_the_maximum_count_aborts_the_process() {
+        assert_aborts_in_child(
+            concat!(module_path!(), "::cloning_a_frame_past_the_maximum_count_aborts_the_process"),
+            OVERFLOW_MESSAGE,
+            overflow_a_frame,
         );
     }
 
     /// The child: brings a frame's count to `REF_COUNT_MAX` with one real
-    /// clone, clones once more, and fails like an ordinary test if that
-    /// returns.
-    fn overflow_a_frame() -> ! {
+    /// clone, and clones once more.
+    fn overflow_a_frame() {
         let space = space();
         // SAFETY: the test reads a reference count, which kvirt accesses
         // only atomically, with 8-byte atomic loads.
@@ -326,7 +341,129 @@ mod reference_count_limit {
         assert_eq!(frame.reference_count(), REF_COUNT_MAX, "the maximum itself is allowed");
         let past_max = at_max.clone();
         std::mem::forget((frame, at_max, past_max));
-        panic!("cloning a frame with REF_COUNT_MAX references returned");
+    }
+}
+
+/// A metadata drop hook or destructor that panics aborts the process, as a
+/// frame drop in a kernel would: the frame is half torn down and there is
+/// no consistent state to unwind to (the `meta` module docs). Wherever the
+/// last reference goes: a handle, an area, an RCU callback.
+#[cfg(not(miri))]
+mod panicking_drop_hook {
+    use std::any::Any;
+
+    use kvirt::frame::{AnyFrameMeta, FrameAllocOptions};
+    use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
+    use kvirt::page_table::{KernelPtConfig, MappedItem, PageTable, PageTableFrag};
+    use kvirt::{Paddr, Vaddr, PAGE_SIZE};
+
+    use super::abort_in_child::assert_aborts_in_child;
+    use super::space;
+
+    /// What kvirt prints before it aborts.
+    const MESSAGE: &str = "kvirt: a frame metadata drop hook or destructor panicked; aborting";
+
+    /// Metadata whose drop hook panics.
+    #[derive(Debug)]
+    struct PanickingHook;
+
+    impl AnyFrameMeta for PanickingHook {
+        fn on_drop(&mut self, _paddr: Paddr) {
+            panic!("the drop hook panics");
+        }
+
+        fn as_any(&self) -> &dyn Any {
+            self
+        }
+    }
+
+    /// Metadata whose destructor panics.
+    #[derive(Debug)]
+    struct PanickingDestructor;
+    kvirt::impl_frame_meta!(PanickingDestructor);
+
+    impl Drop for PanickingDestructor {
+        fn drop(&mut self) {
+            panic!("the metadata destructor panics");
+        }
+    }
+
+    fn rw() -> PageProperty {
+        PageProperty::new_kernel(PageFlags::RW, CachePolicy::Writeback)
+    }
+
+    #[test]
+    fn a_drop_hook_that_panics_aborts_the_process() {
+        assert_aborts_in_child(
+            concat!(module_path!(), "::a_drop_hook_that_panics_aborts_the_process"),
+            MESSAGE,
+            || {
+                let space = space();
+                let frame = FrameAllocOptions::new_in(&space).alloc_frame_with(PanickingHook).unwrap();
+                drop(frame.clone());
+                drop(frame);
+            },
+        );
+    }
+
+    #[test]
+    fn a_metadata_destructor_that_panics_aborts_the_process() {
+        assert_aborts_in_child(
+            concat!(module_path!(), "::a_metadata_destructor_that_panics_aborts_the_process"),
+            MESSAGE,
+            || {
+                let space = space();
+                let frame = FrameAllocOptions::new_in(&space).alloc_frame_with(PanickingDestructor).unwrap();
+                drop(frame);
+            },
+        );
+    }
+
+    #[test]
+    fn a_drop_hook_that_panics_when_its_area_is_dropped_aborts_the_process() {
+        assert_aborts_in_child(
+            concat!(module_path!(), "::a_drop_hook_that_panics_when_its_area_is_dropped_aborts_the_process"),
+            MESSAGE,
+            || {
+                let space = space();
+                let frame = FrameAllocOptions::new_in(&space).alloc_frame_with(PanickingHook).unwrap();
+                let area = space.try_map_frames(2 * PAGE_SIZE, PAGE_SIZE, [frame], rw()).unwrap();
+                drop(area);
+                panic!(
+                    "dropping an area holding the last reference of a frame whose drop hook panics returned"
+                );
+            },
+        );
+    }
+
+    #[test]
+    fn a_drop_hook_that_panics_in_an_rcu_callback_aborts_the_process() {
+        assert_aborts_in_child(
+            concat!(module_path!(), "::a_drop_hook_that_panics_in_an_rcu_callback_aborts_the_process"),
+            MESSAGE,
+            || {
+                /// A 2 MiB-aligned kernel address: its leaf node is detached
+                /// whole by a search over its span.
+                const KVA: Vaddr = 0xffff_c000_0000_0000;
+                let space = space();
+                let pt = PageTable::<KernelPtConfig>::empty_in(&space).unwrap();
+                let frame = FrameAllocOptions::new_in(&space).alloc_frame_with(PanickingHook).unwrap();
+                let span = KVA..KVA + (2 << 20);
+                let mut cursor = pt.cursor_mut(&span).unwrap();
+                cursor.map(MappedItem::Tracked(frame.into_dyn(), rw()));
+                cursor.jump(KVA).unwrap();
+                let frag = cursor.take_next(span.len()).expect("the frame is mapped");
+                assert!(
+                    matches!(frag, PageTableFrag::StrayPageTable { num_frames: 1, .. }),
+                    "the leaf node is detached whole: {frag:?}"
+                );
+                drop(cursor);
+                // The sub-tree, and the frame in it, are released by an RCU
+                // callback; `synchronize` waits for it to run.
+                drop(frag);
+                space.synchronize();
+            },
+        );
     }
 }
 
@@ -882,6 +1019,68 @@ fn uframe_converts_to_dyn_frame_and_down_to_its_type() {
 // ---------------------------------------------------------------------------
 // FrameRef and raw round trips
 // ---------------------------------------------------------------------------
+
+/// Metadata methods other than the drop hook that panic (`as_untyped` in a
+/// conversion, `Debug` when a unique frame is printed): the handle being
+/// converted is dropped with the unwinding, nothing else changes.
+mod panicking_metadata_methods {
+    use std::fmt;
+
+    use kvirt::frame::{AnyUFrameMeta, UniqueFrame};
+    use kvirt::spec::Inv;
+
+    use super::*;
+
+    /// Metadata whose `as_untyped` and `Debug` panic.
+    struct Panicking;
+
+    impl AnyFrameMeta for Panicking {
+        fn as_untyped(&self) -> Option<&dyn AnyUFrameMeta> {
+            panic!("as_untyped panics");
+        }
+
+        fn as_any(&self) -> &dyn Any {
+            self
+        }
+    }
+
+    impl fmt::Debug for Panicking {
+        fn fmt(&self, _: &mut fmt::Formatter<'_>) -> fmt::Result {
+            panic!("Debug panics");
+        }
+    }
+
+    #[test]
+    fn an_as_untyped_panicking_in_a_conversion_drops_only_the_converted_handle() {
+        let space = space();
+        let before = space.phys_stats();
+        let frame = FrameAllocOptions::new_in(&space).alloc_frame_with(Panicking).unwrap();
+        let kept = frame.clone();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            UFrame::try_from(frame.into_dyn()).map(drop).map_err(drop)
+        }));
+        assert!(result.is_err());
+        assert_eq!(kept.reference_count(), 1, "the converted handle's reference went with it");
+        assert_eq!(space.check(), Ok(()));
+        drop(kept);
+        assert_eq!(space.phys_stats(), before);
+    }
+
+    #[test]
+    fn a_metadata_debug_panicking_while_a_unique_frame_is_printed_changes_nothing() {
+        let space = space();
+        let before = space.phys_stats();
+        let unique = FrameAllocOptions::new_in(&space).alloc_unique_frame_with(Panicking).unwrap();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| format!("{unique:?}")));
+        assert!(result.is_err());
+        assert_eq!(space.check(), Ok(()));
+        let frame = Frame::from(unique);
+        assert_eq!(frame.reference_count(), 1);
+        assert!(UniqueFrame::try_from(frame).is_ok(), "the frame is still uniquely owned");
+        assert_eq!(space.phys_stats().used_pages, before.used_pages);
+        assert_eq!(space.check(), Ok(()));
+    }
+}
 
 #[test]
 fn frame_ref_keeps_the_count_and_derefs_to_the_frame() {

@@ -1767,3 +1767,155 @@ mod leaks {
         assert!(space.inv());
     }
 }
+
+/// A caller-supplied callback that panics while an area is made or used
+/// (the frame iterator of `try_map_frames`, a frame's `as_untyped` during
+/// byte access) leaves the space consistent and leaks nothing. Unwinding
+/// through an area's drop (possible only through the platform: a frame's
+/// drop hook that panics aborts) still gives the range back.
+mod panicking_callbacks {
+    use kvirt::frame::AnyUFrameMeta;
+
+    use super::*;
+
+    /// Metadata whose `as_untyped` panics.
+    #[derive(Debug)]
+    struct PanickingAsUntyped;
+
+    impl AnyFrameMeta for PanickingAsUntyped {
+        fn as_untyped(&self) -> Option<&dyn AnyUFrameMeta> {
+            panic!("as_untyped panics");
+        }
+
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+    }
+
+    /// The hosted platform, whose `call_rcu` panics once, the first time it
+    /// is called after a TLB flush of `armed_by`: in `KVirtArea::drop`,
+    /// while the fragments taken out of the page table are released.
+    #[derive(Debug)]
+    struct PanickingRcuPlatform {
+        inner: SimPlatform,
+        armed_by: Arc<Mutex<Option<Range<Vaddr>>>>,
+        armed: std::sync::atomic::AtomicBool,
+    }
+
+    // SAFETY: every promise is `SimPlatform`'s, to which every call is
+    // forwarded; the one callback refused (by a panic, never run) is one
+    // that never runs, which breaks no promise kvirt relies on for safety.
+    unsafe impl Platform for PanickingRcuPlatform {
+        fn phys_base(&self) -> NonNull<u8> {
+            self.inner.phys_base()
+        }
+
+        fn flush_tlb(&self, op: TlbFlushOp, scope: TlbScope) {
+            if matches!((&op, &*self.armed_by.lock().unwrap()), (TlbFlushOp::Range(r), Some(a)) if r == a) {
+                self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            self.inner.flush_tlb(op, scope);
+        }
+
+        fn current_cpu(&self) -> usize {
+            self.inner.current_cpu()
+        }
+
+        fn rcu_read_lock(&self) {
+            self.inner.rcu_read_lock();
+        }
+
+        fn rcu_read_unlock(&self) {
+            self.inner.rcu_read_unlock();
+        }
+
+        fn call_rcu(&self, callback: RcuCallback) {
+            if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                panic!("call_rcu panics");
+            }
+            self.inner.call_rcu(callback);
+        }
+
+        fn rcu_barrier(&self) {
+            self.inner.rcu_barrier();
+        }
+    }
+
+    /// If releasing what an area mapped unwinds (here: the platform's
+    /// `call_rcu` panics for a detached sub-tree), the area's range and
+    /// registry entry have been given back already.
+    #[test]
+    fn an_area_drop_unwinding_while_releasing_its_pages_still_frees_its_range() {
+        let machine = Arc::new(Machine::new(MachineConfig::new(64 << 20)));
+        let armed_by = Arc::new(Mutex::new(None));
+        let platform = PanickingRcuPlatform {
+            inner: SimPlatform::new(machine.clone()),
+            armed_by: armed_by.clone(),
+            armed: std::sync::atomic::AtomicBool::new(false),
+        };
+        let space = KernelSpace::new(Box::new(platform), &memory_map_of(&machine), true).unwrap();
+        let before = snapshot(&space);
+        // 4 MiB of frames: the mapped part holds a whole 2 MiB-aligned span,
+        // whose leaf node the drop takes out as one detached sub-tree.
+        let frames = FrameAllocOptions::new_in(&space).alloc_segment(1024).unwrap();
+        let area = space.try_map_frames(1024 * P, 0, frames, prop()).unwrap();
+        *armed_by.lock().unwrap() = Some(area.mapped_range());
+        let result = catch_unwind(AssertUnwindSafe(|| drop(area)));
+        assert!(result.is_err(), "the platform's panic reaches the caller");
+        assert!(space.areas().is_empty(), "the area is unregistered");
+        assert_eq!(space.vmalloc_stats(), before.vmalloc, "the area's range and guard are free");
+        assert_eq!(kernel_view(&space, &VMALLOC_VADDR_RANGE), before.vmalloc_view, "nothing stays mapped");
+        assert_eq!(space.check(), Ok(()));
+    }
+
+    #[test]
+    fn a_frame_iterator_panicking_while_an_area_is_made_changes_nothing() {
+        let space = small_space();
+        let before = snapshot(&space);
+        for panic_at in [0, 1, 3] {
+            let frames = FrameAllocOptions::new_in(&space).alloc_segment(4).unwrap();
+            let mut handed_over = 0;
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                let frames = frames.into_iter().inspect(|_| {
+                    assert_ne!(handed_over, panic_at, "the frame iterator panics");
+                    handed_over += 1;
+                });
+                space.try_map_frames(4 * P, 0, frames, prop())
+            }));
+            assert!(result.is_err(), "the iterator's panic reaches the caller (panic at {panic_at})");
+            assert_eq!(space.check(), Ok(()), "panic at {panic_at}");
+            assert_eq!(snapshot(&space), before, "panic at {panic_at}");
+        }
+        let frames = FrameAllocOptions::new_in(&space).alloc_segment(4).unwrap();
+        let area = space.try_map_frames(4 * P, 0, frames, prop()).unwrap();
+        assert!(area.inv());
+        drop(area);
+        assert_eq!(snapshot(&space), before);
+    }
+
+    #[test]
+    fn an_as_untyped_panicking_during_byte_access_leaves_the_area_intact() {
+        let space = small_space();
+        let before = snapshot(&space);
+        let opts = FrameAllocOptions::new_in(&space);
+        let untyped = opts.alloc_frame().unwrap().into_dyn();
+        let typed = opts.alloc_frame_with(PanickingAsUntyped).unwrap().into_dyn();
+        let area = space.try_map_frames(2 * P, 0, [untyped, typed], prop()).unwrap();
+        area.write_bytes(P - 4, b"kept").unwrap();
+        // Each access reaches the second page, whose `as_untyped` panics
+        // while the pages are checked, before any byte is copied.
+        let write = catch_unwind(AssertUnwindSafe(|| area.write_bytes(P - 2, b"lost")));
+        assert!(write.is_err());
+        let mut buf = [0xaa; 8];
+        let read = catch_unwind(AssertUnwindSafe(|| area.read_bytes(P - 4, &mut buf)));
+        assert!(read.is_err());
+        assert_eq!(buf, [0xaa; 8], "the buffer is untouched");
+        assert_eq!(area.check(), Ok(()));
+        assert_eq!(space.check(), Ok(()));
+        let mut back = [0; 4];
+        area.read_bytes(P - 4, &mut back).unwrap();
+        assert_eq!(&back, b"kept", "the panicking write wrote nothing");
+        drop(area);
+        assert_eq!(snapshot(&space), before);
+    }
+}

@@ -2030,3 +2030,121 @@ mod more_cursor_behaviour {
         }
     }
 }
+
+/// A caller-supplied callback (the frame iterator of `try_map_frames`, the
+/// `op` of `protect_next`) that panics part way leaves the table
+/// consistent: `check_inv` passes, what was done before the panic stays
+/// done and can be undone, and nothing leaks.
+mod panicking_callbacks {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+
+    use super::*;
+
+    /// Pages in use once deferred reclamation has run.
+    fn used_pages(space: &KernelSpace) -> usize {
+        space.synchronize();
+        space.phys_stats().used_pages
+    }
+
+    #[test]
+    fn a_frame_iterator_panicking_mid_fill_leaves_the_child_count_right() {
+        // Two leaf nodes' worth: a panic at the first frame, inside the
+        // fill of the first node, at the node boundary (between fills),
+        // just after the second node's first frame, and inside its fill.
+        for panic_at in [0, 1, 5, 511, 512, 513, 700] {
+            let space = new_space();
+            let used = used_pages(&space);
+            let pt = kernel_pt(&space);
+            let range = KVA..KVA + 2 * SZ_2M;
+            let frames: Vec<Frame<()>> =
+                (0..1024).map(|_| FrameAllocOptions::new_in(&space).alloc_frame().unwrap()).collect();
+            let mut pas: Vec<Paddr> = frames.iter().take(panic_at).map(Frame::paddr).collect();
+            let mut cursor = pt.cursor_mut(&range).unwrap();
+            let mut handed_over = 0;
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                let frames = frames.into_iter().inspect(|_| {
+                    assert_ne!(handed_over, panic_at, "the frame iterator panics");
+                    handed_over += 1;
+                });
+                cursor.try_map_frames(frames, rw())
+            }));
+            assert!(result.is_err(), "the iterator's panic reaches the caller (panic at {panic_at})");
+            // The cursor goes on: two more frames right after those mapped
+            // (in the node the fill stopped in, for most cases).
+            let more = FrameAllocOptions::new_in(&space).alloc_segment(2).unwrap();
+            pas.extend([more.paddr(), more.paddr() + SZ_4K]);
+            cursor.jump(KVA + panic_at * SZ_4K).unwrap();
+            cursor.try_map_frames(more, rw()).unwrap();
+            drop(cursor);
+            assert!(pt.check_inv().is_ok(), "panic at {panic_at}: {:?}", pt.check_inv());
+            // The frames handed over before the panic are mapped in order;
+            // the rest went with the iterator.
+            let expected: Vec<_> = pas
+                .iter()
+                .enumerate()
+                .map(|(i, &pa)| (KVA + i * SZ_4K, Leaf { pa, level: 1, prop: rw(), tracked: true }))
+                .collect();
+            assert_eq!(leaves(&pt, range.clone()), expected, "panic at {panic_at}");
+            assert_eq!(unmap_all(&pt, range), panic_at + 2, "panic at {panic_at}");
+            assert!(pt.check_inv().is_ok(), "after the unmap, panic at {panic_at}: {:?}", pt.check_inv());
+            drop(pt);
+            assert_eq!(used_pages(&space), used, "nothing leaked (panic at {panic_at})");
+        }
+    }
+
+    #[test]
+    fn a_protect_op_panicking_leaves_a_tracked_page_as_it_was() {
+        let space = new_space();
+        let used = used_pages(&space);
+        let pt = kernel_pt(&space);
+        let f = frame(&space);
+        map_tracked(&pt, KVA, f.clone(), rw());
+        let mut c = pt.cursor_mut(&(KVA..KVA + SZ_4K)).unwrap();
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            c.protect_next(SZ_4K, &mut |_: &mut PageProperty| panic!("the protect op panics"))
+        }));
+        assert!(result.is_err());
+        drop(c);
+        assert!(pt.check_inv().is_ok(), "{:?}", pt.check_inv());
+        assert_eq!(query(&pt, KVA).1, Some(Leaf { pa: f.paddr(), level: 1, prop: rw(), tracked: true }));
+        assert_eq!(f.reference_count(), 2, "the entry still holds its reference");
+        assert_eq!(unmap_all(&pt, KVA..KVA + SZ_4K), 1);
+        assert_eq!(f.reference_count(), 1);
+        drop((f, pt));
+        assert_eq!(used_pages(&space), used);
+    }
+
+    #[test]
+    fn a_protect_op_panicking_after_a_huge_page_split_leaves_the_split_pages_consistent() {
+        let space = new_space();
+        let used = used_pages(&space);
+        let pt = kernel_pt(&space);
+        map_untracked(&pt, KVA, UPA, 2, rw());
+        let target = KVA + 17 * SZ_4K..KVA + 19 * SZ_4K;
+        let mut c = pt.cursor_mut(&target).unwrap();
+        let mut calls = 0;
+        let mut op = |p: &mut PageProperty| {
+            calls += 1;
+            assert_ne!(calls, 2, "the protect op panics on its second page");
+            p.flags -= PageFlags::W;
+        };
+        assert_eq!(c.protect_next(2 * SZ_4K, &mut op), Some(target.start..target.start + SZ_4K));
+        let result = catch_unwind(AssertUnwindSafe(|| c.protect_next(SZ_4K, &mut op)));
+        assert!(result.is_err());
+        drop(c);
+        assert!(pt.check_inv().is_ok(), "{:?}", pt.check_inv());
+        // The huge page was split; the first page was protected, the
+        // second kept its property.
+        let expected: Vec<_> = (0..512)
+            .map(|i| {
+                let prop = if i == 17 { ro() } else { rw() };
+                (KVA + i * SZ_4K, Leaf { pa: UPA + i * SZ_4K, level: 1, prop, tracked: false })
+            })
+            .collect();
+        assert_eq!(leaves(&pt, KVA..KVA + SZ_2M), expected);
+        assert_eq!(unmap_all(&pt, KVA..KVA + SZ_2M), 512);
+        assert!(pt.check_inv().is_ok(), "{:?}", pt.check_inv());
+        drop(pt);
+        assert_eq!(used_pages(&space), used);
+    }
+}

@@ -703,3 +703,70 @@ fn drop_hooks_run_exactly_once_per_page_across_split_slice_and_iteration() {
     assert_eq!(dropped.lock().unwrap().len(), 6);
     assert_eq!(space.phys_stats(), before);
 }
+
+/// A caller-supplied callback that panics while a segment is made or
+/// converted (the metadata constructor of `alloc_segment_with`, a page's
+/// `as_untyped`) leaks nothing and leaves the space consistent.
+mod panicking_callbacks {
+    use kvirt::frame::AnyUFrameMeta;
+    use kvirt::spec::Inv;
+
+    use super::*;
+
+    /// Metadata whose `as_untyped` panics.
+    #[derive(Debug)]
+    struct PanickingAsUntyped;
+
+    impl AnyFrameMeta for PanickingAsUntyped {
+        fn as_untyped(&self) -> Option<&dyn AnyUFrameMeta> {
+            panic!("as_untyped panics");
+        }
+
+        fn as_any(&self) -> &dyn Any {
+            self
+        }
+    }
+
+    #[test]
+    fn a_metadata_constructor_panicking_at_any_page_leaks_nothing() {
+        let space = space();
+        let before = space.phys_stats();
+        // 8 pages come from one buddy block; 5 from a block split on the
+        // way.
+        for nr_pages in [8, 5] {
+            for panic_at in 0..nr_pages {
+                let dropped = Arc::new(Mutex::new(Vec::new()));
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let mut made = 0;
+                    FrameAllocOptions::new_in(&space).alloc_segment_with(nr_pages, |_| {
+                        assert_ne!(made, panic_at, "the metadata constructor panics");
+                        made += 1;
+                        Hooked { dropped: dropped.clone() }
+                    })
+                }));
+                assert!(result.is_err());
+                assert_eq!(dropped.lock().unwrap().len(), panic_at, "the pages built were dropped");
+                assert_eq!(space.phys_stats(), before, "{nr_pages} pages, panic at {panic_at}");
+                assert_eq!(space.check(), Ok(()), "{nr_pages} pages, panic at {panic_at}");
+            }
+        }
+        let seg = FrameAllocOptions::new_in(&space).alloc_segment(8).unwrap();
+        assert_eq!(seg.nr_pages(), 8);
+    }
+
+    #[test]
+    fn an_as_untyped_panicking_in_a_conversion_drops_only_the_converted_segment() {
+        let space = space();
+        let before = space.phys_stats();
+        let seg = FrameAllocOptions::new_in(&space).alloc_segment_with(3, |_| PanickingAsUntyped).unwrap();
+        let kept = seg.clone();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            USegment::try_from(seg.into_dyn()).map(drop).map_err(drop)
+        }));
+        assert!(result.is_err());
+        assert_eq!(page_counts(&kept), [1, 1, 1], "the converted segment's references went with it");
+        assert_eq!(space.check(), Ok(()));
+        drop(kept);
+        assert_eq!(space.phys_stats(), before);
+    }
+}

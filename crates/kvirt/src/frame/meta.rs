@@ -34,6 +34,19 @@
 //! The slot also stores a function that turns the storage address into a
 //! `*const dyn AnyFrameMeta`, which is how `Frame<dyn AnyFrameMeta>` finds
 //! the concrete type (and its drop hook) without nightly pointer metadata.
+//!
+//! ## A panicking drop hook aborts
+//!
+//! When the last reference to a frame goes, [`AnyFrameMeta::on_drop`] runs
+//! and then the metadata's destructor (its `Drop`), before the page goes
+//! back to the allocator. Both must not panic: if either does, the process
+//! aborts (with the `std` feature, after printing a line on stderr; without
+//! it, by panicking again while unwinding, which a kernel's panic handler
+//! turns into a halt). The frame is half torn down at that point, its slot
+//! neither in use nor free, and there is no consistent state to unwind to:
+//! the last reference may be going in a handle's `Drop`, in an area's
+//! `Drop` or in an RCU callback, none of which could undo it. This is what
+//! a frame drop in a kernel does too.
 
 use core::any::Any;
 use core::cell::UnsafeCell;
@@ -54,11 +67,20 @@ pub const META_STORAGE_SIZE: usize = 40;
 /// Implement it for a type to allocate frames carrying that type
 /// (`FrameAllocOptions::alloc_frame_with`). The type must fit in
 /// [`META_STORAGE_SIZE`] bytes with alignment at most 8 (checked at compile
-/// time when a frame is created).
+/// time when a frame is created). Neither its drop hook
+/// ([`on_drop`](Self::on_drop)) nor its destructor may panic: the process
+/// aborts if one does.
 pub trait AnyFrameMeta: Any + Send + Sync + Debug {
     /// Called once when the last reference to the frame is dropped, before
     /// the metadata is dropped and the page is returned to the allocator.
     /// `paddr` is the frame's physical address.
+    ///
+    /// It must not panic, nor may the metadata's destructor (its `Drop`):
+    /// if either does, the process aborts, as a frame drop in a kernel
+    /// would. The frame is half torn down then, neither in use nor free,
+    /// and there is no consistent state to unwind to. With the `std`
+    /// feature a line on stderr says why; without it kvirt panics again
+    /// while unwinding, which aborts (or halts, in a kernel).
     fn on_drop(&mut self, paddr: Paddr) {
         let _ = paddr;
     }
@@ -234,7 +256,8 @@ impl MetaSlot {
     }
 
     /// Runs the drop hook and the destructor of the metadata and frees the
-    /// slot.
+    /// slot. Aborts the process if the hook or the destructor panics (see
+    /// the module documentation).
     ///
     /// # Safety
     ///
@@ -245,12 +268,16 @@ impl MetaSlot {
         // SAFETY: the slot is `BUSY` and owned by this thread (caller
         // contract), so it holds metadata.
         let meta = unsafe { self.as_dyn_ptr() }.cast_mut();
+        // The hook and the destructor are the user's code; if either
+        // unwinds, the slot is left half torn down.
+        let abort_on_unwind = AbortOnUnwind;
         // SAFETY: the metadata is initialised and nobody else accesses it
         // while this thread holds the `BUSY` state.
         unsafe { (*meta).on_drop(paddr) };
         // SAFETY: as above; it is dropped once, and never used again until
         // the slot is initialised anew.
         unsafe { core::ptr::drop_in_place(meta) };
+        core::mem::forget(abort_on_unwind);
         ref_count::finish_tear_down(&self.ref_count);
     }
 
@@ -317,6 +344,17 @@ impl MetaSlot {
     #[cfg(test)]
     pub(crate) fn swap_ref_count(&self, count: u64) -> u64 {
         self.ref_count.swap(count, Ordering::Relaxed)
+    }
+}
+
+/// Aborts the process when dropped: it is forgotten on the normal path, so
+/// it drops only if a panic unwinds through the code it guards.
+struct AbortOnUnwind;
+
+impl Drop for AbortOnUnwind {
+    #[cold]
+    fn drop(&mut self) {
+        ref_count::abort_with("kvirt: a frame metadata drop hook or destructor panicked; aborting");
     }
 }
 

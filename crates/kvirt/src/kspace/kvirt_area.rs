@@ -30,9 +30,10 @@
 //! [`split`](KVirtArea::split) touch, and when one goes the other keeps a
 //! guard (see `SplitLink`). `Drop` unmaps everything, issues the TLB
 //! invalidation for the range on all CPUs, and only then releases the
-//! frames and the range. It never needs memory for page-table nodes (so it
-//! cannot fail): a huge page straddling a split point is split by `split`
-//! itself.
+//! range and, last, the frames (whose metadata drop hooks run then, so the
+//! range is given back however they end). It never needs memory for
+//! page-table nodes (so it cannot fail): a huge page straddling a split
+//! point is split by `split` itself.
 //!
 //! TLB coherence for *new* mappings needs nothing: an area's range was
 //! unmapped and flushed before it became free.
@@ -40,6 +41,7 @@
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
+use core::mem::ManuallyDrop;
 use core::ops::Range;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -840,8 +842,11 @@ impl<L: KernelLayout> KernelSpace<L> {
 impl<L: KernelLayout> Drop for KVirtArea<L> {
     fn drop(&mut self) {
         let space = self.space();
+        // What was mapped. Until the flush below has returned, a CPU may
+        // still reach it: if anything before unwinds, it is leaked rather
+        // than released.
+        let mut frags: ManuallyDrop<Vec<PageTableFrag<L::Format>>> = ManuallyDrop::new(Vec::new());
         if !self.mapped.is_empty() {
-            let mut frags: Vec<PageTableFrag<L::Format>> = Vec::new();
             {
                 let mut cursor =
                     space.kernel_pt.cursor_mut(&self.mapped).expect("an area lies in kernel space");
@@ -851,8 +856,11 @@ impl<L: KernelLayout> Drop for KVirtArea<L> {
             }
             // Invalidate before anything mapped can be reused.
             space.phys.platform().flush_tlb(TlbFlushOp::Range(self.mapped.clone()), TlbScope::AllCpus);
-            drop(frags);
         }
+        // Released last, after the range (unmapped and flushed, so free to
+        // reuse): dropping frames runs their metadata's drop hooks, and
+        // however that ends, the range and its registry entry are back.
+        let frags = ManuallyDrop::into_inner(frags);
         space.registry.remove(self.range.start);
         // See `SplitLink`: leave the first page to a live left half as its
         // guard; take back the page a dropped right half left to us.
@@ -874,6 +882,7 @@ impl<L: KernelLayout> Drop for KVirtArea<L> {
             crate::spec::contracts::drop_ensures_freed(&(start..end), &freed);
             debug_assert!(freed.is_ok(), "freeing an area's range failed: {freed:?}");
         }
+        drop(frags);
     }
 }
 

@@ -605,6 +605,11 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
     /// but filling each leaf node in a tight loop once the first frame in
     /// it is mapped. Stops at the first frame `try_map` would reject and
     /// returns that rejection; the frames before it stay mapped.
+    ///
+    /// If the iterator panics, the frames it yielded before stay mapped, as
+    /// if it had ended there, and the panic goes on; the table is
+    /// consistent and the cursor usable, at an address no further than the
+    /// end of what was mapped (`jump` before mapping on).
     pub fn try_map_frames<T: AnyFrameMeta + ?Sized>(
         &mut self,
         frames: impl IntoIterator<Item = Frame<T>>,
@@ -824,6 +829,10 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
     /// (splitting huge pages that straddle the search range) and returns the
     /// range changed; returns `None`, at `va + len`, if nothing is mapped.
     /// The caller flushes the TLB for the returned range.
+    ///
+    /// If `op` panics, the entry keeps its property and the panic goes on
+    /// (a huge page around it may have been split already, which changes
+    /// no translation).
     ///
     /// # Panics
     ///

@@ -145,13 +145,19 @@ impl<'a> NodeRef<'a> {
 
     /// Writes `next()` into the absent entries from `from` on, stopping
     /// before `to`, at the first present entry, or when `next` returns
-    /// `None`; returns how many it wrote. One count update for the batch.
+    /// `None`; returns how many it wrote.
+    ///
+    /// Each write is counted as it is made, so if `next` (which may run
+    /// the caller's code, such as a frame iterator) panics, the entries
+    /// written so far are counted and the node stays consistent.
     ///
     /// The caller holds the lock (checked in debug builds); `next` returns
     /// non-absent entries.
     #[inline]
     pub(crate) fn fill_absent(self, from: usize, to: usize, mut next: impl FnMut() -> Option<u64>) -> usize {
         debug_assert!(self.is_locked(), "page-table node written without its lock");
+        // A raw pointer, not a `&mut` held across the calls of `next`.
+        let nr_children = self.meta().nr_children.get();
         let mut written = 0;
         for entry in &self.entries()[from..to] {
             // Absent entries stay absent while we hold the lock (see `write`).
@@ -161,12 +167,12 @@ impl<'a> NodeRef<'a> {
             let Some(raw) = next() else { break };
             debug_assert_ne!(raw, 0, "fill_absent writes present entries");
             entry.store(raw, Ordering::Release);
+            // SAFETY: the caller holds the lock, which guards `nr_children`;
+            // no reference to it is alive here. At most `PAGE_SIZE / 8`
+            // entries exist, so the count cannot overflow.
+            unsafe { *nr_children += 1 };
             written += 1;
         }
-        // SAFETY: the caller holds the lock, which guards `nr_children`.
-        let n = unsafe { &mut *self.meta().nr_children.get() };
-        // At most `PAGE_SIZE / 8` entries exist.
-        *n += written as u16;
         written
     }
 

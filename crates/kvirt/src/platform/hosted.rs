@@ -13,11 +13,21 @@
 //!   CPU lets [`Platform::rcu_barrier`] wait for exactly ours, from any
 //!   thread. Batches and counts are per CPU, each in its own cache line, so
 //!   that CPUs freeing page-table nodes at once do not meet on them.
+//! * A callback that panics does not stop the others: each runs under
+//!   `catch_unwind`, the rest of its batch still runs, and the count drops
+//!   as for any callback, so `rcu_barrier` never waits for it. No panic
+//!   unwinds through crossbeam-epoch (which would drop the other deferred
+//!   functions of its bag unrun) or out of whatever pinned the thread that
+//!   happened to run the batch; the first one is raised again by the next
+//!   [`Platform::rcu_barrier`] on this platform, once every callback queued
+//!   before it has run (unless that thread is already panicking).
 
 extern crate std;
 
+use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::any::Any;
 use core::cell::{Cell, RefCell};
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -65,7 +75,12 @@ pub struct SimPlatform {
     /// Per CPU: callbacks queued there and not yet run (batched or handed
     /// over).
     pending_callbacks: Arc<[CachePadded<AtomicUsize>]>,
+    /// The first panic of a callback not yet raised again by `rcu_barrier`.
+    callback_panic: Arc<std::sync::Mutex<Option<PanicPayload>>>,
 }
+
+/// What a panic carries.
+type PanicPayload = Box<dyn Any + Send>;
 
 /// Callbacks handed to crossbeam-epoch at once.
 const RCU_BATCH: usize = 64;
@@ -113,6 +128,7 @@ impl SimPlatform {
             machine,
             batches: (0..cpus).map(|_| CachePadded::new(std::sync::Mutex::new(Vec::new()))).collect(),
             pending_callbacks: (0..cpus).map(|_| CachePadded::new(AtomicUsize::new(0))).collect(),
+            callback_panic: Arc::default(),
         }
     }
 
@@ -139,23 +155,34 @@ impl SimPlatform {
     /// every guard pinned before now is dropped, which includes every
     /// read-side section that began before any of them was queued.
     fn hand_over_batch(&self, cpu: usize) {
-        let batch = core::mem::take(
-            &mut *self.batches[cpu].lock().unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+        let batch = core::mem::take(&mut *lock(&self.batches[cpu]));
         if batch.is_empty() {
             return;
         }
         let pending = self.pending_callbacks.clone();
+        let callback_panic = self.callback_panic.clone();
         let guard = crossbeam_epoch::pin();
         guard.defer(move || {
             let n = batch.len();
             for callback in batch {
-                callback();
+                // A panic stops neither the batch nor the count (see the
+                // module docs). The callback is consumed either way; any
+                // state it shares is left as after any other panic.
+                if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(callback)) {
+                    lock(&callback_panic).get_or_insert(payload);
+                }
             }
             pending[cpu].fetch_sub(n, Ordering::SeqCst);
         });
         guard.flush();
     }
+}
+
+/// Locks `mutex`, poisoned or not: whatever panicked while holding it
+/// left a consistent value (each critical section is one push, one take or
+/// one insert).
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 // SAFETY:
@@ -207,7 +234,7 @@ unsafe impl Platform for SimPlatform {
         let cpu = self.current_cpu();
         self.pending_callbacks[cpu].fetch_add(1, Ordering::SeqCst);
         let full = {
-            let mut batch = self.batches[cpu].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut batch = lock(&self.batches[cpu]);
             batch.push(callback);
             batch.len() >= RCU_BATCH
         };
@@ -226,5 +253,58 @@ unsafe impl Platform for SimPlatform {
             }
             std::thread::yield_now();
         }
+        if !std::thread::panicking() {
+            let payload = lock(&self.callback_panic).take();
+            if let Some(payload) = payload {
+                std::panic::resume_unwind(payload);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use alloc::string::String;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+
+    use super::*;
+
+    /// The message of a panic payload.
+    fn message(payload: &(dyn core::any::Any + Send)) -> String {
+        match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
+            (Some(s), _) => String::from(*s),
+            (_, Some(s)) => s.clone(),
+            _ => String::from("(not a string)"),
+        }
+    }
+
+    #[test]
+    fn a_panicking_callback_neither_stops_the_others_nor_holds_up_rcu_barrier() {
+        let platform = SimPlatform::new(Arc::new(Machine::new(kvirt_sim::MachineConfig::new(16 << 20))));
+        let ran = Arc::new(AtomicUsize::new(0));
+        for i in 0..3 {
+            let ran = ran.clone();
+            platform.call_rcu(Box::new(move || {
+                assert_ne!(i, 1, "the second callback panics");
+                ran.fetch_add(1, Ordering::SeqCst);
+            }));
+        }
+        let started = Instant::now();
+        // The panic surfaces in `rcu_barrier`, wherever the batch ran.
+        let payload = catch_unwind(AssertUnwindSafe(|| platform.rcu_barrier()))
+            .expect_err("the callback's panic is raised again by rcu_barrier");
+        assert!(message(&*payload).contains("the second callback panics"), "{}", message(&*payload));
+        assert!(started.elapsed() < Duration::from_secs(10), "rcu_barrier waited {:?}", started.elapsed());
+        assert_eq!(platform.pending(), 0, "every callback is counted as run");
+        assert_eq!(ran.load(Ordering::SeqCst), 2, "the callbacks batched with the panicking one ran");
+        // Raised once: the platform goes on as usual.
+        let ran_later = Arc::new(AtomicUsize::new(0));
+        let r = ran_later.clone();
+        platform.call_rcu(Box::new(move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        }));
+        platform.rcu_barrier();
+        assert_eq!(ran_later.load(Ordering::SeqCst), 1);
+        assert!(started.elapsed() < Duration::from_secs(10), "rcu_barrier waited {:?}", started.elapsed());
     }
 }

@@ -7,6 +7,10 @@
 //! grace period), but readers share one cache line and a steady stream of
 //! overlapping readers postpones callbacks, so it suits small kernels and
 //! the demo kernel rather than large SMP systems.
+//!
+//! A callback that panics does not lose the others: those taken with it
+//! that had not run yet go back to the queue (to run at the next quiescent
+//! point) before the panic goes on to whoever ran the batch.
 
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -98,9 +102,25 @@ impl CountingRcu {
                 }
                 core::mem::take(&mut *queue)
             };
-            for RcuCallbackBox(callback) in batch {
+            let mut rest = Requeue { rcu: self, batch: batch.into_iter() };
+            for RcuCallbackBox(callback) in &mut rest.batch {
                 callback();
             }
+        }
+    }
+}
+
+/// The callbacks of a batch not run yet; dropped with some left only if a
+/// callback unwinds, and then gives them back to the queue.
+struct Requeue<'a> {
+    rcu: &'a CountingRcu,
+    batch: alloc::vec::IntoIter<RcuCallbackBox>,
+}
+
+impl Drop for Requeue<'_> {
+    fn drop(&mut self) {
+        if self.batch.len() != 0 {
+            self.rcu.queue.lock().extend(&mut self.batch);
         }
     }
 }
@@ -122,6 +142,26 @@ mod tests {
         assert!(!ran.load(Ordering::SeqCst));
         rcu.read_unlock();
         assert!(ran.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_panicking_callback_leaves_the_others_queued_for_the_next_quiescent_point() {
+        let rcu = CountingRcu::new();
+        let ran = Arc::new(AtomicUsize::new(0));
+        rcu.read_lock();
+        for i in 0..4 {
+            let ran = ran.clone();
+            rcu.call(Box::new(move || {
+                assert_ne!(i, 1, "the second callback panics");
+                ran.fetch_add(1, Ordering::SeqCst);
+            }));
+        }
+        let unlock = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rcu.read_unlock()));
+        assert!(unlock.is_err(), "the panic goes on to whoever ran the batch");
+        assert_eq!(ran.load(Ordering::SeqCst), 1, "the callback before the panicking one ran");
+        rcu.barrier();
+        assert_eq!(ran.load(Ordering::SeqCst), 3, "the callbacks after it ran at the next quiescent point");
+        assert!(rcu.queue.lock().is_empty());
     }
 
     #[test]
