@@ -26,9 +26,17 @@
 //! * **Kernel spaces are values.** The seed's calls use the process-wide
 //!   default ([`kspace::KernelSpace::global`]); every other call has a form
 //!   on an explicit space, so tests run many isolated machines in parallel.
-//!   Frames and areas point into their space without reference counts; a
-//!   space dropped while any of them lives is leaked (with a warning)
-//!   rather than left dangling.
+//!   An area holds a counted handle to its space, so a space lives until
+//!   its last handle or area is gone; frames stay one word and count
+//!   nothing, and a space torn down while frames of it live is leaked
+//!   (with a warning) rather than left dangling (`kspace`, "Lifetime").
+//! * **Trust is explicit.** Whatever kvirt's memory safety rests on and
+//!   cannot check is behind `unsafe`: the [`Platform`](platform::Platform)
+//!   and [`PagingFormat`](arch::PagingFormat) traits, the memory map given
+//!   to [`KernelSpace::new`](kspace::KernelSpace::new), untracked
+//!   mappings, and the hosted machine under a space. Everything else a
+//!   caller supplies (layouts, page-table configurations, frame metadata,
+//!   iterators, closures) is checked or cannot break it.
 //! * **Only kvirt changes the kernel page table.** A kernel space hands out
 //!   read-only cursors, so the entries of an area change only through the
 //!   area, and [`kspace::KVirtArea::query`] can lend a frame for the

@@ -108,13 +108,17 @@ pub type RcuCallback = Box<dyn FnOnce() + Send>;
 ///    the call has ended; a read-side section does not migrate between CPUs
 ///    or threads. [`rcu_barrier`](Platform::rcu_barrier) returns only after
 ///    every callback queued before it has run.
-/// 5. No method but [`rcu_barrier`](Platform::rcu_barrier) unwinds. kvirt
-///    calls them in the middle of its own work (a TLB flush stands between
-///    removing a mapping and releasing its frame) and does not try to
-///    recover from a panic there; a kernel built with `panic = "abort"`
-///    keeps this promise by construction. `rcu_barrier` is called only
-///    between operations, so it may panic (say, on a read-side section
-///    that never ends).
+/// 5. [`flush_tlb`](Platform::flush_tlb), [`current_cpu`](Platform::current_cpu),
+///    [`rcu_read_lock`](Platform::rcu_read_lock) and
+///    [`rcu_read_unlock`](Platform::rcu_read_unlock) do not unwind: kvirt
+///    calls them in the middle of its own work (a flush stands between
+///    removing a mapping and releasing its frame; a CPU index is asked for
+///    while a page-table node is locked by hand) and does not recover from
+///    a panic there. [`call_rcu`](Platform::call_rcu) and
+///    [`rcu_barrier`](Platform::rcu_barrier) may panic: kvirt then leaks
+///    what the callback would have freed (or aborts, if the panic meets
+///    another). A kernel built with `panic = "abort"` keeps this rule by
+///    construction.
 ///
 /// A kernel space's memory map is part of the same promise: see
 /// [`KernelSpace::new`](crate::kspace::KernelSpace::new).

@@ -1803,8 +1803,8 @@ mod panicking_callbacks {
     }
 
     // SAFETY: every promise is `SimPlatform`'s, to which every call is
-    // forwarded; the one callback refused (by a panic, never run) is one
-    // that never runs, which breaks no promise kvirt relies on for safety.
+    // forwarded; `call_rcu` may panic (rule 5), and the one callback it
+    // refuses that way is never run, so rule 4 holds for the others.
     unsafe impl Platform for PanickingRcuPlatform {
         fn phys_base(&self) -> NonNull<u8> {
             self.inner.phys_base()
@@ -1848,12 +1848,15 @@ mod panicking_callbacks {
     fn an_area_drop_unwinding_while_releasing_its_pages_still_frees_its_range() {
         let machine = Arc::new(Machine::new(MachineConfig::new(64 << 20)));
         let armed_by = Arc::new(Mutex::new(None));
+        // SAFETY: a new machine, used by this space alone.
+        let inner = unsafe { SimPlatform::new(machine.clone()) };
         let platform = PanickingRcuPlatform {
-            inner: SimPlatform::new(machine.clone()),
+            inner,
             armed_by: armed_by.clone(),
             armed: std::sync::atomic::AtomicBool::new(false),
         };
-        let space = KernelSpace::new(Box::new(platform), &memory_map_of(&machine), true).unwrap();
+        // SAFETY: the machine's own map; its RAM reads as zero.
+        let space = unsafe { KernelSpace::new(Box::new(platform), &memory_map_of(&machine), true) }.unwrap();
         let before = snapshot(&space);
         // 4 MiB of frames: the mapped part holds a whole 2 MiB-aligned span,
         // whose leaf node the drop takes out as one detached sub-tree.

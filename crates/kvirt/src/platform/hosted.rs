@@ -196,8 +196,9 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 // 4. Callbacks are deferred through crossbeam-epoch: they run after every
 //    guard pinned before them is dropped; read-side sections are thread
 //    local guards, so they cannot migrate.
-// 5. Only `rcu_barrier` panics (on a read-side section open for 30 s);
-//    the mutexes are taken through poisoning.
+// 5. Only `rcu_barrier` panics (on a read-side section open for 30 s, or
+//    to pass on a callback's panic); the mutexes are taken through
+//    poisoning.
 unsafe impl Platform for SimPlatform {
     fn phys_base(&self) -> NonNull<u8> {
         self.machine.ram_base()
@@ -280,7 +281,8 @@ mod tests {
 
     #[test]
     fn a_panicking_callback_neither_stops_the_others_nor_holds_up_rcu_barrier() {
-        let platform = SimPlatform::new(Arc::new(Machine::new(kvirt_sim::MachineConfig::new(16 << 20))));
+        // SAFETY: a new machine; the test only queues callbacks on it.
+        let platform = unsafe { SimPlatform::new(Arc::new(Machine::new(kvirt_sim::MachineConfig::new(16 << 20)))) };
         let ran = Arc::new(AtomicUsize::new(0));
         for i in 0..3 {
             let ran = ran.clone();
