@@ -282,7 +282,8 @@ mod tests {
     #[test]
     fn a_panicking_callback_neither_stops_the_others_nor_holds_up_rcu_barrier() {
         // SAFETY: a new machine; the test only queues callbacks on it.
-        let platform = unsafe { SimPlatform::new(Arc::new(Machine::new(kvirt_sim::MachineConfig::new(16 << 20)))) };
+        let platform =
+            unsafe { SimPlatform::new(Arc::new(Machine::new(kvirt_sim::MachineConfig::new(16 << 20)))) };
         let ran = Arc::new(AtomicUsize::new(0));
         for i in 0..3 {
             let ran = ran.clone();
