@@ -164,8 +164,8 @@ fn as_dyn<M: AnyFrameMeta>(storage: *const u8) -> *const dyn AnyFrameMeta {
 
 /// One metadata slot. The `ref_count` module documents the states.
 ///
-/// Public only because [`MetaPtr`] names it; it has no public methods.
-#[doc(hidden)]
+/// Nominally `pub` because the sealed trait behind [`MetaPtr`] names it,
+/// but not exported: no code outside kvirt can name a slot.
 #[repr(C)]
 pub struct MetaSlot {
     /// The metadata value. Initialised exactly while the count is not
@@ -358,29 +358,44 @@ impl Drop for AbortOnUnwind {
     }
 }
 
-/// Types whose pointer can be rebuilt from a slot: every sized metadata type
-/// and the two `dyn` metadata types.
+/// The metadata types a frame handle can be typed with: every sized
+/// [`AnyFrameMeta`] type, `dyn AnyFrameMeta` and `dyn AnyUFrameMeta`.
 ///
-/// # Safety
-///
-/// `from_slot` must return a pointer to the metadata value stored in `slot`
-/// when `slot` holds metadata of type `Self` (or, for the `dyn` types, any
-/// metadata that the `dyn` type can view).
-pub unsafe trait MetaPtr: 'static {
-    /// The metadata of `slot` as `*const Self`, or `None` if the stored
-    /// metadata cannot be viewed as `Self`.
+/// Sealed: kvirt implements it for exactly these (its one method, which
+/// finds a slot's metadata as `Self`, is what handle accessors such as
+/// [`Frame::meta`](super::Frame::meta) rest on, so no other implementation
+/// may exist).
+pub trait MetaPtr: sealed::FromSlot {}
+
+impl<T: ?Sized + sealed::FromSlot> MetaPtr for T {}
+
+mod sealed {
+    use super::MetaSlot;
+
+    /// What [`MetaPtr`](super::MetaPtr) stands for. Unnameable outside
+    /// kvirt.
     ///
     /// # Safety
     ///
-    /// The slot holds metadata (the caller owns a reference).
-    #[doc(hidden)]
-    unsafe fn from_slot(slot: &MetaSlot) -> Option<*const Self>;
+    /// `from_slot` must return a pointer to the metadata value stored in
+    /// `slot` when `slot` holds metadata of type `Self` (or, for the `dyn`
+    /// types, any metadata that the `dyn` type can view), and `None` when it
+    /// cannot be viewed as `Self`.
+    pub unsafe trait FromSlot: 'static {
+        /// The metadata of `slot` as `*const Self`, or `None` if the stored
+        /// metadata cannot be viewed as `Self`.
+        ///
+        /// # Safety
+        ///
+        /// The slot holds metadata (the caller owns a reference).
+        unsafe fn from_slot(slot: &MetaSlot) -> Option<*const Self>;
+    }
 }
 
 // SAFETY: the slot stores an `M` at the start of the storage; the type check
 // (on the real type id, not on `as_any`) makes `None` the answer for any
 // other type.
-unsafe impl<M: AnyFrameMeta> MetaPtr for M {
+unsafe impl<M: AnyFrameMeta> sealed::FromSlot for M {
     unsafe fn from_slot(slot: &MetaSlot) -> Option<*const Self> {
         // SAFETY: the slot holds metadata (caller contract).
         let dyn_ptr = unsafe { slot.as_dyn_ptr() };
@@ -392,7 +407,7 @@ unsafe impl<M: AnyFrameMeta> MetaPtr for M {
 }
 
 // SAFETY: the vtable function stored with the metadata builds exactly this.
-unsafe impl MetaPtr for dyn AnyFrameMeta {
+unsafe impl sealed::FromSlot for dyn AnyFrameMeta {
     unsafe fn from_slot(slot: &MetaSlot) -> Option<*const Self> {
         // SAFETY: the slot holds metadata (caller contract).
         Some(unsafe { slot.as_dyn_ptr() })
@@ -400,7 +415,7 @@ unsafe impl MetaPtr for dyn AnyFrameMeta {
 }
 
 // SAFETY: `as_untyped` returns a reference to the same stored value.
-unsafe impl MetaPtr for dyn AnyUFrameMeta {
+unsafe impl sealed::FromSlot for dyn AnyUFrameMeta {
     unsafe fn from_slot(slot: &MetaSlot) -> Option<*const Self> {
         // SAFETY: the slot holds metadata (caller contract).
         let meta = unsafe { slot.as_dyn_ptr() };

@@ -27,8 +27,13 @@ pub(crate) mod bytes;
 mod handle;
 pub(crate) mod meta;
 mod page_cache;
-#[doc(hidden)]
+// The reference-count state machine. Public only to the loom model
+// (`tests/loom_ref_count.rs`, built with `--cfg loom`), which drives these
+// very transitions over loom's atomics.
+#[cfg(loom)]
 pub mod ref_count;
+#[cfg(not(loom))]
+pub(crate) mod ref_count;
 mod segment;
 mod unique;
 
@@ -42,9 +47,9 @@ use core::sync::atomic::{AtomicIsize, Ordering};
 use crossbeam_utils::CachePadded;
 
 pub use handle::{Frame, FrameRef, UFrame};
+pub use meta::MetaPtr;
+use meta::MetaSlot;
 pub use meta::{AnyFrameMeta, AnyUFrameMeta, META_SLOT_SIZE, META_STORAGE_SIZE};
-#[doc(hidden)]
-pub use meta::{MetaPtr, MetaSlot};
 pub use ref_count::{REF_COUNT_BUSY, REF_COUNT_MAX, REF_COUNT_UNIQUE, REF_COUNT_UNUSED};
 pub use segment::{Segment, SegmentError, USegment};
 pub use unique::UniqueFrame;

@@ -78,7 +78,7 @@ pub const REF_COUNT_UNUSED: u64 = 0;
 /// The largest count of a shared frame.
 pub const REF_COUNT_MAX: u64 = i64::MAX as u64;
 /// The count of a frame owned by one `UniqueFrame` (it counts as one live
-/// reference: [`live_references`]).
+/// reference: `live_references`).
 pub const REF_COUNT_UNIQUE: u64 = u64::MAX - 1;
 /// The count of a slot being built or torn down.
 pub const REF_COUNT_BUSY: u64 = u64::MAX;
