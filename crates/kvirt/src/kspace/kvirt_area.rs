@@ -551,8 +551,10 @@ impl<L: KernelLayout> KVirtArea<L> {
         for (ptr, len) in pieces {
             // SAFETY: `ram_pieces` checked that each piece is RAM of an
             // untyped frame or untracked memory mapped by this area, which
-            // keeps it alive while `self` is borrowed; untyped contents are
-            // only accessed atomically.
+            // keeps it alive while `self` is borrowed; a piece lies in one
+            // page, so every aligned word the copy touches is in that page
+            // too; untyped contents are only accessed through `bytes` or
+            // 8-byte atomics.
             unsafe { crate::frame::bytes::copy_from(ptr, &mut buf[done..done + len]) };
             done += len;
         }
