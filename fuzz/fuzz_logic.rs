@@ -73,6 +73,8 @@ use kvirt::kspace::{
 };
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty, PrivilegedPageFlags};
 use kvirt::page_table::{vaddr_bounds, KernelPtConfig, MapErrorKind, PageTable, PageTableFrag, RangeError};
+use kvirt::platform::hosted::memory_map_of;
+use kvirt::platform::MemoryRegionKind;
 use kvirt::spec::{self, Inv};
 use kvirt::{Paddr, PagingLevel, Vaddr, PAGE_SIZE};
 
@@ -373,7 +375,7 @@ impl AreaModel {
 /// whether the access stays in memory the fuzzer may touch.
 fn expect_access(
     m: &AreaModel,
-    max_paddr: Paddr,
+    ram: &[Range<Paddr>],
     offset: usize,
     len: usize,
 ) -> Result<bool, AreaAccessError> {
@@ -390,7 +392,7 @@ fn expect_access(
         }
         if m.frames.is_none() {
             let pa = m.pa + (va - m.origin.start);
-            if pa + in_page > max_paddr {
+            if !ram.iter().any(|r| r.start <= pa && pa + in_page <= r.end) {
                 return Err(AreaAccessError::NotRam(va));
             }
             // Untracked RAM above the low MiB is the frame metadata.
@@ -472,6 +474,9 @@ struct World {
     foreign: Vec<Frame<()>>,
     raw: Option<RawPt>,
     max_paddr: Paddr,
+    /// The RAM regions of the machine's memory map (`Usable` and
+    /// `Reserved`): the only memory byte access may touch.
+    ram: Vec<Range<Paddr>>,
     device: Range<Paddr>,
     /// Dropped last: everything above points into it.
     space: KernelSpace,
@@ -875,7 +880,7 @@ impl World {
         };
         let fill = inp.u8();
         let (area, m) = &self.areas[i];
-        let expected = expect_access(m, self.max_paddr, offset, len);
+        let expected = expect_access(m, &self.ram, offset, len);
         trace!(
             "{} area {i} offset {offset:#x} len {len:#x}: {expected:?}",
             if write { "write" } else { "read" }
@@ -1307,6 +1312,11 @@ pub fn kvirt_api(data: &[u8]) {
     let space = KernelSpace::new_hosted(kvirt::sim::MachineConfig::new(RAM_SIZE));
     let machine = space.machine().expect("a hosted space");
     let device = machine.device_window().start as Paddr..machine.device_window().end as Paddr;
+    let ram = memory_map_of(machine)
+        .into_iter()
+        .filter(|r| r.kind != MemoryRegionKind::Device)
+        .map(|r| r.range)
+        .collect();
     let mut world = World {
         areas: Vec::new(),
         pool: Vec::new(),
@@ -1314,6 +1324,7 @@ pub fn kvirt_api(data: &[u8]) {
         foreign: Vec::new(),
         raw: None,
         max_paddr: space.max_paddr(),
+        ram,
         device,
         space,
     };

@@ -41,7 +41,8 @@ use kvirt::kspace::{
 };
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
 use kvirt::page_table::{vaddr_bounds, MapErrorKind, MappedItem, PageTable, UserPtConfig};
-use kvirt::platform::{TlbFlushOp, TlbScope};
+use kvirt::platform::hosted::memory_map_of;
+use kvirt::platform::{MemoryRegionKind, TlbFlushOp, TlbScope};
 use kvirt::sim::MachineConfig;
 use kvirt::spec::{self, Inv, Mapping, PageTableView};
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
@@ -450,6 +451,9 @@ struct Runner<'s, L: KernelLayout> {
     bytes: HashMap<Paddr, Vec<u8>>,
     kept: Vec<Frame<()>>,
     ram_size: usize,
+    /// The RAM regions of the machine's memory map (`Usable` and
+    /// `Reserved`): the only memory byte access may touch.
+    ram: Vec<Range<Paddr>>,
     dev_start: usize,
     /// `used_pages - page_table_pages` at the start.
     base_data_pages: usize,
@@ -472,6 +476,11 @@ impl<'s, L: KernelLayout> Runner<'s, L> {
         let start = (space.phys_stats(), space.vmalloc_stats());
         let machine = space.machine().expect("a hosted space");
         let dev_start = usize::try_from(machine.device_window().start).expect("64-bit host");
+        let ram = memory_map_of(machine)
+            .into_iter()
+            .filter(|r| r.kind != MemoryRegionKind::Device)
+            .map(|r| r.range)
+            .collect();
         Self {
             space,
             fault,
@@ -480,6 +489,7 @@ impl<'s, L: KernelLayout> Runner<'s, L> {
             bytes: HashMap::new(),
             kept: Vec::new(),
             ram_size,
+            ram,
             dev_start,
             base_data_pages: start.0.used_pages - start.0.page_table_pages,
             start,
@@ -974,7 +984,7 @@ impl<'s, L: KernelLayout> Runner<'s, L> {
             let n = (PAGE_SIZE - va % PAGE_SIZE).min(end - va);
             let Some((base, p)) = page_at(&self.view, va) else { return Err(AreaAccessError::Unmapped(va)) };
             let pa = p.pa + (va - base);
-            if pa + n > self.ram_size {
+            if !self.ram.iter().any(|r| r.start <= pa && pa + n <= r.end) {
                 return Err(AreaAccessError::NotRam(va));
             }
             pieces.push((pa, n));

@@ -29,6 +29,8 @@ use kvirt::kspace::{
 };
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty, PrivilegedPageFlags};
 use kvirt::page_table::largest_pages;
+use kvirt::platform::hosted::memory_map_of;
+use kvirt::platform::MemoryRegionKind;
 use kvirt::sim::MachineConfig;
 use kvirt::spec::{self, kernel_view, Inv};
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
@@ -223,6 +225,9 @@ struct Model {
     memory: HashMap<Paddr, Vec<u8>>,
     device: Range<Paddr>,
     max_paddr: Paddr,
+    /// The RAM regions of the machine's memory map (`Usable` and
+    /// `Reserved`): the only memory byte access may touch.
+    ram: Vec<Range<Paddr>>,
     next_link: u64,
     /// Physical memory usage before the test took any frame.
     baseline: PhysStats,
@@ -240,6 +245,11 @@ impl Model {
         let w = space.machine().unwrap().device_window();
         let device = w.start as Paddr..w.end as Paddr;
         let max_paddr = space.max_paddr();
+        let ram = memory_map_of(space.machine().unwrap())
+            .into_iter()
+            .filter(|r| r.kind != MemoryRegionKind::Device)
+            .map(|r| r.range)
+            .collect();
         Model {
             space,
             pool,
@@ -248,6 +258,7 @@ impl Model {
             memory: HashMap::new(),
             device,
             max_paddr,
+            ram,
             next_link: 0,
             baseline,
         }
@@ -464,7 +475,7 @@ impl Model {
         while va < end {
             let n = (P - va % P).min(end - va);
             let page = a.pages.get(&(va / P * P)).ok_or(AreaAccessError::Unmapped(va))?;
-            if page.pa >= self.max_paddr {
+            if !self.ram.iter().any(|r| r.contains(&page.pa)) {
                 return Err(AreaAccessError::NotRam(va));
             }
             pieces.push((page.pa + va % P, n));

@@ -169,8 +169,10 @@ pub enum AreaAccessError {
     },
     /// Nothing is mapped at this address.
     Unmapped(Vaddr),
-    /// The page at this address is not RAM (device memory: use volatile
-    /// accesses through the virtual address instead).
+    /// The page at this address is not RAM: not in a `Usable` or
+    /// `Reserved` region of the memory map, whether above the end of RAM or
+    /// in a hole below it (device memory: use volatile accesses through the
+    /// virtual address instead).
     NotRam(Vaddr),
     /// The page at this address is a frame with typed metadata, whose
     /// contents are not plain bytes.

@@ -48,7 +48,7 @@ use crate::page_prop::{CachePolicy, PageFlags, PageProperty, PrivilegedPageFlags
 use crate::page_table::{
     largest_pages, Cursor, KernelPtConfig, MapErrorKind, MappedItem as Item, PageTable, RangeError,
 };
-use crate::platform::{MemoryRegion, MemoryRegionKind, Platform, TlbFlushOp, TlbScope};
+use crate::platform::{MemoryRegion, Platform, TlbFlushOp, TlbScope};
 
 /// Why a kernel space could not be created.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -280,7 +280,7 @@ impl<L: KernelLayout> KernelSpace<L> {
         let mut kernel_pt = PageTable::<KernelPtConfig<L::Format>>::empty(&phys)
             .map_err(|_| KernelSpaceError::OutOfMemory)?;
         kernel_pt.set_lazy_reclaim(true);
-        map_linear_and_metadata::<L>(&kernel_pt, &phys, memory_map)?;
+        map_linear_and_metadata::<L>(&kernel_pt, &phys)?;
         let inner = Box::new(SpaceInner {
             kernel_pt,
             vmalloc: Vmalloc::new(L::VMALLOC_VADDR_RANGE),
@@ -552,7 +552,6 @@ impl<L: KernelLayout> KernelSpace<L> {
 fn map_linear_and_metadata<L: KernelLayout>(
     pt: &PageTable<KernelPtConfig<L::Format>>,
     phys: &PhysMem,
-    memory_map: &[MemoryRegion],
 ) -> Result<(), KernelSpaceError> {
     let prop = PageProperty::new_kernel(PageFlags::RW, CachePolicy::Writeback);
     let map = |va: Vaddr, pa: Range<Paddr>| -> Result<(), KernelSpaceError> {
@@ -563,26 +562,13 @@ fn map_linear_and_metadata<L: KernelLayout>(
         Ok(())
     };
     if let Some(linear) = L::LINEAR_MAPPING_VADDR_RANGE {
-        // Merge touching RAM regions so that the linear mapping uses the
-        // largest pages the whole run allows.
-        let mut ram: Vec<Range<Paddr>> = memory_map
-            .iter()
-            .filter(|r| r.kind != MemoryRegionKind::Device)
-            .map(|r| r.range.clone())
-            .collect();
-        ram.sort_by_key(|r| r.start);
-        let mut merged: Vec<Range<Paddr>> = Vec::new();
-        for r in ram {
-            match merged.last_mut() {
-                Some(last) if last.end == r.start => last.end = r.end,
-                _ => merged.push(r),
-            }
-        }
-        for run in merged {
+        // Touching RAM regions come merged, so that the linear mapping uses
+        // the largest pages the whole run allows.
+        for run in phys.ram() {
             if run.end > linear.len() {
                 return Err(KernelSpaceError::RamBeyondLinearMapping(run.end));
             }
-            map(linear.start + run.start, run)?;
+            map(linear.start + run.start, run.clone())?;
         }
     }
     match L::FRAME_METADATA_VADDR_RANGE {
