@@ -371,13 +371,16 @@ impl AreaModel {
 }
 
 /// The accessible bytes at `offset..offset + len` of an area, as the model
-/// predicts them: the error `read_bytes` / `write_bytes` must return, or
-/// whether the access stays in memory the fuzzer may touch.
+/// predicts them: the error `read_bytes` / `write_bytes` must return (by the
+/// first page that is unmapped, lacks the right the access needs, `W` to
+/// write or `R` to read, or is not RAM), or whether the access stays in
+/// memory the fuzzer may touch.
 fn expect_access(
     m: &AreaModel,
     ram: &[Range<Paddr>],
     offset: usize,
     len: usize,
+    write: bool,
 ) -> Result<bool, AreaAccessError> {
     let size = m.range.len();
     if offset.checked_add(len).is_none_or(|end| end > size) {
@@ -389,6 +392,12 @@ fn expect_access(
         let in_page = (PAGE_SIZE - va % PAGE_SIZE).min(end - va);
         if !m.mapped(va) {
             return Err(AreaAccessError::Unmapped(va));
+        }
+        if write && !m.prop.flags.contains(PageFlags::W) {
+            return Err(AreaAccessError::NotWritable(va));
+        }
+        if !write && !m.prop.flags.contains(PageFlags::R) {
+            return Err(AreaAccessError::NotReadable(va));
         }
         if m.frames.is_none() {
             let pa = m.pa + (va - m.origin.start);
@@ -880,7 +889,7 @@ impl World {
         };
         let fill = inp.u8();
         let (area, m) = &self.areas[i];
-        let expected = expect_access(m, &self.ram, offset, len);
+        let expected = expect_access(m, &self.ram, offset, len, write);
         trace!(
             "{} area {i} offset {offset:#x} len {len:#x}: {expected:?}",
             if write { "write" } else { "read" }
@@ -894,8 +903,12 @@ impl World {
         if write {
             assert_eq!(area.write_bytes(offset, &data), expected, "write_bytes at {offset:#x} len {len:#x}");
             if expected.is_ok() {
-                assert_eq!(area.read_bytes(offset, &mut buf), Ok(()));
-                assert_eq!(buf, data, "read after write at {offset:#x}");
+                // A write-only area refuses the read back.
+                let back = expect_access(m, &self.ram, offset, len, false).map(|_| ());
+                assert_eq!(area.read_bytes(offset, &mut buf), back, "read after write at {offset:#x}");
+                if back.is_ok() {
+                    assert_eq!(buf, data, "read after write at {offset:#x}");
+                }
             }
         } else {
             assert_eq!(area.read_bytes(offset, &mut buf), expected, "read_bytes at {offset:#x} len {len:#x}");

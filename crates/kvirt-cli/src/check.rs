@@ -965,13 +965,15 @@ impl<'s, L: KernelLayout> Runner<'s, L> {
         })
     }
 
-    /// The error the model expects for a byte access, or the physical
-    /// pieces it touches.
+    /// The error the model expects for a byte access (by the first page
+    /// that is unmapped, lacks the right the access needs, `W` to write or
+    /// `R` to read, or is not RAM), or the physical pieces it touches.
     fn access_plan(
         &self,
         i: usize,
         offset: usize,
         len: usize,
+        write: bool,
     ) -> Result<Vec<(Paddr, usize)>, AreaAccessError> {
         let a = &self.areas[i];
         let size = a.range.len();
@@ -984,6 +986,12 @@ impl<'s, L: KernelLayout> Runner<'s, L> {
             let n = (PAGE_SIZE - va % PAGE_SIZE).min(end - va);
             let Some((base, p)) = page_at(&self.view, va) else { return Err(AreaAccessError::Unmapped(va)) };
             let pa = p.pa + (va - base);
+            if write && !p.prop.flags.contains(PageFlags::W) {
+                return Err(AreaAccessError::NotWritable(va));
+            }
+            if !write && !p.prop.flags.contains(PageFlags::R) {
+                return Err(AreaAccessError::NotReadable(va));
+            }
             if !self.ram.iter().any(|r| r.start <= pa && pa + n <= r.end) {
                 return Err(AreaAccessError::NotRam(va));
             }
@@ -997,7 +1005,7 @@ impl<'s, L: KernelLayout> Runner<'s, L> {
         let offset = offset % (self.areas[i].range.len() + 2 * PAGE_SIZE);
         let mut rng = Rng::new(seed);
         let data: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
-        let plan = self.access_plan(i, offset, len);
+        let plan = self.access_plan(i, offset, len, true);
         let got = self.areas[i].area.write_bytes(offset, &data);
         match plan {
             Ok(pieces) => {
@@ -1021,7 +1029,7 @@ impl<'s, L: KernelLayout> Runner<'s, L> {
 
     fn read(&mut self, i: usize, offset: usize, len: usize) -> Outcome {
         let offset = offset % (self.areas[i].range.len() + 2 * PAGE_SIZE);
-        let plan = self.access_plan(i, offset, len);
+        let plan = self.access_plan(i, offset, len, false);
         let mut buf = vec![0xa5; len];
         let got = self.areas[i].area.read_bytes(offset, &mut buf);
         match plan {

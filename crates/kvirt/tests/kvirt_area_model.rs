@@ -464,8 +464,16 @@ impl Model {
         check_query(&self.space, a, va);
     }
 
-    /// What an access of `len` bytes at `at` should give.
-    fn expect_access(&self, a: &Area, at: usize, len: usize) -> Result<Vec<(Paddr, usize)>, AreaAccessError> {
+    /// What an access of `len` bytes at `at` should give, by the first
+    /// page that is unmapped, lacks the rights the access needs (`W` for a
+    /// write, `R` for a read) or is not RAM.
+    fn expect_access(
+        &self,
+        a: &Area,
+        at: usize,
+        len: usize,
+        write: bool,
+    ) -> Result<Vec<(Paddr, usize)>, AreaAccessError> {
         let size = a.area.size();
         if at.checked_add(len).is_none_or(|end| end > size) {
             return Err(AreaAccessError::OutOfBounds { offset: at, len, size });
@@ -475,6 +483,12 @@ impl Model {
         while va < end {
             let n = (P - va % P).min(end - va);
             let page = a.pages.get(&(va / P * P)).ok_or(AreaAccessError::Unmapped(va))?;
+            if write && !page.prop.flags.contains(PageFlags::W) {
+                return Err(AreaAccessError::NotWritable(va));
+            }
+            if !write && !page.prop.flags.contains(PageFlags::R) {
+                return Err(AreaAccessError::NotReadable(va));
+            }
             if !self.ram.iter().any(|r| r.contains(&page.pa)) {
                 return Err(AreaAccessError::NotRam(va));
             }
@@ -489,7 +503,7 @@ impl Model {
         let a = &self.areas[i];
         let at = at % (a.area.size() + 2);
         let data: Vec<u8> = (0..len).map(|k| byte.wrapping_add(k as u8)).collect();
-        let expect = self.expect_access(a, at, len);
+        let expect = self.expect_access(a, at, len, true);
         let result = a.area.write_bytes(at, &data);
         match expect {
             Err(e) => assert_eq!(result, Err(e)),
@@ -511,7 +525,7 @@ impl Model {
         let at = at % (a.area.size() + 2);
         let mut buf = vec![0xee; len];
         let result = a.area.read_bytes(at, &mut buf);
-        match self.expect_access(a, at, len) {
+        match self.expect_access(a, at, len, false) {
             Err(e) => assert_eq!(result, Err(e)),
             Ok(pieces) => {
                 assert_eq!(result, Ok(()));
