@@ -29,9 +29,9 @@ use core::ptr::NonNull;
 
 pub use kvirt_area::{AreaAccessError, KVirtArea, KVirtAreaError, SplitError};
 pub use layout::{
-    paddr_to_vaddr, KernelLayout, TinyLayout, X86_64Layout, FRAME_METADATA_VADDR_RANGE, KERNEL_BASE_VADDR,
-    KERNEL_CODE_BASE_VADDR, KERNEL_END_VADDR, LINEAR_MAPPING_BASE_VADDR, LINEAR_MAPPING_VADDR_RANGE,
-    VMALLOC_VADDR_RANGE,
+    paddr_to_vaddr, KernelLayout, LayoutError, LayoutRange, TinyLayout, X86_64Layout,
+    FRAME_METADATA_VADDR_RANGE, KERNEL_BASE_VADDR, KERNEL_CODE_BASE_VADDR, KERNEL_END_VADDR,
+    LINEAR_MAPPING_BASE_VADDR, LINEAR_MAPPING_VADDR_RANGE, VMALLOC_VADDR_RANGE,
 };
 pub use range_alloc::RangeAllocError;
 pub use registry::{AreaInfo, AreaKind};
@@ -59,6 +59,8 @@ pub enum KernelSpaceError {
     OutOfMemory,
     /// RAM reaches `.0`, past what the layout's linear mapping can hold.
     RamBeyondLinearMapping(Paddr),
+    /// The layout breaks a rule of [`KernelLayout`].
+    Layout(LayoutError),
 }
 
 impl fmt::Display for KernelSpaceError {
@@ -69,6 +71,7 @@ impl fmt::Display for KernelSpaceError {
             KernelSpaceError::RamBeyondLinearMapping(end) => {
                 write!(f, "RAM reaches {end:#x}, past what the linear mapping can hold")
             }
+            KernelSpaceError::Layout(e) => write!(f, "bad kernel layout: {e}"),
         }
     }
 }
@@ -76,6 +79,12 @@ impl fmt::Display for KernelSpaceError {
 impl From<PhysMemError> for KernelSpaceError {
     fn from(e: PhysMemError) -> Self {
         KernelSpaceError::PhysMem(e)
+    }
+}
+
+impl From<LayoutError> for KernelSpaceError {
+    fn from(e: LayoutError) -> Self {
+        KernelSpaceError::Layout(e)
     }
 }
 
@@ -275,8 +284,12 @@ impl<L: KernelLayout> KernelSpace<L> {
         memory_map: &[MemoryRegion],
         ram_is_zeroed: bool,
     ) -> Result<Self, KernelSpaceError> {
-        layout::check::<L>();
+        // Every check runs before anything is built: a rejected layout
+        // leaves no page-table node behind (`PhysMem` only holds host
+        // memory, freed with it, and the platform, dropped with it).
+        layout::check::<L>()?;
         let phys = PhysBox::new(PhysMem::new(platform, memory_map, ram_is_zeroed)?);
+        layout::check_fits::<L>(phys.max_paddr(), phys.meta_range().len())?;
         let mut kernel_pt = PageTable::<KernelPtConfig<L::Format>>::empty(&phys)
             .map_err(|_| KernelSpaceError::OutOfMemory)?;
         kernel_pt.set_lazy_reclaim(true);
@@ -565,14 +578,15 @@ fn map_linear_and_metadata<L: KernelLayout>(
         // Touching RAM regions come merged, so that the linear mapping uses
         // the largest pages the whole run allows.
         for run in phys.ram() {
-            if run.end > linear.len() {
-                return Err(KernelSpaceError::RamBeyondLinearMapping(run.end));
-            }
+            debug_assert!(run.end <= linear.len(), "checked by `layout::check_fits`");
             map(linear.start + run.start, run.clone())?;
         }
     }
     match L::FRAME_METADATA_VADDR_RANGE {
-        Some(range) => map(range.start, phys.meta_range()),
+        Some(range) => {
+            debug_assert!(phys.meta_range().len() <= range.len(), "checked by `layout::check_fits`");
+            map(range.start, phys.meta_range())
+        }
         None => Ok(()),
     }
 }
