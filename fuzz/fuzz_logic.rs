@@ -73,6 +73,7 @@ use kvirt::kspace::{
 };
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty, PrivilegedPageFlags};
 use kvirt::page_table::{vaddr_bounds, KernelPtConfig, MapErrorKind, PageTable, PageTableFrag, RangeError};
+use kvirt::platform::MemoryRegionKind;
 use kvirt::spec::{self, Inv};
 use kvirt::{Paddr, PagingLevel, Vaddr, PAGE_SIZE};
 
@@ -369,13 +370,16 @@ impl AreaModel {
 }
 
 /// The accessible bytes at `offset..offset + len` of an area, as the model
-/// predicts them: the error `read_bytes` / `write_bytes` must return, or
-/// whether the access stays in memory the fuzzer may touch.
+/// predicts them: the error `read_bytes` / `write_bytes` must return (by the
+/// first page that is unmapped, lacks the right the access needs, `W` to
+/// write or `R` to read, or is not RAM), or whether the access stays in
+/// memory the fuzzer may touch.
 fn expect_access(
     m: &AreaModel,
-    max_paddr: Paddr,
+    ram: &[Range<Paddr>],
     offset: usize,
     len: usize,
+    write: bool,
 ) -> Result<bool, AreaAccessError> {
     let size = m.range.len();
     if offset.checked_add(len).is_none_or(|end| end > size) {
@@ -388,9 +392,15 @@ fn expect_access(
         if !m.mapped(va) {
             return Err(AreaAccessError::Unmapped(va));
         }
+        if write && !m.prop.flags.contains(PageFlags::RW) {
+            return Err(AreaAccessError::NotWritable(va));
+        }
+        if !write && !m.prop.flags.contains(PageFlags::R) {
+            return Err(AreaAccessError::NotReadable(va));
+        }
         if m.frames.is_none() {
             let pa = m.pa + (va - m.origin.start);
-            if pa + in_page > max_paddr {
+            if !ram.iter().any(|r| r.start <= pa && pa + in_page <= r.end) {
                 return Err(AreaAccessError::NotRam(va));
             }
             // Untracked RAM above the low MiB is the frame metadata.
@@ -472,6 +482,9 @@ struct World {
     foreign: Vec<Frame<()>>,
     raw: Option<RawPt>,
     max_paddr: Paddr,
+    /// The RAM regions of the machine's memory map (`Usable` and
+    /// `Reserved`): the only memory byte access may touch.
+    ram: Vec<Range<Paddr>>,
     device: Range<Paddr>,
     /// Dropped last: everything above points into it.
     space: KernelSpace,
@@ -875,7 +888,7 @@ impl World {
         };
         let fill = inp.u8();
         let (area, m) = &self.areas[i];
-        let expected = expect_access(m, self.max_paddr, offset, len);
+        let expected = expect_access(m, &self.ram, offset, len, write);
         trace!(
             "{} area {i} offset {offset:#x} len {len:#x}: {expected:?}",
             if write { "write" } else { "read" }
@@ -889,8 +902,12 @@ impl World {
         if write {
             assert_eq!(area.write_bytes(offset, &data), expected, "write_bytes at {offset:#x} len {len:#x}");
             if expected.is_ok() {
-                assert_eq!(area.read_bytes(offset, &mut buf), Ok(()));
-                assert_eq!(buf, data, "read after write at {offset:#x}");
+                // A write-only area refuses the read back.
+                let back = expect_access(m, &self.ram, offset, len, false).map(|_| ());
+                assert_eq!(area.read_bytes(offset, &mut buf), back, "read after write at {offset:#x}");
+                if back.is_ok() {
+                    assert_eq!(buf, data, "read after write at {offset:#x}");
+                }
             }
         } else {
             assert_eq!(area.read_bytes(offset, &mut buf), expected, "read_bytes at {offset:#x} len {len:#x}");
@@ -1305,8 +1322,14 @@ impl World {
 /// The `kvirt_api` target: see the module documentation.
 pub fn kvirt_api(data: &[u8]) {
     let space = KernelSpace::new_hosted(kvirt::sim::MachineConfig::new(RAM_SIZE));
-    let device = space.memory_map().iter().find(|r| r.kind == kvirt::platform::MemoryRegionKind::Device);
+    let device = space.memory_map().iter().find(|r| r.kind == MemoryRegionKind::Device);
     let device = device.expect("a hosted space has a device window").range.clone();
+    let ram = space
+        .memory_map()
+        .iter()
+        .filter(|r| r.kind != MemoryRegionKind::Device)
+        .map(|r| r.range.clone())
+        .collect();
     let mut world = World {
         areas: Vec::new(),
         pool: Vec::new(),
@@ -1314,6 +1337,7 @@ pub fn kvirt_api(data: &[u8]) {
         foreign: Vec::new(),
         raw: None,
         max_paddr: space.max_paddr(),
+        ram,
         device,
         space,
     };

@@ -41,7 +41,7 @@ use kvirt::kspace::{
 };
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
 use kvirt::page_table::{vaddr_bounds, MapErrorKind, MappedItem, PageTable, UserPtConfig};
-use kvirt::platform::{TlbFlushOp, TlbScope};
+use kvirt::platform::{MemoryRegionKind, TlbFlushOp, TlbScope};
 use kvirt::sim::MachineConfig;
 use kvirt::spec::{self, Inv, Mapping, PageTableView};
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
@@ -450,6 +450,9 @@ struct Runner<'s, L: KernelLayout> {
     bytes: HashMap<Paddr, Vec<u8>>,
     kept: Vec<Frame<()>>,
     ram_size: usize,
+    /// The RAM regions of the machine's memory map (`Usable` and
+    /// `Reserved`): the only memory byte access may touch.
+    ram: Vec<Range<Paddr>>,
     dev_start: usize,
     /// `used_pages - page_table_pages` at the start.
     base_data_pages: usize,
@@ -470,8 +473,14 @@ impl<'s, L: KernelLayout> Runner<'s, L> {
     fn new(space: &'s KernelSpace<L>, ram_size: usize, fault: Option<ModelFault>) -> Self {
         space.synchronize();
         let start = (space.phys_stats(), space.vmalloc_stats());
-        let device = space.memory_map().iter().find(|r| r.kind == kvirt::platform::MemoryRegionKind::Device);
+        let device = space.memory_map().iter().find(|r| r.kind == MemoryRegionKind::Device);
         let dev_start = device.expect("a hosted space has a device window").range.start;
+        let ram = space
+            .memory_map()
+            .iter()
+            .filter(|r| r.kind != MemoryRegionKind::Device)
+            .map(|r| r.range.clone())
+            .collect();
         Self {
             space,
             fault,
@@ -480,6 +489,7 @@ impl<'s, L: KernelLayout> Runner<'s, L> {
             bytes: HashMap::new(),
             kept: Vec::new(),
             ram_size,
+            ram,
             dev_start,
             base_data_pages: start.0.used_pages - start.0.page_table_pages,
             start,
@@ -955,13 +965,15 @@ impl<'s, L: KernelLayout> Runner<'s, L> {
         })
     }
 
-    /// The error the model expects for a byte access, or the physical
-    /// pieces it touches.
+    /// The error the model expects for a byte access (by the first page
+    /// that is unmapped, lacks the right the access needs, `W` to write or
+    /// `R` to read, or is not RAM), or the physical pieces it touches.
     fn access_plan(
         &self,
         i: usize,
         offset: usize,
         len: usize,
+        write: bool,
     ) -> Result<Vec<(Paddr, usize)>, AreaAccessError> {
         let a = &self.areas[i];
         let size = a.range.len();
@@ -974,7 +986,13 @@ impl<'s, L: KernelLayout> Runner<'s, L> {
             let n = (PAGE_SIZE - va % PAGE_SIZE).min(end - va);
             let Some((base, p)) = page_at(&self.view, va) else { return Err(AreaAccessError::Unmapped(va)) };
             let pa = p.pa + (va - base);
-            if pa + n > self.ram_size {
+            if write && !p.prop.flags.contains(PageFlags::RW) {
+                return Err(AreaAccessError::NotWritable(va));
+            }
+            if !write && !p.prop.flags.contains(PageFlags::R) {
+                return Err(AreaAccessError::NotReadable(va));
+            }
+            if !self.ram.iter().any(|r| r.start <= pa && pa + n <= r.end) {
                 return Err(AreaAccessError::NotRam(va));
             }
             pieces.push((pa, n));
@@ -987,7 +1005,7 @@ impl<'s, L: KernelLayout> Runner<'s, L> {
         let offset = offset % (self.areas[i].range.len() + 2 * PAGE_SIZE);
         let mut rng = Rng::new(seed);
         let data: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
-        let plan = self.access_plan(i, offset, len);
+        let plan = self.access_plan(i, offset, len, true);
         let got = self.areas[i].area.write_bytes(offset, &data);
         match plan {
             Ok(pieces) => {
@@ -1011,7 +1029,7 @@ impl<'s, L: KernelLayout> Runner<'s, L> {
 
     fn read(&mut self, i: usize, offset: usize, len: usize) -> Outcome {
         let offset = offset % (self.areas[i].range.len() + 2 * PAGE_SIZE);
-        let plan = self.access_plan(i, offset, len);
+        let plan = self.access_plan(i, offset, len, false);
         let mut buf = vec![0xa5; len];
         let got = self.areas[i].area.read_bytes(offset, &mut buf);
         match plan {

@@ -50,7 +50,10 @@
 //!   after an RCU grace period.
 //! * **Untracked byte access is atomic.** Untyped frame contents may be
 //!   shared and written through any clone, so byte copies use relaxed
-//!   `AtomicU8` operations: racing copies are unordered, never undefined.
+//!   atomic operations on aligned 8-byte words (the access size of the
+//!   simulated machine and of page-table entries; partial words are merged
+//!   with a compare-exchange): racing copies are unordered, never
+//!   undefined.
 //! * **Errors:** every constructor that can fail has a `try_` form with one
 //!   error enum; the panicking form panics in exactly those cases with the
 //!   error's message. `largest_pages` of zero bytes yields nothing.

@@ -1491,6 +1491,94 @@ mod bytes {
     }
 }
 
+/// Byte access obeys the area's property, page by page, as the MMU would:
+/// a write needs `R` and `W`, a read `R`. A refused call touches nothing.
+mod access_rights {
+    use super::*;
+
+    fn with_flags(flags: PageFlags) -> PageProperty {
+        PageProperty::new_kernel(flags, CachePolicy::Writeback)
+    }
+
+    #[test]
+    fn an_untracked_read_only_area_refuses_writes_and_writes_nothing() {
+        let space = small_space();
+        // Two views of the same reserved low memory: a writable one to
+        // put data there, and a read-only one.
+        let rw = untracked(&space, 2 * P, 0, 0x6000..0x8000, prop()).unwrap();
+        let ro = untracked(&space, 2 * P, 0, 0x6000..0x8000, with_flags(PageFlags::R)).unwrap();
+        let data: Vec<u8> = (0..2 * P).map(|i| (i * 3) as u8).collect();
+        rw.write_bytes(0, &data).unwrap();
+        assert_eq!(ro.write_bytes(P - 2, b"nope"), Err(AreaAccessError::NotWritable(ro.start() + P - 2)));
+        assert_eq!(ro.write_bytes(0, &[0; 2 * P]), Err(AreaAccessError::NotWritable(ro.start())));
+        let mut phys = vec![0; 2 * P];
+        // SAFETY: Reserved RAM that this test's areas map and nothing else uses.
+        unsafe { space.machine() }.unwrap().read_phys(0x6000u64, &mut phys).unwrap();
+        assert_eq!(phys, data, "a refused write wrote something");
+        let mut back = vec![0; 2 * P];
+        ro.read_bytes(0, &mut back).unwrap();
+        assert_eq!(back, data, "a read-only area is readable");
+    }
+
+    #[test]
+    fn a_tracked_read_only_area_refuses_writes_and_writes_nothing() {
+        let space = small_space();
+        let frames = FrameAllocOptions::new_in(&space).alloc_segment(2).unwrap();
+        let keep = frames.clone();
+        keep.write_bytes(P - 3, b"kept").unwrap();
+        let ro = space.try_map_frames(3 * P, P, frames, with_flags(PageFlags::R)).unwrap();
+        assert_eq!(
+            ro.write_bytes(2 * P - 3, b"over"),
+            Err(AreaAccessError::NotWritable(ro.start() + 2 * P - 3))
+        );
+        // Unmapped comes first: the first page of the range decides.
+        assert_eq!(ro.write_bytes(P - 1, b"xy"), Err(AreaAccessError::Unmapped(ro.start() + P - 1)));
+        let mut back = [0; 4];
+        keep.read_bytes(P - 3, &mut back).unwrap();
+        assert_eq!(&back, b"kept", "a refused write wrote something");
+        ro.read_bytes(2 * P - 3, &mut back).unwrap();
+        assert_eq!(&back, b"kept", "a read-only area is readable");
+    }
+
+    #[test]
+    fn an_area_without_read_permission_refuses_reads_and_leaves_the_buffer() {
+        let space = small_space();
+        let frames = FrameAllocOptions::new_in(&space).alloc_segment(1).unwrap();
+        let keep = frames.clone();
+        keep.write_bytes(0, b"secret").unwrap();
+        let none = space.try_map_frames(P, 0, frames, with_flags(PageFlags::empty())).unwrap();
+        let mut buf = *b"buffer";
+        assert_eq!(none.read_bytes(0, &mut buf), Err(AreaAccessError::NotReadable(none.start())));
+        assert_eq!(&buf, b"buffer");
+        assert_eq!(none.write_bytes(1, b"x"), Err(AreaAccessError::NotWritable(none.start() + 1)));
+        let low = untracked(&space, P, 0, 0x6000..0x7000, with_flags(PageFlags::X)).unwrap();
+        assert_eq!(low.read_bytes(5, &mut buf), Err(AreaAccessError::NotReadable(low.start() + 5)));
+        let mut back = [0; 6];
+        keep.read_bytes(0, &mut back).unwrap();
+        assert_eq!(&back, b"secret");
+        for e in [AreaAccessError::NotWritable(1), AreaAccessError::NotReadable(1)] {
+            assert!(e.to_string().contains("0x1"), "{e}");
+        }
+    }
+
+    #[test]
+    fn byte_access_is_refused_where_the_mmu_refuses_it() {
+        let space = small_space();
+        let cpu = kernel_cpu(&space);
+        for flags in
+            [PageFlags::R, PageFlags::W, PageFlags::RW, PageFlags::RX, PageFlags::RWX, PageFlags::empty()]
+        {
+            let area = untracked(&space, P, 0, 0x6000..0x7000, with_flags(flags)).unwrap();
+            let mut byte = [0];
+            let cpu_read = cpu.read(area.start(), &mut byte).is_ok();
+            let cpu_write = cpu.write(area.start(), &[7]).is_ok();
+            assert_eq!(area.read_bytes(0, &mut byte).is_ok(), cpu_read, "read with {flags:?}");
+            assert_eq!(area.write_bytes(0, &[7]).is_ok(), cpu_write, "write with {flags:?}");
+            drop(area);
+        }
+    }
+}
+
 /// What the simulated MMU sees through the kernel page table.
 mod mmu {
     use super::*;

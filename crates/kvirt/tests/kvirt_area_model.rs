@@ -29,6 +29,7 @@ use kvirt::kspace::{
 };
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty, PrivilegedPageFlags};
 use kvirt::page_table::largest_pages;
+use kvirt::platform::MemoryRegionKind;
 use kvirt::sim::MachineConfig;
 use kvirt::spec::{self, kernel_view, Inv};
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
@@ -223,6 +224,9 @@ struct Model {
     memory: HashMap<Paddr, Vec<u8>>,
     device: Range<Paddr>,
     max_paddr: Paddr,
+    /// The RAM regions of the machine's memory map (`Usable` and
+    /// `Reserved`): the only memory byte access may touch.
+    ram: Vec<Range<Paddr>>,
     next_link: u64,
     /// Physical memory usage before the test took any frame.
     baseline: PhysStats,
@@ -245,6 +249,12 @@ impl Model {
             .range
             .clone();
         let max_paddr = space.max_paddr();
+        let ram = space
+            .memory_map()
+            .iter()
+            .filter(|r| r.kind != MemoryRegionKind::Device)
+            .map(|r| r.range.clone())
+            .collect();
         Model {
             space,
             pool,
@@ -253,6 +263,7 @@ impl Model {
             memory: HashMap::new(),
             device,
             max_paddr,
+            ram,
             next_link: 0,
             baseline,
         }
@@ -458,8 +469,16 @@ impl Model {
         check_query(&self.space, a, va);
     }
 
-    /// What an access of `len` bytes at `at` should give.
-    fn expect_access(&self, a: &Area, at: usize, len: usize) -> Result<Vec<(Paddr, usize)>, AreaAccessError> {
+    /// What an access of `len` bytes at `at` should give, by the first
+    /// page that is unmapped, lacks the rights the access needs (`W` for a
+    /// write, `R` for a read) or is not RAM.
+    fn expect_access(
+        &self,
+        a: &Area,
+        at: usize,
+        len: usize,
+        write: bool,
+    ) -> Result<Vec<(Paddr, usize)>, AreaAccessError> {
         let size = a.area.size();
         if at.checked_add(len).is_none_or(|end| end > size) {
             return Err(AreaAccessError::OutOfBounds { offset: at, len, size });
@@ -469,7 +488,13 @@ impl Model {
         while va < end {
             let n = (P - va % P).min(end - va);
             let page = a.pages.get(&(va / P * P)).ok_or(AreaAccessError::Unmapped(va))?;
-            if page.pa >= self.max_paddr {
+            if write && !page.prop.flags.contains(PageFlags::RW) {
+                return Err(AreaAccessError::NotWritable(va));
+            }
+            if !write && !page.prop.flags.contains(PageFlags::R) {
+                return Err(AreaAccessError::NotReadable(va));
+            }
+            if !self.ram.iter().any(|r| r.contains(&page.pa)) {
                 return Err(AreaAccessError::NotRam(va));
             }
             pieces.push((page.pa + va % P, n));
@@ -483,7 +508,7 @@ impl Model {
         let a = &self.areas[i];
         let at = at % (a.area.size() + 2);
         let data: Vec<u8> = (0..len).map(|k| byte.wrapping_add(k as u8)).collect();
-        let expect = self.expect_access(a, at, len);
+        let expect = self.expect_access(a, at, len, true);
         let result = a.area.write_bytes(at, &data);
         match expect {
             Err(e) => assert_eq!(result, Err(e)),
@@ -505,7 +530,7 @@ impl Model {
         let at = at % (a.area.size() + 2);
         let mut buf = vec![0xee; len];
         let result = a.area.read_bytes(at, &mut buf);
-        match self.expect_access(a, at, len) {
+        match self.expect_access(a, at, len, false) {
             Err(e) => assert_eq!(result, Err(e)),
             Ok(pieces) => {
                 assert_eq!(result, Ok(()));

@@ -139,3 +139,99 @@ fn device_regions_are_not_checked_as_ram() {
     let device = region(RAM - 0x800, RAM + 0x10, MemoryRegionKind::Device);
     assert!(space_over(&[usable(0, RAM), device]).is_ok());
 }
+
+/// Holes in RAM: a `Device` region, or addresses the map leaves out,
+/// below the end of RAM. They have frame metadata slots (the array covers
+/// every page below the end of RAM) but are not RAM: the platform promises
+/// nothing about reaching them through its physical window, so byte access
+/// through an area refuses them.
+mod holes_below_the_end_of_ram {
+    use kvirt::kspace::{AreaAccessError, KVirtArea};
+    use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
+    use kvirt::PAGE_SIZE as P;
+
+    use super::*;
+
+    /// Reserved RAM just below the hole.
+    const LOW_RAM: Paddr = 2 * MIB - 2 * P;
+    /// The device registers.
+    const DEVICE: Paddr = 2 * MIB;
+    /// Addresses the map leaves out.
+    const GAP: Paddr = 2 * MIB + 4 * P;
+    /// Reserved RAM just above the hole.
+    const HIGH_RAM: Paddr = 2 * MIB + 8 * P;
+    const END: Paddr = 2 * MIB + 10 * P;
+
+    /// A space over a 4 MiB machine whose map has a device region and a
+    /// gap in the middle of its RAM, with reserved RAM on both sides, and
+    /// an untracked area over all of `LOW_RAM..END` (pages 0-1 RAM, 2-5
+    /// device, 6-9 nothing, 10-11 RAM). The machine itself has RAM there,
+    /// so a wrong access would succeed silently.
+    fn space_with_a_hole() -> (KernelSpace, Arc<Machine>, KVirtArea) {
+        let machine = Arc::new(Machine::new(MachineConfig::new(RAM)));
+        let map = [
+            reserved(0, MIB),
+            usable(MIB, LOW_RAM),
+            reserved(LOW_RAM, DEVICE),
+            region(DEVICE, GAP, MemoryRegionKind::Device),
+            reserved(HIGH_RAM, END),
+            usable(END, RAM),
+        ];
+        // SAFETY: a new machine for this space alone; the test's clone only
+        // reads RAM that the space's area maps (reserved low and high RAM).
+        let platform = unsafe { SimPlatform::new(machine.clone()) };
+        // SAFETY: the map's RAM lies inside the machine's 4 MiB, which reads
+        // as zero.
+        let space = unsafe { KernelSpace::new(Box::new(platform), &map, true) }.expect("a usable map");
+        assert_eq!(space.max_paddr(), RAM);
+        let prop = PageProperty::new_kernel(PageFlags::RW, CachePolicy::Writeback);
+        // SAFETY: the range is reserved RAM and a hole of the map on a
+        // simulated machine, which no Rust object owns.
+        let area = unsafe { space.try_map_untracked_frames(12 * P, 0, LOW_RAM..END, prop) }
+            .expect("not allocatable");
+        (space, machine, area)
+    }
+
+    #[test]
+    fn ram_on_both_sides_of_the_hole_is_byte_accessible() {
+        let (_space, machine, area) = space_with_a_hole();
+        for (offset, pa) in [(0, LOW_RAM), (10 * P, HIGH_RAM)] {
+            let data: Vec<u8> = (0..2 * P).map(|i| (i % 251) as u8).collect();
+            area.write_bytes(offset, &data).expect("RAM");
+            let mut back = vec![0; 2 * P];
+            area.read_bytes(offset, &mut back).expect("RAM");
+            assert_eq!(back, data);
+            machine.read_phys(pa as u64, &mut back).expect("RAM");
+            assert_eq!(back, data, "written at {pa:#x}");
+        }
+    }
+
+    #[test]
+    fn a_device_region_below_the_end_of_ram_is_not_ram() {
+        let (_space, machine, area) = space_with_a_hole();
+        let at = |offset: usize| area.start() + offset;
+        let mut buf = [0u8; 8];
+        assert_eq!(area.read_bytes(3 * P + 5, &mut buf), Err(AreaAccessError::NotRam(at(3 * P + 5))));
+        assert_eq!(area.write_bytes(2 * P, &[1; 8]), Err(AreaAccessError::NotRam(at(2 * P))));
+        // From RAM into the device region: refused before anything is
+        // written.
+        assert_eq!(area.write_bytes(2 * P - 4, &[1; 8]), Err(AreaAccessError::NotRam(at(2 * P))));
+        let mut phys = vec![0xffu8; 4 * P + 4];
+        machine.read_phys((DEVICE - 4) as u64, &mut phys).expect("the machine has RAM there");
+        assert!(phys.iter().all(|&b| b == 0), "a refused write wrote something");
+    }
+
+    #[test]
+    fn addresses_missing_from_the_map_below_the_end_of_ram_are_not_ram() {
+        let (_space, machine, area) = space_with_a_hole();
+        let at = |offset: usize| area.start() + offset;
+        let mut buf = [0u8; 8];
+        assert_eq!(area.read_bytes(7 * P, &mut buf), Err(AreaAccessError::NotRam(at(7 * P))));
+        // From the gap into RAM, and from RAM across the whole hole.
+        assert_eq!(area.write_bytes(10 * P - 2, &[1; 4]), Err(AreaAccessError::NotRam(at(10 * P - 2))));
+        assert_eq!(area.write_bytes(P, &[1; 10 * P]), Err(AreaAccessError::NotRam(at(2 * P))));
+        let mut phys = vec![0xffu8; 12 * P];
+        machine.read_phys(LOW_RAM as u64, &mut phys).expect("the machine has RAM there");
+        assert!(phys.iter().all(|&b| b == 0), "a refused write wrote something");
+    }
+}

@@ -248,8 +248,10 @@ impl<M: AnyUFrameMeta + ?Sized> Frame<M> {
     pub fn read_bytes(&self, offset: usize, buf: &mut [u8]) -> Result<(), FrameAccessError> {
         check_bounds(offset, buf.len(), PAGE_SIZE)?;
         let src = self.phys().phys_ptr(self.paddr()).wrapping_add(offset);
-        // SAFETY: in bounds of the page (checked), which is RAM the handle
-        // keeps alive; untyped contents are only accessed through `bytes`.
+        // SAFETY: in bounds of the page (checked), so every aligned word
+        // the copy touches is in the page too (pages are page aligned),
+        // which is RAM the handle keeps alive; untyped contents are only
+        // accessed through `bytes` or 8-byte atomics (Platform contract 1).
         unsafe { bytes::copy_from(src, buf) };
         Ok(())
     }

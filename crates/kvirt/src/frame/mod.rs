@@ -310,8 +310,13 @@ pub(crate) struct PhysMem {
     /// physical `meta_range`, reached through `base`.
     slots: NonNull<MetaSlot>,
     meta_range: Range<Paddr>,
-    /// RAM ends here; slots exist for every page below.
+    /// RAM ends here; slots exist for every page below (holes included).
     max_paddr: Paddr,
+    /// The RAM of the memory map (its `Usable` and `Reserved` regions),
+    /// sorted, with touching regions merged: what Platform contract 1
+    /// makes reachable. Holes below `max_paddr` (`Device` regions, or
+    /// addresses the map leaves out) are not in it.
+    ram: Vec<Range<Paddr>>,
     /// Ranges the allocator may hand out, sorted (usable RAM minus the
     /// metadata array). Nothing outside them is ever allocated.
     allocatable: Vec<Range<Paddr>>,
@@ -401,6 +406,13 @@ impl PhysMem {
             return Err(PhysMemError::OverlappingRegions(w[0].clone(), w[1].clone()));
         }
         let max_paddr = ram.last().ok_or(PhysMemError::NoRam)?.range.end;
+        let mut runs: Vec<Range<Paddr>> = Vec::new();
+        for r in &ram {
+            match runs.last_mut() {
+                Some(last) if last.end == r.range.start => last.end = r.range.end,
+                _ => runs.push(r.range.clone()),
+            }
+        }
         let nr_pages = max_paddr / PAGE_SIZE;
         let meta_bytes = crate::addr::align_up(nr_pages * META_SLOT_SIZE, PAGE_SIZE);
         let meta_start = ram
@@ -443,6 +455,7 @@ impl PhysMem {
             slots,
             meta_range,
             max_paddr,
+            ram: runs,
             allocatable,
             allocator: spin::Mutex::new(allocator),
             page_cache: PageCache::new(),
@@ -468,9 +481,24 @@ impl PhysMem {
         self.allocatable.iter().any(|r| r.start < range.end && range.start < r.end)
     }
 
-    /// Whether every page of `range` is RAM (has a metadata slot).
+    /// Whether every byte of `range` (none, if it is empty) is RAM: in one
+    /// `Usable` or `Reserved` region of the memory map, or in touching ones.
+    /// A hole below `max_paddr` is not RAM, although its pages have
+    /// metadata slots. O(log n) in the regions.
     pub(crate) fn is_ram(&self, range: &Range<Paddr>) -> bool {
-        range.end <= self.max_paddr
+        if range.is_empty() {
+            return true;
+        }
+        // The last run starting at or below `range.start`: the only one that
+        // can hold it, the runs being sorted, disjoint and not touching.
+        let i = self.ram.partition_point(|r| r.start <= range.start);
+        i > 0 && range.end <= self.ram[i - 1].end
+    }
+
+    /// The RAM of the memory map (see [`Self::is_ram`]): sorted, disjoint
+    /// runs, touching regions merged.
+    pub(crate) fn ram(&self) -> &[Range<Paddr>] {
+        &self.ram
     }
 
     /// A pointer to physical address `pa` through the platform window.
@@ -478,7 +506,7 @@ impl PhysMem {
     /// The pointer is valid (Platform contract 1) when `pa` is RAM.
     #[inline]
     pub(crate) fn phys_ptr(&self, pa: Paddr) -> *mut u8 {
-        debug_assert!(pa < self.max_paddr, "physical address {pa:#x} is not RAM");
+        debug_assert!(self.is_ram(&(pa..pa + 1)), "physical address {pa:#x} is not RAM");
         self.base.as_ptr().wrapping_add(pa)
     }
 

@@ -332,9 +332,10 @@ impl<M: AnyUFrameMeta + ?Sized> Segment<M> {
     pub fn read_bytes(&self, offset: usize, buf: &mut [u8]) -> Result<(), FrameAccessError> {
         check_bounds(offset, buf.len(), self.size())?;
         let src = self.phys().phys_ptr(self.range.start).wrapping_add(offset);
-        // SAFETY: in bounds of the run (checked), which is contiguous RAM
-        // the segment keeps alive; untyped contents are only accessed
-        // through `bytes`.
+        // SAFETY: in bounds of the run (checked), so every aligned word the
+        // copy touches is in the run too (it is page aligned), which is
+        // contiguous RAM the segment keeps alive; untyped contents are only
+        // accessed through `bytes` or 8-byte atomics (Platform contract 1).
         unsafe { bytes::copy_from(src, buf) };
         Ok(())
     }

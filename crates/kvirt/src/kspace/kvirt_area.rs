@@ -52,7 +52,7 @@ use super::{KernelLayout, KernelSpace, SpaceInner, X86_64Layout};
 use crate::addr::{is_page_aligned, Paddr, Vaddr, PAGE_SIZE};
 use crate::arch::{page_size, PagingFormat};
 use crate::frame::{AnyFrameMeta, Frame, FrameRef};
-use crate::page_prop::{PageProperty, PrivilegedPageFlags};
+use crate::page_prop::{PageFlags, PageProperty, PrivilegedPageFlags};
 use crate::page_table::{largest_pages, MappedItem, MappedItemRef, PageTableAllocError, PageTableFrag};
 use crate::platform::{TlbFlushOp, TlbScope};
 
@@ -171,12 +171,22 @@ pub enum AreaAccessError {
     },
     /// Nothing is mapped at this address.
     Unmapped(Vaddr),
-    /// The page at this address is not RAM (device memory: use volatile
-    /// accesses through the virtual address instead).
+    /// The page at this address is not RAM: not in a `Usable` or
+    /// `Reserved` region of the memory map, whether above the end of RAM or
+    /// in a hole below it (device memory: use volatile accesses through the
+    /// virtual address instead).
     NotRam(Vaddr),
     /// The page at this address is a frame with typed metadata, whose
     /// contents are not plain bytes.
     TypedFrame(Vaddr),
+    /// A write reached a page at this address whose property lacks
+    /// [`PageFlags::W`] or [`PageFlags::R`] (no paging format kvirt
+    /// supports lets a page be written but not read): the MMU would refuse
+    /// it too.
+    NotWritable(Vaddr),
+    /// A read reached a page at this address whose property lacks
+    /// [`PageFlags::R`]: the MMU would refuse it too.
+    NotReadable(Vaddr),
 }
 
 impl fmt::Display for AreaAccessError {
@@ -191,6 +201,12 @@ impl fmt::Display for AreaAccessError {
             AreaAccessError::Unmapped(va) => write!(f, "nothing is mapped at {va:#x}"),
             AreaAccessError::NotRam(va) => write!(f, "the page at {va:#x} is not RAM"),
             AreaAccessError::TypedFrame(va) => write!(f, "the frame at {va:#x} has typed metadata"),
+            AreaAccessError::NotWritable(va) => {
+                write!(f, "the page at {va:#x} is mapped without write permission")
+            }
+            AreaAccessError::NotReadable(va) => {
+                write!(f, "the page at {va:#x} is mapped without read permission")
+            }
         }
     }
 }
@@ -531,7 +547,8 @@ impl<L: KernelLayout> KVirtArea<L> {
         self.space().registry.set_label(self.range.start, Some(label));
     }
 
-    /// Reads `buf.len()` bytes at `offset` into the area. On an error
+    /// Reads `buf.len()` bytes at `offset` into the area. Every page read
+    /// must be mapped with [`PageFlags::R`], as for the MMU. On an error
     /// `buf` is left as it was.
     pub fn read_bytes(&self, offset: usize, buf: &mut [u8]) -> Result<(), AreaAccessError> {
         #[cfg(feature = "check-contracts")]
@@ -542,23 +559,38 @@ impl<L: KernelLayout> KVirtArea<L> {
         result
     }
 
-    /// [`read_bytes`](Self::read_bytes) without its contract checks, which
-    /// read through it.
-    pub(crate) fn read_bytes_unchecked(&self, offset: usize, buf: &mut [u8]) -> Result<(), AreaAccessError> {
-        let pieces = self.ram_pieces(offset, buf.len())?;
+    /// [`read_bytes`](Self::read_bytes) without its contract checks.
+    fn read_bytes_unchecked(&self, offset: usize, buf: &mut [u8]) -> Result<(), AreaAccessError> {
+        self.copy_out(offset, buf, PageFlags::R)
+    }
+
+    /// Reads bytes whatever the pages' property allows, as the contract
+    /// checks inspect memory (a write-only page included).
+    #[cfg(feature = "check-contracts")]
+    pub(crate) fn inspect_bytes(&self, offset: usize, buf: &mut [u8]) -> Result<(), AreaAccessError> {
+        self.copy_out(offset, buf, PageFlags::empty())
+    }
+
+    /// Copies bytes out of pages mapped with at least `needed`.
+    fn copy_out(&self, offset: usize, buf: &mut [u8], needed: PageFlags) -> Result<(), AreaAccessError> {
+        let pieces = self.ram_pieces(offset, buf.len(), needed)?;
         let mut done = 0;
         for (ptr, len) in pieces {
             // SAFETY: `ram_pieces` checked that each piece is RAM of an
             // untyped frame or untracked memory mapped by this area, which
-            // keeps it alive while `self` is borrowed; untyped contents are
-            // only accessed atomically.
+            // keeps it alive while `self` is borrowed; a piece lies in one
+            // page, so every aligned word the copy touches is in that page
+            // too; untyped contents are only accessed through `bytes` or
+            // 8-byte atomics.
             unsafe { crate::frame::bytes::copy_from(ptr, &mut buf[done..done + len]) };
             done += len;
         }
         Ok(())
     }
 
-    /// Writes `data` at `offset` into the area. On an error no byte is
+    /// Writes `data` at `offset` into the area. Every page written must be
+    /// mapped with [`PageFlags::RW`], as for the MMU (a page without `R` is
+    /// not present on x86-64). On an error no byte is
     /// written.
     pub fn write_bytes(&self, offset: usize, data: &[u8]) -> Result<(), AreaAccessError> {
         #[cfg(feature = "check-contracts")]
@@ -570,7 +602,7 @@ impl<L: KernelLayout> KVirtArea<L> {
     }
 
     fn write_bytes_unchecked(&self, offset: usize, data: &[u8]) -> Result<(), AreaAccessError> {
-        let pieces = self.ram_pieces(offset, data.len())?;
+        let pieces = self.ram_pieces(offset, data.len(), PageFlags::RW)?;
         let mut done = 0;
         for (ptr, len) in pieces {
             // SAFETY: as in `read_bytes`.
@@ -581,8 +613,16 @@ impl<L: KernelLayout> KVirtArea<L> {
     }
 
     /// Translates `offset..offset + len` into RAM pieces, checking every
-    /// page before any byte is touched.
-    fn ram_pieces(&self, offset: usize, len: usize) -> Result<Vec<(*mut u8, usize)>, AreaAccessError> {
+    /// page before any byte is touched: mapped, with a property that has
+    /// `needed` (`R` to read, `RW` to write), an untyped frame or untracked
+    /// memory, and RAM. The first failing check of the first failing page
+    /// is the error.
+    fn ram_pieces(
+        &self,
+        offset: usize,
+        len: usize,
+        needed: PageFlags,
+    ) -> Result<Vec<(*mut u8, usize)>, AreaAccessError> {
         let size = self.size();
         if offset.checked_add(len).is_none_or(|end| end > size) {
             return Err(AreaAccessError::OutOfBounds { offset, len, size });
@@ -592,15 +632,22 @@ impl<L: KernelLayout> KVirtArea<L> {
         let phys = &self.space().phys;
         while va < end {
             let in_page = (PAGE_SIZE - va % PAGE_SIZE).min(end - va);
-            let pa = match self.query_unchecked(va) {
-                None => return Err(AreaAccessError::Unmapped(va)),
-                Some(MappedItemRef::Tracked(frame, _)) => {
+            let item = self.query_unchecked(va).ok_or(AreaAccessError::Unmapped(va))?;
+            if !item.prop().flags.contains(needed) {
+                return Err(if needed.contains(PageFlags::W) {
+                    AreaAccessError::NotWritable(va)
+                } else {
+                    AreaAccessError::NotReadable(va)
+                });
+            }
+            let pa = match item {
+                MappedItemRef::Tracked(frame, _) => {
                     if frame.meta().as_untyped().is_none() {
                         return Err(AreaAccessError::TypedFrame(va));
                     }
                     frame.paddr() + va % PAGE_SIZE
                 }
-                Some(MappedItemRef::Untracked(pa, level, _)) => {
+                MappedItemRef::Untracked(pa, level, _) => {
                     let size = crate::arch::page_size::<L::Format>(level);
                     pa + va % size
                 }

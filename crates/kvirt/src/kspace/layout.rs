@@ -28,6 +28,7 @@
 use core::fmt;
 use core::ops::Range;
 
+use super::KernelSpaceError;
 use crate::addr::{Paddr, Vaddr};
 use crate::arch::tiny::Tiny;
 use crate::arch::x86_64::X86_64;
@@ -37,9 +38,15 @@ use crate::arch::PagingFormat;
 /// paging format of its page table.
 ///
 /// Every range is page aligned and lies in the kernel (upper) half of the
-/// format's address space; `VMALLOC_VADDR_RANGE`, the optional mappings and
-/// `KERNEL_CODE_VADDR_RANGE` lie in `KERNEL_VADDR_RANGE` and do not overlap.
-/// [`KernelSpace`](super::KernelSpace) checks this when it is created.
+/// format's address space; `VMALLOC_VADDR_RANGE` (not empty), the optional
+/// mappings and `KERNEL_CODE_VADDR_RANGE` lie in `KERNEL_VADDR_RANGE` and do
+/// not overlap; the linear mapping holds all RAM and the metadata range the
+/// whole frame metadata array ([`META_SLOT_SIZE`](crate::frame::META_SLOT_SIZE)
+/// bytes per page below the end of RAM, rounded up to a page).
+/// [`KernelSpace`](super::KernelSpace) checks this when it is created,
+/// before it builds anything, and refuses a layout that breaks a rule with a
+/// [`LayoutError`] (or
+/// [`RamBeyondLinearMapping`](super::KernelSpaceError::RamBeyondLinearMapping)).
 pub trait KernelLayout: Copy + fmt::Debug + Send + Sync + 'static {
     /// The paging format of the kernel page table.
     type Format: PagingFormat;
@@ -125,12 +132,96 @@ pub const fn paddr_to_vaddr(pa: Paddr) -> Vaddr {
     LINEAR_MAPPING_BASE_VADDR + pa
 }
 
-/// Checks what [`KernelLayout`] promises.
+/// One of the address ranges a [`KernelLayout`] names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayoutRange {
+    /// `KERNEL_VADDR_RANGE`.
+    Kernel,
+    /// `VMALLOC_VADDR_RANGE`.
+    Vmalloc,
+    /// `LINEAR_MAPPING_VADDR_RANGE`.
+    LinearMapping,
+    /// `FRAME_METADATA_VADDR_RANGE`.
+    FrameMetadata,
+    /// `KERNEL_CODE_VADDR_RANGE`.
+    KernelCode,
+}
+
+impl fmt::Display for LayoutRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LayoutRange::Kernel => "KERNEL_VADDR_RANGE",
+            LayoutRange::Vmalloc => "VMALLOC_VADDR_RANGE",
+            LayoutRange::LinearMapping => "LINEAR_MAPPING_VADDR_RANGE",
+            LayoutRange::FrameMetadata => "FRAME_METADATA_VADDR_RANGE",
+            LayoutRange::KernelCode => "KERNEL_CODE_VADDR_RANGE",
+        })
+    }
+}
+
+/// A rule of [`KernelLayout`] that a layout breaks, found when a
+/// [`KernelSpace`](super::KernelSpace) is created with it (inside
+/// [`KernelSpaceError::Layout`](super::KernelSpaceError::Layout)), before
+/// anything of the space is built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LayoutError {
+    /// `KERNEL_VADDR_RANGE` is empty, not page aligned, or not inside the
+    /// kernel half of the paging format's address space.
+    KernelRangeOutsideKernelHalf(Range<Vaddr>),
+    /// A range is reversed, not page aligned, or not inside
+    /// `KERNEL_VADDR_RANGE`.
+    OutsideKernelSpace(LayoutRange, Range<Vaddr>),
+    /// `VMALLOC_VADDR_RANGE` is empty.
+    EmptyVmalloc,
+    /// Two non-empty ranges overlap (the pair lowest in address order).
+    Overlapping {
+        /// The range that starts first.
+        first: (LayoutRange, Range<Vaddr>),
+        /// The range that starts inside it.
+        second: (LayoutRange, Range<Vaddr>),
+    },
+    /// The frame metadata array of the machine's RAM is larger than
+    /// `FRAME_METADATA_VADDR_RANGE`: mapping it there would run past the
+    /// range.
+    MetadataBeyondRange {
+        /// The bytes of the metadata array.
+        needed: usize,
+        /// The bytes of the range.
+        available: usize,
+    },
+}
+
+impl fmt::Display for LayoutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LayoutError::KernelRangeOutsideKernelHalf(r) => write!(
+                f,
+                "KERNEL_VADDR_RANGE {r:#x?} is not a non-empty, page-aligned part of the format's kernel half"
+            ),
+            LayoutError::OutsideKernelSpace(name, r) => {
+                write!(f, "{name} {r:#x?} is not a page-aligned part of kernel space")
+            }
+            LayoutError::EmptyVmalloc => f.write_str("VMALLOC_VADDR_RANGE is empty"),
+            LayoutError::Overlapping { first: (a, ra), second: (b, rb) } => {
+                write!(f, "{a} {ra:#x?} and {b} {rb:#x?} overlap")
+            }
+            LayoutError::MetadataBeyondRange { needed, available } => write!(
+                f,
+                "the frame metadata array needs {needed:#x} bytes, FRAME_METADATA_VADDR_RANGE has {available:#x}"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for LayoutError {}
+
+/// Checks what [`KernelLayout`] promises of `L` alone, before anything of
+/// a space is built.
 ///
-/// # Panics
+/// # Errors
 ///
-/// Panics, naming the broken rule, if `L` breaks one.
-pub(super) fn check<L: KernelLayout>() {
+/// The first broken rule, in the order of [`LayoutError`]'s variants.
+pub(super) fn check<L: KernelLayout>() -> Result<(), LayoutError> {
     use crate::addr::is_page_aligned;
     use crate::page_table::{vaddr_bounds, KernelPtConfig};
 
@@ -138,23 +229,52 @@ pub(super) fn check<L: KernelLayout>() {
     let kernel = L::KERNEL_VADDR_RANGE;
     let inside = |r: &Range<Vaddr>| kernel.start <= r.start && r.start <= r.end && r.end <= kernel.end;
     let aligned = |r: &Range<Vaddr>| is_page_aligned(r.start) && is_page_aligned(r.end);
-    assert!(
-        first <= kernel.start && kernel.start < kernel.end && kernel.end - 1 <= last && aligned(&kernel),
-        "KernelLayout: KERNEL_VADDR_RANGE must be a page-aligned part of the format's kernel half"
-    );
-    let mut parts = [
-        Some(L::VMALLOC_VADDR_RANGE),
-        L::LINEAR_MAPPING_VADDR_RANGE,
-        L::FRAME_METADATA_VADDR_RANGE,
-        Some(L::KERNEL_CODE_VADDR_RANGE),
+    if !(first <= kernel.start && kernel.start < kernel.end && kernel.end - 1 <= last && aligned(&kernel)) {
+        return Err(LayoutError::KernelRangeOutsideKernelHalf(kernel));
+    }
+    let parts = [
+        Some((LayoutRange::Vmalloc, L::VMALLOC_VADDR_RANGE)),
+        L::LINEAR_MAPPING_VADDR_RANGE.map(|r| (LayoutRange::LinearMapping, r)),
+        L::FRAME_METADATA_VADDR_RANGE.map(|r| (LayoutRange::FrameMetadata, r)),
+        Some((LayoutRange::KernelCode, L::KERNEL_CODE_VADDR_RANGE)),
     ];
-    for r in parts.iter().flatten() {
-        assert!(inside(r) && aligned(r), "KernelLayout: {r:#x?} must be a page-aligned part of kernel space");
+    let mut parts: alloc::vec::Vec<(LayoutRange, Range<Vaddr>)> = parts.into_iter().flatten().collect();
+    if let Some((name, r)) = parts.iter().find(|(_, r)| !(inside(r) && aligned(r))) {
+        return Err(LayoutError::OutsideKernelSpace(*name, r.clone()));
     }
-    parts.sort_by_key(|r| r.as_ref().map(|r| r.start));
-    let parts: alloc::vec::Vec<_> = parts.into_iter().flatten().collect();
-    for pair in parts.windows(2) {
-        assert!(pair[0].end <= pair[1].start, "KernelLayout: {:#x?} and {:#x?} overlap", pair[0], pair[1]);
+    if L::VMALLOC_VADDR_RANGE.is_empty() {
+        return Err(LayoutError::EmptyVmalloc);
     }
-    assert!(!L::VMALLOC_VADDR_RANGE.is_empty(), "KernelLayout: VMALLOC_VADDR_RANGE is empty");
+    // An empty range holds nothing, so it overlaps nothing. Sorted by
+    // start, ranges overlap somewhere exactly when two neighbours do.
+    parts.retain(|(_, r)| !r.is_empty());
+    parts.sort_by_key(|(_, r)| r.start);
+    if let Some(pair) = parts.windows(2).find(|pair| pair[0].1.end > pair[1].1.start) {
+        return Err(LayoutError::Overlapping { first: pair[0].clone(), second: pair[1].clone() });
+    }
+    Ok(())
+}
+
+/// Checks that what a space maps at `L`'s optional ranges fits in them,
+/// before anything is mapped: RAM ending at `ram_end` in the linear
+/// mapping, and a metadata array of `meta_bytes` in its range.
+///
+/// # Errors
+///
+/// [`KernelSpaceError::RamBeyondLinearMapping`] or
+/// [`LayoutError::MetadataBeyondRange`] (inside
+/// [`KernelSpaceError::Layout`]).
+pub(super) fn check_fits<L: KernelLayout>(ram_end: Paddr, meta_bytes: usize) -> Result<(), KernelSpaceError> {
+    if let Some(linear) = L::LINEAR_MAPPING_VADDR_RANGE {
+        if ram_end > linear.len() {
+            return Err(KernelSpaceError::RamBeyondLinearMapping(ram_end));
+        }
+    }
+    if let Some(meta) = L::FRAME_METADATA_VADDR_RANGE {
+        if meta_bytes > meta.len() {
+            let error = LayoutError::MetadataBeyondRange { needed: meta_bytes, available: meta.len() };
+            return Err(KernelSpaceError::Layout(error));
+        }
+    }
+    Ok(())
 }

@@ -42,9 +42,9 @@ use core::ptr::NonNull;
 
 pub use kvirt_area::{AreaAccessError, KVirtArea, KVirtAreaError, SplitError};
 pub use layout::{
-    paddr_to_vaddr, KernelLayout, TinyLayout, X86_64Layout, FRAME_METADATA_VADDR_RANGE, KERNEL_BASE_VADDR,
-    KERNEL_CODE_BASE_VADDR, KERNEL_END_VADDR, LINEAR_MAPPING_BASE_VADDR, LINEAR_MAPPING_VADDR_RANGE,
-    VMALLOC_VADDR_RANGE,
+    paddr_to_vaddr, KernelLayout, LayoutError, LayoutRange, TinyLayout, X86_64Layout,
+    FRAME_METADATA_VADDR_RANGE, KERNEL_BASE_VADDR, KERNEL_CODE_BASE_VADDR, KERNEL_END_VADDR,
+    LINEAR_MAPPING_BASE_VADDR, LINEAR_MAPPING_VADDR_RANGE, VMALLOC_VADDR_RANGE,
 };
 pub use range_alloc::RangeAllocError;
 pub use registry::{AreaInfo, AreaKind};
@@ -61,7 +61,7 @@ use crate::page_prop::{CachePolicy, PageFlags, PageProperty, PrivilegedPageFlags
 use crate::page_table::{
     largest_pages, Cursor, KernelPtConfig, MapErrorKind, MappedItem as Item, PageTable, RangeError,
 };
-use crate::platform::{MemoryRegion, MemoryRegionKind, Platform, TlbFlushOp, TlbScope};
+use crate::platform::{MemoryRegion, Platform, TlbFlushOp, TlbScope};
 
 /// Why a kernel space could not be created.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,6 +72,8 @@ pub enum KernelSpaceError {
     OutOfMemory,
     /// RAM reaches `.0`, past what the layout's linear mapping can hold.
     RamBeyondLinearMapping(Paddr),
+    /// The layout breaks a rule of [`KernelLayout`].
+    Layout(LayoutError),
 }
 
 impl fmt::Display for KernelSpaceError {
@@ -82,6 +84,7 @@ impl fmt::Display for KernelSpaceError {
             KernelSpaceError::RamBeyondLinearMapping(end) => {
                 write!(f, "RAM reaches {end:#x}, past what the linear mapping can hold")
             }
+            KernelSpaceError::Layout(e) => write!(f, "bad kernel layout: {e}"),
         }
     }
 }
@@ -89,6 +92,12 @@ impl fmt::Display for KernelSpaceError {
 impl From<PhysMemError> for KernelSpaceError {
     fn from(e: PhysMemError) -> Self {
         KernelSpaceError::PhysMem(e)
+    }
+}
+
+impl From<LayoutError> for KernelSpaceError {
+    fn from(e: LayoutError) -> Self {
+        KernelSpaceError::Layout(e)
     }
 }
 
@@ -331,12 +340,16 @@ impl<L: KernelLayout> KernelSpace<L> {
         memory_map: &[MemoryRegion],
         ram_is_zeroed: bool,
     ) -> Result<Self, KernelSpaceError> {
-        layout::check::<L>();
+        // Every check runs before anything is built: a rejected layout
+        // leaves no page-table node behind (`PhysMem` only holds host
+        // memory, freed with it, and the platform, dropped with it).
+        layout::check::<L>()?;
         let phys = PhysBox::new(PhysMem::new(platform, memory_map, ram_is_zeroed)?);
+        layout::check_fits::<L>(phys.max_paddr(), phys.meta_range().len())?;
         let mut kernel_pt = PageTable::<KernelPtConfig<L::Format>>::empty(&phys)
             .map_err(|_| KernelSpaceError::OutOfMemory)?;
         kernel_pt.set_lazy_reclaim(true);
-        map_linear_and_metadata::<L>(&kernel_pt, &phys, memory_map)?;
+        map_linear_and_metadata::<L>(&kernel_pt, &phys)?;
         let baseline_used_pages = phys.stats().used_pages;
         let mut memory_map = memory_map.to_vec();
         memory_map.sort_by_key(|r| r.range.start);
@@ -654,7 +667,6 @@ impl<L: KernelLayout> KernelSpace<L> {
 fn map_linear_and_metadata<L: KernelLayout>(
     pt: &PageTable<KernelPtConfig<L::Format>>,
     phys: &PhysMem,
-    memory_map: &[MemoryRegion],
 ) -> Result<(), KernelSpaceError> {
     let prop = PageProperty::new_kernel(PageFlags::RW, CachePolicy::Writeback);
     let map = |va: Vaddr, pa: Range<Paddr>| -> Result<(), KernelSpaceError> {
@@ -665,30 +677,18 @@ fn map_linear_and_metadata<L: KernelLayout>(
         Ok(())
     };
     if let Some(linear) = L::LINEAR_MAPPING_VADDR_RANGE {
-        // Merge touching RAM regions so that the linear mapping uses the
-        // largest pages the whole run allows.
-        let mut ram: Vec<Range<Paddr>> = memory_map
-            .iter()
-            .filter(|r| r.kind != MemoryRegionKind::Device)
-            .map(|r| r.range.clone())
-            .collect();
-        ram.sort_by_key(|r| r.start);
-        let mut merged: Vec<Range<Paddr>> = Vec::new();
-        for r in ram {
-            match merged.last_mut() {
-                Some(last) if last.end == r.start => last.end = r.end,
-                _ => merged.push(r),
-            }
-        }
-        for run in merged {
-            if run.end > linear.len() {
-                return Err(KernelSpaceError::RamBeyondLinearMapping(run.end));
-            }
-            map(linear.start + run.start, run)?;
+        // Touching RAM regions come merged, so that the linear mapping uses
+        // the largest pages the whole run allows.
+        for run in phys.ram() {
+            debug_assert!(run.end <= linear.len(), "checked by `layout::check_fits`");
+            map(linear.start + run.start, run.clone())?;
         }
     }
     match L::FRAME_METADATA_VADDR_RANGE {
-        Some(range) => map(range.start, phys.meta_range()),
+        Some(range) => {
+            debug_assert!(phys.meta_range().len() <= range.len(), "checked by `layout::check_fits`");
+            map(range.start, phys.meta_range())
+        }
         None => Ok(()),
     }
 }

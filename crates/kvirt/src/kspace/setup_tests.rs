@@ -11,6 +11,7 @@ use crate::addr::PagingLevel;
 use crate::arch::x86_64::X86_64;
 use crate::page_table::largest_pages;
 use crate::platform::hosted::{memory_map_of, SimPlatform};
+use crate::platform::MemoryRegionKind;
 use crate::spec::kernel_view;
 
 const K4: usize = 4 << 10;

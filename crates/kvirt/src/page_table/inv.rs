@@ -2,7 +2,7 @@
 
 use super::node::NodeRef;
 use super::{PageTable, PageTableConfig, PtNodeMeta};
-use crate::addr::{is_aligned, PagingLevel};
+use crate::addr::{is_aligned, PagingLevel, PAGE_SIZE};
 use crate::arch::{page_size, PagingFormat, PteKind};
 use crate::frame::REF_COUNT_MAX;
 
@@ -85,7 +85,7 @@ impl<C: PageTableConfig> PageTable<C> {
             return Err("a node's child count differs from its non-absent entries");
         }
         for child in children {
-            if child >= phys.max_paddr() {
+            if !phys.is_ram(&(child..child + PAGE_SIZE)) {
                 return Err("a table entry points outside RAM");
             }
             // SAFETY: the child was reachable a moment ago; the check runs at

@@ -19,12 +19,12 @@ use core::ops::Range;
 use super::{
     kernel_view, mapping_at, query_none_ensures, query_some_condition, query_some_ensures, Inv, PageTableView,
 };
-use crate::addr::{align_down, Paddr, Vaddr, PAGE_SIZE};
+use crate::addr::{align_down, align_up, Paddr, Vaddr, PAGE_SIZE};
 use crate::kspace::{
     AreaAccessError, AreaInfo, AreaKind, KVirtArea, KVirtAreaError, KernelLayout, KernelSpace,
     RangeAllocError, SplitError,
 };
-use crate::page_prop::PageProperty;
+use crate::page_prop::{PageFlags, PageProperty};
 use crate::page_table::{largest_pages, MappedItemRef};
 
 /// `query`'s requires: `self.inv()` (`start <= addr < end` is a documented
@@ -271,13 +271,18 @@ fn out_of_bounds<L: KernelLayout>(area: &KVirtArea<L>, offset: usize, len: usize
 
 /// Checks the error (or success) of a byte access against the bounds and
 /// the page table: out of bounds exactly when `offset + len > size()`; an
-/// address named by another error lies in the accessed range, and is
-/// unmapped for `Unmapped`, mapped for `NotRam` and `TypedFrame`.
+/// address named by another error lies in the accessed range, every page
+/// of the range before it is mapped with the `needed` rights (`R` to read,
+/// `RW` to write), and it is unmapped for `Unmapped`, mapped for `NotRam`
+/// and `TypedFrame`, mapped without a needed right for `NotWritable` (a
+/// write) and `NotReadable` (a read); a success had every page of the
+/// range mapped with the needed rights.
 fn access_result_ensures<L: KernelLayout>(
     op: &str,
     area: &KVirtArea<L>,
     offset: usize,
     len: usize,
+    needed: PageFlags,
     result: &Result<(), AreaAccessError>,
 ) {
     match (out_of_bounds(area, offset, len), result) {
@@ -291,21 +296,55 @@ fn access_result_ensures<L: KernelLayout>(
         }
         (None, _) => {}
     }
-    let (va, must_be_mapped) = match *result {
-        Ok(()) | Err(AreaAccessError::OutOfBounds { .. }) => return,
-        Err(AreaAccessError::Unmapped(va)) => (va, false),
-        Err(AreaAccessError::NotRam(va) | AreaAccessError::TypedFrame(va)) => (va, true),
-    };
     let accessed = area.start() + offset..area.start() + offset + len;
-    assert!(accessed.contains(&va), "contract violated: {op} named {va:#x}, outside the accessed range");
+    let (va, must_be_mapped) = match *result {
+        Err(AreaAccessError::OutOfBounds { .. }) => return,
+        Ok(()) => (accessed.end, true),
+        Err(AreaAccessError::Unmapped(va)) => (va, false),
+        Err(
+            AreaAccessError::NotRam(va)
+            | AreaAccessError::TypedFrame(va)
+            | AreaAccessError::NotWritable(va)
+            | AreaAccessError::NotReadable(va),
+        ) => (va, true),
+    };
+    if result.is_err() {
+        assert!(accessed.contains(&va), "contract violated: {op} named {va:#x}, outside the accessed range");
+    }
+    // Every page before `va` (all of them, on a success) allows the access.
+    let pages_end =
+        if result.is_ok() { align_up(accessed.end, PAGE_SIZE) } else { align_down(va, PAGE_SIZE) };
+    let pages = align_down(accessed.start, PAGE_SIZE)..pages_end;
+    if !accessed.is_empty() && !pages.is_empty() {
+        let view = area.with_kernel_space(|space| kernel_view(space, &pages));
+        for page in pages.clone().step_by(PAGE_SIZE) {
+            assert!(
+                mapping_at(&view, page).is_some_and(|m| m.prop.flags.contains(needed)),
+                "contract violated: {op} gave {result:?}, but the page at {page:#x} does not allow it"
+            );
+        }
+    }
+    if result.is_ok() {
+        return;
+    }
     let page = align_down(va, PAGE_SIZE);
     let view = area.with_kernel_space(|space| kernel_view(space, &(page..page + PAGE_SIZE)));
+    let mapping = mapping_at(&view, va);
     assert_eq!(
-        mapping_at(&view, va).is_some(),
+        mapping.is_some(),
         must_be_mapped,
         "contract violated: {op} gave {result:?} for a page that is {}",
         if must_be_mapped { "unmapped" } else { "mapped" }
     );
+    let flags = mapping.map_or(PageFlags::empty(), |m| m.prop.flags);
+    let missing = needed - flags;
+    let rights_ok = match *result {
+        Err(AreaAccessError::NotWritable(_)) => needed.contains(PageFlags::W) && !missing.is_empty(),
+        Err(AreaAccessError::NotReadable(_)) => !needed.contains(PageFlags::W) && !missing.is_empty(),
+        Err(AreaAccessError::Unmapped(_)) => true,
+        _ => missing.is_empty(),
+    };
+    assert!(rights_ok, "contract violated: {op} gave {result:?} for a page mapped with {flags:?}");
 }
 
 /// `read_bytes`'s ensures: its error is right, and on an error `buf` is
@@ -317,14 +356,15 @@ pub(crate) fn read_bytes_ensures<L: KernelLayout>(
     buf: &[u8],
     result: &Result<(), AreaAccessError>,
 ) {
-    access_result_ensures("read_bytes", area, offset, buf.len(), result);
+    access_result_ensures("read_bytes", area, offset, buf.len(), PageFlags::R, result);
     if result.is_err() {
         assert!(buf == before, "contract violated: a failed read_bytes changed the buffer");
     }
 }
 
-/// The readable bytes of the part of `offset..offset + len` inside the
-/// area, page by page (`None` for a page that cannot be read).
+/// The bytes of the part of `offset..offset + len` inside the area, page by
+/// page, whatever the property allows (`None` for a page that is not the
+/// RAM of an untyped frame or untracked memory).
 pub(crate) type BytesBefore = Vec<Option<Vec<u8>>>;
 
 /// Snapshots what `write_bytes` may change, for its ensures.
@@ -340,7 +380,7 @@ pub(crate) fn write_bytes_requires<L: KernelLayout>(
         let va = area.start() + at;
         let piece = (PAGE_SIZE - va % PAGE_SIZE).min(end - at);
         let mut bytes = vec![0; piece];
-        pieces.push(area.read_bytes_unchecked(at, &mut bytes).ok().map(|()| bytes));
+        pieces.push(area.inspect_bytes(at, &mut bytes).ok().map(|()| bytes));
         at += piece;
     }
     pieces
@@ -355,11 +395,11 @@ pub(crate) fn write_bytes_ensures<L: KernelLayout>(
     before: &BytesBefore,
     result: &Result<(), AreaAccessError>,
 ) {
-    access_result_ensures("write_bytes", area, offset, data.len(), result);
+    access_result_ensures("write_bytes", area, offset, data.len(), PageFlags::RW, result);
     if result.is_ok() {
         let mut back = vec![0; data.len()];
         assert!(
-            area.read_bytes_unchecked(offset, &mut back).is_ok() && back == data,
+            area.inspect_bytes(offset, &mut back).is_ok() && back == data,
             "contract violated: what write_bytes wrote does not read back"
         );
     } else {
@@ -494,6 +534,45 @@ mod tests {
         assert!(message.contains("changed the buffer"), "{message}");
         let message = violation(|| read_bytes_ensures(&area, 2 * PAGE_SIZE, &[0], &[0], &Ok(())));
         assert!(message.contains("succeeded out of bounds"), "{message}");
+    }
+
+    #[test]
+    fn byte_access_ensures_fire_on_results_the_property_contradicts() {
+        let space = space();
+        let frames = FrameAllocOptions::new_in(&space).alloc_segment(2).unwrap();
+        let read_only = PageProperty::new_kernel(PageFlags::R, CachePolicy::Writeback);
+        let ro = space.try_map_frames(2 * PAGE_SIZE, 0, frames.clone(), read_only).unwrap();
+        let rw = space.try_map_frames(2 * PAGE_SIZE, 0, frames, rw()).unwrap();
+        // A write that succeeds on a read-only page.
+        let before = write_bytes_requires(&ro, 0, 4);
+        let message = violation(|| write_bytes_ensures(&ro, 0, &[0; 4], &before, &Ok(())));
+        assert!(message.contains("does not allow it"), "{message}");
+        // A refusal for lack of a right the page has.
+        let before = write_bytes_requires(&rw, PAGE_SIZE, 4);
+        let refused = Err(AreaAccessError::NotWritable(rw.start() + PAGE_SIZE));
+        let message = violation(|| write_bytes_ensures(&rw, PAGE_SIZE, &[0; 4], &before, &refused));
+        assert!(message.contains("for a page mapped with"), "{message}");
+        let refused = Err(AreaAccessError::NotReadable(ro.start()));
+        let message = violation(|| read_bytes_ensures(&ro, 0, &[0], &[0], &refused));
+        assert!(message.contains("for a page mapped with"), "{message}");
+        // A refusal on the second page although the first one forbids the
+        // access already.
+        let late = Err(AreaAccessError::Unmapped(ro.start() + 2 * PAGE_SIZE));
+        let before = write_bytes_requires(&ro, PAGE_SIZE - 2, 4);
+        let message = violation(|| write_bytes_ensures(&ro, PAGE_SIZE - 2, &[0; 4], &before, &late));
+        assert!(message.contains("outside the accessed range"), "{message}");
+        let second = Err(AreaAccessError::NotWritable(ro.start() + PAGE_SIZE));
+        let message = violation(|| write_bytes_ensures(&ro, PAGE_SIZE - 2, &[0; 4], &before, &second));
+        assert!(message.contains("does not allow it"), "{message}");
+        // The right answers pass.
+        write_bytes_ensures(
+            &ro,
+            PAGE_SIZE - 2,
+            &[0; 4],
+            &before,
+            &Err(AreaAccessError::NotWritable(ro.start() + PAGE_SIZE - 2)),
+        );
+        read_bytes_ensures(&ro, PAGE_SIZE - 2, &[0; 4], &[0; 4], &Ok(()));
     }
 
     #[test]
