@@ -21,9 +21,9 @@
 //! ## Decisions where the specification is silent
 //!
 //! * **Addresses are `usize` aliases** ([`Paddr`], [`Vaddr`]), as in the
-//!   seed's signatures (`Range<Vaddr>` must have `len()`); page sizes are a
+//!   specification's signatures (`Range<Vaddr>` must have `len()`); page sizes are a
 //!   type ([`PageSize`]) and alignment has checked helpers.
-//! * **Kernel spaces are values.** The seed's calls use the process-wide
+//! * **Kernel spaces are values.** The specification's calls use the process-wide
 //!   default ([`kspace::KernelSpace::global`]); every other call has a form
 //!   on an explicit space, so tests run many isolated machines in parallel.
 //!   An area holds a counted handle to its space, so a space lives until

@@ -1,4 +1,4 @@
-//! KVirtArea: the reference's behaviours, the cases where DESIGN.md section 4
+//! KVirtArea: the reference's behaviours, the cases where docs/DESIGN.md section 4
 //! asks for better, and what the simulated machine sees, on the default space
 //! and on isolated spaces.
 //!
@@ -175,7 +175,7 @@ mod reference {
     }
 }
 
-/// DESIGN.md section 4: every invalid call is rejected before anything is
+/// docs/DESIGN.md section 4: every invalid call is rejected before anything is
 /// allocated, with the error naming the broken precondition, and the
 /// executable spec's panic conditions say so too.
 mod rejected {
@@ -677,7 +677,7 @@ mod untracked {
     }
 }
 
-/// DESIGN.md section 4: at least one unmapped page between neighbours.
+/// docs/DESIGN.md section 4: at least one unmapped page between neighbours.
 mod guard {
     use super::*;
 
@@ -994,12 +994,12 @@ mod vmalloc {
     }
 }
 
-/// `query`: strict bounds, exact properties, the seed's postconditions.
+/// `query`: strict bounds, exact properties, the specification's postconditions.
 mod query {
     use super::*;
 
     #[test]
-    fn seed_predicates_reject_wrong_answers() {
+    fn spec_predicates_reject_wrong_answers() {
         let space = small_space();
         let dev = device_window(&space).start;
         let area = untracked(&space, 2 * SIZE_2M, 0, dev..dev + SIZE_2M, prop()).unwrap();
@@ -1100,7 +1100,7 @@ mod query {
     }
 
     #[test]
-    fn query_satisfies_the_seed_postconditions_on_every_page() {
+    fn query_satisfies_the_spec_postconditions_on_every_page() {
         let space = small_space();
         let frames = FrameAllocOptions::new_in(&space).alloc_segment(3).unwrap();
         let dev = device_window(&space).start;
@@ -1744,7 +1744,7 @@ mod mmu {
         }
     }
 
-    /// DESIGN.md section 4: `Drop` issues the TLB invalidation of the range
+    /// docs/DESIGN.md section 4: `Drop` issues the TLB invalidation of the range
     /// before the frame is released and before the range goes back to
     /// VMALLOC.
     #[test]
@@ -1803,7 +1803,7 @@ mod mmu {
     }
 }
 
-/// DESIGN.md section 4: page-table nodes and frames come back.
+/// docs/DESIGN.md section 4: page-table nodes and frames come back.
 mod leaks {
     use super::*;
 

@@ -5,7 +5,7 @@
 //! frames, [`KVirtArea::map_untracked_frames`] for raw physical memory such
 //! as device registers) and unmapped when dropped.
 //!
-//! ## Contract (the seed's, plus DESIGN.md section 4)
+//! ## Contract (the specification's, plus docs/DESIGN.md section 4)
 //!
 //! Every check happens before anything is allocated, so a rejected call
 //! leaves the frame allocator, the page table and VMALLOC exactly as they

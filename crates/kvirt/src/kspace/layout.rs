@@ -50,7 +50,7 @@ use crate::arch::PagingFormat;
 pub trait KernelLayout: Copy + fmt::Debug + Send + Sync + 'static {
     /// The paging format of the kernel page table.
     type Format: PagingFormat;
-    /// Kernel space: every address a `KVirtArea` may have (the seed's
+    /// Kernel space: every address a `KVirtArea` may have (the specification's
     /// `KERNEL_BASE_VADDR..KERNEL_END_VADDR`).
     const KERNEL_VADDR_RANGE: Range<Vaddr>;
     /// Where kernel virtual areas are carved from.
@@ -65,7 +65,7 @@ pub trait KernelLayout: Copy + fmt::Debug + Send + Sync + 'static {
 }
 
 /// The x86-64 4-level layout drawn above: the default of every generic type
-/// in kvirt, and the one the seed's API (`KVirtArea::map_frames`) uses.
+/// in kvirt, and the one the specification's API (`KVirtArea::map_frames`) uses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct X86_64Layout;
 

@@ -2,8 +2,9 @@
 //!
 //! A [`KernelSpace`] bundles everything a kernel's virtual memory needs:
 //! the platform, the frame metadata and allocator, the kernel page table
-//! and the VMALLOC range allocator. The seed API (`KVirtArea::map_frames`,
-//! `FrameAllocOptions::new()`) works on the process-wide default space,
+//! and the VMALLOC range allocator. The calls without a space argument
+//! (`KVirtArea::map_frames`, `FrameAllocOptions::new()`) work on the
+//! process-wide default space,
 //! [`KernelSpace::global`]; tests and benchmarks create as many independent
 //! spaces as they like, each with its own simulated machine.
 //!

@@ -17,7 +17,7 @@ pub trait Inv {
 }
 
 impl<L: KernelLayout> Inv for KVirtArea<L> {
-    /// The seed's `KERNEL_BASE_VADDR <= start && end <= KERNEL_END_VADDR`
+    /// The specification's `KERNEL_BASE_VADDR <= start && end <= KERNEL_END_VADDR`
     /// (the layout's kernel space),
     /// strengthened: a non-empty, page-aligned range inside VMALLOC, with
     /// its mapped part inside it; registered, allocated in VMALLOC, and with

@@ -1,6 +1,7 @@
 //! The executable specification.
 //!
-//! The seed API is specified in Verus against abstract views of the page
+//! kvirt's API follows `KVirtArea` of Asterinas OSTD, which OSTD's formally
+//! verified port specifies in Verus against abstract views of the page
 //! table, the frames and the areas. This module makes those views and
 //! predicates plain Rust, so tests (and, with the `check-contracts`
 //! feature, `query`, the constructors, `split`, the byte accessors and
@@ -11,7 +12,7 @@
 //! * **invariants**: [`Inv::inv`] for [`KVirtArea`] and [`KernelSpace`]
 //!   (which covers its page table, frame metadata, allocator, VMALLOC and
 //!   registry);
-//! * **the seed's predicates**: [`query_some_condition`],
+//! * **the specification's predicates**: [`query_some_condition`],
 //!   [`query_some_ensures`], [`query_none_ensures`], and the requires and
 //!   panic conditions of `map_frames` and `map_untracked_frames`
 //!   ([`map_frames_panic_condition`], [`map_frames_foreign_frame_condition`],
@@ -99,14 +100,14 @@ pub fn mapping_at(view: &PageTableView, addr: Vaddr) -> Option<&Mapping> {
     view.range(..=addr).next_back().map(|(_, m)| m).filter(|m| m.va_range().contains(&addr))
 }
 
-/// The seed's `query_some_condition`: something is mapped at the page
+/// The specification's `query_some_condition`: something is mapped at the page
 /// containing `addr`.
 #[must_use]
 pub fn query_some_condition(view: &PageTableView, addr: Vaddr) -> bool {
     mapping_at(view, addr).is_some()
 }
 
-/// The seed's `query_some_ensures`: `r` is the item of the mapping at
+/// The specification's `query_some_ensures`: `r` is the item of the mapping at
 /// `addr`: same physical page (offset within a huge page accounted for),
 /// same level and exactly the mapped property.
 #[must_use]
@@ -118,20 +119,20 @@ pub fn query_some_ensures(view: &PageTableView, addr: Vaddr, r: &Option<MappedIt
         && matches!(item, MappedItemRef::Tracked(..)) == m.tracked
 }
 
-/// The seed's `query_none_ensures`.
+/// The specification's `query_none_ensures`.
 #[must_use]
 pub fn query_none_ensures(r: &Option<MappedItemRef<'_>>) -> bool {
     r.is_none()
 }
 
-/// The seed's requires of `KVirtArea::query`.
+/// The specification's requires of `KVirtArea::query`.
 #[must_use]
 pub fn query_requires<L: KernelLayout>(area: &KVirtArea<L>, addr: Vaddr) -> bool {
     area.inv() && area.start() <= addr && addr < area.end()
 }
 
 /// Whether `map_frames(area_size, map_offset, n frames, prop)` must panic
-/// (the seed's panic conditions plus DESIGN.md section 4), leaving out
+/// (the specification's panic conditions plus the cases where kvirt does better than OSTD, docs/DESIGN.md section 4), leaving out
 /// running out of VMALLOC or memory.
 #[must_use]
 pub fn map_frames_panic_condition(
@@ -150,7 +151,7 @@ pub fn map_frames_panic_condition(
 }
 
 /// Whether one of the frames handed to `map_frames` in `space` belongs to
-/// another kernel space: the seed's `item_slot_in_regions` requirement (each
+/// another kernel space: the specification's `item_slot_in_regions` requirement (each
 /// frame's slot is in the metadata regions of the page table it goes into)
 /// made a checked panic condition, on top of [`map_frames_panic_condition`].
 #[must_use]
@@ -187,7 +188,7 @@ pub fn map_untracked_frames_panic_condition<L: KernelLayout>(
 }
 
 /// Whether an error is one of the conditions outside the caller's control
-/// (exhaustion), which the seed leaves unspecified.
+/// (exhaustion), which the specification leaves unspecified.
 #[must_use]
 pub fn is_resource_error(e: &KVirtAreaError) -> bool {
     matches!(e, KVirtAreaError::VmallocExhausted(_) | KVirtAreaError::OutOfMemory)
