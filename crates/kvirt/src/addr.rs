@@ -1,10 +1,10 @@
-//! Addresses, page sizes and alignment.
+//! Addresses and alignment.
 //!
 //! Physical and virtual addresses are plain `usize` aliases, as in the
 //! reference API (`Range<Vaddr>` must be an ordinary range so that `len()`
-//! and slicing work). The facts that matter more than the integer type —
-//! which sizes a page can have and whether a value is aligned to one — live
-//! in [`PageSize`] and the `align_*` helpers.
+//! and slicing work). Which sizes a page can have depends on the paging
+//! format (`arch::page_size` of a level); whether a value is aligned to one
+//! is what the `align_*` and `is_*aligned` helpers tell.
 
 /// A physical address.
 pub type Paddr = usize;
@@ -18,53 +18,6 @@ pub type PagingLevel = u8;
 
 /// The base page size (4 KiB) of every paging format kvirt supports.
 pub const PAGE_SIZE: usize = 4096;
-
-/// The size of a page that a leaf entry can map on x86-64.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum PageSize {
-    /// 4 KiB, mapped at level 1.
-    Size4K,
-    /// 2 MiB, mapped at level 2.
-    Size2M,
-    /// 1 GiB, mapped at level 3.
-    Size1G,
-}
-
-impl PageSize {
-    /// Every page size, smallest first.
-    pub const ALL: [PageSize; 3] = [PageSize::Size4K, PageSize::Size2M, PageSize::Size1G];
-
-    /// The size in bytes.
-    #[must_use]
-    pub const fn bytes(self) -> usize {
-        match self {
-            PageSize::Size4K => 4 << 10,
-            PageSize::Size2M => 2 << 20,
-            PageSize::Size1G => 1 << 30,
-        }
-    }
-
-    /// The page-table level whose leaf entries map pages of this size.
-    #[must_use]
-    pub const fn level(self) -> PagingLevel {
-        match self {
-            PageSize::Size4K => 1,
-            PageSize::Size2M => 2,
-            PageSize::Size1G => 3,
-        }
-    }
-
-    /// The page size mapped by a leaf at `level`, if x86-64 has one.
-    #[must_use]
-    pub const fn from_level(level: PagingLevel) -> Option<PageSize> {
-        match level {
-            1 => Some(PageSize::Size4K),
-            2 => Some(PageSize::Size2M),
-            3 => Some(PageSize::Size1G),
-            _ => None,
-        }
-    }
-}
 
 /// Whether `value` is a multiple of `align` (a power of two).
 #[must_use]
@@ -119,16 +72,6 @@ pub const fn align_up(value: usize, align: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn page_sizes_match_their_levels() {
-        for size in PageSize::ALL {
-            assert_eq!(PageSize::from_level(size.level()), Some(size));
-            assert_eq!(size.bytes(), PAGE_SIZE << (9 * (size.level() as usize - 1)));
-        }
-        assert_eq!(PageSize::from_level(0), None);
-        assert_eq!(PageSize::from_level(4), None);
-    }
 
     #[test]
     fn alignment_helpers_round_correctly() {

@@ -21,8 +21,9 @@
 //! ## Decisions where the specification is silent
 //!
 //! * **Addresses are `usize` aliases** ([`Paddr`], [`Vaddr`]), as in the
-//!   specification's signatures (`Range<Vaddr>` must have `len()`); page sizes are a
-//!   type ([`PageSize`]) and alignment has checked helpers.
+//!   specification's signatures (`Range<Vaddr>` must have `len()`); page
+//!   sizes come from the paging format ([`arch::page_size`]) and alignment
+//!   has checked helpers.
 //! * **Kernel spaces are values.** The specification's calls use the process-wide
 //!   default ([`kspace::KernelSpace::global`]); every other call has a form
 //!   on an explicit space, so tests run many isolated machines in parallel.
@@ -100,6 +101,5 @@ pub mod platform;
 pub mod spec;
 
 pub use addr::{
-    align_down, align_up, checked_align_up, is_aligned, is_page_aligned, Paddr, PageSize, PagingLevel, Vaddr,
-    PAGE_SIZE,
+    align_down, align_up, checked_align_up, is_aligned, is_page_aligned, Paddr, PagingLevel, Vaddr, PAGE_SIZE,
 };
