@@ -1,7 +1,8 @@
 //! The page table's structural invariant, checked by walking the tree.
 
-use super::node::NodeRef;
-use super::{PageTable, PageTableConfig, PtNodeMeta};
+use super::config::PageTableConfig;
+use super::node::{NodeRef, PtNodeMeta};
+use super::table::PageTable;
 use crate::addr::{is_aligned, PagingLevel};
 use crate::arch::{page_size, PagingFormat, PteKind};
 use crate::frame::REF_COUNT_MAX;

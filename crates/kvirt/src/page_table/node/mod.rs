@@ -21,6 +21,10 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::addr::{Paddr, PagingLevel};
 use crate::frame::PhysMem;
 
+mod lifecycle;
+
+pub(crate) use lifecycle::{alloc_node, free_node, release_entry};
+
 /// The metadata of a page-table node.
 #[derive(Debug)]
 pub(crate) struct PtNodeMeta {

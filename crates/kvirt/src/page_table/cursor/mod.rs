@@ -13,12 +13,12 @@ use core::marker::PhantomData;
 use core::ops::Range;
 use core::ptr::NonNull;
 
+use super::config::{check_range, sign_extend, PageTableConfig};
+use super::error::{MapError, MapErrorKind, OutOfCursorRange, PageTableAllocError, RangeError};
+use super::item::{MappedItem, MappedItemRef};
 use super::locking::{lock_range, unlock_range, Guard, LockTree};
-use super::node::NodeRef;
-use super::{
-    alloc_node, check_range, free_node, release_entry, sign_extend, MappedItem, MappedItemRef,
-    OutOfCursorRange, PageTable, PageTableAllocError, PageTableConfig, RangeError,
-};
+use super::node::{alloc_node, free_node, release_entry, NodeRef};
+use super::table::PageTable;
 use crate::addr::{align_down, is_aligned, is_page_aligned, Paddr, PagingLevel, Vaddr};
 use crate::arch::x86_64::X86_64;
 use crate::arch::{page_size, pte_index, PagingFormat, PteKind};
@@ -28,6 +28,59 @@ use crate::platform::{RcuReadGuard, TlbFlushOp, TlbScope};
 
 /// The most levels a paging format may have.
 const MAX_LEVELS: usize = 5;
+
+impl<C: PageTableConfig> PageTable<C> {
+    /// A read-only cursor over `range`.
+    pub fn cursor(&self, range: &Range<Vaddr>) -> Result<Cursor<'_, C>, RangeError> {
+        Cursor::new(self, range)
+    }
+
+    /// A cursor over `range` that can change the mappings.
+    pub fn cursor_mut(&self, range: &Range<Vaddr>) -> Result<CursorMut<'_, C>, RangeError> {
+        CursorMut::new(self, range)
+    }
+
+    /// Makes emptied guard nodes wait for a batch (or for
+    /// [`reclaim_empty_nodes`](Self::reclaim_empty_nodes)) instead of being
+    /// reclaimed when the cursor that emptied them is dropped.
+    pub(crate) fn set_lazy_reclaim(&mut self, lazy: bool) {
+        self.lazy_reclaim = lazy;
+    }
+
+    /// Queues an emptied node; reclaims the queue when it is full.
+    pub(crate) fn queue_empty_node(&self, base: Vaddr, level: PagingLevel) {
+        let full = {
+            let mut queue = self.empty_nodes.lock();
+            if !queue.contains(&(base, level)) {
+                queue.push((base, level));
+            }
+            queue.len() >= EMPTY_NODE_BATCH
+        };
+        if full {
+            self.reclaim_empty_nodes();
+        }
+    }
+
+    /// Reclaims every queued node that is still empty (see
+    /// `set_lazy_reclaim`, on for a kernel space's table). Nodes are freed after
+    /// an RCU grace period.
+    pub fn reclaim_empty_nodes(&self) {
+        // Reclaiming a node may empty its parent, which is queued in turn.
+        loop {
+            let queue = core::mem::take(&mut *self.empty_nodes.lock());
+            if queue.is_empty() {
+                return;
+            }
+            for (base, level) in queue {
+                reclaim_empty_node(self, base, level);
+            }
+        }
+    }
+}
+
+/// How many emptied nodes a lazily reclaiming table keeps before it
+/// reclaims them.
+const EMPTY_NODE_BATCH: usize = 32;
 
 /// A read-only cursor.
 pub struct Cursor<'a, C: PageTableConfig> {
@@ -333,50 +386,6 @@ impl<'a, C: PageTableConfig> LockTree for PtTree<'a, C> {
 
 fn node_phys(node: NodeRef<'_>) -> &PhysMem {
     node.phys()
-}
-
-/// Why a mapping was rejected; carries the item back.
-#[derive(Debug)]
-pub struct MapError {
-    /// What was wrong.
-    pub kind: MapErrorKind,
-    /// The item, returned unmapped.
-    pub item: MappedItem,
-}
-
-/// What was wrong with a mapping request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MapErrorKind {
-    /// The page does not fit between the cursor's address and the end of
-    /// its range.
-    OutOfRange,
-    /// The virtual or physical address is not aligned to the page size.
-    Misaligned,
-    /// The format cannot map a leaf at this level.
-    UnsupportedLevel,
-    /// The physical address is beyond what the format can encode.
-    PaddrTooLarge,
-    /// Something is mapped there already.
-    AlreadyMapped,
-    /// No memory for a page-table node.
-    OutOfMemory,
-    /// The tracked frame belongs to another kernel space than the page
-    /// table (its reference and metadata live in that space).
-    ForeignFrame,
-}
-
-impl fmt::Display for MapErrorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            MapErrorKind::OutOfRange => "the page does not fit in the cursor's remaining range",
-            MapErrorKind::Misaligned => "the address is not aligned for mapping at this level",
-            MapErrorKind::UnsupportedLevel => "the paging format cannot map a page at this level",
-            MapErrorKind::PaddrTooLarge => "the physical address is beyond what the paging format encodes",
-            MapErrorKind::AlreadyMapped => "mapping over an already mapped page",
-            MapErrorKind::OutOfMemory => "out of memory for page-table nodes",
-            MapErrorKind::ForeignFrame => "the frame belongs to another kernel space",
-        })
-    }
 }
 
 /// What [`CursorMut::take_next`] removed from the table.
@@ -963,7 +972,7 @@ impl<C: PageTableConfig> Drop for CursorMut<'_, C> {
 /// The span of a node at the very top of the address space ends at 2^64,
 /// which no `Range` can express: it stops one page short, and the guard
 /// level is forced instead.
-pub(super) fn reclaim_empty_node<C: PageTableConfig>(pt: &PageTable<C>, base: Vaddr, level: PagingLevel) {
+fn reclaim_empty_node<C: PageTableConfig>(pt: &PageTable<C>, base: Vaddr, level: PagingLevel) {
     let span_end =
         base.checked_add(node_span::<C::F>(level)).unwrap_or(usize::MAX - (crate::addr::PAGE_SIZE - 1));
     match Cursor::new_with_guard_at_least(pt, &(base..span_end), level + 1) {
