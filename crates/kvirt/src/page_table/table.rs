@@ -87,15 +87,14 @@ impl<C: PageTableConfig> PageTable<C> {
         if !C::TOP_LEVEL_CAN_UNMAP {
             for i in C::TOP_LEVEL_INDEX_RANGE {
                 let Ok(child) = alloc_node(phys, C::F::NR_LEVELS - 1) else {
-                    // Dropping `table` releases the children made so far.
-                    root.unlock();
+                    // Dropping `table` releases the children made so far;
+                    // it locks the root, so unlock it first.
+                    drop(root);
                     return Err(PageTableAllocError);
                 };
                 root.write(i, C::F::encode_table(child.pa()));
-                child.unlock();
             }
         }
-        root.unlock();
         Ok(table)
     }
 
@@ -142,20 +141,18 @@ impl<F: PagingFormat> PageTable<KernelPtConfig<F>> {
     /// `unsafe` in any case.
     pub fn create_user_page_table(&self) -> Result<PageTable<UserPtConfig<F>>, PageTableAllocError> {
         let user = PageTable::<UserPtConfig<F>>::empty(self.phys())?;
-        let (root, kroot) = (user.root_node(), self.root_node());
-        root.lock();
+        let (root, kroot) = (user.root_node().lock(), self.root_node());
         for i in <KernelPtConfig<F>>::TOP_LEVEL_INDEX_RANGE {
             root.write(i, kroot.read(i));
         }
-        root.unlock();
+        drop(root);
         Ok(user)
     }
 }
 
 impl<C: PageTableConfig> Drop for PageTable<C> {
     fn drop(&mut self) {
-        let root = self.root_node();
-        root.lock();
+        let root = self.root_node().lock();
         for i in C::TOP_LEVEL_INDEX_RANGE {
             let raw = root.read(i);
             root.write(i, 0);
@@ -170,9 +167,8 @@ impl<C: PageTableConfig> Drop for PageTable<C> {
                 root.write(i, 0);
             }
         }
-        root.unlock();
         // SAFETY: the root is ours and now empty.
-        unsafe { free_node(self.phys(), self.root) };
+        unsafe { free_node(root) };
     }
 }
 

@@ -6,6 +6,22 @@
 //! the node holding `va`'s entry. Every node on that path, and every node
 //! below the guard that intersects the barrier, is locked by the cursor, so
 //! the cursor reads and writes those entries freely.
+//!
+//! ## How a cursor owns its locks
+//!
+//! The locks a cursor holds form a sub-tree: its guard node and every
+//! existing node below it that intersects the barrier. The cursor keeps a
+//! [`NodeGuard`] for each node on its path (`path[level - 1..guard_level]`);
+//! the other nodes of the sub-tree it keeps locked without a guard
+//! ([`NodeGuard::into_raw`]): those it passed on the way (popping a level
+//! gives up its guard) and those it has not visited yet. Descending makes a
+//! guard for the child again ([`NodeGuard::from_raw`]): the child lies
+//! below the current node, so no guard of it exists. Dropping the cursor
+//! gives up the path's guards too and releases the whole sub-tree with
+//! `unlock_range`, which walks the same nodes `lock_range` locked.
+//!
+//! A node the cursor unhooks from the tree leaves that walk's reach, so the
+//! cursor marks it stray and unlocks it at once, through a guard.
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -17,7 +33,7 @@ use super::config::{check_range, sign_extend, PageTableConfig};
 use super::error::{MapError, MapErrorKind, OutOfCursorRange, PageTableAllocError, RangeError};
 use super::item::{MappedItem, MappedItemRef};
 use super::locking::{lock_range, unlock_range, Guard, LockTree};
-use super::node::{alloc_node, free_node, release_entry, NodeRef};
+use super::node::{alloc_node, free_node, release_entry, NodeGuard, NodeRef};
 use super::table::PageTable;
 use crate::addr::{align_down, is_aligned, is_page_aligned, Paddr, PagingLevel, Vaddr};
 use crate::arch::x86_64::X86_64;
@@ -93,13 +109,12 @@ pub struct Cursor<'a, C: PageTableConfig> {
     guard_level: PagingLevel,
     /// The current level: `path[level - 1]` holds `va`'s entry.
     level: PagingLevel,
-    /// `path[l - 1]` is the node at level `l` on the way from the guard to
-    /// `va` (valid for `level..=guard_level`).
-    path: [Paddr; MAX_LEVELS],
+    /// `path[l - 1]` guards the node at level `l` on the way from the guard
+    /// node to `va`: `Some` exactly for `level..=guard_level` while the
+    /// cursor holds its locks, `None` everywhere once it released them.
+    path: [Option<NodeGuard<'a>>; MAX_LEVELS],
     /// `base[l - 1]` is the lowest address `path[l - 1]` maps.
     base: [Vaddr; MAX_LEVELS],
-    /// Whether the locks are still held (false once released by `CursorMut`).
-    locked: bool,
     _rcu: RcuReadGuard<'a>,
     /// Cursors hold a CPU-local read-side section: they stay on their thread.
     _not_send: PhantomData<*const ()>,
@@ -128,9 +143,11 @@ impl<'a, C: PageTableConfig> Cursor<'a, C> {
         let rcu = RcuReadGuard::new(pt.phys().platform());
         let guard = lock_range(&PtTree(pt), range, min_guard_level);
         let guard_level = guard.level;
-        let mut path = [0; MAX_LEVELS];
+        let mut path = [const { None }; MAX_LEVELS];
         let mut base = [0; MAX_LEVELS];
-        path[guard_level as usize - 1] = guard.node.pa();
+        // SAFETY: `lock_range` locked the guard node and gave up its guard
+        // (`PtTree::lock`); this is the only one made again.
+        path[guard_level as usize - 1] = Some(unsafe { NodeGuard::from_raw(guard.node) });
         base[guard_level as usize - 1] = guard.base;
         Ok(Self {
             pt,
@@ -140,7 +157,6 @@ impl<'a, C: PageTableConfig> Cursor<'a, C> {
             level: guard_level,
             path,
             base,
-            locked: true,
             _rcu: rcu,
             _not_send: PhantomData,
         })
@@ -150,12 +166,12 @@ impl<'a, C: PageTableConfig> Cursor<'a, C> {
         self.pt.phys()
     }
 
-    fn node(&self, level: PagingLevel) -> NodeRef<'a> {
-        // SAFETY: nodes on the path are locked by this cursor, hence alive.
-        unsafe { NodeRef::new(self.phys(), self.path[level as usize - 1]) }
+    /// The node at `level` on the path (`level..=guard_level`).
+    fn node(&self, level: PagingLevel) -> &NodeGuard<'a> {
+        self.path[level as usize - 1].as_ref().expect("the cursor holds the nodes on its path")
     }
 
-    fn cur_node(&self) -> NodeRef<'a> {
+    fn cur_node(&self) -> &NodeGuard<'a> {
         self.node(self.level)
     }
 
@@ -173,14 +189,61 @@ impl<'a, C: PageTableConfig> Cursor<'a, C> {
         entry_range::<C>(self.va, self.level)
     }
 
-    /// Descends into the child node at the current entry.
-    fn push(&mut self, child: Paddr) {
+    /// Descends into `child`, the node at the current entry.
+    fn push(&mut self, child: NodeGuard<'a>) {
         debug_assert!(self.level > 1);
         self.level -= 1;
-        debug_assert_eq!(self.node_of(child).level(), self.level, "page-table node at the wrong level");
+        debug_assert_eq!(child.level(), self.level, "page-table node at the wrong level");
         let l = self.level as usize - 1;
-        self.path[l] = child;
+        debug_assert!(self.path[l].is_none(), "a second guard below the current level");
+        self.path[l] = Some(child);
         self.base[l] = align_down(self.va, node_span::<C::F>(self.level));
+    }
+
+    /// Goes up a level. The node left stays locked, without a guard: it is
+    /// part of the locked sub-tree, which `unlock_all` releases.
+    fn pop(&mut self) {
+        debug_assert!(self.level < self.guard_level);
+        if let Some(node) = self.path[self.level as usize - 1].take() {
+            let _ = node.into_raw();
+        }
+        self.level += 1;
+    }
+
+    /// Descends into the existing node `child` at the current entry.
+    fn descend(&mut self, child: Paddr) {
+        // SAFETY: the current entry holds `va`, which lies in the barrier,
+        // and points to `child` (see `held_node`).
+        let child = unsafe { self.held_node(child) };
+        self.push(child);
+    }
+
+    /// A guard for node `pa`, which this cursor holds locked without one.
+    ///
+    /// # Safety
+    ///
+    /// `pa` is the node of a table entry, below the current level, that
+    /// intersects the barrier (so `lock_range` locked it, or the cursor
+    /// created it locked), or a node the cursor unhooked since (without
+    /// unlocking it); and no other guard of it exists: nodes below the
+    /// current level have none in `path`, and the caller gives up or drops
+    /// any guard it made before it makes another of the same node.
+    unsafe fn held_node(&self, pa: Paddr) -> NodeGuard<'a> {
+        // SAFETY: the node is locked by this cursor, hence alive.
+        let node = unsafe { NodeRef::new(self.phys(), pa) };
+        // SAFETY: the caller's contract: the cursor owns the lock without a
+        // guard, and this is the only guard of the node.
+        unsafe { NodeGuard::from_raw(node) }
+    }
+
+    /// Whether `child`, the node at the current entry, has no entries.
+    fn child_is_empty(&self, child: Paddr) -> bool {
+        // SAFETY: the current entry holds `va`, which lies in the barrier,
+        // and points to `child`; the guard is given up before this returns.
+        let child = unsafe { self.held_node(child) };
+        let empty = child.nr_children() == 0;
+        let _ = child.into_raw();
+        empty
     }
 
     /// Pops levels until the current node holds `va`.
@@ -190,19 +253,13 @@ impl<'a, C: PageTableConfig> Cursor<'a, C> {
             if align_down(self.va, span) == self.base[self.level as usize - 1] {
                 break;
             }
-            self.level += 1;
+            self.pop();
         }
     }
 
     /// Moves `va` to the end of the current entry, or to `end` if sooner.
     fn skip_entry(&mut self, end: Vaddr) {
         self.va = self.cur_entry_range().end.min(end);
-    }
-
-    fn node_of(&self, pa: Paddr) -> NodeRef<'a> {
-        // SAFETY: only called for children of locked nodes inside the
-        // barrier, which this cursor holds locked.
-        unsafe { NodeRef::new(self.phys(), pa) }
     }
 
     /// The current address.
@@ -228,7 +285,7 @@ impl<'a, C: PageTableConfig> Cursor<'a, C> {
         loop {
             let raw = self.cur_raw();
             match C::F::decode(raw, self.level) {
-                PteKind::Table(child) => self.push(child),
+                PteKind::Table(child) => self.descend(child),
                 PteKind::Absent => return Ok((self.cur_entry_range(), None)),
                 PteKind::Page { pa, prop, tracked } => {
                     let item = if tracked {
@@ -280,11 +337,10 @@ impl<'a, C: PageTableConfig> Cursor<'a, C> {
             match C::F::decode(self.cur_raw(), self.level) {
                 PteKind::Absent => self.skip_entry(end),
                 PteKind::Table(child) => {
-                    let child_node = self.node_of(child);
-                    if child_node.nr_children() == 0 {
+                    if self.child_is_empty(child) {
                         self.skip_entry(end);
                     } else {
-                        self.push(child);
+                        self.descend(child);
                     }
                 }
                 PteKind::Page { .. } => return Some(self.va),
@@ -303,15 +359,18 @@ impl<'a, C: PageTableConfig> Cursor<'a, C> {
 
     /// Releases every lock, once.
     fn unlock_all(&mut self) {
-        if self.locked {
-            self.locked = false;
-            let guard = Guard {
-                node: self.node(self.guard_level),
-                level: self.guard_level,
-                base: self.base[self.guard_level as usize - 1],
-            };
-            unlock_range(&PtTree(self.pt), &guard, &self.barrier);
+        let Some(guard_node) = self.path[self.guard_level as usize - 1].take() else {
+            return;
+        };
+        for node in self.path.iter_mut().filter_map(Option::take) {
+            let _ = node.into_raw();
         }
+        let guard = Guard {
+            node: guard_node.into_raw(),
+            level: self.guard_level,
+            base: self.base[self.guard_level as usize - 1],
+        };
+        unlock_range(&PtTree(self.pt), &guard, &self.barrier);
     }
 }
 
@@ -332,6 +391,12 @@ impl<C: PageTableConfig> fmt::Debug for Cursor<'_, C> {
 }
 
 /// The page table as a [`LockTree`]: the lock protocol's view of it.
+///
+/// The protocol takes and releases locks as it walks, many at a time,
+/// without guards: `lock` gives up the guard it gets, keeping the lock, and
+/// `unlock` makes one again to drop it. Only the cursor drives the protocol
+/// over this adapter (it is private to this module), and the protocol
+/// unlocks exactly the nodes it locked.
 struct PtTree<'a, C: PageTableConfig>(&'a PageTable<C>);
 
 impl<'a, C: PageTableConfig> LockTree for PtTree<'a, C> {
@@ -372,20 +437,19 @@ impl<'a, C: PageTableConfig> LockTree for PtTree<'a, C> {
     }
 
     fn lock(&self, node: NodeRef<'a>) {
-        node.lock();
+        let _ = node.lock().into_raw();
     }
 
     fn unlock(&self, node: NodeRef<'a>) {
-        node.unlock();
+        // SAFETY: the protocol unlocks only nodes it locked through `lock`,
+        // which gave up their guards; the cursor gives up its own guards of
+        // them before it calls `unlock_range` (`unlock_all`).
+        drop(unsafe { NodeGuard::from_raw(node) });
     }
 
     fn is_stray(&self, node: NodeRef<'a>) -> bool {
         node.is_stray()
     }
-}
-
-fn node_phys(node: NodeRef<'_>) -> &PhysMem {
-    node.phys()
 }
 
 /// What [`CursorMut::take_next`] removed from the table.
@@ -571,30 +635,34 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
         // The guard covers at least one entry of `size` (the range does), so
         // it is at `level` or above.
         while c.level < level {
-            c.level += 1;
+            c.pop();
         }
         while c.level > level {
-            let (node, i) = (c.cur_node(), c.cur_index());
-            match C::F::decode(node.read(i), c.level) {
-                PteKind::Table(child) => c.push(child),
+            match C::F::decode(c.cur_raw(), c.level) {
+                PteKind::Table(child) => c.descend(child),
                 PteKind::Page { .. } => return fail(MapErrorKind::AlreadyMapped, item),
                 PteKind::Absent => {
                     let Ok(child) = alloc_node(c.phys(), c.level - 1) else {
                         self.reclaim_empty_path();
                         return fail(MapErrorKind::OutOfMemory, item);
                     };
-                    node.write(i, C::F::encode_table(child.pa()));
-                    c.push(child.pa());
+                    c.cur_node().write(c.cur_index(), C::F::encode_table(child.pa()));
+                    // The new node stays locked: it is inside the barrier.
+                    c.push(child);
                 }
             }
         }
-        let (node, i) = (c.cur_node(), c.cur_index());
-        match C::F::decode(node.read(i), level) {
+        let raw = c.cur_raw();
+        match C::F::decode(raw, level) {
             PteKind::Absent => {}
-            PteKind::Table(child) if c.node_of(child).nr_children() == 0 && Self::may_detach(level - 1) => {
-                let raw = node.read(i);
-                node.write(i, 0);
-                self.retire_empty(raw, level, entry_range::<C>(self.inner.va, level));
+            PteKind::Table(child) if c.child_is_empty(child) && Self::may_detach(level - 1) => {
+                c.cur_node().write(c.cur_index(), 0);
+                // SAFETY: the node was at the current entry, which holds
+                // `va` and lies in the barrier, until it was just unhooked;
+                // `child_is_empty` gave up its guard.
+                let child = unsafe { c.held_node(child) };
+                let span = entry_range::<C>(c.va, level);
+                self.retire_empty(child, raw, level, span);
             }
             _ => return fail(MapErrorKind::AlreadyMapped, item),
         }
@@ -666,13 +734,14 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
         level < C::F::NR_LEVELS - 1 || (level == C::F::NR_LEVELS - 1 && C::TOP_LEVEL_CAN_UNMAP)
     }
 
-    /// Queues an emptied node, already unhooked from its parent, for freeing.
-    fn retire_empty(&mut self, raw: u64, entry_level: PagingLevel, span: Range<Vaddr>) {
-        let PteKind::Table(pa) = C::F::decode(raw, entry_level) else { unreachable!() };
-        let node = self.inner.node_of(pa);
+    /// Queues `node`, emptied and already unhooked from its parent (whose
+    /// entry at `entry_level` was `raw`), for freeing; marks it stray and
+    /// unlocks it.
+    fn retire_empty(&mut self, node: NodeGuard<'a>, raw: u64, entry_level: PagingLevel, span: Range<Vaddr>) {
+        debug_assert_eq!(C::F::decode(raw, entry_level), PteKind::Table(node.pa()));
         debug_assert_eq!(node.nr_children(), 0);
         node.mark_stray();
-        node.unlock();
+        drop(node);
         self.detached.push((raw, entry_level, span));
     }
 
@@ -680,19 +749,20 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
     /// the guard. The guard itself is left to `drop`.
     fn reclaim_empty_path(&mut self) {
         loop {
-            let c = &self.inner;
+            let c = &mut self.inner;
             let level = c.level;
             if level >= c.guard_level || !Self::may_detach(level) || c.cur_node().nr_children() != 0 {
                 return;
             }
             let base = c.base[level as usize - 1];
-            let parent = c.node(level + 1);
+            let node = c.path[level as usize - 1].take().expect("the cursor holds the nodes on its path");
+            c.level += 1;
+            let parent = c.cur_node();
             let i = pte_index::<C::F>(base, level + 1);
             let raw = parent.read(i);
             parent.write(i, 0);
             let span = base..base.saturating_add(node_span::<C::F>(level));
-            self.inner.level += 1;
-            self.retire_empty(raw, level + 1, span);
+            self.retire_empty(node, raw, level + 1, span);
         }
     }
 
@@ -711,33 +781,32 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
         };
         // A 4 KiB page always fits: `va` and `end` are page aligned.
         let target = (1..top).rev().find(|&l| fits(l)).unwrap_or(1);
-        let mut fresh = [0; MAX_LEVELS];
+        let mut fresh = [const { None }; MAX_LEVELS];
         for l in target..top {
             match alloc_node(c.phys(), l) {
-                Ok(node) => fresh[l as usize] = node.pa(),
+                Ok(node) => fresh[l as usize] = Some(node),
                 Err(e) => {
-                    for &pa in &fresh[target as usize..l as usize] {
+                    for node in fresh.iter_mut().filter_map(Option::take) {
                         // SAFETY: allocated above and never linked in.
-                        unsafe { free_node(c.phys(), pa) };
+                        unsafe { free_node(node) };
                     }
                     return Err(e);
                 }
             }
         }
         for l in (target..top).rev() {
-            let (node, i) = (c.cur_node(), c.cur_index());
-            let PteKind::Page { pa, prop, tracked } = C::F::decode(node.read(i), l + 1) else {
+            let child = fresh[l as usize].take().expect("allocated above");
+            let PteKind::Page { pa, prop, tracked } = C::F::decode(c.cur_raw(), l + 1) else {
                 unreachable!("split_huge on a non-leaf entry")
             };
             debug_assert!(!tracked, "only untracked huge pages exist");
-            let child = c.node_of(fresh[l as usize]);
             let small = page_size::<C::F>(l);
             for j in 0..C::F::NR_ENTRIES {
                 child.write(j, C::F::encode_page(pa + j * small, l, prop, false));
             }
             // The new node stays locked: it is inside the barrier.
-            node.write(i, C::F::encode_table(child.pa()));
-            c.push(child.pa());
+            c.cur_node().write(c.cur_index(), C::F::encode_table(child.pa()));
+            c.push(child);
         }
         Ok(())
     }
@@ -772,7 +841,7 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
         let c = &mut self.inner;
         c.sync_path();
         while c.level < c.guard_level && is_aligned(c.va, page_size::<C::F>(c.level + 1)) {
-            c.level += 1;
+            c.pop();
         }
         loop {
             let c = &mut self.inner;
@@ -781,18 +850,23 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
                 return Ok(None);
             }
             c.sync_path();
-            let (node, i, level) = (c.cur_node(), c.cur_index(), c.level);
+            let level = c.level;
             let entry = c.cur_entry_range();
-            let raw = node.read(i);
+            let raw = c.cur_raw();
             match C::F::decode(raw, level) {
                 PteKind::Absent => c.skip_entry(end),
                 PteKind::Table(child) => {
-                    let child_node = c.node_of(child);
-                    if child_node.nr_children() == 0 {
+                    if c.child_is_empty(child) {
                         c.skip_entry(end);
                     } else if entry.start >= c.va && entry.end <= end && Self::may_detach(level - 1) {
-                        node.write(i, 0);
-                        let num_frames = detach_subtree::<C::F>(child_node, level - 1);
+                        c.cur_node().write(c.cur_index(), 0);
+                        // SAFETY: the node was at the current entry, which
+                        // lies in the barrier, until it was just unhooked;
+                        // `child_is_empty` gave up its guard.
+                        let child = unsafe { c.held_node(child) };
+                        // SAFETY: the sub-tree lies in the search range, so
+                        // in the barrier, and below the current level.
+                        let num_frames = unsafe { detach_subtree::<C::F>(child) };
                         self.inner.va = entry.end;
                         self.removed = true;
                         self.reclaim_empty_path();
@@ -808,7 +882,7 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
                             num_frames,
                         }));
                     } else {
-                        c.push(child);
+                        c.descend(child);
                     }
                 }
                 PteKind::Page { pa, prop, tracked } => {
@@ -816,7 +890,7 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
                         self.split_huge(end)?;
                         continue;
                     }
-                    node.write(i, 0);
+                    c.cur_node().write(c.cur_index(), 0);
                     let item = if tracked {
                         let slot = NonNull::from(c.phys().slot(pa));
                         // SAFETY: the entry owned one reference to the frame;
@@ -876,15 +950,15 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
                 return Ok(None);
             }
             c.sync_path();
-            let (node, i, level) = (c.cur_node(), c.cur_index(), c.level);
+            let level = c.level;
             let entry = c.cur_entry_range();
-            match C::F::decode(node.read(i), level) {
+            match C::F::decode(c.cur_raw(), level) {
                 PteKind::Absent => c.skip_entry(end),
                 PteKind::Table(child) => {
-                    if c.node_of(child).nr_children() == 0 {
+                    if c.child_is_empty(child) {
                         c.skip_entry(end);
                     } else {
-                        c.push(child);
+                        c.descend(child);
                     }
                 }
                 PteKind::Page { pa, mut prop, tracked } => {
@@ -893,7 +967,7 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
                         continue;
                     }
                     op(&mut prop);
-                    node.write(i, C::F::encode_page(pa, level, prop, tracked));
+                    c.cur_node().write(c.cur_index(), C::F::encode_page(pa, level, prop, tracked));
                     c.va = entry.end;
                     return Ok(Some(entry));
                 }
@@ -909,29 +983,38 @@ fn entry_range<C: PageTableConfig>(va: Vaddr, level: PagingLevel) -> Range<Vaddr
 }
 
 /// Marks a detached sub-tree stray and unlocks it; returns its leaf count.
-fn detach_subtree<F: PagingFormat>(node: NodeRef<'_>, level: PagingLevel) -> usize {
+///
+/// # Safety
+///
+/// The caller holds the lock of every node of the sub-tree, and a guard of
+/// none but its root, `node`.
+unsafe fn detach_subtree<F: PagingFormat>(node: NodeGuard<'_>) -> usize {
+    let level = node.level();
     let mut leaves = 0;
     for i in 0..F::NR_ENTRIES {
         match F::decode(node.read(i), level) {
             PteKind::Absent => {}
             PteKind::Page { .. } => leaves += 1,
             PteKind::Table(child) => {
-                // SAFETY: children of a node we hold are locked by us.
-                let child = unsafe { NodeRef::new(node_phys(node), child) };
-                leaves += detach_subtree::<F>(child, level - 1);
+                // SAFETY: a node of the sub-tree, alive while we hold its
+                // parent's lock.
+                let child = unsafe { NodeRef::new(node.phys(), child) };
+                // SAFETY: the caller holds its lock, and has no guard of it.
+                let child = unsafe { NodeGuard::from_raw(child) };
+                // SAFETY: the same holds for the child's sub-tree.
+                leaves += unsafe { detach_subtree::<F>(child) };
             }
         }
     }
     node.mark_stray();
-    node.unlock();
     leaves
 }
 
 impl<C: PageTableConfig> Drop for CursorMut<'_, C> {
     fn drop(&mut self) {
         let c = &self.inner;
-        let guard = c.node(c.guard_level);
-        let guard_emptied = self.removed && Self::may_detach(c.guard_level) && guard.nr_children() == 0;
+        let guard_emptied =
+            self.removed && Self::may_detach(c.guard_level) && c.node(c.guard_level).nr_children() == 0;
         let guard_level = c.guard_level;
         let guard_base = c.base[guard_level as usize - 1];
         self.inner.unlock_all();
@@ -989,15 +1072,20 @@ impl<C: PageTableConfig> CursorMut<'_, C> {
     /// is still there and still empty.
     fn reclaim_empty_child(&mut self, span_start: Vaddr) {
         let c = &mut self.inner;
-        let (node, level) = (c.node(c.guard_level), c.guard_level);
+        let level = c.guard_level;
+        debug_assert_eq!(c.level, level, "a fresh cursor stands at its guard");
         let i = pte_index::<C::F>(span_start, level);
-        let raw = node.read(i);
+        let raw = c.node(level).read(i);
         if let PteKind::Table(child) = C::F::decode(raw, level) {
-            if c.node_of(child).nr_children() == 0 && Self::may_detach(level - 1) {
-                node.write(i, 0);
+            if c.child_is_empty(child) && Self::may_detach(level - 1) {
+                c.node(level).write(i, 0);
                 self.removed = true;
+                // SAFETY: the node was a child of the guard node, inside the
+                // cursor's range (its span), until it was just unhooked;
+                // `child_is_empty` gave up its guard.
+                let child = unsafe { c.held_node(child) };
                 let span = entry_range::<C>(span_start, level);
-                self.retire_empty(raw, level, span);
+                self.retire_empty(child, raw, level, span);
             }
         }
     }

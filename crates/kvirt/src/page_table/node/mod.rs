@@ -2,18 +2,22 @@
 //!
 //! A node is a 4 KiB frame holding `F::NR_ENTRIES` 64-bit entries, read and
 //! written only with atomic operations (lock-free walkers read them while a
-//! lock holder writes). Its metadata slot holds [`PtNodeMeta`]:
+//! lock holder writes). Its metadata slot holds [`PtNodeMeta`]: a spin lock,
+//! a `stray` mark, the count of non-absent entries and the node's level.
 //!
-//! * `lock`: a spin lock. Whoever holds it may change the node's entries.
-//! * `stray`: set, under the lock, when the node is detached from the tree.
-//!   A walker that reached the node without locks and then locked it
-//!   retries from the root if it finds the flag set.
-//! * `nr_children`: the number of non-absent entries, guarded by the lock;
-//!   a node whose count drops to zero is reclaimed.
-//! * `level`: the node's level, fixed at creation.
+//! Two handles name a node:
+//!
+//! * [`NodeRef`], unlocked: it can read entries (what lock-free walkers do)
+//!   and tell whether the node is stray, nothing else.
+//! * [`NodeGuard`] (`guard.rs`), the node locked: the only way to write
+//!   entries, to read or change the child count and to mark the node stray.
+//!   [`NodeRef::lock`] makes one, and dropping it unlocks the node.
+//!
+//! So "the caller holds the lock" is a type, not a convention.
 //!
 //! The reference that keeps a node alive is owned by the entry pointing to
-//! it (or, for the root, by the page table).
+//! it (or, for the root, by the page table); `lifecycle.rs` creates and frees
+//! nodes and releases what entries own.
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,33 +25,42 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::addr::{Paddr, PagingLevel};
 use crate::frame::PhysMem;
 
+mod guard;
 mod lifecycle;
 
+pub(crate) use guard::NodeGuard;
 pub(crate) use lifecycle::{alloc_node, free_node, release_entry};
 
 /// The metadata of a page-table node.
 #[derive(Debug)]
 pub(crate) struct PtNodeMeta {
-    /// The node lock (see the module documentation).
+    /// The node lock: set while a [`NodeGuard`] of the node exists, or
+    /// while the guard's holder keeps the lock without one
+    /// ([`NodeGuard::into_raw`]).
     lock: AtomicBool,
-    /// Set once, under the lock, when the node leaves the tree.
+    /// Set once, under the lock, when the node leaves the tree. A walker
+    /// that reached the node without locks and then locked it retries from
+    /// the root if it finds the flag set.
     stray: AtomicBool,
-    /// The node's level.
-    pub(crate) level: PagingLevel,
-    /// Non-absent entries. Read and written only with `lock` held.
+    /// The node's level, fixed at creation.
+    level: PagingLevel,
+    /// The number of non-absent entries; a node whose count drops to zero
+    /// is reclaimed. Read and written only through a [`NodeGuard`], that
+    /// is, by the holder of `lock`.
     nr_children: UnsafeCell<u16>,
 }
 
-// SAFETY: `nr_children` is accessed only by the holder of `lock`, whose
-// acquire/release operations order those accesses; the rest is atomic or
-// immutable.
+// SAFETY: `nr_children` is accessed only through a `NodeGuard`, which exists
+// only while `lock` is held and is not `Sync`, so the accesses of one holder
+// happen on one thread, and the lock's acquire/release operations order them
+// against the next holder's; the rest is atomic or immutable.
 unsafe impl Sync for PtNodeMeta {}
 
 crate::impl_frame_meta!(PtNodeMeta);
 
 impl PtNodeMeta {
     /// Metadata for a new node, created locked by its creator.
-    pub(crate) fn new_locked(level: PagingLevel) -> Self {
+    pub(super) fn new_locked(level: PagingLevel) -> Self {
         Self {
             lock: AtomicBool::new(true),
             stray: AtomicBool::new(false),
@@ -57,7 +70,8 @@ impl PtNodeMeta {
     }
 }
 
-/// A node, named by its physical address, seen through its `PhysMem`.
+/// A node, named by its physical address, seen through its `PhysMem`:
+/// unlocked, so it can only be read (see the module docs).
 ///
 /// Copies are cheap and carry no reference: whoever uses one must know the
 /// node is alive (locked, reachable under an RCU read-side section, or
@@ -90,7 +104,7 @@ impl<'a> NodeRef<'a> {
     }
 
     #[inline]
-    pub(crate) fn meta(self) -> &'a PtNodeMeta {
+    fn meta(self) -> &'a PtNodeMeta {
         let slot = self.phys.slot(self.pa);
         // SAFETY: the page is a node (type invariant), so its slot holds a
         // `PtNodeMeta` at the start of the storage, alive as long as the
@@ -112,120 +126,15 @@ impl<'a> NodeRef<'a> {
         unsafe { core::slice::from_raw_parts(ptr, crate::addr::PAGE_SIZE / 8) }
     }
 
-    #[inline]
-    fn entry(self, index: usize) -> &'a AtomicU64 {
-        &self.entries()[index]
-    }
-
     /// Reads entry `index` (allowed without the lock).
     #[inline]
     pub(crate) fn read(self, index: usize) -> u64 {
-        self.entry(index).load(Ordering::Acquire)
+        self.entries()[index].load(Ordering::Acquire)
     }
 
-    /// Writes entry `index`, keeping `nr_children` in step.
-    ///
-    /// The caller holds the lock (checked in debug builds).
-    #[inline]
-    pub(crate) fn write(self, index: usize, raw: u64) {
-        debug_assert!(self.is_locked(), "page-table node written without its lock");
-        let entry = self.entry(index);
-        // No other thread writes the entry while we hold the lock. The
-        // hardware may set accessed/dirty bits in a present entry meanwhile,
-        // but never turns an absent entry present or back, which is all
-        // `old` is used for: a plain load and store (no locked exchange)
-        // suffice.
-        let old = entry.load(Ordering::Relaxed);
-        entry.store(raw, Ordering::Release);
-        let meta = self.meta();
-        // SAFETY: the caller holds the lock, which guards `nr_children`.
-        let n = unsafe { &mut *meta.nr_children.get() };
-        match (old == 0, raw == 0) {
-            (true, false) => *n += 1,
-            (false, true) => *n -= 1,
-            _ => {}
-        }
-    }
-
-    /// Writes `next()` into the absent entries from `from` on, stopping
-    /// before `to`, at the first present entry, or when `next` returns
-    /// `None`; returns how many it wrote.
-    ///
-    /// Each write is counted as it is made, so if `next` (which may run
-    /// the caller's code, such as a frame iterator) panics, the entries
-    /// written so far are counted and the node stays consistent.
-    ///
-    /// The caller holds the lock (checked in debug builds); `next` returns
-    /// non-absent entries.
-    #[inline]
-    pub(crate) fn fill_absent(self, from: usize, to: usize, mut next: impl FnMut() -> Option<u64>) -> usize {
-        debug_assert!(self.is_locked(), "page-table node written without its lock");
-        // A raw pointer, not a `&mut` held across the calls of `next`.
-        let nr_children = self.meta().nr_children.get();
-        let mut written = 0;
-        for entry in &self.entries()[from..to] {
-            // Absent entries stay absent while we hold the lock (see `write`).
-            if entry.load(Ordering::Relaxed) != 0 {
-                break;
-            }
-            let Some(raw) = next() else { break };
-            debug_assert_ne!(raw, 0, "fill_absent writes present entries");
-            entry.store(raw, Ordering::Release);
-            // SAFETY: the caller holds the lock, which guards `nr_children`;
-            // no reference to it is alive here. At most `PAGE_SIZE / 8`
-            // entries exist, so the count cannot overflow.
-            unsafe { *nr_children += 1 };
-            written += 1;
-        }
-        written
-    }
-
-    /// The number of non-absent entries. The caller holds the lock.
-    #[inline]
-    pub(crate) fn nr_children(self) -> u16 {
-        debug_assert!(self.is_locked());
-        // SAFETY: the caller holds the lock, which guards `nr_children`.
-        unsafe { *self.meta().nr_children.get() }
-    }
-
-    /// Replaces the child count without writing an entry and returns the
-    /// old one: for unit tests that corrupt a node to see the invariant
-    /// check catch it. The caller holds the lock.
-    #[cfg(test)]
-    pub(crate) fn swap_nr_children(self, n: u16) -> u16 {
-        debug_assert!(self.is_locked());
-        // SAFETY: the caller holds the lock, which guards `nr_children`.
-        core::mem::replace(unsafe { &mut *self.meta().nr_children.get() }, n)
-    }
-
-    #[inline]
-    pub(crate) fn lock(self) {
-        let lock = &self.meta().lock;
-        while lock.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
-            while lock.load(Ordering::Relaxed) {
-                core::hint::spin_loop();
-            }
-        }
-    }
-
-    #[inline]
-    pub(crate) fn unlock(self) {
-        debug_assert!(self.is_locked());
-        self.meta().lock.store(false, Ordering::Release);
-    }
-
-    pub(crate) fn is_locked(self) -> bool {
-        self.meta().lock.load(Ordering::Relaxed)
-    }
-
+    /// Whether the node was detached from the tree.
     #[inline]
     pub(crate) fn is_stray(self) -> bool {
         self.meta().stray.load(Ordering::Acquire)
-    }
-
-    /// Marks the node detached. The caller holds the lock.
-    pub(crate) fn mark_stray(self) {
-        debug_assert!(self.is_locked());
-        self.meta().stray.store(true, Ordering::Release);
     }
 }
