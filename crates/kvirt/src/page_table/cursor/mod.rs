@@ -1,11 +1,18 @@
 //! Cursors: locked windows onto a page table.
 //!
 //! A cursor is created over a page-aligned range (its *barrier*), locks the
-//! part of the tree covering it (see the `page_table` module docs) and keeps
-//! a current address `va` plus the path of nodes from its guard node down to
-//! the node holding `va`'s entry. Every node on that path, and every node
-//! below the guard that intersects the barrier, is locked by the cursor, so
-//! the cursor reads and writes those entries freely.
+//! part of the tree covering it (see the `page_table` module docs for the
+//! protocol, and `locking.rs` for its code) and keeps a current address
+//! `va` plus the path of nodes from its guard node down to the node holding
+//! `va`'s entry. Every node on that path, and every node below the guard
+//! that intersects the barrier, is locked by the cursor, so the cursor
+//! reads and writes those entries freely.
+//!
+//! This file holds the read-only [`Cursor`], the navigation every cursor
+//! shares (the path, descending and popping, the search for the next
+//! present entry) and the [`CursorMut`] type; what a `CursorMut` does is in
+//! `map.rs` (mapping), `take.rs` (taking and protecting) and `reclaim.rs`
+//! (detaching the nodes it empties, and freeing them).
 //!
 //! ## How a cursor owns its locks
 //!
@@ -30,17 +37,22 @@ use core::ops::Range;
 use core::ptr::NonNull;
 
 use super::config::{check_range, sign_extend, PageTableConfig};
-use super::error::{MapError, MapErrorKind, OutOfCursorRange, PageTableAllocError, RangeError};
-use super::item::{MappedItem, MappedItemRef};
+use super::error::{OutOfCursorRange, RangeError};
+use super::item::MappedItemRef;
 use super::locking::{lock_range, unlock_range, Guard, LockTree};
-use super::node::{alloc_node, free_node, release_entry, NodeGuard, NodeRef};
+use super::node::{NodeGuard, NodeRef};
 use super::table::PageTable;
-use crate::addr::{align_down, is_aligned, is_page_aligned, Paddr, PagingLevel, Vaddr};
-use crate::arch::x86_64::X86_64;
+use crate::addr::{align_down, is_page_aligned, Paddr, PagingLevel, Vaddr};
 use crate::arch::{page_size, pte_index, PagingFormat, PteKind};
-use crate::frame::{AnyFrameMeta, Frame, FrameRef, PhysMem};
+use crate::frame::{FrameRef, PhysMem};
 use crate::page_prop::PageProperty;
-use crate::platform::{RcuReadGuard, TlbFlushOp, TlbScope};
+use crate::platform::RcuReadGuard;
+
+mod map;
+mod reclaim;
+mod take;
+
+pub use take::PageTableFrag;
 
 /// The most levels a paging format may have.
 const MAX_LEVELS: usize = 5;
@@ -55,48 +67,7 @@ impl<C: PageTableConfig> PageTable<C> {
     pub fn cursor_mut(&self, range: &Range<Vaddr>) -> Result<CursorMut<'_, C>, RangeError> {
         CursorMut::new(self, range)
     }
-
-    /// Makes emptied guard nodes wait for a batch (or for
-    /// [`reclaim_empty_nodes`](Self::reclaim_empty_nodes)) instead of being
-    /// reclaimed when the cursor that emptied them is dropped.
-    pub(crate) fn set_lazy_reclaim(&mut self, lazy: bool) {
-        self.lazy_reclaim = lazy;
-    }
-
-    /// Queues an emptied node; reclaims the queue when it is full.
-    pub(crate) fn queue_empty_node(&self, base: Vaddr, level: PagingLevel) {
-        let full = {
-            let mut queue = self.empty_nodes.lock();
-            if !queue.contains(&(base, level)) {
-                queue.push((base, level));
-            }
-            queue.len() >= EMPTY_NODE_BATCH
-        };
-        if full {
-            self.reclaim_empty_nodes();
-        }
-    }
-
-    /// Reclaims every queued node that is still empty (see
-    /// `set_lazy_reclaim`, on for a kernel space's table). Nodes are freed after
-    /// an RCU grace period.
-    pub fn reclaim_empty_nodes(&self) {
-        // Reclaiming a node may empty its parent, which is queued in turn.
-        loop {
-            let queue = core::mem::take(&mut *self.empty_nodes.lock());
-            if queue.is_empty() {
-                return;
-            }
-            for (base, level) in queue {
-                reclaim_empty_node(self, base, level);
-            }
-        }
-    }
 }
-
-/// How many emptied nodes a lazily reclaiming table keeps before it
-/// reclaims them.
-const EMPTY_NODE_BATCH: usize = 32;
 
 /// A read-only cursor.
 pub struct Cursor<'a, C: PageTableConfig> {
@@ -120,13 +91,34 @@ pub struct Cursor<'a, C: PageTableConfig> {
     _not_send: PhantomData<*const ()>,
 }
 
+/// The present entry [`Cursor::next_present`] stopped at: the current entry.
+enum Present {
+    /// A leaf.
+    Page { pa: Paddr, prop: PageProperty, tracked: bool },
+    /// The non-empty node `pa`, to be taken whole.
+    Subtree(Paddr),
+}
+
 /// The span of a node at `level`.
 fn node_span<F: PagingFormat>(level: PagingLevel) -> usize {
     page_size::<F>(level + 1)
 }
 
+/// The range of the entry at `level` holding `va`: `start` and the exclusive
+/// end, which saturates at `usize::MAX` for the very last entry of the space.
+fn entry_range<C: PageTableConfig>(va: Vaddr, level: PagingLevel) -> Range<Vaddr> {
+    let size = page_size::<C::F>(level);
+    let start = align_down(va, size);
+    start..start.saturating_add(size)
+}
+
+/// Whether a node at `level` may be detached.
+fn may_detach<C: PageTableConfig>(level: PagingLevel) -> bool {
+    level < C::F::NR_LEVELS - 1 || (level == C::F::NR_LEVELS - 1 && C::TOP_LEVEL_CAN_UNMAP)
+}
+
 impl<'a, C: PageTableConfig> Cursor<'a, C> {
-    pub(super) fn new(pt: &'a PageTable<C>, range: &Range<Vaddr>) -> Result<Self, RangeError> {
+    fn new(pt: &'a PageTable<C>, range: &Range<Vaddr>) -> Result<Self, RangeError> {
         Self::new_with_guard_at_least(pt, range, 1)
     }
 
@@ -257,6 +249,12 @@ impl<'a, C: PageTableConfig> Cursor<'a, C> {
         }
     }
 
+    /// Whether the current entry lies in `va..end`, as a whole.
+    fn cur_entry_within(&self, end: Vaddr) -> bool {
+        let entry = self.cur_entry_range();
+        entry.start >= self.va && entry.end <= end
+    }
+
     /// Moves `va` to the end of the current entry, or to `end` if sooner.
     fn skip_entry(&mut self, end: Vaddr) {
         self.va = self.cur_entry_range().end.min(end);
@@ -328,6 +326,18 @@ impl<'a, C: PageTableConfig> Cursor<'a, C> {
     /// Panics if `len` is not page aligned or `va + len` is past the range.
     pub fn find_next(&mut self, len: usize) -> Option<Vaddr> {
         let end = self.search_end(len);
+        self.next_present(end, false).map(|_| self.va)
+    }
+
+    /// Moves to the next present entry in `va..end` and stops there, with
+    /// `va` in it (and `level` at it); returns `None`, at `end`, if there is
+    /// none. Absent entries and empty nodes are skipped; other nodes are
+    /// descended into, unless `whole_subtrees` is set and the node's whole
+    /// span lies in `va..end` and it may be detached: it then counts as one
+    /// present entry.
+    ///
+    /// The one search loop of `find_next`, `take_next` and `protect_next`.
+    fn next_present(&mut self, end: Vaddr, whole_subtrees: bool) -> Option<Present> {
         loop {
             if self.va >= end {
                 self.va = end;
@@ -339,11 +349,14 @@ impl<'a, C: PageTableConfig> Cursor<'a, C> {
                 PteKind::Table(child) => {
                     if self.child_is_empty(child) {
                         self.skip_entry(end);
+                    } else if whole_subtrees && self.cur_entry_within(end) && may_detach::<C>(self.level - 1)
+                    {
+                        return Some(Present::Subtree(child));
                     } else {
                         self.descend(child);
                     }
                 }
-                PteKind::Page { .. } => return Some(self.va),
+                PteKind::Page { pa, prop, tracked } => return Some(Present::Page { pa, prop, tracked }),
             }
         }
     }
@@ -452,105 +465,6 @@ impl<'a, C: PageTableConfig> LockTree for PtTree<'a, C> {
     }
 }
 
-/// What [`CursorMut::take_next`] removed from the table.
-///
-/// It still owns what was mapped: flush the TLB for
-/// [`va_range`](Self::va_range) on every CPU that may cache it, then drop
-/// it (a `TlbFlusher` does both in order).
-#[must_use = "dropping a fragment before the TLB flush lets its frames be reused while still cached"]
-#[derive(Debug)]
-pub enum PageTableFrag<F: PagingFormat = X86_64> {
-    /// One leaf mapping.
-    Mapped {
-        /// Where it was mapped.
-        va: Vaddr,
-        /// What was mapped.
-        item: MappedItem,
-    },
-    /// A whole sub-tree, detached at once.
-    StrayPageTable {
-        /// The detached sub-tree.
-        pt: StraySubtree<F>,
-        /// The first address it mapped.
-        va: Vaddr,
-        /// The bytes it spans.
-        len: usize,
-        /// The leaf mappings it held (huge pages included, one each).
-        num_frames: usize,
-    },
-}
-
-impl<F: PagingFormat> PageTableFrag<F> {
-    /// The virtual range the fragment covered.
-    #[must_use]
-    pub fn va_range(&self) -> Range<Vaddr> {
-        match self {
-            PageTableFrag::Mapped { va, item } => {
-                let len = match item {
-                    MappedItem::Tracked(..) => crate::addr::PAGE_SIZE,
-                    MappedItem::Untracked(_, level, _) => page_size::<F>(*level),
-                };
-                *va..va.saturating_add(len)
-            }
-            PageTableFrag::StrayPageTable { va, len, .. } => *va..va.saturating_add(*len),
-        }
-    }
-}
-
-/// A detached page-table sub-tree. Dropping it frees the nodes and releases
-/// the tracked frames they map after an RCU grace period.
-pub struct StraySubtree<F: PagingFormat = X86_64> {
-    phys: NonNull<PhysMem>,
-    /// The entry that pointed to it, and that entry's level.
-    raw: u64,
-    level: PagingLevel,
-    _format: PhantomData<F>,
-}
-
-// SAFETY: the sub-tree is owned by this value alone; `PhysMem` is `Sync`.
-unsafe impl<F: PagingFormat> Send for StraySubtree<F> {}
-
-impl<F: PagingFormat> fmt::Debug for StraySubtree<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StraySubtree").field("entry", &format_args!("{:#x}", self.raw)).finish()
-    }
-}
-
-/// A pointer to a `PhysMem` that an RCU callback takes to another thread.
-/// A pointer, not its address: the callback must use it with its provenance.
-struct SendPhys(NonNull<PhysMem>);
-
-// SAFETY: `PhysMem` is `Sync`, so it may be used through a shared pointer
-// from any thread; whoever dereferences the pointer answers for its life.
-unsafe impl Send for SendPhys {}
-
-impl SendPhys {
-    /// The pointer. A method, so that a closure captures the whole wrapper
-    /// (which is `Send`) rather than its field (which is not).
-    fn get(self) -> NonNull<PhysMem> {
-        self.0
-    }
-}
-
-impl<F: PagingFormat> Drop for StraySubtree<F> {
-    fn drop(&mut self) {
-        // SAFETY: the `PhysMem` outlives its page tables and their parts.
-        let phys = unsafe { self.phys.as_ref() };
-        let (phys_ptr, raw, level) = (SendPhys(self.phys), self.raw, self.level);
-        phys.platform().call_rcu(alloc::boxed::Box::new(move || {
-            // SAFETY: the space waits for its callbacks before it is freed
-            // (`KernelSpace::drop` calls `rcu_barrier`), so the `PhysMem`
-            // is still alive.
-            let phys = unsafe { phys_ptr.get().as_ref() };
-            // SAFETY: this value owned the detached sub-tree's entry; the
-            // grace period has passed, so no lock-free walker still reaches
-            // it. Flushing the TLB for it before dropping this value is the
-            // duty of its owner (see `PageTableFrag`).
-            unsafe { release_entry::<F>(phys, raw, level) };
-        }));
-    }
-}
-
 /// A cursor that can change the mappings in its range.
 pub struct CursorMut<'a, C: PageTableConfig> {
     inner: Cursor<'a, C>,
@@ -562,8 +476,12 @@ pub struct CursorMut<'a, C: PageTableConfig> {
 }
 
 impl<'a, C: PageTableConfig> CursorMut<'a, C> {
-    pub(super) fn new(pt: &'a PageTable<C>, range: &Range<Vaddr>) -> Result<Self, RangeError> {
-        Ok(Self { inner: Cursor::new(pt, range)?, detached: Vec::new(), removed: false })
+    fn new(pt: &'a PageTable<C>, range: &Range<Vaddr>) -> Result<Self, RangeError> {
+        Ok(Self::from_cursor(Cursor::new(pt, range)?))
+    }
+
+    fn from_cursor(inner: Cursor<'a, C>) -> Self {
+        Self { inner, detached: Vec::new(), removed: false }
     }
 
     /// The current address.
@@ -585,509 +503,6 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
     /// See [`Cursor::jump`].
     pub fn jump(&mut self, va: Vaddr) -> Result<(), OutOfCursorRange> {
         self.inner.jump(va)
-    }
-
-    /// Maps `item` at the current address and moves past it.
-    ///
-    /// # Panics
-    ///
-    /// Panics in the cases [`try_map`](Self::try_map) reports, with the
-    /// reason: most notably "mapping over an already mapped page".
-    pub fn map(&mut self, item: MappedItem) {
-        if let Err(e) = self.try_map(item) {
-            panic!("CursorMut::map at {:#x}: {}", self.inner.va, e.kind);
-        }
-    }
-
-    /// Maps `item` at the current address and moves past it, or returns it
-    /// with the reason. A rejected call changes nothing.
-    ///
-    /// A tracked frame is mapped at level 1; an untracked item at its level,
-    /// where an empty page-table node left there is replaced.
-    pub fn try_map(&mut self, item: MappedItem) -> Result<(), MapError> {
-        let (pa, level, prop, tracked) = match &item {
-            MappedItem::Tracked(frame, prop) => (frame.paddr(), 1, *prop, true),
-            MappedItem::Untracked(pa, level, prop) => (*pa, *level, *prop, false),
-        };
-        let fail = |kind, item| Err(MapError { kind, item });
-        if let MappedItem::Tracked(frame, _) = &item {
-            // The entry will hold the frame's reference as a bare address
-            // and take it back through this table's metadata array.
-            if !core::ptr::eq(frame.phys(), self.inner.phys()) {
-                return fail(MapErrorKind::ForeignFrame, item);
-            }
-        }
-        if !(1..=C::F::HIGHEST_LEAF_LEVEL).contains(&level) {
-            return fail(MapErrorKind::UnsupportedLevel, item);
-        }
-        let size = page_size::<C::F>(level);
-        let c = &mut self.inner;
-        if c.va >= c.barrier.end || size > c.barrier.end - c.va {
-            return fail(MapErrorKind::OutOfRange, item);
-        }
-        if !is_aligned(c.va, size) || !is_aligned(pa, size) {
-            return fail(MapErrorKind::Misaligned, item);
-        }
-        if C::F::PA_BITS < usize::BITS && pa.checked_add(size).is_none_or(|end| end > 1 << C::F::PA_BITS) {
-            return fail(MapErrorKind::PaddrTooLarge, item);
-        }
-        c.sync_path();
-        // The guard covers at least one entry of `size` (the range does), so
-        // it is at `level` or above.
-        while c.level < level {
-            c.pop();
-        }
-        while c.level > level {
-            match C::F::decode(c.cur_raw(), c.level) {
-                PteKind::Table(child) => c.descend(child),
-                PteKind::Page { .. } => return fail(MapErrorKind::AlreadyMapped, item),
-                PteKind::Absent => {
-                    let Ok(child) = alloc_node(c.phys(), c.level - 1) else {
-                        self.reclaim_empty_path();
-                        return fail(MapErrorKind::OutOfMemory, item);
-                    };
-                    c.cur_node().write(c.cur_index(), C::F::encode_table(child.pa()));
-                    // The new node stays locked: it is inside the barrier.
-                    c.push(child);
-                }
-            }
-        }
-        let raw = c.cur_raw();
-        match C::F::decode(raw, level) {
-            PteKind::Absent => {}
-            PteKind::Table(child) if c.child_is_empty(child) && Self::may_detach(level - 1) => {
-                c.cur_node().write(c.cur_index(), 0);
-                // SAFETY: the node was at the current entry, which holds
-                // `va` and lies in the barrier, until it was just unhooked;
-                // `child_is_empty` gave up its guard.
-                let child = unsafe { c.held_node(child) };
-                let span = entry_range::<C>(c.va, level);
-                self.retire_empty(child, raw, level, span);
-            }
-            _ => return fail(MapErrorKind::AlreadyMapped, item),
-        }
-        let c = &mut self.inner;
-        let (node, i) = (c.cur_node(), c.cur_index());
-        node.write(i, C::F::encode_page(pa, level, prop, tracked));
-        if let MappedItem::Tracked(frame, _) = item {
-            // The entry now owns the frame's reference.
-            let _ = frame.into_raw();
-        }
-        c.va += size;
-        Ok(())
-    }
-
-    /// Maps tracked `frames` one 4 KiB page after another from the current
-    /// address, exactly as [`try_map`](Self::try_map) would one at a time,
-    /// but filling each leaf node in a tight loop once the first frame in
-    /// it is mapped. Stops at the first frame `try_map` would reject and
-    /// returns that rejection; the frames before it stay mapped.
-    ///
-    /// If the iterator panics, the frames it yielded before stay mapped, as
-    /// if it had ended there, and the panic goes on; the table is
-    /// consistent and the cursor usable, at an address no further than the
-    /// end of what was mapped (`jump` before mapping on).
-    pub fn try_map_frames<T: AnyFrameMeta + ?Sized>(
-        &mut self,
-        frames: impl IntoIterator<Item = Frame<T>>,
-        prop: PageProperty,
-    ) -> Result<(), MapError> {
-        let mut frames = frames.into_iter();
-        let slots = self.inner.phys().slot_map();
-        let encode = C::F::page_encoder(1, prop, true);
-        // A frame taken from `frames` that the fill below could not map.
-        let mut rest = None;
-        while let Some(first) = rest.take().or_else(|| frames.next()) {
-            self.try_map(MappedItem::Tracked(Frame::into_dyn(first), prop))?;
-            let c = &mut self.inner;
-            if c.level != 1 {
-                continue;
-            }
-            // `try_map` left the cursor in the leaf node it wrote, just past
-            // that page: fill the rest of the node directly, as long as the
-            // frames are ours and the entries absent. `try_map` deals with
-            // whatever stops the fill (and reports any error).
-            let node_end = c.base[0].saturating_add(node_span::<C::F>(1));
-            let limit = node_end.min(c.barrier.end);
-            if c.va >= limit {
-                continue;
-            }
-            let from = pte_index::<C::F>(c.va, 1);
-            let to = from + (limit - c.va) / crate::addr::PAGE_SIZE;
-            let written = c.cur_node().fill_absent(from, to, || {
-                let frame = frames.next()?;
-                let Some(pa) = frame.paddr_in(slots) else {
-                    rest = Some(frame);
-                    return None;
-                };
-                // The entry takes over the frame's reference.
-                core::mem::forget(frame);
-                Some(encode(pa))
-            });
-            c.va += written * crate::addr::PAGE_SIZE;
-        }
-        Ok(())
-    }
-
-    /// Whether a node at `level` may be detached.
-    fn may_detach(level: PagingLevel) -> bool {
-        level < C::F::NR_LEVELS - 1 || (level == C::F::NR_LEVELS - 1 && C::TOP_LEVEL_CAN_UNMAP)
-    }
-
-    /// Queues `node`, emptied and already unhooked from its parent (whose
-    /// entry at `entry_level` was `raw`), for freeing; marks it stray and
-    /// unlocks it.
-    fn retire_empty(&mut self, node: NodeGuard<'a>, raw: u64, entry_level: PagingLevel, span: Range<Vaddr>) {
-        debug_assert_eq!(C::F::decode(raw, entry_level), PteKind::Table(node.pa()));
-        debug_assert_eq!(node.nr_children(), 0);
-        node.mark_stray();
-        drop(node);
-        self.detached.push((raw, entry_level, span));
-    }
-
-    /// Detaches the nodes on the path, bottom up, that are empty and below
-    /// the guard. The guard itself is left to `drop`.
-    fn reclaim_empty_path(&mut self) {
-        loop {
-            let c = &mut self.inner;
-            let level = c.level;
-            if level >= c.guard_level || !Self::may_detach(level) || c.cur_node().nr_children() != 0 {
-                return;
-            }
-            let base = c.base[level as usize - 1];
-            let node = c.path[level as usize - 1].take().expect("the cursor holds the nodes on its path");
-            c.level += 1;
-            let parent = c.cur_node();
-            let i = pte_index::<C::F>(base, level + 1);
-            let raw = parent.read(i);
-            parent.write(i, 0);
-            let span = base..base.saturating_add(node_span::<C::F>(level));
-            self.retire_empty(node, raw, level + 1, span);
-        }
-    }
-
-    /// Splits the huge page at the current entry, and the pages it splits
-    /// into, until the page holding `va` starts at `va` and ends by `end`;
-    /// leaves the cursor on that page.
-    ///
-    /// Every node needed is allocated before any entry changes, so when
-    /// memory runs out the page table is left exactly as it was.
-    fn split_huge(&mut self, end: Vaddr) -> Result<(), PageTableAllocError> {
-        let c = &mut self.inner;
-        let (va, top) = (c.va, c.level);
-        let fits = |l: PagingLevel| {
-            let size = page_size::<C::F>(l);
-            is_aligned(va, size) && va.checked_add(size).is_some_and(|e| e <= end)
-        };
-        // A 4 KiB page always fits: `va` and `end` are page aligned.
-        let target = (1..top).rev().find(|&l| fits(l)).unwrap_or(1);
-        let mut fresh = [const { None }; MAX_LEVELS];
-        for l in target..top {
-            match alloc_node(c.phys(), l) {
-                Ok(node) => fresh[l as usize] = Some(node),
-                Err(e) => {
-                    for node in fresh.iter_mut().filter_map(Option::take) {
-                        // SAFETY: allocated above and never linked in.
-                        unsafe { free_node(node) };
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        for l in (target..top).rev() {
-            let child = fresh[l as usize].take().expect("allocated above");
-            let PteKind::Page { pa, prop, tracked } = C::F::decode(c.cur_raw(), l + 1) else {
-                unreachable!("split_huge on a non-leaf entry")
-            };
-            debug_assert!(!tracked, "only untracked huge pages exist");
-            let small = page_size::<C::F>(l);
-            for j in 0..C::F::NR_ENTRIES {
-                child.write(j, C::F::encode_page(pa + j * small, l, prop, false));
-            }
-            // The new node stays locked: it is inside the barrier.
-            c.cur_node().write(c.cur_index(), C::F::encode_table(child.pa()));
-            c.push(child);
-        }
-        Ok(())
-    }
-
-    /// Removes the next mapping in `va..va + len`: a leaf, or a whole
-    /// sub-tree if its span lies inside. Huge pages straddling the search
-    /// range are split first, so nothing outside it is unmapped. Moves past
-    /// what it removed; returns `None`, at `va + len`, if nothing is mapped.
-    ///
-    /// # Panics
-    ///
-    /// Panics if `len` is misaligned or reaches past the range, or if
-    /// memory runs out while splitting a huge page
-    /// ([`try_take_next`](Self::try_take_next) reports that instead).
-    pub fn take_next(&mut self, len: usize) -> Option<PageTableFrag<C::F>> {
-        self.try_take_next(len).expect("out of memory while splitting a huge page")
-    }
-
-    /// [`take_next`](Self::take_next), but running out of memory while
-    /// splitting a huge page is an error: the page table is then unchanged
-    /// and the cursor stands in the mapping it could not split.
-    ///
-    /// # Panics
-    ///
-    /// Panics if `len` is misaligned or reaches past the range.
-    pub fn try_take_next(&mut self, len: usize) -> Result<Option<PageTableFrag<C::F>>, PageTableAllocError> {
-        let end = self.inner.search_end(len);
-        // A cursor left deep in the tree at the start of a node (by `jump`
-        // or a rejected `try_map`) starts from the highest entry beginning
-        // at `va`, which may lie in the search range as a whole: a sub-tree
-        // is then taken whole whatever the cursor did before.
-        let c = &mut self.inner;
-        c.sync_path();
-        while c.level < c.guard_level && is_aligned(c.va, page_size::<C::F>(c.level + 1)) {
-            c.pop();
-        }
-        loop {
-            let c = &mut self.inner;
-            if c.va >= end {
-                c.va = end;
-                return Ok(None);
-            }
-            c.sync_path();
-            let level = c.level;
-            let entry = c.cur_entry_range();
-            let raw = c.cur_raw();
-            match C::F::decode(raw, level) {
-                PteKind::Absent => c.skip_entry(end),
-                PteKind::Table(child) => {
-                    if c.child_is_empty(child) {
-                        c.skip_entry(end);
-                    } else if entry.start >= c.va && entry.end <= end && Self::may_detach(level - 1) {
-                        c.cur_node().write(c.cur_index(), 0);
-                        // SAFETY: the node was at the current entry, which
-                        // lies in the barrier, until it was just unhooked;
-                        // `child_is_empty` gave up its guard.
-                        let child = unsafe { c.held_node(child) };
-                        // SAFETY: the sub-tree lies in the search range, so
-                        // in the barrier, and below the current level.
-                        let num_frames = unsafe { detach_subtree::<C::F>(child) };
-                        self.inner.va = entry.end;
-                        self.removed = true;
-                        self.reclaim_empty_path();
-                        return Ok(Some(PageTableFrag::StrayPageTable {
-                            pt: StraySubtree {
-                                phys: NonNull::from(self.inner.phys()),
-                                raw,
-                                level,
-                                _format: PhantomData,
-                            },
-                            va: entry.start,
-                            len: entry.len(),
-                            num_frames,
-                        }));
-                    } else {
-                        c.descend(child);
-                    }
-                }
-                PteKind::Page { pa, prop, tracked } => {
-                    if entry.start < c.va || entry.end > end {
-                        self.split_huge(end)?;
-                        continue;
-                    }
-                    c.cur_node().write(c.cur_index(), 0);
-                    let item = if tracked {
-                        let slot = NonNull::from(c.phys().slot(pa));
-                        // SAFETY: the entry owned one reference to the frame;
-                        // it moves to the returned item.
-                        MappedItem::Tracked(unsafe { Frame::<dyn AnyFrameMeta>::from_slot(slot) }, prop)
-                    } else {
-                        MappedItem::Untracked(pa, level, prop)
-                    };
-                    c.va = entry.end;
-                    self.removed = true;
-                    self.reclaim_empty_path();
-                    return Ok(Some(PageTableFrag::Mapped { va: entry.start, item }));
-                }
-            }
-        }
-    }
-
-    /// Changes the property of the next mapping in `va..va + len` with `op`
-    /// (splitting huge pages that straddle the search range) and returns the
-    /// range changed; returns `None`, at `va + len`, if nothing is mapped.
-    /// The caller flushes the TLB for the returned range.
-    ///
-    /// If `op` panics, the entry keeps its property and the panic goes on
-    /// (a huge page around it may have been split already, which changes
-    /// no translation).
-    ///
-    /// # Panics
-    ///
-    /// As for [`take_next`](Self::take_next).
-    #[must_use = "the returned range must be flushed from the TLB"]
-    pub fn protect_next(
-        &mut self,
-        len: usize,
-        op: &mut impl FnMut(&mut PageProperty),
-    ) -> Option<Range<Vaddr>> {
-        self.try_protect_next(len, op).expect("out of memory while splitting a huge page")
-    }
-
-    /// [`protect_next`](Self::protect_next), but running out of memory
-    /// while splitting a huge page is an error, as for
-    /// [`try_take_next`](Self::try_take_next).
-    ///
-    /// # Panics
-    ///
-    /// Panics if `len` is misaligned or reaches past the range.
-    #[must_use = "the returned range must be flushed from the TLB"]
-    pub fn try_protect_next(
-        &mut self,
-        len: usize,
-        op: &mut impl FnMut(&mut PageProperty),
-    ) -> Result<Option<Range<Vaddr>>, PageTableAllocError> {
-        let end = self.inner.search_end(len);
-        loop {
-            let c = &mut self.inner;
-            if c.va >= end {
-                c.va = end;
-                return Ok(None);
-            }
-            c.sync_path();
-            let level = c.level;
-            let entry = c.cur_entry_range();
-            match C::F::decode(c.cur_raw(), level) {
-                PteKind::Absent => c.skip_entry(end),
-                PteKind::Table(child) => {
-                    if c.child_is_empty(child) {
-                        c.skip_entry(end);
-                    } else {
-                        c.descend(child);
-                    }
-                }
-                PteKind::Page { pa, mut prop, tracked } => {
-                    if entry.start < c.va || entry.end > end {
-                        self.split_huge(end)?;
-                        continue;
-                    }
-                    op(&mut prop);
-                    c.cur_node().write(c.cur_index(), C::F::encode_page(pa, level, prop, tracked));
-                    c.va = entry.end;
-                    return Ok(Some(entry));
-                }
-            }
-        }
-    }
-}
-
-fn entry_range<C: PageTableConfig>(va: Vaddr, level: PagingLevel) -> Range<Vaddr> {
-    let size = page_size::<C::F>(level);
-    let start = align_down(va, size);
-    start..start.saturating_add(size)
-}
-
-/// Marks a detached sub-tree stray and unlocks it; returns its leaf count.
-///
-/// # Safety
-///
-/// The caller holds the lock of every node of the sub-tree, and a guard of
-/// none but its root, `node`.
-unsafe fn detach_subtree<F: PagingFormat>(node: NodeGuard<'_>) -> usize {
-    let level = node.level();
-    let mut leaves = 0;
-    for i in 0..F::NR_ENTRIES {
-        match F::decode(node.read(i), level) {
-            PteKind::Absent => {}
-            PteKind::Page { .. } => leaves += 1,
-            PteKind::Table(child) => {
-                // SAFETY: a node of the sub-tree, alive while we hold its
-                // parent's lock.
-                let child = unsafe { NodeRef::new(node.phys(), child) };
-                // SAFETY: the caller holds its lock, and has no guard of it.
-                let child = unsafe { NodeGuard::from_raw(child) };
-                // SAFETY: the same holds for the child's sub-tree.
-                leaves += unsafe { detach_subtree::<F>(child) };
-            }
-        }
-    }
-    node.mark_stray();
-    leaves
-}
-
-impl<C: PageTableConfig> Drop for CursorMut<'_, C> {
-    fn drop(&mut self) {
-        let c = &self.inner;
-        let guard_emptied =
-            self.removed && Self::may_detach(c.guard_level) && c.node(c.guard_level).nr_children() == 0;
-        let guard_level = c.guard_level;
-        let guard_base = c.base[guard_level as usize - 1];
-        self.inner.unlock_all();
-
-        let platform = self.inner.phys().platform();
-        if !self.detached.is_empty() {
-            // One invalidation covers every detached node's span.
-            let start = self.detached.iter().map(|d| d.2.start).min().unwrap_or(0);
-            let end = self.detached.iter().map(|d| d.2.end).max().unwrap_or(0);
-            platform.flush_tlb(TlbFlushOp::Range(start..end), TlbScope::AllCpus);
-        }
-        for (raw, level, _) in self.detached.drain(..) {
-            drop(StraySubtree {
-                phys: NonNull::from(self.inner.phys()),
-                raw,
-                level,
-                _format: PhantomData::<C::F>,
-            });
-        }
-
-        if guard_emptied {
-            if self.inner.pt.lazy_reclaim {
-                // Leave the node for a batch: a node emptied now is often
-                // filled again at once (an area dropped and another
-                // created in the same place), and reclaiming it would cost
-                // a TLB flush and a fresh zeroed node.
-                self.inner.pt.queue_empty_node(guard_base, guard_level);
-            } else {
-                reclaim_empty_node(self.inner.pt, guard_base, guard_level);
-            }
-        }
-    }
-}
-
-/// Detaches the node at `level` mapping from `base`, if it is still there
-/// and still empty, by locking its parent (a cursor over the node's span,
-/// with its guard one level up). That cursor's own drop continues upwards.
-/// The span of a node at the very top of the address space ends at 2^64,
-/// which no `Range` can express: it stops one page short, and the guard
-/// level is forced instead.
-fn reclaim_empty_node<C: PageTableConfig>(pt: &PageTable<C>, base: Vaddr, level: PagingLevel) {
-    let span_end =
-        base.checked_add(node_span::<C::F>(level)).unwrap_or(usize::MAX - (crate::addr::PAGE_SIZE - 1));
-    match Cursor::new_with_guard_at_least(pt, &(base..span_end), level + 1) {
-        Ok(parent) => {
-            let mut parent = CursorMut { inner: parent, detached: Vec::new(), removed: false };
-            parent.reclaim_empty_child(base);
-        }
-        Err(e) => debug_assert!(false, "cannot lock the parent of an emptied node: {e}"),
-    }
-}
-
-impl<C: PageTableConfig> CursorMut<'_, C> {
-    /// Detaches the empty node mapping `span_start..` from the guard, if it
-    /// is still there and still empty.
-    fn reclaim_empty_child(&mut self, span_start: Vaddr) {
-        let c = &mut self.inner;
-        let level = c.guard_level;
-        debug_assert_eq!(c.level, level, "a fresh cursor stands at its guard");
-        let i = pte_index::<C::F>(span_start, level);
-        let raw = c.node(level).read(i);
-        if let PteKind::Table(child) = C::F::decode(raw, level) {
-            if c.child_is_empty(child) && Self::may_detach(level - 1) {
-                c.node(level).write(i, 0);
-                self.removed = true;
-                // SAFETY: the node was a child of the guard node, inside the
-                // cursor's range (its span), until it was just unhooked;
-                // `child_is_empty` gave up its guard.
-                let child = unsafe { c.held_node(child) };
-                let span = entry_range::<C>(span_start, level);
-                self.retire_empty(child, raw, level, span);
-            }
-        }
     }
 }
 
