@@ -18,8 +18,9 @@
 //! needs its parent's lock, which a cursor never takes once it holds a
 //! child (locks go parent before child). So when a dropped cursor leaves
 //! its guard node empty, [`reclaim_empty_node`] locks the parent (with a
-//! new cursor whose guard is the parent) and detaches the node if it is
-//! still empty; that cursor's drop goes on upwards. A table with lazy reclamation (a kernel space's) queues the
+//! new cursor whose guard is the parent), detaches the node if it is still
+//! empty, and goes on upwards, in a loop, as long as that empties the
+//! parent too. A table with lazy reclamation (a kernel space's) queues the
 //! emptied guard instead, and reclaims a batch at a time
 //! ([`PageTable::reclaim_empty_nodes`]): a node emptied now is often filled
 //! again at once.
@@ -70,7 +71,8 @@ impl<C: PageTableConfig> PageTable<C> {
     /// `set_lazy_reclaim`, on for a kernel space's table). Nodes are freed after
     /// an RCU grace period.
     pub fn reclaim_empty_nodes(&self) {
-        // Reclaiming a node may empty its parent, which is queued in turn.
+        // Reclaiming a node reclaims the ancestors it empties as well; the
+        // loop picks up what other cursors queue meanwhile.
         loop {
             let queue = core::mem::take(&mut *self.empty_nodes.lock());
             if queue.is_empty() {
@@ -286,19 +288,29 @@ impl<C: PageTableConfig> Drop for CursorMut<'_, C> {
     }
 }
 
-/// Detaches the node at `level` mapping from `base`, if it is still there
-/// and still empty, by locking its parent (a cursor over the node's span,
-/// with its guard one level up). That cursor's own drop continues upwards.
-/// The span of a node at the very top of the address space ends at 2^64,
-/// which no `Range` can express: it stops one page short, and the guard
-/// level is forced instead.
-fn reclaim_empty_node<C: PageTableConfig>(pt: &PageTable<C>, base: Vaddr, level: PagingLevel) {
-    let span_end = base.checked_add(node_span::<C::F>(level)).unwrap_or(usize::MAX - (PAGE_SIZE - 1));
-    match Cursor::new_with_guard_at_least(pt, &(base..span_end), level + 1) {
-        Ok(parent) => {
-            let mut parent = CursorMut::from_cursor(parent);
-            parent.detach_empty_child(base);
+/// Detaches the emptied node at `level` mapping from `base`, if it is still
+/// there and still empty, then each ancestor that this empties in turn.
+///
+/// Each step locks the parent of the node, with a cursor over the node's
+/// span whose guard is one level up, detaches the node, and finishes that
+/// cursor, which says whether the parent emptied. The span of a node at
+/// the very top of the address space ends at 2^64, which no `Range` can
+/// express: it stops one page short, and the guard level is forced instead.
+fn reclaim_empty_node<C: PageTableConfig>(pt: &PageTable<C>, mut base: Vaddr, mut level: PagingLevel) {
+    loop {
+        let span_end = base.checked_add(node_span::<C::F>(level)).unwrap_or(usize::MAX - (PAGE_SIZE - 1));
+        let parent = match Cursor::new_with_guard_at_least(pt, &(base..span_end), level + 1) {
+            Ok(parent) => parent,
+            Err(e) => {
+                debug_assert!(false, "cannot lock the parent of an emptied node: {e}");
+                return;
+            }
+        };
+        let mut parent = CursorMut::from_cursor(parent);
+        parent.detach_empty_child(base);
+        match parent.finish() {
+            Some(emptied) => (base, level) = emptied,
+            None => return,
         }
-        Err(e) => debug_assert!(false, "cannot lock the parent of an emptied node: {e}"),
     }
 }
