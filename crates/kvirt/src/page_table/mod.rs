@@ -36,6 +36,17 @@
 //!               └─ L1 node  <── locked (intersects the range)
 //! ```
 //!
+//! The protocol itself is written once, over an abstract tree, in
+//! `locking.rs`; the loom test runs the same code.
+//!
+//! A lock is a value: locking a node gives a `NodeGuard`, which alone can
+//! write the node's entries, count its children or mark it stray, and which
+//! unlocks the node when dropped. An unlocked `NodeRef` can only read
+//! entries, as lock-free walkers do. A cursor holds a whole locked sub-tree
+//! at once: it keeps guards for the nodes on its path and the other locks
+//! without guards, until it releases the sub-tree as the protocol locked it
+//! (see the `cursor` module).
+//!
 //! ## Reclamation
 //!
 //! A node detached from the tree (a sub-tree taken whole, or a node emptied
@@ -44,8 +55,23 @@
 //! ([`Platform::call_rcu`](crate::platform::Platform::call_rcu)), since
 //! lock-free walkers and hardware paging-structure caches may still see it.
 //! Nodes emptied by unmapping are reclaimed as soon as the cursor that
-//! emptied them is dropped, so the number of page-table frames in use
-//! returns to its old value once everything mapped is unmapped.
+//! emptied them is dropped (or, for a kernel space's table, in batches), so
+//! the number of page-table frames in use returns to its old value once
+//! everything mapped is unmapped.
+//!
+//! ## Files
+//!
+//! This file declares the parts and re-exports what is public; each part
+//! imports only from parts below it, never from this file:
+//!
+//! * `error`, `item`, `config`: errors, what entries map, kinds of tables;
+//! * `node`: nodes, their lock (`node/guard.rs`) and their life
+//!   (`node/lifecycle.rs`);
+//! * `locking`: the lock protocol over an abstract tree;
+//! * `table`: [`PageTable`] itself;
+//! * `walk`, `inv`: lock-free walks and the invariant check;
+//! * `cursor`: cursors, with mapping, taking and reclamation in
+//!   `cursor/{map,take,reclaim}.rs`.
 //!
 //! ## Ownership
 //!

@@ -76,7 +76,9 @@ impl<C: PageTableConfig> CursorMut<'_, C> {
         }
         while c.level > level {
             match C::F::decode(c.cur_raw(), c.level) {
-                PteKind::Table(child) => c.descend(child),
+                // SAFETY: the current entry points to `child`, and `va` is
+                // below the barrier's end (checked above).
+                PteKind::Table(child) => unsafe { c.descend(child) },
                 PteKind::Page { .. } => return fail(MapErrorKind::AlreadyMapped, item),
                 PteKind::Absent => {
                     let Ok(child) = alloc_node(c.phys(), c.level - 1) else {
@@ -92,7 +94,9 @@ impl<C: PageTableConfig> CursorMut<'_, C> {
         let raw = c.cur_raw();
         match C::F::decode(raw, level) {
             PteKind::Absent => {}
-            PteKind::Table(child) if c.child_is_empty(child) && may_detach::<C>(level - 1) => {
+            // SAFETY: the current entry points to `child`, and `va` is below
+            // the barrier's end (checked above).
+            PteKind::Table(child) if unsafe { c.child_is_empty(child) } && may_detach::<C>(level - 1) => {
                 c.cur_node().write(c.cur_index(), 0);
                 // SAFETY: the node was at the current entry, which holds
                 // `va` and lies in the barrier, until it was just unhooked;

@@ -202,10 +202,15 @@ impl<'a, C: PageTableConfig> Cursor<'a, C> {
         self.level += 1;
     }
 
-    /// Descends into the existing node `child` at the current entry.
-    fn descend(&mut self, child: Paddr) {
-        // SAFETY: the current entry holds `va`, which lies in the barrier,
-        // and points to `child` (see `held_node`).
+    /// Descends into `child`, the node the current entry points to.
+    ///
+    /// # Safety
+    ///
+    /// The current entry points to `child`, and `va` lies in the barrier
+    /// (below its end).
+    unsafe fn descend(&mut self, child: Paddr) {
+        // SAFETY: the current entry holds `va`, so it intersects the barrier,
+        // and points to `child`, a node below the current level.
         let child = unsafe { self.held_node(child) };
         self.push(child);
     }
@@ -228,10 +233,16 @@ impl<'a, C: PageTableConfig> Cursor<'a, C> {
         unsafe { NodeGuard::from_raw(node) }
     }
 
-    /// Whether `child`, the node at the current entry, has no entries.
-    fn child_is_empty(&self, child: Paddr) -> bool {
-        // SAFETY: the current entry holds `va`, which lies in the barrier,
-        // and points to `child`; the guard is given up before this returns.
+    /// Whether `child`, the node the current entry points to, has no
+    /// entries.
+    ///
+    /// # Safety
+    ///
+    /// As for [`descend`](Self::descend).
+    unsafe fn child_is_empty(&self, child: Paddr) -> bool {
+        // SAFETY: the current entry holds `va`, so it intersects the barrier,
+        // and points to `child`, a node below the current level; the guard
+        // is given up before this returns.
         let child = unsafe { self.held_node(child) };
         let empty = child.nr_children() == 0;
         let _ = child.into_raw();
@@ -283,7 +294,9 @@ impl<'a, C: PageTableConfig> Cursor<'a, C> {
         loop {
             let raw = self.cur_raw();
             match C::F::decode(raw, self.level) {
-                PteKind::Table(child) => self.descend(child),
+                // SAFETY: the current entry points to `child`, and `va` is
+                // below the barrier's end (checked above).
+                PteKind::Table(child) => unsafe { self.descend(child) },
                 PteKind::Absent => return Ok((self.cur_entry_range(), None)),
                 PteKind::Page { pa, prop, tracked } => {
                     let item = if tracked {
@@ -347,13 +360,16 @@ impl<'a, C: PageTableConfig> Cursor<'a, C> {
             match C::F::decode(self.cur_raw(), self.level) {
                 PteKind::Absent => self.skip_entry(end),
                 PteKind::Table(child) => {
-                    if self.child_is_empty(child) {
+                    // SAFETY: (here and below) the current entry points to
+                    // `child`, and `va < end`, which is within the barrier.
+                    if unsafe { self.child_is_empty(child) } {
                         self.skip_entry(end);
                     } else if whole_subtrees && self.cur_entry_within(end) && may_detach::<C>(self.level - 1)
                     {
                         return Some(Present::Subtree(child));
                     } else {
-                        self.descend(child);
+                        // SAFETY: as above.
+                        unsafe { self.descend(child) };
                     }
                 }
                 PteKind::Page { pa, prop, tracked } => return Some(Present::Page { pa, prop, tracked }),

@@ -230,7 +230,9 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
         let i = pte_index::<C::F>(span_start, level);
         let raw = c.node(level).read(i);
         if let PteKind::Table(child) = C::F::decode(raw, level) {
-            if c.child_is_empty(child) && may_detach::<C>(level - 1) {
+            // SAFETY: a fresh cursor stands at the start of its range, at its
+            // guard node, whose entry there points to `child`.
+            if unsafe { c.child_is_empty(child) } && may_detach::<C>(level - 1) {
                 c.node(level).write(i, 0);
                 self.removed = true;
                 // SAFETY: the node was a child of the guard node, inside the
