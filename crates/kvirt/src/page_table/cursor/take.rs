@@ -110,9 +110,10 @@ impl<C: PageTableConfig> CursorMut<'_, C> {
             let Some(present) = c.next_present(end, true) else {
                 return Ok(None);
             };
-            let (level, entry, raw) = (c.level, c.cur_entry_range(), c.cur_raw());
+            let (level, entry) = (c.level, c.cur_entry_range());
             let frag = match present {
                 Present::Subtree(child) => {
+                    let raw = c.cur_raw();
                     c.cur_node().write(c.cur_index(), 0);
                     // SAFETY: the node was at the current entry, which lies
                     // in the barrier, until it was just unhooked; nodes below
@@ -128,7 +129,7 @@ impl<C: PageTableConfig> CursorMut<'_, C> {
                     PageTableFrag::StrayPageTable { pt, va: entry.start, len: entry.len(), num_frames }
                 }
                 Present::Page { pa, prop, tracked } => {
-                    if !c.cur_entry_within(end) {
+                    if entry.start < c.va || entry.end > end {
                         self.split_huge(end)?;
                         continue;
                     }
@@ -193,11 +194,11 @@ impl<C: PageTableConfig> CursorMut<'_, C> {
                 Some(Present::Page { pa, prop, tracked }) => (pa, prop, tracked),
                 Some(Present::Subtree(_)) => unreachable!("sub-trees are not asked for"),
             };
-            if !c.cur_entry_within(end) {
+            let (level, entry) = (c.level, c.cur_entry_range());
+            if entry.start < c.va || entry.end > end {
                 self.split_huge(end)?;
                 continue;
             }
-            let (level, entry) = (c.level, c.cur_entry_range());
             op(&mut prop);
             c.cur_node().write(c.cur_index(), C::F::encode_page(pa, level, prop, tracked));
             c.va = entry.end;
