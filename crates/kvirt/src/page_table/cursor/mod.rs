@@ -191,8 +191,8 @@ impl<'a, C: PageTableConfig> Cursor<'a, C> {
     #[inline]
     fn push(&mut self, child: NodeGuard<'a>) {
         debug_assert!(self.level > 1);
+        debug_assert_eq!(child.level(), self.level - 1, "page-table node at the wrong level");
         self.level -= 1;
-        debug_assert_eq!(child.level(), self.level, "page-table node at the wrong level");
         let l = self.level as usize - 1;
         debug_assert!(self.path[l].is_none(), "a second guard below the current level");
         self.path[l] = Some(child);
