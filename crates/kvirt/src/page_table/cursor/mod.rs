@@ -59,11 +59,13 @@ const MAX_LEVELS: usize = 5;
 
 impl<C: PageTableConfig> PageTable<C> {
     /// A read-only cursor over `range`.
+    #[inline]
     pub fn cursor(&self, range: &Range<Vaddr>) -> Result<Cursor<'_, C>, RangeError> {
         Cursor::new(self, range)
     }
 
     /// A cursor over `range` that can change the mappings.
+    #[inline]
     pub fn cursor_mut(&self, range: &Range<Vaddr>) -> Result<CursorMut<'_, C>, RangeError> {
         CursorMut::new(self, range)
     }
@@ -118,6 +120,7 @@ fn may_detach<C: PageTableConfig>(level: PagingLevel) -> bool {
 }
 
 impl<'a, C: PageTableConfig> Cursor<'a, C> {
+    #[inline]
     fn new(pt: &'a PageTable<C>, range: &Range<Vaddr>) -> Result<Self, RangeError> {
         Self::new_with_guard_at_least(pt, range, 1)
     }
@@ -126,6 +129,7 @@ impl<'a, C: PageTableConfig> Cursor<'a, C> {
     /// or above even if the range lies inside one entry of a lower node.
     /// Used to lock the parent of a node whose span reaches the end of the
     /// address space, where no `Range` can cover the whole span.
+    #[inline]
     fn new_with_guard_at_least(
         pt: &'a PageTable<C>,
         range: &Range<Vaddr>,
@@ -188,7 +192,7 @@ impl<'a, C: PageTableConfig> Cursor<'a, C> {
     }
 
     /// Descends into `child`, the node at the current entry.
-    #[inline]
+    #[inline(always)]
     fn push(&mut self, child: NodeGuard<'a>) {
         debug_assert!(self.level > 1);
         debug_assert_eq!(child.level(), self.level - 1, "page-table node at the wrong level");
@@ -510,10 +514,12 @@ pub struct CursorMut<'a, C: PageTableConfig> {
 }
 
 impl<'a, C: PageTableConfig> CursorMut<'a, C> {
+    #[inline]
     fn new(pt: &'a PageTable<C>, range: &Range<Vaddr>) -> Result<Self, RangeError> {
         Ok(Self::from_cursor(Cursor::new(pt, range)?))
     }
 
+    #[inline]
     fn from_cursor(inner: Cursor<'a, C>) -> Self {
         Self { inner, detached: Vec::new(), removed: false }
     }
