@@ -1,7 +1,8 @@
 //! The page table's structural invariant, checked by walking the tree.
 
-use super::node::NodeRef;
-use super::{PageTable, PageTableConfig, PtNodeMeta};
+use super::config::PageTableConfig;
+use super::node::{NodeRef, PtNodeMeta};
+use super::table::PageTable;
 use crate::addr::{is_aligned, PagingLevel, PAGE_SIZE};
 use crate::arch::{page_size, PagingFormat, PteKind};
 use crate::frame::REF_COUNT_MAX;
@@ -42,17 +43,17 @@ impl<C: PageTableConfig> PageTable<C> {
         if slot.ref_count() != 1 {
             return Err("a page-table node does not have exactly one reference");
         }
-        if node.meta().level != level {
+        if node.level() != level {
             return Err("a page-table node's level is wrong");
         }
         if node.is_stray() {
             return Err("a reachable page-table node is marked stray");
         }
-        node.lock();
+        let guard = node.lock();
         let mut children = alloc::vec::Vec::new();
         let mut present = 0u16;
         for i in 0..C::F::NR_ENTRIES {
-            match C::F::decode(node.read(i), level) {
+            match C::F::decode(guard.read(i), level) {
                 PteKind::Absent => {}
                 PteKind::Table(child) => {
                     present += 1;
@@ -63,7 +64,6 @@ impl<C: PageTableConfig> PageTable<C> {
                 PteKind::Page { pa, tracked, .. } => {
                     present += 1;
                     if level > C::F::HIGHEST_LEAF_LEVEL || !is_aligned(pa, page_size::<C::F>(level)) {
-                        node.unlock();
                         return Err("a leaf is at a level that cannot map pages, or is misaligned");
                     }
                     if tracked {
@@ -72,15 +72,14 @@ impl<C: PageTableConfig> PageTable<C> {
                             (1..=REF_COUNT_MAX).contains(&rc)
                         };
                         if !ok {
-                            node.unlock();
                             return Err("a tracked leaf is not a live 4 KiB frame");
                         }
                     }
                 }
             }
         }
-        let count_ok = node.nr_children() == present;
-        node.unlock();
+        let count_ok = guard.nr_children() == present;
+        drop(guard);
         if !count_ok {
             return Err("a node's child count differs from its non-absent entries");
         }
@@ -184,10 +183,9 @@ mod tests {
     /// Writes `raw` at entry `index` of `node` under its lock; returns what
     /// was there.
     fn swap_entry(node: NodeRef<'_>, index: usize, raw: u64) -> u64 {
-        node.lock();
+        let node = node.lock();
         let old = node.read(index);
         node.write(index, raw);
-        node.unlock();
         old
     }
 
@@ -220,13 +218,9 @@ mod tests {
     fn a_wrong_child_count_is_reported() {
         with_table(|_, pt, path| {
             let node = path.node(1);
-            node.lock();
-            let old = node.swap_nr_children(2);
-            node.unlock();
+            let old = node.lock().swap_nr_children(2);
             assert_eq!(pt.check_inv(), Err("a node's child count differs from its non-absent entries"));
-            node.lock();
-            node.swap_nr_children(old);
-            node.unlock();
+            node.lock().swap_nr_children(old);
         });
     }
 
@@ -298,10 +292,7 @@ mod tests {
         let pt = Pt::empty(space.phys()).unwrap();
         let frame = FrameAllocOptions::new_in(&space).alloc_frame().unwrap();
         pt.cursor_mut(&(UVA..UVA + PAGE_SIZE)).unwrap().map(MappedItem::Tracked(frame.into(), prop()));
-        let node = Path::to(&pt, UVA).node(2);
-        node.lock();
-        node.mark_stray();
-        node.unlock();
+        Path::to(&pt, UVA).node(2).lock().mark_stray();
         assert_eq!(pt.check_inv(), Err("a reachable page-table node is marked stray"));
     }
 }

@@ -1,9 +1,15 @@
 //! Lock-free walks: how the hardware reads the table.
+//!
+//! A walk reads entries from the root down without taking any lock, as a
+//! CPU's MMU does; only [`NodeRef::read`] is needed, which is allowed on an
+//! unlocked node. What keeps the nodes it passes alive is the caller's
+//! business (an RCU read-side section, or owning the mapping walked to).
 
+use super::config::{vaddr_bounds, PageTableConfig};
 use super::node::NodeRef;
-use super::{vaddr_bounds, PageTable, PageTableConfig};
+use super::table::PageTable;
 use crate::addr::{Paddr, PagingLevel, Vaddr};
-use crate::arch::{pte_index, PagingFormat, PteKind};
+use crate::arch::{page_size, pte_index, PagingFormat, PteKind};
 use crate::page_prop::PageProperty;
 
 /// The leaf a walk found.
@@ -17,6 +23,22 @@ pub(crate) struct Leaf {
 }
 
 impl<C: PageTableConfig> PageTable<C> {
+    /// Reads the leaf mapping `va` by a plain walk, like the hardware does
+    /// (no locks; a snapshot). Returns the physical address `va` translates
+    /// to and the property.
+    ///
+    /// Only addresses of this table's own range are translated (`None`
+    /// otherwise): a user table does not follow the kernel entries it
+    /// shares, which belong to the kernel table and may be freed before it.
+    #[must_use]
+    pub fn translate(&self, va: Vaddr) -> Option<(Paddr, PageProperty)> {
+        let _rcu = crate::platform::RcuReadGuard::new(self.phys().platform());
+        // SAFETY: we are in a read-side section, so a node reachable now is
+        // not freed before it ends.
+        let leaf = unsafe { self.walk_unlocked(va) }?;
+        Some((leaf.pa + va % page_size::<C::F>(leaf.level), leaf.prop))
+    }
+
     /// Walks to the leaf mapping `va` without locks.
     ///
     /// # Safety

@@ -1,0 +1,172 @@
+//! Mapping: putting leaves into the table.
+//!
+//! [`CursorMut::try_map`] maps one item at the cursor's address at the
+//! item's level, creating the nodes on the way (each born locked, so it
+//! joins the cursor's locked sub-tree) and replacing an empty node left
+//! where a huge page goes. Nothing changes if the item is rejected, except
+//! that nodes created for it and left empty are detached again.
+//!
+//! [`CursorMut::try_map_frames`] maps 4 KiB frames one after another. It is
+//! the hot path of mapping an area: once `try_map` has placed the first
+//! frame of a leaf node, the rest of that node is filled by
+//! [`NodeGuard::fill_absent`](super::super::node::NodeGuard::fill_absent)
+//! in a tight loop, with no walk and no check per page beyond the entry
+//! being absent and the frame being of this table's space.
+
+use super::{entry_range, may_detach, node_span, CursorMut};
+use crate::addr::{is_aligned, PAGE_SIZE};
+use crate::arch::{page_size, pte_index, PagingFormat, PteKind};
+use crate::frame::{AnyFrameMeta, Frame};
+use crate::page_prop::PageProperty;
+use crate::page_table::config::PageTableConfig;
+use crate::page_table::error::{MapError, MapErrorKind};
+use crate::page_table::item::MappedItem;
+use crate::page_table::node::alloc_node;
+
+impl<C: PageTableConfig> CursorMut<'_, C> {
+    /// Maps `item` at the current address and moves past it.
+    ///
+    /// # Panics
+    ///
+    /// Panics in the cases [`try_map`](Self::try_map) reports, with the
+    /// reason: most notably "mapping over an already mapped page".
+    pub fn map(&mut self, item: MappedItem) {
+        if let Err(e) = self.try_map(item) {
+            panic!("CursorMut::map at {:#x}: {}", self.inner.va, e.kind);
+        }
+    }
+
+    /// Maps `item` at the current address and moves past it, or returns it
+    /// with the reason. A rejected call changes nothing.
+    ///
+    /// A tracked frame is mapped at level 1; an untracked item at its level,
+    /// where an empty page-table node left there is replaced.
+    pub fn try_map(&mut self, item: MappedItem) -> Result<(), MapError> {
+        let (pa, level, prop, tracked) = match &item {
+            MappedItem::Tracked(frame, prop) => (frame.paddr(), 1, *prop, true),
+            MappedItem::Untracked(pa, level, prop) => (*pa, *level, *prop, false),
+        };
+        let fail = |kind, item| Err(MapError { kind, item });
+        if let MappedItem::Tracked(frame, _) = &item {
+            // The entry will hold the frame's reference as a bare address
+            // and take it back through this table's metadata array.
+            if !core::ptr::eq(frame.phys(), self.inner.phys()) {
+                return fail(MapErrorKind::ForeignFrame, item);
+            }
+        }
+        if !(1..=C::F::HIGHEST_LEAF_LEVEL).contains(&level) {
+            return fail(MapErrorKind::UnsupportedLevel, item);
+        }
+        let size = page_size::<C::F>(level);
+        let c = &mut self.inner;
+        if c.va >= c.barrier.end || size > c.barrier.end - c.va {
+            return fail(MapErrorKind::OutOfRange, item);
+        }
+        if !is_aligned(c.va, size) || !is_aligned(pa, size) {
+            return fail(MapErrorKind::Misaligned, item);
+        }
+        if C::F::PA_BITS < usize::BITS && pa.checked_add(size).is_none_or(|end| end > 1 << C::F::PA_BITS) {
+            return fail(MapErrorKind::PaddrTooLarge, item);
+        }
+        c.sync_path();
+        // The guard covers at least one entry of `size` (the range does), so
+        // it is at `level` or above.
+        while c.level < level {
+            c.pop();
+        }
+        while c.level > level {
+            match C::F::decode(c.cur_raw(), c.level) {
+                // SAFETY: the current entry points to `child`, and `va` is
+                // below the barrier's end (checked above).
+                PteKind::Table(child) => unsafe { c.descend(child) },
+                PteKind::Page { .. } => return fail(MapErrorKind::AlreadyMapped, item),
+                PteKind::Absent => {
+                    let Ok(child) = alloc_node(c.phys(), c.level - 1) else {
+                        self.reclaim_empty_path();
+                        return fail(MapErrorKind::OutOfMemory, item);
+                    };
+                    c.cur_node().write(c.cur_index(), C::F::encode_table(child.pa()));
+                    // The new node stays locked: it is inside the barrier.
+                    c.push(child);
+                }
+            }
+        }
+        let raw = c.cur_raw();
+        match C::F::decode(raw, level) {
+            PteKind::Absent => {}
+            // SAFETY: the current entry points to `child`, and `va` is below
+            // the barrier's end (checked above).
+            PteKind::Table(child) if unsafe { c.child_is_empty(child) } && may_detach::<C>(level - 1) => {
+                c.cur_node().write(c.cur_index(), 0);
+                // SAFETY: the node was at the current entry, which holds
+                // `va` and lies in the barrier, until it was just unhooked;
+                // `child_is_empty` gave up its guard.
+                let child = unsafe { c.held_node(child) };
+                let span = entry_range::<C>(c.va, level);
+                self.retire_empty(child, raw, level, span);
+            }
+            _ => return fail(MapErrorKind::AlreadyMapped, item),
+        }
+        let c = &mut self.inner;
+        let (node, i) = (c.cur_node(), c.cur_index());
+        node.write(i, C::F::encode_page(pa, level, prop, tracked));
+        if let MappedItem::Tracked(frame, _) = item {
+            // The entry now owns the frame's reference.
+            let _ = frame.into_raw();
+        }
+        c.va += size;
+        Ok(())
+    }
+
+    /// Maps tracked `frames` one 4 KiB page after another from the current
+    /// address, exactly as [`try_map`](Self::try_map) would one at a time,
+    /// but filling each leaf node in a tight loop once the first frame in
+    /// it is mapped. Stops at the first frame `try_map` would reject and
+    /// returns that rejection; the frames before it stay mapped.
+    ///
+    /// If the iterator panics, the frames it yielded before stay mapped, as
+    /// if it had ended there, and the panic goes on; the table is
+    /// consistent and the cursor usable, at an address no further than the
+    /// end of what was mapped (`jump` before mapping on).
+    pub fn try_map_frames<T: AnyFrameMeta + ?Sized>(
+        &mut self,
+        frames: impl IntoIterator<Item = Frame<T>>,
+        prop: PageProperty,
+    ) -> Result<(), MapError> {
+        let mut frames = frames.into_iter();
+        let slots = self.inner.phys().slot_map();
+        let encode = C::F::page_encoder(1, prop, true);
+        // A frame taken from `frames` that the fill below could not map.
+        let mut rest = None;
+        while let Some(first) = rest.take().or_else(|| frames.next()) {
+            self.try_map(MappedItem::Tracked(Frame::into_dyn(first), prop))?;
+            let c = &mut self.inner;
+            if c.level != 1 {
+                continue;
+            }
+            // `try_map` left the cursor in the leaf node it wrote, just past
+            // that page: fill the rest of the node directly, as long as the
+            // frames are ours and the entries absent. `try_map` deals with
+            // whatever stops the fill (and reports any error).
+            let node_end = c.base[0].saturating_add(node_span::<C::F>(1));
+            let limit = node_end.min(c.barrier.end);
+            if c.va >= limit {
+                continue;
+            }
+            let from = pte_index::<C::F>(c.va, 1);
+            let to = from + (limit - c.va) / PAGE_SIZE;
+            let written = c.cur_node().fill_absent(from, to, || {
+                let frame = frames.next()?;
+                let Some(pa) = frame.paddr_in(slots) else {
+                    rest = Some(frame);
+                    return None;
+                };
+                // The entry takes over the frame's reference.
+                core::mem::forget(frame);
+                Some(encode(pa))
+            });
+            c.va += written * PAGE_SIZE;
+        }
+        Ok(())
+    }
+}

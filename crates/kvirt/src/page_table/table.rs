@@ -1,0 +1,179 @@
+//! The page table itself: a root node, where its nodes live, and the queue
+//! of nodes waiting to be reclaimed.
+//!
+//! This file holds what a table *is* (creation, the root, sharing the
+//! kernel half with a user table, dropping); each other concept adds its
+//! own methods to [`PageTable`] in its own file, so that this one depends
+//! on none of them: cursors in `cursor`, lazy reclamation in
+//! `cursor::reclaim`, lock-free walks and `translate` in `walk`, the
+//! invariant check in `inv`.
+
+use core::fmt;
+use core::marker::PhantomData;
+use core::ptr::NonNull;
+
+use super::config::{KernelPtConfig, PageTableConfig, UserPtConfig};
+use super::error::PageTableAllocError;
+use super::node::{alloc_node, free_node, release_entry, NodeRef};
+use crate::addr::{Paddr, PagingLevel, Vaddr};
+use crate::arch::PagingFormat;
+use crate::frame::PhysMem;
+use crate::kspace::{KernelLayout, KernelSpace};
+
+/// A page table of configuration `C`.
+///
+/// ## The last page
+///
+/// The last page of the address space, `0xffff_ffff_ffff_f000..=usize::MAX`,
+/// can never be mapped. Cursors work on a `Range<Vaddr>`, and a range
+/// covering that page would have to end at 2^64, which no `usize` holds:
+/// the highest range end is `0xffff_ffff_ffff_f000` (`usize::MAX` itself is
+/// not page aligned, and an end that wrapped to 0 makes the range
+/// reversed). The range [`Cursor::query`](super::Cursor::query) reports for
+/// an entry that reaches the end of the space saturates at `usize::MAX`
+/// instead.
+///
+/// Nothing is lost by it: kernel space ends at
+/// [`KERNEL_END_VADDR`](crate::kspace::KERNEL_END_VADDR)
+/// (`0xffff_ffff_ffff_0000`, 16 pages below), so no kernel virtual area,
+/// linear mapping or kernel image is ever placed there; and no other
+/// [`KernelLayout`] can claim the page either, since its kernel range is a
+/// page-aligned `Range<Vaddr>` too.
+pub struct PageTable<C: PageTableConfig> {
+    /// The root node, owned (one reference).
+    root: Paddr,
+    /// Where the nodes live. Outlives the table (kernel-space lifetime rule).
+    phys: NonNull<PhysMem>,
+    /// Whether guard nodes emptied by cursors wait in `empty_nodes` for a
+    /// batch instead of being reclaimed at once (kernel spaces turn it on
+    /// for their kernel page table).
+    pub(super) lazy_reclaim: bool,
+    /// Nodes (start address, level) emptied and not yet reclaimed.
+    pub(super) empty_nodes: spin::Mutex<alloc::vec::Vec<(Vaddr, PagingLevel)>>,
+    _config: PhantomData<C>,
+}
+
+// SAFETY: the table's nodes are shared through locks and atomics; `PhysMem`
+// is `Sync`.
+unsafe impl<C: PageTableConfig> Send for PageTable<C> {}
+// SAFETY: as for `Send`.
+unsafe impl<C: PageTableConfig> Sync for PageTable<C> {}
+
+impl<C: PageTableConfig> PageTable<C> {
+    /// An empty page table whose nodes come from `space`. If the root's
+    /// children cannot be unmapped (`TOP_LEVEL_CAN_UNMAP == false`), they are
+    /// all created now.
+    pub fn empty_in<L: KernelLayout>(space: &KernelSpace<L>) -> Result<Self, PageTableAllocError> {
+        Self::empty(space.phys())
+    }
+
+    pub(crate) fn empty(phys: &PhysMem) -> Result<Self, PageTableAllocError> {
+        const {
+            crate::arch::check_shape::<C::F>();
+            let r = C::TOP_LEVEL_INDEX_RANGE;
+            assert!(
+                r.start < r.end && r.end <= C::F::NR_ENTRIES,
+                "PageTableConfig: TOP_LEVEL_INDEX_RANGE must be a non-empty range of the root's entries"
+            );
+        };
+        let root = alloc_node(phys, C::F::NR_LEVELS)?;
+        let table = Self {
+            root: root.pa(),
+            phys: NonNull::from(phys),
+            lazy_reclaim: false,
+            empty_nodes: spin::Mutex::new(alloc::vec::Vec::new()),
+            _config: PhantomData,
+        };
+        if !C::TOP_LEVEL_CAN_UNMAP {
+            for i in C::TOP_LEVEL_INDEX_RANGE {
+                let Ok(child) = alloc_node(phys, C::F::NR_LEVELS - 1) else {
+                    // Dropping `table` releases the children made so far;
+                    // it locks the root, so unlock it first.
+                    drop(root);
+                    return Err(PageTableAllocError);
+                };
+                root.write(i, C::F::encode_table(child.pa()));
+            }
+        }
+        Ok(table)
+    }
+
+    pub(crate) fn phys(&self) -> &PhysMem {
+        // SAFETY: the `PhysMem` outlives its page tables (kernel-space
+        // lifetime rule).
+        unsafe { self.phys.as_ref() }
+    }
+
+    /// The physical address of the root node (what goes into CR3).
+    #[must_use]
+    pub fn root_paddr(&self) -> Paddr {
+        self.root
+    }
+
+    pub(crate) fn root_node(&self) -> NodeRef<'_> {
+        // SAFETY: the table owns its root.
+        unsafe { NodeRef::new(self.phys(), self.root) }
+    }
+}
+
+impl<F: PagingFormat> PageTable<KernelPtConfig<F>> {
+    /// A user page table sharing this kernel table's upper-half entries.
+    ///
+    /// The new table's root gets copies of this table's top-level entries,
+    /// so the two share the kernel's second-level nodes. Those nodes are
+    /// created with this table, never detached (so kernel mappings made
+    /// later show in every user table) and freed when this table is
+    /// dropped. A user table must therefore **not be walked by an MMU after
+    /// the kernel table it was made from is dropped**: its kernel half would
+    /// point to freed nodes. Keep the kernel table alive as long as any CPU
+    /// may load a user table made from it.
+    ///
+    /// That rule binds only the `unsafe` act of loading a table into a CPU,
+    /// which lies outside kvirt (see "Safety model" in the module docs).
+    /// kvirt itself never follows the shared entries from a user table: its
+    /// cursors and [`translate`](PageTable::translate) cover the lower half
+    /// only, [`check_inv`](PageTable::check_inv) does not descend into them,
+    /// and dropping it forgets them. So a user table may outlive its kernel
+    /// table as a Rust value. That is why the result is an independent
+    /// value rather than one that borrows the kernel table (a lifetime) or
+    /// shares it (an `Arc`): either would only restrict safe code, which
+    /// cannot misuse the shared entries, while the act the rule is about is
+    /// `unsafe` in any case.
+    pub fn create_user_page_table(&self) -> Result<PageTable<UserPtConfig<F>>, PageTableAllocError> {
+        let user = PageTable::<UserPtConfig<F>>::empty(self.phys())?;
+        let (root, kroot) = (user.root_node().lock(), self.root_node());
+        for i in <KernelPtConfig<F>>::TOP_LEVEL_INDEX_RANGE {
+            root.write(i, kroot.read(i));
+        }
+        drop(root);
+        Ok(user)
+    }
+}
+
+impl<C: PageTableConfig> Drop for PageTable<C> {
+    fn drop(&mut self) {
+        let root = self.root_node().lock();
+        for i in C::TOP_LEVEL_INDEX_RANGE {
+            let raw = root.read(i);
+            root.write(i, 0);
+            // SAFETY: `&mut self` means no cursor of this table is alive; the
+            // entries in the table's own index range belong to it alone.
+            unsafe { release_entry::<C::F>(self.phys(), raw, C::F::NR_LEVELS) };
+        }
+        // Entries outside our range (shared kernel entries in a user table)
+        // are not ours: forget them.
+        for i in 0..C::F::NR_ENTRIES {
+            if root.read(i) != 0 {
+                root.write(i, 0);
+            }
+        }
+        // SAFETY: the root is ours and now empty.
+        unsafe { free_node(root) };
+    }
+}
+
+impl<C: PageTableConfig> fmt::Debug for PageTable<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PageTable").field("root", &format_args!("{:#x}", self.root)).finish()
+    }
+}
