@@ -96,8 +96,13 @@ mod cursor;
 mod error;
 mod inv;
 mod item;
-#[doc(hidden)]
+// The lock protocol over an abstract tree. Public only to the loom model
+// (`tests/loom_locking.rs`, built with `--cfg loom`), which runs this very
+// code over a tree of loom atomics.
+#[cfg(loom)]
 pub mod locking;
+#[cfg(not(loom))]
+mod locking;
 mod node;
 mod table;
 mod walk;

@@ -31,7 +31,9 @@ use crate::page_table::node::{alloc_node, free_node};
 ///
 /// It still owns what was mapped: flush the TLB for
 /// [`va_range`](Self::va_range) on every CPU that may cache it, then drop
-/// it (a `TlbFlusher` does both in order).
+/// it (the platform's [`flush_tlb`](crate::platform::Platform::flush_tlb)
+/// with [`TlbScope::AllCpus`](crate::platform::TlbScope::AllCpus), as
+/// `KVirtArea`'s drop does).
 #[must_use = "dropping a fragment before the TLB flush lets its frames be reused while still cached"]
 #[derive(Debug)]
 pub enum PageTableFrag<F: PagingFormat = X86_64> {
