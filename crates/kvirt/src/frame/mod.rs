@@ -85,6 +85,8 @@ impl fmt::Display for FrameAllocError {
     }
 }
 
+impl core::error::Error for FrameAllocError {}
+
 /// Why a byte access to an untyped frame or segment failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FrameAccessError {
@@ -108,6 +110,8 @@ impl fmt::Display for FrameAccessError {
         }
     }
 }
+
+impl core::error::Error for FrameAccessError {}
 
 /// Options for allocating frames and segments.
 ///
@@ -286,6 +290,8 @@ impl fmt::Display for PhysMemError {
         }
     }
 }
+
+impl core::error::Error for PhysMemError {}
 
 /// Usage counters of physical memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -55,6 +55,8 @@ impl fmt::Display for SegmentError {
     }
 }
 
+impl core::error::Error for SegmentError {}
+
 impl<M: ?Sized> Segment<M> {
     /// Wraps pages whose references the caller transfers.
     ///

@@ -130,6 +130,8 @@ impl fmt::Display for KVirtAreaError {
     }
 }
 
+impl core::error::Error for KVirtAreaError {}
+
 /// Why [`KVirtArea::try_split`] refused; the area is handed back unchanged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SplitError {
@@ -156,6 +158,8 @@ impl fmt::Display for SplitError {
         }
     }
 }
+
+impl core::error::Error for SplitError {}
 
 /// Why a byte access through an area failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -210,6 +214,8 @@ impl fmt::Display for AreaAccessError {
         }
     }
 }
+
+impl core::error::Error for AreaAccessError {}
 
 /// A kernel virtual area (see the module documentation).
 pub struct KVirtArea<L: KernelLayout = X86_64Layout> {

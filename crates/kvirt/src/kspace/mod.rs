@@ -90,6 +90,16 @@ impl fmt::Display for KernelSpaceError {
     }
 }
 
+impl core::error::Error for KernelSpaceError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            KernelSpaceError::PhysMem(e) => Some(e),
+            KernelSpaceError::Layout(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 impl From<PhysMemError> for KernelSpaceError {
     fn from(e: PhysMemError) -> Self {
         KernelSpaceError::PhysMem(e)
@@ -159,6 +169,8 @@ impl fmt::Display for KernelImageError {
         }
     }
 }
+
+impl core::error::Error for KernelImageError {}
 
 /// The parts of a kernel space, shared by its handles (see "Lifetime" in
 /// the module documentation).

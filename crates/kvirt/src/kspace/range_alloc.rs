@@ -152,6 +152,8 @@ impl fmt::Display for RangeAllocError {
     }
 }
 
+impl core::error::Error for RangeAllocError {}
+
 /// A snapshot of a [`RangeAllocator`]'s occupancy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RangeAllocStats {

@@ -40,6 +40,8 @@ impl fmt::Display for RangeError {
     }
 }
 
+impl core::error::Error for RangeError {}
+
 /// A virtual address outside a cursor's range.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutOfCursorRange {
@@ -55,6 +57,8 @@ impl fmt::Display for OutOfCursorRange {
     }
 }
 
+impl core::error::Error for OutOfCursorRange {}
+
 /// Why a mapping was rejected; carries the item back.
 #[derive(Debug)]
 pub struct MapError {
@@ -63,6 +67,14 @@ pub struct MapError {
     /// The item, returned unmapped.
     pub item: MappedItem,
 }
+
+impl fmt::Display for MapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.kind, f)
+    }
+}
+
+impl core::error::Error for MapError {}
 
 /// What was wrong with a mapping request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +111,8 @@ impl fmt::Display for MapErrorKind {
     }
 }
 
+impl core::error::Error for MapErrorKind {}
+
 /// No memory was left for a page-table node (creating a page table, or
 /// splitting a huge page in [`CursorMut::try_take_next`] and
 /// [`CursorMut::try_protect_next`]).
@@ -113,3 +127,5 @@ impl fmt::Display for PageTableAllocError {
         f.write_str("out of memory for page-table nodes")
     }
 }
+
+impl core::error::Error for PageTableAllocError {}
