@@ -2,7 +2,9 @@
 //! kvirt's page table before switching to it.
 
 use kvirt::frame::FrameAllocOptions;
-use kvirt::kspace::{KernelImageError, KernelSpace, KERNEL_CODE_BASE_VADDR, KERNEL_END_VADDR};
+use kvirt::kspace::{
+    KernelImageError, KernelSpace, FRAME_METADATA_VADDR_RANGE, KERNEL_CODE_BASE_VADDR, KERNEL_END_VADDR,
+};
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
 use kvirt::sim::MachineConfig;
 use kvirt::spec::Inv;
@@ -88,6 +90,8 @@ fn every_rejection_is_typed_and_changes_nothing() {
     let base = KERNEL_CODE_BASE_VADDR;
     let before = space.phys_stats();
     let user = PageProperty::new_user(PageFlags::RW, CachePolicy::Writeback);
+    let (meta, _) =
+        space.kernel_translate(FRAME_METADATA_VADDR_RANGE.start).expect("the metadata array is mapped");
     let mut try_map = |va, pa: core::ops::Range<usize>, prop| {
         // SAFETY: every call below is rejected before anything is mapped.
         unsafe { space.map_kernel_image(va, pa, prop) }
@@ -113,6 +117,9 @@ fn every_rejection_is_typed_and_changes_nothing() {
     assert!(matches!(try_map(base, 1 << 52..(1 << 52) + MIB, rw()), Err(KernelImageError::PaddrTooLarge(_))));
     // 6..7 MiB is usable RAM: handing it to the image would alias frames.
     assert_eq!(try_map(base, 5 * MIB..7 * MIB, rw()), Err(KernelImageError::TrackedPaddr(5 * MIB..7 * MIB)));
+    // The frame metadata array is kvirt's own: never part of an image.
+    let meta_page = meta..meta + PAGE_SIZE;
+    assert_eq!(try_map(base, meta_page.clone(), rw()), Err(KernelImageError::TrackedPaddr(meta_page)));
     assert_eq!(try_map(base, 2 * MIB..3 * MIB, user), Err(KernelImageError::UserAccessible));
     assert_eq!(space.phys_stats(), before);
     assert_eq!(space.kernel_translate(base), None);

@@ -48,7 +48,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 
 use super::registry::{AreaInfo, AreaKind};
 use super::vmalloc::GUARD_SIZE;
-use super::{KernelLayout, KernelSpace, SpaceInner, X86_64Layout};
+use super::{KernelLayout, KernelSpace, SpaceInner, UntrackedRangeError, X86_64Layout};
 use crate::addr::{is_page_aligned, Paddr, Vaddr, PAGE_SIZE};
 use crate::arch::{page_size, PagingFormat};
 use crate::frame::{AnyFrameMeta, Frame, FrameRef};
@@ -417,7 +417,7 @@ impl<L: KernelLayout> KVirtArea<L> {
         );
         #[cfg(feature = "check-contracts")]
         crate::spec::contracts::query_requires(self, addr);
-        let result = self.query_unchecked(addr);
+        let result = self.query_inner(addr);
         #[cfg(feature = "check-contracts")]
         crate::spec::contracts::query_ensures(self, addr, &result);
         result
@@ -431,7 +431,7 @@ impl<L: KernelLayout> KVirtArea<L> {
     /// borrowed, so every node on the path stays alive and the lock-free walk
     /// needs neither locks nor a read-side section.
     #[inline]
-    fn query_unchecked(&self, addr: Vaddr) -> Option<MappedItemRef<'_>> {
+    fn query_inner(&self, addr: Vaddr) -> Option<MappedItemRef<'_>> {
         if !self.mapped.contains(&addr) {
             return None;
         }
@@ -475,14 +475,14 @@ impl<L: KernelLayout> KVirtArea<L> {
     pub fn try_split(self, offset: usize) -> Result<(Self, Self), (Self, SplitError)> {
         #[cfg(feature = "check-contracts")]
         let before = crate::spec::contracts::split_requires(&self);
-        let result = self.try_split_unchecked(offset);
+        let result = self.try_split_inner(offset);
         #[cfg(feature = "check-contracts")]
         crate::spec::contracts::split_ensures(&before, offset, &result);
         result
     }
 
     #[allow(clippy::result_large_err, reason = "as `try_split`")]
-    fn try_split_unchecked(mut self, offset: usize) -> Result<(Self, Self), (Self, SplitError)> {
+    fn try_split_inner(mut self, offset: usize) -> Result<(Self, Self), (Self, SplitError)> {
         if !(is_page_aligned(offset) && 0 < offset && offset < self.size()) {
             let size = self.size();
             return Err((self, SplitError::BadOffset { offset, size }));
@@ -559,14 +559,14 @@ impl<L: KernelLayout> KVirtArea<L> {
     pub fn read_bytes(&self, offset: usize, buf: &mut [u8]) -> Result<(), AreaAccessError> {
         #[cfg(feature = "check-contracts")]
         let before = buf.to_vec();
-        let result = self.read_bytes_unchecked(offset, buf);
+        let result = self.read_bytes_inner(offset, buf);
         #[cfg(feature = "check-contracts")]
         crate::spec::contracts::read_bytes_ensures(self, offset, &before, buf, &result);
         result
     }
 
     /// [`read_bytes`](Self::read_bytes) without its contract checks.
-    fn read_bytes_unchecked(&self, offset: usize, buf: &mut [u8]) -> Result<(), AreaAccessError> {
+    fn read_bytes_inner(&self, offset: usize, buf: &mut [u8]) -> Result<(), AreaAccessError> {
         self.copy_out(offset, buf, PageFlags::R)
     }
 
@@ -601,13 +601,13 @@ impl<L: KernelLayout> KVirtArea<L> {
     pub fn write_bytes(&self, offset: usize, data: &[u8]) -> Result<(), AreaAccessError> {
         #[cfg(feature = "check-contracts")]
         let before = crate::spec::contracts::write_bytes_requires(self, offset, data.len());
-        let result = self.write_bytes_unchecked(offset, data);
+        let result = self.write_bytes_inner(offset, data);
         #[cfg(feature = "check-contracts")]
         crate::spec::contracts::write_bytes_ensures(self, offset, data, &before, &result);
         result
     }
 
-    fn write_bytes_unchecked(&self, offset: usize, data: &[u8]) -> Result<(), AreaAccessError> {
+    fn write_bytes_inner(&self, offset: usize, data: &[u8]) -> Result<(), AreaAccessError> {
         let pieces = self.ram_pieces(offset, data.len(), PageFlags::RW)?;
         let mut done = 0;
         for (ptr, len) in pieces {
@@ -638,7 +638,7 @@ impl<L: KernelLayout> KVirtArea<L> {
         let phys = &self.space().phys;
         while va < end {
             let in_page = (PAGE_SIZE - va % PAGE_SIZE).min(end - va);
-            let item = self.query_unchecked(va).ok_or(AreaAccessError::Unmapped(va))?;
+            let item = self.query_inner(va).ok_or(AreaAccessError::Unmapped(va))?;
             if !item.prop().flags.contains(needed) {
                 return Err(if needed.contains(PageFlags::W) {
                     AreaAccessError::NotWritable(va)
@@ -741,13 +741,13 @@ impl<L: KernelLayout> KernelSpace<L> {
             what: crate::spec::contracts::Requested::Frames(frames.iter().map(Frame::paddr).collect()),
             prop,
         };
-        let result = self.try_map_frames_checked(area_size, map_offset, frames, len, prop);
+        let result = self.try_map_frames_inner(area_size, map_offset, frames, len, prop);
         #[cfg(feature = "check-contracts")]
         crate::spec::contracts::constructor_ensures(self, &request, &result);
         result
     }
 
-    fn try_map_frames_checked<T: AnyFrameMeta + ?Sized>(
+    fn try_map_frames_inner<T: AnyFrameMeta + ?Sized>(
         &self,
         area_size: usize,
         map_offset: usize,
@@ -801,13 +801,13 @@ impl<L: KernelLayout> KernelSpace<L> {
             what: crate::spec::contracts::Requested::Untracked(pa_range.clone()),
             prop,
         };
-        let result = self.try_map_untracked_checked(area_size, map_offset, pa_range, prop);
+        let result = self.try_map_untracked_inner(area_size, map_offset, pa_range, prop);
         #[cfg(feature = "check-contracts")]
         crate::spec::contracts::constructor_ensures(self, &request, &result);
         result
     }
 
-    fn try_map_untracked_checked(
+    fn try_map_untracked_inner(
         &self,
         area_size: usize,
         map_offset: usize,
@@ -821,11 +821,10 @@ impl<L: KernelLayout> KernelSpace<L> {
         if !is_page_aligned(pa_range.start) || !is_page_aligned(pa_range.end) {
             return Err(KVirtAreaError::MisalignedPaddr(pa_range));
         }
-        if pa_range.end > 1usize << <L::Format as PagingFormat>::PA_BITS {
-            return Err(KVirtAreaError::PaddrTooLarge(pa_range));
-        }
-        if self.covers_tracked(&pa_range) {
-            return Err(KVirtAreaError::TrackedPaddr(pa_range));
+        match self.check_untracked(&pa_range) {
+            Err(UntrackedRangeError::PaddrTooLarge) => return Err(KVirtAreaError::PaddrTooLarge(pa_range)),
+            Err(UntrackedRangeError::Tracked) => return Err(KVirtAreaError::TrackedPaddr(pa_range)),
+            Ok(()) => {}
         }
         let len = pa_range.len();
         // Align the area so that the mapping can use the largest pages the

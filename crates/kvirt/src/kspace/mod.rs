@@ -112,6 +112,16 @@ impl From<LayoutError> for KernelSpaceError {
     }
 }
 
+/// Why a physical range cannot be mapped untracked
+/// (`KernelSpace::check_untracked`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum UntrackedRangeError {
+    /// Beyond what the paging format can encode.
+    PaddrTooLarge,
+    /// It covers a page kvirt tracks.
+    Tracked,
+}
+
 /// Why [`KernelSpace::map_kernel_image`] rejected a request. A rejected
 /// call changes nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,9 +138,10 @@ pub enum KernelImageError {
     OutsideKernelCode(Range<Vaddr>),
     /// The physical range reaches beyond what the paging format can map.
     PaddrTooLarge(Range<Paddr>),
-    /// The physical range contains pages the frame allocator can hand out:
-    /// the image must be `Reserved` (or non-RAM) in the memory map, or the
-    /// allocator would give the kernel's own pages away.
+    /// The physical range contains pages the frame allocator can hand out,
+    /// or the frame metadata array: the image must be `Reserved` (or
+    /// non-RAM) in the memory map, or the allocator would give the
+    /// kernel's own pages away.
     TrackedPaddr(Range<Paddr>),
     /// The property allows user access.
     UserAccessible,
@@ -568,11 +579,10 @@ impl<L: KernelLayout> KernelSpace<L> {
         if va < code.start || range.end < va || range.end > code.end {
             return Err(KernelImageError::OutsideKernelCode(range));
         }
-        if pa.end > 1usize << <L::Format as PagingFormat>::PA_BITS {
-            return Err(KernelImageError::PaddrTooLarge(pa));
-        }
-        if self.phys().overlaps_allocatable(&pa) {
-            return Err(KernelImageError::TrackedPaddr(pa));
+        match self.check_untracked(&pa) {
+            Err(UntrackedRangeError::PaddrTooLarge) => return Err(KernelImageError::PaddrTooLarge(pa)),
+            Err(UntrackedRangeError::Tracked) => return Err(KernelImageError::TrackedPaddr(pa)),
+            Ok(()) => {}
         }
         if prop.priv_flags.contains(PrivilegedPageFlags::USER) {
             return Err(KernelImageError::UserAccessible);
@@ -656,13 +666,21 @@ impl<L: KernelLayout> KernelSpace<L> {
         self.inner().registry.list()
     }
 
-    /// Whether `range` covers a page that kvirt tracks: one the frame
-    /// allocator may hand out, or one of the frame metadata array (which
-    /// kvirt owns; mapping it untracked would let a byte write corrupt
-    /// reference counts). Such memory may not be mapped untracked.
-    pub(crate) fn covers_tracked(&self, range: &Range<Paddr>) -> bool {
+    /// The check that any untracked mapping of a (page-aligned, ordered)
+    /// physical range passes, an area's or the kernel image's: the format
+    /// can encode it, and it covers no page kvirt tracks: none the frame
+    /// allocator may hand out (that would alias a frame that may be freed
+    /// and reused) and none of the frame metadata array (kvirt's own: a
+    /// byte write there would corrupt reference counts).
+    pub(crate) fn check_untracked(&self, range: &Range<Paddr>) -> Result<(), UntrackedRangeError> {
+        if range.end > 1usize << <L::Format as PagingFormat>::PA_BITS {
+            return Err(UntrackedRangeError::PaddrTooLarge);
+        }
         let meta = self.phys().meta_range();
-        self.phys().overlaps_allocatable(range) || (meta.start < range.end && range.start < meta.end)
+        if self.phys().overlaps_allocatable(range) || (meta.start < range.end && range.start < meta.end) {
+            return Err(UntrackedRangeError::Tracked);
+        }
+        Ok(())
     }
 
     pub(crate) fn kernel_pt(&self) -> &PageTable<KernelPtConfig<L::Format>> {

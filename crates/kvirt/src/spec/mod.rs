@@ -183,7 +183,7 @@ pub fn map_untracked_frames_panic_condition<L: KernelLayout>(
         || !is_page_aligned(pa_range.end)
         || map_offset.checked_add(len).is_none_or(|end| end > area_size)
         || pa_range.end > 1 << <L::Format as PagingFormat>::PA_BITS
-        || space.covers_tracked(pa_range)
+        || space.check_untracked(pa_range).is_err()
         || prop.priv_flags.contains(PrivilegedPageFlags::USER)
 }
 
