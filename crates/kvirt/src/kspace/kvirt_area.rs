@@ -46,176 +46,15 @@ use core::ops::Range;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use super::registry::{AreaInfo, AreaKind};
+use super::error::{AreaAccessError, KVirtAreaError, SplitError};
+use super::registry::AreaInfo;
 use super::vmalloc::GUARD_SIZE;
-use super::{KernelLayout, KernelSpace, SpaceInner, UntrackedRangeError, X86_64Layout};
+use super::{KernelLayout, KernelSpace, SpaceInner, X86_64Layout};
 use crate::addr::{is_page_aligned, Paddr, Vaddr, PAGE_SIZE};
-use crate::arch::{page_size, PagingFormat};
 use crate::frame::{AnyFrameMeta, Frame, FrameRef};
-use crate::page_prop::{PageFlags, PageProperty, PrivilegedPageFlags};
-use crate::page_table::{largest_pages, MappedItem, MappedItemRef, PageTableAllocError, PageTableFrag};
+use crate::page_prop::{PageFlags, PageProperty};
+use crate::page_table::{MappedItemRef, PageTableAllocError, PageTableFrag};
 use crate::platform::{TlbFlushOp, TlbScope};
-
-/// Why a kernel virtual area could not be created.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KVirtAreaError {
-    /// `area_size` is zero.
-    ZeroSize,
-    /// `area_size` is not a multiple of the page size.
-    MisalignedSize(usize),
-    /// `map_offset` is not a multiple of the page size.
-    MisalignedOffset(usize),
-    /// `map_offset >= area_size`.
-    OffsetOutOfArea {
-        /// The offset.
-        map_offset: usize,
-        /// The area size.
-        area_size: usize,
-    },
-    /// The frames or the physical range do not fit between `map_offset`
-    /// and the end of the area (or the sum overflows).
-    MappingExceedsArea {
-        /// The offset.
-        map_offset: usize,
-        /// The bytes to map.
-        len: usize,
-        /// The area size.
-        area_size: usize,
-    },
-    /// A physical range bound is not a multiple of the page size.
-    MisalignedPaddr(Range<Paddr>),
-    /// The physical range is reversed (`start > end`).
-    ReversedPaddrRange(Range<Paddr>),
-    /// The physical range reaches beyond what the paging format can address.
-    PaddrTooLarge(Range<Paddr>),
-    /// The physical range contains pages the frame allocator can hand out.
-    TrackedPaddr(Range<Paddr>),
-    /// A frame belongs to another kernel space.
-    ForeignFrame(Paddr),
-    /// The property allows user access.
-    UserAccessible,
-    /// VMALLOC has no free range of this size.
-    VmallocExhausted(usize),
-    /// No memory was left for page-table nodes.
-    OutOfMemory,
-}
-
-impl fmt::Display for KVirtAreaError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use KVirtAreaError as E;
-        match self {
-            E::ZeroSize => f.write_str("the area size is zero"),
-            E::MisalignedSize(s) => write!(f, "the area size {s:#x} is not a multiple of PAGE_SIZE"),
-            E::MisalignedOffset(o) => write!(f, "the map offset {o:#x} is not aligned to PAGE_SIZE"),
-            E::OffsetOutOfArea { map_offset, area_size } => {
-                write!(f, "the map offset {map_offset:#x} is not inside the area of {area_size:#x} bytes")
-            }
-            E::MappingExceedsArea { map_offset, len, area_size } => write!(
-                f,
-                "the map offset {map_offset:#x} plus the {len:#x} bytes to map exceeds the area size {area_size:#x}"
-            ),
-            E::MisalignedPaddr(r) => write!(f, "the provided physical range {r:#x?} is not aligned to PAGE_SIZE"),
-            E::ReversedPaddrRange(r) => write!(f, "the provided physical range {r:#x?} is reversed"),
-            E::PaddrTooLarge(r) => {
-                write!(f, "the provided physical range {r:#x?} is beyond what the paging format can map")
-            }
-            E::TrackedPaddr(r) => {
-                write!(f, "the provided physical range {r:#x?} contains tracked physical addresses")
-            }
-            E::ForeignFrame(pa) => write!(f, "frame {pa:#x} belongs to another kernel space"),
-            E::UserAccessible => f.write_str("kernel virtual areas cannot be user accessible"),
-            E::VmallocExhausted(s) => write!(f, "VMALLOC has no free range of {s:#x} bytes"),
-            E::OutOfMemory => f.write_str("out of memory for page-table nodes"),
-        }
-    }
-}
-
-impl core::error::Error for KVirtAreaError {}
-
-/// Why [`KVirtArea::try_split`] refused; the area is handed back unchanged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SplitError {
-    /// The offset is not page aligned or not strictly inside the area.
-    BadOffset {
-        /// The offset.
-        offset: usize,
-        /// The area size.
-        size: usize,
-    },
-    /// No memory was left for the page-table nodes needed to split the huge
-    /// page that straddles the split point.
-    OutOfMemory,
-}
-
-impl fmt::Display for SplitError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::BadOffset { offset, size } => write!(
-                f,
-                "offset {offset:#x} must be page aligned and strictly inside the area of {size:#x} bytes"
-            ),
-            Self::OutOfMemory => f.write_str("out of memory for the page-table nodes that split a huge page"),
-        }
-    }
-}
-
-impl core::error::Error for SplitError {}
-
-/// Why a byte access through an area failed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AreaAccessError {
-    /// `offset + len` is past the end of the area (or overflows).
-    OutOfBounds {
-        /// The offset.
-        offset: usize,
-        /// The length.
-        len: usize,
-        /// The area size.
-        size: usize,
-    },
-    /// Nothing is mapped at this address.
-    Unmapped(Vaddr),
-    /// The page at this address is not RAM: not in a `Usable` or
-    /// `Reserved` region of the memory map, whether above the end of RAM or
-    /// in a hole below it (device memory: use volatile accesses through the
-    /// virtual address instead).
-    NotRam(Vaddr),
-    /// The page at this address is a frame with typed metadata, whose
-    /// contents are not plain bytes.
-    TypedFrame(Vaddr),
-    /// A write reached a page at this address whose property lacks
-    /// [`PageFlags::W`] or [`PageFlags::R`] (no paging format kvirt
-    /// supports lets a page be written but not read): the MMU would refuse
-    /// it too.
-    NotWritable(Vaddr),
-    /// A read reached a page at this address whose property lacks
-    /// [`PageFlags::R`]: the MMU would refuse it too.
-    NotReadable(Vaddr),
-}
-
-impl fmt::Display for AreaAccessError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AreaAccessError::OutOfBounds { offset, len, size } => {
-                write!(
-                    f,
-                    "access of {len:#x} bytes at offset {offset:#x} exceeds the area of {size:#x} bytes"
-                )
-            }
-            AreaAccessError::Unmapped(va) => write!(f, "nothing is mapped at {va:#x}"),
-            AreaAccessError::NotRam(va) => write!(f, "the page at {va:#x} is not RAM"),
-            AreaAccessError::TypedFrame(va) => write!(f, "the frame at {va:#x} has typed metadata"),
-            AreaAccessError::NotWritable(va) => {
-                write!(f, "the page at {va:#x} is mapped without write permission")
-            }
-            AreaAccessError::NotReadable(va) => {
-                write!(f, "the page at {va:#x} is mapped without read permission")
-            }
-        }
-    }
-}
-
-impl core::error::Error for AreaAccessError {}
 
 /// A kernel virtual area (see the module documentation).
 pub struct KVirtArea<L: KernelLayout = X86_64Layout> {
@@ -259,33 +98,6 @@ impl SplitLink {
 
 // The page the right half leaves for the left half holds a whole guard.
 const _: () = assert!(GUARD_SIZE <= PAGE_SIZE);
-
-fn check_common(
-    area_size: usize,
-    map_offset: usize,
-    len: usize,
-    prop: &PageProperty,
-) -> Result<(), KVirtAreaError> {
-    if area_size == 0 {
-        return Err(KVirtAreaError::ZeroSize);
-    }
-    if !is_page_aligned(area_size) {
-        return Err(KVirtAreaError::MisalignedSize(area_size));
-    }
-    if !is_page_aligned(map_offset) {
-        return Err(KVirtAreaError::MisalignedOffset(map_offset));
-    }
-    if map_offset >= area_size {
-        return Err(KVirtAreaError::OffsetOutOfArea { map_offset, area_size });
-    }
-    if map_offset.checked_add(len).is_none_or(|end| end > area_size) {
-        return Err(KVirtAreaError::MappingExceedsArea { map_offset, len, area_size });
-    }
-    if prop.priv_flags.contains(PrivilegedPageFlags::USER) {
-        return Err(KVirtAreaError::UserAccessible);
-    }
-    Ok(())
-}
 
 impl KVirtArea {
     /// Creates an area of `area_size` bytes in the default kernel space and
@@ -669,6 +481,12 @@ impl<L: KernelLayout> KVirtArea<L> {
 }
 
 impl<L: KernelLayout> KVirtArea<L> {
+    /// The area `range` of `space`, allocated in its VMALLOC and registered
+    /// already, whose mapped part will be `mapped` (nothing is mapped yet).
+    pub(super) fn registered(range: Range<Vaddr>, mapped: Range<Vaddr>, space: Arc<SpaceInner<L>>) -> Self {
+        KVirtArea { range, mapped, right: None, left: None, space }
+    }
+
     /// The rest of `Inv::check`: what only the space can tell.
     pub(crate) fn check_with_space(&self) -> Result<(), &'static str> {
         let space = self.space();
@@ -714,180 +532,6 @@ impl<L: KernelLayout> KVirtArea<L> {
     #[cfg(feature = "check-contracts")]
     pub(crate) fn with_kernel_space<R>(&self, f: impl FnOnce(&KernelSpace<L>) -> R) -> R {
         f(&KernelSpace { inner: self.space.clone() })
-    }
-}
-
-impl<L: KernelLayout> KernelSpace<L> {
-    /// [`KVirtArea::try_map_frames`] in this space.
-    pub fn try_map_frames<T: AnyFrameMeta + ?Sized>(
-        &self,
-        area_size: usize,
-        map_offset: usize,
-        frames: impl IntoIterator<Item = Frame<T>>,
-        prop: PageProperty,
-    ) -> Result<KVirtArea<L>, KVirtAreaError> {
-        let frames: Vec<Frame<T>> = frames.into_iter().collect();
-        let len = frames.len().saturating_mul(PAGE_SIZE);
-        #[cfg(feature = "check-contracts")]
-        let request = crate::spec::contracts::ConstructorRequest {
-            panic_condition: crate::spec::map_frames_panic_condition(
-                area_size,
-                map_offset,
-                frames.len(),
-                &prop,
-            ) || crate::spec::map_frames_foreign_frame_condition(self, &frames),
-            area_size,
-            map_offset,
-            what: crate::spec::contracts::Requested::Frames(frames.iter().map(Frame::paddr).collect()),
-            prop,
-        };
-        let result = self.try_map_frames_inner(area_size, map_offset, frames, len, prop);
-        #[cfg(feature = "check-contracts")]
-        crate::spec::contracts::constructor_ensures(self, &request, &result);
-        result
-    }
-
-    fn try_map_frames_inner<T: AnyFrameMeta + ?Sized>(
-        &self,
-        area_size: usize,
-        map_offset: usize,
-        frames: Vec<Frame<T>>,
-        len: usize,
-        prop: PageProperty,
-    ) -> Result<KVirtArea<L>, KVirtAreaError> {
-        check_common(area_size, map_offset, len, &prop)?;
-        let slots = self.phys().slot_map();
-        // Branch-free over all frames (it vectorises); the rare failure
-        // then looks for the culprit.
-        if !frames.iter().fold(true, |ours, f| ours & f.paddr_in(slots).is_some()) {
-            let f = frames.iter().find(|f| f.paddr_in(slots).is_none()).expect("a foreign frame");
-            return Err(KVirtAreaError::ForeignFrame(f.paddr()));
-        }
-        let area = self.alloc_area(area_size, PAGE_SIZE, map_offset, len, AreaKind::Tracked)?;
-        if frames.is_empty() {
-            return Ok(area);
-        }
-        let mut cursor =
-            self.inner().kernel_pt.cursor_mut(&area.mapped).expect("an area lies in kernel space");
-        if cursor.try_map_frames(frames, prop).is_err() {
-            // Only running out of page-table memory can fail here; the
-            // area's drop unmaps what was mapped and frees the range.
-            drop(cursor);
-            drop(area);
-            return Err(KVirtAreaError::OutOfMemory);
-        }
-        Ok(area)
-    }
-
-    /// [`KVirtArea::try_map_untracked_frames`] in this space.
-    ///
-    /// # Safety
-    ///
-    /// As for [`KVirtArea::map_untracked_frames`].
-    pub unsafe fn try_map_untracked_frames(
-        &self,
-        area_size: usize,
-        map_offset: usize,
-        pa_range: Range<Paddr>,
-        prop: PageProperty,
-    ) -> Result<KVirtArea<L>, KVirtAreaError> {
-        #[cfg(feature = "check-contracts")]
-        let request = crate::spec::contracts::ConstructorRequest {
-            panic_condition: crate::spec::map_untracked_frames_panic_condition(
-                self, area_size, map_offset, &pa_range, &prop,
-            ),
-            area_size,
-            map_offset,
-            what: crate::spec::contracts::Requested::Untracked(pa_range.clone()),
-            prop,
-        };
-        let result = self.try_map_untracked_inner(area_size, map_offset, pa_range, prop);
-        #[cfg(feature = "check-contracts")]
-        crate::spec::contracts::constructor_ensures(self, &request, &result);
-        result
-    }
-
-    fn try_map_untracked_inner(
-        &self,
-        area_size: usize,
-        map_offset: usize,
-        pa_range: Range<Paddr>,
-        prop: PageProperty,
-    ) -> Result<KVirtArea<L>, KVirtAreaError> {
-        if pa_range.start > pa_range.end {
-            return Err(KVirtAreaError::ReversedPaddrRange(pa_range));
-        }
-        check_common(area_size, map_offset, pa_range.len(), &prop)?;
-        if !is_page_aligned(pa_range.start) || !is_page_aligned(pa_range.end) {
-            return Err(KVirtAreaError::MisalignedPaddr(pa_range));
-        }
-        match self.check_untracked(&pa_range) {
-            Err(UntrackedRangeError::PaddrTooLarge) => return Err(KVirtAreaError::PaddrTooLarge(pa_range)),
-            Err(UntrackedRangeError::Tracked) => return Err(KVirtAreaError::TrackedPaddr(pa_range)),
-            Ok(()) => {}
-        }
-        let len = pa_range.len();
-        // Align the area so that the mapping can use the largest pages the
-        // physical range allows: with the area's start aligned to `a`, the
-        // mapping's virtual and physical addresses agree modulo `a` when
-        // `map_offset` and `pa_range.start` do, and then every `a`-aligned
-        // piece of the physical range becomes one huge page. Only worth it
-        // if the range holds such a piece; if VMALLOC has no aligned room,
-        // fall back to small pages.
-        let align = (2..=L::Format::HIGHEST_LEAF_LEVEL)
-            .rev()
-            .map(page_size::<L::Format>)
-            .find(|&a| {
-                pa_range.start % a == map_offset % a
-                    && crate::addr::checked_align_up(pa_range.start, a)
-                        .and_then(|s| s.checked_add(a))
-                        .is_some_and(|e| e <= pa_range.end)
-            })
-            .unwrap_or(PAGE_SIZE);
-        let area = match self.alloc_area(area_size, align, map_offset, len, AreaKind::Untracked) {
-            Err(KVirtAreaError::VmallocExhausted(_)) if align > PAGE_SIZE => {
-                self.alloc_area(area_size, PAGE_SIZE, map_offset, len, AreaKind::Untracked)?
-            }
-            result => result?,
-        };
-        if len == 0 {
-            return Ok(area);
-        }
-        let mut cursor =
-            self.inner().kernel_pt.cursor_mut(&area.mapped).expect("an area lies in kernel space");
-        for (pa, level) in largest_pages::<L::Format>(area.mapped.start, pa_range.start, len) {
-            if cursor.try_map(MappedItem::Untracked(pa, level, prop)).is_err() {
-                drop(cursor);
-                drop(area);
-                return Err(KVirtAreaError::OutOfMemory);
-            }
-        }
-        Ok(area)
-    }
-
-    /// Allocates and registers an area; nothing is mapped yet.
-    fn alloc_area(
-        &self,
-        area_size: usize,
-        align: usize,
-        map_offset: usize,
-        len: usize,
-        kind: AreaKind,
-    ) -> Result<KVirtArea<L>, KVirtAreaError> {
-        let range = self
-            .inner()
-            .vmalloc
-            .alloc(area_size, align, self.phys().platform().current_cpu())
-            .map_err(|_| KVirtAreaError::VmallocExhausted(area_size))?;
-        debug_assert!(L::VMALLOC_VADDR_RANGE.start <= range.start && range.end <= L::VMALLOC_VADDR_RANGE.end);
-        let mapped = range.start + map_offset..range.start + map_offset + len;
-        self.inner().registry.insert(AreaInfo {
-            range: range.clone(),
-            mapped: mapped.clone(),
-            kind,
-            label: None,
-        });
-        Ok(KVirtArea { range, mapped, right: None, left: None, space: self.inner.clone() })
     }
 }
 

@@ -27,6 +27,7 @@
 //! other thread is still inside the space. The default space is never
 //! torn down.
 
+mod error;
 mod kvirt_area;
 mod layout;
 mod range_alloc;
@@ -41,7 +42,9 @@ use core::mem::ManuallyDrop;
 use core::ops::Range;
 use core::ptr::NonNull;
 
-pub use kvirt_area::{AreaAccessError, KVirtArea, KVirtAreaError, SplitError};
+use error::UntrackedRangeError;
+pub use error::{AreaAccessError, KVirtAreaError, KernelImageError, KernelSpaceError, SplitError};
+pub use kvirt_area::KVirtArea;
 pub use layout::{
     paddr_to_vaddr, KernelLayout, LayoutError, LayoutRange, TinyLayout, X86_64Layout,
     FRAME_METADATA_VADDR_RANGE, KERNEL_BASE_VADDR, KERNEL_CODE_BASE_VADDR, KERNEL_END_VADDR,
@@ -55,133 +58,14 @@ pub use crate::page_table::{MappedItem, MappedItemRef};
 
 use self::registry::AreaRegistry;
 use self::vmalloc::Vmalloc;
-use crate::addr::{is_page_aligned, Paddr, Vaddr};
-use crate::arch::PagingFormat;
-use crate::frame::{Frame, PhysMem, PhysMemError, PhysStats};
+use crate::addr::{is_page_aligned, Paddr, Vaddr, PAGE_SIZE};
+use crate::arch::{page_size, PagingFormat};
+use crate::frame::{AnyFrameMeta, Frame, PhysMem, PhysStats};
 use crate::page_prop::{CachePolicy, PageFlags, PageProperty, PrivilegedPageFlags};
 use crate::page_table::{
     largest_pages, Cursor, KernelPtConfig, MapErrorKind, MappedItem as Item, PageTable, RangeError,
 };
 use crate::platform::{MemoryRegion, Platform, TlbFlushOp, TlbScope};
-
-/// Why a kernel space could not be created.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KernelSpaceError {
-    /// The memory map cannot be used.
-    PhysMem(PhysMemError),
-    /// No memory for the kernel page table.
-    OutOfMemory,
-    /// RAM reaches `.0`, past what the layout's linear mapping can hold.
-    RamBeyondLinearMapping(Paddr),
-    /// The layout breaks a rule of [`KernelLayout`].
-    Layout(LayoutError),
-}
-
-impl fmt::Display for KernelSpaceError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            KernelSpaceError::PhysMem(e) => write!(f, "bad physical memory: {e}"),
-            KernelSpaceError::OutOfMemory => f.write_str("out of memory for the kernel page table"),
-            KernelSpaceError::RamBeyondLinearMapping(end) => {
-                write!(f, "RAM reaches {end:#x}, past what the linear mapping can hold")
-            }
-            KernelSpaceError::Layout(e) => write!(f, "bad kernel layout: {e}"),
-        }
-    }
-}
-
-impl core::error::Error for KernelSpaceError {
-    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
-        match self {
-            KernelSpaceError::PhysMem(e) => Some(e),
-            KernelSpaceError::Layout(e) => Some(e),
-            _ => None,
-        }
-    }
-}
-
-impl From<PhysMemError> for KernelSpaceError {
-    fn from(e: PhysMemError) -> Self {
-        KernelSpaceError::PhysMem(e)
-    }
-}
-
-impl From<LayoutError> for KernelSpaceError {
-    fn from(e: LayoutError) -> Self {
-        KernelSpaceError::Layout(e)
-    }
-}
-
-/// Why a physical range cannot be mapped untracked
-/// (`KernelSpace::check_untracked`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum UntrackedRangeError {
-    /// Beyond what the paging format can encode.
-    PaddrTooLarge,
-    /// It covers a page kvirt tracks.
-    Tracked,
-}
-
-/// Why [`KernelSpace::map_kernel_image`] rejected a request. A rejected
-/// call changes nothing.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KernelImageError {
-    /// Frames or areas of the space exist already. The image is mapped while
-    /// the space is being set up, before anything else uses it.
-    SpaceInUse,
-    /// The virtual address or a physical bound is not page aligned.
-    Misaligned,
-    /// The physical range is empty or reversed.
-    EmptyOrReversed(Range<Paddr>),
-    /// The virtual range leaves the layout's kernel-code range
-    /// (`KERNEL_CODE_BASE_VADDR..KERNEL_END_VADDR` on x86-64).
-    OutsideKernelCode(Range<Vaddr>),
-    /// The physical range reaches beyond what the paging format can map.
-    PaddrTooLarge(Range<Paddr>),
-    /// The physical range contains pages the frame allocator can hand out,
-    /// or the frame metadata array: the image must be `Reserved` (or
-    /// non-RAM) in the memory map, or the allocator would give the
-    /// kernel's own pages away.
-    TrackedPaddr(Range<Paddr>),
-    /// The property allows user access.
-    UserAccessible,
-    /// Something is mapped at this address already.
-    AlreadyMapped(Vaddr),
-    /// No memory was left for page-table nodes.
-    OutOfMemory,
-}
-
-impl fmt::Display for KernelImageError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use KernelImageError as E;
-        match self {
-            E::SpaceInUse => {
-                f.write_str("the kernel image is mapped during set-up, before any frame or area exists")
-            }
-            E::Misaligned => f.write_str("the kernel image mapping is not page aligned"),
-            E::EmptyOrReversed(r) => {
-                write!(f, "the kernel image's physical range {r:#x?} is empty or reversed")
-            }
-            E::OutsideKernelCode(r) => {
-                write!(f, "the kernel image's virtual range {r:#x?} is outside the kernel-code range")
-            }
-            E::PaddrTooLarge(r) => {
-                write!(
-                    f,
-                    "the kernel image's physical range {r:#x?} is beyond what the paging format can map"
-                )
-            }
-            E::TrackedPaddr(r) => {
-                write!(f, "the kernel image's physical range {r:#x?} contains allocatable (tracked) pages")
-            }
-            E::UserAccessible => f.write_str("the kernel image cannot be user accessible"),
-            E::AlreadyMapped(va) => write!(f, "something is mapped at {va:#x} already"),
-            E::OutOfMemory => f.write_str("out of memory for page-table nodes"),
-        }
-    }
-}
-
-impl core::error::Error for KernelImageError {}
 
 /// The parts of a kernel space, shared by its handles (see "Lifetime" in
 /// the module documentation).
@@ -690,6 +574,207 @@ impl<L: KernelLayout> KernelSpace<L> {
     pub(crate) fn vmalloc(&self) -> &Vmalloc {
         &self.inner().vmalloc
     }
+}
+
+impl<L: KernelLayout> KernelSpace<L> {
+    /// [`KVirtArea::try_map_frames`] in this space.
+    pub fn try_map_frames<T: AnyFrameMeta + ?Sized>(
+        &self,
+        area_size: usize,
+        map_offset: usize,
+        frames: impl IntoIterator<Item = Frame<T>>,
+        prop: PageProperty,
+    ) -> Result<KVirtArea<L>, KVirtAreaError> {
+        let frames: Vec<Frame<T>> = frames.into_iter().collect();
+        let len = frames.len().saturating_mul(PAGE_SIZE);
+        #[cfg(feature = "check-contracts")]
+        let request = crate::spec::contracts::ConstructorRequest {
+            panic_condition: crate::spec::map_frames_panic_condition(
+                area_size,
+                map_offset,
+                frames.len(),
+                &prop,
+            ) || crate::spec::map_frames_foreign_frame_condition(self, &frames),
+            area_size,
+            map_offset,
+            what: crate::spec::contracts::Requested::Frames(frames.iter().map(Frame::paddr).collect()),
+            prop,
+        };
+        let result = self.try_map_frames_inner(area_size, map_offset, frames, len, prop);
+        #[cfg(feature = "check-contracts")]
+        crate::spec::contracts::constructor_ensures(self, &request, &result);
+        result
+    }
+
+    fn try_map_frames_inner<T: AnyFrameMeta + ?Sized>(
+        &self,
+        area_size: usize,
+        map_offset: usize,
+        frames: Vec<Frame<T>>,
+        len: usize,
+        prop: PageProperty,
+    ) -> Result<KVirtArea<L>, KVirtAreaError> {
+        check_common(area_size, map_offset, len, &prop)?;
+        let slots = self.phys().slot_map();
+        // Branch-free over all frames (it vectorises); the rare failure
+        // then looks for the culprit.
+        if !frames.iter().fold(true, |ours, f| ours & f.paddr_in(slots).is_some()) {
+            let f = frames.iter().find(|f| f.paddr_in(slots).is_none()).expect("a foreign frame");
+            return Err(KVirtAreaError::ForeignFrame(f.paddr()));
+        }
+        let area = self.alloc_area(area_size, PAGE_SIZE, map_offset, len, AreaKind::Tracked)?;
+        if frames.is_empty() {
+            return Ok(area);
+        }
+        let mut cursor =
+            self.inner().kernel_pt.cursor_mut(&area.mapped_range()).expect("an area lies in kernel space");
+        if cursor.try_map_frames(frames, prop).is_err() {
+            // Only running out of page-table memory can fail here; the
+            // area's drop unmaps what was mapped and frees the range.
+            drop(cursor);
+            drop(area);
+            return Err(KVirtAreaError::OutOfMemory);
+        }
+        Ok(area)
+    }
+
+    /// [`KVirtArea::try_map_untracked_frames`] in this space.
+    ///
+    /// # Safety
+    ///
+    /// As for [`KVirtArea::map_untracked_frames`].
+    pub unsafe fn try_map_untracked_frames(
+        &self,
+        area_size: usize,
+        map_offset: usize,
+        pa_range: Range<Paddr>,
+        prop: PageProperty,
+    ) -> Result<KVirtArea<L>, KVirtAreaError> {
+        #[cfg(feature = "check-contracts")]
+        let request = crate::spec::contracts::ConstructorRequest {
+            panic_condition: crate::spec::map_untracked_frames_panic_condition(
+                self, area_size, map_offset, &pa_range, &prop,
+            ),
+            area_size,
+            map_offset,
+            what: crate::spec::contracts::Requested::Untracked(pa_range.clone()),
+            prop,
+        };
+        let result = self.try_map_untracked_inner(area_size, map_offset, pa_range, prop);
+        #[cfg(feature = "check-contracts")]
+        crate::spec::contracts::constructor_ensures(self, &request, &result);
+        result
+    }
+
+    fn try_map_untracked_inner(
+        &self,
+        area_size: usize,
+        map_offset: usize,
+        pa_range: Range<Paddr>,
+        prop: PageProperty,
+    ) -> Result<KVirtArea<L>, KVirtAreaError> {
+        if pa_range.start > pa_range.end {
+            return Err(KVirtAreaError::ReversedPaddrRange(pa_range));
+        }
+        check_common(area_size, map_offset, pa_range.len(), &prop)?;
+        if !is_page_aligned(pa_range.start) || !is_page_aligned(pa_range.end) {
+            return Err(KVirtAreaError::MisalignedPaddr(pa_range));
+        }
+        match self.check_untracked(&pa_range) {
+            Err(UntrackedRangeError::PaddrTooLarge) => return Err(KVirtAreaError::PaddrTooLarge(pa_range)),
+            Err(UntrackedRangeError::Tracked) => return Err(KVirtAreaError::TrackedPaddr(pa_range)),
+            Ok(()) => {}
+        }
+        let len = pa_range.len();
+        // Align the area so that the mapping can use the largest pages the
+        // physical range allows: with the area's start aligned to `a`, the
+        // mapping's virtual and physical addresses agree modulo `a` when
+        // `map_offset` and `pa_range.start` do, and then every `a`-aligned
+        // piece of the physical range becomes one huge page. Only worth it
+        // if the range holds such a piece; if VMALLOC has no aligned room,
+        // fall back to small pages.
+        let align = (2..=L::Format::HIGHEST_LEAF_LEVEL)
+            .rev()
+            .map(page_size::<L::Format>)
+            .find(|&a| {
+                pa_range.start % a == map_offset % a
+                    && crate::addr::checked_align_up(pa_range.start, a)
+                        .and_then(|s| s.checked_add(a))
+                        .is_some_and(|e| e <= pa_range.end)
+            })
+            .unwrap_or(PAGE_SIZE);
+        let area = match self.alloc_area(area_size, align, map_offset, len, AreaKind::Untracked) {
+            Err(KVirtAreaError::VmallocExhausted(_)) if align > PAGE_SIZE => {
+                self.alloc_area(area_size, PAGE_SIZE, map_offset, len, AreaKind::Untracked)?
+            }
+            result => result?,
+        };
+        if len == 0 {
+            return Ok(area);
+        }
+        let mut cursor =
+            self.inner().kernel_pt.cursor_mut(&area.mapped_range()).expect("an area lies in kernel space");
+        for (pa, level) in largest_pages::<L::Format>(area.mapped_range().start, pa_range.start, len) {
+            if cursor.try_map(MappedItem::Untracked(pa, level, prop)).is_err() {
+                drop(cursor);
+                drop(area);
+                return Err(KVirtAreaError::OutOfMemory);
+            }
+        }
+        Ok(area)
+    }
+
+    /// Allocates and registers an area; nothing is mapped yet.
+    fn alloc_area(
+        &self,
+        area_size: usize,
+        align: usize,
+        map_offset: usize,
+        len: usize,
+        kind: AreaKind,
+    ) -> Result<KVirtArea<L>, KVirtAreaError> {
+        let range = self
+            .inner()
+            .vmalloc
+            .alloc(area_size, align, self.phys().platform().current_cpu())
+            .map_err(|_| KVirtAreaError::VmallocExhausted(area_size))?;
+        debug_assert!(L::VMALLOC_VADDR_RANGE.start <= range.start && range.end <= L::VMALLOC_VADDR_RANGE.end);
+        let mapped = range.start + map_offset..range.start + map_offset + len;
+        self.inner().registry.insert(AreaInfo {
+            range: range.clone(),
+            mapped: mapped.clone(),
+            kind,
+            label: None,
+        });
+        Ok(KVirtArea::registered(range, mapped, self.inner.clone()))
+    }
+}
+
+fn check_common(
+    area_size: usize,
+    map_offset: usize,
+    len: usize,
+    prop: &PageProperty,
+) -> Result<(), KVirtAreaError> {
+    if area_size == 0 {
+        return Err(KVirtAreaError::ZeroSize);
+    }
+    if !is_page_aligned(area_size) {
+        return Err(KVirtAreaError::MisalignedSize(area_size));
+    }
+    if !is_page_aligned(map_offset) {
+        return Err(KVirtAreaError::MisalignedOffset(map_offset));
+    }
+    if map_offset >= area_size {
+        return Err(KVirtAreaError::OffsetOutOfArea { map_offset, area_size });
+    }
+    if map_offset.checked_add(len).is_none_or(|end| end > area_size) {
+        return Err(KVirtAreaError::MappingExceedsArea { map_offset, len, area_size });
+    }
+    if prop.priv_flags.contains(PrivilegedPageFlags::USER) {
+        return Err(KVirtAreaError::UserAccessible);
+    }
+    Ok(())
 }
 
 /// Maps every RAM region in the layout's linear mapping and the metadata
