@@ -9,6 +9,7 @@ use alloc::vec::Vec;
 use super::*;
 use crate::addr::PagingLevel;
 use crate::arch::x86_64::X86_64;
+use crate::page_prop::{CachePolicy, PageFlags};
 use crate::page_table::largest_pages;
 use crate::platform::hosted::{memory_map_of, SimPlatform};
 use crate::platform::MemoryRegionKind;

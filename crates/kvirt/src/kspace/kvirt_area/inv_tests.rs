@@ -7,8 +7,8 @@
 use super::*;
 use crate::frame::{FrameAllocOptions, REF_COUNT_MAX, REF_COUNT_UNUSED};
 use crate::kspace::AreaKind;
-use crate::page_table::MappedItem;
 use crate::page_prop::{CachePolicy, PageFlags};
+use crate::page_table::MappedItem;
 use crate::spec::Inv;
 
 const P: usize = PAGE_SIZE;
