@@ -227,12 +227,11 @@ impl<L: KernelLayout> KVirtArea<L> {
             "KVirtArea::query: address {addr:#x} is outside the area {:#x?}",
             self.range
         );
-        #[cfg(feature = "check-contracts")]
-        crate::spec::contracts::query_requires(self, addr);
-        let result = self.query_inner(addr);
-        #[cfg(feature = "check-contracts")]
-        crate::spec::contracts::query_ensures(self, addr, &result);
-        result
+        crate::spec::contract!(
+            requires: crate::spec::contracts::query_requires(self, addr),
+            run: self.query_inner(addr),
+            ensures: |(), result| crate::spec::contracts::query_ensures(self, addr, &result),
+        )
     }
 
     /// The item at `addr`, read without locks.
@@ -285,12 +284,11 @@ impl<L: KernelLayout> KVirtArea<L> {
     /// reason when the offset is bad or memory runs out.
     #[allow(clippy::result_large_err, reason = "the error hands back the area, as `Rc::try_unwrap` does")]
     pub fn try_split(self, offset: usize) -> Result<(Self, Self), (Self, SplitError)> {
-        #[cfg(feature = "check-contracts")]
-        let before = crate::spec::contracts::split_requires(&self);
-        let result = self.try_split_inner(offset);
-        #[cfg(feature = "check-contracts")]
-        crate::spec::contracts::split_ensures(&before, offset, &result);
-        result
+        crate::spec::contract!(
+            requires: crate::spec::contracts::split_requires(&self),
+            run: self.try_split_inner(offset),
+            ensures: |before, result| crate::spec::contracts::split_ensures(&before, offset, &result),
+        )
     }
 
     #[allow(clippy::result_large_err, reason = "as `try_split`")]
@@ -369,12 +367,11 @@ impl<L: KernelLayout> KVirtArea<L> {
     /// must be mapped with [`PageFlags::R`], as for the MMU. On an error
     /// `buf` is left as it was.
     pub fn read_bytes(&self, offset: usize, buf: &mut [u8]) -> Result<(), AreaAccessError> {
-        #[cfg(feature = "check-contracts")]
-        let before = buf.to_vec();
-        let result = self.read_bytes_inner(offset, buf);
-        #[cfg(feature = "check-contracts")]
-        crate::spec::contracts::read_bytes_ensures(self, offset, &before, buf, &result);
-        result
+        crate::spec::contract!(
+            requires: buf.to_vec(),
+            run: self.read_bytes_inner(offset, buf),
+            ensures: |before, result| crate::spec::contracts::read_bytes_ensures(self, offset, &before, buf, &result),
+        )
     }
 
     /// [`read_bytes`](Self::read_bytes) without its contract checks.
@@ -411,12 +408,11 @@ impl<L: KernelLayout> KVirtArea<L> {
     /// not present on x86-64). On an error no byte is
     /// written.
     pub fn write_bytes(&self, offset: usize, data: &[u8]) -> Result<(), AreaAccessError> {
-        #[cfg(feature = "check-contracts")]
-        let before = crate::spec::contracts::write_bytes_requires(self, offset, data.len());
-        let result = self.write_bytes_inner(offset, data);
-        #[cfg(feature = "check-contracts")]
-        crate::spec::contracts::write_bytes_ensures(self, offset, data, &before, &result);
-        result
+        crate::spec::contract!(
+            requires: crate::spec::contracts::write_bytes_requires(self, offset, data.len()),
+            run: self.write_bytes_inner(offset, data),
+            ensures: |before, result| crate::spec::contracts::write_bytes_ensures(self, offset, data, &before, &result),
+        )
     }
 
     fn write_bytes_inner(&self, offset: usize, data: &[u8]) -> Result<(), AreaAccessError> {

@@ -332,23 +332,18 @@ impl<L: KernelLayout> KernelSpace<L> {
     ) -> Result<KVirtArea<L>, KVirtAreaError> {
         let frames: Vec<Frame<T>> = frames.into_iter().collect();
         let len = frames.len().saturating_mul(PAGE_SIZE);
-        #[cfg(feature = "check-contracts")]
-        let request = crate::spec::contracts::ConstructorRequest {
-            panic_condition: crate::spec::map_frames_panic_condition(
+        crate::spec::contract!(
+            requires: crate::spec::contracts::ConstructorRequest {
+                panic_condition: crate::spec::map_frames_panic_condition(area_size, map_offset, frames.len(), &prop)
+                    || crate::spec::map_frames_foreign_frame_condition(self, &frames),
                 area_size,
                 map_offset,
-                frames.len(),
-                &prop,
-            ) || crate::spec::map_frames_foreign_frame_condition(self, &frames),
-            area_size,
-            map_offset,
-            what: crate::spec::contracts::Requested::Frames(frames.iter().map(Frame::paddr).collect()),
-            prop,
-        };
-        let result = self.try_map_frames_inner(area_size, map_offset, frames, len, prop);
-        #[cfg(feature = "check-contracts")]
-        crate::spec::contracts::constructor_ensures(self, &request, &result);
-        result
+                what: crate::spec::contracts::Requested::Frames(frames.iter().map(Frame::paddr).collect()),
+                prop,
+            },
+            run: self.try_map_frames_inner(area_size, map_offset, frames, len, prop),
+            ensures: |request, result| crate::spec::contracts::constructor_ensures(self, &request, &result),
+        )
     }
 
     fn try_map_frames_inner<T: AnyFrameMeta + ?Sized>(
@@ -395,20 +390,19 @@ impl<L: KernelLayout> KernelSpace<L> {
         pa_range: Range<Paddr>,
         prop: PageProperty,
     ) -> Result<KVirtArea<L>, KVirtAreaError> {
-        #[cfg(feature = "check-contracts")]
-        let request = crate::spec::contracts::ConstructorRequest {
-            panic_condition: crate::spec::map_untracked_frames_panic_condition(
-                self, area_size, map_offset, &pa_range, &prop,
-            ),
-            area_size,
-            map_offset,
-            what: crate::spec::contracts::Requested::Untracked(pa_range.clone()),
-            prop,
-        };
-        let result = self.try_map_untracked_inner(area_size, map_offset, pa_range, prop);
-        #[cfg(feature = "check-contracts")]
-        crate::spec::contracts::constructor_ensures(self, &request, &result);
-        result
+        crate::spec::contract!(
+            requires: crate::spec::contracts::ConstructorRequest {
+                panic_condition: crate::spec::map_untracked_frames_panic_condition(
+                    self, area_size, map_offset, &pa_range, &prop,
+                ),
+                area_size,
+                map_offset,
+                what: crate::spec::contracts::Requested::Untracked(pa_range.clone()),
+                prop,
+            },
+            run: self.try_map_untracked_inner(area_size, map_offset, pa_range, prop),
+            ensures: |request, result| crate::spec::contracts::constructor_ensures(self, &request, &result),
+        )
     }
 
     fn try_map_untracked_inner(

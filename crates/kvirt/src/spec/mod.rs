@@ -20,6 +20,23 @@
 
 #[cfg(feature = "check-contracts")]
 pub(crate) mod contracts;
+
+/// Runs `$run` inside its contract: `$requires` before it (its value bound
+/// to `$before`) and `$ensures` after it (with the result bound to
+/// `$result`), both only with the `check-contracts` feature; without it
+/// this is `$run` alone. The one place where a public operation meets its
+/// run-time contract (`contracts`).
+macro_rules! contract {
+    (requires: $requires:expr, run: $run:expr, ensures: |$before:pat_param, $result:ident| $ensures:expr $(,)?) => {{
+        #[cfg(feature = "check-contracts")]
+        let $before = $requires;
+        let $result = $run;
+        #[cfg(feature = "check-contracts")]
+        $ensures;
+        $result
+    }};
+}
+pub(crate) use contract;
 mod inv;
 
 use alloc::collections::BTreeMap;
