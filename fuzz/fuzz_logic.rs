@@ -77,7 +77,7 @@ use kvirt::platform::MemoryRegionKind;
 use kvirt::spec::{self, Inv};
 use kvirt::{Paddr, PagingLevel, Vaddr, PAGE_SIZE};
 
-#[path = "../crates/kvirt/tests/support/pt_model.rs"]
+#[path = "../crates/kvirt-model/src/pt.rs"]
 mod pt_model;
 use pt_model::{Leaf, PtModel, Taken, SZ_1G, SZ_2M};
 
