@@ -122,6 +122,9 @@ impl<L: KernelLayout> Model<'_, L> {
             Frames::Staged => {
                 handed = std::mem::take(&mut self.staged);
                 fresh = handed.len();
+                for f in &handed {
+                    self.drop_ref(f.paddr());
+                }
             }
             Frames::Picks(picks) => {
                 for pick in picks {
@@ -149,7 +152,10 @@ impl<L: KernelLayout> Model<'_, L> {
         let n = handed.len();
         let pas: Vec<Paddr> = handed.iter().map(Frame::paddr).collect();
         if keep {
-            self.held.extend(handed.iter().filter(|f| !foreign.contains(&f.paddr())).cloned());
+            for f in handed.iter().filter(|f| !foreign.contains(&f.paddr())) {
+                self.add_ref(f.paddr());
+                self.held.push(f.clone());
+            }
         }
         let len = n * PAGE_SIZE;
         let mut violated = common_violations(size, offset, len, &prop);
@@ -182,6 +188,7 @@ impl<L: KernelLayout> Model<'_, L> {
         for (i, pa) in pas.into_iter().enumerate() {
             self.view
                 .insert(start + shift + i * PAGE_SIZE, Leaf { pa, size: PAGE_SIZE, prop, tracked: true });
+            self.add_ref(pa);
         }
         self.add_area(area, size, offset, len, AreaKind::Tracked, "kvirt-model: tracked")
     }
@@ -506,6 +513,11 @@ impl<L: KernelLayout> Model<'_, L> {
     /// The model's side of an area going away: its mappings go (huge pages
     /// straddling it split), and its split links break.
     fn forget_area(&mut self, mapped: &Range<Vaddr>, left: Option<u64>, right: Option<u64>) {
+        let frames: Vec<Paddr> =
+            self.view.range(mapped.clone()).filter(|(_, p)| p.tracked).map(|(_, p)| p.pa).collect();
+        for pa in frames {
+            self.drop_ref(pa);
+        }
         reshape(&mut self.view, mapped, L::Format::NR_ENTRIES, |_| None);
         for link in [left, right].into_iter().flatten() {
             self.links.insert(link, true);

@@ -15,19 +15,24 @@ use super::{Area, Model, Outcome};
 use crate::view::{as_spec_view, describe_diff};
 
 /// Which checks [`Model::check`] runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Checks {
-    /// The cheap ones: the registry, the guard gaps, reference counts
-    /// (frames the model no longer references are free) and accounting
-    /// (data pages in use equal the live frames, VMALLOC in use equals the
-    /// live areas plus their guards).
+    /// The cheap ones: the registry, the guard gaps, the reference counts
+    /// of the frames whose count changed since the last check (a frame the
+    /// model no longer references is free) and accounting (data pages in
+    /// use equal the live frames, VMALLOC in use equals the live areas plus
+    /// their guards).
     Light,
-    /// Those, and the ones that walk whole structures: `inv()` of the
-    /// space (its page table, frame metadata, allocator, VMALLOC, registry)
-    /// and of every area; refinement of all of VMALLOC and of the user page
-    /// table (its structure too, with exactly the nodes the model needs)
-    /// against the model; `query` at the start, middle and last byte of
-    /// every area; no guard page mapped.
+    /// Those, the reference count of every frame the model knows (and its
+    /// bookkeeping recounted), and what walks the model's own areas and
+    /// table: `inv()` of every area, refinement of every area's range and
+    /// guard and of the whole user page table (its structure too, with
+    /// exactly the nodes the model needs) against the model, `query` at
+    /// the start, middle and last byte of every area, no guard page mapped.
+    Areas,
+    /// Those, and what walks the whole space: `inv()` of the space (its
+    /// page table, frame metadata, allocator, VMALLOC, registry), and
+    /// refinement of all of VMALLOC rather than of the areas alone.
     Full,
 }
 
@@ -42,6 +47,8 @@ impl<L: KernelLayout> Model<'_, L> {
         if checks == Checks::Full {
             let inv = self.space.check();
             self.expect(inv.is_ok(), "Inv of the space", || format!("{inv:?}"))?;
+        }
+        if checks >= Checks::Areas {
             for a in &self.areas {
                 let inv = a.area.check();
                 self.expect(inv.is_ok(), "Inv of an area", || format!("area {:#x?}: {inv:?}", a.range))?;
@@ -79,19 +86,26 @@ impl<L: KernelLayout> Model<'_, L> {
             let w = touching.expect("failed");
             format!("areas {:#x?} and {:#x?} overlap or touch", w[0].range, w[1].range)
         })?;
-        if checks == Checks::Full {
-            self.check_refinement()?;
+        if checks >= Checks::Areas {
+            self.check_refinement(checks == Checks::Full)?;
         }
-        self.check_frames()
+        self.check_frames(checks >= Checks::Areas)
     }
 
-    /// Refinement of VMALLOC and of the user page table, and queries.
-    fn check_refinement(&self) -> Outcome {
-        let actual = spec::kernel_view(self.space, &L::VMALLOC_VADDR_RANGE);
-        let model = as_spec_view::<L::Format>(&self.view);
-        self.expect(actual == model, "refinement: kernel_view equals the model", || {
-            describe_diff(&actual, &model)
-        })?;
+    /// Refinement of VMALLOC (all of it, or the areas and their guards)
+    /// and of the user page table, and queries.
+    fn check_refinement(&self, all_of_vmalloc: bool) -> Outcome {
+        if all_of_vmalloc {
+            let actual = spec::kernel_view(self.space, &L::VMALLOC_VADDR_RANGE);
+            let model = as_spec_view::<L::Format>(&self.view);
+            self.expect(actual == model, "refinement: kernel_view equals the model", || {
+                describe_diff(&actual, &model)
+            })?;
+        } else {
+            for a in &self.areas {
+                self.check_range(&(a.range.start..a.range.end + GUARD_SIZE))?;
+            }
+        }
         for a in &self.areas {
             for va in [a.range.start, a.range.start + a.range.len() / 2, a.range.end - 1] {
                 self.check_query(a, va)?;
@@ -118,45 +132,54 @@ impl<L: KernelLayout> Model<'_, L> {
         })
     }
 
-    /// Reference counts and accounting.
-    fn check_frames(&mut self) -> Outcome {
-        let mut refs: BTreeMap<Paddr, u64> = BTreeMap::new();
-        for f in self.held.iter().chain(&self.staged) {
-            *refs.entry(f.paddr()).or_default() += 1;
+    /// Reference counts and accounting: with `all`, of every frame the
+    /// model knows (recounted from scratch), else of the frames whose count
+    /// changed since the last check.
+    fn check_frames(&mut self, all: bool) -> Outcome {
+        let mut touched = std::mem::take(&mut self.touched);
+        if all {
+            let mut refs: BTreeMap<Paddr, u64> = BTreeMap::new();
+            for f in self.held.iter().chain(&self.staged) {
+                *refs.entry(f.paddr()).or_default() += 1;
+            }
+            for p in self.view.values().chain(self.pt_model.map.values()).filter(|p| p.tracked) {
+                *refs.entry(p.pa).or_default() += 1;
+            }
+            self.expect(refs == self.refs, "the model's reference bookkeeping", || {
+                format!("recounted {refs:x?}\nkept {:x?}", self.refs)
+            })?;
+            touched.extend(refs.keys());
         }
-        for p in self.view.values().chain(self.pt_model.map.values()).filter(|p| p.tracked) {
-            *refs.entry(p.pa).or_default() += 1;
-        }
-        for (&pa, &want) in &refs {
+        touched.sort_unstable();
+        touched.dedup();
+        for &pa in &touched {
+            let want = self.refs.get(&pa).copied().unwrap_or(0);
             let got = spec::frame_ref_count(self.space, pa);
-            self.expect(got == want, "reference count = handles + mappings", || {
+            let check = if want == 0 {
+                "a frame no one references is free"
+            } else {
+                "reference count = handles + mappings"
+            };
+            self.expect(got == want, check, || {
                 format!("frame {pa:#x} has {got} references, the model counts {want}")
             })?;
         }
-        for f in &self.held {
-            let (got, want) = (f.reference_count(), refs[&f.paddr()]);
+        for f in self.held.iter().filter(|f| all || touched.binary_search(&f.paddr()).is_ok()) {
+            let (got, want) = (f.reference_count(), self.refs[&f.paddr()]);
             self.expect(got == want, "reference count = handles + mappings", || {
                 format!("held frame {:#x} counts {got} references, the model {want}", f.paddr())
-            })?;
-        }
-        // A frame the model no longer references is free.
-        for &pa in self.last_refs.keys().filter(|pa| !refs.contains_key(pa)) {
-            let got = spec::frame_ref_count(self.space, pa);
-            self.expect(got == 0, "a frame no one references is free", || {
-                format!("frame {pa:#x} has {got} references, the model none")
             })?;
         }
         // Accounting.
         let stats = self.space.phys_stats();
         let data_pages = (stats.used_pages - stats.page_table_pages).wrapping_sub(self.base_data_pages);
         let hogged: usize = self.hogs.iter().map(|s| s.nr_pages()).sum();
-        self.expect(data_pages == refs.len() + hogged, "data pages in use = live frames", || {
+        self.expect(data_pages == self.refs.len() + hogged, "data pages in use = live frames", || {
             format!(
                 "{data_pages} data pages in use, the model has {} live frames and {hogged} hogged pages",
-                refs.len()
+                self.refs.len()
             )
         })?;
-        self.last_refs = refs;
         let vm = self.space.vmalloc_stats();
         let used: usize = self.areas.iter().map(|a| a.range.len() + self.guard(a)).sum();
         self.expect(vm.total_bytes - vm.free_bytes == used, "VMALLOC in use = areas + guards", || {
@@ -196,8 +219,8 @@ impl<L: KernelLayout> Model<'_, L> {
 
     /// Drops everything and checks that the space's counters are back where
     /// they were when the model was made (and the foreign space's too).
-    /// Reserved RAM the model wrote is zeroed again once the areas are
-    /// gone, so that the space is as the model found it.
+    /// Reserved RAM the model wrote is zeroed again once everything else
+    /// is gone, so that the space is as the model found it.
     ///
     /// # Errors
     ///
@@ -205,13 +228,15 @@ impl<L: KernelLayout> Model<'_, L> {
     pub fn finish(&mut self) -> Outcome {
         self.areas.clear();
         self.view.clear();
-        self.restore_reserved()?;
         self.pt = None;
         self.pt_model.map.clear();
         self.held.clear();
         self.hogs.clear();
         self.staged.clear();
+        self.refs.clear();
+        self.touched.clear();
         self.foreign_frames.clear();
+        self.restore_reserved()?;
         self.space.synchronize();
         let end = (self.space.phys_stats(), self.space.vmalloc_stats());
         self.expect(end == self.start, "no leak at the end", || {

@@ -10,7 +10,10 @@ impl<L: KernelLayout> Model<'_, L> {
     pub(super) fn alloc(&mut self, frames: usize) -> Outcome {
         for _ in 0..frames {
             match self.fresh_frame()? {
-                Some(f) => self.held.push(f),
+                Some(f) => {
+                    self.add_ref(f.paddr());
+                    self.held.push(f);
+                }
                 None => break,
             }
         }
@@ -50,7 +53,9 @@ impl<L: KernelLayout> Model<'_, L> {
     }
 
     pub(super) fn stage(&mut self, pages: usize) -> Outcome {
-        self.staged.clear();
+        for f in std::mem::take(&mut self.staged) {
+            self.drop_ref(f.paddr());
+        }
         let before = self.space.phys_stats();
         match FrameAllocOptions::new_in(self.space).alloc_segment(pages) {
             Ok(seg) => {
@@ -59,6 +64,7 @@ impl<L: KernelLayout> Model<'_, L> {
                 })?;
                 for f in seg {
                     self.bytes.remove(&f.paddr());
+                    self.add_ref(f.paddr());
                     self.staged.push(f);
                 }
                 Ok(())

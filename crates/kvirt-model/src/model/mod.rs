@@ -185,8 +185,12 @@ pub struct Model<'s, L: KernelLayout = X86_64Layout> {
     pt_model: PtModel<L::Format>,
     /// Split boundaries: whether one of the two halves was dropped.
     links: HashMap<u64, bool>,
-    /// The expected reference count of every frame at the last check.
-    last_refs: BTreeMap<Paddr, u64>,
+    /// The expected reference count of every live frame: one per handle
+    /// the model holds and per entry that maps it, kept up to date by every
+    /// operation (and recounted from scratch by the full checks).
+    refs: BTreeMap<Paddr, u64>,
+    /// The frames whose count changed since the last check.
+    touched: Vec<Paddr>,
     start: (PhysStats, VmallocStats),
     foreign_start: Option<PhysStats>,
     /// `used_pages - page_table_pages` at the start.
@@ -249,7 +253,8 @@ impl<'s, L: KernelLayout> Model<'s, L> {
             pt: Some(PageTable::empty_in(space).expect("memory for the root of a user page table")),
             pt_model: PtModel::user(),
             links: HashMap::new(),
-            last_refs: BTreeMap::new(),
+            refs: BTreeMap::new(),
+            touched: Vec::new(),
             start,
             foreign_start: None,
             base_data_pages: start.0.used_pages - start.0.page_table_pages,
@@ -348,7 +353,8 @@ impl<'s, L: KernelLayout> Model<'s, L> {
             Op::DropHeld { which } => {
                 if !self.held.is_empty() {
                     let i = which % self.held.len();
-                    self.held.swap_remove(i);
+                    let f = self.held.swap_remove(i);
+                    self.drop_ref(f.paddr());
                 }
                 Ok(())
             }
@@ -440,6 +446,23 @@ impl<'s, L: KernelLayout> Model<'s, L> {
     /// Whether memory is short enough that an operation may run out.
     fn scarce(&self) -> bool {
         self.space.phys_stats().free_pages < SLACK_PAGES
+    }
+
+    /// One more reference to the frame at `pa`: a handle or an entry.
+    fn add_ref(&mut self, pa: Paddr) {
+        *self.refs.entry(pa).or_default() += 1;
+        self.touched.push(pa);
+    }
+
+    /// One reference fewer to the frame at `pa`.
+    fn drop_ref(&mut self, pa: Paddr) {
+        if let Some(n) = self.refs.get_mut(&pa) {
+            *n -= 1;
+            if *n == 0 {
+                self.refs.remove(&pa);
+            }
+        }
+        self.touched.push(pa);
     }
 
     /// A new area id.

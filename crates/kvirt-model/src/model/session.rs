@@ -16,7 +16,7 @@ use kvirt::page_table::{
 };
 use kvirt::platform::{TlbFlushOp, TlbScope};
 use kvirt::spec;
-use kvirt::{Vaddr, PAGE_SIZE};
+use kvirt::{Paddr, Vaddr, PAGE_SIZE};
 
 use super::{Checker, Model, Outcome};
 use crate::op::{CursorOp, Item};
@@ -210,6 +210,15 @@ impl<L: KernelLayout> Model<'_, L> {
         let limit = 1usize.checked_shl(L::Format::PA_BITS).unwrap_or(usize::MAX);
         let (space, foreign) = (self.space, self.foreign);
         let model = &mut self.pt_model;
+        let (refs, touched) = (&mut self.refs, &mut self.touched);
+        let mut add_ref = |pa: Paddr, n: i64| {
+            let count = refs.entry(pa).or_default();
+            *count = count.checked_add_signed(n).expect("the model counts no fewer references than it holds");
+            if *count == 0 {
+                refs.remove(&pa);
+            }
+            touched.push(pa);
+        };
         let mut ran = Vec::new();
         let mut frags: Vec<PageTableFrag<L::Format>> = Vec::new();
         let mut va = range.start;
@@ -295,6 +304,9 @@ impl<L: KernelLayout> Model<'_, L> {
                     match (c.try_map(item).map_err(|e| e.kind), predicted) {
                         (Ok(()), Ok(size)) => {
                             model.map.insert(va, Leaf { pa, size, prop, tracked });
+                            if tracked {
+                                add_ref(pa, 1);
+                            }
                             va += size;
                         }
                         (Err(MapErrorKind::OutOfMemory), Ok(_)) => {
@@ -360,6 +372,19 @@ impl<L: KernelLayout> Model<'_, L> {
                                         ck.expect(taken == predicted, "pt take agrees with the model", || {
                                             format!("take_next from {va:#x} to {end:#x}: got {taken:x?}, the model predicts {predicted:x?}")
                                         })?;
+                                        let gone = |r: Range<Vaddr>| {
+                                            saved.map.range(r).filter(|(_, l)| l.tracked).map(|(_, l)| l.pa)
+                                        };
+                                        let gone: Vec<Paddr> = match &taken {
+                                            Some(Taken::Leaf(va, l)) => gone(*va..*va + l.size).collect(),
+                                            Some(Taken::SubTree { va, len, .. }) => {
+                                                gone(*va..*va + len).collect()
+                                            }
+                                            None => Vec::new(),
+                                        };
+                                        for pa in gone {
+                                            add_ref(pa, -1);
+                                        }
                                         frags.extend(got);
                                         va = next;
                                         taken.is_none()
