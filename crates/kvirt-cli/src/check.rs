@@ -58,7 +58,7 @@ impl Options {
     }
 }
 
-/// The seed of sequence `index` of a run with base seed `seed`.
+/// Sequence `index`'s own seed in a run with base seed `seed`.
 #[must_use]
 pub fn sequence_seed(seed: u64, index: u64) -> u64 {
     splitmix64(seed ^ splitmix64(index))
