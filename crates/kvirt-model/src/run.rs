@@ -32,7 +32,7 @@ impl Setup {
 
 /// Runs `ops` on a fresh space laid out as `L` (on a two-CPU machine):
 /// [`Checks::Full`] before the first operation and after every one, then
-/// [`Model::finish`]. Calls `visit` (if any) with [`Model::state_hash`]
+/// [`Model::finish`] with [`Checks::Full`]. Calls `visit` (if any) with [`Model::state_hash`]
 /// after every operation. Returns the number of checks that passed.
 ///
 /// # Errors
@@ -62,7 +62,7 @@ pub fn run_sequence<L: KernelLayout>(
                 }
             }
             step.set(model.steps());
-            model.finish()
+            model.finish(Checks::Full)
         })();
         let checks = model.checks_passed();
         // After a failure the state may be broken: a panic while tearing it

@@ -111,7 +111,7 @@ fn a_frame_taken_behind_the_models_back_is_a_leak() {
     let stray = FrameAllocOptions::new_in(&space).alloc_frame().expect("a frame");
     let f = model.check(Checks::Light).expect_err("a data page the model does not know");
     assert_eq!(f.check, "data pages in use = live frames");
-    let f = model.finish().expect_err("the stray frame is still in use");
+    let f = model.finish(Checks::Light).expect_err("the stray frame is still in use");
     assert_eq!(f.check, "no leak at the end");
     drop(stray);
 }
@@ -133,5 +133,5 @@ fn a_session_decoded_as_it_goes_sees_the_cursor() {
     assert_eq!(ran.len(), 2);
     assert_eq!(seen, [(2 << 20, 0), (4 << 20, 1), (4 << 20, 1)], "the cursor moves past the 2 MiB page");
     model.check(Checks::Full).expect("the model follows the table");
-    model.finish().expect("nothing leaked");
+    model.finish(Checks::Full).expect("nothing leaked");
 }

@@ -217,15 +217,18 @@ impl<L: KernelLayout> Model<'_, L> {
         h.finish()
     }
 
-    /// Drops everything and checks that the space's counters are back where
-    /// they were when the model was made (and the foreign space's too).
-    /// Reserved RAM the model wrote is zeroed again once everything else
-    /// is gone, so that the space is as the model found it.
+    /// Drops everything and checks that the space is back as the model
+    /// found it: its counters (and the foreign space's), an empty registry,
+    /// nothing mapped where the last areas and their guards were. Reserved
+    /// RAM the model wrote is zeroed again once everything else is gone.
+    /// With [`Checks::Full`], also the space's `inv()` and nothing mapped
+    /// in all of VMALLOC.
     ///
     /// # Errors
     ///
     /// The first check that failed.
-    pub fn finish(&mut self) -> Outcome {
+    pub fn finish(&mut self, checks: Checks) -> Outcome {
+        let ranges: Vec<_> = self.areas.iter().map(|a| a.range.start..a.range.end + GUARD_SIZE).collect();
         self.areas.clear();
         self.view.clear();
         self.pt = None;
@@ -245,6 +248,14 @@ impl<L: KernelLayout> Model<'_, L> {
         self.expect(self.space.areas().is_empty(), "registry empty at the end", || {
             format!("{:#x?}", self.space.areas())
         })?;
+        for range in &ranges {
+            self.check_range(range)?;
+        }
+        if checks == Checks::Full {
+            let inv = self.space.check();
+            self.expect(inv.is_ok(), "Inv of the space", || format!("{inv:?}"))?;
+            self.check_range(&L::VMALLOC_VADDR_RANGE)?;
+        }
         if let (Some(foreign), Some(start)) = (self.foreign, self.foreign_start) {
             foreign.synchronize();
             let end = foreign.phys_stats();
