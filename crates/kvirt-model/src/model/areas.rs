@@ -177,6 +177,7 @@ impl<L: KernelLayout> Model<'_, L> {
         let scarce = self.scarce();
         let before = self.snapshot();
         let released = if keep { 0 } else { fresh };
+        self.areas_changed = true;
         let result = self.space.try_map_frames(size, offset, handed, prop);
         let Some(area) =
             self.check_creation(result, &violated, room, scarce, &before, released, "map_frames")?
@@ -267,6 +268,7 @@ impl<L: KernelLayout> Model<'_, L> {
         let huge_room = huge.is_some_and(|a| self.vmalloc_room(size, a));
         let scarce = self.scarce();
         let before = self.snapshot();
+        self.areas_changed = true;
         // SAFETY: creating the mapping accesses nothing. The range holds no
         // page the frame allocator can hand out (or the call is rejected):
         // it is reserved low memory that nothing else in this space uses,
@@ -392,8 +394,8 @@ impl<L: KernelLayout> Model<'_, L> {
             return Ok(());
         }
         let actual = spec::kernel_view(self.space, range);
-        let mut model = self.view.clone();
-        model.retain(|&va, p| va < range.end && va + p.size > range.start);
+        let first = page_at(&self.view, range.start).map_or(range.start, |(base, _)| base);
+        let model: crate::view::View = self.view.range(first..range.end).map(|(&va, &p)| (va, p)).collect();
         let model = as_spec_view::<L::Format>(&model);
         self.expect(actual == model, "refinement: kernel_view equals the model", || {
             describe_diff(&actual, &model)
@@ -415,6 +417,7 @@ impl<L: KernelLayout> Model<'_, L> {
         let valid = offset % PAGE_SIZE == 0 && 0 < offset && offset < size;
         let scarce = self.scarce();
         let before = self.snapshot();
+        self.areas_changed = true;
         let old = self.areas.remove(i);
         let Area { area, id, range, mapped, origin, kind, label, left, right } = old;
         let (l, r) = if fallible {
@@ -525,6 +528,7 @@ impl<L: KernelLayout> Model<'_, L> {
     }
 
     pub(super) fn drop_area(&mut self, i: usize) -> Outcome {
+        self.areas_changed = true;
         let a = self.areas.remove(i);
         self.forget_area(&a.mapped, a.left, a.right);
         let range = a.range.clone();

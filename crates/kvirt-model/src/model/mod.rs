@@ -191,6 +191,9 @@ pub struct Model<'s, L: KernelLayout = X86_64Layout> {
     refs: BTreeMap<Paddr, u64>,
     /// The frames whose count changed since the last check.
     touched: Vec<Paddr>,
+    /// Whether an operation since the last check created, split or dropped
+    /// an area (or tried to).
+    areas_changed: bool,
     start: (PhysStats, VmallocStats),
     foreign_start: Option<PhysStats>,
     /// `used_pages - page_table_pages` at the start.
@@ -255,6 +258,7 @@ impl<'s, L: KernelLayout> Model<'s, L> {
             links: HashMap::new(),
             refs: BTreeMap::new(),
             touched: Vec::new(),
+            areas_changed: true,
             start,
             foreign_start: None,
             base_data_pages: start.0.used_pages - start.0.page_table_pages,
