@@ -1,52 +1,61 @@
-//! The checking logic of kvirt's fuzz targets.
+//! The fuzz targets' logic: byte decoders in front of `kvirt-model`.
 //!
 //! One file, used twice: it is the library of the cargo-fuzz crate (the
 //! targets in `fuzz/fuzz_targets/` only hand libFuzzer's bytes to
 //! [`kvirt_api`] and [`pte_decode`]), and the regression test of the main
 //! test suite (`crates/kvirt/tests/fuzz_regressions.rs`) includes it as a
 //! module and replays every saved input through the same functions. So it
-//! depends on `kvirt` and `std` only, and decodes inputs with its own byte
-//! reader, [`Input`]: every byte string is a valid input (a missing byte
-//! reads as zero), and a saved input means the same thing in both places.
+//! depends on `kvirt`, `kvirt-model` and `std` only, and decodes inputs with
+//! its own byte reader, [`Input`]: every byte string is a valid input (a
+//! missing byte reads as zero), and a saved input means the same thing in
+//! both places.
 //!
 //! Set `KVIRT_FUZZ_TRACE=1` to print each decoded operation (to replay a
 //! crash by hand).
 //!
 //! ## `kvirt_api`
 //!
-//! Each input runs on its own small hosted kernel space (16 MiB of RAM), so
-//! nothing carries over between inputs and every crash replays alone:
-//! creating and dropping one costs about a millisecond under
-//! AddressSanitizer, a tenth of a long input's time. The input is a sequence
-//! of operations, one selector byte each, then its operands:
+//! The input is a sequence of operations, one selector byte each, then its
+//! operands; the decoder turns them into [`kvirt_model::Op`]s and
+//! [`kvirt_model::Model::step`] runs each on a kernel space and on the
+//! model, which predicts every outcome (the specification's panic
+//! conditions and the model's own statement of the preconditions for
+//! rejected calls, resource errors only when the resource is short). The
+//! decoder reads the model's state (how many areas and frames it holds,
+//! where the cursor of a session is) to decode what comes next:
 //!
-//! * tracked areas (`try_map_frames`) with hostile `area_size`, `map_offset`
-//!   and frame counts (fresh frames, clones of held frames, a frame of
-//!   another space), untracked areas (`try_map_untracked_frames`) with
-//!   hostile physical ranges (reversed, misaligned, tracked RAM, the
-//!   reserved first MiB, the frame metadata, the device window, beyond
-//!   `PA_BITS`). Every outcome is checked against the spec's panic
-//!   conditions; a rejected call must leave frames, page-table pages,
-//!   VMALLOC and the area registry exactly as they were;
-//! * `query` inside an area, checked against a model of what the area maps
-//!   and against the spec's `query_some_ensures` / `query_none_ensures`;
-//!   outside it, the documented panic;
-//! * `split` at valid offsets, byte reads and writes at hostile offsets and
-//!   lengths (through RAM the fuzzer owns only), dropping areas, holding
-//!   and releasing frames to run the allocator dry;
-//! * sessions of raw cursor operations on a private kernel-half page table
-//!   (`PageTable::<KernelPtConfig>::empty_in`): cursor creation over any
-//!   range must give the predicted typed error or a cursor; then `jump`,
-//!   `try_map` of hostile items, `take_next`, `protect_next`, `query` and
-//!   `find_next`, each predicted by a small `BTreeMap` model (documented
-//!   panics included). After each session the table's whole view must equal
-//!   the model, its structure pass `check_inv` with exactly the nodes the
-//!   model needs, and no page-table page may leak.
+//! * tracked areas with hostile `area_size`, `map_offset` and frame counts
+//!   (a fresh segment, clones of held frames, a frame of another space),
+//!   untracked areas with hostile physical ranges (reversed, misaligned,
+//!   tracked RAM, the reserved first MiB, the frame metadata, the device
+//!   window, beyond `PA_BITS`);
+//! * `query` inside an area and outside it (the documented panic);
+//! * `try_split` at valid and invalid offsets, byte reads and writes at
+//!   hostile offsets and lengths, dropping areas, holding and releasing
+//!   frames and segments to run the allocator dry;
+//! * sessions of raw cursor operations on a user page table of the space:
+//!   cursor creation over any range, then `jump`, `try_map` of hostile
+//!   items, `take_next`, `protect_next`, `query` and `find_next`, decoded
+//!   one by one as the session goes.
 //!
-//! After every operation each frame's reference count must equal the
-//! handles held plus the entries mapping it; at the end of the input
-//! everything is dropped and the space must be back at its baseline
-//! (frames, page-table pages, VMALLOC, registry) and pass `inv()`.
+//! After every operation the model's light checks run (registry, reference
+//! counts of the frames the operation touched, page and VMALLOC
+//! accounting); at the end of the input the checks of what the model
+//! holds (every reference count, every area's `inv()`, refinement of the
+//! areas and of the user page table). Then everything is dropped and the
+//! model checks that the space is back as it found it.
+//!
+//! The kernel space is made once per process and reused: building one per
+//! input would cost more than running most inputs. Between inputs the
+//! space must be back at the baseline it had when it was made (frames,
+//! page-table pages, VMALLOC, the registry, the foreign space's frames); if
+//! it is not, the input that left it so fails. The checks that walk the
+//! whole space cost as much as hundreds of operations, so under libFuzzer
+//! one input in [`WHOLE_SPACE_CHECK_EVERY`] gets them, chosen by a hash of
+//! its bytes (the same input always gets the same checks): the space's
+//! `inv()` and nothing mapped in VMALLOC after it, and, if the input asks
+//! for the full checks, every `inv()` and refinement of all of VMALLOC at
+//! its end. A saved input replayed by `cargo test` always gets them.
 //!
 //! ## `pte_decode`
 //!
@@ -58,28 +67,21 @@
 //! marker never changes the property. The record's own (address, level,
 //! property, tracked) must round-trip exactly through `encode_page`.
 
-use std::cell::Cell;
-use std::collections::BTreeMap;
 use std::ops::Range;
-use std::panic::{self, AssertUnwindSafe};
-use std::sync::{Once, OnceLock};
+use std::sync::{Mutex, OnceLock};
 
 use kvirt::arch::x86_64::X86_64;
 use kvirt::arch::{page_size, PagingFormat, PteKind};
-use kvirt::frame::{Frame, FrameAllocError, FrameAllocOptions, PhysStats, Segment};
-use kvirt::kspace::{
-    AreaAccessError, AreaInfo, KVirtArea, KVirtAreaError, KernelSpace, MappedItem, MappedItemRef, SplitError,
-    VmallocStats, VMALLOC_VADDR_RANGE,
-};
+use kvirt::frame::PhysStats;
+use kvirt::kspace::{KernelSpace, VmallocStats};
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty, PrivilegedPageFlags};
-use kvirt::page_table::{vaddr_bounds, KernelPtConfig, MapErrorKind, PageTable, PageTableFrag, RangeError};
-use kvirt::platform::MemoryRegionKind;
-use kvirt::spec::{self, Inv};
+use kvirt::page_table::{vaddr_bounds, UserPtConfig};
+use kvirt::spec;
 use kvirt::{Paddr, PagingLevel, Vaddr, PAGE_SIZE};
-
-#[path = "../crates/kvirt/tests/support/pt_model.rs"]
-mod pt_model;
-use pt_model::{Leaf, PtModel, Taken, SZ_1G, SZ_2M};
+use kvirt_model::{
+    Checks, CursorOp, Data, Failure, FramePick, Frames, Item, Model, Offset, Op, PaChoice, Protect, QueryAt,
+    SessionView, SplitAt, SZ_1G, SZ_2M,
+};
 
 /// A fuzz target's checks: run one input, panic on a violation.
 pub type Target = fn(&[u8]);
@@ -90,8 +92,10 @@ pub const TARGETS: [(&str, Target); 2] = [("kvirt_api", kvirt_api), ("pte_decode
 /// The reserved low memory of a simulated machine: RAM no one uses, the
 /// only RAM the fuzzer reads and writes through untracked areas.
 const LOW_MEMORY: Paddr = 1 << 20;
-/// The RAM of each input's kernel space.
+/// The RAM of the kernel space.
 const RAM_SIZE: usize = 16 << 20;
+/// The RAM of the space foreign frames come from.
+const FOREIGN_RAM_SIZE: usize = 4 << 20;
 /// The most operations one input runs.
 const MAX_OPS: usize = 256;
 /// The most leaf entries an accepted untracked area may need (a cap on the
@@ -101,8 +105,20 @@ const MAX_UNTRACKED_LEAVES: usize = 4096;
 const MAX_FRAMES: usize = 1024;
 /// Physical addresses the format can express are below this.
 const PA_LIMIT: usize = 1 << <X86_64 as PagingFormat>::PA_BITS;
-/// Nodes of an empty kernel-half page table: the root and 256 L3 nodes.
-const EMPTY_TABLE_NODES: usize = 1 + 256;
+/// The window raw sessions mostly use, in the user half: 4 GiB from a
+/// 1 GiB boundary.
+const WIN: Vaddr = 0x0000_4000_4000_0000;
+/// Under libFuzzer, one input in this many gets the checks that walk the
+/// whole space (the space's `inv()` and an empty VMALLOC after the input,
+/// and refinement of all of VMALLOC at its end if it asks for the full
+/// checks), chosen by a hash of the input. They cost about 10 ms under AddressSanitizer, the time of
+/// hundreds of operations, and the space's own page table and VMALLOC
+/// change only through areas, which the other checks follow. Replaying
+/// saved inputs (`cargo test`) runs them for every input.
+const WHOLE_SPACE_CHECK_EVERY: u64 = 32;
+/// Where VMALLOC lies in the kernel half, mirrored into the user half: far
+/// anchors for hostile cursor ranges.
+const FAR: Range<Vaddr> = 0x4000_0000_0000..0x6000_0000_0000;
 
 /// Values that make size and offset arithmetic interesting.
 const INTERESTING: [usize; 25] = [
@@ -237,40 +253,6 @@ impl<'a> Input<'a> {
 }
 
 // ---------------------------------------------------------------------------
-// Documented panics
-
-thread_local! {
-    static EXPECTING_PANIC: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Runs `f`, which must panic (a documented panic), and returns the panic
-/// message. libFuzzer's panic hook aborts the process on any panic, so a
-/// hook installed on top of it stays silent while an expected panic
-/// unwinds, and defers to it otherwise.
-fn expect_panic(what: &str, f: impl FnOnce()) -> String {
-    static HOOK: Once = Once::new();
-    HOOK.call_once(|| {
-        let previous = panic::take_hook();
-        panic::set_hook(Box::new(move |info| {
-            if !EXPECTING_PANIC.with(Cell::get) {
-                previous(info);
-            }
-        }));
-    });
-    EXPECTING_PANIC.with(|e| e.set(true));
-    let result = panic::catch_unwind(AssertUnwindSafe(f));
-    EXPECTING_PANIC.with(|e| e.set(false));
-    match result {
-        Ok(()) => panic!("{what}: a documented panic did not happen"),
-        Err(payload) => payload
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-            .unwrap_or_default(),
-    }
-}
-
-// ---------------------------------------------------------------------------
 // Target `pte_decode`
 
 /// The `pte_decode` target: see the module documentation.
@@ -331,188 +313,281 @@ fn check_decode<F: PagingFormat>(raw: u64, level: PagingLevel) {
 }
 
 // ---------------------------------------------------------------------------
-// Target `kvirt_api`: the area model
+// Target `kvirt_api`: the spaces, made once
 
-/// What one area maps, as the fuzzer knows it.
-#[derive(Debug, Clone)]
-struct AreaModel {
-    /// The area's range now (after splits).
-    range: Range<Vaddr>,
-    /// The part mapped when the area was created. Only the part of it inside
-    /// `range` belongs to this area; a split never changes the entries.
-    origin: Range<Vaddr>,
-    /// Tracked: the frame mapped at each page of `origin`.
-    frames: Option<Vec<Paddr>>,
-    /// Untracked: the physical address mapped at `origin.start`.
-    pa: Paddr,
-    prop: PageProperty,
-    /// Never split: the page sizes are still the creation's.
-    pristine: bool,
-}
-
-impl AreaModel {
-    /// A new area's model: `len` bytes mapped at `map_offset` with `prop`;
-    /// what is mapped (`frames` or `pa`) is the caller's to fill in.
-    fn created(area: &KVirtArea, map_offset: usize, len: usize, prop: PageProperty) -> Self {
-        let origin = area.start() + map_offset..area.start() + map_offset + len;
-        AreaModel { range: area.range(), origin, frames: None, pa: 0, prop, pristine: true }
-    }
-
-    fn mapped(&self, va: Vaddr) -> bool {
-        self.origin.contains(&va) && self.range.contains(&va)
-    }
-
-    fn mapped_range(&self) -> Range<Vaddr> {
-        let s = self.origin.start.clamp(self.range.start, self.range.end);
-        let e = self.origin.end.clamp(self.range.start, self.range.end);
-        s..e.max(s)
-    }
-}
-
-/// The accessible bytes at `offset..offset + len` of an area, as the model
-/// predicts them: the error `read_bytes` / `write_bytes` must return (by the
-/// first page that is unmapped, lacks the right the access needs, `W` to
-/// write or `R` to read, or is not RAM), or whether the access stays in
-/// memory the fuzzer may touch.
-fn expect_access(
-    m: &AreaModel,
-    ram: &[Range<Paddr>],
-    offset: usize,
-    len: usize,
-    write: bool,
-) -> Result<bool, AreaAccessError> {
-    let size = m.range.len();
-    if offset.checked_add(len).is_none_or(|end| end > size) {
-        return Err(AreaAccessError::OutOfBounds { offset, len, size });
-    }
-    let (mut va, end) = (m.range.start + offset, m.range.start + offset + len);
-    let mut ours = true;
-    while va < end {
-        let in_page = (PAGE_SIZE - va % PAGE_SIZE).min(end - va);
-        if !m.mapped(va) {
-            return Err(AreaAccessError::Unmapped(va));
-        }
-        if write && !m.prop.flags.contains(PageFlags::RW) {
-            return Err(AreaAccessError::NotWritable(va));
-        }
-        if !write && !m.prop.flags.contains(PageFlags::R) {
-            return Err(AreaAccessError::NotReadable(va));
-        }
-        if m.frames.is_none() {
-            let pa = m.pa + (va - m.origin.start);
-            if !ram.iter().any(|r| r.start <= pa && pa + in_page <= r.end) {
-                return Err(AreaAccessError::NotRam(va));
-            }
-            // Untracked RAM above the low MiB is the frame metadata.
-            ours &= pa + in_page <= LOW_MEMORY;
-        }
-        va += in_page;
-    }
-    Ok(ours)
-}
-
-// ---------------------------------------------------------------------------
-// Target `kvirt_api`: the page-table model
-
-/// The length of an entry's range as a cursor reports it (its end
-/// saturates at `usize::MAX` at the top of the address space).
-fn entry_len(r: &Range<Vaddr>) -> usize {
-    if r.end == usize::MAX {
-        r.end - r.start + 1
-    } else {
-        r.len()
-    }
-}
-
-/// The error `cursor` / `cursor_mut` must return for `range`.
-fn expect_range_error(range: &Range<Vaddr>) -> Option<RangeError> {
-    let (first, last) = vaddr_bounds::<KernelPtConfig>();
-    if range.start == range.end {
-        Some(RangeError::Empty)
-    } else if range.start > range.end {
-        Some(RangeError::Reversed)
-    } else if range.start % PAGE_SIZE != 0 || range.end % PAGE_SIZE != 0 {
-        Some(RangeError::Misaligned)
-    } else if range.start < first || range.end - 1 > last {
-        Some(RangeError::OutOfBounds)
-    } else {
-        None
-    }
-}
-
-/// After a `try_take_next` or `try_protect_next` that ran out of memory:
-/// the model goes back to `saved`, and the cursor, at `va`, must stand in a
-/// huge page it had to split. Returns `va`.
-fn refused_split(model: &mut PtModel, saved: PtModel, va: Vaddr) -> Vaddr {
-    *model = saved;
-    trace!("  -> out of memory at {va:#x}");
-    let huge = model.map.range(..=va).next_back().filter(|(start, leaf)| va < *start + leaf.size);
-    assert!(
-        huge.is_some_and(|(_, leaf)| leaf.size > PAGE_SIZE),
-        "out of memory at {va:#x}, where no huge page needs a split"
-    );
-    va
-}
-
-/// The raw page table and its model.
-struct RawPt {
-    pt: PageTable<KernelPtConfig>,
-    model: PtModel,
-}
-
-// ---------------------------------------------------------------------------
-// Target `kvirt_api`: the world
-
-/// A second kernel space, for frames that must be rejected as foreign.
-fn foreign_space() -> &'static (KernelSpace, PhysStats) {
-    static FOREIGN: OnceLock<(KernelSpace, PhysStats)> = OnceLock::new();
-    FOREIGN.get_or_init(|| {
-        let space = KernelSpace::new_hosted(kvirt::sim::MachineConfig::new(4 << 20));
-        let stats = space.phys_stats();
-        (space, stats)
-    })
-}
-
-type Snapshot = (PhysStats, VmallocStats, Vec<AreaInfo>);
-
+/// The spaces inputs run on, and what they must be back at after each.
 struct World {
-    areas: Vec<(KVirtArea, AreaModel)>,
-    pool: Vec<Frame<()>>,
-    hogs: Vec<Segment<()>>,
-    foreign: Vec<Frame<()>>,
-    raw: Option<RawPt>,
-    max_paddr: Paddr,
-    /// The RAM regions of the machine's memory map (`Usable` and
-    /// `Reserved`): the only memory byte access may touch.
-    ram: Vec<Range<Paddr>>,
-    device: Range<Paddr>,
-    /// Dropped last: everything above points into it.
     space: KernelSpace,
+    /// A second space, for frames that must be rejected as foreign.
+    foreign: KernelSpace,
+    baseline: (PhysStats, VmallocStats),
+    foreign_baseline: PhysStats,
 }
 
 impl World {
-    /// The counters and the registry, once deferred frees have happened.
-    fn snapshot(&self) -> Snapshot {
+    fn new() -> Self {
+        let space = KernelSpace::new_hosted(kvirt::sim::MachineConfig::new(RAM_SIZE));
+        let foreign = KernelSpace::new_hosted(kvirt::sim::MachineConfig::new(FOREIGN_RAM_SIZE));
+        space.synchronize();
+        foreign.synchronize();
+        let baseline = (space.phys_stats(), space.vmalloc_stats());
+        let foreign_baseline = foreign.phys_stats();
+        Self { space, foreign, baseline, foreign_baseline }
+    }
+
+    /// Runs one input on a model of the spaces; then the spaces must be
+    /// back at their baseline.
+    fn run(&self, data: &[u8]) -> Result<(), Failure> {
+        // FNV-1a: which inputs get the checks of the whole space.
+        let hash = data
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        let whole_space = cfg!(not(fuzzing)) || hash % WHOLE_SPACE_CHECK_EVERY == 0;
+        let mut model = Model::new(&self.space, None).with_foreign(&self.foreign);
+        let full_check = Decoder::new(data).run(&mut model)?;
+        let full_check = full_check && whole_space;
+        trace!("checks at the end (of the whole space: {full_check})");
+        model.check(if full_check { Checks::Full } else { Checks::Areas })?;
+        model.finish(if whole_space { Checks::Full } else { Checks::Light })?;
+        let steps = model.steps();
+        drop(model);
+        let between = |check, message| Failure { step: steps, check, message };
         self.space.synchronize();
-        (self.space.phys_stats(), self.space.vmalloc_stats(), self.space.areas())
+        self.foreign.synchronize();
+        let now = (self.space.phys_stats(), self.space.vmalloc_stats());
+        if now != self.baseline || !self.space.areas().is_empty() {
+            return Err(between(
+                "the space is back at its baseline",
+                format!("{:?}\n{now:?}", self.baseline),
+            ));
+        }
+        let foreign = self.foreign.phys_stats();
+        if foreign != self.foreign_baseline {
+            return Err(between(
+                "the foreign space is back at its baseline",
+                format!("{:?}\n{foreign:?}", self.foreign_baseline),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The `kvirt_api` target: see the module documentation.
+///
+/// # Panics
+///
+/// If a check fails.
+pub fn kvirt_api(data: &[u8]) {
+    static WORLD: Mutex<Option<World>> = Mutex::new(None);
+    // A failed input leaves the spaces in any state: the next one starts
+    // over on new spaces.
+    let mut world = WORLD.lock().unwrap_or_else(|poisoned| {
+        let mut world = poisoned.into_inner();
+        *world = None;
+        world
+    });
+    let result = world.get_or_insert_with(World::new).run(data);
+    if let Err(failure) = result {
+        *world = None;
+        drop(world);
+        panic!("kvirt_api: {failure}");
+    }
+}
+
+/// [`kvirt_api`] on spaces made for this input alone, as libFuzzer replays
+/// a crash in a new process.
+///
+/// # Panics
+///
+/// If a check fails.
+pub fn kvirt_api_alone(data: &[u8]) {
+    if let Err(failure) = World::new().run(data) {
+        panic!("kvirt_api: {failure}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Target `kvirt_api`: the decoder
+
+/// Decodes an input into operations, running each on the model as soon as
+/// it is decoded (what comes next may depend on it).
+struct Decoder<'a> {
+    inp: Input<'a>,
+    /// The ids of the model's areas in the order the byte format's area
+    /// indices count them: a new area and the halves of a split go last,
+    /// a dropped or split area's place goes to the last one (the model
+    /// keeps another order).
+    order: Vec<u64>,
+}
+
+impl<'a> Decoder<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        Self { inp: Input::new(data), order: Vec::new() }
+    }
+
+    /// Decodes and runs every operation; returns whether the input asked
+    /// for the full checks at its end.
+    fn run(mut self, model: &mut Model<'_>) -> Result<bool, Failure> {
+        let mut full_check = false;
+        for _ in 0..MAX_OPS {
+            if self.inp.is_empty() {
+                break;
+            }
+            match self.inp.below(20) {
+                0 | 1 => {
+                    let frames = 1 + self.inp.below(8);
+                    self.step(model, &Op::Alloc { frames })?;
+                }
+                2 => self.hog(model)?,
+                3 | 4 => self.map_frames(model)?,
+                5 | 6 => self.map_untracked(model)?,
+                7 | 8 => self.query(model)?,
+                9 => self.split(model)?,
+                10 => self.access(model, false)?,
+                11 => self.access(model, true)?,
+                12 => {
+                    if let Some((p, area)) = self.pick_area(model) {
+                        self.step(model, &Op::Drop { area })?;
+                        self.order.swap_remove(p);
+                    }
+                }
+                13 => self.drop_frames(model)?,
+                14..=18 => self.session(model)?,
+                _ => full_check = true,
+            }
+            model.check(Checks::Light)?;
+        }
+        Ok(full_check)
+    }
+
+    fn step(&mut self, model: &mut Model<'_>, op: &Op) -> Result<(), Failure> {
+        trace!("{op}");
+        model.step(op)
+    }
+
+    /// An area, by its place in [`Self::order`]; with its index in the
+    /// model.
+    fn pick_area(&mut self, model: &Model<'_>) -> Option<(usize, usize)> {
+        if self.order.is_empty() {
+            return None;
+        }
+        let p = self.inp.below(self.order.len());
+        let i =
+            model.areas().iter().position(|a| a.id() == self.order[p]).expect("the order lists live areas");
+        Some((p, i))
+    }
+
+    /// After an operation that may have created areas: they go last, in
+    /// the model's order.
+    fn adopt_new_areas(&mut self, model: &Model<'_>) {
+        let mut new: Vec<u64> =
+            model.areas().iter().map(|a| a.id()).filter(|id| !self.order.contains(id)).collect();
+        new.sort_unstable();
+        self.order.extend(new);
+    }
+
+    fn hog(&mut self, model: &mut Model<'_>) -> Result<(), Failure> {
+        let inp = &mut self.inp;
+        let free = model.space().phys_stats().free_pages;
+        let pages = match inp.below(6) {
+            0 => 0,
+            1 => 1 + inp.below(64),
+            2 => free,
+            3 => free.saturating_sub(inp.below(8)),
+            4 => free + 1 + inp.below(4),
+            _ => free / 2,
+        };
+        self.step(model, &Op::Hog { pages })
+    }
+
+    /// An area size for mapping `len` bytes.
+    fn area_size(&mut self, len: usize) -> usize {
+        let inp = &mut self.inp;
+        match inp.below(4) {
+            0 => inp.hostile(),
+            1 => len,
+            _ => len.wrapping_add(inp.below(8) * PAGE_SIZE),
+        }
+    }
+
+    /// A map offset into an area of `area_size` bytes mapping `len` bytes.
+    fn map_offset(&mut self, area_size: usize, len: usize) -> usize {
+        let inp = &mut self.inp;
+        match inp.below(4) {
+            0 => inp.hostile(),
+            1 => 0,
+            _ => area_size.wrapping_sub(len).wrapping_sub(inp.below(4) * PAGE_SIZE),
+        }
+    }
+
+    fn map_frames(&mut self, model: &mut Model<'_>) -> Result<(), Failure> {
+        let inp = &mut self.inp;
+        let n = match inp.below(6) {
+            0 => 0,
+            1 => 1,
+            2 | 3 => inp.below(8),
+            4 => inp.below(256),
+            _ => MAX_FRAMES,
+        };
+        let held = model.held().len();
+        let frames = match inp.below(4) {
+            0 | 1 if n > 0 => {
+                self.step(model, &Op::Stage { pages: n })?;
+                if model.staged().len() != n {
+                    trace!("  no {n} fresh frames");
+                    return Ok(());
+                }
+                Frames::Staged
+            }
+            0 | 1 => Frames::Picks(Vec::new()),
+            2 => Frames::Picks(if held == 0 {
+                Vec::new()
+            } else {
+                (0..n).map(|_| FramePick::Held(inp.below(held))).collect()
+            }),
+            _ => {
+                let mut picks: Vec<FramePick> = (0..n.min(8))
+                    .map(|_| inp.below(held.max(1)))
+                    .filter(|&i| i < held)
+                    .map(FramePick::Held)
+                    .collect();
+                if model.foreign_free_pages().is_some_and(|free| free > 0) {
+                    let at = inp.below(picks.len() + 1);
+                    picks.insert(at, FramePick::Foreign);
+                }
+                Frames::Picks(picks)
+            }
+        };
+        let len = match &frames {
+            Frames::Picks(picks) => picks.len(),
+            _ => n,
+        } * PAGE_SIZE;
+        let size = self.area_size(len);
+        let offset = self.map_offset(size, len);
+        let prop = self.inp.prop();
+        self.step(model, &Op::CreateTracked { frames, size, offset, keep: false, prop })?;
+        self.adopt_new_areas(model);
+        Ok(())
     }
 
     /// A physical range for an untracked area.
-    fn pa_range(&self, inp: &mut Input<'_>) -> Range<Paddr> {
-        let pool_pa = self.pool.first().map_or(LOW_MEMORY + 64 * PAGE_SIZE, Frame::paddr);
+    fn pa_range(&mut self, model: &Model<'_>) -> Range<Paddr> {
+        let inp = &mut self.inp;
+        let pool_pa = model.held().first().map_or(LOW_MEMORY + 64 * PAGE_SIZE, kvirt::frame::Frame::paddr);
+        let (max_paddr, device) = (model.space().max_paddr(), model.device());
         let anchors = [
             0,
             PAGE_SIZE,
             LOW_MEMORY - PAGE_SIZE,
             LOW_MEMORY,
             pool_pa,
-            self.max_paddr - PAGE_SIZE,
-            self.max_paddr,
-            self.device.start,
-            self.device.start + SZ_2M,
-            self.device.end - SZ_2M,
-            self.device.end,
-            self.device.end + SZ_1G,
+            max_paddr - PAGE_SIZE,
+            max_paddr,
+            device.start,
+            device.start + SZ_2M,
+            device.end - SZ_2M,
+            device.end,
+            device.end + SZ_1G,
             PA_LIMIT - SZ_1G,
             PA_LIMIT - PAGE_SIZE,
             PA_LIMIT,
@@ -546,336 +621,64 @@ impl World {
         }
     }
 
-    /// An area size for mapping `len` bytes.
-    fn area_size(inp: &mut Input<'_>, len: usize) -> usize {
-        match inp.below(4) {
-            0 => inp.hostile(),
-            1 => len,
-            _ => len.wrapping_add(inp.below(8) * PAGE_SIZE),
-        }
-    }
-
-    /// A map offset into an area of `area_size` bytes mapping `len` bytes.
-    fn map_offset(inp: &mut Input<'_>, area_size: usize, len: usize) -> usize {
-        match inp.below(4) {
-            0 => inp.hostile(),
-            1 => 0,
-            _ => area_size.wrapping_sub(len).wrapping_sub(inp.below(4) * PAGE_SIZE),
-        }
-    }
-
-    fn op_alloc_pool(&mut self, inp: &mut Input<'_>) {
-        let n = 1 + inp.below(8);
-        trace!("alloc_pool {n}");
-        for _ in 0..n {
-            match FrameAllocOptions::new_in(&self.space).alloc_frame() {
-                Ok(f) => self.pool.push(f),
-                Err(e) => {
-                    assert_eq!(e, FrameAllocError::OutOfMemory);
-                    assert_eq!(
-                        self.space.phys_stats().free_pages,
-                        0,
-                        "a single frame failed with free pages"
-                    );
-                    return;
-                }
-            }
-        }
-    }
-
-    fn op_hog(&mut self, inp: &mut Input<'_>) {
-        let free = self.space.phys_stats().free_pages;
-        let n = match inp.below(6) {
-            0 => 0,
-            1 => 1 + inp.below(64),
-            2 => free,
-            3 => free.saturating_sub(inp.below(8)),
-            4 => free + 1 + inp.below(4),
-            _ => free / 2,
-        };
-        trace!("hog {n} of {free} free pages");
-        let before = self.space.phys_stats();
-        match FrameAllocOptions::new_in(&self.space).zeroed(false).alloc_segment(n) {
-            Ok(seg) => {
-                assert!(n <= free, "{n} pages allocated with {free} free");
-                assert_eq!(seg.nr_pages(), n);
-                self.hogs.push(seg);
-            }
-            Err(e) => {
-                trace!("  -> {e:?}");
-                let expected =
-                    if n == 0 { FrameAllocError::ZeroLength } else { FrameAllocError::OutOfMemory };
-                assert_eq!(e, expected, "allocating {n} pages");
-                assert_eq!(self.space.phys_stats(), before, "a failed allocation changed the counters");
-            }
-        }
-    }
-
-    fn op_map_frames(&mut self, inp: &mut Input<'_>) {
-        let before = self.snapshot();
-        let mut frames: Vec<Frame<()>> = Vec::new();
-        let n = match inp.below(6) {
-            0 => 0,
-            1 => 1,
-            2 | 3 => inp.below(8),
-            4 => inp.below(256),
-            _ => MAX_FRAMES,
-        };
-        let mut foreign = None;
-        match inp.below(4) {
-            0 | 1 => {
-                if n > 0 {
-                    match FrameAllocOptions::new_in(&self.space).alloc_segment(n) {
-                        Ok(seg) => frames.extend(seg),
-                        Err(e) => {
-                            trace!("map_frames: no {n} fresh frames ({e:?})");
-                            assert_eq!(self.snapshot(), before);
-                            return;
-                        }
-                    }
-                }
-            }
-            2 => {
-                if !self.pool.is_empty() {
-                    for _ in 0..n {
-                        frames.push(self.pool[inp.below(self.pool.len())].clone());
-                    }
-                }
-            }
-            _ => {
-                for _ in 0..n.min(8) {
-                    if let Some(f) = self.pool.get(inp.below(self.pool.len().max(1))) {
-                        frames.push(f.clone());
-                    }
-                }
-                if let Ok(f) = FrameAllocOptions::new_in(&foreign_space().0).alloc_frame() {
-                    let at = inp.below(frames.len() + 1);
-                    foreign = Some(f.paddr());
-                    frames.insert(at, f.clone());
-                    self.foreign.push(f);
-                }
-            }
-        }
-        let len = frames.len() * PAGE_SIZE;
-        let area_size = Self::area_size(inp, len);
-        let map_offset = Self::map_offset(inp, area_size, len);
-        let prop = inp.prop();
-        let pas: Vec<Paddr> = frames.iter().map(Frame::paddr).collect();
-        let panics = spec::map_frames_panic_condition(area_size, map_offset, frames.len(), &prop);
-        assert_eq!(
-            spec::map_frames_foreign_frame_condition(&self.space, &frames),
-            foreign.is_some(),
-            "the spec's foreign-frame condition"
-        );
-        trace!(
-            "map_frames size {area_size:#x} offset {map_offset:#x} frames {} foreign {foreign:x?} {prop:?}: panics {panics}",
-            frames.len()
-        );
-        match self.space.try_map_frames(area_size, map_offset, frames, prop) {
-            Ok(area) => {
-                assert!(!panics, "map_frames accepted a call its panic condition rejects");
-                assert!(foreign.is_none(), "map_frames accepted a frame of another space");
-                let model =
-                    AreaModel { frames: Some(pas), ..AreaModel::created(&area, map_offset, len, prop) };
-                self.adopt_new_area(area, model, area_size);
-            }
-            Err(e) => {
-                trace!("  -> {e:?}");
-                // The seed's panic conditions first, then the frames' space.
-                if !panics && !spec::is_resource_error(&e) {
-                    assert_eq!(
-                        Some(&e),
-                        foreign.map(KVirtAreaError::ForeignFrame).as_ref(),
-                        "map_frames: {e}"
-                    );
-                }
-                assert_eq!(self.snapshot(), before, "map_frames rejected ({e}) but changed the space");
-            }
-        }
-    }
-
-    fn op_map_untracked(&mut self, inp: &mut Input<'_>) {
-        let pa = self.pa_range(inp);
+    fn map_untracked(&mut self, model: &mut Model<'_>) -> Result<(), Failure> {
+        let pa = self.pa_range(model);
         let len = pa.end.wrapping_sub(pa.start);
-        let area_size = Self::area_size(inp, len);
-        let map_offset = Self::map_offset(inp, area_size, len);
-        let prop = inp.prop();
-        let panics =
-            spec::map_untracked_frames_panic_condition(&self.space, area_size, map_offset, &pa, &prop);
-        trace!(
-            "map_untracked size {area_size:#x} offset {map_offset:#x} pa {pa:#x?} {prop:?}: panics {panics}"
-        );
-        // The alignment the area gets so that huge pages fit.
-        let huge = [SZ_1G, SZ_2M].into_iter().find(|&a| len >= a && pa.start % a == 0 && map_offset % a == 0);
+        let size = self.area_size(len);
+        let offset = self.map_offset(size, len);
+        let prop = self.inp.prop();
+        let panics = spec::map_untracked_frames_panic_condition(model.space(), size, offset, &pa, &prop);
+        // A cap on the time one operation takes: the leaves a valid call
+        // would map.
+        let huge = [SZ_1G, SZ_2M].into_iter().find(|&a| len >= a && pa.start % a == 0 && offset % a == 0);
         let leaves = huge.map_or(len / PAGE_SIZE, |a| len / a + 2 * 512);
         if !panics && leaves > MAX_UNTRACKED_LEAVES {
-            trace!("  skipped: {leaves} leaves");
-            return;
+            trace!("map_untracked of {pa:#x?} skipped: {leaves} leaves");
+            return Ok(());
         }
-        let before = self.snapshot();
-        // SAFETY: creating the mapping accesses nothing. The range holds no
-        // page the frame allocator can hand out (or the call is rejected):
-        // it is the reserved low MiB, the frame metadata, the device window
-        // or non-RAM. The fuzzer never accesses any of it through the area
-        // except bytes of the low MiB, which nothing else uses, and the
-        // simulated CPUs never run code that would.
-        let result = unsafe { self.space.try_map_untracked_frames(area_size, map_offset, pa.clone(), prop) };
-        match result {
-            Ok(area) => {
-                assert!(!panics, "map_untracked_frames accepted a call its panic condition rejects");
-                if let Some(a) = huge {
-                    assert_eq!(
-                        area.start() % a,
-                        0,
-                        "an untracked area that can use {a:#x} pages is not aligned"
-                    );
-                }
-                let model = AreaModel { pa: pa.start, ..AreaModel::created(&area, map_offset, len, prop) };
-                self.adopt_new_area(area, model, area_size);
-            }
-            Err(e) => {
-                trace!("  -> {e:?}");
-                assert!(
-                    panics || spec::is_resource_error(&e),
-                    "map_untracked_frames rejected ({e}) a valid call"
-                );
-                assert_eq!(
-                    self.snapshot(),
-                    before,
-                    "map_untracked_frames rejected ({e}) but changed the space"
-                );
-            }
-        }
+        self.step(model, &Op::CreateUntracked { pa: PaChoice::Abs(pa), size, offset, prop })?;
+        self.adopt_new_areas(model);
+        Ok(())
     }
 
-    /// Checks a new area against what was asked and keeps it with its model.
-    fn adopt_new_area(&mut self, area: KVirtArea, model: AreaModel, area_size: usize) {
-        assert_eq!(area.size(), area_size);
-        assert_eq!(area.range(), area.start()..area.end());
-        assert!(VMALLOC_VADDR_RANGE.start <= area.start() && area.end() <= VMALLOC_VADDR_RANGE.end);
-        assert_eq!(area.mapped_range(), model.origin);
-        if let Err(clause) = area.check() {
-            panic!("a new area breaks inv(): {clause}");
-        }
-        self.areas.push((area, model));
-    }
-
-    fn pick_area(&self, inp: &mut Input<'_>) -> Option<usize> {
-        (!self.areas.is_empty()).then(|| inp.below(self.areas.len()))
-    }
-
-    fn op_query(&mut self, inp: &mut Input<'_>) {
-        let Some(i) = self.pick_area(inp) else { return };
-        let (area, m) = &self.areas[i];
-        let r = m.range.clone();
+    fn query(&mut self, model: &mut Model<'_>) -> Result<(), Failure> {
+        let Some((_, i)) = self.pick_area(model) else { return Ok(()) };
+        let (r, origin) = (model.areas()[i].range(), model.areas()[i].origin());
+        let inp = &mut self.inp;
         let addr = match inp.below(8) {
             0 | 1 => r.start + inp.hostile() % r.len(),
             2 => r.start.wrapping_add(inp.hostile()),
             3 => r.end - 1 - inp.below(PAGE_SIZE + 1).min(r.len() - 1),
             4 => r.end + inp.below(2) * inp.below(PAGE_SIZE),
             5 => r.start.wrapping_sub(1 + inp.below(2 * PAGE_SIZE)),
-            6 => [m.origin.start, m.origin.end, m.origin.end.wrapping_sub(1)][inp.below(3)],
+            6 => [origin.start, origin.end, origin.end.wrapping_sub(1)][inp.below(3)],
             _ => inp.u64() as usize,
         };
-        trace!("query area {i} {r:#x?} at {addr:#x}");
-        if !r.contains(&addr) {
-            let msg = expect_panic("KVirtArea::query outside the area", || {
-                let _ = area.query(addr);
-            });
-            assert!(msg.contains("outside the area"), "query's panic does not name the precondition: {msg}");
-            return;
-        }
-        let got = area.query(addr);
-        let page = addr & !(PAGE_SIZE - 1);
-        match (&got, &m.frames) {
-            (None, _) => assert!(!m.mapped(addr), "query at {addr:#x} found nothing in the mapped part"),
-            (Some(_), _) if !m.mapped(addr) => {
-                panic!("query at {addr:#x} outside the mapped part found {got:x?}")
-            }
-            (Some(MappedItemRef::Tracked(f, p)), Some(frames)) => {
-                let expected = frames[(page - m.origin.start) / PAGE_SIZE];
-                assert_eq!((f.paddr(), *p), (expected, m.prop), "query at {addr:#x}");
-            }
-            (Some(MappedItemRef::Untracked(pa, level, p)), None) => {
-                assert_eq!(*p, m.prop, "query at {addr:#x}: property");
-                assert!(
-                    (1..=X86_64::HIGHEST_LEAF_LEVEL).contains(level),
-                    "query at {addr:#x}: level {level}"
-                );
-                let size = page_size::<X86_64>(*level);
-                let start = addr & !(size - 1);
-                assert!(
-                    m.origin.start <= start && start + size <= m.origin.end,
-                    "query at {addr:#x}: a {size:#x} page sticks out of the mapped part {:#x?}",
-                    m.origin
-                );
-                assert_eq!(*pa, m.pa + (start - m.origin.start), "query at {addr:#x}: physical address");
-                if m.pristine && *level < X86_64::HIGHEST_LEAF_LEVEL {
-                    let bigger = page_size::<X86_64>(*level + 1);
-                    let b = addr & !(bigger - 1);
-                    let fits = m.origin.start <= b && b + bigger <= m.origin.end;
-                    assert!(
-                        !(fits && (m.pa + (b - m.origin.start)) % bigger == 0),
-                        "query at {addr:#x}: mapped with {size:#x} pages where a {bigger:#x} page fits"
-                    );
-                }
-            }
-            _ => panic!("query at {addr:#x}: {got:x?} for an area of the other kind"),
-        }
-        let view = spec::kernel_view(&self.space, &(page..page + PAGE_SIZE));
-        if spec::query_some_condition(&view, addr) {
-            assert!(spec::query_some_ensures(&view, addr, &got), "query_some_ensures at {addr:#x}: {got:x?}");
-        } else {
-            assert!(spec::query_none_ensures(&got), "query_none_ensures at {addr:#x}: {got:x?}");
-        }
+        self.step(model, &Op::Query { area: i, at: QueryAt::Addr(addr) })
     }
 
-    fn op_split(&mut self, inp: &mut Input<'_>) {
-        let Some(i) = self.pick_area(inp) else { return };
-        let size = self.areas[i].1.range.len();
+    fn split(&mut self, model: &mut Model<'_>) -> Result<(), Failure> {
+        let Some((p, i)) = self.pick_area(model) else { return Ok(()) };
+        let size = model.areas()[i].range().len();
+        let inp = &mut self.inp;
         let offset = match inp.below(3) {
             0 => inp.hostile(),
             _ => (inp.hostile() % size) & !(PAGE_SIZE - 1),
         };
-        let valid = offset % PAGE_SIZE == 0 && 0 < offset && offset < size;
-        trace!("split area {i} of {size:#x} at {offset:#x}: valid {valid}");
-        let (area, m) = self.areas.swap_remove(i);
-        let before = self.snapshot();
-        let (left, right) = match area.try_split(offset) {
-            Ok(halves) => {
-                assert!(valid, "try_split accepted the bad offset {offset:#x} in an area of {size:#x} bytes");
-                halves
-            }
-            Err((area, e)) => {
-                trace!("  -> {e:?}");
-                let expected =
-                    if valid { SplitError::OutOfMemory } else { SplitError::BadOffset { offset, size } };
-                assert_eq!(e, expected, "try_split at {offset:#x} of {size:#x}");
-                assert_eq!(area.range(), m.range, "a refused split changed the area");
-                assert_eq!(self.snapshot(), before, "try_split refused ({e}) but changed the space");
-                self.areas.push((area, m));
-                return;
-            }
-        };
-        let mid = m.range.start + offset;
-        let lm = AreaModel { range: m.range.start..mid, pristine: false, ..m.clone() };
-        let rm = AreaModel { range: mid..m.range.end, pristine: false, ..m };
-        for (a, am) in [(&left, &lm), (&right, &rm)] {
-            assert_eq!(a.range(), am.range);
-            let expected = am.mapped_range();
-            let got = a.mapped_range();
-            assert!(got == expected || (got.is_empty() && expected.is_empty()), "split: mapped {got:#x?}");
-            if let Err(clause) = a.check() {
-                panic!("a split half breaks inv(): {clause}");
-            }
+        self.step(model, &Op::Split { area: i, at: SplitAt::Offset(offset), fallible: true })?;
+        // The area, split or handed back, goes last.
+        let id = self.order.swap_remove(p);
+        if model.areas().iter().any(|a| a.id() == id) {
+            self.order.push(id);
         }
-        self.areas.push((left, lm));
-        self.areas.push((right, rm));
+        self.adopt_new_areas(model);
+        Ok(())
     }
 
-    fn op_access(&mut self, inp: &mut Input<'_>, write: bool) {
-        let Some(i) = self.pick_area(inp) else { return };
-        let size = self.areas[i].1.range.len();
+    fn access(&mut self, model: &mut Model<'_>, write: bool) -> Result<(), Failure> {
+        let Some((_, i)) = self.pick_area(model) else { return Ok(()) };
+        let size = model.areas()[i].range().len();
+        let inp = &mut self.inp;
         let offset = match inp.below(4) {
             0 => inp.hostile(),
             1 => size.wrapping_sub(inp.below(2 * PAGE_SIZE)),
@@ -887,74 +690,49 @@ impl World {
             _ => inp.below(256),
         };
         let fill = inp.u8();
-        let (area, m) = &self.areas[i];
-        let expected = expect_access(m, &self.ram, offset, len, write);
-        trace!(
-            "{} area {i} offset {offset:#x} len {len:#x}: {expected:?}",
-            if write { "write" } else { "read" }
-        );
-        if expected == Ok(false) {
-            return; // untracked RAM the fuzzer does not own
-        }
-        let expected = expected.map(|_| ());
-        let data: Vec<u8> = (0..len).map(|k| fill.wrapping_add(k as u8)).collect();
-        let mut buf = vec![0u8; len];
-        if write {
-            assert_eq!(area.write_bytes(offset, &data), expected, "write_bytes at {offset:#x} len {len:#x}");
-            if expected.is_ok() {
-                // A write-only area refuses the read back.
-                let back = expect_access(m, &self.ram, offset, len, false).map(|_| ());
-                assert_eq!(area.read_bytes(offset, &mut buf), back, "read after write at {offset:#x}");
-                if back.is_ok() {
-                    assert_eq!(buf, data, "read after write at {offset:#x}");
-                }
-            }
+        let offset = Offset::Abs(offset);
+        let op = if write {
+            Op::Write { area: i, offset, len, data: Data::Ramp(fill) }
         } else {
-            assert_eq!(area.read_bytes(offset, &mut buf), expected, "read_bytes at {offset:#x} len {len:#x}");
-        }
+            Op::Read { area: i, offset, len }
+        };
+        self.step(model, &op)
     }
 
-    fn op_drop_area(&mut self, inp: &mut Input<'_>) {
-        let Some(i) = self.pick_area(inp) else { return };
-        trace!("drop area {i}");
-        drop(self.areas.swap_remove(i));
+    fn drop_frames(&mut self, model: &mut Model<'_>) -> Result<(), Failure> {
+        let inp = &mut self.inp;
+        let (held, hogs) = (model.held().len(), model.hogs().len());
+        let op = if inp.bool() {
+            if held == 0 {
+                return Ok(());
+            }
+            Op::DropHeld { which: inp.below(held) }
+        } else {
+            if hogs == 0 {
+                return Ok(());
+            }
+            Op::DropHog { which: inp.below(hogs) }
+        };
+        self.step(model, &op)
     }
 
-    fn op_drop_frames(&mut self, inp: &mut Input<'_>) {
-        trace!("drop frames");
-        if inp.bool() {
-            if !self.pool.is_empty() {
-                let i = inp.below(self.pool.len());
-                self.pool.swap_remove(i);
+    fn session(&mut self, model: &mut Model<'_>) -> Result<(), Failure> {
+        let range = cursor_range(&mut self.inp);
+        trace!("pt session over {range:#x?} ({} free pages)", model.space().phys_stats().free_pages);
+        let inp = &mut self.inp;
+        let mut left: Option<usize> = None;
+        let ran = model.step_session(range, &mut |view| {
+            let n = left.get_or_insert_with(|| 1 + inp.below(16));
+            if *n == 0 {
+                return None;
             }
-        } else if !self.hogs.is_empty() {
-            let i = inp.below(self.hogs.len());
-            self.hogs.swap_remove(i);
-        }
-    }
-
-    /// Each held frame's count: our handle plus every entry mapping it.
-    fn check_ref_counts(&self) {
-        let mut expected: BTreeMap<Paddr, u64> = BTreeMap::new();
-        for f in &self.pool {
-            *expected.entry(f.paddr()).or_default() += 1;
-        }
-        for (_, m) in &self.areas {
-            let Some(frames) = &m.frames else { continue };
-            for (k, &pa) in frames.iter().enumerate() {
-                if m.range.contains(&(m.origin.start + k * PAGE_SIZE)) {
-                    *expected.entry(pa).or_default() += 1;
-                }
-            }
-        }
-        if let Some(raw) = &self.raw {
-            for leaf in raw.model.map.values().filter(|l| l.tracked) {
-                *expected.entry(leaf.pa).or_default() += 1;
-            }
-        }
-        for (pa, n) in expected {
-            assert_eq!(spec::frame_ref_count(&self.space, pa), n, "reference count of frame {pa:#x}");
-        }
+            *n -= 1;
+            let op = cursor_op(inp, view);
+            trace!("  {op:x?}");
+            Some(op)
+        })?;
+        trace!("  ({} operations)", ran.len());
+        Ok(())
     }
 }
 
@@ -964,15 +742,14 @@ impl World {
 /// An address in the window raw sessions mostly use: a few slots per level
 /// so that operations collide and huge pages get split.
 fn window_va(inp: &mut Input<'_>) -> Vaddr {
-    const WIN: Vaddr = 0xffff_c000_4000_0000;
     const SLOTS: [usize; 4] = [0, 1, 255, 511];
     WIN + inp.below(4) * SZ_1G + SLOTS[inp.below(4)] * SZ_2M + SLOTS[inp.below(4)] * PAGE_SIZE
 }
 
 /// A cursor range: mostly inside the window, sometimes anywhere.
 fn cursor_range(inp: &mut Input<'_>) -> Range<Vaddr> {
-    let (first, _) = vaddr_bounds::<KernelPtConfig>();
-    let top = usize::MAX & !(PAGE_SIZE - 1);
+    let (first, last) = vaddr_bounds::<UserPtConfig>();
+    let top = last & !(PAGE_SIZE - 1);
     match inp.below(8) {
         0..=3 => {
             let (a, b) = (window_va(inp), window_va(inp));
@@ -984,12 +761,12 @@ fn cursor_range(inp: &mut Input<'_>) -> Range<Vaddr> {
             start..start + [PAGE_SIZE, SZ_2M, SZ_1G, 4 * SZ_1G][inp.below(4)]
         }
         5 => {
-            let anchors = [first, first + SZ_1G, VMALLOC_VADDR_RANGE.start, top - SZ_1G, top - SZ_2M, top, 0];
+            let anchors = [first, first + SZ_1G, FAR.start, top - SZ_1G, top - SZ_2M, top, 0];
             let start = anchors[inp.below(anchors.len())];
             start..start.wrapping_add(inp.hostile())
         }
         6 => {
-            let end = [top, first, VMALLOC_VADDR_RANGE.end][inp.below(3)];
+            let end = [top, first, FAR.end][inp.below(3)];
             end.wrapping_sub(inp.hostile())..end
         }
         _ => inp.u64() as usize..inp.u64() as usize,
@@ -1007,383 +784,56 @@ fn search_len(inp: &mut Input<'_>, range: &Range<Vaddr>, va: Vaddr) -> usize {
     }
 }
 
-impl World {
-    fn raw_pt(&mut self) -> bool {
-        if self.raw.is_some() {
-            return true;
-        }
-        self.space.synchronize();
-        let before = self.space.phys_stats();
-        match PageTable::<KernelPtConfig>::empty_in(&self.space) {
-            Ok(pt) => {
-                let after = self.space.phys_stats().page_table_pages;
-                assert_eq!(after - before.page_table_pages, EMPTY_TABLE_NODES, "nodes of an empty table");
-                self.raw = Some(RawPt { pt, model: PtModel::default() });
-                true
-            }
-            Err(_) => {
-                self.space.synchronize();
-                assert_eq!(self.space.phys_stats(), before, "a failed PageTable::empty_in leaked");
-                false
-            }
-        }
-    }
-
-    fn op_pt_session(&mut self, inp: &mut Input<'_>) {
-        let range = cursor_range(inp);
-        let expected = expect_range_error(&range);
-        trace!("pt session over {range:#x?}: {expected:?}");
-        if !self.raw_pt() {
-            return;
-        }
-        self.space.synchronize();
-        let nodes_before = self.space.phys_stats().page_table_pages;
-        let raw = self.raw.as_mut().expect("created above");
-        let model_nodes_before = raw.model.nodes();
-        assert_eq!(raw.pt.cursor(&range).err(), expected, "Cursor::new over {range:#x?}");
-        let mut c = match raw.pt.cursor_mut(&range) {
-            Ok(c) => {
-                assert_eq!(expected, None);
-                c
-            }
-            Err(e) => {
-                assert_eq!(Some(e), expected, "CursorMut::new over {range:#x?}");
-                return;
-            }
-        };
-        let model = &mut raw.model;
-        let foreign = &mut self.foreign;
-        let pool = &self.pool;
-        let mut va = range.start;
-        for _ in 0..1 + inp.below(16) {
-            assert_eq!(c.virt_addr(), va, "the cursor's address");
-            match inp.below(8) {
-                0 => {
-                    let to = match inp.below(5) {
-                        0 => window_va(inp),
-                        1 => range.end,
-                        2 => range.start.wrapping_add(inp.hostile()),
-                        3 => model.map.keys().nth(inp.below(model.map.len().max(1))).copied().unwrap_or(va),
-                        _ => inp.u64() as usize,
-                    };
-                    let ok = to % PAGE_SIZE == 0 && range.start <= to && to <= range.end;
-                    trace!("  jump {to:#x}: ok {ok}");
-                    match c.jump(to) {
-                        Ok(()) => {
-                            assert!(ok, "jump to {to:#x} accepted");
-                            va = to;
-                        }
-                        Err(e) => {
-                            assert!(!ok, "jump to {to:#x} rejected");
-                            assert_eq!((e.va, e.range), (to, range.clone()));
-                        }
-                    }
+/// The next operation of a session, where the cursor is at `view.va`.
+fn cursor_op(inp: &mut Input<'_>, view: &SessionView<'_, X86_64>) -> CursorOp {
+    let (range, va) = (&view.range, view.va);
+    match inp.below(8) {
+        0 => {
+            let to = match inp.below(5) {
+                0 => window_va(inp),
+                1 => range.end,
+                2 => range.start.wrapping_add(inp.hostile()),
+                3 => {
+                    let keys = &view.model.map;
+                    keys.keys().nth(inp.below(keys.len().max(1))).copied().unwrap_or(va)
                 }
-                1..=3 => {
-                    let level: PagingLevel = match inp.below(8) {
-                        0..=2 => 1,
-                        3 | 4 => 2,
-                        5 => 3,
-                        6 => [0, 4, 5][inp.below(3)],
-                        _ => inp.u8(),
-                    };
-                    let sz = if (1..=3).contains(&level) { page_size::<X86_64>(level) } else { PAGE_SIZE };
-                    let pa = match inp.below(4) {
-                        0 | 1 => 0x1_0000_0000 + inp.below(8) * sz,
-                        2 => inp.hostile(),
-                        _ => PA_LIMIT.wrapping_sub(inp.below(3) * sz),
-                    };
-                    let prop = inp.prop();
-                    let (item, tracked_pa, is_foreign) = match inp.below(8) {
-                        0 | 1 if !pool.is_empty() => {
-                            let f = pool[inp.below(pool.len())].clone();
-                            (MappedItem::Tracked(f.clone().into_dyn(), prop), Some(f.paddr()), false)
-                        }
-                        2 => match FrameAllocOptions::new_in(&foreign_space().0).alloc_frame() {
-                            Ok(f) => {
-                                foreign.push(f.clone());
-                                (MappedItem::Tracked(f.into_dyn(), prop), None, true)
-                            }
-                            Err(_) => (MappedItem::Untracked(pa, level, prop), None, false),
-                        },
-                        _ => (MappedItem::Untracked(pa, level, prop), None, false),
-                    };
-                    let (pa, level) = match &item {
-                        MappedItem::Tracked(f, _) => (f.paddr(), 1),
-                        MappedItem::Untracked(pa, level, _) => (*pa, *level),
-                    };
-                    let predicted = if is_foreign {
-                        Err(MapErrorKind::ForeignFrame)
-                    } else if !(1..=X86_64::HIGHEST_LEAF_LEVEL).contains(&level) {
-                        Err(MapErrorKind::UnsupportedLevel)
-                    } else {
-                        let size = page_size::<X86_64>(level);
-                        if va >= range.end || size > range.end - va {
-                            Err(MapErrorKind::OutOfRange)
-                        } else if va % size != 0 || pa % size != 0 {
-                            Err(MapErrorKind::Misaligned)
-                        } else if pa.checked_add(size).is_none_or(|end| end > PA_LIMIT) {
-                            Err(MapErrorKind::PaddrTooLarge)
-                        } else if model.first_intersecting(va, va + size).is_some() {
-                            Err(MapErrorKind::AlreadyMapped)
-                        } else {
-                            Ok(size)
-                        }
-                    };
-                    trace!("  map {item:x?} at {va:#x}: {predicted:x?}");
-                    match (c.try_map(item), predicted) {
-                        (Ok(()), Ok(size)) => {
-                            let leaf = Leaf { pa, size, prop, tracked: tracked_pa.is_some() };
-                            model.map.insert(va, leaf);
-                            va += size;
-                        }
-                        (Err(e), Ok(_)) if e.kind == MapErrorKind::OutOfMemory => {
-                            trace!("  -> out of memory")
-                        }
-                        (Err(e), Err(kind)) => assert_eq!(e.kind, kind, "try_map at {va:#x}"),
-                        (got, predicted) => {
-                            panic!(
-                                "try_map at {va:#x}: got {:?}, predicted {predicted:?}",
-                                got.map_err(|e| e.kind)
-                            )
-                        }
-                    }
-                }
-                4 | 5 => {
-                    let len = search_len(inp, &range, va);
-                    let protect = inp.bool();
-                    let new = inp.prop();
-                    let valid = len % PAGE_SIZE == 0 && len <= range.end - va;
-                    trace!(
-                        "  {} {len:#x} from {va:#x}: valid {valid}",
-                        if protect { "protect" } else { "take" }
-                    );
-                    if !valid {
-                        let msg = expect_panic("a search past the cursor's range", || {
-                            if protect {
-                                let _ = c.protect_next(len, &mut |p: &mut PageProperty| *p = new);
-                            } else {
-                                let _ = c.take_next(len);
-                            }
-                        });
-                        assert!(msg.contains("page aligned") || msg.contains("reaches past"), "{msg}");
-                        continue;
-                    }
-                    let end = va + len;
-                    let saved = model.clone();
-                    if protect {
-                        let (predicted, next) = model.protect_next(va, end, new);
-                        let Ok(got) = c.try_protect_next(len, &mut |p: &mut PageProperty| *p = new) else {
-                            va = refused_split(model, saved, c.virt_addr());
-                            continue;
-                        };
-                        assert_eq!(got, predicted, "protect_next from {va:#x} to {end:#x}");
-                        va = next;
-                    } else {
-                        let (predicted, next) = model.take_next(va, end);
-                        let Ok(got) = c.try_take_next(len) else {
-                            va = refused_split(model, saved, c.virt_addr());
-                            continue;
-                        };
-                        let got = got.map(|frag| match frag {
-                            PageTableFrag::Mapped { va, item } => {
-                                let leaf = match &item {
-                                    MappedItem::Tracked(f, p) => {
-                                        Leaf { pa: f.paddr(), size: PAGE_SIZE, prop: *p, tracked: true }
-                                    }
-                                    MappedItem::Untracked(pa, l, p) => Leaf {
-                                        pa: *pa,
-                                        size: page_size::<X86_64>(*l),
-                                        prop: *p,
-                                        tracked: false,
-                                    },
-                                };
-                                Taken::Leaf(va, leaf)
-                            }
-                            PageTableFrag::StrayPageTable { va, len, num_frames, .. } => {
-                                Taken::SubTree { va, len, num_frames }
-                            }
-                        });
-                        assert_eq!(got, predicted, "take_next from {va:#x} to {end:#x}");
-                        va = next;
-                    }
-                }
-                6 => {
-                    trace!("  query at {va:#x}");
-                    match c.query() {
-                        Err(e) => {
-                            assert!(va >= range.end, "query at {va:#x} failed");
-                            assert_eq!((e.va, e.range), (va, range.clone()));
-                        }
-                        Ok((r, item)) => {
-                            assert!(va < range.end, "query at the end of the range succeeded");
-                            let got = item.map(|i| {
-                                let tracked = matches!(i, MappedItemRef::Tracked(..));
-                                Leaf {
-                                    pa: i.paddr(),
-                                    size: page_size::<X86_64>(i.level()),
-                                    prop: i.prop(),
-                                    tracked,
-                                }
-                            });
-                            match model.covering(va) {
-                                Some((s, leaf)) => {
-                                    assert_eq!((r, got), (s..s + leaf.size, Some(leaf)), "query at {va:#x}")
-                                }
-                                None => {
-                                    // An emptied node stays attached while this
-                                    // cursor holds it, so the absent slot may be
-                                    // smaller than the model's.
-                                    let len = entry_len(&r);
-                                    assert_eq!(got, None, "query at {va:#x}");
-                                    assert!(
-                                        [PAGE_SIZE, SZ_2M, SZ_1G].contains(&len)
-                                            && len <= model.absent_size(va)
-                                            && r.start == va & !(len - 1),
-                                        "query at {va:#x}: absent slot {r:#x?}, model {:#x}",
-                                        model.absent_size(va)
-                                    );
-                                }
-                            }
-                        }
-                    }
-                }
-                _ => {
-                    let len = search_len(inp, &range, va);
-                    let valid = len % PAGE_SIZE == 0 && len <= range.end - va;
-                    trace!("  find_next {len:#x} from {va:#x}: valid {valid}");
-                    if !valid {
-                        let msg = expect_panic("a search past the cursor's range", || {
-                            let _ = c.find_next(len);
-                        });
-                        assert!(msg.contains("page aligned") || msg.contains("reaches past"), "{msg}");
-                        continue;
-                    }
-                    let predicted = model.find_next(va, va + len);
-                    assert_eq!(c.find_next(len), predicted, "find_next from {va:#x}");
-                    va = predicted.unwrap_or(va + len);
-                }
+                _ => inp.u64() as usize,
+            };
+            CursorOp::Jump(to)
+        }
+        1..=3 => {
+            let level: PagingLevel = match inp.below(8) {
+                0..=2 => 1,
+                3 | 4 => 2,
+                5 => 3,
+                6 => [0, 4, 5][inp.below(3)],
+                _ => inp.u8(),
+            };
+            let sz = if (1..=3).contains(&level) { page_size::<X86_64>(level) } else { PAGE_SIZE };
+            let pa = match inp.below(4) {
+                0 | 1 => 0x1_0000_0000 + inp.below(8) * sz,
+                2 => inp.hostile(),
+                _ => PA_LIMIT.wrapping_sub(inp.below(3) * sz),
+            };
+            let prop = inp.prop();
+            let item = match inp.below(8) {
+                0 | 1 if view.held > 0 => Item::Held(inp.below(view.held)),
+                2 => Item::Foreign { pa, level },
+                _ => Item::Untracked { pa, level },
+            };
+            CursorOp::Map { item, prop }
+        }
+        4 | 5 => {
+            let len = search_len(inp, range, va);
+            let protect = inp.bool();
+            let new = inp.prop();
+            if protect {
+                CursorOp::Protect { len, how: Protect::Set(new), all: false }
+            } else {
+                CursorOp::Take { len, all: false }
             }
         }
-        assert_eq!(c.virt_addr(), va, "the cursor's address");
-        drop(c);
-        self.check_raw_pt_session(&range, nodes_before, model_nodes_before);
+        6 => CursorOp::Query,
+        _ => CursorOp::FindNext(search_len(inp, range, va)),
     }
-
-    /// After a session over `range`: the leaves the table shows there equal
-    /// the model's, and page-table pages changed as the model's nodes did
-    /// (so no node leaked or was freed early).
-    fn check_raw_pt_session(&self, range: &Range<Vaddr>, nodes_before: usize, model_nodes_before: usize) {
-        let raw = self.raw.as_ref().expect("a raw table exists");
-        let view = spec::view_of(&mut raw.pt.cursor(range).expect("the session's range"));
-        let mut model = spec::PageTableView::new();
-        if let Some((s, _)) = raw.model.first_intersecting(range.start, range.end) {
-            for (&va, l) in raw.model.map.range(s..range.end) {
-                model.insert(va, l.to_spec(va));
-            }
-        }
-        assert_eq!(view, model, "the raw page table's view of {range:#x?} against the model");
-        self.space.synchronize();
-        let now = self.space.phys_stats().page_table_pages;
-        assert_eq!(
-            now as isize - nodes_before as isize,
-            raw.model.nodes() as isize - model_nodes_before as isize,
-            "page-table pages in use after a session over {range:#x?}"
-        );
-    }
-
-    /// The expensive checks (walks of every node), at the end of the inputs
-    /// that ask for them, so that the fuzzer decides how often to pay: the
-    /// space's and every area's `inv()`, and the whole raw table against its
-    /// model, well formed, with exactly the nodes the model needs.
-    fn full_check(&self) {
-        if let Err(clause) = self.space.check() {
-            panic!("the space breaks inv(): {clause}");
-        }
-        for (area, m) in &self.areas {
-            if let Err(clause) = area.check() {
-                panic!("area {:#x?} breaks inv(): {clause}", m.range);
-            }
-        }
-        let Some(raw) = &self.raw else { return };
-        let (first, _) = vaddr_bounds::<KernelPtConfig>();
-        let whole = first..usize::MAX & !(PAGE_SIZE - 1);
-        let view = spec::view_of(&mut raw.pt.cursor(&whole).expect("the kernel half"));
-        let model: spec::PageTableView = raw.model.map.iter().map(|(&va, l)| (va, l.to_spec(va))).collect();
-        assert_eq!(view, model, "the raw page table's view against the model");
-        let nodes = raw.pt.check_inv().unwrap_or_else(|clause| panic!("raw page table: {clause}"));
-        assert_eq!(nodes, EMPTY_TABLE_NODES + raw.model.nodes(), "nodes reachable in the raw page table");
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Target `kvirt_api`
-
-/// The `kvirt_api` target: see the module documentation.
-pub fn kvirt_api(data: &[u8]) {
-    let space = KernelSpace::new_hosted(kvirt::sim::MachineConfig::new(RAM_SIZE));
-    let device = space.memory_map().iter().find(|r| r.kind == MemoryRegionKind::Device);
-    let device = device.expect("a hosted space has a device window").range.clone();
-    let ram = space
-        .memory_map()
-        .iter()
-        .filter(|r| r.kind != MemoryRegionKind::Device)
-        .map(|r| r.range.clone())
-        .collect();
-    let mut world = World {
-        areas: Vec::new(),
-        pool: Vec::new(),
-        hogs: Vec::new(),
-        foreign: Vec::new(),
-        raw: None,
-        max_paddr: space.max_paddr(),
-        ram,
-        device,
-        space,
-    };
-    let baseline = world.snapshot();
-    let mut full_check = false;
-    let mut inp = Input::new(data);
-    for _ in 0..MAX_OPS {
-        if inp.is_empty() {
-            break;
-        }
-        match inp.below(20) {
-            0 | 1 => world.op_alloc_pool(&mut inp),
-            2 => world.op_hog(&mut inp),
-            3 | 4 => world.op_map_frames(&mut inp),
-            5 | 6 => world.op_map_untracked(&mut inp),
-            7 | 8 => world.op_query(&mut inp),
-            9 => world.op_split(&mut inp),
-            10 => world.op_access(&mut inp, false),
-            11 => world.op_access(&mut inp, true),
-            12 => world.op_drop_area(&mut inp),
-            13 => world.op_drop_frames(&mut inp),
-            14..=18 => world.op_pt_session(&mut inp),
-            _ => {
-                trace!("full check at the end");
-                full_check = true;
-            }
-        }
-        world.check_ref_counts();
-    }
-    if full_check {
-        world.full_check();
-    }
-    // Tear down: drop everything, then the space must be as it started.
-    let World { areas, pool, hogs, foreign, raw, space, .. } = world;
-    drop(areas);
-    drop(raw);
-    drop(pool);
-    drop(hogs);
-    drop(foreign);
-    space.synchronize();
-    assert_eq!(
-        (space.phys_stats(), space.vmalloc_stats(), space.areas()),
-        baseline,
-        "the space after the input"
-    );
-    let (foreign_space, foreign_baseline) = foreign_space();
-    foreign_space.synchronize();
-    assert_eq!(foreign_space.phys_stats(), *foreign_baseline, "the foreign space after the input");
 }

@@ -3,7 +3,8 @@
 //!
 //! Random sequences ([`crate::check`]) find bugs in big spaces; this finds
 //! them in small ones, completely. It runs the same model and the same
-//! checks as `kvirt check`, but on a kernel space laid out as
+//! checks as `kvirt check` (`kvirt-model`'s), but on a kernel space laid
+//! out as
 //! [`TinyLayout`]: the [`Tiny`](kvirt::arch::tiny::Tiny) format (3 levels ×
 //! 4 entries, 4 KiB and 16 KiB pages) with a 16-page VMALLOC. The
 //! generic page table and `KVirtArea` code is the one x86-64 runs; only the
@@ -26,61 +27,47 @@ use std::io::Write;
 use std::sync::Mutex;
 
 use kvirt::kspace::TinyLayout;
+use kvirt::PAGE_SIZE;
+use kvirt_model::{
+    run_sequence, Data, Failure, Frames, ModelFault, Offset, Op, PaChoice, QueryAt, Setup, SplitAt,
+};
 
-use crate::check::{run_sequence_in, Failure, ModelFault, Op, Options, PaChoice, PropChoice};
+use crate::check::{read_only, rw, rw_uncached, untracked};
 use crate::Error;
 
 /// The operations every sequence is built from.
 #[must_use]
 pub fn alphabet() -> Vec<Op> {
-    let tracked = |area_pages, offset_pages, frames, keep, prop| Op::CreateTracked {
-        area_pages,
-        size_extra: 0,
-        offset_pages,
-        offset_extra: 0,
-        frames,
+    const P: usize = PAGE_SIZE;
+    let tracked = |area_pages: usize, offset_pages: usize, frames, keep, prop| Op::CreateTracked {
+        frames: Frames::Fresh(frames),
+        size: area_pages * P,
+        offset: offset_pages * P,
         keep,
         prop,
     };
+    let wrap = |offset| Offset::Wrap { offset, extra: 2 * P };
     vec![
         // Two tracked frames filling a two-page area.
-        tracked(2, 0, 2, false, PropChoice::Rw),
+        tracked(2, 0, 2, false, rw()),
         // One kept frame, read-only, inside a larger area.
-        tracked(3, 1, 1, true, PropChoice::R),
+        tracked(3, 1, 1, true, read_only()),
         // More frames than fit: rejected.
-        tracked(1, 0, 2, false, PropChoice::Rw),
+        tracked(1, 0, 2, false, rw()),
         // One 16 KiB huge page of device memory.
-        Op::CreateUntracked {
-            area_pages: 4,
-            offset_pages: 0,
-            pa: PaChoice::Device(0, 0),
-            len_pages: 4,
-            prop: PropChoice::RwUncached,
-        },
+        untracked(4, 0, PaChoice::Device { offset: 0, len: 4 * P }, rw_uncached()),
         // Low RAM: a huge page and a 4 KiB page after it, bytes readable.
-        Op::CreateUntracked {
-            area_pages: 5,
-            offset_pages: 0,
-            pa: PaChoice::Low(4),
-            len_pages: 5,
-            prop: PropChoice::Rw,
-        },
+        untracked(5, 0, PaChoice::Abs(4 * P..9 * P), rw()),
         // Allocatable RAM: rejected.
-        Op::CreateUntracked {
-            area_pages: 1,
-            offset_pages: 0,
-            pa: PaChoice::Tracked(0),
-            len_pages: 1,
-            prop: PropChoice::Rw,
-        },
-        Op::Split { area: 0, at: 0 },
-        Op::Split { area: 1, at: 1 },
-        Op::Query { area: 0, page: 1, byte: 5 },
-        Op::Write { area: 0, offset: 0xff0, len: 0x20, data: 7 },
-        Op::Read { area: 1, offset: 0xfe0, len: 0x40 },
+        untracked(1, 0, PaChoice::Abs((4 << 20)..(4 << 20) + P), rw()),
+        Op::Split { area: 0, at: SplitAt::Inside { at: 0, misalign: 0 }, fallible: false },
+        Op::Split { area: 1, at: SplitAt::Inside { at: 1, misalign: 0 }, fallible: false },
+        Op::Query { area: 0, at: QueryAt::Page { page: 1, byte: 5 } },
+        Op::Write { area: 0, offset: wrap(0xff0), len: 0x20, data: Data::Seed(7) },
+        Op::Read { area: 1, offset: wrap(0xfe0), len: 0x40 },
         Op::Drop { area: 0 },
         Op::Drop { area: 1 },
-        Op::DropKept { which: 0 },
+        Op::DropHeld { which: 0 },
         // The raw cursor on a user page table of the same space: a tracked
         // frame, a 16 KiB huge page (overlapping it when both are mapped),
         // a misaligned huge page, and unmap / protect / query that cut
@@ -128,7 +115,7 @@ fn sequence(alphabet: &[Op], len: usize, mut index: u64) -> Vec<Op> {
 #[must_use]
 pub fn check(depth: usize, threads: usize, fault: Option<ModelFault>) -> Report {
     let ops = alphabet();
-    let options = Options { ram_size: 4 << 20, fault, ..Options::default() };
+    let setup = Setup { fault, ..Setup::new(4 << 20) };
     let states = Mutex::new(HashSet::new());
     let failure = Mutex::new(None);
     let totals = Mutex::new((0u64, 0u64, 0u64));
@@ -138,7 +125,7 @@ pub fn check(depth: usize, threads: usize, fault: Option<ModelFault>) -> Report 
         let count = (ops.len() as u64).pow(u32::try_from(len).expect("a small depth"));
         std::thread::scope(|s| {
             for t in 0..threads as u64 {
-                let (ops, options, states, failure, totals) = (&ops, &options, &states, &failure, &totals);
+                let (ops, setup, states, failure, totals) = (&ops, &setup, &states, &failure, &totals);
                 s.spawn(move || {
                     let mut seen = HashSet::new();
                     let (mut sequences, mut operations, mut checks) = (0, 0, 0);
@@ -150,7 +137,7 @@ pub fn check(depth: usize, threads: usize, fault: Option<ModelFault>) -> Report 
                         let mut visit = |h| {
                             seen.insert(h);
                         };
-                        match run_sequence_in::<TinyLayout>(&seq, options, Some(&mut visit)) {
+                        match run_sequence::<TinyLayout>(&seq, setup, Some(&mut visit)) {
                             Ok(n) => checks += n,
                             Err(f) => {
                                 failure.lock().expect("not poisoned").get_or_insert((seq, f));

@@ -16,7 +16,8 @@ pub mod bench;
 pub mod check;
 pub mod demo;
 pub mod exhaustive;
-pub mod rng;
+/// The seedable PRNG of `kvirt check` and `kvirt bench`.
+pub use kvirt_model::rng;
 
 /// The error of a subcommand: a message (they report it and exit
 /// non-zero). Anything printable converts into it, so `?` works on kvirt's

@@ -1,11 +1,14 @@
 //! Replays the saved fuzz inputs (`fuzz/regressions/<target>/`) through the
 //! checks of their fuzz target, so that a bug found by fuzzing stays fixed.
 //!
-//! The checking logic is `fuzz/fuzz_logic.rs`, the very file the cargo-fuzz
-//! targets use (included here as a module). It decodes the raw bytes itself,
-//! so an input means the same here as under libFuzzer. Each target has at
-//! least one committed hand-made seed; the test still passes, and says so,
-//! if a target's directory is empty.
+//! The decoders are `fuzz/fuzz_logic.rs`, the very file the cargo-fuzz
+//! targets use (included here as a module; the checks are `kvirt-model`'s).
+//! It decodes the raw bytes itself, so an input means the same here as under
+//! libFuzzer. `kvirt_api` inputs replay one after the other on the spaces
+//! the target reuses (as in a fuzzing run), and each on spaces of its own
+//! (as libFuzzer replays a crash). Each target has at least one committed
+//! hand-made seed; the test still passes, and says so, if a target's
+//! directory is empty.
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +36,10 @@ fn replay(target: &str) {
         .find(|(name, _)| *name == target)
         .map(|(_, run)| *run)
         .expect("a known target");
+    replay_with(target, run);
+}
+
+fn replay_with(target: &str, run: fuzz_logic::Target) {
     let (dir, files) = saved_inputs(target);
     if files.is_empty() {
         println!("fuzz regressions of {target}: no saved inputs in {}: nothing to replay", dir.display());
@@ -49,6 +56,11 @@ fn replay(target: &str) {
 #[test]
 fn kvirt_api_regressions_replay() {
     replay("kvirt_api");
+}
+
+#[test]
+fn kvirt_api_regressions_replay_each_on_its_own_spaces() {
+    replay_with("kvirt_api", fuzz_logic::kvirt_api_alone);
 }
 
 #[test]

@@ -30,9 +30,7 @@ use kvirt::page_table::{KernelPtConfig, MapErrorKind, MappedItem, MappedItemRef,
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
 use proptest::prelude::*;
 
-#[path = "support/pt_model.rs"]
-mod pt_model;
-use pt_model::{Leaf, PtModel, Taken, SZ_1G, SZ_2M};
+use kvirt_model::{Leaf, PtModel, Taken, SZ_1G, SZ_2M};
 
 const SZ_4K: usize = PAGE_SIZE;
 /// The window: 4 GiB of VMALLOC starting at a 1 GiB boundary.

@@ -31,9 +31,7 @@ use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
 use kvirt::page_table::{KernelPtConfig, MapErrorKind, MappedItem, MappedItemRef, PageTable, PageTableFrag};
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
 
-#[path = "support/pt_model.rs"]
-mod pt_model;
-use pt_model::{Leaf, PtModel, Taken, SZ_1G, SZ_2M};
+use kvirt_model::{Leaf, PtModel, Taken, SZ_1G, SZ_2M};
 
 const SZ_4K: usize = PAGE_SIZE;
 const WIN: Vaddr = 0xffff_c000_0000_0000;

@@ -1,6 +1,6 @@
-//! A small seedable PRNG (xorshift64*), so that runs of `kvirt check` and
-//! the random parts of `kvirt bench` are reproducible from a seed without a
-//! dependency.
+//! A small seedable PRNG (xorshift64*), so that the data the model writes,
+//! runs of `kvirt check` and the random parts of `kvirt bench` are
+//! reproducible from a seed without a dependency.
 
 /// SplitMix64's finaliser: spreads a seed (or a seed plus an index) over all
 /// 64 bits.
