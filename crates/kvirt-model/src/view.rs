@@ -1,6 +1,6 @@
 //! The model's expected leaf mappings of VMALLOC: how they are laid out when
 //! an untracked area is created (the largest pages that fit), and how huge
-//! pages split when part of one is unmapped or re-protected (DESIGN.md
+//! pages split when part of one is unmapped or re-protected (docs/DESIGN.md
 //! section 4), written independently of kvirt's own code.
 
 use std::collections::BTreeMap;
@@ -50,7 +50,7 @@ pub fn page_at(view: &View, va: Vaddr) -> Option<(Vaddr, &Leaf)> {
 /// Replaces every page of `view` inside `range` by `inside(page)` (`None`:
 /// unmapped). A huge page straddling the range is first split into its
 /// `nr_entries` children, recursively, so that pages outside keep their
-/// mapping and property: what kvirt must do (DESIGN.md section 4).
+/// mapping and property: what kvirt must do (docs/DESIGN.md section 4).
 pub fn reshape(
     view: &mut View,
     range: &Range<Vaddr>,

@@ -1,4 +1,4 @@
-//! Model-based test of kernel virtual areas (DESIGN.md section 6): proptest
+//! Model-based test of kernel virtual areas (docs/DESIGN.md section 6): proptest
 //! draws sequences of area operations and `kvirt-model` runs them.
 //!
 //! Each sequence runs on an isolated 16 MiB kernel space that holds six

@@ -3,7 +3,7 @@
 //!
 //! The model knows the live areas (their ranges, mapped parts, split links
 //! and guards), the leaf mappings it expects in VMALLOC (huge pages
-//! included, and split the way DESIGN.md section 4 says when part of one is
+//! included, and split the way docs/DESIGN.md section 4 says when part of one is
 //! unmapped), the bytes it expects in every page written, the frame handles
 //! and segments it holds, and the leaves of its own user page table
 //! ([`PtModel`]). [`Model::step`] runs one operation on the real space and
