@@ -1,0 +1,7 @@
+//! (to be written)
+
+use vstd::prelude::*;
+
+verus! {
+
+} // verus!
