@@ -8,6 +8,7 @@ use std::process::ExitCode;
 mod fuzz;
 mod miri;
 mod qemu;
+mod verus;
 
 const USAGE: &str = "\
 usage: cargo xtask <task> [options]
@@ -24,6 +25,10 @@ tasks:
   miri                    run the unsafe core's tests under Miri with strict provenance
                           (crates/kvirt/tests/miri.rs, kvirt-sim's unit tests) on
                           nightly, installing miri and rust-src if missing
+  verus [--crate DIR]...  verify every crate under crates/ that depends on vstd (or the
+                          given crate directories) with `cargo verus focus`; finds Verus
+                          in KVIRT_VERUS_BIN, on PATH, or builds it with the script in
+                          KVIRT_VERUS_INSTALLER; fails if any proof fails
   help                    print this message
 ";
 
@@ -37,6 +42,7 @@ fn main() -> ExitCode {
         "qemu" => qemu::parse_args(rest).and_then(|options| qemu::run(&options)),
         "fuzz" => fuzz::parse_args(rest).and_then(|options| fuzz::run(&options)),
         "miri" => miri::parse_args(rest).and_then(|()| miri::run()),
+        "verus" => verus::parse_args(rest).and_then(|options| verus::run(&options)),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())

@@ -2,6 +2,4 @@
 
 use vstd::prelude::*;
 
-verus! {
-
-} // verus!
+verus! {} // verus!
