@@ -2,4 +2,6 @@
 
 use vstd::prelude::*;
 
-verus! {} // verus!
+verus! {
+
+} // verus!
