@@ -82,6 +82,8 @@
 //! - A table address outside RAM is reported as
 //!   [`FaultKind::BadTableAddress`] rather than read from the bus.
 
+#![warn(missing_docs)]
+
 mod config;
 mod cpu;
 mod device;

@@ -18,6 +18,57 @@
 //! kernel space runs over a simulated machine (`kvirt-sim`) whose software
 //! MMU and per-CPU TLBs walk the page tables kvirt builds.
 //!
+//! ## A first area
+//!
+//! On the hosted machine (feature `std`), the whole life of a kernel
+//! virtual area: allocate frames, map them, write and read through the
+//! mapping, look a page up, and drop the area.
+//!
+//! ```
+//! # #[cfg(feature = "std")] fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use kvirt::frame::FrameAllocOptions;
+//! use kvirt::kspace::{KernelSpace, MappedItemRef};
+//! use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
+//! use kvirt::sim::MachineConfig;
+//! use kvirt::PAGE_SIZE;
+//!
+//! // A kernel space over a simulated machine with 64 MiB of RAM. A kernel
+//! // builds its own with `KernelSpace::new`, from its memory map and its
+//! // `Platform` (docs/PORTING.md).
+//! let space = KernelSpace::new_hosted(MachineConfig::new(64 << 20));
+//!
+//! // Four frames, mapped into an eight-page area from its second page.
+//! let frames = (0..4)
+//!     .map(|_| FrameAllocOptions::new_in(&space).alloc_frame())
+//!     .collect::<Result<Vec<_>, _>>()?;
+//! let first = frames[0].paddr();
+//! let prop = PageProperty::new_kernel(PageFlags::RW, CachePolicy::Writeback);
+//! let area = space.try_map_frames(8 * PAGE_SIZE, PAGE_SIZE, frames, prop)?;
+//! assert_eq!(area.size(), 8 * PAGE_SIZE);
+//! assert_eq!(area.mapped_range(), area.start() + PAGE_SIZE..area.start() + 5 * PAGE_SIZE);
+//!
+//! // Bytes go through the mapping.
+//! area.write_bytes(PAGE_SIZE + 10, b"hello")?;
+//! let mut buf = [0; 5];
+//! area.read_bytes(PAGE_SIZE + 10, &mut buf)?;
+//! assert_eq!(&buf, b"hello");
+//!
+//! // A query finds the frame and the property it is mapped with.
+//! match area.query(area.start() + PAGE_SIZE) {
+//!     Some(MappedItemRef::Tracked(frame, p)) => assert_eq!((frame.paddr(), p), (first, prop)),
+//!     other => panic!("expected the first frame, found {other:?}"),
+//! }
+//! assert!(area.query(area.start()).is_none(), "the page before the map offset is unmapped");
+//!
+//! // Dropping the area unmaps it, flushes the TLBs and releases the frames.
+//! let used = space.phys_stats().used_pages;
+//! drop(area);
+//! space.synchronize();
+//! assert!(space.phys_stats().used_pages <= used - 4, "the four frames are free again");
+//! # Ok(()) }
+//! # #[cfg(not(feature = "std"))] fn main() {}
+//! ```
+//!
 //! ## Decisions where the specification is silent
 //!
 //! * **Addresses are `usize` aliases** ([`Paddr`], [`Vaddr`]), as in the
@@ -82,6 +133,7 @@
 
 #![no_std]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+#![warn(missing_docs)]
 
 extern crate alloc;
 #[cfg(any(test, feature = "std"))]
@@ -103,3 +155,8 @@ pub mod spec;
 pub use addr::{
     align_down, align_up, checked_align_up, is_aligned, is_page_aligned, Paddr, PagingLevel, Vaddr, PAGE_SIZE,
 };
+
+/// The crate README's example, compiled and run as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExample;
