@@ -160,3 +160,8 @@ pub use addr::{
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeExample;
+
+/// `docs/PORTING.md`: every snippet of the porting guide is a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/PORTING.md")]
+struct PortingGuide;

@@ -63,7 +63,7 @@ use crate::addr::{is_page_aligned, Paddr, Vaddr, PAGE_SIZE};
 use crate::arch::{page_size, PagingFormat};
 use crate::frame::{AnyFrameMeta, Frame, PhysMem, PhysStats};
 use crate::page_prop::{PageProperty, PrivilegedPageFlags};
-use crate::page_table::{largest_pages, Cursor, KernelPtConfig, PageTable, RangeError};
+use crate::page_table::{largest_pages, Cursor, KernelPtConfig, PageTable, RangeError, UserPtConfig};
 use crate::platform::{MemoryRegion, Platform};
 
 /// The parts of a kernel space, shared by its handles (see "Lifetime" in
@@ -261,6 +261,21 @@ impl<L: KernelLayout> KernelSpace<L> {
         range: &Range<Vaddr>,
     ) -> Result<Cursor<'_, KernelPtConfig<L::Format>>, RangeError> {
         self.inner().kernel_pt.cursor(range)
+    }
+
+    /// A new user page table (the lower half of an address space) whose
+    /// kernel half is this space's: its root shares the kernel table's
+    /// upper-half entries, so loading it into a CPU keeps every kernel
+    /// mapping, areas included. Map user pages with its cursors; the
+    /// kernel half stays this space's to change. Its frames and nodes come
+    /// from this space.
+    ///
+    /// A CPU may run on it only while this space lives (see
+    /// [`PageTable::create_user_page_table`]).
+    pub fn create_user_page_table(
+        &self,
+    ) -> Result<PageTable<UserPtConfig<L::Format>>, crate::page_table::PageTableAllocError> {
+        self.inner().kernel_pt.create_user_page_table()
     }
 
     /// What `va` translates to in the kernel page table (a lock-free walk).
