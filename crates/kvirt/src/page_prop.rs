@@ -89,7 +89,8 @@ impl CachePolicy {
     ];
 }
 
-/// The property of a mapping.
+/// The property of a mapping: its access rights, cache policy and
+/// privileged bits, as every mapping call takes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PageProperty {
     /// Access rights and status bits.

@@ -33,7 +33,7 @@ pub use rcu::CountingRcu;
 
 use crate::addr::{Paddr, Vaddr};
 
-/// A TLB invalidation.
+/// A TLB invalidation, as kvirt asks a platform for one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TlbFlushOp {
     /// The translation of the page containing this address.

@@ -62,7 +62,8 @@ pub const META_SLOT_SIZE: usize = 64;
 /// The room for a frame's metadata value inside its slot.
 pub const META_STORAGE_SIZE: usize = 40;
 
-/// Metadata of a frame.
+/// Metadata of a frame: what a frame is used for, kept in its slot and
+/// dropped when the last reference to the frame goes.
 ///
 /// Implement it for a type to allocate frames carrying that type
 /// (`FrameAllocOptions::alloc_frame_with`). The type must fit in

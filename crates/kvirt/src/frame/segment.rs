@@ -22,7 +22,8 @@ pub struct Segment<M: ?Sized> {
     _meta: PhantomData<M>,
 }
 
-/// A segment of untyped frames.
+/// A segment of untyped frames: physically contiguous memory whose bytes
+/// may be read and written (DMA buffers, page caches).
 pub type USegment = Segment<dyn AnyUFrameMeta>;
 
 // SAFETY: like `Frame`: counted references to `Send + Sync` metadata.

@@ -14,7 +14,7 @@ use crossbeam_utils::CachePadded;
 
 use crate::addr::{Vaddr, PAGE_SIZE};
 
-/// What an area maps.
+/// What an area maps: tracked frames or untracked physical memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AreaKind {
     /// Tracked frames (`KVirtArea::map_frames`).
@@ -23,7 +23,8 @@ pub enum AreaKind {
     Untracked,
 }
 
-/// One live area.
+/// One live area, as the registry lists it for diagnostics (like a line
+/// of `/proc/vmallocinfo`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AreaInfo {
     /// The area's virtual range (without its guard).

@@ -71,7 +71,7 @@ impl<C: PageTableConfig> PageTable<C> {
     }
 }
 
-/// A read-only cursor.
+/// A read-only cursor: queries a locked range of a page table.
 pub struct Cursor<'a, C: PageTableConfig> {
     pt: &'a PageTable<C>,
     /// The locked range. The cursor never touches entries outside it.
