@@ -378,10 +378,12 @@ mod sealed {
     ///
     /// # Safety
     ///
-    /// `from_slot` must return a pointer to the metadata value stored in
-    /// `slot` when `slot` holds metadata of type `Self` (or, for the `dyn`
-    /// types, any metadata that the `dyn` type can view), and `None` when it
-    /// cannot be viewed as `Self`.
+    /// When `slot` holds metadata that can be viewed as `Self`,
+    /// `from_slot` must return a pointer that is valid for shared reads as
+    /// `Self` for as long as that metadata lives: the stored value itself
+    /// (for a concrete type, or `dyn AnyFrameMeta`), or what the stored
+    /// value lends through `&self` (for `dyn AnyUFrameMeta`, the result of
+    /// its `as_untyped`). Otherwise it returns `None`.
     pub unsafe trait FromSlot: 'static {
         /// The metadata of `slot` as `*const Self`, or `None` if the stored
         /// metadata cannot be viewed as `Self`.
@@ -415,7 +417,12 @@ unsafe impl sealed::FromSlot for dyn AnyFrameMeta {
     }
 }
 
-// SAFETY: `as_untyped` returns a reference to the same stored value.
+// SAFETY: the pointer comes from the reference `as_untyped` returns, which
+// borrows from the stored value (its signature ties it to `&self`), so it
+// is valid for shared reads for as long as that value lives. A safe
+// `as_untyped` may return some other value it lends, not the stored one;
+// that only decides which bytes a caller's own frame exposes, never the
+// validity of the pointer.
 unsafe impl sealed::FromSlot for dyn AnyUFrameMeta {
     unsafe fn from_slot(slot: &MetaSlot) -> Option<*const Self> {
         // SAFETY: the slot holds metadata (caller contract).
