@@ -4,7 +4,9 @@
 //! reference API (`Range<Vaddr>` must be an ordinary range so that `len()`
 //! and slicing work). Which sizes a page can have depends on the paging
 //! format (`arch::page_size` of a level); whether a value is aligned to one
-//! is what the `align_*` and `is_*aligned` helpers tell.
+//! is what the `align_*` and `is_*aligned` helpers tell. They are the
+//! proven functions of `kvirt_core::paging`, with a debug assertion of
+//! their precondition (the alignment is a power of two).
 
 /// A physical address.
 pub type Paddr = usize;
@@ -17,21 +19,21 @@ pub type Vaddr = usize;
 pub type PagingLevel = u8;
 
 /// The base page size (4 KiB) of every paging format kvirt supports.
-pub const PAGE_SIZE: usize = 4096;
+pub const PAGE_SIZE: usize = kvirt_core::paging::PAGE_SIZE;
 
 /// Whether `value` is a multiple of `align` (a power of two).
 #[must_use]
 #[inline]
 pub const fn is_aligned(value: usize, align: usize) -> bool {
     debug_assert!(align.is_power_of_two());
-    value & (align - 1) == 0
+    kvirt_core::paging::is_aligned(value, align)
 }
 
 /// Whether `value` is a multiple of [`PAGE_SIZE`].
 #[must_use]
 #[inline]
 pub const fn is_page_aligned(value: usize) -> bool {
-    is_aligned(value, PAGE_SIZE)
+    kvirt_core::paging::is_page_aligned(value)
 }
 
 /// Rounds `value` down to a multiple of `align` (a power of two).
@@ -39,7 +41,7 @@ pub const fn is_page_aligned(value: usize) -> bool {
 #[inline]
 pub const fn align_down(value: usize, align: usize) -> usize {
     debug_assert!(align.is_power_of_two());
-    value & !(align - 1)
+    kvirt_core::paging::align_down(value, align)
 }
 
 /// Rounds `value` up to a multiple of `align` (a power of two), or `None`
@@ -48,10 +50,7 @@ pub const fn align_down(value: usize, align: usize) -> usize {
 #[inline]
 pub const fn checked_align_up(value: usize, align: usize) -> Option<usize> {
     debug_assert!(align.is_power_of_two());
-    match value.checked_add(align - 1) {
-        Some(v) => Some(v & !(align - 1)),
-        None => None,
-    }
+    kvirt_core::paging::checked_align_up(value, align)
 }
 
 /// Rounds `value` up to a multiple of `align` (a power of two).

@@ -81,7 +81,7 @@ pub enum PteKind {
 /// An implementation promises, for every `level` in `1..=NR_LEVELS`:
 ///
 /// 1. **Shape.** `1 <= HIGHEST_LEAF_LEVEL < NR_LEVELS <= 5`,
-///    `ENTRY_BITS <= 9` (a node's entries fit in its 4 KiB page), and
+///    `1 <= ENTRY_BITS <= 9` (a node's entries fit in its 4 KiB page), and
 ///    `VA_BITS` and `PA_BITS` are at most 64.
 /// 2. **Absent.** `decode(0, level)` is [`PteKind::Absent`].
 /// 3. **Round trip.** For every page-aligned `pa` below `1 << PA_BITS`
@@ -152,7 +152,10 @@ pub(crate) const fn check_shape<F: PagingFormat>() {
         1 <= F::HIGHEST_LEAF_LEVEL && F::HIGHEST_LEAF_LEVEL < F::NR_LEVELS && F::NR_LEVELS <= 5,
         "PagingFormat: the levels must satisfy 1 <= HIGHEST_LEAF_LEVEL < NR_LEVELS <= 5"
     );
-    assert!(F::ENTRY_BITS <= 9, "PagingFormat: a node's entries must fit in 4 KiB (ENTRY_BITS <= 9)");
+    assert!(
+        1 <= F::ENTRY_BITS && F::ENTRY_BITS <= 9,
+        "PagingFormat: a node's entries must fit in 4 KiB (1 <= ENTRY_BITS <= 9)"
+    );
     assert!(F::VA_BITS <= 64 && F::PA_BITS <= 64, "PagingFormat: VA_BITS and PA_BITS are at most 64");
 }
 
@@ -160,15 +163,16 @@ pub(crate) const fn check_shape<F: PagingFormat>() {
 #[must_use]
 #[inline]
 pub const fn page_size<F: PagingFormat>(level: PagingLevel) -> usize {
-    PAGE_SIZE << (F::ENTRY_BITS as usize * (level as usize - 1))
+    debug_assert!(1 <= level && level <= kvirt_core::paging::MAX_LEVELS);
+    kvirt_core::paging::page_size(F::ENTRY_BITS, level)
 }
 
 /// The index into a node at `level` that `va` selects.
 #[must_use]
 #[inline]
 pub const fn pte_index<F: PagingFormat>(va: usize, level: PagingLevel) -> usize {
-    (va >> (PAGE_SIZE.trailing_zeros() as usize + F::ENTRY_BITS as usize * (level as usize - 1)))
-        & (F::NR_ENTRIES - 1)
+    debug_assert!(1 <= level && level <= kvirt_core::paging::MAX_LEVELS);
+    kvirt_core::paging::pte_index(va, F::ENTRY_BITS, level)
 }
 
 /// What every [`PagingFormat`] must satisfy, checked by each format's tests.

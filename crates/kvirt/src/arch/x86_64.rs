@@ -30,6 +30,10 @@
 //!
 //! Table entries are `P | W | U` plus the address, so that the leaf alone
 //! decides access rights.
+//!
+//! The bits are encoded and decoded by `kvirt_core::x86_64_pte`, whose
+//! round trips are proven (`cargo xtask verus`); this file converts
+//! [`PageProperty`] to and from its integers and holds the decode table.
 
 use super::{PagingFormat, PteKind};
 use crate::addr::{Paddr, PagingLevel};
@@ -42,50 +46,62 @@ pub struct X86_64;
 /// The value for `IA32_PAT` that the cache-policy encoding assumes.
 pub const PAT_MSR_VALUE: u64 = 0x0007_0501_0007_0406;
 
-const P: u64 = 1 << 0;
-const W: u64 = 1 << 1;
-const U: u64 = 1 << 2;
-const PWT: u64 = 1 << 3;
-const PCD: u64 = 1 << 4;
-const A: u64 = 1 << 5;
-const D: u64 = 1 << 6;
-const PS: u64 = 1 << 7;
-const PAT_4K: u64 = 1 << 7;
-const G: u64 = 1 << 8;
-const TRACKED: u64 = 1 << 9;
-const NONE: u64 = 1 << 10;
-const PAT_HUGE: u64 = 1 << 12;
-const NX: u64 = 1 << 63;
-const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+use kvirt_core::x86_64_pte as pte;
+#[cfg(test)]
+use kvirt_core::x86_64_pte::{A, ADDR_MASK, D, G, NONE, NX, P, PAT_HUGE, PCD, PS, PWT, TRACKED, U, W};
 
 impl X86_64 {
-    #[inline]
-    const fn addr_mask(level: PagingLevel) -> u64 {
-        match level {
-            1 => ADDR_MASK,
-            2 => ADDR_MASK & !((1 << 21) - 1),
-            _ => ADDR_MASK & !((1 << 30) - 1),
-        }
-    }
-
-    #[inline]
+    #[cfg(test)]
     const fn pat_bit(level: PagingLevel) -> u64 {
-        if level == 1 {
-            PAT_4K
-        } else {
-            PAT_HUGE
-        }
+        pte::pat_bit(level)
     }
 }
 
+/// `prop` as the proven encoding's integers. A flag set built with bits
+/// no flag names (`from_bits_retain`) keeps only its named bits through
+/// an encoding.
+#[inline]
+const fn to_core(prop: PageProperty) -> pte::Prop {
+    pte::Prop { flags: prop.flags.bits(), cache: prop.cache as u8, privs: prop.priv_flags.bits() }
+}
+
+/// The property of the proven encoding's integers (well formed: every
+/// cache code below 5).
+const fn from_core(prop: pte::Prop) -> PageProperty {
+    let cache = match prop.cache {
+        0 => CachePolicy::Writeback,
+        1 => CachePolicy::Writethrough,
+        3 => CachePolicy::WriteCombining,
+        4 => CachePolicy::WriteProtected,
+        _ => CachePolicy::Uncacheable,
+    };
+    PageProperty {
+        flags: PageFlags::from_bits_retain(prop.flags),
+        cache,
+        priv_flags: PrivilegedPageFlags::from_bits_retain(prop.privs),
+    }
+}
+
+// The proven encoding numbers the cache policies in `CachePolicy`'s order.
+const _: () = {
+    let mut i = 0;
+    while i < CachePolicy::ALL.len() {
+        assert!(CachePolicy::ALL[i] as usize == i);
+        i += 1;
+    }
+};
+
 // SAFETY: the shape is the SDM's 4 levels of 512 entries with leaves at
-// levels 1 to 3. A table entry is `P | W | U` plus the address, a leaf at
-// level 2 or 3 has `PS`, and a level-1 entry is always a leaf; `TRACKED`
-// (software bit 9) is set only by `encode_page(.., true)`; decode ignores
-// `A` and `D` except as the property's flags. The round trip is
-// `check_format_conformance`, run by this file's tests; the MMU's reading
-// of these bits is the SDM's (section 4.5), which the hosted machine's
-// independent walker and the demo kernel under QEMU exercise.
+// levels 1 to 3. The encoding is `kvirt_core::x86_64_pte`, whose proofs
+// (checked by `cargo xtask verus`) give rules 2 to 4: 0 decodes as absent;
+// an encoded leaf decodes as its address, property and tracked marker at
+// every leaf level, and a table entry as a table at levels 2 to 4; neither
+// encoding is 0; decode never reads a table at level 1 nor a leaf at level
+// 4; `TRACKED` (software bit 9) is set only by `encode_page(.., true)`, and
+// `A` and `D` are read only as the property's flags.
+// `check_format_conformance` tests the same through this impl. The MMU's
+// reading of these bits is the SDM's (section 4.5), which the hosted
+// machine's independent walker and the demo kernel under QEMU exercise.
 unsafe impl PagingFormat for X86_64 {
     const NR_LEVELS: PagingLevel = 4;
     const ENTRY_BITS: u32 = 9;
@@ -96,110 +112,48 @@ unsafe impl PagingFormat for X86_64 {
     #[inline]
     fn encode_page(pa: Paddr, level: PagingLevel, prop: PageProperty, tracked: bool) -> u64 {
         debug_assert!((1..=3).contains(&level));
-        debug_assert_eq!(pa as u64 & !Self::addr_mask(level), 0, "unencodable frame address");
-        let mut raw = pa as u64;
-        let f = prop.flags;
-        raw |= if f.contains(PageFlags::R) { P } else { NONE };
-        if f.contains(PageFlags::W) {
-            raw |= W;
-        }
-        if !f.contains(PageFlags::X) {
-            raw |= NX;
-        }
-        if f.contains(PageFlags::ACCESSED) {
-            raw |= A;
-        }
-        if f.contains(PageFlags::DIRTY) {
-            raw |= D;
-        }
-        if prop.priv_flags.contains(PrivilegedPageFlags::USER) {
-            raw |= U;
-        }
-        if prop.priv_flags.contains(PrivilegedPageFlags::GLOBAL) {
-            raw |= G;
-        }
-        let pat = Self::pat_bit(level);
-        raw |= match prop.cache {
-            CachePolicy::Writeback => 0,
-            CachePolicy::Writethrough => PWT,
-            CachePolicy::Uncacheable => PCD | PWT,
-            CachePolicy::WriteCombining => pat,
-            CachePolicy::WriteProtected => pat | PWT,
-        };
-        if level > 1 {
-            raw |= PS;
-        }
-        if tracked {
-            raw |= TRACKED;
-        }
-        raw
+        debug_assert_eq!(pa as u64 & !pte::addr_mask(level), 0, "unencodable frame address");
+        pte::encode_page(pa as u64, level, to_core(prop), tracked)
     }
 
     #[inline]
     fn page_encoder(level: PagingLevel, prop: PageProperty, tracked: bool) -> impl Fn(Paddr) -> u64 + Copy {
-        // The address field is bits 12..52 as they are: `encode_page` ORs
-        // the address into the other bits.
+        // `encode_page(pa, ..)` is `encode_page(0, ..) | pa`
+        // (`lemma_encoder_is_or`).
         let rest = Self::encode_page(0, level, prop, tracked);
         move |pa| {
-            debug_assert_eq!(pa as u64 & !Self::addr_mask(level), 0, "unencodable frame address");
+            debug_assert_eq!(pa as u64 & !pte::addr_mask(level), 0, "unencodable frame address");
             rest | pa as u64
         }
     }
 
     fn encode_table(pa: Paddr) -> u64 {
-        debug_assert_eq!(pa as u64 & !ADDR_MASK, 0, "unencodable table address");
-        pa as u64 | P | W | U
+        debug_assert_eq!(pa as u64 & !pte::ADDR_MASK, 0, "unencodable table address");
+        pte::encode_table(pa as u64)
     }
 
     #[inline]
     fn decode(raw: u64, level: PagingLevel) -> PteKind {
-        if raw & (P | NONE) == 0 {
-            return PteKind::Absent;
-        }
-        let is_leaf = level == 1 || (level <= Self::HIGHEST_LEAF_LEVEL && raw & PS != 0);
-        if !is_leaf {
-            return PteKind::Table((raw & ADDR_MASK) as Paddr);
-        }
-        // The ten bits a property depends on, in one table index.
-        let pat = (raw & Self::pat_bit(level) != 0) as usize;
-        let index = (raw & (0x7f | G)) as usize | pat << 7 | ((raw >> 63) as usize) << 9;
-        PteKind::Page {
-            pa: (raw & Self::addr_mask(level)) as Paddr,
-            prop: PROPERTIES[index],
-            tracked: raw & TRACKED != 0,
+        match pte::decode(raw, level) {
+            pte::Pte::Absent => PteKind::Absent,
+            pte::Pte::Table(pa) => PteKind::Table(pa as Paddr),
+            pte::Pte::Page { pa, index, is_tracked } => {
+                PteKind::Page { pa: pa as Paddr, prop: PROPERTIES[index as usize], tracked: is_tracked }
+            }
         }
     }
 }
 
-/// The property of every combination of the bits `decode` looks at,
-/// indexed as there: P W U PWT PCD A D (bits 0-6 of the entry), PAT (bit 7
-/// of a 4 KiB leaf, bit 12 of a huge one), G, NX. One load instead of
-/// a bit test per flag on every walk's last step.
+/// The property of every combination of the ten bits `decode` looks at
+/// (`pte::index_of`), built at compile time by the proven
+/// `pte::prop_of_index`, which reads each bit as the entry bit it stands
+/// for (`lemma_table_decode_is_bitwise`). One load instead of a bit test
+/// per flag on every walk's last step.
 static PROPERTIES: [PageProperty; 1024] = {
     let mut table = [PageProperty::new_kernel(PageFlags::empty(), CachePolicy::Writeback); 1024];
     let mut i = 0;
     while i < 1024 {
-        let mut flags = 0;
-        flags |= if i & 1 == 1 { PageFlags::R.bits() } else { 0 };
-        flags |= if (i >> 1) & 1 == 1 { PageFlags::W.bits() } else { 0 };
-        flags |= if (i >> 9) & 1 == 1 { 0 } else { PageFlags::X.bits() };
-        flags |= if (i >> 5) & 1 == 1 { PageFlags::ACCESSED.bits() } else { 0 };
-        flags |= if (i >> 6) & 1 == 1 { PageFlags::DIRTY.bits() } else { 0 };
-        let mut priv_flags = 0;
-        priv_flags |= if (i >> 2) & 1 == 1 { PrivilegedPageFlags::USER.bits() } else { 0 };
-        priv_flags |= if (i >> 8) & 1 == 1 { PrivilegedPageFlags::GLOBAL.bits() } else { 0 };
-        let cache = match ((i >> 7) & 1 == 1, (i >> 4) & 1 == 1, (i >> 3) & 1 == 1) {
-            (false, false, false) => CachePolicy::Writeback,
-            (false, false, true) => CachePolicy::Writethrough,
-            (true, false, false) => CachePolicy::WriteCombining,
-            (true, false, true) => CachePolicy::WriteProtected,
-            _ => CachePolicy::Uncacheable,
-        };
-        table[i] = PageProperty {
-            flags: PageFlags::from_bits_retain(flags),
-            cache,
-            priv_flags: PrivilegedPageFlags::from_bits_retain(priv_flags),
-        };
+        table[i] = from_core(pte::prop_of_index(i as u16));
         i += 1;
     }
     table

@@ -70,18 +70,26 @@
 //!
 //! Debug builds assert the `from` state of `finish_init`, `inc`, `dec`,
 //! `share_unique`, `begin_unique_tear_down` and `finish_tear_down`.
+//!
+//! The values each transition stores and the decisions it takes (which
+//! decrement is the last, which increment overflows) come from
+//! `kvirt_core::ref_count`, where every transition is proven to go from
+//! its state to a valid count in the next state of OSTD's verified frame
+//! model. The orderings are this file's, checked by loom.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use kvirt_core::ref_count as rc;
+
 /// The count of a free slot.
-pub const REF_COUNT_UNUSED: u64 = 0;
-/// The largest count of a shared frame.
-pub const REF_COUNT_MAX: u64 = i64::MAX as u64;
+pub const REF_COUNT_UNUSED: u64 = rc::UNUSED;
+/// The largest count of a shared frame (`i64::MAX`).
+pub const REF_COUNT_MAX: u64 = rc::MAX;
 /// The count of a frame owned by one `UniqueFrame` (it counts as one live
 /// reference: `live_references`).
-pub const REF_COUNT_UNIQUE: u64 = u64::MAX - 1;
+pub const REF_COUNT_UNIQUE: u64 = rc::UNIQUE;
 /// The count of a slot being built or torn down.
-pub const REF_COUNT_BUSY: u64 = u64::MAX;
+pub const REF_COUNT_BUSY: u64 = rc::BUSY;
 
 /// The atomic operations the transitions need, on one 64-bit cell.
 ///
@@ -170,7 +178,8 @@ impl_ref_count_cell!(loom::sync::atomic::AtomicU64, loom::sync::atomic::fence);
 /// `false`, changing nothing, if the slot was not free.
 #[inline]
 pub fn try_begin_init<C: RefCountCell>(count: &C) -> bool {
-    count.compare_exchange(REF_COUNT_UNUSED, REF_COUNT_BUSY, Ordering::Acquire, Ordering::Relaxed).is_ok()
+    let (free, busy) = rc::begin_init();
+    count.compare_exchange(free, busy, Ordering::Acquire, Ordering::Relaxed).is_ok()
 }
 
 /// `BUSY -> 1`, after [`try_begin_init`] took the slot and the metadata was
@@ -182,7 +191,7 @@ pub fn finish_init<C: RefCountCell>(count: &C) {
         REF_COUNT_BUSY,
         "finished building a slot not being built"
     );
-    count.store(1, Ordering::Release);
+    count.store(rc::finish_init(REF_COUNT_BUSY), Ordering::Release);
 }
 
 /// `n -> n + 1`: one more reference, made by a holder of one.
@@ -191,7 +200,10 @@ pub fn inc<C: RefCountCell>(count: &C) {
     let old = count.fetch_add(1, Ordering::Relaxed);
     debug_assert!(old != REF_COUNT_UNUSED && old != REF_COUNT_BUSY, "new reference to a dead frame");
     debug_assert!(old != REF_COUNT_UNIQUE, "new reference to a uniquely owned frame");
-    if old >= REF_COUNT_MAX {
+    // `fetch_add` has stored `old + 1` already: past `MAX` that is a count
+    // no slot may hold (`lemma_overflowing_increment`), so nothing may go
+    // on.
+    if rc::inc_overflows(old) {
         overflow();
     }
 }
@@ -202,17 +214,17 @@ pub fn inc<C: RefCountCell>(count: &C) {
 #[inline]
 pub fn dec<C: RefCountCell>(count: &C) -> bool {
     let mut old = count.load(Ordering::Relaxed);
-    loop {
+    let last = loop {
         debug_assert!((1..=REF_COUNT_MAX).contains(&old), "dropped a reference to a dead frame");
         // The last reference goes straight to `BUSY`: the slot must not
         // read `UNUSED` (free) while it is torn down.
-        let new = if old == 1 { REF_COUNT_BUSY } else { old - 1 };
+        let (new, last) = rc::dec(old);
         match count.compare_exchange_weak(old, new, Ordering::Release, Ordering::Relaxed) {
-            Ok(_) => break,
+            Ok(_) => break last,
             Err(actual) => old = actual,
         }
-    }
-    if old == 1 {
+    };
+    if last {
         // Pairs with the Release decrements of the other references (and
         // with `finish_init`), so every use of the frame happens before its
         // teardown.
@@ -232,7 +244,8 @@ pub fn try_make_unique<C: RefCountCell>(count: &C) -> bool {
     // Acquire pairs with the Release `dec`s of the references dropped
     // before: their uses of the frame come before the unique holder's
     // writes.
-    count.compare_exchange(1, REF_COUNT_UNIQUE, Ordering::Acquire, Ordering::Relaxed).is_ok()
+    let (one, unique) = rc::make_unique();
+    count.compare_exchange(one, unique, Ordering::Acquire, Ordering::Relaxed).is_ok()
 }
 
 /// `UNIQUE -> 1`: the unique holder shares the frame again. The caller then
@@ -243,7 +256,7 @@ pub fn share_unique<C: RefCountCell>(count: &C) {
     // Release pairs with the last `dec`, as in `finish_init`: the unique
     // holder's writes come before the teardown, whatever carried the
     // reference.
-    count.store(1, Ordering::Release);
+    count.store(rc::share_unique(REF_COUNT_UNIQUE), Ordering::Release);
 }
 
 /// `UNIQUE -> BUSY`: the unique holder gives the frame up. The caller then
@@ -254,7 +267,7 @@ pub fn begin_unique_tear_down<C: RefCountCell>(count: &C) {
     debug_assert_eq!(count.load(Ordering::Relaxed), REF_COUNT_UNIQUE, "tore down a frame that is not unique");
     // Relaxed: no other thread touches a unique slot, and the holder
     // already sees everything written to it.
-    count.store(REF_COUNT_BUSY, Ordering::Relaxed);
+    count.store(rc::begin_unique_tear_down(REF_COUNT_UNIQUE), Ordering::Relaxed);
 }
 
 /// The number of live references a count stands for: `n` for a shared
@@ -262,11 +275,7 @@ pub fn begin_unique_tear_down<C: RefCountCell>(count: &C) {
 /// or being built or torn down.
 #[must_use]
 pub const fn live_references(count: u64) -> u64 {
-    match count {
-        REF_COUNT_UNUSED | REF_COUNT_BUSY => 0,
-        REF_COUNT_UNIQUE => 1,
-        n => n,
-    }
+    rc::live_references(count)
 }
 
 /// `BUSY -> UNUSED`, after [`dec`] returned `true` (or
@@ -275,7 +284,7 @@ pub const fn live_references(count: u64) -> u64 {
 #[inline]
 pub fn finish_tear_down<C: RefCountCell>(count: &C) {
     debug_assert_eq!(count.load(Ordering::Relaxed), REF_COUNT_BUSY, "freed a slot not being torn down");
-    count.store(REF_COUNT_UNUSED, Ordering::Release);
+    count.store(rc::finish_tear_down(REF_COUNT_BUSY), Ordering::Release);
 }
 
 #[cold]

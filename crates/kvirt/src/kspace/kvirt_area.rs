@@ -50,7 +50,7 @@ use super::error::{AreaAccessError, KVirtAreaError, SplitError};
 use super::registry::AreaInfo;
 use super::vmalloc::GUARD_SIZE;
 use super::{KernelLayout, KernelSpace, SpaceInner, X86_64Layout};
-use crate::addr::{is_page_aligned, Paddr, Vaddr, PAGE_SIZE};
+use crate::addr::{Paddr, Vaddr, PAGE_SIZE};
 use crate::frame::{AnyFrameMeta, Frame, FrameRef};
 use crate::page_prop::{PageFlags, PageProperty};
 use crate::page_table::{MappedItemRef, PageTableAllocError, PageTableFrag};
@@ -223,7 +223,7 @@ impl<L: KernelLayout> KVirtArea<L> {
     #[inline]
     pub fn query(&self, addr: Vaddr) -> Option<MappedItemRef<'_>> {
         assert!(
-            self.range.start <= addr && addr < self.range.end,
+            kvirt_core::area_args::query_addr_ok(self.range.start, self.range.end, addr),
             "KVirtArea::query: address {addr:#x} is outside the area {:#x?}",
             self.range
         );
@@ -293,7 +293,7 @@ impl<L: KernelLayout> KVirtArea<L> {
 
     #[allow(clippy::result_large_err, reason = "as `try_split`")]
     fn try_split_inner(mut self, offset: usize) -> Result<(Self, Self), (Self, SplitError)> {
-        if !(is_page_aligned(offset) && 0 < offset && offset < self.size()) {
+        if !kvirt_core::area_args::split_offset_ok(offset, self.size()) {
             let size = self.size();
             return Err((self, SplitError::BadOffset { offset, size }));
         }
@@ -438,7 +438,7 @@ impl<L: KernelLayout> KVirtArea<L> {
         needed: PageFlags,
     ) -> Result<Vec<(*mut u8, usize)>, AreaAccessError> {
         let size = self.size();
-        if offset.checked_add(len).is_none_or(|end| end > size) {
+        if !kvirt_core::area_args::access_in_bounds(offset, len, size) {
             return Err(AreaAccessError::OutOfBounds { offset, len, size });
         }
         let mut pieces = Vec::new();

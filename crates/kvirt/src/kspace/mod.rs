@@ -346,7 +346,7 @@ impl<L: KernelLayout> KernelSpace<L> {
         prop: PageProperty,
     ) -> Result<KVirtArea<L>, KVirtAreaError> {
         let frames: Vec<Frame<T>> = frames.into_iter().collect();
-        let len = frames.len().saturating_mul(PAGE_SIZE);
+        let len = kvirt_core::area_args::pages_len(frames.len());
         crate::spec::contract!(
             requires: crate::spec::contracts::ConstructorRequest {
                 panic_condition: crate::spec::map_frames_panic_condition(area_size, map_offset, frames.len(), &prop)
@@ -427,12 +427,17 @@ impl<L: KernelLayout> KernelSpace<L> {
         pa_range: Range<Paddr>,
         prop: PageProperty,
     ) -> Result<KVirtArea<L>, KVirtAreaError> {
-        if pa_range.start > pa_range.end {
-            return Err(KVirtAreaError::ReversedPaddrRange(pa_range));
-        }
-        check_common(area_size, map_offset, pa_range.len(), &prop)?;
-        if !is_page_aligned(pa_range.start) || !is_page_aligned(pa_range.end) {
-            return Err(KVirtAreaError::MisalignedPaddr(pa_range));
+        use kvirt_core::area_args::{check_untracked_args, UntrackedArgs};
+        let user = prop.priv_flags.contains(PrivilegedPageFlags::USER);
+        let pa_bits = <L::Format as PagingFormat>::PA_BITS;
+        match check_untracked_args(area_size, map_offset, pa_range.start, pa_range.end, pa_bits, user) {
+            UntrackedArgs::Ok => {}
+            UntrackedArgs::Reversed => return Err(KVirtAreaError::ReversedPaddrRange(pa_range)),
+            UntrackedArgs::Area(broken) => {
+                return Err(area_args_error(broken, area_size, map_offset, pa_range.len()));
+            }
+            UntrackedArgs::MisalignedPaddr => return Err(KVirtAreaError::MisalignedPaddr(pa_range)),
+            UntrackedArgs::PaddrTooLarge => return Err(KVirtAreaError::PaddrTooLarge(pa_range)),
         }
         match self.check_untracked(&pa_range) {
             Err(UntrackedRangeError::PaddrTooLarge) => return Err(KVirtAreaError::PaddrTooLarge(pa_range)),
@@ -510,25 +515,31 @@ fn check_common(
     len: usize,
     prop: &PageProperty,
 ) -> Result<(), KVirtAreaError> {
-    if area_size == 0 {
-        return Err(KVirtAreaError::ZeroSize);
+    use kvirt_core::area_args::{check_area_args, AreaArgs};
+    let user = prop.priv_flags.contains(PrivilegedPageFlags::USER);
+    match check_area_args(area_size, map_offset, len, user) {
+        AreaArgs::Ok => Ok(()),
+        other => Err(area_args_error(other, area_size, map_offset, len)),
     }
-    if !is_page_aligned(area_size) {
-        return Err(KVirtAreaError::MisalignedSize(area_size));
+}
+
+/// The typed error of a broken rule of `kvirt_core::area_args`.
+fn area_args_error(
+    broken: kvirt_core::area_args::AreaArgs,
+    area_size: usize,
+    map_offset: usize,
+    len: usize,
+) -> KVirtAreaError {
+    use kvirt_core::area_args::AreaArgs;
+    match broken {
+        AreaArgs::ZeroSize => KVirtAreaError::ZeroSize,
+        AreaArgs::MisalignedSize => KVirtAreaError::MisalignedSize(area_size),
+        AreaArgs::MisalignedOffset => KVirtAreaError::MisalignedOffset(map_offset),
+        AreaArgs::OffsetOutOfArea => KVirtAreaError::OffsetOutOfArea { map_offset, area_size },
+        AreaArgs::MappingExceedsArea => KVirtAreaError::MappingExceedsArea { map_offset, len, area_size },
+        AreaArgs::UserAccessible => KVirtAreaError::UserAccessible,
+        AreaArgs::Ok => unreachable!("not an error"),
     }
-    if !is_page_aligned(map_offset) {
-        return Err(KVirtAreaError::MisalignedOffset(map_offset));
-    }
-    if map_offset >= area_size {
-        return Err(KVirtAreaError::OffsetOutOfArea { map_offset, area_size });
-    }
-    if map_offset.checked_add(len).is_none_or(|end| end > area_size) {
-        return Err(KVirtAreaError::MappingExceedsArea { map_offset, len, area_size });
-    }
-    if prop.priv_flags.contains(PrivilegedPageFlags::USER) {
-        return Err(KVirtAreaError::UserAccessible);
-    }
-    Ok(())
 }
 
 impl<L: KernelLayout> SpaceInner<L> {

@@ -14,7 +14,7 @@ use core::ops::Range;
 use super::error::RangeError;
 use crate::addr::{is_page_aligned, Paddr, PagingLevel, Vaddr};
 use crate::arch::x86_64::X86_64;
-use crate::arch::{page_size, PagingFormat};
+use crate::arch::PagingFormat;
 
 /// The shape and address range of one kind of page table.
 ///
@@ -58,72 +58,60 @@ impl<F: PagingFormat> PageTableConfig for UserPtConfig<F> {
 /// The first and last virtual address a configuration covers.
 #[must_use]
 pub fn vaddr_bounds<C: PageTableConfig>() -> (Vaddr, Vaddr) {
-    let top = page_size::<C::F>(C::F::NR_LEVELS);
-    let first = C::TOP_LEVEL_INDEX_RANGE.start * top;
-    let last = C::TOP_LEVEL_INDEX_RANGE.end * top - 1;
-    (sign_extend::<C::F>(first), sign_extend::<C::F>(last))
+    let range = C::TOP_LEVEL_INDEX_RANGE;
+    // Checked at compile time wherever a table of `C` is made; restated
+    // here for the proven function's precondition.
+    debug_assert!(range.start < range.end && range.end <= C::F::NR_ENTRIES);
+    kvirt_core::paging::root_entries_bounds(
+        C::F::ENTRY_BITS,
+        C::F::NR_LEVELS,
+        range.start,
+        range.end,
+        C::F::SIGN_EXTEND,
+    )
 }
 
 /// `va` in canonical form: its top bits copy bit `F::VA_BITS - 1` if the
 /// format sign-extends addresses.
 pub(crate) fn sign_extend<F: PagingFormat>(va: Vaddr) -> Vaddr {
-    let bits = F::VA_BITS;
-    if F::SIGN_EXTEND && bits < usize::BITS && va & (1 << (bits - 1)) != 0 {
-        va | !((1usize << bits) - 1)
-    } else {
-        va
-    }
+    kvirt_core::paging::sign_extend(va, F::VA_BITS, F::SIGN_EXTEND)
 }
 
 /// Checks a cursor range against configuration `C`.
 pub(crate) fn check_range<C: PageTableConfig>(range: &Range<Vaddr>) -> Result<(), RangeError> {
-    if range.start == range.end {
-        return Err(RangeError::Empty);
-    }
-    if range.start > range.end {
-        return Err(RangeError::Reversed);
-    }
-    if !is_page_aligned(range.start) || !is_page_aligned(range.end) {
-        return Err(RangeError::Misaligned);
-    }
+    use kvirt_core::paging::RangeCheck;
     let (first, last) = vaddr_bounds::<C>();
-    if range.start < first || range.end - 1 > last {
-        return Err(RangeError::OutOfBounds);
+    match kvirt_core::paging::check_range(range.start, range.end, first, last) {
+        RangeCheck::Ok => Ok(()),
+        RangeCheck::Empty => Err(RangeError::Empty),
+        RangeCheck::Reversed => Err(RangeError::Reversed),
+        RangeCheck::Misaligned => Err(RangeError::Misaligned),
+        RangeCheck::OutOfBounds => Err(RangeError::OutOfBounds),
     }
-    Ok(())
 }
 
 /// The greedy split of `len` bytes at `va -> pa` into the largest aligned
-/// pages: yields `(pa, level)` for each page in order.
+/// pages: yields `(pa, level)` for each page in order. The plan is
+/// `kvirt_core::pages::PagePlan`, proven to tile the range exactly with the
+/// largest leaf that fits and is aligned at both addresses.
 ///
 /// # Panics
 ///
-/// Panics if `va`, `pa` or `len` is not page aligned.
+/// Panics if `va`, `pa` or `len` is not page aligned, or if the range runs
+/// past the end of the address space, virtually or physically.
 pub fn largest_pages<F: PagingFormat>(
-    mut va: Vaddr,
-    mut pa: Paddr,
-    mut len: usize,
+    va: Vaddr,
+    pa: Paddr,
+    len: usize,
 ) -> impl Iterator<Item = (Paddr, PagingLevel)> {
     assert!(
         is_page_aligned(va) && is_page_aligned(pa) && is_page_aligned(len),
         "largest_pages: va {va:#x}, pa {pa:#x} and len {len:#x} must be page aligned"
     );
-    core::iter::from_fn(move || {
-        if len == 0 {
-            return None;
-        }
-        let level = (1..=F::HIGHEST_LEAF_LEVEL)
-            .rev()
-            .find(|&l| {
-                let size = page_size::<F>(l);
-                size <= len && va % size == 0 && pa % size == 0
-            })
-            .expect("level 1 always fits");
-        let size = page_size::<F>(level);
-        let item = (pa, level);
-        va = va.wrapping_add(size);
-        pa += size;
-        len -= size;
-        Some(item)
-    })
+    // At most up to the top of the address space: the plan's last piece
+    // may end exactly at 2^64.
+    let fits = |start: usize| len == 0 || start.checked_add(len - 1).is_some();
+    assert!(fits(va) && fits(pa), "largest_pages: {len:#x} bytes at {va:#x} -> {pa:#x} run past the address space");
+    let mut plan = kvirt_core::pages::PagePlan::new(va, pa, len, F::ENTRY_BITS, F::HIGHEST_LEAF_LEVEL);
+    core::iter::from_fn(move || plan.next_piece())
 }
