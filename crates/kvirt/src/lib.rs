@@ -123,6 +123,10 @@
 //!
 //! ## Dependencies, and why
 //!
+//! * `kvirt-core`: the proven core (paging arithmetic, the page sizes of
+//!   untracked ranges, the x86-64 entry encoding, the argument checks of
+//!   areas, the reference-count transitions), Verus code that plain cargo
+//!   compiles with the proofs erased; `cargo xtask verus` checks them.
 //! * `bitflags`: page-property flag sets.
 //! * `spin`: locks and `Once` without an operating system.
 //! * `log`: diagnostics a kernel routes to its console.

@@ -618,6 +618,20 @@ mod untracked {
         assert!(space.inv());
     }
 
+    /// The format can encode every address below 2^52, so a range may end
+    /// exactly there (its last page is the last one a PTE can hold). Found
+    /// by planting `>=` for `>` in the proven check: Verus failed, and no
+    /// test did until this one.
+    #[test]
+    fn a_range_ending_at_the_format_limit_is_mapped() {
+        let space = small_space();
+        let pa = (1usize << 52) - SIZE_2M..1 << 52;
+        let area = untracked(&space, SIZE_2M, 0, pa.clone(), prop()).unwrap();
+        assert_eq!(area.query(area.start() + SIZE_2M - 1), Some(MappedItemRef::Untracked(pa.start, 2, prop())));
+        drop(area);
+        assert!(space.inv());
+    }
+
     #[test]
     fn huge_untracked_mapping_uses_huge_pages() {
         let space = small_space();
