@@ -58,17 +58,27 @@ impl<F: PagingFormat> PageTableConfig for UserPtConfig<F> {
 /// The first and last virtual address a configuration covers.
 #[must_use]
 pub fn vaddr_bounds<C: PageTableConfig>() -> (Vaddr, Vaddr) {
-    let range = C::TOP_LEVEL_INDEX_RANGE;
-    // Checked at compile time wherever a table of `C` is made; restated
-    // here for the proven function's precondition.
-    debug_assert!(range.start < range.end && range.end <= C::F::NR_ENTRIES);
-    kvirt_core::paging::root_entries_bounds(
-        C::F::ENTRY_BITS,
-        C::F::NR_LEVELS,
-        range.start,
-        range.end,
-        C::F::SIGN_EXTEND,
-    )
+    Bounds::<C>::VALUE
+}
+
+/// [`vaddr_bounds`] of `C`, evaluated once, at compile time: every walk
+/// asks for it.
+struct Bounds<C>(PhantomData<C>);
+
+impl<C: PageTableConfig> Bounds<C> {
+    const VALUE: (Vaddr, Vaddr) = {
+        let range = C::TOP_LEVEL_INDEX_RANGE;
+        // The proven function's precondition (also checked wherever a
+        // table of `C` is made).
+        assert!(range.start < range.end && range.end <= C::F::NR_ENTRIES);
+        kvirt_core::paging::root_entries_bounds(
+            C::F::ENTRY_BITS,
+            C::F::NR_LEVELS,
+            range.start,
+            range.end,
+            C::F::SIGN_EXTEND,
+        )
+    };
 }
 
 /// `va` in canonical form: its top bits copy bit `F::VA_BITS - 1` if the
