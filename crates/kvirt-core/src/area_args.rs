@@ -207,21 +207,35 @@ pub const fn check_untracked_args(
     if !is_page_aligned(pa_start) || !is_page_aligned(pa_end) {
         return UntrackedArgs::MisalignedPaddr;
     }
+    if !paddr_range_fits(0, pa_end, pa_bits) {
+        return UntrackedArgs::PaddrTooLarge;
+    }
+    UntrackedArgs::Ok
+}
+
+/// `size` bytes at physical `pa` lie below `2^pa_bits`: a format with
+/// `pa_bits` address bits can map them.
+#[inline]
+pub const fn paddr_range_fits(pa: usize, size: usize, pa_bits: u32) -> (r: bool)
+    requires
+        pa_bits <= 64,
+    ensures
+        r == (pa + size <= vstd::arithmetic::power2::pow2(pa_bits as nat)),
+{
     if pa_bits < 64 {
         proof {
             vstd::bits::lemma_usize_pow2_no_overflow(pa_bits as nat);
             vstd::bits::lemma_usize_shl_is_mul(1, pa_bits as usize);
         }
-        if pa_end > 1usize << pa_bits {
-            return UntrackedArgs::PaddrTooLarge;
-        }
+        let limit = 1usize << pa_bits;
+        pa <= limit && size <= limit - pa
     } else {
         proof {
             vstd::arithmetic::power2::lemma2_to64();
             vstd::arithmetic::power2::lemma2_to64_rest();
         }
+        pa == 0 || size <= usize::MAX - (pa - 1)
     }
-    UntrackedArgs::Ok
 }
 
 /// OSTD's verified `map_untracked_frames` accepts these arguments (the

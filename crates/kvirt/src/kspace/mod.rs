@@ -317,7 +317,7 @@ impl<L: KernelLayout> KernelSpace<L> {
     /// and reused) and none of the frame metadata array (kvirt's own: a
     /// byte write there would corrupt reference counts).
     pub(crate) fn check_untracked(&self, range: &Range<Paddr>) -> Result<(), UntrackedRangeError> {
-        if range.end > 1usize << <L::Format as PagingFormat>::PA_BITS {
+        if !kvirt_core::area_args::paddr_range_fits(0, range.end, <L::Format as PagingFormat>::PA_BITS) {
             return Err(UntrackedRangeError::PaddrTooLarge);
         }
         let meta = self.phys().meta_range();

@@ -65,7 +65,7 @@ impl<C: PageTableConfig> CursorMut<'_, C> {
         if !is_aligned(c.va, size) || !is_aligned(pa, size) {
             return fail(MapErrorKind::Misaligned, item);
         }
-        if C::F::PA_BITS < usize::BITS && pa.checked_add(size).is_none_or(|end| end > 1 << C::F::PA_BITS) {
+        if !kvirt_core::area_args::paddr_range_fits(pa, size, C::F::PA_BITS) {
             return fail(MapErrorKind::PaddrTooLarge, item);
         }
         c.sync_path();
