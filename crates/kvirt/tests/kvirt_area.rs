@@ -627,7 +627,10 @@ mod untracked {
         let space = small_space();
         let pa = (1usize << 52) - SIZE_2M..1 << 52;
         let area = untracked(&space, SIZE_2M, 0, pa.clone(), prop()).unwrap();
-        assert_eq!(area.query(area.start() + SIZE_2M - 1), Some(MappedItemRef::Untracked(pa.start, 2, prop())));
+        assert_eq!(
+            area.query(area.start() + SIZE_2M - 1),
+            Some(MappedItemRef::Untracked(pa.start, 2, prop()))
+        );
         drop(area);
         assert!(space.inv());
     }

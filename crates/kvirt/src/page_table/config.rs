@@ -121,7 +121,10 @@ pub fn largest_pages<F: PagingFormat>(
     // At most up to the top of the address space: the plan's last piece
     // may end exactly at 2^64.
     let fits = |start: usize| len == 0 || start.checked_add(len - 1).is_some();
-    assert!(fits(va) && fits(pa), "largest_pages: {len:#x} bytes at {va:#x} -> {pa:#x} run past the address space");
+    assert!(
+        fits(va) && fits(pa),
+        "largest_pages: {len:#x} bytes at {va:#x} -> {pa:#x} run past the address space"
+    );
     let mut plan = kvirt_core::pages::PagePlan::new(va, pa, len, F::ENTRY_BITS, F::HIGHEST_LEAF_LEVEL);
     core::iter::from_fn(move || plan.next_piece())
 }
