@@ -150,6 +150,7 @@ pub use kvirt_sim as sim;
 mod addr;
 pub mod arch;
 pub mod frame;
+mod inv;
 pub mod kspace;
 pub mod page_prop;
 pub mod page_table;

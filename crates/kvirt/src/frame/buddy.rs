@@ -105,6 +105,8 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::ops::Range;
 
+use crate::inv::Inv;
+
 /// The largest block order: blocks hold at most `2^MAX_ORDER` pages (1 GiB of
 /// 4 KiB pages). This is also the largest run `alloc` can satisfy.
 pub const MAX_ORDER: u32 = 18;
@@ -345,8 +347,7 @@ impl BuddyAllocator {
     ///   of the listed blocks, and no bitmap bit lies past `nr_pages`.
     ///
     /// O(`nr_pages`); meant for tests and debugging.
-    #[must_use]
-    pub fn inv(&self) -> bool {
+    fn holds(&self) -> bool {
         self.lists_ok().is_some_and(|listed| self.pages_ok(listed) && self.bitmap_ok())
     }
 
@@ -543,12 +544,23 @@ impl fmt::Debug for BuddyAllocator {
     }
 }
 
+/// The invariant listed on `holds` above.
+impl Inv for BuddyAllocator {
+    fn check(&self) -> Result<(), &'static str> {
+        if self.holds() {
+            Ok(())
+        } else {
+            Err("the buddy allocator's free lists, bitmap and counts disagree")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     // Declared here too so the tests build whatever the crate root declares.
     extern crate std;
 
-    use super::{BuddyAllocator, MAX_ORDER, NR_ORDERS};
+    use super::{BuddyAllocator, Inv, MAX_ORDER, NR_ORDERS};
     use alloc::format;
     use alloc::vec::Vec;
 
@@ -1049,7 +1061,7 @@ mod tests {
     }
 
     mod model {
-        use super::super::BuddyAllocator;
+        use super::super::{BuddyAllocator, Inv};
         use super::shape;
         use alloc::vec;
         use alloc::vec::Vec;

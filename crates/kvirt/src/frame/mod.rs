@@ -625,7 +625,7 @@ impl PhysMem {
     pub(crate) fn with_free_pages<R>(&self, f: impl FnOnce(bool, &dyn Fn(Paddr) -> bool) -> R) -> R {
         self.page_cache.drain(&self.allocator);
         let allocator = self.allocator.lock();
-        f(allocator.inv(), &|pa| allocator.is_free(pa / PAGE_SIZE))
+        f(crate::inv::Inv::inv(&*allocator), &|pa| allocator.is_free(pa / PAGE_SIZE))
     }
 
     /// The sorted allocatable ranges.

@@ -97,6 +97,8 @@ use alloc::collections::{BTreeMap, BTreeSet};
 use core::fmt;
 use core::ops::Range;
 
+use crate::inv::Inv;
+
 /// How many best-fit candidates `alloc` checks for an aligned fit before it
 /// falls back to a block that is long enough for any alignment offset.
 const FAST_PATH_CANDIDATES: usize = 4;
@@ -390,7 +392,7 @@ impl RangeAllocator {
     /// range, sorted, non-overlapping and never adjacent (always merged),
     /// counters match. O(n) blocks with one O(log n) lookup each, for tests
     /// and debug assertions.
-    pub fn inv(&self) -> bool {
+    fn holds(&self) -> bool {
         let g = self.granule;
         let Range { start: lo, end: hi } = self.range;
         if !g.is_power_of_two() || lo >= hi || lo % g != 0 || hi % g != 0 {
@@ -463,6 +465,17 @@ impl RangeAllocator {
         probe(2);
         self.by_addr.remove(&start);
         self.by_size.remove(&(end - start, start));
+    }
+}
+
+/// The invariant listed on `holds` above.
+impl Inv for RangeAllocator {
+    fn check(&self) -> Result<(), &'static str> {
+        if self.holds() {
+            Ok(())
+        } else {
+            Err("the range allocator's indexes, blocks or counters disagree")
+        }
     }
 }
 

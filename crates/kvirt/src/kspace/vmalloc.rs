@@ -38,6 +38,7 @@ use crossbeam_utils::CachePadded;
 
 use super::range_alloc::{RangeAllocError, RangeAllocStats, RangeAllocator};
 use crate::addr::{Vaddr, PAGE_SIZE};
+use crate::inv::Inv;
 
 /// The bytes of unmapped guard after every area.
 pub const GUARD_SIZE: usize = PAGE_SIZE;
@@ -148,10 +149,6 @@ impl Vmalloc {
         total
     }
 
-    pub(crate) fn inv(&self) -> bool {
-        self.arenas.iter().all(|a| a.lock().inv())
-    }
-
     /// The allocator of the first arena (the bottom of VMALLOC, where the
     /// areas of CPU 0 go): for unit tests that corrupt it to see the
     /// invariant checks catch it.
@@ -169,6 +166,13 @@ impl Vmalloc {
             let piece = range.start.max(r.start)..range.end.min(r.end);
             piece.is_empty() || !a.overlaps_free(piece)
         })
+    }
+}
+
+/// Every arena's range allocator holds its invariant.
+impl Inv for Vmalloc {
+    fn check(&self) -> Result<(), &'static str> {
+        self.arenas.iter().try_for_each(|a| a.lock().check())
     }
 }
 

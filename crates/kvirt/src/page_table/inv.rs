@@ -6,10 +6,19 @@ use super::table::PageTable;
 use crate::addr::{is_aligned, PagingLevel, PAGE_SIZE};
 use crate::arch::{page_size, PagingFormat, PteKind};
 use crate::frame::REF_COUNT_MAX;
+use crate::inv::Inv;
+
+/// The structural invariant of [`PageTable::check_inv`].
+impl<C: PageTableConfig> Inv for PageTable<C> {
+    fn check(&self) -> Result<(), &'static str> {
+        self.check_inv().map(|_| ())
+    }
+}
 
 impl<C: PageTableConfig> PageTable<C> {
     /// Checks the invariant of every node reachable from the root; returns
-    /// the number of nodes, or what is broken.
+    /// the number of nodes (a census the models compare), or what is
+    /// broken. [`Inv::check`] is the same check without the count.
     ///
     /// For every node: its slot holds `PtNodeMeta` of the right level, one
     /// reference (its parent entry's), it is not stray, and its child count

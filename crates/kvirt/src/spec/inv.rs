@@ -1,20 +1,9 @@
-//! Invariants, as predicates.
+//! The invariants of kernel spaces and areas, as predicates.
 
 use crate::addr::PAGE_SIZE;
 use crate::frame::{REF_COUNT_MAX, REF_COUNT_UNUSED};
+use crate::inv::Inv;
 use crate::kspace::{KVirtArea, KernelLayout, KernelSpace};
-
-/// A structure's invariant.
-pub trait Inv {
-    /// Whether the invariant holds. Meant for quiescent points (no other
-    /// thread changing the structure), as in tests and contract checks.
-    fn inv(&self) -> bool {
-        self.check().is_ok()
-    }
-
-    /// The invariant, with the first violated clause named.
-    fn check(&self) -> Result<(), &'static str>;
-}
 
 impl<L: KernelLayout> Inv for KVirtArea<L> {
     /// The specification's `KERNEL_BASE_VADDR <= start && end <= KERNEL_END_VADDR`

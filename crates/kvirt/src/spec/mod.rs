@@ -42,7 +42,7 @@ mod inv;
 use alloc::collections::BTreeMap;
 use core::ops::Range;
 
-pub use inv::Inv;
+pub use crate::inv::Inv;
 
 use crate::addr::{is_page_aligned, Paddr, PagingLevel, Vaddr, PAGE_SIZE};
 use crate::arch::{page_size, PagingFormat};
