@@ -1,6 +1,6 @@
 //! Arbitrary words through the x86-64 PTE decoder and back (the checks live
-//! in `fuzz/fuzz_logic.rs`).
+//! in `kvirt_model::fuzz`).
 
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| fuzz_logic::pte_decode(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| kvirt_model::fuzz::pte_decode(data));

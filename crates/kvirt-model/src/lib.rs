@@ -5,7 +5,7 @@
 //! sequences, shrunk when one fails) and its exhaustive checker (every
 //! sequence up to a depth on the tiny paging format), the proptest suite
 //! `crates/kvirt/tests/kvirt_area_model.rs`, and the fuzz target
-//! `kvirt_api` (`fuzz/fuzz_logic.rs` decodes bytes into operations). A rule
+//! `kvirt_api` ([`fuzz`] decodes bytes into operations). A rule
 //! of kvirt's — which physical ranges are tracked RAM, which page rights a
 //! byte access needs, how a huge page splits — is stated here once.
 //!
@@ -24,6 +24,7 @@
 //! * [`panic`]: documented panics, caught without the panic hook.
 //! * [`rng`]: a small seedable PRNG.
 
+pub mod fuzz;
 pub mod model;
 pub mod op;
 pub mod panic;

@@ -1,8 +1,8 @@
 //! Replays the saved fuzz inputs (`fuzz/regressions/<target>/`) through the
 //! checks of their fuzz target, so that a bug found by fuzzing stays fixed.
 //!
-//! The decoders are `fuzz/fuzz_logic.rs`, the very file the cargo-fuzz
-//! targets use (included here as a module; the checks are `kvirt-model`'s).
+//! The decoders are `kvirt_model::fuzz`, the very functions the cargo-fuzz
+//! targets call (the checks are the model's).
 //! It decodes the raw bytes itself, so an input means the same here as under
 //! libFuzzer. `kvirt_api` inputs replay one after the other on the spaces
 //! the target reuses (as in a fuzzing run), and each on spaces of its own
@@ -12,8 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
-#[path = "../../../fuzz/fuzz_logic.rs"]
-mod fuzz_logic;
+use kvirt_model::fuzz;
 
 /// The saved inputs of `target`, sorted by name (the README is not one).
 fn saved_inputs(target: &str) -> (PathBuf, Vec<PathBuf>) {
@@ -31,15 +30,12 @@ fn saved_inputs(target: &str) -> (PathBuf, Vec<PathBuf>) {
 }
 
 fn replay(target: &str) {
-    let run = fuzz_logic::TARGETS
-        .iter()
-        .find(|(name, _)| *name == target)
-        .map(|(_, run)| *run)
-        .expect("a known target");
+    let run =
+        fuzz::TARGETS.iter().find(|(name, _)| *name == target).map(|(_, run)| *run).expect("a known target");
     replay_with(target, run);
 }
 
-fn replay_with(target: &str, run: fuzz_logic::Target) {
+fn replay_with(target: &str, run: fuzz::Target) {
     let (dir, files) = saved_inputs(target);
     if files.is_empty() {
         println!("fuzz regressions of {target}: no saved inputs in {}: nothing to replay", dir.display());
@@ -60,7 +56,7 @@ fn kvirt_api_regressions_replay() {
 
 #[test]
 fn kvirt_api_regressions_replay_each_on_its_own_spaces() {
-    replay_with("kvirt_api", fuzz_logic::kvirt_api_alone);
+    replay_with("kvirt_api", fuzz::kvirt_api_alone);
 }
 
 #[test]
@@ -70,7 +66,7 @@ fn pte_decode_regressions_replay() {
 
 #[test]
 fn every_target_has_a_regressions_directory() {
-    for (target, _) in fuzz_logic::TARGETS {
+    for (target, _) in fuzz::TARGETS {
         let (dir, _) = saved_inputs(target);
         assert!(dir.is_dir(), "{} is missing", dir.display());
     }

@@ -55,8 +55,8 @@ const UPA: Paddr = 0x1_0000_0000;
 /// its RAM.
 const DEVICE_WINDOW: Paddr = 1 << 30;
 
-#[path = "support/counting_rcu.rs"]
-mod counting_rcu;
+mod support;
+use support::counting_rcu;
 
 /// A fresh kernel space over a 4 MiB, 2-CPU simulated machine, on the
 /// counting-RCU platform (see the module docs).

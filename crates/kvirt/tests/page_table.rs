@@ -33,8 +33,8 @@ const UPA: Paddr = 0x1_0000_0000;
 /// The highest page-aligned address a range may end at.
 const LAST_RANGE_END: Vaddr = usize::MAX - (SZ_4K - 1);
 
-#[path = "support/counting_rcu.rs"]
-mod counting_rcu;
+mod support;
+use support::counting_rcu;
 
 fn new_space() -> KernelSpace {
     KernelSpace::new_hosted(kvirt_sim::MachineConfig::new(64 << 20))

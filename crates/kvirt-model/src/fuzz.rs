@@ -1,11 +1,11 @@
-//! The fuzz targets' logic: byte decoders in front of `kvirt-model`.
+//! The fuzz targets' logic: byte decoders in front of the model.
 //!
-//! One file, used twice: it is the library of the cargo-fuzz crate (the
-//! targets in `fuzz/fuzz_targets/` only hand libFuzzer's bytes to
-//! [`kvirt_api`] and [`pte_decode`]), and the regression test of the main
-//! test suite (`crates/kvirt/tests/fuzz_regressions.rs`) includes it as a
-//! module and replays every saved input through the same functions. So it
-//! depends on `kvirt`, `kvirt-model` and `std` only, and decodes inputs with
+//! Used twice: the cargo-fuzz targets in `fuzz/fuzz_targets/` only hand
+//! libFuzzer's bytes to [`kvirt_api`] and [`pte_decode`], and the
+//! regression test of the main test suite
+//! (`crates/kvirt/tests/fuzz_regressions.rs`) replays every saved input
+//! through the same functions. So it depends on `kvirt` and `std` only,
+//! and decodes inputs with
 //! its own byte reader, [`Input`]: every byte string is a valid input (a
 //! missing byte reads as zero), and a saved input means the same thing in
 //! both places.
@@ -16,8 +16,8 @@
 //! ## `kvirt_api`
 //!
 //! The input is a sequence of operations, one selector byte each, then its
-//! operands; the decoder turns them into [`kvirt_model::Op`]s and
-//! [`kvirt_model::Model::step`] runs each on a kernel space and on the
+//! operands; the decoder turns them into [`crate::Op`]s and
+//! [`crate::Model::step`] runs each on a kernel space and on the
 //! model, which predicts every outcome (the specification's panic
 //! conditions and the model's own statement of the preconditions for
 //! rejected calls, resource errors only when the resource is short). The
@@ -74,6 +74,10 @@
 use std::ops::Range;
 use std::sync::{Mutex, OnceLock};
 
+use crate::{
+    Checks, CursorOp, Data, Failure, FramePick, Frames, Item, Model, Offset, Op, PaChoice, Protect, QueryAt,
+    SessionView, SplitAt, SZ_1G, SZ_2M,
+};
 use kvirt::arch::x86_64::X86_64;
 use kvirt::arch::{page_size, PagingFormat, PteKind};
 use kvirt::frame::PhysStats;
@@ -82,10 +86,6 @@ use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty, PrivilegedPageFlags
 use kvirt::page_table::{vaddr_bounds, UserPtConfig};
 use kvirt::spec;
 use kvirt::{Paddr, PagingLevel, Vaddr, PAGE_SIZE};
-use kvirt_model::{
-    Checks, CursorOp, Data, Failure, FramePick, Frames, Item, Model, Offset, Op, PaChoice, Protect, QueryAt,
-    SessionView, SplitAt, SZ_1G, SZ_2M,
-};
 
 /// A fuzz target's checks: run one input, panic on a violation.
 pub type Target = fn(&[u8]);
