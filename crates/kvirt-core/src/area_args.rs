@@ -7,14 +7,14 @@
 //! conditions written as `spec fn`s over mathematical integers, so that no
 //! sum in a check can overflow unnoticed:
 //!
-//! * [`check_area_args`] against [`map_frames_accepts`] (the requires and
+//! * [`check_area_args`] against `map_frames_accepts` (the requires and
 //!   the `# Panics` list of OSTD's verified `map_frames`, which kvirt turns
 //!   into typed errors), plus kvirt's refusal of user-accessible
-//!   properties ([`lemma_map_frames_checks`]);
-//! * [`check_untracked_args`] against [`map_untracked_frames_accepts`]
+//!   properties (`lemma_map_frames_checks`);
+//! * [`check_untracked_args`] against `map_untracked_frames_accepts`
 //!   (kvirt also refuses a reversed physical range, which the
 //!   specification's `nat` subtraction lets through:
-//!   [`lemma_map_untracked_frames_checks`]). The rule that the range holds
+//!   `lemma_map_untracked_frames_checks`). The rule that the range holds
 //!   no tracked page needs the frame allocator and stays in kvirt;
 //! * [`query_addr_ok`]: the address part of `query`'s requires;
 //! * [`split_offset_ok`]: `split`'s offset rule;

@@ -19,6 +19,11 @@
 //! | [`ref_count`] | the frame reference-count transitions keep the state invariant |
 //!
 //! `docs/VERIFICATION.md` lists each proven clause and the trusted base.
+//!
+//! The specifications (`spec fn`s) and proofs (`proof fn`s, the lemmas
+//! named in the module docs) exist only for the verifier: a plain build,
+//! and so this documentation, has the executable functions alone. Read
+//! them in the source.
 #![no_std]
 // A plain build erases `global size_of usize == 8;` (a fact for the
 // verifier) into an item with braces around its value.

@@ -3,7 +3,7 @@
 //!
 //! The plan is greedy: each piece is the largest leaf the format allows
 //! that fits what is left and is aligned, virtually and physically, to its
-//! size ([`fits`]). [`PagePlan::next_piece`] yields one piece at a time and
+//! size (`fits`). [`PagePlan::next_piece`] yields one piece at a time and
 //! is proven to
 //!
 //! * start where the previous piece ended, virtually and physically, and
@@ -36,7 +36,7 @@ pub open spec fn fits(va: usize, pa: usize, len: usize, entry_bits: u32, level: 
 #[derive(Clone, Copy, Debug)]
 ///
 /// The fields are public so that the specifications can name them; make a
-/// plan with [`PagePlan::new`], which establishes [`PagePlan::wf`].
+/// plan with [`PagePlan::new`], which establishes `PagePlan::wf`.
 pub struct PagePlan {
     /// Where the next piece starts, virtually.
     pub va: usize,

@@ -11,7 +11,7 @@
 //! * the index of `va` in a node at `level` is
 //!   `(va / pow2(level_shift)) % pow2(entry_bits)`, and the indices of all
 //!   levels together with the offset in the base page give `va` back
-//!   ([`lemma_index_steps_reconstruct`]);
+//!   (`lemma_index_steps_reconstruct`);
 //! * `is_aligned(v, a)` is `v % a == 0`; `align_down(v, a)` is the multiple
 //!   of `a` at or below `v` and `checked_align_up(v, a)` the one at or
 //!   above it, or `None` exactly when that does not fit in `usize`.
@@ -389,7 +389,7 @@ pub open spec fn range_check_spec(start: usize, end: usize, first: usize, last: 
 }
 
 /// Checks a cursor range `start..end` against a table covering
-/// `first..=last` (see [`range_check_spec`]).
+/// `first..=last` (see `range_check_spec`).
 #[inline]
 pub const fn check_range(start: usize, end: usize, first: usize, last: usize) -> (r: RangeCheck)
     ensures

@@ -16,11 +16,11 @@
 //! free slot, so a zeroed metadata array needs no initialisation.
 //!
 //! Proven: every transition, from the state it is defined for, yields a
-//! valid count ([`valid`]) whose abstract state is the one the model's
+//! valid count (`valid`) whose abstract state is the one the model's
 //! transition gives; no other value is ever stored. The increment is the
 //! one exception, and the proof says exactly how: the atomic `fetch_add`
 //! stores `old + 1` before kvirt can look at `old`, so at `old == MAX` it
-//! has already stored an invalid count ([`lemma_overflowing_increment`]).
+//! has already stored an invalid count (`lemma_overflowing_increment`).
 //! The invariant holds only because kvirt then aborts the process
 //! ([`inc_overflows`] decides it) and nothing reads the slot again.
 //!

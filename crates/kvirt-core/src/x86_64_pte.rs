@@ -15,20 +15,20 @@
 //! stays a mapping to kvirt while every access faults. Bit 7 is PS at
 //! levels 2 and 3 and PAT at level 1; a huge leaf keeps PAT at bit 12.
 //!
-//! Proven here, for every well-formed property ([`Prop::wf`]), every leaf
+//! Proven here, for every well-formed property (`Prop::wf`), every leaf
 //! level and both values of `is_tracked`:
 //!
-//! * [`lemma_leaf_round_trip`]: decoding an encoded leaf gives back its
+//! * `lemma_leaf_round_trip`: decoding an encoded leaf gives back its
 //!   address, its property and `is_tracked`, and the word is not 0;
-//! * [`lemma_table_round_trip`]: a table entry decodes as a table at
+//! * `lemma_table_round_trip`: a table entry decodes as a table at
 //!   levels 2 to 4, and is not 0;
 //! * [`decode`] never calls a level-1 entry a table nor a level-4 entry a
 //!   leaf, and decodes 0 as absent;
 //! * the address masks keep exactly the address bits (bits 12 to 51, and
 //!   from bit 21 or 30 up for huge leaves) ([`addr_mask`]);
-//! * [`encode_page`] is `encode_page(0, ..) | pa` ([`lemma_encoder_is_or`]),
+//! * [`encode_page`] is `encode_page(0, ..) | pa` (`lemma_encoder_is_or`),
 //!   which is how runs of pages are mapped;
-//! * [`lemma_table_decode_is_bitwise`]: the property that [`decode`] reads
+//! * `lemma_table_decode_is_bitwise`: the property that [`decode`] reads
 //!   from the 1024-entry table ([`prop_of_index`] of the word's ten
 //!   property bits) is the bit-by-bit reading of the word.
 

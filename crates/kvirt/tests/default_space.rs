@@ -3,8 +3,8 @@
 //! Other tests of this file run in parallel on the same space, so nothing
 //! here relies on exact counters or on which page comes back.
 
-use kvirt::frame::{max_paddr, Frame, FrameAllocOptions, UFrame};
-use kvirt::kspace::KernelSpace;
+use kvirt::frame::{Frame, FrameAllocOptions, UFrame};
+use kvirt::kspace::{max_paddr, KernelSpace};
 use kvirt::PAGE_SIZE;
 
 #[test]

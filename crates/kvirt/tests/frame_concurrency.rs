@@ -53,7 +53,7 @@ fn parallel_alloc_and_drop_in_the_default_space_does_not_panic() {
                 for _ in 0..ROUNDS {
                     let frame = FrameAllocOptions::new().alloc_frame().unwrap();
                     assert_eq!(frame.reference_count(), 1);
-                    assert!(frame.paddr() < kvirt::frame::max_paddr());
+                    assert!(frame.paddr() < kvirt::kspace::max_paddr());
                 }
             });
         }

@@ -576,7 +576,7 @@ mod panics {
             panics_with(&message, || map_untracked(P, 0, pa.clone(), prop()))
         };
         map_untracked_of_free_ram_panics, "KVirtArea::map_untracked_frames: the provided physical range 0x", {
-            let max = kvirt::frame::max_paddr();
+            let max = kvirt::kspace::max_paddr();
             let pa = max - P..max;
             let message = format!(
                 "KVirtArea::map_untracked_frames: the provided physical range {pa:#x?} contains tracked physical addresses"

@@ -9,7 +9,6 @@ use core::ptr::NonNull;
 use super::meta::{meta_is, AnyFrameMeta, AnyUFrameMeta, MetaPtr, MetaSlot};
 use super::{bytes, FrameAccessError, PhysMem, SlotMap};
 use crate::addr::{Paddr, PagingLevel, PAGE_SIZE};
-use crate::kspace::KernelSpace;
 
 /// A handle to one physical page with metadata of type `M`.
 ///
@@ -140,28 +139,6 @@ impl<M: ?Sized + MetaPtr> Frame<M> {
         // SAFETY: the metadata is viewable as `M` (checked above) and lives
         // as long as `self` holds its reference.
         unsafe { &*meta }
-    }
-}
-
-impl<M: AnyFrameMeta> Frame<M> {
-    /// Takes back a reference given up by [`Frame::into_raw`], in the
-    /// default kernel space.
-    ///
-    /// # Safety
-    ///
-    /// As for [`KernelSpace::frame_from_raw`] on the default kernel space:
-    /// a page-aligned `paddr` of its RAM came from `into_raw` on a
-    /// `Frame<M>` of that space, and each `into_raw` is matched by at most
-    /// one `from_raw`.
-    ///
-    /// # Panics
-    ///
-    /// As for [`KernelSpace::frame_from_raw`]: if `paddr` is not page
-    /// aligned or not RAM.
-    #[must_use]
-    pub unsafe fn from_raw(paddr: Paddr) -> Self {
-        // SAFETY: forwarded to the caller.
-        unsafe { KernelSpace::global().frame_from_raw(paddr) }
     }
 }
 

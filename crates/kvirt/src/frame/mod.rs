@@ -1,6 +1,6 @@
 //! Physical frames: metadata, handles, segments and the allocator.
 //!
-//! Every physical page below [`max_paddr`] has a metadata slot (the `meta`
+//! Every physical page below `max_paddr` (the end of RAM) has a metadata slot (the `meta`
 //! module docs show the layout, the `ref_count` module docs the states of
 //! the reference count). Handles are thin pointers to slots:
 //!
@@ -57,7 +57,6 @@ pub use unique::UniqueFrame;
 use self::buddy::BuddyAllocator;
 use self::page_cache::PageCache;
 use crate::addr::{is_page_aligned, Paddr, PAGE_SIZE};
-use crate::kspace::{KernelLayout, KernelSpace};
 use crate::platform::{MemoryRegion, MemoryRegionKind, Platform};
 
 /// The most pages a [`Segment`] can have: 2^18, 1 GiB of 4 KiB pages, the
@@ -116,34 +115,21 @@ impl core::error::Error for FrameAccessError {}
 /// Options for allocating frames and segments.
 ///
 /// Frames are zeroed unless [`zeroed(false)`](Self::zeroed) is set.
-/// [`new`](Self::new) allocates from the process-wide default kernel space;
-/// [`new_in`](Self::new_in) from an explicit one.
+/// `FrameAllocOptions::new()` allocates from the process-wide default
+/// kernel space, `FrameAllocOptions::new_in(&space)` from an explicit one
+/// (both are defined with the kernel space, `crate::kspace`, which this
+/// module does not know).
 #[derive(Clone, Copy, Debug)]
 pub struct FrameAllocOptions<'a> {
     zeroed: bool,
-    /// The physical memory of the chosen space; `None`: the default one.
-    phys: Option<&'a PhysMem>,
-}
-
-impl Default for FrameAllocOptions<'static> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl FrameAllocOptions<'static> {
-    /// Options for the default kernel space, zeroing on.
-    #[must_use]
-    pub const fn new() -> Self {
-        Self { zeroed: true, phys: None }
-    }
+    /// The physical memory frames come from.
+    phys: &'a PhysMem,
 }
 
 impl<'a> FrameAllocOptions<'a> {
-    /// Options for `space`, zeroing on.
-    #[must_use]
-    pub fn new_in<L: KernelLayout>(space: &'a KernelSpace<L>) -> Self {
-        Self { zeroed: true, phys: Some(space.phys()) }
+    /// Options for frames of `phys`, zeroing on.
+    pub(crate) const fn for_phys(phys: &'a PhysMem) -> Self {
+        Self { zeroed: true, phys }
     }
 
     /// Whether to zero the frames (default `true`).
@@ -154,10 +140,7 @@ impl<'a> FrameAllocOptions<'a> {
     }
 
     fn phys(&self) -> &'a PhysMem {
-        match self.phys {
-            Some(phys) => phys,
-            None => KernelSpace::global().phys(),
-        }
+        self.phys
     }
 
     /// Allocates one frame with `()` metadata.
@@ -250,13 +233,6 @@ impl Drop for PartialRun<'_> {
             self.phys.dealloc_pages(built_end, self.total - self.built);
         }
     }
-}
-
-/// The highest physical address of RAM (exclusive) in the default kernel
-/// space: every page below it has a metadata slot.
-#[must_use]
-pub fn max_paddr() -> Paddr {
-    KernelSpace::global().phys().max_paddr()
 }
 
 /// Why physical memory could not be set up from a memory map.

@@ -28,6 +28,7 @@
 //! torn down.
 
 mod error;
+mod extend;
 mod kvirt_area;
 mod layout;
 mod range_alloc;
@@ -45,6 +46,7 @@ use core::ptr::NonNull;
 
 use error::UntrackedRangeError;
 pub use error::{AreaAccessError, KVirtAreaError, KernelImageError, KernelSpaceError, SplitError};
+pub use extend::max_paddr;
 pub use kvirt_area::KVirtArea;
 pub use layout::{
     paddr_to_vaddr, KernelLayout, LayoutError, LayoutRange, TinyLayout, X86_64Layout,

@@ -18,7 +18,6 @@ use super::node::{alloc_node, free_node, release_entry, NodeRef};
 use crate::addr::{Paddr, PagingLevel, Vaddr};
 use crate::arch::PagingFormat;
 use crate::frame::PhysMem;
-use crate::kspace::{KernelLayout, KernelSpace};
 
 /// A page table of configuration `C`.
 ///
@@ -37,7 +36,7 @@ use crate::kspace::{KernelLayout, KernelSpace};
 /// [`KERNEL_END_VADDR`](crate::kspace::KERNEL_END_VADDR)
 /// (`0xffff_ffff_ffff_0000`, 16 pages below), so no kernel virtual area,
 /// linear mapping or kernel image is ever placed there; and no other
-/// [`KernelLayout`] can claim the page either, since its kernel range is a
+/// [`KernelLayout`](crate::kspace::KernelLayout) can claim the page either, since its kernel range is a
 /// page-aligned `Range<Vaddr>` too.
 pub struct PageTable<C: PageTableConfig> {
     /// The root node, owned (one reference).
@@ -60,13 +59,10 @@ unsafe impl<C: PageTableConfig> Send for PageTable<C> {}
 unsafe impl<C: PageTableConfig> Sync for PageTable<C> {}
 
 impl<C: PageTableConfig> PageTable<C> {
-    /// An empty page table whose nodes come from `space`. If the root's
-    /// children cannot be unmapped (`TOP_LEVEL_CAN_UNMAP == false`), they are
-    /// all created now.
-    pub fn empty_in<L: KernelLayout>(space: &KernelSpace<L>) -> Result<Self, PageTableAllocError> {
-        Self::empty(space.phys())
-    }
-
+    /// An empty page table whose nodes come from `phys` (a kernel space's
+    /// physical memory: `PageTable::empty_in(&space)`, defined with the
+    /// kernel space). If the root's children cannot be unmapped
+    /// (`TOP_LEVEL_CAN_UNMAP == false`), they are all created now.
     pub(crate) fn empty(phys: &PhysMem) -> Result<Self, PageTableAllocError> {
         const {
             crate::arch::check_shape::<C::F>();
