@@ -16,17 +16,19 @@ use kvirt::kspace::{AreaAccessError, KVirtAreaError, KernelSpace, MappedItemRef}
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
 use kvirt::platform::MemoryRegionKind;
 use kvirt::sim::MachineConfig;
+use kvirt::Paddr;
+use std::ops::Range;
 
 const SIZE_2M: usize = 2 << 20;
 
+/// The first region of the memory map of `kind`.
+fn first_region(space: &KernelSpace, kind: MemoryRegionKind) -> Option<Range<Paddr>> {
+    space.memory_map().iter().find(|region| region.kind == kind).map(|region| region.range.clone())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let space = KernelSpace::new_hosted(MachineConfig::new(64 << 20));
-    let device = space
-        .memory_map()
-        .iter()
-        .find(|region| region.kind == MemoryRegionKind::Device)
-        .map(|region| region.range.clone())
-        .ok_or("the machine has no device window")?;
+    let device = first_region(&space, MemoryRegionKind::Device).ok_or("the machine has no device window")?;
     println!("device window: {device:#x?}");
 
     let regs = device.start..device.start + 2 * SIZE_2M;
@@ -49,12 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // RAM the frame allocator hands out cannot be mapped untracked: that
     // would alias frames that may be freed and reused.
-    let ram = space
-        .memory_map()
-        .iter()
-        .find(|region| region.kind == MemoryRegionKind::Usable)
-        .map(|region| region.range.clone())
-        .ok_or("the machine has no usable RAM")?;
+    let ram = first_region(&space, MemoryRegionKind::Usable).ok_or("the machine has no usable RAM")?;
     // SAFETY: the call is refused before anything is mapped.
     let refused = unsafe { space.try_map_untracked_frames(SIZE_2M, 0, ram.start..ram.start + 4096, prop) };
     assert!(matches!(refused, Err(KVirtAreaError::TrackedPaddr(_))));
