@@ -186,6 +186,43 @@ pub proof fn lemma_index_steps_reconstruct(va: nat, entry_bits: u32, level: u8)
     assert(va % level_size(entry_bits, (level + 1) as u8) == (va as int) % ((pow2(s) as int) * (pow2(e) as int)));
 }
 
+/// The addresses an entry at `level` covers, for `va` inside it (a node
+/// at `level` covers the range of its parent entry, at `level + 1`): its
+/// start is `va` rounded down to the entry's size; its end is the start
+/// plus the size, or `usize::MAX` at the very top of the address space
+/// (whose last byte no range reaches, so the last page is never mapped).
+#[inline]
+pub const fn entry_range(va: usize, entry_bits: u32, level: u8) -> (r: (usize, usize))
+    requires
+        valid_level(entry_bits, level),
+    ensures
+        r.0 == va as nat - va as nat % level_size(entry_bits, level),
+        r.0 as nat % level_size(entry_bits, level) == 0,
+        r.0 <= va,
+        r.0 + level_size(entry_bits, level) <= usize::MAX ==> r.1 == r.0 + level_size(entry_bits, level),
+        r.0 + level_size(entry_bits, level) > usize::MAX ==> r.1 == usize::MAX,
+{
+    let size = page_size(entry_bits, level);
+    proof {
+        let n = level_shift(entry_bits, level);
+        assert(n <= 48) by (nonlinear_arith)
+            requires
+                n == 12 + entry_bits * (level - 1),
+                1 <= entry_bits <= 9,
+                1 <= level <= 5,
+        ;
+        assert(size == pow2(n));
+        assert(is_pow2(size));
+    }
+    let start = align_down(va, size);
+    let end = if start > usize::MAX - size {
+        usize::MAX
+    } else {
+        start + size
+    };
+    (start, end)
+}
+
 /// Whether `value` is a multiple of `align` (a power of two).
 #[inline]
 pub const fn is_aligned(value: usize, align: usize) -> (r: bool)

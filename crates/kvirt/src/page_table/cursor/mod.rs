@@ -109,9 +109,8 @@ fn node_span<F: PagingFormat>(level: PagingLevel) -> usize {
 /// The range of the entry at `level` holding `va`: `start` and the exclusive
 /// end, which saturates at `usize::MAX` for the very last entry of the space.
 fn entry_range<C: PageTableConfig>(va: Vaddr, level: PagingLevel) -> Range<Vaddr> {
-    let size = page_size::<C::F>(level);
-    let start = align_down(va, size);
-    start..start.saturating_add(size)
+    let (start, end) = kvirt_core::paging::entry_range(va, C::F::ENTRY_BITS, level);
+    start..end
 }
 
 /// Whether a node at `level` may be detached.
