@@ -13,6 +13,9 @@
 //! Set `KVIRT_FUZZ_TRACE=1` to print each decoded operation (to replay a
 //! crash by hand).
 //!
+//! The file is long on purpose: the byte format of both targets reads top
+//! to bottom in one place, next to the decoder that defines it.
+//!
 //! ## `kvirt_api`
 //!
 //! The input is a sequence of operations, one selector byte each, then its

@@ -2,6 +2,10 @@
 //! untracked, every argument checked against the model's own statement of
 //! the preconditions and against the specification's panic conditions),
 //! split, query, byte access and drop.
+//!
+//! Longer than most files because each operation's expected outcome is
+//! stated here in full, rule by rule, beside the comparison with the real
+//! space; splitting it would separate a rule from where it is checked.
 
 use std::ops::Range;
 
