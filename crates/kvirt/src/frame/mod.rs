@@ -151,7 +151,7 @@ impl<'a> FrameAllocOptions<'a> {
     /// Allocates one frame with metadata `meta`.
     pub fn alloc_frame_with<M: AnyFrameMeta>(&self, meta: M) -> Result<Frame<M>, FrameAllocError> {
         let phys = self.phys();
-        let pa = phys.alloc_pages(1, self.zeroed)?;
+        let pa = phys.alloc_pages_under_pressure(1, self.zeroed)?;
         // SAFETY: the page was just handed out by the allocator, so its slot
         // is free and no one else refers to it.
         Ok(unsafe { phys.init_frame(pa, meta) })
@@ -189,7 +189,7 @@ impl<'a> FrameAllocOptions<'a> {
             return Err(FrameAllocError::ZeroLength);
         }
         let phys = self.phys();
-        let start = phys.alloc_pages(nr_pages, self.zeroed)?;
+        let start = phys.alloc_pages_under_pressure(nr_pages, self.zeroed)?;
         // If `meta` panics, the guard gives the run back.
         let mut run = PartialRun { phys, start, built: 0, total: nr_pages };
         for i in 0..nr_pages {
@@ -307,7 +307,14 @@ pub(crate) struct PhysMem {
     page_cache: PageCache,
     /// Page-table nodes alive (attached or waiting for reclamation).
     page_table_pages: PerCpuCount,
+    /// Called when a frame allocation fails, before it is retried once: it
+    /// gives back memory held for later (a kernel space's lazily dropped
+    /// areas) and says whether it did. Set once, by the space.
+    pressure_hook: spin::Once<PressureHook>,
 }
+
+/// See `PhysMem::pressure_hook`.
+pub(crate) type PressureHook = Box<dyn Fn() -> bool + Send + Sync>;
 
 /// A count kept in one cache line per CPU (CPU `i` uses cell `i % 8`), so
 /// that CPUs changing it at once do not pass a line back and forth; read by
@@ -442,6 +449,7 @@ impl PhysMem {
             allocator: spin::Mutex::new(allocator),
             page_cache: PageCache::new(),
             page_table_pages: PerCpuCount::default(),
+            pressure_hook: spin::Once::new(),
         })
     }
 
@@ -525,6 +533,22 @@ impl PhysMem {
             used_pages: total_pages - free_pages,
             page_table_pages: self.page_table_pages.sum(),
         }
+    }
+
+    /// Sets the pressure hook (see the field); a second call is ignored.
+    pub(crate) fn set_pressure_hook(&self, hook: PressureHook) {
+        self.pressure_hook.call_once(|| hook);
+    }
+
+    /// [`alloc_pages`](Self::alloc_pages) for a frame a caller asked for:
+    /// when memory runs out, calls the pressure hook and tries again. Not
+    /// for page-table nodes, which are allocated with node locks held: the
+    /// hook releases frames, and their drop hooks may need those locks.
+    fn alloc_pages_under_pressure(&self, count: usize, zeroed: bool) -> Result<Paddr, FrameAllocError> {
+        self.alloc_pages(count, zeroed).or_else(|e| match self.pressure_hook.get() {
+            Some(hook) if hook() => self.alloc_pages(count, zeroed),
+            _ => Err(e),
+        })
     }
 
     /// Takes `count` contiguous pages from the allocator, zeroing them if

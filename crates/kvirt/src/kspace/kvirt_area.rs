@@ -33,7 +33,9 @@
 //! range and, last, the frames (whose metadata drop hooks run then, so the
 //! range is given back however they end). It never needs memory for
 //! page-table nodes (so it cannot fail): a huge page straddling a split
-//! point is split by `split` itself.
+//! point is split by `split` itself. In a space in
+//! [`PurgeMode::Lazy`](super::PurgeMode::Lazy) the drop unmaps at once and
+//! leaves the invalidation and the releases to a purge (see `purge`).
 //!
 //! TLB coherence for *new* mappings needs nothing: an area's range was
 //! unmapped and flushed before it became free.
@@ -47,6 +49,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use super::error::{AreaAccessError, KVirtAreaError, SplitError};
+use super::purge::DeadArea;
 use super::registry::AreaInfo;
 use super::vmalloc::GUARD_SIZE;
 use super::{KernelLayout, KernelSpace, SpaceInner, X86_64Layout};
@@ -534,9 +537,10 @@ impl<L: KernelLayout> KVirtArea<L> {
 impl<L: KernelLayout> Drop for KVirtArea<L> {
     fn drop(&mut self) {
         let space = self.space();
-        // What was mapped. Until the flush below has returned, a CPU may
-        // still reach it: if anything before unwinds, it is leaked rather
-        // than released.
+        let lazy = space.purger.is_lazy();
+        // What was mapped. Until the flush below (or the purge's) has
+        // returned, a CPU may still reach it: if anything before unwinds,
+        // it is leaked rather than released.
         let mut frags: ManuallyDrop<Vec<PageTableFrag<L::Format>>> = ManuallyDrop::new(Vec::new());
         if !self.mapped.is_empty() {
             {
@@ -546,13 +550,11 @@ impl<L: KernelLayout> Drop for KVirtArea<L> {
                     frags.push(frag);
                 }
             }
-            // Invalidate before anything mapped can be reused.
-            space.phys.platform().flush_tlb(TlbFlushOp::Range(self.mapped.clone()), TlbScope::AllCpus);
+            if !lazy {
+                // Invalidate before anything mapped can be reused.
+                space.phys.platform().flush_tlb(TlbFlushOp::Range(self.mapped.clone()), TlbScope::AllCpus);
+            }
         }
-        // Released last, after the range (unmapped and flushed, so free to
-        // reuse): dropping frames runs their metadata's drop hooks, and
-        // however that ends, the range and its registry entry are back.
-        let frags = ManuallyDrop::into_inner(frags);
         space.registry.remove(self.range.start);
         // See `SplitLink`: leave the first page to a live left half as its
         // guard; take back the page a dropped right half left to us.
@@ -568,10 +570,24 @@ impl<L: KernelLayout> Drop for KVirtArea<L> {
         // thread may take it.
         #[cfg(feature = "check-contracts")]
         crate::spec::contracts::drop_ensures_before_free(self, start..end);
-        if start < end {
-            let freed = space.vmalloc.free(start..end);
+        let free = if start < end { start..end } else { start..start };
+        if lazy {
+            // The range and what was mapped wait, still ours, for a purge
+            // to flush them (see `purge`).
+            let dead = DeadArea { mapped: self.mapped.clone(), free, frags: ManuallyDrop::into_inner(frags) };
+            if space.purger.push(dead) {
+                space.purge();
+            }
+            return;
+        }
+        // Released last, after the range (unmapped and flushed, so free to
+        // reuse): dropping frames runs their metadata's drop hooks, and
+        // however that ends, the range and its registry entry are back.
+        let frags = ManuallyDrop::into_inner(frags);
+        if !free.is_empty() {
+            let freed = space.vmalloc.free(free.clone());
             #[cfg(feature = "check-contracts")]
-            crate::spec::contracts::drop_ensures_freed(&(start..end), &freed);
+            crate::spec::contracts::drop_ensures_freed(&free, &freed);
             debug_assert!(freed.is_ok(), "freeing an area's range failed: {freed:?}");
         }
         drop(frags);

@@ -31,6 +31,14 @@ mod error;
 mod extend;
 mod kvirt_area;
 mod layout;
+mod purge;
+// The lazy-purge protocol. Public only to the loom model
+// (`tests/loom_purge.rs`, built with `--cfg loom`), which runs this very
+// code over loom's mutex.
+#[cfg(loom)]
+pub mod purge_queue;
+#[cfg(not(loom))]
+mod purge_queue;
 mod range_alloc;
 mod registry;
 mod setup;
@@ -53,12 +61,14 @@ pub use layout::{
     FRAME_METADATA_VADDR_RANGE, KERNEL_BASE_VADDR, KERNEL_CODE_BASE_VADDR, KERNEL_END_VADDR,
     LINEAR_MAPPING_BASE_VADDR, LINEAR_MAPPING_VADDR_RANGE, VMALLOC_VADDR_RANGE,
 };
+pub use purge::{PurgeMode, PurgeStats};
 pub use range_alloc::RangeAllocError;
 pub use registry::{AreaInfo, AreaKind};
 pub use vmalloc::{VmallocStats, GUARD_SIZE};
 
 pub use crate::page_table::{MappedItem, MappedItemRef};
 
+use self::purge::Purger;
 use self::registry::AreaRegistry;
 use self::vmalloc::Vmalloc;
 use crate::addr::{is_page_aligned, Paddr, Vaddr, PAGE_SIZE};
@@ -78,6 +88,8 @@ struct SpaceInner<L: KernelLayout> {
     kernel_pt: ManuallyDrop<PageTable<KernelPtConfig<L::Format>>>,
     vmalloc: Vmalloc,
     registry: AreaRegistry,
+    /// Areas dropped lazily, waiting for their TLB flush (see `purge`).
+    purger: Purger<L::Format>,
     /// Frames, metadata and the allocator, at a fixed heap address that
     /// frames and the page table point to from before this struct exists.
     /// Freed or leaked by `Drop`.
@@ -243,7 +255,8 @@ impl<L: KernelLayout> KernelSpace<L> {
         unsafe { Frame::from_slot(slot) }
     }
 
-    /// Reclaims the kernel page table's emptied nodes and waits until every
+    /// Purges the areas dropped lazily ([`purge`](Self::purge)), reclaims
+    /// the kernel page table's emptied nodes and waits until every
     /// deferred reclamation of this space has happened. After it, counters
     /// such as [`phys_stats`](Self::phys_stats) show no memory held for
     /// reuse.
@@ -494,10 +507,13 @@ impl<L: KernelLayout> KernelSpace<L> {
         len: usize,
         kind: AreaKind,
     ) -> Result<KVirtArea<L>, KVirtAreaError> {
-        let range = self
-            .inner()
-            .vmalloc
-            .alloc(area_size, align, self.phys().platform().current_cpu())
+        let cpu = self.phys().platform().current_cpu();
+        let vmalloc = &self.inner().vmalloc;
+        // Lazily dropped areas hold their ranges until a purge: purge
+        // rather than fail.
+        let range = vmalloc
+            .alloc(area_size, align, cpu)
+            .or_else(|e| if self.inner().purge_if_pending() { vmalloc.alloc(area_size, align, cpu) } else { Err(e) })
             .map_err(|_| KVirtAreaError::VmallocExhausted(area_size))?;
         debug_assert!(L::VMALLOC_VADDR_RANGE.start <= range.start && range.end <= L::VMALLOC_VADDR_RANGE.end);
         let mapped = range.start + map_offset..range.start + map_offset + len;
@@ -548,6 +564,7 @@ impl<L: KernelLayout> SpaceInner<L> {
     /// Reclaims the kernel page table's emptied nodes and waits for every
     /// deferred reclamation of the space.
     fn synchronize(&self) {
+        self.purge();
         self.kernel_pt.reclaim_empty_nodes();
         self.phys.platform().rcu_barrier();
     }

@@ -150,6 +150,7 @@ impl<L: KernelLayout> KernelSpace<L> {
             kernel_pt: ManuallyDrop::new(kernel_pt),
             vmalloc: Vmalloc::new(L::VMALLOC_VADDR_RANGE),
             registry: AreaRegistry::new(),
+            purger: Purger::new(),
             phys: ManuallyDrop::new(phys),
             baseline_used_pages,
             #[cfg(feature = "std")]

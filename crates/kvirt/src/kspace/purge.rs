@@ -1,0 +1,252 @@
+//! Lazy TLB purge: dropping areas without a shoot-down each.
+//!
+//! Unmapping an area is cheap; making every CPU forget its translations
+//! is not. On real hardware a shoot-down is an IPI round trip to every CPU,
+//! microseconds per drop, which is why Linux's `vunmap` defers it. A kernel
+//! space does the same in [`PurgeMode::Lazy`]:
+//!
+//! ```text
+//!   drop(area)                          purge
+//!   ──────────                          ─────
+//!   unmap its pages (at once)           take every dead area
+//!   leave the registry (at once)        one flush of their mapped span, all CPUs
+//!   queue a dead area: ─────────────▶   free each range (guard included) in VMALLOC
+//!     mapped span (to flush)            release frames and page-table sub-trees
+//!     range to free in VMALLOC
+//!     what was unmapped
+//! ```
+//!
+//! A purge runs when the queued areas' pages (their VMALLOC ranges, guard
+//! included) reach [`PurgeMode::Lazy::max_pending_pages`], when VMALLOC or
+//! the frame allocator would otherwise fail, on
+//! [`KernelSpace::purge`], on [`KernelSpace::synchronize`] and when the
+//! space goes.
+//!
+//! **The guarantee does not change:** no virtual page and no frame is
+//! reused before a TLB flush that covers it, on every CPU. A dead area's
+//! range stays allocated in VMALLOC and its frames stay referenced until
+//! the purge that flushed them releases them; the protocol that makes
+//! sure of it is `purge_queue`, model-checked with loom. What lazy mode
+//! gives up is promptness: after a drop the range and the frames are not
+//! back until the next purge, so counters such as
+//! [`KernelSpace::vmalloc_stats`] and [`KernelSpace::phys_stats`] show them
+//! in use until then. A CPU may keep a stale translation of a dead area
+//! until the purge; touching a dropped area is a bug of the caller's
+//! either way, and the memory behind it is still the area's.
+//!
+//! [`PurgeMode::Eager`], the default, flushes on every drop before the
+//! drop returns its range and frames, as the specification's drop
+//! postcondition says ("the range is free again").
+
+use alloc::vec::Vec;
+use core::ops::Range;
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use super::purge_queue::PurgeQueue;
+use super::{KernelLayout, KernelSpace, SpaceInner};
+use crate::addr::{Vaddr, PAGE_SIZE};
+use crate::arch::PagingFormat;
+use crate::page_table::PageTableFrag;
+use crate::platform::{TlbFlushOp, TlbScope};
+
+/// How a kernel space invalidates the TLB for the areas it drops (see the
+/// module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PurgeMode {
+    /// Every drop flushes on all CPUs, then gives its range and frames
+    /// back before it returns. The default.
+    Eager,
+    /// Drops queue their range and frames; a purge flushes once for all of
+    /// them and then releases them.
+    Lazy {
+        /// A drop that brings the queued pages (VMALLOC pages, guards
+        /// included) to this many purges. `usize::MAX`: only on memory
+        /// pressure and explicit purges.
+        max_pending_pages: usize,
+    },
+}
+
+impl PurgeMode {
+    /// Lazy mode with Linux's threshold for `cpus` CPUs (`lazy_max_pages`):
+    /// 32 MiB of pages times the bit length of the CPU count, so that more
+    /// CPUs, which make each shoot-down dearer, batch more.
+    #[must_use]
+    pub fn lazy_for_cpus(cpus: usize) -> Self {
+        let fls = (usize::BITS - cpus.max(1).leading_zeros()) as usize;
+        PurgeMode::Lazy { max_pending_pages: fls * ((32 << 20) / PAGE_SIZE) }
+    }
+}
+
+/// Counters of a space's lazy purging ([`KernelSpace::purge_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PurgeStats {
+    /// Dropped areas waiting for a purge.
+    pub pending_areas: usize,
+    /// Their VMALLOC pages, guards included.
+    pub pending_pages: usize,
+    /// Purges that found something to purge.
+    pub purges: usize,
+    /// Areas released by purges.
+    pub purged_areas: usize,
+    /// TLB flushes the purges issued (one per purge, none when nothing was
+    /// mapped).
+    pub flushes: usize,
+}
+
+/// A dropped area, unmapped, waiting for its flush.
+#[derive(Debug)]
+pub(super) struct DeadArea<F: PagingFormat> {
+    /// What was mapped: the span the flush must cover (empty if nothing).
+    pub(super) mapped: Range<Vaddr>,
+    /// The VMALLOC range to give back (possibly empty: see `SplitLink`).
+    pub(super) free: Range<Vaddr>,
+    /// What was unmapped: frames and page-table sub-trees.
+    pub(super) frags: Vec<PageTableFrag<F>>,
+}
+
+/// A space's purge state.
+#[derive(Debug)]
+pub(super) struct Purger<F: PagingFormat> {
+    queue: PurgeQueue<DeadArea<F>>,
+    lazy: AtomicBool,
+    max_pending_pages: AtomicUsize,
+    purges: AtomicUsize,
+    purged_areas: AtomicUsize,
+    flushes: AtomicUsize,
+}
+
+impl<F: PagingFormat> Purger<F> {
+    pub(super) fn new() -> Self {
+        Self {
+            queue: PurgeQueue::new(),
+            lazy: AtomicBool::new(false),
+            max_pending_pages: AtomicUsize::new(0),
+            purges: AtomicUsize::new(0),
+            purged_areas: AtomicUsize::new(0),
+            flushes: AtomicUsize::new(0),
+        }
+    }
+
+    pub(super) fn mode(&self) -> PurgeMode {
+        if self.lazy.load(Ordering::Relaxed) {
+            PurgeMode::Lazy { max_pending_pages: self.max_pending_pages.load(Ordering::Relaxed) }
+        } else {
+            PurgeMode::Eager
+        }
+    }
+
+    pub(super) fn is_lazy(&self) -> bool {
+        self.lazy.load(Ordering::Relaxed)
+    }
+
+    /// Whether anything waits for a purge.
+    pub(super) fn has_pending(&self) -> bool {
+        self.queue.with_pending(|p| !p.is_empty())
+    }
+
+    /// Queues `dead`; returns whether the queue passed the threshold.
+    pub(super) fn push(&self, dead: DeadArea<F>) -> bool {
+        let pages = dead.free.len() / PAGE_SIZE;
+        self.queue.push(dead, pages) >= self.max_pending_pages.load(Ordering::Relaxed)
+    }
+
+    /// The dead areas' ranges, for the invariant.
+    pub(super) fn pending(&self) -> Vec<(Range<Vaddr>, Range<Vaddr>)> {
+        self.queue.with_pending(|p| p.iter().map(|d| (d.mapped.clone(), d.free.clone())).collect())
+    }
+}
+
+impl<L: KernelLayout> SpaceInner<L> {
+    /// Flushes every queued dead area on all CPUs, then releases them.
+    pub(super) fn purge(&self) {
+        let purger = &self.purger;
+        let purged = purger.queue.purge(
+            |dead| {
+                let mapped = dead.iter().map(|d| &d.mapped).filter(|m| !m.is_empty());
+                let start = mapped.clone().map(|m| m.start).min();
+                let end = mapped.map(|m| m.end).max();
+                if let (Some(start), Some(end)) = (start, end) {
+                    purger.flushes.fetch_add(1, Ordering::Relaxed);
+                    self.phys.platform().flush_tlb(TlbFlushOp::Range(start..end), TlbScope::AllCpus);
+                }
+            },
+            |dead| {
+                // Ranges first, as an eager drop does: releasing frames runs
+                // their drop hooks, and however those end the ranges are
+                // back.
+                let mut frags = Vec::with_capacity(dead.len());
+                for d in dead {
+                    if !d.free.is_empty() {
+                        let freed = self.vmalloc.free(d.free.clone());
+                        #[cfg(feature = "check-contracts")]
+                        crate::spec::contracts::drop_ensures_freed(&d.free, &freed);
+                        debug_assert!(freed.is_ok(), "freeing a dead area's range failed: {freed:?}");
+                    }
+                    frags.push(d.frags);
+                }
+                drop(frags);
+            },
+        );
+        if purged != 0 {
+            purger.purges.fetch_add(1, Ordering::Relaxed);
+            purger.purged_areas.fetch_add(purged, Ordering::Relaxed);
+        }
+    }
+
+    /// Purges if anything is queued; returns whether it did (the caller
+    /// then retries what failed for want of memory).
+    pub(super) fn purge_if_pending(&self) -> bool {
+        let pending = self.purger.has_pending();
+        if pending {
+            self.purge();
+        }
+        pending
+    }
+}
+
+impl<L: KernelLayout> KernelSpace<L> {
+    /// How the space invalidates the TLB for dropped areas.
+    #[must_use]
+    pub fn purge_mode(&self) -> PurgeMode {
+        self.inner().purger.mode()
+    }
+
+    /// Sets how the space invalidates the TLB for dropped areas. Going
+    /// eager purges what lazy mode queued.
+    pub fn set_purge_mode(&self, mode: PurgeMode) {
+        let purger = &self.inner().purger;
+        match mode {
+            PurgeMode::Eager => {
+                purger.lazy.store(false, Ordering::Relaxed);
+                self.inner().purge();
+            }
+            PurgeMode::Lazy { max_pending_pages } => {
+                purger.max_pending_pages.store(max_pending_pages, Ordering::Relaxed);
+                purger.lazy.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Flushes the TLB for every area dropped lazily so far, on all CPUs,
+    /// then gives their ranges and frames back. When it returns, what was
+    /// queued before the call has been released, unless a purge on another
+    /// CPU took it first (that purge then releases it).
+    pub fn purge(&self) {
+        self.inner().purge();
+    }
+
+    /// Counters of lazy purging.
+    #[must_use]
+    pub fn purge_stats(&self) -> PurgeStats {
+        let purger = &self.inner().purger;
+        let (pending_areas, pending_pages) =
+            purger.queue.with_pending(|p| (p.len(), p.iter().map(|d| d.free.len() / PAGE_SIZE).sum()));
+        PurgeStats {
+            pending_areas,
+            pending_pages,
+            purges: purger.purges.load(Ordering::Relaxed),
+            purged_areas: purger.purged_areas.load(Ordering::Relaxed),
+            flushes: purger.flushes.load(Ordering::Relaxed),
+        }
+    }
+}
