@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use kvirt::frame::{AnyFrameMeta, Frame, FrameAllocOptions, PhysStats};
 use kvirt::kspace::{
     paddr_to_vaddr, AreaAccessError, AreaInfo, AreaKind, KVirtArea, KVirtAreaError, KernelSpace,
-    MappedItemRef, SplitError, VmallocStats, GUARD_SIZE, LINEAR_MAPPING_BASE_VADDR, VMALLOC_VADDR_RANGE,
+    MappedItemRef, PurgeMode, PurgeStats, SplitError, VmallocStats, GUARD_SIZE, LINEAR_MAPPING_BASE_VADDR,
+    VMALLOC_VADDR_RANGE,
 };
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty, PrivilegedPageFlags};
 use kvirt::platform::hosted::{memory_map_of, SimPlatform};
@@ -1764,8 +1765,8 @@ mod mmu {
     /// docs/DESIGN.md section 4: `Drop` issues the TLB invalidation of the range
     /// before the frame is released and before the range goes back to
     /// VMALLOC.
-    #[test]
-    fn drop_flushes_before_frames_and_range_are_released() {
+    /// A space over a recording platform, with the recorder wired to it.
+    fn recording_space() -> (Arc<Machine>, Arc<Recorder>, Arc<KernelSpace>) {
         let machine = Arc::new(Machine::new(MachineConfig::new(64 << 20)));
         let recorder = Arc::new(Recorder {
             events: Mutex::new(Vec::new()),
@@ -1781,6 +1782,12 @@ mod mmu {
         // SAFETY: the machine's own map, zeroed RAM, one space.
         let space = Arc::new(unsafe { KernelSpace::new(Box::new(platform), &map, true) }.unwrap());
         recorder.space.set(Arc::downgrade(&space)).unwrap();
+        (machine, recorder, space)
+    }
+
+    #[test]
+    fn drop_flushes_before_frames_and_range_are_released() {
+        let (machine, recorder, space) = recording_space();
         let before = space.vmalloc_stats();
 
         let frame = FrameAllocOptions::new_in(&space)
@@ -1816,6 +1823,131 @@ mod mmu {
         // After the drop the range and its guard are free again.
         assert_eq!(space.vmalloc_stats(), before);
         assert!(space.areas().is_empty());
+        assert!(space.inv());
+    }
+
+    /// Lazy purge keeps the guarantee: a lazy drop unmaps at once but
+    /// neither flushes nor releases; the purge flushes once, on all CPUs,
+    /// and only then frees the range and releases the frame.
+    #[test]
+    fn lazy_drop_defers_flush_and_release_to_the_purge() {
+        let (machine, recorder, space) = recording_space();
+        space.set_purge_mode(PurgeMode::Lazy { max_pending_pages: usize::MAX });
+        let before = space.vmalloc_stats();
+
+        let frame = FrameAllocOptions::new_in(&space)
+            .alloc_frame_with(Watched { recorder: recorder.clone() })
+            .unwrap();
+        let paddr = frame.paddr();
+        let area = space.try_map_frames(2 * P, P, [frame], prop()).unwrap();
+        let mapped = area.mapped_range();
+        recorder.watched_va.set(mapped.start).unwrap();
+        let alive = space.vmalloc_stats();
+        let cpu = machine.cpu(0);
+        cpu.set_root(space.kernel_root_paddr() as u64);
+        cpu.translate(mapped.start, Access::READ).expect("mapped before the drop");
+        recorder.events.lock().unwrap().clear();
+
+        drop(area);
+
+        // Unmapped and unregistered at once; nothing flushed or released.
+        assert_eq!(recorder.events.lock().unwrap().clone(), Vec::<Event>::new());
+        assert!(space.areas().is_empty());
+        let mut cursor = space.kernel_cursor(&mapped).unwrap();
+        assert_eq!(cursor.find_next(mapped.len()), None, "still mapped after the drop");
+        drop(cursor);
+        assert_eq!(space.vmalloc_stats(), alive, "the range was freed before a flush");
+        assert_eq!(
+            space.purge_stats(),
+            PurgeStats { pending_areas: 1, pending_pages: 3, purges: 0, purged_areas: 0, flushes: 0 }
+        );
+        // The stale translation is still cached, and the frame behind it
+        // is still the area's. (The invariant is checked with areas
+        // pending in `lazy_purge_flushes_once_for_many_drops`: checking
+        // reclaims emptied page-table nodes, with flushes of their own.)
+        assert!(cpu.translate(mapped.start, Access::READ).is_ok());
+
+        space.purge();
+
+        let events = recorder.events.lock().unwrap().clone();
+        assert_eq!(events.len(), 2, "one flush, one release: {events:?}");
+        let Event::Flush { op: TlbFlushOp::Range(r), vmalloc_free } = &events[0] else {
+            panic!("the purge did not flush first: {events:?}");
+        };
+        assert!(r.start <= mapped.start && mapped.end <= r.end, "the flush {r:#x?} misses {mapped:#x?}");
+        assert_eq!(*vmalloc_free, Some(alive.free_bytes), "the range was freed before the flush");
+        assert_eq!(events[1], Event::FrameReleased { paddr, translated: false });
+        assert_eq!(space.vmalloc_stats(), before);
+        assert_eq!(
+            space.purge_stats(),
+            PurgeStats { pending_areas: 0, pending_pages: 0, purges: 1, purged_areas: 1, flushes: 1 }
+        );
+        assert!(space.inv());
+    }
+
+    /// One purge serves many drops with a single flush over their span.
+    #[test]
+    fn lazy_purge_flushes_once_for_many_drops() {
+        let (_machine, recorder, space) = recording_space();
+        space.set_purge_mode(PurgeMode::Lazy { max_pending_pages: usize::MAX });
+        let before = space.vmalloc_stats();
+        let areas: Vec<_> = (0..8)
+            .map(|_| {
+                let frame = FrameAllocOptions::new_in(&space).alloc_frame().unwrap();
+                space.try_map_frames(P, 0, [frame], prop()).unwrap()
+            })
+            .collect();
+        let spans: Vec<_> = areas.iter().map(KVirtArea::mapped_range).collect();
+        recorder.events.lock().unwrap().clear();
+        drop(areas);
+        assert_eq!(space.purge_stats().pending_areas, 8);
+        assert!(space.inv());
+        recorder.events.lock().unwrap().clear();
+        space.purge();
+        let flushes: Vec<_> = recorder
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e {
+                Event::Flush { op: TlbFlushOp::Range(r), .. } => Some(r.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(flushes.len(), 1, "{flushes:#x?}");
+        for s in &spans {
+            assert!(flushes[0].start <= s.start && s.end <= flushes[0].end);
+        }
+        assert_eq!(space.vmalloc_stats(), before);
+        assert!(space.inv());
+    }
+
+    /// Reaching the threshold purges from the drop itself.
+    #[test]
+    fn lazy_drop_purges_at_the_threshold() {
+        let (_machine, _recorder, space) = recording_space();
+        // Each one-page area holds two VMALLOC pages with its guard.
+        space.set_purge_mode(PurgeMode::Lazy { max_pending_pages: 6 });
+        for i in 1..=3 {
+            drop(space.try_map_frames(
+                P,
+                0,
+                [FrameAllocOptions::new_in(&space).alloc_frame().unwrap()],
+                prop(),
+            ));
+            let stats = space.purge_stats();
+            if i < 3 {
+                assert_eq!((stats.pending_areas, stats.purges), (i, 0));
+            } else {
+                assert_eq!((stats.pending_areas, stats.purges, stats.purged_areas), (0, 1, 3));
+            }
+        }
+        // Going eager purges what is queued.
+        drop(space.try_map_frames(P, 0, [FrameAllocOptions::new_in(&space).alloc_frame().unwrap()], prop()));
+        assert_eq!(space.purge_stats().pending_areas, 1);
+        space.set_purge_mode(PurgeMode::Eager);
+        assert_eq!(space.purge_stats().pending_areas, 0);
+        assert_eq!(space.purge_mode(), PurgeMode::Eager);
         assert!(space.inv());
     }
 }

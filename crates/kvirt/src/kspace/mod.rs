@@ -75,7 +75,10 @@ use crate::addr::{is_page_aligned, Paddr, Vaddr, PAGE_SIZE};
 use crate::arch::{page_size, PagingFormat};
 use crate::frame::{AnyFrameMeta, Frame, PhysMem, PhysStats};
 use crate::page_prop::{PageProperty, PrivilegedPageFlags};
-use crate::page_table::{largest_pages, Cursor, KernelPtConfig, PageTable, RangeError, UserPtConfig};
+use crate::page_table::{
+    largest_pages, Cursor, CursorMut, KernelPtConfig, MapError, MapErrorKind, PageTable, RangeError,
+    UserPtConfig,
+};
 use crate::platform::{MemoryRegion, Platform};
 
 /// The parts of a kernel space, shared by its handles (see "Lifetime" in
@@ -264,6 +267,12 @@ impl<L: KernelLayout> KernelSpace<L> {
         self.inner().synchronize();
     }
 
+    /// Waits for deferred reclamation without purging (see
+    /// `SpaceInner::settle`).
+    pub(crate) fn settle(&self) {
+        self.inner().settle();
+    }
+
     /// The physical address of the kernel page table's root (for CR3).
     #[must_use]
     pub fn kernel_root_paddr(&self) -> Paddr {
@@ -396,16 +405,13 @@ impl<L: KernelLayout> KernelSpace<L> {
         if frames.is_empty() {
             return Ok(area);
         }
-        let mut cursor =
-            self.inner().kernel_pt.cursor_mut(&area.mapped_range()).expect("an area lies in kernel space");
-        if cursor.try_map_frames(frames, prop).is_err() {
-            // Only running out of page-table memory can fail here; the
-            // area's drop unmaps what was mapped and frees the range.
-            drop(cursor);
-            drop(area);
-            return Err(KVirtAreaError::OutOfMemory);
-        }
-        Ok(area)
+        let mut frames = frames.into_iter();
+        self.map_purging(area, |cursor, failed| {
+            if let Some(item) = failed {
+                cursor.try_map(item)?;
+            }
+            cursor.try_map_frames(frames.by_ref(), prop)
+        })
     }
 
     /// [`KVirtArea::try_map_untracked_frames`] in this space.
@@ -486,16 +492,57 @@ impl<L: KernelLayout> KernelSpace<L> {
         if len == 0 {
             return Ok(area);
         }
-        let mut cursor =
-            self.inner().kernel_pt.cursor_mut(&area.mapped_range()).expect("an area lies in kernel space");
-        for (pa, level) in largest_pages::<L::Format>(area.mapped_range().start, pa_range.start, len) {
-            if cursor.try_map(MappedItem::Untracked(pa, level, prop)).is_err() {
-                drop(cursor);
+        let mut pages = largest_pages::<L::Format>(area.mapped_range().start, pa_range.start, len);
+        self.map_purging(area, |cursor, failed| {
+            if let Some(item) = failed {
+                cursor.try_map(item)?;
+            }
+            pages.by_ref().try_for_each(|(pa, level)| cursor.try_map(MappedItem::Untracked(pa, level, prop)))
+        })
+    }
+
+    /// Fills a new area: runs `map` with a cursor over its mapped part. If
+    /// page-table memory runs out while lazily dropped areas wait for a
+    /// purge, purges them and runs `map` once more from where it stopped,
+    /// handing it the item that failed. If that fails too, drops the area
+    /// (which unmaps what was mapped and frees the range).
+    fn map_purging(
+        &self,
+        area: KVirtArea<L>,
+        mut map: impl FnMut(
+            &mut CursorMut<'_, KernelPtConfig<L::Format>>,
+            Option<MappedItem>,
+        ) -> Result<(), MapError>,
+    ) -> Result<KVirtArea<L>, KVirtAreaError> {
+        let mut failed: Option<(Vaddr, MappedItem)> = None;
+        let mut purged = false;
+        loop {
+            let mut cursor = self
+                .inner()
+                .kernel_pt
+                .cursor_mut(&area.mapped_range())
+                .expect("an area lies in kernel space");
+            let item = failed.take().map(|(va, item)| {
+                cursor.jump(va).expect("the failed item lies in the area");
+                item
+            });
+            let Err(e) = map(&mut cursor, item) else {
+                return Ok(area);
+            };
+            // Only running out of page-table memory can fail here: the
+            // area's range is new and the arguments were checked.
+            debug_assert_eq!(e.kind, MapErrorKind::OutOfMemory, "{}", e.kind);
+            let va = cursor.virt_addr();
+            // A purge releases frames, whose drop hooks may lock the table.
+            drop(cursor);
+            if purged || !self.inner().purge_if_pending() {
+                drop(e);
                 drop(area);
                 return Err(KVirtAreaError::OutOfMemory);
             }
+            purged = true;
+            failed = Some((va, e.item));
         }
-        Ok(area)
     }
 
     /// Allocates and registers an area; nothing is mapped yet.
@@ -513,7 +560,13 @@ impl<L: KernelLayout> KernelSpace<L> {
         // rather than fail.
         let range = vmalloc
             .alloc(area_size, align, cpu)
-            .or_else(|e| if self.inner().purge_if_pending() { vmalloc.alloc(area_size, align, cpu) } else { Err(e) })
+            .or_else(|e| {
+                if self.inner().purge_if_pending() {
+                    vmalloc.alloc(area_size, align, cpu)
+                } else {
+                    Err(e)
+                }
+            })
             .map_err(|_| KVirtAreaError::VmallocExhausted(area_size))?;
         debug_assert!(L::VMALLOC_VADDR_RANGE.start <= range.start && range.end <= L::VMALLOC_VADDR_RANGE.end);
         let mapped = range.start + map_offset..range.start + map_offset + len;
@@ -565,6 +618,12 @@ impl<L: KernelLayout> SpaceInner<L> {
     /// deferred reclamation of the space.
     fn synchronize(&self) {
         self.purge();
+        self.settle();
+    }
+
+    /// [`synchronize`](Self::synchronize) without the purge: what the
+    /// invariant checker waits for, so that it sees the purge queue.
+    fn settle(&self) {
         self.kernel_pt.reclaim_empty_nodes();
         self.phys.platform().rcu_barrier();
     }

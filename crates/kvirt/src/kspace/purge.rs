@@ -38,6 +38,8 @@
 //! drop returns its range and frames, as the specification's drop
 //! postcondition says ("the range is free again").
 
+use alloc::boxed::Box;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::ops::Range;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -212,7 +214,9 @@ impl<L: KernelLayout> KernelSpace<L> {
     }
 
     /// Sets how the space invalidates the TLB for dropped areas. Going
-    /// eager purges what lazy mode queued.
+    /// eager purges what lazy mode queued. Call it after
+    /// [`map_kernel_image`](Self::map_kernel_image): once a space has been
+    /// lazy, it counts as in use there.
     pub fn set_purge_mode(&self, mode: PurgeMode) {
         let purger = &self.inner().purger;
         match mode {
@@ -223,6 +227,15 @@ impl<L: KernelLayout> KernelSpace<L> {
             PurgeMode::Lazy { max_pending_pages } => {
                 purger.max_pending_pages.store(max_pending_pages, Ordering::Relaxed);
                 purger.lazy.store(true, Ordering::Relaxed);
+                // Frame allocations that would fail purge first. The hook
+                // holds the space weakly (the space owns the allocator, and
+                // a space that is going has nothing to purge); it is set
+                // here, not at set-up, so that a space never made lazy has
+                // no weak handle (`map_kernel_image` wants the only one).
+                let weak = Arc::downgrade(&self.inner);
+                self.phys().set_pressure_hook(Box::new(move || {
+                    weak.upgrade().is_some_and(|s| s.purge_if_pending())
+                }));
             }
         }
     }
@@ -235,12 +248,43 @@ impl<L: KernelLayout> KernelSpace<L> {
         self.inner().purge();
     }
 
+    /// The purge queue's part of the space's invariant: every dead area's
+    /// range to free is still allocated in VMALLOC, apart from the other
+    /// dead areas' and from every live area; nothing is mapped where it
+    /// was mapped.
+    pub(crate) fn check_pending(&self) -> Result<(), &'static str> {
+        let mut dead = self.inner().purger.pending();
+        dead.sort_by_key(|(_, free)| free.start);
+        let areas = self.areas();
+        let frees = dead.iter().map(|(_, free)| free).filter(|f| !f.is_empty());
+        let mut last_end = 0;
+        for free in frees {
+            if free.start < last_end {
+                return Err("two dead areas' ranges overlap");
+            }
+            last_end = free.end;
+            if !self.vmalloc().is_allocated(free.clone()) {
+                return Err("a dead area's range is free in VMALLOC before its purge");
+            }
+            if areas.iter().any(|a| a.range.start < free.end && free.start < a.range.end) {
+                return Err("a dead area's range overlaps a live area");
+            }
+        }
+        for (mapped, _) in dead.iter().filter(|(m, _)| !m.is_empty()) {
+            let mut cursor = self.kernel_cursor(mapped).map_err(|_| "a dead area is outside kernel space")?;
+            if cursor.find_next(mapped.len()).is_some() {
+                return Err("a dead area is still mapped");
+            }
+        }
+        Ok(())
+    }
+
     /// Counters of lazy purging.
     #[must_use]
     pub fn purge_stats(&self) -> PurgeStats {
         let purger = &self.inner().purger;
-        let (pending_areas, pending_pages) =
-            purger.queue.with_pending(|p| (p.len(), p.iter().map(|d| d.free.len() / PAGE_SIZE).sum()));
+        let pending_areas = purger.queue.with_pending(<[_]>::len);
+        let pending_pages = purger.queue.pending_pages();
         PurgeStats {
             pending_areas,
             pending_pages,

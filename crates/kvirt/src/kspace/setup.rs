@@ -13,6 +13,7 @@ use core::mem::ManuallyDrop;
 use core::ops::Range;
 
 use super::error::{KernelImageError, KernelSpaceError, UntrackedRangeError};
+use super::purge::Purger;
 use super::registry::AreaRegistry;
 use super::vmalloc::Vmalloc;
 use super::{layout, KernelLayout, KernelSpace, PhysBox, SpaceInner};

@@ -41,19 +41,22 @@ impl<L: KernelLayout> Inv for KernelSpace<L> {
     /// metadata (every allocatable page is free in the allocator exactly
     /// when its slot is `UNUSED`; used slots count `1..=MAX`), the
     /// allocator's and VMALLOC's internal invariants, and the registry
-    /// (areas disjoint, inside VMALLOC, allocated there).
+    /// (areas disjoint, inside VMALLOC, allocated there), and the lazily
+    /// dropped areas waiting for a purge (ranges still allocated, apart
+    /// from everything else, unmapped).
     ///
     /// O(physical pages): use it on small spaces.
     ///
-    /// It first waits for the space's deferred reclamation
-    /// ([`KernelSpace::synchronize`]): a freed page-table node goes back to
+    /// It first waits for the space's deferred reclamation (as
+    /// [`KernelSpace::synchronize`] does, without purging): a freed page-table node goes back to
     /// the allocator in a callback that may run on any thread at any time,
     /// and while it runs the node's slot and the allocator disagree. So do
     /// not call it inside a read-side section (for example while a cursor
     /// of the space is alive).
     fn check(&self) -> Result<(), &'static str> {
-        self.synchronize();
+        self.settle();
         self.kernel_pt().check_inv()?;
+        self.check_pending()?;
         let phys = self.phys();
         phys.with_free_pages(|allocator_ok, is_free| {
             if !allocator_ok {
