@@ -171,6 +171,13 @@ impl Cpu {
         self.lock_tlb().len()
     }
 
+    /// What the TLB caches: each entry's virtual page (base and size) and
+    /// the physical base it translates to. Tests use it to check that
+    /// nothing freed is still reachable.
+    pub fn tlb_snapshot(&self) -> Vec<(Range<usize>, PhysAddr)> {
+        self.lock_tlb().iter().map(|(&(base, size), t)| (base..base + size, t.pa)).collect()
+    }
+
     fn lock_tlb(&self) -> MutexGuard<'_, Tlb> {
         // A panic while the lock was held cannot leave the map half updated
         // in a way that matters: every entry is a complete translation.
