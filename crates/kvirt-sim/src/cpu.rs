@@ -38,11 +38,19 @@ pub struct Cpu {
     bus: Arc<Bus>,
     root: AtomicU64,
     tlb: Mutex<Tlb>,
+    /// Flush requests this CPU has carried out (a shoot-down received).
+    invalidations: AtomicU64,
 }
 
 impl Cpu {
     pub(crate) fn new(index: usize, bus: Arc<Bus>) -> Self {
-        Cpu { index, bus, root: AtomicU64::new(0), tlb: Mutex::new(Tlb::new()) }
+        Cpu {
+            index,
+            bus,
+            root: AtomicU64::new(0),
+            tlb: Mutex::new(Tlb::new()),
+            invalidations: AtomicU64::new(0),
+        }
     }
 
     /// This CPU's index in its machine.
@@ -146,6 +154,7 @@ impl Cpu {
     /// Like `invlpg`: drops the TLB entry covering `va`, whatever its page
     /// size (global or not).
     pub fn flush_page(&self, va: usize) {
+        self.invalidations.fetch_add(1, Ordering::Relaxed);
         drop_page(&mut self.lock_tlb(), va);
     }
 
@@ -154,6 +163,7 @@ impl Cpu {
         if range.is_empty() {
             return;
         }
+        self.invalidations.fetch_add(1, Ordering::Relaxed);
         let last = range.end - 1;
         self.lock_tlb().retain(|&(base, size), _| {
             let page_last = base + (size - 1);
@@ -163,7 +173,15 @@ impl Cpu {
 
     /// Drops every TLB entry, global ones included (like toggling CR4.PGE).
     pub fn flush_all(&self) {
+        self.invalidations.fetch_add(1, Ordering::Relaxed);
         self.lock_tlb().clear();
+    }
+
+    /// How many flushes (`flush_page`, a non-empty `flush_range`,
+    /// `flush_all`) this CPU has carried out: on a machine whose kernel
+    /// shoots down every CPU, the shoot-downs it received.
+    pub fn invalidations(&self) -> u64 {
+        self.invalidations.load(Ordering::Relaxed)
     }
 
     /// The number of entries in the TLB.

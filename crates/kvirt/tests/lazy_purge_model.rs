@@ -252,4 +252,3 @@ proptest! {
         prop_assert!(world.space.inv());
     }
 }
-

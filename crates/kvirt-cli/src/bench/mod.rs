@@ -36,7 +36,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use kvirt::frame::FrameAllocOptions;
-use kvirt::kspace::{KVirtArea, KernelSpace};
+use kvirt::kspace::{KVirtArea, KernelSpace, PurgeMode};
 use kvirt::sim::MachineConfig;
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
 
@@ -186,6 +186,23 @@ pub struct Results {
     pub cells: Vec<Measurement>,
     /// The machine.
     pub machine: report::MachineInfo,
+    /// The lazy-purge churn rows.
+    pub churn: Vec<Churn>,
+}
+
+/// One row of the lazy-purge churn: create+drop of 1-page areas on `cpus`
+/// threads (one simulated CPU each) in one purge mode.
+#[derive(Clone, Debug)]
+pub struct Churn {
+    /// `eager` or `lazy` (Linux's threshold for the CPU count).
+    pub mode: &'static str,
+    /// Threads, each on its own simulated CPU.
+    pub cpus: usize,
+    /// Time per create+drop (wall time / all ops).
+    pub stats: Stats,
+    /// TLB flushes CPU 0 carried out per 1000 drops: every shoot-down
+    /// reaches every CPU, so these are the shoot-downs.
+    pub shootdowns_per_1000: f64,
 }
 
 impl Results {
@@ -380,6 +397,35 @@ fn run_area(
     Ok(Stats::from_runs(runs, ops as u64))
 }
 
+/// Runs `create_drop_1p(space, ops)` on `threads` threads at once, thread
+/// `t` on simulated CPU `t`; returns the wall time from their start to the
+/// last one's end.
+///
+/// The clock starts before the threads are released: a thread cannot start
+/// before this one reaches the barrier, and with more threads than cores
+/// this one may not run again until they are done.
+fn churn_threads(space: &KernelSpace, threads: usize, ops: usize) -> Result<Duration, Error> {
+    let barrier = std::sync::Barrier::new(threads + 1);
+    std::thread::scope(|s| -> Result<Duration, Error> {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    kvirt::platform::hosted::set_current_cpu(t);
+                    barrier.wait();
+                    create_drop_1p(space, ops)
+                })
+            })
+            .collect();
+        let start = Instant::now();
+        barrier.wait();
+        for h in handles {
+            h.join().map_err(|_| Error("a benchmark thread panicked".into()))??;
+        }
+        Ok(start.elapsed())
+    })
+}
+
 /// Create + drop from `threads` threads at once on one space; ns per op of
 /// the aggregate (wall time / all ops).
 fn run_threads(cfg: &Config, threads: usize) -> Result<Stats, Error> {
@@ -389,25 +435,7 @@ fn run_threads(cfg: &Config, threads: usize) -> Result<Stats, Error> {
     let ops = cfg.thread_ops;
     let mut runs = Vec::new();
     for run in 0..cfg.warmup + cfg.runs {
-        let barrier = std::sync::Barrier::new(threads + 1);
-        let elapsed = std::thread::scope(|s| -> Result<Duration, Error> {
-            let handles: Vec<_> = (0..threads)
-                .map(|t| {
-                    let (space, barrier) = (&space, &barrier);
-                    s.spawn(move || {
-                        kvirt::platform::hosted::set_current_cpu(t);
-                        barrier.wait();
-                        create_drop_1p(space, ops)
-                    })
-                })
-                .collect();
-            barrier.wait();
-            let start = Instant::now();
-            for h in handles {
-                h.join().map_err(|_| Error("a benchmark thread panicked".into()))??;
-            }
-            Ok(start.elapsed())
-        })?;
+        let elapsed = churn_threads(&space, threads, ops)?;
         if run >= cfg.warmup {
             runs.push(ns_per(elapsed, ops * threads));
         }
@@ -479,6 +507,42 @@ fn run_busy(cfg: &Config) -> Result<Stats, Error> {
     Ok(Stats::from_runs(runs, ops as u64))
 }
 
+/// The churn row for `mode` on `cpus` threads: create+drop of 1-page
+/// areas, counting the flushes CPU 0 carries out.
+fn run_churn(cfg: &Config, lazy: bool, cpus: usize) -> Result<Churn, Error> {
+    let space = KernelSpace::new_hosted(MachineConfig::new(KVIRT_RAM).cpus(CHURN_CPUS));
+    if lazy {
+        space.set_purge_mode(PurgeMode::lazy_for_cpus(cpus));
+    }
+    space.synchronize();
+    let before = (space.phys_stats(), space.vmalloc_stats());
+    // SAFETY: only a counter of the machine is read.
+    let cpu0 = unsafe { space.machine() }.expect("a hosted space").cpu(0);
+    let ops = cfg.thread_ops;
+    let (mut runs, mut flushes) = (Vec::new(), 0);
+    for run in 0..cfg.warmup + cfg.runs {
+        let flushes_before = cpu0.invalidations();
+        let elapsed = churn_threads(&space, cpus, ops)?;
+        if run >= cfg.warmup {
+            runs.push(ns_per(elapsed, ops * cpus));
+            flushes += cpu0.invalidations() - flushes_before;
+        }
+    }
+    space.synchronize();
+    ensure((space.phys_stats(), space.vmalloc_stats()) == before, || "the churn workload leaked".into())?;
+    let drops = (ops * cpus * cfg.runs) as f64;
+    Ok(Churn {
+        mode: if lazy { "lazy" } else { "eager" },
+        cpus,
+        stats: Stats::from_runs(runs, (ops * cpus) as u64),
+        shootdowns_per_1000: flushes as f64 * 1000.0 / drops,
+    })
+}
+
+/// The simulated CPUs of the churn's machine: every shoot-down reaches all
+/// of them, whatever the threads.
+const CHURN_CPUS: usize = 4;
+
 const NO_ALLOCATOR: &str = "n/a: no kernel virtual-range allocator";
 
 /// Runs every workload for every implementation.
@@ -528,7 +592,8 @@ pub fn measure(quick: bool, only: Option<&str>) -> Result<Results, Error> {
         done: 0,
         total: sizes.len() * IMPLS.len()
             + usize::from(run_huge_too) * IMPLS.len()
-            + area_workloads.iter().filter(|(w, _)| wanted(&w.id)).count(),
+            + area_workloads.iter().filter(|(w, _)| wanted(&w.id)).count()
+            + if wanted("churn") { 4 } else { 0 },
         started: Instant::now(),
     };
     let mut cells = Vec::new();
@@ -582,7 +647,20 @@ pub fn measure(quick: bool, only: Option<&str>) -> Result<Results, Error> {
             cells.push(Measurement { workload: w.clone(), impl_name: name, result });
         }
     }
-    Ok(Results { quick, config: cfg, cells, machine })
+    let mut churn = Vec::new();
+    if wanted("churn") {
+        for cpus in [1, CHURN_CPUS] {
+            for lazy in [false, true] {
+                let row = run_churn(&cfg, lazy, cpus)?;
+                progress.step(&format!(
+                    "churn {} on {} CPU(s): {:.1} ns per create+drop, {:.1} shoot-downs per 1000 drops",
+                    row.mode, row.cpus, row.stats.ns_per_op, row.shootdowns_per_1000
+                ));
+                churn.push(row);
+            }
+        }
+    }
+    Ok(Results { quick, config: cfg, cells, machine, churn })
 }
 
 /// `kvirt bench`.

@@ -575,7 +575,7 @@ impl<L: KernelLayout> Drop for KVirtArea<L> {
             // The range and what was mapped wait, still ours, for a purge
             // to flush them (see `purge`).
             let dead = DeadArea { mapped: self.mapped.clone(), free, frags: ManuallyDrop::into_inner(frags) };
-            if space.purger.push(dead) {
+            if space.purger.push(space.phys.platform().current_cpu(), dead) {
                 space.purge();
             }
             return;

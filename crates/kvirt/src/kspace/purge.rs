@@ -6,15 +6,20 @@
 //! space does the same in [`PurgeMode::Lazy`]:
 //!
 //! ```text
-//!   drop(area)                          purge
-//!   ──────────                          ─────
-//!   unmap its pages (at once)           take every dead area
+//!   drop(area) on CPU i                 purge, queue by queue
+//!   ───────────────────                 ─────────────────────
+//!   unmap its pages (at once)           take every dead area of the queue
 //!   leave the registry (at once)        one flush of their mapped span, all CPUs
-//!   queue a dead area: ─────────────▶   free each range (guard included) in VMALLOC
+//!   queue a dead area ──────────────▶   free each range (guard included) in VMALLOC
+//!     on queue i % 8:
 //!     mapped span (to flush)            release frames and page-table sub-trees
 //!     range to free in VMALLOC
 //!     what was unmapped
 //! ```
+//!
+//! Each CPU queues its drops on its own queue (one of eight, each with its
+//! own lock and cache line), so that CPUs dropping areas at once do not
+//! contend; a purge flushes once per non-empty queue.
 //!
 //! A purge runs when the queued areas' pages (their VMALLOC ranges, guard
 //! included) reach [`PurgeMode::Lazy::max_pending_pages`], when VMALLOC or
@@ -43,6 +48,8 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::ops::Range;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use crossbeam_utils::CachePadded;
 
 use super::purge_queue::PurgeQueue;
 use super::{KernelLayout, KernelSpace, SpaceInner};
@@ -86,12 +93,12 @@ pub struct PurgeStats {
     pub pending_areas: usize,
     /// Their VMALLOC pages, guards included.
     pub pending_pages: usize,
-    /// Purges that found something to purge.
+    /// Purges of a queue that found something to purge.
     pub purges: usize,
     /// Areas released by purges.
     pub purged_areas: usize,
-    /// TLB flushes the purges issued (one per purge, none when nothing was
-    /// mapped).
+    /// TLB flushes the purges issued (one per non-empty queue purged, none
+    /// when nothing was mapped).
     pub flushes: usize,
 }
 
@@ -106,10 +113,17 @@ pub(super) struct DeadArea<F: PagingFormat> {
     pub(super) frags: Vec<PageTableFrag<F>>,
 }
 
+/// Purge queues per space: CPU `i` queues its drops on queue `i % QUEUES`,
+/// so that CPUs dropping areas at once do not share a lock.
+const QUEUES: usize = 8;
+
 /// A space's purge state.
 #[derive(Debug)]
 pub(super) struct Purger<F: PagingFormat> {
-    queue: PurgeQueue<DeadArea<F>>,
+    queues: [CachePadded<PurgeQueue<DeadArea<F>>>; QUEUES],
+    /// The VMALLOC pages (guards included) of every queued area, against
+    /// the threshold.
+    pending_pages: AtomicUsize,
     lazy: AtomicBool,
     max_pending_pages: AtomicUsize,
     purges: AtomicUsize,
@@ -120,7 +134,8 @@ pub(super) struct Purger<F: PagingFormat> {
 impl<F: PagingFormat> Purger<F> {
     pub(super) fn new() -> Self {
         Self {
-            queue: PurgeQueue::new(),
+            queues: core::array::from_fn(|_| CachePadded::new(PurgeQueue::new())),
+            pending_pages: AtomicUsize::new(0),
             lazy: AtomicBool::new(false),
             max_pending_pages: AtomicUsize::new(0),
             purges: AtomicUsize::new(0),
@@ -143,26 +158,42 @@ impl<F: PagingFormat> Purger<F> {
 
     /// Whether anything waits for a purge.
     pub(super) fn has_pending(&self) -> bool {
-        self.queue.with_pending(|p| !p.is_empty())
+        self.queues.iter().any(|q| q.with_pending(|p| !p.is_empty()))
     }
 
-    /// Queues `dead`; returns whether the queue passed the threshold.
-    pub(super) fn push(&self, dead: DeadArea<F>) -> bool {
+    /// Queues `dead` on `cpu`'s queue; returns whether the queued pages
+    /// reached the threshold.
+    pub(super) fn push(&self, cpu: usize, dead: DeadArea<F>) -> bool {
         let pages = dead.free.len() / PAGE_SIZE;
-        self.queue.push(dead, pages) >= self.max_pending_pages.load(Ordering::Relaxed)
+        // Counted before it is queued, so that a purge that takes it never
+        // subtracts it first.
+        let pending = self.pending_pages.fetch_add(pages, Ordering::Relaxed) + pages;
+        self.queues[cpu % QUEUES].push(dead, pages);
+        pending >= self.max_pending_pages.load(Ordering::Relaxed)
     }
 
     /// The dead areas' ranges, for the invariant.
     pub(super) fn pending(&self) -> Vec<(Range<Vaddr>, Range<Vaddr>)> {
-        self.queue.with_pending(|p| p.iter().map(|d| (d.mapped.clone(), d.free.clone())).collect())
+        let mut all = Vec::new();
+        for q in &self.queues {
+            q.with_pending(|p| all.extend(p.iter().map(|d| (d.mapped.clone(), d.free.clone()))));
+        }
+        all
     }
 }
 
 impl<L: KernelLayout> SpaceInner<L> {
     /// Flushes every queued dead area on all CPUs, then releases them.
     pub(super) fn purge(&self) {
+        for queue in &self.purger.queues {
+            self.purge_queue(queue);
+        }
+    }
+
+    /// Purges one queue: one flush of its areas' span, then the release.
+    fn purge_queue(&self, queue: &PurgeQueue<DeadArea<L::Format>>) {
         let purger = &self.purger;
-        let purged = purger.queue.purge(
+        let purged = queue.purge(
             |dead| {
                 let mapped = dead.iter().map(|d| &d.mapped).filter(|m| !m.is_empty());
                 let start = mapped.clone().map(|m| m.start).min();
@@ -176,6 +207,8 @@ impl<L: KernelLayout> SpaceInner<L> {
                 // Ranges first, as an eager drop does: releasing frames runs
                 // their drop hooks, and however those end the ranges are
                 // back.
+                let pages = dead.iter().map(|d| d.free.len() / PAGE_SIZE).sum();
+                purger.pending_pages.fetch_sub(pages, Ordering::Relaxed);
                 let mut frags = Vec::with_capacity(dead.len());
                 for d in dead {
                     if !d.free.is_empty() {
@@ -283,8 +316,8 @@ impl<L: KernelLayout> KernelSpace<L> {
     #[must_use]
     pub fn purge_stats(&self) -> PurgeStats {
         let purger = &self.inner().purger;
-        let pending_areas = purger.queue.with_pending(<[_]>::len);
-        let pending_pages = purger.queue.pending_pages();
+        let pending_areas = purger.queues.iter().map(|q| q.with_pending(<[_]>::len)).sum();
+        let pending_pages = purger.queues.iter().map(|q| q.pending_pages()).sum();
         PurgeStats {
             pending_areas,
             pending_pages,
@@ -292,5 +325,122 @@ impl<L: KernelLayout> KernelSpace<L> {
             purged_areas: purger.purged_areas.load(Ordering::Relaxed),
             flushes: purger.flushes.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// When purges run.
+#[cfg(all(test, feature = "std"))]
+mod tests {
+    use alloc::vec::Vec;
+
+    use super::{PurgeMode, PAGE_SIZE};
+    use crate::frame::FrameAllocOptions;
+    use crate::kspace::{KVirtAreaError, KernelSpace, TinyLayout};
+    use crate::page_prop::{CachePolicy, PageFlags, PageProperty};
+    use crate::spec::Inv;
+    use kvirt_sim::MachineConfig;
+
+    const P: usize = PAGE_SIZE;
+
+    fn rw() -> PageProperty {
+        PageProperty::new_kernel(PageFlags::RW, CachePolicy::Writeback)
+    }
+
+    fn lazy_without_threshold<L: crate::kspace::KernelLayout>(space: &KernelSpace<L>) {
+        space.set_purge_mode(PurgeMode::Lazy { max_pending_pages: usize::MAX });
+    }
+
+    #[test]
+    fn lazy_for_cpus_is_linux_lazy_max_pages() {
+        let pages = |cpus| match PurgeMode::lazy_for_cpus(cpus) {
+            PurgeMode::Lazy { max_pending_pages } => max_pending_pages,
+            PurgeMode::Eager => unreachable!(),
+        };
+        let mib32 = (32 << 20) / P;
+        assert_eq!(pages(0), mib32, "no CPU counts as one");
+        assert_eq!(pages(1), mib32);
+        assert_eq!(pages(2), 2 * mib32);
+        assert_eq!(pages(4), 3 * mib32);
+        assert_eq!(pages(64), 7 * mib32);
+    }
+
+    #[test]
+    fn exhausted_vmalloc_purges_and_retries() {
+        // The tiny layout's VMALLOC holds 16 pages: eight 1-page areas with
+        // their guards.
+        let space = KernelSpace::<TinyLayout>::hosted_with_layout(MachineConfig::new(4 << 20));
+        lazy_without_threshold(&space);
+        let fill = |space: &KernelSpace<TinyLayout>| {
+            (0..8)
+                .map(|_| {
+                    space
+                        .try_map_frames(P, 0, [FrameAllocOptions::new_in(space).alloc_frame().unwrap()], rw())
+                        .unwrap()
+                })
+                .collect::<Vec<_>>()
+        };
+        drop(fill(&space));
+        assert_eq!(space.purge_stats().pending_areas, 8);
+        assert_eq!(space.vmalloc_stats().free_bytes, 0, "the dead areas hold VMALLOC");
+        let again = fill(&space);
+        let stats = space.purge_stats();
+        assert_eq!((stats.pending_areas, stats.purges, stats.purged_areas), (0, 1, 8));
+        // With nothing pending, exhaustion is an error as before.
+        let frame = FrameAllocOptions::new_in(&space).alloc_frame().unwrap();
+        assert!(matches!(
+            space.try_map_frames(P, 0, [frame], rw()),
+            Err(KVirtAreaError::VmallocExhausted(_))
+        ));
+        drop(again);
+        space.purge();
+        assert!(space.inv());
+    }
+
+    #[test]
+    fn exhausted_frame_allocator_purges_and_retries() {
+        let space = KernelSpace::new_hosted(MachineConfig::new(4 << 20));
+        lazy_without_threshold(&space);
+        let frame = FrameAllocOptions::new_in(&space).alloc_frame().unwrap();
+        let area = space.try_map_frames(P, 0, [frame], rw()).unwrap();
+        let mut hog = Vec::new();
+        while let Ok(f) = FrameAllocOptions::new_in(&space).alloc_frame() {
+            hog.push(f);
+        }
+        drop(area);
+        assert_eq!(space.purge_stats().pending_areas, 1);
+        // The dead area's frame is the only one left: taking it purges.
+        let frame = FrameAllocOptions::new_in(&space).alloc_frame().expect("the purge gives a frame back");
+        assert_eq!(space.purge_stats().purges, 1);
+        assert!(FrameAllocOptions::new_in(&space).alloc_frame().is_err(), "nothing else was pending");
+        drop((frame, hog));
+        assert!(space.inv());
+    }
+
+    #[test]
+    fn page_table_memory_running_out_purges_and_resumes_the_mapping() {
+        let space = KernelSpace::new_hosted(MachineConfig::new(8 << 20));
+        lazy_without_threshold(&space);
+        // An area of four frames, every other frame taken, then the area
+        // dropped: only its purge can give memory back.
+        let frames = FrameAllocOptions::new_in(&space).alloc_segment(4).unwrap();
+        let area = space.try_map_frames(4 * P, 0, frames, rw()).unwrap();
+        let mut hog = Vec::new();
+        while let Ok(f) = FrameAllocOptions::new_in(&space).alloc_frame() {
+            hog.push(f);
+        }
+        drop(area);
+        assert!(space.purge_stats().pending_areas == 1 && hog.len() > 512);
+        // A 2 MiB area of held frames: its mapping needs page-table nodes
+        // of its own.
+        let frames: Vec<_> = hog.drain(..512).collect();
+        let paddrs: Vec<_> = frames.iter().map(crate::frame::Frame::paddr).collect();
+        let area = space.try_map_frames(512 * P, 0, frames, rw()).expect("the purge gives node memory back");
+        assert_eq!(space.purge_stats().purges, 1);
+        for (i, pa) in paddrs.iter().enumerate() {
+            let item = area.query(area.start() + i * P).expect("every page mapped");
+            assert!(matches!(item, crate::kspace::MappedItemRef::Tracked(f, _) if f.paddr() == *pa));
+        }
+        drop((area, hog));
+        assert!(space.inv());
     }
 }
