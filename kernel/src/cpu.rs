@@ -132,6 +132,15 @@ pub unsafe fn write_cr4(value: u64) {
     unsafe { asm!("mov cr4, {}", in(reg) value, options(nostack, preserves_flags)) };
 }
 
+/// The time-stamp counter: cycles of a constant-rate clock, for relative
+/// timings (under TCG only the ratio of two readings means anything).
+pub fn rdtsc() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: `rdtsc` reads a counter; it touches no memory.
+    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
 /// Drops the translation of the page containing `va`, global or not.
 pub fn invlpg(va: usize) {
     // SAFETY: invalidating a translation is always safe: the next access

@@ -1,6 +1,7 @@
 //! The kernel as kvirt's platform.
 
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use kvirt::kspace::LINEAR_MAPPING_BASE_VADDR;
 use kvirt::platform::{CountingRcu, Platform, TlbFlushOp, TlbScope};
@@ -11,6 +12,15 @@ use crate::cpu;
 /// Ranges longer than this many pages are flushed whole rather than page by
 /// page.
 const MAX_INVLPG_PAGES: usize = 64;
+
+/// TLB flushes kvirt asked for since boot (each would be a shoot-down on
+/// several CPUs).
+static FLUSHES: AtomicUsize = AtomicUsize::new(0);
+
+/// TLB flushes kvirt asked for since boot.
+pub fn flushes() -> usize {
+    FLUSHES.load(Ordering::Relaxed)
+}
 
 /// One CPU, no preemption, interrupts off: TLB shoot-downs are local
 /// flushes and read-side sections are counted ([`CountingRcu`]).
@@ -47,6 +57,7 @@ unsafe impl Platform for KernelPlatform {
     }
 
     fn flush_tlb(&self, op: TlbFlushOp, _scope: TlbScope) {
+        FLUSHES.fetch_add(1, Ordering::Relaxed);
         match op {
             TlbFlushOp::Page(va) => cpu::invlpg(va),
             TlbFlushOp::Range(range) if range.len() / PAGE_SIZE <= MAX_INVLPG_PAGES => {

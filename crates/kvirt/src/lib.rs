@@ -114,6 +114,15 @@
 //!   `CursorMut::try_take_next`, `try_protect_next` and
 //!   [`kspace::KVirtArea::try_split`] report it (the area comes back
 //!   unchanged); the plain forms panic, as documented.
+//! * **Drops flush eagerly by default; lazy purge is a setting.** The
+//!   specification's drop gives the range back before it returns, so
+//!   [`kspace::PurgeMode::Eager`] is the default. A kernel on many CPUs
+//!   sets [`kspace::PurgeMode::Lazy`] (Linux's threshold through
+//!   `PurgeMode::lazy_for_cpus`): drops then unmap at once and share one
+//!   shoot-down per purge. The guarantee is the same either way: nothing
+//!   is reused before a flush covers it (`kspace::purge`). Set it after
+//!   mapping the kernel image: a space that has been lazy counts as in
+//!   use there.
 //! * **One layout type parameter, defaulting to x86-64.** A kernel space
 //!   and its areas are generic over a [`kspace::KernelLayout`] (paging
 //!   format plus address ranges); every generic type defaults to
@@ -131,7 +140,8 @@
 //! * `spin`: locks and `Once` without an operating system.
 //! * `log`: diagnostics a kernel routes to its console.
 //! * `crossbeam-utils` (no_std): `CachePadded`, so that the per-CPU free-page
-//!   lists, VMALLOC arenas and registry shards do not share cache lines.
+//!   lists, VMALLOC arenas, registry shards and purge queues do not share
+//!   cache lines.
 //! * `kvirt-sim`, `crossbeam-epoch` (feature `std` only): the hosted machine
 //!   and epoch-based reclamation for hosted builds.
 
