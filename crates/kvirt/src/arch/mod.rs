@@ -3,20 +3,43 @@
 //! The generic page table (`crate::page_table`) knows nothing about PTE bits.
 //! It asks a [`PagingFormat`] for the shape of the tree (levels, entries per
 //! node, the highest level that may hold a leaf) and to encode and decode
-//! single entries. Adding an architecture (RISC-V Sv39/Sv48, a tiny format
-//! for exhaustive testing) means writing one such type; no generic code
-//! changes.
+//! single entries. Each architecture is one such type in its own file:
+//! [`x86_64`], [`riscv`] (Sv39 and Sv48), [`aarch64`] (stage 1, 4 KiB
+//! granule) and [`tiny`] (for exhaustive testing); no generic code changes
+//! between them.
+//!
+//! # What a format cannot express
+//!
+//! A [`PageProperty`] is x86-64's vocabulary, and other formats cannot
+//! always store it exactly. Two things may differ, and a format declares
+//! both, so that every comparison of a mapped property with a requested one
+//! goes through [`effective_property`]:
+//!
+//! * **Status flags the format sets itself**
+//!   ([`PagingFormat::SET_BY_FORMAT`]). RISC-V without Svadu faults on an
+//!   access to a leaf whose `A` bit is clear (and on a write with `D`
+//!   clear), and Arm without hardware access-flag management faults on
+//!   `AF = 0`. Such formats set the bits in every leaf they encode, and
+//!   their leaves decode with those flags.
+//! * **Cache policies it lacks** ([`PagingFormat::cache_policy`]). Svpbmt
+//!   has three memory types, so RISC-V maps each other policy to the
+//!   nearest one that caches no more than asked.
+//!
+//! Neither ever changes what a mapping allows: read, write, execute, user
+//! and global round-trip exactly on every format.
 //!
 //! Every format uses 4 KiB nodes holding 64-bit entries (a format with fewer
 //! entries per node simply uses the start of the node).
 
+pub mod aarch64;
+pub mod riscv;
 pub mod tiny;
 pub mod x86_64;
 
 use core::fmt::Debug;
 
 use crate::addr::{Paddr, PagingLevel, PAGE_SIZE};
-use crate::page_prop::PageProperty;
+use crate::page_prop::{CachePolicy, PageFlags, PageProperty};
 
 /// What one page-table entry says, independent of its encoding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,16 +105,20 @@ pub enum PteKind {
 ///
 /// 1. **Shape.** `1 <= HIGHEST_LEAF_LEVEL < NR_LEVELS <= 5`,
 ///    `1 <= ENTRY_BITS <= 9` (a node's entries fit in its 4 KiB page), and
-///    `VA_BITS` and `PA_BITS` are at most 64.
+///    `VA_BITS` and `PA_BITS` are at most 64, and
+///    [`SET_BY_FORMAT`](Self::SET_BY_FORMAT) holds only `ACCESSED` and
+///    `DIRTY`.
 /// 2. **Absent.** `decode(0, level)` is [`PteKind::Absent`].
 /// 3. **Round trip.** For every page-aligned `pa` below `1 << PA_BITS`
 ///    (aligned to [`page_size`] of `level` for leaves), every
 ///    [`PageProperty`] and both values of `tracked`:
 ///    `decode(encode_page(pa, level, prop, tracked), level)` is
-///    `Page { pa, prop, tracked }` for `level <= HIGHEST_LEAF_LEVEL`, and
+///    `Page { pa, prop: effective_property::<Self>(prop), tracked }` for
+///    `level <= HIGHEST_LEAF_LEVEL` (see [`effective_property`]), and
 ///    `decode(encode_table(pa), level)` is `Table(pa)` for `level >= 2`;
 ///    neither encoding is 0. [`page_encoder`](Self::page_encoder) returns
-///    `encode_page`'s result.
+///    `encode_page`'s result, and [`cache_policy`](Self::cache_policy) is
+///    idempotent.
 /// 4. **Nothing else is a table or a tracked page.** kvirt stores only 0
 ///    and words from the two encoders, and the MMU may then set the
 ///    accessed and dirty bits of a leaf. `decode` of any such word gives
@@ -121,6 +148,19 @@ pub unsafe trait PagingFormat: Copy + Debug + Send + Sync + 'static {
     const NR_ENTRIES: usize = 1 << Self::ENTRY_BITS;
     /// Virtual address bits translated by the whole tree.
     const VA_BITS: u32 = PAGE_SIZE.trailing_zeros() + Self::NR_LEVELS as u32 * Self::ENTRY_BITS;
+    /// Status flags (only [`PageFlags::ACCESSED`] and [`PageFlags::DIRTY`])
+    /// that the format sets in every leaf it encodes, whatever the property
+    /// asks, because the hardware would fault on a leaf without them (see
+    /// the [module documentation](self)). Its leaves decode with them set.
+    const SET_BY_FORMAT: PageFlags = PageFlags::empty();
+
+    /// The cache policy a leaf asking for `cache` gets: `cache` itself if
+    /// the format can express it, else the nearest policy it can express
+    /// that caches no more than asked. Idempotent.
+    #[inline]
+    fn cache_policy(cache: CachePolicy) -> CachePolicy {
+        cache
+    }
 
     /// Encodes a leaf mapping `pa` at `level` (`1..=HIGHEST_LEAF_LEVEL`).
     /// `pa` is aligned to [`page_size::<Self>(level)`](page_size) and below
@@ -145,6 +185,18 @@ pub unsafe trait PagingFormat: Copy + Debug + Send + Sync + 'static {
     fn decode(raw: u64, level: PagingLevel) -> PteKind;
 }
 
+/// The property a leaf of format `F` encoded with `prop` decodes as:
+/// `prop` with the format's [`SET_BY_FORMAT`](PagingFormat::SET_BY_FORMAT)
+/// flags added and its cache policy through
+/// [`cache_policy`](PagingFormat::cache_policy). The access rights, user
+/// and global bits are `prop`'s. For x86-64 and the tiny format it is
+/// `prop` itself.
+#[must_use]
+#[inline]
+pub fn effective_property<F: PagingFormat>(prop: PageProperty) -> PageProperty {
+    PageProperty { flags: prop.flags | F::SET_BY_FORMAT, cache: F::cache_policy(prop.cache), ..prop }
+}
+
 /// Checks the shape rules of [`PagingFormat`] (safety rule 1) for `F`;
 /// evaluated at compile time wherever a page table of `F` is made.
 pub(crate) const fn check_shape<F: PagingFormat>() {
@@ -157,6 +209,11 @@ pub(crate) const fn check_shape<F: PagingFormat>() {
         "PagingFormat: a node's entries must fit in 4 KiB (1 <= ENTRY_BITS <= 9)"
     );
     assert!(F::VA_BITS <= 64 && F::PA_BITS <= 64, "PagingFormat: VA_BITS and PA_BITS are at most 64");
+    let status = PageFlags::ACCESSED.union(PageFlags::DIRTY);
+    assert!(
+        F::SET_BY_FORMAT.difference(status).is_empty(),
+        "PagingFormat: SET_BY_FORMAT holds only ACCESSED and DIRTY"
+    );
 }
 
 /// The number of bytes a leaf at `level` maps in format `F`.
@@ -181,6 +238,8 @@ pub(crate) fn check_format_conformance<F: PagingFormat>() {
     for level in 1..=F::NR_LEVELS {
         assert_eq!(F::decode(0, level), PteKind::Absent, "a zeroed entry at level {level}");
     }
+    let table = F::encode_table(0x1234_5000);
+    assert!(!matches!(F::decode(table, 1), PteKind::Table(_)), "no table at level 1: {table:#x}");
     for level in 2..=F::NR_LEVELS {
         let pa = 0x1234_5000;
         assert_eq!(
@@ -189,14 +248,25 @@ pub(crate) fn check_format_conformance<F: PagingFormat>() {
             "a table entry at level {level}"
         );
     }
+    for cache in CachePolicy::ALL {
+        let got = F::cache_policy(cache);
+        assert_eq!(F::cache_policy(got), got, "cache_policy is idempotent ({cache:?})");
+    }
     for level in 1..=F::HIGHEST_LEAF_LEVEL {
         let pa = 3 * page_size::<F>(level);
         for prop in PageProperty::all() {
             let [plain, tracked] = [false, true].map(|t| F::encode_page(pa, level, prop, t));
+            let effective = effective_property::<F>(prop);
+            assert_eq!(
+                (effective.flags & PageFlags::RWX, effective.priv_flags),
+                (prop.flags & PageFlags::RWX, prop.priv_flags),
+                "the rights, user and global bits are exact"
+            );
             for (raw, tracked) in [(plain, false), (tracked, true)] {
+                assert_ne!(raw, 0, "a leaf is never 0");
                 assert_eq!(
                     F::decode(raw, level),
-                    PteKind::Page { pa, prop, tracked },
+                    PteKind::Page { pa, prop: effective, tracked },
                     "level {level} prop {prop:?} tracked {tracked}: raw {raw:#x}"
                 );
             }
@@ -209,6 +279,8 @@ pub(crate) fn check_format_conformance<F: PagingFormat>() {
                 let encode = F::page_encoder(level, prop, t);
                 for pa in [0, pa, (1 << F::PA_BITS) - page_size::<F>(level)] {
                     assert_eq!(encode(pa), F::encode_page(pa, level, prop, t), "page_encoder at {pa:#x}");
+                    let want = PteKind::Page { pa, prop: effective, tracked: t };
+                    assert_eq!(F::decode(encode(pa), level), want, "a leaf at {pa:#x}");
                 }
             }
         }

@@ -88,6 +88,10 @@ unsafe impl PagingFormat for Tiny {
         if raw & VALID == 0 {
             return PteKind::Absent;
         }
+        // A table at level 1 would point below the last level: nothing.
+        if raw & LEAF == 0 && level == 1 {
+            return PteKind::Absent;
+        }
         // A leaf bit where no leaf may be (the root) reads as a table, as on
         // hardware that ignores it there.
         if raw & LEAF == 0 || level > Self::HIGHEST_LEAF_LEVEL {

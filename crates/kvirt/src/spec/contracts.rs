@@ -132,7 +132,7 @@ pub(crate) fn constructor_ensures<L: KernelLayout>(
         view.values().map(|m| (m.va, m.pa, m.level, m.tracked)).collect();
     assert_eq!(found, expected, "contract violated: a new area does not map exactly what was asked");
     assert!(
-        view.values().all(|m| m.prop == request.prop),
+        view.values().all(|m| m.prop == crate::arch::effective_property::<L::Format>(request.prop)),
         "contract violated: a new area maps a page with another property than prop"
     );
 }
