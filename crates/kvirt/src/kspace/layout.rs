@@ -22,14 +22,19 @@
 //!
 //! The constants below are the default layout, [`X86_64Layout`]. A kernel
 //! space is generic over a [`KernelLayout`], which names the paging format
-//! and these ranges; [`TinyLayout`] is the layout of the tiny test format
-//! on which the exhaustive checker runs the very same `KVirtArea` code.
+//! and these ranges. [`Sv48Layout`] and [`Aarch64Layout`] use the same
+//! 48-bit ranges on their formats, [`Sv39Layout`] fits them into a 39-bit
+//! space (diagram on the type), and [`TinyLayout`] is the layout of the
+//! tiny test format on which the exhaustive checker runs the very same
+//! `KVirtArea` code.
 
 use core::fmt;
 use core::ops::Range;
 
 use super::KernelSpaceError;
 use crate::addr::{Paddr, Vaddr};
+use crate::arch::aarch64::Aarch64;
+use crate::arch::riscv::{Sv39, Sv48};
 use crate::arch::tiny::Tiny;
 use crate::arch::x86_64::X86_64;
 use crate::arch::PagingFormat;
@@ -101,6 +106,72 @@ impl KernelLayout for TinyLayout {
     const LINEAR_MAPPING_VADDR_RANGE: Option<Range<Vaddr>> = None;
     const FRAME_METADATA_VADDR_RANGE: Option<Range<Vaddr>> = None;
     const KERNEL_CODE_VADDR_RANGE: Range<Vaddr> = 0x3_0000..0x4_0000;
+}
+
+/// The 48-bit layout drawn above, on RISC-V [`Sv48`]: its kernel half is
+/// x86-64's (addresses sign-extended from bit 47), so every range is the
+/// same.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sv48Layout;
+
+impl KernelLayout for Sv48Layout {
+    type Format = Sv48;
+    const KERNEL_VADDR_RANGE: Range<Vaddr> = X86_64Layout::KERNEL_VADDR_RANGE;
+    const VMALLOC_VADDR_RANGE: Range<Vaddr> = X86_64Layout::VMALLOC_VADDR_RANGE;
+    const LINEAR_MAPPING_VADDR_RANGE: Option<Range<Vaddr>> = X86_64Layout::LINEAR_MAPPING_VADDR_RANGE;
+    const FRAME_METADATA_VADDR_RANGE: Option<Range<Vaddr>> = X86_64Layout::FRAME_METADATA_VADDR_RANGE;
+    const KERNEL_CODE_VADDR_RANGE: Range<Vaddr> = X86_64Layout::KERNEL_CODE_VADDR_RANGE;
+}
+
+/// The 48-bit layout drawn above, on AArch64 stage 1 with the 4 KiB granule
+/// ([`Aarch64`]): the kernel half is what `TTBR1_EL1` translates with
+/// `T1SZ = 16` (`0xffff_0000_0000_0000` up), of which kvirt uses the upper
+/// half, x86-64's ranges. The lower half of `TTBR1`'s range stays unmapped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Aarch64Layout;
+
+impl KernelLayout for Aarch64Layout {
+    type Format = Aarch64;
+    const KERNEL_VADDR_RANGE: Range<Vaddr> = X86_64Layout::KERNEL_VADDR_RANGE;
+    const VMALLOC_VADDR_RANGE: Range<Vaddr> = X86_64Layout::VMALLOC_VADDR_RANGE;
+    const LINEAR_MAPPING_VADDR_RANGE: Option<Range<Vaddr>> = X86_64Layout::LINEAR_MAPPING_VADDR_RANGE;
+    const FRAME_METADATA_VADDR_RANGE: Option<Range<Vaddr>> = X86_64Layout::FRAME_METADATA_VADDR_RANGE;
+    const KERNEL_CODE_VADDR_RANGE: Range<Vaddr> = X86_64Layout::KERNEL_CODE_VADDR_RANGE;
+}
+
+/// The layout of RISC-V [`Sv39`]: a 39-bit space whose kernel half is the
+/// top 256 GiB (addresses sign-extended from bit 38).
+///
+/// ```text
+/// 0xffff_ffc0_0000_0000 ┬─────────────────────────────────┐
+///                       │ linear mapping of all RAM       │  128 GiB
+/// 0xffff_ffe0_0000_0000 ├─────────────────────────────────┤
+///                       │ VMALLOC: kernel virtual areas    │  64 GiB, 8 per-CPU arenas
+///                       │                                 │  of 8 GiB
+/// 0xffff_fff0_0000_0000 ├─────────────────────────────────┤
+///                       │ frame metadata array            │  4 GiB: 64 B per page of
+/// 0xffff_fff1_0000_0000 ├─────────────────────────────────┤  up to 256 GiB of RAM
+///                       │ (unused)                        │
+/// 0xffff_ffff_8000_0000 ├─────────────────────────────────┤
+///                       │ kernel code                     │  2 GiB, as on x86-64
+/// 0xffff_ffff_ffff_0000 ┴─────────────────────────────────┘
+/// ```
+///
+/// Sv39 has no leaf above 2 MiB in kvirt (a 1 GiB leaf would sit in the
+/// root, which kvirt keeps for tables), so the linear mapping uses 2 MiB
+/// pages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sv39Layout;
+
+impl KernelLayout for Sv39Layout {
+    type Format = Sv39;
+    const KERNEL_VADDR_RANGE: Range<Vaddr> = 0xffff_ffc0_0000_0000..KERNEL_END_VADDR;
+    const VMALLOC_VADDR_RANGE: Range<Vaddr> = 0xffff_ffe0_0000_0000..0xffff_fff0_0000_0000;
+    const LINEAR_MAPPING_VADDR_RANGE: Option<Range<Vaddr>> =
+        Some(0xffff_ffc0_0000_0000..0xffff_ffe0_0000_0000);
+    const FRAME_METADATA_VADDR_RANGE: Option<Range<Vaddr>> =
+        Some(0xffff_fff0_0000_0000..0xffff_fff1_0000_0000);
+    const KERNEL_CODE_VADDR_RANGE: Range<Vaddr> = KERNEL_CODE_BASE_VADDR..KERNEL_END_VADDR;
 }
 
 /// The lowest kernel virtual address.
