@@ -26,7 +26,7 @@
 //! At the end everything is dropped and the frame allocator, the page-table
 //! frame count and VMALLOC are back where they started: nothing leaked.
 
-use kvirt::kspace::X86_64Layout;
+use kvirt::kspace::{Aarch64Layout, KernelLayout, Sv39Layout, Sv48Layout, X86_64Layout};
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty, PrivilegedPageFlags};
 use kvirt::PAGE_SIZE;
 use kvirt_model::{run_sequence, Data, FramePick, Frames, Offset, Op, PaChoice, QueryAt, Setup, SplitAt};
@@ -173,10 +173,10 @@ fn op() -> impl Strategy<Value = Op> {
 
 /// Runs `ops` after taking the pool of held frames; the model's first
 /// failure, if any.
-fn run(ops: &[Op]) -> Result<(), String> {
+fn run<L: KernelLayout>(ops: &[Op]) -> Result<(), String> {
     let all: Vec<Op> = std::iter::once(Op::Alloc { frames: POOL }).chain(ops.iter().cloned()).collect();
     let setup = Setup { foreign_ram_size: Some(4 << 20), ..Setup::new(16 << 20) };
-    run_sequence::<X86_64Layout>(&all, &setup, None).map(drop).map_err(|f| {
+    run_sequence::<L>(&all, &setup, None).map(drop).map_err(|f| {
         let listing: Vec<String> = all.iter().enumerate().map(|(i, op)| format!("  {i}: {op}")).collect();
         format!("{f}\n{}", listing.join("\n"))
     })
@@ -187,15 +187,38 @@ proptest! {
 
     #[test]
     fn random_area_operations_refine_the_model(ops in proptest::collection::vec(op(), 1..40)) {
-        let result = run(&ops);
+        let result = run::<X86_64Layout>(&ops);
         prop_assert!(result.is_ok(), "{}", result.unwrap_err());
     }
+}
+
+/// The same random sequences on the other formats (fewer cases each: the
+/// generic code is the same, the encodings and leaf sizes differ).
+macro_rules! on_other_formats {
+    ($($name:ident: $layout:ty,)*) => {
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(32))]
+            $(
+                #[test]
+                fn $name(ops in proptest::collection::vec(op(), 1..40)) {
+                    let result = run::<$layout>(&ops);
+                    prop_assert!(result.is_ok(), "{}", result.unwrap_err());
+                }
+            )*
+        }
+    };
+}
+
+on_other_formats! {
+    random_area_operations_refine_the_model_on_sv39: Sv39Layout,
+    random_area_operations_refine_the_model_on_sv48: Sv48Layout,
+    random_area_operations_refine_the_model_on_aarch64: Aarch64Layout,
 }
 
 /// A fixed sequence through the interesting paths, so that a plain run
 /// always covers them whatever the random cases draw.
 #[test]
-fn a_fixed_sequence_refines_the_model() {
+fn a_fixed_sequence_refines_the_model_on_every_format() {
     let prop = |i: usize| props()[i];
     let wrap = |offset| Offset::Wrap { offset, extra: 2 };
     let ops = vec![
@@ -245,7 +268,14 @@ fn a_fixed_sequence_refines_the_model() {
         Op::Read { area: 0, offset: wrap(0), len: 10 },
         Op::Drop { area: 2 },
     ];
-    if let Err(failure) = run(&ops) {
-        panic!("{failure}");
+    for result in [
+        run::<X86_64Layout>(&ops),
+        run::<Sv39Layout>(&ops),
+        run::<Sv48Layout>(&ops),
+        run::<Aarch64Layout>(&ops),
+    ] {
+        if let Err(failure) = result {
+            panic!("{failure}");
+        }
     }
 }

@@ -9,7 +9,7 @@
 
 use std::ops::Range;
 
-use kvirt::arch::{page_size, PagingFormat};
+use kvirt::arch::{effective_property, page_size, PagingFormat};
 use kvirt::frame::{Frame, FrameAllocOptions, PhysStats};
 use kvirt::kspace::{
     AreaAccessError, AreaInfo, AreaKind, KVirtArea, KVirtAreaError, KernelLayout, MappedItemRef, SplitError,
@@ -190,9 +190,14 @@ impl<L: KernelLayout> Model<'_, L> {
         };
         let start = area.start().wrapping_add(offset);
         let shift = if self.fault == Some(super::ModelFault::TrackedViewOffByOne) { PAGE_SIZE } else { 0 };
+        // What the format stores of `prop` (status flags it sets itself,
+        // the nearest cache policy it has).
+        let effective = effective_property::<L::Format>(prop);
         for (i, pa) in pas.into_iter().enumerate() {
-            self.view
-                .insert(start + shift + i * PAGE_SIZE, Leaf { pa, size: PAGE_SIZE, prop, tracked: true });
+            self.view.insert(
+                start + shift + i * PAGE_SIZE,
+                Leaf { pa, size: PAGE_SIZE, prop: effective, tracked: true },
+            );
             self.add_ref(pa);
         }
         self.add_area(area, size, offset, len, AreaKind::Tracked, "kvirt-model: tracked")
@@ -291,7 +296,9 @@ impl<L: KernelLayout> Model<'_, L> {
             })?;
         }
         let start = area.start() + offset;
-        for (va, page) in greedy_pages::<L::Format>(start, pa.start, len, prop) {
+        for (va, page) in
+            greedy_pages::<L::Format>(start, pa.start, len, effective_property::<L::Format>(prop))
+        {
             self.view.insert(va, page);
         }
         self.add_area(area, size, offset, len, AreaKind::Untracked, "kvirt-model: untracked")

@@ -8,7 +8,7 @@
 
 use std::ops::Range;
 
-use kvirt::arch::{page_size, PagingFormat};
+use kvirt::arch::{effective_property, page_size, PagingFormat};
 use kvirt::kspace::KernelLayout;
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
 use kvirt::page_table::{
@@ -303,6 +303,7 @@ impl<L: KernelLayout> Model<'_, L> {
                     };
                     match (c.try_map(item).map_err(|e| e.kind), predicted) {
                         (Ok(()), Ok(size)) => {
+                            let prop = effective_property::<L::Format>(prop);
                             model.map.insert(va, Leaf { pa, size, prop, tracked });
                             if tracked {
                                 add_ref(pa, 1);
@@ -345,7 +346,10 @@ impl<L: KernelLayout> Model<'_, L> {
                         let scarce = space.phys_stats().free_pages < super::SLACK_PAGES;
                         let done = match how {
                             Some(how) => {
-                                let (predicted, next) = model.protect_next_with(va, end, |p| how.apply(p));
+                                let (predicted, next) = model.protect_next_with(va, end, |p| {
+                                    how.apply(p);
+                                    *p = effective_property::<L::Format>(*p);
+                                });
                                 let got =
                                     c.try_protect_next(end - va, &mut |p: &mut PageProperty| how.apply(p));
                                 match got {
