@@ -2,6 +2,7 @@
 
 use core::ops::Range;
 
+use crate::mmu::Paging;
 use crate::ram::PAGE_SIZE;
 use crate::PhysAddr;
 
@@ -18,6 +19,7 @@ pub struct MachineConfig {
     ram_size: usize,
     cpus: usize,
     reserved: Vec<Range<PhysAddr>>,
+    paging: Paging,
 }
 
 impl MachineConfig {
@@ -32,7 +34,18 @@ impl MachineConfig {
         let ram_size = ram_size
             .checked_next_multiple_of(PAGE_SIZE)
             .unwrap_or_else(|| panic!("RAM size {ram_size:#x} is too large"));
-        MachineConfig { ram_size, cpus: 1, reserved: Vec::new() }
+        MachineConfig { ram_size, cpus: 1, reserved: Vec::new(), paging: Paging::X86_64 }
+    }
+
+    /// Sets the paging format the CPUs' MMUs walk (x86-64 by default).
+    #[must_use]
+    pub fn paging(mut self, paging: Paging) -> Self {
+        self.paging = paging;
+        self
+    }
+
+    pub(crate) fn paging_format(&self) -> Paging {
+        self.paging
     }
 
     /// Sets the number of CPUs.

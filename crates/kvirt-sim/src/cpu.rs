@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::machine::{Bus, BusError};
-use crate::mmu::{self, Access, FaultKind, PageFault, Translation};
+use crate::mmu::{self, Access, FaultKind, PageFault, Paging, Translation};
 use crate::PhysAddr;
 
 /// The page sizes a TLB entry can have, smallest first.
@@ -36,6 +36,7 @@ type Tlb = HashMap<(usize, usize), Translation>;
 pub struct Cpu {
     index: usize,
     bus: Arc<Bus>,
+    paging: Paging,
     root: AtomicU64,
     tlb: Mutex<Tlb>,
     /// Flush requests this CPU has carried out (a shoot-down received).
@@ -43,10 +44,11 @@ pub struct Cpu {
 }
 
 impl Cpu {
-    pub(crate) fn new(index: usize, bus: Arc<Bus>) -> Self {
+    pub(crate) fn new(index: usize, bus: Arc<Bus>, paging: Paging) -> Self {
         Cpu {
             index,
             bus,
+            paging,
             root: AtomicU64::new(0),
             tlb: Mutex::new(Tlb::new()),
             invalidations: AtomicU64::new(0),
@@ -96,7 +98,7 @@ impl Cpu {
     /// # Errors
     /// The [`PageFault`] of a TLB hit without the rights, or of the walk.
     pub fn translate(&self, va: usize, access: Access) -> Result<Translation, PageFault> {
-        if !mmu::is_canonical(va) {
+        if !self.paging.is_canonical(va) {
             return Err(PageFault { va, access, kind: FaultKind::NonCanonical });
         }
         let mut tlb = self.lock_tlb();
@@ -109,7 +111,7 @@ impl Cpu {
             let offset = va & (entry.page_size - 1);
             return Ok(Translation { pa: entry.pa + offset as PhysAddr, ..entry });
         }
-        let translation = mmu::walk_bus(&self.bus, self.root(), va, access)?;
+        let translation = mmu::walk_bus(&self.bus, self.paging, self.root(), va, access)?;
         let size = translation.page_size;
         let entry = Translation { pa: translation.pa & !(size as PhysAddr - 1), ..translation };
         tlb.insert((va & !(size - 1), size), entry);

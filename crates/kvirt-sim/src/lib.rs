@@ -1,11 +1,15 @@
-//! An emulated x86-64 machine for testing kernel memory management on an
-//! ordinary host.
+//! An emulated machine for testing kernel memory management on an ordinary
+//! host.
 //!
 //! `kvirt-sim` is *hardware*: RAM, a firmware memory map, a device window and
-//! CPUs whose MMUs walk x86-64 4-level page tables and cache translations in
-//! per-CPU TLBs. It does not depend on the kvirt library; its page walker is
-//! an independent implementation of Intel SDM vol. 3, section 4.5, so it is an
-//! oracle for the page-table entries the library writes.
+//! CPUs whose MMUs walk page tables and cache translations in per-CPU TLBs.
+//! The paging format is chosen per machine ([`MachineConfig::paging`]):
+//! x86-64 4-level paging (the default), RISC-V Sv39 and Sv48, and AArch64
+//! stage 1 with the 4 KiB granule. It does not depend on the kvirt library;
+//! each page walker is an independent implementation of its architecture's
+//! specification (Intel SDM vol. 3 section 4.5, the RISC-V privileged
+//! specification, the Arm ARM chapter D8), so it is an oracle for the
+//! page-table entries the library writes.
 //!
 //! ```
 //! use kvirt_sim::{Access, Machine, MachineConfig};
@@ -98,7 +102,7 @@ pub use config::{MachineConfig, Region, RegionKind};
 pub use cpu::{Cpu, MemError};
 pub use device::{SIM_DEVICE_ID, SIM_DEVICE_VERSION};
 pub use machine::{BusError, Machine};
-pub use mmu::{walk, Access, FaultKind, PageFault, Translation};
+pub use mmu::{walk, Access, FaultKind, PageFault, Paging, Translation};
 
 /// A physical address. Virtual addresses are `usize`.
 pub type PhysAddr = u64;

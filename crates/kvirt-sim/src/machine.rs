@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::config::{MachineConfig, Region};
 use crate::cpu::Cpu;
 use crate::device::SimDevice;
+use crate::mmu::Paging;
 use crate::ram::Ram;
 use crate::PhysAddr;
 
@@ -19,6 +20,7 @@ pub struct Machine {
     bus: Arc<Bus>,
     map: Vec<Region>,
     cpus: Vec<Cpu>,
+    paging: Paging,
 }
 
 impl Machine {
@@ -32,8 +34,9 @@ impl Machine {
             device: SimDevice::default(),
             window: config.device_window(),
         });
-        let cpus = (0..config.nr_cpus()).map(|index| Cpu::new(index, Arc::clone(&bus))).collect();
-        Machine { bus, map: config.memory_map(), cpus }
+        let paging = config.paging_format();
+        let cpus = (0..config.nr_cpus()).map(|index| Cpu::new(index, Arc::clone(&bus), paging)).collect();
+        Machine { bus, map: config.memory_map(), cpus, paging }
     }
 
     /// Base of RAM: physical address `pa < ram_size()` lives at
@@ -79,6 +82,11 @@ impl Machine {
     /// [`SIM_DEVICE_ID`]: crate::SIM_DEVICE_ID
     pub fn device_window(&self) -> Range<PhysAddr> {
         self.bus.window.clone()
+    }
+
+    /// The paging format the CPUs' MMUs walk.
+    pub fn paging(&self) -> Paging {
+        self.paging
     }
 
     /// The number of CPUs.

@@ -15,7 +15,7 @@ use kvirt::kspace::{
 };
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
 use kvirt::platform::MemoryRegionKind;
-use kvirt::sim::MachineConfig;
+use kvirt::sim::{Access, FaultKind, MachineConfig, Paging};
 use kvirt::spec::Inv;
 use kvirt::PAGE_SIZE;
 
@@ -128,9 +128,52 @@ fn lazy_drop_then_purge<L: KernelLayout>() {
     assert_eq!((space.phys_stats(), space.vmalloc_stats()), before);
 }
 
+/// The machine's MMU, walking the format with the simulator's own walker
+/// (written from the architecture's specification), reads what kvirt
+/// mapped, is refused what the rights forbid, and faults at a dropped area
+/// once kvirt's flush has removed the translation it had cached.
+fn the_mmu_walks_what_kvirt_encodes<L: KernelLayout>(paging: Paging) {
+    let space = space::<L>();
+    // SAFETY: the CPU runs the space's kernel table and reads and writes
+    // only through areas this test holds, faults apart.
+    let machine = unsafe { space.machine() }.expect("a hosted space");
+    assert_eq!(machine.paging(), paging, "the machine walks the layout's format");
+    let cpu = machine.cpu(0);
+    cpu.set_root(space.kernel_root_paddr() as u64);
+    let frames = FrameAllocOptions::new_in(&space).alloc_segment(2).unwrap();
+    let pa = frames.paddr();
+    let area = space.try_map_frames(2 * P, 0, frames, rw()).unwrap();
+    cpu.write(area.start() + P + 8, &0x1234_5678_u64.to_le_bytes()).expect("the MMU writes a writable page");
+    let mut word = [0; 8];
+    area.read_bytes(P + 8, &mut word).unwrap();
+    assert_eq!(u64::from_le_bytes(word), 0x1234_5678);
+    let t = cpu.translate(area.start(), Access::READ).expect("the MMU reads a mapped page");
+    assert_eq!((t.pa, t.page_size), (pa as u64, P));
+    assert!(cpu.translate(area.start(), Access::EXECUTE).is_err(), "RW is not executable");
+    let user = Access { user: true, ..Access::READ };
+    assert!(cpu.translate(area.start(), user).is_err(), "kernel pages are not user-accessible");
+    // Read-only memory refuses writes.
+    let frame = FrameAllocOptions::new_in(&space).alloc_frame().unwrap();
+    let ro = PageProperty::new_kernel(PageFlags::R, CachePolicy::Writeback);
+    let read_only = space.try_map_frames(P, 0, [frame], ro).unwrap();
+    cpu.translate(read_only.start(), Access::READ).expect("readable");
+    assert!(cpu.translate(read_only.start(), Access::WRITE).is_err(), "read-only refuses writes");
+    // The linear mapping reads RAM as the machine has it.
+    let linear = L::LINEAR_MAPPING_VADDR_RANGE.unwrap().start;
+    cpu.read(linear + pa + P + 8, &mut word).expect("the linear mapping is walkable");
+    assert_eq!(u64::from_le_bytes(word), 0x1234_5678);
+    // A dropped area's cached translation goes with kvirt's flush.
+    let va = area.start();
+    drop(area);
+    let fault = cpu.translate(va, Access::READ).expect_err("a dropped area faults");
+    assert!(matches!(fault.kind, FaultKind::NotPresent { .. }), "{fault}");
+    drop(read_only);
+    assert!(space.inv());
+}
+
 /// Instantiates every scenario for each layout.
 macro_rules! on_every_format {
-    ($($module:ident: $layout:ty,)*) => {$(
+    ($($module:ident: $layout:ty => $paging:expr,)*) => {$(
         mod $module {
             use super::*;
 
@@ -150,6 +193,11 @@ macro_rules! on_every_format {
             }
 
             #[test]
+            fn the_mmu_walks_what_kvirt_encodes() {
+                super::the_mmu_walks_what_kvirt_encodes::<$layout>($paging);
+            }
+
+            #[test]
             fn lazy_drop_then_purge() {
                 super::lazy_drop_then_purge::<$layout>();
             }
@@ -158,8 +206,8 @@ macro_rules! on_every_format {
 }
 
 on_every_format! {
-    x86_64: X86_64Layout,
-    sv39: Sv39Layout,
-    sv48: Sv48Layout,
-    aarch64: Aarch64Layout,
+    x86_64: X86_64Layout => Paging::X86_64,
+    sv39: Sv39Layout => Paging::Sv39,
+    sv48: Sv48Layout => Paging::Sv48,
+    aarch64: Aarch64Layout => Paging::Aarch64,
 }

@@ -9,6 +9,7 @@ mod memory_map;
 mod properties;
 mod tlb;
 mod walk;
+mod walk_other;
 
 use crate::{Machine, MachineConfig, PhysAddr};
 

@@ -86,9 +86,12 @@ proptest! {
             let want = Translation {
                 pa: mapping.pfn << 12 | offset as u64,
                 page_size: KIB4,
+                readable: true,
                 writable: mapping.writable,
                 user: mapping.user,
+                supervisor: true,
                 executable: mapping.executable,
+                user_executable: mapping.executable,
                 global: mapping.global,
             };
             prop_assert_eq!(walk(&machine, tables.root, va, Access::READ), Ok(want));

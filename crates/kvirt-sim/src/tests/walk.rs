@@ -21,9 +21,12 @@ fn walk_maps_4k_page_with_offset() {
         Translation {
             pa: 0x7_6543_2abc,
             page_size: KIB4,
+            readable: true,
             writable: true,
             user: false,
+            supervisor: true,
             executable: true,
+            user_executable: true,
             global: false,
         }
     );

@@ -160,8 +160,9 @@ impl<L: KernelLayout> KernelSpace<L> {
         Ok(Self { inner })
     }
 
-    /// [`KernelSpace::new_hosted`] for layout `L`. The simulated MMU walks
-    /// x86-64 tables only; other layouts are for checking kvirt itself.
+    /// [`KernelSpace::new_hosted`] for layout `L`. The machine's MMUs walk
+    /// the layout's paging format when the simulator has a walker for it
+    /// (x86-64, Sv39, Sv48, AArch64); the tiny test format has none.
     ///
     /// # Panics
     ///
@@ -169,6 +170,10 @@ impl<L: KernelLayout> KernelSpace<L> {
     #[cfg(feature = "std")]
     #[must_use]
     pub fn hosted_with_layout(config: kvirt_sim::MachineConfig) -> Self {
+        let config = match crate::platform::hosted::sim_paging::<L::Format>() {
+            Some(paging) => config.paging(paging),
+            None => config,
+        };
         let machine = alloc::sync::Arc::new(kvirt_sim::Machine::new(config));
         // SAFETY: the machine is new and only this space will have it: the
         // `Arc` kept in the space is handed out by the `unsafe`

@@ -263,6 +263,22 @@ unsafe impl Platform for SimPlatform {
     }
 }
 
+/// The simulator's walker for paging format `F`, if it has one.
+pub(crate) fn sim_paging<F: crate::arch::PagingFormat>() -> Option<kvirt_sim::Paging> {
+    use core::any::TypeId;
+
+    use crate::arch::{aarch64::Aarch64, riscv, x86_64::X86_64};
+    let f = TypeId::of::<F>();
+    [
+        (TypeId::of::<X86_64>(), kvirt_sim::Paging::X86_64),
+        (TypeId::of::<riscv::Sv39>(), kvirt_sim::Paging::Sv39),
+        (TypeId::of::<riscv::Sv48>(), kvirt_sim::Paging::Sv48),
+        (TypeId::of::<Aarch64>(), kvirt_sim::Paging::Aarch64),
+    ]
+    .into_iter()
+    .find_map(|(t, paging)| (t == f).then_some(paging))
+}
+
 #[cfg(test)]
 mod tests {
     use alloc::string::String;

@@ -1,6 +1,18 @@
-//! The page walker: x86-64 4-level paging (Intel SDM vol. 3, section 4.5).
+//! The page walkers, one per paging format, each written from its
+//! architecture's specification rather than from kvirt's encoder:
 //!
-//! Assumed control state: CR0.PG = CR0.WP = 1, CR4.PAE = CR4.PGE = 1,
+//! * [`Paging::X86_64`]: x86-64 4-level paging (Intel SDM vol. 3, section
+//!   4.5), this file;
+//! * [`Paging::Sv39`], [`Paging::Sv48`]: RISC-V (privileged specification,
+//!   section "Sv39"/"Sv48" virtual-memory systems), `riscv.rs`;
+//! * [`Paging::Aarch64`]: AArch64 stage 1, 4 KiB granule, 48-bit addresses
+//!   (Arm ARM, chapter D8), `aarch64.rs`.
+//!
+//! Each turns a walk into a [`Translation`] (rights as seen after the walk)
+//! or a [`FaultKind`]; [`Translation::permits`] then decides an access, on
+//! a walk and on a TLB hit alike.
+//!
+//! x86-64 control state assumed: CR0.PG = CR0.WP = 1, CR4.PAE = CR4.PGE = 1,
 //! CR4.LA57 = CR4.PCIDE = CR4.SMEP = CR4.SMAP = CR4.PKE = 0, `IA32_EFER.NXE` = 1,
 //! MAXPHYADDR = 52. Accessed and dirty bits are never written.
 
@@ -8,6 +20,44 @@ use core::fmt;
 
 use crate::machine::{Bus, Machine};
 use crate::PhysAddr;
+
+mod aarch64;
+mod riscv;
+
+/// The paging format a machine's MMUs walk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Paging {
+    /// x86-64 4-level paging; the root is CR3.
+    #[default]
+    X86_64,
+    /// RISC-V Sv39; the root is the physical address of the root table
+    /// (`satp.PPN << 12`).
+    Sv39,
+    /// RISC-V Sv48; the root as for Sv39.
+    Sv48,
+    /// AArch64 stage 1, 4 KiB granule, 48-bit virtual and physical
+    /// addresses; the root is the table address of `TTBR0_EL1` (lower half)
+    /// and `TTBR1_EL1` (upper half) alike.
+    Aarch64,
+}
+
+impl Paging {
+    /// The virtual-address bits the format translates.
+    #[must_use]
+    pub fn va_bits(self) -> u32 {
+        match self {
+            Paging::Sv39 => 39,
+            Paging::X86_64 | Paging::Sv48 | Paging::Aarch64 => 48,
+        }
+    }
+
+    /// Whether `va` is sign-extended from bit `va_bits() - 1`.
+    #[must_use]
+    pub fn is_canonical(self, va: usize) -> bool {
+        let unused = 64 - self.va_bits();
+        (((va as i64) << unused) >> unused) as usize == va
+    }
+}
 
 /// Bits of a paging-structure entry.
 mod bits {
@@ -74,23 +124,36 @@ pub struct Translation {
     pub pa: PhysAddr,
     /// The size of the page that maps it: 4 KiB, 2 MiB or 1 GiB.
     pub page_size: usize,
-    /// R/W was set at every level.
+    /// Data reads are allowed (always on x86-64; RISC-V's `R`).
+    pub readable: bool,
+    /// Writes are allowed (x86-64: R/W set at every level).
     pub writable: bool,
-    /// U/S was set at every level.
+    /// User-mode accesses are allowed (x86-64: U/S set at every level).
     pub user: bool,
-    /// XD was clear at every level.
+    /// Supervisor-mode accesses are allowed (always on x86-64 without
+    /// SMAP and on AArch64 without PAN; not for a RISC-V `U` page).
+    pub supervisor: bool,
+    /// Supervisor instruction fetches are allowed (x86-64: XD clear at
+    /// every level).
     pub executable: bool,
-    /// G was set in the leaf entry.
+    /// User instruction fetches are allowed (also needs `user`).
+    pub user_executable: bool,
+    /// The translation is global (x86-64 and RISC-V: G set; AArch64: nG
+    /// clear).
     pub global: bool,
 }
 
 impl Translation {
-    /// Whether this translation allows `access`. Supervisor accesses ignore
-    /// `user` (no SMEP/SMAP), but not `writable` (CR0.WP = 1).
+    /// Whether this translation allows `access`: the mode (`user` or
+    /// `supervisor`), then each kind the access is (a plain read needs
+    /// `readable`, a write `writable`, a fetch the mode's execute right).
+    /// Supervisor writes need `writable` too (x86-64's CR0.WP = 1).
     pub fn permits(&self, access: Access) -> bool {
-        (!access.write || self.writable)
-            && (!access.user || self.user)
-            && (!access.execute || self.executable)
+        let mode = if access.user { self.user } else { self.supervisor };
+        let fetch = if access.user { self.user_executable } else { self.executable };
+        mode && (!access.write || self.writable)
+            && (!access.execute || fetch)
+            && (access.write || access.execute || self.readable)
     }
 }
 
@@ -131,7 +194,15 @@ pub enum FaultKind {
         /// The level of the offending entry.
         level: u8,
     },
-    /// Bits 63:47 of the virtual address are not all equal.
+    /// The leaf's accessed flag is clear (RISC-V `A` without Svadu, and `D`
+    /// on a write; AArch64 `AF` without hardware management): the
+    /// hardware faults for software to set it.
+    AccessFlag {
+        /// The level of the leaf.
+        level: u8,
+    },
+    /// The virtual address is not sign-extended from the format's top bit
+    /// (bits 63:47 on x86-64).
     NonCanonical,
     /// The table for `level` (the root for 4, or the address in the entry
     /// one level up) is not a page inside RAM. Real hardware would read
@@ -151,17 +222,12 @@ impl fmt::Display for FaultKind {
                 write!(f, "reserved bit set in level {level} entry")
             }
             FaultKind::NonCanonical => f.write_str("non-canonical address"),
+            FaultKind::AccessFlag { level } => write!(f, "accessed flag clear in level {level} leaf"),
             FaultKind::BadTableAddress { level } => {
                 write!(f, "level {level} table is not in RAM")
             }
         }
     }
-}
-
-/// Whether `va` is canonical for 48-bit linear addresses.
-pub(crate) fn is_canonical(va: usize) -> bool {
-    let sign_extended = ((va as i64) << 16) >> 16;
-    sign_extended as usize == va
 }
 
 /// Translates `va` for `access` by walking the page table rooted at `root`,
@@ -176,21 +242,28 @@ pub(crate) fn is_canonical(va: usize) -> bool {
 /// present or has a reserved bit set, a table is not in RAM, or the access
 /// rights do not allow `access`.
 pub fn walk(machine: &Machine, root: PhysAddr, va: usize, access: Access) -> Result<Translation, PageFault> {
-    walk_bus(machine.bus(), root, va, access)
+    walk_bus(machine.bus(), machine.paging(), root, va, access)
 }
 
 /// [`walk`] on the bus itself, for the CPUs.
 pub(crate) fn walk_bus(
     bus: &Bus,
+    paging: Paging,
     root: PhysAddr,
     va: usize,
     access: Access,
 ) -> Result<Translation, PageFault> {
     let fault = |kind| PageFault { va, access, kind };
-    if !is_canonical(va) {
+    if !paging.is_canonical(va) {
         return Err(fault(FaultKind::NonCanonical));
     }
-    let translation = lookup(bus, root, va).map_err(fault)?;
+    let translation = match paging {
+        Paging::X86_64 => lookup(bus, root, va),
+        Paging::Sv39 => riscv::lookup(bus, 3, root, va, access),
+        Paging::Sv48 => riscv::lookup(bus, 4, root, va, access),
+        Paging::Aarch64 => aarch64::lookup(bus, root, va),
+    }
+    .map_err(fault)?;
     if translation.permits(access) {
         Ok(translation)
     } else {
@@ -242,9 +315,12 @@ fn lookup(bus: &Bus, root: PhysAddr, va: usize) -> Result<Translation, FaultKind
             return Ok(Translation {
                 pa: frame | (va as PhysAddr & offset_mask),
                 page_size,
+                readable: true,
                 writable,
                 user,
+                supervisor: true,
                 executable,
+                user_executable: executable,
                 global: entry & bits::GLOBAL != 0,
             });
         }
