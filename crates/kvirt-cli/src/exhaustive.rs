@@ -26,7 +26,7 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::sync::Mutex;
 
-use kvirt::kspace::TinyLayout;
+use kvirt::kspace::{Aarch64Layout, KernelLayout, Sv39Layout, Sv48Layout, TinyLayout, X86_64Layout};
 use kvirt::PAGE_SIZE;
 use kvirt_model::{
     run_sequence, Data, Failure, Frames, ModelFault, Offset, Op, PaChoice, QueryAt, Setup, SplitAt,
@@ -68,16 +68,26 @@ pub fn alphabet() -> Vec<Op> {
         Op::Drop { area: 0 },
         Op::Drop { area: 1 },
         Op::DropHeld { which: 0 },
-        // The raw cursor on a user page table of the same space: a tracked
-        // frame, a 16 KiB huge page (overlapping it when both are mapped),
-        // a misaligned huge page, and unmap / protect / query that cut
-        // into the huge page.
-        Op::PtMap { page: 5, level: 1, tracked: true },
-        Op::PtMap { page: 4, level: 2, tracked: false },
-        Op::PtMap { page: 2, level: 2, tracked: false },
-        Op::PtUnmap { page: 5, pages: 2 },
-        Op::PtProtect { page: 4, pages: 1 },
-        Op::PtQuery { page: 5 },
+    ]
+    .into_iter()
+    .chain(page_table_alphabet(4))
+    .collect()
+}
+
+/// The raw-cursor operations on a user page table of the space, for a
+/// format whose level-2 pages hold `huge` 4 KiB pages (4 on the tiny
+/// format, 512 on the others): a tracked frame, a huge page (overlapping
+/// it when both are mapped), a misaligned huge page, and unmap / protect /
+/// query that cut into the huge page.
+#[must_use]
+pub fn page_table_alphabet(huge: usize) -> Vec<Op> {
+    vec![
+        Op::PtMap { page: huge + 1, level: 1, tracked: true },
+        Op::PtMap { page: huge, level: 2, tracked: false },
+        Op::PtMap { page: huge / 2, level: 2, tracked: false },
+        Op::PtUnmap { page: huge + 1, pages: 2 },
+        Op::PtProtect { page: huge, pages: 1 },
+        Op::PtQuery { page: huge + 1 },
     ]
 }
 
@@ -114,7 +124,17 @@ fn sequence(alphabet: &[Op], len: usize, mut index: u64) -> Vec<Op> {
 /// checker's own tests).
 #[must_use]
 pub fn check(depth: usize, threads: usize, fault: Option<ModelFault>) -> Report {
-    let ops = alphabet();
+    check_on::<TinyLayout>(&alphabet(), depth, threads, fault)
+}
+
+/// [`check`] with the operations `ops` on a space laid out as `L`.
+#[must_use]
+pub fn check_on<L: KernelLayout>(
+    ops: &[Op],
+    depth: usize,
+    threads: usize,
+    fault: Option<ModelFault>,
+) -> Report {
     let setup = Setup { fault, ..Setup::new(4 << 20) };
     let states = Mutex::new(HashSet::new());
     let failure = Mutex::new(None);
@@ -125,7 +145,7 @@ pub fn check(depth: usize, threads: usize, fault: Option<ModelFault>) -> Report 
         let count = (ops.len() as u64).pow(u32::try_from(len).expect("a small depth"));
         std::thread::scope(|s| {
             for t in 0..threads as u64 {
-                let (ops, setup, states, failure, totals) = (&ops, &setup, &states, &failure, &totals);
+                let (setup, states, failure, totals) = (&setup, &states, &failure, &totals);
                 s.spawn(move || {
                     let mut seen = HashSet::new();
                     let (mut sequences, mut operations, mut checks) = (0, 0, 0);
@@ -137,7 +157,7 @@ pub fn check(depth: usize, threads: usize, fault: Option<ModelFault>) -> Report 
                         let mut visit = |h| {
                             seen.insert(h);
                         };
-                        match run_sequence::<TinyLayout>(&seq, setup, Some(&mut visit)) {
+                        match run_sequence::<L>(&seq, setup, Some(&mut visit)) {
                             Ok(n) => checks += n,
                             Err(f) => {
                                 failure.lock().expect("not poisoned").get_or_insert((seq, f));
@@ -195,7 +215,43 @@ pub fn run(depth: usize, threads: usize, out: &mut dyn Write) -> Result<(), Erro
         "ok: {} sequences, {} operations, {} distinct states, {} checks passed, {elapsed:.1} s",
         report.sequences, report.operations, report.states, report.checks
     )?;
+    // The page-table part on every real format, to one level less.
+    let pt_depth = depth.saturating_sub(1).max(1);
+    let ops = page_table_alphabet(512);
+    for (name, check) in real_formats() {
+        let start = std::time::Instant::now();
+        let report = check(&ops, pt_depth, threads);
+        if let Some((seq, f)) = &report.failure {
+            writeln!(out, "FAILED on {name}: {f}")?;
+            for (i, op) in seq.iter().enumerate() {
+                writeln!(out, "  {i}: {op}")?;
+            }
+            return Err(Error(format!("exhaustive check failed on {name}: {}", f.check)));
+        }
+        writeln!(
+            out,
+            "ok on {name}: every sequence of 1..={pt_depth} of {} raw page-table operations: {} sequences, {} distinct states, {} checks passed, {:.1} s",
+            ops.len(),
+            report.sequences,
+            report.states,
+            report.checks,
+            start.elapsed().as_secs_f64()
+        )?;
+    }
     Ok(())
+}
+
+/// A checker run on one format.
+type FormatCheck = fn(&[Op], usize, usize) -> Report;
+
+/// The real formats, named, each with [`check_on`] for its layout.
+fn real_formats() -> [(&'static str, FormatCheck); 4] {
+    [
+        ("x86-64", |ops, depth, threads| check_on::<X86_64Layout>(ops, depth, threads, None)),
+        ("Sv39", |ops, depth, threads| check_on::<Sv39Layout>(ops, depth, threads, None)),
+        ("Sv48", |ops, depth, threads| check_on::<Sv48Layout>(ops, depth, threads, None)),
+        ("AArch64", |ops, depth, threads| check_on::<Aarch64Layout>(ops, depth, threads, None)),
+    ]
 }
 
 #[cfg(test)]
@@ -217,6 +273,20 @@ mod tests {
         let n = alphabet().len() as u64;
         assert_eq!(r.sequences, n + n * n);
         assert!(r.states > 20, "only {} distinct states", r.states);
+    }
+
+    #[test]
+    fn the_page_table_part_passes_on_every_real_format() {
+        let ops = page_table_alphabet(512);
+        for (name, check) in real_formats() {
+            let r = check(&ops, 2, 2);
+            assert!(r.failure.is_none(), "{name}: {:?}", r.failure);
+            let n = ops.len() as u64;
+            assert_eq!(r.sequences, n + n * n, "{name}");
+            // The start, a tracked page, a huge page, the huge page split by
+            // an unmap, and by a protect, at least.
+            assert!(r.states >= 5, "{name}: only {} distinct states", r.states);
+        }
     }
 
     #[test]
