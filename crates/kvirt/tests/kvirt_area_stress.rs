@@ -13,8 +13,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
 
+use kvirt::arch::effective_property;
 use kvirt::frame::{Frame, FrameAllocOptions};
-use kvirt::kspace::{KVirtArea, KernelSpace, MappedItemRef, VMALLOC_VADDR_RANGE};
+use kvirt::kspace::{
+    Aarch64Layout, KVirtArea, KernelLayout, KernelSpace, MappedItemRef, Sv39Layout, Sv48Layout, X86_64Layout,
+};
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
 use kvirt::platform::hosted::set_current_cpu;
 use kvirt::sim::MachineConfig;
@@ -48,8 +51,8 @@ impl XorShift {
 }
 
 /// What an area was created with, to check it against later.
-struct Live {
-    area: KVirtArea,
+struct Live<L: KernelLayout> {
+    area: KVirtArea<L>,
     /// The physical page each mapped page maps, from `area.mapped_range()`.
     pas: Vec<Paddr>,
     /// Clones of its tracked frames, held by the test.
@@ -58,7 +61,7 @@ struct Live {
     ram: bool,
 }
 
-impl Live {
+impl<L: KernelLayout> Live<L> {
     /// `query` on every mapped page (and one unmapped one, if any) gives
     /// what was mapped.
     fn check_query(&self) {
@@ -74,7 +77,7 @@ impl Live {
                 &MappedItemRef::Untracked(base, level, _) => base + va % (P << (9 * (level as usize - 1))),
             };
             assert_eq!(got, pa, "page {i} of {:?}", self.area);
-            assert_eq!(item.prop(), prop());
+            assert_eq!(item.prop(), effective_property::<L::Format>(prop()));
         }
         if mapped.start > self.area.start() {
             assert!(self.area.query(self.area.start()).is_none());
@@ -86,14 +89,14 @@ impl Live {
 }
 
 /// Where the space's device window starts, if its machine has one.
-fn device_window_start(space: &KernelSpace) -> Option<Paddr> {
+fn device_window_start<L: KernelLayout>(space: &KernelSpace<L>) -> Option<Paddr> {
     let device = space.memory_map().iter().find(|r| r.kind == kvirt::platform::MemoryRegionKind::Device);
     device.map(|r| r.range.start)
 }
 
 /// Creates a random area in `space`: tracked (1-8 fresh frames), untracked
 /// low memory from `low` (one page each), or a 2 MiB device piece.
-fn create(space: &KernelSpace, rng: &mut XorShift, low: &Range<Paddr>) -> Live {
+fn create<L: KernelLayout>(space: &KernelSpace<L>, rng: &mut XorShift, low: &Range<Paddr>) -> Live<L> {
     let device = device_window_start(space);
     let offset = rng.below(3) * P;
     match rng.below(if device.is_some() { 4 } else { 3 }) {
@@ -129,7 +132,7 @@ fn create(space: &KernelSpace, rng: &mut XorShift, low: &Range<Paddr>) -> Live {
 
 /// Writes a pattern into a random mapped piece of `live` and reads it back
 /// through the area and through `cpu`'s MMU.
-fn write_and_read(live: &Live, rng: &mut XorShift, cpu: Option<&kvirt::sim::Cpu>) {
+fn write_and_read<L: KernelLayout>(live: &Live<L>, rng: &mut XorShift, cpu: Option<&kvirt::sim::Cpu>) {
     let mapped = live.area.mapped_range();
     if !live.ram || mapped.is_empty() {
         return;
@@ -150,7 +153,13 @@ fn write_and_read(live: &Live, rng: &mut XorShift, cpu: Option<&kvirt::sim::Cpu>
 }
 
 /// One worker: a few thousand random operations on its own areas.
-fn worker(space: &KernelSpace, id: usize, iterations: usize, low: Range<Paddr>, use_mmu: bool) {
+fn worker<L: KernelLayout>(
+    space: &KernelSpace<L>,
+    id: usize,
+    iterations: usize,
+    low: Range<Paddr>,
+    use_mmu: bool,
+) {
     let mut rng = XorShift::new(id as u64 + 1);
     let cpu = if use_mmu {
         set_current_cpu(id);
@@ -162,7 +171,7 @@ fn worker(space: &KernelSpace, id: usize, iterations: usize, low: Range<Paddr>, 
     } else {
         None
     };
-    let mut live: Vec<Live> = Vec::new();
+    let mut live: Vec<Live<L>> = Vec::new();
     for _ in 0..iterations {
         match rng.below(10) {
             0..=3 if live.len() < 16 => live.push(create(space, &mut rng, &low)),
@@ -210,7 +219,13 @@ fn worker(space: &KernelSpace, id: usize, iterations: usize, low: Range<Paddr>, 
 
 /// The keeper: 100 long-lived areas with known contents, checked until the
 /// workers are done.
-fn keeper(space: &KernelSpace, low: Range<Paddr>, done: &AtomicBool, start: &Barrier, use_mmu: bool) {
+fn keeper<L: KernelLayout>(
+    space: &KernelSpace<L>,
+    low: Range<Paddr>,
+    done: &AtomicBool,
+    start: &Barrier,
+    use_mmu: bool,
+) {
     let cpu = if use_mmu {
         set_current_cpu(WORKERS);
         // SAFETY: as in `worker`, for the keeper's own areas.
@@ -221,7 +236,7 @@ fn keeper(space: &KernelSpace, low: Range<Paddr>, done: &AtomicBool, start: &Bar
         None
     };
     let mut rng = XorShift::new(0xfeed);
-    let areas: Vec<Live> = (0..LONG_LIVED)
+    let areas: Vec<Live<L>> = (0..LONG_LIVED)
         .map(|i| {
             if i % 2 == 0 {
                 let seg = FrameAllocOptions::new_in(space).alloc_segment(1 + i % 4).unwrap();
@@ -260,14 +275,16 @@ fn keeper(space: &KernelSpace, low: Range<Paddr>, done: &AtomicBool, start: &Bar
     }
 }
 
-fn snapshot(space: &KernelSpace) -> impl PartialEq + std::fmt::Debug {
+fn snapshot<L: KernelLayout>(space: &KernelSpace<L>) -> impl PartialEq + std::fmt::Debug {
     space.synchronize();
-    (space.phys_stats(), space.vmalloc_stats(), space.areas(), kernel_view(space, &VMALLOC_VADDR_RANGE))
+    (space.phys_stats(), space.vmalloc_stats(), space.areas(), kernel_view(space, &L::VMALLOC_VADDR_RANGE))
 }
 
-#[test]
-fn threads_creating_and_dropping_areas_on_one_space_leak_nothing() {
-    let space = Arc::new(KernelSpace::new_hosted(MachineConfig::new(64 << 20).cpus(WORKERS + 1)));
+/// The stress run on a space laid out as `L`, whose machine's MMUs walk
+/// `L`'s format: `iterations` random operations per worker.
+fn threads_on_one_space_leak_nothing<L: KernelLayout>(iterations: usize) {
+    let config = MachineConfig::new(64 << 20).cpus(WORKERS + 1);
+    let space = Arc::new(KernelSpace::<L>::hosted_with_layout(config));
     let baseline = snapshot(&space);
     let done = Arc::new(AtomicBool::new(false));
     let start = Arc::new(Barrier::new(WORKERS + 1));
@@ -281,7 +298,7 @@ fn threads_creating_and_dropping_areas_on_one_space_leak_nothing() {
             thread::spawn(move || {
                 let low = 0x80_000 + id * 32 * P..0x80_000 + (id + 1) * 32 * P;
                 start.wait();
-                worker(&space, id, ITERATIONS, low, true);
+                worker(&space, id, iterations, low, true);
             })
         })
         .collect();
@@ -293,6 +310,19 @@ fn threads_creating_and_dropping_areas_on_one_space_leak_nothing() {
     assert!(space.areas().is_empty(), "{:?}", space.areas());
     assert_eq!(snapshot(&space), baseline, "something leaked");
     assert!(space.inv(), "{:?}", space.check());
+}
+
+#[test]
+fn threads_creating_and_dropping_areas_on_one_space_leak_nothing() {
+    threads_on_one_space_leak_nothing::<X86_64Layout>(ITERATIONS);
+}
+
+/// The same generic code on the other formats, with fewer operations.
+#[test]
+fn threads_creating_and_dropping_areas_leak_nothing_on_sv39_sv48_and_aarch64() {
+    threads_on_one_space_leak_nothing::<Sv39Layout>(ITERATIONS / 4);
+    threads_on_one_space_leak_nothing::<Sv48Layout>(ITERATIONS / 4);
+    threads_on_one_space_leak_nothing::<Aarch64Layout>(ITERATIONS / 4);
 }
 
 #[test]
