@@ -21,6 +21,10 @@
 //! table against the model, reference counts and accounting, and at the end
 //! of each sequence that dropping everything leaves no leak. It reports how
 //! many sequences ran and how many distinct model states they reached.
+//!
+//! Then it runs the raw page-table part ([`page_table_alphabet`], scaled to
+//! 2 MiB pages) on each real format, x86-64, Sv39, Sv48 and AArch64, one
+//! level less deep: the same cursor code on the encodings kernels use.
 
 use std::collections::HashSet;
 use std::io::Write;
