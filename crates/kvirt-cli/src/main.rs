@@ -46,6 +46,11 @@ struct BenchArgs {
     /// `map-4k-x512` or `area-1p`); every implementation still runs.
     #[arg(long, value_name = "TEXT")]
     only: Option<String>,
+    /// The paging format of the 4 KiB and 1 GiB workloads: `x86-64` (every
+    /// peer) or `sv48` (kvirt beside `page_table_multiarch`'s generic table
+    /// with an Sv48 entry; the area workloads run on x86-64 only).
+    #[arg(long, value_name = "FORMAT", default_value = "x86-64")]
+    arch: bench::Arch,
 }
 
 #[derive(Debug, Args)]
@@ -78,6 +83,7 @@ fn main() -> ExitCode {
             svg: a.svg,
             markdown: a.markdown,
             only: a.only,
+            arch: a.arch,
         }),
         Command::Check(a) if a.exhaustive => {
             let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);

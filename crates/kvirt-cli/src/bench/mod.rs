@@ -36,7 +36,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use kvirt::frame::FrameAllocOptions;
-use kvirt::kspace::{KVirtArea, KernelSpace, PurgeMode};
+use kvirt::kspace::{KVirtArea, KernelSpace, PurgeMode, Sv48Layout};
 use kvirt::sim::MachineConfig;
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
 
@@ -44,11 +44,35 @@ use self::impls::floor::Floor;
 use self::impls::kvirt_area::KvirtArea;
 use self::impls::kvirt_pt::KvirtPt;
 use self::impls::multiarch::Multiarch;
+use self::impls::sv48::{Sv48Meta, Sv48Pte};
 use self::impls::x86_64_crate::X86Crate;
 use self::impls::{kvirt_prop, KVIRT_RAM};
 use self::mapper::{Mapper, BASE_VA, HUGE_VA};
 use crate::rng::Rng;
 use crate::{ensure, Error};
+
+/// The paging format of the 4 KiB and 1 GiB workloads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Arch {
+    /// x86-64 4-level paging: every implementation.
+    #[default]
+    #[value(name = "x86-64")]
+    X86_64,
+    /// RISC-V Sv48: kvirt and `page_table_multiarch` (the `x86_64` crate has
+    /// no such format).
+    Sv48,
+}
+
+impl Arch {
+    /// The name in reports.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86-64",
+            Arch::Sv48 => "Sv48",
+        }
+    }
+}
 
 /// Command-line options.
 #[derive(Clone, Debug, Default)]
@@ -64,6 +88,8 @@ pub struct Options {
     /// Run only the workloads whose id contains this (for profiling one
     /// workload); every implementation still runs.
     pub only: Option<String>,
+    /// The paging format of the page workloads.
+    pub arch: Arch,
 }
 
 /// Iteration counts.
@@ -121,7 +147,8 @@ impl Config {
 }
 
 /// The implementations, in table order.
-pub const IMPLS: [&str; 5] = [KvirtArea::NAME, KvirtPt::NAME, X86Crate::NAME, Multiarch::NAME, Floor::NAME];
+pub const IMPLS: [&str; 5] =
+    [<KvirtArea>::NAME, <KvirtPt>::NAME, X86Crate::NAME, <Multiarch>::NAME, Floor::NAME];
 
 /// The range sizes of the 4 KiB workloads.
 pub const SIZES: [usize; 4] = [1, 16, 512, 65536];
@@ -188,6 +215,8 @@ pub struct Results {
     pub machine: report::MachineInfo,
     /// The lazy-purge churn rows.
     pub churn: Vec<Churn>,
+    /// The paging format of the page workloads.
+    pub arch: Arch,
 }
 
 /// One row of the lazy-purge churn: create+drop of 1-page areas on `cpus`
@@ -543,6 +572,8 @@ fn run_churn(cfg: &Config, lazy: bool, cpus: usize) -> Result<Churn, Error> {
 /// of them, whatever the threads.
 const CHURN_CPUS: usize = 4;
 
+const NO_SV48: &str = "n/a: the x86_64 crate has no Sv48 table";
+
 const NO_ALLOCATOR: &str = "n/a: no kernel virtual-range allocator";
 
 /// Runs every workload for every implementation.
@@ -550,9 +581,12 @@ const NO_ALLOCATOR: &str = "n/a: no kernel virtual-range allocator";
 /// # Errors
 ///
 /// If an implementation returns wrong results or a workload leaks.
-pub fn measure(quick: bool, only: Option<&str>) -> Result<Results, Error> {
+pub fn measure(quick: bool, only: Option<&str>, arch: Arch) -> Result<Results, Error> {
     let cfg = if quick { Config::quick() } else { Config::full() };
     let wanted = |id: &str| only.is_none_or(|o| id.contains(o));
+    // The area and churn workloads do not depend on the paging format:
+    // they run with the x86-64 pages only.
+    let wanted_areas = |id: &str| arch == Arch::X86_64 && wanted(id);
     let machine = report::MachineInfo::probe();
     // Each area workload with its runner; the threaded ones report
     // throughput.
@@ -592,8 +626,8 @@ pub fn measure(quick: bool, only: Option<&str>) -> Result<Results, Error> {
         done: 0,
         total: sizes.len() * IMPLS.len()
             + usize::from(run_huge_too) * IMPLS.len()
-            + area_workloads.iter().filter(|(w, _)| wanted(&w.id)).count()
-            + if wanted("churn") { 4 } else { 0 },
+            + area_workloads.iter().filter(|(w, _)| wanted_areas(&w.id)).count()
+            + if wanted_areas("churn") { 4 } else { 0 },
         started: Instant::now(),
     };
     let mut cells = Vec::new();
@@ -610,29 +644,60 @@ pub fn measure(quick: bool, only: Option<&str>) -> Result<Results, Error> {
             }
         };
         let window = ((cfg.pages_per_round / n).max(1)) * (n + 1);
-        push(KvirtArea::NAME, run_pages(&mut KvirtArea::new(), n, &cfg)?, &mut progress);
-        push(KvirtPt::NAME, run_pages(&mut KvirtPt::new(), n, &cfg)?, &mut progress);
-        push(X86Crate::NAME, run_pages(&mut X86Crate::new(), n, &cfg)?, &mut progress);
-        push(Multiarch::NAME, run_pages(&mut Multiarch::new(), n, &cfg)?, &mut progress);
+        match arch {
+            Arch::X86_64 => {
+                push(<KvirtArea>::NAME, run_pages(&mut <KvirtArea>::new(), n, &cfg)?, &mut progress);
+                push(<KvirtPt>::NAME, run_pages(&mut <KvirtPt>::new(), n, &cfg)?, &mut progress);
+                push(X86Crate::NAME, run_pages(&mut X86Crate::new(), n, &cfg)?, &mut progress);
+                push(<Multiarch>::NAME, run_pages(&mut <Multiarch>::new(), n, &cfg)?, &mut progress);
+            }
+            Arch::Sv48 => {
+                let area = run_pages(&mut KvirtArea::<Sv48Layout>::new(), n, &cfg)?;
+                push(<KvirtArea>::NAME, area, &mut progress);
+                push(<KvirtPt>::NAME, run_pages(&mut KvirtPt::<Sv48Layout>::new(), n, &cfg)?, &mut progress);
+                let multiarch = run_pages(&mut Multiarch::<Sv48Meta, Sv48Pte>::new(), n, &cfg)?;
+                push(<Multiarch>::NAME, multiarch, &mut progress);
+            }
+        }
         push(Floor::NAME, run_pages(&mut Floor::new(window), n, &cfg)?, &mut progress);
+        if arch == Arch::Sv48 {
+            for w in &ws {
+                cells.push(Measurement {
+                    workload: w.clone(),
+                    impl_name: X86Crate::NAME,
+                    result: Err(NO_SV48),
+                });
+            }
+        }
     }
 
     if run_huge_too {
-        let huge_results: [(&'static str, Stats); 5] = [
-            (KvirtArea::NAME, run_huge(&mut KvirtArea::new(), &cfg)?),
-            (KvirtPt::NAME, run_huge(&mut KvirtPt::new(), &cfg)?),
-            (X86Crate::NAME, run_huge(&mut X86Crate::new(), &cfg)?),
-            (Multiarch::NAME, run_huge(&mut Multiarch::new(), &cfg)?),
-            (Floor::NAME, run_huge(&mut Floor::new(1), &cfg)?),
-        ];
-        for (name, stats) in huge_results {
-            progress.step(&format!("untracked 1 GiB  {name:<10} {:>9.1} ns/op", stats.ns_per_op));
-            cells.push(Measurement { workload: huge.clone(), impl_name: name, result: Ok(stats) });
+        let huge_results: [(&'static str, Result<Stats, &'static str>); 5] = match arch {
+            Arch::X86_64 => [
+                (<KvirtArea>::NAME, Ok(run_huge(&mut <KvirtArea>::new(), &cfg)?)),
+                (<KvirtPt>::NAME, Ok(run_huge(&mut <KvirtPt>::new(), &cfg)?)),
+                (X86Crate::NAME, Ok(run_huge(&mut X86Crate::new(), &cfg)?)),
+                (<Multiarch>::NAME, Ok(run_huge(&mut <Multiarch>::new(), &cfg)?)),
+                (Floor::NAME, Ok(run_huge(&mut Floor::new(1), &cfg)?)),
+            ],
+            Arch::Sv48 => [
+                (<KvirtArea>::NAME, Ok(run_huge(&mut KvirtArea::<Sv48Layout>::new(), &cfg)?)),
+                (<KvirtPt>::NAME, Ok(run_huge(&mut KvirtPt::<Sv48Layout>::new(), &cfg)?)),
+                (X86Crate::NAME, Err(NO_SV48)),
+                (<Multiarch>::NAME, Ok(run_huge(&mut Multiarch::<Sv48Meta, Sv48Pte>::new(), &cfg)?)),
+                (Floor::NAME, Ok(run_huge(&mut Floor::new(1), &cfg)?)),
+            ],
+        };
+        for (name, result) in huge_results {
+            if let Ok(stats) = &result {
+                progress.step(&format!("untracked 1 GiB  {name:<10} {:>9.1} ns/op", stats.ns_per_op));
+            }
+            cells.push(Measurement { workload: huge.clone(), impl_name: name, result });
         }
     }
 
     for (w, run) in &area_workloads {
-        if !wanted(&w.id) {
+        if !wanted_areas(&w.id) {
             continue;
         }
         let stats = run(&cfg)?;
@@ -643,12 +708,12 @@ pub fn measure(quick: bool, only: Option<&str>) -> Result<Results, Error> {
         };
         progress.step(&shown);
         for name in IMPLS {
-            let result = if name == KvirtArea::NAME { Ok(stats.clone()) } else { Err(NO_ALLOCATOR) };
+            let result = if name == <KvirtArea>::NAME { Ok(stats.clone()) } else { Err(NO_ALLOCATOR) };
             cells.push(Measurement { workload: w.clone(), impl_name: name, result });
         }
     }
     let mut churn = Vec::new();
-    if wanted("churn") {
+    if wanted_areas("churn") {
         for cpus in [1, CHURN_CPUS] {
             for lazy in [false, true] {
                 let row = run_churn(&cfg, lazy, cpus)?;
@@ -660,7 +725,7 @@ pub fn measure(quick: bool, only: Option<&str>) -> Result<Results, Error> {
             }
         }
     }
-    Ok(Results { quick, config: cfg, cells, machine, churn })
+    Ok(Results { quick, config: cfg, cells, machine, churn, arch })
 }
 
 /// `kvirt bench`.
@@ -674,7 +739,7 @@ pub fn run(options: &Options) -> Result<(), Error> {
         if options.quick { " --quick" } else { "" },
         IMPLS.len()
     );
-    let results = measure(options.quick, options.only.as_deref())?;
+    let results = measure(options.quick, options.only.as_deref(), options.arch)?;
     let targets = report::targets(&results);
     println!("{}", report::text_table(&results, &targets));
     if let Some(path) = &options.json {
@@ -694,4 +759,26 @@ pub fn run(options: &Options) -> Result<(), Error> {
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--arch sv48` runs kvirt and the multiarch table on Sv48 pages, and
+    /// marks the x86-64-only peer unsupported.
+    #[test]
+    fn sv48_runs_kvirt_and_multiarch_and_marks_the_x86_64_crate_unsupported() {
+        let r = measure(true, Some("4k-x16"), Arch::Sv48).unwrap();
+        assert_eq!(r.arch, Arch::Sv48);
+        for id in ["map-4k-x16", "query-4k-x16", "unmap-4k-x16"] {
+            for name in [<KvirtArea>::NAME, <KvirtPt>::NAME, <Multiarch>::NAME, Floor::NAME] {
+                let stats = r.get(id, name).unwrap_or_else(|| panic!("{id} {name} measured"));
+                assert!(stats.ns_per_op > 0.0);
+            }
+            let cell = r.cells.iter().find(|c| c.workload.id == id && c.impl_name == X86Crate::NAME).unwrap();
+            assert_eq!(cell.result, Err(NO_SV48));
+        }
+        assert!(r.churn.is_empty(), "the area workloads run on x86-64 only");
+    }
 }

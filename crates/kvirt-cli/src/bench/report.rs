@@ -279,8 +279,9 @@ pub fn text_table(r: &Results, targets: &[Target]) -> String {
     let _ = writeln!(out, "x kvirt: time per op relative to kvirt-area (kvirt-pt where kvirt-area has no such op); above 1 is slower; spread: (slowest - fastest run) / median.");
     let _ = writeln!(
         out,
-        "{} run, {} build: median of {} runs after {} warm-up run(s); {} CPUs ({}), load average {} at start",
+        "{} run on {} pages, {} build: median of {} runs after {} warm-up run(s); {} CPUs ({}), load average {} at start",
         if r.quick { "quick" } else { "full" },
+        r.arch.name(),
         r.machine.profile,
         r.config.runs,
         r.config.warmup,
@@ -373,7 +374,12 @@ pub fn json(r: &Results, targets: &[Target]) -> String {
     let m = &r.machine;
     let c = &r.config;
     let mut out = String::from("{\n");
-    let _ = writeln!(out, "  \"tool\": \"kvirt bench\",\n  \"quick\": {},", r.quick);
+    let _ = writeln!(
+        out,
+        "  \"tool\": \"kvirt bench\",\n  \"quick\": {},\n  \"arch\": {},",
+        r.quick,
+        json_str(r.arch.name())
+    );
     let _ = writeln!(
         out,
         "  \"machine\": {{\"nproc\": {}, \"cpu\": {}, \"memory\": {}, \"os\": {}, \"rustc\": {}, \"profile\": {}, \"load\": {}}},",
@@ -622,6 +628,7 @@ pub fn markdown(r: &Results, targets: &[Target], svg_link: Option<&str>) -> Stri
     let _ = writeln!(out, "| compiler | {} |", m.rustc);
     let _ = writeln!(out, "| build | {} |", m.profile);
     let _ = writeln!(out, "| load average at start (1, 5, 15 min) | {} |", m.load);
+    let _ = writeln!(out, "| paging format of the page workloads | {} |", r.arch.name());
     let _ = writeln!(
         out,
         "| run | {}: median of {} timed runs after {} warm-up run(s); {} pages (and queries) per run of the 4 KiB workloads |\n",

@@ -2,21 +2,21 @@
 //! pre-allocated frames, `query`, and drop.
 
 use kvirt::frame::{Frame, FrameAllocOptions};
-use kvirt::kspace::{KVirtArea, KernelSpace};
+use kvirt::kspace::{KVirtArea, KernelLayout, KernelSpace, X86_64Layout};
 use kvirt::sim::MachineConfig;
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
 
 use super::{kvirt_prop, KVIRT_RAM};
 use crate::bench::mapper::{Mapper, POOL_FRAMES};
 
-/// Kernel virtual areas in an isolated hosted space.
+/// Kernel virtual areas in an isolated hosted space laid out as `L`.
 #[derive(Debug)]
-pub struct KvirtArea {
+pub struct KvirtArea<L: KernelLayout = X86_64Layout> {
     pool: Vec<Frame<()>>,
-    space: KernelSpace,
+    space: KernelSpace<L>,
 }
 
-impl KvirtArea {
+impl<L: KernelLayout> KvirtArea<L> {
     /// A fresh space with a pool of data frames.
     ///
     /// # Panics
@@ -24,54 +24,54 @@ impl KvirtArea {
     /// If the frames cannot be allocated.
     #[must_use]
     pub fn new() -> Self {
-        let space = KernelSpace::new_hosted(MachineConfig::new(KVIRT_RAM).cpus(2));
+        let space = KernelSpace::<L>::hosted_with_layout(MachineConfig::new(KVIRT_RAM).cpus(2));
         let seg = FrameAllocOptions::new_in(&space).alloc_segment(POOL_FRAMES).expect("pool frames");
         Self { pool: seg.into_iter().collect(), space }
     }
 
     /// The space (for the area workloads).
     #[must_use]
-    pub fn space(&self) -> &KernelSpace {
+    pub fn space(&self) -> &KernelSpace<L> {
         &self.space
     }
 }
 
-impl Default for KvirtArea {
+impl<L: KernelLayout> Default for KvirtArea<L> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Mapper for KvirtArea {
+impl<L: KernelLayout> Mapper for KvirtArea<L> {
     const NAME: &'static str = "kvirt-area";
     type Frames = Vec<Frame<()>>;
-    type Mapping = KVirtArea;
+    type Mapping = KVirtArea<L>;
 
     fn prepare(&mut self, n: usize) -> Self::Frames {
         (0..n).map(|i| self.pool[i % POOL_FRAMES].clone()).collect()
     }
 
-    fn map(&mut self, _va: Vaddr, frames: Self::Frames) -> KVirtArea {
+    fn map(&mut self, _va: Vaddr, frames: Self::Frames) -> KVirtArea<L> {
         let size = frames.len() * PAGE_SIZE;
         self.space.try_map_frames(size, 0, frames, kvirt_prop()).expect("map_frames")
     }
 
-    fn start(mapping: &KVirtArea) -> Vaddr {
+    fn start(mapping: &KVirtArea<L>) -> Vaddr {
         mapping.start()
     }
 
-    fn query(&self, mapping: &KVirtArea, va: Vaddr) -> Option<Paddr> {
+    fn query(&self, mapping: &KVirtArea<L>, va: Vaddr) -> Option<Paddr> {
         mapping.query(va).map(|item| {
             let size = PAGE_SIZE << (9 * (item.level() as usize - 1));
             item.paddr() + va % size
         })
     }
 
-    fn unmap(&mut self, mapping: KVirtArea) {
+    fn unmap(&mut self, mapping: KVirtArea<L>) {
         drop(mapping);
     }
 
-    fn map_huge(&mut self, _va: Vaddr, pa: Paddr, len: usize) -> Option<KVirtArea> {
+    fn map_huge(&mut self, _va: Vaddr, pa: Paddr, len: usize) -> Option<KVirtArea<L>> {
         // SAFETY: `pa` is the simulated device window, which no Rust object
         // owns; the benchmark never accesses it.
         Some(

@@ -7,7 +7,7 @@
 use std::ops::Range;
 
 use kvirt::frame::{AnyFrameMeta, Frame, FrameAllocOptions};
-use kvirt::kspace::KernelSpace;
+use kvirt::kspace::{KernelLayout, KernelSpace, X86_64Layout};
 use kvirt::page_table::{KernelPtConfig, MappedItem, PageTable};
 use kvirt::platform::{TlbFlushOp, TlbScope};
 use kvirt::sim::MachineConfig;
@@ -18,15 +18,15 @@ use crate::bench::mapper::{Mapper, POOL_FRAMES};
 
 /// A raw kvirt page table in an isolated hosted space.
 #[derive(Debug)]
-pub struct KvirtPt {
+pub struct KvirtPt<L: KernelLayout = X86_64Layout> {
     // Field order is drop order: the table and the frames go before the
     // space they live in.
-    pt: PageTable<KernelPtConfig>,
+    pt: PageTable<KernelPtConfig<L::Format>>,
     pool: Vec<Frame<()>>,
-    space: KernelSpace,
+    space: KernelSpace<L>,
 }
 
-impl KvirtPt {
+impl<L: KernelLayout> KvirtPt<L> {
     /// A fresh space, an empty table and a pool of data frames.
     ///
     /// # Panics
@@ -34,9 +34,9 @@ impl KvirtPt {
     /// If memory runs out.
     #[must_use]
     pub fn new() -> Self {
-        let space = KernelSpace::new_hosted(MachineConfig::new(KVIRT_RAM).cpus(2));
+        let space = KernelSpace::<L>::hosted_with_layout(MachineConfig::new(KVIRT_RAM).cpus(2));
         let seg = FrameAllocOptions::new_in(&space).alloc_segment(POOL_FRAMES).expect("pool frames");
-        let pt = PageTable::<KernelPtConfig>::empty_in(&space).expect("page table");
+        let pt = PageTable::<KernelPtConfig<L::Format>>::empty_in(&space).expect("page table");
         Self { pt, pool: seg.into_iter().collect(), space }
     }
 
@@ -53,13 +53,13 @@ impl KvirtPt {
     }
 }
 
-impl Default for KvirtPt {
+impl<L: KernelLayout> Default for KvirtPt<L> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Mapper for KvirtPt {
+impl<L: KernelLayout> Mapper for KvirtPt<L> {
     const NAME: &'static str = "kvirt-pt";
     type Frames = Vec<Frame<dyn AnyFrameMeta>>;
     type Mapping = Range<Vaddr>;

@@ -4,6 +4,7 @@ pub mod floor;
 pub mod kvirt_area;
 pub mod kvirt_pt;
 pub mod multiarch;
+pub mod sv48;
 pub mod x86_64_crate;
 
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};

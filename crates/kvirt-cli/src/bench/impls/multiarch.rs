@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 use kvirt::sim::{Machine, MachineConfig};
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
 use memory_addr::{PhysAddr, VirtAddr};
-use page_table_multiarch::x86_64::X64PageTable;
-use page_table_multiarch::{MappingFlags, PageSize, PagingHandler};
+use page_table_entry::x86_64::X64PTE;
+use page_table_multiarch::x86_64::X64PagingMetaData;
+use page_table_multiarch::{GenericPTE, MappingFlags, PageSize, PageTable64, PagingHandler, PagingMetaData};
 
 use super::PEER_RAM;
 use crate::bench::mapper::{peer_ram, Mapper, PhysPool, POOL_FRAMES};
@@ -45,11 +46,12 @@ impl PagingHandler for SimHandler {
     }
 }
 
-/// `X64PageTable` over its own simulated machine.
-pub struct Multiarch {
+/// The crate's generic 4-level table (`X64PageTable` by default; with
+/// [`super::sv48`]'s types, Sv48) over its own simulated machine.
+pub struct Multiarch<M: PagingMetaData<VirtAddr = VirtAddr> = X64PagingMetaData, E: GenericPTE = X64PTE> {
     // Field order is drop order: the table frees its frames through the
     // handler, which needs the global state and the machine.
-    table: X64PageTable<SimHandler>,
+    table: PageTable64<M, E, SimHandler>,
     pool: Vec<Paddr>,
     _global: GlobalState,
     machine: Arc<Machine>,
@@ -67,7 +69,7 @@ impl Drop for GlobalState {
     }
 }
 
-impl std::fmt::Debug for Multiarch {
+impl<M: PagingMetaData<VirtAddr = VirtAddr>, E: GenericPTE> std::fmt::Debug for Multiarch<M, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Multiarch").field("machine", &self.machine).finish_non_exhaustive()
     }
@@ -75,7 +77,7 @@ impl std::fmt::Debug for Multiarch {
 
 const FLAGS: MappingFlags = MappingFlags::READ.union(MappingFlags::WRITE);
 
-impl Multiarch {
+impl<M: PagingMetaData<VirtAddr = VirtAddr>, E: GenericPTE> Multiarch<M, E> {
     /// A fresh machine, an empty table and a pool of data frames.
     ///
     /// # Panics
@@ -93,12 +95,12 @@ impl Multiarch {
         *POOL.lock().expect("pool lock") = Some(pool);
         RAM_BASE.store(machine.ram_base().as_ptr() as usize, Ordering::Relaxed);
         let global = GlobalState;
-        let table = X64PageTable::<SimHandler>::try_new().expect("root table");
+        let table = PageTable64::<M, E, SimHandler>::try_new().expect("root table");
         Self { table, pool: data, _global: global, machine }
     }
 }
 
-impl Default for Multiarch {
+impl<M: PagingMetaData<VirtAddr = VirtAddr>, E: GenericPTE> Default for Multiarch<M, E> {
     fn default() -> Self {
         Self::new()
     }
@@ -112,7 +114,7 @@ pub struct Region {
     huge_len: usize,
 }
 
-impl Mapper for Multiarch {
+impl<M: PagingMetaData<VirtAddr = VirtAddr>, E: GenericPTE> Mapper for Multiarch<M, E> {
     const NAME: &'static str = "multiarch";
     type Frames = Vec<Paddr>;
     type Mapping = Region;
