@@ -44,12 +44,7 @@ pub(super) fn lookup(bus: &Bus, root: PhysAddr, va: usize) -> Result<Translation
     let (mut no_el0, mut read_only, mut pxn, mut uxn) = (false, false, false, false);
     let mut level = 4u8;
     loop {
-        let shift = 12 + 9 * u32::from(level - 1);
-        let index = ((va >> shift) & 0x1ff) as PhysAddr;
-        if !bus.is_ram_page(table) {
-            return Err(FaultKind::BadTableAddress { level });
-        }
-        let entry = bus.read_u64(table + 8 * index).expect("an aligned word of a RAM page is readable");
+        let (entry, shift) = super::read_entry(bus, table, va, level)?;
         if entry & VALID == 0 {
             return Err(FaultKind::NotPresent { level });
         }

@@ -271,6 +271,18 @@ pub(crate) fn walk_bus(
     }
 }
 
+/// The entry for `va` in the table at `table`, one of level `level`
+/// (4 KiB nodes of 512 entries, level 1 mapping 4 KiB pages, as every
+/// format here has them), and the shift of the bytes one entry maps.
+fn read_entry(bus: &Bus, table: PhysAddr, va: usize, level: u8) -> Result<(u64, u32), FaultKind> {
+    let shift = 12 + 9 * u32::from(level - 1);
+    let index = ((va >> shift) & 0x1ff) as PhysAddr;
+    if !bus.is_ram_page(table) {
+        return Err(FaultKind::BadTableAddress { level });
+    }
+    Ok((bus.read_u64(table + 8 * index).expect("an aligned word of a RAM page is readable"), shift))
+}
+
 /// Walks the four levels for a canonical `va`, AND-ing the access rights.
 fn lookup(bus: &Bus, root: PhysAddr, va: usize) -> Result<Translation, FaultKind> {
     let mut table = root & bits::ADDRESS;
@@ -279,13 +291,7 @@ fn lookup(bus: &Bus, root: PhysAddr, va: usize) -> Result<Translation, FaultKind
     let mut executable = true;
     let mut level = 4u8;
     loop {
-        let shift = 12 + 9 * u32::from(level - 1);
-        let index = ((va >> shift) & 0x1ff) as PhysAddr;
-        if !bus.is_ram_page(table) {
-            return Err(FaultKind::BadTableAddress { level });
-        }
-        let entry = bus.read_u64(table + 8 * index).expect("an aligned word of a RAM page is readable");
-
+        let (entry, shift) = read_entry(bus, table, va, level)?;
         if entry & bits::PRESENT == 0 {
             return Err(FaultKind::NotPresent { level });
         }

@@ -54,12 +54,7 @@ pub(super) fn lookup(
     let mut global = false;
     let mut level = levels;
     loop {
-        let shift = 12 + 9 * u32::from(level - 1);
-        let index = ((va >> shift) & 0x1ff) as PhysAddr;
-        if !bus.is_ram_page(table) {
-            return Err(FaultKind::BadTableAddress { level });
-        }
-        let entry = bus.read_u64(table + 8 * index).expect("an aligned word of a RAM page is readable");
+        let (entry, shift) = super::read_entry(bus, table, va, level)?;
         if entry & V == 0 {
             return Err(FaultKind::NotPresent { level });
         }

@@ -29,6 +29,7 @@
 //! `KVirtArea` code.
 
 use core::fmt;
+use core::marker::PhantomData;
 use core::ops::Range;
 
 use super::KernelSpaceError;
@@ -108,14 +109,14 @@ impl KernelLayout for TinyLayout {
     const KERNEL_CODE_VADDR_RANGE: Range<Vaddr> = 0x3_0000..0x4_0000;
 }
 
-/// The 48-bit layout drawn above, on RISC-V [`Sv48`]: its kernel half is
-/// x86-64's (addresses sign-extended from bit 47), so every range is the
-/// same.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Sv48Layout;
+/// The 48-bit layout drawn above on another 4-level format `F` whose
+/// kernel half is x86-64's (addresses sign-extended from bit 47): every
+/// range is [`X86_64Layout`]'s. [`Sv48Layout`] and [`Aarch64Layout`] name
+/// it.
+pub struct Layout48<F: PagingFormat>(PhantomData<F>);
 
-impl KernelLayout for Sv48Layout {
-    type Format = Sv48;
+impl<F: PagingFormat> KernelLayout for Layout48<F> {
+    type Format = F;
     const KERNEL_VADDR_RANGE: Range<Vaddr> = X86_64Layout::KERNEL_VADDR_RANGE;
     const VMALLOC_VADDR_RANGE: Range<Vaddr> = X86_64Layout::VMALLOC_VADDR_RANGE;
     const LINEAR_MAPPING_VADDR_RANGE: Option<Range<Vaddr>> = X86_64Layout::LINEAR_MAPPING_VADDR_RANGE;
@@ -123,21 +124,35 @@ impl KernelLayout for Sv48Layout {
     const KERNEL_CODE_VADDR_RANGE: Range<Vaddr> = X86_64Layout::KERNEL_CODE_VADDR_RANGE;
 }
 
-/// The 48-bit layout drawn above, on AArch64 stage 1 with the 4 KiB granule
-/// ([`Aarch64`]): the kernel half is what `TTBR1_EL1` translates with
-/// `T1SZ = 16` (`0xffff_0000_0000_0000` up), of which kvirt uses the upper
-/// half, x86-64's ranges. The lower half of `TTBR1`'s range stays unmapped.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Aarch64Layout;
-
-impl KernelLayout for Aarch64Layout {
-    type Format = Aarch64;
-    const KERNEL_VADDR_RANGE: Range<Vaddr> = X86_64Layout::KERNEL_VADDR_RANGE;
-    const VMALLOC_VADDR_RANGE: Range<Vaddr> = X86_64Layout::VMALLOC_VADDR_RANGE;
-    const LINEAR_MAPPING_VADDR_RANGE: Option<Range<Vaddr>> = X86_64Layout::LINEAR_MAPPING_VADDR_RANGE;
-    const FRAME_METADATA_VADDR_RANGE: Option<Range<Vaddr>> = X86_64Layout::FRAME_METADATA_VADDR_RANGE;
-    const KERNEL_CODE_VADDR_RANGE: Range<Vaddr> = X86_64Layout::KERNEL_CODE_VADDR_RANGE;
+// By hand: derives would ask the same of `F`.
+impl<F: PagingFormat> Clone for Layout48<F> {
+    fn clone(&self) -> Self {
+        *self
+    }
 }
+
+impl<F: PagingFormat> Copy for Layout48<F> {}
+
+impl<F: PagingFormat> fmt::Debug for Layout48<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Layout48<{:?}>", core::any::type_name::<F>())
+    }
+}
+
+impl<F: PagingFormat> Default for Layout48<F> {
+    fn default() -> Self {
+        Self(PhantomData)
+    }
+}
+
+/// RISC-V [`Sv48`] with the 48-bit layout.
+pub type Sv48Layout = Layout48<Sv48>;
+
+/// AArch64 stage 1 with the 4 KiB granule ([`Aarch64`]) and the 48-bit
+/// layout. The kernel half is what `TTBR1_EL1` translates with `T1SZ = 16`
+/// (`0xffff_0000_0000_0000` up), of which kvirt uses the upper half,
+/// x86-64's ranges; the lower half of `TTBR1`'s range stays unmapped.
+pub type Aarch64Layout = Layout48<Aarch64>;
 
 /// The layout of RISC-V [`Sv39`]: a 39-bit space whose kernel half is the
 /// top 256 GiB (addresses sign-extended from bit 38).

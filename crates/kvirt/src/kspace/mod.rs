@@ -57,7 +57,7 @@ pub use error::{AreaAccessError, KVirtAreaError, KernelImageError, KernelSpaceEr
 pub use extend::max_paddr;
 pub use kvirt_area::KVirtArea;
 pub use layout::{
-    paddr_to_vaddr, Aarch64Layout, KernelLayout, LayoutError, LayoutRange, Sv39Layout, Sv48Layout,
+    paddr_to_vaddr, Aarch64Layout, KernelLayout, Layout48, LayoutError, LayoutRange, Sv39Layout, Sv48Layout,
     TinyLayout, X86_64Layout, FRAME_METADATA_VADDR_RANGE, KERNEL_BASE_VADDR, KERNEL_CODE_BASE_VADDR,
     KERNEL_END_VADDR, LINEAR_MAPPING_BASE_VADDR, LINEAR_MAPPING_VADDR_RANGE, VMALLOC_VADDR_RANGE,
 };
