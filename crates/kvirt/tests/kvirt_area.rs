@@ -1785,24 +1785,31 @@ mod mmu {
         (machine, recorder, space)
     }
 
-    #[test]
-    fn drop_flushes_before_frames_and_range_are_released() {
-        let (machine, recorder, space) = recording_space();
-        let before = space.vmalloc_stats();
-
-        let frame = FrameAllocOptions::new_in(&space)
+    /// A 2-page area with a watched frame on its second page, the frame's
+    /// address, and the page's translation cached in CPU 0's TLB.
+    fn watched_area(space: &KernelSpace, recorder: &Arc<Recorder>) -> (KVirtArea, Paddr) {
+        let frame = FrameAllocOptions::new_in(space)
             .alloc_frame_with(Watched { recorder: recorder.clone() })
             .unwrap();
         let paddr = frame.paddr();
         let area = space.try_map_frames(2 * P, P, [frame], prop()).unwrap();
+        recorder.watched_va.set(area.mapped_range().start).unwrap();
+        let cpu = recorder.machine.cpu(0);
+        cpu.set_root(space.kernel_root_paddr() as u64);
+        cpu.translate(area.mapped_range().start, Access::READ).expect("mapped");
+        (area, paddr)
+    }
+
+    #[test]
+    fn drop_flushes_before_frames_and_range_are_released() {
+        let (_machine, recorder, space) = recording_space();
+        let before = space.vmalloc_stats();
+
+        let (area, paddr) = watched_area(&space, &recorder);
         let mapped = area.mapped_range();
-        recorder.watched_va.set(mapped.start).unwrap();
         let alive = space.vmalloc_stats();
         assert_eq!(alive.free_bytes, before.free_bytes - 2 * P - GUARD_SIZE);
-        // Cache the translation in CPU 0's TLB: only a flush removes it.
-        let cpu = machine.cpu(0);
-        cpu.set_root(space.kernel_root_paddr() as u64);
-        cpu.translate(mapped.start, Access::READ).expect("mapped before the drop");
+        // The translation is cached in CPU 0's TLB: only a flush removes it.
         recorder.events.lock().unwrap().clear();
 
         drop(area);
@@ -1835,17 +1842,10 @@ mod mmu {
         space.set_purge_mode(PurgeMode::Lazy { max_pending_pages: usize::MAX });
         let before = space.vmalloc_stats();
 
-        let frame = FrameAllocOptions::new_in(&space)
-            .alloc_frame_with(Watched { recorder: recorder.clone() })
-            .unwrap();
-        let paddr = frame.paddr();
-        let area = space.try_map_frames(2 * P, P, [frame], prop()).unwrap();
+        let (area, paddr) = watched_area(&space, &recorder);
         let mapped = area.mapped_range();
-        recorder.watched_va.set(mapped.start).unwrap();
         let alive = space.vmalloc_stats();
         let cpu = machine.cpu(0);
-        cpu.set_root(space.kernel_root_paddr() as u64);
-        cpu.translate(mapped.start, Access::READ).expect("mapped before the drop");
         recorder.events.lock().unwrap().clear();
 
         drop(area);
