@@ -14,9 +14,12 @@ const USAGE: &str = "\
 usage: cargo xtask <task> [options]
 
 tasks:
-  qemu [--timeout SECS]   build the demo kernel (kernel/) for x86_64-unknown-none and
-                          boot it under qemu-system-x86_64; succeeds when the kernel
-                          reports that every check passed (default timeout: 120 s)
+  qemu [--arch ARCH] [--timeout SECS]
+                          build a demo kernel and boot it under QEMU: x86_64 (the
+                          default: kernel/, qemu-system-x86_64) or riscv64
+                          (kernel-riscv/, qemu-system-riscv64 with OpenSBI); succeeds
+                          when the kernel reports that every check passed (default
+                          timeout: 120 s)
   fuzz [--time SECS] [TARGET...]
                           run the cargo-fuzz targets (default: all of kvirt_api,
                           pte_decode) for SECS each (default 60) on nightly, installing

@@ -1,11 +1,18 @@
-//! `cargo xtask qemu`: build the demo kernel and boot it under QEMU.
+//! `cargo xtask qemu`: build a demo kernel and boot it under QEMU.
 //!
-//! The kernel prints its progress on COM1, which QEMU connects to its
-//! standard output; this task streams those lines and ends QEMU after a
-//! timeout. The kernel leaves through the `isa-debug-exit` device: it writes
-//! 0x10 on success, which QEMU turns into exit status 33; anything else
-//! (a panic writes 0x11, giving 35; a triple fault with `-no-reboot` gives
-//! 0) is a failure.
+//! Two kernels, one per architecture ([`Arch`]):
+//!
+//! * x86-64 (`kernel/`, the default): prints on COM1 and leaves through the
+//!   `isa-debug-exit` device, writing 0x10 on success, which QEMU turns into
+//!   exit status 33; anything else (a panic writes 0x11, giving 35; a triple
+//!   fault with `-no-reboot` gives 0) is a failure.
+//! * RISC-V (`kernel-riscv/`, `--arch riscv64`): prints through the SBI and
+//!   leaves through the `virt` machine's `sifive_test` device: status 0 on
+//!   success, the kernel's code (1 for a panic) otherwise.
+//!
+//! This task streams the kernel's lines and ends QEMU after a timeout.
+//! Success is the architecture's success status *and* the kernel's final
+//! line.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -14,28 +21,79 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// The kernel's target triple.
-const TARGET: &str = "x86_64-unknown-none";
-/// The kernel's binary name (kernel/Cargo.toml).
-const KERNEL_BIN: &str = "kvirt-kernel";
-/// The QEMU binary.
-pub const QEMU: &str = "qemu-system-x86_64";
-/// QEMU's exit status when the kernel writes 0x10 to `isa-debug-exit`.
-const QEMU_SUCCESS: i32 = 33;
-/// The line the kernel prints last when every check passed.
-const SUCCESS_LINE: &str = "kvirt-kernel: all checks passed";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A demo kernel and how to run it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Arch {
+    /// The name `--arch` takes.
+    pub name: &'static str,
+    /// The kernel's directory in the repository.
+    dir: &'static str,
+    /// The kernel's target triple.
+    target: &'static str,
+    /// The kernel's binary name.
+    bin: &'static str,
+    /// The QEMU binary.
+    pub qemu: &'static str,
+    /// The Debian package that has it.
+    package: &'static str,
+    /// QEMU's arguments before `-kernel`.
+    args: &'static [&'static str],
+    /// QEMU's exit status when the kernel reports success.
+    success: i32,
+    /// The line the kernel prints last when every check passed.
+    pub success_line: &'static str,
+}
+
+/// The x86-64 kernel: a PC with one CPU that has 1 GiB pages and NX, COM1
+/// on standard output, the exit device, no display and no reboot (a triple
+/// fault ends the run).
+pub const X86_64: Arch = Arch {
+    name: "x86_64",
+    dir: "kernel",
+    target: "x86_64-unknown-none",
+    bin: "kvirt-kernel",
+    qemu: "qemu-system-x86_64",
+    package: "qemu-system-x86",
+    args: &[
+        "-machine", "q35", "-cpu", "max", "-smp", "1", "-m", "256M", "-nodefaults", "-display", "none",
+        "-monitor", "none", "-serial", "stdio", "-no-reboot", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+    ],
+    success: 33,
+    success_line: "kvirt-kernel: all checks passed",
+};
+
+/// The RISC-V kernel: QEMU's `virt` machine with OpenSBI (`-bios
+/// default`), one hart with Svpbmt (kvirt encodes cache policies with it),
+/// 128 MiB, the console on standard output.
+pub const RISCV64: Arch = Arch {
+    name: "riscv64",
+    dir: "kernel-riscv",
+    target: "riscv64gc-unknown-none-elf",
+    bin: "kvirt-kernel-riscv",
+    qemu: "qemu-system-riscv64",
+    package: "qemu-system-misc",
+    args: &[
+        "-machine", "virt", "-cpu", "rv64,svpbmt=on", "-smp", "1", "-m", "128M", "-bios", "default", "-display",
+        "none", "-monitor", "none", "-serial", "stdio",
+    ],
+    success: 0,
+    success_line: "kvirt-kernel-riscv: all checks passed",
+};
 
 /// Options of the `qemu` task.
 #[derive(Debug)]
 pub struct Options {
     /// How long QEMU may run before it is killed and the run fails.
     pub timeout: Duration,
+    /// Which kernel.
+    pub arch: Arch,
 }
 
 /// Parses the arguments after `qemu`.
 pub fn parse_args(args: &[String]) -> Result<Options, String> {
-    let mut options = Options { timeout: DEFAULT_TIMEOUT };
+    let mut options = Options { timeout: DEFAULT_TIMEOUT, arch: X86_64 };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -44,6 +102,13 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
                 let secs: u64 =
                     value.parse().map_err(|_| format!("--timeout: `{value}` is not a number of seconds"))?;
                 options.timeout = Duration::from_secs(secs);
+            }
+            "--arch" => {
+                options.arch = match args.next().map(String::as_str) {
+                    Some("x86_64" | "x86-64") => X86_64,
+                    Some("riscv64") => RISCV64,
+                    other => return Err(format!("--arch: `{}` is not x86_64 or riscv64", other.unwrap_or(""))),
+                };
             }
             other => return Err(format!("qemu: unknown option `{other}`")),
         }
@@ -54,10 +119,11 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
 /// Builds the kernel, boots it, and succeeds if it reports success.
 pub fn run(options: &Options) -> Result<(), String> {
     let root = project_root();
-    let kernel = build_kernel(&root)?;
+    let arch = options.arch;
+    let kernel = build_kernel(&root, arch)?;
     println!("xtask: booting {} (timeout {} s)", kernel.display(), options.timeout.as_secs());
-    let outcome = boot(&kernel, options.timeout)?;
-    judge(&outcome)?;
+    let outcome = boot(arch, &kernel, options.timeout)?;
+    judge(arch, &outcome)?;
     println!("xtask: the kernel passed");
     Ok(())
 }
@@ -67,19 +133,20 @@ fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ has a parent").to_path_buf()
 }
 
-/// `cargo build --release` in `kernel/`; returns the kernel ELF.
+/// `cargo build --release` in the kernel's directory; returns the kernel
+/// ELF.
 ///
-/// Runs from inside `kernel/` so that cargo reads `kernel/.cargo/config.toml`
-/// (the static relocation model and kernel code model), and clears
+/// Runs from inside that directory so that cargo reads its
+/// `.cargo/config.toml` (relocation and code models), and clears
 /// `RUSTFLAGS`, which would replace those flags.
-fn build_kernel(root: &Path) -> Result<PathBuf, String> {
-    let kernel_dir = root.join("kernel");
+fn build_kernel(root: &Path, arch: Arch) -> Result<PathBuf, String> {
+    let kernel_dir = root.join(arch.dir);
     let target_dir = kernel_dir.join("target");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     println!("xtask: building the kernel in {}", kernel_dir.display());
     let status = Command::new(cargo)
         .current_dir(&kernel_dir)
-        .args(["build", "--release", "--target", TARGET, "--target-dir"])
+        .args(["build", "--release", "--target", arch.target, "--target-dir"])
         .arg(&target_dir)
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
@@ -88,23 +155,13 @@ fn build_kernel(root: &Path) -> Result<PathBuf, String> {
     if !status.success() {
         return Err(format!("building the kernel failed ({status})"));
     }
-    Ok(target_dir.join(TARGET).join("release").join(KERNEL_BIN))
+    Ok(target_dir.join(arch.target).join("release").join(arch.bin))
 }
 
-/// The QEMU command line: a PC with one CPU that has 1 GiB pages and NX,
-/// COM1 on standard output, the exit device, no display and no reboot (a
-/// triple fault ends the run).
-fn qemu_command(kernel: &Path) -> Command {
-    let mut command = Command::new(QEMU);
-    command
-        .args(["-machine", "q35", "-cpu", "max", "-smp", "1", "-m", "256M"])
-        .args(["-nodefaults", "-display", "none", "-monitor", "none", "-serial", "stdio"])
-        .args(["-no-reboot", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
-        .arg("-kernel")
-        .arg(kernel)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+/// The QEMU command line.
+fn qemu_command(arch: Arch, kernel: &Path) -> Command {
+    let mut command = Command::new(arch.qemu);
+    command.args(arch.args).arg("-kernel").arg(kernel).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
     command
 }
 
@@ -118,10 +175,11 @@ struct Outcome {
 }
 
 /// Boots `kernel`, echoing its serial output, for at most `timeout`.
-fn boot(kernel: &Path, timeout: Duration) -> Result<Outcome, String> {
-    let mut child = qemu_command(kernel).spawn().map_err(|e| {
-        format!("cannot start {QEMU}: {e} (install QEMU; on Debian: apt-get install qemu-system-x86)")
+fn boot(arch: Arch, kernel: &Path, timeout: Duration) -> Result<Outcome, String> {
+    let mut child = qemu_command(arch, kernel).spawn().map_err(|e| {
+        format!("cannot start {}: {e} (install QEMU; on Debian: apt-get install {})", arch.qemu, arch.package)
     })?;
+    let success_line = arch.success_line;
     let stdout = child.stdout.take().expect("stdout is piped");
     let (tx, rx) = mpsc::channel();
     let echo = thread::spawn(move || {
@@ -130,7 +188,7 @@ fn boot(kernel: &Path, timeout: Duration) -> Result<Outcome, String> {
             let Ok(line) = line else { break };
             println!("{line}");
             let _ = std::io::stdout().flush();
-            saw_success |= line.trim_end() == SUCCESS_LINE;
+            saw_success |= line.trim_end() == success_line;
         }
         let _ = tx.send(saw_success);
     });
@@ -146,7 +204,7 @@ fn boot(kernel: &Path, timeout: Duration) -> Result<Outcome, String> {
 fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Result<(Option<i32>, bool), String> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(status) = child.try_wait().map_err(|e| format!("waiting for {QEMU}: {e}"))? {
+        if let Some(status) = child.try_wait().map_err(|e| format!("waiting for QEMU: {e}"))? {
             return Ok((status.code(), false));
         }
         if Instant::now() >= deadline {
@@ -158,20 +216,20 @@ fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Result<(Option<i32
     }
 }
 
-/// Success is exit status 33 *and* the kernel's final line. A pure
-/// function of the outcome: the error says what went wrong.
-fn judge(outcome: &Outcome) -> Result<(), String> {
+/// Success is the architecture's success status *and* the kernel's final
+/// line. A pure function of the outcome: the error says what went wrong.
+fn judge(arch: Arch, outcome: &Outcome) -> Result<(), String> {
     if outcome.timed_out {
         return Err("the kernel did not finish before the timeout; QEMU was killed".into());
     }
     match outcome.exit_code {
-        Some(QEMU_SUCCESS) if outcome.saw_success_line => Ok(()),
-        Some(QEMU_SUCCESS) => {
-            Err(format!("QEMU exited with {QEMU_SUCCESS} but the kernel never printed `{SUCCESS_LINE}`"))
+        Some(code) if code == arch.success && outcome.saw_success_line => Ok(()),
+        Some(code) if code == arch.success => {
+            Err(format!("QEMU exited with {code} but the kernel never printed `{}`", arch.success_line))
         }
         Some(0) => Err("QEMU exited with 0: the kernel reset the machine (triple fault?)".into()),
         Some(code) => Err(format!("the kernel failed (QEMU exit status {code})")),
-        None => Err(format!("{QEMU} was killed by a signal")),
+        None => Err(format!("{} was killed by a signal", arch.qemu)),
     }
 }
 
@@ -188,20 +246,20 @@ mod tests {
 
         #[test]
         fn exit_status_33_with_the_success_line_passes() {
-            assert_eq!(judge(&outcome(Some(33), false, true)), Ok(()));
+            assert_eq!(judge(X86_64, &outcome(Some(33), false, true)), Ok(()));
         }
 
         #[test]
         fn a_timeout_fails_whatever_else_was_seen() {
             for o in [outcome(None, true, false), outcome(Some(33), true, true)] {
-                let e = judge(&o).unwrap_err();
+                let e = judge(X86_64, &o).unwrap_err();
                 assert!(e.contains("did not finish before the timeout"), "{o:?}: {e}");
             }
         }
 
         #[test]
         fn exit_status_33_without_the_success_line_fails() {
-            let e = judge(&outcome(Some(33), false, false)).unwrap_err();
+            let e = judge(X86_64, &outcome(Some(33), false, false)).unwrap_err();
             assert!(e.contains("never printed `kvirt-kernel: all checks passed`"), "{e}");
         }
 
@@ -210,20 +268,31 @@ mod tests {
             // The kernel's panic handler writes 0x11: QEMU exits with 35,
             // success line or not.
             for line in [false, true] {
-                let e = judge(&outcome(Some(35), false, line)).unwrap_err();
+                let e = judge(X86_64, &outcome(Some(35), false, line)).unwrap_err();
                 assert_eq!(e, "the kernel failed (QEMU exit status 35)");
             }
         }
 
         #[test]
         fn exit_status_0_fails_as_a_reset() {
-            let e = judge(&outcome(Some(0), false, true)).unwrap_err();
+            let e = judge(X86_64, &outcome(Some(0), false, true)).unwrap_err();
             assert!(e.contains("triple fault"), "{e}");
         }
 
         #[test]
+        fn riscv_passes_on_status_0_with_its_line_and_fails_on_its_panic_status() {
+            assert_eq!(judge(RISCV64, &outcome(Some(0), false, true)), Ok(()));
+            let e = judge(RISCV64, &outcome(Some(0), false, false)).unwrap_err();
+            assert!(e.contains("never printed `kvirt-kernel-riscv: all checks passed`"), "{e}");
+            let e = judge(RISCV64, &outcome(Some(1), false, true)).unwrap_err();
+            assert_eq!(e, "the kernel failed (QEMU exit status 1)");
+            let e = judge(RISCV64, &outcome(Some(33), false, true)).unwrap_err();
+            assert!(e.contains("33"), "{e}");
+        }
+
+        #[test]
         fn death_by_a_signal_fails() {
-            let e = judge(&outcome(None, false, true)).unwrap_err();
+            let e = judge(X86_64, &outcome(None, false, true)).unwrap_err();
             assert!(e.contains("killed by a signal"), "{e}");
         }
     }

@@ -1,0 +1,193 @@
+//! Entry from OpenSBI, the boot page table, the trap vector and the fault
+//! probe.
+//!
+//! OpenSBI enters `_start` in S-mode with the MMU off, `a0` = hart id and
+//! `a1` = the device tree's physical address. The image is linked at
+//! `0xffff_ffff_8020_0000` and loaded at `0x8020_0000`, so `_start` first
+//! turns on a boot Sv39 table of four gigapages, jumps to its link address
+//! and calls [`crate::kmain`]:
+//!
+//! ```text
+//!  root index  virtual                    physical      for
+//!  0           0x0000_0000..0x4000_0000   0x0           devices (UART, test device)
+//!  2           0x8000_0000..0xc000_0000   0x8000_0000   the code running at the load address
+//!  258         0xffff_ffc0_8000_0000 ..   0x8000_0000   kvirt's linear mapping of RAM
+//!  510         0xffff_ffff_8000_0000 ..   0x8000_0000   the image at its link address
+//! ```
+//!
+//! kvirt's own table replaces it once the kernel space is built.
+//!
+//! Traps: the only expected ones are page faults inside [`probe_read`] and
+//! [`probe_write`]. The vector sends those back to the probe's recovery
+//! label with `scause`; anything else is fatal ([`trap_fatal`]).
+
+use core::arch::global_asm;
+
+/// A gigapage leaf: V, R, W, X, A, D and G, for physical `pa`.
+const fn gigapage(pa: u64) -> u64 {
+    (pa >> 12) << 10 | 0b1110_1111
+}
+
+/// The boot root table (see the module documentation); in `.data`, so it
+/// is in place before anything runs.
+#[repr(C, align(4096))]
+struct Root([u64; 512]);
+
+#[no_mangle]
+static BOOT_ROOT: Root = {
+    let mut t = [0u64; 512];
+    t[0] = gigapage(0);
+    t[2] = gigapage(0x8000_0000);
+    t[258] = gigapage(0x8000_0000);
+    t[510] = gigapage(0x8000_0000);
+    Root(t)
+};
+
+global_asm!(
+    r#"
+    .section .text.boot, "ax"
+    .globl _start
+    .option push
+    .option norelax
+    .option norvc
+_start:
+    la t0, BOOT_ROOT
+    srli t0, t0, 12
+    li t1, 8
+    slli t1, t1, 60
+    or t0, t0, t1
+    csrw satp, t0
+    sfence.vma
+    ld t0, 1f
+    jr t0
+    .balign 8
+1:  .dword 2f
+2:  ld sp, 3f
+    la t0, __bss_start
+    la t1, __bss_end
+4:  bgeu t0, t1, 5f
+    sd zero, 0(t0)
+    addi t0, t0, 8
+    j 4b
+5:  la t0, trap_entry
+    csrw stvec, t0
+    call kmain
+6:  wfi
+    j 6b
+    .balign 8
+3:  .dword boot_stack_top
+
+    .balign 4
+    .globl trap_entry
+trap_entry:
+    csrw sscratch, t0
+    la t0, PROBE_RECOVER
+    ld t0, 0(t0)
+    beqz t0, 7f
+    csrw sepc, t0
+    csrr t0, sscratch
+    sret
+7:  csrr t0, sscratch
+    j trap_fatal
+
+    .globl probe_read
+probe_read:
+    la t1, PROBE_RECOVER
+    la t0, 8f
+    sd t0, 0(t1)
+    ld a0, 0(a0)
+    li a1, 0
+    sd zero, 0(t1)
+    ret
+8:  csrr a1, scause
+    sd zero, 0(t1)
+    li a0, 0
+    ret
+
+    .globl probe_write
+probe_write:
+    la t1, PROBE_RECOVER
+    la t0, 9f
+    sd t0, 0(t1)
+    sd a1, 0(a0)
+    li a0, 0
+    sd zero, 0(t1)
+    ret
+9:  csrr a0, scause
+    sd zero, 0(t1)
+    ret
+    .option pop
+
+    .section .bss.stack, "aw", @nobits
+    .balign 4096
+boot_stack:
+    .space 65536
+boot_stack_top:
+"#
+);
+
+/// Where a page fault inside a probe resumes (0: no probe is running).
+#[no_mangle]
+static mut PROBE_RECOVER: usize = 0;
+
+/// A probe's result: `Ok(value)` or the `scause` of the fault it took.
+#[repr(C)]
+struct ProbeResult {
+    value: u64,
+    cause: u64,
+}
+
+extern "C" {
+    fn probe_read(addr: usize) -> ProbeResult;
+    fn probe_write(addr: usize, value: u64) -> u64;
+}
+
+/// `scause` of a load page fault.
+pub const LOAD_PAGE_FAULT: u64 = 13;
+/// `scause` of a store page fault.
+pub const STORE_PAGE_FAULT: u64 = 15;
+
+/// Reads the `u64` at `addr`, or returns the `scause` of the page fault
+/// the read took.
+///
+/// # Safety
+///
+/// If `addr` is mapped, reading it must be sound (memory the caller may
+/// read, aligned).
+pub unsafe fn read_u64(addr: usize) -> Result<u64, u64> {
+    // SAFETY: the probe reads `addr` once; the caller vouches for the read
+    // if it is mapped, and a fault returns through the trap vector.
+    let r = unsafe { probe_read(addr) };
+    if r.cause == 0 {
+        Ok(r.value)
+    } else {
+        Err(r.cause)
+    }
+}
+
+/// Writes `value` at `addr`, or returns the `scause` of the page fault the
+/// write took.
+///
+/// # Safety
+///
+/// If `addr` is mapped, writing it must be sound.
+pub unsafe fn write_u64(addr: usize, value: u64) -> Result<(), u64> {
+    // SAFETY: as for `read_u64`.
+    let cause = unsafe { probe_write(addr, value) };
+    if cause == 0 {
+        Ok(())
+    } else {
+        Err(cause)
+    }
+}
+
+/// An unexpected trap: reports it and fails the run.
+#[no_mangle]
+extern "C" fn trap_fatal() -> ! {
+    let (cause, epc, tval): (u64, u64, u64);
+    // SAFETY: reading trap CSRs has no side effect.
+    unsafe {
+        core::arch::asm!("csrr {0}, scause", "csrr {1}, sepc", "csrr {2}, stval", out(reg) cause, out(reg) epc, out(reg) tval);
+    }
+    panic!("unexpected trap: scause {cause:#x} at sepc {epc:#x}, stval {tval:#x}");
+}

@@ -1,0 +1,176 @@
+//! # kvirt-kernel-riscv: kvirt on a real (emulated) RISC-V MMU
+//!
+//! A small bare-metal kernel for `riscv64gc-unknown-none-elf` that QEMU's
+//! `virt` machine boots through OpenSBI (`-bios default`), in S-mode. It
+//! reads the memory map from the device tree, builds a kvirt kernel space
+//! laid out as [`Sv39Layout`], maps its own image into it, writes `satp`
+//! and runs the same checks as the x86-64 demo kernel against the MMU
+//! ([`scenario`]). Run it with `cargo xtask qemu --arch riscv64`.
+//!
+//! * [`boot`]: entry, the boot page table, the trap vector and the fault
+//!   probe;
+//! * [`console`]: output through the SBI;
+//! * [`heap`]: `linked_list_allocator` on a `.bss` array;
+//! * [`platform`]: kvirt's platform (`sfence.vma`, `CountingRcu`);
+//! * [`exit`]: pass or fail through the `sifive_test` device.
+//!
+//! One hart, interrupts off.
+
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod boot;
+mod console;
+mod exit;
+mod heap;
+mod platform;
+mod scenario;
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::ops::Range;
+use core::panic::PanicInfo;
+
+use kvirt::kspace::{KernelSpace, Sv39Layout};
+use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
+use kvirt::platform::{MemoryRegion, MemoryRegionKind};
+use kvirt::{Paddr, Vaddr, PAGE_SIZE};
+
+extern "C" {
+    static __image_start: u8;
+    static __text_end: u8;
+    static __rodata_end: u8;
+    static __image_end: u8;
+}
+
+/// The image's link address minus its load address.
+const IMAGE_OFFSET: usize = 0xffff_ffff_8020_0000 - 0x8020_0000;
+
+/// The physical address of a link address in the image.
+fn image_paddr(va: Vaddr) -> Paddr {
+    va - IMAGE_OFFSET
+}
+
+/// Where OpenSBI and the kernel image sit: reserved from the start of RAM.
+const RAM_START: Paddr = 0x8000_0000;
+
+/// Entered from `boot` on the boot table.
+#[no_mangle]
+extern "C" fn kmain(_hartid: usize, dtb: Paddr) -> ! {
+    heap::init();
+    println!("kvirt-kernel-riscv: S-mode on QEMU virt, device tree at {dtb:#x}");
+    // SAFETY: OpenSBI passes the device tree's physical address, which the
+    // boot table's linear gigapage maps; it is only read, before kvirt
+    // takes over RAM, and its pages are Reserved below.
+    let fdt = unsafe { fdt::Fdt::from_ptr((platform::PHYS_BASE + dtb) as *const u8) }
+        .unwrap_or_else(|e| panic!("cannot read the device tree: {e:?}"));
+    let uart = fdt
+        .chosen()
+        .stdout()
+        .map(|n| n.reg().and_then(|mut r| r.next()).map(|r| r.starting_address as Paddr));
+    let uart = uart.flatten().unwrap_or(0x1000_0000);
+    let ram: Vec<Range<Paddr>> = fdt
+        .memory()
+        .regions()
+        .filter_map(|r| Some(r.starting_address as Paddr..r.starting_address as Paddr + r.size?))
+        .collect();
+    let dtb_range = dtb & !(PAGE_SIZE - 1)..(dtb + fdt.total_size()).next_multiple_of(PAGE_SIZE);
+    // Linker symbols: only their addresses are taken.
+    let (start, text_end, rodata_end, end) = (
+        core::ptr::addr_of!(__image_start) as Vaddr,
+        core::ptr::addr_of!(__text_end) as Vaddr,
+        core::ptr::addr_of!(__rodata_end) as Vaddr,
+        core::ptr::addr_of!(__image_end) as Vaddr,
+    );
+    let reserved = [RAM_START..image_paddr(end).next_multiple_of(PAGE_SIZE), dtb_range];
+    let map = memory_map(&ram, &reserved);
+    println!("kvirt-kernel-riscv: memory map from the device tree (UART at {uart:#x}):");
+    for r in &map {
+        println!("    {:#012x}..{:#012x} {:?}", r.range.start, r.range.end, r.kind);
+    }
+    assert!(ram.iter().all(|r| r.end <= 0xc000_0000), "the boot linear mapping covers 1 GiB of RAM");
+    // SAFETY: `map` is the device tree's RAM with OpenSBI, the image (heap
+    // and stack included) and the device tree Reserved; the platform's
+    // window is the boot table's linear gigapage, which covers QEMU's RAM
+    // (checked above: RAM ends below 0xc000_0000); RAM is not known to be
+    // zero. This is the only kernel space.
+    let space = unsafe {
+        KernelSpace::<Sv39Layout>::with_layout(Box::new(platform::RiscvPlatform::new()), &map, false)
+    };
+    let mut space = space.unwrap_or_else(|e| panic!("cannot set up the kernel space: {e}"));
+    let rx = PageProperty::new_kernel(PageFlags::RX, CachePolicy::Writeback);
+    let r = PageProperty::new_kernel(PageFlags::R, CachePolicy::Writeback);
+    let rw = PageProperty::new_kernel(PageFlags::RW, CachePolicy::Writeback);
+    for (name, range, prop) in
+        [("text", start..text_end, rx), ("rodata", text_end..rodata_end, r), ("data", rodata_end..end, rw)]
+    {
+        if range.is_empty() {
+            continue;
+        }
+        let pa = image_paddr(range.start)..image_paddr(range.end);
+        // SAFETY: the kernel's own image, Reserved in the map, mapped at its
+        // link address with the part's rights, for the kernel's lifetime.
+        unsafe { space.map_kernel_image(range.start, pa, prop) }
+            .unwrap_or_else(|e| panic!("cannot map the kernel's {name}: {e}"));
+    }
+    let root = space.kernel_root_paddr();
+    // SAFETY: kvirt's table maps the whole image at its link address (code,
+    // data, bss with the stack and heap) and RAM linearly at PHYS_BASE; the
+    // console is the SBI and the exit device is remapped below before use.
+    unsafe {
+        core::arch::asm!("csrw satp, {0}", "sfence.vma", in(reg) (8usize << 60) | (root >> 12));
+    }
+    // The exit device: an untracked area for the rest of the run.
+    let device = PageProperty::new_kernel(PageFlags::RW, CachePolicy::Uncacheable);
+    // SAFETY: the test device's page, which nothing else maps or owns.
+    let exit_area = unsafe {
+        space.try_map_untracked_frames(PAGE_SIZE, 0, exit::TEST_DEVICE..exit::TEST_DEVICE + PAGE_SIZE, device)
+    }
+    .unwrap_or_else(|e| panic!("cannot map the test device: {e}"));
+    exit::set_device_va(exit_area.start());
+    println!("kvirt-kernel-riscv: satp = Sv39, root {root:#x}: running on kvirt's page table");
+    scenario::run(&space, uart);
+    println!("kvirt-kernel-riscv: all checks passed");
+    exit::pass()
+}
+
+/// `ram` with the `reserved` ranges cut out as `Reserved` regions.
+fn memory_map(ram: &[Range<Paddr>], reserved: &[Range<Paddr>]) -> Vec<MemoryRegion> {
+    let mut cuts: Vec<Range<Paddr>> = reserved.to_vec();
+    cuts.sort_by_key(|r| r.start);
+    let mut map = Vec::new();
+    for r in ram {
+        let mut pos = r.start;
+        for c in &cuts {
+            let (start, end) = (c.start.clamp(pos, r.end), c.end.clamp(pos, r.end));
+            if start >= end {
+                continue;
+            }
+            if pos < start {
+                map.push(MemoryRegion { range: pos..start, kind: MemoryRegionKind::Usable });
+            }
+            map.push(MemoryRegion { range: start..end, kind: MemoryRegionKind::Reserved });
+            pos = end;
+        }
+        if pos < r.end {
+            map.push(MemoryRegion { range: pos..r.end, kind: MemoryRegionKind::Usable });
+        }
+    }
+    map
+}
+
+#[panic_handler]
+fn panic(info: &PanicInfo<'_>) -> ! {
+    static PANICKED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+    if PANICKED.swap(true, core::sync::atomic::Ordering::SeqCst) {
+        // A panic while failing (the exit device unreachable): stop here;
+        // the run fails at its timeout.
+        loop {
+            core::hint::spin_loop();
+        }
+    }
+    println!("kvirt-kernel-riscv: PANIC: {info}");
+    exit::fail(1)
+}
