@@ -57,8 +57,24 @@ pub const X86_64: Arch = Arch {
     qemu: "qemu-system-x86_64",
     package: "qemu-system-x86",
     args: &[
-        "-machine", "q35", "-cpu", "max", "-smp", "1", "-m", "256M", "-nodefaults", "-display", "none",
-        "-monitor", "none", "-serial", "stdio", "-no-reboot", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        "-machine",
+        "q35",
+        "-cpu",
+        "max",
+        "-smp",
+        "1",
+        "-m",
+        "256M",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=0x04",
     ],
     success: 33,
     success_line: "kvirt-kernel: all checks passed",
@@ -75,8 +91,22 @@ pub const RISCV64: Arch = Arch {
     qemu: "qemu-system-riscv64",
     package: "qemu-system-misc",
     args: &[
-        "-machine", "virt", "-cpu", "rv64,svpbmt=on", "-smp", "1", "-m", "128M", "-bios", "default", "-display",
-        "none", "-monitor", "none", "-serial", "stdio",
+        "-machine",
+        "virt",
+        "-cpu",
+        "rv64,svpbmt=on",
+        "-smp",
+        "1",
+        "-m",
+        "128M",
+        "-bios",
+        "default",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        "stdio",
     ],
     success: 0,
     success_line: "kvirt-kernel-riscv: all checks passed",
@@ -107,7 +137,9 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
                 options.arch = match args.next().map(String::as_str) {
                     Some("x86_64" | "x86-64") => X86_64,
                     Some("riscv64") => RISCV64,
-                    other => return Err(format!("--arch: `{}` is not x86_64 or riscv64", other.unwrap_or(""))),
+                    other => {
+                        return Err(format!("--arch: `{}` is not x86_64 or riscv64", other.unwrap_or("")))
+                    }
                 };
             }
             other => return Err(format!("qemu: unknown option `{other}`")),
@@ -161,7 +193,13 @@ fn build_kernel(root: &Path, arch: Arch) -> Result<PathBuf, String> {
 /// The QEMU command line.
 fn qemu_command(arch: Arch, kernel: &Path) -> Command {
     let mut command = Command::new(arch.qemu);
-    command.args(arch.args).arg("-kernel").arg(kernel).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    command
+        .args(arch.args)
+        .arg("-kernel")
+        .arg(kernel)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
     command
 }
 
