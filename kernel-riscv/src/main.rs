@@ -35,7 +35,7 @@ use core::panic::PanicInfo;
 
 use kvirt::kspace::{KernelSpace, Sv39Layout};
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
-use kvirt::platform::{MemoryRegion, MemoryRegionKind};
+use kvirt::platform::MemoryRegion;
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
 
 extern "C" {
@@ -85,7 +85,7 @@ extern "C" fn kmain(_hartid: usize, dtb: Paddr) -> ! {
         core::ptr::addr_of!(__image_end) as Vaddr,
     );
     let reserved = [RAM_START..image_paddr(end).next_multiple_of(PAGE_SIZE), dtb_range];
-    let map = memory_map(&ram, &reserved);
+    let map = MemoryRegion::carve(&ram, &reserved);
     println!("kvirt-kernel-riscv: memory map from the device tree (UART at {uart:#x}):");
     for r in &map {
         println!("    {:#012x}..{:#012x} {:?}", r.range.start, r.range.end, r.kind);
@@ -134,31 +134,6 @@ extern "C" fn kmain(_hartid: usize, dtb: Paddr) -> ! {
     scenario::run(&space, uart);
     println!("kvirt-kernel-riscv: all checks passed");
     exit::pass()
-}
-
-/// `ram` with the `reserved` ranges cut out as `Reserved` regions.
-fn memory_map(ram: &[Range<Paddr>], reserved: &[Range<Paddr>]) -> Vec<MemoryRegion> {
-    let mut cuts: Vec<Range<Paddr>> = reserved.to_vec();
-    cuts.sort_by_key(|r| r.start);
-    let mut map = Vec::new();
-    for r in ram {
-        let mut pos = r.start;
-        for c in &cuts {
-            let (start, end) = (c.start.clamp(pos, r.end), c.end.clamp(pos, r.end));
-            if start >= end {
-                continue;
-            }
-            if pos < start {
-                map.push(MemoryRegion { range: pos..start, kind: MemoryRegionKind::Usable });
-            }
-            map.push(MemoryRegion { range: start..end, kind: MemoryRegionKind::Reserved });
-            pos = end;
-        }
-        if pos < r.end {
-            map.push(MemoryRegion { range: pos..r.end, kind: MemoryRegionKind::Usable });
-        }
-    }
-    map
 }
 
 #[panic_handler]

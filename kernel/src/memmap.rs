@@ -22,7 +22,7 @@
 use alloc::vec::Vec;
 use core::ops::Range;
 
-use kvirt::platform::{MemoryRegion, MemoryRegionKind};
+use kvirt::platform::MemoryRegion;
 use kvirt::{align_down, align_up, Paddr, PAGE_SIZE};
 
 use crate::boot::{FirmwareRegion, E820_RAM};
@@ -41,60 +41,16 @@ pub fn for_kvirt(
     reserved: &[Range<Paddr>],
     limit: Paddr,
 ) -> (Vec<MemoryRegion>, Vec<Range<Paddr>>) {
-    let reserved = normalise(reserved);
-    let mut ram: Vec<Range<Paddr>> =
-        firmware.iter().filter(|r| r.kind == E820_RAM).map(|r| r.range.clone()).collect();
-    ram.sort_by_key(|r| r.start);
-    let mut map = Vec::new();
+    let mut ram: Vec<Range<Paddr>> = Vec::new();
     let mut left_out = Vec::new();
-    for r in ram {
-        let start = align_up(r.start, PAGE_SIZE);
-        let end = align_down(r.end, PAGE_SIZE);
+    for r in firmware.iter().filter(|r| r.kind == E820_RAM) {
+        let start = align_up(r.range.start, PAGE_SIZE);
+        let end = align_down(r.range.end, PAGE_SIZE);
         if start.max(limit) < end {
             left_out.push(start.max(limit)..end);
         }
-        let end = end.min(limit);
-        if start < end {
-            split(start..end, &reserved, &mut map);
-        }
+        ram.push(start..end.min(limit));
     }
-    (map, left_out)
-}
-
-/// Page-aligns (outwards), sorts and merges the reserved ranges.
-fn normalise(reserved: &[Range<Paddr>]) -> Vec<Range<Paddr>> {
-    let mut ranges: Vec<Range<Paddr>> = reserved
-        .iter()
-        .filter(|r| r.start < r.end)
-        .map(|r| align_down(r.start, PAGE_SIZE)..align_up(r.end, PAGE_SIZE))
-        .collect();
-    ranges.sort_by_key(|r| r.start);
-    let mut merged: Vec<Range<Paddr>> = Vec::new();
-    for r in ranges {
-        match merged.last_mut() {
-            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
-            _ => merged.push(r),
-        }
-    }
-    merged
-}
-
-/// Appends `ram` to `map`, cut into `Usable` and `Reserved` pieces by the
-/// sorted, disjoint `reserved` ranges.
-fn split(ram: Range<Paddr>, reserved: &[Range<Paddr>], map: &mut Vec<MemoryRegion>) {
-    let mut pos = ram.start;
-    for r in reserved {
-        let (start, end) = (r.start.max(ram.start), r.end.min(ram.end));
-        if start >= end {
-            continue;
-        }
-        if pos < start {
-            map.push(MemoryRegion { range: pos..start, kind: MemoryRegionKind::Usable });
-        }
-        map.push(MemoryRegion { range: start..end, kind: MemoryRegionKind::Reserved });
-        pos = end;
-    }
-    if pos < ram.end {
-        map.push(MemoryRegion { range: pos..ram.end, kind: MemoryRegionKind::Usable });
-    }
+    left_out.sort_by_key(|r| r.start);
+    (MemoryRegion::carve(&ram, reserved), left_out)
 }

@@ -25,6 +25,7 @@ pub mod hosted;
 mod rcu;
 
 use alloc::boxed::Box;
+use alloc::vec::Vec;
 use core::fmt::Debug;
 use core::ops::Range;
 use core::ptr::NonNull;
@@ -79,6 +80,49 @@ pub struct MemoryRegion {
 impl core::fmt::Display for MemoryRegion {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(f, "{:#x}..{:#x} ({:?})", self.range.start, self.range.end, self.kind)
+    }
+}
+
+impl MemoryRegion {
+    /// The memory map of RAM ranges `ram` with the `reserved` ranges (the
+    /// firmware, the kernel image, boot data) cut out as `Reserved` and the
+    /// rest `Usable`: what a kernel builds from its firmware's map before
+    /// [`KernelSpace::new`](crate::kspace::KernelSpace::new).
+    ///
+    /// RAM ranges shrink to whole pages, reserved ones grow to whole pages
+    /// and may overlap each other; the map comes out sorted, with nothing
+    /// outside `ram`.
+    #[must_use]
+    pub fn carve(ram: &[Range<Paddr>], reserved: &[Range<Paddr>]) -> Vec<MemoryRegion> {
+        use crate::addr::{align_down, align_up, PAGE_SIZE};
+        let mut cuts: Vec<Range<Paddr>> = reserved
+            .iter()
+            .filter(|r| r.start < r.end)
+            .map(|r| align_down(r.start, PAGE_SIZE)..align_up(r.end, PAGE_SIZE))
+            .collect();
+        cuts.sort_by_key(|r| r.start);
+        let mut ram: Vec<Range<Paddr>> =
+            ram.iter().map(|r| align_up(r.start, PAGE_SIZE)..align_down(r.end, PAGE_SIZE)).collect();
+        ram.sort_by_key(|r| r.start);
+        let mut map = Vec::new();
+        for r in ram.into_iter().filter(|r| r.start < r.end) {
+            let mut pos = r.start;
+            for c in &cuts {
+                let (start, end) = (c.start.clamp(pos, r.end), c.end.clamp(pos, r.end));
+                if start >= end {
+                    continue;
+                }
+                if pos < start {
+                    map.push(MemoryRegion { range: pos..start, kind: MemoryRegionKind::Usable });
+                }
+                map.push(MemoryRegion { range: start..end, kind: MemoryRegionKind::Reserved });
+                pos = end;
+            }
+            if pos < r.end {
+                map.push(MemoryRegion { range: pos..r.end, kind: MemoryRegionKind::Usable });
+            }
+        }
+        map
     }
 }
 

@@ -235,3 +235,37 @@ mod holes_below_the_end_of_ram {
         assert!(phys.iter().all(|&b| b == 0), "a refused write wrote something");
     }
 }
+
+/// `MemoryRegion::carve`: RAM cut into Usable and Reserved pieces.
+mod carve {
+    use kvirt::platform::{MemoryRegion, MemoryRegionKind};
+
+    fn region(start: usize, end: usize, kind: MemoryRegionKind) -> MemoryRegion {
+        MemoryRegion { range: start..end, kind }
+    }
+
+    #[test]
+    fn reserved_ranges_are_cut_out_grown_to_pages_and_merged() {
+        use MemoryRegionKind::{Reserved, Usable};
+        let ram = [0x10_0000..0x20_0000, 0x1000..0x8_0800];
+        let reserved = [0x2800..0x3001, 0x3000..0x4000, 0x1f_f000..0x30_0000, 0x50_0000..0x60_0000];
+        let map = MemoryRegion::carve(&ram, &reserved);
+        assert_eq!(
+            map,
+            [
+                region(0x1000, 0x2000, Usable),
+                region(0x2000, 0x4000, Reserved),
+                region(0x4000, 0x8_0000, Usable),
+                region(0x10_0000, 0x1f_f000, Usable),
+                region(0x1f_f000, 0x20_0000, Reserved),
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_and_reversed_ranges_give_nothing() {
+        assert!(MemoryRegion::carve(&[0x2000..0x1000, 0x1800..0x1900], &[]).is_empty());
+        let map = MemoryRegion::carve(&[0x1000..0x3000], &[0x2000..0x1000]);
+        assert_eq!(map, [region(0x1000, 0x3000, MemoryRegionKind::Usable)]);
+    }
+}
