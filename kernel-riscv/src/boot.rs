@@ -143,41 +143,65 @@ extern "C" {
 }
 
 /// `scause` of a load page fault.
-pub const LOAD_PAGE_FAULT: u64 = 13;
+const LOAD_PAGE_FAULT: u64 = 13;
 /// `scause` of a store page fault.
-pub const STORE_PAGE_FAULT: u64 = 15;
+const STORE_PAGE_FAULT: u64 = 15;
 
-/// Reads the `u64` at `addr`, or returns the `scause` of the page fault
-/// the read took.
+/// A trap a probe took: its `scause`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fault(u64);
+
+impl Fault {
+    /// A load page fault: nothing readable is mapped there.
+    pub fn unmapped_read(self) -> bool {
+        self.0 == LOAD_PAGE_FAULT
+    }
+
+    /// A store page fault: nothing writable is mapped there.
+    pub fn unmapped_write(self) -> bool {
+        self.0 == STORE_PAGE_FAULT
+    }
+}
+
+impl core::fmt::Display for Fault {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            LOAD_PAGE_FAULT => f.write_str("load page fault"),
+            STORE_PAGE_FAULT => f.write_str("store page fault"),
+            cause => write!(f, "trap with scause {cause:#x}"),
+        }
+    }
+}
+
+/// Reads the `u64` at `addr`, or returns the fault the read took.
 ///
 /// # Safety
 ///
 /// If `addr` is mapped, reading it must be sound (memory the caller may
 /// read, aligned).
-pub unsafe fn read_u64(addr: usize) -> Result<u64, u64> {
+pub unsafe fn read_u64(addr: usize) -> Result<u64, Fault> {
     // SAFETY: the probe reads `addr` once; the caller vouches for the read
     // if it is mapped, and a fault returns through the trap vector.
     let r = unsafe { probe_read(addr) };
     if r.cause == 0 {
         Ok(r.value)
     } else {
-        Err(r.cause)
+        Err(Fault(r.cause))
     }
 }
 
-/// Writes `value` at `addr`, or returns the `scause` of the page fault the
-/// write took.
+/// Writes `value` at `addr`, or returns the fault the write took.
 ///
 /// # Safety
 ///
 /// If `addr` is mapped, writing it must be sound.
-pub unsafe fn write_u64(addr: usize, value: u64) -> Result<(), u64> {
+pub unsafe fn write_u64(addr: usize, value: u64) -> Result<(), Fault> {
     // SAFETY: as for `read_u64`.
     let cause = unsafe { probe_write(addr, value) };
     if cause == 0 {
         Ok(())
     } else {
-        Err(cause)
+        Err(Fault(cause))
     }
 }
 

@@ -26,6 +26,7 @@ mod console;
 mod exit;
 mod heap;
 mod platform;
+#[path = "../../kernel-common/scenario.rs"]
 mod scenario;
 
 use alloc::boxed::Box;
@@ -43,6 +44,22 @@ extern "C" {
     static __text_end: u8;
     static __rodata_end: u8;
     static __image_end: u8;
+}
+
+/// The layout the scenario runs on.
+type Layout = Sv39Layout;
+
+/// A 4 MiB piece of the `virt` machine's PCIe MMIO window: not RAM, never
+/// touched, mapped to check huge untracked pages.
+const HUGE_DEVICE: Paddr = 0x4000_0000;
+
+/// Whether the 16550 UART mapped at `va` reports its transmitter idle (line
+/// status register, offset 5: THRE or TEMT), and that register.
+fn uart_idle(va: Vaddr) -> (bool, u8) {
+    // SAFETY: `va` maps the UART's page (uncached); a byte read of the line
+    // status register has no side effect.
+    let lsr = unsafe { ((va + 5) as *const u8).read_volatile() };
+    (lsr & 0x60 != 0, lsr)
 }
 
 /// The image's link address minus its load address.
