@@ -16,8 +16,9 @@ usage: cargo xtask <task> [options]
 tasks:
   qemu [--arch ARCH] [--timeout SECS]
                           build a demo kernel and boot it under QEMU: x86_64 (the
-                          default: kernel/, qemu-system-x86_64) or riscv64
-                          (kernel-riscv/, qemu-system-riscv64 with OpenSBI); succeeds
+                          default: kernel/, qemu-system-x86_64), riscv64
+                          (kernel-riscv/, qemu-system-riscv64 with OpenSBI) or aarch64
+                          (kernel-aarch64/, qemu-system-aarch64); succeeds
                           when the kernel reports that every check passed (default
                           timeout: 120 s)
   fuzz [--time SECS] [TARGET...]

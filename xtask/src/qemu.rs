@@ -9,6 +9,8 @@
 //! * RISC-V (`kernel-riscv/`, `--arch riscv64`): prints through the SBI and
 //!   leaves through the `virt` machine's `sifive_test` device: status 0 on
 //!   success, the kernel's code (1 for a panic) otherwise.
+//! * AArch64 (`kernel-aarch64/`, `--arch aarch64`): prints and leaves
+//!   through semihosting: status 0 on success, 1 for a panic.
 //!
 //! This task streams the kernel's lines and ends QEMU after a timeout.
 //! Success is the architecture's success status *and* the kernel's final
@@ -121,6 +123,40 @@ pub struct Options {
     pub arch: Arch,
 }
 
+/// The AArch64 kernel: QEMU's `virt` machine with a Cortex-A72 at EL1,
+/// 128 MiB, semihosting for the console (on standard output) and the exit
+/// status.
+pub const AARCH64: Arch = Arch {
+    name: "aarch64",
+    dir: "kernel-aarch64",
+    target: "aarch64-unknown-none",
+    bin: "kvirt-kernel-aarch64",
+    qemu: "qemu-system-aarch64",
+    package: "qemu-system-arm",
+    args: &[
+        "-machine",
+        "virt",
+        "-cpu",
+        "cortex-a72",
+        "-smp",
+        "1",
+        "-m",
+        "128M",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        "none",
+        "-chardev",
+        "stdio,id=out",
+        "-semihosting-config",
+        "enable=on,target=native,chardev=out",
+    ],
+    success: 0,
+    success_line: "kvirt-kernel-aarch64: all checks passed",
+};
+
 /// Parses the arguments after `qemu`.
 pub fn parse_args(args: &[String]) -> Result<Options, String> {
     let mut options = Options { timeout: DEFAULT_TIMEOUT, arch: X86_64 };
@@ -137,8 +173,12 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
                 options.arch = match args.next().map(String::as_str) {
                     Some("x86_64" | "x86-64") => X86_64,
                     Some("riscv64") => RISCV64,
+                    Some("aarch64") => AARCH64,
                     other => {
-                        return Err(format!("--arch: `{}` is not x86_64 or riscv64", other.unwrap_or("")))
+                        return Err(format!(
+                            "--arch: `{}` is not x86_64, riscv64 or aarch64",
+                            other.unwrap_or("")
+                        ))
                     }
                 };
             }
@@ -333,6 +373,15 @@ mod tests {
             let e = judge(X86_64, &outcome(None, false, true)).unwrap_err();
             assert!(e.contains("killed by a signal"), "{e}");
         }
+    }
+
+    #[test]
+    fn arch_is_parsed() {
+        assert_eq!(parse_args(&[]).unwrap().arch, X86_64);
+        for (name, arch) in [("x86_64", X86_64), ("riscv64", RISCV64), ("aarch64", AARCH64)] {
+            assert_eq!(parse_args(&["--arch".into(), name.into()]).unwrap().arch, arch);
+        }
+        assert!(parse_args(&["--arch".into(), "mips".into()]).is_err());
     }
 
     mod wait_with_timeout {

@@ -1,5 +1,5 @@
-//! Boots the demo kernels under QEMU (`cargo xtask qemu`, and `--arch
-//! riscv64`) when QEMU is installed.
+//! Boots the demo kernels under QEMU (`cargo xtask qemu`, `--arch riscv64`
+//! and `--arch aarch64`) when QEMU is installed.
 //!
 //! Without the QEMU binary on `PATH` a test passes with a SKIPPED note,
 //! unless `KVIRT_REQUIRE_QEMU=1` asks for it to fail instead (for CI
@@ -46,4 +46,9 @@ fn demo_kernel_passes_under_qemu() {
 #[test]
 fn riscv_demo_kernel_passes_under_qemu() {
     boots("qemu-system-riscv64", &["--arch", "riscv64"], "kvirt-kernel-riscv: all checks passed");
+}
+
+#[test]
+fn aarch64_demo_kernel_passes_under_qemu() {
+    boots("qemu-system-aarch64", &["--arch", "aarch64"], "kvirt-kernel-aarch64: all checks passed");
 }
