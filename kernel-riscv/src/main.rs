@@ -24,27 +24,20 @@ extern crate alloc;
 mod boot;
 mod console;
 mod exit;
+#[path = "../../kernel-common/heap.rs"]
 mod heap;
 mod platform;
 #[path = "../../kernel-common/scenario.rs"]
 mod scenario;
+#[path = "../../kernel-common/setup.rs"]
+mod setup;
 
 use alloc::boxed::Box;
-use alloc::vec::Vec;
-use core::ops::Range;
 use core::panic::PanicInfo;
 
-use kvirt::kspace::{KernelSpace, Sv39Layout};
+use kvirt::kspace::Sv39Layout;
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
-use kvirt::platform::MemoryRegion;
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
-
-extern "C" {
-    static __image_start: u8;
-    static __text_end: u8;
-    static __rodata_end: u8;
-    static __image_end: u8;
-}
 
 /// The layout the scenario runs on.
 type Layout = Sv39Layout;
@@ -62,13 +55,8 @@ fn uart_idle(va: Vaddr) -> (bool, u8) {
     (lsr & 0x60 != 0, lsr)
 }
 
-/// The image's link address minus its load address.
+/// The image's link address minus its load address (for `setup`).
 const IMAGE_OFFSET: usize = 0xffff_ffff_8020_0000 - 0x8020_0000;
-
-/// The physical address of a link address in the image.
-fn image_paddr(va: Vaddr) -> Paddr {
-    va - IMAGE_OFFSET
-}
 
 /// Where OpenSBI and the kernel image sit: reserved from the start of RAM.
 const RAM_START: Paddr = 0x8000_0000;
@@ -79,59 +67,18 @@ extern "C" fn kmain(_hartid: usize, dtb: Paddr) -> ! {
     heap::init();
     println!("kvirt-kernel-riscv: S-mode on QEMU virt, device tree at {dtb:#x}");
     // SAFETY: OpenSBI passes the device tree's physical address, which the
-    // boot table's linear gigapage maps; it is only read, before kvirt
-    // takes over RAM, and its pages are Reserved below.
-    let fdt = unsafe { fdt::Fdt::from_ptr((platform::PHYS_BASE + dtb) as *const u8) }
-        .unwrap_or_else(|e| panic!("cannot read the device tree: {e:?}"));
-    let uart = fdt
-        .chosen()
-        .stdout()
-        .map(|n| n.reg().and_then(|mut r| r.next()).map(|r| r.starting_address as Paddr));
-    let uart = uart.flatten().unwrap_or(0x1000_0000);
-    let ram: Vec<Range<Paddr>> = fdt
-        .memory()
-        .regions()
-        .filter_map(|r| Some(r.starting_address as Paddr..r.starting_address as Paddr + r.size?))
-        .collect();
-    let dtb_range = dtb & !(PAGE_SIZE - 1)..(dtb + fdt.total_size()).next_multiple_of(PAGE_SIZE);
-    // Linker symbols: only their addresses are taken.
-    let (start, text_end, rodata_end, end) = (
-        core::ptr::addr_of!(__image_start) as Vaddr,
-        core::ptr::addr_of!(__text_end) as Vaddr,
-        core::ptr::addr_of!(__rodata_end) as Vaddr,
-        core::ptr::addr_of!(__image_end) as Vaddr,
-    );
-    let reserved = [RAM_START..image_paddr(end).next_multiple_of(PAGE_SIZE), dtb_range];
-    let map = MemoryRegion::carve(&ram, &reserved);
-    println!("kvirt-kernel-riscv: memory map from the device tree (UART at {uart:#x}):");
-    for r in &map {
-        println!("    {:#012x}..{:#012x} {:?}", r.range.start, r.range.end, r.kind);
-    }
-    assert!(ram.iter().all(|r| r.end <= 0xc000_0000), "the boot linear mapping covers 1 GiB of RAM");
-    // SAFETY: `map` is the device tree's RAM with OpenSBI, the image (heap
-    // and stack included) and the device tree Reserved; the platform's
-    // window is the boot table's linear gigapage, which covers QEMU's RAM
-    // (checked above: RAM ends below 0xc000_0000); RAM is not known to be
-    // zero. This is the only kernel space.
-    let space = unsafe {
-        KernelSpace::<Sv39Layout>::with_layout(Box::new(platform::RiscvPlatform::new()), &map, false)
+    // boot table's linear gigapage maps, as it maps all of QEMU's RAM
+    // (checked against 0xc000_0000); the platform's window is that mapping;
+    // the kernel uses only its image (Reserved) from now on; one space.
+    let (space, uart) = unsafe {
+        setup::space_from_device_tree(
+            Box::new(platform::RiscvPlatform::new()),
+            dtb,
+            RAM_START,
+            0xc000_0000,
+            0x1000_0000,
+        )
     };
-    let mut space = space.unwrap_or_else(|e| panic!("cannot set up the kernel space: {e}"));
-    let rx = PageProperty::new_kernel(PageFlags::RX, CachePolicy::Writeback);
-    let r = PageProperty::new_kernel(PageFlags::R, CachePolicy::Writeback);
-    let rw = PageProperty::new_kernel(PageFlags::RW, CachePolicy::Writeback);
-    for (name, range, prop) in
-        [("text", start..text_end, rx), ("rodata", text_end..rodata_end, r), ("data", rodata_end..end, rw)]
-    {
-        if range.is_empty() {
-            continue;
-        }
-        let pa = image_paddr(range.start)..image_paddr(range.end);
-        // SAFETY: the kernel's own image, Reserved in the map, mapped at its
-        // link address with the part's rights, for the kernel's lifetime.
-        unsafe { space.map_kernel_image(range.start, pa, prop) }
-            .unwrap_or_else(|e| panic!("cannot map the kernel's {name}: {e}"));
-    }
     let root = space.kernel_root_paddr();
     // SAFETY: kvirt's table maps the whole image at its link address (code,
     // data, bss with the stack and heap) and RAM linearly at PHYS_BASE; the
