@@ -247,7 +247,10 @@ impl<L: KernelLayout> KernelSpace<L> {
     }
 
     /// Sets how the space invalidates the TLB for dropped areas. Going
-    /// eager purges what lazy mode queued. Call it after
+    /// eager purges what lazy mode queued; a drop that races with the
+    /// switch may still queue its area, which then waits for the next
+    /// purge ([`purge`](Self::purge), [`synchronize`](Self::synchronize),
+    /// memory pressure, or the end of the space), flushed like any other. Call it after
     /// [`map_kernel_image`](Self::map_kernel_image): once a space has been
     /// lazy, it counts as in use there.
     pub fn set_purge_mode(&self, mode: PurgeMode) {
