@@ -132,8 +132,8 @@ probe_read:
     str xzr, [x9]
     ret
 8:  mrs x1, esr_el1
+    mrs x0, far_el1
     str xzr, [x9]
-    mov x0, #0
     ret
 
     .globl probe_write
@@ -144,9 +144,11 @@ probe_write:
     str x10, [x9]
     str x1, [x0]
     mov x0, #0
+    mov x1, #0
     str xzr, [x9]
     ret
-9:  mrs x0, esr_el1
+9:  mrs x1, esr_el1
+    mrs x0, far_el1
     str xzr, [x9]
     ret
 
@@ -168,6 +170,8 @@ const TCR: u64 = 16 | 1 << 8 | 1 << 10 | 3 << 12 | 16 << 16 | 1 << 24 | 1 << 26 
 #[no_mangle]
 static mut PROBE_RECOVER: usize = 0;
 
+/// A probe's result: the value read (or `FAR_EL1` after a fault) and the
+/// fault's `ESR_EL1` (0: none).
 #[repr(C)]
 struct ProbeResult {
     value: u64,
@@ -176,39 +180,49 @@ struct ProbeResult {
 
 extern "C" {
     fn probe_read(addr: usize) -> ProbeResult;
-    fn probe_write(addr: usize, value: u64) -> u64;
+    fn probe_write(addr: usize, value: u64) -> ProbeResult;
 }
 
-/// A data abort a probe took: its `ESR_EL1`.
+/// A data abort a probe took.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Fault(u64);
+pub struct Fault {
+    /// The faulting address (`FAR_EL1`).
+    pub addr: usize,
+    /// `ESR_EL1`.
+    esr: u64,
+}
 
 impl Fault {
     /// A data abort from EL1 (EC 0x25) with a translation fault (DFSC
-    /// 0b0001xx): nothing is mapped there.
+    /// 0b0001xx): no valid entry.
     fn translation(self) -> bool {
-        self.0 >> 26 == 0x25 && self.0 & 0x3c == 0x04
+        self.esr >> 26 == 0x25 && self.esr & 0x3c == 0x04
     }
 
-    /// A translation fault on a read.
-    pub fn unmapped_read(self) -> bool {
-        self.translation() && self.0 & (1 << 6) == 0
+    /// Whether the entry was there (anything but a translation fault).
+    pub fn present(self) -> bool {
+        !self.translation()
     }
 
-    /// A translation fault on a write (`WnR`).
-    pub fn unmapped_write(self) -> bool {
-        self.translation() && self.0 & (1 << 6) != 0
+    /// The access was a write (`WnR`).
+    pub fn write(self) -> bool {
+        self.esr & (1 << 6) != 0
     }
 }
 
 impl core::fmt::Display for Fault {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let what = if self.0 & (1 << 6) != 0 { "write" } else { "read" };
-        if self.translation() {
-            write!(f, "translation fault on a {what} (ESR {:#x})", self.0)
-        } else {
-            write!(f, "data abort on a {what} (ESR {:#x})", self.0)
-        }
+        let what = if self.write() { "write" } else { "read" };
+        let kind = if self.translation() { "translation fault" } else { "data abort" };
+        write!(f, "{kind} on a {what} at {:#x} (ESR {:#x})", self.addr, self.esr)
+    }
+}
+
+fn result(r: ProbeResult) -> Result<u64, Fault> {
+    if r.esr == 0 {
+        Ok(r.value)
+    } else {
+        Err(Fault { addr: r.value as usize, esr: r.esr })
     }
 }
 
@@ -221,12 +235,7 @@ impl core::fmt::Display for Fault {
 pub unsafe fn read_u64(addr: usize) -> Result<u64, Fault> {
     // SAFETY: the probe reads `addr` once; the caller vouches for the read
     // if it is mapped, and a data abort returns through the vector.
-    let r = unsafe { probe_read(addr) };
-    if r.esr == 0 {
-        Ok(r.value)
-    } else {
-        Err(Fault(r.esr))
-    }
+    result(unsafe { probe_read(addr) })
 }
 
 /// Writes `value` at `addr`, or returns the fault the write took.
@@ -236,12 +245,7 @@ pub unsafe fn read_u64(addr: usize) -> Result<u64, Fault> {
 /// If `addr` is mapped, writing it must be sound.
 pub unsafe fn write_u64(addr: usize, value: u64) -> Result<(), Fault> {
     // SAFETY: as for `read_u64`.
-    let esr = unsafe { probe_write(addr, value) };
-    if esr == 0 {
-        Ok(())
-    } else {
-        Err(Fault(esr))
-    }
+    result(unsafe { probe_write(addr, value) }).map(drop)
 }
 
 /// An unexpected exception: reports it and fails the run.

@@ -30,12 +30,17 @@ mod scenario;
 mod semihosting;
 #[path = "../../kernel-common/setup.rs"]
 mod setup;
+#[path = "../../kernel-common/steps.rs"]
+mod steps;
 
 use alloc::boxed::Box;
 use core::panic::PanicInfo;
 
 use kvirt::kspace::Aarch64Layout;
 use kvirt::{Paddr, Vaddr};
+
+/// The fault probe the shared steps use.
+use boot as probe;
 
 /// The layout the scenario runs on.
 type Layout = Aarch64Layout;

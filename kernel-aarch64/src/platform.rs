@@ -1,10 +1,19 @@
 //! The kernel as kvirt's platform: one CPU, interrupts off.
 
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use kvirt::kspace::{Aarch64Layout, KernelLayout};
 use kvirt::platform::{CountingRcu, Platform, TlbFlushOp, TlbScope};
 use kvirt::PAGE_SIZE;
+
+/// TLB flushes kvirt asked for since boot.
+static FLUSHES: AtomicUsize = AtomicUsize::new(0);
+
+/// TLB flushes kvirt asked for since boot.
+pub fn flushes() -> usize {
+    FLUSHES.load(Ordering::Relaxed)
+}
 
 /// Ranges longer than this many pages are flushed whole.
 const MAX_PAGE_FLUSHES: usize = 64;
@@ -59,6 +68,7 @@ unsafe impl Platform for Aarch64Platform {
     }
 
     fn flush_tlb(&self, op: TlbFlushOp, _scope: TlbScope) {
+        FLUSHES.fetch_add(1, Ordering::Relaxed);
         match op {
             TlbFlushOp::Page(va) => tlbi(Some(va)),
             TlbFlushOp::Range(range) if range.len() / PAGE_SIZE <= MAX_PAGE_FLUSHES => {

@@ -100,8 +100,8 @@ probe_read:
     sd zero, 0(t1)
     ret
 8:  csrr a1, scause
+    csrr a0, stval
     sd zero, 0(t1)
-    li a0, 0
     ret
 
     .globl probe_write
@@ -111,9 +111,11 @@ probe_write:
     sd t0, 0(t1)
     sd a1, 0(a0)
     li a0, 0
+    li a1, 0
     sd zero, 0(t1)
     ret
-9:  csrr a0, scause
+9:  csrr a1, scause
+    csrr a0, stval
     sd zero, 0(t1)
     ret
     .option pop
@@ -130,7 +132,8 @@ boot_stack_top:
 #[no_mangle]
 static mut PROBE_RECOVER: usize = 0;
 
-/// A probe's result: `Ok(value)` or the `scause` of the fault it took.
+/// A probe's result: the value read (or `stval` after a fault) and the
+/// fault's `scause` (0: none).
 #[repr(C)]
 struct ProbeResult {
     value: u64,
@@ -139,7 +142,7 @@ struct ProbeResult {
 
 extern "C" {
     fn probe_read(addr: usize) -> ProbeResult;
-    fn probe_write(addr: usize, value: u64) -> u64;
+    fn probe_write(addr: usize, value: u64) -> ProbeResult;
 }
 
 /// `scause` of a load page fault.
@@ -147,29 +150,44 @@ const LOAD_PAGE_FAULT: u64 = 13;
 /// `scause` of a store page fault.
 const STORE_PAGE_FAULT: u64 = 15;
 
-/// A trap a probe took: its `scause`.
+/// A page fault a probe took.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Fault(u64);
+pub struct Fault {
+    /// The faulting address (`stval`).
+    pub addr: usize,
+    /// `scause`.
+    cause: u64,
+}
 
 impl Fault {
-    /// A load page fault: nothing readable is mapped there.
-    pub fn unmapped_read(self) -> bool {
-        self.0 == LOAD_PAGE_FAULT
+    /// Whether the fault hit a present entry without the rights. RISC-V
+    /// reports both cases as the same page fault, so this is always false:
+    /// the steps ask it only where nothing is mapped.
+    pub fn present(self) -> bool {
+        false
     }
 
-    /// A store page fault: nothing writable is mapped there.
-    pub fn unmapped_write(self) -> bool {
-        self.0 == STORE_PAGE_FAULT
+    /// A store page fault.
+    pub fn write(self) -> bool {
+        self.cause == STORE_PAGE_FAULT
     }
 }
 
 impl core::fmt::Display for Fault {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self.0 {
-            LOAD_PAGE_FAULT => f.write_str("load page fault"),
-            STORE_PAGE_FAULT => f.write_str("store page fault"),
-            cause => write!(f, "trap with scause {cause:#x}"),
+        match self.cause {
+            LOAD_PAGE_FAULT => write!(f, "load page fault at {:#x}", self.addr),
+            STORE_PAGE_FAULT => write!(f, "store page fault at {:#x}", self.addr),
+            cause => write!(f, "trap with scause {cause:#x} at {:#x}", self.addr),
         }
+    }
+}
+
+fn result(r: ProbeResult) -> Result<u64, Fault> {
+    if r.cause == 0 {
+        Ok(r.value)
+    } else {
+        Err(Fault { addr: r.value as usize, cause: r.cause })
     }
 }
 
@@ -182,12 +200,7 @@ impl core::fmt::Display for Fault {
 pub unsafe fn read_u64(addr: usize) -> Result<u64, Fault> {
     // SAFETY: the probe reads `addr` once; the caller vouches for the read
     // if it is mapped, and a fault returns through the trap vector.
-    let r = unsafe { probe_read(addr) };
-    if r.cause == 0 {
-        Ok(r.value)
-    } else {
-        Err(Fault(r.cause))
-    }
+    result(unsafe { probe_read(addr) })
 }
 
 /// Writes `value` at `addr`, or returns the fault the write took.
@@ -197,12 +210,7 @@ pub unsafe fn read_u64(addr: usize) -> Result<u64, Fault> {
 /// If `addr` is mapped, writing it must be sound.
 pub unsafe fn write_u64(addr: usize, value: u64) -> Result<(), Fault> {
     // SAFETY: as for `read_u64`.
-    let cause = unsafe { probe_write(addr, value) };
-    if cause == 0 {
-        Ok(())
-    } else {
-        Err(Fault(cause))
-    }
+    result(unsafe { probe_write(addr, value) }).map(drop)
 }
 
 /// An unexpected trap: reports it and fails the run.

@@ -31,6 +31,8 @@ mod platform;
 mod scenario;
 #[path = "../../kernel-common/setup.rs"]
 mod setup;
+#[path = "../../kernel-common/steps.rs"]
+mod steps;
 
 use alloc::boxed::Box;
 use core::panic::PanicInfo;
@@ -38,6 +40,9 @@ use core::panic::PanicInfo;
 use kvirt::kspace::Sv39Layout;
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
+
+/// The fault probe the shared steps use.
+use boot as probe;
 
 /// The layout the scenario runs on.
 type Layout = Sv39Layout;

@@ -1,10 +1,19 @@
 //! The kernel as kvirt's platform: one hart, interrupts off.
 
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use kvirt::kspace::{KernelLayout, Sv39Layout};
 use kvirt::platform::{CountingRcu, Platform, TlbFlushOp, TlbScope};
 use kvirt::PAGE_SIZE;
+
+/// TLB flushes kvirt asked for since boot.
+static FLUSHES: AtomicUsize = AtomicUsize::new(0);
+
+/// TLB flushes kvirt asked for since boot.
+pub fn flushes() -> usize {
+    FLUSHES.load(Ordering::Relaxed)
+}
 
 /// Ranges longer than this many pages are flushed whole.
 const MAX_PAGE_FLUSHES: usize = 64;
@@ -55,6 +64,7 @@ unsafe impl Platform for RiscvPlatform {
     }
 
     fn flush_tlb(&self, op: TlbFlushOp, _scope: TlbScope) {
+        FLUSHES.fetch_add(1, Ordering::Relaxed);
         match op {
             TlbFlushOp::Page(va) => sfence_vma(Some(va)),
             TlbFlushOp::Range(range) if range.len() / PAGE_SIZE <= MAX_PAGE_FLUSHES => {

@@ -61,6 +61,8 @@ mod platform;
 mod probe;
 mod scenario;
 mod serial;
+#[path = "../../kernel-common/steps.rs"]
+mod steps;
 
 use alloc::boxed::Box;
 use core::panic::PanicInfo;
@@ -186,6 +188,9 @@ fn require_cpu_features() {
     // avoid them.
     assert!(cpu::has_1gib_pages(), "the CPU has no 1 GiB pages (run QEMU with -cpu max)");
 }
+
+/// The layout the shared steps run on.
+type Layout = kvirt::kspace::X86_64Layout;
 
 #[panic_handler]
 fn panic(info: &PanicInfo<'_>) -> ! {

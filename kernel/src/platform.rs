@@ -13,6 +13,10 @@ use crate::cpu;
 /// page.
 const MAX_INVLPG_PAGES: usize = 64;
 
+/// Where RAM appears linearly (kvirt's linear mapping, and the boot
+/// tables' before it).
+pub const PHYS_BASE: usize = LINEAR_MAPPING_BASE_VADDR;
+
 /// TLB flushes kvirt asked for since boot (each would be a shoot-down on
 /// several CPUs).
 static FLUSHES: AtomicUsize = AtomicUsize::new(0);

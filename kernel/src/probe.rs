@@ -73,6 +73,9 @@ pub struct PageFault {
     pub error_code: u64,
 }
 
+/// The fault type the shared steps name.
+pub type Fault = PageFault;
+
 impl PageFault {
     /// The page was present: a protection violation (else: not present).
     pub fn present(&self) -> bool {

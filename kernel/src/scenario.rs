@@ -1,43 +1,33 @@
 //! The checks, run on kvirt's page table with the real (emulated) MMU.
 //!
+//! Steps 2 and 5 to 8 are the shared ones of `kernel-common/steps.rs`,
+//! which the RISC-V and AArch64 kernels run too; the others are about this
+//! machine (the image's mappings, the APICs, 1 GiB pages, TSC timing).
+//!
 //! Each step prints one line and panics (failing the QEMU run) on the first
 //! broken expectation. Memory is touched through raw virtual addresses with
 //! volatile accesses, so every access is a real load or store that the MMU
 //! translates; accesses that must fault go through [`crate::probe`].
 
-use alloc::vec::Vec;
-
-use kvirt::frame::{Frame, FrameAllocOptions};
-use kvirt::kspace::{
-    paddr_to_vaddr, KVirtArea, KVirtAreaError, KernelSpace, MappedItemRef, PurgeMode, VmallocStats,
-    GUARD_SIZE,
-};
+use kvirt::frame::FrameAllocOptions;
+use kvirt::kspace::{KVirtArea, KVirtAreaError, KernelSpace, MappedItemRef, PurgeMode};
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
 use kvirt::spec::Inv;
 use kvirt::{align_up, Paddr, PagingLevel, PAGE_SIZE};
 
 use crate::image::{ImageLayout, KERNEL_VIRT_BASE};
-use crate::probe::{self, PageFault};
-use crate::{cpu, heap, platform, println};
+use crate::probe;
+use crate::steps::{self, alloc_frames, expect_fault, rights, translate, Snapshot};
+use crate::{check, cpu, heap, platform, println};
 
 const MIB: usize = 1 << 20;
 const GIB: usize = 1 << 30;
 /// Create+drop pairs timed in each purge mode of the lazy-purge step.
 const PURGE_CHURN: usize = 20_000;
-/// Areas created (and all alive at once) in the churn step.
-const CHURN_AREAS: usize = 5000;
 /// `IA32_APIC_BASE`.
 const MSR_APIC_BASE: u32 = 0x1b;
 /// The I/O APIC's usual address (QEMU's `pc` and `q35`).
 const IOAPIC_BASE: Paddr = 0xfec0_0000;
-
-macro_rules! check {
-    ($cond:expr, $($msg:tt)+) => {
-        if !$cond {
-            panic!("check failed: `{}`: {}", stringify!($cond), format_args!($($msg)+));
-        }
-    };
-}
 
 fn rw() -> PageProperty {
     PageProperty::new_kernel(PageFlags::RW, CachePolicy::Writeback)
@@ -47,77 +37,12 @@ fn uncached() -> PageProperty {
     PageProperty::new_kernel(PageFlags::RW, CachePolicy::Uncacheable)
 }
 
-/// `prop` without the accessed and dirty bits, which the CPU sets in the
-/// entries as it uses them (and kvirt's queries report).
-fn rights(prop: PageProperty) -> PageProperty {
-    PageProperty { flags: prop.flags - (PageFlags::ACCESSED | PageFlags::DIRTY), ..prop }
-}
-
-/// What kvirt's own walk says `va` translates to, accessed and dirty bits
-/// left out.
-fn translate(space: &KernelSpace, va: usize) -> Option<(Paddr, PageProperty)> {
-    space.kernel_translate(va).map(|(pa, prop)| (pa, rights(prop)))
-}
-
 /// An untracked item as `(pa, level, rights)`.
 fn untracked(item: Option<MappedItemRef<'_>>) -> Option<(Paddr, PagingLevel, PageProperty)> {
     match item? {
         MappedItemRef::Untracked(pa, level, prop) => Some((pa, level, rights(prop))),
         MappedItemRef::Tracked(..) => None,
     }
-}
-
-/// Fails unless `result` is a page fault at `addr`.
-fn expect_fault<T: core::fmt::Debug>(result: Result<T, PageFault>, addr: usize, what: &str) -> PageFault {
-    match result {
-        Err(fault) => {
-            check!(fault.addr == addr, "{what}: the fault is at {:#x}, not {addr:#x}", fault.addr);
-            fault
-        }
-        Ok(value) => panic!("{what}: the access at {addr:#x} did not fault (it gave {value:x?})"),
-    }
-}
-
-/// Usage counters that must come back after everything is dropped.
-#[derive(Debug, PartialEq, Eq)]
-struct Snapshot {
-    free_pages: usize,
-    page_table_pages: usize,
-    vmalloc: VmallocStats,
-    areas: usize,
-}
-
-impl Snapshot {
-    fn take(space: &KernelSpace) -> Self {
-        space.synchronize();
-        let phys = space.phys_stats();
-        Snapshot {
-            free_pages: phys.free_pages,
-            page_table_pages: phys.page_table_pages,
-            vmalloc: space.vmalloc_stats(),
-            areas: space.areas().len(),
-        }
-    }
-}
-
-/// A small deterministic generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
-fn alloc_frames(n: usize) -> Vec<Frame<()>> {
-    (0..n).map(|_| FrameAllocOptions::new().alloc_frame().expect("out of frames")).collect()
 }
 
 /// Runs every step. `ram_end` is the end of the highest RAM in the
@@ -133,23 +58,20 @@ pub fn run(space: &'static KernelSpace, image: &ImageLayout, ram_end: Paddr) {
         start.vmalloc.free_bytes >> 40
     );
     running_on_kvirt(space, image);
-    tracked_frames(space);
+    println!("[2/9] {}", steps::tracked_frames(space));
     device_memory(space);
     huge_untracked(space, ram_end);
-    guard_gap();
-    dropped_area();
-    let churn = churn(space);
-    lazy_purge(space);
+    println!("[5/9] {}", steps::guard_gap(space));
+    println!("[6/9] {}", steps::dropped_area(space));
+    println!("[7/9] {}", steps::churn(space));
+    println!("[8/9] {}", steps::lazy_purge(space));
+    purge_churn(space);
     let end = Snapshot::take(space);
     check!(end == start, "usage after all steps differs: {end:?} != {start:?}");
     space.check().unwrap_or_else(|e| panic!("kvirt's invariants are broken at the end: {e}"));
     println!("[9/9] everything returned: {end:?}; kvirt's invariants hold");
     println!(
-        "kvirt-kernel: report: {} areas made and dropped in the churn ({} frames mapped, peak {} page-table pages), \
-         {} page faults caught, heap in use {} KiB",
-        churn.areas,
-        churn.frames,
-        churn.peak_page_table_pages,
+        "kvirt-kernel: report: {} page faults caught, heap in use {} KiB",
         probe::faults_recovered(),
         heap::used() / 1024
     );
@@ -186,63 +108,6 @@ fn running_on_kvirt(space: &KernelSpace, image: &ImageLayout) {
     check!(!fault.present(), "the stack guard is not present: {fault}");
     println!(
         "[1/9] running on kvirt's page table: code RX, rodata read-only, stack guard and boot identity map unmapped"
-    );
-}
-
-fn pattern(frame: usize, word: usize) -> u64 {
-    0x6b76_6972_7400_0000 ^ ((frame as u64) << 16) ^ word as u64
-}
-
-/// Step 2: tracked frames, written through the area, read through the
-/// linear mapping.
-fn tracked_frames(space: &KernelSpace) {
-    const WORDS: [usize; 3] = [0, 1, PAGE_SIZE / 8 - 1];
-    let frames = alloc_frames(4);
-    let paddrs: Vec<Paddr> = frames.iter().map(Frame::paddr).collect();
-    let area = KVirtArea::map_frames(6 * PAGE_SIZE, PAGE_SIZE, frames, rw());
-    check!(area.query(area.start()).is_none(), "the page before the map offset is mapped");
-    check!(area.query(area.end() - PAGE_SIZE).is_none(), "the page after the frames is mapped");
-    for (i, &pa) in paddrs.iter().enumerate() {
-        let va = area.start() + (i + 1) * PAGE_SIZE;
-        match area.query(va) {
-            Some(MappedItemRef::Tracked(frame, prop)) => {
-                check!(
-                    frame.paddr() == pa && rights(prop) == rw(),
-                    "frame {i} is mapped as {:#x} {prop:?}",
-                    frame.paddr()
-                );
-            }
-            other => panic!("frame {i}: query gave {other:?}"),
-        }
-        check!(translate(space, va + 8) == Some((pa + 8, rw())), "kvirt's walk disagrees for frame {i}");
-        for word in WORDS {
-            let ptr = (va as *mut u64).wrapping_add(word);
-            // SAFETY: `va` maps frame `i`, which the area owns; nothing else
-            // accesses it.
-            let old = unsafe { ptr.read_volatile() };
-            check!(old == 0, "frame {i} was not zeroed");
-            // SAFETY: as above.
-            unsafe { ptr.write_volatile(pattern(i, word)) };
-        }
-    }
-    for (i, &pa) in paddrs.iter().enumerate() {
-        for word in WORDS {
-            let ptr = (paddr_to_vaddr(pa) as *const u64).wrapping_add(word);
-            // SAFETY: the linear mapping of frame `i`, alive while the area
-            // holds it; only read.
-            let got = unsafe { ptr.read_volatile() };
-            check!(got == pattern(i, word), "frame {i} word {word}: {got:#x} through the linear mapping");
-        }
-    }
-    let mut buf = [0u8; 8];
-    area.read_bytes(PAGE_SIZE, &mut buf).expect("read_bytes");
-    check!(u64::from_le_bytes(buf) == pattern(0, 0), "KVirtArea::read_bytes disagrees");
-    let free_before = space.phys_stats().free_pages;
-    drop(area);
-    space.synchronize();
-    check!(space.phys_stats().free_pages >= free_before + 4, "dropping the area did not free its 4 frames");
-    println!(
-        "[2/9] 4 tracked frames: written through the area at VMALLOC, read back through the linear mapping"
     );
 }
 
@@ -353,145 +218,15 @@ fn huge_untracked(space: &KernelSpace, ram_end: Paddr) {
     );
 }
 
-/// Step 5: the page after an area is an unmapped guard.
-fn guard_gap() {
-    let area = KVirtArea::map_frames(2 * PAGE_SIZE, 0, alloc_frames(2), rw());
-    let last = area.end() - 8;
-    // SAFETY: the area's own frame, owned by it; the probe writes then reads.
-    let wrote = unsafe { probe::write_u64(last, 42) };
-    check!(wrote.is_ok(), "writing the area's last word faulted: {wrote:?}");
-    // SAFETY: the guard page after the area: the read faults (checked).
-    let fault = expect_fault(unsafe { probe::read_u64(area.end()) }, area.end(), "the guard page");
-    check!(!fault.present() && !fault.write(), "the guard fault is a not-present read: {fault}");
-    // SAFETY: as above, for a write.
-    let fault =
-        expect_fault(unsafe { probe::write_u64(area.end() + 8, 1) }, area.end() + 8, "the guard page");
-    check!(!fault.present() && fault.write(), "the guard fault is a not-present write: {fault}");
-    println!("[5/9] the guard page after an area ({:#x}) faults: {fault}", area.end());
-}
-
-/// Step 6: after an area is dropped its addresses fault, although the TLB
-/// had cached them (kvirt flushed).
-fn dropped_area() {
-    let area = KVirtArea::map_frames(PAGE_SIZE, 0, alloc_frames(1), rw());
-    let va = area.start();
-    // SAFETY: the area's own frame, owned by it.
-    let wrote = unsafe { probe::write_u64(va, 0xfeed) };
-    // SAFETY: as above; this read puts the translation in the TLB.
-    let read = unsafe { probe::read_u64(va) };
-    check!(wrote.is_ok() && read == Ok(0xfeed), "the live area reads back {read:?}");
-    drop(area);
-    // SAFETY: the dropped area's address: the read faults (checked).
-    let fault = expect_fault(unsafe { probe::read_u64(va) }, va, "the dropped area");
-    check!(!fault.present(), "the dropped area faults as not present: {fault}");
-    println!("[6/9] a dropped area's address ({va:#x}) faults after being cached in the TLB: {fault}");
-}
-
-struct ChurnReport {
-    areas: usize,
-    frames: usize,
-    peak_page_table_pages: usize,
-}
-
-/// Step 7: thousands of areas alive at once, then dropped in random order;
-/// every counter comes back.
-fn churn(space: &KernelSpace) -> ChurnReport {
+/// Step 8, continued: a churn of 1-page areas, eager and lazy, timed in
+/// TSC cycles and counting flushes.
+fn purge_churn(space: &KernelSpace) {
     let before = Snapshot::take(space);
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let mut areas: Vec<(KVirtArea, usize, u64)> = Vec::with_capacity(CHURN_AREAS);
-    let mut frames = 0;
-    for i in 0..CHURN_AREAS {
-        let n = 1 + rng.below(4);
-        let extra = rng.below(3);
-        let offset = rng.below(extra + 1) * PAGE_SIZE;
-        let area = KVirtArea::map_frames((n + extra) * PAGE_SIZE, offset, alloc_frames(n), rw());
-        let tag = 0x6172_6561_0000_0000 | i as u64;
-        for page in 0..n {
-            let ptr = (area.start() + offset + page * PAGE_SIZE) as *mut u64;
-            // SAFETY: a page of the area's own frames, owned by it.
-            unsafe { ptr.write_volatile(tag) };
-        }
-        areas.push((area, offset, tag));
-        frames += n;
-    }
-    let infos = space.areas();
-    check!(infos.len() == before.areas + CHURN_AREAS, "{} areas registered", infos.len());
-    for pair in infos.windows(2) {
-        check!(
-            pair[0].range.end + GUARD_SIZE <= pair[1].range.start,
-            "areas {:#x?} and {:#x?} have no guard gap",
-            pair[0].range,
-            pair[1].range
-        );
-    }
-    for (area, offset, tag) in &areas {
-        let va = area.start() + offset;
-        // SAFETY: the area's own frame; only read.
-        let through_area = unsafe { (va as *const u64).read_volatile() };
-        let Some(MappedItemRef::Tracked(frame, _)) = area.query(va) else { panic!("{va:#x} is not tracked") };
-        // SAFETY: the linear mapping of a frame the area holds; only read.
-        let through_linear = unsafe { (paddr_to_vaddr(frame.paddr()) as *const u64).read_volatile() };
-        check!(
-            through_area == *tag && through_linear == *tag,
-            "area at {va:#x}: {through_area:#x} / {through_linear:#x}, expected {tag:#x}"
-        );
-    }
-    space.check().unwrap_or_else(|e| panic!("kvirt's invariants are broken with {CHURN_AREAS} areas: {e}"));
-    let peak_page_table_pages = space.phys_stats().page_table_pages;
-    // Drop in a random order (Fisher-Yates).
-    for i in (1..areas.len()).rev() {
-        let j = rng.below(i + 1);
-        areas.swap(i, j);
-    }
-    let last_va = areas.last().map(|(a, offset, _)| a.start() + offset).expect("areas");
-    drop(areas);
-    // SAFETY: a dropped area's address: the read faults (checked).
-    expect_fault(unsafe { probe::read_u64(last_va) }, last_va, "a dropped churn area");
-    let after = Snapshot::take(space);
-    check!(after == before, "after the churn {after:?} != before {before:?}");
-    println!(
-        "[7/9] {CHURN_AREAS} areas ({frames} frames) alive at once, disjoint with guard gaps, read back through both \
-         mappings, dropped in random order: free frames ({}), page-table frames ({}, peak {peak_page_table_pages}) \
-         and free VMALLOC bytes ({:#x}) are back",
-        after.free_pages,
-        after.page_table_pages,
-        after.vmalloc.free_bytes
-    );
-    ChurnReport { areas: CHURN_AREAS, frames, peak_page_table_pages }
-}
-
-/// Step 8: lazy purge on a real MMU. A lazily dropped area is unmapped at
-/// once but keeps its range and frame until the purge; after the purge its
-/// address faults although the TLB had cached it. Then a churn of 1-page
-/// areas, eager and lazy, timed in TSC cycles and counting flushes.
-fn lazy_purge(space: &KernelSpace) {
-    let before = Snapshot::take(space);
-    space.set_purge_mode(PurgeMode::Lazy { max_pending_pages: usize::MAX });
-    let area = KVirtArea::map_frames(PAGE_SIZE, 0, alloc_frames(1), rw());
-    let va = area.start();
-    // SAFETY: the area's own frame; this read caches the translation.
-    let read = unsafe { probe::read_u64(va) };
-    check!(read.is_ok(), "the live area reads: {read:?}");
-    let flushes = platform::flushes();
-    drop(area);
-    check!(platform::flushes() == flushes, "a lazy drop flushed");
-    check!(translate(space, va).is_none(), "a lazily dropped area is still mapped");
-    let stats = space.purge_stats();
-    check!(stats.pending_areas == 1, "pending after the drop: {stats:?}");
-    check!(space.vmalloc_stats() != before.vmalloc, "the dead area's range was freed before its purge");
-    space.check().unwrap_or_else(|e| panic!("kvirt's invariants are broken with an area pending: {e}"));
-    space.purge();
-    check!(platform::flushes() > flushes, "the purge did not flush");
-    // SAFETY: the purged area's address: the read faults (checked).
-    let fault = expect_fault(unsafe { probe::read_u64(va) }, va, "a purged area");
-    check!(!fault.present(), "the purged area faults as not present: {fault}");
-    check!(Snapshot::take(space) == before, "the purge gave everything back");
-
     let row = |mode: PurgeMode| {
         space.set_purge_mode(mode);
         let (flushes, start) = (platform::flushes(), cpu::rdtsc());
         for _ in 0..PURGE_CHURN {
-            drop(KVirtArea::map_frames(PAGE_SIZE, 0, alloc_frames(1), rw()));
+            drop(KVirtArea::map_frames(PAGE_SIZE, 0, alloc_frames(space, 1), rw()));
         }
         let cycles = (cpu::rdtsc() - start) / PURGE_CHURN as u64;
         let per_1000 = (platform::flushes() - flushes) * 1000 / PURGE_CHURN;
@@ -506,8 +241,7 @@ fn lazy_purge(space: &KernelSpace) {
     );
     check!(Snapshot::take(space) == before, "the churns gave everything back");
     println!(
-        "[8/9] a lazily dropped area ({va:#x}) is unmapped at once, keeps its range until the purge, and faults after \
-         it: {fault}; 1-page create+drop churn, 1 CPU: eager {eager_cycles} TSC cycles and {eager_flushes} flushes per \
-         1000 drops, lazy {lazy_cycles} cycles and {lazy_flushes} flushes"
+        "[8/9] and a 1-page create+drop churn, 1 CPU: eager {eager_cycles} TSC cycles and {eager_flushes} flushes per 1000 \
+         drops, lazy {lazy_cycles} cycles and {lazy_flushes} flushes"
     );
 }
