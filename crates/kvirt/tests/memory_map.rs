@@ -237,6 +237,11 @@ mod holes_below_the_end_of_ram {
 }
 
 /// `MemoryRegion::carve`: RAM cut into Usable and Reserved pieces.
+#[allow(
+    clippy::reversed_empty_ranges,
+    clippy::single_range_in_vec_init,
+    reason = "the tests hand `carve` one-range lists and reversed ranges on purpose"
+)]
 mod carve {
     use kvirt::platform::{MemoryRegion, MemoryRegionKind};
 
