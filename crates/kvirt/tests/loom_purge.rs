@@ -63,7 +63,7 @@ impl Machine {
     /// A lazy drop: unmap at once, queue for the purge.
     fn drop_lazily(&self, page: usize) {
         self.mmu.lock().unwrap().mapped[page] = false;
-        self.queue.push(page, 1);
+        self.queue.push(page);
     }
 
     /// A purge: flush what the batch covers on every CPU, then release it

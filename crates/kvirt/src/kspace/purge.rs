@@ -113,6 +113,13 @@ pub(super) struct DeadArea<F: PagingFormat> {
     pub(super) frags: Vec<PageTableFrag<F>>,
 }
 
+impl<F: PagingFormat> DeadArea<F> {
+    /// The VMALLOC pages it holds, what the threshold counts.
+    fn pages(&self) -> usize {
+        self.free.len() / PAGE_SIZE
+    }
+}
+
 /// Purge queues per space: CPU `i` queues its drops on queue `i % QUEUES`,
 /// so that CPUs dropping areas at once do not share a lock.
 const QUEUES: usize = 8;
@@ -122,7 +129,8 @@ const QUEUES: usize = 8;
 pub(super) struct Purger<F: PagingFormat> {
     queues: [CachePadded<PurgeQueue<DeadArea<F>>>; QUEUES],
     /// The VMALLOC pages (guards included) of every queued area, against
-    /// the threshold.
+    /// the threshold: added before an area is queued, taken off when a
+    /// purge has taken it from its queue.
     pending_pages: AtomicUsize,
     lazy: AtomicBool,
     max_pending_pages: AtomicUsize,
@@ -164,11 +172,11 @@ impl<F: PagingFormat> Purger<F> {
     /// Queues `dead` on `cpu`'s queue; returns whether the queued pages
     /// reached the threshold.
     pub(super) fn push(&self, cpu: usize, dead: DeadArea<F>) -> bool {
-        let pages = dead.free.len() / PAGE_SIZE;
+        let pages = dead.pages();
         // Counted before it is queued, so that a purge that takes it never
         // subtracts it first.
         let pending = self.pending_pages.fetch_add(pages, Ordering::Relaxed) + pages;
-        self.queues[cpu % QUEUES].push(dead, pages);
+        self.queues[cpu % QUEUES].push(dead);
         pending >= self.max_pending_pages.load(Ordering::Relaxed)
     }
 
@@ -195,6 +203,8 @@ impl<L: KernelLayout> SpaceInner<L> {
         let purger = &self.purger;
         let purged = queue.purge(
             |dead| {
+                let pages = dead.iter().map(DeadArea::pages).sum();
+                purger.pending_pages.fetch_sub(pages, Ordering::Relaxed);
                 let mapped = dead.iter().map(|d| &d.mapped).filter(|m| !m.is_empty());
                 let start = mapped.clone().map(|m| m.start).min();
                 let end = mapped.map(|m| m.end).max();
@@ -207,8 +217,6 @@ impl<L: KernelLayout> SpaceInner<L> {
                 // Ranges first, as an eager drop does: releasing frames runs
                 // their drop hooks, and however those end the ranges are
                 // back.
-                let pages = dead.iter().map(|d| d.free.len() / PAGE_SIZE).sum();
-                purger.pending_pages.fetch_sub(pages, Ordering::Relaxed);
                 let mut frags = Vec::with_capacity(dead.len());
                 for d in dead {
                     if !d.free.is_empty() {
@@ -320,7 +328,7 @@ impl<L: KernelLayout> KernelSpace<L> {
     pub fn purge_stats(&self) -> PurgeStats {
         let purger = &self.inner().purger;
         let pending_areas = purger.queues.iter().map(|q| q.with_pending(<[_]>::len)).sum();
-        let pending_pages = purger.queues.iter().map(|q| q.pending_pages()).sum();
+        let pending_pages = purger.pending_pages.load(Ordering::Relaxed);
         PurgeStats {
             pending_areas,
             pending_pages,

@@ -45,15 +45,7 @@ use spin::Mutex;
 /// Items waiting for a TLB flush (see the module documentation).
 #[derive(Debug)]
 pub struct PurgeQueue<T> {
-    pending: Mutex<Pending<T>>,
-}
-
-/// The queue's contents.
-#[derive(Debug)]
-struct Pending<T> {
-    items: Vec<T>,
-    /// The sum of the `pages` the queued items were pushed with.
-    pages: usize,
+    items: Mutex<Vec<T>>,
 }
 
 impl<T> Default for PurgeQueue<T> {
@@ -66,38 +58,30 @@ impl<T> PurgeQueue<T> {
     /// An empty queue.
     #[must_use]
     pub fn new() -> Self {
-        Self { pending: Mutex::new(Pending { items: Vec::new(), pages: 0 }) }
+        Self { items: Mutex::new(Vec::new()) }
     }
 
     #[cfg(not(loom))]
-    fn lock(&self) -> spin::MutexGuard<'_, Pending<T>> {
-        self.pending.lock()
+    fn lock(&self) -> spin::MutexGuard<'_, Vec<T>> {
+        self.items.lock()
     }
 
     #[cfg(loom)]
-    fn lock(&self) -> loom::sync::MutexGuard<'_, Pending<T>> {
-        self.pending.lock().unwrap()
+    fn lock(&self) -> loom::sync::MutexGuard<'_, Vec<T>> {
+        self.items.lock().unwrap()
     }
 
-    /// Queues `item`, which stands for `pages` pages; returns the pages
-    /// queued now, `item`'s included.
-    pub fn push(&self, item: T, pages: usize) -> usize {
-        let mut pending = self.lock();
-        pending.items.push(item);
-        pending.pages = pending.pages.saturating_add(pages);
-        pending.pages
+    /// Queues `item`.
+    pub fn push(&self, item: T) {
+        self.lock().push(item);
     }
 
     /// Takes every queued item; if there were any, calls `flush` with them
     /// and then `release`. Returns how many items it purged.
     pub fn purge(&self, flush: impl FnOnce(&[T]), release: impl FnOnce(Vec<T>)) -> usize {
-        let batch = {
-            let mut pending = self.lock();
-            pending.pages = 0;
-            // Until `flush` has returned, a CPU may still reach the items:
-            // if it unwinds they are leaked, not released.
-            ManuallyDrop::new(core::mem::take(&mut pending.items))
-        };
+        // Until `flush` has returned, a CPU may still reach the items: if
+        // it unwinds they are leaked, not released.
+        let batch = ManuallyDrop::new(core::mem::take(&mut *self.lock()));
         if batch.is_empty() {
             return 0;
         }
@@ -108,13 +92,8 @@ impl<T> PurgeQueue<T> {
         purged
     }
 
-    /// The pages queued now.
-    pub fn pending_pages(&self) -> usize {
-        self.lock().pages
-    }
-
     /// Runs `f` on the queued items, with the queue locked.
     pub fn with_pending<R>(&self, f: impl FnOnce(&[T]) -> R) -> R {
-        f(&self.lock().items)
+        f(&self.lock())
     }
 }
