@@ -15,10 +15,10 @@
 //!
 //! kvirt's table replaces both halves once the kernel space is built.
 //!
-//! Exceptions: the only expected ones are data aborts inside
-//! [`read_u64`] and [`write_u64`]; the vector sends those back to the
-//! probe's recovery label with `ESR_EL1`, anything else is fatal
-//! ([`trap_fatal`]).
+//! Exceptions: the only expected ones are data aborts inside `probe_read`
+//! and `probe_write` (used through `kernel-common/probe.rs`); the vector
+//! sends those back to the probe's recovery label, which returns `FAR_EL1`
+//! and `ESR_EL1`, anything else is fatal ([`trap_fatal`]).
 
 use core::arch::global_asm;
 
@@ -170,19 +170,6 @@ const TCR: u64 = 16 | 1 << 8 | 1 << 10 | 3 << 12 | 16 << 16 | 1 << 24 | 1 << 26 
 #[no_mangle]
 static mut PROBE_RECOVER: usize = 0;
 
-/// A probe's result: the value read (or `FAR_EL1` after a fault) and the
-/// fault's `ESR_EL1` (0: none).
-#[repr(C)]
-struct ProbeResult {
-    value: u64,
-    esr: u64,
-}
-
-extern "C" {
-    fn probe_read(addr: usize) -> ProbeResult;
-    fn probe_write(addr: usize, value: u64) -> ProbeResult;
-}
-
 /// A data abort a probe took.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fault {
@@ -193,6 +180,12 @@ pub struct Fault {
 }
 
 impl Fault {
+    /// The fault at `addr` whose cause register reads `code` (see
+    /// `kernel-common/probe.rs`).
+    pub fn new(addr: usize, code: u64) -> Self {
+        Self { addr, esr: code }
+    }
+
     /// A data abort from EL1 (EC 0x25) with a translation fault (DFSC
     /// 0b0001xx): no valid entry.
     fn translation(self) -> bool {
@@ -216,36 +209,6 @@ impl core::fmt::Display for Fault {
         let kind = if self.translation() { "translation fault" } else { "data abort" };
         write!(f, "{kind} on a {what} at {:#x} (ESR {:#x})", self.addr, self.esr)
     }
-}
-
-fn result(r: ProbeResult) -> Result<u64, Fault> {
-    if r.esr == 0 {
-        Ok(r.value)
-    } else {
-        Err(Fault { addr: r.value as usize, esr: r.esr })
-    }
-}
-
-/// Reads the `u64` at `addr`, or returns the fault the read took.
-///
-/// # Safety
-///
-/// If `addr` is mapped, reading it must be sound (memory the caller may
-/// read, aligned).
-pub unsafe fn read_u64(addr: usize) -> Result<u64, Fault> {
-    // SAFETY: the probe reads `addr` once; the caller vouches for the read
-    // if it is mapped, and a data abort returns through the vector.
-    result(unsafe { probe_read(addr) })
-}
-
-/// Writes `value` at `addr`, or returns the fault the write took.
-///
-/// # Safety
-///
-/// If `addr` is mapped, writing it must be sound.
-pub unsafe fn write_u64(addr: usize, value: u64) -> Result<(), Fault> {
-    // SAFETY: as for `read_u64`.
-    result(unsafe { probe_write(addr, value) }).map(drop)
 }
 
 /// An unexpected exception: reports it and fails the run.

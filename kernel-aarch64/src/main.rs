@@ -25,6 +25,8 @@ mod boot;
 #[path = "../../kernel-common/heap.rs"]
 mod heap;
 mod platform;
+#[path = "../../kernel-common/probe.rs"]
+mod probe;
 #[path = "../../kernel-common/scenario.rs"]
 mod scenario;
 mod semihosting;
@@ -38,9 +40,6 @@ use core::panic::PanicInfo;
 
 use kvirt::kspace::Aarch64Layout;
 use kvirt::{Paddr, Vaddr};
-
-/// The fault probe the shared steps use.
-use boot as probe;
 
 /// The layout the scenario runs on.
 type Layout = Aarch64Layout;

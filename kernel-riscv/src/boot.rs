@@ -17,9 +17,10 @@
 //!
 //! kvirt's own table replaces it once the kernel space is built.
 //!
-//! Traps: the only expected ones are page faults inside [`probe_read`] and
-//! [`probe_write`]. The vector sends those back to the probe's recovery
-//! label with `scause`; anything else is fatal ([`trap_fatal`]).
+//! Traps: the only expected ones are page faults inside `probe_read` and
+//! `probe_write` (used through `kernel-common/probe.rs`). The vector sends
+//! those back to the probe's recovery label, which returns `stval` and
+//! `scause`; anything else is fatal ([`trap_fatal`]).
 
 use core::arch::global_asm;
 
@@ -132,19 +133,6 @@ boot_stack_top:
 #[no_mangle]
 static mut PROBE_RECOVER: usize = 0;
 
-/// A probe's result: the value read (or `stval` after a fault) and the
-/// fault's `scause` (0: none).
-#[repr(C)]
-struct ProbeResult {
-    value: u64,
-    cause: u64,
-}
-
-extern "C" {
-    fn probe_read(addr: usize) -> ProbeResult;
-    fn probe_write(addr: usize, value: u64) -> ProbeResult;
-}
-
 /// `scause` of a load page fault.
 const LOAD_PAGE_FAULT: u64 = 13;
 /// `scause` of a store page fault.
@@ -160,6 +148,12 @@ pub struct Fault {
 }
 
 impl Fault {
+    /// The fault at `addr` whose cause register reads `code` (see
+    /// `kernel-common/probe.rs`).
+    pub fn new(addr: usize, code: u64) -> Self {
+        Self { addr, cause: code }
+    }
+
     /// Whether the fault hit a present entry without the rights. RISC-V
     /// reports both cases as the same page fault, so this is always false:
     /// the steps ask it only where nothing is mapped.
@@ -181,36 +175,6 @@ impl core::fmt::Display for Fault {
             cause => write!(f, "trap with scause {cause:#x} at {:#x}", self.addr),
         }
     }
-}
-
-fn result(r: ProbeResult) -> Result<u64, Fault> {
-    if r.cause == 0 {
-        Ok(r.value)
-    } else {
-        Err(Fault { addr: r.value as usize, cause: r.cause })
-    }
-}
-
-/// Reads the `u64` at `addr`, or returns the fault the read took.
-///
-/// # Safety
-///
-/// If `addr` is mapped, reading it must be sound (memory the caller may
-/// read, aligned).
-pub unsafe fn read_u64(addr: usize) -> Result<u64, Fault> {
-    // SAFETY: the probe reads `addr` once; the caller vouches for the read
-    // if it is mapped, and a fault returns through the trap vector.
-    result(unsafe { probe_read(addr) })
-}
-
-/// Writes `value` at `addr`, or returns the fault the write took.
-///
-/// # Safety
-///
-/// If `addr` is mapped, writing it must be sound.
-pub unsafe fn write_u64(addr: usize, value: u64) -> Result<(), Fault> {
-    // SAFETY: as for `read_u64`.
-    result(unsafe { probe_write(addr, value) }).map(drop)
 }
 
 /// An unexpected trap: reports it and fails the run.

@@ -27,6 +27,8 @@ mod exit;
 #[path = "../../kernel-common/heap.rs"]
 mod heap;
 mod platform;
+#[path = "../../kernel-common/probe.rs"]
+mod probe;
 #[path = "../../kernel-common/scenario.rs"]
 mod scenario;
 #[path = "../../kernel-common/setup.rs"]
@@ -40,9 +42,6 @@ use core::panic::PanicInfo;
 use kvirt::kspace::Sv39Layout;
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
-
-/// The fault probe the shared steps use.
-use boot as probe;
 
 /// The layout the scenario runs on.
 type Layout = Sv39Layout;
