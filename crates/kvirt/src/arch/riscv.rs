@@ -139,8 +139,8 @@ const fn address(raw: u64) -> Paddr {
     ((raw & PPN) << 2) as Paddr
 }
 
-/// Decodes `raw` at `level` of a format whose leaves go up to `highest`.
-fn decode(raw: u64, level: PagingLevel, highest: PagingLevel) -> PteKind {
+/// Decodes `raw` at `level` of format `F` (Sv39 or Sv48).
+fn decode<F: PagingFormat>(raw: u64, level: PagingLevel) -> PteKind {
     let rights = raw & (R | W | X);
     let leaf = if raw & V != 0 { rights != 0 } else { raw & NONE != 0 };
     if raw & V == 0 && !leaf {
@@ -150,7 +150,7 @@ fn decode(raw: u64, level: PagingLevel, highest: PagingLevel) -> PteKind {
         // A pointer at the last level faults on hardware.
         return if level >= 2 { PteKind::Table(address(raw)) } else { PteKind::Absent };
     }
-    if level > highest {
+    if level > F::HIGHEST_LEAF_LEVEL {
         // kvirt never maps a leaf this high (a root leaf).
         return PteKind::Absent;
     }
@@ -169,7 +169,7 @@ fn decode(raw: u64, level: PagingLevel, highest: PagingLevel) -> PteKind {
     };
     // A huge leaf's low PPN bits must be zero on hardware (else it faults);
     // they are not part of its address.
-    let size = super::page_size::<Sv48>(level);
+    let size = super::page_size::<F>(level);
     PteKind::Page {
         pa: address(raw) & !(size - 1),
         prop: PageProperty { flags, cache, priv_flags },
@@ -234,7 +234,7 @@ macro_rules! sv_format {
 
             #[inline]
             fn decode(raw: u64, level: PagingLevel) -> PteKind {
-                decode(raw, level, Self::HIGHEST_LEAF_LEVEL)
+                decode::<Self>(raw, level)
             }
         }
     };
