@@ -98,9 +98,14 @@ impl Snapshot {
 }
 
 /// A small deterministic generator (xorshift64*).
-struct Rng(u64);
+pub struct Rng(u64);
 
 impl Rng {
+    /// A generator for `seed` (any value; zero is avoided).
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
@@ -108,7 +113,8 @@ impl Rng {
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    fn below(&mut self, n: usize) -> usize {
+    /// A number below `n`.
+    pub fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
 }

@@ -51,6 +51,7 @@ core::arch::global_asm!(
 
     .section .boot.bss, "aw", @nobits
     .p2align 12
+    .global boot_pml4           /* the application processors' way in too (`smp`) */
 boot_pml4:
     .skip 4096
 boot_pdpt_low:
@@ -262,6 +263,8 @@ pub struct FirmwareRegion {
 pub struct BootInfo {
     /// The firmware memory map.
     pub memory_map: Vec<FirmwareRegion>,
+    /// The ACPI RSDP's physical address, or 0 if the loader gave none.
+    pub rsdp: Paddr,
 }
 
 /// Reads a `T` at physical `pa` through the boot tables' linear mapping.
@@ -270,7 +273,7 @@ pub struct BootInfo {
 ///
 /// `pa..pa + size_of::<T>()` lies below [`BOOT_LINEAR_MAP_LIMIT`], the boot
 /// page tables are still loaded, and any bit pattern there is a valid `T`.
-unsafe fn read_phys<T: Copy>(pa: Paddr) -> T {
+pub(crate) unsafe fn read_phys<T: Copy>(pa: Paddr) -> T {
     let ptr = paddr_to_vaddr(pa) as *const T;
     // SAFETY: the caller promises the boot linear mapping covers it; an
     // unaligned read makes no alignment assumption.
@@ -310,5 +313,5 @@ pub fn read_start_info(start_info: Paddr) -> BootInfo {
             FirmwareRegion { range: e.addr as Paddr..e.addr.saturating_add(e.size) as Paddr, kind: e.kind }
         })
         .collect();
-    BootInfo { memory_map }
+    BootInfo { memory_map, rsdp: info.rsdp_paddr as Paddr }
 }

@@ -219,6 +219,43 @@ pub unsafe fn load_idt(idt: &DescriptorTablePointer) {
     unsafe { asm!("lidt [{}]", in(reg) idt, options(readonly, nostack, preserves_flags)) };
 }
 
+/// Turns interrupts on (`sti`).
+pub fn enable_interrupts() {
+    // SAFETY: every vector the kernel can receive has a gate (exceptions,
+    // shoot-down, wake-up and spurious), whose handlers take no lock.
+    unsafe { asm!("sti", options(nomem, nostack)) };
+}
+
+/// Turns interrupts off (`cli`).
+pub fn disable_interrupts() {
+    // SAFETY: masking interrupts has no memory effect; nothing waits with
+    // them off (see `crate::smp`).
+    unsafe { asm!("cli", options(nomem, nostack)) };
+}
+
+/// Turns interrupts on and halts until the next one, with no window in
+/// between (`sti` takes effect after the next instruction).
+pub fn enable_interrupts_and_halt() {
+    // SAFETY: as in `enable_interrupts`; `hlt` only waits.
+    unsafe { asm!("sti", "hlt", options(nomem, nostack)) };
+}
+
+/// Sets what kvirt's mappings assume on this CPU: kvirt's `IA32_PAT`
+/// layout, and `CR4.PGE` where the CPU has global pages. The bootstrap CPU
+/// calls it when it switches to kvirt's table, each AP as it starts.
+pub fn init_paging_features() {
+    // SAFETY: PAT support is checked at boot; index 0 stays writeback,
+    // which is what every mapping in use so far has, and kvirt's encoding
+    // assumes this value.
+    unsafe { wrmsr(MSR_IA32_PAT, kvirt::arch::x86_64::PAT_MSR_VALUE) };
+    if has_global_pages() {
+        // SAFETY: PGE is supported; turning it on only makes kvirt's global
+        // kernel mappings survive CR3 reloads (the platform flushes them
+        // with invlpg or a PGE toggle).
+        unsafe { write_cr4(read_cr4() | CR4_PGE) };
+    }
+}
+
 /// Halts until the next interrupt (for ever, as interrupts stay off).
 pub fn halt() -> ! {
     loop {

@@ -75,6 +75,9 @@ exc_stub_\vec:
     exc_stub 29, 1
     exc_stub 30, 1
     exc_stub 31, 0
+    exc_stub 240, 0
+    exc_stub 241, 0
+    exc_stub 255, 0
 
     /* The CPU aligned RSP to 16 and pushed 5 words; with the error code,
        the vector and 9 registers RSP is 16-aligned again at the call. */
@@ -110,13 +113,24 @@ kernel_exception_stubs:
     .irp vec, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
     .quad exc_stub_\vec
     .endr
+    .global kernel_interrupt_stubs
+kernel_interrupt_stubs:
+    .quad exc_stub_240
+    .quad exc_stub_241
+    .quad exc_stub_255
 "#
 );
 
 extern "C" {
     /// The entry points of vectors 0..32, in order.
     static kernel_exception_stubs: [u64; 32];
+    /// The entry points of [`INTERRUPT_VECTORS`], in order.
+    static kernel_interrupt_stubs: [u64; 3];
 }
+
+/// The interrupt vectors with a gate: shoot-down, wake-up and spurious.
+const INTERRUPT_VECTORS: [u8; 3] =
+    [crate::smp::SHOOTDOWN_VECTOR, crate::smp::WAKE_VECTOR, crate::apic::SPURIOUS_VECTOR];
 
 /// What the entry stub saved, lowest address first.
 #[repr(C)]
@@ -143,6 +157,13 @@ pub struct TrapFrame {
 /// The Rust side of every exception.
 #[no_mangle]
 extern "C" fn kernel_exception(frame: &mut TrapFrame) {
+    match frame.vector {
+        v if v == u64::from(crate::smp::SHOOTDOWN_VECTOR) => return crate::smp::on_shootdown_ipi(),
+        v if v == u64::from(crate::smp::WAKE_VECTOR) => return crate::smp::on_wake_ipi(),
+        // A spurious interrupt takes no EOI.
+        v if v == u64::from(crate::apic::SPURIOUS_VECTOR) => return,
+        _ => {}
+    }
     if frame.vector == PAGE_FAULT {
         let cr2 = cpu::read_cr2() as usize;
         if crate::probe::recover(frame, cr2) {
@@ -231,8 +252,33 @@ impl Gate {
     }
 }
 
-/// Builds and loads the GDT, the TSS and the IDT.
+/// The IDT, built once and shared by every CPU.
+static IDT: spin::Once<&'static [Gate; 256]> = spin::Once::new();
+
+/// Builds the IDT and loads it, with this CPU's GDT and TSS (the bootstrap
+/// CPU, once).
 pub fn init() {
+    IDT.call_once(|| {
+        // SAFETY: `kernel_exception_stubs` and `kernel_interrupt_stubs` are
+        // read-only tables of code addresses defined in the assembly above.
+        let (exceptions, interrupts) = unsafe { (kernel_exception_stubs, kernel_interrupt_stubs) };
+        let mut gates = [Gate::default(); 256];
+        for (vector, &stub) in exceptions.iter().enumerate() {
+            let ist = if vector == 8 { DOUBLE_FAULT_IST } else { 0 };
+            gates[vector] = Gate::interrupt(stub, ist);
+        }
+        for (&vector, &stub) in INTERRUPT_VECTORS.iter().zip(&interrupts) {
+            gates[usize::from(vector)] = Gate::interrupt(stub, 0);
+        }
+        Box::leak(Box::new(gates))
+    });
+    init_cpu();
+}
+
+/// Builds and loads this CPU's GDT and TSS (each CPU needs its own TSS: a
+/// loaded one is marked busy), with its own double-fault stack, and loads
+/// the shared IDT.
+pub fn init_cpu() {
     let df_stack = Box::leak(vec![0u8; DOUBLE_FAULT_STACK_SIZE].into_boxed_slice());
     let df_stack_top = (df_stack.as_ptr() as u64 + DOUBLE_FAULT_STACK_SIZE as u64) & !0xf;
     let mut ist = [0; 7];
@@ -267,17 +313,11 @@ pub fn init() {
     // name its code, data and TSS descriptors.
     unsafe { cpu::load_gdt(&gdt_ptr, KERNEL_CODE, KERNEL_DATA, TSS_SELECTOR) };
 
-    // SAFETY: `kernel_exception_stubs` is a read-only table of 32 code
-    // addresses defined in the assembly above.
-    let stubs = unsafe { kernel_exception_stubs };
-    let mut gates = [Gate::default(); 256];
-    for (vector, &stub) in stubs.iter().enumerate() {
-        let ist = if vector == 8 { DOUBLE_FAULT_IST } else { 0 };
-        gates[vector] = Gate::interrupt(stub, ist);
-    }
-    let idt: &'static [Gate; 256] = Box::leak(Box::new(gates));
-    let idt_ptr =
-        DescriptorTablePointer { limit: (core::mem::size_of_val(idt) - 1) as u16, base: idt.as_ptr() as u64 };
+    let idt = IDT.get().expect("interrupts::init runs on the bootstrap CPU first");
+    let idt_ptr = DescriptorTablePointer {
+        limit: (core::mem::size_of_val(*idt) - 1) as u16,
+        base: idt.as_ptr() as u64,
+    };
     // SAFETY: the IDT is leaked and in `.bss`; every gate points to an entry
     // stub with the kernel code selector, or is not present.
     unsafe { cpu::load_idt(&idt_ptr) };

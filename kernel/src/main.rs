@@ -37,8 +37,14 @@
 //! * Exceptions: hand-written entry stubs, as stable Rust has no
 //!   `x86-interrupt` ABI; expected page faults are caught by probe routines
 //!   ([`probe`]).
-//! * One CPU, interrupts always off: TLB shoot-downs are local flushes and
-//!   kvirt's `CountingRcu` is the RCU.
+//! * Several CPUs ([`smp`]): `cargo xtask qemu` boots four by default.
+//!   The bootstrap CPU finds the others in the ACPI MADT ([`acpi`]) and
+//!   starts them through a real-mode trampoline; each runs on kvirt's page
+//!   table with its own per-CPU data ([`percpu`]), GDT and TSS. Interrupts
+//!   are on once a CPU runs kernel code: the only ones are IPIs (TLB
+//!   shoot-downs through the local APIC, [`apic`], and wake-ups), whose
+//!   handlers take no lock. No preemption.
+//! * RCU: grace periods counted per CPU ([`rcu`]).
 //!
 //! Everything `unsafe` lives in [`cpu`] (instructions), [`boot`],
 //! [`interrupts`], [`probe`], [`heap`], [`image`] (linker symbols),
@@ -50,6 +56,8 @@
 
 extern crate alloc;
 
+mod acpi;
+mod apic;
 mod boot;
 mod cpu;
 mod exit;
@@ -57,17 +65,20 @@ mod heap;
 mod image;
 mod interrupts;
 mod memmap;
+mod percpu;
 mod platform;
 mod probe;
+mod rcu;
 mod scenario;
 mod serial;
+mod smp;
+mod smp_scenario;
 #[path = "../../kernel-common/steps.rs"]
 mod steps;
 
 use alloc::boxed::Box;
 use core::panic::PanicInfo;
 
-use kvirt::arch::x86_64::PAT_MSR_VALUE;
 use kvirt::kspace::KernelSpace;
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
 use kvirt::{Paddr, Vaddr};
@@ -80,6 +91,7 @@ const LOW_MEMORY: core::ops::Range<Paddr> = 0..(1 << 20);
 
 /// The Rust entry, on the boot stack and the boot page tables.
 fn kernel_main(start_info: Paddr) -> ! {
+    percpu::init(0);
     serial::init();
     serial::init_logger(log::LevelFilter::Info);
     println!(
@@ -91,6 +103,8 @@ fn kernel_main(start_info: Paddr) -> ! {
     require_cpu_features();
 
     let boot = boot::read_start_info(start_info);
+    let apic_ids = acpi::local_apic_ids(boot.rsdp);
+    smp::install_trampoline();
     let image = image::layout();
     println!(
         "kvirt-kernel: image at physical {:#x?}, text {:#x?}, stack {:#x?}",
@@ -118,10 +132,7 @@ fn kernel_main(start_info: Paddr) -> ! {
         );
     }
 
-    // SAFETY: PAT support was checked; index 0 stays writeback, which is
-    // what every live (boot) mapping uses, and kvirt's encoding assumes this
-    // value from now on.
-    unsafe { cpu::wrmsr(cpu::MSR_IA32_PAT, PAT_MSR_VALUE) };
+    check_1gib_pages(&map);
     // SAFETY: `map` is the firmware's memory map cut to the RAM the boot
     // linear mapping reaches, with the first MiB and the kernel image
     // marked Reserved (`memmap::for_kvirt`); the platform's physical window
@@ -141,16 +152,22 @@ fn kernel_main(start_info: Paddr) -> ! {
     // the GDT, TSS and IDT); nothing else is used from here on (the start-of-
     // day data was copied, the serial console and the exit device are ports).
     unsafe { cpu::write_cr3(root as u64) };
-    if cpu::has_global_pages() {
-        // SAFETY: PGE is supported; turning it on only makes kvirt's global
-        // kernel mappings survive CR3 reloads (the platform flushes them
-        // with invlpg or a PGE toggle).
-        unsafe { cpu::write_cr4(cpu::read_cr4() | cpu::CR4_PGE) };
-    }
+    cpu::init_paging_features();
     println!("kvirt-kernel: CR3 = {root:#x}: running on kvirt's page table");
+
+    apic::mask_legacy_pic();
+    apic::map();
+    apic::enable();
+    cpu::enable_interrupts();
+    let cpus = smp::start_aps(space, &apic_ids);
+    println!(
+        "kvirt-kernel: {cpus} CPUs online (APIC IDs {:?} in the MADT), each on kvirt's page table",
+        apic_ids
+    );
 
     let ram_end = boot.memory_map.iter().filter(|r| r.kind == boot::E820_RAM).map(|r| r.range.end).max();
     scenario::run(space, &image, ram_end.unwrap_or(0));
+    smp_scenario::run(space);
     println!("kvirt-kernel: all checks passed");
     exit_qemu(ExitCode::Success)
 }
@@ -183,10 +200,24 @@ fn map_image(space: &mut KernelSpace, image: &ImageLayout) {
 /// Checks what kvirt's page tables need from the CPU.
 fn require_cpu_features() {
     assert!(cpu::has_pat(), "the CPU has no PAT; kvirt's cache policies need it");
-    // kvirt maps with 1 GiB pages wherever a range allows (the linear
-    // mapping of large RAM, huge untracked areas) and has no switch to
-    // avoid them.
-    assert!(cpu::has_1gib_pages(), "the CPU has no 1 GiB pages (run QEMU with -cpu max)");
+}
+
+/// Checks that kvirt's linear mapping of `map` needs no 1 GiB page where
+/// the CPU has none (KVM on our machines hides them). kvirt maps with
+/// 1 GiB pages wherever a range allows and has no switch to avoid them;
+/// it allows one where RAM covers a whole aligned GiB. The scenario skips
+/// its 1 GiB step on such CPUs.
+fn check_1gib_pages(map: &[kvirt::platform::MemoryRegion]) {
+    const GIB: usize = 1 << 30;
+    if cpu::has_1gib_pages() {
+        return;
+    }
+    let whole_gib = map.iter().any(|r| kvirt::align_up(r.range.start, GIB) + GIB <= r.range.end);
+    assert!(
+        !whole_gib,
+        "the CPU has no 1 GiB pages, and kvirt would map a whole GiB of this RAM with one (boot with less memory)"
+    );
+    println!("kvirt-kernel: the CPU has no 1 GiB pages: none is needed for this RAM; the 1 GiB step will be skipped");
 }
 
 /// The layout the shared steps run on.

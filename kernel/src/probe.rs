@@ -9,7 +9,7 @@
 //! `Err(PageFault)`. A fault anywhere else is still fatal.
 
 use core::fmt;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::interrupts::TrapFrame;
 
@@ -60,8 +60,8 @@ extern "C" {
     fn kernel_probe_write_resume();
 }
 
-static FAULT_ADDR: AtomicUsize = AtomicUsize::new(0);
-static FAULT_CODE: AtomicU64 = AtomicU64::new(0);
+/// Faults caught on all CPUs (each CPU records its last one in its
+/// [`PerCpu`](crate::percpu::PerCpu)).
 static FAULTS_RECOVERED: AtomicUsize = AtomicUsize::new(0);
 
 /// A page fault a probe caught.
@@ -118,8 +118,9 @@ pub fn recover(frame: &mut TrapFrame, cr2: usize) -> bool {
     } else {
         return false;
     };
-    FAULT_ADDR.store(cr2, Ordering::SeqCst);
-    FAULT_CODE.store(frame.error_code, Ordering::SeqCst);
+    let cpu = crate::percpu::this();
+    cpu.fault_addr.store(cr2, Ordering::SeqCst);
+    cpu.fault_code.store(frame.error_code, Ordering::SeqCst);
     FAULTS_RECOVERED.fetch_add(1, Ordering::SeqCst);
     frame.rax = 0;
     frame.rdx = 1;
@@ -128,7 +129,11 @@ pub fn recover(frame: &mut TrapFrame, cr2: usize) -> bool {
 }
 
 fn last_fault() -> PageFault {
-    PageFault { addr: FAULT_ADDR.load(Ordering::SeqCst), error_code: FAULT_CODE.load(Ordering::SeqCst) }
+    let cpu = crate::percpu::this();
+    PageFault {
+        addr: cpu.fault_addr.load(Ordering::SeqCst),
+        error_code: cpu.fault_code.load(Ordering::SeqCst),
+    }
 }
 
 /// How many faults the probes have caught so far.

@@ -23,7 +23,7 @@ use crate::{check, cpu, heap, platform, println};
 const MIB: usize = 1 << 20;
 const GIB: usize = 1 << 30;
 /// Create+drop pairs timed in each purge mode of the lazy-purge step.
-const PURGE_CHURN: usize = 20_000;
+const PURGE_CHURN: usize = 5_000;
 /// `IA32_APIC_BASE`.
 const MSR_APIC_BASE: u32 = 0x1b;
 /// The I/O APIC's usual address (QEMU's `pc` and `q35`).
@@ -198,6 +198,16 @@ fn huge_untracked(space: &KernelSpace, ram_end: Paddr) {
     let read = unsafe { probe::read_u64(probe_va) };
     check!(read.is_ok(), "reading through the 2 MiB page faulted: {read:?}");
 
+    if !cpu::has_1gib_pages() {
+        println!(
+            "[4/9] untracked {:#x}..{:#x} mapped with two 2 MiB pages at {:#x}; the 1 GiB part is skipped: \
+             this CPU has no 1 GiB pages",
+            two_mib.start,
+            two_mib.end,
+            area.start()
+        );
+        return;
+    }
     let one_gib = base + GIB..base + 2 * GIB;
     // SAFETY: as above.
     let big = unsafe { KVirtArea::map_untracked_frames(GIB, 0, one_gib.clone(), uncached()) };

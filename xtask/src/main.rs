@@ -14,13 +14,15 @@ const USAGE: &str = "\
 usage: cargo xtask <task> [options]
 
 tasks:
-  qemu [--arch ARCH] [--timeout SECS]
+  qemu [--arch ARCH] [--smp N] [--kvm] [--timeout SECS]
                           build a demo kernel and boot it under QEMU: x86_64 (the
-                          default: kernel/, qemu-system-x86_64), riscv64
+                          default: kernel/, qemu-system-x86_64, 4 CPUs unless --smp
+                          says otherwise; --kvm runs it under KVM with
+                          -cpu host,-arch-capabilities), riscv64
                           (kernel-riscv/, qemu-system-riscv64 with OpenSBI) or aarch64
-                          (kernel-aarch64/, qemu-system-aarch64); succeeds
-                          when the kernel reports that every check passed (default
-                          timeout: 120 s)
+                          (kernel-aarch64/, qemu-system-aarch64), both on one CPU;
+                          succeeds when the kernel reports that every check passed
+                          (default timeout: 120 s)
   fuzz [--time SECS] [TARGET...]
                           run the cargo-fuzz targets (default: all of kvirt_api,
                           pte_decode) for SECS each (default 60) on nightly, installing

@@ -2,7 +2,9 @@
 //!
 //! Two kernels, one per architecture ([`Arch`]):
 //!
-//! * x86-64 (`kernel/`, the default): prints on COM1 and leaves through the
+//! * x86-64 (`kernel/`, the default): boots four CPUs (`--smp N`), under
+//!   TCG or, with `--kvm`, under KVM with `-cpu host,-arch-capabilities`
+//!   (nested KVM on our machines refuses `host` otherwise); prints on COM1 and leaves through the
 //!   `isa-debug-exit` device, writing 0x10 on success, which QEMU turns into
 //!   exit status 33; anything else (a panic writes 0x11, giving 35; a triple
 //!   fault with `-no-reboot` gives 0) is a failure.
@@ -40,15 +42,23 @@ pub struct Arch {
     pub qemu: &'static str,
     /// The Debian package that has it.
     package: &'static str,
-    /// QEMU's arguments before `-kernel`.
+    /// QEMU's arguments before `-kernel`, but for the CPU model and count.
     args: &'static [&'static str],
+    /// The CPU model under TCG (`-cpu`).
+    cpu: &'static str,
+    /// The CPU model under KVM, if the kernel runs there (`--kvm`).
+    kvm_cpu: Option<&'static str>,
+    /// How many CPUs the kernel brings up by default; a kernel that brings
+    /// up only one takes no `--smp`.
+    default_smp: usize,
     /// QEMU's exit status when the kernel reports success.
     success: i32,
     /// The line the kernel prints last when every check passed.
     pub success_line: &'static str,
 }
 
-/// The x86-64 kernel: a PC with one CPU that has 1 GiB pages and NX, COM1
+/// The x86-64 kernel: a PC with four CPUs (`--smp`) that have 1 GiB pages
+/// and NX (or, with `--kvm`, the host's CPUs, which may lack 1 GiB pages), COM1
 /// on standard output, the exit device, no display and no reboot (a triple
 /// fault ends the run).
 pub const X86_64: Arch = Arch {
@@ -61,10 +71,6 @@ pub const X86_64: Arch = Arch {
     args: &[
         "-machine",
         "q35",
-        "-cpu",
-        "max",
-        "-smp",
-        "1",
         "-m",
         "256M",
         "-nodefaults",
@@ -78,6 +84,10 @@ pub const X86_64: Arch = Arch {
         "-device",
         "isa-debug-exit,iobase=0xf4,iosize=0x04",
     ],
+    cpu: "max",
+    // Nested KVM on our machines refuses `host` with this feature on.
+    kvm_cpu: Some("host,-arch-capabilities"),
+    default_smp: 4,
     success: 33,
     success_line: "kvirt-kernel: all checks passed",
 };
@@ -93,23 +103,12 @@ pub const RISCV64: Arch = Arch {
     qemu: "qemu-system-riscv64",
     package: "qemu-system-misc",
     args: &[
-        "-machine",
-        "virt",
-        "-cpu",
-        "rv64,svpbmt=on",
-        "-smp",
-        "1",
-        "-m",
-        "128M",
-        "-bios",
-        "default",
-        "-display",
-        "none",
-        "-monitor",
-        "none",
-        "-serial",
-        "stdio",
+        "-machine", "virt", "-m", "128M", "-bios", "default", "-display", "none", "-monitor", "none",
+        "-serial", "stdio",
     ],
+    cpu: "rv64,svpbmt=on",
+    kvm_cpu: None,
+    default_smp: 1,
     success: 0,
     success_line: "kvirt-kernel-riscv: all checks passed",
 };
@@ -121,6 +120,10 @@ pub struct Options {
     pub timeout: Duration,
     /// Which kernel.
     pub arch: Arch,
+    /// How many CPUs (`-smp`).
+    pub smp: usize,
+    /// Run under KVM rather than TCG.
+    pub kvm: bool,
 }
 
 /// The AArch64 kernel: QEMU's `virt` machine with a Cortex-A72 at EL1,
@@ -136,10 +139,6 @@ pub const AARCH64: Arch = Arch {
     args: &[
         "-machine",
         "virt",
-        "-cpu",
-        "cortex-a72",
-        "-smp",
-        "1",
         "-m",
         "128M",
         "-display",
@@ -153,13 +152,16 @@ pub const AARCH64: Arch = Arch {
         "-semihosting-config",
         "enable=on,target=native,chardev=out",
     ],
+    cpu: "cortex-a72",
+    kvm_cpu: None,
+    default_smp: 1,
     success: 0,
     success_line: "kvirt-kernel-aarch64: all checks passed",
 };
 
 /// Parses the arguments after `qemu`.
 pub fn parse_args(args: &[String]) -> Result<Options, String> {
-    let mut options = Options { timeout: DEFAULT_TIMEOUT, arch: X86_64 };
+    let mut options = Options { timeout: DEFAULT_TIMEOUT, arch: X86_64, smp: 0, kvm: false };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -182,8 +184,25 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
                     }
                 };
             }
+            "--smp" => {
+                let value = args.next().ok_or("--smp needs a number of CPUs")?;
+                options.smp = value
+                    .parse()
+                    .ok()
+                    .filter(|&n| (1..=16).contains(&n))
+                    .ok_or_else(|| format!("--smp: `{value}` is not a number of CPUs from 1 to 16"))?;
+            }
+            "--kvm" => options.kvm = true,
             other => return Err(format!("qemu: unknown option `{other}`")),
         }
+    }
+    if options.smp == 0 {
+        options.smp = options.arch.default_smp;
+    } else if options.smp != 1 && options.arch.default_smp == 1 {
+        return Err(format!("--smp: the {} kernel runs on one CPU", options.arch.name));
+    }
+    if options.kvm && options.arch.kvm_cpu.is_none() {
+        return Err(format!("--kvm: the {} kernel does not run under KVM here", options.arch.name));
     }
     Ok(options)
 }
@@ -194,7 +213,7 @@ pub fn run(options: &Options) -> Result<(), String> {
     let arch = options.arch;
     let kernel = build_kernel(&root, arch)?;
     println!("xtask: booting {} (timeout {} s)", kernel.display(), options.timeout.as_secs());
-    let outcome = boot(arch, &kernel, options.timeout)?;
+    let outcome = boot(qemu_command(options, &kernel), arch, options.timeout)?;
     judge(arch, &outcome)?;
     println!("xtask: the kernel passed");
     Ok(())
@@ -231,15 +250,15 @@ fn build_kernel(root: &Path, arch: Arch) -> Result<PathBuf, String> {
 }
 
 /// The QEMU command line.
-fn qemu_command(arch: Arch, kernel: &Path) -> Command {
+fn qemu_command(options: &Options, kernel: &Path) -> Command {
+    let arch = options.arch;
     let mut command = Command::new(arch.qemu);
-    command
-        .args(arch.args)
-        .arg("-kernel")
-        .arg(kernel)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    command.args(arch.args).arg("-smp").arg(options.smp.to_string());
+    match arch.kvm_cpu.filter(|_| options.kvm) {
+        Some(cpu) => command.args(["-enable-kvm", "-cpu", cpu]),
+        None => command.args(["-cpu", arch.cpu]),
+    };
+    command.arg("-kernel").arg(kernel).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
     command
 }
 
@@ -252,9 +271,9 @@ struct Outcome {
     saw_success_line: bool,
 }
 
-/// Boots `kernel`, echoing its serial output, for at most `timeout`.
-fn boot(arch: Arch, kernel: &Path, timeout: Duration) -> Result<Outcome, String> {
-    let mut child = qemu_command(arch, kernel).spawn().map_err(|e| {
+/// Runs QEMU's `command`, echoing the kernel's output, for at most `timeout`.
+fn boot(mut command: Command, arch: Arch, timeout: Duration) -> Result<Outcome, String> {
+    let mut child = command.spawn().map_err(|e| {
         format!("cannot start {}: {e} (install QEMU; on Debian: apt-get install {})", arch.qemu, arch.package)
     })?;
     let success_line = arch.success_line;
@@ -382,6 +401,37 @@ mod tests {
             assert_eq!(parse_args(&["--arch".into(), name.into()]).unwrap().arch, arch);
         }
         assert!(parse_args(&["--arch".into(), "mips".into()]).is_err());
+    }
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_string()).collect()
+    }
+
+    #[test]
+    fn x86_64_boots_four_cpus_unless_told_and_the_others_one() {
+        assert_eq!(parse_args(&[]).unwrap().smp, 4);
+        assert_eq!(parse_args(&args(&["--smp", "2"])).unwrap().smp, 2);
+        assert_eq!(parse_args(&args(&["--arch", "riscv64"])).unwrap().smp, 1);
+        for bad in ["0", "17", "four"] {
+            let e = parse_args(&args(&["--smp", bad])).unwrap_err();
+            assert!(e.contains("from 1 to 16"), "{bad}: {e}");
+        }
+        let e = parse_args(&args(&["--arch", "aarch64", "--smp", "2"])).unwrap_err();
+        assert!(e.contains("runs on one CPU"), "{e}");
+    }
+
+    #[test]
+    fn kvm_uses_the_host_cpu_without_arch_capabilities_and_only_on_x86_64() {
+        let options = parse_args(&args(&["--kvm", "--smp", "2"])).unwrap();
+        let command = qemu_command(&options, Path::new("kernel.elf"));
+        let argv: Vec<String> = command.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let has = |pair: [&str; 2]| argv.windows(2).any(|w| w[0] == pair[0] && w[1] == pair[1]);
+        assert!(argv.iter().any(|a| a == "-enable-kvm"), "{argv:?}");
+        assert!(has(["-cpu", "host,-arch-capabilities"]) && has(["-smp", "2"]), "{argv:?}");
+        let tcg = qemu_command(&parse_args(&[]).unwrap(), Path::new("kernel.elf"));
+        let argv: Vec<String> = tcg.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert!(!argv.iter().any(|a| a == "-enable-kvm") && argv.contains(&"max".to_string()), "{argv:?}");
+        assert!(parse_args(&args(&["--arch", "riscv64", "--kvm"])).is_err());
     }
 
     mod wait_with_timeout {

@@ -13,15 +13,16 @@ fn on_path(program: &str) -> bool {
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| Path::new(&dir).join(program).is_file()))
 }
 
-/// Runs `cargo xtask qemu` with `args` if `qemu` is installed, and checks
-/// that it passed with `success_line`.
-fn boots(qemu: &str, args: &[&str], success_line: &str) {
+/// Runs `cargo xtask qemu` with `args` if `qemu` is installed, checks that
+/// it passed with `success_line`, and returns what the kernel printed
+/// (`None` if skipped).
+fn boots(qemu: &str, args: &[&str], success_line: &str) -> Option<String> {
     if !on_path(qemu) {
         if std::env::var("KVIRT_REQUIRE_QEMU").is_ok_and(|v| v == "1") {
             panic!("{qemu} not found on PATH, and KVIRT_REQUIRE_QEMU=1 requires it");
         }
         println!("SKIPPED: {qemu} not found; set KVIRT_REQUIRE_QEMU=1 to make this fail");
-        return;
+        return None;
     }
     let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .arg("qemu")
@@ -36,11 +37,19 @@ fn boots(qemu: &str, args: &[&str], success_line: &str) {
         output.status
     );
     assert!(stdout.contains(success_line), "no success line in:\n{stdout}");
+    Some(stdout.into_owned())
 }
 
 #[test]
-fn demo_kernel_passes_under_qemu() {
-    boots("qemu-system-x86_64", &[], "kvirt-kernel: all checks passed");
+fn demo_kernel_passes_under_qemu_on_four_cpus() {
+    let stdout = boots("qemu-system-x86_64", &[], "kvirt-kernel: all checks passed");
+    if let Some(stdout) = stdout {
+        for line in
+            ["kvirt-kernel: 4 CPUs online", "[smp 3/5] stale TLB", "[smp 5/5] everything returned on 4 CPUs"]
+        {
+            assert!(stdout.contains(line), "no `{line}` in:\n{stdout}");
+        }
+    }
 }
 
 #[test]
