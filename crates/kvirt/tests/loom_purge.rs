@@ -153,3 +153,25 @@ fn concurrent_purges_release_only_what_they_flushed() {
         assert_eq!(m.free.lock().unwrap().len() + *m.reused.lock().unwrap(), PAGES);
     });
 }
+
+/// A purge that finds the queue empty because another CPU took the batch
+/// still returns only after that batch was flushed: a CPU that purges and
+/// then reads the page must not find it cached.
+#[test]
+fn purge_returns_only_after_every_earlier_drop_is_flushed() {
+    loom::model(|| {
+        let m = Machine::new();
+        m.touch(0);
+        m.drop_lazily(0);
+        let other = {
+            let m = m.clone();
+            thread::spawn(move || m.purge())
+        };
+        m.purge();
+        assert!(
+            !m.mmu.lock().unwrap().cached[0],
+            "purge returned while a TLB still caches a page dropped before it"
+        );
+        other.join().unwrap();
+    });
+}

@@ -285,9 +285,10 @@ impl<L: KernelLayout> KernelSpace<L> {
     }
 
     /// Flushes the TLB for every area dropped lazily so far, on all CPUs,
-    /// then gives their ranges and frames back. When it returns, what was
-    /// queued before the call has been released, unless a purge on another
-    /// CPU took it first (that purge then releases it).
+    /// then gives their ranges and frames back. When it returns, every area
+    /// dropped before the call is unreachable from every CPU's TLB, and has
+    /// been released, unless a purge on another CPU took it first (that
+    /// purge has flushed it, and releases it).
     pub fn purge(&self) {
         self.inner().purge();
     }

@@ -24,11 +24,22 @@
 //! purge and its own flush. A panic in `flush` leaks the batch rather than
 //! release it unflushed.
 //!
-//! Two purges may run at once, each with its own batch, and a purge that
-//! finds the queue empty returns at once: so when `purge` returns, what was
-//! queued before it has been released or is being released by a purge on
-//! another CPU. Nothing here waits for another CPU, so a `release` may
-//! push (a frame's drop hook may drop an area) and even purge again.
+//! A second rule makes `purge` mean what a caller expects of it:
+//!
+//! > **When `purge` returns, everything pushed before the call has been
+//! > flushed.**
+//!
+//! Taking a batch and flushing it happen under a second lock, `flushing`:
+//! a purge that finds the queue empty because another CPU took the batch
+//! still waits until that CPU's flush has returned. (Without it, a CPU
+//! could purge, tell another CPU its dropped area is gone, and that CPU
+//! could still reach it through its TLB: the demo kernel's stale-TLB check
+//! caught exactly this.) The release runs after `flushing` is let go, so
+//! purges of one queue flush one at a time but release in parallel, and a
+//! `release` may push (a frame's drop hook may drop an area) and even
+//! purge again without waiting for itself. What another CPU's purge took
+//! may therefore still be being released when `purge` returns; it is
+//! unreachable from every TLB by then.
 //!
 //! The loom test (`tests/loom_purge.rs`, built with `--cfg loom`) runs this
 //! very code over loom's mutex, with a model TLB that fails the test when
@@ -46,6 +57,8 @@ use spin::Mutex;
 #[derive(Debug)]
 pub struct PurgeQueue<T> {
     items: Mutex<Vec<T>>,
+    /// Held from taking a batch until its flush has returned.
+    flushing: Mutex<()>,
 }
 
 impl<T> Default for PurgeQueue<T> {
@@ -58,7 +71,7 @@ impl<T> PurgeQueue<T> {
     /// An empty queue.
     #[must_use]
     pub fn new() -> Self {
-        Self { items: Mutex::new(Vec::new()) }
+        Self { items: Mutex::new(Vec::new()), flushing: Mutex::new(()) }
     }
 
     #[cfg(not(loom))]
@@ -71,21 +84,37 @@ impl<T> PurgeQueue<T> {
         self.items.lock().unwrap()
     }
 
+    #[cfg(not(loom))]
+    fn lock_flushing(&self) -> spin::MutexGuard<'_, ()> {
+        self.flushing.lock()
+    }
+
+    #[cfg(loom)]
+    fn lock_flushing(&self) -> loom::sync::MutexGuard<'_, ()> {
+        self.flushing.lock().unwrap()
+    }
+
     /// Queues `item`.
     pub fn push(&self, item: T) {
         self.lock().push(item);
     }
 
     /// Takes every queued item; if there were any, calls `flush` with them
-    /// and then `release`. Returns how many items it purged.
+    /// and then `release`. Returns how many items it purged. Returns only
+    /// once everything pushed before the call has been flushed, by this
+    /// purge or by one that took it first.
     pub fn purge(&self, flush: impl FnOnce(&[T]), release: impl FnOnce(Vec<T>)) -> usize {
-        // Until `flush` has returned, a CPU may still reach the items: if
-        // it unwinds they are leaked, not released.
-        let batch = ManuallyDrop::new(core::mem::take(&mut *self.lock()));
-        if batch.is_empty() {
-            return 0;
-        }
-        flush(&batch);
+        let batch = {
+            let _flushing = self.lock_flushing();
+            // Until `flush` has returned, a CPU may still reach the items:
+            // if it unwinds they are leaked, not released.
+            let batch = ManuallyDrop::new(core::mem::take(&mut *self.lock()));
+            if batch.is_empty() {
+                return 0;
+            }
+            flush(&batch);
+            batch
+        };
         let batch = ManuallyDrop::into_inner(batch);
         let purged = batch.len();
         release(batch);
