@@ -123,11 +123,12 @@ impl Rcu {
         })
     }
 
-    /// Runs the ready callbacks at the front of the queue, one at a time
+    /// Runs the ready callbacks at the front of the queue, without waiting
+    /// for the others, one at a time
     /// and outside the queue's lock (a callback may queue another). If
     /// another CPU (or this one, further up the stack) is running them
     /// already, leaves it to that runner.
-    fn run_ready(&self) {
+    pub fn run_ready(&self) {
         let Some(_runner) = self.runner.try_lock() else { return };
         loop {
             let ready = {

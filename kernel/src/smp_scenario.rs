@@ -11,11 +11,14 @@
 //!    cursors of one shared page table: in its own GiB, and in a 2 MiB
 //!    region whose pages the CPUs own in turn (so their cursors lock the
 //!    same leaf node), while kvirt's lock-free walk reads the others'.
-//! 3. **Stale TLB.** Pairs of CPUs, many times over: A reads an area
+//! 3. **Grace periods.** With a reader inside a read-side section on each
+//!    other CPU in turn, a callback queued on the bootstrap CPU does not
+//!    run until that reader leaves, and has run after a barrier.
+//! 4. **Stale TLB.** Pairs of CPUs, many times over: A reads an area
 //!    (caching its translation), B drops the area, A reads again and must
 //!    fault. Eager drops shoot the translation down at once; lazy ones
 //!    at the purge, after which A must fault too.
-//! 4. **Churn.** 1-page areas created and dropped, eager and lazy, on one
+//! 5. **Churn.** 1-page areas created and dropped, eager and lazy, on one
 //!    CPU and on all of them: TSC cycles per create+drop, shoot-downs
 //!    and IPIs per 1000 drops.
 //!
@@ -25,7 +28,7 @@
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
 use kvirt::frame::{AnyFrameMeta, Frame};
 use kvirt::kspace::{KVirtArea, MappedItemRef, PurgeMode};
@@ -35,6 +38,7 @@ use kvirt::spec::Inv;
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
 
 use crate::percpu::{self, MAX_CPUS};
+use crate::rcu::Rcu;
 use crate::steps::{alloc_frames, expect_fault, rw, Rng, Snapshot, Space};
 use crate::{check, cpu, platform, println, probe, smp};
 
@@ -69,14 +73,15 @@ pub fn run(space: &'static Space) {
     let cpus = percpu::online();
     let start = Snapshot::take(space);
     let ipis_before = totals();
-    println!("[smp 1/5] {}", stress(space, cpus));
-    println!("[smp 2/5] {}", raw_cursors(space, cpus));
-    println!("[smp 3/5] {}", stale_tlb(space, cpus));
+    println!("[smp 1/6] {}", stress(space, cpus));
+    println!("[smp 2/6] {}", raw_cursors(space, cpus));
+    println!("[smp 3/6] {}", grace_periods(cpus));
+    println!("[smp 4/6] {}", stale_tlb(space, cpus));
     churn(space, cpus);
     let end = Snapshot::take(space);
     check!(end == start, "usage after the SMP steps differs: {end:?} != {start:?}");
     space.check().unwrap_or_else(|e| panic!("kvirt's invariants are broken after the SMP steps: {e}"));
-    println!("[smp 5/5] everything returned on {cpus} CPUs: {end:?}; kvirt's invariants hold");
+    println!("[smp 6/6] everything returned on {cpus} CPUs: {end:?}; kvirt's invariants hold");
     let (sent, received) = totals();
     println!(
         "kvirt-kernel: report: {} shoot-downs sent, {} IPIs received since the SMP steps began",
@@ -367,6 +372,49 @@ fn raw_cursors(space: &Space, cpus: usize) -> alloc::string::String {
 }
 
 /// Step 3 (see the module documentation).
+fn grace_periods(cpus: usize) -> alloc::string::String {
+    let rcu = Rcu::new();
+    let phase = AtomicU32::new(0);
+    let wait = |value: u32| {
+        while phase.load(Ordering::SeqCst) != value {
+            core::hint::spin_loop();
+        }
+    };
+    for reader in 1..cpus {
+        let ran = Arc::new(AtomicBool::new(false));
+        phase.store(0, Ordering::SeqCst);
+        smp::on_every_cpu(&|cpu| {
+            if cpu == reader {
+                rcu.read_lock();
+                phase.store(1, Ordering::SeqCst);
+                wait(2);
+                rcu.read_unlock();
+                phase.store(3, Ordering::SeqCst);
+            } else if cpu == 0 {
+                wait(1);
+                let flag = ran.clone();
+                rcu.call(alloc::boxed::Box::new(move || flag.store(true, Ordering::SeqCst)));
+                // The reader on `reader` began before the call and is
+                // still inside: nothing may run, whatever happens here.
+                rcu.run_ready();
+                check!(
+                    !ran.load(Ordering::SeqCst),
+                    "a callback ran while CPU {reader} was in a read-side section"
+                );
+                phase.store(2, Ordering::SeqCst);
+                wait(3);
+                rcu.barrier();
+                check!(ran.load(Ordering::SeqCst), "the callback had not run after the barrier");
+            }
+        });
+    }
+    alloc::format!(
+        "grace periods: a callback waited for a read-side section on each of the {} other CPUs, and ran after it",
+        cpus - 1
+    )
+}
+
+/// Step 4 (see the module documentation).
 fn stale_tlb(space: &Space, cpus: usize) -> alloc::string::String {
     if cpus < 2 {
         return alloc::string::String::from("stale-TLB check skipped: one CPU");
@@ -472,7 +520,7 @@ fn churn_row(space: &Space, mode: PurgeMode, workers: usize) -> ChurnRow {
 
 /// Step 4 (see the module documentation).
 fn churn(space: &Space, cpus: usize) {
-    println!("[smp 4/5] 1-page create+drop churn, {CHURN_OPS} pairs per row, {cpus} CPUs online:");
+    println!("[smp 5/6] 1-page create+drop churn, {CHURN_OPS} pairs per row, {cpus} CPUs online:");
     println!("    purge  CPUs  TSC cycles per pair  flushes/1000  shoot-downs/1000  IPIs/1000");
     let mut rows = Vec::new();
     let workers = if cpus == 1 { &[1][..] } else { &[1, cpus][..] };
