@@ -11,6 +11,12 @@
 //! A callback that panics does not lose the others: those taken with it
 //! that had not run yet go back to the queue (to run at the next quiescent
 //! point) before the panic goes on to whoever ran the batch.
+//!
+//! [`barrier`](CountingRcu::barrier) waits (spinning) until every callback
+//! queued before it has run, on whichever CPU: callbacks run one batch at
+//! a time, in queue order, and are counted as they finish (a panicking
+//! one counts as run). It must not be called inside a read-side section,
+//! which would wait for itself.
 
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -48,6 +54,13 @@ macro_rules! counting_rcu_methods {
 pub struct CountingRcu {
     readers: AtomicUsize,
     queue: spin::Mutex<Vec<RcuCallbackBox>>,
+    /// Held while a batch runs: batches run one at a time, so callbacks
+    /// finish in queue order.
+    runner: spin::Mutex<()>,
+    /// Callbacks queued so far.
+    queued: AtomicUsize,
+    /// Callbacks run so far (a panicking one included).
+    completed: AtomicUsize,
 }
 
 struct RcuCallbackBox(RcuCallback);
@@ -62,7 +75,13 @@ impl CountingRcu {
     /// A new instance with no readers and no callbacks.
     #[must_use]
     pub const fn new() -> Self {
-        Self { readers: AtomicUsize::new(0), queue: spin::Mutex::new(Vec::new()) }
+        Self {
+            readers: AtomicUsize::new(0),
+            queue: spin::Mutex::new(Vec::new()),
+            runner: spin::Mutex::new(()),
+            queued: AtomicUsize::new(0),
+            completed: AtomicUsize::new(0),
+        }
     }
 
     /// Enters a read-side section.
@@ -79,17 +98,31 @@ impl CountingRcu {
 
     /// Queues `callback`, or runs it now if no reader is active.
     pub fn call(&self, callback: RcuCallback) {
-        self.queue.lock().push(RcuCallbackBox(callback));
+        {
+            let mut queue = self.queue.lock();
+            queue.push(RcuCallbackBox(callback));
+            self.queued.fetch_add(1, Ordering::SeqCst);
+        }
         self.run_if_quiescent();
     }
 
-    /// Runs every queued callback if no reader is active now. A callback
-    /// queued while readers are active runs when the last one leaves.
+    /// Waits until every callback queued before the call has run: runs
+    /// them when no reader is active, or waits for whoever does.
     pub fn barrier(&self) {
-        self.run_if_quiescent();
+        let target = self.queued.load(Ordering::SeqCst);
+        loop {
+            self.run_if_quiescent();
+            if self.completed.load(Ordering::SeqCst) >= target {
+                return;
+            }
+            core::hint::spin_loop();
+        }
     }
 
     fn run_if_quiescent(&self) {
+        // Another CPU (or this one, further up the stack: a callback that
+        // queues one) is running a batch and will look again when done.
+        let Some(_runner) = self.runner.try_lock() else { return };
         loop {
             // The queue lock orders this check after the push of every
             // callback we take: a reader that entered after the push cannot
@@ -104,9 +137,19 @@ impl CountingRcu {
             };
             let mut rest = Requeue { rcu: self, batch: batch.into_iter() };
             for RcuCallbackBox(callback) in &mut rest.batch {
+                let _counted = Completed(&self.completed);
                 callback();
             }
         }
+    }
+}
+
+/// Counts a callback as run when dropped, after it returns or unwinds.
+struct Completed<'a>(&'a AtomicUsize);
+
+impl Drop for Completed<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -162,6 +205,35 @@ mod tests {
         rcu.barrier();
         assert_eq!(ran.load(Ordering::SeqCst), 3, "the callbacks after it ran at the next quiescent point");
         assert!(rcu.queue.lock().is_empty());
+    }
+
+    #[test]
+    fn barrier_waits_for_a_reader_on_another_thread() {
+        let rcu = Arc::new(CountingRcu::new());
+        let ran = Arc::new(AtomicBool::new(false));
+        let (entered, leave) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let reader = {
+            let (rcu, entered, leave) = (rcu.clone(), entered.clone(), leave.clone());
+            std::thread::spawn(move || {
+                rcu.read_lock();
+                entered.store(true, Ordering::SeqCst);
+                while !leave.load(Ordering::SeqCst) {
+                    std::thread::yield_now();
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                rcu.read_unlock();
+            })
+        };
+        while !entered.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        let r = ran.clone();
+        rcu.call(Box::new(move || r.store(true, Ordering::SeqCst)));
+        assert!(!ran.load(Ordering::SeqCst), "the reader is still inside");
+        leave.store(true, Ordering::SeqCst);
+        rcu.barrier();
+        assert!(ran.load(Ordering::SeqCst), "barrier returned before the callback ran");
+        reader.join().unwrap();
     }
 
     #[test]
