@@ -286,3 +286,17 @@ pub fn has_global_pages() -> bool {
 pub fn has_pat() -> bool {
     cpuid(1).3 & (1 << 16) != 0
 }
+
+/// Whether the kernel runs under KVM (the hypervisor CPUID leaf says
+/// `KVMKVMKVM`).
+pub fn under_kvm() -> bool {
+    if cpuid(1).2 & (1 << 31) == 0 {
+        return false;
+    }
+    let (_, b, c, d) = cpuid(0x4000_0000);
+    let mut signature = [0u8; 12];
+    for (chunk, word) in signature.chunks_mut(4).zip([b, c, d]) {
+        chunk.copy_from_slice(&word.to_le_bytes());
+    }
+    &signature == b"KVMKVMKVM\0\0\0"
+}

@@ -235,11 +235,11 @@ fn purge_churn(space: &KernelSpace) {
     let row = |mode: PurgeMode| {
         space.set_purge_mode(mode);
         let (flushes, start) = (platform::flushes(), cpu::rdtsc());
-        for _ in 0..PURGE_CHURN {
+        for _ in 0..crate::scaled(PURGE_CHURN) {
             drop(KVirtArea::map_frames(PAGE_SIZE, 0, alloc_frames(space, 1), rw()));
         }
-        let cycles = (cpu::rdtsc() - start) / PURGE_CHURN as u64;
-        let per_1000 = (platform::flushes() - flushes) * 1000 / PURGE_CHURN;
+        let cycles = (cpu::rdtsc() - start) / crate::scaled(PURGE_CHURN) as u64;
+        let per_1000 = (platform::flushes() - flushes) * 1000 / crate::scaled(PURGE_CHURN);
         space.set_purge_mode(PurgeMode::Eager);
         (cycles, per_1000)
     };

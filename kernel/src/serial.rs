@@ -62,8 +62,8 @@ pub fn print(args: fmt::Arguments<'_>) {
 }
 
 /// Prints to COM1 without taking the console lock: for the panic handler,
-/// which may run while the lock is held (one CPU, so at worst interleaved
-/// output).
+/// which may run while the lock is held (and lets only the first
+/// panicking CPU print).
 pub fn print_unlocked(args: fmt::Arguments<'_>) {
     let _ = Com1.write_fmt(args);
 }

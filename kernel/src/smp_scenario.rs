@@ -222,7 +222,7 @@ fn stress_in(space: &Space, cpus: usize, ops: usize) -> alloc::string::String {
     smp::on_every_cpu(&|cpu| {
         let mut rng = Rng::new(0x5eed + cpu as u64);
         let mut mine: Vec<Live> = Vec::new();
-        for i in 0..ops {
+        for i in 0..crate::scaled(ops) {
             let seed = ((cpu as u64) << 40) ^ (i as u64) ^ 0x00ab_cdef_0000;
             match rng.below(12) {
                 0..=2 => mine.push(Live::tracked(space, &mut rng, seed)),
@@ -276,7 +276,7 @@ fn stress_in(space: &Space, cpus: usize, ops: usize) -> alloc::string::String {
     alloc::format!(
         "{} operations in {} M TSC cycles, {} splits, {} reads of areas on the shared board, {} areas dropped off \
          it (often not by their maker)",
-        cpus * ops,
+        cpus * crate::scaled(ops),
         cycles / 1_000_000,
         splits.load(Ordering::Relaxed),
         cross_reads.load(Ordering::Relaxed),
@@ -304,7 +304,7 @@ fn raw_cursors(space: &Space, cpus: usize) -> alloc::string::String {
                 own + rng.below(1024) * P
             }
         };
-        for _ in 0..CURSOR_OPS {
+        for _ in 0..crate::scaled(CURSOR_OPS) {
             let va = page(&mut rng);
             match rng.below(4) {
                 0 => {
@@ -366,7 +366,7 @@ fn raw_cursors(space: &Space, cpus: usize) -> alloc::string::String {
     alloc::format!(
         "{cpus} CPUs ran {} map/unmap/query operations through cursors of one shared page table; {} lock-free walks \
          found another CPU's page",
-        cpus * CURSOR_OPS,
+        cpus * crate::scaled(CURSOR_OPS),
         walked.load(Ordering::Relaxed)
     )
 }
@@ -438,7 +438,7 @@ fn stale_tlb(space: &Space, cpus: usize) -> alloc::string::String {
                 return;
             }
             let (va_slot, phase) = &slots[pair];
-            for round in 0..STALE_ROUNDS {
+            for round in 0..crate::scaled(STALE_ROUNDS) {
                 if cpu % 2 == 0 {
                     // B: makes the area, lets A cache it, drops it.
                     let area = Area::map_frames(P, 0, alloc_frames(space, 1), rw());
@@ -494,7 +494,7 @@ struct ChurnRow {
 
 fn churn_row(space: &Space, mode: PurgeMode, workers: usize) -> ChurnRow {
     space.set_purge_mode(mode);
-    let per_cpu = CHURN_OPS / workers;
+    let per_cpu = crate::scaled(CHURN_OPS) / workers;
     let ops = (per_cpu * workers) as u64;
     let (flushes, (sent, received)) = (platform::flushes(), totals());
     let start = cpu::rdtsc();
@@ -520,7 +520,10 @@ fn churn_row(space: &Space, mode: PurgeMode, workers: usize) -> ChurnRow {
 
 /// Step 4 (see the module documentation).
 fn churn(space: &Space, cpus: usize) {
-    println!("[smp 5/6] 1-page create+drop churn, {CHURN_OPS} pairs per row, {cpus} CPUs online:");
+    println!(
+        "[smp 5/6] 1-page create+drop churn, {} pairs per row, {cpus} CPUs online:",
+        crate::scaled(CHURN_OPS)
+    );
     println!("    purge  CPUs  TSC cycles per pair  flushes/1000  shoot-downs/1000  IPIs/1000");
     let mut rows = Vec::new();
     let workers = if cpus == 1 { &[1][..] } else { &[1, cpus][..] };

@@ -754,7 +754,11 @@ pub fn run(options: &Options) -> Result<(), Error> {
     }
     if let Some(path) = &options.markdown {
         let svg_link = options.svg.as_ref().map(|svg| report::relative_link(path, svg));
-        std::fs::write(path, report::markdown(&results, &targets, svg_link.as_deref()))
+        // The demo kernel's measurements (see `report::KERNEL_SECTION`),
+        // next to the page when they exist.
+        let kernel = path.with_file_name(report::KERNEL_SECTION);
+        let kernel = std::fs::read_to_string(&kernel).ok();
+        std::fs::write(path, report::markdown(&results, &targets, svg_link.as_deref(), kernel.as_deref()))
             .map_err(|e| Error(format!("writing {}: {e}", path.display())))?;
         eprintln!("wrote {}", path.display());
     }

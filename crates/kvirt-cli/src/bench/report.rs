@@ -613,9 +613,15 @@ pub const REGENERATE: &str =
 /// The command that regenerates docs/BENCHMARKS-sv48.md.
 pub const REGENERATE_SV48: &str = "cargo run --release -p kvirt-cli -- bench --arch sv48 --json docs/bench-sv48.json --svg docs/bench-sv48.svg --markdown docs/BENCHMARKS-sv48.md";
 
-/// docs/BENCHMARKS.md.
+/// The file, next to the Markdown page, whose text the page includes as
+/// its section on the demo kernel's SMP churn: measured under QEMU by
+/// `cargo xtask qemu` (which `kvirt bench` cannot run), and copied there
+/// from the kernel's report.
+pub const KERNEL_SECTION: &str = "kernel-churn.md";
+
+/// docs/BENCHMARKS.md; `kernel` is the text of [`KERNEL_SECTION`], if any.
 #[must_use]
-pub fn markdown(r: &Results, targets: &[Target], svg_link: Option<&str>) -> String {
+pub fn markdown(r: &Results, targets: &[Target], svg_link: Option<&str>, kernel: Option<&str>) -> String {
     let m = &r.machine;
     let mut out = String::new();
     let (title, regenerate) = match r.arch {
@@ -682,6 +688,9 @@ pub fn markdown(r: &Results, targets: &[Target], svg_link: Option<&str>) -> Stri
         for row in churn_rows(r) {
             let _ = writeln!(out, "| {} |", row.join(" | "));
         }
+    }
+    if let Some(kernel) = kernel.filter(|_| r.arch == super::Arch::X86_64) {
+        let _ = writeln!(out, "\n{}", kernel.trim_end());
     }
     if let Some(link) = svg_link {
         let _ = writeln!(out, "\n## Plot\n\n![time per op, log scale]({link})\n");
