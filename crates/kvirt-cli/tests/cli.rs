@@ -59,6 +59,8 @@ fn no_subcommand_runs_the_demo() {
 #[test]
 fn quick_bench_writes_every_workload_and_impl() {
     let (json, svg, md) = (temp("bench.json"), temp("bench.svg"), temp("BENCHMARKS.md"));
+    // The demo kernel's section, which the page includes from beside it.
+    std::fs::write(temp("kernel-churn.md"), "## Kernel section\n\nmeasured under QEMU\n").unwrap();
     let out = kvirt(&[
         "bench",
         "--quick",
@@ -112,6 +114,9 @@ fn quick_bench_writes_every_workload_and_impl() {
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     let md = std::fs::read_to_string(&md).unwrap();
     assert!(md.contains("## Machine") && md.contains("| workload | impl |") && md.contains("![time per op"));
+    let (kernel, plot) =
+        (md.find("## Kernel section\n\nmeasured under QEMU").unwrap(), md.find("## Plot").unwrap());
+    assert!(kernel < plot, "the kernel's section comes before the plot");
 }
 
 #[test]
