@@ -27,7 +27,9 @@
 //!    makes it the global space and loads its root into CR3. From then on
 //!    only kvirt's mappings exist: the linear mapping, the metadata array,
 //!    the image and the areas;
-//! 4. runs the [`scenario`] and exits QEMU through `isa-debug-exit` ([`exit`]).
+//! 4. maps the local APIC, starts the other CPUs ([`smp`]), runs the
+//!    [`scenario`] on the bootstrap CPU and the [`smp_scenario`] on all of
+//!    them, and exits QEMU through `isa-debug-exit` ([`exit`]).
 //!
 //! ## Choices
 //!
