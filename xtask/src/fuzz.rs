@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -74,7 +74,7 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
 /// a crash (saved under `fuzz/regressions/`).
 pub fn run(options: &Options) -> Result<(), String> {
     let started = Instant::now();
-    let fuzz_dir = project_root().join("fuzz");
+    let fuzz_dir = crate::project_root().join("fuzz");
     ensure_nightly()?;
     ensure_cargo_fuzz()?;
     println!("xtask: building the fuzz targets");
@@ -109,10 +109,6 @@ pub fn run(options: &Options) -> Result<(), String> {
     } else {
         Err(failures.join("\n"))
     }
-}
-
-fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ has a parent").to_path_buf()
 }
 
 /// `cargo +nightly fuzz` in `fuzz/`, without the toolchain choice of the
@@ -295,7 +291,7 @@ mod tests {
 
     #[test]
     fn every_target_has_a_source_and_a_regressions_directory() {
-        let fuzz = project_root().join("fuzz");
+        let fuzz = crate::project_root().join("fuzz");
         for target in TARGETS {
             assert!(fuzz.join("fuzz_targets").join(format!("{target}.rs")).is_file(), "{target}");
             assert!(fuzz.join("regressions").join(target).is_dir(), "{target}");

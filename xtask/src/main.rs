@@ -6,6 +6,7 @@
 use std::process::ExitCode;
 
 mod fuzz;
+mod instructions;
 mod miri;
 mod qemu;
 mod verus;
@@ -35,8 +36,24 @@ tasks:
                           given crate directories) with `cargo verus focus`; finds Verus
                           in KVIRT_VERUS_BIN, on PATH, or builds it with the script in
                           KVIRT_VERUS_INSTALLER; fails if any proof fails
+  instructions [--out PATH]
+                          count the instructions per page of every implementation's
+                          map and unmap in `kvirt bench` with Valgrind's callgrind
+                          (hardware counters for perf stat are often missing in VMs);
+                          writes docs/instructions.md, which docs/BENCHMARKS.md includes
   help                    print this message
 ";
+
+/// The repository root (the parent of `xtask/`).
+fn project_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ has a parent").to_path_buf()
+}
+
+/// Whether `program` is an executable file in a directory of `PATH`.
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -49,6 +66,7 @@ fn main() -> ExitCode {
         "fuzz" => fuzz::parse_args(rest).and_then(|options| fuzz::run(&options)),
         "miri" => miri::parse_args(rest).and_then(|()| miri::run()),
         "verus" => verus::parse_args(rest).and_then(|options| verus::run(&options)),
+        "instructions" => instructions::parse_args(rest).and_then(|options| instructions::run(&options)),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())

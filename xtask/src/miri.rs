@@ -35,7 +35,7 @@
 //! they would reach is covered above, and the buddy allocator's (which is
 //! `forbid(unsafe_code)`) take many minutes under Miri.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -91,7 +91,7 @@ pub fn parse_args(args: &[String]) -> Result<(), String> {
 pub fn run() -> Result<(), String> {
     let started = Instant::now();
     ensure_miri()?;
-    let root = project_root();
+    let root = crate::project_root();
     let status = cargo(&root)
         .args(["miri", "setup"])
         .status()
@@ -128,10 +128,6 @@ pub fn run() -> Result<(), String> {
     } else {
         Err(format!("Miri found errors in:\n  {}", failures.join("\n  ")))
     }
-}
-
-fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ has a parent").to_path_buf()
 }
 
 /// `cargo +nightly` in `dir`, without the toolchain choice of the
@@ -182,7 +178,7 @@ mod tests {
 
     #[test]
     fn the_threaded_test_exists() {
-        let source = std::fs::read_to_string(project_root().join("crates/kvirt/tests/miri.rs"))
+        let source = std::fs::read_to_string(crate::project_root().join("crates/kvirt/tests/miri.rs"))
             .expect("crates/kvirt/tests/miri.rs");
         assert!(source.contains(&format!("fn {THREADED_TEST}()")));
     }

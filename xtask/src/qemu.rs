@@ -209,7 +209,7 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
 
 /// Builds the kernel, boots it, and succeeds if it reports success.
 pub fn run(options: &Options) -> Result<(), String> {
-    let root = project_root();
+    let root = crate::project_root();
     let arch = options.arch;
     let kernel = build_kernel(&root, arch)?;
     println!("xtask: booting {} (timeout {} s)", kernel.display(), options.timeout.as_secs());
@@ -217,11 +217,6 @@ pub fn run(options: &Options) -> Result<(), String> {
     judge(arch, &outcome)?;
     println!("xtask: the kernel passed");
     Ok(())
-}
-
-/// The repository root (the parent of `xtask/`).
-fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ has a parent").to_path_buf()
 }
 
 /// `cargo build --release` in the kernel's directory; returns the kernel

@@ -66,8 +66,11 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
 pub fn run(options: &Options) -> Result<(), String> {
     let started = Instant::now();
     let verus = find_verus()?;
-    let crates =
-        if options.crates.is_empty() { verified_crates(&project_root())? } else { options.crates.clone() };
+    let crates = if options.crates.is_empty() {
+        verified_crates(&crate::project_root())?
+    } else {
+        options.crates.clone()
+    };
     if crates.is_empty() {
         return Err("verus: no crate under crates/ depends on vstd".into());
     }
@@ -213,10 +216,6 @@ fn verified_crates(root: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(crates)
 }
 
-fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ has a parent").to_path_buf()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,7 +237,7 @@ mod tests {
 
     #[test]
     fn kvirt_core_is_a_verified_crate() {
-        let crates = verified_crates(&project_root()).unwrap();
+        let crates = verified_crates(&crate::project_root()).unwrap();
         assert!(crates.iter().any(|c| c.ends_with("crates/kvirt-core")), "{crates:?}");
         assert!(
             !crates.iter().any(|c| c.ends_with("crates/kvirt")),

@@ -43,7 +43,9 @@ struct BenchArgs {
     #[arg(long, value_name = "PATH")]
     markdown: Option<PathBuf>,
     /// Run only the workloads whose id contains this text (for example
-    /// `map-4k-x512` or `area-1p`); every implementation still runs.
+    /// `map-4k-x512` or `area-1p`), or, ending in `$`, whose id ends with
+    /// the text before it (`map-4k-x1$`: the 1-page map and unmap, not the
+    /// 16-page ones); every implementation still runs.
     #[arg(long, value_name = "TEXT")]
     only: Option<String>,
     /// The paging format of the 4 KiB and 1 GiB workloads: `x86-64` (every

@@ -108,7 +108,7 @@ fn quick_bench_writes_every_workload_and_impl() {
     for w in workloads.iter().filter(|w| !w.starts_with("area-")) {
         assert!(results.iter().filter(|c| c["workload"] == **w).all(|c| c["supported"] == true), "{w}");
     }
-    assert_eq!(v["targets"].as_array().unwrap().len(), 4);
+    assert_eq!(v["targets"].as_array().unwrap().len(), 8);
 
     let svg = std::fs::read_to_string(&svg).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));

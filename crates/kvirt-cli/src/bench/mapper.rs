@@ -4,7 +4,27 @@
 
 use std::ops::Range;
 
+use kvirt::sim::{Machine, MachineConfig};
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
+
+/// CPUs of every implementation's simulated machine: kvirt's unmaps shoot
+/// down both, and so do the peers' ([`flush_all_cpus`]).
+pub const CPUS: usize = 2;
+
+/// A peer's machine: `ram` bytes and [`CPUS`] CPUs, like kvirt's.
+#[must_use]
+pub fn peer_machine(ram: usize) -> Machine {
+    Machine::new(MachineConfig::new(ram).cpus(CPUS))
+}
+
+/// The TLB flush a peer's unmap does after a range: what kvirt's hosted
+/// platform does for `flush_tlb(TlbFlushOp::Range(range), AllCpus)`, so
+/// that an unmap row costs the same flush for everyone.
+pub fn flush_all_cpus(machine: &Machine, range: Range<Vaddr>) {
+    for cpu in 0..machine.nr_cpus() {
+        machine.cpu(cpu).flush_range(range.clone());
+    }
+}
 
 /// Where the 4 KiB workloads put their ranges (the start of VMALLOC; the
 /// independent tables of the peers and of `kvirt-pt` use the same

@@ -27,6 +27,7 @@
 //! checks its results (queries return the right addresses; the area
 //! workloads leave the counters as they found them).
 
+pub mod breakdown;
 pub mod impls;
 pub mod mapper;
 pub mod report;
@@ -176,7 +177,7 @@ pub struct Stats {
 }
 
 impl Stats {
-    fn from_runs(mut runs: Vec<f64>, ops_per_run: u64) -> Self {
+    pub(crate) fn from_runs(mut runs: Vec<f64>, ops_per_run: u64) -> Self {
         let mut sorted = runs.clone();
         sorted.sort_by(f64::total_cmp);
         let ns_per_op = if sorted.is_empty() { f64::NAN } else { sorted[sorted.len() / 2] };
@@ -215,6 +216,8 @@ pub struct Results {
     pub machine: report::MachineInfo,
     /// The lazy-purge churn rows.
     pub churn: Vec<Churn>,
+    /// Where kvirt's 1-page map and unmap spend their time.
+    pub breakdown: Vec<breakdown::Step>,
     /// The paging format of the page workloads.
     pub arch: Arch,
 }
@@ -388,7 +391,7 @@ fn run_huge<M: Mapper>(m: &mut M, cfg: &Config) -> Result<Stats, Error> {
 }
 
 fn kvirt_space() -> KernelSpace {
-    KernelSpace::new_hosted(MachineConfig::new(KVIRT_RAM).cpus(2))
+    KernelSpace::new_hosted(MachineConfig::new(KVIRT_RAM).cpus(crate::bench::mapper::CPUS))
 }
 
 /// Creates and drops a 1-page area (with a fresh, non-zeroed frame, as
@@ -583,7 +586,13 @@ const NO_ALLOCATOR: &str = "n/a: no kernel virtual-range allocator";
 /// If an implementation returns wrong results or a workload leaks.
 pub fn measure(quick: bool, only: Option<&str>, arch: Arch) -> Result<Results, Error> {
     let cfg = if quick { Config::quick() } else { Config::full() };
-    let wanted = |id: &str| only.is_none_or(|o| id.contains(o));
+    // `--only`: a substring of the id, or with a trailing `$` its end.
+    let wanted = |id: &str| {
+        only.is_none_or(|o| match o.strip_suffix('$') {
+            Some(end) => id.ends_with(end),
+            None => id.contains(o),
+        })
+    };
     // The area and churn workloads do not depend on the paging format:
     // they run with the x86-64 pages only.
     let wanted_areas = |id: &str| arch == Arch::X86_64 && wanted(id);
@@ -627,7 +636,8 @@ pub fn measure(quick: bool, only: Option<&str>, arch: Arch) -> Result<Results, E
         total: sizes.len() * IMPLS.len()
             + usize::from(run_huge_too) * IMPLS.len()
             + area_workloads.iter().filter(|(w, _)| wanted_areas(&w.id)).count()
-            + if wanted_areas("churn") { 4 } else { 0 },
+            + if wanted_areas("churn") { 4 } else { 0 }
+            + usize::from(wanted_areas("breakdown")),
         started: Instant::now(),
     };
     let mut cells = Vec::new();
@@ -725,7 +735,14 @@ pub fn measure(quick: bool, only: Option<&str>, arch: Arch) -> Result<Results, E
             }
         }
     }
-    Ok(Results { quick, config: cfg, cells, machine, churn, arch })
+    let mut parts = Vec::new();
+    if wanted_areas("breakdown") {
+        parts = breakdown::measure(&cfg)?;
+        let shown: Vec<String> =
+            parts.iter().map(|p| format!("{} {:.1}", p.name, p.stats.ns_per_op)).collect();
+        progress.step(&format!("breakdown of a 1-page map+unmap (ns): {}", shown.join(", ")));
+    }
+    Ok(Results { quick, config: cfg, cells, machine, churn, breakdown: parts, arch })
 }
 
 /// `kvirt bench`.
@@ -754,11 +771,13 @@ pub fn run(options: &Options) -> Result<(), Error> {
     }
     if let Some(path) = &options.markdown {
         let svg_link = options.svg.as_ref().map(|svg| report::relative_link(path, svg));
-        // The demo kernel's measurements (see `report::KERNEL_SECTION`),
-        // next to the page when they exist.
-        let kernel = path.with_file_name(report::KERNEL_SECTION);
-        let kernel = std::fs::read_to_string(&kernel).ok();
-        std::fs::write(path, report::markdown(&results, &targets, svg_link.as_deref(), kernel.as_deref()))
+        // Measurements taken elsewhere (see `report::INCLUDED`), next to
+        // the page when they exist.
+        let included: Vec<String> = report::INCLUDED
+            .iter()
+            .filter_map(|name| std::fs::read_to_string(path.with_file_name(name)).ok())
+            .collect();
+        std::fs::write(path, report::markdown(&results, &targets, svg_link.as_deref(), &included))
             .map_err(|e| Error(format!("writing {}: {e}", path.display())))?;
         eprintln!("wrote {}", path.display());
     }

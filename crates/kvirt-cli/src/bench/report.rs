@@ -163,7 +163,92 @@ pub fn targets(r: &Results) -> Vec<Target> {
         },
         _ => missing("(d)"),
     });
+    out.extend(peer_targets(r));
     out
+}
+
+/// The faster peer's time on `workload`.
+fn faster_peer(r: &Results, workload: &str) -> Option<f64> {
+    match (ns(r, workload, "x86_64"), ns(r, workload, "multiarch")) {
+        (Some(x), Some(m)) => Some(x.min(m)),
+        (x, m) => x.or(m),
+    }
+}
+
+/// Checks `impl_name` against `limit` times the reference on each workload;
+/// the verdict, and the rows that miss (worst first) or the worst ratio.
+fn within(
+    r: &Results,
+    impl_name: &str,
+    workloads: &[String],
+    limit: f64,
+    reference: impl Fn(&str) -> Option<f64>,
+) -> Option<(bool, String)> {
+    let mut ratios = Vec::new();
+    for w in workloads {
+        let (Some(k), Some(p)) = (ns(r, w, impl_name), reference(w)) else { continue };
+        ratios.push((k / p, w.as_str(), k, p));
+    }
+    if ratios.is_empty() {
+        return None;
+    }
+    ratios.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let misses: Vec<String> = ratios
+        .iter()
+        .filter(|(ratio, ..)| *ratio > limit)
+        .map(|(ratio, w, k, p)| format!("{w} {k:.1} vs {p:.1} ns = {ratio:.2}x"))
+        .collect();
+    let text = if misses.is_empty() {
+        let (ratio, w, ..) = ratios[0];
+        format!("all {} rows within; worst {w} at {ratio:.2}x", ratios.len())
+    } else {
+        format!("{} of {} rows over: {}", misses.len(), ratios.len(), misses.join("; "))
+    };
+    Some((misses.is_empty(), text))
+}
+
+/// Performance against the peers: the same work in each row (every unmap
+/// flushes), kvirt at most as slow as the faster peer.
+fn peer_targets(r: &Results) -> Vec<Target> {
+    let rows = |ops: &[&str]| -> Vec<String> {
+        crate::bench::SIZES.iter().flat_map(|n| ops.iter().map(move |op| format!("{op}-4k-x{n}"))).collect()
+    };
+    let peer = |w: &str| faster_peer(r, w);
+    let floor = |w: &str| ns(r, w, "floor");
+    let target = |id, goal, result: Option<(bool, String)>| match result {
+        Some((pass, measured)) => Target { id, goal, pass: Some(pass), measured },
+        None => missing(id),
+    };
+    let area_512 = within(r, "kvirt-area", &["map-4k-x512".into(), "unmap-4k-x512".into()], 1.5, peer);
+    let map_floor = within(r, "kvirt-area", &["map-4k-x512".into()], 3.0, floor);
+    let area_512 = match (area_512, map_floor) {
+        (Some((a, at)), Some((b, bt))) => {
+            Some((a && b, format!("against the faster peer: {at}; against the floor: {bt}")))
+        }
+        _ => None,
+    };
+    vec![
+        target(
+            "(e)",
+            "kvirt-pt at most 1.0x the faster peer on every map, unmap and query row (1 to 65536 pages)",
+            within(r, "kvirt-pt", &rows(&["map", "unmap", "query", "query-chain"]), 1.0, peer),
+        ),
+        target(
+            "(f)",
+            "KVirtArea::query throughput (random queries) at most 1.0x the faster peer's, at every size",
+            within(r, "kvirt-area", &rows(&["query"]), 1.0, peer),
+        ),
+        target(
+            "(g)",
+            "KVirtArea::query latency (chained queries) at most 1.1x the raw walk, at every size",
+            within(r, "kvirt-area", &rows(&["query-chain"]), 1.1, floor),
+        ),
+        target(
+            "(h)",
+            "kvirt-area map and unmap of 512 pages at most 1.5x the faster peer per page, and map at most 3x the floor",
+            area_512,
+        ),
+    ]
 }
 
 fn missing(id: &'static str) -> Target {
@@ -292,6 +377,12 @@ pub fn text_table(r: &Results, targets: &[Target]) -> String {
     if !r.churn.is_empty() {
         let _ = writeln!(out, "\n{}", churn_text(r));
     }
+    if !r.breakdown.is_empty() {
+        let _ = writeln!(out, "\nbreakdown of kvirt's 1-page map+unmap (hosted, 2 simulated CPUs):");
+        for row in breakdown_rows(r) {
+            let _ = writeln!(out, "  {:<10} {:>9} ns {:>9} ns  {}", row[0], row[2], row[3], row[1]);
+        }
+    }
     let _ = writeln!(out, "\ntargets:");
     for t in targets {
         let _ = writeln!(out, "  {} {} {}\n       {}", t.verdict(), t.id, t.goal, t.measured);
@@ -340,6 +431,28 @@ fn churn_text(r: &Results) -> String {
         let _ = writeln!(out, "  {:<6} {:>7} {:>20} {:>28}  {}", row[0], row[1], row[2], row[3], row[4]);
     }
     out
+}
+
+/// The breakdown's rows: step, what it adds, ns per op, and the
+/// difference to the step it builds on (the cost the step names).
+fn breakdown_rows(r: &Results) -> Vec<[String; 4]> {
+    let ns = |name: &str| r.breakdown.iter().find(|s| s.name == name).map(|s| s.stats.ns_per_op);
+    // What each step is measured on top of.
+    let base = |name: &str| match name {
+        "cursor" => ns("rcu"),
+        "untracked" => ns("cursor"),
+        "tracked" => ns("untracked"),
+        "reclaim" => ns("tracked"),
+        "area" => ns("reclaim").zip(ns("flush")).map(|(a, b)| a + b),
+        _ => Some(0.0),
+    };
+    r.breakdown
+        .iter()
+        .map(|s| {
+            let own = base(s.name).map_or_else(String::new, |b| format!("{:.1}", s.stats.ns_per_op - b));
+            [s.name.to_string(), s.what.to_string(), format!("{:.1}", s.stats.ns_per_op), own]
+        })
+        .collect()
 }
 
 fn json_str(s: &str) -> String {
@@ -461,7 +574,21 @@ pub fn json(r: &Results, targets: &[Target]) -> String {
             )
         })
         .collect();
-    let _ = writeln!(out, "  \"churn\": [\n{}\n  ]", churn.join(",\n"));
+    let _ = writeln!(out, "  \"churn\": [\n{}\n  ],", churn.join(",\n"));
+    let breakdown: Vec<String> = r
+        .breakdown
+        .iter()
+        .map(|s| {
+            format!(
+                "    {{\"step\": {}, \"what\": {}, \"ns_per_op\": {}, \"runs\": [{}]}}",
+                json_str(s.name),
+                json_str(s.what),
+                json_num(s.stats.ns_per_op),
+                s.stats.runs.iter().map(|v| json_num(*v)).collect::<Vec<_>>().join(", ")
+            )
+        })
+        .collect();
+    let _ = writeln!(out, "  \"breakdown\": [\n{}\n  ]", breakdown.join(",\n"));
     out.push_str("}\n");
     out
 }
@@ -613,15 +740,17 @@ pub const REGENERATE: &str =
 /// The command that regenerates docs/BENCHMARKS-sv48.md.
 pub const REGENERATE_SV48: &str = "cargo run --release -p kvirt-cli -- bench --arch sv48 --json docs/bench-sv48.json --svg docs/bench-sv48.svg --markdown docs/BENCHMARKS-sv48.md";
 
-/// The file, next to the Markdown page, whose text the page includes as
-/// its section on the demo kernel's SMP churn: measured under QEMU by
-/// `cargo xtask qemu` (which `kvirt bench` cannot run), and copied there
-/// from the kernel's report.
-pub const KERNEL_SECTION: &str = "kernel-churn.md";
+/// Files, next to the Markdown page, whose texts the page includes as
+/// sections of their own, in this order, when they exist: measurements
+/// `kvirt bench` cannot take itself. `instructions.md` is written by `cargo
+/// xtask instructions` (callgrind); `kernel-churn.md` holds the demo
+/// kernel's SMP churn under QEMU, copied from its report.
+pub const INCLUDED: [&str; 2] = ["instructions.md", "kernel-churn.md"];
 
-/// docs/BENCHMARKS.md; `kernel` is the text of [`KERNEL_SECTION`], if any.
+/// docs/BENCHMARKS.md; `included` are the texts of the [`INCLUDED`] files
+/// that exist.
 #[must_use]
-pub fn markdown(r: &Results, targets: &[Target], svg_link: Option<&str>, kernel: Option<&str>) -> String {
+pub fn markdown(r: &Results, targets: &[Target], svg_link: Option<&str>, included: &[String]) -> String {
     let m = &r.machine;
     let mut out = String::new();
     let (title, regenerate) = match r.arch {
@@ -658,8 +787,8 @@ pub fn markdown(r: &Results, targets: &[Target], svg_link: Option<&str>, kernel:
     let _ = writeln!(out, "| impl | what |\n|---|---|");
     let _ = writeln!(out, "| `kvirt-area` | kvirt's public API: `KVirtArea::map_frames` with pre-allocated frames, `KVirtArea::query`, drop (unmap, TLB flush, free the range) |");
     let _ = writeln!(out, "| `kvirt-pt` | kvirt's raw page table: `PageTable<KernelPtConfig>`, one `CursorMut` per range (`try_map_frames`, `take_next`, then a TLB flush), queries by the lock-free `PageTable::translate` |");
-    let _ = writeln!(out, "| `x86_64` | the `x86_64` crate 0.15 (default features off): `OffsetPageTable` `map_to` / `translate_addr` / `unmap`, flushes ignored |");
-    let _ = writeln!(out, "| `multiarch` | `page_table_multiarch` 0.6 (ArceOS): `X64PageTable` with a `PagingHandler` over simulated RAM; `map` / `query` / `unmap`, `map_region` with huge pages |");
+    let _ = writeln!(out, "| `x86_64` | the `x86_64` crate 0.15 (default features off): `OffsetPageTable` `map_to` / `translate_addr` / `unmap` (its per-page `MapperFlush`es ignored), then one flush of the unmapped range on both simulated CPUs |");
+    let _ = writeln!(out, "| `multiarch` | `page_table_multiarch` 0.6 (ArceOS): `X64PageTable` with a `PagingHandler` over simulated RAM; `map` / `query` / `unmap`, `map_region` with huge pages, then one flush of the unmapped range on both simulated CPUs |");
     let _ = writeln!(out, "| `floor` | the cheapest possible table: map = one PTE store per page into pre-allocated, pre-linked leaves; query = a raw 4-level walk; unmap = one store of zero |\n");
     let _ = writeln!(
         out,
@@ -667,7 +796,7 @@ pub fn markdown(r: &Results, targets: &[Target], svg_link: Option<&str>, kernel:
     );
     let _ = writeln!(
         out,
-        "Both peers build on stable Rust (1.95 here), so none had to be left out: the `x86_64` crate's default features include `nightly`, so it is used with `default-features = false` (the paging structures and `OffsetPageTable` need no feature); `page_table_multiarch` 0.6.2 (and its `page_table_entry`, `memory_addr`) needs nothing special. Its TLB flushes compile only for `target_os = \"none\"`, and the `x86_64` crate's `MapperFlush`es are `.ignore()`d, so neither peer flushes a TLB here; kvirt's drop and `kvirt-pt`'s unmap do flush the simulated TLBs of both CPUs.\n"
+        "Both peers build on stable Rust (1.95 here), so none had to be left out: the `x86_64` crate's default features include `nightly`, so it is used with `default-features = false` (the paging structures and `OffsetPageTable` need no feature); `page_table_multiarch` 0.6.2 (and its `page_table_entry`, `memory_addr`) needs nothing special. Its TLB flushes compile only for `target_os = \"none\"`, and the `x86_64` crate's `MapperFlush`es (an `invlpg`) cannot run in user mode; so that every unmap row does the same work, each peer's unmap ends with one flush of the unmapped range on the simulated TLBs of its machine's two CPUs, the very call kvirt's hosted platform makes for a shoot-down, as kvirt's drop and `kvirt-pt`'s unmap do. The floor does not flush.\n"
     );
     let _ = writeln!(out, "## Results\n");
     let _ = writeln!(out, "`x kvirt` is the time per op relative to `kvirt-area` (or `kvirt-pt` where `kvirt-area` has no such op): above 1 is slower than kvirt. `spread` is (slowest - fastest timed run) / median. The area workloads exist only for kvirt (the peers have no virtual-range allocator; `bench.json` marks those cells unsupported).\n");
@@ -689,8 +818,16 @@ pub fn markdown(r: &Results, targets: &[Target], svg_link: Option<&str>, kernel:
             let _ = writeln!(out, "| {} |", row.join(" | "));
         }
     }
-    if let Some(kernel) = kernel.filter(|_| r.arch == super::Arch::X86_64) {
-        let _ = writeln!(out, "\n{}", kernel.trim_end());
+    if !r.breakdown.is_empty() {
+        let _ = writeln!(out, "\n## Breakdown: where a 1-page map and unmap go\n");
+        let _ = writeln!(out, "kvirt's 1-page map and unmap measured with one more piece of work at a time, on `kvirt-pt`'s raw table of a hosted space with two simulated CPUs (`bench/breakdown.rs`). `ns` is the step's whole time per map+unmap; `own` is what it adds to the step it builds on (for `area`: to `reclaim` plus `flush`), the cost the step names.\n");
+        let _ = writeln!(out, "| step | what | ns | own |\n|---|---|---:|---:|");
+        for row in breakdown_rows(r) {
+            let _ = writeln!(out, "| {} | {} | {} | {} |", row[0], row[1], row[2], row[3]);
+        }
+    }
+    for text in included.iter().filter(|_| r.arch == super::Arch::X86_64) {
+        let _ = writeln!(out, "\n{}", text.trim_end());
     }
     if let Some(link) = svg_link {
         let _ = writeln!(out, "\n## Plot\n\n![time per op, log scale]({link})\n");

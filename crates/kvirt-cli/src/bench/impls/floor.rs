@@ -139,6 +139,7 @@ impl Mapper for Floor {
         (0..n).map(|i| self.data[i % POOL_FRAMES]).collect()
     }
 
+    #[inline(never)] // a symbol of its own for `cargo xtask instructions`
     fn map(&mut self, va: Vaddr, frames: Vec<Paddr>) -> Mapped {
         for (slot, &pa) in self.leaf_slots(va, frames.len()).iter().zip(&frames) {
             slot.store(pa as u64 | P | W, Ordering::Relaxed);
@@ -167,6 +168,7 @@ impl Mapper for Floor {
         None
     }
 
+    #[inline(never)] // as `map`
     fn unmap(&mut self, mapping: Mapped) {
         if mapping.pages == 0 {
             self.entry(self.huge_slot).store(0, Ordering::Relaxed);

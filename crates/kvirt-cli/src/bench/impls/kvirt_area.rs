@@ -24,7 +24,9 @@ impl<L: KernelLayout> KvirtArea<L> {
     /// If the frames cannot be allocated.
     #[must_use]
     pub fn new() -> Self {
-        let space = KernelSpace::<L>::hosted_with_layout(MachineConfig::new(KVIRT_RAM).cpus(2));
+        let space = KernelSpace::<L>::hosted_with_layout(
+            MachineConfig::new(KVIRT_RAM).cpus(crate::bench::mapper::CPUS),
+        );
         let seg = FrameAllocOptions::new_in(&space).alloc_segment(POOL_FRAMES).expect("pool frames");
         Self { pool: seg.into_iter().collect(), space }
     }
@@ -51,6 +53,7 @@ impl<L: KernelLayout> Mapper for KvirtArea<L> {
         (0..n).map(|i| self.pool[i % POOL_FRAMES].clone()).collect()
     }
 
+    #[inline(never)] // a symbol of its own for `cargo xtask instructions`
     fn map(&mut self, _va: Vaddr, frames: Self::Frames) -> KVirtArea<L> {
         let size = frames.len() * PAGE_SIZE;
         self.space.try_map_frames(size, 0, frames, kvirt_prop()).expect("map_frames")
@@ -67,6 +70,7 @@ impl<L: KernelLayout> Mapper for KvirtArea<L> {
         })
     }
 
+    #[inline(never)] // as `map`
     fn unmap(&mut self, mapping: KVirtArea<L>) {
         drop(mapping);
     }

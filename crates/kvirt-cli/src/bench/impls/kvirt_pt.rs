@@ -34,7 +34,9 @@ impl<L: KernelLayout> KvirtPt<L> {
     /// If memory runs out.
     #[must_use]
     pub fn new() -> Self {
-        let space = KernelSpace::<L>::hosted_with_layout(MachineConfig::new(KVIRT_RAM).cpus(2));
+        let space = KernelSpace::<L>::hosted_with_layout(
+            MachineConfig::new(KVIRT_RAM).cpus(crate::bench::mapper::CPUS),
+        );
         let seg = FrameAllocOptions::new_in(&space).alloc_segment(POOL_FRAMES).expect("pool frames");
         let pt = PageTable::<KernelPtConfig<L::Format>>::empty_in(&space).expect("page table");
         Self { pt, pool: seg.into_iter().collect(), space }
@@ -68,6 +70,7 @@ impl<L: KernelLayout> Mapper for KvirtPt<L> {
         (0..n).map(|i| self.pool[i % POOL_FRAMES].clone().into_dyn()).collect()
     }
 
+    #[inline(never)] // a symbol of its own for `cargo xtask instructions`
     fn map(&mut self, va: Vaddr, frames: Self::Frames) -> Range<Vaddr> {
         let range = va..va + frames.len() * PAGE_SIZE;
         let mut cursor = self.pt.cursor_mut(&range).expect("a kernel range");
@@ -83,6 +86,7 @@ impl<L: KernelLayout> Mapper for KvirtPt<L> {
         self.pt.translate(va).map(|(pa, _)| pa)
     }
 
+    #[inline(never)] // as `map`
     fn unmap(&mut self, mapping: Range<Vaddr>) {
         self.unmap_range(mapping);
     }

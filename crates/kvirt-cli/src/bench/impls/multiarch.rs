@@ -4,12 +4,14 @@
 //! Its `PagingHandler` is a type with static functions, so the handler's
 //! state (the RAM base and the frame pool) is global: only one instance of
 //! this adapter may exist at a time, which `new` asserts. TLB flushes in
-//! the crate only run on bare metal (`target_os = "none"`).
+//! the crate only run on bare metal (`target_os = "none"`), so `unmap`
+//! flushes the machine's simulated TLBs itself, as kvirt does
+//! ([`flush_all_cpus`]).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use kvirt::sim::{Machine, MachineConfig};
+use kvirt::sim::Machine;
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
 use memory_addr::{PhysAddr, VirtAddr};
 use page_table_entry::x86_64::X64PTE;
@@ -17,7 +19,7 @@ use page_table_multiarch::x86_64::X64PagingMetaData;
 use page_table_multiarch::{GenericPTE, MappingFlags, PageSize, PageTable64, PagingHandler, PagingMetaData};
 
 use super::PEER_RAM;
-use crate::bench::mapper::{peer_ram, Mapper, PhysPool, POOL_FRAMES};
+use crate::bench::mapper::{flush_all_cpus, peer_machine, peer_ram, Mapper, PhysPool, POOL_FRAMES};
 
 static IN_USE: AtomicBool = AtomicBool::new(false);
 static RAM_BASE: AtomicUsize = AtomicUsize::new(0);
@@ -89,7 +91,7 @@ impl<M: PagingMetaData<VirtAddr = VirtAddr>, E: GenericPTE> Multiarch<M, E> {
             !IN_USE.swap(true, Ordering::SeqCst),
             "one multiarch adapter at a time (global handler state)"
         );
-        let machine = Arc::new(Machine::new(MachineConfig::new(PEER_RAM)));
+        let machine = Arc::new(peer_machine(PEER_RAM));
         let mut pool = PhysPool::new(peer_ram(PEER_RAM));
         let data: Vec<Paddr> = (0..POOL_FRAMES).map(|_| pool.alloc().expect("pool frame")).collect();
         *POOL.lock().expect("pool lock") = Some(pool);
@@ -123,6 +125,7 @@ impl<M: PagingMetaData<VirtAddr = VirtAddr>, E: GenericPTE> Mapper for Multiarch
         (0..n).map(|i| self.pool[i % POOL_FRAMES]).collect()
     }
 
+    #[inline(never)] // a symbol of its own for `cargo xtask instructions`
     fn map(&mut self, va: Vaddr, frames: Vec<Paddr>) -> Region {
         let mut cursor = self.table.cursor();
         for (i, &pa) in frames.iter().enumerate() {
@@ -141,17 +144,22 @@ impl<M: PagingMetaData<VirtAddr = VirtAddr>, E: GenericPTE> Mapper for Multiarch
         self.table.query(VirtAddr::from(va)).ok().map(|(pa, _, _)| pa.as_usize())
     }
 
+    #[inline(never)] // as `map`
     fn unmap(&mut self, mapping: Region) {
         let mut cursor = self.table.cursor();
         if mapping.huge_len > 0 {
             cursor
                 .unmap_region(VirtAddr::from(mapping.start), mapping.huge_len)
                 .expect("multiarch unmap_region");
+            drop(cursor);
+            flush_all_cpus(&self.machine, mapping.start..mapping.start + mapping.huge_len);
             return;
         }
         for i in 0..mapping.pages {
             cursor.unmap(VirtAddr::from(mapping.start + i * PAGE_SIZE)).expect("multiarch unmap");
         }
+        drop(cursor);
+        flush_all_cpus(&self.machine, mapping.start..mapping.start + mapping.pages * PAGE_SIZE);
     }
 
     fn map_huge(&mut self, va: Vaddr, pa: Paddr, len: usize) -> Option<Region> {

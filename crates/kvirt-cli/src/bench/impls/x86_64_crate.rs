@@ -2,12 +2,13 @@
 //!
 //! The physical-memory offset is the machine's RAM base pointer, so the
 //! crate reaches page-table frame `pa` at `ram_base + pa`, as a kernel with
-//! a linear mapping would. The returned `MapperFlush`es are ignored: there
-//! is no `invlpg` in user mode (and no TLB to flush for these tables).
+//! a linear mapping would. The returned `MapperFlush`es are ignored (their
+//! `invlpg` cannot run in user mode); instead `unmap` flushes the range on
+//! the machine's simulated TLBs once, as kvirt does ([`flush_all_cpus`]).
 
 use std::sync::Arc;
 
-use kvirt::sim::{Machine, MachineConfig};
+use kvirt::sim::Machine;
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
 use x86_64::structures::paging::{
     FrameAllocator, Mapper as _, OffsetPageTable, Page, PageTable, PageTableFlags, PhysFrame, Size1GiB,
@@ -16,7 +17,7 @@ use x86_64::structures::paging::{
 use x86_64::{PhysAddr, VirtAddr};
 
 use super::PEER_RAM;
-use crate::bench::mapper::{peer_ram, Mapper, PhysPool, POOL_FRAMES};
+use crate::bench::mapper::{flush_all_cpus, peer_machine, peer_ram, Mapper, PhysPool, POOL_FRAMES};
 
 /// The frame allocator the crate asks for new tables.
 #[derive(Debug)]
@@ -59,7 +60,7 @@ impl X86Crate {
     /// If the machine has no room for them.
     #[must_use]
     pub fn new() -> Self {
-        let machine = Arc::new(Machine::new(MachineConfig::new(PEER_RAM)));
+        let machine = Arc::new(peer_machine(PEER_RAM));
         let mut pool = PhysPool::new(peer_ram(PEER_RAM));
         let data: Vec<Paddr> = (0..POOL_FRAMES).map(|_| pool.alloc().expect("pool frame")).collect();
         let root = pool.alloc().expect("root table");
@@ -101,6 +102,7 @@ impl Mapper for X86Crate {
         (0..n).map(|i| self.pool[i % POOL_FRAMES]).collect()
     }
 
+    #[inline(never)] // a symbol of its own for `cargo xtask instructions`
     fn map(&mut self, va: Vaddr, frames: Vec<Paddr>) -> Range4K {
         for (i, &pa) in frames.iter().enumerate() {
             let frame = PhysFrame::<Size4KiB>::containing_address(PhysAddr::new(pa as u64));
@@ -121,15 +123,18 @@ impl Mapper for X86Crate {
         self.table.translate_addr(VirtAddr::new_truncate(va as u64)).map(|pa| pa.as_u64() as usize)
     }
 
+    #[inline(never)] // as `map`
     fn unmap(&mut self, mapping: Range4K) {
         if mapping.huge {
             let p = Page::<Size1GiB>::containing_address(VirtAddr::new_truncate(mapping.start as u64));
             self.table.unmap(p).expect("x86_64 unmap 1 GiB").1.ignore();
+            flush_all_cpus(&self.machine, mapping.start..mapping.start + (1 << 30));
             return;
         }
         for i in 0..mapping.pages {
             self.table.unmap(page(mapping.start + i * PAGE_SIZE)).expect("x86_64 unmap").1.ignore();
         }
+        flush_all_cpus(&self.machine, mapping.start..mapping.start + mapping.pages * PAGE_SIZE);
     }
 
     fn map_huge(&mut self, va: Vaddr, pa: Paddr, len: usize) -> Option<Range4K> {

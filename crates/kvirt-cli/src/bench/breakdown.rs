@@ -1,0 +1,119 @@
+//! Where kvirt's 1-page map and unmap spend their time: the same
+//! operation measured with one more piece of work at a time, so that each
+//! difference names a cost.
+//!
+//! Every step runs on a raw `PageTable<KernelPtConfig>` of a hosted space
+//! with two simulated CPUs (what `kvirt-pt` uses), at one page of
+//! VMALLOC's range:
+//!
+//! | step | adds |
+//! |---|---|
+//! | `rcu` | a read-side section entered and left: the hosted platform's (a `crossbeam-epoch` pin); a kernel's is a preemption count |
+//! | `cursor` | a `CursorMut` over the page, created and dropped: its read-side section, the walk down and the node lock |
+//! | `untracked` | mapping an untracked page and taking it back: the PTE stores |
+//! | `tracked` | the same with a tracked frame: its reference count, up and down |
+//! | `reclaim` | the same with no neighbour in the leaf node, so the node is allocated at the map and reclaimed at the unmap |
+//! | `flush` | the unmap's shoot-down of the page on both CPUs, alone |
+//! | `area` | `KVirtArea::map_frames` of one page and its drop: all of the above plus VMALLOC, the area registry and the area's own bookkeeping |
+//!
+//! The leaf node of the first four steps stays alive (a neighbour page is
+//! mapped) except in `reclaim`.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use kvirt::frame::{Frame, FrameAllocOptions};
+use kvirt::kspace::KernelSpace;
+use kvirt::page_table::{KernelPtConfig, MappedItem, PageTable};
+use kvirt::platform::{TlbFlushOp, TlbScope};
+use kvirt::sim::MachineConfig;
+use kvirt::PAGE_SIZE;
+
+use super::impls::{kvirt_prop, KVIRT_RAM};
+use super::mapper::{BASE_VA, CPUS};
+use super::{Config, Stats};
+use crate::{ensure, Error};
+
+/// One step of the breakdown.
+#[derive(Clone, Debug)]
+pub struct Step {
+    /// Short name (JSON, tables).
+    pub name: &'static str,
+    /// What it measures.
+    pub what: &'static str,
+    /// Time per operation.
+    pub stats: Stats,
+}
+
+/// The steps, in order (see the module documentation).
+pub const STEPS: [(&str, &str); 7] = [
+    ("rcu", "a read-side section entered and left (hosted: a crossbeam-epoch pin)"),
+    ("cursor", "CursorMut over the page, created and dropped (+ walk down, node lock)"),
+    ("untracked", "+ map an untracked page and take it back (PTE stores)"),
+    ("tracked", "+ a tracked frame instead (reference count up and down)"),
+    ("reclaim", "+ no neighbour: the leaf node allocated and reclaimed"),
+    ("flush", "the unmap's shoot-down of the page on both CPUs, alone"),
+    ("area", "KVirtArea::map_frames of 1 page + drop (adds VMALLOC, registry, area)"),
+];
+
+fn time(cfg: &Config, ops: usize, mut body: impl FnMut()) -> Stats {
+    let mut runs = Vec::new();
+    for run in 0..cfg.warmup + cfg.runs {
+        let t = Instant::now();
+        for _ in 0..ops {
+            body();
+        }
+        if run >= cfg.warmup {
+            runs.push(t.elapsed().as_nanos() as f64 / ops as f64);
+        }
+    }
+    Stats::from_runs(runs, ops as u64)
+}
+
+/// Measures every step.
+///
+/// # Errors
+///
+/// If memory runs out or the space's counters are not back afterwards.
+pub fn measure(cfg: &Config) -> Result<Vec<Step>, Error> {
+    let space = KernelSpace::new_hosted(MachineConfig::new(KVIRT_RAM).cpus(CPUS));
+    let pt = PageTable::<KernelPtConfig>::empty_in(&space)?;
+    let frame: Frame<()> = FrameAllocOptions::new_in(&space).alloc_frame()?;
+    let (va, neighbour, lone) = (BASE_VA, BASE_VA + PAGE_SIZE, BASE_VA + (4 << 20));
+    let page = va..va + PAGE_SIZE;
+    let prop = kvirt_prop();
+    let map_take = |va: usize, item: MappedItem| {
+        let mut cursor = pt.cursor_mut(&(va..va + PAGE_SIZE)).expect("a kernel range");
+        cursor.map(item);
+        cursor.jump(va).expect("inside the cursor");
+        drop(black_box(cursor.take_next(PAGE_SIZE)));
+    };
+    space.synchronize();
+    let before = space.phys_stats();
+    // The neighbour keeps the leaf node of `va` alive.
+    pt.cursor_mut(&(neighbour..neighbour + PAGE_SIZE))
+        .expect("a kernel range")
+        .map(MappedItem::Untracked(0, 1, prop));
+    let ops = cfg.area_ops;
+    let pa = frame.paddr();
+    let platform = space.platform();
+    let mut results = vec![
+        time(cfg, ops, || {
+            platform.rcu_read_lock();
+            platform.rcu_read_unlock();
+        }),
+        time(cfg, ops, || drop(black_box(pt.cursor_mut(&page).expect("a kernel range")))),
+        time(cfg, ops, || map_take(va, MappedItem::Untracked(pa, 1, prop))),
+        time(cfg, ops, || map_take(va, MappedItem::Tracked(frame.clone().into_dyn(), prop))),
+        time(cfg, ops, || map_take(lone, MappedItem::Tracked(frame.clone().into_dyn(), prop))),
+        time(cfg, ops, || space.platform().flush_tlb(TlbFlushOp::Range(page.clone()), TlbScope::AllCpus)),
+    ];
+    results.push(time(cfg, ops, || {
+        let area = space.try_map_frames(PAGE_SIZE, 0, [frame.clone()], prop).expect("an area");
+        drop(black_box(area));
+    }));
+    drop(pt.cursor_mut(&(neighbour..neighbour + PAGE_SIZE)).expect("a kernel range").take_next(PAGE_SIZE));
+    space.synchronize();
+    ensure(space.phys_stats() == before, || "the breakdown leaked".into())?;
+    Ok(STEPS.iter().zip(results).map(|(&(name, what), stats)| Step { name, what, stats }).collect())
+}
