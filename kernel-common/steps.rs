@@ -221,7 +221,7 @@ pub fn dropped_area(space: &Space) -> String {
 /// counter comes back.
 pub fn churn(space: &Space) -> String {
     let before = Snapshot::take(space);
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::new(1);
     let mut areas: Vec<(Area, usize, u64)> = Vec::with_capacity(CHURN_AREAS);
     let mut frames = 0;
     for i in 0..CHURN_AREAS {
