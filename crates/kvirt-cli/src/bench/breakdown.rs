@@ -15,6 +15,8 @@
 //! | `reclaim` | the same with no neighbour in the leaf node, so the node is allocated at the map and reclaimed at the unmap |
 //! | `flush` | the unmap's shoot-down of the page on both CPUs, alone |
 //! | `area` | `KVirtArea::map_frames` of one page and its drop: all of the above plus VMALLOC, the area registry and the area's own bookkeeping |
+//! | `512-untracked` | per page, 512 untracked pages mapped through one cursor and taken back (no flush) |
+//! | `512-tracked` | the same with 512 distinct tracked frames: the reference counts of frames whose metadata is not in cache |
 //!
 //! The leaf node of the first four steps stays alive (a neighbour page is
 //! mapped) except in `reclaim`.
@@ -46,7 +48,7 @@ pub struct Step {
 }
 
 /// The steps, in order (see the module documentation).
-pub const STEPS: [(&str, &str); 7] = [
+pub const STEPS: [(&str, &str); 9] = [
     ("rcu", "a read-side section entered and left (hosted: a crossbeam-epoch pin)"),
     ("cursor", "CursorMut over the page, created and dropped (+ walk down, node lock)"),
     ("untracked", "+ map an untracked page and take it back (PTE stores)"),
@@ -54,7 +56,12 @@ pub const STEPS: [(&str, &str); 7] = [
     ("reclaim", "+ no neighbour: the leaf node allocated and reclaimed"),
     ("flush", "the unmap's shoot-down of the page on both CPUs, alone"),
     ("area", "KVirtArea::map_frames of 1 page + drop (adds VMALLOC, registry, area)"),
+    ("512-untracked", "per page: 512 untracked pages mapped by one cursor and taken back (no flush)"),
+    ("512-tracked", "per page: the same with 512 distinct tracked frames (their reference counts)"),
 ];
+
+/// Pages of the last two steps' ranges.
+const RANGE: usize = 512;
 
 fn time(cfg: &Config, ops: usize, mut body: impl FnMut()) -> Stats {
     let mut runs = Vec::new();
@@ -112,6 +119,39 @@ pub fn measure(cfg: &Config) -> Result<Vec<Step>, Error> {
         let area = space.try_map_frames(PAGE_SIZE, 0, [frame.clone()], prop).expect("an area");
         drop(black_box(area));
     }));
+    // 512 pages (the same 2 MiB, leaf node kept by the neighbour above it).
+    let pool = FrameAllocOptions::new_in(&space).alloc_segment(RANGE)?;
+    let pool: Vec<Frame<()>> = pool.into_iter().collect();
+    let range = BASE_VA + (8 << 20)..BASE_VA + (8 << 20) + RANGE * PAGE_SIZE;
+    pt.cursor_mut(&(range.end..range.end + PAGE_SIZE))
+        .expect("a kernel range")
+        .map(MappedItem::Untracked(0, 1, prop));
+    let map_take_range = |tracked: bool| {
+        let mut cursor = pt.cursor_mut(&range).expect("a kernel range");
+        for (i, frame) in pool.iter().enumerate() {
+            let item = if tracked {
+                MappedItem::Tracked(frame.clone().into_dyn(), prop)
+            } else {
+                MappedItem::Untracked(frame.paddr(), 1, prop)
+            };
+            cursor.jump(range.start + i * PAGE_SIZE).expect("inside the cursor");
+            cursor.map(item);
+        }
+        cursor.jump(range.start).expect("inside the cursor");
+        while let Some(frag) = cursor.take_next(range.end - cursor.virt_addr()) {
+            drop(black_box(frag));
+        }
+    };
+    let per_page = |mut stats: Stats| {
+        stats.ns_per_op /= RANGE as f64;
+        stats.runs.iter_mut().for_each(|r| *r /= RANGE as f64);
+        stats
+    };
+    let range_ops = (ops / RANGE).max(8);
+    results.push(per_page(time(cfg, range_ops, || map_take_range(false))));
+    results.push(per_page(time(cfg, range_ops, || map_take_range(true))));
+    drop(pt.cursor_mut(&(range.end..range.end + PAGE_SIZE)).expect("a kernel range").take_next(PAGE_SIZE));
+    drop(pool);
     drop(pt.cursor_mut(&(neighbour..neighbour + PAGE_SIZE)).expect("a kernel range").take_next(PAGE_SIZE));
     space.synchronize();
     ensure(space.phys_stats() == before, || "the breakdown leaked".into())?;

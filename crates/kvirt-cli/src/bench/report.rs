@@ -380,7 +380,7 @@ pub fn text_table(r: &Results, targets: &[Target]) -> String {
     if !r.breakdown.is_empty() {
         let _ = writeln!(out, "\nbreakdown of kvirt's 1-page map+unmap (hosted, 2 simulated CPUs):");
         for row in breakdown_rows(r) {
-            let _ = writeln!(out, "  {:<10} {:>9} ns {:>9} ns  {}", row[0], row[2], row[3], row[1]);
+            let _ = writeln!(out, "  {:<13} {:>9} ns {:>9} ns  {}", row[0], row[2], row[3], row[1]);
         }
     }
     let _ = writeln!(out, "\ntargets:");
@@ -444,6 +444,7 @@ fn breakdown_rows(r: &Results) -> Vec<[String; 4]> {
         "tracked" => ns("untracked"),
         "reclaim" => ns("tracked"),
         "area" => ns("reclaim").zip(ns("flush")).map(|(a, b)| a + b),
+        "512-tracked" => ns("512-untracked"),
         _ => Some(0.0),
     };
     r.breakdown
@@ -820,7 +821,7 @@ pub fn markdown(r: &Results, targets: &[Target], svg_link: Option<&str>, include
     }
     if !r.breakdown.is_empty() {
         let _ = writeln!(out, "\n## Breakdown: where a 1-page map and unmap go\n");
-        let _ = writeln!(out, "kvirt's 1-page map and unmap measured with one more piece of work at a time, on `kvirt-pt`'s raw table of a hosted space with two simulated CPUs (`bench/breakdown.rs`). `ns` is the step's whole time per map+unmap; `own` is what it adds to the step it builds on (for `area`: to `reclaim` plus `flush`), the cost the step names.\n");
+        let _ = writeln!(out, "kvirt's 1-page map and unmap measured with one more piece of work at a time, on `kvirt-pt`'s raw table of a hosted space with two simulated CPUs (`bench/breakdown.rs`). `ns` is the step's whole time per map+unmap (per page for the 512-page steps); `own` is what it adds to the step it builds on (for `area`: to `reclaim` plus `flush`; for `512-tracked`: to `512-untracked`), the cost the step names.\n");
         let _ = writeln!(out, "| step | what | ns | own |\n|---|---|---:|---:|");
         for row in breakdown_rows(r) {
             let _ = writeln!(out, "| {} | {} | {} | {} |", row[0], row[1], row[2], row[3]);
