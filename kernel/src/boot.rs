@@ -19,7 +19,8 @@
 //!    while it builds its own tables), and the first GiB at
 //!    `0xffff_ffff_8000_0000` (the kernel image at its link address);
 //! 4. enables PAE, `EFER.LME` and `EFER.NXE`, then paging with `CR0.WP`,
-//!    loads a 64-bit GDT and far-returns into 64-bit code;
+//!    loads a 64-bit GDT and far-jumps into 64-bit code (`boot_enter_long_mode`,
+//!    which the application processors run too);
 //! 5. switches to the boot stack (in the image's `.bss`-like `.stack`
 //!    section, so kvirt's mapping of the image covers it) and calls
 //!    [`kernel_entry`] with the `hvm_start_info` address.
@@ -72,6 +73,9 @@ boot_gdt_end:
 boot_gdtr:
     .word boot_gdt_end - boot_gdt - 1
     .long boot_gdt
+boot_bsp_far:                           /* where the bootstrap CPU enters 64-bit mode */
+    .long boot_long_mode
+    .word 0x08
 boot_msg_no_long_mode:
     .asciz "kvirt-kernel: the CPU has no long mode\n"
 boot_msg_no_nx:
@@ -148,6 +152,14 @@ pvh_start32:
     or eax, 0x3
     mov dword ptr [boot_pml4 + 511 * 8], eax    /* kernel image */
 
+    mov edi, offset boot_bsp_far
+    /* fall through */
+
+    /* Enters 64-bit mode on the boot tables and the boot GDT, then jumps to
+       the far pointer at `edi` (a 64-bit code address and selector 0x08).
+       Needs no stack; the application processors come here too (`smp`). */
+    .global boot_enter_long_mode
+boot_enter_long_mode:
     mov eax, cr4
     or eax, 0x20                        /* PAE */
     mov cr4, eax
@@ -160,12 +172,8 @@ pvh_start32:
     mov eax, cr0
     or eax, 0x80010001                  /* PG | WP | PE */
     mov cr0, eax
-
     lgdt [boot_gdtr]
-    mov eax, offset boot_long_mode
-    push 0x08
-    push eax
-    retf
+    jmp fword ptr [edi]
 
 .Lboot_no_long_mode:
     mov esi, offset boot_msg_no_long_mode

@@ -12,9 +12,10 @@
 //! ```text
 //!  0x8000  real mode        lgdt (the trampoline's own GDT), CR0.PE
 //!     |    far jump
-//!  boot    32-bit, paging   PAE, CR3 = boot_pml4, EFER.LME|NXE, CR0.PG|WP
-//!  text    off              (the bootstrap CPU's boot tables, still in the
-//!     |    far jump          image, which kvirt never hands out)
+//!  boot    32-bit, paging   boot_enter_long_mode, as the bootstrap CPU:
+//!  text    off              PAE, CR3 = boot_pml4 (its boot tables, still in
+//!     |                     the image, which kvirt never hands out),
+//!     |    far jump         EFER.LME|NXE, CR0.PG|WP, the boot GDT
 //!  boot    64-bit, boot     identity-mapped; jumps to the kernel's link
 //!  text    tables           address, which the boot tables also map
 //!     |
@@ -85,7 +86,6 @@ kvirt_ap_gdt:
     .quad 0
     .quad 0x00cf9a000000ffff            /* 0x08: 32-bit code */
     .quad 0x00cf92000000ffff            /* 0x10: data */
-    .quad 0x00af9a000000ffff            /* 0x18: 64-bit code */
 kvirt_ap_gdt_end:
 kvirt_ap_gdtr:
     .word kvirt_ap_gdt_end - kvirt_ap_gdt - 1
@@ -100,21 +100,11 @@ kvirt_ap_start32:
     mov ds, ax
     mov es, ax
     mov ss, ax
-    mov eax, cr4
-    or eax, 0x20                        /* PAE */
-    mov cr4, eax
-    mov eax, offset boot_pml4
-    mov cr3, eax
-    mov ecx, 0xc0000080                 /* IA32_EFER */
-    rdmsr
-    or eax, 0x900                       /* LME | NXE */
-    wrmsr
-    mov eax, cr0
-    or eax, 0x80010001                  /* PG | WP | PE */
-    mov cr0, eax
-    .byte 0xea                          /* ljmp 0x18:kvirt_ap_long_mode */
+    mov edi, offset kvirt_ap_far
+    jmp boot_enter_long_mode            /* as the bootstrap CPU did (`boot`) */
+kvirt_ap_far:
     .long kvirt_ap_long_mode
-    .word 0x18
+    .word 0x08                          /* the boot GDT's 64-bit code */
 
     .code64
 kvirt_ap_long_mode:
