@@ -15,11 +15,17 @@
 //! [`barrier`](CountingRcu::barrier) waits (spinning) until every callback
 //! queued before it has run, on whichever CPU: callbacks run one batch at
 //! a time, in queue order, and are counted as they finish (a panicking
-//! one counts as run). It must not be called inside a read-side section,
-//! which would wait for itself.
+//! one counts as run). It must not be called inside a read-side section
+//! or from a callback, either of which would wait for itself.
+//!
+//! Whoever finds another CPU running a batch leaves a note (`wanted`)
+//! rather than wait; the runner looks again after letting go, so a reader
+//! that leaves while the runner is deciding that readers are still active
+//! is not missed (without the note, the callbacks would wait for the next
+//! reader or call).
 
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::RcuCallback;
 
@@ -57,6 +63,8 @@ pub struct CountingRcu {
     /// Held while a batch runs: batches run one at a time, so callbacks
     /// finish in queue order.
     runner: spin::Mutex<()>,
+    /// Set by whoever wanted to run callbacks while another held `runner`.
+    wanted: AtomicBool,
     /// Callbacks queued so far.
     queued: AtomicUsize,
     /// Callbacks run so far (a panicking one included).
@@ -79,6 +87,7 @@ impl CountingRcu {
             readers: AtomicUsize::new(0),
             queue: spin::Mutex::new(Vec::new()),
             runner: spin::Mutex::new(()),
+            wanted: AtomicBool::new(false),
             queued: AtomicUsize::new(0),
             completed: AtomicUsize::new(0),
         }
@@ -120,9 +129,20 @@ impl CountingRcu {
     }
 
     fn run_if_quiescent(&self) {
-        // Another CPU (or this one, further up the stack: a callback that
-        // queues one) is running a batch and will look again when done.
-        let Some(_runner) = self.runner.try_lock() else { return };
+        self.wanted.store(true, Ordering::SeqCst);
+        while self.wanted.load(Ordering::SeqCst) {
+            // Another CPU (or this one, further up the stack: a callback
+            // that queues one) is running a batch: it sees the note when
+            // it lets go (see the module documentation).
+            let Some(_runner) = self.runner.try_lock() else { return };
+            self.wanted.store(false, Ordering::SeqCst);
+            self.run_batches();
+        }
+    }
+
+    /// Runs queued callbacks, batch after batch, while no reader is active.
+    /// The caller holds `runner`.
+    fn run_batches(&self) {
         loop {
             // The queue lock orders this check after the push of every
             // callback we take: a reader that entered after the push cannot
@@ -163,7 +183,12 @@ struct Requeue<'a> {
 impl Drop for Requeue<'_> {
     fn drop(&mut self) {
         if self.batch.len() != 0 {
-            self.rcu.queue.lock().extend(&mut self.batch);
+            // Back at the front: they were queued before anything queued
+            // since, and `barrier` counts on callbacks finishing in order.
+            let mut queue = self.rcu.queue.lock();
+            let later = core::mem::take(&mut *queue);
+            queue.extend(&mut self.batch);
+            queue.extend(later);
         }
     }
 }
