@@ -6,7 +6,6 @@
 //! `crate::HUGE_DEVICE`, device memory that is never touched.
 
 use kvirt::kspace::{KVirtAreaError, MappedItemRef};
-use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
 use kvirt::spec::Inv;
 use kvirt::{Paddr, PAGE_SIZE};
 
@@ -31,7 +30,7 @@ pub fn run(space: &Space, uart: Paddr) {
 
 /// The UART mapped untracked and uncached, and read; RAM refused.
 fn device_memory(space: &Space, uart: Paddr) -> alloc::string::String {
-    let device = PageProperty::new_kernel(PageFlags::RW, CachePolicy::Uncacheable);
+    let device = steps::uncached();
     // SAFETY: the UART's page; only a status register is read.
     let area =
         unsafe { space.try_map_untracked_frames(PAGE_SIZE, 0, uart..uart + PAGE_SIZE, device) }.unwrap();

@@ -47,6 +47,11 @@ pub fn rw() -> PageProperty {
     PageProperty::new_kernel(PageFlags::RW, CachePolicy::Writeback)
 }
 
+/// Kernel read-write device memory (uncached).
+pub fn uncached() -> PageProperty {
+    PageProperty::new_kernel(PageFlags::RW, CachePolicy::Uncacheable)
+}
+
 /// `prop` without the accessed and dirty bits, which the CPU or the format
 /// set in the entries (and kvirt's queries report).
 pub fn rights(prop: PageProperty) -> PageProperty {

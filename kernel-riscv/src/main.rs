@@ -40,7 +40,6 @@ use alloc::boxed::Box;
 use core::panic::PanicInfo;
 
 use kvirt::kspace::Sv39Layout;
-use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
 
 /// The layout the scenario runs on.
@@ -91,7 +90,7 @@ extern "C" fn kmain(_hartid: usize, dtb: Paddr) -> ! {
         core::arch::asm!("csrw satp, {0}", "sfence.vma", in(reg) (8usize << 60) | (root >> 12));
     }
     // The exit device: an untracked area for the rest of the run.
-    let device = PageProperty::new_kernel(PageFlags::RW, CachePolicy::Uncacheable);
+    let device = steps::uncached();
     // SAFETY: the test device's page, which nothing else maps or owns.
     let exit_area = unsafe {
         space.try_map_untracked_frames(PAGE_SIZE, 0, exit::TEST_DEVICE..exit::TEST_DEVICE + PAGE_SIZE, device)

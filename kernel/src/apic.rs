@@ -9,7 +9,6 @@
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 use kvirt::kspace::KVirtArea;
-use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
 use kvirt::{Paddr, PAGE_SIZE};
 
 use crate::cpu;
@@ -33,22 +32,30 @@ pub const SPURIOUS_VECTOR: u8 = 0xff;
 /// Where the register page is mapped (0 until [`map`]).
 static BASE: AtomicUsize = AtomicUsize::new(0);
 
-/// Maps the local APIC's register page (once, on the bootstrap CPU, after
-/// the global kernel space exists) and returns its physical address.
-pub fn map() -> Paddr {
+/// The physical address of the local APIC's register page.
+///
+/// # Panics
+///
+/// If the APIC is disabled or in x2APIC mode (which has no MMIO page).
+pub fn paddr() -> Paddr {
     // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU.
     let msr = unsafe { cpu::rdmsr(MSR_APIC_BASE) };
     assert!(msr & (1 << 11) != 0, "the local APIC is disabled");
     assert!(msr & (1 << 10) == 0, "the local APIC is in x2APIC mode (no MMIO)");
-    let pa = (msr & 0x000f_ffff_ffff_f000) as Paddr;
-    let prop = PageProperty::new_kernel(PageFlags::RW, CachePolicy::Uncacheable);
+    (msr & 0x000f_ffff_ffff_f000) as Paddr
+}
+
+/// Maps the local APIC's register page (once, on the bootstrap CPU, after
+/// the global kernel space exists).
+pub fn map() {
+    let pa = paddr();
+    let prop = crate::steps::uncached();
     // SAFETY: the local APIC's register page: device memory no Rust object
     // owns; only this module touches it, through the accessors below.
     let area = unsafe { KVirtArea::map_untracked_frames(PAGE_SIZE, 0, pa..pa + PAGE_SIZE, prop) };
     BASE.store(area.start(), Ordering::SeqCst);
     // The mapping lives as long as the kernel.
     core::mem::forget(area);
-    pa
 }
 
 fn reg(offset: usize) -> *mut u32 {

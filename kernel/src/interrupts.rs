@@ -75,9 +75,9 @@ exc_stub_\vec:
     exc_stub 29, 1
     exc_stub 30, 1
     exc_stub 31, 0
-    exc_stub 240, 0
-    exc_stub 241, 0
-    exc_stub 255, 0
+    exc_stub {shootdown}, 0
+    exc_stub {wake}, 0
+    exc_stub {spurious}, 0
 
     /* The CPU aligned RSP to 16 and pushed 5 words; with the error code,
        the vector and 9 registers RSP is 16-aligned again at the call. */
@@ -115,10 +115,13 @@ kernel_exception_stubs:
     .endr
     .global kernel_interrupt_stubs
 kernel_interrupt_stubs:
-    .quad exc_stub_240
-    .quad exc_stub_241
-    .quad exc_stub_255
-"#
+    .quad exc_stub_{shootdown}
+    .quad exc_stub_{wake}
+    .quad exc_stub_{spurious}
+"#,
+    shootdown = const crate::smp::SHOOTDOWN_VECTOR,
+    wake = const crate::smp::WAKE_VECTOR,
+    spurious = const crate::apic::SPURIOUS_VECTOR,
 );
 
 extern "C" {

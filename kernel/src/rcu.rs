@@ -23,14 +23,15 @@
 //! ready in order: the queue runs from the front. Ready callbacks run at
 //! the end of an outermost section, in [`Rcu::call`] and in
 //! [`Rcu::barrier`], which waits until every callback queued before it has
-//! run, on any CPU (callers are never inside a section).
+//! run, on any CPU (callers are never inside a section or a callback,
+//! either of which would wait for itself).
 //!
 //! All accesses are `SeqCst`: a CPU's increment of its nesting is ordered
 //! before its section's loads of page-table entries, and a checker's read
 //! of the nesting after the caller's unlinking stores.
 
 use alloc::collections::VecDeque;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use kvirt::platform::RcuCallback;
 
@@ -49,6 +50,10 @@ pub struct Rcu {
     /// Held by the CPU running callbacks: one at a time, so they complete
     /// in queue order (which [`barrier`](Self::barrier) counts on).
     runner: spin::Mutex<()>,
+    /// Set by whoever wanted to run callbacks while another held `runner`:
+    /// the runner looks again when it lets go, so a quiescent state
+    /// reported while it was deciding is not missed.
+    wanted: AtomicBool,
     /// Callbacks queued so far.
     queued: AtomicU64,
     /// Callbacks run so far (they run in queue order).
@@ -67,6 +72,7 @@ impl Rcu {
         Self {
             queue: spin::Mutex::new(VecDeque::new()),
             runner: spin::Mutex::new(()),
+            wanted: AtomicBool::new(false),
             queued: AtomicU64::new(0),
             completed: AtomicU64::new(0),
         }
@@ -123,24 +129,27 @@ impl Rcu {
         })
     }
 
-    /// Runs the ready callbacks at the front of the queue, without waiting
-    /// for the others, one at a time
-    /// and outside the queue's lock (a callback may queue another). If
-    /// another CPU (or this one, further up the stack) is running them
-    /// already, leaves it to that runner.
+    /// Runs the ready callbacks at the front of the queue, one at a time
+    /// and outside the queue's lock (a callback may queue another), without
+    /// waiting for the others. If another CPU (or this one, further up the
+    /// stack) is running them already, leaves it a note (`wanted`) instead.
     pub fn run_ready(&self) {
-        let Some(_runner) = self.runner.try_lock() else { return };
-        loop {
-            let ready = {
-                let mut queue = self.queue.lock();
-                match queue.front() {
-                    Some(first) if Self::grace_period_over(&first.snapshot) => queue.pop_front(),
-                    _ => None,
-                }
-            };
-            let Some(waiting) = ready else { return };
-            (waiting.callback)();
-            self.completed.fetch_add(1, Ordering::SeqCst);
+        self.wanted.store(true, Ordering::SeqCst);
+        while self.wanted.load(Ordering::SeqCst) {
+            let Some(_runner) = self.runner.try_lock() else { return };
+            self.wanted.store(false, Ordering::SeqCst);
+            loop {
+                let ready = {
+                    let mut queue = self.queue.lock();
+                    match queue.front() {
+                        Some(first) if Self::grace_period_over(&first.snapshot) => queue.pop_front(),
+                        _ => None,
+                    }
+                };
+                let Some(waiting) = ready else { break };
+                (waiting.callback)();
+                self.completed.fetch_add(1, Ordering::SeqCst);
+            }
         }
     }
 }

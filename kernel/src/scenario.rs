@@ -2,7 +2,8 @@
 //!
 //! Steps 2 and 5 to 8 are the shared ones of `kernel-common/steps.rs`,
 //! which the RISC-V and AArch64 kernels run too; the others are about this
-//! machine (the image's mappings, the APICs, 1 GiB pages, TSC timing).
+//! machine (the image's mappings, the APICs, 1 GiB pages). The churn's
+//! timings are taken on every CPU by [`crate::smp_scenario`].
 //!
 //! Each step prints one line and panics (failing the QEMU run) on the first
 //! broken expectation. Memory is touched through raw virtual addresses with
@@ -10,32 +11,20 @@
 //! translates; accesses that must fault go through [`crate::probe`].
 
 use kvirt::frame::FrameAllocOptions;
-use kvirt::kspace::{KVirtArea, KVirtAreaError, KernelSpace, MappedItemRef, PurgeMode};
+use kvirt::kspace::{KVirtArea, KVirtAreaError, KernelSpace, MappedItemRef};
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
 use kvirt::spec::Inv;
 use kvirt::{align_up, Paddr, PagingLevel, PAGE_SIZE};
 
 use crate::image::{ImageLayout, KERNEL_VIRT_BASE};
 use crate::probe;
-use crate::steps::{self, alloc_frames, expect_fault, rights, translate, Snapshot};
-use crate::{check, cpu, heap, platform, println};
+use crate::steps::{self, expect_fault, rights, translate, uncached, Snapshot};
+use crate::{check, cpu, heap, println};
 
 const MIB: usize = 1 << 20;
 const GIB: usize = 1 << 30;
-/// Create+drop pairs timed in each purge mode of the lazy-purge step.
-const PURGE_CHURN: usize = 5_000;
-/// `IA32_APIC_BASE`.
-const MSR_APIC_BASE: u32 = 0x1b;
 /// The I/O APIC's usual address (QEMU's `pc` and `q35`).
 const IOAPIC_BASE: Paddr = 0xfec0_0000;
-
-fn rw() -> PageProperty {
-    PageProperty::new_kernel(PageFlags::RW, CachePolicy::Writeback)
-}
-
-fn uncached() -> PageProperty {
-    PageProperty::new_kernel(PageFlags::RW, CachePolicy::Uncacheable)
-}
 
 /// An untracked item as `(pa, level, rights)`.
 fn untracked(item: Option<MappedItemRef<'_>>) -> Option<(Paddr, PagingLevel, PageProperty)> {
@@ -65,7 +54,6 @@ pub fn run(space: &'static KernelSpace, image: &ImageLayout, ram_end: Paddr) {
     println!("[6/9] {}", steps::dropped_area(space));
     println!("[7/9] {}", steps::churn(space));
     println!("[8/9] {}", steps::lazy_purge(space));
-    purge_churn(space);
     let end = Snapshot::take(space);
     check!(end == start, "usage after all steps differs: {end:?} != {start:?}");
     space.check().unwrap_or_else(|e| panic!("kvirt's invariants are broken at the end: {e}"));
@@ -113,11 +101,7 @@ fn running_on_kvirt(space: &KernelSpace, image: &ImageLayout) {
 
 /// Step 3: device registers mapped untracked and uncached.
 fn device_memory(space: &KernelSpace) {
-    // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU.
-    let apic_base_msr = unsafe { cpu::rdmsr(MSR_APIC_BASE) };
-    check!(apic_base_msr & (1 << 11) != 0, "the local APIC is disabled");
-    check!(apic_base_msr & (1 << 10) == 0, "the local APIC is in x2APIC mode (no MMIO)");
-    let lapic_pa = (apic_base_msr & 0x000f_ffff_ffff_f000) as Paddr;
+    let lapic_pa = crate::apic::paddr();
     // SAFETY: the local APIC's register page: device memory that no Rust
     // object owns; the kernel only reads its version register.
     let lapic =
@@ -225,33 +209,5 @@ fn huge_untracked(space: &KernelSpace, ram_end: Paddr) {
         one_gib.start,
         one_gib.end,
         big.start()
-    );
-}
-
-/// Step 8, continued: a churn of 1-page areas, eager and lazy, timed in
-/// TSC cycles and counting flushes.
-fn purge_churn(space: &KernelSpace) {
-    let before = Snapshot::take(space);
-    let row = |mode: PurgeMode| {
-        space.set_purge_mode(mode);
-        let (flushes, start) = (platform::flushes(), cpu::rdtsc());
-        for _ in 0..crate::scaled(PURGE_CHURN) {
-            drop(KVirtArea::map_frames(PAGE_SIZE, 0, alloc_frames(space, 1), rw()));
-        }
-        let cycles = (cpu::rdtsc() - start) / crate::scaled(PURGE_CHURN) as u64;
-        let per_1000 = (platform::flushes() - flushes) * 1000 / crate::scaled(PURGE_CHURN);
-        space.set_purge_mode(PurgeMode::Eager);
-        (cycles, per_1000)
-    };
-    let (eager_cycles, eager_flushes) = row(PurgeMode::Eager);
-    let (lazy_cycles, lazy_flushes) = row(PurgeMode::lazy_for_cpus(1));
-    check!(
-        lazy_flushes * 50 <= eager_flushes,
-        "lazy {lazy_flushes} vs eager {eager_flushes} flushes per 1000 drops"
-    );
-    check!(Snapshot::take(space) == before, "the churns gave everything back");
-    println!(
-        "[8/9] and a 1-page create+drop churn, 1 CPU: eager {eager_cycles} TSC cycles and {eager_flushes} flushes per 1000 \
-         drops, lazy {lazy_cycles} cycles and {lazy_flushes} flushes"
     );
 }

@@ -177,13 +177,13 @@ pub fn start_aps(space: &crate::steps::Space, apic_ids: &[u32]) -> usize {
         AP_INDEX.store(index, Ordering::SeqCst);
         percpu::of(index).apic_id.store(id, Ordering::SeqCst);
 
-        // INIT, 10 ms, start-up, 200 us, start-up (at up to 1 GHz of TSC;
-        // QEMU needs none of the delays, hardware does).
+        // INIT, 10 ms, start-up, 200 us, start-up (QEMU needs none of the
+        // delays, hardware does).
         apic::send_init(id);
-        delay(10_000_000);
+        delay_us(10_000);
         let page = (TRAMPOLINE >> 12) as u8;
         apic::send_startup(id, page);
-        delay(200_000);
+        delay_us(200);
         if percpu::online() == index {
             apic::send_startup(id, page);
         }
@@ -196,8 +196,13 @@ pub fn start_aps(space: &crate::steps::Space, apic_ids: &[u32]) -> usize {
     percpu::online()
 }
 
-fn delay(cycles: u64) {
-    let end = cpu::rdtsc() + cycles;
+/// TSC cycles per microsecond, at most: the TSC of no x86-64 CPU runs
+/// faster than this, so [`delay_us`] waits at least as long as asked.
+const TSC_CYCLES_PER_US_MAX: u64 = 5_000;
+
+/// Waits at least `us` microseconds (more on a slower TSC).
+fn delay_us(us: u64) {
+    let end = cpu::rdtsc() + us * TSC_CYCLES_PER_US_MAX;
     while cpu::rdtsc() < end {
         core::hint::spin_loop();
     }
