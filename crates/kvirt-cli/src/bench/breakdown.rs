@@ -22,17 +22,14 @@
 //! mapped) except in `reclaim`.
 
 use std::hint::black_box;
-use std::time::Instant;
 
 use kvirt::frame::{Frame, FrameAllocOptions};
-use kvirt::kspace::KernelSpace;
 use kvirt::page_table::{KernelPtConfig, MappedItem, PageTable};
 use kvirt::platform::{TlbFlushOp, TlbScope};
-use kvirt::sim::MachineConfig;
 use kvirt::PAGE_SIZE;
 
-use super::impls::{kvirt_prop, KVIRT_RAM};
-use super::mapper::{BASE_VA, CPUS};
+use super::impls::kvirt_prop;
+use super::mapper::BASE_VA;
 use super::{Config, Stats};
 use crate::{ensure, Error};
 
@@ -63,18 +60,12 @@ pub const STEPS: [(&str, &str); 9] = [
 /// Pages of the last two steps' ranges.
 const RANGE: usize = 512;
 
-fn time(cfg: &Config, ops: usize, mut body: impl FnMut()) -> Stats {
-    let mut runs = Vec::new();
-    for run in 0..cfg.warmup + cfg.runs {
-        let t = Instant::now();
-        for _ in 0..ops {
-            body();
-        }
-        if run >= cfg.warmup {
-            runs.push(t.elapsed().as_nanos() as f64 / ops as f64);
-        }
-    }
-    Stats::from_runs(runs, ops as u64)
+/// Times `times` calls of `step`, each doing `ops_per_call` operations.
+fn each(cfg: &Config, times: usize, ops_per_call: usize, mut step: impl FnMut()) -> Result<Stats, Error> {
+    super::timed(cfg, times * ops_per_call, || {
+        (0..times).for_each(|_| step());
+        Ok(())
+    })
 }
 
 /// Measures every step.
@@ -83,7 +74,7 @@ fn time(cfg: &Config, ops: usize, mut body: impl FnMut()) -> Stats {
 ///
 /// If memory runs out or the space's counters are not back afterwards.
 pub fn measure(cfg: &Config) -> Result<Vec<Step>, Error> {
-    let space = KernelSpace::new_hosted(MachineConfig::new(KVIRT_RAM).cpus(CPUS));
+    let space = super::kvirt_space();
     let pt = PageTable::<KernelPtConfig>::empty_in(&space)?;
     let frame: Frame<()> = FrameAllocOptions::new_in(&space).alloc_frame()?;
     let (va, neighbour, lone) = (BASE_VA, BASE_VA + PAGE_SIZE, BASE_VA + (4 << 20));
@@ -97,35 +88,35 @@ pub fn measure(cfg: &Config) -> Result<Vec<Step>, Error> {
     };
     space.synchronize();
     let before = space.phys_stats();
-    // The neighbour keeps the leaf node of `va` alive.
-    pt.cursor_mut(&(neighbour..neighbour + PAGE_SIZE))
-        .expect("a kernel range")
-        .map(MappedItem::Untracked(0, 1, prop));
+    // An untracked page that keeps the leaf node around it alive.
+    let pin_node = |at: usize| {
+        pt.cursor_mut(&(at..at + PAGE_SIZE)).expect("a kernel range").map(MappedItem::Untracked(0, 1, prop))
+    };
+    let unpin_node =
+        |at: usize| drop(pt.cursor_mut(&(at..at + PAGE_SIZE)).expect("a kernel range").take_next(PAGE_SIZE));
+    pin_node(neighbour);
     let ops = cfg.area_ops;
     let pa = frame.paddr();
     let platform = space.platform();
     let mut results = vec![
-        time(cfg, ops, || {
+        each(cfg, ops, 1, || {
             platform.rcu_read_lock();
             platform.rcu_read_unlock();
-        }),
-        time(cfg, ops, || drop(black_box(pt.cursor_mut(&page).expect("a kernel range")))),
-        time(cfg, ops, || map_take(va, MappedItem::Untracked(pa, 1, prop))),
-        time(cfg, ops, || map_take(va, MappedItem::Tracked(frame.clone().into_dyn(), prop))),
-        time(cfg, ops, || map_take(lone, MappedItem::Tracked(frame.clone().into_dyn(), prop))),
-        time(cfg, ops, || space.platform().flush_tlb(TlbFlushOp::Range(page.clone()), TlbScope::AllCpus)),
+        })?,
+        each(cfg, ops, 1, || drop(black_box(pt.cursor_mut(&page).expect("a kernel range"))))?,
+        each(cfg, ops, 1, || map_take(va, MappedItem::Untracked(pa, 1, prop)))?,
+        each(cfg, ops, 1, || map_take(va, MappedItem::Tracked(frame.clone().into_dyn(), prop)))?,
+        each(cfg, ops, 1, || map_take(lone, MappedItem::Tracked(frame.clone().into_dyn(), prop)))?,
+        each(cfg, ops, 1, || platform.flush_tlb(TlbFlushOp::Range(page.clone()), TlbScope::AllCpus))?,
+        each(cfg, ops, 1, || {
+            let area = space.try_map_frames(PAGE_SIZE, 0, [frame.clone()], prop).expect("an area");
+            drop(black_box(area));
+        })?,
     ];
-    results.push(time(cfg, ops, || {
-        let area = space.try_map_frames(PAGE_SIZE, 0, [frame.clone()], prop).expect("an area");
-        drop(black_box(area));
-    }));
-    // 512 pages (the same 2 MiB, leaf node kept by the neighbour above it).
-    let pool = FrameAllocOptions::new_in(&space).alloc_segment(RANGE)?;
-    let pool: Vec<Frame<()>> = pool.into_iter().collect();
+    // 512 pages (the same 2 MiB, leaf node kept by the page after them).
+    let pool: Vec<Frame<()>> = FrameAllocOptions::new_in(&space).alloc_segment(RANGE)?.into_iter().collect();
     let range = BASE_VA + (8 << 20)..BASE_VA + (8 << 20) + RANGE * PAGE_SIZE;
-    pt.cursor_mut(&(range.end..range.end + PAGE_SIZE))
-        .expect("a kernel range")
-        .map(MappedItem::Untracked(0, 1, prop));
+    pin_node(range.end);
     let map_take_range = |tracked: bool| {
         let mut cursor = pt.cursor_mut(&range).expect("a kernel range");
         for (i, frame) in pool.iter().enumerate() {
@@ -142,17 +133,12 @@ pub fn measure(cfg: &Config) -> Result<Vec<Step>, Error> {
             drop(black_box(frag));
         }
     };
-    let per_page = |mut stats: Stats| {
-        stats.ns_per_op /= RANGE as f64;
-        stats.runs.iter_mut().for_each(|r| *r /= RANGE as f64);
-        stats
-    };
-    let range_ops = (ops / RANGE).max(8);
-    results.push(per_page(time(cfg, range_ops, || map_take_range(false))));
-    results.push(per_page(time(cfg, range_ops, || map_take_range(true))));
-    drop(pt.cursor_mut(&(range.end..range.end + PAGE_SIZE)).expect("a kernel range").take_next(PAGE_SIZE));
+    let ranges = (ops / RANGE).max(8);
+    results.push(each(cfg, ranges, RANGE, || map_take_range(false))?);
+    results.push(each(cfg, ranges, RANGE, || map_take_range(true))?);
+    unpin_node(range.end);
     drop(pool);
-    drop(pt.cursor_mut(&(neighbour..neighbour + PAGE_SIZE)).expect("a kernel range").take_next(PAGE_SIZE));
+    unpin_node(neighbour);
     space.synchronize();
     ensure(space.phys_stats() == before, || "the breakdown leaked".into())?;
     Ok(STEPS.iter().zip(results).map(|(&(name, what), stats)| Step { name, what, stats }).collect())

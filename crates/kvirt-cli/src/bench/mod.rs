@@ -47,7 +47,7 @@ use self::impls::kvirt_pt::KvirtPt;
 use self::impls::multiarch::Multiarch;
 use self::impls::sv48::{Sv48Meta, Sv48Pte};
 use self::impls::x86_64_crate::X86Crate;
-use self::impls::{kvirt_prop, KVIRT_RAM};
+use self::impls::{kvirt_machine, kvirt_prop, KVIRT_RAM};
 use self::mapper::{Mapper, BASE_VA, HUGE_VA};
 use crate::rng::Rng;
 use crate::{ensure, Error};
@@ -367,6 +367,24 @@ fn run_pages<M: Mapper>(m: &mut M, n: usize, cfg: &Config) -> Result<[Stats; 4],
     ])
 }
 
+/// Times `body`, which does `ops` operations, over the warm-up and timed
+/// runs; the stats of the timed ones.
+pub(crate) fn timed(
+    cfg: &Config,
+    ops: usize,
+    mut body: impl FnMut() -> Result<(), Error>,
+) -> Result<Stats, Error> {
+    let mut runs = Vec::new();
+    for run in 0..cfg.warmup + cfg.runs {
+        let t = Instant::now();
+        body()?;
+        if run >= cfg.warmup {
+            runs.push(ns_per(t.elapsed(), ops));
+        }
+    }
+    Ok(Stats::from_runs(runs, ops as u64))
+}
+
 /// Map + unmap of 1 GiB of untracked memory with the largest pages.
 fn run_huge<M: Mapper>(m: &mut M, cfg: &Config) -> Result<Stats, Error> {
     let pa = m.huge_pa();
@@ -376,22 +394,18 @@ fn run_huge<M: Mapper>(m: &mut M, cfg: &Config) -> Result<Stats, Error> {
     let got = m.query(&mapping, M::start(&mapping) + probe);
     ensure(got == Some(pa + probe), || format!("{}: the 1 GiB mapping translates to {got:x?}", M::NAME))?;
     m.unmap(mapping);
-    let mut runs = Vec::new();
-    for run in 0..cfg.warmup + cfg.runs {
-        let t = Instant::now();
+    timed(cfg, cfg.huge_ops, || {
         for _ in 0..cfg.huge_ops {
             let mapping = m.map_huge(HUGE_VA, pa, len).ok_or("no huge pages")?;
             m.unmap(black_box(mapping));
         }
-        if run >= cfg.warmup {
-            runs.push(ns_per(t.elapsed(), cfg.huge_ops));
-        }
-    }
-    Ok(Stats::from_runs(runs, cfg.huge_ops as u64))
+        Ok(())
+    })
 }
 
-fn kvirt_space() -> KernelSpace {
-    KernelSpace::new_hosted(MachineConfig::new(KVIRT_RAM).cpus(crate::bench::mapper::CPUS))
+/// A fresh hosted kernel space for the kvirt-only workloads.
+pub(crate) fn kvirt_space() -> KernelSpace {
+    KernelSpace::new_hosted(kvirt_machine())
 }
 
 /// Creates and drops a 1-page area (with a fresh, non-zeroed frame, as
@@ -416,17 +430,10 @@ fn run_area(
     let space = kvirt_space();
     space.synchronize();
     let before = (space.phys_stats(), space.vmalloc_stats());
-    let mut runs = Vec::new();
-    for run in 0..cfg.warmup + cfg.runs {
-        let t = Instant::now();
-        body(&space)?;
-        if run >= cfg.warmup {
-            runs.push(ns_per(t.elapsed(), ops));
-        }
-    }
+    let stats = timed(cfg, ops, || body(&space))?;
     space.synchronize();
     ensure((space.phys_stats(), space.vmalloc_stats()) == before, || "an area workload leaked".into())?;
-    Ok(Stats::from_runs(runs, ops as u64))
+    Ok(stats)
 }
 
 /// Runs `create_drop_1p(space, ops)` on `threads` threads at once, thread
@@ -524,19 +531,12 @@ fn run_busy(cfg: &Config) -> Result<Stats, Error> {
         let frame = FrameAllocOptions::new_in(&space).zeroed(false).alloc_frame()?;
         live.push(space.try_map_frames(PAGE_SIZE, 0, [frame], kvirt_prop())?);
     }
-    let mut runs = Vec::new();
-    for run in 0..cfg.warmup + cfg.runs {
-        let t = Instant::now();
-        create_drop_1p(&space, ops)?;
-        if run >= cfg.warmup {
-            runs.push(ns_per(t.elapsed(), ops));
-        }
-    }
+    let stats = timed(cfg, ops, || create_drop_1p(&space, ops))?;
     ensure(space.areas().len() == cfg.busy_areas, || "the busy list changed".into())?;
     drop(live);
     space.synchronize();
     ensure((space.phys_stats(), space.vmalloc_stats()) == before, || "the busy workload leaked".into())?;
-    Ok(Stats::from_runs(runs, ops as u64))
+    Ok(stats)
 }
 
 /// The churn row for `mode` on `cpus` threads: create+drop of 1-page

@@ -3,10 +3,9 @@
 
 use kvirt::frame::{Frame, FrameAllocOptions};
 use kvirt::kspace::{KVirtArea, KernelLayout, KernelSpace, X86_64Layout};
-use kvirt::sim::MachineConfig;
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
 
-use super::{kvirt_prop, KVIRT_RAM};
+use super::{kvirt_machine, kvirt_prop};
 use crate::bench::mapper::{Mapper, POOL_FRAMES};
 
 /// Kernel virtual areas in an isolated hosted space laid out as `L`.
@@ -24,9 +23,7 @@ impl<L: KernelLayout> KvirtArea<L> {
     /// If the frames cannot be allocated.
     #[must_use]
     pub fn new() -> Self {
-        let space = KernelSpace::<L>::hosted_with_layout(
-            MachineConfig::new(KVIRT_RAM).cpus(crate::bench::mapper::CPUS),
-        );
+        let space = KernelSpace::<L>::hosted_with_layout(kvirt_machine());
         let seg = FrameAllocOptions::new_in(&space).alloc_segment(POOL_FRAMES).expect("pool frames");
         Self { pool: seg.into_iter().collect(), space }
     }

@@ -10,10 +10,9 @@ use kvirt::frame::{AnyFrameMeta, Frame, FrameAllocOptions};
 use kvirt::kspace::{KernelLayout, KernelSpace, X86_64Layout};
 use kvirt::page_table::{KernelPtConfig, MappedItem, PageTable};
 use kvirt::platform::{TlbFlushOp, TlbScope};
-use kvirt::sim::MachineConfig;
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
 
-use super::{kvirt_prop, KVIRT_RAM};
+use super::{kvirt_machine, kvirt_prop};
 use crate::bench::mapper::{Mapper, POOL_FRAMES};
 
 /// A raw kvirt page table in an isolated hosted space.
@@ -34,9 +33,7 @@ impl<L: KernelLayout> KvirtPt<L> {
     /// If memory runs out.
     #[must_use]
     pub fn new() -> Self {
-        let space = KernelSpace::<L>::hosted_with_layout(
-            MachineConfig::new(KVIRT_RAM).cpus(crate::bench::mapper::CPUS),
-        );
+        let space = KernelSpace::<L>::hosted_with_layout(kvirt_machine());
         let seg = FrameAllocOptions::new_in(&space).alloc_segment(POOL_FRAMES).expect("pool frames");
         let pt = PageTable::<KernelPtConfig<L::Format>>::empty_in(&space).expect("page table");
         Self { pt, pool: seg.into_iter().collect(), space }
