@@ -40,21 +40,28 @@ pub struct Step {
     pub name: &'static str,
     /// What it measures.
     pub what: &'static str,
+    /// The steps whose work it includes (its own cost is its time less
+    /// theirs).
+    pub builds_on: &'static [&'static str],
     /// Time per operation.
     pub stats: Stats,
 }
 
 /// The steps, in order (see the module documentation).
-pub const STEPS: [(&str, &str); 9] = [
-    ("rcu", "a read-side section entered and left (hosted: a crossbeam-epoch pin)"),
-    ("cursor", "CursorMut over the page, created and dropped (+ walk down, node lock)"),
-    ("untracked", "+ map an untracked page and take it back (PTE stores)"),
-    ("tracked", "+ a tracked frame instead (reference count up and down)"),
-    ("reclaim", "+ no neighbour: the leaf node allocated and reclaimed"),
-    ("flush", "the unmap's shoot-down of the page on both CPUs, alone"),
-    ("area", "KVirtArea::map_frames of 1 page + drop (adds VMALLOC, registry, area)"),
-    ("512-untracked", "per page: 512 untracked pages mapped by one cursor and taken back (no flush)"),
-    ("512-tracked", "per page: the same with 512 distinct tracked frames (their reference counts)"),
+pub const STEPS: [(&str, &[&str], &str); 9] = [
+    ("rcu", &[], "a read-side section entered and left (hosted: a crossbeam-epoch pin)"),
+    ("cursor", &["rcu"], "CursorMut over the page, created and dropped (+ walk down, node lock)"),
+    ("untracked", &["cursor"], "+ map an untracked page and take it back (PTE stores)"),
+    ("tracked", &["untracked"], "+ a tracked frame instead (reference count up and down)"),
+    ("reclaim", &["tracked"], "+ no neighbour: the leaf node allocated and reclaimed"),
+    ("flush", &[], "the unmap's shoot-down of the page on both CPUs, alone"),
+    ("area", &["reclaim", "flush"], "KVirtArea::map_frames of 1 page + drop (adds VMALLOC, registry, area)"),
+    ("512-untracked", &[], "per page: 512 untracked pages mapped by one cursor and taken back (no flush)"),
+    (
+        "512-tracked",
+        &["512-untracked"],
+        "per page: the same with 512 distinct tracked frames (their reference counts)",
+    ),
 ];
 
 /// Pages of the last two steps' ranges.
@@ -141,5 +148,9 @@ pub fn measure(cfg: &Config) -> Result<Vec<Step>, Error> {
     unpin_node(neighbour);
     space.synchronize();
     ensure(space.phys_stats() == before, || "the breakdown leaked".into())?;
-    Ok(STEPS.iter().zip(results).map(|(&(name, what), stats)| Step { name, what, stats }).collect())
+    Ok(STEPS
+        .iter()
+        .zip(results)
+        .map(|(&(name, builds_on, what), stats)| Step { name, what, builds_on, stats })
+        .collect())
 }

@@ -433,24 +433,15 @@ fn churn_text(r: &Results) -> String {
     out
 }
 
-/// The breakdown's rows: step, what it adds, ns per op, and the
-/// difference to the step it builds on (the cost the step names).
+/// The breakdown's rows: step, what it adds, ns per op, and its own cost
+/// (its time less that of the steps it builds on).
 fn breakdown_rows(r: &Results) -> Vec<[String; 4]> {
     let ns = |name: &str| r.breakdown.iter().find(|s| s.name == name).map(|s| s.stats.ns_per_op);
-    // What each step is measured on top of.
-    let base = |name: &str| match name {
-        "cursor" => ns("rcu"),
-        "untracked" => ns("cursor"),
-        "tracked" => ns("untracked"),
-        "reclaim" => ns("tracked"),
-        "area" => ns("reclaim").zip(ns("flush")).map(|(a, b)| a + b),
-        "512-tracked" => ns("512-untracked"),
-        _ => Some(0.0),
-    };
     r.breakdown
         .iter()
         .map(|s| {
-            let own = base(s.name).map_or_else(String::new, |b| format!("{:.1}", s.stats.ns_per_op - b));
+            let base: Option<f64> = s.builds_on.iter().map(|b| ns(b)).sum();
+            let own = base.map_or_else(String::new, |b| format!("{:.1}", s.stats.ns_per_op - b));
             [s.name.to_string(), s.what.to_string(), format!("{:.1}", s.stats.ns_per_op), own]
         })
         .collect()
