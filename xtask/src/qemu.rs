@@ -161,7 +161,7 @@ pub const AARCH64: Arch = Arch {
 
 /// Parses the arguments after `qemu`.
 pub fn parse_args(args: &[String]) -> Result<Options, String> {
-    let mut options = Options { timeout: DEFAULT_TIMEOUT, arch: X86_64, smp: 0, kvm: false };
+    let (mut timeout, mut arch, mut smp, mut kvm) = (DEFAULT_TIMEOUT, X86_64, None, false);
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -169,10 +169,10 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
                 let value = args.next().ok_or("--timeout needs a number of seconds")?;
                 let secs: u64 =
                     value.parse().map_err(|_| format!("--timeout: `{value}` is not a number of seconds"))?;
-                options.timeout = Duration::from_secs(secs);
+                timeout = Duration::from_secs(secs);
             }
             "--arch" => {
-                options.arch = match args.next().map(String::as_str) {
+                arch = match args.next().map(String::as_str) {
                     Some("x86_64" | "x86-64") => X86_64,
                     Some("riscv64") => RISCV64,
                     Some("aarch64") => AARCH64,
@@ -186,25 +186,25 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
             }
             "--smp" => {
                 let value = args.next().ok_or("--smp needs a number of CPUs")?;
-                options.smp = value
+                let n = value
                     .parse()
                     .ok()
-                    .filter(|&n| (1..=16).contains(&n))
+                    .filter(|n| (1..=16).contains(n))
                     .ok_or_else(|| format!("--smp: `{value}` is not a number of CPUs from 1 to 16"))?;
+                smp = Some(n);
             }
-            "--kvm" => options.kvm = true,
+            "--kvm" => kvm = true,
             other => return Err(format!("qemu: unknown option `{other}`")),
         }
     }
-    if options.smp == 0 {
-        options.smp = options.arch.default_smp;
-    } else if options.smp != 1 && options.arch.default_smp == 1 {
-        return Err(format!("--smp: the {} kernel runs on one CPU", options.arch.name));
+    let smp = smp.unwrap_or(arch.default_smp);
+    if smp != 1 && arch.default_smp == 1 {
+        return Err(format!("--smp: the {} kernel runs on one CPU", arch.name));
     }
-    if options.kvm && options.arch.kvm_cpu.is_none() {
-        return Err(format!("--kvm: the {} kernel does not run under KVM here", options.arch.name));
+    if kvm && arch.kvm_cpu.is_none() {
+        return Err(format!("--kvm: the {} kernel does not run under KVM here", arch.name));
     }
-    Ok(options)
+    Ok(Options { timeout, arch, smp, kvm })
 }
 
 /// Builds the kernel, boots it, and succeeds if it reports success.
