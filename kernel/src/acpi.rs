@@ -11,28 +11,16 @@ use alloc::vec::Vec;
 
 use kvirt::Paddr;
 
-use crate::boot::{read_phys, BOOT_LINEAR_MAP_LIMIT};
+use crate::boot::read_phys;
 
 /// The size of an ACPI table header.
 const HEADER: usize = 36;
 
-/// Reads `T` at `pa`, which must lie below the boot linear mapping's limit.
-fn read<T: Copy>(pa: Paddr) -> T {
-    assert!(
-        pa.checked_add(core::mem::size_of::<T>()).is_some_and(|end| end <= BOOT_LINEAR_MAP_LIMIT),
-        "ACPI data at {pa:#x} is beyond the boot linear mapping"
-    );
-    // SAFETY: checked to lie below the limit; `kernel_main` calls this
-    // module before it leaves the boot tables; callers read integers and
-    // byte arrays, for which any bit pattern is valid.
-    unsafe { read_phys(pa) }
-}
-
 /// Finds the RSDP in the EBDA's first KiB or in `0xe0000..0x100000`.
 fn scan_for_rsdp() -> Option<Paddr> {
-    let ebda = Paddr::from(read::<u16>(0x40e)) << 4;
+    let ebda = Paddr::from(read_phys::<u16>(0x40e)) << 4;
     let areas = [ebda..ebda + 1024, 0xe_0000..0x10_0000];
-    areas.into_iter().flat_map(|r| r.step_by(16)).find(|&pa| &read::<[u8; 8]>(pa) == b"RSD PTR ")
+    areas.into_iter().flat_map(|r| r.step_by(16)).find(|&pa| &read_phys::<[u8; 8]>(pa) == b"RSD PTR ")
 }
 
 /// The local APIC IDs of the enabled processors, in the MADT's order (the
@@ -44,35 +32,35 @@ fn scan_for_rsdp() -> Option<Paddr> {
 /// If there is no RSDP or no MADT, or they are malformed.
 pub fn local_apic_ids(rsdp: Paddr) -> Vec<u32> {
     let rsdp = if rsdp != 0 { rsdp } else { scan_for_rsdp().expect("no ACPI RSDP") };
-    assert_eq!(&read::<[u8; 8]>(rsdp), b"RSD PTR ", "no RSDP signature at {rsdp:#x}");
-    let revision = read::<u8>(rsdp + 15);
-    let (root, entry_size) = if revision >= 2 && read::<u64>(rsdp + 24) != 0 {
-        (read::<u64>(rsdp + 24) as Paddr, 8)
+    assert_eq!(&read_phys::<[u8; 8]>(rsdp), b"RSD PTR ", "no RSDP signature at {rsdp:#x}");
+    let revision = read_phys::<u8>(rsdp + 15);
+    let (root, entry_size) = if revision >= 2 && read_phys::<u64>(rsdp + 24) != 0 {
+        (read_phys::<u64>(rsdp + 24) as Paddr, 8)
     } else {
-        (read::<u32>(rsdp + 16) as Paddr, 4)
+        (read_phys::<u32>(rsdp + 16) as Paddr, 4)
     };
-    let root_len = read::<u32>(root + 4) as usize;
+    let root_len = read_phys::<u32>(root + 4) as usize;
     let madt = (HEADER..root_len)
         .step_by(entry_size)
         .map(|off| {
             if entry_size == 8 {
-                read::<u64>(root + off) as Paddr
+                read_phys::<u64>(root + off) as Paddr
             } else {
-                read::<u32>(root + off) as Paddr
+                read_phys::<u32>(root + off) as Paddr
             }
         })
-        .find(|&table| &read::<[u8; 4]>(table) == b"APIC")
+        .find(|&table| &read_phys::<[u8; 4]>(table) == b"APIC")
         .expect("no MADT (APIC table) in the ACPI root table");
-    let madt_len = read::<u32>(madt + 4) as usize;
+    let madt_len = read_phys::<u32>(madt + 4) as usize;
     let mut ids = Vec::new();
     // Entries follow the header, the local APIC address and the flags.
     let mut off = HEADER + 8;
     while off + 2 <= madt_len {
-        let (kind, len) = (read::<u8>(madt + off), usize::from(read::<u8>(madt + off + 1)));
+        let (kind, len) = (read_phys::<u8>(madt + off), usize::from(read_phys::<u8>(madt + off + 1)));
         assert!(len >= 2, "a MADT entry of length {len}");
         // Type 0: processor local APIC (ACPI id, APIC id, flags: enabled).
-        if kind == 0 && len >= 8 && read::<u32>(madt + off + 4) & 1 != 0 {
-            ids.push(u32::from(read::<u8>(madt + off + 3)));
+        if kind == 0 && len >= 8 && read_phys::<u32>(madt + off + 4) & 1 != 0 {
+            ids.push(u32::from(read_phys::<u8>(madt + off + 3)));
         }
         off += len;
     }

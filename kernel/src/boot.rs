@@ -34,6 +34,8 @@ use core::ops::Range;
 use kvirt::kspace::paddr_to_vaddr;
 use kvirt::Paddr;
 
+use crate::cpu;
+
 /// How much physical memory the boot page tables map at the linear-mapping
 /// base. kvirt reaches physical memory there before the switch, so only RAM
 /// below this bound is handed to it.
@@ -275,16 +277,55 @@ pub struct BootInfo {
     pub rsdp: Paddr,
 }
 
-/// Reads a `T` at physical `pa` through the boot tables' linear mapping.
+/// A type every bit pattern of which is a valid value, so it may be read
+/// from memory that firmware wrote.
 ///
 /// # Safety
 ///
-/// `pa..pa + size_of::<T>()` lies below [`BOOT_LINEAR_MAP_LIMIT`], the boot
-/// page tables are still loaded, and any bit pattern there is a valid `T`.
-pub(crate) unsafe fn read_phys<T: Copy>(pa: Paddr) -> T {
+/// The type has no invalid bit patterns and no padding: integers, arrays of
+/// them, and `repr(C)` structs of them laid out without gaps.
+pub(crate) unsafe trait Plain: Copy {}
+
+// SAFETY: integers and byte arrays have no invalid bit patterns.
+unsafe impl Plain for u8 {}
+// SAFETY: as above.
+unsafe impl Plain for u16 {}
+// SAFETY: as above.
+unsafe impl Plain for u32 {}
+// SAFETY: as above.
+unsafe impl Plain for u64 {}
+// SAFETY: as above.
+unsafe impl<const N: usize> Plain for [u8; N] {}
+// SAFETY: `repr(C)`, four `u32`, four `u64` and two `u32`: no gaps.
+unsafe impl Plain for HvmStartInfo {}
+// SAFETY: `repr(C)`, two `u64` and two `u32`: no gaps.
+unsafe impl Plain for HvmMemmapEntry {}
+
+extern "C" {
+    // The boot page tables' root (a label of the assembly above).
+    static boot_pml4: u8;
+}
+
+/// Reads a `T` at physical `pa` through the boot tables' linear mapping.
+///
+/// # Panics
+///
+/// Unless the boot page tables are loaded and `pa..pa + size_of::<T>()`
+/// lies below [`BOOT_LINEAR_MAP_LIMIT`], which they map linearly.
+pub(crate) fn read_phys<T: Plain>(pa: Paddr) -> T {
+    let root = core::ptr::addr_of!(boot_pml4) as u64;
+    assert!(
+        cpu::read_cr3() & !0xfff == root,
+        "physical memory is read this way only on the boot page tables"
+    );
+    assert!(
+        pa.checked_add(core::mem::size_of::<T>()).is_some_and(|end| end <= BOOT_LINEAR_MAP_LIMIT),
+        "physical {pa:#x} is beyond the boot linear mapping"
+    );
     let ptr = paddr_to_vaddr(pa) as *const T;
-    // SAFETY: the caller promises the boot linear mapping covers it; an
-    // unaligned read makes no alignment assumption.
+    // SAFETY: checked above: the boot tables are loaded and map the range
+    // (RAM or firmware tables) at the linear base; every bit pattern is a
+    // `T` (`Plain`); an unaligned read makes no alignment assumption.
     unsafe { ptr.read_unaligned() }
 }
 
@@ -297,27 +338,17 @@ pub(crate) unsafe fn read_phys<T: Copy>(pa: Paddr) -> T {
 /// Panics if the structure is not a version-1 `hvm_start_info` (no memory
 /// map) or lies beyond the boot linear mapping.
 pub fn read_start_info(start_info: Paddr) -> BootInfo {
-    let size = core::mem::size_of::<HvmStartInfo>();
-    assert!(
-        start_info != 0 && start_info + size <= BOOT_LINEAR_MAP_LIMIT,
-        "hvm_start_info at {start_info:#x} is not below the boot linear mapping's limit"
-    );
-    // SAFETY: checked to lie below the limit; the boot tables are loaded
-    // until `kernel_main` switches to kvirt's, after this; plain integers.
-    let info: HvmStartInfo = unsafe { read_phys(start_info) };
+    assert!(start_info != 0, "the loader gave no hvm_start_info");
+    let info: HvmStartInfo = read_phys(start_info);
     assert_eq!(info.magic, XEN_HVM_START_MAGIC_VALUE, "hvm_start_info has a bad magic value");
     assert!(info.version >= 1, "hvm_start_info version {} has no memory map", info.version);
     let entries = info.memmap_entries as usize;
     let entry_size = core::mem::size_of::<HvmMemmapEntry>();
     let table = info.memmap_paddr as Paddr;
-    assert!(
-        table != 0 && table + entries * entry_size <= BOOT_LINEAR_MAP_LIMIT,
-        "the memory map ({entries} entries at {table:#x}) is not below the boot linear mapping's limit"
-    );
+    assert!(table != 0 || entries == 0, "hvm_start_info has {entries} memory-map entries at address 0");
     let memory_map = (0..entries)
         .map(|i| {
-            // SAFETY: inside the table, checked above to lie below the limit.
-            let e: HvmMemmapEntry = unsafe { read_phys(table + i * entry_size) };
+            let e: HvmMemmapEntry = read_phys(table + i * entry_size);
             FirmwareRegion { range: e.addr as Paddr..e.addr.saturating_add(e.size) as Paddr, kind: e.kind }
         })
         .collect();

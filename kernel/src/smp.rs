@@ -42,7 +42,7 @@
 //! online flushes its whole TLB *after* it is counted online, so a
 //! shoot-down that did not reach it left nothing stale behind.
 
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use kvirt::kspace::{paddr_to_vaddr, KVirtArea};
 use kvirt::platform::TlbFlushOp;
@@ -259,12 +259,18 @@ fn idle(index: usize) -> ! {
 /// bootstrap CPU, index 0) and returns when all are done.
 pub fn on_every_cpu<F: Fn(usize) + Sync>(job: &F) {
     assert_eq!(percpu::index(), 0, "jobs are posted by the bootstrap CPU");
+    // A job that posted a job would reset the count the outer call waits
+    // on, which could then return (and end the borrow) while another CPU
+    // still runs the outer job.
+    static POSTING: AtomicBool = AtomicBool::new(false);
+    assert!(!POSTING.swap(true, Ordering::SeqCst), "on_every_cpu is not reentrant");
     let cpus = percpu::online();
     let job: &(dyn Fn(usize) + Sync) = job;
     // SAFETY: only the lifetime changes. The reference is used by the
     // application processors between the generation bump below and their
     // JOB_DONE increments, all of which this function waits for before it
-    // clears JOB and returns; so no use outlives the borrow.
+    // clears JOB and returns (no other call can reset the count meanwhile:
+    // `POSTING`); so no use outlives the borrow.
     let job: &'static (dyn Fn(usize) + Sync) = unsafe { core::mem::transmute(job) };
     *JOB.lock() = Some(Job(job));
     JOB_DONE.store(0, Ordering::SeqCst);
@@ -277,6 +283,7 @@ pub fn on_every_cpu<F: Fn(usize) + Sync>(job: &F) {
         core::hint::spin_loop();
     }
     *JOB.lock() = None;
+    POSTING.store(false, Ordering::SeqCst);
 }
 
 static SHOOTDOWN: spin::Mutex<()> = spin::Mutex::new(());
