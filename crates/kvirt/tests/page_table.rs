@@ -19,11 +19,12 @@ use kvirt::kspace::KernelSpace;
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
 use kvirt::page_table::{
     vaddr_bounds, KernelPtConfig, MapErrorKind, MappedItem, MappedItemRef, PageTable, PageTableAllocError,
-    PageTableConfig, PageTableFrag, RangeError, UserPtConfig,
+    PageTableConfig, PageTableFrag, RangeError, TakenRange, UserPtConfig,
 };
 use kvirt::{Paddr, PagingLevel, Vaddr, PAGE_SIZE};
 
 const SZ_4K: usize = PAGE_SIZE;
+const SZ_1M: usize = 1 << 20;
 const SZ_2M: usize = 2 << 20;
 const SZ_1G: usize = 1 << 30;
 /// A 1 GiB-aligned kernel address (the start of VMALLOC).
@@ -979,6 +980,110 @@ mod take_next {
         assert_eq!(unmap_all(&pt, KVA + SZ_1G..KVA + 2 * SZ_1G), 4);
         space.synchronize();
         assert!(frames.iter().all(|f| f.reference_count() == 1));
+    }
+}
+
+/// `take_all`: a whole range at once.
+mod take_all {
+    use super::*;
+
+    #[test]
+    fn take_all_empties_leaf_nodes_and_returns_every_reference_on_drop() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let baseline = pt_pages(&space);
+        let f = frame(&space);
+        // Two leaf nodes, the second only partly inside the range.
+        let range = KVA + SZ_2M - 3 * SZ_4K..KVA + SZ_2M + 5 * SZ_4K;
+        for i in 0..10 {
+            map_tracked(&pt, KVA + SZ_2M - 4 * SZ_4K + i * SZ_4K, f.clone(), rw());
+        }
+        assert_eq!(f.reference_count(), 11);
+        let mut c = pt.cursor_mut(&range).unwrap();
+        let taken = c.take_all(range.len());
+        assert_eq!(c.virt_addr(), range.end);
+        drop(c);
+        assert_eq!(taken.num_mappings(), 8);
+        assert_eq!(taken.va_range(), Some(range.clone()));
+        assert_eq!(f.reference_count(), 11, "what was taken holds the references until dropped");
+        drop(taken);
+        assert_eq!(f.reference_count(), 3);
+        assert_eq!(
+            leaves(&pt, KVA..KVA + SZ_1G).iter().map(|(va, _)| *va).collect::<Vec<_>>(),
+            [KVA + SZ_2M - 4 * SZ_4K, KVA + SZ_2M + 5 * SZ_4K]
+        );
+        assert_eq!(unmap_all(&pt, KVA..KVA + SZ_1G), 2);
+        space.synchronize();
+        assert_eq!(pt_pages(&space), baseline, "the emptied leaf nodes are reclaimed");
+        assert_eq!(f.reference_count(), 1);
+    }
+
+    #[test]
+    fn take_all_splits_a_huge_page_at_each_end_and_takes_sub_trees_whole() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        map_untracked(&pt, KVA, UPA, 2, rw());
+        map_untracked(&pt, KVA + SZ_1G, UPA, 3, ro());
+        map_untracked(&pt, KVA + 2 * SZ_1G + 5 * SZ_4K, UPA, 1, rw());
+        // From inside the 2 MiB page to inside the 1 GiB page.
+        let range = KVA + SZ_1M..KVA + SZ_1G + SZ_1M;
+        let mut c = pt.cursor_mut(&range).unwrap();
+        let taken = c.take_all(range.len());
+        drop(c);
+        // 256 4 KiB pieces of each huge page.
+        assert_eq!(taken.num_mappings(), 512);
+        assert_eq!(taken.va_range(), Some(range.clone()));
+        drop(taken);
+        assert_eq!(pt.translate(KVA + SZ_1M - SZ_4K), Some((UPA + SZ_1M - SZ_4K, rw())));
+        assert_eq!(pt.translate(KVA + SZ_1M), None);
+        assert_eq!(pt.translate(KVA + SZ_1G + SZ_1M - SZ_4K), None);
+        assert_eq!(pt.translate(KVA + SZ_1G + SZ_1M), Some((UPA + SZ_1M, ro())));
+        // A whole 1 GiB region holding a leaf node: one sub-tree, one leaf.
+        let mut c = pt.cursor_mut(&(KVA + 2 * SZ_1G..KVA + 3 * SZ_1G)).unwrap();
+        let taken = c.take_all(SZ_1G);
+        assert_eq!(taken.num_mappings(), 1);
+        assert_eq!(taken.va_range(), Some(KVA + 2 * SZ_1G..KVA + 3 * SZ_1G));
+    }
+
+    #[test]
+    fn take_all_of_nothing_is_empty() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let mut c = pt.cursor_mut(&(KVA..KVA + SZ_1G)).unwrap();
+        let taken = c.take_all(SZ_1G);
+        assert!(taken.is_empty());
+        assert_eq!((taken.num_mappings(), taken.va_range()), (0, None));
+        assert_eq!(c.virt_addr(), KVA + SZ_1G);
+    }
+
+    #[test]
+    fn try_take_all_without_memory_keeps_what_it_took_and_changes_nothing_after() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let f = frame(&space);
+        map_tracked(&pt, KVA, f.clone(), rw());
+        map_untracked(&pt, KVA + SZ_1G, UPA, 3, rw());
+        let nodes = pt_pages(&space);
+        let mut hoard = Vec::new();
+        while let Ok(g) = FrameAllocOptions::new_in(&space).zeroed(false).alloc_frame() {
+            hoard.push(g);
+        }
+        // Ends inside the 1 GiB page, which cannot be split.
+        let range = KVA..KVA + SZ_1G + SZ_4K;
+        let mut c = pt.cursor_mut(&range).unwrap();
+        let mut taken = TakenRange::new();
+        assert_eq!(c.try_take_all(range.len(), &mut taken), Err(PageTableAllocError));
+        assert_eq!(c.virt_addr(), KVA + SZ_1G, "the cursor stands in the page it could not split");
+        assert_eq!(taken.num_mappings(), 1);
+        assert_eq!(f.reference_count(), 2);
+        drop(c);
+        assert_eq!(pt.translate(KVA + SZ_1G), Some((UPA, rw())), "the huge page is untouched");
+        // The first GiB went as one sub-tree, released after a grace period.
+        drop(taken);
+        drop(hoard);
+        space.synchronize();
+        assert_eq!(f.reference_count(), 1);
+        assert_eq!(pt_pages(&space), nodes - 2, "the sub-tree's two nodes were freed");
     }
 }
 

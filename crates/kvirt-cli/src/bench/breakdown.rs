@@ -56,7 +56,7 @@ pub const STEPS: [(&str, &[&str], &str); 9] = [
     ("reclaim", &["tracked"], "+ no neighbour: the leaf node allocated and reclaimed"),
     ("flush", &[], "the unmap's shoot-down of the page on both CPUs, alone"),
     ("area", &["reclaim", "flush"], "KVirtArea::map_frames of 1 page + drop (adds VMALLOC, registry, area)"),
-    ("512-untracked", &[], "per page: 512 untracked pages mapped by one cursor and taken back (no flush)"),
+    ("512-untracked", &[], "per page: 512 untracked pages mapped one by one by one cursor and taken back by its `take_all` (no flush)"),
     (
         "512-tracked",
         &["512-untracked"],
@@ -136,9 +136,7 @@ pub fn measure(cfg: &Config) -> Result<Vec<Step>, Error> {
             cursor.map(item);
         }
         cursor.jump(range.start).expect("inside the cursor");
-        while let Some(frag) = cursor.take_next(range.end - cursor.virt_addr()) {
-            drop(black_box(frag));
-        }
+        drop(black_box(cursor.take_all(range.len())));
     };
     let ranges = (ops / RANGE).max(8);
     results.push(each(cfg, ranges, RANGE, || map_take_range(false))?);

@@ -56,7 +56,7 @@ use super::{KernelLayout, KernelSpace, SpaceInner, X86_64Layout};
 use crate::addr::{Paddr, Vaddr, PAGE_SIZE};
 use crate::frame::{AnyFrameMeta, Frame, FrameRef};
 use crate::page_prop::{PageFlags, PageProperty};
-use crate::page_table::{MappedItemRef, PageTableAllocError, PageTableFrag};
+use crate::page_table::{MappedItemRef, PageTableAllocError, TakenRange};
 use crate::platform::{TlbFlushOp, TlbScope};
 
 /// A kernel virtual area (see the module documentation).
@@ -541,14 +541,12 @@ impl<L: KernelLayout> Drop for KVirtArea<L> {
         // What was mapped. Until the flush below (or the purge's) has
         // returned, a CPU may still reach it: if anything before unwinds,
         // it is leaked rather than released.
-        let mut frags: ManuallyDrop<Vec<PageTableFrag<L::Format>>> = ManuallyDrop::new(Vec::new());
+        let mut taken: ManuallyDrop<TakenRange<L::Format>> = ManuallyDrop::new(TakenRange::new());
         if !self.mapped.is_empty() {
             {
                 let mut cursor =
                     space.kernel_pt.cursor_mut(&self.mapped).expect("an area lies in kernel space");
-                while let Some(frag) = cursor.take_next(self.mapped.end - cursor.virt_addr()) {
-                    frags.push(frag);
-                }
+                taken = ManuallyDrop::new(cursor.take_all(self.mapped.len()));
             }
             if !lazy {
                 // Invalidate before anything mapped can be reused.
@@ -574,7 +572,7 @@ impl<L: KernelLayout> Drop for KVirtArea<L> {
         if lazy {
             // The range and what was mapped wait, still ours, for a purge
             // to flush them (see `purge`).
-            let dead = DeadArea { mapped: self.mapped.clone(), free, frags: ManuallyDrop::into_inner(frags) };
+            let dead = DeadArea { mapped: self.mapped.clone(), free, taken: ManuallyDrop::into_inner(taken) };
             if space.purger.push(space.phys.platform().current_cpu(), dead) {
                 space.purge();
             }
@@ -583,14 +581,14 @@ impl<L: KernelLayout> Drop for KVirtArea<L> {
         // Released last, after the range (unmapped and flushed, so free to
         // reuse): dropping frames runs their metadata's drop hooks, and
         // however that ends, the range and its registry entry are back.
-        let frags = ManuallyDrop::into_inner(frags);
+        let taken = ManuallyDrop::into_inner(taken);
         if !free.is_empty() {
             let freed = space.vmalloc.free(free.clone());
             #[cfg(feature = "check-contracts")]
             crate::spec::contracts::drop_ensures_freed(&free, &freed);
             debug_assert!(freed.is_ok(), "freeing an area's range failed: {freed:?}");
         }
-        drop(frags);
+        drop(taken);
     }
 }
 

@@ -55,7 +55,7 @@ use super::purge_queue::PurgeQueue;
 use super::{KernelLayout, KernelSpace, SpaceInner};
 use crate::addr::{Vaddr, PAGE_SIZE};
 use crate::arch::PagingFormat;
-use crate::page_table::PageTableFrag;
+use crate::page_table::TakenRange;
 use crate::platform::{TlbFlushOp, TlbScope};
 
 /// How a kernel space invalidates the TLB for the areas it drops (see the
@@ -110,7 +110,7 @@ pub(super) struct DeadArea<F: PagingFormat> {
     /// The VMALLOC range to give back (possibly empty: see `SplitLink`).
     pub(super) free: Range<Vaddr>,
     /// What was unmapped: frames and page-table sub-trees.
-    pub(super) frags: Vec<PageTableFrag<F>>,
+    pub(super) taken: TakenRange<F>,
 }
 
 impl<F: PagingFormat> DeadArea<F> {
@@ -217,7 +217,7 @@ impl<L: KernelLayout> SpaceInner<L> {
                 // Ranges first, as an eager drop does: releasing frames runs
                 // their drop hooks, and however those end the ranges are
                 // back.
-                let mut frags = Vec::with_capacity(dead.len());
+                let mut taken = Vec::with_capacity(dead.len());
                 for d in dead {
                     if !d.free.is_empty() {
                         let freed = self.vmalloc.free(d.free.clone());
@@ -225,9 +225,9 @@ impl<L: KernelLayout> SpaceInner<L> {
                         crate::spec::contracts::drop_ensures_freed(&d.free, &freed);
                         debug_assert!(freed.is_ok(), "freeing a dead area's range failed: {freed:?}");
                     }
-                    frags.push(d.frags);
+                    taken.push(d.taken);
                 }
-                drop(frags);
+                drop(taken);
             },
         );
         if purged != 0 {

@@ -8,7 +8,6 @@
 
 use alloc::boxed::Box;
 use alloc::sync::Arc;
-use alloc::vec::Vec;
 use core::mem::ManuallyDrop;
 use core::ops::Range;
 
@@ -262,18 +261,13 @@ impl<L: KernelLayout> KernelSpace<L> {
                 debug_assert_eq!(e.kind, MapErrorKind::OutOfMemory, "checked above: {}", e.kind);
                 // Take back what was mapped so that the call changes nothing.
                 let mapped = range.start..cursor.virt_addr();
-                let mut frags = Vec::new();
-                if !mapped.is_empty() {
-                    cursor.jump(range.start).expect("the start is inside the cursor's range");
-                    while let Some(frag) = cursor.take_next(mapped.end - cursor.virt_addr()) {
-                        frags.push(frag);
-                    }
-                }
+                cursor.jump(range.start).expect("the start is inside the cursor's range");
+                let taken = cursor.take_all(mapped.len());
                 drop(cursor);
-                if !mapped.is_empty() {
-                    self.platform().flush_tlb(TlbFlushOp::Range(mapped), TlbScope::AllCpus);
+                if let Some(span) = taken.va_range() {
+                    self.platform().flush_tlb(TlbFlushOp::Range(span), TlbScope::AllCpus);
                 }
-                drop(frags);
+                drop(taken);
                 return Err(KernelImageError::OutOfMemory);
             }
         }

@@ -108,7 +108,7 @@ mod table;
 mod walk;
 
 pub use config::{largest_pages, vaddr_bounds, KernelPtConfig, PageTableConfig, UserPtConfig};
-pub use cursor::{Cursor, CursorMut, PageTableFrag};
+pub use cursor::{Cursor, CursorMut, PageTableFrag, TakenRange};
 pub use error::{MapError, MapErrorKind, OutOfCursorRange, PageTableAllocError, RangeError};
 pub use item::{MappedItem, MappedItemRef};
 pub use table::PageTable;

@@ -1,7 +1,7 @@
 //! kvirt's raw page-table API: an independent `PageTable<KernelPtConfig>`
 //! and one `CursorMut` over each range, mapping with
-//! `CursorMut::try_map_frames`; unmapping takes every fragment,
-//! flushes the TLB for the range, then drops the fragments (what
+//! `CursorMut::try_map_frames`; unmapping takes the whole range
+//! (`CursorMut::take_all`), flushes the TLB for it, then drops what it took (what
 //! `KVirtArea`'s drop does, minus the area bookkeeping).
 
 use std::ops::Range;
@@ -40,15 +40,9 @@ impl<L: KernelLayout> KvirtPt<L> {
     }
 
     fn unmap_range(&self, range: Range<Vaddr>) {
-        let mut frags = Vec::new();
-        {
-            let mut cursor = self.pt.cursor_mut(&range).expect("a kernel range");
-            while let Some(frag) = cursor.take_next(range.end - cursor.virt_addr()) {
-                frags.push(frag);
-            }
-        }
+        let taken = self.pt.cursor_mut(&range).expect("a kernel range").take_all(range.len());
         self.space.platform().flush_tlb(TlbFlushOp::Range(range), TlbScope::AllCpus);
-        drop(frags);
+        drop(taken);
     }
 }
 

@@ -11,7 +11,8 @@
 //! This file holds the read-only [`Cursor`], the navigation every cursor
 //! shares (the path, descending and popping, the search for the next
 //! present entry) and the [`CursorMut`] type; what a `CursorMut` does is in
-//! `map.rs` (mapping), `take.rs` (taking and protecting) and `reclaim.rs`
+//! `map.rs` (mapping), `take.rs` (taking and protecting), `take_all.rs`
+//! (taking a whole range at once) and `reclaim.rs`
 //! (detaching the nodes it empties, and freeing them).
 //!
 //! ## How a cursor owns its locks
@@ -51,8 +52,10 @@ use crate::platform::RcuReadGuard;
 mod map;
 mod reclaim;
 mod take;
+mod take_all;
 
 pub use take::PageTableFrag;
+pub use take_all::TakenRange;
 
 /// The most levels a paging format may have.
 const MAX_LEVELS: usize = 5;

@@ -17,7 +17,7 @@ use core::ptr::NonNull;
 
 use super::reclaim::{detach_subtree, StraySubtree};
 use super::{CursorMut, Present, MAX_LEVELS};
-use crate::addr::{is_aligned, PagingLevel, Vaddr, PAGE_SIZE};
+use crate::addr::{is_aligned, Paddr, PagingLevel, Vaddr, PAGE_SIZE};
 use crate::arch::x86_64::X86_64;
 use crate::arch::{page_size, PagingFormat, PteKind};
 use crate::frame::{AnyFrameMeta, Frame};
@@ -97,16 +97,7 @@ impl<C: PageTableConfig> CursorMut<'_, C> {
     ///
     /// Panics if `len` is misaligned or reaches past the range.
     pub fn try_take_next(&mut self, len: usize) -> Result<Option<PageTableFrag<C::F>>, PageTableAllocError> {
-        let end = self.inner.search_end(len);
-        // A cursor left deep in the tree at the start of a node (by `jump`
-        // or a rejected `try_map`) starts from the highest entry beginning
-        // at `va`, which may lie in the search range as a whole: a sub-tree
-        // is then taken whole whatever the cursor did before.
-        let c = &mut self.inner;
-        c.sync_path();
-        while c.level < c.guard_level && is_aligned(c.va, page_size::<C::F>(c.level + 1)) {
-            c.pop();
-        }
+        let end = self.begin_take(len);
         loop {
             let c = &mut self.inner;
             let Some(present) = c.next_present(end, true) else {
@@ -115,19 +106,7 @@ impl<C: PageTableConfig> CursorMut<'_, C> {
             let (level, entry) = (c.level, c.cur_entry_range());
             let frag = match present {
                 Present::Subtree(child) => {
-                    let raw = c.cur_raw();
-                    c.cur_node().write(c.cur_index(), 0);
-                    // SAFETY: the node was at the current entry, which lies
-                    // in the barrier, until it was just unhooked; nodes below
-                    // the current level have no guard.
-                    let child = unsafe { c.held_node(child) };
-                    // SAFETY: the sub-tree lies in the search range, so in
-                    // the barrier: the cursor holds all its locks, and a
-                    // guard of none but `child`, made just above.
-                    let num_frames = unsafe { detach_subtree::<C::F>(child) };
-                    // SAFETY: the entry was just unhooked, and the sub-tree
-                    // it points to detached; this cursor owned it.
-                    let pt = unsafe { StraySubtree::new(c.phys(), raw, level) };
+                    let (pt, num_frames) = self.take_subtree(child);
                     PageTableFrag::StrayPageTable { pt, va: entry.start, len: entry.len(), num_frames }
                 }
                 Present::Page { pa, prop, tracked } => {
@@ -135,23 +114,79 @@ impl<C: PageTableConfig> CursorMut<'_, C> {
                         self.split_huge(end)?;
                         continue;
                     }
-                    c.cur_node().write(c.cur_index(), 0);
-                    let item = if tracked {
-                        let slot = NonNull::from(c.phys().slot(pa));
-                        // SAFETY: the entry owned one reference to the frame;
-                        // it moves to the returned item.
-                        MappedItem::Tracked(unsafe { Frame::<dyn AnyFrameMeta>::from_slot(slot) }, prop)
-                    } else {
-                        MappedItem::Untracked(pa, level, prop)
+                    let item = match self.take_leaf(pa, tracked) {
+                        Some(frame) => MappedItem::Tracked(frame, prop),
+                        None => MappedItem::Untracked(pa, level, prop),
                     };
                     PageTableFrag::Mapped { va: entry.start, item }
                 }
             };
-            self.inner.va = entry.end;
-            self.removed = true;
-            self.reclaim_empty_path();
+            self.end_take(entry.end);
             return Ok(Some(frag));
         }
+    }
+
+    /// Checks a search of `len` bytes from `va` and returns its end. A
+    /// cursor left deep in the tree at the start of a node (by `jump` or a
+    /// rejected `try_map`) starts from the highest entry beginning at `va`,
+    /// which may lie in the search range as a whole: a sub-tree is then
+    /// taken whole whatever the cursor did before.
+    ///
+    /// # Panics
+    ///
+    /// As [`Cursor::search_end`](super::Cursor::search_end).
+    pub(super) fn begin_take(&mut self, len: usize) -> Vaddr {
+        let end = self.inner.search_end(len);
+        let c = &mut self.inner;
+        c.sync_path();
+        while c.level < c.guard_level && is_aligned(c.va, page_size::<C::F>(c.level + 1)) {
+            c.pop();
+        }
+        end
+    }
+
+    /// Moves past what was just taken, to `next`, and detaches the nodes
+    /// that emptied.
+    pub(super) fn end_take(&mut self, next: Vaddr) {
+        self.inner.va = next;
+        self.removed = true;
+        self.reclaim_empty_path();
+    }
+
+    /// Unhooks the sub-tree the current entry points to (`child`, found by
+    /// `next_present` as a `Present::Subtree`) and returns it with its leaf
+    /// count.
+    pub(super) fn take_subtree(&mut self, child: Paddr) -> (StraySubtree<C::F>, usize) {
+        let c = &mut self.inner;
+        let raw = c.cur_raw();
+        debug_assert_eq!(C::F::decode(raw, c.level), PteKind::Table(child));
+        c.cur_node().write(c.cur_index(), 0);
+        // SAFETY: the node was at the current entry, which `next_present`
+        // found inside the search range (so in the barrier), until it was
+        // just unhooked; nodes below the current level have no guard.
+        let child = unsafe { c.held_node(child) };
+        // SAFETY: the sub-tree lies in the search range, so in the barrier:
+        // the cursor holds all its locks, and a guard of none but `child`,
+        // made just above.
+        let num_frames = unsafe { detach_subtree::<C::F>(child) };
+        // SAFETY: the entry was just unhooked, and the sub-tree it points to
+        // detached; this cursor owned it.
+        (unsafe { StraySubtree::new(c.phys(), raw, c.level) }, num_frames)
+    }
+
+    /// Clears the current entry, a leaf mapping `pa` (found by
+    /// `next_present` as a `Present::Page`, within the search range), and
+    /// returns the frame if it is tracked: the entry's reference moves to
+    /// it.
+    pub(super) fn take_leaf(&mut self, pa: Paddr, tracked: bool) -> Option<Frame<dyn AnyFrameMeta>> {
+        let c = &mut self.inner;
+        c.cur_node().write(c.cur_index(), 0);
+        tracked.then(|| {
+            let slot = NonNull::from(c.phys().slot(pa));
+            // SAFETY: the entry owned one reference to the frame; it moves to
+            // the result.
+            unsafe { Frame::<dyn AnyFrameMeta>::from_slot(slot) }
+        })
     }
 
     /// Changes the property of the next mapping in `va..va + len` with `op`
@@ -214,7 +249,7 @@ impl<C: PageTableConfig> CursorMut<'_, C> {
     ///
     /// Every node needed is allocated before any entry changes, so when
     /// memory runs out the page table is left exactly as it was.
-    fn split_huge(&mut self, end: Vaddr) -> Result<(), PageTableAllocError> {
+    pub(super) fn split_huge(&mut self, end: Vaddr) -> Result<(), PageTableAllocError> {
         let c = &mut self.inner;
         let (va, top) = (c.va, c.level);
         let fits = |l: PagingLevel| {

@@ -148,6 +148,35 @@ impl<'a> NodeGuard<'a> {
         written
     }
 
+    /// Clears every present entry from `from` to `to` (exclusive) and hands
+    /// each old value to `taken`, after the entry is cleared and counted.
+    /// Returns how many it cleared.
+    ///
+    /// `taken` runs the library's code only (it must not write through this
+    /// guard); if it panics, the entries cleared so far are counted and the
+    /// node stays consistent.
+    #[inline]
+    pub(crate) fn clear_present(&self, from: usize, to: usize, mut taken: impl FnMut(u64)) -> usize {
+        let nr_children = self.node.meta().nr_children.get();
+        let mut cleared = 0;
+        for entry in &self.node.entries()[from..to] {
+            // See `write`: the hardware may set accessed and dirty bits
+            // meanwhile, which unmapping discards anyway.
+            let raw = entry.load(Ordering::Relaxed);
+            if raw == 0 {
+                continue;
+            }
+            entry.store(0, Ordering::Release);
+            // SAFETY: we hold the lock, which guards `nr_children`, on this
+            // thread only; no reference to the count is alive here. The
+            // entry was present, so it was counted.
+            unsafe { *nr_children -= 1 };
+            cleared += 1;
+            taken(raw);
+        }
+        cleared
+    }
+
     /// The number of non-absent entries.
     #[inline]
     pub(crate) fn nr_children(&self) -> u16 {

@@ -1,0 +1,183 @@
+//! Taking a whole range out of the table at once.
+//!
+//! [`CursorMut::take_all`] removes every mapping in `va..va + len` into one
+//! [`TakenRange`]: what [`take_next`](CursorMut::take_next) would hand out
+//! fragment by fragment, without a fragment per page. It is the hot path of
+//! unmapping an area, the mirror of
+//! [`try_map_frames`](CursorMut::try_map_frames): the search loop finds the
+//! first mapping of each leaf node, and the rest of the node is cleared by
+//! [`NodeGuard::clear_present`](super::super::node::NodeGuard::clear_present)
+//! in a tight loop, with no walk per page. Sub-trees whose span lies in the
+//! range are taken whole, and huge pages that straddle its ends are split
+//! first, exactly as `take_next` does (they share the code).
+
+use alloc::vec::Vec;
+use core::fmt;
+use core::ops::Range;
+use core::ptr::NonNull;
+
+use super::reclaim::StraySubtree;
+use super::{node_span, CursorMut, Present};
+use crate::addr::{Vaddr, PAGE_SIZE};
+use crate::arch::x86_64::X86_64;
+use crate::arch::{PagingFormat, PteKind};
+use crate::frame::{AnyFrameMeta, Frame};
+use crate::page_table::config::PageTableConfig;
+use crate::page_table::error::PageTableAllocError;
+
+/// Everything [`CursorMut::take_all`] removed from the table.
+///
+/// Like a [`PageTableFrag`](super::PageTableFrag), it still owns what was
+/// mapped (a reference to each tracked frame, and the sub-trees taken
+/// whole): flush the TLB for [`va_range`](Self::va_range) on every CPU that
+/// may cache it, then drop it.
+#[must_use = "dropping what was taken before the TLB flush lets its frames be reused while still cached"]
+pub struct TakenRange<F: PagingFormat = X86_64> {
+    /// The tracked frames taken, each owning the reference its entry owned.
+    frames: Vec<Frame<dyn AnyFrameMeta>>,
+    /// The sub-trees taken whole.
+    subtrees: Vec<StraySubtree<F>>,
+    /// The leaf mappings removed: one per page or huge page, those of the
+    /// sub-trees included.
+    num_mappings: usize,
+    /// The lowest and the highest address of what was taken (`None` while
+    /// nothing was).
+    span: Option<Range<Vaddr>>,
+}
+
+impl<F: PagingFormat> TakenRange<F> {
+    /// An empty collection, for [`CursorMut::try_take_all`] to fill.
+    pub const fn new() -> Self {
+        Self { frames: Vec::new(), subtrees: Vec::new(), num_mappings: 0, span: None }
+    }
+
+    /// The leaf mappings taken: one per page or huge page, those of the
+    /// sub-trees taken whole included.
+    #[must_use]
+    pub fn num_mappings(&self) -> usize {
+        self.num_mappings
+    }
+
+    /// Whether nothing was taken.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.num_mappings == 0 && self.subtrees.is_empty()
+    }
+
+    /// A virtual range covering everything taken (`None` if nothing was):
+    /// what the TLB flush must cover.
+    #[must_use]
+    pub fn va_range(&self) -> Option<Range<Vaddr>> {
+        self.span.clone()
+    }
+
+    /// Notes that `range` was taken.
+    fn cover(&mut self, range: Range<Vaddr>) {
+        self.span = Some(match self.span.take() {
+            None => range,
+            Some(span) => span.start.min(range.start)..span.end.max(range.end),
+        });
+    }
+}
+
+impl<F: PagingFormat> Default for TakenRange<F> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<F: PagingFormat> fmt::Debug for TakenRange<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TakenRange")
+            .field("span", &format_args!("{:#x?}", self.span))
+            .field("num_mappings", &self.num_mappings)
+            .field("tracked_frames", &self.frames.len())
+            .field("subtrees", &self.subtrees.len())
+            .finish()
+    }
+}
+
+impl<C: PageTableConfig> CursorMut<'_, C> {
+    /// Removes every mapping in `va..va + len`, as repeated
+    /// [`take_next`](Self::take_next) calls would, and returns them
+    /// together; moves to `va + len`.
+    ///
+    /// # Panics
+    ///
+    /// As [`take_next`](Self::take_next): if `len` is misaligned or reaches
+    /// past the range, or if memory runs out while splitting a huge page
+    /// ([`try_take_all`](Self::try_take_all) reports that instead). What was
+    /// taken before such a panic is leaked, not released: the TLB may still
+    /// cache it.
+    pub fn take_all(&mut self, len: usize) -> TakenRange<C::F> {
+        let mut taken = core::mem::ManuallyDrop::new(TakenRange::new());
+        if let Err(e) = self.try_take_all(len, &mut taken) {
+            panic!("CursorMut::take_all at {:#x}: {e}", self.inner.va);
+        }
+        core::mem::ManuallyDrop::into_inner(taken)
+    }
+
+    /// [`take_all`](Self::take_all) into `taken`, but running out of memory
+    /// while splitting a huge page is an error: the mappings from the
+    /// cursor's address on are then unchanged, the cursor stands in the
+    /// mapping it could not split, and `taken` holds what was taken before
+    /// (flush it before dropping it, as always).
+    ///
+    /// # Panics
+    ///
+    /// Panics if `len` is not page aligned or reaches past the range.
+    pub fn try_take_all(
+        &mut self,
+        len: usize,
+        taken: &mut TakenRange<C::F>,
+    ) -> Result<(), PageTableAllocError> {
+        let end = self.begin_take(len);
+        loop {
+            let c = &mut self.inner;
+            let Some(present) = c.next_present(end, true) else {
+                return Ok(());
+            };
+            let entry = c.cur_entry_range();
+            match present {
+                Present::Subtree(child) => {
+                    let (pt, num_frames) = self.take_subtree(child);
+                    taken.subtrees.push(pt);
+                    taken.num_mappings += num_frames;
+                }
+                Present::Page { .. } if c.level == 1 => {
+                    // The rest of this leaf node in one pass: 4 KiB leaves
+                    // never straddle the search range.
+                    let limit = c.base[0].saturating_add(node_span::<C::F>(1)).min(end);
+                    let from = c.cur_index();
+                    let to = from + (limit - c.va) / PAGE_SIZE;
+                    // Reserved first, so that no push below allocates.
+                    taken.frames.reserve(to - from);
+                    let (phys, frames) = (c.phys(), &mut taken.frames);
+                    taken.num_mappings += c.cur_node().clear_present(from, to, |raw| {
+                        if let PteKind::Page { pa, tracked: true, .. } = C::F::decode(raw, 1) {
+                            let slot = NonNull::from(phys.slot(pa));
+                            // SAFETY: the entry owned one reference to the
+                            // frame; it moves to the handle.
+                            frames.push(unsafe { Frame::<dyn AnyFrameMeta>::from_slot(slot) });
+                        }
+                    });
+                    taken.cover(c.va..limit);
+                    self.end_take(limit);
+                    continue;
+                }
+                Present::Page { pa, tracked, .. } => {
+                    if entry.start < c.va || entry.end > end {
+                        self.split_huge(end)?;
+                        continue;
+                    }
+                    if let Some(frame) = self.take_leaf(pa, tracked) {
+                        taken.frames.push(frame);
+                    }
+                    taken.num_mappings += 1;
+                }
+            }
+            taken.cover(entry.clone());
+            self.end_take(entry.end);
+        }
+    }
+}
