@@ -16,6 +16,8 @@ use core::fmt;
 use core::ops::Range;
 use core::ptr::NonNull;
 
+use smallvec::SmallVec;
+
 use super::reclaim::StraySubtree;
 use super::{node_span, CursorMut, Present};
 use crate::addr::{Vaddr, PAGE_SIZE};
@@ -24,6 +26,9 @@ use crate::arch::{PagingFormat, PteKind};
 use crate::frame::{AnyFrameMeta, Frame};
 use crate::page_table::config::PageTableConfig;
 use crate::page_table::error::PageTableAllocError;
+
+/// Tracked frames a [`TakenRange`] holds without allocating.
+const INLINE_FRAMES: usize = 4;
 
 /// Everything [`CursorMut::take_all`] removed from the table.
 ///
@@ -34,7 +39,9 @@ use crate::page_table::error::PageTableAllocError;
 #[must_use = "dropping what was taken before the TLB flush lets its frames be reused while still cached"]
 pub struct TakenRange<F: PagingFormat = X86_64> {
     /// The tracked frames taken, each owning the reference its entry owned.
-    frames: Vec<Frame<dyn AnyFrameMeta>>,
+    /// The first few are kept inline: unmapping a small area allocates
+    /// nothing.
+    frames: SmallVec<[Frame<dyn AnyFrameMeta>; INLINE_FRAMES]>,
     /// The sub-trees taken whole.
     subtrees: Vec<StraySubtree<F>>,
     /// The leaf mappings removed: one per page or huge page, those of the
@@ -48,7 +55,7 @@ pub struct TakenRange<F: PagingFormat = X86_64> {
 impl<F: PagingFormat> TakenRange<F> {
     /// An empty collection, for [`CursorMut::try_take_all`] to fill.
     pub const fn new() -> Self {
-        Self { frames: Vec::new(), subtrees: Vec::new(), num_mappings: 0, span: None }
+        Self { frames: SmallVec::new_const(), subtrees: Vec::new(), num_mappings: 0, span: None }
     }
 
     /// The leaf mappings taken: one per page or huge page, those of the
