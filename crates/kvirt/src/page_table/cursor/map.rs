@@ -14,7 +14,7 @@
 //! being absent and the frame being of this table's space.
 
 use super::{entry_range, may_detach, node_span, CursorMut};
-use crate::addr::{is_aligned, PAGE_SIZE};
+use crate::addr::{is_aligned, Paddr, PagingLevel, PAGE_SIZE};
 use crate::arch::{page_size, pte_index, PagingFormat, PteKind};
 use crate::frame::{AnyFrameMeta, Frame};
 use crate::page_prop::PageProperty;
@@ -42,6 +42,19 @@ impl<C: PageTableConfig> CursorMut<'_, C> {
     /// A tracked frame is mapped at level 1; an untracked item at its level,
     /// where an empty page-table node left there is replaced.
     pub fn try_map(&mut self, item: MappedItem) -> Result<(), MapError> {
+        self.try_map_encoded(item, C::F::encode_page)
+    }
+
+    /// [`try_map`](Self::try_map), writing the entry `encode` makes of the
+    /// item (`PagingFormat::encode_page` or an encoder made by
+    /// `PagingFormat::page_encoder` for the item's level, property and
+    /// tracking).
+    #[inline]
+    fn try_map_encoded(
+        &mut self,
+        item: MappedItem,
+        encode: impl FnOnce(Paddr, PagingLevel, PageProperty, bool) -> u64,
+    ) -> Result<(), MapError> {
         let (pa, level, prop, tracked) = match &item {
             MappedItem::Tracked(frame, prop) => (frame.paddr(), 1, *prop, true),
             MappedItem::Untracked(pa, level, prop) => (*pa, *level, *prop, false),
@@ -109,7 +122,7 @@ impl<C: PageTableConfig> CursorMut<'_, C> {
         }
         let c = &mut self.inner;
         let (node, i) = (c.cur_node(), c.cur_index());
-        node.write(i, C::F::encode_page(pa, level, prop, tracked));
+        node.write(i, encode(pa, level, prop, tracked));
         if let MappedItem::Tracked(frame, _) = item {
             // The entry now owns the frame's reference.
             let _ = frame.into_raw();
@@ -139,7 +152,7 @@ impl<C: PageTableConfig> CursorMut<'_, C> {
         // A frame taken from `frames` that the fill below could not map.
         let mut rest = None;
         while let Some(first) = rest.take().or_else(|| frames.next()) {
-            self.try_map(MappedItem::Tracked(Frame::into_dyn(first), prop))?;
+            self.try_map_encoded(MappedItem::Tracked(Frame::into_dyn(first), prop), |pa, _, _, _| encode(pa))?;
             let c = &mut self.inner;
             if c.level != 1 {
                 continue;
