@@ -122,7 +122,7 @@ fn may_detach<C: PageTableConfig>(level: PagingLevel) -> bool {
 }
 
 impl<'a, C: PageTableConfig> Cursor<'a, C> {
-    #[inline]
+    #[inline(always)]
     fn new(pt: &'a PageTable<C>, range: &Range<Vaddr>) -> Result<Self, RangeError> {
         Self::new_with_guard_at_least(pt, range, 1)
     }
@@ -131,7 +131,7 @@ impl<'a, C: PageTableConfig> Cursor<'a, C> {
     /// or above even if the range lies inside one entry of a lower node.
     /// Used to lock the parent of a node whose span reaches the end of the
     /// address space, where no `Range` can cover the whole span.
-    #[inline]
+    #[inline(always)] // built in the caller's frame, not returned by a copy
     fn new_with_guard_at_least(
         pt: &'a PageTable<C>,
         range: &Range<Vaddr>,
@@ -516,12 +516,12 @@ pub struct CursorMut<'a, C: PageTableConfig> {
 }
 
 impl<'a, C: PageTableConfig> CursorMut<'a, C> {
-    #[inline]
+    #[inline(always)]
     fn new(pt: &'a PageTable<C>, range: &Range<Vaddr>) -> Result<Self, RangeError> {
         Ok(Self::from_cursor(Cursor::new(pt, range)?))
     }
 
-    #[inline]
+    #[inline(always)]
     fn from_cursor(inner: Cursor<'a, C>) -> Self {
         Self { inner, detached: Vec::new(), removed: false }
     }
