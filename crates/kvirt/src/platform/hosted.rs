@@ -28,7 +28,7 @@ use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::any::Any;
-use core::cell::{Cell, RefCell};
+use core::cell::Cell;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -40,7 +40,17 @@ use super::{MemoryRegion, MemoryRegionKind, Platform, RcuCallback, TlbFlushOp, T
 
 std::thread_local! {
     static CURRENT_CPU: Cell<usize> = const { Cell::new(0) };
-    static READ_GUARDS: RefCell<Vec<crossbeam_epoch::Guard>> = const { RefCell::new(Vec::new()) };
+    static READER: Reader = const { Reader { depth: Cell::new(0), guard: Cell::new(None) } };
+}
+
+/// The calling thread's read-side sections.
+struct Reader {
+    /// How many are open (they nest).
+    depth: Cell<usize>,
+    /// The pin of the outermost one: `Some` exactly while `depth > 0`.
+    /// Inner sections need no pin of their own, which saves crossbeam's
+    /// bookkeeping on every nested entry.
+    guard: Cell<Option<crossbeam_epoch::Guard>>,
 }
 
 /// Makes the calling thread act as CPU `cpu` for every hosted platform
@@ -220,14 +230,29 @@ unsafe impl Platform for SimPlatform {
         CURRENT_CPU.with(Cell::get).min(self.machine.nr_cpus() - 1)
     }
 
+    #[inline]
     fn rcu_read_lock(&self) {
-        let guard = crossbeam_epoch::pin();
-        READ_GUARDS.with(|g| g.borrow_mut().push(guard));
+        READER.with(|r| {
+            let depth = r.depth.get();
+            if depth == 0 {
+                r.guard.set(Some(crossbeam_epoch::pin()));
+            }
+            r.depth.set(depth + 1);
+        });
     }
 
+    #[inline]
     fn rcu_read_unlock(&self) {
-        let guard = READ_GUARDS.with(|g| g.borrow_mut().pop());
-        debug_assert!(guard.is_some(), "rcu_read_unlock without rcu_read_lock");
+        let guard = READER.with(|r| {
+            let depth = r.depth.get();
+            debug_assert!(depth > 0, "rcu_read_unlock without rcu_read_lock");
+            r.depth.set(depth.saturating_sub(1));
+            if depth == 1 {
+                r.guard.take()
+            } else {
+                None
+            }
+        });
         drop(guard);
     }
 
