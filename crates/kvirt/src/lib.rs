@@ -142,8 +142,11 @@
 //! * `crossbeam-utils` (no_std): `CachePadded`, so that the per-CPU free-page
 //!   lists, VMALLOC arenas, registry shards and purge queues do not share
 //!   cache lines.
-//! * `kvirt-sim`, `crossbeam-epoch` (feature `std` only): the hosted machine
-//!   and epoch-based reclamation for hosted builds.
+//! * `smallvec` (no_std): the first few frames an unmap takes are kept
+//!   inline, so that unmapping a small area allocates nothing.
+//! * `kvirt-sim`, `libc` (feature `std` only): the hosted machine, and the
+//!   `membarrier` system call behind the hosted platform's RCU (a reader
+//!   then needs no locked instruction; see `platform::hosted`).
 
 #![no_std]
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -18,7 +18,8 @@
 //! parent a moment earlier. Such a node goes to [`Platform::call_rcu`] and is
 //! returned to the allocator only after every read-side section that might
 //! have seen it has ended. In a kernel that is its RCU (or, on one CPU,
-//! [`CountingRcu`]); in the hosted build it is `crossbeam-epoch`.
+//! [`CountingRcu`]); in the hosted build it is the hosted platform's own
+//! (per-thread counters and Linux's `membarrier`).
 
 #[cfg(feature = "std")]
 pub mod hosted;

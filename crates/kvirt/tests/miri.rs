@@ -19,13 +19,12 @@
 //! * The spaces run on `CountingRcuPlatform` (`tests/support/counting_rcu.rs`),
 //!   a platform over the same simulated machine as the hosted default but
 //!   with kvirt's own `CountingRcu` (the one the demo kernel uses) instead
-//!   of crossbeam-epoch. Under Miri,
-//!   crossbeam-epoch 0.9 casts integers back to pointers (`Pointable::deref`
-//!   in its `atomic.rs`), which strict provenance forbids; even with
-//!   permissive provenance it breaks Stacked Borrows (`Local::element_of`,
-//!   crossbeam issue 545); and under Tree Borrows its global collector
-//!   leaks its per-thread state at exit. With `CountingRcu`, the whole run
-//!   is checked with strict provenance, Stacked Borrows and the leak check.
+//!   of the hosted platform's RCU, whose `membarrier` system call Miri
+//!   cannot make (it falls back to fences there; its own tests run under
+//!   Miri separately, see `cargo xtask miri`). With `CountingRcu`, a
+//!   callback runs as soon as no section is open, which keeps each test's
+//!   end-of-test accounting exact and fast. The whole run is checked with
+//!   strict provenance, Stacked Borrows and the leak check.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};

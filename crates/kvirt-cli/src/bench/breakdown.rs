@@ -8,7 +8,7 @@
 //!
 //! | step | adds |
 //! |---|---|
-//! | `rcu` | a read-side section entered and left: the hosted platform's (a `crossbeam-epoch` pin); a kernel's is a preemption count |
+//! | `rcu` | a read-side section entered and left: the hosted platform's (a per-thread counter; `membarrier` on the reclaiming side); a kernel's is a preemption count |
 //! | `cursor` | a `CursorMut` over the page, created and dropped: its read-side section, the walk down and the node lock |
 //! | `untracked` | mapping an untracked page and taking it back: the PTE stores |
 //! | `tracked` | the same with a tracked frame: its reference count, up and down |
@@ -49,7 +49,7 @@ pub struct Step {
 
 /// The steps, in order (see the module documentation).
 pub const STEPS: [(&str, &[&str], &str); 9] = [
-    ("rcu", &[], "a read-side section entered and left (hosted: a crossbeam-epoch pin)"),
+    ("rcu", &[], "a read-side section entered and left (hosted: a per-thread counter, no locked instruction)"),
     ("cursor", &["rcu"], "CursorMut over the page, created and dropped (+ walk down, node lock)"),
     ("untracked", &["cursor"], "+ map an untracked page and take it back (PTE stores)"),
     ("tracked", &["untracked"], "+ a tracked frame instead (reference count up and down)"),

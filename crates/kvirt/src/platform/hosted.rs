@@ -5,22 +5,24 @@
 //!   library forgets shows up as a stale translation in tests.
 //! * The current CPU is a per-thread setting ([`set_current_cpu`]), 0 by
 //!   default, so tests can play several CPUs from several threads.
-//! * Deferred reclamation uses `crossbeam-epoch` (the well-kept epoch-based
-//!   reclamation crate). Callbacks are gathered in a batch per simulated
-//!   CPU and handed to crossbeam 64 at a time (handing them over costs a
-//!   flush of crossbeam's thread-local bag, about a microsecond); deferring
-//!   longer than needed is always safe. A count of pending callbacks per
-//!   CPU lets [`Platform::rcu_barrier`] wait for exactly ours, from any
-//!   thread. Batches and counts are per CPU, each in its own cache line, so
-//!   that CPUs freeing page-table nodes at once do not meet on them.
+//! * Read-side sections and deferred reclamation are this module's own
+//!   RCU (`hosted/rcu.rs`): a counter per thread, odd inside a section,
+//!   and Linux's `membarrier` on the reclaiming side, so that entering a
+//!   section costs no locked instruction (liburcu's "memb" flavour; plain
+//!   fences where `membarrier` is missing). Callbacks are gathered in a
+//!   batch per simulated CPU and handed over 64 at a time (handing over
+//!   costs a `membarrier`, a few microseconds); deferring longer than
+//!   needed is always safe. A count of pending callbacks per CPU lets
+//!   [`Platform::rcu_barrier`] wait for exactly ours, from any thread.
+//!   Batches and counts are per CPU, each in its own cache line, so that
+//!   CPUs freeing page-table nodes at once do not meet on them.
 //! * A callback that panics does not stop the others: each runs under
 //!   `catch_unwind`, the rest of its batch still runs, and the count drops
 //!   as for any callback, so `rcu_barrier` never waits for it. No panic
-//!   unwinds through crossbeam-epoch (which would drop the other deferred
-//!   functions of its bag unrun) or out of whatever pinned the thread that
-//!   happened to run the batch; the first one is raised again by the next
-//!   [`Platform::rcu_barrier`] on this platform, once every callback queued
-//!   before it has run (unless that thread is already panicking).
+//!   unwinds out of whatever thread happened to run the batch; the first
+//!   one is raised again by the next [`Platform::rcu_barrier`] on this
+//!   platform, once every callback queued before it has run (unless that
+//!   thread is already panicking).
 
 extern crate std;
 
@@ -38,19 +40,10 @@ use kvirt_sim::{Machine, RegionKind};
 
 use super::{MemoryRegion, MemoryRegionKind, Platform, RcuCallback, TlbFlushOp, TlbScope};
 
+mod rcu;
+
 std::thread_local! {
     static CURRENT_CPU: Cell<usize> = const { Cell::new(0) };
-    static READER: Reader = const { Reader { depth: Cell::new(0), guard: Cell::new(None) } };
-}
-
-/// The calling thread's read-side sections.
-struct Reader {
-    /// How many are open (they nest).
-    depth: Cell<usize>,
-    /// The pin of the outermost one: `Some` exactly while `depth > 0`.
-    /// Inner sections need no pin of their own, which saves crossbeam's
-    /// bookkeeping on every nested entry.
-    guard: Cell<Option<crossbeam_epoch::Guard>>,
 }
 
 /// Makes the calling thread act as CPU `cpu` for every hosted platform
@@ -80,7 +73,7 @@ pub fn memory_map_of(machine: &Machine) -> Vec<MemoryRegion> {
 /// The platform of a simulated machine.
 pub struct SimPlatform {
     machine: Arc<Machine>,
-    /// Per CPU: callbacks queued but not yet handed to crossbeam-epoch.
+    /// Per CPU: callbacks queued but not yet handed over to the RCU.
     batches: Vec<CachePadded<std::sync::Mutex<Vec<RcuCallback>>>>,
     /// Per CPU: callbacks queued there and not yet run (batched or handed
     /// over).
@@ -92,7 +85,7 @@ pub struct SimPlatform {
 /// What a panic carries.
 type PanicPayload = Box<dyn Any + Send>;
 
-/// Callbacks handed to crossbeam-epoch at once.
+/// Callbacks handed over to the RCU at once.
 const RCU_BATCH: usize = 64;
 
 impl core::fmt::Debug for SimPlatform {
@@ -161,9 +154,9 @@ impl SimPlatform {
 }
 
 impl SimPlatform {
-    /// Defers the batched callbacks through crossbeam-epoch: they run after
-    /// every guard pinned before now is dropped, which includes every
-    /// read-side section that began before any of them was queued.
+    /// Defers the batched callbacks through the RCU: they run once every
+    /// read-side section open now has ended, which includes every section
+    /// that began before any of them was queued.
     fn hand_over_batch(&self, cpu: usize) {
         let batch = core::mem::take(&mut *lock(&self.batches[cpu]));
         if batch.is_empty() {
@@ -171,8 +164,7 @@ impl SimPlatform {
         }
         let pending = self.pending_callbacks.clone();
         let callback_panic = self.callback_panic.clone();
-        let guard = crossbeam_epoch::pin();
-        guard.defer(move || {
+        rcu::defer(Box::new(move || {
             let n = batch.len();
             for callback in batch {
                 // A panic stops neither the batch nor the count (see the
@@ -183,8 +175,7 @@ impl SimPlatform {
                 }
             }
             pending[cpu].fetch_sub(n, Ordering::SeqCst);
-        });
-        guard.flush();
+        }));
     }
 }
 
@@ -203,9 +194,10 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 //    to memory kvirt handed out: the promise of whoever called the
 //    `unsafe` `SimPlatform::new`.
 // 3. Simulated TLB flushes complete before returning.
-// 4. Callbacks are deferred through crossbeam-epoch: they run after every
-//    guard pinned before them is dropped; read-side sections are thread
-//    local guards, so they cannot migrate.
+// 4. Callbacks are deferred through `hosted/rcu.rs`: they run once every
+//    read-side section open when their batch was handed over has ended
+//    (its module docs give the argument); sections are per thread, so
+//    they cannot migrate.
 // 5. Only `rcu_barrier` panics (on a read-side section open for 30 s, or
 //    to pass on a callback's panic); the mutexes are taken through
 //    poisoning.
@@ -232,28 +224,12 @@ unsafe impl Platform for SimPlatform {
 
     #[inline]
     fn rcu_read_lock(&self) {
-        READER.with(|r| {
-            let depth = r.depth.get();
-            if depth == 0 {
-                r.guard.set(Some(crossbeam_epoch::pin()));
-            }
-            r.depth.set(depth + 1);
-        });
+        rcu::read_lock();
     }
 
     #[inline]
     fn rcu_read_unlock(&self) {
-        let guard = READER.with(|r| {
-            let depth = r.depth.get();
-            debug_assert!(depth > 0, "rcu_read_unlock without rcu_read_lock");
-            r.depth.set(depth.saturating_sub(1));
-            if depth == 1 {
-                r.guard.take()
-            } else {
-                None
-            }
-        });
-        drop(guard);
+        rcu::read_unlock();
     }
 
     fn call_rcu(&self, callback: RcuCallback) {
@@ -273,7 +249,7 @@ unsafe impl Platform for SimPlatform {
         (0..self.batches.len()).for_each(|cpu| self.hand_over_batch(cpu));
         let started = Instant::now();
         while self.pending() != 0 {
-            crossbeam_epoch::pin().flush();
+            rcu::poll();
             if started.elapsed() > Duration::from_secs(30) {
                 panic!("rcu_barrier: a read-side section has not ended for 30 s");
             }

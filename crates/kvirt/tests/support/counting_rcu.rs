@@ -1,8 +1,7 @@
 //! A platform over a kvirt-sim machine whose deferred reclamation is
 //! kvirt's own [`CountingRcu`] (the one the demo kernel uses), instead of
-//! the hosted platform's crossbeam-epoch. Written once for the tests that
-//! use it: `tests/miri.rs` (crossbeam-epoch is not clean under
-//! Miri; that file's docs say why) and `tests/page_table.rs` (a test holds
+//! the hosted platform's. Written once for the tests that use it:
+//! `tests/miri.rs` (that file's docs say why) and `tests/page_table.rs` (a test holds
 //! a read-side section open and sees a callback wait for it, where the
 //! hosted platform would also hold callbacks back in its batch).
 //!

@@ -152,7 +152,9 @@ impl<C: PageTableConfig> CursorMut<'_, C> {
         // A frame taken from `frames` that the fill below could not map.
         let mut rest = None;
         while let Some(first) = rest.take().or_else(|| frames.next()) {
-            self.try_map_encoded(MappedItem::Tracked(Frame::into_dyn(first), prop), |pa, _, _, _| encode(pa))?;
+            self.try_map_encoded(MappedItem::Tracked(Frame::into_dyn(first), prop), |pa, _, _, _| {
+                encode(pa)
+            })?;
             let c = &mut self.inner;
             if c.level != 1 {
                 continue;

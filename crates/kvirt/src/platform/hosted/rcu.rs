@@ -1,0 +1,377 @@
+//! The hosted platform's RCU: a counter per thread, and asymmetric fences.
+//!
+//! Every thread that enters a read-side section registers a slot holding a
+//! counter, odd while the thread is inside a section and even outside; the
+//! outermost entry and exit each add one. Deferring a function (`defer`)
+//! snapshots every slot after a full memory barrier on every thread of the
+//! process; the function runs (`poll`) once each slot that was odd in the
+//! snapshot has moved on, that is, once every section open at the snapshot
+//! has ended. Sections begun after the snapshot cannot see what the
+//! deferring thread unlinked before it.
+//!
+//! ```text
+//!   reader                          reclaimer
+//!   slot = odd                      unlink the node
+//!   (compiler fence)                heavy fence: a barrier on every thread
+//!   read the table ...              snapshot: the odd slots
+//!   slot = even   (Release)   ...   run once each has changed (Acquire)
+//! ```
+//!
+//! Why a reader needs no fence of its own: the heavy fence is Linux's
+//! `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`, which runs a full
+//! barrier on every CPU running a thread of the process before it returns.
+//! If that barrier fell after the reader's entry store, the snapshot sees
+//! the slot odd and waits for it; if before, every read of the section
+//! comes after the barrier, so after the unlink, and cannot reach the
+//! unlinked node. Where `membarrier` is missing (other systems, old
+//! kernels, Miri), both sides use a `SeqCst` fence instead, the usual
+//! store-buffering argument. This is liburcu's "memb" flavour; it makes a
+//! read-side section a thread-local increment and two stores, where an
+//! epoch pin (crossbeam-epoch, which this replaced) costs a locked
+//! instruction on every entry: the hosted bench then measures kvirt's
+//! page table rather than its stand-in for a kernel's RCU (a kernel's is
+//! often just a preemption count).
+//!
+//! A thread's slot leaves the registry when the thread exits (ending a
+//! section left open). A thread whose thread-locals are already destroyed
+//! counts as an "outsider" in a shared counter, which every snapshot waits
+//! for to drop to zero.
+
+extern crate std;
+
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::cell::{Cell, OnceCell};
+use core::sync::atomic::{fence, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
+
+use crossbeam_utils::CachePadded;
+
+/// A thread's counter: odd while it is inside a read-side section.
+type Slot = CachePadded<AtomicUsize>;
+
+/// Every registered thread's slot.
+static REGISTRY: Mutex<Vec<Arc<Slot>>> = Mutex::new(Vec::new());
+/// Sections open on threads without thread-locals (see the module docs).
+static OUTSIDERS: AtomicUsize = AtomicUsize::new(0);
+/// Deferred functions waiting for their grace period, oldest first.
+static WAITING: Mutex<VecDeque<Deferred>> = Mutex::new(VecDeque::new());
+/// Held while deferred functions run: one runner at a time, and a
+/// function that defers or polls again does not wait for itself.
+static RUNNER: Mutex<()> = Mutex::new(());
+
+std::thread_local! {
+    static LOCAL: Local = const { Local { depth: Cell::new(0), slot: OnceCell::new() } };
+}
+
+/// A thread's read-side state.
+struct Local {
+    /// Open sections (they nest); only the outermost touches the slot.
+    depth: Cell<usize>,
+    /// The registered slot, made on the first section.
+    slot: OnceCell<Arc<Slot>>,
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        let Some(slot) = self.slot.get() else { return };
+        let count = slot.load(Ordering::Relaxed);
+        if count % 2 == 1 {
+            // A section left open ends with the thread.
+            slot.store(count + 1, Ordering::Release);
+        }
+        lock(&REGISTRY).retain(|s| !Arc::ptr_eq(s, slot));
+    }
+}
+
+/// A function waiting for the sections open when it was deferred.
+struct Deferred {
+    /// The odd slots of the snapshot and their counts.
+    open: Vec<(Arc<Slot>, usize)>,
+    /// Whether outsiders had sections open.
+    outsiders: bool,
+    run: Box<dyn FnOnce() + Send>,
+}
+
+impl Deferred {
+    /// Whether every section the snapshot saw open has ended.
+    fn ready(&self) -> bool {
+        (!self.outsiders || OUTSIDERS.load(Ordering::Acquire) == 0)
+            && self.open.iter().all(|(slot, count)| slot.load(Ordering::Acquire) != *count)
+    }
+}
+
+/// How the fences are made, decided once.
+static MODE: AtomicU8 = AtomicU8::new(UNKNOWN);
+const UNKNOWN: u8 = 0;
+/// `membarrier` works: readers need only a compiler fence.
+const ASYMMETRIC: u8 = 1;
+/// Both sides use `SeqCst` fences.
+const SYMMETRIC: u8 = 2;
+
+/// The fence mode, registering with `membarrier` on the first call.
+#[inline]
+fn mode() -> u8 {
+    match MODE.load(Ordering::Relaxed) {
+        UNKNOWN => {
+            let found = if membarrier::register() { ASYMMETRIC } else { SYMMETRIC };
+            // The first answer stands for good, for every thread
+            // (registering the process twice is harmless).
+            match MODE.compare_exchange(UNKNOWN, found, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => found,
+                Err(first) => first,
+            }
+        }
+        mode => mode,
+    }
+}
+
+/// The reader's side of the fence pair.
+#[inline]
+fn light_fence() {
+    if mode() == ASYMMETRIC {
+        core::sync::atomic::compiler_fence(Ordering::SeqCst);
+    } else {
+        fence(Ordering::SeqCst);
+    }
+}
+
+/// The reclaimer's side: a full barrier on every thread of the process.
+fn heavy_fence() {
+    if mode() == ASYMMETRIC {
+        // Readers rely on it: going on without it would free memory a
+        // reader may still see.
+        assert!(membarrier::barrier(), "membarrier failed after the process registered for it");
+    } else {
+        fence(Ordering::SeqCst);
+    }
+}
+
+/// Enters a read-side section.
+#[inline]
+pub(super) fn read_lock() {
+    let entered = LOCAL.try_with(|l| {
+        let depth = l.depth.get();
+        if depth == 0 {
+            let slot = l.slot.get_or_init(register);
+            // Only this thread writes its slot.
+            slot.store(slot.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            light_fence();
+        }
+        l.depth.set(depth + 1);
+    });
+    if entered.is_err() {
+        OUTSIDERS.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Leaves a read-side section.
+#[inline]
+pub(super) fn read_unlock() {
+    let left = LOCAL.try_with(|l| {
+        let depth = l.depth.get();
+        debug_assert!(depth > 0, "rcu_read_unlock without rcu_read_lock");
+        l.depth.set(depth.saturating_sub(1));
+        if depth == 1 {
+            let slot = l.slot.get().expect("the outermost section registered the slot");
+            // Release: the section's reads come before the reclaimer's
+            // Acquire load that sees the new count.
+            slot.store(slot.load(Ordering::Relaxed) + 1, Ordering::Release);
+        }
+    });
+    if left.is_err() {
+        OUTSIDERS.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// Registers the calling thread's slot.
+fn register() -> Arc<Slot> {
+    let slot = Arc::new(CachePadded::new(AtomicUsize::new(0)));
+    lock(&REGISTRY).push(slot.clone());
+    slot
+}
+
+/// Runs `run` once every read-side section open now, on any thread, has
+/// ended (see the module docs); it may run on any thread, from `defer` or
+/// `poll`. The caller unlinked what `run` frees before calling this.
+pub(super) fn defer(run: Box<dyn FnOnce() + Send>) {
+    heavy_fence();
+    let outsiders = OUTSIDERS.load(Ordering::Relaxed) != 0;
+    let open = lock(&REGISTRY)
+        .iter()
+        .filter_map(|slot| {
+            let count = slot.load(Ordering::Relaxed);
+            (count % 2 == 1).then(|| (slot.clone(), count))
+        })
+        .collect();
+    lock(&WAITING).push_back(Deferred { open, outsiders, run });
+    poll();
+}
+
+/// Runs the deferred functions whose grace period is over, oldest first,
+/// unless another thread (or this one, further up) is running them.
+pub(super) fn poll() {
+    let _runner = match RUNNER.try_lock() {
+        Ok(guard) => guard,
+        Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+        Err(TryLockError::WouldBlock) => return,
+    };
+    loop {
+        let ready = {
+            let mut waiting = lock(&WAITING);
+            match waiting.front() {
+                Some(first) if first.ready() => waiting.pop_front(),
+                _ => None,
+            }
+        };
+        match ready {
+            // Run without the queue's lock: it may defer again.
+            Some(deferred) => (deferred.run)(),
+            None => return,
+        }
+    }
+}
+
+/// Locks `mutex`, poisoned or not: every critical section here is one
+/// push, pop, retain or snapshot, which a panic leaves consistent.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Linux's `membarrier(2)`, where it can be used.
+mod membarrier {
+    /// Runs a full barrier on every CPU running a thread of the process.
+    #[cfg(all(target_os = "linux", not(miri)))]
+    const PRIVATE_EXPEDITED: libc::c_int = 1 << 3;
+    /// Announces the use of `PRIVATE_EXPEDITED`.
+    #[cfg(all(target_os = "linux", not(miri)))]
+    const REGISTER_PRIVATE_EXPEDITED: libc::c_int = 1 << 4;
+
+    /// Registers the process; whether `barrier` may be used.
+    pub(super) fn register() -> bool {
+        #[cfg(all(target_os = "linux", not(miri)))]
+        {
+            // SAFETY: `membarrier` takes two integers and touches no memory
+            // of ours; an unsupported command returns an error.
+            unsafe { libc::syscall(libc::SYS_membarrier, REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0 }
+        }
+        #[cfg(not(all(target_os = "linux", not(miri))))]
+        {
+            false
+        }
+    }
+
+    /// The barrier; whether it ran.
+    pub(super) fn barrier() -> bool {
+        #[cfg(all(target_os = "linux", not(miri)))]
+        {
+            // SAFETY: as in `register`.
+            unsafe { libc::syscall(libc::SYS_membarrier, PRIVATE_EXPEDITED, 0, 0) == 0 }
+        }
+        #[cfg(not(all(target_os = "linux", not(miri))))]
+        {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// Polls until `done` or 10 s.
+    fn poll_until(done: &AtomicBool) -> bool {
+        let started = Instant::now();
+        while !done.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(10) {
+            poll();
+            std::thread::yield_now();
+        }
+        done.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn a_deferred_function_waits_for_a_section_open_on_another_thread() {
+        let (entered, wait_entered) = mpsc::channel();
+        let (leave, wait_leave) = mpsc::channel::<()>();
+        let reader = std::thread::spawn(move || {
+            read_lock();
+            entered.send(()).unwrap();
+            wait_leave.recv().unwrap();
+            read_unlock();
+        });
+        wait_entered.recv().unwrap();
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        defer(Box::new(move || flag.store(true, Ordering::SeqCst)));
+        for _ in 0..100 {
+            poll();
+            assert!(!ran.load(Ordering::SeqCst), "ran while a section open before it was still open");
+        }
+        leave.send(()).unwrap();
+        reader.join().unwrap();
+        assert!(poll_until(&ran), "never ran after the section ended");
+    }
+
+    #[test]
+    fn sections_begun_after_the_deferral_do_not_hold_it_up() {
+        let (entered, wait_entered) = mpsc::channel();
+        let (leave, wait_leave) = mpsc::channel::<()>();
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        defer(Box::new(move || flag.store(true, Ordering::SeqCst)));
+        let reader = std::thread::spawn(move || {
+            read_lock();
+            entered.send(()).unwrap();
+            wait_leave.recv().unwrap();
+            read_unlock();
+        });
+        wait_entered.recv().unwrap();
+        assert!(poll_until(&ran), "a later section held up the function");
+        leave.send(()).unwrap();
+        reader.join().unwrap();
+    }
+
+    #[test]
+    fn nested_sections_end_with_the_outermost_and_a_thread_exit_ends_a_leaked_one() {
+        let (entered, wait_entered) = mpsc::channel();
+        let (step, wait_step) = mpsc::channel::<()>();
+        let (stepped, wait_stepped) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            read_lock();
+            read_lock();
+            entered.send(()).unwrap();
+            wait_step.recv().unwrap();
+            read_unlock();
+            stepped.send(()).unwrap();
+            wait_step.recv().unwrap();
+            // The outer section is leaked: the thread exits inside it.
+        });
+        wait_entered.recv().unwrap();
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        defer(Box::new(move || flag.store(true, Ordering::SeqCst)));
+        step.send(()).unwrap();
+        wait_stepped.recv().unwrap();
+        for _ in 0..100 {
+            poll();
+            assert!(!ran.load(Ordering::SeqCst), "the inner exit ended the outer section");
+        }
+        step.send(()).unwrap();
+        reader.join().unwrap();
+        assert!(poll_until(&ran), "the thread's exit did not end its section");
+    }
+
+    #[test]
+    fn a_function_may_defer_another() {
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        defer(Box::new(move || defer(Box::new(move || flag.store(true, Ordering::SeqCst)))));
+        assert!(poll_until(&ran));
+    }
+}
