@@ -197,6 +197,7 @@ pub(crate) struct RcuReadGuard<'a> {
 }
 
 impl<'a> RcuReadGuard<'a> {
+    #[inline]
     pub(crate) fn new(platform: &'a dyn Platform) -> Self {
         platform.rcu_read_lock();
         Self { platform }
@@ -204,6 +205,7 @@ impl<'a> RcuReadGuard<'a> {
 }
 
 impl Drop for RcuReadGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.platform.rcu_read_unlock();
     }
