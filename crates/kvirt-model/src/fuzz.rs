@@ -836,6 +836,8 @@ fn cursor_op(inp: &mut Input<'_>, view: &SessionView<'_, X86_64>) -> CursorOp {
             let new = inp.prop();
             if protect {
                 CursorOp::Protect { len, how: Protect::Set(new), all: false }
+            } else if inp.below(4) == 0 {
+                CursorOp::TakeAll { len }
             } else {
                 CursorOp::Take { len, all: false }
             }

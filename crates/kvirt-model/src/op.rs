@@ -285,6 +285,11 @@ pub enum CursorOp {
         /// Repeat.
         all: bool,
     },
+    /// `try_take_all(len)`: everything in the search at once.
+    TakeAll {
+        /// The search length, as for [`CursorOp::Take`].
+        len: usize,
+    },
     /// `protect_next(len)`; with `all`, again until nothing is left.
     Protect {
         /// The search length, as for [`CursorOp::Take`].

@@ -12,7 +12,7 @@ use kvirt::arch::{effective_property, page_size, PagingFormat};
 use kvirt::kspace::KernelLayout;
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
 use kvirt::page_table::{
-    vaddr_bounds, MapErrorKind, MappedItem, MappedItemRef, PageTableFrag, RangeError, UserPtConfig,
+    vaddr_bounds, MapErrorKind, MappedItem, MappedItemRef, PageTableFrag, RangeError, TakenRange, UserPtConfig,
 };
 use kvirt::platform::{TlbFlushOp, TlbScope};
 use kvirt::spec;
@@ -221,6 +221,7 @@ impl<L: KernelLayout> Model<'_, L> {
         };
         let mut ran = Vec::new();
         let mut frags: Vec<PageTableFrag<L::Format>> = Vec::new();
+        let mut takens: Vec<TakenRange<L::Format>> = Vec::new();
         let mut va = range.start;
         loop {
             ck.expect(c.virt_addr() == va, "the cursor's address", || {
@@ -407,6 +408,65 @@ impl<L: KernelLayout> Model<'_, L> {
                         }
                     }
                 }
+                CursorOp::TakeAll { len } => {
+                    let valid = len % PAGE_SIZE == 0 && len <= range.end - va;
+                    if !valid {
+                        let msg = panic::catch(|| drop(c.take_all(len)));
+                        ck.expect(
+                            matches!(&msg, Err(m) if m.contains("page aligned") || m.contains("reaches past")),
+                            "a search past the cursor's range panics",
+                            || format!("take_all of {len:#x} from {va:#x} in {range:#x?}: {msg:?}"),
+                        )?;
+                        continue;
+                    }
+                    let scarce = space.phys_stats().free_pages < super::SLACK_PAGES;
+                    let end = va + len;
+                    let mut taken = TakenRange::new();
+                    let got = c.try_take_all(len, &mut taken);
+                    // Everything before where the cursor stopped was taken:
+                    // the whole search, or up to the huge page it could not
+                    // split.
+                    let stop = c.virt_addr();
+                    let (mut mappings, mut spans) = (0, Vec::new());
+                    loop {
+                        let before = model.clone();
+                        let (frag, next) = model.take_next(va, stop);
+                        let Some(frag) = frag else { break };
+                        let span = match frag {
+                            Taken::Leaf(at, l) => {
+                                mappings += 1;
+                                at..at + l.size
+                            }
+                            Taken::SubTree { va: at, len, num_frames } => {
+                                mappings += num_frames;
+                                at..at + len
+                            }
+                        };
+                        for (_, l) in before.map.range(span.clone()).filter(|(_, l)| l.tracked) {
+                            add_ref(l.pa, -1);
+                        }
+                        spans.push(span);
+                        va = next;
+                    }
+                    ck.expect(taken.num_mappings() == mappings, "pt take_all agrees with the model", || {
+                        format!("take_all to {stop:#x}: took {} mappings, the model {mappings}", taken.num_mappings())
+                    })?;
+                    let covered = match taken.va_range() {
+                        None => spans.is_empty(),
+                        Some(cover) => spans.iter().all(|s| cover.start <= s.start && s.end <= cover.end),
+                    };
+                    ck.expect(covered, "take_all's range covers what it took", || {
+                        format!("take_all covers {:x?}, took {spans:x?}", taken.va_range())
+                    })?;
+                    va = stop;
+                    match got {
+                        Ok(()) => ck.expect(stop == end, "take_all ends at the end of its search", || {
+                            format!("take_all of {len:#x} stopped at {stop:#x}, not {end:#x}")
+                        })?,
+                        Err(_) => refused_split(ck, model, va, scarce)?,
+                    }
+                    takens.push(taken);
+                }
                 CursorOp::Query => {
                     let got = c
                         .query()
@@ -435,10 +495,11 @@ impl<L: KernelLayout> Model<'_, L> {
             }
         }
         drop(c);
-        if !frags.is_empty() {
+        if !frags.is_empty() || takens.iter().any(|t| !t.is_empty()) {
             space.platform().flush_tlb(TlbFlushOp::Range(range.clone()), TlbScope::AllCpus);
         }
         drop(frags);
+        drop(takens);
         self.check_pt_session(&range, nodes_before, model_nodes_before)?;
         Ok(ran)
     }
