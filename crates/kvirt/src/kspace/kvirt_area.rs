@@ -223,7 +223,7 @@ impl<L: KernelLayout> KVirtArea<L> {
     ///
     /// Panics unless `start() <= addr < end()`.
     #[must_use]
-    #[inline]
+    #[inline(always)] // small, and what the caller ignores is not computed
     pub fn query(&self, addr: Vaddr) -> Option<MappedItemRef<'_>> {
         assert!(
             kvirt_core::area_args::query_addr_ok(self.range.start, self.range.end, addr),
@@ -244,7 +244,7 @@ impl<L: KernelLayout> KVirtArea<L> {
     /// the mapping at `addr` and nothing else can remove it while `self` is
     /// borrowed, so every node on the path stays alive and the lock-free walk
     /// needs neither locks nor a read-side section.
-    #[inline]
+    #[inline(always)]
     fn query_inner(&self, addr: Vaddr) -> Option<MappedItemRef<'_>> {
         if !self.mapped.contains(&addr) {
             return None;

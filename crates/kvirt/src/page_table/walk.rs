@@ -31,6 +31,7 @@ impl<C: PageTableConfig> PageTable<C> {
     /// otherwise): a user table does not follow the kernel entries it
     /// shares, which belong to the kernel table and may be freed before it.
     #[must_use]
+    #[inline(always)] // small, and what the caller ignores is not computed
     pub fn translate(&self, va: Vaddr) -> Option<(Paddr, PageProperty)> {
         let _rcu = crate::platform::RcuReadGuard::new(self.phys().platform());
         // SAFETY: we are in a read-side section, so a node reachable now is

@@ -62,8 +62,10 @@ impl<C: PageTableConfig> CursorMut<'_, C> {
         let fail = |kind, item| Err(MapError { kind, item });
         if let MappedItem::Tracked(frame, _) = &item {
             // The entry will hold the frame's reference as a bare address
-            // and take it back through this table's metadata array.
-            if !core::ptr::eq(frame.phys(), self.inner.phys()) {
+            // and take it back through this table's metadata array: the
+            // frame's slot must be in that array (which is what owning
+            // space means; no load of the slot needed).
+            if frame.paddr_in(self.inner.phys().slot_map()).is_none() {
                 return fail(MapErrorKind::ForeignFrame, item);
             }
         }

@@ -34,6 +34,7 @@
 use alloc::vec::Vec;
 use core::fmt;
 use core::marker::PhantomData;
+use core::mem::ManuallyDrop;
 use core::ops::Range;
 use core::ptr::NonNull;
 
@@ -88,7 +89,9 @@ pub struct Cursor<'a, C: PageTableConfig> {
     /// `path[l - 1]` guards the node at level `l` on the way from the guard
     /// node to `va`: `Some` exactly for `level..=guard_level` while the
     /// cursor holds its locks, `None` everywhere once it released them.
-    path: [Option<NodeGuard<'a>>; MAX_LEVELS],
+    /// Dropping the cursor releases them (`unlock_all`), so the array
+    /// itself needs no drop.
+    path: ManuallyDrop<[Option<NodeGuard<'a>>; MAX_LEVELS]>,
     /// `base[l - 1]` is the lowest address `path[l - 1]` maps.
     base: [Vaddr; MAX_LEVELS],
     _rcu: RcuReadGuard<'a>,
@@ -141,7 +144,7 @@ impl<'a, C: PageTableConfig> Cursor<'a, C> {
         let rcu = RcuReadGuard::new(pt.phys().platform());
         let guard = lock_range(&PtTree(pt), range, min_guard_level);
         let guard_level = guard.level;
-        let mut path = [const { None }; MAX_LEVELS];
+        let mut path = ManuallyDrop::new([const { None }; MAX_LEVELS]);
         let mut base = [0; MAX_LEVELS];
         // SAFETY: `lock_range` locked the guard node and gave up its guard
         // (`PtTree::lock`); this is the only one made again.
@@ -415,9 +418,13 @@ impl<'a, C: PageTableConfig> Cursor<'a, C> {
         let Some(guard_node) = self.path[self.guard_level as usize - 1].take() else {
             return;
         };
-        for node in self.path.iter_mut().filter_map(Option::take) {
+        // The rest of the path: `Some` exactly below the guard, down to
+        // the current level.
+        let below = self.level as usize - 1..self.guard_level as usize - 1;
+        for node in self.path[below].iter_mut().filter_map(Option::take) {
             let _ = node.into_raw();
         }
+        debug_assert!(self.path.iter().all(Option::is_none), "a guard off the cursor's path");
         let guard = Guard {
             node: guard_node.into_raw(),
             level: self.guard_level,
