@@ -1,22 +1,25 @@
 //! `cargo xtask instructions`: instructions per page of every
-//! implementation's map and unmap in `kvirt bench`, counted by Valgrind's
-//! callgrind.
+//! implementation's map and unmap in `kvirt bench`, and per query, counted
+//! by Valgrind's callgrind.
 //!
 //! `perf stat` needs hardware counters, which virtual machines like ours
 //! often lack; callgrind counts the instructions a function and its callees
 //! retire, exactly and on any machine. For each range size this runs
 //! `kvirt bench --quick --only map-4k-x{n}$` (maps, queries and unmaps of
 //! `n`-page ranges, every implementation) under callgrind, collecting only
-//! inside the adapters' `Mapper::map` and `Mapper::unmap` (kept out of line
-//! for this), and reads from callgrind's output the calls to each and their
-//! inclusive instruction counts: per page, that is the instructions one
-//! page costs, the adapter's few included. Frame handles and addresses are
+//! inside the adapters' `Mapper::map`, `Mapper::unmap` and `Mapper::query`
+//! (kept out of line for this, each implementation alike), and reads from
+//! callgrind's output the calls to each and their inclusive instruction
+//! counts: per page (per query), that is the instructions one page (one
+//! random query) costs, the adapter's few included. Frame handles and addresses are
 //! prepared outside those functions, as in the timed runs.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The operations counted, as the adapters' methods are named.
+const OPS: [&str; 3] = ["map", "unmap", "query"];
 /// The range sizes (as `kvirt bench`'s).
 const SIZES: [usize; 4] = [1, 16, 512, 65536];
 /// The implementations, in `kvirt bench`'s order: (name, what its adapter's
@@ -110,13 +113,14 @@ pub fn run(options: &Options) -> Result<(), String> {
     let mut table: BTreeMap<(&str, usize), BTreeMap<&str, f64>> = BTreeMap::new();
     for n in SIZES {
         let counts = count(&kvirt, n)?;
-        for op in ["map", "unmap"] {
+        for op in OPS {
             for (name, path) in IMPLS {
                 let suffix = format!("as kvirt_cli::bench::mapper::Mapper>::{op}");
                 let found = counts.iter().find(|(f, _)| f.contains(path) && f.ends_with(&suffix));
                 if let Some((_, c)) = found.filter(|(_, c)| c.calls > 0) {
-                    let pages = c.calls as f64 * n as f64;
-                    table.entry((op, n)).or_default().insert(name, c.instructions as f64 / pages);
+                    // Maps and unmaps per page; a query is one call.
+                    let per = if op == "query" { c.calls as f64 } else { c.calls as f64 * n as f64 };
+                    table.entry((op, n)).or_default().insert(name, c.instructions as f64 / per);
                 }
             }
         }
@@ -137,6 +141,7 @@ fn count(kvirt: &Path, n: usize) -> Result<BTreeMap<String, Count>, String> {
         .arg(format!("--callgrind-out-file={}", out.display()))
         .arg("--toggle-collect=*as kvirt_cli::bench::mapper::Mapper>::map")
         .arg("--toggle-collect=*as kvirt_cli::bench::mapper::Mapper>::unmap")
+        .arg("--toggle-collect=*as kvirt_cli::bench::mapper::Mapper>::query")
         .arg(kvirt)
         .args(["bench", "--quick", "--only", &format!("map-4k-x{n}$")])
         .stdout(std::process::Stdio::null())
@@ -155,7 +160,8 @@ fn count(kvirt: &Path, n: usize) -> Result<BTreeMap<String, Count>, String> {
 fn markdown(table: &BTreeMap<(&str, usize), BTreeMap<&str, f64>>) -> String {
     let mut out = String::from(
         "## Instructions per page\n\n\
-         Instructions retired per page by each implementation's map and unmap, counted by Valgrind's callgrind \
+         Instructions retired per page by each implementation's map and unmap, and per random query, counted by \
+         Valgrind's callgrind \
          (`cargo xtask instructions`, which writes this section; this machine has no hardware counters for \
          `perf stat`). Exact counts of the same code the table times, on `kvirt bench --quick`'s runs; the unmaps \
          include the flush of both simulated CPUs' TLBs that every implementation does. Work kvirt defers to an \
@@ -169,7 +175,7 @@ fn markdown(table: &BTreeMap<(&str, usize), BTreeMap<&str, f64>>) -> String {
     out.push_str("\n|---|---:|");
     out.push_str(&"---:|".repeat(IMPLS.len()));
     out.push('\n');
-    for op in ["map", "unmap"] {
+    for op in OPS {
         for n in SIZES {
             out.push_str(&format!("| {op} | {n} |"));
             for (name, _) in IMPLS {

@@ -151,6 +151,7 @@ impl Mapper for Floor {
         mapping.start
     }
 
+    #[inline(never)] // as `map`: every implementation's query alike
     fn query(&self, _mapping: &Mapped, va: Vaddr) -> Option<Paddr> {
         let mut table = self.root;
         for level in (1..=4).rev() {

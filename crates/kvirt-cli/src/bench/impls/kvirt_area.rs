@@ -60,6 +60,7 @@ impl<L: KernelLayout> Mapper for KvirtArea<L> {
         mapping.start()
     }
 
+    #[inline(never)] // as `map`: every implementation's query alike
     fn query(&self, mapping: &KVirtArea<L>, va: Vaddr) -> Option<Paddr> {
         mapping.query(va).map(|item| {
             let size = PAGE_SIZE << (9 * (item.level() as usize - 1));

@@ -73,6 +73,7 @@ impl<L: KernelLayout> Mapper for KvirtPt<L> {
         mapping.start
     }
 
+    #[inline(never)] // as `map`: every implementation's query alike
     fn query(&self, _mapping: &Range<Vaddr>, va: Vaddr) -> Option<Paddr> {
         self.pt.translate(va).map(|(pa, _)| pa)
     }

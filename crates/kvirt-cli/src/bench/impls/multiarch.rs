@@ -140,6 +140,7 @@ impl<M: PagingMetaData<VirtAddr = VirtAddr>, E: GenericPTE> Mapper for Multiarch
         mapping.start
     }
 
+    #[inline(never)] // as `map`: every implementation's query alike
     fn query(&self, _mapping: &Region, va: Vaddr) -> Option<Paddr> {
         self.table.query(VirtAddr::from(va)).ok().map(|(pa, _, _)| pa.as_usize())
     }
