@@ -12,7 +12,8 @@ use kvirt::arch::{effective_property, page_size, PagingFormat};
 use kvirt::kspace::KernelLayout;
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
 use kvirt::page_table::{
-    vaddr_bounds, MapErrorKind, MappedItem, MappedItemRef, PageTableFrag, RangeError, TakenRange, UserPtConfig,
+    vaddr_bounds, MapErrorKind, MappedItem, MappedItemRef, PageTableFrag, RangeError, TakenRange,
+    UserPtConfig,
 };
 use kvirt::platform::{TlbFlushOp, TlbScope};
 use kvirt::spec;
@@ -449,7 +450,10 @@ impl<L: KernelLayout> Model<'_, L> {
                         va = next;
                     }
                     ck.expect(taken.num_mappings() == mappings, "pt take_all agrees with the model", || {
-                        format!("take_all to {stop:#x}: took {} mappings, the model {mappings}", taken.num_mappings())
+                        format!(
+                            "take_all to {stop:#x}: took {} mappings, the model {mappings}",
+                            taken.num_mappings()
+                        )
                     })?;
                     let covered = match taken.va_range() {
                         None => spans.is_empty(),
