@@ -98,14 +98,21 @@ pub fn lock_range<T: LockTree>(tree: &T, range: &Range<usize>, min_level: u8) ->
             let span = tree.entry_size(level + 1);
             tree.canonical(range.start / span * span)
         };
-        lock_below(tree, node, level, base, range);
+        if level > 1 {
+            lock_below(tree, node, level, base, range);
+        }
         return Guard { node, level, base };
     }
 }
 
 /// Releases what [`lock_range`] (and the lock holder since) locked.
 pub fn unlock_range<T: LockTree>(tree: &T, guard: &Guard<T::Node>, range: &Range<usize>) {
-    unlock_below(tree, guard.node, guard.level, guard.base, range);
+    if guard.level == 1 {
+        // A leaf guard (the common case of a small range): nothing below.
+        tree.unlock(guard.node);
+    } else {
+        unlock_below(tree, guard.node, guard.level, guard.base, range);
+    }
 }
 
 /// The indices of a node at `level` mapping from `base` whose entries
