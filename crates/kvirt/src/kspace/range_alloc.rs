@@ -296,7 +296,8 @@ impl RangeAllocator {
         }
         // The last block starting before `end` is the only candidate for
         // overlap: every earlier block ends before it starts.
-        if let Some((&bs, &be)) = probed(self.by_addr.range(..end)).next_back() {
+        let last_before = probed(self.by_addr.range(..end)).next_back().map(|(&bs, &be)| (bs, be));
+        if let Some((bs, be)) = last_before {
             if be > start {
                 // Blocks are never adjacent, so an entirely free range lies
                 // inside a single block.
@@ -308,11 +309,11 @@ impl RangeAllocator {
             }
         }
         let mut merged = start..end;
-        if let Some((&ls, &le)) = probed(self.by_addr.range(..start)).next_back() {
-            if le == start {
-                self.remove_block(ls, le);
-                merged.start = ls;
-            }
+        // No block overlaps the range, so that same block is also the last
+        // one starting before `start`: the left neighbour, if it touches.
+        if let Some((ls, le)) = last_before.filter(|&(_, le)| le == start) {
+            self.remove_block(ls, le);
+            merged.start = ls;
         }
         probe(1);
         if let Some(&re) = self.by_addr.get(&end) {
