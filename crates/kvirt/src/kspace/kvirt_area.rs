@@ -546,7 +546,12 @@ impl<L: KernelLayout> Drop for KVirtArea<L> {
             {
                 let mut cursor =
                     space.kernel_pt.cursor_mut(&self.mapped).expect("an area lies in kernel space");
-                taken = ManuallyDrop::new(cursor.take_all(self.mapped.len()));
+                // Filled in place (`take_all` would return it by a copy).
+                if let Err(e) = cursor.try_take_all(self.mapped.len(), &mut taken) {
+                    // Areas split their huge pages when they are split, so
+                    // this needs no memory; what was taken stays leaked.
+                    panic!("dropping the area at {:#x}: {e}", self.range.start);
+                }
             }
             if !lazy {
                 // Invalidate before anything mapped can be reused.

@@ -116,6 +116,7 @@ impl<C: PageTableConfig> CursorMut<'_, C> {
     /// ([`try_take_all`](Self::try_take_all) reports that instead). What was
     /// taken before such a panic is leaked, not released: the TLB may still
     /// cache it.
+    #[inline]
     pub fn take_all(&mut self, len: usize) -> TakenRange<C::F> {
         let mut taken = core::mem::ManuallyDrop::new(TakenRange::new());
         if let Err(e) = self.try_take_all(len, &mut taken) {
