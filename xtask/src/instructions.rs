@@ -166,7 +166,8 @@ fn markdown(table: &BTreeMap<(&str, usize), BTreeMap<&str, f64>>) -> String {
          `perf stat`). Exact counts of the same code the table times, on `kvirt bench --quick`'s runs; the unmaps \
          include the flush of both simulated CPUs' TLBs that every implementation does. Work kvirt defers to an \
          RCU callback (freeing the frames of a whole page-table node taken at once, as the 65536-page unmaps do) \
-         runs outside these functions and is not counted here; the timed runs include it.\n\n",
+         runs where the hosted RCU finds its grace period over: mostly inside a later unmap, when a batch of \
+         callbacks is handed over, so these counts include most of it; the timed runs include all of it.\n\n",
     );
     out.push_str("| op | pages per range |");
     for (name, _) in IMPLS {
