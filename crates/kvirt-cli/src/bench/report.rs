@@ -784,7 +784,7 @@ pub fn markdown(r: &Results, targets: &[Target], svg_link: Option<&str>, include
     let _ = writeln!(out, "| `floor` | the cheapest possible table: map = one PTE store per page into pre-allocated, pre-linked leaves; query = a raw 4-level walk; unmap = one store of zero |\n");
     let _ = writeln!(
         out,
-        "All of them run over the same kind of simulated RAM (`kvirt::sim::Machine`): the peers and the floor get a frame allocator over a range of their machine's RAM and its `ram_base()` as the physical-memory offset. kvirt maps tracked frames (each entry owns a reference), so its map and unmap include reference counting, node locking and reclaiming emptied page-table nodes; the peers map raw physical addresses and keep their tables.\n"
+        "All of them run over the same kind of simulated RAM (`kvirt::sim::Machine`): the peers and the floor get a frame allocator over a range of their machine's RAM and its `ram_base()` as the physical-memory offset. kvirt maps tracked frames (each entry owns a reference), so its map and unmap include reference counting, node locking and reclaiming emptied page-table nodes (the frames of a node taken whole are released by an RCU callback, which the hosted RCU runs as soon as its grace period is over, mostly inside a later unmap of the same timed loop); its cursors and lock-free queries enter an RCU read-side section, which on this hosted platform is a per-thread counter (a kernel's is often a preemption count). The peers map raw physical addresses, keep their tables, and take no lock: a kernel sharing one of their tables between CPUs would have to wrap it in one.\n"
     );
     let _ = writeln!(
         out,
