@@ -142,8 +142,6 @@
 //! * `crossbeam-utils` (no_std): `CachePadded`, so that the per-CPU free-page
 //!   lists, VMALLOC arenas, registry shards and purge queues do not share
 //!   cache lines.
-//! * `hashbrown` (no_std): the area registry's maps from an area's start to
-//!   its entry, a hash lookup where a B-tree walked several nodes.
 //! * `smallvec` (no_std): the first few frames an unmap takes are kept
 //!   inline, so that unmapping a small area allocates nothing.
 //! * `kvirt-sim`, `libc` (feature `std` only): the hosted machine, and the

@@ -3,16 +3,12 @@
 //! Every live [`KVirtArea`](super::KVirtArea) has an entry with its range,
 //! how much of it is mapped, its kind and an optional label. The registry is
 //! split into shards by address so that threads creating and dropping areas
-//! in parallel rarely meet on one lock. Each shard is a hash map from an
-//! area's start to its entry: every operation but the (sorted) listing is a
-//! point lookup by start, so no order is kept.
+//! in parallel rarely meet on one lock.
 
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::fmt;
-use core::hash::{BuildHasherDefault, Hasher};
 use core::ops::Range;
-
-use hashbrown::HashMap;
 
 use crossbeam_utils::CachePadded;
 
@@ -80,61 +76,22 @@ impl fmt::Display for AreaInfo {
 const SHARDS: usize = 16;
 const _: () = assert!(SHARDS.is_power_of_two());
 
-/// Multiplicative hashing of an address's page number by the odd `k`.
-#[inline]
-fn spread(start: Vaddr, k: u64) -> u64 {
-    ((start / PAGE_SIZE) as u64).wrapping_mul(k)
-}
-
-/// Picks the shard (Fibonacci hashing).
-const SHARD_K: u64 = 0x9e37_79b9_7f4a_7c15;
-/// Hashes inside a shard: another multiplier, so that the high bits, which
-/// pick the shard, are not the same in every key of a shard.
-const KEY_K: u64 = 0xd6e8_feb8_6659_fd93;
-
-/// The shards' hash: an area start's page number, spread (the high bits
-/// make the probe group's tag, the low ones pick the bucket, so both are
-/// mixed). Starts come from kvirt's own allocator, not from an attacker.
-#[derive(Clone, Copy, Debug, Default)]
-struct StartHasher(u64);
-
-impl Hasher for StartHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `usize` keys are hashed; any other input still hashes.
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(KEY_K);
-        }
-    }
-
-    #[inline]
-    fn write_usize(&mut self, start: usize) {
-        let h = spread(start, KEY_K);
-        self.0 = h ^ (h >> 32);
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type Shard = HashMap<Vaddr, AreaInfo, BuildHasherDefault<StartHasher>>;
-
 /// The registry of one kernel space.
 #[derive(Debug)]
 pub(crate) struct AreaRegistry {
-    shards: [CachePadded<spin::Mutex<Shard>>; SHARDS],
+    shards: [CachePadded<spin::Mutex<BTreeMap<Vaddr, AreaInfo>>>; SHARDS],
 }
 
 impl AreaRegistry {
     pub(crate) fn new() -> Self {
-        Self { shards: core::array::from_fn(|_| CachePadded::new(spin::Mutex::new(Shard::default()))) }
+        Self { shards: core::array::from_fn(|_| CachePadded::new(spin::Mutex::new(BTreeMap::new()))) }
     }
 
-    fn shard(&self, start: Vaddr) -> &spin::Mutex<Shard> {
+    fn shard(&self, start: Vaddr) -> &spin::Mutex<BTreeMap<Vaddr, AreaInfo>> {
         // Fibonacci hashing of the page number: areas of different VMALLOC
         // arenas (whose starts are aligned alike) land in different shards.
-        &self.shards[(spread(start, SHARD_K) >> (u64::BITS - SHARDS.trailing_zeros())) as usize]
+        let hash = (start / PAGE_SIZE).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        &self.shards[hash >> (usize::BITS - SHARDS.trailing_zeros())]
     }
 
     pub(crate) fn insert(&self, info: AreaInfo) {
