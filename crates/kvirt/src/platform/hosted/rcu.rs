@@ -285,6 +285,22 @@ mod tests {
 
     use super::*;
 
+    /// Defers a function that raises the returned flag.
+    fn defer_flag() -> Arc<AtomicBool> {
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        defer(Box::new(move || flag.store(true, Ordering::SeqCst)));
+        ran
+    }
+
+    /// Polls a hundred times; `ran` must stay down throughout.
+    fn assert_held(ran: &AtomicBool, why: &str) {
+        for _ in 0..100 {
+            poll();
+            assert!(!ran.load(Ordering::SeqCst), "{why}");
+        }
+    }
+
     /// Polls until `done` or 10 s.
     fn poll_until(done: &AtomicBool) -> bool {
         let started = Instant::now();
@@ -306,13 +322,8 @@ mod tests {
             read_unlock();
         });
         wait_entered.recv().unwrap();
-        let ran = Arc::new(AtomicBool::new(false));
-        let flag = ran.clone();
-        defer(Box::new(move || flag.store(true, Ordering::SeqCst)));
-        for _ in 0..100 {
-            poll();
-            assert!(!ran.load(Ordering::SeqCst), "ran while a section open before it was still open");
-        }
+        let ran = defer_flag();
+        assert_held(&ran, "ran while a section open before it was still open");
         leave.send(()).unwrap();
         reader.join().unwrap();
         assert!(poll_until(&ran), "never ran after the section ended");
@@ -322,9 +333,7 @@ mod tests {
     fn sections_begun_after_the_deferral_do_not_hold_it_up() {
         let (entered, wait_entered) = mpsc::channel();
         let (leave, wait_leave) = mpsc::channel::<()>();
-        let ran = Arc::new(AtomicBool::new(false));
-        let flag = ran.clone();
-        defer(Box::new(move || flag.store(true, Ordering::SeqCst)));
+        let ran = defer_flag();
         let reader = std::thread::spawn(move || {
             read_lock();
             entered.send(()).unwrap();
@@ -353,15 +362,10 @@ mod tests {
             // The outer section is leaked: the thread exits inside it.
         });
         wait_entered.recv().unwrap();
-        let ran = Arc::new(AtomicBool::new(false));
-        let flag = ran.clone();
-        defer(Box::new(move || flag.store(true, Ordering::SeqCst)));
+        let ran = defer_flag();
         step.send(()).unwrap();
         wait_stepped.recv().unwrap();
-        for _ in 0..100 {
-            poll();
-            assert!(!ran.load(Ordering::SeqCst), "the inner exit ended the outer section");
-        }
+        assert_held(&ran, "the inner exit ended the outer section");
         step.send(()).unwrap();
         reader.join().unwrap();
         assert!(poll_until(&ran), "the thread's exit did not end its section");
