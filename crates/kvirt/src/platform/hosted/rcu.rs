@@ -32,10 +32,13 @@
 //! page table rather than its stand-in for a kernel's RCU (a kernel's is
 //! often just a preemption count).
 //!
-//! A thread's slot leaves the registry when the thread exits (ending a
-//! section left open). A thread whose thread-locals are already destroyed
-//! counts as an "outsider" in a shared counter, which every snapshot waits
-//! for to drop to zero.
+//! A thread's slot leaves the registry when its thread-locals are
+//! destroyed. A section entered on a thread whose thread-locals are gone,
+//! or still open when they go (a guard kept in another thread-local, whose
+//! destructor may still read the table), counts as an "outsider" in a
+//! shared counter, and no deferred function runs while that counter is
+//! above zero. So a guard leaked for good on a thread that then exits
+//! stops reclamation for good, as it would on a thread that lives on.
 
 extern crate std;
 
@@ -77,10 +80,16 @@ struct Local {
 impl Drop for Local {
     fn drop(&mut self) {
         let Some(slot) = self.slot.get() else { return };
-        let count = slot.load(Ordering::Relaxed);
-        if count % 2 == 1 {
-            // A section left open ends with the thread.
-            slot.store(count + 1, Ordering::Release);
+        let depth = self.depth.replace(0);
+        if depth > 0 {
+            // Sections still open as the thread-locals go: a guard kept in
+            // another thread-local, whose destructor may still read the
+            // table, or one leaked for good. They go on as outsiders,
+            // which every deferred function waits for, before the slot
+            // says they ended; their exits, without thread-locals, count
+            // them down.
+            OUTSIDERS.fetch_add(depth, Ordering::SeqCst);
+            slot.store(slot.load(Ordering::Relaxed) + 1, Ordering::Release);
         }
         lock(&REGISTRY).retain(|s| !Arc::ptr_eq(s, slot));
     }
@@ -90,16 +99,17 @@ impl Drop for Local {
 struct Deferred {
     /// The odd slots of the snapshot and their counts.
     open: Vec<(Arc<Slot>, usize)>,
-    /// Whether outsiders had sections open.
-    outsiders: bool,
     run: Box<dyn FnOnce() + Send>,
 }
 
 impl Deferred {
-    /// Whether every section the snapshot saw open has ended.
+    /// Whether every section the snapshot saw open has ended, and no
+    /// outsider's is open. The slots are read first: a slot that moved
+    /// because its thread's locals went made its sections outsiders
+    /// before (`Local::drop`), which the Acquire load makes visible here.
     fn ready(&self) -> bool {
-        (!self.outsiders || OUTSIDERS.load(Ordering::Acquire) == 0)
-            && self.open.iter().all(|(slot, count)| slot.load(Ordering::Acquire) != *count)
+        self.open.iter().all(|(slot, count)| slot.load(Ordering::Acquire) != *count)
+            && OUTSIDERS.load(Ordering::Acquire) == 0
     }
 }
 
@@ -198,7 +208,6 @@ fn register() -> Arc<Slot> {
 /// `poll`. The caller unlinked what `run` frees before calling this.
 pub(super) fn defer(run: Box<dyn FnOnce() + Send>) {
     heavy_fence();
-    let outsiders = OUTSIDERS.load(Ordering::Relaxed) != 0;
     let open = lock(&REGISTRY)
         .iter()
         .filter_map(|slot| {
@@ -206,7 +215,7 @@ pub(super) fn defer(run: Box<dyn FnOnce() + Send>) {
             (count % 2 == 1).then(|| (slot.clone(), count))
         })
         .collect();
-    lock(&WAITING).push_back(Deferred { open, outsiders, run });
+    lock(&WAITING).push_back(Deferred { open, run });
     poll();
 }
 
@@ -279,7 +288,7 @@ mod membarrier {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
 
@@ -347,7 +356,7 @@ mod tests {
     }
 
     #[test]
-    fn nested_sections_end_with_the_outermost_and_a_thread_exit_ends_a_leaked_one() {
+    fn nested_sections_end_with_the_outermost() {
         let (entered, wait_entered) = mpsc::channel();
         let (step, wait_step) = mpsc::channel::<()>();
         let (stepped, wait_stepped) = mpsc::channel();
@@ -359,7 +368,7 @@ mod tests {
             read_unlock();
             stepped.send(()).unwrap();
             wait_step.recv().unwrap();
-            // The outer section is leaked: the thread exits inside it.
+            read_unlock();
         });
         wait_entered.recv().unwrap();
         let ran = defer_flag();
@@ -368,7 +377,51 @@ mod tests {
         assert_held(&ran, "the inner exit ended the outer section");
         step.send(()).unwrap();
         reader.join().unwrap();
-        assert!(poll_until(&ran), "the thread's exit did not end its section");
+        assert!(poll_until(&ran), "the outer exit did not end the section");
+    }
+
+    /// A guard kept in a thread-local whose destructor runs after this
+    /// module's: its section must stay open until it really ends.
+    #[test]
+    fn a_section_open_when_the_thread_locals_go_holds_deferred_functions_until_it_ends() {
+        static PHASE: AtomicUsize = AtomicUsize::new(0);
+        let wait = |phase| {
+            while PHASE.load(Ordering::SeqCst) != phase {
+                std::thread::yield_now();
+            }
+        };
+        struct Holder;
+        impl Drop for Holder {
+            fn drop(&mut self) {
+                // Destructors run in the reverse order of their
+                // registration: `LOCAL`'s, registered after this one's,
+                // has run.
+                PHASE.store(3, Ordering::SeqCst);
+                while PHASE.load(Ordering::SeqCst) != 4 {
+                    std::thread::yield_now();
+                }
+                read_unlock();
+            }
+        }
+        std::thread_local! {
+            static HOLDER: Holder = const { Holder };
+        }
+        let reader = std::thread::spawn(move || {
+            HOLDER.with(|_| {});
+            read_lock();
+            PHASE.store(1, Ordering::SeqCst);
+            while PHASE.load(Ordering::SeqCst) != 2 {
+                std::thread::yield_now();
+            }
+        });
+        wait(1);
+        let ran = defer_flag();
+        PHASE.store(2, Ordering::SeqCst);
+        wait(3);
+        assert_held(&ran, "a section still open in a thread-local's destructor was taken as ended");
+        PHASE.store(4, Ordering::SeqCst);
+        reader.join().unwrap();
+        assert!(poll_until(&ran), "the section's end, after the thread-locals, did not count");
     }
 
     #[test]
