@@ -310,6 +310,21 @@ mod tests {
         }
     }
 
+    /// A thread inside a read-side section, once this returns; sending on
+    /// the sender lets it leave and end.
+    fn reader_in_section() -> (std::thread::JoinHandle<()>, mpsc::Sender<()>) {
+        let (entered, wait_entered) = mpsc::channel();
+        let (leave, wait_leave) = mpsc::channel::<()>();
+        let reader = std::thread::spawn(move || {
+            read_lock();
+            entered.send(()).unwrap();
+            wait_leave.recv().unwrap();
+            read_unlock();
+        });
+        wait_entered.recv().unwrap();
+        (reader, leave)
+    }
+
     /// Polls until `done` or 10 s.
     fn poll_until(done: &AtomicBool) -> bool {
         let started = Instant::now();
@@ -322,15 +337,7 @@ mod tests {
 
     #[test]
     fn a_deferred_function_waits_for_a_section_open_on_another_thread() {
-        let (entered, wait_entered) = mpsc::channel();
-        let (leave, wait_leave) = mpsc::channel::<()>();
-        let reader = std::thread::spawn(move || {
-            read_lock();
-            entered.send(()).unwrap();
-            wait_leave.recv().unwrap();
-            read_unlock();
-        });
-        wait_entered.recv().unwrap();
+        let (reader, leave) = reader_in_section();
         let ran = defer_flag();
         assert_held(&ran, "ran while a section open before it was still open");
         leave.send(()).unwrap();
@@ -340,16 +347,8 @@ mod tests {
 
     #[test]
     fn sections_begun_after_the_deferral_do_not_hold_it_up() {
-        let (entered, wait_entered) = mpsc::channel();
-        let (leave, wait_leave) = mpsc::channel::<()>();
         let ran = defer_flag();
-        let reader = std::thread::spawn(move || {
-            read_lock();
-            entered.send(()).unwrap();
-            wait_leave.recv().unwrap();
-            read_unlock();
-        });
-        wait_entered.recv().unwrap();
+        let (reader, leave) = reader_in_section();
         assert!(poll_until(&ran), "a later section held up the function");
         leave.send(()).unwrap();
         reader.join().unwrap();
