@@ -11,12 +11,22 @@
 //! Free space is a set of *blocks*, kept in two indexes that always describe
 //! the same blocks:
 //!
-//! * `by_addr: BTreeMap<start, end>` orders blocks by address. `free` uses it
-//!   to detect overlap with free space and to find the neighbours to merge
-//!   with; [`RangeAllocator::free_ranges`] walks it.
-//! * `by_size: BTreeSet<(len, start)>` orders blocks by length (ties by
-//!   address). `alloc` uses it to find the best-fitting block, and
-//!   [`RangeAllocator::stats`] reads the largest block from its last entry.
+//! * `by_end: BTreeMap<end, start>` orders blocks by address (blocks never
+//!   overlap, so ordering by end is ordering by start). `free` uses it to
+//!   detect overlap with free space and to find the neighbours to merge
+//!   with; [`RangeAllocator::free_ranges`] walks it. It is keyed by the
+//!   *end* because the two commonest changes keep a block's end: `alloc`
+//!   carves from a block's low end, and `free` of a range just below a free
+//!   block merges into that block. Either rewrites the entry's value in
+//!   place instead of removing a key and inserting another.
+//! * `by_size: SizeIndex` orders blocks by length (ties by address).
+//!   `alloc` uses it to find the best-fitting block, and
+//!   [`RangeAllocator::stats`] reads the largest block from it. It keeps the
+//!   largest block in a field of its own and the others in a
+//!   `BTreeSet<(len, start)>`: a VMALLOC region is mostly one large block
+//!   (its untouched top) that small areas are carved from and freed back
+//!   into, and that block stays the largest through such changes, so they
+//!   touch no tree at all.
 //!
 //! Blocks are non-empty, granule-aligned, inside the managed range,
 //! non-overlapping and never adjacent: `free` always merges with free
@@ -112,10 +122,10 @@ pub struct RangeAllocator {
     range: Range<usize>,
     /// Allocation unit in bytes; a power of two.
     granule: usize,
-    /// Free blocks by address: `start -> end`.
-    by_addr: BTreeMap<usize, usize>,
+    /// Free blocks by address, keyed by their end: `end -> start`.
+    by_end: BTreeMap<usize, usize>,
     /// Free blocks by size: `(len, start)`.
-    by_size: BTreeSet<(usize, usize)>,
+    by_size: SizeIndex,
     /// Sum of the lengths of all free blocks.
     free_bytes: usize,
 }
@@ -233,8 +243,8 @@ impl RangeAllocator {
         let mut this = Self {
             range: range.clone(),
             granule,
-            by_addr: BTreeMap::new(),
-            by_size: BTreeSet::new(),
+            by_end: BTreeMap::new(),
+            by_size: SizeIndex::default(),
             free_bytes: 0,
         };
         this.insert_block(range.start, range.end);
@@ -264,12 +274,17 @@ impl RangeAllocator {
         let (start, end, at) = self.find_block(size, align).ok_or(RangeAllocError::Exhausted)?;
         // `fit_in` checked that `at + size <= end`, so nothing below overflows.
         let stop = at + size;
-        self.remove_block(start, end);
+        if stop < end {
+            // The right rest keeps the block's end, so its address entry
+            // stays and only its start moves.
+            probe(1);
+            self.by_size.replace((end - start, start), (end - stop, stop));
+            *self.by_end.get_mut(&end).expect("the indexes hold the same blocks") = stop;
+        } else {
+            self.remove_block(start, end);
+        }
         if start < at {
             self.insert_block(start, at);
-        }
-        if stop < end {
-            self.insert_block(stop, end);
         }
         self.free_bytes -= size;
         Ok(at..stop)
@@ -294,11 +309,11 @@ impl RangeAllocator {
         if start % self.granule != 0 || end % self.granule != 0 {
             return Err(RangeAllocError::Misaligned);
         }
-        // The last block starting before `end` is the only candidate for
-        // overlap: every earlier block ends before it starts.
-        let last_before = probed(self.by_addr.range(..end)).next_back().map(|(&bs, &be)| (bs, be));
-        if let Some((bs, be)) = last_before {
-            if be > start {
+        // The first block ending after `start` is the only candidate for
+        // overlap: every later block starts after it ends.
+        let first_after = probed(self.by_end.range(start + 1..)).next().map(|(&be, &bs)| (bs, be));
+        if let Some((bs, be)) = first_after {
+            if bs < end {
                 // Blocks are never adjacent, so an entirely free range lies
                 // inside a single block.
                 return Err(if bs <= start && end <= be {
@@ -308,19 +323,25 @@ impl RangeAllocator {
                 });
             }
         }
-        let mut merged = start..end;
-        // No block overlaps the range, so that same block is also the last
-        // one starting before `start`: the left neighbour, if it touches.
-        if let Some((ls, le)) = last_before.filter(|&(_, le)| le == start) {
-            self.remove_block(ls, le);
-            merged.start = ls;
-        }
+        // No block overlaps the range, so that same block is also the first
+        // one starting at or after `end`: the right neighbour, if it touches.
+        let right = first_after.filter(|&(rs, _)| rs == end);
         probe(1);
-        if let Some(&re) = self.by_addr.get(&end) {
-            self.remove_block(end, re);
-            merged.end = re;
+        let left = self.by_end.get(&start).map(|&ls| (ls, start));
+        let merged_start = left.map_or(start, |(ls, _)| ls);
+        if let Some((ls, le)) = left {
+            self.remove_block(ls, le);
         }
-        self.insert_block(merged.start, merged.end);
+        match right {
+            Some((rs, re)) => {
+                // The merged block keeps the right neighbour's end: its
+                // address entry stays and only its start moves.
+                probe(1);
+                self.by_size.replace((re - rs, rs), (re - merged_start, merged_start));
+                *self.by_end.get_mut(&re).expect("the indexes hold the same blocks") = merged_start;
+            }
+            None => self.insert_block(merged_start, end),
+        }
         self.free_bytes += end - start;
         Ok(())
     }
@@ -331,8 +352,8 @@ impl RangeAllocator {
         RangeAllocStats {
             total_bytes: self.range.end - self.range.start,
             free_bytes: self.free_bytes,
-            largest_free: self.by_size.last().map_or(0, |&(len, _)| len),
-            fragments: self.by_addr.len(),
+            largest_free: self.by_size.top.map_or(0, |(len, _)| len),
+            fragments: self.by_end.len(),
         }
     }
 
@@ -354,7 +375,7 @@ impl RangeAllocator {
     // Introspection for tests and debugging; VMALLOC does not need it.
     #[cfg_attr(not(test), allow(dead_code))]
     pub fn free_ranges(&self) -> impl DoubleEndedIterator<Item = Range<usize>> + '_ {
-        self.by_addr.iter().map(|(&start, &end)| start..end)
+        self.by_end.iter().map(|(&end, &start)| start..end)
     }
 
     /// True iff `range` lies entirely in free space. An empty or reversed
@@ -365,27 +386,28 @@ impl RangeAllocator {
         if range.start >= range.end {
             return false;
         }
+        // Only the first block ending after `range.start` can hold it.
         matches!(
-            probed(self.by_addr.range(..=range.start)).next_back(),
-            Some((_, &end)) if end >= range.end
+            probed(self.by_end.range(range.start + 1..)).next(),
+            Some((&end, &start)) if start <= range.start && end >= range.end
         )
     }
 
     /// True iff some byte of `range` is free. An empty or reversed range
-    /// has no byte, so it never is. O(log n): only the last block starting
-    /// before `range.end` can reach into it.
+    /// has no byte, so it never is. O(log n): only the first block ending
+    /// after `range.start` can reach into it.
     pub fn overlaps_free(&self, range: Range<usize>) -> bool {
         if range.start >= range.end {
             return false;
         }
-        matches!(probed(self.by_addr.range(..range.end)).next_back(), Some((_, &end)) if end > range.start)
+        matches!(probed(self.by_end.range(range.start + 1..)).next(), Some((_, &start)) if start < range.end)
     }
 
     /// The address index itself: for unit tests elsewhere in the crate
     /// that corrupt it to see the invariant checks catch it.
     #[cfg(test)]
-    pub(crate) fn by_addr_mut(&mut self) -> &mut BTreeMap<usize, usize> {
-        &mut self.by_addr
+    pub(crate) fn by_end_mut(&mut self) -> &mut BTreeMap<usize, usize> {
+        &mut self.by_end
     }
 
     /// All internal invariants: address index and size index describe the
@@ -399,12 +421,12 @@ impl RangeAllocator {
         if !g.is_power_of_two() || lo >= hi || lo % g != 0 || hi % g != 0 {
             return false;
         }
-        if self.by_addr.len() != self.by_size.len() {
+        if self.by_end.len() != self.by_size.len() || !self.by_size.holds() {
             return false;
         }
         let mut sum: usize = 0;
         let mut prev_end: Option<usize> = None;
-        for (&start, &end) in &self.by_addr {
+        for (&end, &start) in &self.by_end {
             let well_formed = start < end && start % g == 0 && end % g == 0;
             let inside = lo <= start && end <= hi;
             // `prev == start` would be two adjacent, unmerged blocks.
@@ -431,21 +453,21 @@ impl RangeAllocator {
     /// validated: non-zero multiples of the granule, `align` a power of two.
     fn find_block(&self, size: usize, align: usize) -> Option<(usize, usize, usize)> {
         // Blocks lie inside the managed range, so `start + len` cannot overflow.
-        let try_block = |&(len, start): &(usize, usize)| {
+        let try_block = |(len, start): (usize, usize)| {
             let end = start + len;
             fit_in(start, end, size, align).map(|at| (start, end, at))
         };
         // 1. Best fit: the few smallest blocks that are long enough.
-        let fast = probed(self.by_size.range((size, 0)..)).take(FAST_PATH_CANDIDATES).find_map(try_block);
+        let fast = self.by_size.range((size, 0), None).take(FAST_PATH_CANDIDATES).find_map(try_block);
         if fast.is_some() {
             return fast;
         }
         let Some(need) = size.checked_add(align - self.granule) else {
             // No block can be that long; scan every candidate left.
-            return probed(self.by_size.range((size, 0)..)).skip(FAST_PATH_CANDIDATES).find_map(try_block);
+            return self.by_size.range((size, 0), None).skip(FAST_PATH_CANDIDATES).find_map(try_block);
         };
         // 2. The smallest block with room for any alignment offset.
-        if let Some(hit) = probed(self.by_size.range((need, 0)..)).next() {
+        if let Some(hit) = self.by_size.range((need, 0), None).next() {
             let found = try_block(hit);
             debug_assert!(found.is_some(), "a block of size + align - granule always fits");
             if found.is_some() {
@@ -453,19 +475,97 @@ impl RangeAllocator {
             }
         }
         // 3. Last resort: the shorter candidates step 1 did not look at.
-        probed(self.by_size.range((size, 0)..(need, 0))).skip(FAST_PATH_CANDIDATES).find_map(try_block)
+        self.by_size.range((size, 0), Some((need, 0))).skip(FAST_PATH_CANDIDATES).find_map(try_block)
     }
 
     fn insert_block(&mut self, start: usize, end: usize) {
-        probe(2);
-        self.by_addr.insert(start, end);
+        probe(1);
+        self.by_end.insert(end, start);
         self.by_size.insert((end - start, start));
     }
 
     fn remove_block(&mut self, start: usize, end: usize) {
-        probe(2);
-        self.by_addr.remove(&start);
+        probe(1);
+        self.by_end.remove(&end);
         self.by_size.remove(&(end - start, start));
+    }
+}
+
+/// The free blocks as `(len, start)` keys, in key order: the largest in
+/// `top`, the others in `rest`.
+///
+/// Invariant (checked by [`SizeIndex::holds`]): `top` is `None` only when
+/// `rest` is empty too, and every key in `rest` is smaller than `top`. So
+/// changing the largest block so that it stays the largest writes one
+/// field, and the index as a whole is still one ordered set of keys.
+#[derive(Debug, Clone, Default)]
+struct SizeIndex {
+    top: Option<(usize, usize)>,
+    rest: BTreeSet<(usize, usize)>,
+}
+
+impl SizeIndex {
+    fn holds(&self) -> bool {
+        match self.top {
+            None => self.rest.is_empty(),
+            Some(top) => self.rest.last().is_none_or(|&last| last < top),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.rest.len() + usize::from(self.top.is_some())
+    }
+
+    fn contains(&self, key: &(usize, usize)) -> bool {
+        self.top.as_ref() == Some(key) || self.rest.contains(key)
+    }
+
+    fn insert(&mut self, key: (usize, usize)) {
+        probe(1);
+        match self.top {
+            Some(top) if key < top => {
+                self.rest.insert(key);
+            }
+            _ => {
+                if let Some(old) = self.top.replace(key) {
+                    self.rest.insert(old);
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &(usize, usize)) {
+        probe(1);
+        if self.top.as_ref() == Some(key) {
+            self.top = self.rest.pop_last();
+        } else {
+            self.rest.remove(key);
+        }
+    }
+
+    /// Replaces the key `old` by `new`; when `old` is the largest and `new`
+    /// still is, without touching the tree.
+    fn replace(&mut self, old: (usize, usize), new: (usize, usize)) {
+        let stays_top = self.top == Some(old) && self.rest.last().is_none_or(|&last| last < new);
+        if stays_top {
+            self.top = Some(new);
+        } else {
+            self.remove(&old);
+            self.insert(new);
+        }
+    }
+
+    /// The keys from `lo` (inclusive) to `hi` (exclusive; `None`: no bound),
+    /// in order, counting a probe for the seek and one per key yielded.
+    fn range(
+        &self,
+        lo: (usize, usize),
+        hi: Option<(usize, usize)>,
+    ) -> impl Iterator<Item = (usize, usize)> + '_ {
+        use core::ops::Bound::{Excluded, Included, Unbounded};
+        let rest = self.rest.range((Included(lo), hi.map_or(Unbounded, Excluded))).copied();
+        let top = self.top.filter(|&top| top >= lo && hi.is_none_or(|hi| top < hi));
+        probed(rest.chain(top))
     }
 }
 

@@ -73,9 +73,9 @@ fn a_mapped_frame_with_a_dead_count_is_reported_through_the_page_table() {
 fn a_vmalloc_block_missing_from_the_size_index_is_reported() {
     let (space, area) = space_and_area();
     let stray = area.end() + 64 * P;
-    assert_eq!(space.vmalloc().lock_allocator().by_addr_mut().insert(stray, stray + P), None);
+    assert_eq!(space.vmalloc().lock_allocator().by_end_mut().insert(stray + P, stray), None);
     assert_eq!(space.check(), Err("the VMALLOC allocator's invariant is broken"));
-    space.vmalloc().lock_allocator().by_addr_mut().remove(&stray);
+    space.vmalloc().lock_allocator().by_end_mut().remove(&(stray + P));
     assert_repaired(&space, &area);
 }
 

@@ -380,7 +380,7 @@ fn inv_detects_each_kind_of_corruption() {
     };
     // A block only one index has.
     assert!(!broken(&|a| {
-        a.by_addr.insert(p(14), p(16));
+        a.by_end.insert(p(16), p(14));
     }));
     assert!(!broken(&|a| {
         a.by_size.insert((p(2), p(14)));
