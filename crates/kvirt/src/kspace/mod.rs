@@ -51,6 +51,7 @@ use core::fmt;
 use core::mem::ManuallyDrop;
 use core::ops::Range;
 use core::ptr::NonNull;
+use smallvec::SmallVec;
 
 use error::UntrackedRangeError;
 pub use error::{AreaAccessError, KVirtAreaError, KernelImageError, KernelSpaceError, SplitError};
@@ -369,7 +370,9 @@ impl<L: KernelLayout> KernelSpace<L> {
         frames: impl IntoIterator<Item = Frame<T>>,
         prop: PageProperty,
     ) -> Result<KVirtArea<L>, KVirtAreaError> {
-        let frames: Vec<Frame<T>> = frames.into_iter().collect();
+        // Counted and checked before anything is allocated; an area of a
+        // few pages needs no heap for that.
+        let frames: SmallVec<[Frame<T>; 4]> = frames.into_iter().collect();
         let len = kvirt_core::area_args::pages_len(frames.len());
         crate::spec::contract!(
             requires: crate::spec::contracts::ConstructorRequest {
@@ -389,7 +392,7 @@ impl<L: KernelLayout> KernelSpace<L> {
         &self,
         area_size: usize,
         map_offset: usize,
-        frames: Vec<Frame<T>>,
+        frames: SmallVec<[Frame<T>; 4]>,
         len: usize,
         prop: PageProperty,
     ) -> Result<KVirtArea<L>, KVirtAreaError> {
