@@ -400,6 +400,14 @@ fn inv_detects_each_kind_of_corruption() {
         a.by_size.remove(&(p(2), p(2)));
         a.by_size.insert((p(3), p(2)));
     }));
+    // The size index's largest block is not the largest: it and the
+    // smallest block trade places.
+    assert!(!broken(&|a| {
+        let top = a.by_size.top.take().unwrap();
+        let smallest = a.by_size.rest.pop_first().unwrap();
+        a.by_size.top = Some(smallest);
+        a.by_size.rest.insert(top);
+    }));
     // The free-byte counter is off.
     assert!(!broken(&|a| a.free_bytes -= G));
     assert!(good.inv());
