@@ -32,9 +32,17 @@
 //! page table rather than its stand-in for a kernel's RCU (a kernel's is
 //! often just a preemption count).
 //!
-//! A thread's slot leaves the registry when its thread-locals are
-//! destroyed. A section entered on a thread whose thread-locals are gone,
-//! or still open when they go (a guard kept in another thread-local, whose
+//! A thread's read-side state is a thread-local without a destructor, so
+//! entering and leaving a section is a few plain instructions, with no
+//! check that the thread-local is still alive. A second thread-local,
+//! `RELEASE`, exists for its destructor alone: when the thread's
+//! thread-locals are destroyed it takes the slot out of the registry and
+//! keeps it for the next new thread. Slots are never freed (at most one per
+//! thread alive at once); a reused slot's count goes on from where it stood,
+//! so a snapshot of its former thread still sees it move.
+//!
+//! A section entered on a thread whose thread-locals are gone, or still
+//! open when they go (a guard kept in another thread-local, whose
 //! destructor may still read the table), counts as an "outsider" in a
 //! shared counter, and no deferred function runs while that counter is
 //! above zero. So a guard leaked for good on a thread that then exits
@@ -44,9 +52,8 @@ extern crate std;
 
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
-use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::cell::{Cell, OnceCell};
+use core::cell::Cell;
 use core::sync::atomic::{fence, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 
@@ -56,7 +63,9 @@ use crossbeam_utils::CachePadded;
 type Slot = CachePadded<AtomicUsize>;
 
 /// Every registered thread's slot.
-static REGISTRY: Mutex<Vec<Arc<Slot>>> = Mutex::new(Vec::new());
+static REGISTRY: Mutex<Vec<&'static Slot>> = Mutex::new(Vec::new());
+/// Slots of threads that are gone, for new threads (always even).
+static SPARE: Mutex<Vec<&'static Slot>> = Mutex::new(Vec::new());
 /// Sections open on threads without thread-locals (see the module docs).
 static OUTSIDERS: AtomicUsize = AtomicUsize::new(0);
 /// Deferred functions waiting for their grace period, oldest first.
@@ -66,39 +75,50 @@ static WAITING: Mutex<VecDeque<Deferred>> = Mutex::new(VecDeque::new());
 static RUNNER: Mutex<()> = Mutex::new(());
 
 std::thread_local! {
-    static LOCAL: Local = const { Local { depth: Cell::new(0), slot: OnceCell::new() } };
+    /// The thread's read-side state. No destructor: it lasts as long as
+    /// the thread, through other thread-locals' destructors too.
+    static STATE: State = const { State { depth: Cell::new(0), slot: Cell::new(None) } };
+    /// Only its destructor matters (see the module docs).
+    static RELEASE: Release = const { Release };
 }
 
 /// A thread's read-side state.
-struct Local {
-    /// Open sections (they nest); only the outermost touches the slot.
+struct State {
+    /// Open sections (they nest); only the outermost touches the slot or
+    /// the outsider count.
     depth: Cell<usize>,
-    /// The registered slot, made on the first section.
-    slot: OnceCell<Arc<Slot>>,
+    /// The thread's registered slot: `None` before its first section, and
+    /// after its thread-locals are gone (its sections are outsiders then).
+    slot: Cell<Option<&'static Slot>>,
 }
 
-impl Drop for Local {
+/// Hands the thread's slot back when its thread-locals are destroyed.
+struct Release;
+
+impl Drop for Release {
     fn drop(&mut self) {
-        let Some(slot) = self.slot.get() else { return };
-        let depth = self.depth.replace(0);
-        if depth > 0 {
-            // Sections still open as the thread-locals go: a guard kept in
-            // another thread-local, whose destructor may still read the
-            // table, or one leaked for good. They go on as outsiders,
-            // which every deferred function waits for, before the slot
-            // says they ended; their exits, without thread-locals, count
-            // them down.
-            OUTSIDERS.fetch_add(depth, Ordering::SeqCst);
-            slot.store(slot.load(Ordering::Relaxed) + 1, Ordering::Release);
-        }
-        lock(&REGISTRY).retain(|s| !Arc::ptr_eq(s, slot));
+        STATE.with(|state| {
+            let Some(slot) = state.slot.take() else { return };
+            if state.depth.get() > 0 {
+                // A section still open as the thread-locals go: a guard kept
+                // in another thread-local, whose destructor may still read
+                // the table, or one leaked for good. It goes on as an
+                // outsider, which every deferred function waits for, before
+                // the slot says it ended; its exit, with no slot, counts it
+                // down.
+                OUTSIDERS.fetch_add(1, Ordering::SeqCst);
+                slot.store(slot.load(Ordering::Relaxed) + 1, Ordering::Release);
+            }
+            lock(&REGISTRY).retain(|s| !core::ptr::eq(*s, slot));
+            lock(&SPARE).push(slot);
+        });
     }
 }
 
 /// A function waiting for the sections open when it was deferred.
 struct Deferred {
     /// The odd slots of the snapshot and their counts.
-    open: Vec<(Arc<Slot>, usize)>,
+    open: Vec<(&'static Slot, usize)>,
     run: Box<dyn FnOnce() + Send>,
 }
 
@@ -106,7 +126,7 @@ impl Deferred {
     /// Whether every section the snapshot saw open has ended, and no
     /// outsider's is open. The slots are read first: a slot that moved
     /// because its thread's locals went made its sections outsiders
-    /// before (`Local::drop`), which the Acquire load makes visible here.
+    /// before (`Release::drop`), which the Acquire load makes visible here.
     fn ready(&self) -> bool {
         self.open.iter().all(|(slot, count)| slot.load(Ordering::Acquire) != *count)
             && OUTSIDERS.load(Ordering::Acquire) == 0
@@ -125,23 +145,29 @@ const SYMMETRIC: u8 = 2;
 #[inline]
 fn mode() -> u8 {
     match MODE.load(Ordering::Relaxed) {
-        UNKNOWN => {
-            let found = if membarrier::register() { ASYMMETRIC } else { SYMMETRIC };
-            // The first answer stands for good, for every thread
-            // (registering the process twice is harmless).
-            match MODE.compare_exchange(UNKNOWN, found, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => found,
-                Err(first) => first,
-            }
-        }
+        UNKNOWN => decide_mode(),
         mode => mode,
     }
 }
 
-/// The reader's side of the fence pair.
+#[cold]
+#[inline(never)]
+fn decide_mode() -> u8 {
+    let found = if membarrier::register() { ASYMMETRIC } else { SYMMETRIC };
+    // The first answer stands for good, for every thread (registering the
+    // process twice is harmless).
+    match MODE.compare_exchange(UNKNOWN, found, Ordering::Relaxed, Ordering::Relaxed) {
+        Ok(_) => found,
+        Err(first) => first,
+    }
+}
+
+/// The reader's side of the fence pair. A thread decides the mode before
+/// its first section (`enter_unregistered`), so it is known here; anything
+/// but `ASYMMETRIC` would get the full fence anyway.
 #[inline]
 fn light_fence() {
-    if mode() == ASYMMETRIC {
+    if MODE.load(Ordering::Relaxed) == ASYMMETRIC {
         core::sync::atomic::compiler_fence(Ordering::SeqCst);
     } else {
         fence(Ordering::SeqCst);
@@ -162,17 +188,36 @@ fn heavy_fence() {
 /// Enters a read-side section.
 #[inline]
 pub(super) fn read_lock() {
-    let entered = LOCAL.try_with(|l| {
-        let depth = l.depth.get();
+    STATE.with(|state| {
+        let depth = state.depth.get();
         if depth == 0 {
-            let slot = l.slot.get_or_init(register);
-            // Only this thread writes its slot.
-            slot.store(slot.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-            light_fence();
+            let Some(slot) = state.slot.get() else { return enter_unregistered(state) };
+            enter(slot);
         }
-        l.depth.set(depth + 1);
+        state.depth.set(depth + 1);
     });
-    if entered.is_err() {
+}
+
+/// Makes `slot`, the calling thread's, odd.
+#[inline]
+fn enter(slot: &Slot) {
+    // Only this thread writes its slot.
+    slot.store(slot.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    light_fence();
+}
+
+/// The outermost entry of a thread with no slot: its first section, or one
+/// after its thread-locals are gone.
+#[cold]
+fn enter_unregistered(state: &State) {
+    state.depth.set(1);
+    // Touching `RELEASE` registers its destructor; it fails once that has run.
+    if RELEASE.try_with(|_| ()).is_ok() {
+        mode();
+        let slot = register();
+        state.slot.set(Some(slot));
+        enter(slot);
+    } else {
         OUTSIDERS.fetch_add(1, Ordering::SeqCst);
     }
 }
@@ -180,26 +225,28 @@ pub(super) fn read_lock() {
 /// Leaves a read-side section.
 #[inline]
 pub(super) fn read_unlock() {
-    let left = LOCAL.try_with(|l| {
-        let depth = l.depth.get();
+    STATE.with(|state| {
+        let depth = state.depth.get();
         debug_assert!(depth > 0, "rcu_read_unlock without rcu_read_lock");
-        l.depth.set(depth.saturating_sub(1));
+        state.depth.set(depth.saturating_sub(1));
         if depth == 1 {
-            let slot = l.slot.get().expect("the outermost section registered the slot");
-            // Release: the section's reads come before the reclaimer's
-            // Acquire load that sees the new count.
-            slot.store(slot.load(Ordering::Relaxed) + 1, Ordering::Release);
+            match state.slot.get() {
+                // Release: the section's reads come before the reclaimer's
+                // Acquire load that sees the new count.
+                Some(slot) => slot.store(slot.load(Ordering::Relaxed) + 1, Ordering::Release),
+                None => {
+                    OUTSIDERS.fetch_sub(1, Ordering::Release);
+                }
+            }
         }
     });
-    if left.is_err() {
-        OUTSIDERS.fetch_sub(1, Ordering::Release);
-    }
 }
 
-/// Registers the calling thread's slot.
-fn register() -> Arc<Slot> {
-    let slot = Arc::new(CachePadded::new(AtomicUsize::new(0)));
-    lock(&REGISTRY).push(slot.clone());
+/// Registers a slot for the calling thread: a gone thread's, or a new one.
+fn register() -> &'static Slot {
+    let spare = lock(&SPARE).pop();
+    let slot = spare.unwrap_or_else(|| Box::leak(Box::new(CachePadded::new(AtomicUsize::new(0)))));
+    lock(&REGISTRY).push(slot);
     slot
 }
 
@@ -212,7 +259,7 @@ pub(super) fn defer(run: Box<dyn FnOnce() + Send>) {
         .iter()
         .filter_map(|slot| {
             let count = slot.load(Ordering::Relaxed);
-            (count % 2 == 1).then(|| (slot.clone(), count))
+            (count % 2 == 1).then_some((*slot, count))
         })
         .collect();
     lock(&WAITING).push_back(Deferred { open, run });
@@ -290,6 +337,7 @@ mod membarrier {
 mod tests {
     use std::sync::atomic::{AtomicBool, AtomicUsize};
     use std::sync::mpsc;
+    use std::sync::Arc;
     use std::time::{Duration, Instant};
 
     use super::*;
@@ -354,6 +402,23 @@ mod tests {
         reader.join().unwrap();
     }
 
+    /// A gone thread's slot goes on counting for the next thread: a
+    /// function deferred while the old thread was inside a section runs
+    /// once that section ended, whatever the slot's new thread does.
+    #[test]
+    fn a_slot_handed_on_to_a_new_thread_does_not_hold_up_what_its_old_thread_held() {
+        let (reader, leave) = reader_in_section();
+        let ran = defer_flag();
+        leave.send(()).unwrap();
+        reader.join().unwrap();
+        // The old thread is gone: its slot is spare, and the next thread to
+        // register (likely this one) enters sections on it.
+        let (next, leave_next) = reader_in_section();
+        assert!(poll_until(&ran), "a section on a handed-on slot held up a function deferred before it");
+        leave_next.send(()).unwrap();
+        next.join().unwrap();
+    }
+
     #[test]
     fn nested_sections_end_with_the_outermost() {
         let (entered, wait_entered) = mpsc::channel();
@@ -393,7 +458,7 @@ mod tests {
         impl Drop for Holder {
             fn drop(&mut self) {
                 // Destructors run in the reverse order of their
-                // registration: `LOCAL`'s, registered after this one's,
+                // registration: `RELEASE`'s, registered after this one's,
                 // has run.
                 PHASE.store(3, Ordering::SeqCst);
                 while PHASE.load(Ordering::SeqCst) != 4 {
