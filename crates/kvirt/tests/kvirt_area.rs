@@ -179,6 +179,81 @@ mod reference {
 /// docs/DESIGN.md section 4: every invalid call is rejected before anything is
 /// allocated, with the error naming the broken precondition, and the
 /// executable spec's panic conditions say so too.
+/// `try_map_frames` gathers a few frames without the heap and more in a
+/// `Vec`, picked by what the iterator says of its length: either way, and
+/// whatever the iterator says, the frames are mapped in order or refused.
+mod frame_lists {
+    use super::*;
+
+    /// Yields `frames` while claiming it yields at most one.
+    struct Understated(std::vec::IntoIter<Frame<()>>);
+
+    impl Iterator for Understated {
+        type Item = Frame<()>;
+        fn next(&mut self) -> Option<Frame<()>> {
+            self.0.next()
+        }
+        fn size_hint(&self) -> (usize, Option<usize>) {
+            (0, Some(1))
+        }
+    }
+
+    fn alloc(space: &KernelSpace, n: usize) -> Vec<Frame<()>> {
+        (0..n).map(|_| FrameAllocOptions::new_in(space).alloc_frame().unwrap()).collect()
+    }
+
+    fn assert_maps_in_order(area: &KVirtArea, pas: &[Paddr]) {
+        for (i, &pa) in pas.iter().enumerate() {
+            let Some(MappedItemRef::Tracked(frame, _)) = area.query(area.start() + i * P) else {
+                panic!("page {i} is not a tracked frame")
+            };
+            assert_eq!(frame.paddr(), pa, "page {i}");
+        }
+        assert!(area.inv());
+    }
+
+    #[test]
+    fn frames_are_mapped_in_order_whether_the_iterator_is_exact_unsized_or_lying() {
+        let space = small_space();
+        for n in [1, 4, 5, 16] {
+            let frames = alloc(&space, n);
+            let pas: Vec<Paddr> = frames.iter().map(Frame::paddr).collect();
+            let exact = space.try_map_frames(n * P, 0, frames, prop()).unwrap();
+            assert_maps_in_order(&exact, &pas);
+            drop(exact);
+
+            let frames = alloc(&space, n);
+            let pas: Vec<Paddr> = frames.iter().map(Frame::paddr).collect();
+            let unsized_ =
+                space.try_map_frames(n * P, 0, frames.into_iter().filter(|_| true), prop()).unwrap();
+            assert_maps_in_order(&unsized_, &pas);
+            drop(unsized_);
+
+            let frames = alloc(&space, n);
+            let pas: Vec<Paddr> = frames.iter().map(Frame::paddr).collect();
+            let lying = space.try_map_frames(n * P, 0, Understated(frames.into_iter()), prop()).unwrap();
+            assert_maps_in_order(&lying, &pas);
+        }
+        assert!(space.inv());
+    }
+
+    #[test]
+    fn a_foreign_frame_is_refused_among_few_frames_and_among_many() {
+        let space = small_space();
+        let other = small_space();
+        let foreign = FrameAllocOptions::new_in(&other).alloc_frame().unwrap();
+        let before = snapshot(&space);
+        for n in [1, 7] {
+            let mut frames = alloc(&space, n);
+            frames.push(foreign.clone());
+            let result = space.try_map_frames((n + 1) * P, 0, frames, prop()).map(drop);
+            assert_eq!(result, Err(KVirtAreaError::ForeignFrame(foreign.paddr())), "{n} frames of ours");
+            assert_eq!(snapshot(&space), before, "{n} frames of ours");
+        }
+        assert_eq!(foreign.reference_count(), 1);
+    }
+}
+
 mod rejected {
     use super::*;
 

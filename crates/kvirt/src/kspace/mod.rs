@@ -370,9 +370,33 @@ impl<L: KernelLayout> KernelSpace<L> {
         frames: impl IntoIterator<Item = Frame<T>>,
         prop: PageProperty,
     ) -> Result<KVirtArea<L>, KVirtAreaError> {
-        // Counted and checked before anything is allocated; an area of a
-        // few pages needs no heap for that.
-        let frames: SmallVec<[Frame<T>; 4]> = frames.into_iter().collect();
+        // The frames are counted and checked before anything is allocated.
+        // A few frames are gathered without the heap; more go to a `Vec`
+        // (which reuses the caller's allocation when it was a `Vec`).
+        let frames = frames.into_iter();
+        if frames.size_hint().1.is_some_and(|most| most <= 4) {
+            self.try_map_frame_list::<T, SmallVec<[Frame<T>; 4]>>(
+                area_size,
+                map_offset,
+                frames.collect(),
+                prop,
+            )
+        } else {
+            self.try_map_frame_list::<T, Vec<Frame<T>>>(area_size, map_offset, frames.collect(), prop)
+        }
+    }
+
+    fn try_map_frame_list<T, F>(
+        &self,
+        area_size: usize,
+        map_offset: usize,
+        frames: F,
+        prop: PageProperty,
+    ) -> Result<KVirtArea<L>, KVirtAreaError>
+    where
+        T: AnyFrameMeta + ?Sized,
+        F: core::ops::Deref<Target = [Frame<T>]> + IntoIterator<Item = Frame<T>>,
+    {
         let len = kvirt_core::area_args::pages_len(frames.len());
         crate::spec::contract!(
             requires: crate::spec::contracts::ConstructorRequest {
@@ -388,14 +412,18 @@ impl<L: KernelLayout> KernelSpace<L> {
         )
     }
 
-    fn try_map_frames_inner<T: AnyFrameMeta + ?Sized>(
+    fn try_map_frames_inner<T, F>(
         &self,
         area_size: usize,
         map_offset: usize,
-        frames: SmallVec<[Frame<T>; 4]>,
+        frames: F,
         len: usize,
         prop: PageProperty,
-    ) -> Result<KVirtArea<L>, KVirtAreaError> {
+    ) -> Result<KVirtArea<L>, KVirtAreaError>
+    where
+        T: AnyFrameMeta + ?Sized,
+        F: core::ops::Deref<Target = [Frame<T>]> + IntoIterator<Item = Frame<T>>,
+    {
         check_common(area_size, map_offset, len, &prop)?;
         let slots = self.phys().slot_map();
         // Branch-free over all frames (it vectorises); the rare failure
