@@ -586,14 +586,13 @@ impl<L: KernelLayout> Drop for KVirtArea<L> {
         // Released last, after the range (unmapped and flushed, so free to
         // reuse): dropping frames runs their metadata's drop hooks, and
         // however that ends, the range and its registry entry are back.
-        let taken = ManuallyDrop::into_inner(taken);
         if !free.is_empty() {
             let freed = space.vmalloc.free(free.clone());
             #[cfg(feature = "check-contracts")]
             crate::spec::contracts::drop_ensures_freed(&free, &freed);
             debug_assert!(freed.is_ok(), "freeing an area's range failed: {freed:?}");
         }
-        drop(taken);
+        taken.release();
     }
 }
 

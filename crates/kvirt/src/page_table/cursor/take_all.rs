@@ -27,8 +27,10 @@ use crate::frame::{AnyFrameMeta, Frame};
 use crate::page_table::config::PageTableConfig;
 use crate::page_table::error::PageTableAllocError;
 
-/// Tracked frames a [`TakenRange`] holds without allocating.
-const INLINE_FRAMES: usize = 4;
+/// Tracked frames a [`TakenRange`] holds without allocating: 128 bytes of
+/// handles, so that unmapping an area of up to 16 pages (64 KiB) needs no
+/// heap.
+const INLINE_FRAMES: usize = 16;
 
 /// Everything [`CursorMut::take_all`] removed from the table.
 ///
@@ -76,6 +78,13 @@ impl<F: PagingFormat> TakenRange<F> {
     #[must_use]
     pub fn va_range(&self) -> Option<Range<Vaddr>> {
         self.span.clone()
+    }
+
+    /// Releases what was taken, in place, leaving an empty collection: what
+    /// dropping it does, for one kept in a `ManuallyDrop` (so that an unwind
+    /// before the flush leaks it) that is not worth copying out.
+    pub(crate) fn release(&mut self) {
+        *self = Self::new();
     }
 
     /// Notes that `range` was taken.
