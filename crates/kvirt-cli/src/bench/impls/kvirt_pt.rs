@@ -1,14 +1,14 @@
 //! kvirt's raw page-table API: an independent `PageTable<KernelPtConfig>`
 //! and one `CursorMut` over each range, mapping with
 //! `CursorMut::try_map_frames`; unmapping takes the whole range
-//! (`CursorMut::take_all`), flushes the TLB for it, then drops what it took (what
+//! (`CursorMut::try_take_all`), flushes the TLB for it, then drops what it took (what
 //! `KVirtArea`'s drop does, minus the area bookkeeping).
 
 use std::ops::Range;
 
 use kvirt::frame::{AnyFrameMeta, Frame, FrameAllocOptions};
 use kvirt::kspace::{KernelLayout, KernelSpace, X86_64Layout};
-use kvirt::page_table::{KernelPtConfig, MappedItem, PageTable};
+use kvirt::page_table::{KernelPtConfig, MappedItem, PageTable, TakenRange};
 use kvirt::platform::{TlbFlushOp, TlbScope};
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
 
@@ -40,9 +40,14 @@ impl<L: KernelLayout> KvirtPt<L> {
     }
 
     fn unmap_range(&self, range: Range<Vaddr>) {
-        let taken = self.pt.cursor_mut(&range).expect("a kernel range").take_all(range.len());
+        // Filled in place, as `KVirtArea`'s drop does (`take_all` returns
+        // it by a copy).
+        let mut taken = TakenRange::new();
+        let mut cursor = self.pt.cursor_mut(&range).expect("a kernel range");
+        cursor.try_take_all(range.len(), &mut taken).expect("4 KiB pages need no split");
+        drop(cursor);
         self.space.platform().flush_tlb(TlbFlushOp::Range(range), TlbScope::AllCpus);
-        drop(taken);
+        // `taken` is dropped here, in place.
     }
 }
 
