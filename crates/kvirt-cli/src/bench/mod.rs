@@ -101,8 +101,12 @@ pub struct Config {
     pub pages_per_round: usize,
     /// Untimed runs first.
     pub warmup: usize,
-    /// Timed runs (the median is reported).
+    /// Timed runs per round (the median of all rounds' runs is reported).
     pub runs: usize,
+    /// How many times the whole suite runs, one round after the other.
+    /// A slow spell of the machine (other load) that lasts a few seconds
+    /// then hits one round of a workload, not all its runs.
+    pub rounds: usize,
     /// Map + unmap pairs per run of the 1 GiB workload.
     pub huge_ops: usize,
     /// Create + drop pairs per run of the fixed-size area workloads.
@@ -123,6 +127,7 @@ impl Config {
             pages_per_round: 1 << 16,
             warmup: 2,
             runs: 7,
+            rounds: 5,
             huge_ops: 20_000,
             area_ops: 100_000,
             random_area_ops: 10_000,
@@ -138,6 +143,7 @@ impl Config {
             pages_per_round: 1 << 10,
             warmup: 1,
             runs: 3,
+            rounds: 1,
             huge_ops: 200,
             area_ops: 1000,
             random_area_ops: 100,
@@ -177,6 +183,14 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// The stats of `self`'s runs and `other`'s together.
+    fn merged(self, other: &Stats) -> Self {
+        debug_assert_eq!(self.ops_per_run, other.ops_per_run, "merging different measurements");
+        let mut runs = self.runs;
+        runs.extend_from_slice(&other.runs);
+        Self::from_runs(runs, self.ops_per_run)
+    }
+
     pub(crate) fn from_runs(mut runs: Vec<f64>, ops_per_run: u64) -> Self {
         let mut sorted = runs.clone();
         sorted.sort_by(f64::total_cmp);
@@ -238,6 +252,29 @@ pub struct Churn {
 }
 
 impl Results {
+    /// Adds the runs of `round`, a later round of the same suite, to every
+    /// measurement (and averages the churn rows' shoot-down counts over
+    /// the `rounds` rounds merged so far, `round` included).
+    fn absorb(&mut self, round: Results, rounds: usize) {
+        for (cell, later) in self.cells.iter_mut().zip(&round.cells) {
+            debug_assert!(cell.workload == later.workload && cell.impl_name == later.impl_name);
+            if let (Ok(stats), Ok(more)) = (&mut cell.result, &later.result) {
+                *stats = core::mem::replace(stats, Stats::from_runs(Vec::new(), 0)).merged(more);
+            }
+        }
+        for (row, later) in self.churn.iter_mut().zip(&round.churn) {
+            row.stats =
+                core::mem::replace(&mut row.stats, Stats::from_runs(Vec::new(), 0)).merged(&later.stats);
+            let earlier = (rounds - 1) as f64;
+            row.shootdowns_per_1000 =
+                (row.shootdowns_per_1000 * earlier + later.shootdowns_per_1000) / rounds as f64;
+        }
+        for (step, later) in self.breakdown.iter_mut().zip(&round.breakdown) {
+            step.stats =
+                core::mem::replace(&mut step.stats, Stats::from_runs(Vec::new(), 0)).merged(&later.stats);
+        }
+    }
+
     /// The stats of a cell, if measured.
     #[must_use]
     pub fn get(&self, workload: &str, impl_name: &str) -> Option<&Stats> {
@@ -579,13 +616,26 @@ const NO_SV48: &str = "n/a: the x86_64 crate has no Sv48 table";
 
 const NO_ALLOCATOR: &str = "n/a: no kernel virtual-range allocator";
 
-/// Runs every workload for every implementation.
+/// Runs every workload for every implementation, the whole suite
+/// `rounds` times in turn; each cell's median is over all rounds' runs.
 ///
 /// # Errors
 ///
 /// If an implementation returns wrong results or a workload leaks.
 pub fn measure(quick: bool, only: Option<&str>, arch: Arch) -> Result<Results, Error> {
     let cfg = if quick { Config::quick() } else { Config::full() };
+    let mut results = measure_round(&cfg, quick, only, arch)?;
+    for round in 2..=cfg.rounds {
+        eprintln!("round {round} of {}", cfg.rounds);
+        let later = measure_round(&cfg, quick, only, arch)?;
+        results.absorb(later, round);
+    }
+    Ok(results)
+}
+
+/// One round: every wanted workload on every implementation, once.
+fn measure_round(cfg: &Config, quick: bool, only: Option<&str>, arch: Arch) -> Result<Results, Error> {
+    let cfg = *cfg;
     // `--only`: a substring of the id, or with a trailing `$` its end.
     let wanted = |id: &str| {
         only.is_none_or(|o| match o.strip_suffix('$') {
@@ -803,5 +853,32 @@ mod tests {
             assert_eq!(cell.result, Err(NO_SV48));
         }
         assert!(r.churn.is_empty(), "the area workloads run on x86-64 only");
+    }
+
+    /// A later round's runs join every cell's, and the median is taken
+    /// over all of them; the churn's shoot-downs are averaged per round.
+    #[test]
+    fn rounds_merge_every_cell_runs_and_average_the_shootdowns() {
+        let cfg = Config::quick();
+        let mut first = measure_round(&cfg, true, Some("churn"), Arch::X86_64).unwrap();
+        let mut second = measure_round(&cfg, true, Some("churn"), Arch::X86_64).unwrap();
+        assert!(!first.churn.is_empty());
+        // Known runs, so that the merged median is known.
+        for (row, runs) in
+            first.churn.iter_mut().zip([[1.0, 2.0, 3.0], [10.0, 20.0, 30.0], [5.0; 3], [7.0; 3]])
+        {
+            row.stats = Stats::from_runs(runs.to_vec(), row.stats.ops_per_run);
+            row.shootdowns_per_1000 = 4.0;
+        }
+        for row in &mut second.churn {
+            row.stats = Stats::from_runs(vec![100.0, 200.0, 300.0], row.stats.ops_per_run);
+            row.shootdowns_per_1000 = 8.0;
+        }
+        first.absorb(second, 2);
+        let row = &first.churn[0];
+        assert_eq!(row.stats.runs, [1.0, 2.0, 3.0, 100.0, 200.0, 300.0]);
+        assert_eq!(row.stats.ns_per_op, 100.0, "the upper median of six runs");
+        assert_eq!(first.churn[1].stats.ns_per_op, 100.0);
+        assert_eq!(row.shootdowns_per_1000, 6.0);
     }
 }

@@ -364,10 +364,11 @@ pub fn text_table(r: &Results, targets: &[Target]) -> String {
     let _ = writeln!(out, "x kvirt: time per op relative to kvirt-area (kvirt-pt where kvirt-area has no such op); above 1 is slower; spread: (slowest - fastest run) / median.");
     let _ = writeln!(
         out,
-        "{} run on {} pages, {} build: median of {} runs after {} warm-up run(s); {} CPUs ({}), load average {} at start",
+        "{} run on {} pages, {} build: median of {} rounds x {} runs, each round after {} warm-up run(s); {} CPUs ({}), load average {} at start",
         if r.quick { "quick" } else { "full" },
         r.arch.name(),
         r.machine.profile,
+        r.config.rounds,
         r.config.runs,
         r.config.warmup,
         r.machine.nproc,
@@ -498,8 +499,8 @@ pub fn json(r: &Results, targets: &[Target]) -> String {
     );
     let _ = writeln!(
         out,
-        "  \"config\": {{\"pages_per_round\": {}, \"warmup\": {}, \"runs\": {}, \"huge_ops\": {}, \"area_ops\": {}, \"random_area_ops\": {}, \"busy_areas\": {}, \"thread_ops\": {}}},",
-        c.pages_per_round, c.warmup, c.runs, c.huge_ops, c.area_ops, c.random_area_ops, c.busy_areas, c.thread_ops
+        "  \"config\": {{\"pages_per_round\": {}, \"warmup\": {}, \"runs\": {}, \"rounds\": {}, \"huge_ops\": {}, \"area_ops\": {}, \"random_area_ops\": {}, \"busy_areas\": {}, \"thread_ops\": {}}},",
+        c.pages_per_round, c.warmup, c.runs, c.rounds, c.huge_ops, c.area_ops, c.random_area_ops, c.busy_areas, c.thread_ops
     );
     let impls: Vec<String> = IMPLS.iter().map(|i| json_str(i)).collect();
     let _ = writeln!(out, "  \"impls\": [{}],", impls.join(", "));
@@ -765,8 +766,10 @@ pub fn markdown(r: &Results, targets: &[Target], svg_link: Option<&str>, include
     let _ = writeln!(out, "| paging format of the page workloads | {} |", r.arch.name());
     let _ = writeln!(
         out,
-        "| run | {}: median of {} timed runs after {} warm-up run(s); {} pages (and queries) per run of the 4 KiB workloads |\n",
+        "| run | {}: the whole suite run {} times in turn; each cell is the median of its {} x {} timed runs, each round's after {} warm-up run(s); {} pages (and queries) per run of the 4 KiB workloads |\n",
         if r.quick { "quick" } else { "full" },
+        r.config.rounds,
+        r.config.rounds,
         r.config.runs,
         r.config.warmup,
         r.config.pages_per_round
@@ -825,11 +828,11 @@ pub fn markdown(r: &Results, targets: &[Target], svg_link: Option<&str>, include
         let _ = writeln!(out, "\n## Plot\n\n![time per op, log scale]({link})\n");
     }
     let _ = writeln!(out, "## Method\n");
-    let _ = writeln!(out, "- Every cell is the median of the timed runs; each run times whole batches with `std::time::Instant` (no per-op timer reads).");
+    let _ = writeln!(out, "- Every cell is the median of the timed runs of all rounds: the whole suite runs {} time(s) one after the other, so that a slow spell of this shared machine (a few seconds of other load) hits one round's runs of a workload rather than all of them. Each run times whole batches with `std::time::Instant` (no per-op timer reads).", r.config.rounds);
     let _ = writeln!(out, "- map / query / unmap of N x 4 KiB: a run maps {} pages as ranges of N (N = 1, 16, 512, 65536), laid out like VMALLOC (one unmapped page between ranges), maps pool frame `i % 512` at page `i`, then does {} queries at random pages of random ranges, then unmaps every range. Inputs (frame handles, addresses) are prepared outside the timed region. The sum of all query results is checked against the expected addresses.", r.config.pages_per_round, r.config.pages_per_round);
     let _ = writeln!(out, "- untracked 1 GiB: map + unmap of 1 GiB of the simulated device window as one 1 GiB page (`map_untracked_frames` for kvirt-area).");
     let _ = writeln!(out, "- area workloads follow Linux's `lib/test_vmalloc.c`: fixed size (1 page), random size (1-100 pages), a long busy list ({} live areas, then fixed-size create+drop), aligned allocations (2 MiB untracked areas, which kvirt aligns to 2 MiB), and fixed size from 1 and from 2 threads on one space (ops/s of the whole). Each create allocates its frames (not zeroed, like `vmalloc`), and every area workload checks that the counters are back afterwards.", r.config.busy_areas);
-    let _ = writeln!(out, "- `area create+drop, 1 page` runs with no other area in the space, so every create allocates the page-table nodes under the area and every drop reclaims them (through a TLB flush and an RCU grace period); with 10 000 live areas around, those nodes stay and only the leaf entry changes. Target (c) compares exactly these two.");
+    let _ = writeln!(out, "- `area create+drop, 1 page` runs with no other area in the space, so every drop empties the page-table leaf under the area; a kernel space keeps emptied nodes for a batch (the same leaf, emptied again and again, waits in it once), so the next create finds the leaf in place. With 10 000 live areas around, the leaf never empties. Target (c) compares exactly these two.");
     let _ = writeln!(out, "- The threaded workload needs both CPUs of this 2-CPU machine, and its result is unstable *between* `kvirt bench` processes while the timed runs inside one process agree: while this page was written, target (d) measured anywhere from about 0.4x to 1.8x on consecutive runs, and other load on the machine (builds and tests of other sessions) pushes every number up. One run decides nothing; rerun (and look at `runs_ns_per_op` in `bench.json`) before reading much into it.");
     let _ = writeln!(out, "- The targets are reported as measured; nothing is tuned to pass them.");
     out
