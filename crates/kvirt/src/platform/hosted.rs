@@ -180,8 +180,8 @@ impl SimPlatform {
 }
 
 /// Locks `mutex`, poisoned or not: whatever panicked while holding it
-/// left a consistent value (each critical section is one push, one take or
-/// one insert).
+/// left a consistent value (each critical section of the hosted platform,
+/// here and in `rcu`, is one push, pop, take, insert, retain or snapshot).
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

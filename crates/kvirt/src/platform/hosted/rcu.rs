@@ -55,9 +55,11 @@ use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::cell::Cell;
 use core::sync::atomic::{fence, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Mutex, TryLockError};
 
 use crossbeam_utils::CachePadded;
+
+use super::lock;
 
 /// A thread's counter: odd while it is inside a read-side section.
 type Slot = CachePadded<AtomicUsize>;
@@ -288,12 +290,6 @@ pub(super) fn poll() {
             None => return,
         }
     }
-}
-
-/// Locks `mutex`, poisoned or not: every critical section here is one
-/// push, pop, retain or snapshot, which a panic leaves consistent.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Linux's `membarrier(2)`, where it can be used.
