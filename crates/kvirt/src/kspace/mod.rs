@@ -361,6 +361,18 @@ impl<L: KernelLayout> KernelSpace<L> {
     }
 }
 
+/// Frames `try_map_frames` gathers without the heap.
+const INLINE_FRAMES: usize = 4;
+
+/// The frames of a `try_map_frames` call, gathered: read as a slice for the
+/// checks made before anything is allocated, then consumed by the mapping.
+trait FrameList<T: ?Sized>: core::ops::Deref<Target = [Frame<T>]> + IntoIterator<Item = Frame<T>> {}
+
+impl<T: ?Sized, F> FrameList<T> for F where
+    F: core::ops::Deref<Target = [Frame<T>]> + IntoIterator<Item = Frame<T>>
+{
+}
+
 impl<L: KernelLayout> KernelSpace<L> {
     /// [`KVirtArea::try_map_frames`] in this space.
     pub fn try_map_frames<T: AnyFrameMeta + ?Sized>(
@@ -374,29 +386,21 @@ impl<L: KernelLayout> KernelSpace<L> {
         // A few frames are gathered without the heap; more go to a `Vec`
         // (which reuses the caller's allocation when it was a `Vec`).
         let frames = frames.into_iter();
-        if frames.size_hint().1.is_some_and(|most| most <= 4) {
-            self.try_map_frame_list::<T, SmallVec<[Frame<T>; 4]>>(
-                area_size,
-                map_offset,
-                frames.collect(),
-                prop,
-            )
+        if frames.size_hint().1.is_some_and(|most| most <= INLINE_FRAMES) {
+            let frames: SmallVec<[Frame<T>; INLINE_FRAMES]> = frames.collect();
+            self.try_map_frame_list(area_size, map_offset, frames, prop)
         } else {
-            self.try_map_frame_list::<T, Vec<Frame<T>>>(area_size, map_offset, frames.collect(), prop)
+            self.try_map_frame_list(area_size, map_offset, frames.collect::<Vec<_>>(), prop)
         }
     }
 
-    fn try_map_frame_list<T, F>(
+    fn try_map_frame_list<T: AnyFrameMeta + ?Sized>(
         &self,
         area_size: usize,
         map_offset: usize,
-        frames: F,
+        frames: impl FrameList<T>,
         prop: PageProperty,
-    ) -> Result<KVirtArea<L>, KVirtAreaError>
-    where
-        T: AnyFrameMeta + ?Sized,
-        F: core::ops::Deref<Target = [Frame<T>]> + IntoIterator<Item = Frame<T>>,
-    {
+    ) -> Result<KVirtArea<L>, KVirtAreaError> {
         let len = kvirt_core::area_args::pages_len(frames.len());
         crate::spec::contract!(
             requires: crate::spec::contracts::ConstructorRequest {
@@ -412,18 +416,14 @@ impl<L: KernelLayout> KernelSpace<L> {
         )
     }
 
-    fn try_map_frames_inner<T, F>(
+    fn try_map_frames_inner<T: AnyFrameMeta + ?Sized>(
         &self,
         area_size: usize,
         map_offset: usize,
-        frames: F,
+        frames: impl FrameList<T>,
         len: usize,
         prop: PageProperty,
-    ) -> Result<KVirtArea<L>, KVirtAreaError>
-    where
-        T: AnyFrameMeta + ?Sized,
-        F: core::ops::Deref<Target = [Frame<T>]> + IntoIterator<Item = Frame<T>>,
-    {
+    ) -> Result<KVirtArea<L>, KVirtAreaError> {
         check_common(area_size, map_offset, len, &prop)?;
         let slots = self.phys().slot_map();
         // Branch-free over all frames (it vectorises); the rare failure
