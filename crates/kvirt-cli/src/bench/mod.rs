@@ -183,12 +183,12 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// The stats of `self`'s runs and `other`'s together.
-    fn merged(self, other: &Stats) -> Self {
+    /// Adds `other`'s runs to `self`'s (the median is then over both).
+    fn absorb(&mut self, other: &Stats) {
         debug_assert_eq!(self.ops_per_run, other.ops_per_run, "merging different measurements");
-        let mut runs = self.runs;
+        let mut runs = core::mem::take(&mut self.runs);
         runs.extend_from_slice(&other.runs);
-        Self::from_runs(runs, self.ops_per_run)
+        *self = Self::from_runs(runs, self.ops_per_run);
     }
 
     pub(crate) fn from_runs(mut runs: Vec<f64>, ops_per_run: u64) -> Self {
@@ -259,19 +259,17 @@ impl Results {
         for (cell, later) in self.cells.iter_mut().zip(&round.cells) {
             debug_assert!(cell.workload == later.workload && cell.impl_name == later.impl_name);
             if let (Ok(stats), Ok(more)) = (&mut cell.result, &later.result) {
-                *stats = core::mem::replace(stats, Stats::from_runs(Vec::new(), 0)).merged(more);
+                stats.absorb(more);
             }
         }
         for (row, later) in self.churn.iter_mut().zip(&round.churn) {
-            row.stats =
-                core::mem::replace(&mut row.stats, Stats::from_runs(Vec::new(), 0)).merged(&later.stats);
+            row.stats.absorb(&later.stats);
             let earlier = (rounds - 1) as f64;
             row.shootdowns_per_1000 =
                 (row.shootdowns_per_1000 * earlier + later.shootdowns_per_1000) / rounds as f64;
         }
         for (step, later) in self.breakdown.iter_mut().zip(&round.breakdown) {
-            step.stats =
-                core::mem::replace(&mut step.stats, Stats::from_runs(Vec::new(), 0)).merged(&later.stats);
+            step.stats.absorb(&later.stats);
         }
     }
 
@@ -874,7 +872,24 @@ mod tests {
             row.stats = Stats::from_runs(vec![100.0, 200.0, 300.0], row.stats.ops_per_run);
             row.shootdowns_per_1000 = 8.0;
         }
+        // A cell in both rounds, and one unsupported in both.
+        let cell = |runs: Vec<f64>| Measurement {
+            workload: workload("w".into(), "w".into(), "op"),
+            impl_name: <KvirtPt>::NAME,
+            result: Ok(Stats::from_runs(runs, 1)),
+        };
+        let unsupported = Measurement {
+            workload: workload("w".into(), "w".into(), "op"),
+            impl_name: "x",
+            result: Err(NO_SV48),
+        };
+        first.cells = vec![cell(vec![4.0, 5.0, 6.0]), unsupported.clone()];
+        second.cells = vec![cell(vec![1.0, 2.0, 3.0]), unsupported];
         first.absorb(second, 2);
+        let merged = first.cells[0].result.as_ref().unwrap();
+        assert_eq!(merged.runs, [4.0, 5.0, 6.0, 1.0, 2.0, 3.0]);
+        assert_eq!(merged.ns_per_op, 4.0);
+        assert_eq!(first.cells[1].result, Err(NO_SV48));
         let row = &first.churn[0];
         assert_eq!(row.stats.runs, [1.0, 2.0, 3.0, 100.0, 200.0, 300.0]);
         assert_eq!(row.stats.ns_per_op, 100.0, "the upper median of six runs");
