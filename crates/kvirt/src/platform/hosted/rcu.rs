@@ -215,6 +215,7 @@ fn enter_unregistered(state: &State) {
     state.depth.set(1);
     // Touching `RELEASE` registers its destructor; it fails once that has run.
     if RELEASE.try_with(|_| ()).is_ok() {
+        // Decided before the thread's first section: `light_fence` reads it.
         mode();
         let slot = register();
         state.slot.set(Some(slot));
