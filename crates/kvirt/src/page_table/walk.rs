@@ -54,6 +54,9 @@ impl<C: PageTableConfig> PageTable<C> {
         if !(first..=last).contains(&va) {
             return None;
         }
+        // Read once: each entry read is an Acquire load, after which the
+        // compiler would otherwise load the table's fields again.
+        let phys = self.phys();
         let mut node = self.root_node();
         let mut level = C::F::NR_LEVELS;
         loop {
@@ -63,7 +66,7 @@ impl<C: PageTableConfig> PageTable<C> {
                 PteKind::Table(child) => {
                     // SAFETY: the node is not freed during the call (caller
                     // contract).
-                    node = unsafe { NodeRef::new(self.phys(), child) };
+                    node = unsafe { NodeRef::new(phys, child) };
                     level -= 1;
                 }
             }
