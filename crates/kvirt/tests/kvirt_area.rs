@@ -2056,6 +2056,33 @@ mod leaks {
         assert!(space.inv());
     }
 
+    /// A kernel space reclaims emptied page-table nodes in batches. A node
+    /// waits in that queue once, however often it is emptied; a reclaim
+    /// that finds it filled again leaves it, and it is queued afresh the
+    /// next time it empties.
+    #[test]
+    fn a_node_filled_again_before_its_reclaim_is_reclaimed_when_it_empties_next() {
+        let space = small_space();
+        let baseline = snapshot(&space);
+        let one_page = |space: &KernelSpace| {
+            let frame = FrameAllocOptions::new_in(space).alloc_frame().unwrap();
+            space.try_map_frames(P, 0, [frame], prop()).unwrap()
+        };
+        // The same range each time, so the same leaf, emptied three times
+        // (no check in between: `inv` reclaims the queue first).
+        for _ in 0..3 {
+            drop(one_page(&space));
+        }
+        // Filled again, then the queue is reclaimed: the leaf is in use.
+        let area = one_page(&space);
+        space.synchronize();
+        assert!(space.phys_stats().page_table_pages > baseline.phys.page_table_pages);
+        // Emptied once more: queued again, so reclaimed now.
+        drop(area);
+        assert_eq!(snapshot(&space), baseline);
+        assert!(space.inv());
+    }
+
     #[test]
     fn a_shared_frame_stays_alive_until_its_last_mapping_goes() {
         let space = small_space();

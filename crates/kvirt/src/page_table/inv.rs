@@ -1,9 +1,9 @@
 //! The page table's structural invariant, checked by walking the tree.
 
-use super::config::PageTableConfig;
+use super::config::{sign_extend, PageTableConfig};
 use super::node::{NodeRef, PtNodeMeta};
 use super::table::PageTable;
-use crate::addr::{is_aligned, PagingLevel, PAGE_SIZE};
+use crate::addr::{is_aligned, PagingLevel, Vaddr, PAGE_SIZE};
 use crate::arch::{page_size, PagingFormat, PteKind};
 use crate::frame::REF_COUNT_MAX;
 use crate::inv::Inv;
@@ -21,8 +21,9 @@ impl<C: PageTableConfig> PageTable<C> {
     /// broken. [`Inv::check`] is the same check without the count.
     ///
     /// For every node: its slot holds `PtNodeMeta` of the right level, one
-    /// reference (its parent entry's), it is not stray, and its child count
-    /// equals its non-absent entries. For every leaf: the physical address
+    /// reference (its parent entry's), it is not stray, its child count
+    /// equals its non-absent entries, and if it is marked queued, it waits
+    /// in the table's queue of emptied nodes. For every leaf: the physical address
     /// is aligned to the page size, the level may hold leaves, and a tracked
     /// leaf is a 4 KiB frame of RAM with a live reference count whose
     /// metadata is not a page-table node's.
@@ -36,7 +37,7 @@ impl<C: PageTableConfig> PageTable<C> {
     /// concurrent changes elsewhere in the tree may be seen half-done.
     pub fn check_inv(&self) -> Result<usize, &'static str> {
         let mut nodes = 0;
-        self.check_node(self.root_node(), C::F::NR_LEVELS, &mut nodes)?;
+        self.check_node(self.root_node(), C::F::NR_LEVELS, 0, &mut nodes)?;
         Ok(nodes)
     }
 
@@ -44,6 +45,7 @@ impl<C: PageTableConfig> PageTable<C> {
         &self,
         node: NodeRef<'_>,
         level: PagingLevel,
+        base: Vaddr,
         nodes: &mut usize,
     ) -> Result<(), &'static str> {
         *nodes += 1;
@@ -67,7 +69,8 @@ impl<C: PageTableConfig> PageTable<C> {
                 PteKind::Table(child) => {
                     present += 1;
                     if level < C::F::NR_LEVELS || C::TOP_LEVEL_INDEX_RANGE.contains(&i) {
-                        children.push(child);
+                        let child_base = sign_extend::<C::F>(base.wrapping_add(i * page_size::<C::F>(level)));
+                        children.push((child, child_base));
                     }
                 }
                 PteKind::Page { pa, tracked, .. } => {
@@ -88,11 +91,15 @@ impl<C: PageTableConfig> PageTable<C> {
             }
         }
         let count_ok = guard.nr_children() == present;
+        let queued = guard.is_queued();
         drop(guard);
         if !count_ok {
             return Err("a node's child count differs from its non-absent entries");
         }
-        for child in children {
+        if queued && !self.is_queued_empty(base, level) {
+            return Err("a node marked queued is not in the queue of emptied nodes");
+        }
+        for (child, child_base) in children {
             if !phys.is_ram(&(child..child + PAGE_SIZE)) {
                 return Err("a table entry points outside RAM");
             }
@@ -112,7 +119,7 @@ impl<C: PageTableConfig> PageTable<C> {
             if !is_node {
                 return Err("a table entry points to a frame that is not a page-table node");
             }
-            self.check_node(child_node, level - 1, nodes)?;
+            self.check_node(child_node, level - 1, child_base, nodes)?;
         }
         Ok(())
     }

@@ -55,8 +55,9 @@
 //! ([`Platform::call_rcu`](crate::platform::Platform::call_rcu)), since
 //! lock-free walkers and hardware paging-structure caches may still see it.
 //! Nodes emptied by unmapping are reclaimed as soon as the cursor that
-//! emptied them is dropped (or, for a kernel space's table, in batches), so
-//! the number of page-table frames in use returns to its old value once
+//! emptied them is dropped (or, for a kernel space's table, in batches:
+//! the node waits in its CPU's queue, once however often it is emptied),
+//! so the number of page-table frames in use returns to its old value once
 //! everything mapped is unmapped.
 //!
 //! ## Files

@@ -8,14 +8,16 @@
 //! `cursor::reclaim`, lock-free walks and `translate` in `walk`, the
 //! invariant check in `inv`.
 
+use alloc::boxed::Box;
 use core::fmt;
 use core::marker::PhantomData;
 use core::ptr::NonNull;
 
 use super::config::{KernelPtConfig, PageTableConfig, UserPtConfig};
+use super::cursor::EmptyNodeQueues;
 use super::error::PageTableAllocError;
 use super::node::{alloc_node, free_node, release_entry, NodeRef};
-use crate::addr::{Paddr, PagingLevel, Vaddr};
+use crate::addr::Paddr;
 use crate::arch::PagingFormat;
 use crate::frame::PhysMem;
 
@@ -43,12 +45,10 @@ pub struct PageTable<C: PageTableConfig> {
     root: Paddr,
     /// Where the nodes live. Outlives the table (kernel-space lifetime rule).
     phys: NonNull<PhysMem>,
-    /// Whether guard nodes emptied by cursors wait in `empty_nodes` for a
-    /// batch instead of being reclaimed at once (kernel spaces turn it on
-    /// for their kernel page table).
-    pub(super) lazy_reclaim: bool,
-    /// Nodes (start address, level) emptied and not yet reclaimed.
-    pub(super) empty_nodes: spin::Mutex<alloc::vec::Vec<(Vaddr, PagingLevel)>>,
+    /// Where guard nodes emptied by cursors wait for a batch; `None`: they
+    /// are reclaimed at once (kernel spaces set queues up for their kernel
+    /// page table).
+    pub(super) empty_nodes: Option<Box<EmptyNodeQueues>>,
     _config: PhantomData<C>,
 }
 
@@ -73,13 +73,8 @@ impl<C: PageTableConfig> PageTable<C> {
             );
         };
         let root = alloc_node(phys, C::F::NR_LEVELS)?;
-        let table = Self {
-            root: root.pa(),
-            phys: NonNull::from(phys),
-            lazy_reclaim: false,
-            empty_nodes: spin::Mutex::new(alloc::vec::Vec::new()),
-            _config: PhantomData,
-        };
+        let table =
+            Self { root: root.pa(), phys: NonNull::from(phys), empty_nodes: None, _config: PhantomData };
         if !C::TOP_LEVEL_CAN_UNMAP {
             for i in C::TOP_LEVEL_INDEX_RANGE {
                 let Ok(child) = alloc_node(phys, C::F::NR_LEVELS - 1) else {

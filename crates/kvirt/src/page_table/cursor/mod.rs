@@ -55,6 +55,7 @@ mod reclaim;
 mod take;
 mod take_all;
 
+pub(crate) use reclaim::EmptyNodeQueues;
 pub use take::PageTableFrag;
 pub use take_all::TakenRange;
 

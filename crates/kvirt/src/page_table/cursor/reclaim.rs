@@ -26,10 +26,13 @@
 //! again at once.
 
 use alloc::boxed::Box;
+use alloc::vec::Vec;
 use core::fmt;
 use core::marker::PhantomData;
 use core::ops::Range;
 use core::ptr::NonNull;
+
+use crossbeam_utils::CachePadded;
 
 use super::{entry_range, may_detach, node_span, Cursor, CursorMut};
 use crate::addr::{PagingLevel, Vaddr, PAGE_SIZE};
@@ -41,45 +44,103 @@ use crate::page_table::node::{release_entry, NodeGuard, NodeRef};
 use crate::page_table::table::PageTable;
 use crate::platform::{TlbFlushOp, TlbScope};
 
-/// How many emptied nodes a lazily reclaiming table keeps before it
-/// reclaims them.
+/// How many emptied nodes one queue of a lazily reclaiming table keeps
+/// before it reclaims them.
 const EMPTY_NODE_BATCH: usize = 32;
+
+/// Queues of emptied guard nodes per table: CPU `i` queues on queue
+/// `i % EMPTY_NODE_QUEUES`.
+const EMPTY_NODE_QUEUES: usize = 8;
+
+/// Where a lazily reclaiming table's emptied guard nodes (start address,
+/// level) wait for a batch: one queue per CPU, each on a cache line of its
+/// own. CPUs dropping areas at once work in VMALLOC arenas of their own,
+/// under page-table nodes of their own; with one queue they would still
+/// meet on its lock at every drop that empties a node, and pass its line
+/// (and the table's, which every cursor reads) back and forth.
+///
+/// A node may sit in two queues (emptied on two CPUs in turn); reclaiming
+/// it twice is harmless, since each reclaim first checks that the node is
+/// still there and still empty.
+pub(crate) struct EmptyNodeQueues {
+    queues: [CachePadded<spin::Mutex<Vec<EmptyNode>>>; EMPTY_NODE_QUEUES],
+}
+
+/// An emptied node, named by its place: the lowest address it maps and its
+/// level. Reclaiming it first checks that a node is still there, empty.
+type EmptyNode = (Vaddr, PagingLevel);
+
+impl EmptyNodeQueues {
+    fn new() -> Self {
+        Self { queues: core::array::from_fn(|_| CachePadded::new(spin::Mutex::new(Vec::new()))) }
+    }
+}
+
+impl fmt::Debug for EmptyNodeQueues {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let queued: usize = self.queues.iter().map(|q| q.lock().len()).sum();
+        f.debug_struct("EmptyNodeQueues").field("queued", &queued).finish()
+    }
+}
 
 impl<C: PageTableConfig> PageTable<C> {
     /// Makes emptied guard nodes wait for a batch (or for
     /// [`reclaim_empty_nodes`](Self::reclaim_empty_nodes)) instead of being
-    /// reclaimed when the cursor that emptied them is dropped.
+    /// reclaimed when the cursor that emptied them is dropped; turning it
+    /// off reclaims what waits.
     pub(crate) fn set_lazy_reclaim(&mut self, lazy: bool) {
-        self.lazy_reclaim = lazy;
+        match (lazy, self.empty_nodes.is_some()) {
+            (true, false) => self.empty_nodes = Some(Box::new(EmptyNodeQueues::new())),
+            (false, true) => {
+                self.reclaim_empty_nodes();
+                self.empty_nodes = None;
+            }
+            _ => {}
+        }
     }
 
-    /// Queues an emptied node; reclaims the queue when it is full.
-    fn queue_empty_node(&self, base: Vaddr, level: PagingLevel) {
+    /// Queues an emptied node on the calling CPU's queue; reclaims that
+    /// queue when it is full.
+    fn queue_empty_node(&self, queues: &EmptyNodeQueues, base: Vaddr, level: PagingLevel) {
+        let cpu = self.phys().platform().current_cpu();
+        let queue = &queues.queues[cpu % EMPTY_NODE_QUEUES];
         let full = {
-            let mut queue = self.empty_nodes.lock();
-            if !queue.contains(&(base, level)) {
-                queue.push((base, level));
-            }
+            let mut queue = queue.lock();
+            queue.push((base, level));
             queue.len() >= EMPTY_NODE_BATCH
         };
         if full {
-            self.reclaim_empty_nodes();
+            let batch = core::mem::take(&mut *queue.lock());
+            for (base, level) in batch {
+                reclaim_empty_node(self, base, level);
+            }
         }
+    }
+
+    /// Whether the node at `level` mapping from `base` waits in a queue of
+    /// emptied nodes (for the invariant check).
+    pub(in crate::page_table) fn is_queued_empty(&self, base: Vaddr, level: PagingLevel) -> bool {
+        self.empty_nodes.as_ref().is_some_and(|q| q.queues.iter().any(|q| q.lock().contains(&(base, level))))
     }
 
     /// Reclaims every queued node that is still empty (see
     /// `set_lazy_reclaim`, on for a kernel space's table). Nodes are freed after
     /// an RCU grace period.
     pub fn reclaim_empty_nodes(&self) {
+        let Some(queues) = &self.empty_nodes else { return };
         // Reclaiming a node reclaims the ancestors it empties as well; the
         // loop picks up what other cursors queue meanwhile.
         loop {
-            let queue = core::mem::take(&mut *self.empty_nodes.lock());
-            if queue.is_empty() {
-                return;
+            let mut reclaimed_any = false;
+            for queue in &queues.queues {
+                let batch = core::mem::take(&mut *queue.lock());
+                reclaimed_any |= !batch.is_empty();
+                for (base, level) in batch {
+                    reclaim_empty_node(self, base, level);
+                }
             }
-            for (base, level) in queue {
-                reclaim_empty_node(self, base, level);
+            if !reclaimed_any {
+                return;
             }
         }
     }
@@ -231,16 +292,20 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
         let raw = c.node(level).read(i);
         if let PteKind::Table(child) = C::F::decode(raw, level) {
             // SAFETY: a fresh cursor stands at the start of its range, at its
-            // guard node, whose entry there points to `child`.
-            if unsafe { c.child_is_empty(child) } && may_detach::<C>(level - 1) {
+            // guard node, whose entry there points to `child`: a node inside
+            // the cursor's range (its span), locked by it, below the current
+            // level, so with no guard yet.
+            let child = unsafe { c.held_node(child) };
+            if child.nr_children() == 0 && may_detach::<C>(level - 1) {
                 c.node(level).write(i, 0);
                 self.removed = true;
-                // SAFETY: the node was a child of the guard node, inside the
-                // cursor's range (its span), until it was just unhooked;
-                // nodes below the current level have no guard.
-                let child = unsafe { c.held_node(child) };
                 let span = entry_range::<C>(span_start, level);
                 self.retire_empty(child, raw, level, span);
+            } else {
+                // Filled again since it was queued: it stays, and may be
+                // queued when it empties next.
+                child.swap_queued(false);
+                let _ = child.into_raw();
             }
         }
     }
@@ -249,12 +314,19 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
     /// the nodes it detached and frees them after a grace period. Returns
     /// the base and level of its guard node if the cursor emptied it and it
     /// may be detached (by its parent's holder: see [`reclaim_empty_node`]).
-    fn finish(&mut self) -> Option<(Vaddr, PagingLevel)> {
+    ///
+    /// With `to_queue` (the cursor is dropped) and a lazily reclaiming
+    /// table, the emptied guard is marked queued, and not returned if it
+    /// was already: it waits in a queue once, however often it is emptied.
+    fn finish(&mut self, to_queue: bool) -> Option<(Vaddr, PagingLevel)> {
         let c = &self.inner;
         let guard_level = c.guard_level;
         // `None` once finished: the locks are gone.
         let guard = c.path[guard_level as usize - 1].as_ref()?;
-        let guard_emptied = self.removed && may_detach::<C>(guard_level) && guard.nr_children() == 0;
+        let guard_emptied = self.removed
+            && may_detach::<C>(guard_level)
+            && guard.nr_children() == 0
+            && !(to_queue && c.pt.empty_nodes.is_some() && guard.swap_queued(true));
         let guard_base = c.base[guard_level as usize - 1];
         self.inner.unlock_all();
 
@@ -276,16 +348,15 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
 
 impl<C: PageTableConfig> Drop for CursorMut<'_, C> {
     fn drop(&mut self) {
-        let Some((base, level)) = self.finish() else { return };
+        let Some((base, level)) = self.finish(true) else { return };
         let pt = self.inner.pt;
-        if pt.lazy_reclaim {
+        match &pt.empty_nodes {
             // Leave the node for a batch: a node emptied now is often
             // filled again at once (an area dropped and another created in
             // the same place), and reclaiming it would cost a TLB flush and
             // a fresh zeroed node.
-            pt.queue_empty_node(base, level);
-        } else {
-            reclaim_empty_node(pt, base, level);
+            Some(queues) => pt.queue_empty_node(queues, base, level),
+            None => reclaim_empty_node(pt, base, level),
         }
     }
 }
@@ -310,7 +381,7 @@ fn reclaim_empty_node<C: PageTableConfig>(pt: &PageTable<C>, mut base: Vaddr, mu
         };
         let mut parent = CursorMut::from_cursor(parent);
         parent.detach_empty_child(base);
-        match parent.finish() {
+        match parent.finish(false) {
             Some(emptied) => (base, level) = emptied,
             None => return,
         }

@@ -194,6 +194,22 @@ impl<'a> NodeGuard<'a> {
         core::mem::replace(unsafe { &mut *self.node.meta().nr_children.get() }, n)
     }
 
+    /// Whether the node is marked as waiting in its table's queue of
+    /// emptied nodes.
+    pub(crate) fn is_queued(&self) -> bool {
+        // SAFETY: we hold the lock, which guards `queued`.
+        unsafe { *self.node.meta().queued.get() }
+    }
+
+    /// Sets whether the node waits in its table's queue of emptied nodes;
+    /// returns whether it did.
+    #[inline]
+    pub(crate) fn swap_queued(&self, queued: bool) -> bool {
+        // SAFETY: we hold the lock, which guards `queued`; no other
+        // reference to the flag is alive during this call.
+        core::mem::replace(unsafe { &mut *self.node.meta().queued.get() }, queued)
+    }
+
     /// Marks the node detached from the tree.
     pub(crate) fn mark_stray(&self) {
         self.node.meta().stray.store(true, Ordering::Release);

@@ -48,9 +48,14 @@ pub(crate) struct PtNodeMeta {
     /// is reclaimed. Read and written only through a [`NodeGuard`], that
     /// is, by the holder of `lock`.
     nr_children: UnsafeCell<u16>,
+    /// Set while the node waits in its table's queue of emptied nodes (see
+    /// `cursor::reclaim`), so that a node emptied again and again is queued
+    /// once. Read and written only through a [`NodeGuard`], as
+    /// `nr_children` is.
+    queued: UnsafeCell<bool>,
 }
 
-// SAFETY: `nr_children` is accessed only through a `NodeGuard`, which exists
+// SAFETY: `nr_children` and `queued` are accessed only through a `NodeGuard`, which exists
 // only while `lock` is held and is not `Sync`, so the accesses of one holder
 // happen on one thread, and the lock's acquire/release operations order them
 // against the next holder's; the rest is atomic or immutable.
@@ -66,6 +71,7 @@ impl PtNodeMeta {
             stray: AtomicBool::new(false),
             level,
             nr_children: UnsafeCell::new(0),
+            queued: UnsafeCell::new(false),
         }
     }
 }
