@@ -83,6 +83,7 @@ impl<F: PagingFormat> TakenRange<F> {
     /// Releases what was taken, in place, leaving an empty collection: what
     /// dropping it does, for one kept in a `ManuallyDrop` (so that an unwind
     /// before the flush leaks it) that is not worth copying out.
+    #[inline]
     pub(crate) fn release(&mut self) {
         *self = Self::new();
     }
