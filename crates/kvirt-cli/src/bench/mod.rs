@@ -19,8 +19,9 @@
 //! * kernel-virtual-area create + drop, modelled on Linux's
 //!   `lib/test_vmalloc.c`: fixed 1 page, random 1-100 pages, 1 page with
 //!   10 000 live areas around, 2 MiB aligned, and 1 page from 1 and from 2
-//!   threads at once (kvirt only: the peers have no virtual-range
-//!   allocator).
+//!   threads at once on one space, and from 2 threads on a space each (the
+//!   most this machine gives two threads) (kvirt only: the peers have no
+//!   virtual-range allocator).
 //!
 //! Each measurement is the median over several runs after warm-up runs,
 //! timed with `std::time::Instant` around whole batches. Every workload
@@ -471,18 +472,20 @@ fn run_area(
     Ok(stats)
 }
 
-/// Runs `create_drop_1p(space, ops)` on `threads` threads at once, thread
-/// `t` on simulated CPU `t`; returns the wall time from their start to the
-/// last one's end.
+/// Runs `create_drop_1p(spaces[t], ops)` on one thread per entry of
+/// `spaces` at once, thread `t` on simulated CPU `t`; returns the wall time
+/// from their start to the last one's end.
 ///
 /// The clock starts before the threads are released: a thread cannot start
 /// before this one reaches the barrier, and with more threads than cores
 /// this one may not run again until they are done.
-fn churn_threads(space: &KernelSpace, threads: usize, ops: usize) -> Result<Duration, Error> {
-    let barrier = std::sync::Barrier::new(threads + 1);
+fn churn_threads(spaces: &[&KernelSpace], ops: usize) -> Result<Duration, Error> {
+    let barrier = std::sync::Barrier::new(spaces.len() + 1);
     std::thread::scope(|s| -> Result<Duration, Error> {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
+        let handles: Vec<_> = spaces
+            .iter()
+            .enumerate()
+            .map(|(t, &space)| {
                 let barrier = &barrier;
                 s.spawn(move || {
                     kvirt::platform::hosted::set_current_cpu(t);
@@ -504,19 +507,40 @@ fn churn_threads(space: &KernelSpace, threads: usize, ops: usize) -> Result<Dura
 /// the aggregate (wall time / all ops).
 fn run_threads(cfg: &Config, threads: usize) -> Result<Stats, Error> {
     let space = kvirt_space();
-    space.synchronize();
-    let before = (space.phys_stats(), space.vmalloc_stats());
+    run_churn_on(cfg, &vec![&space; threads])
+}
+
+/// Create + drop from 2 threads at once, each on a space of its own, so
+/// that they share no lock and no line of kvirt's: what this machine gives
+/// two threads at best, beside which the one-space row is read.
+fn run_threads_apart(cfg: &Config) -> Result<Stats, Error> {
+    let (a, b) = (kvirt_space(), kvirt_space());
+    run_churn_on(cfg, &[&a, &b])
+}
+
+/// Times `churn_threads(spaces, ..)` and checks that every space's
+/// counters are back afterwards.
+fn run_churn_on(cfg: &Config, spaces: &[&KernelSpace]) -> Result<Stats, Error> {
+    let counters = || -> Vec<_> {
+        spaces
+            .iter()
+            .map(|space| {
+                space.synchronize();
+                (space.phys_stats(), space.vmalloc_stats())
+            })
+            .collect()
+    };
+    let before = counters();
     let ops = cfg.thread_ops;
     let mut runs = Vec::new();
     for run in 0..cfg.warmup + cfg.runs {
-        let elapsed = churn_threads(&space, threads, ops)?;
+        let elapsed = churn_threads(spaces, ops)?;
         if run >= cfg.warmup {
-            runs.push(ns_per(elapsed, ops * threads));
+            runs.push(ns_per(elapsed, ops * spaces.len()));
         }
     }
-    space.synchronize();
-    ensure((space.phys_stats(), space.vmalloc_stats()) == before, || "the threaded workload leaked".into())?;
-    Ok(Stats::from_runs(runs, (ops * threads) as u64))
+    ensure(counters() == before, || "the threaded workload leaked".into())?;
+    Ok(Stats::from_runs(runs, (ops * spaces.len()) as u64))
 }
 
 /// Create + drop of random-size areas of 1-100 pages.
@@ -589,7 +613,7 @@ fn run_churn(cfg: &Config, lazy: bool, cpus: usize) -> Result<Churn, Error> {
     let (mut runs, mut flushes) = (Vec::new(), 0);
     for run in 0..cfg.warmup + cfg.runs {
         let flushes_before = cpu0.invalidations();
-        let elapsed = churn_threads(&space, cpus, ops)?;
+        let elapsed = churn_threads(&vec![&space; cpus], ops)?;
         if run >= cfg.warmup {
             runs.push(ns_per(elapsed, ops * cpus));
             flushes += cpu0.invalidations() - flushes_before;
@@ -648,7 +672,7 @@ fn measure_round(cfg: &Config, quick: bool, only: Option<&str>, arch: Arch) -> R
     // Each area workload with its runner; the threaded ones report
     // throughput.
     type Runner = fn(&Config) -> Result<Stats, Error>;
-    let area_workloads: [(Workload, Runner); 6] = [
+    let area_workloads: [(Workload, Runner); 7] = [
         (workload("area-1p".into(), "area create+drop, 1 page".into(), "area"), |cfg| {
             run_area(cfg, cfg.area_ops, |space| create_drop_1p(space, cfg.area_ops))
         }),
@@ -674,6 +698,14 @@ fn measure_round(cfg: &Config, quick: bool, only: Option<&str>, arch: Arch) -> R
         (workload("area-1p-2threads".into(), "area create+drop, 1 page, 2 threads".into(), "area"), |cfg| {
             run_threads(cfg, 2)
         }),
+        (
+            workload(
+                "area-1p-2threads-apart".into(),
+                "area create+drop, 1 page, 2 threads, a space each".into(),
+                "area",
+            ),
+            run_threads_apart,
+        ),
     ];
     let huge = workload("untracked-1g".into(), "untracked 1 GiB map+unmap".into(), "1 GiB");
     let sizes: Vec<usize> =
