@@ -51,6 +51,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use super::error::{AreaAccessError, KVirtAreaError, SplitError};
 use super::purge::DeadArea;
 use super::registry::AreaInfo;
+use super::space_ref::SpaceRef;
 use super::vmalloc::GUARD_SIZE;
 use super::{KernelLayout, KernelSpace, SpaceInner, X86_64Layout};
 use crate::addr::{Paddr, Vaddr, PAGE_SIZE};
@@ -72,9 +73,10 @@ pub struct KVirtArea<L: KernelLayout = X86_64Layout> {
     right: Option<Arc<SplitLink>>,
     /// The boundary with the left half of a split of this area.
     left: Option<Arc<SplitLink>>,
-    /// A counted handle to the area's space: the space lives until the
-    /// area's drop has finished with it (this field is dropped last).
-    space: Arc<SpaceInner<L>>,
+    /// A handle to the area's space, which lives until the area's drop
+    /// has finished with it (this field is dropped last): counted, unless
+    /// the space is never torn down (see `space_ref`).
+    space: SpaceRef<L>,
 }
 
 /// The boundary between two halves of a split area.
@@ -482,7 +484,7 @@ impl<L: KernelLayout> KVirtArea<L> {
 impl<L: KernelLayout> KVirtArea<L> {
     /// The area `range` of `space`, allocated in its VMALLOC and registered
     /// already, whose mapped part will be `mapped` (nothing is mapped yet).
-    pub(super) fn registered(range: Range<Vaddr>, mapped: Range<Vaddr>, space: Arc<SpaceInner<L>>) -> Self {
+    pub(super) fn registered(range: Range<Vaddr>, mapped: Range<Vaddr>, space: SpaceRef<L>) -> Self {
         KVirtArea { range, mapped, right: None, left: None, space }
     }
 
@@ -530,7 +532,7 @@ impl<L: KernelLayout> KVirtArea<L> {
     /// Runs `f` with a temporary handle to the area's kernel space.
     #[cfg(feature = "check-contracts")]
     pub(crate) fn with_kernel_space<R>(&self, f: impl FnOnce(&KernelSpace<L>) -> R) -> R {
-        f(&KernelSpace { inner: self.space.clone() })
+        f(&KernelSpace { inner: self.space.to_arc() })
     }
 }
 

@@ -15,7 +15,10 @@
 //! [`KernelSpace`] itself and every [`KVirtArea`] hold one count each (an
 //! area gives its count back as the very last step of its drop, after it
 //! has unmapped, flushed and returned its range). Whichever handle goes
-//! last tears the space down, on whatever thread that is.
+//! last tears the space down, on whatever thread that is. A kernel's own
+//! space is never torn down ([`KernelSpace::leak`], the default space):
+//! its areas hold it without a count, so that CPUs creating and dropping
+//! areas at once do not all write the count's cache line.
 //!
 //! Frames, segments and page tables made from a space stay one word and
 //! count nothing: a space is torn down with pages still in use only by
@@ -42,6 +45,7 @@ mod purge_queue;
 mod range_alloc;
 mod registry;
 mod setup;
+mod space_ref;
 mod vmalloc;
 
 use alloc::boxed::Box;
@@ -51,6 +55,7 @@ use core::fmt;
 use core::mem::ManuallyDrop;
 use core::ops::Range;
 use core::ptr::NonNull;
+use core::sync::atomic::AtomicBool;
 use smallvec::SmallVec;
 
 use error::UntrackedRangeError;
@@ -71,6 +76,7 @@ pub use crate::page_table::{MappedItem, MappedItemRef};
 
 use self::purge::Purger;
 use self::registry::AreaRegistry;
+use self::space_ref::SpaceRef;
 use self::vmalloc::Vmalloc;
 use crate::addr::{is_page_aligned, Paddr, Vaddr, PAGE_SIZE};
 use crate::arch::{page_size, PagingFormat};
@@ -104,6 +110,10 @@ struct SpaceInner<L: KernelLayout> {
     /// kernel's own page-table nodes. Used to decide whether the space can
     /// be freed.
     baseline_used_pages: usize,
+    /// Set once a count of the space has been leaked (`KernelSpace::leak`,
+    /// the default space): the space is then never freed, and areas
+    /// created from then on hold it without a count (see `space_ref`).
+    immortal: AtomicBool,
     #[cfg(feature = "std")]
     machine: Option<alloc::sync::Arc<kvirt_sim::Machine>>,
 }
@@ -607,7 +617,7 @@ impl<L: KernelLayout> KernelSpace<L> {
             kind,
             label: None,
         });
-        Ok(KVirtArea::registered(range, mapped, self.inner.clone()))
+        Ok(KVirtArea::registered(range, mapped, SpaceRef::new(&self.inner)))
     }
 }
 

@@ -10,6 +10,7 @@ use alloc::boxed::Box;
 use alloc::sync::Arc;
 use core::mem::ManuallyDrop;
 use core::ops::Range;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use super::error::{KernelImageError, KernelSpaceError, UntrackedRangeError};
 use super::purge::Purger;
@@ -98,7 +99,7 @@ impl KernelSpace {
     pub fn global() -> &'static KernelSpace {
         #[cfg(feature = "std")]
         {
-            GLOBAL.call_once(|| KernelSpace::new_hosted(kvirt_sim::MachineConfig::default()))
+            GLOBAL.call_once(|| KernelSpace::new_hosted(kvirt_sim::MachineConfig::default()).into_immortal())
         }
         #[cfg(not(feature = "std"))]
         {
@@ -113,7 +114,7 @@ impl KernelSpace {
     /// Returns it back if a default exists already.
     pub fn init_global(space: KernelSpace) -> Result<&'static KernelSpace, KernelSpace> {
         let mut space = Some(space);
-        let global = GLOBAL.call_once(|| space.take().expect("taken once"));
+        let global = GLOBAL.call_once(|| space.take().expect("taken once").into_immortal());
         match space {
             None => Ok(global),
             Some(rejected) => Err(rejected),
@@ -122,6 +123,28 @@ impl KernelSpace {
 }
 
 impl<L: KernelLayout> KernelSpace<L> {
+    /// Keeps the space for the rest of the program, as a kernel keeps its
+    /// own, and returns it.
+    ///
+    /// A kept space is never torn down, so the areas created from it from
+    /// now on hold no reference count of it: creating and dropping an area
+    /// then writes no cache line that every CPU writes too. What the space
+    /// holds stays in use; [`KernelSpace::init_global`] does the same for
+    /// the default space.
+    #[must_use]
+    pub fn leak(self) -> &'static Self {
+        Box::leak(Box::new(self.into_immortal()))
+    }
+
+    /// Marks the space as one that is never torn down; the caller keeps
+    /// the returned handle for the rest of the program.
+    fn into_immortal(self) -> Self {
+        // Release: whoever sees the mark sees a space whose count includes
+        // this handle's, which is never given back.
+        self.inner.immortal.store(true, Ordering::Release);
+        self
+    }
+
     /// [`KernelSpace::new`] for layout `L`.
     ///
     /// # Safety
@@ -153,6 +176,7 @@ impl<L: KernelLayout> KernelSpace<L> {
             purger: Purger::new(),
             phys: ManuallyDrop::new(phys),
             baseline_used_pages,
+            immortal: AtomicBool::new(false),
             #[cfg(feature = "std")]
             machine: None,
         });

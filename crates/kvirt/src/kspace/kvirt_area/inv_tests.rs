@@ -188,7 +188,7 @@ fn forged(
         mapped,
         right: None,
         left: None,
-        space: space.inner.clone(),
+        space: SpaceRef::new(&space.inner),
     })
 }
 
