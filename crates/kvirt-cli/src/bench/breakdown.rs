@@ -82,8 +82,8 @@ fn each(cfg: &Config, times: usize, ops_per_call: usize, mut step: impl FnMut())
 /// If memory runs out or the space's counters are not back afterwards.
 pub fn measure(cfg: &Config) -> Result<Vec<Step>, Error> {
     let space = super::kvirt_space();
-    let pt = PageTable::<KernelPtConfig>::empty_in(&space)?;
-    let frame: Frame<()> = FrameAllocOptions::new_in(&space).alloc_frame()?;
+    let pt = PageTable::<KernelPtConfig>::empty_in(space)?;
+    let frame: Frame<()> = FrameAllocOptions::new_in(space).alloc_frame()?;
     let (va, neighbour, lone) = (BASE_VA, BASE_VA + PAGE_SIZE, BASE_VA + (4 << 20));
     let page = va..va + PAGE_SIZE;
     let prop = kvirt_prop();
@@ -121,7 +121,7 @@ pub fn measure(cfg: &Config) -> Result<Vec<Step>, Error> {
         })?,
     ];
     // 512 pages (the same 2 MiB, leaf node kept by the page after them).
-    let pool: Vec<Frame<()>> = FrameAllocOptions::new_in(&space).alloc_segment(RANGE)?.into_iter().collect();
+    let pool: Vec<Frame<()>> = FrameAllocOptions::new_in(space).alloc_segment(RANGE)?.into_iter().collect();
     let range = BASE_VA + (8 << 20)..BASE_VA + (8 << 20) + RANGE * PAGE_SIZE;
     pin_node(range.end);
     let map_take_range = |tracked: bool| {

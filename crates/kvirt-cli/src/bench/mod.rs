@@ -439,9 +439,20 @@ fn run_huge<M: Mapper>(m: &mut M, cfg: &Config) -> Result<Stats, Error> {
     })
 }
 
-/// A fresh hosted kernel space for the kvirt-only workloads.
-pub(crate) fn kvirt_space() -> KernelSpace {
-    KernelSpace::new_hosted(kvirt_machine())
+/// The hosted kernel space of the kvirt-only workloads, one for the whole
+/// run and kept to its end as a kernel keeps its own
+/// ([`KernelSpace::leak`]: its areas hold no count of it). Every workload
+/// leaves it as it found it (each checks the counters).
+pub(crate) fn kvirt_space() -> &'static KernelSpace {
+    static SPACE: std::sync::OnceLock<&'static KernelSpace> = std::sync::OnceLock::new();
+    SPACE.get_or_init(|| KernelSpace::new_hosted(kvirt_machine()).leak())
+}
+
+/// A second space like [`kvirt_space`], for the row that gives each thread
+/// a space of its own.
+fn second_kvirt_space() -> &'static KernelSpace {
+    static SPACE: std::sync::OnceLock<&'static KernelSpace> = std::sync::OnceLock::new();
+    SPACE.get_or_init(|| KernelSpace::new_hosted(kvirt_machine()).leak())
 }
 
 /// Creates and drops a 1-page area (with a fresh, non-zeroed frame, as
@@ -466,7 +477,7 @@ fn run_area(
     let space = kvirt_space();
     space.synchronize();
     let before = (space.phys_stats(), space.vmalloc_stats());
-    let stats = timed(cfg, ops, || body(&space))?;
+    let stats = timed(cfg, ops, || body(space))?;
     space.synchronize();
     ensure((space.phys_stats(), space.vmalloc_stats()) == before, || "an area workload leaked".into())?;
     Ok(stats)
@@ -506,16 +517,14 @@ fn churn_threads(spaces: &[&KernelSpace], ops: usize) -> Result<Duration, Error>
 /// Create + drop from `threads` threads at once on one space; ns per op of
 /// the aggregate (wall time / all ops).
 fn run_threads(cfg: &Config, threads: usize) -> Result<Stats, Error> {
-    let space = kvirt_space();
-    run_churn_on(cfg, &vec![&space; threads])
+    run_churn_on(cfg, &vec![kvirt_space(); threads])
 }
 
 /// Create + drop from 2 threads at once, each on a space of its own, so
 /// that they share no lock and no line of kvirt's: what this machine gives
 /// two threads at best, beside which the one-space row is read.
 fn run_threads_apart(cfg: &Config) -> Result<Stats, Error> {
-    let (a, b) = (kvirt_space(), kvirt_space());
-    run_churn_on(cfg, &[&a, &b])
+    run_churn_on(cfg, &[kvirt_space(), second_kvirt_space()])
 }
 
 /// Times `churn_threads(spaces, ..)` and checks that every space's
@@ -587,10 +596,10 @@ fn run_busy(cfg: &Config) -> Result<Stats, Error> {
     let before = (space.phys_stats(), space.vmalloc_stats());
     let mut live: Vec<KVirtArea> = Vec::with_capacity(cfg.busy_areas);
     for _ in 0..cfg.busy_areas {
-        let frame = FrameAllocOptions::new_in(&space).zeroed(false).alloc_frame()?;
+        let frame = FrameAllocOptions::new_in(space).zeroed(false).alloc_frame()?;
         live.push(space.try_map_frames(PAGE_SIZE, 0, [frame], kvirt_prop())?);
     }
-    let stats = timed(cfg, ops, || create_drop_1p(&space, ops))?;
+    let stats = timed(cfg, ops, || create_drop_1p(space, ops))?;
     ensure(space.areas().len() == cfg.busy_areas, || "the busy list changed".into())?;
     drop(live);
     space.synchronize();
