@@ -544,6 +544,32 @@ fn the_space_outlives_an_area_dropped_on_another_thread() {
     assert_eq!(Arc::strong_count(&machine), 1, "the last handle freed the space and its platform");
 }
 
+/// A kept space (`KernelSpace::leak`) lends its areas to threads without a
+/// count: areas made before and after it was kept are split, written and
+/// dropped on two threads, reaching the space only through their handles.
+#[test]
+fn areas_of_a_kept_space_hold_it_without_a_count() {
+    // Reachable from a static: kept memory is not a leak to Miri.
+    static KEPT: std::sync::OnceLock<&'static KernelSpace> = std::sync::OnceLock::new();
+    let counted = space();
+    let before = stats(&counted);
+    let frame = FrameAllocOptions::new_in(&counted).alloc_frame().expect("frame");
+    let early: KVirtArea = counted.try_map_frames(P, 0, [frame], rw()).expect("area");
+    let kept = *KEPT.get_or_init(|| counted.leak());
+    let frames = FrameAllocOptions::new_in(kept).alloc_segment(2).expect("frames");
+    let area: KVirtArea = kept.try_map_frames(2 * P, 0, frames, rw()).expect("area");
+    let (left, right) = area.split(P);
+    let other = std::thread::spawn(move || {
+        right.write_bytes(0, b"right").expect("in bounds");
+        drop(right);
+        drop(early);
+    });
+    left.write_bytes(0, b"left").expect("in bounds");
+    drop(left);
+    other.join().expect("the other thread does not panic");
+    assert_eq!(stats(kept), before, "everything the areas held is back");
+}
+
 /// Byte copies into untyped frames racing the simulated machine's own
 /// accesses to the same bytes: the machine reads and writes RAM only with
 /// aligned 8-byte atomics, so kvirt's copies must use the same access size

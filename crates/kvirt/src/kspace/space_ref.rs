@@ -10,7 +10,7 @@
 //! ```text
 //!   counted space:   create  = fetch_add on the space's count
 //!                    drop    = fetch_sub, the last one tears down
-//!   immortal space:  create, drop = nothing
+//!   immortal space:  create, drop = a load of the immortal mark
 //! ```
 //!
 //! The count is one cache line that every CPU creating or dropping areas
@@ -21,59 +21,78 @@
 //! [`KernelSpace::init_global`]: super::KernelSpace::init_global
 
 use alloc::sync::Arc;
+use core::marker::PhantomData;
 use core::ops::Deref;
 use core::sync::atomic::Ordering;
 
 use super::layout::KernelLayout;
 use super::SpaceInner;
 
-/// A handle to an area's space: counted, or a reference to a space that is
-/// never freed.
-pub(super) enum SpaceRef<L: KernelLayout> {
-    /// One of the counts that keep the space alive.
-    Counted(Arc<SpaceInner<L>>),
-    /// A space with a count that is never given back
-    /// (`SpaceInner::immortal`).
-    Immortal(&'static SpaceInner<L>),
+/// A handle to an area's space: one pointer, so an area stays as small as
+/// with an `Arc`.
+pub(super) struct SpaceRef<L: KernelLayout> {
+    /// The space, in the allocation of the `Arc`s that count it.
+    /// Invariant: this handle holds one count of it, or the space is
+    /// immortal (`SpaceInner::immortal`, which never goes back to false).
+    /// A handle made before the space became immortal holds a count that
+    /// it never gives back: an immortal space is never freed anyway.
+    /// A pointer from `Arc::as_ptr`, so that it may go back to an `Arc`
+    /// (its provenance covers the counts; a reference to the space would
+    /// cover only the space).
+    space: *const SpaceInner<L>,
+    _owns: PhantomData<Arc<SpaceInner<L>>>,
 }
+
+// SAFETY: the handle stands for an `Arc<SpaceInner<L>>` (or a `&'static`
+// one), which is `Send` and `Sync` since `SpaceInner` is both.
+unsafe impl<L: KernelLayout> Send for SpaceRef<L> where Arc<SpaceInner<L>>: Send {}
+// SAFETY: as for `Send`.
+unsafe impl<L: KernelLayout> Sync for SpaceRef<L> where Arc<SpaceInner<L>>: Sync {}
 
 impl<L: KernelLayout> SpaceRef<L> {
     /// A handle to the space `space` counts.
     pub(super) fn new(space: &Arc<SpaceInner<L>>) -> Self {
-        if space.immortal.load(Ordering::Acquire) {
-            // SAFETY: `immortal` is set only after a count of the space was
-            // leaked (`KernelSpace::leak`, the default space), so the count
-            // never drops to zero and the allocation is never freed: the
-            // space lives, unmoved, for the rest of the program.
-            Self::Immortal(unsafe { &*Arc::as_ptr(space) })
-        } else {
-            Self::Counted(Arc::clone(space))
+        let ptr = Arc::as_ptr(space);
+        if !space.immortal.load(Ordering::Acquire) {
+            // SAFETY: `ptr` comes from a live `Arc`; this handle holds the
+            // count taken (type invariant).
+            unsafe { Arc::increment_strong_count(ptr) };
         }
+        Self { space: ptr, _owns: PhantomData }
     }
 
     /// A counted handle to the same space.
     #[cfg(feature = "check-contracts")]
     pub(super) fn to_arc(&self) -> Arc<SpaceInner<L>> {
-        match self {
-            Self::Counted(space) => Arc::clone(space),
-            Self::Immortal(space) => {
-                let ptr: *const SpaceInner<L> = *space;
-                // SAFETY: an immortal space is the allocation of an `Arc`
-                // (`new`) whose count never drops to zero.
-                unsafe { Arc::increment_strong_count(ptr) };
-                // SAFETY: as above; the count just taken is given back by
-                // the `Arc` made from it.
-                unsafe { Arc::from_raw(ptr) }
-            }
-        }
+        let ptr = self.space;
+        // SAFETY: the space is alive (type invariant) and lives in the
+        // allocation of an `Arc`.
+        unsafe { Arc::increment_strong_count(ptr) };
+        // SAFETY: as above; the count just taken is the new `Arc`'s.
+        unsafe { Arc::from_raw(ptr) }
     }
 }
 
 impl<L: KernelLayout> Clone for SpaceRef<L> {
     fn clone(&self) -> Self {
-        match self {
-            Self::Counted(space) => Self::Counted(Arc::clone(space)),
-            Self::Immortal(space) => Self::Immortal(space),
+        if !self.immortal.load(Ordering::Acquire) {
+            // SAFETY: the space is alive (type invariant) and lives in the
+            // allocation of an `Arc`; the new handle holds the count taken.
+            unsafe { Arc::increment_strong_count(self.space) };
+        }
+        Self { space: self.space, _owns: PhantomData }
+    }
+}
+
+impl<L: KernelLayout> Drop for SpaceRef<L> {
+    fn drop(&mut self) {
+        // Seen immortal: nothing to give back (the space made immortal
+        // after this handle counted it keeps that count for good).
+        if !self.immortal.load(Ordering::Acquire) {
+            // SAFETY: the space is not immortal, so it has never been, and
+            // this handle holds a count of it (type invariant), given back
+            // here once; the last count tears the space down.
+            unsafe { Arc::decrement_strong_count(self.space) };
         }
     }
 }
@@ -83,10 +102,8 @@ impl<L: KernelLayout> Deref for SpaceRef<L> {
 
     #[inline]
     fn deref(&self) -> &SpaceInner<L> {
-        match self {
-            Self::Counted(space) => space,
-            Self::Immortal(space) => space,
-        }
+        // SAFETY: the space lives while this handle does (type invariant).
+        unsafe { &*self.space }
     }
 }
 
@@ -133,6 +150,11 @@ mod tests {
     #[test]
     fn areas_of_a_space_that_may_be_torn_down_hold_a_count_each() {
         assert_eq!(counts_held_by_areas(&space()), 2);
+    }
+
+    #[test]
+    fn a_handle_is_one_pointer_as_an_arc_is() {
+        assert_eq!(size_of::<SpaceRef<crate::kspace::X86_64Layout>>(), size_of::<usize>());
     }
 
     #[test]
