@@ -444,8 +444,7 @@ fn run_huge<M: Mapper>(m: &mut M, cfg: &Config) -> Result<Stats, Error> {
 /// ([`KernelSpace::leak`]: its areas hold no count of it). Every workload
 /// leaves it as it found it (each checks the counters).
 pub(crate) fn kvirt_space() -> &'static KernelSpace {
-    static SPACE: std::sync::OnceLock<&'static KernelSpace> = std::sync::OnceLock::new();
-    SPACE.get_or_init(|| KernelSpace::new_hosted(kvirt_machine()).leak())
+    impls::kept_space()
 }
 
 /// A second space like [`kvirt_space`], for the row that gives each thread

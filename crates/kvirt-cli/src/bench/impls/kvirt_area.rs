@@ -5,33 +5,28 @@ use kvirt::frame::{Frame, FrameAllocOptions};
 use kvirt::kspace::{KVirtArea, KernelLayout, KernelSpace, X86_64Layout};
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
 
-use super::{kvirt_machine, kvirt_prop};
+use super::{kept_space, kvirt_prop};
 use crate::bench::mapper::{Mapper, POOL_FRAMES};
 
-/// Kernel virtual areas in an isolated hosted space laid out as `L`.
+/// Kernel virtual areas in the hosted space of layout `L` that is kept for
+/// the whole run, as a kernel keeps its own ([`kept_space`]).
 #[derive(Debug)]
 pub struct KvirtArea<L: KernelLayout = X86_64Layout> {
     pool: Vec<Frame<()>>,
-    space: KernelSpace<L>,
+    space: &'static KernelSpace<L>,
 }
 
 impl<L: KernelLayout> KvirtArea<L> {
-    /// A fresh space with a pool of data frames.
+    /// A pool of data frames in the kept space.
     ///
     /// # Panics
     ///
     /// If the frames cannot be allocated.
     #[must_use]
     pub fn new() -> Self {
-        let space = KernelSpace::<L>::hosted_with_layout(kvirt_machine());
-        let seg = FrameAllocOptions::new_in(&space).alloc_segment(POOL_FRAMES).expect("pool frames");
+        let space = kept_space::<L>();
+        let seg = FrameAllocOptions::new_in(space).alloc_segment(POOL_FRAMES).expect("pool frames");
         Self { pool: seg.into_iter().collect(), space }
-    }
-
-    /// The space (for the area workloads).
-    #[must_use]
-    pub fn space(&self) -> &KernelSpace<L> {
-        &self.space
     }
 }
 

@@ -7,6 +7,10 @@ pub mod multiarch;
 pub mod sv48;
 pub mod x86_64_crate;
 
+use std::any::Any;
+use std::sync::Mutex;
+
+use kvirt::kspace::{KernelLayout, KernelSpace};
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
 use kvirt::sim::MachineConfig;
 
@@ -25,6 +29,23 @@ pub const KVIRT_RAM: usize = 512 << 20;
 #[must_use]
 pub fn kvirt_machine() -> MachineConfig {
     MachineConfig::new(KVIRT_RAM).cpus(super::mapper::CPUS)
+}
+
+/// The kernel space of layout `L` that kvirt's area workloads run on: one
+/// per layout for the whole run, kept to its end as a kernel keeps its own
+/// ([`KernelSpace::leak`]: its areas hold no reference count of it). Every
+/// workload leaves it as it found it.
+#[must_use]
+pub fn kept_space<L: KernelLayout>() -> &'static KernelSpace<L> {
+    type Kept = &'static (dyn Any + Send + Sync);
+    static KEPT: Mutex<Vec<Kept>> = Mutex::new(Vec::new());
+    let mut kept = KEPT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(space) = kept.iter().find_map(|space| space.downcast_ref::<KernelSpace<L>>()) {
+        return space;
+    }
+    let space = KernelSpace::<L>::hosted_with_layout(kvirt_machine()).leak();
+    kept.push(space);
+    space
 }
 
 /// Simulated RAM for each peer and the floors.
