@@ -727,6 +727,26 @@ mod untracked {
         assert!(space.inv());
     }
 
+    /// Page-table nodes emptied by dropped areas wait for a batch before
+    /// they are reclaimed; a huge mapping over their span reclaims them
+    /// first instead of failing.
+    #[test]
+    fn a_huge_mapping_where_dropped_areas_left_empty_nodes_uses_huge_pages() {
+        let space = small_space();
+        let dev = device_window(&space);
+        // At the bottom of VMALLOC, where the 1 GiB-aligned area goes next:
+        // a leaf, and the level-2 node above it, emptied and kept.
+        for _ in 0..3 {
+            let frame = FrameAllocOptions::new_in(&space).alloc_frame().unwrap();
+            drop(space.try_map_frames(P, 0, [frame], prop()).unwrap());
+        }
+        let pa = dev.start..dev.start + SIZE_1G;
+        let area = untracked(&space, SIZE_1G, 0, pa.clone(), prop()).unwrap();
+        assert_eq!(area.query(area.start() + 12345), Some(MappedItemRef::Untracked(pa.start, 3, prop())));
+        drop(area);
+        assert!(space.inv());
+    }
+
     /// The levels of the leaves `view` has in `range`, in address order.
     fn levels(view: &PageTableView) -> Vec<usize> {
         view.values().map(|m| m.size).collect()

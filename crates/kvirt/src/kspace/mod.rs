@@ -547,6 +547,12 @@ impl<L: KernelLayout> KernelSpace<L> {
     /// purge, purges them and runs `map` once more from where it stopped,
     /// handing it the item that failed. If that fails too, drops the area
     /// (which unmaps what was mapped and frees the range).
+    ///
+    /// Nothing is mapped in a new area's range, but page-table nodes that
+    /// areas dropped there emptied may still be: the kernel table reclaims
+    /// them in batches. A huge page cannot go where such a node is; so if
+    /// `map` finds the way taken, the waiting nodes are reclaimed and `map`
+    /// runs once more in the same way.
     fn map_purging(
         &self,
         area: KVirtArea<L>,
@@ -556,7 +562,7 @@ impl<L: KernelLayout> KernelSpace<L> {
         ) -> Result<(), MapError>,
     ) -> Result<KVirtArea<L>, KVirtAreaError> {
         let mut failed: Option<(Vaddr, MappedItem)> = None;
-        let mut purged = false;
+        let (mut purged, mut reclaimed) = (false, false);
         loop {
             let mut cursor = self
                 .inner()
@@ -570,18 +576,36 @@ impl<L: KernelLayout> KernelSpace<L> {
             let Err(e) = map(&mut cursor, item) else {
                 return Ok(area);
             };
-            // Only running out of page-table memory can fail here: the
-            // area's range is new and the arguments were checked.
-            debug_assert_eq!(e.kind, MapErrorKind::OutOfMemory, "{}", e.kind);
             let va = cursor.virt_addr();
-            // A purge releases frames, whose drop hooks may lock the table.
+            // A purge releases frames, whose drop hooks may lock the table;
+            // a reclaim locks it.
             drop(cursor);
-            if purged || !self.inner().purge_if_pending() {
+            let retry = match e.kind {
+                // The range is new and the arguments were checked: only an
+                // emptied node waiting for its batch can be in the way.
+                MapErrorKind::AlreadyMapped if !reclaimed => {
+                    reclaimed = true;
+                    self.inner().kernel_pt.reclaim_empty_nodes();
+                    true
+                }
+                MapErrorKind::OutOfMemory if !purged => {
+                    purged = true;
+                    self.inner().purge_if_pending()
+                }
+                kind => {
+                    debug_assert_eq!(
+                        kind,
+                        MapErrorKind::OutOfMemory,
+                        "{kind} after reclaiming emptied nodes"
+                    );
+                    false
+                }
+            };
+            if !retry {
                 drop(e);
                 drop(area);
                 return Err(KVirtAreaError::OutOfMemory);
             }
-            purged = true;
             failed = Some((va, e.item));
         }
     }
