@@ -580,33 +580,37 @@ impl<L: KernelLayout> KernelSpace<L> {
             // A purge releases frames, whose drop hooks may lock the table;
             // a reclaim locks it.
             drop(cursor);
-            let retry = match e.kind {
-                // The range is new and the arguments were checked: only an
-                // emptied node waiting for its batch can be in the way.
-                MapErrorKind::AlreadyMapped if !reclaimed => {
-                    reclaimed = true;
-                    self.inner().kernel_pt.reclaim_empty_nodes();
-                    true
-                }
-                MapErrorKind::OutOfMemory if !purged => {
-                    purged = true;
-                    self.inner().purge_if_pending()
-                }
-                kind => {
-                    debug_assert_eq!(
-                        kind,
-                        MapErrorKind::OutOfMemory,
-                        "{kind} after reclaiming emptied nodes"
-                    );
-                    false
-                }
-            };
+            let retry = self.make_room(e.kind, &mut purged, &mut reclaimed);
             if !retry {
                 drop(e);
                 drop(area);
                 return Err(KVirtAreaError::OutOfMemory);
             }
             failed = Some((va, e.item));
+        }
+    }
+
+    /// What [`map_purging`](Self::map_purging) does when `map` failed with
+    /// `kind`: reclaims the emptied nodes in the way, or purges, each at
+    /// most once; returns whether to map again.
+    #[cold]
+    fn make_room(&self, kind: MapErrorKind, purged: &mut bool, reclaimed: &mut bool) -> bool {
+        match kind {
+            // The range is new and the arguments were checked: only an
+            // emptied node waiting for its batch can be in the way.
+            MapErrorKind::AlreadyMapped if !*reclaimed => {
+                *reclaimed = true;
+                self.inner().kernel_pt.reclaim_empty_nodes();
+                true
+            }
+            MapErrorKind::OutOfMemory if !*purged => {
+                *purged = true;
+                self.inner().purge_if_pending()
+            }
+            kind => {
+                debug_assert_eq!(kind, MapErrorKind::OutOfMemory, "{kind} after reclaiming emptied nodes");
+                false
+            }
         }
     }
 
