@@ -609,10 +609,11 @@ fn run_busy(cfg: &Config) -> Result<Stats, Error> {
 /// The churn row for `mode` on `cpus` threads: create+drop of 1-page
 /// areas, counting the flushes CPU 0 carries out.
 fn run_churn(cfg: &Config, lazy: bool, cpus: usize) -> Result<Churn, Error> {
-    let space = KernelSpace::new_hosted(MachineConfig::new(KVIRT_RAM).cpus(CHURN_CPUS));
-    if lazy {
-        space.set_purge_mode(PurgeMode::lazy_for_cpus(cpus));
-    }
+    // Kept, as the area workloads' space is; each row sets its mode.
+    static SPACE: std::sync::OnceLock<&'static KernelSpace> = std::sync::OnceLock::new();
+    let space =
+        *SPACE.get_or_init(|| KernelSpace::new_hosted(MachineConfig::new(KVIRT_RAM).cpus(CHURN_CPUS)).leak());
+    space.set_purge_mode(if lazy { PurgeMode::lazy_for_cpus(cpus) } else { PurgeMode::Eager });
     space.synchronize();
     let before = (space.phys_stats(), space.vmalloc_stats());
     // SAFETY: only a counter of the machine is read.
@@ -621,7 +622,7 @@ fn run_churn(cfg: &Config, lazy: bool, cpus: usize) -> Result<Churn, Error> {
     let (mut runs, mut flushes) = (Vec::new(), 0);
     for run in 0..cfg.warmup + cfg.runs {
         let flushes_before = cpu0.invalidations();
-        let elapsed = churn_threads(&vec![&space; cpus], ops)?;
+        let elapsed = churn_threads(&vec![space; cpus], ops)?;
         if run >= cfg.warmup {
             runs.push(ns_per(elapsed, ops * cpus));
             flushes += cpu0.invalidations() - flushes_before;
