@@ -547,12 +547,6 @@ impl<L: KernelLayout> KernelSpace<L> {
     /// purge, purges them and runs `map` once more from where it stopped,
     /// handing it the item that failed. If that fails too, drops the area
     /// (which unmaps what was mapped and frees the range).
-    ///
-    /// Nothing is mapped in a new area's range, but page-table nodes that
-    /// areas dropped there emptied may still be: the kernel table reclaims
-    /// them in batches. A huge page cannot go where such a node is; so if
-    /// `map` finds the way taken, the waiting nodes are reclaimed and `map`
-    /// runs once more in the same way.
     fn map_purging(
         &self,
         area: KVirtArea<L>,
@@ -562,7 +556,7 @@ impl<L: KernelLayout> KernelSpace<L> {
         ) -> Result<(), MapError>,
     ) -> Result<KVirtArea<L>, KVirtAreaError> {
         let mut failed: Option<(Vaddr, MappedItem)> = None;
-        let (mut purged, mut reclaimed) = (false, false);
+        let mut purged = false;
         loop {
             let mut cursor = self
                 .inner()
@@ -576,41 +570,20 @@ impl<L: KernelLayout> KernelSpace<L> {
             let Err(e) = map(&mut cursor, item) else {
                 return Ok(area);
             };
+            // Only running out of page-table memory can fail here: the
+            // area's range is new (nodes emptied there map nothing and give
+            // way to huge pages) and the arguments were checked.
+            debug_assert_eq!(e.kind, MapErrorKind::OutOfMemory, "{}", e.kind);
             let va = cursor.virt_addr();
-            // A purge releases frames, whose drop hooks may lock the table;
-            // a reclaim locks it.
+            // A purge releases frames, whose drop hooks may lock the table.
             drop(cursor);
-            let retry = self.make_room(e.kind, &mut purged, &mut reclaimed);
-            if !retry {
+            if purged || !self.inner().purge_if_pending() {
                 drop(e);
                 drop(area);
                 return Err(KVirtAreaError::OutOfMemory);
             }
+            purged = true;
             failed = Some((va, e.item));
-        }
-    }
-
-    /// What [`map_purging`](Self::map_purging) does when `map` failed with
-    /// `kind`: reclaims the emptied nodes in the way, or purges, each at
-    /// most once; returns whether to map again.
-    #[cold]
-    fn make_room(&self, kind: MapErrorKind, purged: &mut bool, reclaimed: &mut bool) -> bool {
-        match kind {
-            // The range is new and the arguments were checked: only an
-            // emptied node waiting for its batch can be in the way.
-            MapErrorKind::AlreadyMapped if !*reclaimed => {
-                *reclaimed = true;
-                self.inner().kernel_pt.reclaim_empty_nodes();
-                true
-            }
-            MapErrorKind::OutOfMemory if !*purged => {
-                *purged = true;
-                self.inner().purge_if_pending()
-            }
-            kind => {
-                debug_assert_eq!(kind, MapErrorKind::OutOfMemory, "{kind} after reclaiming emptied nodes");
-                false
-            }
         }
     }
 

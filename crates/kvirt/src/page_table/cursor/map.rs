@@ -109,16 +109,18 @@ impl<C: PageTableConfig> CursorMut<'_, C> {
         let raw = c.cur_raw();
         match C::F::decode(raw, level) {
             PteKind::Absent => {}
-            // SAFETY: the current entry points to `child`, and `va` is below
-            // the barrier's end (checked above).
-            PteKind::Table(child) if unsafe { c.child_is_empty(child) } && may_detach::<C>(level - 1) => {
-                c.cur_node().write(c.cur_index(), 0);
-                // SAFETY: the node was at the current entry, which holds
-                // `va` and lies in the barrier, until it was just unhooked;
-                // `child_is_empty` gave up its guard.
-                let child = unsafe { c.held_node(child) };
+            // A sub-tree that maps nothing (nodes emptied and not reclaimed
+            // yet, a kernel table's batch) gives way to the page.
+            PteKind::Table(child)
+                if may_detach::<C>(level - 1)
+                // SAFETY: the current entry points to `child` and lies in
+                // the barrier as a whole (the page does, checked above), so
+                // the cursor holds the whole sub-tree, and no guard below
+                // the current level.
+                    && unsafe { c.maps_nothing_below(child, level - 1) } =>
+            {
                 let span = entry_range::<C>(c.va, level);
-                self.retire_empty(child, raw, level, span);
+                self.retire_unmapped(child, span);
             }
             _ => return fail(MapErrorKind::AlreadyMapped, item),
         }

@@ -270,6 +270,28 @@ impl<'a, C: PageTableConfig> Cursor<'a, C> {
         empty
     }
 
+    /// Whether the sub-tree of `node`, a node at `level` below the current
+    /// level, maps nothing: no node in it holds a leaf (most often `node`
+    /// itself is empty).
+    ///
+    /// # Safety
+    ///
+    /// The sub-tree lies in the barrier, so the cursor holds all its locks,
+    /// and it holds a guard of none of its nodes.
+    unsafe fn maps_nothing_below(&self, node: Paddr, level: PagingLevel) -> bool {
+        // SAFETY: the caller's contract; the guard is given up below.
+        let node = unsafe { self.held_node(node) };
+        let nothing = node.nr_children() == 0
+            || (0..C::F::NR_ENTRIES).all(|i| match C::F::decode(node.read(i), level) {
+                PteKind::Absent => true,
+                PteKind::Page { .. } => false,
+                // SAFETY: the same holds one level down.
+                PteKind::Table(child) => unsafe { self.maps_nothing_below(child, level - 1) },
+            });
+        let _ = node.into_raw();
+        nothing
+    }
+
     /// Pops levels until the current node holds `va`.
     #[inline]
     fn sync_path(&mut self) {

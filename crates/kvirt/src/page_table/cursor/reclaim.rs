@@ -35,7 +35,7 @@ use core::ptr::NonNull;
 use crossbeam_utils::CachePadded;
 
 use super::{entry_range, may_detach, node_span, Cursor, CursorMut};
-use crate::addr::{PagingLevel, Vaddr, PAGE_SIZE};
+use crate::addr::{Paddr, PagingLevel, Vaddr, PAGE_SIZE};
 use crate::arch::x86_64::X86_64;
 use crate::arch::{pte_index, PagingFormat, PteKind};
 use crate::frame::PhysMem;
@@ -258,6 +258,24 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
         node.mark_stray();
         drop(node);
         self.detached.push((raw, entry_level, span));
+    }
+
+    /// Unhooks the sub-tree the current entry points to (`child`, which
+    /// maps nothing: see `maps_nothing_below`), spanning `span`, and queues
+    /// it for freeing with the nodes this cursor detached.
+    pub(super) fn retire_unmapped(&mut self, child: Paddr, span: Range<Vaddr>) {
+        let c = &mut self.inner;
+        let raw = c.cur_raw();
+        debug_assert_eq!(C::F::decode(raw, c.level), PteKind::Table(child));
+        c.cur_node().write(c.cur_index(), 0);
+        // SAFETY: the node was at the current entry, in the barrier, until
+        // it was just unhooked; nodes below the current level have no guard.
+        let child = unsafe { c.held_node(child) };
+        // SAFETY: the sub-tree lies in the barrier: the cursor holds all its
+        // locks, and a guard of none but `child`, made just above.
+        let leaves = unsafe { detach_subtree::<C::F>(child) };
+        debug_assert_eq!(leaves, 0, "a sub-tree given way to a page maps nothing");
+        self.detached.push((raw, c.level, span));
     }
 
     /// Detaches the nodes on the path, bottom up, that are empty and below
