@@ -52,13 +52,25 @@ unsafe impl<L: KernelLayout> Sync for SpaceRef<L> where Arc<SpaceInner<L>>: Sync
 impl<L: KernelLayout> SpaceRef<L> {
     /// A handle to the space `space` counts.
     pub(super) fn new(space: &Arc<SpaceInner<L>>) -> Self {
-        let ptr = Arc::as_ptr(space);
-        if !space.immortal.load(Ordering::Acquire) {
-            // SAFETY: `ptr` comes from a live `Arc`; this handle holds the
-            // count taken (type invariant).
-            unsafe { Arc::increment_strong_count(ptr) };
+        // SAFETY: from `Arc::as_ptr` of a live `Arc`.
+        unsafe { Self::counting(Arc::as_ptr(space)) }
+    }
+
+    /// A new handle to `space`, which takes a count of it unless the space
+    /// is immortal.
+    ///
+    /// # Safety
+    ///
+    /// `space` comes from `Arc::as_ptr`, and the space is alive during the
+    /// call.
+    unsafe fn counting(space: *const SpaceInner<L>) -> Self {
+        // SAFETY: the space is alive (caller's contract).
+        if !unsafe { &*space }.immortal.load(Ordering::Acquire) {
+            // SAFETY: `space` lives in the allocation of an `Arc`, alive;
+            // the new handle holds the count taken (type invariant).
+            unsafe { Arc::increment_strong_count(space) };
         }
-        Self { space: ptr, _owns: PhantomData }
+        Self { space, _owns: PhantomData }
     }
 
     /// A counted handle to the same space.
@@ -75,12 +87,9 @@ impl<L: KernelLayout> SpaceRef<L> {
 
 impl<L: KernelLayout> Clone for SpaceRef<L> {
     fn clone(&self) -> Self {
-        if !self.immortal.load(Ordering::Acquire) {
-            // SAFETY: the space is alive (type invariant) and lives in the
-            // allocation of an `Arc`; the new handle holds the count taken.
-            unsafe { Arc::increment_strong_count(self.space) };
-        }
-        Self { space: self.space, _owns: PhantomData }
+        // SAFETY: the pointer came from `Arc::as_ptr` (type invariant), and
+        // the space lives while this handle does.
+        unsafe { Self::counting(self.space) }
     }
 }
 
