@@ -54,10 +54,11 @@ const EMPTY_NODE_QUEUES: usize = 8;
 
 /// Where a lazily reclaiming table's emptied guard nodes (start address,
 /// level) wait for a batch: one queue per CPU, each on a cache line of its
-/// own. CPUs dropping areas at once work in VMALLOC arenas of their own,
-/// under page-table nodes of their own; with one queue they would still
-/// meet on its lock at every drop that empties a node, and pass its line
-/// (and the table's, which every cursor reads) back and forth.
+/// own, off the table's line, which every cursor reads. CPUs dropping areas
+/// at once work in VMALLOC arenas of their own, under page-table nodes of
+/// their own; a node is queued once however often it empties (the
+/// `queued` mark), and each CPU queues the nodes it empties on its own
+/// queue, so they do not meet on a lock there.
 ///
 /// A node may sit in two queues (emptied on two CPUs in turn); reclaiming
 /// it twice is harmless, since each reclaim first checks that the node is
@@ -110,11 +111,19 @@ impl<C: PageTableConfig> PageTable<C> {
             queue.len() >= EMPTY_NODE_BATCH
         };
         if full {
-            let batch = core::mem::take(&mut *queue.lock());
-            for (base, level) in batch {
-                reclaim_empty_node(self, base, level);
-            }
+            self.reclaim_queue(queue);
         }
+    }
+
+    /// Reclaims the nodes `queue` holds now that are still empty; returns
+    /// whether it held any.
+    fn reclaim_queue(&self, queue: &spin::Mutex<Vec<EmptyNode>>) -> bool {
+        let batch = core::mem::take(&mut *queue.lock());
+        let any = !batch.is_empty();
+        for (base, level) in batch {
+            reclaim_empty_node(self, base, level);
+        }
+        any
     }
 
     /// Whether the node at `level` mapping from `base` waits in a queue of
@@ -133,11 +142,7 @@ impl<C: PageTableConfig> PageTable<C> {
         loop {
             let mut reclaimed_any = false;
             for queue in &queues.queues {
-                let batch = core::mem::take(&mut *queue.lock());
-                reclaimed_any |= !batch.is_empty();
-                for (base, level) in batch {
-                    reclaim_empty_node(self, base, level);
-                }
+                reclaimed_any |= self.reclaim_queue(queue);
             }
             if !reclaimed_any {
                 return;
