@@ -265,10 +265,11 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
         self.detached.push((raw, entry_level, span));
     }
 
-    /// Unhooks the sub-tree the current entry points to (`child`, which
-    /// maps nothing: see `maps_nothing_below`), spanning `span`, and queues
-    /// it for freeing with the nodes this cursor detached.
-    pub(super) fn retire_unmapped(&mut self, child: Paddr, span: Range<Vaddr>) {
+    /// Unhooks the sub-tree the current entry points to (`child`), marks it
+    /// stray and unlocks it; returns the entry, which now owns the sub-tree,
+    /// and the sub-tree's leaf count. The entry must lie in the barrier as
+    /// a whole.
+    pub(super) fn unhook_subtree(&mut self, child: Paddr) -> (u64, usize) {
         let c = &mut self.inner;
         let raw = c.cur_raw();
         debug_assert_eq!(C::F::decode(raw, c.level), PteKind::Table(child));
@@ -278,9 +279,16 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
         let child = unsafe { c.held_node(child) };
         // SAFETY: the sub-tree lies in the barrier: the cursor holds all its
         // locks, and a guard of none but `child`, made just above.
-        let leaves = unsafe { detach_subtree::<C::F>(child) };
+        (raw, unsafe { detach_subtree::<C::F>(child) })
+    }
+
+    /// Unhooks the sub-tree the current entry points to (`child`, which
+    /// maps nothing: see `maps_nothing_below`), spanning `span`, and queues
+    /// it for freeing with the nodes this cursor detached.
+    pub(super) fn retire_unmapped(&mut self, child: Paddr, span: Range<Vaddr>) {
+        let (raw, leaves) = self.unhook_subtree(child);
         debug_assert_eq!(leaves, 0, "a sub-tree given way to a page maps nothing");
-        self.detached.push((raw, c.level, span));
+        self.detached.push((raw, self.inner.level, span));
     }
 
     /// Detaches the nodes on the path, bottom up, that are empty and below

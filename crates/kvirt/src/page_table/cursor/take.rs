@@ -15,7 +15,7 @@
 use core::ops::Range;
 use core::ptr::NonNull;
 
-use super::reclaim::{detach_subtree, StraySubtree};
+use super::reclaim::StraySubtree;
 use super::{CursorMut, Present, MAX_LEVELS};
 use crate::addr::{is_aligned, Paddr, PagingLevel, Vaddr, PAGE_SIZE};
 use crate::arch::x86_64::X86_64;
@@ -157,18 +157,9 @@ impl<C: PageTableConfig> CursorMut<'_, C> {
     /// `next_present` as a `Present::Subtree`) and returns it with its leaf
     /// count.
     pub(super) fn take_subtree(&mut self, child: Paddr) -> (StraySubtree<C::F>, usize) {
-        let c = &mut self.inner;
-        let raw = c.cur_raw();
-        debug_assert_eq!(C::F::decode(raw, c.level), PteKind::Table(child));
-        c.cur_node().write(c.cur_index(), 0);
-        // SAFETY: the node was at the current entry, which `next_present`
-        // found inside the search range (so in the barrier), until it was
-        // just unhooked; nodes below the current level have no guard.
-        let child = unsafe { c.held_node(child) };
-        // SAFETY: the sub-tree lies in the search range, so in the barrier:
-        // the cursor holds all its locks, and a guard of none but `child`,
-        // made just above.
-        let num_frames = unsafe { detach_subtree::<C::F>(child) };
+        // The search range lies in the barrier.
+        let (raw, num_frames) = self.unhook_subtree(child);
+        let c = &self.inner;
         // SAFETY: the entry was just unhooked, and the sub-tree it points to
         // detached; this cursor owned it.
         (unsafe { StraySubtree::new(c.phys(), raw, c.level) }, num_frames)
