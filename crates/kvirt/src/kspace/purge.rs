@@ -10,8 +10,8 @@
 //!   ───────────────────                 ─────────────────────
 //!   unmap its pages (at once)           take every dead area of the queue
 //!   leave the registry (at once)        one flush of their mapped span, all CPUs
-//!   queue a dead area ──────────────▶   free each range (guard included) in VMALLOC
-//!     on queue i % 8:
+//!   queue a dead area ──────────────▶   free the ranges (guards included) in VMALLOC,
+//!     on queue i % 8:                     adjacent ones as one run
 //!     mapped span (to flush)            release frames and page-table sub-trees
 //!     range to free in VMALLOC
 //!     what was unmapped
@@ -109,7 +109,9 @@ pub(super) struct DeadArea<F: PagingFormat> {
     pub(super) mapped: Range<Vaddr>,
     /// The VMALLOC range to give back (possibly empty: see `SplitLink`).
     pub(super) free: Range<Vaddr>,
-    /// What was unmapped: frames and page-table sub-trees.
+    /// What was unmapped: frames and page-table sub-trees, released when
+    /// the purge drops the dead area.
+    #[allow(dead_code, reason = "never read: held only to be dropped after the flush")]
     pub(super) taken: TakenRange<F>,
 }
 
@@ -216,18 +218,17 @@ impl<L: KernelLayout> SpaceInner<L> {
             |dead| {
                 // Ranges first, as an eager drop does: releasing frames runs
                 // their drop hooks, and however those end the ranges are
-                // back.
-                let mut taken = Vec::with_capacity(dead.len());
-                for d in dead {
-                    if !d.free.is_empty() {
-                        let freed = self.vmalloc.free(d.free.clone());
-                        #[cfg(feature = "check-contracts")]
-                        crate::spec::contracts::drop_ensures_freed(&d.free, &freed);
-                        debug_assert!(freed.is_ok(), "freeing a dead area's range failed: {freed:?}");
-                    }
-                    taken.push(d.taken);
+                // back. Areas dropped one after another were mostly placed
+                // one after another: freed as runs (`free_all`).
+                let ranges: Vec<Range<Vaddr>> = dead.iter().map(|d| d.free.clone()).collect();
+                let freed = self.vmalloc.free_all(&ranges);
+                #[cfg(feature = "check-contracts")]
+                if let Err((range, e)) = &freed {
+                    crate::spec::contracts::drop_ensures_freed(range, &Err(*e));
                 }
-                drop(taken);
+                debug_assert!(freed.is_ok(), "freeing a dead area's range failed: {freed:?}");
+                // Then what was unmapped, in place.
+                drop(dead);
             },
         );
         if purged != 0 {

@@ -188,6 +188,14 @@ std::thread_local! {
     static PROBES: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
 }
 
+/// What `f` returns, and the tree probes it made on this thread.
+#[cfg(test)]
+pub(super) fn probes_of<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let before = PROBES.with(core::cell::Cell::get);
+    let result = f();
+    (result, PROBES.with(core::cell::Cell::get) - before)
+}
+
 /// Counts `n` tree probes (unit tests only; nothing otherwise).
 fn probe(n: usize) {
     #[cfg(test)]

@@ -79,10 +79,16 @@ impl Vmalloc {
         Self { arenas, start: range.start, arena_len }
     }
 
-    /// The arena holding `va` (the last one for anything past the region).
-    fn arena_of(&self, va: Vaddr) -> &spin::Mutex<RangeAllocator> {
+    /// The index of the arena holding `va` (the last one for anything past
+    /// the region).
+    fn arena_index(&self, va: Vaddr) -> usize {
         let i = va.saturating_sub(self.start) / self.arena_len;
-        &self.arenas[i.min(self.arenas.len() - 1)]
+        i.min(self.arenas.len() - 1)
+    }
+
+    /// The arena holding `va`.
+    fn arena_of(&self, va: Vaddr) -> &spin::Mutex<RangeAllocator> {
+        &self.arenas[self.arena_index(va)]
     }
 
     /// Allocates `size` bytes aligned to `align`, followed by a guard, in
@@ -116,6 +122,46 @@ impl Vmalloc {
     /// Frees `range` (part or all of an allocation, so inside one arena).
     pub(crate) fn free(&self, range: Range<Vaddr>) -> Result<(), RangeAllocError> {
         self.arena_of(range.start).lock().free(range)
+    }
+
+    /// Frees each of `ranges` (each part or all of an allocation; empty ones
+    /// are skipped), as [`free`](Self::free) on each would, but one run at a
+    /// time: ranges that follow one another in the slice and in the address
+    /// space, in one arena, are freed together, with one lock and one
+    /// allocator update. A lazy purge's dead areas were mostly placed one
+    /// after the other, so thousands of them are a handful of runs.
+    ///
+    /// A run that cannot be freed whole is freed range by range, so that
+    /// exactly the ranges that `free` would accept are freed. Returns the
+    /// first range that was refused, with why.
+    pub(crate) fn free_all(&self, ranges: &[Range<Vaddr>]) -> Result<(), (Range<Vaddr>, RangeAllocError)> {
+        let mut result = Ok(());
+        let mut rest = ranges;
+        while let Some((first, after)) = rest.split_first() {
+            if first.is_empty() {
+                rest = after;
+                continue;
+            }
+            let arena = self.arena_index(first.start);
+            let (mut end, mut n) = (first.end, 1);
+            for r in after {
+                if r.start != end || self.arena_index(r.start) != arena {
+                    break;
+                }
+                (end, n) = (end.max(r.end), n + 1);
+            }
+            let (run, next) = rest.split_at(n);
+            let mut allocator = self.arenas[arena].lock();
+            if allocator.free(first.start..end).is_err() {
+                for r in run.iter().filter(|r| !r.is_empty()) {
+                    if let (Err(e), Ok(())) = (allocator.free(r.clone()), &result) {
+                        result = Err((r.clone(), e));
+                    }
+                }
+            }
+            rest = next;
+        }
+        result
     }
 
     /// The statistics of the union of the arenas' free space.
@@ -179,6 +225,7 @@ impl Inv for Vmalloc {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kspace::range_alloc::probes_of;
 
     const REGION: Range<Vaddr> = 0xffff_c000_0000_0000..0xffff_e000_0000_0000;
 
@@ -262,5 +309,79 @@ mod tests {
         assert!(!v.is_allocated(a.start..boundary + PAGE_SIZE), "arena 1 is free");
         let b = v.alloc(PAGE_SIZE, PAGE_SIZE, 1).unwrap();
         assert!(v.is_allocated(a.start..b.end + GUARD_SIZE));
+    }
+
+    // ---- Freeing a batch (`free_all`) ----------------------------------
+
+    /// `n` one-page areas placed one after another in CPU `cpu`'s arena,
+    /// each with its guard: what a purge gives back.
+    fn adjacent(v: &Vmalloc, n: usize, cpu: usize) -> Vec<Range<Vaddr>> {
+        (0..n)
+            .map(|_| v.alloc(PAGE_SIZE, PAGE_SIZE, cpu).unwrap())
+            .map(|r| r.start..r.end + GUARD_SIZE)
+            .collect()
+    }
+
+    #[test]
+    fn free_all_frees_adjacent_ranges_as_one_run() {
+        let (v, whole) = (Vmalloc::new(REGION), Vmalloc::new(REGION));
+        let (ranges, same) = (adjacent(&v, 100, 0), adjacent(&whole, 100, 0));
+        let (freed, batch_probes) = probes_of(|| v.free_all(&ranges));
+        assert_eq!(freed, Ok(()));
+        let run = same[0].start..same[99].end;
+        let (freed, one_free_probes) = probes_of(|| whole.free(run));
+        assert_eq!(freed, Ok(()));
+        assert_eq!(batch_probes, one_free_probes, "a hundred adjacent ranges cost one free");
+        assert_eq!(v.stats(), whole.stats());
+        assert_eq!(v.stats().free_bytes, REGION.len());
+        assert!(v.inv());
+    }
+
+    #[test]
+    fn free_all_frees_ranges_that_are_not_adjacent_one_by_one() {
+        let v = Vmalloc::new(REGION);
+        let ranges = adjacent(&v, 6, 0);
+        // Every other one, out of order, an empty one between.
+        let batch = [ranges[4].clone(), ranges[0].clone(), ranges[0].end..ranges[0].end, ranges[2].clone()];
+        assert_eq!(v.free_all(&batch), Ok(()));
+        for (i, r) in ranges.iter().enumerate() {
+            assert_eq!(v.is_allocated(r.clone()), i % 2 == 1, "range {i}");
+        }
+        assert!(v.inv());
+    }
+
+    #[test]
+    fn free_all_ends_a_run_at_an_arena_boundary() {
+        let (v, twin) = (Vmalloc::new(REGION), Vmalloc::new(REGION));
+        let boundary = REGION.start + v.arena_len;
+        let mut batch = alloc::vec![];
+        for v in [&v, &twin] {
+            let a = v.alloc(v.arena_len - GUARD_SIZE, PAGE_SIZE, 0).unwrap();
+            batch = alloc::vec![a.start..boundary];
+            batch.extend(adjacent(v, 3, 1));
+        }
+        assert_eq!(batch[1].start, boundary);
+        let (freed, probes) = probes_of(|| v.free_all(&batch));
+        assert_eq!(freed, Ok(()));
+        // What it costs: one free in each arena.
+        let (_, two_frees) = probes_of(|| {
+            twin.free(batch[0].clone()).unwrap();
+            twin.free(batch[1].start..batch[3].end).unwrap();
+        });
+        assert_eq!(probes, two_frees);
+        assert_eq!(v.stats().free_bytes, REGION.len());
+        assert!(v.inv());
+    }
+
+    #[test]
+    fn free_all_frees_the_rest_of_a_run_around_a_refused_range() {
+        let v = Vmalloc::new(REGION);
+        let ranges = adjacent(&v, 5, 0);
+        v.free(ranges[2].clone()).unwrap();
+        let before = v.stats().free_bytes;
+        assert_eq!(v.free_all(&ranges), Err((ranges[2].clone(), RangeAllocError::DoubleFree)));
+        assert_eq!(v.stats().free_bytes, before + 4 * 2 * PAGE_SIZE, "the other four are freed");
+        assert_eq!(v.stats().free_bytes, REGION.len());
+        assert!(v.inv());
     }
 }

@@ -560,13 +560,6 @@ fn ten_thousand_live_areas_alloc_and_free() {
 
 // ---- Cost: tree probes per operation ----------------------------------
 
-/// What `f` returns, and the tree probes it made on this thread.
-fn probes_of<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    let before = PROBES.with(core::cell::Cell::get);
-    let result = f();
-    (result, PROBES.with(core::cell::Cell::get) - before)
-}
-
 /// VMALLOC with `n` free fragments: `n - 1` isolated single pages at
 /// odd page numbers, then the free rest. Returns it and the allocated
 /// pages between the holes.
