@@ -2,8 +2,21 @@
 //!
 //! Every live [`KVirtArea`](super::KVirtArea) has an entry with its range,
 //! how much of it is mapped, its kind and an optional label. The registry is
-//! split into shards by address so that threads creating and dropping areas
-//! in parallel rarely meet on one lock.
+//! split into shards so that threads creating and dropping areas in
+//! parallel rarely meet on one lock:
+//!
+//! ```text
+//!   VMALLOC   | arena 0            | arena 1            | ... | arena N-1 |
+//!   shards    | 0 .. S - 1         | S .. 2S - 1        | ... |           |
+//!               S: the largest power of two at most 16 / N
+//! ```
+//!
+//! Each VMALLOC arena has shards of its own, as each of Linux's `vmap_node`s
+//! has its own tree of busy areas: a CPU creates its areas in its own arena,
+//! so CPUs creating and dropping areas touch no common shard, however their
+//! areas move within their arenas (as they do in lazy-purge mode, where a
+//! range is not reused before a purge). Within an arena's group, areas are
+//! spread by a hash of their page number.
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -12,6 +25,7 @@ use core::ops::Range;
 
 use crossbeam_utils::CachePadded;
 
+use super::vmalloc::ArenaMap;
 use crate::addr::{Vaddr, PAGE_SIZE};
 
 /// What an area maps: tracked frames or untracked physical memory.
@@ -77,21 +91,40 @@ const SHARDS: usize = 16;
 const _: () = assert!(SHARDS.is_power_of_two());
 
 /// The registry of one kernel space.
+// Every arena gets two shards at least (and so the hash is shifted by less
+// than a word's width).
+const _: () = assert!(2 * ArenaMap::MAX <= SHARDS);
+
 #[derive(Debug)]
 pub(crate) struct AreaRegistry {
     shards: [CachePadded<spin::Mutex<BTreeMap<Vaddr, AreaInfo>>>; SHARDS],
+    /// The VMALLOC arenas (see the module documentation).
+    arenas: ArenaMap,
+    /// Each arena's shards: `1 << per_arena_bits` of them, the most that
+    /// is a power of two and at most `SHARDS / arenas.count()` (so at
+    /// least 1 bit).
+    per_arena_bits: u32,
 }
 
 impl AreaRegistry {
-    pub(crate) fn new() -> Self {
-        Self { shards: core::array::from_fn(|_| CachePadded::new(spin::Mutex::new(BTreeMap::new()))) }
+    pub(crate) fn new(arenas: ArenaMap) -> Self {
+        let per_arena_bits = usize::BITS - 1 - (SHARDS / arenas.count()).leading_zeros();
+        Self {
+            shards: core::array::from_fn(|_| CachePadded::new(spin::Mutex::new(BTreeMap::new()))),
+            arenas,
+            per_arena_bits,
+        }
+    }
+
+    /// The index of the shard of the area starting at `start`.
+    fn shard_index(&self, start: Vaddr) -> usize {
+        // Fibonacci hashing of the page number: its top bits.
+        let hash = (start / PAGE_SIZE).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (self.arenas.index(start) << self.per_arena_bits) + (hash >> (usize::BITS - self.per_arena_bits))
     }
 
     fn shard(&self, start: Vaddr) -> &spin::Mutex<BTreeMap<Vaddr, AreaInfo>> {
-        // Fibonacci hashing of the page number: areas of different VMALLOC
-        // arenas (whose starts are aligned alike) land in different shards.
-        let hash = (start / PAGE_SIZE).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        &self.shards[hash >> (usize::BITS - SHARDS.trailing_zeros())]
+        &self.shards[self.shard_index(start)]
     }
 
     pub(crate) fn insert(&self, info: AreaInfo) {
@@ -123,5 +156,46 @@ impl AreaRegistry {
 
     pub(crate) fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use alloc::collections::BTreeSet;
+
+    use super::*;
+    use crate::kspace::vmalloc::Vmalloc;
+
+    /// The shards that areas at the first `pages` pages of each arena of
+    /// `region` land in, arena by arena.
+    fn shards_by_arena(region: Range<Vaddr>, pages: usize) -> Vec<BTreeSet<usize>> {
+        let vmalloc = Vmalloc::new(region.clone());
+        let (map, registry) = (vmalloc.arena_map(), AreaRegistry::new(vmalloc.arena_map()));
+        let arena_len = region.len() / map.count() / PAGE_SIZE * PAGE_SIZE;
+        (0..map.count())
+            .map(|a| {
+                let base = region.start + a * arena_len;
+                (0..pages).map(|p| registry.shard_index(base + p * PAGE_SIZE)).collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn areas_of_different_arenas_never_share_a_shard() {
+        let by_arena = shards_by_arena(0xffff_c000_0000_0000..0xffff_e000_0000_0000, 1000);
+        assert_eq!(by_arena.len(), ArenaMap::MAX);
+        for (a, shards) in by_arena.iter().enumerate() {
+            assert_eq!(shards.len(), SHARDS / ArenaMap::MAX, "arena {a} uses all of its shards");
+            for (b, other) in by_arena.iter().enumerate().skip(a + 1) {
+                assert!(shards.is_disjoint(other), "arenas {a} and {b} share a shard");
+            }
+        }
+    }
+
+    #[test]
+    fn a_single_arena_spreads_its_areas_over_every_shard() {
+        let by_arena = shards_by_arena(0x2_0000..0x200_0000, 1000);
+        assert_eq!(by_arena.len(), 1);
+        assert_eq!(by_arena[0].len(), SHARDS);
     }
 }

@@ -168,11 +168,13 @@ impl<L: KernelLayout> KernelSpace<L> {
         let baseline_used_pages = phys.stats().used_pages;
         let mut memory_map = memory_map.to_vec();
         memory_map.sort_by_key(|r| r.range.start);
+        let vmalloc = Vmalloc::new(L::VMALLOC_VADDR_RANGE);
+        let registry = AreaRegistry::new(vmalloc.arena_map());
         let inner = Arc::new(SpaceInner {
             memory_map,
             kernel_pt: ManuallyDrop::new(kernel_pt),
-            vmalloc: Vmalloc::new(L::VMALLOC_VADDR_RANGE),
-            registry: AreaRegistry::new(),
+            vmalloc,
+            registry,
             purger: Purger::new(),
             phys: ManuallyDrop::new(phys),
             baseline_used_pages,

@@ -13,8 +13,9 @@
 //!
 //! ## Per-CPU arenas
 //!
-//! A large VMALLOC region is cut into equal, contiguous *arenas*, each with
-//! its own allocator and lock (Linux's `vmap_node`s serve the same end):
+//! A large VMALLOC region is cut into contiguous *arenas* of a power-of-two
+//! length (the last one also takes the rest), each with its own allocator
+//! and lock (Linux's `vmap_node`s serve the same end):
 //!
 //! ```text
 //!   VMALLOC  | arena 0          | arena 1          | ... | arena N-1        |
@@ -50,6 +51,11 @@ const MIN_ARENA: usize = 1 << 40;
 /// The most arenas (enough for the CPUs that create areas at once).
 const MAX_ARENAS: usize = 8;
 
+/// The largest power of two at most `x` (which is not 0).
+fn prev_power_of_two(x: usize) -> usize {
+    1 << (usize::BITS - 1 - x.leading_zeros())
+}
+
 /// Statistics of the VMALLOC region.
 pub type VmallocStats = RangeAllocStats;
 
@@ -64,11 +70,42 @@ pub(crate) struct Vmalloc {
     arena_len: usize,
 }
 
+/// Where a VMALLOC region's arenas are: enough to tell which arena an
+/// address is in. The area registry shards by it, so that CPUs working in
+/// their own arenas meet on no registry lock either.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ArenaMap {
+    start: Vaddr,
+    /// The arenas' length is `1 << shift` (if there are several).
+    shift: u32,
+    /// At least 1 and at most `MAX_ARENAS`.
+    count: usize,
+}
+
+impl ArenaMap {
+    /// The most arenas a region has.
+    pub(crate) const MAX: usize = MAX_ARENAS;
+
+    /// How many arenas there are.
+    pub(crate) fn count(&self) -> usize {
+        self.count
+    }
+
+    /// The index of the arena holding `va` (the last one for anything past
+    /// the region, the first for anything before it).
+    pub(crate) fn index(&self, va: Vaddr) -> usize {
+        let i = va.saturating_sub(self.start) >> self.shift;
+        i.min(self.count - 1)
+    }
+}
+
 impl Vmalloc {
     pub(crate) fn new(range: Range<Vaddr>) -> Self {
         let n = (range.len() / MIN_ARENA).clamp(1, MAX_ARENAS);
-        // Whole pages per arena; the last one runs to the end of the region.
-        let arena_len = range.len() / n / PAGE_SIZE * PAGE_SIZE;
+        // A power of two (whole pages, as `MIN_ARENA` is) when there are
+        // several, so that finding an address's arena is a shift; the last
+        // one runs to the end of the region.
+        let arena_len = if n == 1 { range.len() } else { prev_power_of_two(range.len() / n) };
         let arenas = (0..n)
             .map(|i| {
                 let start = range.start + i * arena_len;
@@ -79,11 +116,14 @@ impl Vmalloc {
         Self { arenas, start: range.start, arena_len }
     }
 
-    /// The index of the arena holding `va` (the last one for anything past
-    /// the region).
+    /// Where the arenas are, for whoever groups things by arena.
+    pub(crate) fn arena_map(&self) -> ArenaMap {
+        // One arena takes every address, whatever the shift.
+        ArenaMap { start: self.start, shift: self.arena_len.trailing_zeros(), count: self.arenas.len() }
+    }
+
     fn arena_index(&self, va: Vaddr) -> usize {
-        let i = va.saturating_sub(self.start) / self.arena_len;
-        i.min(self.arenas.len() - 1)
+        self.arena_map().index(va)
     }
 
     /// The arena holding `va`.
@@ -237,6 +277,25 @@ mod tests {
         assert_eq!(ranges[0].start, REGION.start);
         assert_eq!(ranges.last().unwrap().end, REGION.end);
         assert!(ranges.windows(2).all(|w| w[0].end == w[1].start));
+    }
+
+    #[test]
+    fn an_odd_region_has_power_of_two_arenas_and_the_last_takes_the_rest() {
+        let start = 0xffff_c000_0000_0000;
+        let v = Vmalloc::new(start..start + 3 * MIN_ARENA + 5 * (MIN_ARENA / 8));
+        let ranges: Vec<_> = v.arenas.iter().map(|a| a.lock().managed_range()).collect();
+        assert_eq!(ranges.len(), 3);
+        assert_eq!(v.arena_len, MIN_ARENA);
+        assert_eq!(ranges[2], start + 2 * MIN_ARENA..start + 3 * MIN_ARENA + 5 * (MIN_ARENA / 8));
+        // The arena of an address is the one whose allocator manages it.
+        let map = v.arena_map();
+        for (i, r) in ranges.iter().enumerate() {
+            for va in [r.start, r.start + PAGE_SIZE, r.end - PAGE_SIZE] {
+                assert_eq!(map.index(va), i, "{va:#x}");
+            }
+        }
+        assert_eq!(map.index(start - PAGE_SIZE), 0, "below the region: the first");
+        assert_eq!(map.index(usize::MAX), 2, "past the region: the last");
     }
 
     #[test]
