@@ -17,10 +17,18 @@
 //! areas move within their arenas (as they do in lazy-purge mode, where a
 //! range is not reused before a purge). Within an arena's group, areas are
 //! spread by a hash of their page number.
+//!
+//! A shard is a hash map by start address, not an ordered map: areas are
+//! looked up only by their start, and [`AreaRegistry::list`] sorts. A hash
+//! map also keeps its table when it empties, where a B-tree frees its last
+//! node and allocates one again for the next area: a heap allocation and a
+//! free at every create and drop of an area alone in its shard, which is
+//! the common case of a CPU creating and dropping areas one at a time. A
+//! shard so keeps the table of its largest population.
 
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::fmt;
+use core::hash::{BuildHasher, Hasher};
 use core::ops::Range;
 
 use crossbeam_utils::CachePadded;
@@ -91,13 +99,58 @@ const SHARDS: usize = 16;
 const _: () = assert!(SHARDS.is_power_of_two());
 
 /// The registry of one kernel space.
+/// One shard: the areas of some start addresses (see the module
+/// documentation).
+type Shard = hashbrown::HashMap<Vaddr, AreaInfo, PageHash>;
+
+/// Hashes an area's start address: its page number, multiplied by an odd
+/// constant (Fibonacci hashing), with the high half folded into the low one
+/// so that both the bucket index (low bits) and the tag (top bits) vary.
+#[derive(Clone, Copy, Debug, Default)]
+struct PageHash;
+
+impl BuildHasher for PageHash {
+    type Hasher = PageHasher;
+
+    fn build_hasher(&self) -> PageHasher {
+        PageHasher(0)
+    }
+}
+
+#[derive(Debug)]
+struct PageHasher(u64);
+
+impl Hasher for PageHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used by `Vaddr` keys (`write_usize`); any byte string still
+        // hashes well.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(PAGE_HASH_MUL);
+        }
+    }
+
+    fn write_usize(&mut self, addr: usize) {
+        let h = ((addr / PAGE_SIZE) as u64).wrapping_mul(PAGE_HASH_MUL);
+        self.0 = h ^ (h >> 32);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// An odd constant with well-mixed bits (MurmurHash3's finalizer's),
+/// unlike the one that picks a shard, so that the areas of one shard do not
+/// share the top bits of their hash.
+const PAGE_HASH_MUL: u64 = 0xff51_afd7_ed55_8ccd;
+
 // Every arena gets two shards at least (and so the hash is shifted by less
 // than a word's width).
 const _: () = assert!(2 * ArenaMap::MAX <= SHARDS);
 
 #[derive(Debug)]
 pub(crate) struct AreaRegistry {
-    shards: [CachePadded<spin::Mutex<BTreeMap<Vaddr, AreaInfo>>>; SHARDS],
+    shards: [CachePadded<spin::Mutex<Shard>>; SHARDS],
     /// The VMALLOC arenas (see the module documentation).
     arenas: ArenaMap,
     /// Each arena's shards: `1 << per_arena_bits` of them, the most that
@@ -110,7 +163,9 @@ impl AreaRegistry {
     pub(crate) fn new(arenas: ArenaMap) -> Self {
         let per_arena_bits = usize::BITS - 1 - (SHARDS / arenas.count()).leading_zeros();
         Self {
-            shards: core::array::from_fn(|_| CachePadded::new(spin::Mutex::new(BTreeMap::new()))),
+            shards: core::array::from_fn(|_| {
+                CachePadded::new(spin::Mutex::new(Shard::with_hasher(PageHash)))
+            }),
             arenas,
             per_arena_bits,
         }
@@ -123,7 +178,7 @@ impl AreaRegistry {
         (self.arenas.index(start) << self.per_arena_bits) + (hash >> (usize::BITS - self.per_arena_bits))
     }
 
-    fn shard(&self, start: Vaddr) -> &spin::Mutex<BTreeMap<Vaddr, AreaInfo>> {
+    fn shard(&self, start: Vaddr) -> &spin::Mutex<Shard> {
         &self.shards[self.shard_index(start)]
     }
 
@@ -178,6 +233,54 @@ mod tests {
                 (0..pages).map(|p| registry.shard_index(base + p * PAGE_SIZE)).collect()
             })
             .collect()
+    }
+
+    fn info(start: Vaddr) -> AreaInfo {
+        AreaInfo {
+            range: start..start + PAGE_SIZE,
+            mapped: start..start,
+            kind: AreaKind::Tracked,
+            label: None,
+        }
+    }
+
+    fn registry() -> AreaRegistry {
+        AreaRegistry::new(Vmalloc::new(0xffff_c000_0000_0000..0xffff_e000_0000_0000).arena_map())
+    }
+
+    #[test]
+    fn a_shard_keeps_its_table_when_its_last_area_goes() {
+        let r = registry();
+        let start = 0xffff_c000_0000_0000;
+        r.insert(info(start));
+        assert_eq!(r.remove(start), Some(info(start)));
+        let shard = r.shard(start).lock();
+        assert!(shard.is_empty());
+        assert!(shard.capacity() > 0, "the next area needs no allocation");
+    }
+
+    #[test]
+    fn areas_are_found_by_start_and_listed_in_address_order() {
+        let r = registry();
+        let arena = 4 << 40;
+        // Two arenas, strides of 2 pages (an area and its guard), out of order.
+        let mut starts: Vec<Vaddr> =
+            (0..200).map(|i| 0xffff_c000_0000_0000 + (i % 2) * arena + (i / 2) * 2 * PAGE_SIZE).collect();
+        starts.reverse();
+        for &s in &starts {
+            r.insert(info(s));
+        }
+        assert_eq!(r.len(), 200);
+        for &s in starts.iter().step_by(2) {
+            assert_eq!(r.remove(s), Some(info(s)));
+        }
+        r.set_label(starts[1], Some("kept"));
+        assert_eq!(r.get(starts[1]).and_then(|i| i.label), Some("kept"));
+        assert_eq!(r.get(starts[0]), None);
+        let listed: Vec<Vaddr> = r.list().iter().map(|i| i.range.start).collect();
+        let mut kept: Vec<Vaddr> = starts.iter().copied().skip(1).step_by(2).collect();
+        kept.sort_unstable();
+        assert_eq!(listed, kept);
     }
 
     #[test]
