@@ -276,7 +276,7 @@ impl RangeAllocator {
         if size == 0 {
             return Err(RangeAllocError::ZeroSize);
         }
-        if size % self.granule != 0 || !align.is_power_of_two() || align < self.granule {
+        if !self.granule_aligned(size) || !align.is_power_of_two() || align < self.granule {
             return Err(RangeAllocError::Misaligned);
         }
         let (start, end, at) = self.find_block(size, align).ok_or(RangeAllocError::Exhausted)?;
@@ -314,7 +314,7 @@ impl RangeAllocator {
         if start >= end || start < self.range.start || end > self.range.end {
             return Err(RangeAllocError::OutOfRange);
         }
-        if start % self.granule != 0 || end % self.granule != 0 {
+        if !self.granule_aligned(start) || !self.granule_aligned(end) {
             return Err(RangeAllocError::Misaligned);
         }
         // The first block ending after `start` is the only candidate for
@@ -484,6 +484,12 @@ impl RangeAllocator {
         }
         // 3. Last resort: the shorter candidates step 1 did not look at.
         self.by_size.range((size, 0), Some((need, 0))).skip(FAST_PATH_CANDIDATES).find_map(try_block)
+    }
+
+    /// Whether `x` is a multiple of the granule: a mask, not a division
+    /// (`new` checked that the granule is a power of two).
+    fn granule_aligned(&self, x: usize) -> bool {
+        x & (self.granule - 1) == 0
     }
 
     fn insert_block(&mut self, start: usize, end: usize) {

@@ -13,9 +13,10 @@
 //!
 //! ## Per-CPU arenas
 //!
-//! A large VMALLOC region is cut into contiguous *arenas* of a power-of-two
-//! length (the last one also takes the rest), each with its own allocator
-//! and lock (Linux's `vmap_node`s serve the same end):
+//! A large VMALLOC region is cut into contiguous *arenas*, a power of two
+//! of them, of a power-of-two length (the last one also takes the rest),
+//! each with its own allocator and lock (Linux's `vmap_node`s serve the
+//! same end):
 //!
 //! ```text
 //!   VMALLOC  | arena 0          | arena 1          | ... | arena N-1        |
@@ -48,8 +49,10 @@ pub const GUARD_SIZE: usize = PAGE_SIZE;
 /// for (1 GiB-aligned huge mappings with room to spare).
 const MIN_ARENA: usize = 1 << 40;
 
-/// The most arenas (enough for the CPUs that create areas at once).
+/// The most arenas (enough for the CPUs that create areas at once); a
+/// power of two, as every arena count is.
 const MAX_ARENAS: usize = 8;
+const _: () = assert!(MAX_ARENAS.is_power_of_two());
 
 /// The largest power of two at most `x` (which is not 0).
 fn prev_power_of_two(x: usize) -> usize {
@@ -101,10 +104,11 @@ impl ArenaMap {
 
 impl Vmalloc {
     pub(crate) fn new(range: Range<Vaddr>) -> Self {
-        let n = (range.len() / MIN_ARENA).clamp(1, MAX_ARENAS);
-        // A power of two (whole pages, as `MIN_ARENA` is) when there are
-        // several, so that finding an address's arena is a shift; the last
-        // one runs to the end of the region.
+        // Powers of two, both the count and the length (whole pages, as
+        // `MIN_ARENA` is) when there are several, so that a CPU's arena is a
+        // mask and an address's a shift; the last one runs to the end of
+        // the region.
+        let n = prev_power_of_two((range.len() / MIN_ARENA).clamp(1, MAX_ARENAS));
         let arena_len = if n == 1 { range.len() } else { prev_power_of_two(range.len() / n) };
         let arenas = (0..n)
             .map(|i| {
@@ -144,7 +148,7 @@ impl Vmalloc {
         let n = self.arenas.len();
         let mut result = Err(RangeAllocError::Exhausted);
         for i in 0..n {
-            result = self.arenas[(cpu % n + i) % n].lock().alloc(with_guard, align);
+            result = self.arenas[cpu.wrapping_add(i) & (n - 1)].lock().alloc(with_guard, align);
             if !matches!(result, Err(RangeAllocError::Exhausted)) {
                 break;
             }
@@ -282,11 +286,13 @@ mod tests {
     #[test]
     fn an_odd_region_has_power_of_two_arenas_and_the_last_takes_the_rest() {
         let start = 0xffff_c000_0000_0000;
-        let v = Vmalloc::new(start..start + 3 * MIN_ARENA + 5 * (MIN_ARENA / 8));
+        // Room for six arenas and some: four (a power of two) of
+        // `MIN_ARENA` (a power of two), the last taking the rest.
+        let v = Vmalloc::new(start..start + 6 * MIN_ARENA + 5 * (MIN_ARENA / 8));
         let ranges: Vec<_> = v.arenas.iter().map(|a| a.lock().managed_range()).collect();
-        assert_eq!(ranges.len(), 3);
+        assert_eq!(ranges.len(), 4);
         assert_eq!(v.arena_len, MIN_ARENA);
-        assert_eq!(ranges[2], start + 2 * MIN_ARENA..start + 3 * MIN_ARENA + 5 * (MIN_ARENA / 8));
+        assert_eq!(ranges[3], start + 3 * MIN_ARENA..start + 6 * MIN_ARENA + 5 * (MIN_ARENA / 8));
         // The arena of an address is the one whose allocator manages it.
         let map = v.arena_map();
         for (i, r) in ranges.iter().enumerate() {
@@ -295,7 +301,7 @@ mod tests {
             }
         }
         assert_eq!(map.index(start - PAGE_SIZE), 0, "below the region: the first");
-        assert_eq!(map.index(usize::MAX), 2, "past the region: the last");
+        assert_eq!(map.index(usize::MAX), 3, "past the region: the last");
     }
 
     #[test]
