@@ -310,27 +310,8 @@ impl RangeAllocator {
     /// multiple of the granule, then [`DoubleFree`](RangeAllocError::DoubleFree)
     /// or [`OverlappingFree`](RangeAllocError::OverlappingFree).
     pub fn free(&mut self, range: Range<usize>) -> Result<(), RangeAllocError> {
+        let first_after = self.checked_free(&range)?;
         let Range { start, end } = range;
-        if start >= end || start < self.range.start || end > self.range.end {
-            return Err(RangeAllocError::OutOfRange);
-        }
-        if !self.granule_aligned(start) || !self.granule_aligned(end) {
-            return Err(RangeAllocError::Misaligned);
-        }
-        // The first block ending after `start` is the only candidate for
-        // overlap: every later block starts after it ends.
-        let first_after = probed(self.by_end.range(start + 1..)).next().map(|(&be, &bs)| (bs, be));
-        if let Some((bs, be)) = first_after {
-            if bs < end {
-                // Blocks are never adjacent, so an entirely free range lies
-                // inside a single block.
-                return Err(if bs <= start && end <= be {
-                    RangeAllocError::DoubleFree
-                } else {
-                    RangeAllocError::OverlappingFree
-                });
-            }
-        }
         // No block overlaps the range, so that same block is also the first
         // one starting at or after `end`: the right neighbour, if it touches.
         let right = first_after.filter(|&(rs, _)| rs == end);
@@ -352,6 +333,39 @@ impl RangeAllocator {
         }
         self.free_bytes += end - start;
         Ok(())
+    }
+
+    /// Whether [`free`](Self::free) would accept `range`, with the error
+    /// it would return; changes nothing.
+    pub fn check_free(&self, range: &Range<usize>) -> Result<(), RangeAllocError> {
+        self.checked_free(range).map(|_| ())
+    }
+
+    /// `free`'s checks, in its order. Returns the first block ending after
+    /// the range's start, if any, which then lies entirely after the range.
+    fn checked_free(&self, range: &Range<usize>) -> Result<Option<(usize, usize)>, RangeAllocError> {
+        let Range { start, end } = *range;
+        if start >= end || start < self.range.start || end > self.range.end {
+            return Err(RangeAllocError::OutOfRange);
+        }
+        if !self.granule_aligned(start) || !self.granule_aligned(end) {
+            return Err(RangeAllocError::Misaligned);
+        }
+        // The first block ending after `start` is the only candidate for
+        // overlap: every later block starts after it ends.
+        let first_after = probed(self.by_end.range(start + 1..)).next().map(|(&be, &bs)| (bs, be));
+        if let Some((bs, be)) = first_after {
+            if bs < end {
+                // Blocks are never adjacent, so an entirely free range lies
+                // inside a single block.
+                return Err(if bs <= start && end <= be {
+                    RangeAllocError::DoubleFree
+                } else {
+                    RangeAllocError::OverlappingFree
+                });
+            }
+        }
+        Ok(first_after)
     }
 
     /// Occupancy counters. O(log n): free bytes and the fragment count are

@@ -32,13 +32,25 @@
 //! layout's) is one arena. [`Vmalloc::stats`] describes the union of the
 //! arenas' free space, as if it were one allocator: free blocks that touch
 //! across an arena boundary count as one.
+//!
+//! ## Pools of freed ranges
+//!
+//! Each arena keeps the last few small ranges freed in a pool and hands one
+//! to the next allocation of its length, so that creating and dropping
+//! areas of one size costs no split and merge of free blocks (`arena`).
+//! Pooled ranges are free to every reader: statistics and the invariant
+//! checks see them as free, and an allocation that finds no room gives
+//! every pool back before it gives up.
 
 use alloc::vec::Vec;
 use core::ops::Range;
 
 use crossbeam_utils::CachePadded;
 
-use super::range_alloc::{RangeAllocError, RangeAllocStats, RangeAllocator};
+mod arena;
+
+use self::arena::Arena;
+use super::range_alloc::{RangeAllocError, RangeAllocStats};
 use crate::addr::{Vaddr, PAGE_SIZE};
 use crate::inv::Inv;
 
@@ -66,7 +78,7 @@ pub type VmallocStats = RangeAllocStats;
 #[derive(Debug)]
 pub(crate) struct Vmalloc {
     /// The arenas, in address order; together they cover the region.
-    arenas: Vec<CachePadded<spin::Mutex<RangeAllocator>>>,
+    arenas: Vec<CachePadded<spin::Mutex<Arena>>>,
     /// The region's start and the length of every arena but the last (which
     /// also takes the remainder).
     start: Vaddr,
@@ -114,7 +126,7 @@ impl Vmalloc {
             .map(|i| {
                 let start = range.start + i * arena_len;
                 let end = if i + 1 == n { range.end } else { start + arena_len };
-                CachePadded::new(spin::Mutex::new(RangeAllocator::new(start..end, PAGE_SIZE)))
+                CachePadded::new(spin::Mutex::new(Arena::new(start..end)))
             })
             .collect();
         Self { arenas, start: range.start, arena_len }
@@ -131,7 +143,7 @@ impl Vmalloc {
     }
 
     /// The arena holding `va`.
-    fn arena_of(&self, va: Vaddr) -> &spin::Mutex<RangeAllocator> {
+    fn arena_of(&self, va: Vaddr) -> &spin::Mutex<Arena> {
         &self.arenas[self.arena_index(va)]
     }
 
@@ -147,14 +159,21 @@ impl Vmalloc {
         let with_guard = size.checked_add(GUARD_SIZE).ok_or(RangeAllocError::Exhausted)?;
         let n = self.arenas.len();
         let mut result = Err(RangeAllocError::Exhausted);
-        for i in 0..n {
-            result = self.arenas[cpu.wrapping_add(i) & (n - 1)].lock().alloc(with_guard, align);
-            if !matches!(result, Err(RangeAllocError::Exhausted)) {
-                break;
+        // The second round, if the first found no room, runs with every
+        // pool given back (their ranges may join free blocks).
+        for round in 0..2 {
+            if round == 1 {
+                self.arenas.iter().for_each(|a| a.lock().drain());
+            }
+            for i in 0..n {
+                result = self.arenas[cpu.wrapping_add(i) & (n - 1)].lock().alloc(with_guard, align);
+                if !matches!(result, Err(RangeAllocError::Exhausted)) {
+                    let range = result?;
+                    return Ok(range.start..range.start + size);
+                }
             }
         }
-        let range = result?;
-        Ok(range.start..range.start + size)
+        result
     }
 
     /// The largest area [`alloc`](Self::alloc) can ever place: an arena,
@@ -164,6 +183,8 @@ impl Vmalloc {
     }
 
     /// Frees `range` (part or all of an allocation, so inside one arena).
+    /// A small range waits in its arena's pool for the next allocation of
+    /// its length (see `arena`).
     pub(crate) fn free(&self, range: Range<Vaddr>) -> Result<(), RangeAllocError> {
         self.arena_of(range.start).lock().free(range)
     }
@@ -196,7 +217,7 @@ impl Vmalloc {
             }
             let (run, next) = rest.split_at(n);
             let mut allocator = self.arenas[arena].lock();
-            if allocator.free(first.start..end).is_err() {
+            if allocator.free_to_tree(first.start..end).is_err() {
                 for r in run.iter().filter(|r| !r.is_empty()) {
                     if let (Err(e), Ok(())) = (allocator.free(r.clone()), &result) {
                         result = Err((r.clone(), e));
@@ -214,7 +235,8 @@ impl Vmalloc {
         // Free bytes running up to the current arena's start.
         let mut run = 0;
         for arena in &self.arenas {
-            let a = arena.lock();
+            let mut arena = arena.lock();
+            let a = arena.drained();
             let (r, s) = (a.managed_range(), a.stats());
             total.total_bytes += s.total_bytes;
             total.free_bytes += s.free_bytes;
@@ -243,8 +265,24 @@ impl Vmalloc {
     /// areas of CPU 0 go): for unit tests that corrupt it to see the
     /// invariant checks catch it.
     #[cfg(test)]
-    pub(crate) fn lock_allocator(&self) -> spin::MutexGuard<'_, RangeAllocator> {
-        self.arenas[0].lock()
+    pub(crate) fn lock_allocator(
+        &self,
+    ) -> impl core::ops::DerefMut<Target = super::range_alloc::RangeAllocator> + '_ {
+        struct Drained<'a>(spin::MutexGuard<'a, Arena>);
+        impl core::ops::Deref for Drained<'_> {
+            type Target = super::range_alloc::RangeAllocator;
+            fn deref(&self) -> &Self::Target {
+                self.0.tree()
+            }
+        }
+        impl core::ops::DerefMut for Drained<'_> {
+            fn deref_mut(&mut self) -> &mut Self::Target {
+                self.0.drained()
+            }
+        }
+        let mut arena = self.arenas[0].lock();
+        arena.drain();
+        Drained(arena)
     }
 
     /// Whether no byte of `range` is free (it is allocated). O(log n) per
@@ -388,13 +426,37 @@ mod tests {
     }
 
     #[test]
+    fn an_allocation_that_finds_no_room_takes_back_the_pooled_ranges() {
+        let v = Vmalloc::new(0x2_0000..0x3_0000);
+        let small: Vec<_> = (0..8).map(|_| v.alloc(PAGE_SIZE, PAGE_SIZE, 0).unwrap()).collect();
+        assert_eq!(v.alloc(PAGE_SIZE, PAGE_SIZE, 0), Err(RangeAllocError::Exhausted));
+        for r in &small {
+            v.free(r.start..r.end + GUARD_SIZE).unwrap();
+        }
+        // Pooled, yet free to every reader.
+        assert_eq!(v.stats().free_bytes, 0x1_0000);
+        assert!(!v.is_allocated(small[3].clone()));
+        let small: Vec<_> = (0..8).map(|_| v.alloc(PAGE_SIZE, PAGE_SIZE, 0).unwrap()).collect();
+        for r in &small {
+            v.free(r.start..r.end + GUARD_SIZE).unwrap();
+        }
+        assert_eq!(v.alloc(15 * PAGE_SIZE, PAGE_SIZE, 0), Ok(0x2_0000..0x2_f000), "the pools joined again");
+        assert!(v.inv());
+    }
+
+    /// One free by the range allocator of `range`'s arena itself.
+    fn tree_free(v: &Vmalloc, range: Range<Vaddr>) -> Result<(), RangeAllocError> {
+        v.arena_of(range.start).lock().drained().free(range)
+    }
+
+    #[test]
     fn free_all_frees_adjacent_ranges_as_one_run() {
         let (v, whole) = (Vmalloc::new(REGION), Vmalloc::new(REGION));
         let (ranges, same) = (adjacent(&v, 100, 0), adjacent(&whole, 100, 0));
         let (freed, batch_probes) = probes_of(|| v.free_all(&ranges));
         assert_eq!(freed, Ok(()));
         let run = same[0].start..same[99].end;
-        let (freed, one_free_probes) = probes_of(|| whole.free(run));
+        let (freed, one_free_probes) = probes_of(|| tree_free(&whole, run));
         assert_eq!(freed, Ok(()));
         assert_eq!(batch_probes, one_free_probes, "a hundred adjacent ranges cost one free");
         assert_eq!(v.stats(), whole.stats());
@@ -430,8 +492,8 @@ mod tests {
         assert_eq!(freed, Ok(()));
         // What it costs: one free in each arena.
         let (_, two_frees) = probes_of(|| {
-            twin.free(batch[0].clone()).unwrap();
-            twin.free(batch[1].start..batch[3].end).unwrap();
+            tree_free(&twin, batch[0].clone()).unwrap();
+            tree_free(&twin, batch[1].start..batch[3].end).unwrap();
         });
         assert_eq!(probes, two_frees);
         assert_eq!(v.stats().free_bytes, REGION.len());

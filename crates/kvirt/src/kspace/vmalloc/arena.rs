@@ -1,0 +1,243 @@
+//! One VMALLOC arena: a range allocator with a small pool of freed ranges
+//! in front of it.
+//!
+//! Creating and dropping small areas of the same size, over and over, is
+//! what kernels do most with VMALLOC (stacks, buffers, short-lived
+//! mappings). Each round trip through the range allocator costs a split and
+//! a merge of its free block: four to six B-tree operations on two indexes.
+//! So an arena keeps the last few ranges freed whole, of at most
+//! [`POOL_MAX_LEN`] bytes, and gives one back to the next allocation of
+//! exactly its length and a compatible alignment, as Linux's `vmap_node`s
+//! keep pools of freed areas by size:
+//!
+//! ```text
+//!   free(range)   small:  check it as the allocator would, then push it on
+//!                         the pool (a full pool gives its oldest back)
+//!                 large:  the allocator
+//!   alloc(len)    a pooled range of that length (the most recent first),
+//!                 else the allocator
+//! ```
+//!
+//! A pooled range is free, for every question asked of the arena: it is
+//! still allocated in the range allocator, but [`Arena::overlaps_free`]
+//! counts it free, a free that overlaps it is refused as the allocator
+//! would refuse it, and [`Arena::drain`] gives every pooled range back to
+//! the allocator before anything reads its free blocks (statistics,
+//! listings, and the retry of an allocation that found no room).
+
+use alloc::vec::Vec;
+use core::ops::Range;
+
+use super::super::range_alloc::{RangeAllocError, RangeAllocator};
+use crate::addr::{Vaddr, PAGE_SIZE};
+use crate::inv::Inv;
+
+/// The most ranges a pool keeps.
+const POOL_SIZE: usize = 8;
+
+/// The longest range a pool keeps (a guard included): 64 pages.
+pub(super) const POOL_MAX_LEN: usize = 64 * PAGE_SIZE;
+
+/// An arena's allocator and its pool of freed ranges (see the module
+/// documentation).
+#[derive(Debug)]
+pub(super) struct Arena {
+    /// The free space, less the pooled ranges.
+    tree: RangeAllocator,
+    /// Ranges freed whole and kept for reuse, the most recent last: each
+    /// non-empty, at most `POOL_MAX_LEN` long, accepted by `tree.free`
+    /// when it was pooled (so inside the arena, granule-aligned and
+    /// allocated in `tree`), and apart from the others. At most
+    /// `POOL_SIZE` of them; the vector never grows past that capacity.
+    pool: Vec<Range<Vaddr>>,
+}
+
+impl Arena {
+    pub(super) fn new(range: Range<Vaddr>) -> Self {
+        Self { tree: RangeAllocator::new(range, PAGE_SIZE), pool: Vec::with_capacity(POOL_SIZE) }
+    }
+
+    /// The arena's range.
+    pub(super) fn managed_range(&self) -> Range<Vaddr> {
+        self.tree.managed_range()
+    }
+
+    /// Allocates `len` bytes aligned to `align`: a pooled range of exactly
+    /// that length if one is aligned, else from the allocator.
+    pub(super) fn alloc(&mut self, len: usize, align: usize) -> Result<Range<Vaddr>, RangeAllocError> {
+        if len <= POOL_MAX_LEN && align.is_power_of_two() {
+            let fits = |r: &Range<Vaddr>| r.len() == len && r.start & (align - 1) == 0;
+            if let Some(i) = self.pool.iter().rposition(fits) {
+                return Ok(self.pool.remove(i));
+            }
+        }
+        self.tree.alloc(len, align)
+    }
+
+    /// Frees `range`, with the allocator's errors for what it would refuse
+    /// (a range overlapping a pooled one counts as free already).
+    pub(super) fn free(&mut self, range: Range<Vaddr>) -> Result<(), RangeAllocError> {
+        self.tree.check_free(&range)?;
+        if let Some(pooled) = self.pool.iter().find(|p| p.start < range.end && range.start < p.end) {
+            let inside = pooled.start <= range.start && range.end <= pooled.end;
+            return Err(if inside { RangeAllocError::DoubleFree } else { RangeAllocError::OverlappingFree });
+        }
+        if range.len() > POOL_MAX_LEN {
+            return self.tree.free(range);
+        }
+        if self.pool.len() == POOL_SIZE {
+            let oldest = self.pool.remove(0);
+            self.give_back(oldest);
+        }
+        self.pool.push(range);
+        Ok(())
+    }
+
+    /// Frees `range` to the allocator itself, if nothing of it is pooled:
+    /// for a run of ranges freed at once, which no pool would keep.
+    pub(super) fn free_to_tree(&mut self, range: Range<Vaddr>) -> Result<(), RangeAllocError> {
+        if self.pool.iter().any(|p| p.start < range.end && range.start < p.end) {
+            return self.free(range);
+        }
+        self.tree.free(range)
+    }
+
+    /// Gives every pooled range back to the allocator.
+    pub(super) fn drain(&mut self) {
+        while let Some(range) = self.pool.pop() {
+            self.give_back(range);
+        }
+    }
+
+    /// The allocator, with nothing pooled: what its free blocks say is all
+    /// that is free.
+    pub(super) fn drained(&mut self) -> &mut RangeAllocator {
+        self.drain();
+        &mut self.tree
+    }
+
+    /// The allocator, read-only (a pooled range shows as allocated).
+    #[cfg(test)]
+    pub(super) fn tree(&self) -> &RangeAllocator {
+        &self.tree
+    }
+
+    /// Whether some byte of `range` is free (pooled ranges are free).
+    pub(super) fn overlaps_free(&self, range: Range<Vaddr>) -> bool {
+        self.pool.iter().any(|p| p.start < range.end && range.start < p.end) || self.tree.overlaps_free(range)
+    }
+
+    fn give_back(&mut self, range: Range<Vaddr>) {
+        let freed = self.tree.free(range.clone());
+        debug_assert!(freed.is_ok(), "a pooled range {range:#x?} was refused: {freed:?}");
+    }
+
+    /// The allocator's invariant, and the pool's (see `pool`).
+    pub(super) fn check(&self) -> Result<(), &'static str> {
+        self.tree.check()?;
+        if self.pool.len() > POOL_SIZE {
+            return Err("a VMALLOC pool holds too many ranges");
+        }
+        for (i, r) in self.pool.iter().enumerate() {
+            if r.is_empty() || r.len() > POOL_MAX_LEN {
+                return Err("a VMALLOC pool holds a range it should not");
+            }
+            if self.tree.check_free(r).is_err() {
+                return Err("a pooled VMALLOC range is not allocated in its arena");
+            }
+            if self.pool[i + 1..].iter().any(|p| p.start < r.end && r.start < p.end) {
+                return Err("two pooled VMALLOC ranges overlap");
+            }
+        }
+        Ok(())
+    }
+
+    /// The pooled ranges (unit tests).
+    #[cfg(test)]
+    pub(super) fn pooled(&self) -> &[Range<Vaddr>] {
+        &self.pool
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ARENA: Range<Vaddr> = 0x1000_0000..0x2000_0000;
+    const P: usize = PAGE_SIZE;
+
+    #[test]
+    fn a_freed_small_range_is_given_to_the_next_allocation_of_its_length() {
+        let mut a = Arena::new(ARENA);
+        let r = a.alloc(2 * P, P).unwrap();
+        let other = a.alloc(2 * P, P).unwrap();
+        a.free(r.clone()).unwrap();
+        assert_eq!(a.pooled(), core::slice::from_ref(&r));
+        assert_eq!(a.alloc(3 * P, P).map(|x| x.len()), Ok(3 * P), "another length comes from the tree");
+        assert_eq!(a.alloc(2 * P, P), Ok(r), "the pooled range, not a new one");
+        assert!(a.pooled().is_empty());
+        assert_ne!(other.start, 0);
+        assert!(a.check().is_ok());
+    }
+
+    #[test]
+    fn a_pooled_range_is_given_only_to_an_allocation_it_is_aligned_for() {
+        let mut a = Arena::new(ARENA);
+        let _pad = a.alloc(P, P).unwrap();
+        let r = a.alloc(2 * P, P).unwrap();
+        assert_ne!(r.start % (4 * P), 0);
+        a.free(r.clone()).unwrap();
+        let aligned = a.alloc(2 * P, 4 * P).unwrap();
+        assert_eq!(aligned.start % (4 * P), 0);
+        assert_eq!(a.pooled(), [r]);
+    }
+
+    #[test]
+    fn a_pooled_range_counts_as_free() {
+        let mut a = Arena::new(ARENA);
+        let r = a.alloc(2 * P, P).unwrap();
+        let _next = a.alloc(2 * P, P).unwrap();
+        a.free(r.clone()).unwrap();
+        assert!(a.overlaps_free(r.start..r.start + P));
+        assert_eq!(a.free(r.clone()), Err(RangeAllocError::DoubleFree));
+        assert_eq!(a.free(r.start + P..r.end + P), Err(RangeAllocError::OverlappingFree));
+        assert_eq!(a.free_to_tree(r.clone()), Err(RangeAllocError::DoubleFree));
+        assert_eq!(a.pooled(), core::slice::from_ref(&r), "refused frees change nothing");
+        a.drained();
+        assert!(a.pooled().is_empty());
+        assert!(a.tree.is_free(r));
+        assert!(a.check().is_ok());
+    }
+
+    #[test]
+    fn a_full_pool_gives_its_oldest_range_back() {
+        let mut a = Arena::new(ARENA);
+        let ranges: Vec<_> = (0..=POOL_SIZE).map(|_| a.alloc(P, P).unwrap()).collect();
+        let _fence = a.alloc(P, P).unwrap();
+        for r in &ranges {
+            a.free(r.clone()).unwrap();
+        }
+        assert_eq!(a.pooled(), &ranges[1..]);
+        assert!(a.tree.is_free(ranges[0].clone()));
+        assert!(a.check().is_ok());
+    }
+
+    #[test]
+    fn a_large_range_goes_to_the_tree() {
+        let mut a = Arena::new(ARENA);
+        let r = a.alloc(POOL_MAX_LEN + P, P).unwrap();
+        a.free(r.clone()).unwrap();
+        assert!(a.pooled().is_empty());
+        assert!(a.tree.is_free(r));
+    }
+
+    #[test]
+    fn the_check_finds_a_pooled_range_that_is_free_in_the_tree() {
+        let mut a = Arena::new(ARENA);
+        let r = a.alloc(P, P).unwrap();
+        a.pool.push(r.clone());
+        assert!(a.check().is_ok());
+        a.tree.free(r).unwrap();
+        assert_eq!(a.check(), Err("a pooled VMALLOC range is not allocated in its arena"));
+    }
+}
