@@ -144,6 +144,10 @@
 //!   cache lines.
 //! * `smallvec` (no_std): the first few frames an unmap takes are kept
 //!   inline, so that unmapping a small area allocates nothing.
+//! * `hashbrown` (no_std, default features off): the area registry's
+//!   shards, std's own hash map. A B-tree frees its last node when it
+//!   empties, so a shard holding one area at a time would allocate and free
+//!   heap memory at every create and drop; a hash map keeps its table.
 //! * `kvirt-sim`, `libc` (feature `std` only): the hosted machine, and the
 //!   `membarrier` system call behind the hosted platform's RCU (a reader
 //!   then needs no locked instruction; see `platform::hosted`).
