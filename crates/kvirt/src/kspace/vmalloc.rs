@@ -35,7 +35,7 @@
 //!
 //! ## Pools of freed ranges
 //!
-//! Each arena keeps the last few small ranges freed in a pool and hands one
+//! Each arena keeps up to eight small freed ranges in a pool and hands one
 //! to the next allocation of its length, so that creating and dropping
 //! areas of one size costs no split and merge of free blocks (`arena`).
 //! Pooled ranges are free to every reader: statistics and the invariant

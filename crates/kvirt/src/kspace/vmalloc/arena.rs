@@ -5,15 +5,19 @@
 //! what kernels do most with VMALLOC (stacks, buffers, short-lived
 //! mappings). Each round trip through the range allocator costs a split and
 //! a merge of its free block: four to six B-tree operations on two indexes.
-//! So an arena keeps the last few ranges freed whole, of at most
+//! So an arena keeps a few ranges freed whole, of at most
 //! [`POOL_MAX_LEN`] bytes, and gives one back to the next allocation of
 //! exactly its length and a compatible alignment, as Linux's `vmap_node`s
-//! keep pools of freed areas by size:
+//! keep pools of freed areas by size. A full pool keeps what it holds and
+//! lets further frees through: when frees outnumber allocations (many
+//! areas dropped at once), the ranges merge into the allocator's free
+//! blocks as they used to, rather than each waiting in the pool and
+//! leaving a hole between free blocks when it is evicted:
 //!
 //! ```text
-//!   free(range)   small:  check it as the allocator would, then push it on
-//!                         the pool (a full pool gives its oldest back)
-//!                 large:  the allocator
+//!   free(range)   small, and the pool not full:  check it as the
+//!                         allocator would, then push it on the pool
+//!                 else:   the allocator
 //!   alloc(len)    a pooled range of that length (the most recent first),
 //!                 else the allocator
 //! ```
@@ -82,12 +86,8 @@ impl Arena {
             let inside = pooled.start <= range.start && range.end <= pooled.end;
             return Err(if inside { RangeAllocError::DoubleFree } else { RangeAllocError::OverlappingFree });
         }
-        if range.len() > POOL_MAX_LEN {
+        if range.len() > POOL_MAX_LEN || self.pool.len() == POOL_SIZE {
             return self.tree.free(range);
-        }
-        if self.pool.len() == POOL_SIZE {
-            let oldest = self.pool.remove(0);
-            self.give_back(oldest);
         }
         self.pool.push(range);
         Ok(())
@@ -210,15 +210,15 @@ mod tests {
     }
 
     #[test]
-    fn a_full_pool_gives_its_oldest_range_back() {
+    fn a_full_pool_lets_further_frees_through_to_the_allocator() {
         let mut a = Arena::new(ARENA);
         let ranges: Vec<_> = (0..=POOL_SIZE).map(|_| a.alloc(P, P).unwrap()).collect();
         let _fence = a.alloc(P, P).unwrap();
         for r in &ranges {
             a.free(r.clone()).unwrap();
         }
-        assert_eq!(a.pooled(), &ranges[1..]);
-        assert!(a.tree.is_free(ranges[0].clone()));
+        assert_eq!(a.pooled(), &ranges[..POOL_SIZE]);
+        assert!(a.tree.is_free(ranges[POOL_SIZE].clone()));
         assert!(a.check().is_ok());
     }
 
