@@ -81,14 +81,16 @@ impl Arena {
     /// Frees `range`, with the allocator's errors for what it would refuse
     /// (a range overlapping a pooled one counts as free already).
     pub(super) fn free(&mut self, range: Range<Vaddr>) -> Result<(), RangeAllocError> {
-        self.tree.check_free(&range)?;
-        if let Some(pooled) = self.pool.iter().find(|p| p.start < range.end && range.start < p.end) {
-            let inside = pooled.start <= range.start && range.end <= pooled.end;
+        let pooled = self.pool.iter().find(|p| p.start < range.end && range.start < p.end);
+        if let Some(inside) = pooled.map(|p| p.start <= range.start && range.end <= p.end) {
+            // The allocator's own errors first, in its order.
+            self.tree.check_free(&range)?;
             return Err(if inside { RangeAllocError::DoubleFree } else { RangeAllocError::OverlappingFree });
         }
         if range.len() > POOL_MAX_LEN || self.pool.len() == POOL_SIZE {
             return self.tree.free(range);
         }
+        self.tree.check_free(&range)?;
         self.pool.push(range);
         Ok(())
     }
@@ -201,6 +203,11 @@ mod tests {
         assert!(a.overlaps_free(r.start..r.start + P));
         assert_eq!(a.free(r.clone()), Err(RangeAllocError::DoubleFree));
         assert_eq!(a.free(r.start + P..r.end + P), Err(RangeAllocError::OverlappingFree));
+        assert_eq!(
+            a.free(r.start + 1..r.end),
+            Err(RangeAllocError::Misaligned),
+            "the allocator's errors first"
+        );
         assert_eq!(a.free_to_tree(r.clone()), Err(RangeAllocError::DoubleFree));
         assert_eq!(a.pooled(), core::slice::from_ref(&r), "refused frees change nothing");
         a.drained();
