@@ -103,9 +103,14 @@ const _: () = assert!(SHARDS.is_power_of_two());
 /// documentation).
 type Shard = hashbrown::HashMap<Vaddr, AreaInfo, PageHash>;
 
-/// Hashes an area's start address: its page number, multiplied by an odd
-/// constant (Fibonacci hashing), with the high half folded into the low one
-/// so that both the bucket index (low bits) and the tag (top bits) vary.
+/// Hashes an area's start address so that neighbouring areas sit in
+/// neighbouring buckets: the bucket index (the hash's low bits) is the page
+/// number itself, and the tag hashbrown compares first (the top 7 bits) a
+/// multiplicative hash of it. Areas are mostly created one after another
+/// at increasing addresses; a hash that scattered them would make every
+/// insertion and removal in a large shard a cache miss, where consecutive
+/// ones now share lines, as they share a B-tree leaf. The keys are the
+/// space's own addresses, not an adversary's.
 #[derive(Clone, Copy, Debug, Default)]
 struct PageHash;
 
@@ -130,8 +135,13 @@ impl Hasher for PageHasher {
     }
 
     fn write_usize(&mut self, addr: usize) {
-        let h = ((addr / PAGE_SIZE) as u64).wrapping_mul(PAGE_HASH_MUL);
-        self.0 = h ^ (h >> 32);
+        let page = (addr / PAGE_SIZE) as u64;
+        // The page number itself below (a page number has 52 bits at
+        // most); in the top 7 bits (the tag), bits 25 to 31 of a
+        // multiplicative hash of it, which differ between neighbours (the
+        // product's top bits barely move from one page to the next).
+        let mix = page.wrapping_mul(PAGE_HASH_MUL);
+        self.0 = page | (mix >> 25 << 57);
     }
 
     fn finish(&self) -> u64 {
@@ -141,7 +151,7 @@ impl Hasher for PageHasher {
 
 /// An odd constant with well-mixed bits (MurmurHash3's finalizer's),
 /// unlike the one that picks a shard, so that the areas of one shard do not
-/// share the top bits of their hash.
+/// share their tags.
 const PAGE_HASH_MUL: u64 = 0xff51_afd7_ed55_8ccd;
 
 // Every arena gets two shards at least (and so the hash is shifted by less
@@ -246,6 +256,19 @@ mod tests {
 
     fn registry() -> AreaRegistry {
         AreaRegistry::new(Vmalloc::new(0xffff_c000_0000_0000..0xffff_e000_0000_0000).arena_map())
+    }
+
+    #[test]
+    fn neighbouring_areas_hash_to_neighbouring_buckets_with_varied_tags() {
+        let start: Vaddr = 0xffff_c000_0000_0000;
+        let hash = |va: Vaddr| PageHash.hash_one(va);
+        let low = |h: u64| h & 0xf_ffff;
+        let tags: BTreeSet<u64> = (0..64).map(|i| hash(start + i * PAGE_SIZE) >> 57).collect();
+        for i in 0..64 {
+            let (a, b) = (hash(start + i * PAGE_SIZE), hash(start + (i + 2) * PAGE_SIZE));
+            assert_eq!(low(b), low(a) + 2, "an area and its guard later, two buckets on");
+        }
+        assert!(tags.len() > 32, "tags vary: {}", tags.len());
     }
 
     #[test]
