@@ -39,8 +39,8 @@
 //! to the next allocation of its length, so that creating and dropping
 //! areas of one size costs no split and merge of free blocks (`arena`).
 //! Pooled ranges are free to every reader: statistics and the invariant
-//! checks see them as free, and an allocation that finds no room gives
-//! every pool back before it gives up.
+//! checks see them as free, and an allocation a pool cannot serve gives
+//! that pool back before it looks for room.
 
 use alloc::vec::Vec;
 use core::ops::Range;
@@ -159,21 +159,17 @@ impl Vmalloc {
         let with_guard = size.checked_add(GUARD_SIZE).ok_or(RangeAllocError::Exhausted)?;
         let n = self.arenas.len();
         let mut result = Err(RangeAllocError::Exhausted);
-        // The second round, if the first found no room, runs with every
-        // pool given back (their ranges may join free blocks).
-        for round in 0..2 {
-            if round == 1 {
-                self.arenas.iter().for_each(|a| a.lock().drain());
-            }
-            for i in 0..n {
-                result = self.arenas[cpu.wrapping_add(i) & (n - 1)].lock().alloc(with_guard, align);
-                if !matches!(result, Err(RangeAllocError::Exhausted)) {
-                    let range = result?;
-                    return Ok(range.start..range.start + size);
-                }
+        // An arena whose pool cannot serve the request gives the pool back
+        // before it looks for room (`arena`): `Exhausted` means no room,
+        // pools included.
+        for i in 0..n {
+            result = self.arenas[cpu.wrapping_add(i) & (n - 1)].lock().alloc(with_guard, align);
+            if !matches!(result, Err(RangeAllocError::Exhausted)) {
+                break;
             }
         }
-        result
+        let range = result?;
+        Ok(range.start..range.start + size)
     }
 
     /// The largest area [`alloc`](Self::alloc) can ever place: an arena,
