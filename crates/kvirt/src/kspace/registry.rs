@@ -33,7 +33,7 @@ use core::ops::Range;
 
 use crossbeam_utils::CachePadded;
 
-use super::vmalloc::ArenaMap;
+use super::vmalloc::{ArenaMap, MAX_ARENAS};
 use crate::addr::{Vaddr, PAGE_SIZE};
 
 /// What an area maps: tracked frames or untracked physical memory.
@@ -156,7 +156,7 @@ const PAGE_HASH_MUL: u64 = 0xff51_afd7_ed55_8ccd;
 
 // Every arena gets two shards at least (and so the hash is shifted by less
 // than a word's width).
-const _: () = assert!(2 * ArenaMap::MAX <= SHARDS);
+const _: () = assert!(2 * MAX_ARENAS <= SHARDS);
 
 #[derive(Debug)]
 pub(crate) struct AreaRegistry {
@@ -309,9 +309,9 @@ mod tests {
     #[test]
     fn areas_of_different_arenas_never_share_a_shard() {
         let by_arena = shards_by_arena(0xffff_c000_0000_0000..0xffff_e000_0000_0000, 1000);
-        assert_eq!(by_arena.len(), ArenaMap::MAX);
+        assert_eq!(by_arena.len(), MAX_ARENAS);
         for (a, shards) in by_arena.iter().enumerate() {
-            assert_eq!(shards.len(), SHARDS / ArenaMap::MAX, "arena {a} uses all of its shards");
+            assert_eq!(shards.len(), SHARDS / MAX_ARENAS, "arena {a} uses all of its shards");
             for (b, other) in by_arena.iter().enumerate().skip(a + 1) {
                 assert!(shards.is_disjoint(other), "arenas {a} and {b} share a shard");
             }

@@ -63,7 +63,7 @@ const MIN_ARENA: usize = 1 << 40;
 
 /// The most arenas (enough for the CPUs that create areas at once); a
 /// power of two, as every arena count is.
-const MAX_ARENAS: usize = 8;
+pub(crate) const MAX_ARENAS: usize = 8;
 const _: () = assert!(MAX_ARENAS.is_power_of_two());
 
 /// The largest power of two at most `x` (which is not 0).
@@ -98,9 +98,6 @@ pub(crate) struct ArenaMap {
 }
 
 impl ArenaMap {
-    /// The most arenas a region has.
-    pub(crate) const MAX: usize = MAX_ARENAS;
-
     /// How many arenas there are.
     pub(crate) fn count(&self) -> usize {
         self.count
