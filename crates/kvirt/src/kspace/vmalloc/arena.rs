@@ -90,12 +90,7 @@ impl Arena {
     /// Frees `range`, with the allocator's errors for what it would refuse
     /// (a range overlapping a pooled one counts as free already).
     pub(super) fn free(&mut self, range: Range<Vaddr>) -> Result<(), RangeAllocError> {
-        let pooled = self.pool.iter().find(|p| p.start < range.end && range.start < p.end);
-        if let Some(inside) = pooled.map(|p| p.start <= range.start && range.end <= p.end) {
-            // The allocator's own errors first, in its order.
-            self.tree.check_free(&range)?;
-            return Err(if inside { RangeAllocError::DoubleFree } else { RangeAllocError::OverlappingFree });
-        }
+        self.refuse_pooled(&range)?;
         if range.len() > POOL_MAX_LEN || self.pool.len() == POOL_SIZE {
             return self.tree.free(range);
         }
@@ -107,10 +102,18 @@ impl Arena {
     /// Frees `range` to the allocator itself, if nothing of it is pooled:
     /// for a run of ranges freed at once, which no pool would keep.
     pub(super) fn free_to_tree(&mut self, range: Range<Vaddr>) -> Result<(), RangeAllocError> {
-        if self.pool.iter().any(|p| p.start < range.end && range.start < p.end) {
-            return self.free(range);
-        }
+        self.refuse_pooled(&range)?;
         self.tree.free(range)
+    }
+
+    /// Refuses a free that overlaps a pooled range, as the allocator
+    /// refuses one that overlaps free space: its own errors first, in its
+    /// order, then `DoubleFree` or `OverlappingFree`.
+    fn refuse_pooled(&self, range: &Range<Vaddr>) -> Result<(), RangeAllocError> {
+        let Some(pooled) = overlapping(&self.pool, range) else { return Ok(()) };
+        let inside = pooled.start <= range.start && range.end <= pooled.end;
+        self.tree.check_free(range)?;
+        Err(if inside { RangeAllocError::DoubleFree } else { RangeAllocError::OverlappingFree })
     }
 
     /// Gives every pooled range back to the allocator.
@@ -135,7 +138,7 @@ impl Arena {
 
     /// Whether some byte of `range` is free (pooled ranges are free).
     pub(super) fn overlaps_free(&self, range: Range<Vaddr>) -> bool {
-        self.pool.iter().any(|p| p.start < range.end && range.start < p.end) || self.tree.overlaps_free(range)
+        overlapping(&self.pool, &range).is_some() || self.tree.overlaps_free(range)
     }
 
     fn give_back(&mut self, range: Range<Vaddr>) {
@@ -156,7 +159,7 @@ impl Arena {
             if self.tree.check_free(r).is_err() {
                 return Err("a pooled VMALLOC range is not allocated in its arena");
             }
-            if self.pool[i + 1..].iter().any(|p| p.start < r.end && r.start < p.end) {
+            if overlapping(&self.pool[i + 1..], r).is_some() {
                 return Err("two pooled VMALLOC ranges overlap");
             }
         }
@@ -168,6 +171,11 @@ impl Arena {
     pub(super) fn pooled(&self) -> &[Range<Vaddr>] {
         &self.pool
     }
+}
+
+/// The first of `ranges` that shares a byte with `range`.
+fn overlapping<'a>(ranges: &'a [Range<Vaddr>], range: &Range<Vaddr>) -> Option<&'a Range<Vaddr>> {
+    ranges.iter().find(|r| r.start < range.end && range.start < r.end)
 }
 
 #[cfg(test)]
