@@ -266,6 +266,7 @@ mod the_mmu_agrees_with_the_page_table {
                 pt.translate(va + off).unwrap_or_else(|| panic!("no mapping at {:#x}", va + off));
             let hw = cpu.translate(va + off, Access::READ).unwrap();
             assert_eq!(sw_pa, expected_pa + off, "page table at offset {off:#x}");
+            assert_eq!(pt.translate_addr(va + off), Some(sw_pa), "translate_addr at offset {off:#x}");
             assert_eq!(hw.pa, pa(sw_pa), "MMU vs page table at offset {off:#x}");
             assert_eq!(hw.page_size, size, "MMU page size at offset {off:#x}");
         }
@@ -326,6 +327,7 @@ mod the_mmu_agrees_with_the_page_table {
         // Addresses next to the mappings are not mapped.
         for va in [va_4k - P, va_4k + P, va_2m - P, va_2m + SIZE_2M] {
             assert!(pt.translate(va).is_none(), "{va:#x}");
+            assert_eq!(pt.translate_addr(va), None, "{va:#x}");
             assert!(cpu.translate(va, Access::READ).is_err(), "{va:#x}");
         }
     }

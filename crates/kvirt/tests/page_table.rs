@@ -1845,8 +1845,16 @@ mod soundness {
         assert_eq!(pt.translate(0x0000_c000_0000_0000), None);
         assert_eq!(pt.translate(0xffff_7fff_ffff_f000), None);
         assert_eq!(user.translate(0x8000_0000_0000), None);
+        // The address-only walk reads the same entries.
+        assert_eq!(pt.translate_addr(KVA + 9), Some(UPA + 9));
+        assert_eq!(user.translate_addr(SZ_1G + 9), Some(UPA + 9));
+        assert_eq!(user.translate_addr(KVA), None);
+        assert_eq!(pt.translate_addr(0x0000_c000_0000_0000), None);
+        assert_eq!(pt.translate_addr(0xffff_7fff_ffff_f000), None);
+        assert_eq!(user.translate_addr(0x8000_0000_0000), None);
         drop(pt);
         assert_eq!(user.translate(KVA), None);
+        assert_eq!(user.translate_addr(KVA), None);
         assert_eq!(user.translate(SZ_1G), Some((UPA, rw())));
     }
 }

@@ -302,6 +302,15 @@ fn stress(hot: bool) {
                         assert!(untracked || frame_pas.contains(&pa), "translate({va:#x}) gave {pa:#x}");
                         seen += 1;
                     }
+                    // The address-only walk, through the same reclamation.
+                    if let Some(pa) = pt.translate_addr(va + 8) {
+                        let untracked = (UPA..UPA + 8 * SZ_2M).contains(&(pa - 8));
+                        assert!(
+                            untracked || frame_pas.contains(&(pa - 8)),
+                            "translate_addr({:#x}) gave {pa:#x}",
+                            va + 8
+                        );
+                    }
                 }
                 // Leave the two cores to the workers most of the time.
                 std::thread::yield_now();

@@ -791,7 +791,7 @@ pub fn markdown(r: &Results, targets: &[Target], svg_link: Option<&str>, include
     let _ = writeln!(out, "## Implementations\n");
     let _ = writeln!(out, "| impl | what |\n|---|---|");
     let _ = writeln!(out, "| `kvirt-area` | kvirt's public API: `KVirtArea::map_frames` with pre-allocated frames, `KVirtArea::query`, drop (unmap, TLB flush, free the range) |");
-    let _ = writeln!(out, "| `kvirt-pt` | kvirt's raw page table: `PageTable<KernelPtConfig>`, one `CursorMut` per range (`try_map_frames`, `try_take_all` filling a `TakenRange` in place as `KVirtArea`'s drop does, then a TLB flush), queries by the lock-free `PageTable::translate` |");
+    let _ = writeln!(out, "| `kvirt-pt` | kvirt's raw page table: `PageTable<KernelPtConfig>`, one `CursorMut` per range (`try_map_frames`, `try_take_all` filling a `TakenRange` in place as `KVirtArea`'s drop does, then a TLB flush), queries by the lock-free `PageTable::translate_addr` (the address only, as the `x86_64` crate's `translate_addr`) |");
     let _ = writeln!(out, "| `x86_64` | the `x86_64` crate 0.15 (default features off): `OffsetPageTable` `map_to` / `translate_addr` / `unmap` (its per-page `MapperFlush`es ignored), then one flush of the unmapped range on both simulated CPUs |");
     let _ = writeln!(out, "| `multiarch` | `page_table_multiarch` 0.6 (ArceOS): `X64PageTable` with a `PagingHandler` over simulated RAM; `map` / `query` / `unmap`, `map_region` with huge pages, then one flush of the unmapped range on both simulated CPUs |");
     let _ = writeln!(out, "| `floor` | the cheapest possible table: map = one PTE store per page into pre-allocated, pre-linked leaves; query = a raw 4-level walk; unmap = one store of zero |\n");

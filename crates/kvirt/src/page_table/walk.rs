@@ -40,6 +40,23 @@ impl<C: PageTableConfig> PageTable<C> {
         Some((leaf.pa + va % page_size::<C::F>(leaf.level), leaf.prop))
     }
 
+    /// The physical address `va` translates to: [`translate`](Self::translate)
+    /// without the property, which it does not decode.
+    ///
+    /// Cheaper than `translate(va).map(|(pa, _)| pa)` beyond the decoding:
+    /// there, `None` is a value the property cannot take, so telling it
+    /// from `Some` reads the decoded property, and a chain of queries, each
+    /// waiting for the last, waits for that too.
+    #[must_use]
+    #[inline(always)] // as `translate`
+    pub fn translate_addr(&self, va: Vaddr) -> Option<Paddr> {
+        let _rcu = crate::platform::RcuReadGuard::new(self.phys().platform());
+        // SAFETY: as in `translate`: a node reachable now is not freed
+        // before the read-side section ends.
+        let leaf = unsafe { self.walk_unlocked(va) }?;
+        Some(leaf.pa + va % page_size::<C::F>(leaf.level))
+    }
+
     /// Walks to the leaf mapping `va` without locks.
     ///
     /// # Safety

@@ -80,7 +80,7 @@ impl<L: KernelLayout> Mapper for KvirtPt<L> {
 
     #[inline(never)] // as `map`: every implementation's query alike
     fn query(&self, _mapping: &Range<Vaddr>, va: Vaddr) -> Option<Paddr> {
-        self.pt.translate(va).map(|(pa, _)| pa)
+        self.pt.translate_addr(va)
     }
 
     #[inline(never)] // as `map`
