@@ -29,12 +29,27 @@
 //! next 1 GiB-aligned area off the arena's start), and a mix of sizes costs
 //! what it cost without a pool, one free per range.
 //!
-//! A pooled range is free, for every question asked of the arena: it is
-//! still allocated in the range allocator, but [`Arena::overlaps_free`]
-//! counts it free, a free that overlaps it is refused as the allocator
-//! would refuse it, and [`Arena::drain`] gives every pooled range back to
-//! the allocator before anything reads its free blocks (statistics,
-//! listings, and the retry of an allocation that found no room).
+//! What a full pool lets through still comes in runs: areas dropped in
+//! the order they were made (or the reverse) free ranges that touch, and
+//! the allocator would merge each into the free block before it, four
+//! B-tree operations a range. So a range freed next to the one the arena
+//! last gave the allocator starts a *run*, and each range that touches the
+//! run joins it after one lookup that checks it; the run reaches the
+//! allocator as one free when the arena is next drained:
+//!
+//! ```text
+//!   free(range)   past the pool: joins the run if it touches it,
+//!                 starts a new one if it touches the last range freed,
+//!                 else goes to the allocator
+//! ```
+//!
+//! A pooled range, and the run, are free for every question asked of the
+//! arena: they are still allocated in the range allocator, but
+//! [`Arena::overlaps_free`] counts them free, a free that overlaps one is
+//! refused as the allocator would refuse it, and [`Arena::drain`] gives
+//! them back to the allocator before anything reads its free blocks
+//! (statistics, listings, and the retry of an allocation that found no
+//! room).
 
 use alloc::vec::Vec;
 use core::ops::Range;
@@ -61,11 +76,25 @@ pub(super) struct Arena {
     /// allocated in `tree`), and apart from the others. At most
     /// `POOL_SIZE` of them; the vector never grows past that capacity.
     pool: Vec<Range<Vaddr>>,
+    /// Ranges freed one after another, each touching the run so far,
+    /// gathered into one: non-empty, each piece accepted by
+    /// `tree.check_free` when it joined (so inside the arena,
+    /// granule-aligned and allocated in `tree`), and apart from the pooled
+    /// ranges.
+    run: Option<Range<Vaddr>>,
+    /// The range `free` last gave the allocator: a hint, with no
+    /// invariant, of where the next run may start.
+    last: Option<Range<Vaddr>>,
 }
 
 impl Arena {
     pub(super) fn new(range: Range<Vaddr>) -> Self {
-        Self { tree: RangeAllocator::new(range, PAGE_SIZE), pool: Vec::with_capacity(POOL_SIZE) }
+        Self {
+            tree: RangeAllocator::new(range, PAGE_SIZE),
+            pool: Vec::with_capacity(POOL_SIZE),
+            run: None,
+            last: None,
+        }
     }
 
     /// The arena's range.
@@ -88,14 +117,28 @@ impl Arena {
     }
 
     /// Frees `range`, with the allocator's errors for what it would refuse
-    /// (a range overlapping a pooled one counts as free already).
+    /// (a range overlapping a pooled one, or the run, counts as free
+    /// already).
     pub(super) fn free(&mut self, range: Range<Vaddr>) -> Result<(), RangeAllocError> {
         self.refuse_pooled(&range)?;
-        if range.len() > POOL_MAX_LEN || self.pool.len() == POOL_SIZE {
-            return self.tree.free(range);
+        if range.len() <= POOL_MAX_LEN && self.pool.len() < POOL_SIZE {
+            self.tree.check_free(&range)?;
+            self.pool.push(range);
+            return Ok(());
+        }
+        let joins = self.run.as_ref().is_some_and(|run| touch(run, &range));
+        if !joins && !self.last.as_ref().is_some_and(|last| touch(last, &range)) {
+            self.tree.free(range.clone())?;
+            self.last = Some(range);
+            return Ok(());
         }
         self.tree.check_free(&range)?;
-        self.pool.push(range);
+        if !joins {
+            // A new run: the one before goes to the allocator.
+            self.give_back_run();
+        }
+        let run = self.run.get_or_insert(range.clone());
+        *run = run.start.min(range.start)..run.end.max(range.end);
         Ok(())
     }
 
@@ -110,17 +153,32 @@ impl Arena {
     /// refuses one that overlaps free space: its own errors first, in its
     /// order, then `DoubleFree` or `OverlappingFree`.
     fn refuse_pooled(&self, range: &Range<Vaddr>) -> Result<(), RangeAllocError> {
-        let Some(pooled) = overlapping(&self.pool, range) else { return Ok(()) };
+        let Some(pooled) = overlapping(self.held(), range) else { return Ok(()) };
         let inside = pooled.start <= range.start && range.end <= pooled.end;
         self.tree.check_free(range)?;
         Err(if inside { RangeAllocError::DoubleFree } else { RangeAllocError::OverlappingFree })
     }
 
-    /// Gives every pooled range back to the allocator.
+    /// Gives every pooled range, and the run, back to the allocator.
     pub(super) fn drain(&mut self) {
         while let Some(range) = self.pool.pop() {
             self.give_back(range);
         }
+        self.give_back_run();
+    }
+
+    /// Gives the run, if any, back to the allocator.
+    fn give_back_run(&mut self) {
+        if let Some(run) = self.run.take() {
+            self.give_back(run.clone());
+            self.last = Some(run);
+        }
+    }
+
+    /// The ranges freed but still allocated in the allocator: the pooled
+    /// ones and the run.
+    fn held(&self) -> impl Iterator<Item = &Range<Vaddr>> {
+        self.pool.iter().chain(&self.run)
     }
 
     /// The allocator, with nothing pooled: what its free blocks say is all
@@ -136,14 +194,15 @@ impl Arena {
         &self.tree
     }
 
-    /// Whether some byte of `range` is free (pooled ranges are free).
+    /// Whether some byte of `range` is free (pooled ranges and the run are
+    /// free).
     pub(super) fn overlaps_free(&self, range: Range<Vaddr>) -> bool {
-        overlapping(&self.pool, &range).is_some() || self.tree.overlaps_free(range)
+        overlapping(self.held(), &range).is_some() || self.tree.overlaps_free(range)
     }
 
     fn give_back(&mut self, range: Range<Vaddr>) {
         let freed = self.tree.free(range.clone());
-        debug_assert!(freed.is_ok(), "a pooled range {range:#x?} was refused: {freed:?}");
+        debug_assert!(freed.is_ok(), "a held range {range:#x?} was refused: {freed:?}");
     }
 
     /// The allocator's invariant, and the pool's (see `pool`).
@@ -163,6 +222,14 @@ impl Arena {
                 return Err("two pooled VMALLOC ranges overlap");
             }
         }
+        if let Some(run) = &self.run {
+            if run.is_empty() || self.tree.check_free(run).is_err() {
+                return Err("the VMALLOC run is not allocated in its arena");
+            }
+            if overlapping(&self.pool, run).is_some() {
+                return Err("the VMALLOC run overlaps a pooled range");
+            }
+        }
         Ok(())
     }
 
@@ -174,13 +241,22 @@ impl Arena {
 }
 
 /// The first of `ranges` that shares a byte with `range`.
-fn overlapping<'a>(ranges: &'a [Range<Vaddr>], range: &Range<Vaddr>) -> Option<&'a Range<Vaddr>> {
-    ranges.iter().find(|r| r.start < range.end && range.start < r.end)
+fn overlapping<'a>(
+    ranges: impl IntoIterator<Item = &'a Range<Vaddr>>,
+    range: &Range<Vaddr>,
+) -> Option<&'a Range<Vaddr>> {
+    ranges.into_iter().find(|r| r.start < range.end && range.start < r.end)
+}
+
+/// Whether `a` and `b` are next to each other, with no byte between.
+fn touch(a: &Range<Vaddr>, b: &Range<Vaddr>) -> bool {
+    a.end == b.start || b.end == a.start
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kspace::range_alloc::probes_of;
 
     const ARENA: Range<Vaddr> = 0x1000_0000..0x2000_0000;
     const P: usize = PAGE_SIZE;
@@ -269,6 +345,136 @@ mod tests {
         a.free(r.clone()).unwrap();
         assert!(a.pooled().is_empty());
         assert!(a.tree.is_free(r));
+    }
+
+    /// An arena with `n` one-page ranges allocated side by side (a fence
+    /// after them), and a twin arena that has them too.
+    fn side_by_side(n: usize) -> (Arena, Arena, Vec<Range<Vaddr>>) {
+        let (mut a, mut twin) = (Arena::new(ARENA), Arena::new(ARENA));
+        let ranges: Vec<_> = (0..n).map(|_| a.alloc(P, P).unwrap()).collect();
+        for r in &ranges {
+            assert_eq!(twin.alloc(P, P).as_ref(), Ok(r));
+        }
+        let _fence = (a.alloc(P, P).unwrap(), twin.alloc(P, P).unwrap());
+        (a, twin, ranges)
+    }
+
+    #[test]
+    fn frees_in_address_order_past_a_full_pool_gather_into_one_run() {
+        let n = POOL_SIZE + 10;
+        let (mut a, mut twin, ranges) = side_by_side(n);
+        for r in &ranges[..=POOL_SIZE + 1] {
+            a.free(r.clone()).unwrap();
+        }
+        assert_eq!(a.pooled(), &ranges[..POOL_SIZE]);
+        // The first past the pool goes to the allocator; the next touches
+        // it and starts a run, which each further one joins with a single
+        // lookup, where the allocator would merge it into a free block.
+        assert!(a.tree.is_free(ranges[POOL_SIZE].clone()));
+        assert_eq!(a.run, Some(ranges[POOL_SIZE + 1].clone()));
+        for r in &ranges[POOL_SIZE + 2..] {
+            let (joined, probes) = probes_of(|| a.free(r.clone()));
+            assert_eq!(joined, Ok(()));
+            assert!(probes <= 2, "joining the run looks the range up once ({probes} probes)");
+        }
+        assert_eq!(a.run, Some(ranges[POOL_SIZE + 1].start..ranges[n - 1].end));
+        assert!(a.check().is_ok());
+        assert!(ranges.iter().all(|r| a.overlaps_free(r.clone())));
+        for r in &ranges {
+            twin.free_to_tree(r.clone()).unwrap();
+        }
+        let (_, one_tree_free) = probes_of(|| {
+            let mut t = side_by_side(2).0;
+            t.free_to_tree(ranges[0].clone()).unwrap();
+            t.free_to_tree(ranges[1].clone())
+        });
+        assert!(one_tree_free >= 4, "a merging free costs the allocator more ({one_tree_free} probes)");
+        // Given back, the run leaves the allocator as freeing each range
+        // would have.
+        assert!(a.drained().free_ranges().eq(twin.drained().free_ranges()));
+        assert!(a.run.is_none());
+        assert!(a.check().is_ok());
+    }
+
+    #[test]
+    fn frees_in_reverse_address_order_gather_too() {
+        let n = POOL_SIZE + 10;
+        let (mut a, mut twin, ranges) = side_by_side(n);
+        for r in ranges.iter().rev() {
+            a.free(r.clone()).unwrap();
+            twin.free_to_tree(r.clone()).unwrap();
+        }
+        // The last POOL_SIZE ranges are pooled, the next goes to the
+        // allocator, and all below it form the run.
+        assert_eq!(a.run, Some(ranges[0].start..ranges[n - POOL_SIZE - 2].end));
+        assert!(a.check().is_ok());
+        assert!(a.drained().free_ranges().eq(twin.drained().free_ranges()));
+    }
+
+    #[test]
+    fn a_range_that_touches_neither_the_run_nor_the_last_free_goes_to_the_allocator() {
+        let (mut a, _, ranges) = side_by_side(POOL_SIZE + 6);
+        for r in &ranges[..POOL_SIZE + 3] {
+            a.free(r.clone()).unwrap();
+        }
+        let run = a.run.clone();
+        assert!(run.is_some());
+        // Skips a range: it goes to the allocator, the run waits.
+        let apart = ranges[POOL_SIZE + 4].clone();
+        a.free(apart.clone()).unwrap();
+        assert!(a.tree.is_free(apart.clone()));
+        assert_eq!(a.run, run);
+        // One touching that last free (and not the run) starts a new run,
+        // and the old one goes to the allocator.
+        let next = ranges[POOL_SIZE + 5].clone();
+        a.free(next.clone()).unwrap();
+        assert_eq!(a.run, Some(next));
+        assert!(a.tree.is_free(run.unwrap()));
+        assert!(a.check().is_ok());
+    }
+
+    #[test]
+    fn the_run_counts_as_free() {
+        let (mut a, _, ranges) = side_by_side(POOL_SIZE + 5);
+        for r in &ranges {
+            a.free(r.clone()).unwrap();
+        }
+        let run = a.run.clone().unwrap();
+        assert!(run.len() >= 3 * P);
+        let inside = run.start + P..run.start + 2 * P;
+        assert_eq!(a.free(inside.clone()), Err(RangeAllocError::DoubleFree));
+        assert_eq!(a.free(run.end - P..run.end + P), Err(RangeAllocError::OverlappingFree));
+        assert_eq!(
+            a.free(run.start + 1..run.end),
+            Err(RangeAllocError::Misaligned),
+            "the allocator's errors first"
+        );
+        assert_eq!(a.free_to_tree(inside), Err(RangeAllocError::DoubleFree));
+        // A range touching the run joins it only if the allocator would
+        // take it: the last free, already the allocator's, would not.
+        let last = ranges[POOL_SIZE].clone();
+        assert_eq!(last.end, run.start);
+        assert_eq!(a.free(last), Err(RangeAllocError::DoubleFree));
+        assert_eq!(a.run, Some(run.clone()), "refused frees change nothing");
+        assert_eq!(a.pooled(), &ranges[..POOL_SIZE]);
+        // An allocation the pool cannot serve gives the run back first.
+        // All freed ranges are then one free block, whose low end the
+        // allocator hands out (best fit).
+        let big = a.alloc(4 * P, P).unwrap();
+        assert!(a.run.is_none() && a.pooled().is_empty());
+        assert_eq!(big, ranges[0].start..ranges[0].start + 4 * P);
+        assert!(a.tree.is_free(big.end..run.end));
+        assert!(a.check().is_ok());
+    }
+
+    #[test]
+    fn the_check_finds_a_run_that_is_free_in_the_tree() {
+        let mut a = Arena::new(ARENA);
+        let r = a.alloc(P, P).unwrap();
+        a.run = Some(r.clone());
+        assert!(a.check().is_ok());
+        a.tree.free(r).unwrap();
+        assert_eq!(a.check(), Err("the VMALLOC run is not allocated in its arena"));
     }
 
     #[test]
