@@ -127,7 +127,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
             goal: "a query (KVirtArea::query, random addresses in 512-page areas) costs <= 2x the raw 4-level walk",
             pass: Some(k <= 2.0 * f),
             measured: format!(
-                "KVirtArea::query {k:.1} ns = {:.1}x the raw walk ({f:.1} ns); kvirt-pt's lock-free translate {t:.1} ns = {:.1}x{}",
+                "KVirtArea::query {k:.1} ns = {:.1}x the raw walk ({f:.1} ns); kvirt-pt's lock-free translate_addr {t:.1} ns = {:.1}x{}",
                 k / f,
                 t / f,
                 match (ns(r, "query-chain-4k-x512", "kvirt-area"), ns(r, "query-chain-4k-x512", "floor")) {
