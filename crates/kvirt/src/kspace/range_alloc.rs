@@ -204,14 +204,17 @@ fn probe(n: usize) {
     let _ = n;
 }
 
-fn probe_item<T>(_: &T) {
+/// `iter`, counting a probe for its seek and one for every item it yields.
+#[cfg(test)]
+fn probed<I: Iterator>(iter: I) -> impl Iterator<Item = I::Item> {
     probe(1);
+    iter.inspect(|_| probe(1))
 }
 
-/// `iter`, counting a probe for its seek and one for every item it yields.
-fn probed<I: Iterator>(iter: I) -> core::iter::Inspect<I, fn(&I::Item)> {
-    probe(1);
-    iter.inspect(probe_item::<I::Item> as fn(&I::Item))
+/// `iter` itself: outside the unit tests there is nothing to count.
+#[cfg(not(test))]
+fn probed<I: Iterator>(iter: I) -> I {
+    iter
 }
 
 /// Rounds `addr` up to a multiple of `align` (a power of two), or `None` if
@@ -479,7 +482,12 @@ impl RangeAllocator {
             let end = start + len;
             fit_in(start, end, size, align).map(|at| (start, end, at))
         };
-        // 1. Best fit: the few smallest blocks that are long enough.
+        // 1. Best fit: the few smallest blocks that are long enough. With
+        //    no alignment beyond the granule's (every area's) the smallest
+        //    fits at its start, so it is the answer, found by one lookup.
+        if align == self.granule {
+            return self.by_size.smallest_from((size, 0)).and_then(try_block);
+        }
         let fast = self.by_size.range((size, 0), None).take(FAST_PATH_CANDIDATES).find_map(try_block);
         if fast.is_some() {
             return fast;
@@ -585,6 +593,14 @@ impl SizeIndex {
 
     /// The keys from `lo` (inclusive) to `hi` (exclusive; `None`: no bound),
     /// in order, counting a probe for the seek and one per key yielded.
+    /// The smallest key `>= lo`: `range(lo, None).next()`, without the
+    /// iterator.
+    fn smallest_from(&self, lo: (usize, usize)) -> Option<(usize, usize)> {
+        probe(1);
+        let in_rest = self.rest.range(lo..).next().copied();
+        in_rest.or(self.top.filter(|&top| top >= lo))
+    }
+
     fn range(
         &self,
         lo: (usize, usize),

@@ -160,7 +160,17 @@ impl Arena {
     }
 
     /// Gives every pooled range, and the run, back to the allocator.
+    #[inline]
     pub(super) fn drain(&mut self) {
+        if !self.pool.is_empty() || self.run.is_some() {
+            self.give_back_held();
+        }
+    }
+
+    /// `drain`'s work, out of the way of an allocation that finds nothing
+    /// held (so that the allocator's own code is inlined there).
+    #[inline(never)]
+    fn give_back_held(&mut self) {
         while let Some(range) = self.pool.pop() {
             self.give_back(range);
         }
