@@ -141,14 +141,16 @@ const fn address(raw: u64) -> Paddr {
 
 /// Decodes `raw` at `level` of format `F` (Sv39 or Sv48).
 fn decode<F: PagingFormat>(raw: u64, level: PagingLevel) -> PteKind {
-    let rights = raw & (R | W | X);
-    let leaf = if raw & V != 0 { rights != 0 } else { raw & NONE != 0 };
-    if raw & V == 0 && !leaf {
-        return PteKind::Absent;
-    }
-    if !leaf {
+    // Tested first, with one mask, as a walk meets pointers most: a valid
+    // entry without rights.
+    if raw & (V | R | W | X) == V {
         // A pointer at the last level faults on hardware.
         return if level >= 2 { PteKind::Table(address(raw)) } else { PteKind::Absent };
+    }
+    // Else a valid entry is a leaf (it has rights), and an invalid one is a
+    // leaf only if kvirt marked it (`NONE`).
+    if raw & (V | NONE) == 0 {
+        return PteKind::Absent;
     }
     if level > F::HIGHEST_LEAF_LEVEL {
         // kvirt never maps a leaf this high (a root leaf).
