@@ -591,16 +591,16 @@ impl SizeIndex {
         }
     }
 
-    /// The keys from `lo` (inclusive) to `hi` (exclusive; `None`: no bound),
-    /// in order, counting a probe for the seek and one per key yielded.
-    /// The smallest key `>= lo`: `range(lo, None).next()`, without the
-    /// iterator.
+    /// The smallest key `>= lo`: `range(lo, None).next()` as one lookup
+    /// (one probe), without the iterator adapters.
     fn smallest_from(&self, lo: (usize, usize)) -> Option<(usize, usize)> {
         probe(1);
         let in_rest = self.rest.range(lo..).next().copied();
         in_rest.or(self.top.filter(|&top| top >= lo))
     }
 
+    /// The keys from `lo` (inclusive) to `hi` (exclusive; `None`: no bound),
+    /// in order, counting a probe for the seek and one per key yielded.
     fn range(
         &self,
         lo: (usize, usize),
