@@ -38,9 +38,11 @@
 //! Each arena keeps up to eight small freed ranges in a pool and hands one
 //! to the next allocation of its length, so that creating and dropping
 //! areas of one size costs no split and merge of free blocks (`arena`).
-//! Pooled ranges are free to every reader: statistics and the invariant
-//! checks see them as free, and an allocation a pool cannot serve gives
-//! that pool back before it looks for room.
+//! Past a full pool, ranges freed side by side (areas dropped in the order
+//! they were made) gather into one run, given to the allocator as one free.
+//! Pooled ranges and the run are free to every reader: statistics and the
+//! invariant checks see them as free, and an allocation a pool cannot
+//! serve gives them back before it looks for room.
 
 use alloc::vec::Vec;
 use core::ops::Range;

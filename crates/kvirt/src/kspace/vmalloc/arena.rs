@@ -120,7 +120,7 @@ impl Arena {
     /// (a range overlapping a pooled one, or the run, counts as free
     /// already).
     pub(super) fn free(&mut self, range: Range<Vaddr>) -> Result<(), RangeAllocError> {
-        self.refuse_pooled(&range)?;
+        self.refuse_held(&range)?;
         if range.len() <= POOL_MAX_LEN && self.pool.len() < POOL_SIZE {
             self.tree.check_free(&range)?;
             self.pool.push(range);
@@ -145,16 +145,16 @@ impl Arena {
     /// Frees `range` to the allocator itself, if nothing of it is pooled:
     /// for a run of ranges freed at once, which no pool would keep.
     pub(super) fn free_to_tree(&mut self, range: Range<Vaddr>) -> Result<(), RangeAllocError> {
-        self.refuse_pooled(&range)?;
+        self.refuse_held(&range)?;
         self.tree.free(range)
     }
 
-    /// Refuses a free that overlaps a pooled range, as the allocator
-    /// refuses one that overlaps free space: its own errors first, in its
-    /// order, then `DoubleFree` or `OverlappingFree`.
-    fn refuse_pooled(&self, range: &Range<Vaddr>) -> Result<(), RangeAllocError> {
-        let Some(pooled) = overlapping(self.held(), range) else { return Ok(()) };
-        let inside = pooled.start <= range.start && range.end <= pooled.end;
+    /// Refuses a free that overlaps a held range (pooled, or the run), as
+    /// the allocator refuses one that overlaps free space: its own errors
+    /// first, in its order, then `DoubleFree` or `OverlappingFree`.
+    fn refuse_held(&self, range: &Range<Vaddr>) -> Result<(), RangeAllocError> {
+        let Some(held) = overlapping(self.held(), range) else { return Ok(()) };
+        let inside = held.start <= range.start && range.end <= held.end;
         self.tree.check_free(range)?;
         Err(if inside { RangeAllocError::DoubleFree } else { RangeAllocError::OverlappingFree })
     }
