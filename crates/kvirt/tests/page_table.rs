@@ -561,6 +561,126 @@ mod map_errors {
     }
 }
 
+/// `try_map_frames` on a cursor whose range lies in a leaf node that exists
+/// already fills that node directly, from the first frame on: it rejects
+/// exactly what mapping the frames one by one would, at the same frame.
+mod map_frames_in_an_existing_leaf {
+    use super::*;
+
+    /// A table whose leaf node under `KVA` exists, with `KVA + 2 pages`
+    /// mapped (to `UPA`).
+    fn table_with_a_leaf(space: &KernelSpace) -> PageTable<KernelPtConfig> {
+        let pt = kernel_pt(space);
+        map_untracked(&pt, KVA + 2 * SZ_4K, UPA, 1, ro());
+        pt
+    }
+
+    fn frames(space: &KernelSpace, n: usize) -> Vec<Frame<dyn AnyFrameMeta>> {
+        (0..n).map(|_| frame(space)).collect()
+    }
+
+    #[test]
+    fn maps_every_frame_into_free_entries() {
+        let space = new_space();
+        let pt = table_with_a_leaf(&space);
+        let nodes = pt_pages(&space);
+        let fs = frames(&space, 2);
+        let mut c = pt.cursor_mut(&(KVA..KVA + 2 * SZ_4K)).unwrap();
+        c.try_map_frames(fs.clone(), rw()).unwrap();
+        assert_eq!(c.virt_addr(), KVA + 2 * SZ_4K);
+        drop(c);
+        for (i, f) in fs.iter().enumerate() {
+            let leaf = Leaf { pa: f.paddr(), level: 1, prop: rw(), tracked: true };
+            assert_eq!(query(&pt, KVA + i * SZ_4K).1, Some(leaf));
+            assert_eq!(f.reference_count(), 2, "the entry holds a reference");
+        }
+        assert_eq!(pt_pages(&space), nodes, "no node is created");
+        assert!(pt.check_inv().is_ok(), "{:?}", pt.check_inv());
+    }
+
+    #[test]
+    fn maps_at_the_address_jumped_back_to_not_in_the_leaf_last_visited() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        // Two leaf nodes, each with a page mapped.
+        map_untracked(&pt, KVA + 5 * SZ_4K, UPA, 1, ro());
+        map_untracked(&pt, KVA + SZ_2M + 5 * SZ_4K, UPA + SZ_4K, 1, ro());
+        let f = frame(&space);
+        let mut c = pt.cursor_mut(&(KVA..KVA + 2 * SZ_2M)).unwrap();
+        c.jump(KVA + SZ_2M).unwrap();
+        assert_eq!(c.query().unwrap().1.map(|i| i.paddr()), None, "the cursor walks into the second leaf");
+        c.jump(KVA).unwrap();
+        c.try_map_frames([f.clone()], rw()).unwrap();
+        drop(c);
+        let mapped: Vec<(Vaddr, Paddr)> =
+            leaves(&pt, KVA..KVA + 2 * SZ_2M).iter().map(|(va, l)| (*va, l.pa)).collect();
+        assert_eq!(
+            mapped,
+            [(KVA, f.paddr()), (KVA + 5 * SZ_4K, UPA), (KVA + SZ_2M + 5 * SZ_4K, UPA + SZ_4K)]
+        );
+        assert!(pt.check_inv().is_ok(), "{:?}", pt.check_inv());
+    }
+
+    #[test]
+    fn stops_at_a_mapped_page_and_hands_its_frame_back() {
+        let space = new_space();
+        let pt = table_with_a_leaf(&space);
+        let fs = frames(&space, 4);
+        let mut c = pt.cursor_mut(&(KVA..KVA + 4 * SZ_4K)).unwrap();
+        let e = c.try_map_frames(fs.clone(), rw()).unwrap_err();
+        assert_eq!(e.kind, MapErrorKind::AlreadyMapped);
+        match e.item {
+            MappedItem::Tracked(g, _) => assert_eq!(g.paddr(), fs[2].paddr(), "the third frame comes back"),
+            other => panic!("unexpected item {other:?}"),
+        }
+        assert_eq!(c.virt_addr(), KVA + 2 * SZ_4K, "the cursor stands at the mapped page");
+        drop(c);
+        let mapped: Vec<Paddr> = leaves(&pt, KVA..KVA + 4 * SZ_4K).iter().map(|(_, l)| l.pa).collect();
+        assert_eq!(mapped, [fs[0].paddr(), fs[1].paddr(), UPA], "the first two are mapped, the page kept");
+        assert_eq!(fs[2].reference_count(), 1, "the rejected frame's reference is given back");
+        assert_eq!(fs[3].reference_count(), 1, "the frame after it is dropped with the iterator");
+        assert!(pt.check_inv().is_ok(), "{:?}", pt.check_inv());
+    }
+
+    #[test]
+    fn refuses_a_foreign_first_frame_and_changes_nothing() {
+        let space = new_space();
+        let other = new_space();
+        let pt = table_with_a_leaf(&space);
+        let foreign = frame(&other);
+        let mut c = pt.cursor_mut(&(KVA..KVA + 2 * SZ_4K)).unwrap();
+        let e = c.try_map_frames([foreign.clone(), frame(&space)], rw()).unwrap_err();
+        assert_eq!(e.kind, MapErrorKind::ForeignFrame);
+        match e.item {
+            MappedItem::Tracked(g, _) => assert_eq!(g, foreign),
+            other => panic!("unexpected item {other:?}"),
+        }
+        assert_eq!(c.virt_addr(), KVA);
+        drop(c);
+        assert_eq!(foreign.reference_count(), 1);
+        assert_eq!(leaves(&pt, KVA..KVA + 2 * SZ_4K), []);
+        assert!(pt.check_inv().is_ok(), "{:?}", pt.check_inv());
+    }
+
+    #[test]
+    fn a_frame_past_the_range_is_out_of_range() {
+        let space = new_space();
+        let pt = table_with_a_leaf(&space);
+        let fs = frames(&space, 3);
+        // The entry after the range is free: only the range stops the fill.
+        let range = KVA + 3 * SZ_4K..KVA + 5 * SZ_4K;
+        let mut c = pt.cursor_mut(&range).unwrap();
+        let e = c.try_map_frames(fs.clone(), rw()).unwrap_err();
+        assert_eq!(e.kind, MapErrorKind::OutOfRange);
+        assert!(matches!(&e.item, MappedItem::Tracked(g, _) if g.paddr() == fs[2].paddr()));
+        drop((e, c));
+        let mapped: Vec<Paddr> = leaves(&pt, KVA..KVA + SZ_2M).iter().map(|(_, l)| l.pa).collect();
+        assert_eq!(mapped, [UPA, fs[0].paddr(), fs[1].paddr()], "nothing is mapped past the range");
+        assert_eq!(fs[2].reference_count(), 1);
+        assert!(pt.check_inv().is_ok(), "{:?}", pt.check_inv());
+    }
+}
+
 mod jump {
     use super::*;
 

@@ -7,11 +7,16 @@
 //! that nodes created for it and left empty are detached again.
 //!
 //! [`CursorMut::try_map_frames`] maps 4 KiB frames one after another. It is
-//! the hot path of mapping an area: once `try_map` has placed the first
-//! frame of a leaf node, the rest of that node is filled by
+//! the hot path of mapping an area: wherever the cursor stands in a leaf
+//! node (a fresh cursor over a range inside an existing leaf node, or one
+//! where `try_map` has just placed a frame), the rest of that node is
+//! filled by
 //! [`NodeGuard::fill_absent`](super::super::node::NodeGuard::fill_absent)
 //! in a tight loop, with no walk and no check per page beyond the entry
-//! being absent and the frame being of this table's space.
+//! being absent and the frame being of this table's space. `try_map` maps
+//! the first frame of every other node, creating it as needed, and
+//! reports whatever stops a fill. So a small map inside an existing leaf
+//! node is one fill: no `try_map` at all.
 
 use super::{entry_range, may_detach, node_span, CursorMut};
 use crate::addr::{is_aligned, Paddr, PagingLevel, PAGE_SIZE};
@@ -137,8 +142,7 @@ impl<C: PageTableConfig> CursorMut<'_, C> {
 
     /// Maps tracked `frames` one 4 KiB page after another from the current
     /// address, exactly as [`try_map`](Self::try_map) would one at a time,
-    /// but filling each leaf node in a tight loop once the first frame in
-    /// it is mapped. Stops at the first frame `try_map` would reject and
+    /// but filling each leaf node that exists in a tight loop. Stops at the first frame `try_map` would reject and
     /// returns that rejection; the frames before it stay mapped.
     ///
     /// If the iterator panics, the frames it yielded before stay mapped, as
@@ -151,41 +155,56 @@ impl<C: PageTableConfig> CursorMut<'_, C> {
         prop: PageProperty,
     ) -> Result<(), MapError> {
         let mut frames = frames.into_iter();
-        let slots = self.inner.phys().slot_map();
         let encode = C::F::page_encoder(1, prop, true);
-        // A frame taken from `frames` that the fill below could not map.
+        // A frame taken from `frames` that a fill could not map.
         let mut rest = None;
-        while let Some(first) = rest.take().or_else(|| frames.next()) {
-            self.try_map_encoded(MappedItem::Tracked(Frame::into_dyn(first), prop), |pa, _, _, _| {
-                encode(pa)
-            })?;
-            let c = &mut self.inner;
-            if c.level != 1 {
-                continue;
-            }
-            // `try_map` left the cursor in the leaf node it wrote, just past
-            // that page: fill the rest of the node directly, as long as the
-            // frames are ours and the entries absent. `try_map` deals with
-            // whatever stops the fill (and reports any error).
-            let node_end = c.base[0].saturating_add(node_span::<C::F>(1));
-            let limit = node_end.min(c.barrier.end);
-            if c.va >= limit {
-                continue;
-            }
-            let from = pte_index::<C::F>(c.va, 1);
-            let to = from + (limit - c.va) / PAGE_SIZE;
-            let written = c.cur_node().fill_absent(from, to, || {
-                let frame = frames.next()?;
-                let Some(pa) = frame.paddr_in(slots) else {
-                    rest = Some(frame);
-                    return None;
-                };
-                // The entry takes over the frame's reference.
-                core::mem::forget(frame);
-                Some(encode(pa))
-            });
-            c.va += written * PAGE_SIZE;
+        loop {
+            // A fresh cursor over a range inside one existing leaf node
+            // stands in it already: most small maps are this fill alone.
+            self.fill_leaf(&mut frames, &mut rest, encode);
+            let Some(next) = rest.take().or_else(|| frames.next()) else {
+                return Ok(());
+            };
+            self.try_map_encoded(MappedItem::Tracked(Frame::into_dyn(next), prop), |pa, _, _, _| encode(pa))?;
         }
-        Ok(())
+    }
+
+    /// If the cursor stands in a leaf node holding its address (a fresh
+    /// cursor whose guard is one, or `try_map` just wrote a page there), maps `frames` into the
+    /// rest of that node directly, as long as the frames are ours and the
+    /// entries absent. A frame taken that is not ours goes to `rest`;
+    /// `try_map` deals with whatever stops the fill, and reports any error.
+    #[inline(never)]
+    fn fill_leaf<T: AnyFrameMeta + ?Sized>(
+        &mut self,
+        frames: &mut impl Iterator<Item = Frame<T>>,
+        rest: &mut Option<Frame<T>>,
+        encode: impl Fn(Paddr) -> u64,
+    ) {
+        let c = &mut self.inner;
+        // After a `jump`, the leaf on the path may not hold `va`.
+        c.sync_path();
+        if c.level != 1 {
+            return;
+        }
+        let node_end = c.base[0].saturating_add(node_span::<C::F>(1));
+        let limit = node_end.min(c.barrier.end);
+        if c.va >= limit {
+            return;
+        }
+        let slots = c.phys().slot_map();
+        let from = pte_index::<C::F>(c.va, 1);
+        let to = from + (limit - c.va) / PAGE_SIZE;
+        let written = c.cur_node().fill_absent(from, to, || {
+            let frame = frames.next()?;
+            let Some(pa) = frame.paddr_in(slots) else {
+                *rest = Some(frame);
+                return None;
+            };
+            // The entry takes over the frame's reference.
+            core::mem::forget(frame);
+            Some(encode(pa))
+        });
+        c.va += written * PAGE_SIZE;
     }
 }
