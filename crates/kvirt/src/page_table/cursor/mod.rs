@@ -437,6 +437,7 @@ impl<'a, C: PageTableConfig> Cursor<'a, C> {
     }
 
     /// Releases every lock, once.
+    #[inline(always)] // a second call, from `Drop` after `CursorMut::finish`, is a test
     fn unlock_all(&mut self) {
         let Some(guard_node) = self.path[self.guard_level as usize - 1].take() else {
             return;

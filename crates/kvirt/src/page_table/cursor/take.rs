@@ -150,7 +150,11 @@ impl<C: PageTableConfig> CursorMut<'_, C> {
     pub(super) fn end_take(&mut self, next: Vaddr) {
         self.inner.va = next;
         self.removed = true;
-        self.reclaim_empty_path();
+        // Only nodes below the guard are detached here (the guard is left
+        // to `drop`): none when the cursor stands at its guard.
+        if self.inner.level < self.inner.guard_level {
+            self.reclaim_empty_path();
+        }
     }
 
     /// Unhooks the sub-tree the current entry points to (`child`, found by
