@@ -643,6 +643,30 @@ mod map_frames_in_an_existing_leaf {
     }
 
     #[test]
+    fn a_frame_iterator_panicking_in_the_fill_leaves_the_node_consistent() {
+        let space = new_space();
+        let pt = table_with_a_leaf(&space);
+        let fs = frames(&space, 2);
+        let mut c = pt.cursor_mut(&(KVA..KVA + 2 * SZ_4K)).unwrap();
+        let mut handed_over = 0;
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let frames = fs.clone().into_iter().inspect(|_| {
+                assert_ne!(handed_over, 1, "the frame iterator panics at the second frame");
+                handed_over += 1;
+            });
+            c.try_map_frames(frames, rw())
+        }));
+        assert!(result.is_err(), "the iterator's panic reaches the caller");
+        drop(c);
+        assert!(pt.check_inv().is_ok(), "{:?}", pt.check_inv());
+        let mapped: Vec<Paddr> = leaves(&pt, KVA..KVA + 4 * SZ_4K).iter().map(|(_, l)| l.pa).collect();
+        assert_eq!(mapped, [fs[0].paddr(), UPA], "the frame handed over before the panic is mapped");
+        assert_eq!(fs[1].reference_count(), 1, "the frame in the iterator went with it");
+        assert_eq!(unmap_all(&pt, KVA..KVA + 4 * SZ_4K), 2);
+        assert!(pt.check_inv().is_ok(), "{:?}", pt.check_inv());
+    }
+
+    #[test]
     fn refuses_a_foreign_first_frame_and_changes_nothing() {
         let space = new_space();
         let other = new_space();
