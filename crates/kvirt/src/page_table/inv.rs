@@ -20,6 +20,9 @@ impl<C: PageTableConfig> PageTable<C> {
     /// the number of nodes (a census the models compare), or what is
     /// broken. [`Inv::check`] is the same check without the count.
     ///
+    /// For the table: the pointer it keeps to its root's entries is where
+    /// physical memory maps the root.
+    ///
     /// For every node: its slot holds `PtNodeMeta` of the right level, one
     /// reference (its parent entry's), it is not stray, its child count
     /// equals its non-absent entries, and if it is marked queued, it waits
@@ -36,6 +39,9 @@ impl<C: PageTableConfig> PageTable<C> {
     /// Meant for quiescent points: nodes are locked one at a time, so
     /// concurrent changes elsewhere in the tree may be seen half-done.
     pub fn check_inv(&self) -> Result<usize, &'static str> {
+        if !self.root_entries_ok() {
+            return Err("the table's root entries pointer is not where physical memory maps its root");
+        }
         let mut nodes = 0;
         self.check_node(self.root_node(), C::F::NR_LEVELS, 0, &mut nodes)?;
         Ok(nodes)
@@ -219,6 +225,23 @@ mod tests {
         let pa = frame.paddr();
         drop(frame);
         pa
+    }
+
+    #[test]
+    fn a_root_entries_pointer_off_the_root_is_reported() {
+        let space = KernelSpace::new_hosted(kvirt_sim::MachineConfig::new(16 << 20));
+        let mut pt = Pt::empty(space.phys()).unwrap();
+        let frame = FrameAllocOptions::new_in(&space).alloc_frame().unwrap();
+        pt.cursor_mut(&(UVA..UVA + PAGE_SIZE)).unwrap().map(MappedItem::Tracked(frame.into(), prop()));
+        let other = Path::to(&pt, UVA).node(3).pa();
+        let root = pt.aim_root_entries_at(other);
+        assert_eq!(root, pt.root_paddr());
+        assert_eq!(
+            pt.check_inv(),
+            Err("the table's root entries pointer is not where physical memory maps its root")
+        );
+        pt.aim_root_entries_at(root);
+        assert_eq!(pt.check_inv(), Ok(4));
     }
 
     #[test]

@@ -12,14 +12,18 @@ use alloc::boxed::Box;
 use core::fmt;
 use core::marker::PhantomData;
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::config::{KernelPtConfig, PageTableConfig, UserPtConfig};
 use super::cursor::EmptyNodeQueues;
 use super::error::PageTableAllocError;
 use super::node::{alloc_node, free_node, release_entry, NodeRef};
-use crate::addr::Paddr;
+use crate::addr::{Paddr, PAGE_SIZE};
 use crate::arch::PagingFormat;
 use crate::frame::PhysMem;
+
+/// The 8-byte words of a node: one 4 KiB page.
+const WORDS_PER_NODE: usize = PAGE_SIZE / 8;
 
 /// A page table of configuration `C`.
 ///
@@ -43,6 +47,11 @@ use crate::frame::PhysMem;
 pub struct PageTable<C: PageTableConfig> {
     /// The root node, owned (one reference).
     root: Paddr,
+    /// The root's entries where `phys` reaches them: always
+    /// `phys.phys_ptr(root)`, kept so that a lock-free walk reads its
+    /// first entry without first loading where physical memory starts (one
+    /// dependent load less on every lookup).
+    root_entries: NonNull<[AtomicU64; WORDS_PER_NODE]>,
     /// Where the nodes live. Outlives the table (kernel-space lifetime rule).
     phys: NonNull<PhysMem>,
     /// Where guard nodes emptied by cursors wait for a batch; `None`: they
@@ -52,7 +61,8 @@ pub struct PageTable<C: PageTableConfig> {
     _config: PhantomData<C>,
 }
 
-// SAFETY: the table's nodes are shared through locks and atomics; `PhysMem`
+// SAFETY: the table's nodes (the root's entries, which `root_entries`
+// points to, among them) are shared through locks and atomics; `PhysMem`
 // is `Sync`.
 unsafe impl<C: PageTableConfig> Send for PageTable<C> {}
 // SAFETY: as for `Send`.
@@ -73,8 +83,14 @@ impl<C: PageTableConfig> PageTable<C> {
             );
         };
         let root = alloc_node(phys, C::F::NR_LEVELS)?;
-        let table =
-            Self { root: root.pa(), phys: NonNull::from(phys), empty_nodes: None, _config: PhantomData };
+        let root_entries = NonNull::new(phys.phys_ptr(root.pa()).cast()).expect("RAM is reachable");
+        let table = Self {
+            root: root.pa(),
+            root_entries,
+            phys: NonNull::from(phys),
+            empty_nodes: None,
+            _config: PhantomData,
+        };
         if !C::TOP_LEVEL_CAN_UNMAP {
             for i in C::TOP_LEVEL_INDEX_RANGE {
                 let Ok(child) = alloc_node(phys, C::F::NR_LEVELS - 1) else {
@@ -104,6 +120,34 @@ impl<C: PageTableConfig> PageTable<C> {
     pub(crate) fn root_node(&self) -> NodeRef<'_> {
         // SAFETY: the table owns its root.
         unsafe { NodeRef::new(self.phys(), self.root) }
+    }
+
+    /// Reads the root's entry `index` (allowed without the lock, as
+    /// `NodeRef::read`): what `root_node().read(index)` reads.
+    #[inline]
+    pub(super) fn read_root(&self, index: usize) -> u64 {
+        // SAFETY: `root_entries` is where `phys` reaches the root (field
+        // invariant), a node page the table owns as long as it lives: RAM
+        // (Platform contract 1), only ever accessed atomically while it is
+        // a node.
+        let entries = unsafe { self.root_entries.as_ref() };
+        entries[index].load(Ordering::Acquire)
+    }
+
+    /// Points `root_entries` at node `pa` instead of the root, breaking its
+    /// invariant, and returns the node it pointed at: for unit tests of the
+    /// invariant check.
+    #[cfg(test)]
+    pub(super) fn aim_root_entries_at(&mut self, pa: Paddr) -> Paddr {
+        let old = self.root_entries.as_ptr().cast::<u8>() as usize - self.phys().phys_ptr(0) as usize;
+        self.root_entries = NonNull::new(self.phys().phys_ptr(pa).cast()).expect("RAM is reachable");
+        old
+    }
+
+    /// Whether `root_entries` is where `phys` reaches the root (for the
+    /// invariant check).
+    pub(super) fn root_entries_ok(&self) -> bool {
+        self.root_entries.as_ptr().cast::<u8>() == self.phys().phys_ptr(self.root)
     }
 }
 

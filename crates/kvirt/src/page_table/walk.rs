@@ -74,17 +74,18 @@ impl<C: PageTableConfig> PageTable<C> {
         // Read once: each entry read is an Acquire load, after which the
         // compiler would otherwise load the table's fields again.
         let phys = self.phys();
-        let mut node = self.root_node();
         let mut level = C::F::NR_LEVELS;
+        let mut raw = self.read_root(pte_index::<C::F>(va, level));
         loop {
-            match C::F::decode(node.read(pte_index::<C::F>(va, level)), level) {
+            match C::F::decode(raw, level) {
                 PteKind::Absent => return None,
                 PteKind::Page { pa, prop, tracked } => return Some(Leaf { pa, level, prop, tracked }),
                 PteKind::Table(child) => {
                     // SAFETY: the node is not freed during the call (caller
                     // contract).
-                    node = unsafe { NodeRef::new(phys, child) };
+                    let node = unsafe { NodeRef::new(phys, child) };
                     level -= 1;
+                    raw = node.read(pte_index::<C::F>(va, level));
                 }
             }
         }
