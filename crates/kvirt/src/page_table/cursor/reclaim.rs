@@ -361,19 +361,27 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
         let guard_base = c.base[guard_level as usize - 1];
         self.inner.unlock_all();
 
-        let phys = self.inner.phys();
         if !self.detached.is_empty() {
-            // One invalidation covers every detached node's span.
-            let start = self.detached.iter().map(|d| d.2.start).min().unwrap_or(0);
-            let end = self.detached.iter().map(|d| d.2.end).max().unwrap_or(0);
-            phys.platform().flush_tlb(TlbFlushOp::Range(start..end), TlbScope::AllCpus);
+            self.free_detached();
         }
+        guard_emptied.then_some((guard_base, guard_level))
+    }
+
+    /// Flushes the TLB for the nodes this cursor detached, once for all of
+    /// them, and frees them after a grace period. Out of line: most
+    /// cursors detach nothing.
+    #[inline(never)]
+    fn free_detached(&mut self) {
+        let phys = self.inner.phys();
+        // One invalidation covers every detached node's span.
+        let start = self.detached.iter().map(|d| d.2.start).min().unwrap_or(0);
+        let end = self.detached.iter().map(|d| d.2.end).max().unwrap_or(0);
+        phys.platform().flush_tlb(TlbFlushOp::Range(start..end), TlbScope::AllCpus);
         for (raw, level, _) in self.detached.drain(..) {
             // SAFETY: `retire_empty` unhooked the entry, marked its node
             // stray and unlocked it; this cursor owned it.
             drop(unsafe { StraySubtree::<C::F>::new(phys, raw, level) });
         }
-        guard_emptied.then_some((guard_base, guard_level))
     }
 }
 
