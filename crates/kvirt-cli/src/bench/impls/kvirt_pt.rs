@@ -43,9 +43,12 @@ impl<L: KernelLayout> KvirtPt<L> {
         // Filled in place, as `KVirtArea`'s drop does (`take_all` returns
         // it by a copy).
         let mut taken = TakenRange::new();
-        let mut cursor = self.pt.cursor_mut(&range).expect("a kernel range");
-        cursor.try_take_all(range.len(), &mut taken).expect("4 KiB pages need no split");
-        drop(cursor);
+        {
+            // Dropped in place at the end of the block: `drop(cursor)`
+            // would first copy the cursor (some 200 bytes) into `drop`.
+            let mut cursor = self.pt.cursor_mut(&range).expect("a kernel range");
+            cursor.try_take_all(range.len(), &mut taken).expect("4 KiB pages need no split");
+        }
         self.space.platform().flush_tlb(TlbFlushOp::Range(range), TlbScope::AllCpus);
         // `taken` is dropped here, in place.
     }
