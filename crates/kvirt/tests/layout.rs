@@ -6,11 +6,14 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use kvirt::arch::tiny::Tiny;
+use kvirt::arch::{PagingFormat, PteKind};
 use kvirt::frame::META_SLOT_SIZE;
 use kvirt::kspace::{KernelLayout, KernelSpace, KernelSpaceError, LayoutError, LayoutRange};
+use kvirt::page_prop::PageProperty;
+use kvirt::page_table::{KernelPtConfig, PageTable};
 use kvirt::platform::hosted::SimPlatform;
 use kvirt::sim::{Machine, MachineConfig};
-use kvirt::{Vaddr, PAGE_SIZE};
+use kvirt::{Paddr, PagingLevel, Vaddr, PAGE_SIZE};
 
 /// The RAM of every test machine: 1024 pages, 64 KiB of frame metadata.
 const RAM: usize = 4 << 20;
@@ -177,6 +180,68 @@ impl KernelLayout for MetadataInsideLinearMapping {
     const LINEAR_MAPPING_VADDR_RANGE: Option<Range<Vaddr>> = Some(0x2_0000..0x3_0000);
     const FRAME_METADATA_VADDR_RANGE: Option<Range<Vaddr>> = Some(0x2_8000..0x2_9000);
     const KERNEL_CODE_VADDR_RANGE: Range<Vaddr> = 0x3_8000..0x4_0000;
+}
+
+/// The tiny format, but with entries that hold physical addresses below
+/// 1 MiB only: less than the RAM of every test machine.
+#[derive(Clone, Copy, Debug)]
+struct NarrowTiny;
+
+// SAFETY: `Tiny`'s encodings, which keep every promise for addresses below
+// 2^52, so below 2^20 too; every other item is `Tiny`'s.
+unsafe impl PagingFormat for NarrowTiny {
+    const NR_LEVELS: PagingLevel = Tiny::NR_LEVELS;
+    const ENTRY_BITS: u32 = Tiny::ENTRY_BITS;
+    const HIGHEST_LEAF_LEVEL: PagingLevel = Tiny::HIGHEST_LEAF_LEVEL;
+    const PA_BITS: u32 = 20;
+    const SIGN_EXTEND: bool = Tiny::SIGN_EXTEND;
+
+    fn encode_page(pa: Paddr, level: PagingLevel, prop: PageProperty, tracked: bool) -> u64 {
+        Tiny::encode_page(pa, level, prop, tracked)
+    }
+
+    fn encode_table(pa: Paddr) -> u64 {
+        Tiny::encode_table(pa)
+    }
+
+    fn decode(raw: u64, level: PagingLevel) -> PteKind {
+        Tiny::decode(raw, level)
+    }
+}
+
+/// The tiny layout over [`NarrowTiny`].
+#[derive(Clone, Copy, Debug)]
+struct NarrowPhysicalAddresses;
+
+impl KernelLayout for NarrowPhysicalAddresses {
+    type Format = NarrowTiny;
+    const KERNEL_VADDR_RANGE: Range<Vaddr> = 0x2_0000..0x4_0000;
+    const VMALLOC_VADDR_RANGE: Range<Vaddr> = 0x2_0000..0x3_0000;
+    const LINEAR_MAPPING_VADDR_RANGE: Option<Range<Vaddr>> = None;
+    const FRAME_METADATA_VADDR_RANGE: Option<Range<Vaddr>> = None;
+    const KERNEL_CODE_VADDR_RANGE: Range<Vaddr> = 0x3_0000..0x4_0000;
+}
+
+/// RAM a paging format cannot put in its entries.
+mod ram_beyond_the_format {
+    use super::*;
+
+    #[test]
+    fn a_space_is_refused_before_anything_is_built() {
+        match rejection::<NarrowPhysicalAddresses>() {
+            KernelSpaceError::RamBeyondFormat(end) => assert_eq!(end, RAM),
+            other => panic!("expected RamBeyondFormat, got {other:?}"),
+        }
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "PageTable: RAM reaches 0x400000, past the physical addresses the paging format can express"
+    )]
+    fn a_page_table_of_that_format_in_another_space_panics() {
+        let space = space_with::<kvirt::kspace::TinyLayout>(RAM).expect("the tiny layout");
+        let _ = PageTable::<KernelPtConfig<NarrowTiny>>::empty_in(&space);
+    }
 }
 
 /// Each rule of `KernelLayout` a layout breaks, as a typed error.

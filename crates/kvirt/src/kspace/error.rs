@@ -22,6 +22,9 @@ pub enum KernelSpaceError {
     OutOfMemory,
     /// RAM reaches `.0`, past what the layout's linear mapping can hold.
     RamBeyondLinearMapping(Paddr),
+    /// RAM reaches `.0`, past the physical addresses the layout's paging
+    /// format can put in an entry (`PagingFormat::PA_BITS`).
+    RamBeyondFormat(Paddr),
     /// The layout breaks a rule of [`KernelLayout`].
     Layout(LayoutError),
 }
@@ -33,6 +36,9 @@ impl fmt::Display for KernelSpaceError {
             KernelSpaceError::OutOfMemory => f.write_str("out of memory for the kernel page table"),
             KernelSpaceError::RamBeyondLinearMapping(end) => {
                 write!(f, "RAM reaches {end:#x}, past what the linear mapping can hold")
+            }
+            KernelSpaceError::RamBeyondFormat(end) => {
+                write!(f, "RAM reaches {end:#x}, past the physical addresses the paging format can express")
             }
             KernelSpaceError::Layout(e) => write!(f, "bad kernel layout: {e}"),
         }

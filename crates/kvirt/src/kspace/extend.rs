@@ -62,6 +62,12 @@ impl<C: PageTableConfig> PageTable<C> {
     /// An empty page table whose nodes come from `space`. If the root's
     /// children cannot be unmapped (`TOP_LEVEL_CAN_UNMAP == false`), they are
     /// all created now.
+    ///
+    /// # Panics
+    ///
+    /// If the space's RAM reaches past the physical addresses `C`'s paging
+    /// format can put in an entry (`PagingFormat::PA_BITS`), as it may for
+    /// a format other than the space's own (the space checked that one).
     pub fn empty_in<L: KernelLayout>(space: &KernelSpace<L>) -> Result<Self, PageTableAllocError> {
         Self::empty(space.phys())
     }

@@ -53,6 +53,8 @@ use crate::arch::PagingFormat;
 /// before it builds anything, and refuses a layout that breaks a rule with a
 /// [`LayoutError`] (or
 /// [`RamBeyondLinearMapping`](super::KernelSpaceError::RamBeyondLinearMapping)).
+/// RAM must also lie below `1 << Format::PA_BITS`
+/// ([`RamBeyondFormat`](super::KernelSpaceError::RamBeyondFormat)).
 pub trait KernelLayout: Copy + fmt::Debug + Send + Sync + 'static {
     /// The paging format of the kernel page table.
     type Format: PagingFormat;
@@ -341,16 +343,21 @@ pub(super) fn check<L: KernelLayout>() -> Result<(), LayoutError> {
     Ok(())
 }
 
-/// Checks that what a space maps at `L`'s optional ranges fits in them,
-/// before anything is mapped: RAM ending at `ram_end` in the linear
-/// mapping, and a metadata array of `meta_bytes` in its range.
+/// Checks that what a space maps fits, before anything is mapped: RAM
+/// ending at `ram_end` in what the format's entries can address and in the
+/// linear mapping, and a metadata array of `meta_bytes` in its range.
 ///
 /// # Errors
 ///
+/// [`KernelSpaceError::RamBeyondFormat`],
 /// [`KernelSpaceError::RamBeyondLinearMapping`] or
 /// [`LayoutError::MetadataBeyondRange`] (inside
 /// [`KernelSpaceError::Layout`]).
 pub(super) fn check_fits<L: KernelLayout>(ram_end: Paddr, meta_bytes: usize) -> Result<(), KernelSpaceError> {
+    // Every frame and node of the space may end up in an entry.
+    if !kvirt_core::area_args::paddr_range_fits(0, ram_end, L::Format::PA_BITS) {
+        return Err(KernelSpaceError::RamBeyondFormat(ram_end));
+    }
     if let Some(linear) = L::LINEAR_MAPPING_VADDR_RANGE {
         if ram_end > linear.len() {
             return Err(KernelSpaceError::RamBeyondLinearMapping(ram_end));

@@ -73,6 +73,13 @@ impl<C: PageTableConfig> PageTable<C> {
     /// physical memory: `PageTable::empty_in(&space)`, defined with the
     /// kernel space). If the root's children cannot be unmapped
     /// (`TOP_LEVEL_CAN_UNMAP == false`), they are all created now.
+    ///
+    /// # Panics
+    ///
+    /// If RAM reaches past the physical addresses `C::F` can put in an
+    /// entry (`PagingFormat::PA_BITS`): every frame and node of `phys` may
+    /// end up in one. A kernel space checks this for its own format when it
+    /// is created; this catches a table of another format.
     pub(crate) fn empty(phys: &PhysMem) -> Result<Self, PageTableAllocError> {
         const {
             crate::arch::check_shape::<C::F>();
@@ -82,6 +89,11 @@ impl<C: PageTableConfig> PageTable<C> {
                 "PageTableConfig: TOP_LEVEL_INDEX_RANGE must be a non-empty range of the root's entries"
             );
         };
+        assert!(
+            kvirt_core::area_args::paddr_range_fits(0, phys.max_paddr(), C::F::PA_BITS),
+            "PageTable: RAM reaches {:#x}, past the physical addresses the paging format can express",
+            phys.max_paddr()
+        );
         let root = alloc_node(phys, C::F::NR_LEVELS)?;
         let root_entries = NonNull::new(phys.phys_ptr(root.pa()).cast()).expect("RAM is reachable");
         let table = Self {

@@ -13,7 +13,8 @@
 //! filled by
 //! [`NodeGuard::fill_absent`](super::super::node::NodeGuard::fill_absent)
 //! in a tight loop, with no walk and no check per page beyond the entry
-//! being absent and the frame being of this table's space. `try_map` maps
+//! being absent and the frame being of this table's space (whose RAM, all
+//! of it, the format can address: the table checked that when it was made). `try_map` maps
 //! the first frame of every other node, creating it as needed, and
 //! reports whatever stops a fill. So a small map inside an existing leaf
 //! node is one fill: no `try_map` at all.
