@@ -13,11 +13,11 @@
 //! filled by
 //! [`NodeGuard::fill_absent`](super::super::node::NodeGuard::fill_absent)
 //! in a tight loop, with no walk and no check per page beyond the entry
-//! being absent and the frame being of this table's space (whose RAM, all
-//! of it, the format can address: the table checked that when it was made). `try_map` maps
-//! the first frame of every other node, creating it as needed, and
-//! reports whatever stops a fill. So a small map inside an existing leaf
-//! node is one fill: no `try_map` at all.
+//! being absent and the frame being of this table's space (all of whose
+//! RAM the format can address: the table checked that when it was made).
+//! `try_map` maps the first frame of every other node, creating it as
+//! needed, and reports whatever stops a fill. So a small map inside an
+//! existing leaf node is one fill: no `try_map` at all.
 
 use super::{entry_range, may_detach, node_span, CursorMut};
 use crate::addr::{is_aligned, Paddr, PagingLevel, PAGE_SIZE};
@@ -143,8 +143,9 @@ impl<C: PageTableConfig> CursorMut<'_, C> {
 
     /// Maps tracked `frames` one 4 KiB page after another from the current
     /// address, exactly as [`try_map`](Self::try_map) would one at a time,
-    /// but filling each leaf node that exists in a tight loop. Stops at the first frame `try_map` would reject and
-    /// returns that rejection; the frames before it stay mapped.
+    /// but filling each leaf node that exists in a tight loop. Stops at the
+    /// first frame `try_map` would reject and returns that rejection; the
+    /// frames before it stay mapped.
     ///
     /// If the iterator panics, the frames it yielded before stay mapped, as
     /// if it had ended there, and the panic goes on; the table is
@@ -171,10 +172,11 @@ impl<C: PageTableConfig> CursorMut<'_, C> {
     }
 
     /// If the cursor stands in a leaf node holding its address (a fresh
-    /// cursor whose guard is one, or `try_map` just wrote a page there), maps `frames` into the
-    /// rest of that node directly, as long as the frames are ours and the
-    /// entries absent. A frame taken that is not ours goes to `rest`;
-    /// `try_map` deals with whatever stops the fill, and reports any error.
+    /// cursor whose guard is one, or `try_map` just wrote a page there),
+    /// maps `frames` into the rest of that node directly, as long as the
+    /// frames are ours and the entries absent. A frame taken that is not
+    /// ours goes to `rest`; `try_map` deals with whatever stops the fill,
+    /// and reports any error.
     #[inline(never)]
     fn fill_leaf<T: AnyFrameMeta + ?Sized>(
         &mut self,

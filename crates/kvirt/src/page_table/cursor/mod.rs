@@ -436,8 +436,10 @@ impl<'a, C: PageTableConfig> Cursor<'a, C> {
         Ok(())
     }
 
-    /// Releases every lock, once.
-    #[inline(always)] // a second call, from `Drop` after `CursorMut::finish`, is a test
+    /// Releases every lock, once. Inlined: `CursorMut::finish` calls it,
+    /// then `Cursor`'s `Drop` calls it again, where it is one test, not a
+    /// call with its prologue and epilogue.
+    #[inline(always)]
     fn unlock_all(&mut self) {
         let Some(guard_node) = self.path[self.guard_level as usize - 1].take() else {
             return;
