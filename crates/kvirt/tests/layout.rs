@@ -8,7 +8,7 @@ use std::sync::Arc;
 use kvirt::arch::tiny::Tiny;
 use kvirt::arch::{PagingFormat, PteKind};
 use kvirt::frame::META_SLOT_SIZE;
-use kvirt::kspace::{KernelLayout, KernelSpace, KernelSpaceError, LayoutError, LayoutRange};
+use kvirt::kspace::{KernelLayout, KernelSpace, KernelSpaceError, LayoutError, LayoutRange, TinyLayout};
 use kvirt::page_prop::PageProperty;
 use kvirt::page_table::{KernelPtConfig, PageTable};
 use kvirt::platform::hosted::SimPlatform;
@@ -209,17 +209,17 @@ unsafe impl PagingFormat for NarrowTiny {
     }
 }
 
-/// The tiny layout over [`NarrowTiny`].
+/// [`TinyLayout`]'s ranges over [`NarrowTiny`].
 #[derive(Clone, Copy, Debug)]
 struct NarrowPhysicalAddresses;
 
 impl KernelLayout for NarrowPhysicalAddresses {
     type Format = NarrowTiny;
-    const KERNEL_VADDR_RANGE: Range<Vaddr> = 0x2_0000..0x4_0000;
-    const VMALLOC_VADDR_RANGE: Range<Vaddr> = 0x2_0000..0x3_0000;
-    const LINEAR_MAPPING_VADDR_RANGE: Option<Range<Vaddr>> = None;
-    const FRAME_METADATA_VADDR_RANGE: Option<Range<Vaddr>> = None;
-    const KERNEL_CODE_VADDR_RANGE: Range<Vaddr> = 0x3_0000..0x4_0000;
+    const KERNEL_VADDR_RANGE: Range<Vaddr> = TinyLayout::KERNEL_VADDR_RANGE;
+    const VMALLOC_VADDR_RANGE: Range<Vaddr> = TinyLayout::VMALLOC_VADDR_RANGE;
+    const LINEAR_MAPPING_VADDR_RANGE: Option<Range<Vaddr>> = TinyLayout::LINEAR_MAPPING_VADDR_RANGE;
+    const FRAME_METADATA_VADDR_RANGE: Option<Range<Vaddr>> = TinyLayout::FRAME_METADATA_VADDR_RANGE;
+    const KERNEL_CODE_VADDR_RANGE: Range<Vaddr> = TinyLayout::KERNEL_CODE_VADDR_RANGE;
 }
 
 /// RAM a paging format cannot put in its entries.
@@ -239,7 +239,7 @@ mod ram_beyond_the_format {
         expected = "PageTable: RAM reaches 0x400000, past the physical addresses the paging format can express"
     )]
     fn a_page_table_of_that_format_in_another_space_panics() {
-        let space = space_with::<kvirt::kspace::TinyLayout>(RAM).expect("the tiny layout");
+        let space = space_with::<TinyLayout>(RAM).expect("the tiny layout");
         let _ = PageTable::<KernelPtConfig<NarrowTiny>>::empty_in(&space);
     }
 }

@@ -579,6 +579,11 @@ mod map_frames_in_an_existing_leaf {
         (0..n).map(|_| frame(space)).collect()
     }
 
+    /// The physical address of each leaf in `range`, in address order.
+    fn mapped_pas(pt: &PageTable<KernelPtConfig>, range: Range<Vaddr>) -> Vec<Paddr> {
+        leaves(pt, range).iter().map(|(_, l)| l.pa).collect()
+    }
+
     #[test]
     fn maps_every_frame_into_free_entries() {
         let space = new_space();
@@ -635,7 +640,7 @@ mod map_frames_in_an_existing_leaf {
         }
         assert_eq!(c.virt_addr(), KVA + 2 * SZ_4K, "the cursor stands at the mapped page");
         drop(c);
-        let mapped: Vec<Paddr> = leaves(&pt, KVA..KVA + 4 * SZ_4K).iter().map(|(_, l)| l.pa).collect();
+        let mapped = mapped_pas(&pt, KVA..KVA + 4 * SZ_4K);
         assert_eq!(mapped, [fs[0].paddr(), fs[1].paddr(), UPA], "the first two are mapped, the page kept");
         assert_eq!(fs[2].reference_count(), 1, "the rejected frame's reference is given back");
         assert_eq!(fs[3].reference_count(), 1, "the frame after it is dropped with the iterator");
@@ -659,7 +664,7 @@ mod map_frames_in_an_existing_leaf {
         assert!(result.is_err(), "the iterator's panic reaches the caller");
         drop(c);
         assert!(pt.check_inv().is_ok(), "{:?}", pt.check_inv());
-        let mapped: Vec<Paddr> = leaves(&pt, KVA..KVA + 4 * SZ_4K).iter().map(|(_, l)| l.pa).collect();
+        let mapped = mapped_pas(&pt, KVA..KVA + 4 * SZ_4K);
         assert_eq!(mapped, [fs[0].paddr(), UPA], "the frame handed over before the panic is mapped");
         assert_eq!(fs[1].reference_count(), 1, "the frame in the iterator went with it");
         assert_eq!(unmap_all(&pt, KVA..KVA + 4 * SZ_4K), 2);
@@ -698,7 +703,7 @@ mod map_frames_in_an_existing_leaf {
         assert_eq!(e.kind, MapErrorKind::OutOfRange);
         assert!(matches!(&e.item, MappedItem::Tracked(g, _) if g.paddr() == fs[2].paddr()));
         drop((e, c));
-        let mapped: Vec<Paddr> = leaves(&pt, KVA..KVA + SZ_2M).iter().map(|(_, l)| l.pa).collect();
+        let mapped = mapped_pas(&pt, KVA..KVA + SZ_2M);
         assert_eq!(mapped, [UPA, fs[0].paddr(), fs[1].paddr()], "nothing is mapped past the range");
         assert_eq!(fs[2].reference_count(), 1);
         assert!(pt.check_inv().is_ok(), "{:?}", pt.check_inv());
