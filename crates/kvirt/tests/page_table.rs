@@ -18,8 +18,8 @@ use kvirt::frame::{AnyFrameMeta, Frame, FrameAllocOptions};
 use kvirt::kspace::KernelSpace;
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
 use kvirt::page_table::{
-    vaddr_bounds, KernelPtConfig, MapErrorKind, MappedItem, MappedItemRef, PageTable, PageTableAllocError,
-    PageTableConfig, PageTableFrag, RangeError, TakenRange, UserPtConfig,
+    vaddr_bounds, KernelPtConfig, MapError, MapErrorKind, MappedItem, MappedItemRef, PageTable,
+    PageTableAllocError, PageTableConfig, PageTableFrag, RangeError, TakenRange, UserPtConfig,
 };
 use kvirt::{Paddr, PagingLevel, Vaddr, PAGE_SIZE};
 
@@ -64,6 +64,15 @@ fn level_size(level: PagingLevel) -> usize {
 
 fn frame(space: &KernelSpace) -> Frame<dyn AnyFrameMeta> {
     FrameAllocOptions::new_in(space).alloc_frame().expect("frame").into_dyn()
+}
+
+/// `e` refuses `foreign`, a frame of another space, and hands it back.
+fn assert_foreign_frame_handed_back(e: MapError, foreign: &Frame<dyn AnyFrameMeta>) {
+    assert_eq!(e.kind, MapErrorKind::ForeignFrame);
+    match e.item {
+        MappedItem::Tracked(g, _) => assert_eq!(&g, foreign),
+        other => panic!("unexpected item {other:?}"),
+    }
 }
 
 /// An owned summary of one leaf, for comparisons.
@@ -575,8 +584,13 @@ mod map_frames_in_an_existing_leaf {
         pt
     }
 
-    fn frames(space: &KernelSpace, n: usize) -> Vec<Frame<dyn AnyFrameMeta>> {
-        (0..n).map(|_| frame(space)).collect()
+    /// A space, a table of it as [`table_with_a_leaf`] makes, and `n` frames
+    /// of the space.
+    fn leaf_and_frames(n: usize) -> (KernelSpace, PageTable<KernelPtConfig>, Vec<Frame<dyn AnyFrameMeta>>) {
+        let space = new_space();
+        let pt = table_with_a_leaf(&space);
+        let fs = (0..n).map(|_| frame(&space)).collect();
+        (space, pt, fs)
     }
 
     /// The physical address of each leaf in `range`, in address order.
@@ -586,10 +600,8 @@ mod map_frames_in_an_existing_leaf {
 
     #[test]
     fn maps_every_frame_into_free_entries() {
-        let space = new_space();
-        let pt = table_with_a_leaf(&space);
+        let (space, pt, fs) = leaf_and_frames(2);
         let nodes = pt_pages(&space);
-        let fs = frames(&space, 2);
         let mut c = pt.cursor_mut(&(KVA..KVA + 2 * SZ_4K)).unwrap();
         c.try_map_frames(fs.clone(), rw()).unwrap();
         assert_eq!(c.virt_addr(), KVA + 2 * SZ_4K);
@@ -628,9 +640,7 @@ mod map_frames_in_an_existing_leaf {
 
     #[test]
     fn stops_at_a_mapped_page_and_hands_its_frame_back() {
-        let space = new_space();
-        let pt = table_with_a_leaf(&space);
-        let fs = frames(&space, 4);
+        let (_space, pt, fs) = leaf_and_frames(4);
         let mut c = pt.cursor_mut(&(KVA..KVA + 4 * SZ_4K)).unwrap();
         let e = c.try_map_frames(fs.clone(), rw()).unwrap_err();
         assert_eq!(e.kind, MapErrorKind::AlreadyMapped);
@@ -649,9 +659,7 @@ mod map_frames_in_an_existing_leaf {
 
     #[test]
     fn a_frame_iterator_panicking_in_the_fill_leaves_the_node_consistent() {
-        let space = new_space();
-        let pt = table_with_a_leaf(&space);
-        let fs = frames(&space, 2);
+        let (_space, pt, fs) = leaf_and_frames(2);
         let mut c = pt.cursor_mut(&(KVA..KVA + 2 * SZ_4K)).unwrap();
         let mut handed_over = 0;
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -679,11 +687,7 @@ mod map_frames_in_an_existing_leaf {
         let foreign = frame(&other);
         let mut c = pt.cursor_mut(&(KVA..KVA + 2 * SZ_4K)).unwrap();
         let e = c.try_map_frames([foreign.clone(), frame(&space)], rw()).unwrap_err();
-        assert_eq!(e.kind, MapErrorKind::ForeignFrame);
-        match e.item {
-            MappedItem::Tracked(g, _) => assert_eq!(g, foreign),
-            other => panic!("unexpected item {other:?}"),
-        }
+        assert_foreign_frame_handed_back(e, &foreign);
         assert_eq!(c.virt_addr(), KVA);
         drop(c);
         assert_eq!(foreign.reference_count(), 1);
@@ -693,9 +697,7 @@ mod map_frames_in_an_existing_leaf {
 
     #[test]
     fn a_frame_past_the_range_is_out_of_range() {
-        let space = new_space();
-        let pt = table_with_a_leaf(&space);
-        let fs = frames(&space, 3);
+        let (_space, pt, fs) = leaf_and_frames(3);
         // The entry after the range is free: only the range stops the fill.
         let range = KVA + 3 * SZ_4K..KVA + 5 * SZ_4K;
         let mut c = pt.cursor_mut(&range).unwrap();
@@ -1966,11 +1968,7 @@ mod soundness {
         let foreign = frame(&other);
         let mut c = pt.cursor_mut(&(KVA..KVA + SZ_4K)).unwrap();
         let e = c.try_map(MappedItem::Tracked(foreign.clone(), rw())).unwrap_err();
-        assert_eq!(e.kind, MapErrorKind::ForeignFrame);
-        match e.item {
-            MappedItem::Tracked(g, _) => assert_eq!(g, foreign),
-            other => panic!("unexpected item {other:?}"),
-        }
+        assert_foreign_frame_handed_back(e, &foreign);
         assert_eq!(c.virt_addr(), KVA);
         drop(c);
         assert_eq!(foreign.reference_count(), 1);
