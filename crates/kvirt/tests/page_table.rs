@@ -1190,10 +1190,15 @@ mod take_all {
         assert_eq!(pt.translate(KVA + SZ_1G + SZ_1M - SZ_4K), None);
         assert_eq!(pt.translate(KVA + SZ_1G + SZ_1M), Some((UPA + SZ_1M, ro())));
         // A whole 1 GiB region holding a leaf node: one sub-tree, one leaf.
+        let nodes = pt_pages(&space);
         let mut c = pt.cursor_mut(&(KVA + 2 * SZ_1G..KVA + 3 * SZ_1G)).unwrap();
         let taken = c.take_all(SZ_1G);
+        drop(c);
         assert_eq!(taken.num_mappings(), 1);
         assert_eq!(taken.va_range(), Some(KVA + 2 * SZ_1G..KVA + 3 * SZ_1G));
+        assert_eq!(pt_pages(&space), nodes, "the sub-tree's nodes wait for the taken range's drop");
+        drop(taken);
+        assert_eq!(pt_pages(&space), nodes - 2, "dropping the taken range frees the sub-tree's two nodes");
     }
 
     #[test]

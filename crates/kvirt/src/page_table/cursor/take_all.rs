@@ -13,7 +13,8 @@
 
 use alloc::vec::Vec;
 use core::fmt;
-use core::ops::Range;
+use core::mem::ManuallyDrop;
+use core::ops::{Deref, DerefMut, Range};
 use core::ptr::NonNull;
 
 use smallvec::SmallVec;
@@ -45,7 +46,7 @@ pub struct TakenRange<F: PagingFormat = X86_64> {
     /// nothing.
     frames: SmallVec<[Frame<dyn AnyFrameMeta>; INLINE_FRAMES]>,
     /// The sub-trees taken whole.
-    subtrees: Vec<StraySubtree<F>>,
+    subtrees: Subtrees<F>,
     /// The leaf mappings removed: one per page or huge page, those of the
     /// sub-trees included.
     num_mappings: usize,
@@ -57,7 +58,12 @@ pub struct TakenRange<F: PagingFormat = X86_64> {
 impl<F: PagingFormat> TakenRange<F> {
     /// An empty collection, for [`CursorMut::try_take_all`] to fill.
     pub const fn new() -> Self {
-        Self { frames: SmallVec::new_const(), subtrees: Vec::new(), num_mappings: 0, span: None }
+        Self {
+            frames: SmallVec::new_const(),
+            subtrees: Subtrees(ManuallyDrop::new(Vec::new())),
+            num_mappings: 0,
+            span: None,
+        }
     }
 
     /// The leaf mappings taken: one per page or huge page, those of the
@@ -94,6 +100,44 @@ impl<F: PagingFormat> TakenRange<F> {
             None => range,
             Some(span) => span.start.min(range.start)..span.end.max(range.end),
         });
+    }
+}
+
+/// The sub-trees a [`TakenRange`] took whole: a `Vec` whose drop is
+/// skipped, inline, while it never allocated. Most unmaps take no sub-tree,
+/// and dropping even an empty `Vec` of values with a destructor is an
+/// out-of-line call, some 20 instructions on every unmap.
+struct Subtrees<F: PagingFormat>(ManuallyDrop<Vec<StraySubtree<F>>>);
+
+impl<F: PagingFormat> Drop for Subtrees<F> {
+    #[inline]
+    fn drop(&mut self) {
+        // A `Vec` with no capacity holds no element and no allocation:
+        // leaving it undropped leaks nothing.
+        if self.0.capacity() != 0 {
+            release_subtrees(&mut self.0);
+        }
+    }
+}
+
+/// Drops the sub-trees (each queues its nodes' release after a grace
+/// period), leaving an empty `Vec` with no allocation.
+#[inline(never)]
+fn release_subtrees<F: PagingFormat>(subtrees: &mut Vec<StraySubtree<F>>) {
+    drop(core::mem::take(subtrees));
+}
+
+impl<F: PagingFormat> Deref for Subtrees<F> {
+    type Target = Vec<StraySubtree<F>>;
+
+    fn deref(&self) -> &Vec<StraySubtree<F>> {
+        &self.0
+    }
+}
+
+impl<F: PagingFormat> DerefMut for Subtrees<F> {
+    fn deref_mut(&mut self) -> &mut Vec<StraySubtree<F>> {
+        &mut self.0
     }
 }
 
