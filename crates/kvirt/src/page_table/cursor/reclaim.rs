@@ -292,8 +292,20 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
     }
 
     /// Detaches the nodes on the path, bottom up, that are empty and below
-    /// the guard. The guard itself is left to `drop`.
+    /// the guard. The guard itself is left to `drop`. Inline up to the
+    /// test of the cursor's level: a cursor standing at its guard (every
+    /// small take in one leaf node) has nothing to detach and makes no
+    /// call.
+    #[inline]
     pub(super) fn reclaim_empty_path(&mut self) {
+        if self.inner.level < self.inner.guard_level {
+            self.reclaim_empty_path_below_guard();
+        }
+    }
+
+    /// [`reclaim_empty_path`](Self::reclaim_empty_path)'s loop.
+    #[inline(never)]
+    fn reclaim_empty_path_below_guard(&mut self) {
         loop {
             let c = &mut self.inner;
             let level = c.level;

@@ -150,11 +150,7 @@ impl<C: PageTableConfig> CursorMut<'_, C> {
     pub(super) fn end_take(&mut self, next: Vaddr) {
         self.inner.va = next;
         self.removed = true;
-        // Only nodes below the guard are detached here (the guard is left
-        // to `drop`): none when the cursor stands at its guard.
-        if self.inner.level < self.inner.guard_level {
-            self.reclaim_empty_path();
-        }
+        self.reclaim_empty_path();
     }
 
     /// Unhooks the sub-tree the current entry points to (`child`, found by
