@@ -194,13 +194,16 @@ pub unsafe trait Platform: Send + Sync + Debug + 'static {
 /// A read-side section that ends when dropped.
 pub(crate) struct RcuReadGuard<'a> {
     platform: &'a dyn Platform,
+    /// A section does not migrate between CPUs or threads (contract 4), so
+    /// the guard that ends it stays where it began.
+    _not_send: core::marker::PhantomData<*const ()>,
 }
 
 impl<'a> RcuReadGuard<'a> {
     #[inline]
     pub(crate) fn new(platform: &'a dyn Platform) -> Self {
         platform.rcu_read_lock();
-        Self { platform }
+        Self { platform, _not_send: core::marker::PhantomData }
     }
 }
 

@@ -1663,6 +1663,42 @@ mod reclamation {
         assert_eq!(pt.check_inv(), Ok(1 + 256), "the root and the kernel's top-level nodes");
     }
 
+    /// The same guarantee through the public section: a `ReadSection`
+    /// keeps the nodes it may walk through alive, and its walks see the
+    /// table as it is at each call.
+    #[test]
+    fn a_read_section_holds_detached_nodes_until_it_ends_and_sees_each_change() {
+        let machine = kvirt_sim::Machine::new(kvirt_sim::MachineConfig::new(64 << 20));
+        let space = counting_rcu::space_on(std::sync::Arc::new(machine));
+        let pt = kernel_pt(&space);
+        let baseline = space.phys_stats().page_table_pages;
+        let f = frame(&space);
+        let va = KVA + 5 * SZ_4K;
+        map_tracked(&pt, va, f.clone(), rw());
+
+        let section = pt.read_section();
+        assert_eq!(section.translate(va + 9), Some((f.paddr() + 9, rw())));
+        assert_eq!(section.translate_addr(va + 9), Some(f.paddr() + 9));
+        assert_eq!(section.translate_addr(va + SZ_4K), None);
+        unmap_page(&space, &pt, va);
+        assert_eq!(section.translate(va), None, "a walk in the section sees the unmapping");
+        assert_eq!(section.translate_addr(va), None);
+        assert_eq!(
+            space.phys_stats().page_table_pages,
+            baseline + 2,
+            "the detached nodes wait for the section"
+        );
+        map_untracked(&pt, va, UPA, 1, rw());
+        assert_eq!(section.translate_addr(va + 1), Some(UPA + 1), "and the next mapping");
+        drop(section);
+
+        assert_eq!(unmap_all(&pt, va..va + SZ_4K), 1);
+        space.synchronize();
+        assert_eq!(space.phys_stats().page_table_pages, baseline, "freed once the section ended");
+        assert_eq!(f.reference_count(), 1);
+        assert_eq!(pt.check_inv(), Ok(1 + 256), "the root and the kernel's top-level nodes");
+    }
+
     #[test]
     fn unmapping_everything_returns_page_table_pages_to_baseline() {
         let space = new_space();

@@ -113,3 +113,4 @@ pub use cursor::{Cursor, CursorMut, PageTableFrag, TakenRange};
 pub use error::{MapError, MapErrorKind, OutOfCursorRange, PageTableAllocError, RangeError};
 pub use item::{MappedItem, MappedItemRef};
 pub use table::PageTable;
+pub use walk::ReadSection;

@@ -3,7 +3,8 @@
 //! A walk reads entries from the root down without taking any lock, as a
 //! CPU's MMU does; only [`NodeRef::read`] is needed, which is allowed on an
 //! unlocked node. What keeps the nodes it passes alive is the caller's
-//! business (an RCU read-side section, or owning the mapping walked to).
+//! business: an RCU read-side section (a [`ReadSection`], public), or
+//! owning the mapping walked to (a kernel virtual area's queries).
 
 use super::config::{vaddr_bounds, PageTableConfig};
 use super::node::NodeRef;
@@ -11,6 +12,7 @@ use super::table::PageTable;
 use crate::addr::{Paddr, PagingLevel, Vaddr};
 use crate::arch::{page_size, pte_index, PagingFormat, PteKind};
 use crate::page_prop::PageProperty;
+use crate::platform::RcuReadGuard;
 
 /// The leaf a walk found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,14 +32,13 @@ impl<C: PageTableConfig> PageTable<C> {
     /// Only addresses of this table's own range are translated (`None`
     /// otherwise): a user table does not follow the kernel entries it
     /// shares, which belong to the kernel table and may be freed before it.
+    ///
+    /// The walk runs in a read-side section of its own; many walks in a
+    /// row share one through [`read_section`](Self::read_section).
     #[must_use]
     #[inline(always)] // small, and what the caller ignores is not computed
     pub fn translate(&self, va: Vaddr) -> Option<(Paddr, PageProperty)> {
-        let _rcu = crate::platform::RcuReadGuard::new(self.phys().platform());
-        // SAFETY: we are in a read-side section, so a node reachable now is
-        // not freed before it ends.
-        let leaf = unsafe { self.walk_unlocked(va) }?;
-        Some((leaf.pa + va % page_size::<C::F>(leaf.level), leaf.prop))
+        self.read_section().translate(va)
     }
 
     /// The physical address `va` translates to: [`translate`](Self::translate)
@@ -50,11 +51,14 @@ impl<C: PageTableConfig> PageTable<C> {
     #[must_use]
     #[inline(always)] // as `translate`
     pub fn translate_addr(&self, va: Vaddr) -> Option<Paddr> {
-        let _rcu = crate::platform::RcuReadGuard::new(self.phys().platform());
-        // SAFETY: as in `translate`: a node reachable now is not freed
-        // before the read-side section ends.
-        let leaf = unsafe { self.walk_unlocked(va) }?;
-        Some(leaf.pa + va % page_size::<C::F>(leaf.level))
+        self.read_section().translate_addr(va)
+    }
+
+    /// Opens a read-side section in which any number of walks run without
+    /// one of their own (see [`ReadSection`]).
+    #[inline(always)] // two calls into the platform, and a pair of pointers
+    pub fn read_section(&self) -> ReadSection<'_, C> {
+        ReadSection { table: self, _rcu: RcuReadGuard::new(self.phys().platform()) }
     }
 
     /// Walks to the leaf mapping `va` without locks.
@@ -89,5 +93,68 @@ impl<C: PageTableConfig> PageTable<C> {
                 }
             }
         }
+    }
+}
+
+/// Lock-free walks of one page table inside one read-side section.
+///
+/// While a `ReadSection` lives, no page-table node that a walk can reach
+/// is freed: a node that cursors detach meanwhile waits for the section to
+/// end (see "Reclamation" in the module documentation). Its walks
+/// therefore need no section each. [`PageTable::translate`] opens and
+/// closes one per call, which is two calls into the platform; a run of
+/// translations (say, of every page of a buffer handed to a device) pays
+/// for that once.
+///
+/// Each walk is still a snapshot: cursors on other CPUs go on mapping and
+/// unmapping, and a later walk sees their changes.
+///
+/// It is an RCU read-side section, with the rules of one:
+///
+/// * It stays on the thread (CPU) that opened it: it is neither `Send` nor
+///   `Sync`.
+///
+///   ```compile_fail,E0277
+///   fn moves_to_another_thread<T: Send>() {}
+///   moves_to_another_thread::<kvirt::page_table::ReadSection<'static, kvirt::page_table::KernelPtConfig>>();
+///   ```
+/// * Nothing that waits for a grace period may run inside it, on its
+///   thread: [`Platform::rcu_barrier`](crate::platform::Platform::rcu_barrier),
+///   and so [`KernelSpace::synchronize`](crate::kspace::KernelSpace::synchronize),
+///   its invariant check, or dropping the last handle of a kernel space.
+///   That would wait for the section itself: forever on a kernel's RCU
+///   (the hosted platform panics instead).
+/// * In a kernel it is also atomic mode (no preemption until it ends), so
+///   it should not last long.
+#[must_use = "a read-side section ends when dropped"]
+pub struct ReadSection<'a, C: PageTableConfig> {
+    table: &'a PageTable<C>,
+    _rcu: RcuReadGuard<'a>,
+}
+
+impl<C: PageTableConfig> ReadSection<'_, C> {
+    /// [`PageTable::translate`], inside this section.
+    #[must_use]
+    #[inline(always)] // as `PageTable::translate`
+    pub fn translate(&self, va: Vaddr) -> Option<(Paddr, PageProperty)> {
+        // SAFETY: we are in a read-side section, so a node reachable now is
+        // not freed before it ends.
+        let leaf = unsafe { self.table.walk_unlocked(va) }?;
+        Some((leaf.pa + va % page_size::<C::F>(leaf.level), leaf.prop))
+    }
+
+    /// [`PageTable::translate_addr`], inside this section.
+    #[must_use]
+    #[inline(always)] // as `PageTable::translate`
+    pub fn translate_addr(&self, va: Vaddr) -> Option<Paddr> {
+        // SAFETY: as in `translate`.
+        let leaf = unsafe { self.table.walk_unlocked(va) }?;
+        Some(leaf.pa + va % page_size::<C::F>(leaf.level))
+    }
+}
+
+impl<C: PageTableConfig> core::fmt::Debug for ReadSection<'_, C> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ReadSection").field("root", &self.table.root_paddr()).finish()
     }
 }

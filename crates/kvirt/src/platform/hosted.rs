@@ -23,6 +23,8 @@
 //!   one is raised again by the next [`Platform::rcu_barrier`] on this
 //!   platform, once every callback queued before it has run (unless that
 //!   thread is already panicking).
+//! * `rcu_barrier` called inside a read-side section of its own thread
+//!   panics at once: a kernel's RCU would wait there for ever.
 
 extern crate std;
 
@@ -246,6 +248,9 @@ unsafe impl Platform for SimPlatform {
     }
 
     fn rcu_barrier(&self) {
+        // A kernel's RCU would wait for the caller's own section forever;
+        // say so at once, whether or not a callback is pending.
+        assert!(!rcu::in_section(), "rcu_barrier inside a read-side section would wait for that section");
         (0..self.batches.len()).for_each(|cpu| self.hand_over_batch(cpu));
         let started = Instant::now();
         while self.pending() != 0 {
@@ -326,5 +331,28 @@ mod tests {
         platform.rcu_barrier();
         assert_eq!(ran_later.load(Ordering::SeqCst), 1);
         assert!(started.elapsed() < Duration::from_secs(10), "rcu_barrier waited {:?}", started.elapsed());
+    }
+
+    #[test]
+    fn rcu_barrier_inside_a_read_side_section_panics_at_once_and_leaves_the_section_intact() {
+        // SAFETY: a new machine; the test only queues callbacks on it.
+        let platform =
+            unsafe { SimPlatform::new(Arc::new(Machine::new(kvirt_sim::MachineConfig::new(16 << 20)))) };
+        let ran = Arc::new(AtomicUsize::new(0));
+        let r = ran.clone();
+        platform.call_rcu(Box::new(move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        }));
+        platform.rcu_read_lock();
+        let started = Instant::now();
+        let payload = catch_unwind(AssertUnwindSafe(|| platform.rcu_barrier()))
+            .expect_err("a barrier inside a section would wait for it");
+        assert!(message(&*payload).contains("inside a read-side section"), "{}", message(&*payload));
+        assert!(started.elapsed() < Duration::from_secs(10), "rcu_barrier waited {:?}", started.elapsed());
+        assert!(rcu::in_section(), "the section is still open");
+        platform.rcu_read_unlock();
+        assert!(!rcu::in_section());
+        platform.rcu_barrier();
+        assert_eq!(ran.load(Ordering::SeqCst), 1, "the callback ran once the section ended");
     }
 }

@@ -33,7 +33,6 @@
 
 use alloc::vec::Vec;
 use core::fmt;
-use core::marker::PhantomData;
 use core::mem::ManuallyDrop;
 use core::ops::Range;
 use core::ptr::NonNull;
@@ -95,9 +94,9 @@ pub struct Cursor<'a, C: PageTableConfig> {
     path: ManuallyDrop<[Option<NodeGuard<'a>>; MAX_LEVELS]>,
     /// `base[l - 1]` is the lowest address `path[l - 1]` maps.
     base: [Vaddr; MAX_LEVELS],
+    /// Cursors hold a CPU-local read-side section, which keeps them on
+    /// their thread (the guard is not `Send`).
     _rcu: RcuReadGuard<'a>,
-    /// Cursors hold a CPU-local read-side section: they stay on their thread.
-    _not_send: PhantomData<*const ()>,
 }
 
 /// The present entry [`Cursor::next_present`] stopped at: the current entry.
@@ -160,7 +159,6 @@ impl<'a, C: PageTableConfig> Cursor<'a, C> {
             path,
             base,
             _rcu: rcu,
-            _not_send: PhantomData,
         })
     }
 

@@ -200,6 +200,11 @@ pub(super) fn read_lock() {
     });
 }
 
+/// Whether the calling thread is inside a read-side section.
+pub(super) fn in_section() -> bool {
+    STATE.try_with(|state| state.depth.get() > 0).unwrap_or(false)
+}
+
 /// Makes `slot`, the calling thread's, odd.
 #[inline]
 fn enter(slot: &Slot) {
