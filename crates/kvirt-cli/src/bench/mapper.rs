@@ -61,8 +61,18 @@ pub trait Mapper {
     fn map(&mut self, va: Vaddr, frames: Self::Frames) -> Self::Mapping;
     /// Where a mapping starts.
     fn start(mapping: &Self::Mapping) -> Vaddr;
+    /// What a run of queries holds while it lasts: `kvirt-pt` opens one
+    /// read-side section for the run (its table may be unmapped from other
+    /// CPUs meanwhile, and the section keeps the nodes it walks alive); the
+    /// others hold nothing beyond the borrow of `&self`, which keeps every
+    /// unmap out for as long.
+    type Reader<'a>
+    where
+        Self: 'a;
+    /// Begins a run of queries.
+    fn reader(&self) -> Self::Reader<'_>;
     /// The physical address `va` translates to, if mapped.
-    fn query(&self, mapping: &Self::Mapping, va: Vaddr) -> Option<Paddr>;
+    fn query(&self, reader: &Self::Reader<'_>, mapping: &Self::Mapping, va: Vaddr) -> Option<Paddr>;
     /// Unmaps a range (and releases what the implementation owns for it).
     fn unmap(&mut self, mapping: Self::Mapping);
     /// Maps `len` bytes of untracked physical memory from `pa` with the

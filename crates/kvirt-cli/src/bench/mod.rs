@@ -6,7 +6,7 @@
 //! | name | what |
 //! |---|---|
 //! | `kvirt-area` | `KVirtArea::map_frames` / `query` / drop (the public API) |
-//! | `kvirt-pt` | kvirt's raw `PageTable` + one `CursorMut` per range; queries by the lock-free `translate_addr` walk |
+//! | `kvirt-pt` | kvirt's raw `PageTable` + one `CursorMut` per range; queries by the lock-free `translate_addr` walk, one `ReadSection` per run of queries |
 //! | `x86_64` | the `x86_64` crate's `OffsetPageTable` |
 //! | `multiarch` | `page_table_multiarch`'s `X64PageTable` |
 //! | `floor` | raw PTE stores into pre-allocated leaves; a raw 4-level walk |
@@ -357,10 +357,12 @@ fn run_pages<M: Mapper>(m: &mut M, n: usize, cfg: &Config) -> Result<[Stats; 4],
             })
             .collect();
         let t = Instant::now();
+        let reader = m.reader();
         let mut sum = 0usize;
         for &(j, va, _) in &qs {
-            sum = sum.wrapping_add(m.query(&maps[j], va).unwrap_or(0));
+            sum = sum.wrapping_add(m.query(&reader, &maps[j], va).unwrap_or(0));
         }
+        drop(reader);
         let t_query = t.elapsed();
         let want = qs.iter().fold(0usize, |s, q| s.wrapping_add(q.2));
         ensure(black_box(sum) == want, || {
@@ -370,17 +372,21 @@ fn run_pages<M: Mapper>(m: &mut M, n: usize, cfg: &Config) -> Result<[Stats; 4],
         // (an answer's top bit, always clear): the next walk waits for the
         // previous one.
         let t = Instant::now();
+        let reader = m.reader();
         let mut chained = 0usize;
         for &(j, va, _) in &qs {
-            let pa = m.query(&maps[j], va + (chained >> 63)).unwrap_or(0);
+            let pa = m.query(&reader, &maps[j], va + (chained >> 63)).unwrap_or(0);
             chained = chained.wrapping_add(pa);
         }
+        drop(reader);
         let t_chain = t.elapsed();
         ensure(black_box(chained) == want, || {
             format!("{}: chained queries of {n}-page ranges return wrong addresses", M::NAME)
         })?;
         let (j, va, pa) = qs[0];
-        ensure(m.query(&maps[j], va) == Some(pa), || format!("{}: query({va:#x}) is wrong", M::NAME))?;
+        ensure(m.query(&m.reader(), &maps[j], va) == Some(pa), || {
+            format!("{}: query({va:#x}) is wrong", M::NAME)
+        })?;
 
         let t = Instant::now();
         for mapping in maps.drain(..) {
@@ -427,7 +433,7 @@ fn run_huge<M: Mapper>(m: &mut M, cfg: &Config) -> Result<Stats, Error> {
     let len = 1 << 30;
     let probe = 0x1234_5000;
     let mapping = m.map_huge(HUGE_VA, pa, len).ok_or("no huge pages")?;
-    let got = m.query(&mapping, M::start(&mapping) + probe);
+    let got = m.query(&m.reader(), &mapping, M::start(&mapping) + probe);
     ensure(got == Some(pa + probe), || format!("{}: the 1 GiB mapping translates to {got:x?}", M::NAME))?;
     m.unmap(mapping);
     timed(cfg, cfg.huge_ops, || {

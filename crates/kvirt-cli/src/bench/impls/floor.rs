@@ -151,8 +151,15 @@ impl Mapper for Floor {
         mapping.start
     }
 
+    type Reader<'a>
+        = ()
+    where
+        Self: 'a;
+
+    fn reader(&self) {}
+
     #[inline(never)] // as `map`: every implementation's query alike
-    fn query(&self, _mapping: &Mapped, va: Vaddr) -> Option<Paddr> {
+    fn query(&self, _: &(), _mapping: &Mapped, va: Vaddr) -> Option<Paddr> {
         let mut table = self.root;
         for level in (1..=4).rev() {
             let e = self.entry(table + 8 * index(va, level)).load(Ordering::Relaxed);

@@ -55,8 +55,15 @@ impl<L: KernelLayout> Mapper for KvirtArea<L> {
         mapping.start()
     }
 
+    type Reader<'a>
+        = ()
+    where
+        Self: 'a;
+
+    fn reader(&self) {}
+
     #[inline(never)] // as `map`: every implementation's query alike
-    fn query(&self, mapping: &KVirtArea<L>, va: Vaddr) -> Option<Paddr> {
+    fn query(&self, _: &(), mapping: &KVirtArea<L>, va: Vaddr) -> Option<Paddr> {
         mapping.query(va).map(|item| {
             let size = PAGE_SIZE << (9 * (item.level() as usize - 1));
             item.paddr() + va % size

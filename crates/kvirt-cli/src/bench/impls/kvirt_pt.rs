@@ -8,7 +8,7 @@ use std::ops::Range;
 
 use kvirt::frame::{AnyFrameMeta, Frame, FrameAllocOptions};
 use kvirt::kspace::{KernelLayout, KernelSpace, X86_64Layout};
-use kvirt::page_table::{KernelPtConfig, MappedItem, PageTable, TakenRange};
+use kvirt::page_table::{KernelPtConfig, MappedItem, PageTable, ReadSection, TakenRange};
 use kvirt::platform::{TlbFlushOp, TlbScope};
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
 
@@ -81,9 +81,18 @@ impl<L: KernelLayout> Mapper for KvirtPt<L> {
         mapping.start
     }
 
+    type Reader<'a>
+        = ReadSection<'a, KernelPtConfig<L::Format>>
+    where
+        L: 'a;
+
+    fn reader(&self) -> ReadSection<'_, KernelPtConfig<L::Format>> {
+        self.pt.read_section()
+    }
+
     #[inline(never)] // as `map`: every implementation's query alike
-    fn query(&self, _mapping: &Range<Vaddr>, va: Vaddr) -> Option<Paddr> {
-        self.pt.translate_addr(va)
+    fn query(&self, section: &Self::Reader<'_>, _mapping: &Range<Vaddr>, va: Vaddr) -> Option<Paddr> {
+        section.translate_addr(va)
     }
 
     #[inline(never)] // as `map`

@@ -140,8 +140,15 @@ impl<M: PagingMetaData<VirtAddr = VirtAddr>, E: GenericPTE> Mapper for Multiarch
         mapping.start
     }
 
+    type Reader<'a>
+        = ()
+    where
+        Self: 'a;
+
+    fn reader(&self) {}
+
     #[inline(never)] // as `map`: every implementation's query alike
-    fn query(&self, _mapping: &Region, va: Vaddr) -> Option<Paddr> {
+    fn query(&self, _: &(), _mapping: &Region, va: Vaddr) -> Option<Paddr> {
         self.table.query(VirtAddr::from(va)).ok().map(|(pa, _, _)| pa.as_usize())
     }
 

@@ -119,8 +119,15 @@ impl Mapper for X86Crate {
         mapping.start
     }
 
+    type Reader<'a>
+        = ()
+    where
+        Self: 'a;
+
+    fn reader(&self) {}
+
     #[inline(never)] // as `map`: every implementation's query alike
-    fn query(&self, _mapping: &Range4K, va: Vaddr) -> Option<Paddr> {
+    fn query(&self, _: &(), _mapping: &Range4K, va: Vaddr) -> Option<Paddr> {
         self.table.translate_addr(VirtAddr::new_truncate(va as u64)).map(|pa| pa.as_u64() as usize)
     }
 
