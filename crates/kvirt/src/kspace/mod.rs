@@ -46,6 +46,7 @@ mod range_alloc;
 mod registry;
 mod setup;
 mod space_ref;
+mod split_counter;
 mod vmalloc;
 
 use alloc::boxed::Box;

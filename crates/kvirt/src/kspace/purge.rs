@@ -52,6 +52,7 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use crossbeam_utils::CachePadded;
 
 use super::purge_queue::PurgeQueue;
+use super::split_counter::SplitCounter;
 use super::{KernelLayout, KernelSpace, SpaceInner};
 use crate::addr::{Vaddr, PAGE_SIZE};
 use crate::arch::PagingFormat;
@@ -132,8 +133,9 @@ pub(super) struct Purger<F: PagingFormat> {
     queues: [CachePadded<PurgeQueue<DeadArea<F>>>; QUEUES],
     /// The VMALLOC pages (guards included) of every queued area, against
     /// the threshold: added before an area is queued, taken off when a
-    /// purge has taken it from its queue.
-    pending_pages: AtomicUsize,
+    /// purge has taken it from its queue; queue `i`'s through slot `i`,
+    /// so that CPUs dropping areas at once do not write one cache line.
+    pending_pages: SplitCounter<QUEUES>,
     lazy: AtomicBool,
     max_pending_pages: AtomicUsize,
     purges: AtomicUsize,
@@ -145,7 +147,7 @@ impl<F: PagingFormat> Purger<F> {
     pub(super) fn new() -> Self {
         Self {
             queues: core::array::from_fn(|_| CachePadded::new(PurgeQueue::new())),
-            pending_pages: AtomicUsize::new(0),
+            pending_pages: SplitCounter::new(),
             lazy: AtomicBool::new(false),
             max_pending_pages: AtomicUsize::new(0),
             purges: AtomicUsize::new(0),
@@ -177,9 +179,10 @@ impl<F: PagingFormat> Purger<F> {
         let pages = dead.pages();
         // Counted before it is queued, so that a purge that takes it never
         // subtracts it first.
-        let pending = self.pending_pages.fetch_add(pages, Ordering::Relaxed) + pages;
-        self.queues[cpu % QUEUES].push(dead);
-        pending >= self.max_pending_pages.load(Ordering::Relaxed)
+        let queue = cpu % QUEUES;
+        self.pending_pages.add(queue, pages.try_into().unwrap_or(isize::MAX));
+        self.queues[queue].push(dead);
+        self.pending_pages.at_least(self.max_pending_pages.load(Ordering::Relaxed))
     }
 
     /// The dead areas' ranges, for the invariant.
@@ -195,18 +198,18 @@ impl<F: PagingFormat> Purger<F> {
 impl<L: KernelLayout> SpaceInner<L> {
     /// Flushes every queued dead area on all CPUs, then releases them.
     pub(super) fn purge(&self) {
-        for queue in &self.purger.queues {
-            self.purge_queue(queue);
+        for i in 0..QUEUES {
+            self.purge_queue(i);
         }
     }
 
-    /// Purges one queue: one flush of its areas' span, then the release.
-    fn purge_queue(&self, queue: &PurgeQueue<DeadArea<L::Format>>) {
+    /// Purges queue `i`: one flush of its areas' span, then the release.
+    fn purge_queue(&self, i: usize) {
         let purger = &self.purger;
-        let purged = queue.purge(
+        let purged = purger.queues[i].purge(
             |dead| {
-                let pages = dead.iter().map(DeadArea::pages).sum();
-                purger.pending_pages.fetch_sub(pages, Ordering::Relaxed);
+                let pages = dead.iter().map(DeadArea::pages).sum::<usize>();
+                purger.pending_pages.add(i, -pages.try_into().unwrap_or(isize::MAX));
                 let mapped = dead.iter().map(|d| &d.mapped).filter(|m| !m.is_empty());
                 let start = mapped.clone().map(|m| m.start).min();
                 let end = mapped.map(|m| m.end).max();
@@ -330,7 +333,7 @@ impl<L: KernelLayout> KernelSpace<L> {
     pub fn purge_stats(&self) -> PurgeStats {
         let purger = &self.inner().purger;
         let pending_areas = purger.queues.iter().map(|q| q.with_pending(<[_]>::len)).sum();
-        let pending_pages = purger.pending_pages.load(Ordering::Relaxed);
+        let pending_pages = purger.pending_pages.sum();
         PurgeStats {
             pending_areas,
             pending_pages,
