@@ -819,7 +819,7 @@ fn measure_round(cfg: &Config, quick: bool, only: Option<&str>, arch: Arch) -> R
     }
     let mut churn = Vec::new();
     if wanted_areas("churn") {
-        for cpus in [1, CHURN_CPUS] {
+        for cpus in [1, 2, CHURN_CPUS] {
             for lazy in [false, true] {
                 let row = run_churn(&cfg, lazy, cpus)?;
                 progress.step(&format!(
