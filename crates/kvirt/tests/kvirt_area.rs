@@ -2045,6 +2045,42 @@ mod mmu {
         assert_eq!(space.purge_mode(), PurgeMode::Eager);
         assert!(space.inv());
     }
+
+    /// The drop that reaches the threshold purges its own CPU's queue, and
+    /// the other CPUs' queues only while the pages still queued are at the
+    /// threshold.
+    #[test]
+    fn a_drop_at_the_threshold_purges_its_own_cpu_first() {
+        let space = KernelSpace::new_hosted(MachineConfig::new(64 << 20).cpus(2));
+        space.set_purge_mode(PurgeMode::Lazy { max_pending_pages: 6 });
+        let drop_one_on = |cpu| {
+            kvirt::platform::hosted::set_current_cpu(cpu);
+            let frame = FrameAllocOptions::new_in(&space).alloc_frame().unwrap();
+            drop(space.try_map_frames(P, 0, [frame], prop()));
+            kvirt::platform::hosted::set_current_cpu(0);
+        };
+        let counts = || {
+            let s = space.purge_stats();
+            (s.pending_areas, s.pending_pages, s.purges, s.purged_areas)
+        };
+        // Two pages an area, its guard included.
+        drop_one_on(1);
+        drop_one_on(0);
+        assert_eq!(counts(), (2, 4, 0, 0));
+        // CPU 0 reaches 6 pages: its own queue (4 pages) goes, CPU 1's
+        // stays, as 2 pages are below the threshold.
+        drop_one_on(0);
+        assert_eq!(counts(), (1, 2, 1, 2));
+        assert!(space.inv());
+
+        // With a lower threshold, CPU 0's own queue is not enough: the
+        // drop purges CPU 1's queue too.
+        drop_one_on(1);
+        space.set_purge_mode(PurgeMode::Lazy { max_pending_pages: 4 });
+        drop_one_on(0);
+        assert_eq!(counts(), (0, 0, 3, 5));
+        assert!(space.inv());
+    }
 }
 
 /// docs/DESIGN.md section 4: page-table nodes and frames come back.

@@ -580,8 +580,9 @@ impl<L: KernelLayout> Drop for KVirtArea<L> {
             // The range and what was mapped wait, still ours, for a purge
             // to flush them (see `purge`).
             let dead = DeadArea { mapped: self.mapped.clone(), free, taken: ManuallyDrop::into_inner(taken) };
-            if space.purger.push(space.phys.platform().current_cpu(), dead) {
-                space.purge();
+            let cpu = space.phys.platform().current_cpu();
+            if space.purger.push(cpu, dead) {
+                space.purge_over_threshold(cpu);
             }
             return;
         }

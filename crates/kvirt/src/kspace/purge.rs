@@ -23,9 +23,12 @@
 //!
 //! A purge runs when the queued areas' pages (their VMALLOC ranges, guard
 //! included) reach [`PurgeMode::Lazy::max_pending_pages`], when VMALLOC or
-//! the frame allocator would otherwise fail, on
-//! [`KernelSpace::purge`], on [`KernelSpace::synchronize`] and when the
-//! space goes.
+//! the frame allocator would otherwise fail, on [`KernelSpace::purge`], on
+//! [`KernelSpace::synchronize`] and when the space goes. The drop that
+//! reaches the threshold purges its own CPU's queue, whose frames and
+//! ranges that CPU used last, and the other queues only if the pages still
+//! queued are at the threshold: CPUs dropping areas at once each release
+//! their own.
 //!
 //! **The guarantee does not change:** no virtual page and no frame is
 //! reused before a TLB flush that covers it, on every CPU. A dead area's
@@ -200,6 +203,18 @@ impl<L: KernelLayout> SpaceInner<L> {
     pub(super) fn purge(&self) {
         for i in 0..QUEUES {
             self.purge_queue(i);
+        }
+    }
+
+    /// What a drop on `cpu` that brought the queued pages to the threshold
+    /// purges: its own queue first, whose frames and page-table nodes this
+    /// CPU used last and whose ranges lie in this CPU's VMALLOC arena, so
+    /// that CPUs dropping areas at once each release their own; the other
+    /// queues only if the pages still queued are at the threshold.
+    pub(super) fn purge_over_threshold(&self, cpu: usize) {
+        self.purge_queue(cpu % QUEUES);
+        if self.purger.pending_pages.at_least(self.purger.max_pending_pages.load(Ordering::Relaxed)) {
+            self.purge();
         }
     }
 
