@@ -1624,6 +1624,18 @@ mod reclamation {
         drop(frag);
     }
 
+    /// A space on `CountingRcu` (callbacks run as soon as no section is
+    /// open), its kernel table, how many page-table pages it holds, and a
+    /// frame to map.
+    fn counting_rcu_table() -> (KernelSpace, PageTable<KernelPtConfig>, usize, Frame<dyn AnyFrameMeta>) {
+        let machine = kvirt_sim::Machine::new(kvirt_sim::MachineConfig::new(64 << 20));
+        let space = counting_rcu::space_on(std::sync::Arc::new(machine));
+        let pt = kernel_pt(&space);
+        let baseline = space.phys_stats().page_table_pages;
+        let f = frame(&space);
+        (space, pt, baseline, f)
+    }
+
     /// A node detached from the tree may still be read by a walker that
     /// passed its parent a moment earlier, so it is freed only once every
     /// read-side section that may have seen it has ended. On a platform
@@ -1632,11 +1644,7 @@ mod reclamation {
     /// open across the unmapping.
     #[test]
     fn a_detached_node_is_freed_only_after_the_read_side_sections_open_before() {
-        let machine = kvirt_sim::Machine::new(kvirt_sim::MachineConfig::new(64 << 20));
-        let space = counting_rcu::space_on(std::sync::Arc::new(machine));
-        let pt = kernel_pt(&space);
-        let baseline = space.phys_stats().page_table_pages;
-        let f = frame(&space);
+        let (space, pt, baseline, f) = counting_rcu_table();
         let va = KVA + 5 * SZ_4K;
 
         // No section open: the level-1 and level-2 nodes the page needed
@@ -1668,11 +1676,7 @@ mod reclamation {
     /// table as it is at each call.
     #[test]
     fn a_read_section_holds_detached_nodes_until_it_ends_and_sees_each_change() {
-        let machine = kvirt_sim::Machine::new(kvirt_sim::MachineConfig::new(64 << 20));
-        let space = counting_rcu::space_on(std::sync::Arc::new(machine));
-        let pt = kernel_pt(&space);
-        let baseline = space.phys_stats().page_table_pages;
-        let f = frame(&space);
+        let (space, pt, baseline, f) = counting_rcu_table();
         let va = KVA + 5 * SZ_4K;
         map_tracked(&pt, va, f.clone(), rw());
 
