@@ -68,13 +68,18 @@ impl<const N: usize> SplitCounter<N> {
     /// Whether the value is at least `limit`: the total alone when it
     /// decides, the sum otherwise.
     pub(crate) fn at_least(&self, limit: usize) -> bool {
+        // The value is an `isize`: a larger limit (such as `usize::MAX`,
+        // "never") is out of its reach without a look.
+        let Ok(signed_limit) = isize::try_from(limit) else { return false };
         let total = self.total.load(Ordering::Relaxed);
         // At rest each delta is above -BATCH and below BATCH.
         let slack = BATCH * N as isize;
-        match isize::try_from(limit) {
-            Ok(limit) if total + slack <= limit => false,
-            Ok(limit) if total - slack >= limit => true,
-            _ => self.sum() >= limit,
+        if total.saturating_add(slack) <= signed_limit {
+            false
+        } else if total.saturating_sub(slack) >= signed_limit {
+            true
+        } else {
+            self.sum() >= limit
         }
     }
 }
