@@ -224,6 +224,29 @@ pub const fn page_size<F: PagingFormat>(level: PagingLevel) -> usize {
     kvirt_core::paging::page_size(F::ENTRY_BITS, level)
 }
 
+/// `page_size::<F>(level) - 1`: the offset bits of an address inside a leaf
+/// at `level`, read from a table rather than shifted out, so that a walk
+/// whose exits share one tail (a level in a register) spends a load, not
+/// two variable shifts, on it.
+#[must_use]
+#[inline(always)]
+pub(crate) fn offset_mask<F: PagingFormat>(level: PagingLevel) -> usize {
+    const fn masks(entry_bits: u32) -> [usize; 6] {
+        let mut m = [0; 6];
+        let mut level = 1;
+        while level <= 5 {
+            m[level] = kvirt_core::paging::page_size(entry_bits, level as u8) - 1;
+            level += 1;
+        }
+        m
+    }
+    struct Masks<F>(core::marker::PhantomData<F>);
+    impl<F: PagingFormat> Masks<F> {
+        const MASKS: [usize; 6] = masks(F::ENTRY_BITS);
+    }
+    Masks::<F>::MASKS[level as usize]
+}
+
 /// The index into a node at `level` that `va` selects.
 #[must_use]
 #[inline]
@@ -302,5 +325,19 @@ mod tests {
         let va = 0xffff_c000_1234_5000usize;
         assert_eq!(pte_index::<X86_64>(va, 4), 384);
         assert_eq!(pte_index::<X86_64>(va, 1), 0x145);
+    }
+
+    #[test]
+    fn offset_mask_is_the_page_size_less_one_at_every_level_of_every_format() {
+        fn check<F: PagingFormat>() {
+            for level in 1..=F::NR_LEVELS {
+                assert_eq!(offset_mask::<F>(level), page_size::<F>(level) - 1, "level {level}");
+            }
+        }
+        check::<X86_64>();
+        check::<super::riscv::Sv39>();
+        check::<super::riscv::Sv48>();
+        check::<super::aarch64::Aarch64>();
+        check::<super::tiny::Tiny>();
     }
 }

@@ -171,9 +171,8 @@ fn decode<F: PagingFormat>(raw: u64, level: PagingLevel) -> PteKind {
     };
     // A huge leaf's low PPN bits must be zero on hardware (else it faults);
     // they are not part of its address.
-    let size = super::page_size::<F>(level);
     PteKind::Page {
-        pa: address(raw) & !(size - 1),
+        pa: address(raw) & !super::offset_mask::<F>(level),
         prop: PageProperty { flags, cache, priv_flags },
         tracked: raw & TRACKED != 0,
     }

@@ -10,7 +10,7 @@ use super::config::{vaddr_bounds, PageTableConfig};
 use super::node::NodeRef;
 use super::table::PageTable;
 use crate::addr::{Paddr, PagingLevel, Vaddr};
-use crate::arch::{page_size, pte_index, PagingFormat, PteKind};
+use crate::arch::{offset_mask, pte_index, PagingFormat, PteKind};
 use crate::page_prop::PageProperty;
 use crate::platform::RcuReadGuard;
 
@@ -140,7 +140,7 @@ impl<C: PageTableConfig> ReadSection<'_, C> {
         // SAFETY: we are in a read-side section, so a node reachable now is
         // not freed before it ends.
         let leaf = unsafe { self.table.walk_unlocked(va) }?;
-        Some((leaf.pa + va % page_size::<C::F>(leaf.level), leaf.prop))
+        Some((leaf.pa + (va & offset_mask::<C::F>(leaf.level)), leaf.prop))
     }
 
     /// [`PageTable::translate_addr`], inside this section.
@@ -149,7 +149,7 @@ impl<C: PageTableConfig> ReadSection<'_, C> {
     pub fn translate_addr(&self, va: Vaddr) -> Option<Paddr> {
         // SAFETY: as in `translate`.
         let leaf = unsafe { self.table.walk_unlocked(va) }?;
-        Some(leaf.pa + va % page_size::<C::F>(leaf.level))
+        Some(leaf.pa + (va & offset_mask::<C::F>(leaf.level)))
     }
 }
 
