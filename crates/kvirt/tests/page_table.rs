@@ -196,6 +196,37 @@ mod range_checks {
         assert_eq!(check(&pt, KVA + 0x800..KVA + 0x1800), Err(RangeError::Misaligned));
     }
 
+    /// The last root entry of the lower half, alone: a custom configuration
+    /// may take part of a half (one that straddles the halves does not
+    /// compile; see `PageTableConfig`).
+    #[derive(Debug)]
+    struct LastLowerEntry;
+    impl PageTableConfig for LastLowerEntry {
+        type F = kvirt::arch::x86_64::X86_64;
+        const TOP_LEVEL_INDEX_RANGE: Range<usize> = 255..256;
+        const TOP_LEVEL_CAN_UNMAP: bool = true;
+    }
+
+    #[test]
+    fn a_custom_config_covers_canonical_addresses_of_its_entries_only() {
+        let (first, last) = vaddr_bounds::<LastLowerEntry>();
+        assert_eq!((first, last), (0x7f80_0000_0000, 0x7fff_ffff_ffff));
+        let space = new_space();
+        let pt = PageTable::<LastLowerEntry>::empty_in(&space).unwrap();
+        // Non-canonical addresses whose root index (bits 39..48) is 255 or
+        // 0: never inside the configuration, never walked.
+        for va in [0x0001_0000_0000_0000, 0x0000_8000_0000_0000, 0x0001_7f80_0000_0000] {
+            assert_eq!(check(&pt, va..va + SZ_4K), Err(RangeError::OutOfBounds), "{va:#x}");
+            assert_eq!(pt.translate_addr(va), None, "{va:#x}");
+        }
+        assert_eq!(check(&pt, first..last + 1), Ok(()));
+        let mut c = pt.cursor_mut(&(first..first + SZ_4K)).unwrap();
+        c.map(MappedItem::Untracked(UPA, 1, rw()));
+        drop(c);
+        assert_eq!(pt.translate_addr(first + 8), Some(UPA + 8));
+        assert_eq!(pt.translate_addr(first.wrapping_add(1 << 48) + 8), None, "an alias of the mapped page");
+    }
+
     #[test]
     fn config_bounds_are_the_two_halves() {
         assert_eq!(vaddr_bounds::<KernelPtConfig>(), (0xffff_8000_0000_0000, usize::MAX));

@@ -19,11 +19,32 @@ use crate::arch::PagingFormat;
 /// The shape and address range of one kind of page table.
 ///
 /// A safe trait: kvirt checks its constants at compile time wherever a
-/// table of the configuration is made (the root entries must be a
-/// non-empty part of a node), and nothing else about it can break memory
-/// safety: a table is its own tree, and only
+/// table of the configuration is made or its addresses are computed, and
+/// nothing else about it can break memory safety: a table is its own tree,
+/// and only
 /// [`create_user_page_table`](super::PageTable::create_user_page_table),
 /// defined for kvirt's own configurations, shares nodes between two tables.
+///
+/// The checks: the root entries are a non-empty part of a node, and, in a
+/// format that sign-extends addresses ([`PagingFormat::SIGN_EXTEND`]), they
+/// lie in one half of it. The addresses between the halves are not
+/// canonical, and an index taken from one of them would select a root
+/// entry outside the configuration, which no cursor locks:
+///
+/// ```compile_fail,E0080
+/// use core::ops::Range;
+/// use kvirt::arch::x86_64::X86_64;
+/// use kvirt::page_table::{vaddr_bounds, PageTableConfig};
+///
+/// #[derive(Debug)]
+/// struct AcrossTheHalves;
+/// impl PageTableConfig for AcrossTheHalves {
+///     type F = X86_64;
+///     const TOP_LEVEL_INDEX_RANGE: Range<usize> = 255..257;
+///     const TOP_LEVEL_CAN_UNMAP: bool = true;
+/// }
+/// let _ = vaddr_bounds::<AcrossTheHalves>(); // does not compile
+/// ```
 pub trait PageTableConfig: fmt::Debug + Send + Sync + 'static {
     /// The paging format.
     type F: PagingFormat;
@@ -68,9 +89,9 @@ struct Bounds<C>(PhantomData<C>);
 impl<C: PageTableConfig> Bounds<C> {
     const VALUE: (Vaddr, Vaddr) = {
         let range = C::TOP_LEVEL_INDEX_RANGE;
-        // The proven function's precondition (also checked wherever a
-        // table of `C` is made).
-        assert!(range.start < range.end && range.end <= C::F::NR_ENTRIES);
+        // The proven function's precondition, and no root entry whose
+        // addresses would include non-canonical ones.
+        check_config::<C>();
         kvirt_core::paging::root_entries_bounds(
             C::F::ENTRY_BITS,
             C::F::NR_LEVELS,
@@ -79,6 +100,23 @@ impl<C: PageTableConfig> Bounds<C> {
             C::F::SIGN_EXTEND,
         )
     };
+}
+
+/// Checks the constants of `C` (see [`PageTableConfig`]); evaluated at
+/// compile time wherever a table of `C` is made or its bounds are used.
+pub(crate) const fn check_config<C: PageTableConfig>() {
+    crate::arch::check_shape::<C::F>();
+    let r = C::TOP_LEVEL_INDEX_RANGE;
+    assert!(
+        r.start < r.end && r.end <= C::F::NR_ENTRIES,
+        "PageTableConfig: TOP_LEVEL_INDEX_RANGE must be a non-empty range of the root's entries"
+    );
+    let half = C::F::NR_ENTRIES / 2;
+    assert!(
+        !C::F::SIGN_EXTEND || r.end <= half || r.start >= half,
+        "PageTableConfig: in a format that sign-extends addresses, TOP_LEVEL_INDEX_RANGE must lie in one half of \
+         the root's entries (the addresses between the halves are not canonical)"
+    );
 }
 
 /// `va` in canonical form: its top bits copy bit `F::VA_BITS - 1` if the

@@ -81,14 +81,7 @@ impl<C: PageTableConfig> PageTable<C> {
     /// end up in one. A kernel space checks this for its own format when it
     /// is created; this catches a table of another format.
     pub(crate) fn empty(phys: &PhysMem) -> Result<Self, PageTableAllocError> {
-        const {
-            crate::arch::check_shape::<C::F>();
-            let r = C::TOP_LEVEL_INDEX_RANGE;
-            assert!(
-                r.start < r.end && r.end <= C::F::NR_ENTRIES,
-                "PageTableConfig: TOP_LEVEL_INDEX_RANGE must be a non-empty range of the root's entries"
-            );
-        };
+        const { super::config::check_config::<C>() };
         assert!(
             kvirt_core::area_args::paddr_range_fits(0, phys.max_paddr(), C::F::PA_BITS),
             "PageTable: RAM reaches {:#x}, past the physical addresses the paging format can express",
