@@ -96,8 +96,10 @@ unsafe impl Platform for KernelPlatform {
         self.rcu.read_lock();
     }
 
-    fn rcu_read_unlock(&self) {
-        self.rcu.read_unlock();
+    unsafe fn rcu_read_unlock(&self) {
+        // SAFETY: the caller's promise (it began the section it ends, on
+        // this CPU) is `read_unlock`'s.
+        unsafe { self.rcu.read_unlock() };
     }
 
     fn call_rcu(&self, callback: RcuCallback) {

@@ -85,7 +85,14 @@ impl Rcu {
 
     /// Leaves the innermost read-side section; leaving the outermost one is
     /// a quiescent state, after which ready callbacks run.
-    pub fn read_unlock(&self) {
+    ///
+    /// # Safety
+    ///
+    /// The caller entered that section itself with [`read_lock`](Self::read_lock)
+    /// on this CPU and leaves it once: leaving a section another piece of
+    /// code is in (kvirt's, around a page-table walk) would let what it
+    /// reads be freed under it.
+    pub unsafe fn read_unlock(&self) {
         let cpu = percpu::this();
         if cpu.rcu_nesting.fetch_sub(1, Ordering::SeqCst) == 1 {
             cpu.rcu_quiescent.fetch_add(1, Ordering::SeqCst);

@@ -389,7 +389,8 @@ fn grace_periods(cpus: usize) -> alloc::string::String {
                 rcu.read_lock();
                 phase.store(1, Ordering::SeqCst);
                 wait(2);
-                rcu.read_unlock();
+                // SAFETY: this CPU entered the section above.
+                unsafe { rcu.read_unlock() };
                 phase.store(3, Ordering::SeqCst);
             } else if cpu == 0 {
                 wait(1);

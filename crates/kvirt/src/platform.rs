@@ -182,7 +182,15 @@ pub unsafe trait Platform: Send + Sync + Debug + 'static {
     fn rcu_read_lock(&self);
 
     /// Ends the innermost read-side section begun on this CPU.
-    fn rcu_read_unlock(&self);
+    ///
+    /// # Safety
+    ///
+    /// The caller began that section itself, with
+    /// [`rcu_read_lock`](Platform::rcu_read_lock) on this CPU, and ends it
+    /// once. Ending a section someone else began (kvirt's, around a walk)
+    /// would let memory that section still reads be freed; kvirt ends only
+    /// the sections it begins.
+    unsafe fn rcu_read_unlock(&self);
 
     /// Runs `callback` after a grace period.
     fn call_rcu(&self, callback: RcuCallback);
@@ -210,7 +218,9 @@ impl<'a> RcuReadGuard<'a> {
 impl Drop for RcuReadGuard<'_> {
     #[inline]
     fn drop(&mut self) {
-        self.platform.rcu_read_unlock();
+        // SAFETY: `new` began this section on this thread (the guard is not
+        // `Send`), and the guard ends it here, once.
+        unsafe { self.platform.rcu_read_unlock() };
     }
 }
 

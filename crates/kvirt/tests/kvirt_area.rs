@@ -1825,8 +1825,9 @@ mod mmu {
             self.inner.rcu_read_lock();
         }
 
-        fn rcu_read_unlock(&self) {
-            self.inner.rcu_read_unlock();
+        unsafe fn rcu_read_unlock(&self) {
+            // SAFETY: the caller's promise is passed on unchanged.
+            unsafe { self.inner.rcu_read_unlock() };
         }
 
         fn call_rcu(&self, callback: RcuCallback) {
@@ -2220,8 +2221,9 @@ mod panicking_callbacks {
             self.inner.rcu_read_lock();
         }
 
-        fn rcu_read_unlock(&self) {
-            self.inner.rcu_read_unlock();
+        unsafe fn rcu_read_unlock(&self) {
+            // SAFETY: the caller's promise is passed on unchanged.
+            unsafe { self.inner.rcu_read_unlock() };
         }
 
         fn call_rcu(&self, callback: RcuCallback) {

@@ -1696,7 +1696,8 @@ mod reclamation {
             baseline + 2,
             "the detached nodes wait for the open section"
         );
-        space.platform().rcu_read_unlock();
+        // SAFETY: this test began the section above, on this thread.
+        unsafe { space.platform().rcu_read_unlock() };
         space.synchronize();
         assert_eq!(space.phys_stats().page_table_pages, baseline, "freed once the section ended");
         assert_eq!(pt.check_inv(), Ok(1 + 256), "the root and the kernel's top-level nodes");

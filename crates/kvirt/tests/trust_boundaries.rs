@@ -41,8 +41,9 @@ unsafe impl Platform for FarCpu {
         self.inner.rcu_read_lock();
     }
 
-    fn rcu_read_unlock(&self) {
-        self.inner.rcu_read_unlock();
+    unsafe fn rcu_read_unlock(&self) {
+        // SAFETY: the caller's promise is passed on unchanged.
+        unsafe { self.inner.rcu_read_unlock() };
     }
 
     fn call_rcu(&self, callback: RcuCallback) {

@@ -108,7 +108,8 @@ pub fn measure(cfg: &Config) -> Result<Vec<Step>, Error> {
     let mut results = vec![
         each(cfg, ops, 1, || {
             platform.rcu_read_lock();
-            platform.rcu_read_unlock();
+            // SAFETY: the line above began the section, on this thread.
+            unsafe { platform.rcu_read_unlock() };
         })?,
         each(cfg, ops, 1, || drop(black_box(pt.cursor_mut(&page).expect("a kernel range"))))?,
         each(cfg, ops, 1, || map_take(va, MappedItem::Untracked(pa, 1, prop)))?,

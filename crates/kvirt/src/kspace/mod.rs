@@ -229,6 +229,19 @@ impl<L: KernelLayout> KernelSpace<L> {
     }
 
     /// The platform.
+    ///
+    /// Its methods are open to anyone, but one that could break what kvirt
+    /// relies on is `unsafe` to call: ending a read-side section, which
+    /// only the code that began it may do. Safe code cannot end kvirt's
+    /// section around a walk:
+    ///
+    /// ```compile_fail,E0133
+    /// let space = kvirt::kspace::KernelSpace::new_hosted(kvirt::sim::MachineConfig::new(8 << 20));
+    /// let pt = kvirt::page_table::PageTable::<kvirt::page_table::KernelPtConfig>::empty_in(&space).unwrap();
+    /// let section = pt.read_section();
+    /// space.platform().rcu_read_unlock();
+    /// drop(section);
+    /// ```
     #[must_use]
     pub fn platform(&self) -> &dyn Platform {
         self.phys().platform()

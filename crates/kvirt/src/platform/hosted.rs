@@ -230,7 +230,7 @@ unsafe impl Platform for SimPlatform {
     }
 
     #[inline]
-    fn rcu_read_unlock(&self) {
+    unsafe fn rcu_read_unlock(&self) {
         rcu::read_unlock();
     }
 
@@ -350,7 +350,8 @@ mod tests {
         assert!(message(&*payload).contains("inside a read-side section"), "{}", message(&*payload));
         assert!(started.elapsed() < Duration::from_secs(10), "rcu_barrier waited {:?}", started.elapsed());
         assert!(rcu::in_section(), "the section is still open");
-        platform.rcu_read_unlock();
+        // SAFETY: this test began the section above, on this thread.
+        unsafe { platform.rcu_read_unlock() };
         assert!(!rcu::in_section());
         platform.rcu_barrier();
         assert_eq!(ran.load(Ordering::SeqCst), 1, "the callback ran once the section ended");

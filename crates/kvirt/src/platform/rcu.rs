@@ -41,8 +41,10 @@ macro_rules! counting_rcu_methods {
             self.$field.read_lock();
         }
 
-        fn rcu_read_unlock(&self) {
-            self.$field.read_unlock();
+        unsafe fn rcu_read_unlock(&self) {
+            // SAFETY: the caller's promise (it began the section it ends)
+            // is `read_unlock`'s.
+            unsafe { self.$field.read_unlock() };
         }
 
         fn call_rcu(&self, callback: $crate::platform::RcuCallback) {
@@ -99,8 +101,17 @@ impl CountingRcu {
     }
 
     /// Leaves a read-side section; the last reader out runs what is queued.
-    pub fn read_unlock(&self) {
-        if self.readers.fetch_sub(1, Ordering::SeqCst) == 1 {
+    ///
+    /// # Safety
+    ///
+    /// The caller entered that section itself with [`read_lock`](Self::read_lock)
+    /// and leaves it once: leaving a section someone else is in would let
+    /// callbacks run, and free what that section reads, while it still
+    /// reads it.
+    pub unsafe fn read_unlock(&self) {
+        let before = self.readers.fetch_sub(1, Ordering::SeqCst);
+        debug_assert!(before > 0, "CountingRcu::read_unlock without read_lock");
+        if before == 1 {
             self.run_if_quiescent();
         }
     }
@@ -208,7 +219,8 @@ mod tests {
         let r = ran.clone();
         rcu.call(Box::new(move || r.store(true, Ordering::SeqCst)));
         assert!(!ran.load(Ordering::SeqCst));
-        rcu.read_unlock();
+        // SAFETY: this test entered the section above.
+        unsafe { rcu.read_unlock() };
         assert!(ran.load(Ordering::SeqCst));
     }
 
@@ -224,7 +236,8 @@ mod tests {
                 ran.fetch_add(1, Ordering::SeqCst);
             }));
         }
-        let unlock = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rcu.read_unlock()));
+        // SAFETY: this test entered the section above.
+        let unlock = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe { rcu.read_unlock() }));
         assert!(unlock.is_err(), "the panic goes on to whoever ran the batch");
         assert_eq!(ran.load(Ordering::SeqCst), 1, "the callback before the panicking one ran");
         rcu.barrier();
@@ -246,7 +259,8 @@ mod tests {
                     std::thread::yield_now();
                 }
                 std::thread::sleep(std::time::Duration::from_millis(20));
-                rcu.read_unlock();
+                // SAFETY: this thread entered the section above.
+                unsafe { rcu.read_unlock() };
             })
         };
         while !entered.load(Ordering::SeqCst) {
