@@ -512,6 +512,24 @@ mod rejected {
     }
 
     #[test]
+    fn running_out_of_page_table_memory_in_lazy_mode_leaves_nothing_queued() {
+        let space = KernelSpace::new_hosted(MachineConfig::new(16 << 20));
+        space.set_purge_mode(PurgeMode::Lazy { max_pending_pages: usize::MAX });
+        let mut hoard = Vec::new();
+        while let Ok(frame) = FrameAllocOptions::new_in(&space).alloc_frame() {
+            hoard.push(frame);
+        }
+        let (vmalloc, phys) = (space.vmalloc_stats(), space.phys_stats());
+        // Read at once, without the purge that `snapshot` runs first.
+        let result = space.try_map_frames(2 * P, P, [hoard[0].clone()], prop()).map(drop);
+        assert_eq!(result, Err(KVirtAreaError::OutOfMemory));
+        assert_eq!(space.vmalloc_stats(), vmalloc, "the refused area's range is free again");
+        assert_eq!(space.phys_stats(), phys);
+        assert_eq!(hoard[0].reference_count(), 1, "the refused call's reference is gone");
+        assert!(space.inv());
+    }
+
+    #[test]
     fn a_rejected_untracked_range_stays_unmapped() {
         let space = small_space();
         let keep = FrameAllocOptions::new_in(&space).alloc_frame().unwrap();

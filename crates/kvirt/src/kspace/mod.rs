@@ -560,7 +560,9 @@ impl<L: KernelLayout> KernelSpace<L> {
     /// page-table memory runs out while lazily dropped areas wait for a
     /// purge, purges them and runs `map` once more from where it stopped,
     /// handing it the item that failed. If that fails too, drops the area
-    /// (which unmaps what was mapped and frees the range).
+    /// (which unmaps what was mapped and frees the range) and, in lazy
+    /// mode, where the drop only queues it, purges: the refused call
+    /// leaves no range or frame of its own behind, and memory is short.
     fn map_purging(
         &self,
         area: KVirtArea<L>,
@@ -594,6 +596,7 @@ impl<L: KernelLayout> KernelSpace<L> {
             if purged || !self.inner().purge_if_pending() {
                 drop(e);
                 drop(area);
+                self.inner().purge_if_pending();
                 return Err(KVirtAreaError::OutOfMemory);
             }
             purged = true;
