@@ -51,10 +51,13 @@ impl<const N: usize> SplitCounter<N> {
         let slot = &self.slots[slot % N];
         let now = slot.fetch_add(delta, Ordering::Relaxed) + delta;
         if now >= BATCH || now <= -BATCH {
-            // Two steps, each a plain addition: the value is off by `now`
-            // between them, never for good.
-            slot.fetch_sub(now, Ordering::Relaxed);
-            self.total.fetch_add(now, Ordering::Relaxed);
+            // Moves all the slot holds, whatever other changes reached it
+            // meanwhile, so that racing adds cannot leave it beyond `BATCH`
+            // (subtracting only `now` could, with the other's share counted
+            // twice in the slot and the total). Two steps: the value is off
+            // by what moved between them, never for good.
+            let moved = slot.swap(0, Ordering::Relaxed);
+            self.total.fetch_add(moved, Ordering::Relaxed);
         }
     }
 
@@ -131,15 +134,21 @@ mod tests {
             for t in 0..4usize {
                 let c = &c;
                 s.spawn(move || {
-                    for i in 0..10_000usize {
-                        c.add(t, 3);
+                    // Changes near `BATCH` in size, so that racing adds
+                    // to one slot often both reach it.
+                    for i in 0..100_000usize {
+                        c.add(t, 40);
                         if i % 2 == 1 {
-                            c.add(t + 1, -5);
+                            c.add(t + 1, -70);
                         }
                     }
                 });
             }
         });
-        assert_eq!(c.sum(), 4 * (10_000 * 3 - 5_000 * 5));
+        assert_eq!(c.sum(), 4 * (100_000 * 40 - 50_000 * 70));
+        assert!(
+            c.slots.iter().all(|s| s.load(Ordering::Relaxed).abs() < BATCH),
+            "racing adds left a slot beyond BATCH: the fast path of at_least would misjudge"
+        );
     }
 }
