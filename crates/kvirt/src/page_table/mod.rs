@@ -11,8 +11,17 @@
 //! read-side section) to the lowest node that covers its whole range, locks
 //! that *guard node*, re-checks that it is still attached (not `stray`),
 //! and then locks, top-down, every existing node below it that intersects
-//! the range. Locks are always taken parent before child, so cursors never
-//! deadlock.
+//! the range. Locks are always taken parent before child, so cursors on
+//! different threads never deadlock.
+//!
+//! One thread holding two cursors is another matter: a lock is not
+//! re-entrant, and a node's lock stands for the range beneath it. Creating
+//! a cursor whose nodes a cursor of the same thread holds (overlapping
+//! ranges, or disjoint ones that share a guard node), or dropping a cursor
+//! that emptied its guard node, whose reclamation then locks the parent,
+//! while the same thread holds a cursor with that parent as its guard,
+//! waits for ever. Hold one cursor per thread at a time, as kvirt itself
+//! does.
 //!
 //! A node is the unit of locking. Cursors over disjoint ranges lock
 //! disjoint nodes, and run in parallel, when their guards differ: ranges
