@@ -2034,6 +2034,13 @@ mod concurrent_cursors {
 }
 
 mod soundness {
+    use std::ptr::NonNull;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::sync::Arc;
+
+    use kvirt::platform::{Platform, RcuCallback, TlbFlushOp, TlbScope};
+
     use super::*;
 
     #[test]
@@ -2080,6 +2087,86 @@ mod soundness {
         assert_eq!(user.translate(KVA), None);
         assert_eq!(user.translate_addr(KVA), None);
         assert_eq!(user.translate(SZ_1G), Some((UPA, rw())));
+    }
+
+    /// The hosted platform, counting the read-side sections begun and ended
+    /// and the deepest nesting seen.
+    #[derive(Debug)]
+    struct SectionCounter {
+        inner: kvirt::platform::hosted::SimPlatform,
+        counts: Arc<Sections>,
+    }
+
+    #[derive(Debug, Default)]
+    struct Sections {
+        begun: AtomicUsize,
+        ended: AtomicUsize,
+        open: AtomicUsize,
+    }
+
+    // SAFETY: every call is forwarded to `SimPlatform`, which keeps every
+    // promise; the counters only watch.
+    unsafe impl Platform for SectionCounter {
+        fn phys_base(&self) -> NonNull<u8> {
+            self.inner.phys_base()
+        }
+
+        fn flush_tlb(&self, op: TlbFlushOp, scope: TlbScope) {
+            self.inner.flush_tlb(op, scope);
+        }
+
+        fn current_cpu(&self) -> usize {
+            self.inner.current_cpu()
+        }
+
+        fn rcu_read_lock(&self) {
+            self.inner.rcu_read_lock();
+            self.counts.begun.fetch_add(1, SeqCst);
+            self.counts.open.fetch_add(1, SeqCst);
+        }
+
+        unsafe fn rcu_read_unlock(&self) {
+            self.counts.open.fetch_sub(1, SeqCst);
+            self.counts.ended.fetch_add(1, SeqCst);
+            // SAFETY: the caller's promise is passed on unchanged.
+            unsafe { self.inner.rcu_read_unlock() };
+        }
+
+        fn call_rcu(&self, callback: RcuCallback) {
+            self.inner.call_rcu(callback);
+        }
+
+        fn rcu_barrier(&self) {
+            self.inner.rcu_barrier();
+        }
+    }
+
+    /// `check_inv` finds each child under its parent's lock and reads it
+    /// after letting the lock go; a node another thread detaches meanwhile
+    /// must not be freed before the walk is done with it. So the walk of
+    /// the whole tree is one read-side section (begun once, ended once),
+    /// not a section per node nor none.
+    #[test]
+    fn check_inv_walks_the_whole_tree_inside_one_read_side_section() {
+        let machine = Arc::new(kvirt_sim::Machine::new(kvirt_sim::MachineConfig::new(16 << 20)));
+        // SAFETY: a new machine, used by this space alone.
+        let inner = unsafe { kvirt::platform::hosted::SimPlatform::new(machine.clone()) };
+        let counts = Arc::new(Sections::default());
+        let platform = SectionCounter { inner, counts: counts.clone() };
+        let map = kvirt::platform::hosted::memory_map_of(&machine);
+        // SAFETY: the machine's own map; its RAM reads as zero.
+        let space = unsafe { KernelSpace::new(Box::new(platform), &map, true) }.expect("a space");
+        let pt = kernel_pt(&space);
+        map_untracked(&pt, KVA, UPA, 1, rw());
+        let nodes_before = pt.check_inv().expect("intact");
+        assert!(nodes_before > 256 + 2, "the walk goes below the root: {nodes_before} nodes");
+
+        let (begun, ended) = (counts.begun.load(SeqCst), counts.ended.load(SeqCst));
+        assert_eq!(pt.check_inv(), Ok(nodes_before));
+        assert_eq!(counts.begun.load(SeqCst) - begun, 1, "one section for the whole walk");
+        assert_eq!(counts.ended.load(SeqCst) - ended, 1, "and it ends when the walk does");
+        assert_eq!(counts.open.load(SeqCst), 0);
+        unmap_all(&pt, KVA..KVA + SZ_4K);
     }
 }
 

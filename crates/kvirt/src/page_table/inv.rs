@@ -7,6 +7,7 @@ use crate::addr::{is_aligned, PagingLevel, Vaddr, PAGE_SIZE};
 use crate::arch::{page_size, PagingFormat, PteKind};
 use crate::frame::REF_COUNT_MAX;
 use crate::inv::Inv;
+use crate::platform::RcuReadGuard;
 
 /// The structural invariant of [`PageTable::check_inv`].
 impl<C: PageTableConfig> Inv for PageTable<C> {
@@ -37,11 +38,18 @@ impl<C: PageTableConfig> PageTable<C> {
     /// kernel table, which may be gone already.
     ///
     /// Meant for quiescent points: nodes are locked one at a time, so
-    /// concurrent changes elsewhere in the tree may be seen half-done.
+    /// concurrent changes elsewhere in the tree may be seen half-done (a
+    /// spurious error, never a read of freed memory: the whole walk is one
+    /// read-side section, so a node another thread detaches meanwhile is
+    /// not freed before the walk is over). Like any walk, it must not run
+    /// inside a platform callback that forbids sections.
     pub fn check_inv(&self) -> Result<usize, &'static str> {
         if !self.root_entries_ok() {
             return Err("the table's root entries pointer is not where physical memory maps its root");
         }
+        // Every child is found under its parent's lock and read after that
+        // lock is gone; only the section keeps it from being freed between.
+        let _section = RcuReadGuard::new(self.phys().platform());
         let mut nodes = 0;
         self.check_node(self.root_node(), C::F::NR_LEVELS, 0, &mut nodes)?;
         Ok(nodes)
@@ -109,17 +117,17 @@ impl<C: PageTableConfig> PageTable<C> {
             if !phys.is_ram(&(child..child + PAGE_SIZE)) {
                 return Err("a table entry points outside RAM");
             }
-            // SAFETY: the child was reachable a moment ago; the check runs at
-            // a quiescent point (see above), under the platform's RCU in any
-            // case through the table's own lifetime rules.
+            // SAFETY: the child was reachable under its parent's lock inside
+            // `check_inv`'s read-side section, which is still open: a node is
+            // freed only after a grace period that begins once it is detached.
             let child_node = unsafe { NodeRef::new(phys, child) };
             // The metadata must be a node's before anything else is read.
             let is_node = {
                 let slot = phys.slot(child);
                 // SAFETY: a reachable node's slot holds metadata.
                 let meta = unsafe { slot.as_dyn_meta() };
-                // SAFETY: the metadata lives while the node is reachable,
-                // which it is at a quiescent point.
+                // SAFETY: the metadata lives until the node is freed, which
+                // waits for the open section (as above).
                 crate::frame::meta::meta_is::<PtNodeMeta>(unsafe { &*meta })
             };
             if !is_node {
