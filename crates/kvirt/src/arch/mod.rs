@@ -99,13 +99,41 @@ pub enum PteKind {
 /// }
 /// ```
 ///
+/// Nor does a table of an `unsafe` implementation that breaks a shape
+/// rule, such as one claiming more entries than `ENTRY_BITS` indexes:
+///
+/// ```compile_fail,E0080
+/// use kvirt::arch::{PagingFormat, PteKind};
+/// use kvirt::page_prop::PageProperty;
+/// use kvirt::page_table::{vaddr_bounds, KernelPtConfig};
+///
+/// #[derive(Clone, Copy, Debug)]
+/// struct Wide;
+///
+/// // SAFETY: it is not; the shape check refuses it.
+/// unsafe impl PagingFormat for Wide {
+///     const NR_LEVELS: u8 = 4;
+///     const ENTRY_BITS: u32 = 9;
+///     const HIGHEST_LEAF_LEVEL: u8 = 1;
+///     const PA_BITS: u32 = 52;
+///     const SIGN_EXTEND: bool = true;
+///     const NR_ENTRIES: usize = 1024;
+///     fn encode_page(pa: usize, _: u8, _: PageProperty, _: bool) -> u64 { pa as u64 | 1 }
+///     fn encode_table(pa: usize) -> u64 { pa as u64 | 1 }
+///     fn decode(raw: u64, _: u8) -> PteKind { PteKind::Absent }
+/// }
+/// let _ = vaddr_bounds::<KernelPtConfig<Wide>>(); // does not compile
+/// ```
+///
 /// # Safety
 ///
 /// An implementation promises, for every `level` in `1..=NR_LEVELS`:
 ///
 /// 1. **Shape.** `1 <= HIGHEST_LEAF_LEVEL < NR_LEVELS <= 5`,
-///    `1 <= ENTRY_BITS <= 9` (a node's entries fit in its 4 KiB page), and
-///    `VA_BITS` and `PA_BITS` are at most 64, and
+///    `1 <= ENTRY_BITS <= 9` (a node's entries fit in its 4 KiB page),
+///    [`NR_ENTRIES`](Self::NR_ENTRIES) and [`VA_BITS`](Self::VA_BITS) keep
+///    their default values (`1 << ENTRY_BITS`, and 12 bits of page offset
+///    plus `ENTRY_BITS` per level), `PA_BITS` is at most 64, and
 ///    [`SET_BY_FORMAT`](Self::SET_BY_FORMAT) holds only `ACCESSED` and
 ///    `DIRTY`.
 /// 2. **Absent.** `decode(0, level)` is [`PteKind::Absent`].
@@ -144,9 +172,12 @@ pub unsafe trait PagingFormat: Copy + Debug + Send + Sync + 'static {
     /// (x86-64, RISC-V) rather than zero-extended.
     const SIGN_EXTEND: bool;
 
-    /// Entries in one node.
+    /// Entries in one node. Derived from `ENTRY_BITS`; an implementation
+    /// that sets it to anything else does not compile (safety rule 1).
     const NR_ENTRIES: usize = 1 << Self::ENTRY_BITS;
-    /// Virtual address bits translated by the whole tree.
+    /// Virtual address bits translated by the whole tree. Derived from the
+    /// shape; an implementation that sets it to anything else does not
+    /// compile (safety rule 1).
     const VA_BITS: u32 = PAGE_SIZE.trailing_zeros() + Self::NR_LEVELS as u32 * Self::ENTRY_BITS;
     /// Status flags (only [`PageFlags::ACCESSED`] and [`PageFlags::DIRTY`])
     /// that the format sets in every leaf it encodes, whatever the property
@@ -208,7 +239,14 @@ pub(crate) const fn check_shape<F: PagingFormat>() {
         1 <= F::ENTRY_BITS && F::ENTRY_BITS <= 9,
         "PagingFormat: a node's entries must fit in 4 KiB (1 <= ENTRY_BITS <= 9)"
     );
-    assert!(F::VA_BITS <= 64 && F::PA_BITS <= 64, "PagingFormat: VA_BITS and PA_BITS are at most 64");
+    // Indices, bounds and sign extension are computed from ENTRY_BITS in
+    // some places and from these two in others: they must agree.
+    assert!(F::NR_ENTRIES == 1 << F::ENTRY_BITS, "PagingFormat: NR_ENTRIES must be 1 << ENTRY_BITS");
+    assert!(
+        F::VA_BITS == PAGE_SIZE.trailing_zeros() + F::NR_LEVELS as u32 * F::ENTRY_BITS,
+        "PagingFormat: VA_BITS must be 12 + NR_LEVELS * ENTRY_BITS"
+    );
+    assert!(F::PA_BITS <= 64, "PagingFormat: PA_BITS is at most 64");
     let status = PageFlags::ACCESSED.union(PageFlags::DIRTY);
     assert!(
         F::SET_BY_FORMAT.difference(status).is_empty(),
