@@ -164,6 +164,7 @@ extern crate std;
 #[cfg(feature = "std")]
 pub use kvirt_sim as sim;
 
+mod abort;
 mod addr;
 pub mod arch;
 pub mod frame;

@@ -2464,6 +2464,29 @@ mod panicking_callbacks {
 
     use super::*;
 
+    /// Ending a read-side section must not unwind (the `Platform`
+    /// contract), but a callback anyone may queue through
+    /// `platform().call_rcu` can panic. `CountingRcu` runs queued callbacks
+    /// as the last section ends; a panic there aborts the process rather
+    /// than unwind out of kvirt's walk.
+    #[cfg(not(miri))]
+    #[test]
+    fn an_rcu_callback_panicking_as_a_section_ends_aborts_on_counting_rcu() {
+        support::abort_in_child::assert_aborts_in_child(
+            concat!(module_path!(), "::an_rcu_callback_panicking_as_a_section_ends_aborts_on_counting_rcu"),
+            "kvirt: an RCU callback panicked while CountingRcu::read_unlock ran it; aborting",
+            || {
+                let machine = kvirt_sim::Machine::new(kvirt_sim::MachineConfig::new(16 << 20));
+                let space = counting_rcu::space_on(std::sync::Arc::new(machine));
+                let pt = kernel_pt(&space);
+                let section = pt.read_section();
+                space.platform().call_rcu(Box::new(|| panic!("a caller's callback panics")));
+                assert_eq!(section.translate(KVA), None);
+                drop(section);
+            },
+        );
+    }
+
     /// Pages in use once deferred reclamation has run.
     fn used_pages(space: &KernelSpace) -> usize {
         space.synchronize();

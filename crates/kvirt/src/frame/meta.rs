@@ -55,6 +55,7 @@ use core::mem::{align_of, size_of, MaybeUninit};
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::ref_count;
+use crate::abort::AbortOnUnwind;
 use crate::addr::Paddr;
 
 /// The size of one metadata slot.
@@ -271,7 +272,8 @@ impl MetaSlot {
         let meta = unsafe { self.as_dyn_ptr() }.cast_mut();
         // The hook and the destructor are the user's code; if either
         // unwinds, the slot is left half torn down.
-        let abort_on_unwind = AbortOnUnwind;
+        let abort_on_unwind =
+            AbortOnUnwind("kvirt: a frame metadata drop hook or destructor panicked; aborting");
         // SAFETY: the metadata is initialised and nobody else accesses it
         // while this thread holds the `BUSY` state.
         unsafe { (*meta).on_drop(paddr) };
@@ -345,17 +347,6 @@ impl MetaSlot {
     #[cfg(test)]
     pub(crate) fn swap_ref_count(&self, count: u64) -> u64 {
         self.ref_count.swap(count, Ordering::Relaxed)
-    }
-}
-
-/// Aborts the process when dropped: it is forgotten on the normal path, so
-/// it drops only if a panic unwinds through the code it guards.
-struct AbortOnUnwind;
-
-impl Drop for AbortOnUnwind {
-    #[cold]
-    fn drop(&mut self) {
-        ref_count::abort_with("kvirt: a frame metadata drop hook or destructor panicked; aborting");
     }
 }
 

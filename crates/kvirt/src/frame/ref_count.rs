@@ -289,22 +289,5 @@ pub fn finish_tear_down<C: RefCountCell>(count: &C) {
 
 #[cold]
 fn overflow() -> ! {
-    abort_with("kvirt: frame reference count overflow");
-}
-
-/// Ends the process where no consistent state is left to go on from: with
-/// the `std` feature, prints `message` on stderr and aborts. Without it,
-/// panics with `message`: a kernel's panic handler halts, and a panic
-/// while unwinding (as from a guard's `Drop`) aborts.
-#[cold]
-#[inline(never)]
-pub(crate) fn abort_with(message: &str) -> ! {
-    #[cfg(feature = "std")]
-    {
-        extern crate std;
-        std::eprintln!("{message}");
-        std::process::abort();
-    }
-    #[cfg(not(feature = "std"))]
-    panic!("{message}");
+    crate::abort::abort_with("kvirt: frame reference count overflow");
 }

@@ -10,7 +10,10 @@
 //!
 //! A callback that panics does not lose the others: those taken with it
 //! that had not run yet go back to the queue (to run at the next quiescent
-//! point) before the panic goes on to whoever ran the batch.
+//! point) before the panic goes on to whoever ran the batch, in
+//! [`call`](CountingRcu::call) or [`barrier`](CountingRcu::barrier). In
+//! [`read_unlock`](CountingRcu::read_unlock), which must not unwind, it
+//! aborts the process instead.
 //!
 //! [`barrier`](CountingRcu::barrier) waits (spinning) until every callback
 //! queued before it has run, on whichever CPU: callbacks run one batch at
@@ -28,6 +31,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::RcuCallback;
+use crate::abort::AbortOnUnwind;
 
 /// Writes the four RCU methods of a [`Platform`](super::Platform)
 /// implementation as calls to its [`CountingRcu`] field `$field`:
@@ -108,11 +112,22 @@ impl CountingRcu {
     /// and leaves it once: leaving a section someone else is in would let
     /// callbacks run, and free what that section reads, while it still
     /// reads it.
+    ///
+    /// # Aborts
+    ///
+    /// If a callback it runs panics. Ending a section must not unwind (the
+    /// [`Platform`](super::Platform) contract, rule 5: kvirt ends its
+    /// sections in the middle of its own work), and a callback queued
+    /// through [`call`](Self::call) by code other than kvirt may panic.
     pub unsafe fn read_unlock(&self) {
         let before = self.readers.fetch_sub(1, Ordering::SeqCst);
         debug_assert!(before > 0, "CountingRcu::read_unlock without read_lock");
         if before == 1 {
+            let abort_on_unwind = AbortOnUnwind(
+                "kvirt: an RCU callback panicked while CountingRcu::read_unlock ran it; aborting",
+            );
             self.run_if_quiescent();
+            core::mem::forget(abort_on_unwind);
         }
     }
 
@@ -236,9 +251,11 @@ mod tests {
                 ran.fetch_add(1, Ordering::SeqCst);
             }));
         }
-        // SAFETY: this test entered the section above.
-        let unlock = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe { rcu.read_unlock() }));
-        assert!(unlock.is_err(), "the panic goes on to whoever ran the batch");
+        // Leave the section with the callbacks still queued, so that
+        // `barrier` (which may unwind, unlike `read_unlock`) runs them.
+        rcu.readers.fetch_sub(1, Ordering::SeqCst);
+        let barrier = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rcu.barrier()));
+        assert!(barrier.is_err(), "the panic goes on to whoever ran the batch");
         assert_eq!(ran.load(Ordering::SeqCst), 1, "the callback before the panicking one ran");
         rcu.barrier();
         assert_eq!(ran.load(Ordering::SeqCst), 3, "the callbacks after it ran at the next quiescent point");

@@ -35,8 +35,9 @@ pub struct CountingRcuPlatform {
 //    reader is active, which is the case whenever a test calls it (the
 //    tests call `KernelSpace::synchronize` only with no cursor alive and no
 //    read-side section of their own open).
-// 5. Nothing here panics: the methods flush simulated TLBs and forward to
-//    `CountingRcu`, whose callbacks are kvirt's own.
+// 5. Nothing here unwinds but `call_rcu` and `rcu_barrier`: the methods
+//    flush simulated TLBs and forward to `CountingRcu`, whose
+//    `read_unlock` aborts rather than unwind if a callback panics.
 unsafe impl Platform for CountingRcuPlatform {
     fn phys_base(&self) -> NonNull<u8> {
         self.machine.ram_base()
