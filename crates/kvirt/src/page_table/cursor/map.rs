@@ -177,7 +177,7 @@ impl<C: PageTableConfig> CursorMut<'_, C> {
     /// frames are ours and the entries absent. A frame taken that is not
     /// ours goes to `rest`; `try_map` deals with whatever stops the fill,
     /// and reports any error.
-    #[inline(never)]
+    #[inline]
     fn fill_leaf<T: AnyFrameMeta + ?Sized>(
         &mut self,
         frames: &mut impl Iterator<Item = Frame<T>>,

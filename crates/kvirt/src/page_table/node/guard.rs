@@ -119,16 +119,22 @@ impl<'a> NodeGuard<'a> {
     /// before `to`, at the first present entry, or when `next` returns
     /// `None`; returns how many it wrote.
     ///
-    /// Each write is counted as it is made, so if `next` (which may run
-    /// the caller's code, such as a frame iterator) panics, the entries
-    /// written so far are counted and the node stays consistent.
+    /// The writes are counted when the fill ends, and also if `next` (which
+    /// may run the caller's code, such as a frame iterator) panics: the
+    /// entries written so far are counted and the node stays consistent.
     ///
     /// `next` returns non-absent entries.
     #[inline]
     pub(crate) fn fill_absent(&self, from: usize, to: usize, mut next: impl FnMut() -> Option<u64>) -> usize {
-        // A raw pointer, not a `&mut` held across the calls of `next`.
-        let nr_children = self.node.meta().nr_children.get();
-        let mut written = 0;
+        // One release for the whole fill: whatever this thread wrote before
+        // it (a frame's contents, a node's initialisation) is seen by a
+        // walker that reads a new entry with `Acquire`. Each store could be
+        // `Release` instead, but the compiler treats such a store as a write
+        // to any memory, and would then keep the caller's iterator and the
+        // count in memory across the loop: a store-to-load round trip per
+        // entry, and the bound on a large map's speed.
+        core::sync::atomic::fence(Ordering::Release);
+        let mut written = self.count_on_drop();
         for entry in &self.node.entries()[from..to] {
             // Absent entries stay absent while we hold the lock (see `write`).
             if entry.load(Ordering::Relaxed) != 0 {
@@ -136,16 +142,10 @@ impl<'a> NodeGuard<'a> {
             }
             let Some(raw) = next() else { break };
             debug_assert_ne!(raw, 0, "fill_absent writes present entries");
-            entry.store(raw, Ordering::Release);
-            // SAFETY: we hold the lock, which guards `nr_children`, on this
-            // thread only; no reference to the count is alive here (`next`
-            // may write through this guard, but not during this statement).
-            // At most `PAGE_SIZE / 8` entries exist, so the count cannot
-            // overflow.
-            unsafe { *nr_children += 1 };
-            written += 1;
+            entry.store(raw, Ordering::Relaxed);
+            written.delta += 1;
         }
-        written
+        written.delta.unsigned_abs().into()
     }
 
     /// Clears every present entry from `from` to `to` (exclusive) and hands
@@ -157,8 +157,7 @@ impl<'a> NodeGuard<'a> {
     /// node stays consistent.
     #[inline]
     pub(crate) fn clear_present(&self, from: usize, to: usize, mut taken: impl FnMut(u64)) -> usize {
-        let nr_children = self.node.meta().nr_children.get();
-        let mut cleared = 0;
+        let mut cleared = self.count_on_drop();
         for entry in &self.node.entries()[from..to] {
             // See `write`: the hardware may set accessed and dirty bits
             // meanwhile, which unmapping discards anyway.
@@ -166,15 +165,21 @@ impl<'a> NodeGuard<'a> {
             if raw == 0 {
                 continue;
             }
-            entry.store(0, Ordering::Release);
-            // SAFETY: we hold the lock, which guards `nr_children`, on this
-            // thread only; no reference to the count is alive here. The
-            // entry was present, so it was counted.
-            unsafe { *nr_children -= 1 };
-            cleared += 1;
+            // `Relaxed`: a cleared entry publishes nothing. (A `Release`
+            // store would keep `taken`'s state in memory, as in
+            // `fill_absent`.)
+            entry.store(0, Ordering::Relaxed);
+            cleared.delta -= 1;
             taken(raw);
         }
-        cleared
+        cleared.delta.unsigned_abs().into()
+    }
+
+    /// A change of the child count, made when dropped (on unwinding too),
+    /// for a loop that writes many entries: counting each as it is written
+    /// would load and store the count once per entry.
+    fn count_on_drop(&self) -> ChildCountDelta {
+        ChildCountDelta { count: self.node.meta().nr_children.get(), delta: 0 }
     }
 
     /// The number of non-absent entries.
@@ -220,5 +225,27 @@ impl Drop for NodeGuard<'_> {
     #[inline]
     fn drop(&mut self) {
         self.node.meta().lock.store(false, Ordering::Release);
+    }
+}
+
+/// Adds `delta` to a locked node's child count when dropped (see
+/// [`NodeGuard::count_on_drop`]). Lives no longer than the guard that made
+/// it, and is not `Send` (it holds a raw pointer).
+struct ChildCountDelta {
+    count: *mut u16,
+    delta: i16,
+}
+
+impl Drop for ChildCountDelta {
+    #[inline]
+    fn drop(&mut self) {
+        // SAFETY: the guard that made this holds the node's lock, which
+        // guards the count, on this thread only, and outlives it; no
+        // reference to the count is alive (a loop's callback may write
+        // through the guard, but it has returned or unwound). A node has at
+        // most `PAGE_SIZE / 8` entries, each counted once, so the count
+        // stays within `0..=512`.
+        let count = unsafe { &mut *self.count };
+        *count = count.wrapping_add_signed(self.delta);
     }
 }
