@@ -178,6 +178,7 @@ impl<'a> NodeGuard<'a> {
     /// A change of the child count, made when dropped (on unwinding too),
     /// for a loop that writes many entries: counting each as it is written
     /// would load and store the count once per entry.
+    #[inline(always)] // two words; a call would cost more than it
     fn count_on_drop(&self) -> ChildCountDelta {
         ChildCountDelta { count: self.node.meta().nr_children.get(), delta: 0 }
     }
