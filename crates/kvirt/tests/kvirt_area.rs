@@ -2100,6 +2100,57 @@ mod mmu {
         assert_eq!(counts(), (0, 0, 3, 5));
         assert!(space.inv());
     }
+
+    /// A right half dropped before its left neighbour leaves its first page
+    /// (which it mapped) as the left half's guard, and the left half frees
+    /// it. With the halves' drops queued on different CPUs' purge queues,
+    /// the left half's queue may be purged first: its flush must cover that
+    /// page, or the page goes back to VMALLOC while another CPU still
+    /// caches its old translation. (Found by an independent review.)
+    #[test]
+    fn a_page_a_split_half_leaves_its_neighbour_is_flushed_before_reuse() {
+        let space = KernelSpace::new_hosted(MachineConfig::new(32 << 20).cpus(2));
+        // SAFETY: the test only sets the CPUs' roots and reads their TLBs.
+        let machine = unsafe { space.machine() }.expect("a hosted space").clone();
+        for cpu in 0..2 {
+            machine.cpu(cpu).set_root(space.kernel_root_paddr() as u64);
+        }
+        kvirt::platform::hosted::set_current_cpu(0);
+        space.set_purge_mode(PurgeMode::Lazy { max_pending_pages: 2 });
+        let frames: Vec<_> =
+            (0..3).map(|_| FrameAllocOptions::new_in(&space).alloc_frame().unwrap()).collect();
+        let area = space.try_map_frames(3 * P, 0, frames, prop()).unwrap();
+        let a = area.start();
+        let (l, r) = area.split(P);
+        let (r1, r2) = r.split(P);
+        // CPU 1 caches the page of the middle half.
+        machine.cpu(1).translate(a + P, Access::READ).expect("mapped");
+        // The middle half goes first, from CPU 1: its flush waits in CPU 1's
+        // queue, and its first page becomes the left half's guard.
+        kvirt::platform::hosted::set_current_cpu(1);
+        drop(r1);
+        kvirt::platform::hosted::set_current_cpu(0);
+        // CPU 0's queue reaches the threshold and is purged alone, twice.
+        drop(l);
+        drop(r2);
+        assert_eq!(space.purge_stats().pending_areas, 1, "the middle half still waits on CPU 1's queue");
+        let frames: Vec<_> =
+            (0..3).map(|_| FrameAllocOptions::new_in(&space).alloc_frame().unwrap()).collect();
+        let new = space.try_map_frames(3 * P, 0, frames, prop()).unwrap();
+        assert_eq!(new.start(), a, "the freed pages are reused");
+        let stale: Vec<_> = machine
+            .cpu(1)
+            .tlb_snapshot()
+            .into_iter()
+            .filter(|(page, _)| page.start < new.end() && new.start() < page.end)
+            .collect();
+        assert!(
+            stale.is_empty(),
+            "the new area {:#x?} reuses a page CPU 1 still caches: {stale:x?}",
+            new.range()
+        );
+        assert_eq!(space.check(), Ok(()));
+    }
 }
 
 /// docs/DESIGN.md section 4: page-table nodes and frames come back.

@@ -72,6 +72,13 @@ pub const META_STORAGE_SIZE: usize = 40;
 /// time when a frame is created). Neither its drop hook
 /// ([`on_drop`](Self::on_drop)) nor its destructor may panic: the process
 /// aborts if one does.
+///
+/// Metadata must not hold the last handle of the kernel space its frame
+/// belongs to. A frame may be released inside an RCU callback (a whole
+/// page-table sub-tree taken at once is freed after a grace period), and a
+/// space's teardown waits for every callback (`rcu_barrier`), including
+/// the one it would run in: on the hosted platform that panics after 30 s,
+/// which then aborts; a kernel's RCU would wait for ever.
 pub trait AnyFrameMeta: Any + Send + Sync + Debug {
     /// Called once when the last reference to the frame is dropped, before
     /// the metadata is dropped and the page is returned to the allocator.

@@ -567,9 +567,14 @@ impl<L: KernelLayout> Drop for KVirtArea<L> {
             Some(link) if !link.drop_one() => self.range.start + GUARD_SIZE,
             _ => self.range.start,
         };
-        let end = match &self.right {
-            Some(link) if !link.drop_one() => self.range.end,
-            _ => self.range.end + GUARD_SIZE,
+        // The page a dropped right half left us: it mapped that page, and
+        // its flush may still wait in another CPU's purge queue (or it may
+        // be lazy where we are eager), so we flush the page ourselves
+        // before it goes back to VMALLOC.
+        let (end, taken_back) = match &self.right {
+            Some(link) if !link.drop_one() => (self.range.end, None),
+            Some(_) => (self.range.end + GUARD_SIZE, Some(self.range.end..self.range.end + GUARD_SIZE)),
+            None => (self.range.end + GUARD_SIZE, None),
         };
         // Checked while the range is still ours: once it is free, another
         // thread may take it.
@@ -579,12 +584,20 @@ impl<L: KernelLayout> Drop for KVirtArea<L> {
         if lazy {
             // The range and what was mapped wait, still ours, for a purge
             // to flush them (see `purge`).
-            let dead = DeadArea { mapped: self.mapped.clone(), free, taken: ManuallyDrop::into_inner(taken) };
+            let flush = match taken_back {
+                Some(page) if self.mapped.is_empty() => page,
+                Some(page) => self.mapped.start..page.end,
+                None => self.mapped.clone(),
+            };
+            let dead = DeadArea { flush, free, taken: ManuallyDrop::into_inner(taken) };
             let cpu = space.phys.platform().current_cpu();
             if space.purger.push(cpu, dead) {
                 space.purge_over_threshold(cpu);
             }
             return;
+        }
+        if let Some(page) = taken_back {
+            space.phys.platform().flush_tlb(TlbFlushOp::Range(page), TlbScope::AllCpus);
         }
         // Released last, after the range (unmapped and flushed, so free to
         // reuse): dropping frames runs their metadata's drop hooks, and

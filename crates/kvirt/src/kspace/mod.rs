@@ -305,6 +305,13 @@ impl<L: KernelLayout> KernelSpace<L> {
     }
 
     /// A read-only cursor over the kernel page table.
+    ///
+    /// It holds the locks of the nodes over `range` until dropped. Creating,
+    /// splitting or dropping an area takes a cursor of its own over the
+    /// area's range: on the thread that holds this one, such a call over a
+    /// range whose page-table nodes this cursor holds waits for ever (the
+    /// [`page_table`](crate::page_table) module says when two cursors of
+    /// one thread wait for each other). Drop the cursor first.
     pub fn kernel_cursor(
         &self,
         range: &Range<Vaddr>,

@@ -109,8 +109,10 @@ pub struct PurgeStats {
 /// A dropped area, unmapped, waiting for its flush.
 #[derive(Debug)]
 pub(super) struct DeadArea<F: PagingFormat> {
-    /// What was mapped: the span the flush must cover (empty if nothing).
-    pub(super) mapped: Range<Vaddr>,
+    /// The span the flush must cover (empty if nothing): what was mapped,
+    /// and any page of `free` that a split neighbour mapped (its own flush
+    /// may wait in another queue).
+    pub(super) flush: Range<Vaddr>,
     /// The VMALLOC range to give back (possibly empty: see `SplitLink`).
     pub(super) free: Range<Vaddr>,
     /// What was unmapped: frames and page-table sub-trees, released when
@@ -192,7 +194,7 @@ impl<F: PagingFormat> Purger<F> {
     pub(super) fn pending(&self) -> Vec<(Range<Vaddr>, Range<Vaddr>)> {
         let mut all = Vec::new();
         for q in &self.queues {
-            q.with_pending(|p| all.extend(p.iter().map(|d| (d.mapped.clone(), d.free.clone()))));
+            q.with_pending(|p| all.extend(p.iter().map(|d| (d.flush.clone(), d.free.clone()))));
         }
         all
     }
@@ -225,7 +227,7 @@ impl<L: KernelLayout> SpaceInner<L> {
             |dead| {
                 let pages = dead.iter().map(DeadArea::pages).sum::<usize>();
                 purger.pending_pages.add(i, -pages.try_into().unwrap_or(isize::MAX));
-                let mapped = dead.iter().map(|d| &d.mapped).filter(|m| !m.is_empty());
+                let mapped = dead.iter().map(|d| &d.flush).filter(|m| !m.is_empty());
                 let start = mapped.clone().map(|m| m.start).min();
                 let end = mapped.map(|m| m.end).max();
                 if let (Some(start), Some(end)) = (start, end) {
@@ -314,8 +316,7 @@ impl<L: KernelLayout> KernelSpace<L> {
 
     /// The purge queue's part of the space's invariant: every dead area's
     /// range to free is still allocated in VMALLOC, apart from the other
-    /// dead areas' and from every live area; nothing is mapped where it
-    /// was mapped.
+    /// dead areas' and from every live area, and nothing is mapped in it.
     pub(crate) fn check_pending(&self) -> Result<(), &'static str> {
         let mut dead = self.inner().purger.pending();
         dead.sort_by_key(|(_, free)| free.start);
@@ -334,9 +335,12 @@ impl<L: KernelLayout> KernelSpace<L> {
                 return Err("a dead area's range overlaps a live area");
             }
         }
-        for (mapped, _) in dead.iter().filter(|(m, _)| !m.is_empty()) {
-            let mut cursor = self.kernel_cursor(mapped).map_err(|_| "a dead area is outside kernel space")?;
-            if cursor.find_next(mapped.len()).is_some() {
+        // What a dead area still holds is unmapped. (Its flush span may be
+        // larger: a page it left to a live left half as its guard is that
+        // half's, which may since have flushed and freed it for reuse.)
+        for (_, free) in dead.iter().filter(|(_, f)| !f.is_empty()) {
+            let mut cursor = self.kernel_cursor(free).map_err(|_| "a dead area is outside kernel space")?;
+            if cursor.find_next(free.len()).is_some() {
                 return Err("a dead area is still mapped");
             }
         }
