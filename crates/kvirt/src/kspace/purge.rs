@@ -190,11 +190,11 @@ impl<F: PagingFormat> Purger<F> {
         self.pending_pages.at_least(self.max_pending_pages.load(Ordering::Relaxed))
     }
 
-    /// The dead areas' ranges, for the invariant.
-    pub(super) fn pending(&self) -> Vec<(Range<Vaddr>, Range<Vaddr>)> {
+    /// The dead areas' ranges to free, for the invariant.
+    pub(super) fn pending(&self) -> Vec<Range<Vaddr>> {
         let mut all = Vec::new();
         for q in &self.queues {
-            q.with_pending(|p| all.extend(p.iter().map(|d| (d.flush.clone(), d.free.clone()))));
+            q.with_pending(|p| all.extend(p.iter().map(|d| d.free.clone())));
         }
         all
     }
@@ -319,9 +319,10 @@ impl<L: KernelLayout> KernelSpace<L> {
     /// dead areas' and from every live area, and nothing is mapped in it.
     pub(crate) fn check_pending(&self) -> Result<(), &'static str> {
         let mut dead = self.inner().purger.pending();
-        dead.sort_by_key(|(_, free)| free.start);
+        dead.retain(|free| !free.is_empty());
+        dead.sort_by_key(|free| free.start);
         let areas = self.areas();
-        let frees = dead.iter().map(|(_, free)| free).filter(|f| !f.is_empty());
+        let frees = dead.iter();
         let mut last_end = 0;
         for free in frees {
             if free.start < last_end {
@@ -338,7 +339,7 @@ impl<L: KernelLayout> KernelSpace<L> {
         // What a dead area still holds is unmapped. (Its flush span may be
         // larger: a page it left to a live left half as its guard is that
         // half's, which may since have flushed and freed it for reuse.)
-        for (_, free) in dead.iter().filter(|(_, f)| !f.is_empty()) {
+        for free in &dead {
             let mut cursor = self.kernel_cursor(free).map_err(|_| "a dead area is outside kernel space")?;
             if cursor.find_next(free.len()).is_some() {
                 return Err("a dead area is still mapped");

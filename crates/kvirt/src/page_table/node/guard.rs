@@ -21,7 +21,7 @@ use core::mem::ManuallyDrop;
 use core::sync::atomic::Ordering;
 
 use super::NodeRef;
-use crate::addr::{Paddr, PagingLevel};
+use crate::addr::{Paddr, PagingLevel, PAGE_SIZE};
 use crate::frame::PhysMem;
 
 /// A locked node. While it exists, no one else holds the node's lock.
@@ -248,5 +248,6 @@ impl Drop for ChildCountDelta {
         // stays within `0..=512`.
         let count = unsafe { &mut *self.count };
         *count = count.wrapping_add_signed(self.delta);
+        debug_assert!(usize::from(*count) <= PAGE_SIZE / 8, "a node's child count left 0..=512");
     }
 }
