@@ -1401,6 +1401,32 @@ mod split {
     }
 
     #[test]
+    fn try_split_in_lazy_mode_purges_for_the_nodes_it_needs() {
+        let space = KernelSpace::new_hosted(MachineConfig::new(16 << 20));
+        space.set_purge_mode(PurgeMode::Lazy { max_pending_pages: usize::MAX });
+        let dev = device_window(&space).start;
+        let area = untracked(&space, SIZE_1G, 0, dev..dev + SIZE_1G, prop()).unwrap();
+        // Two frames whose only references an area holds: dropped lazily,
+        // they wait in the purge queue, and are the only free memory a
+        // purge can give back.
+        let frames = FrameAllocOptions::new_in(&space).alloc_segment(2).unwrap();
+        let victim = space.try_map_frames(2 * P, 0, frames, prop()).unwrap();
+        let mut hoard = Vec::new();
+        while let Ok(frame) = FrameAllocOptions::new_in(&space).alloc_frame() {
+            hoard.push(frame);
+        }
+        drop(victim);
+        assert_eq!(space.phys_stats().free_pages, 0);
+        let purges = space.purge_stats().purges;
+        // Splitting the 1 GiB page at a 4 KiB boundary takes two nodes.
+        let (left, right) = area.try_split(SIZE_2M + P).expect("the purge gave back two pages");
+        assert_eq!(space.purge_stats().purges, purges + 1, "the split purged once");
+        assert_eq!(right.query(right.start()), Some(MappedItemRef::Untracked(dev + SIZE_2M + P, 1, prop())));
+        assert!(left.inv() && right.inv() && space.inv());
+        drop(hoard);
+    }
+
+    #[test]
     fn try_split_at_a_bad_offset_hands_the_area_back() {
         let space = small_space();
         let frames = FrameAllocOptions::new_in(&space).alloc_segment(2).unwrap();

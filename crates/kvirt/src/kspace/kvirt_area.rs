@@ -270,6 +270,10 @@ impl<L: KernelLayout> KVirtArea<L> {
     ///
     /// A huge page that straddles the split point is split into smaller
     /// pages now, so that dropping either half later never needs memory.
+    /// That takes page-table nodes; if none is left and the space is lazy
+    /// (see [`PurgeMode`](super::PurgeMode)), the split first purges the
+    /// dropped areas still waiting and tries once more, as the
+    /// constructors do.
     ///
     /// # Panics
     ///
@@ -302,7 +306,13 @@ impl<L: KernelLayout> KVirtArea<L> {
             let size = self.size();
             return Err((self, SplitError::BadOffset { offset, size }));
         }
-        if self.split_huge_page_at(self.range.start + offset).is_err() {
+        let mid = self.range.start + offset;
+        // Lazily dropped areas hold frames until a purge: purge and retry
+        // rather than fail, as a constructor does. The failed attempt
+        // changed nothing, and no lock is held across the purge (it runs
+        // frames' drop hooks).
+        let split = self.split_huge_page_at(mid);
+        if split.is_err() && !(self.space().purge_if_pending() && self.split_huge_page_at(mid).is_ok()) {
             return Err((self, SplitError::OutOfMemory));
         }
         let (outer_left, outer_right) = (self.left.take(), self.right.take());
@@ -312,7 +322,6 @@ impl<L: KernelLayout> KVirtArea<L> {
         // SAFETY: `this` is never dropped or used as an area again, so the
         // handle moves out of it exactly once (to the right half).
         let space = unsafe { core::ptr::read(&this.space) };
-        let mid = this.range.start + offset;
         let clamp = |r: &Range<Vaddr>| {
             let s = this.mapped.start.clamp(r.start, r.end);
             let e = this.mapped.end.clamp(r.start, r.end);
