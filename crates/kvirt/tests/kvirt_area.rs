@@ -8,7 +8,6 @@
 
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use kvirt::frame::{AnyFrameMeta, Frame, FrameAllocOptions, PhysStats};
@@ -18,11 +17,14 @@ use kvirt::kspace::{
     VMALLOC_VADDR_RANGE,
 };
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty, PrivilegedPageFlags};
-use kvirt::platform::hosted::{memory_map_of, SimPlatform};
-use kvirt::platform::{Platform, RcuCallback, TlbFlushOp, TlbScope};
+use kvirt::platform::{TlbFlushOp, TlbScope};
 use kvirt::sim::{Access, FaultKind, Machine, MachineConfig, MemError};
 use kvirt::spec::{self, kernel_view, mapping_at, Inv, PageTableView};
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
+
+mod support;
+
+use support::hooked::{hooked_space, Hooks};
 
 const P: usize = PAGE_SIZE;
 const SIZE_2M: usize = 2 << 20;
@@ -1839,47 +1841,15 @@ mod mmu {
         }
     }
 
-    /// The hosted platform, recording every TLB flush and the VMALLOC free
-    /// bytes at the moment of the flush.
-    #[derive(Debug)]
-    struct RecordingPlatform {
-        inner: SimPlatform,
-        recorder: Arc<Recorder>,
-    }
-
-    // SAFETY: every promise is `SimPlatform`'s, to which every call is
-    // forwarded; recording reads VMALLOC counters and changes nothing.
-    unsafe impl Platform for RecordingPlatform {
-        fn phys_base(&self) -> NonNull<u8> {
-            self.inner.phys_base()
-        }
-
-        fn flush_tlb(&self, op: TlbFlushOp, scope: TlbScope) {
-            let space = self.recorder.space.get().and_then(Weak::upgrade);
+    // SAFETY: recording reads VMALLOC counters and touches no RAM; it
+    // unwinds only if the record's lock was poisoned, by a test that has
+    // failed already.
+    unsafe impl Hooks for Arc<Recorder> {
+        /// Records the flush with the VMALLOC free bytes at that moment.
+        fn on_flush(&self, op: &TlbFlushOp, _scope: TlbScope) {
+            let space = self.space.get().and_then(Weak::upgrade);
             let vmalloc_free = space.map(|s| s.vmalloc_stats().free_bytes);
-            self.recorder.push(Event::Flush { op: op.clone(), vmalloc_free });
-            self.inner.flush_tlb(op, scope);
-        }
-
-        fn current_cpu(&self) -> usize {
-            self.inner.current_cpu()
-        }
-
-        fn rcu_read_lock(&self) {
-            self.inner.rcu_read_lock();
-        }
-
-        unsafe fn rcu_read_unlock(&self) {
-            // SAFETY: the caller's promise is passed on unchanged.
-            unsafe { self.inner.rcu_read_unlock() };
-        }
-
-        fn call_rcu(&self, callback: RcuCallback) {
-            self.inner.call_rcu(callback);
-        }
-
-        fn rcu_barrier(&self) {
-            self.inner.rcu_barrier();
+            self.push(Event::Flush { op: op.clone(), vmalloc_free });
         }
     }
 
@@ -1907,20 +1877,18 @@ mod mmu {
     /// VMALLOC.
     /// A space over a recording platform, with the recorder wired to it.
     fn recording_space() -> (Arc<Machine>, Arc<Recorder>, Arc<KernelSpace>) {
-        let machine = Arc::new(Machine::new(MachineConfig::new(64 << 20)));
-        let recorder = Arc::new(Recorder {
-            events: Mutex::new(Vec::new()),
-            machine: machine.clone(),
-            space: OnceLock::new(),
-            watched_va: OnceLock::new(),
+        let mut recorder = None;
+        let (machine, space) = hooked_space(MachineConfig::new(64 << 20), |machine| {
+            let made = Arc::new(Recorder {
+                events: Mutex::new(Vec::new()),
+                machine: machine.clone(),
+                space: OnceLock::new(),
+                watched_va: OnceLock::new(),
+            });
+            recorder = Some(made.clone());
+            made
         });
-        // SAFETY: a new machine; the recorder only translates through the
-        // kernel page table and reads a frame's metadata-free contents.
-        let inner = unsafe { SimPlatform::new(machine.clone()) };
-        let platform = RecordingPlatform { inner, recorder: recorder.clone() };
-        let map = memory_map_of(&machine);
-        // SAFETY: the machine's own map, zeroed RAM, one space.
-        let space = Arc::new(unsafe { KernelSpace::new(Box::new(platform), &map, true) }.unwrap());
+        let (recorder, space) = (recorder.expect("made with the space"), Arc::new(space));
         recorder.space.set(Arc::downgrade(&space)).unwrap();
         (machine, recorder, space)
     }
@@ -2283,53 +2251,29 @@ mod panicking_callbacks {
         }
     }
 
-    /// The hosted platform, whose `call_rcu` panics once, the first time it
-    /// is called after a TLB flush of `armed_by`: in `KVirtArea::drop`,
-    /// while the fragments taken out of the page table are released.
-    #[derive(Debug)]
-    struct PanickingRcuPlatform {
-        inner: SimPlatform,
-        armed_by: Arc<Mutex<Option<Range<Vaddr>>>>,
+    /// Hooks making `call_rcu` panic once, the first time it is called
+    /// after a TLB flush of `armed_by`: in `KVirtArea::drop`, while the
+    /// fragments taken out of the page table are released.
+    #[derive(Debug, Default)]
+    struct PanicAfterFlush {
+        armed_by: Mutex<Option<Range<Vaddr>>>,
         armed: std::sync::atomic::AtomicBool,
     }
 
-    // SAFETY: every promise is `SimPlatform`'s, to which every call is
-    // forwarded; `call_rcu` may panic (rule 5), and the one callback it
-    // refuses that way is never run, so rule 4 holds for the others.
-    unsafe impl Platform for PanickingRcuPlatform {
-        fn phys_base(&self) -> NonNull<u8> {
-            self.inner.phys_base()
-        }
-
-        fn flush_tlb(&self, op: TlbFlushOp, scope: TlbScope) {
-            if matches!((&op, &*self.armed_by.lock().unwrap()), (TlbFlushOp::Range(r), Some(a)) if r == a) {
+    // SAFETY: only `on_call_rcu` panics (rule 5 lets `call_rcu` unwind),
+    // and the one callback it refuses that way is never run, so rule 4
+    // holds for the others; no hook touches RAM.
+    unsafe impl Hooks for Arc<PanicAfterFlush> {
+        fn on_flush(&self, op: &TlbFlushOp, _scope: TlbScope) {
+            if matches!((op, &*self.armed_by.lock().unwrap()), (TlbFlushOp::Range(r), Some(a)) if r == a) {
                 self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
             }
-            self.inner.flush_tlb(op, scope);
         }
 
-        fn current_cpu(&self) -> usize {
-            self.inner.current_cpu()
-        }
-
-        fn rcu_read_lock(&self) {
-            self.inner.rcu_read_lock();
-        }
-
-        unsafe fn rcu_read_unlock(&self) {
-            // SAFETY: the caller's promise is passed on unchanged.
-            unsafe { self.inner.rcu_read_unlock() };
-        }
-
-        fn call_rcu(&self, callback: RcuCallback) {
+        fn on_call_rcu(&self) {
             if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
                 panic!("call_rcu panics");
             }
-            self.inner.call_rcu(callback);
-        }
-
-        fn rcu_barrier(&self) {
-            self.inner.rcu_barrier();
         }
     }
 
@@ -2338,23 +2282,14 @@ mod panicking_callbacks {
     /// registry entry have been given back already.
     #[test]
     fn an_area_drop_unwinding_while_releasing_its_pages_still_frees_its_range() {
-        let machine = Arc::new(Machine::new(MachineConfig::new(64 << 20)));
-        let armed_by = Arc::new(Mutex::new(None));
-        // SAFETY: a new machine, used by this space alone.
-        let inner = unsafe { SimPlatform::new(machine.clone()) };
-        let platform = PanickingRcuPlatform {
-            inner,
-            armed_by: armed_by.clone(),
-            armed: std::sync::atomic::AtomicBool::new(false),
-        };
-        // SAFETY: the machine's own map; its RAM reads as zero.
-        let space = unsafe { KernelSpace::new(Box::new(platform), &memory_map_of(&machine), true) }.unwrap();
+        let hooks = Arc::new(PanicAfterFlush::default());
+        let (_, space) = hooked_space(MachineConfig::new(64 << 20), |_| hooks.clone());
         let before = snapshot(&space);
         // 4 MiB of frames: the mapped part holds a whole 2 MiB-aligned span,
         // whose leaf node the drop takes out as one detached sub-tree.
         let frames = FrameAllocOptions::new_in(&space).alloc_segment(1024).unwrap();
         let area = space.try_map_frames(1024 * P, 0, frames, prop()).unwrap();
-        *armed_by.lock().unwrap() = Some(area.mapped_range());
+        *hooks.armed_by.lock().unwrap() = Some(area.mapped_range());
         let result = catch_unwind(AssertUnwindSafe(|| drop(area)));
         assert!(result.is_err(), "the platform's panic reaches the caller");
         assert!(space.areas().is_empty(), "the area is unregistered");

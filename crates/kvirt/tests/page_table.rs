@@ -2034,12 +2034,11 @@ mod concurrent_cursors {
 }
 
 mod soundness {
-    use std::ptr::NonNull;
     use std::sync::atomic::AtomicUsize;
     use std::sync::atomic::Ordering::SeqCst;
     use std::sync::Arc;
 
-    use kvirt::platform::{Platform, RcuCallback, TlbFlushOp, TlbScope};
+    use crate::support::hooked::{hooked_space, Hooks};
 
     use super::*;
 
@@ -2089,14 +2088,8 @@ mod soundness {
         assert_eq!(user.translate(SZ_1G), Some((UPA, rw())));
     }
 
-    /// The hosted platform, counting the read-side sections begun and ended
-    /// and the deepest nesting seen.
-    #[derive(Debug)]
-    struct SectionCounter {
-        inner: kvirt::platform::hosted::SimPlatform,
-        counts: Arc<Sections>,
-    }
-
+    /// Hooks counting the read-side sections begun and ended, and those
+    /// open.
     #[derive(Debug, Default)]
     struct Sections {
         begun: AtomicUsize,
@@ -2104,40 +2097,16 @@ mod soundness {
         open: AtomicUsize,
     }
 
-    // SAFETY: every call is forwarded to `SimPlatform`, which keeps every
-    // promise; the counters only watch.
-    unsafe impl Platform for SectionCounter {
-        fn phys_base(&self) -> NonNull<u8> {
-            self.inner.phys_base()
+    // SAFETY: the hooks only count: no unwinding, no RAM.
+    unsafe impl Hooks for Arc<Sections> {
+        fn on_read_lock(&self) {
+            self.begun.fetch_add(1, SeqCst);
+            self.open.fetch_add(1, SeqCst);
         }
 
-        fn flush_tlb(&self, op: TlbFlushOp, scope: TlbScope) {
-            self.inner.flush_tlb(op, scope);
-        }
-
-        fn current_cpu(&self) -> usize {
-            self.inner.current_cpu()
-        }
-
-        fn rcu_read_lock(&self) {
-            self.inner.rcu_read_lock();
-            self.counts.begun.fetch_add(1, SeqCst);
-            self.counts.open.fetch_add(1, SeqCst);
-        }
-
-        unsafe fn rcu_read_unlock(&self) {
-            self.counts.open.fetch_sub(1, SeqCst);
-            self.counts.ended.fetch_add(1, SeqCst);
-            // SAFETY: the caller's promise is passed on unchanged.
-            unsafe { self.inner.rcu_read_unlock() };
-        }
-
-        fn call_rcu(&self, callback: RcuCallback) {
-            self.inner.call_rcu(callback);
-        }
-
-        fn rcu_barrier(&self) {
-            self.inner.rcu_barrier();
+        fn on_read_unlock(&self) {
+            self.open.fetch_sub(1, SeqCst);
+            self.ended.fetch_add(1, SeqCst);
         }
     }
 
@@ -2148,14 +2117,8 @@ mod soundness {
     /// not a section per node nor none.
     #[test]
     fn check_inv_walks_the_whole_tree_inside_one_read_side_section() {
-        let machine = Arc::new(kvirt_sim::Machine::new(kvirt_sim::MachineConfig::new(16 << 20)));
-        // SAFETY: a new machine, used by this space alone.
-        let inner = unsafe { kvirt::platform::hosted::SimPlatform::new(machine.clone()) };
         let counts = Arc::new(Sections::default());
-        let platform = SectionCounter { inner, counts: counts.clone() };
-        let map = kvirt::platform::hosted::memory_map_of(&machine);
-        // SAFETY: the machine's own map; its RAM reads as zero.
-        let space = unsafe { KernelSpace::new(Box::new(platform), &map, true) }.expect("a space");
+        let (_, space) = hooked_space(kvirt_sim::MachineConfig::new(16 << 20), |_| counts.clone());
         let pt = kernel_pt(&space);
         map_untracked(&pt, KVA, UPA, 1, rw());
         let nodes_before = pt.check_inv().expect("intact");

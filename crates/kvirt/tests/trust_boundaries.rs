@@ -1,67 +1,31 @@
 //! What kvirt does with values it cannot trust: answers of a platform that
 //! its contract leaves free (docs/VERIFICATION.md, "Trust boundaries").
 
-use std::ptr::NonNull;
-use std::sync::Arc;
-
 use kvirt::frame::FrameAllocOptions;
 use kvirt::kspace::KernelSpace;
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
-use kvirt::platform::hosted::{memory_map_of, SimPlatform};
-use kvirt::platform::{Platform, RcuCallback, TlbFlushOp, TlbScope};
-use kvirt::sim::{Machine, MachineConfig};
+use kvirt::sim::MachineConfig;
 use kvirt::spec::Inv;
 use kvirt::PAGE_SIZE;
+
+mod support;
+
+use support::hooked::{hooked_space, Hooks};
 
 /// The hosted platform, but claiming to run on CPU `cpu`, whatever the
 /// machine has: `Platform` says nothing of the range of `current_cpu`.
 #[derive(Debug)]
-struct FarCpu {
-    inner: SimPlatform,
-    cpu: usize,
-}
+struct FarCpu(usize);
 
-// SAFETY: every promise is `SimPlatform`'s, to which every call but
-// `current_cpu` is forwarded; the contract asks nothing of `current_cpu`.
-unsafe impl Platform for FarCpu {
-    fn phys_base(&self) -> NonNull<u8> {
-        self.inner.phys_base()
-    }
-
-    fn flush_tlb(&self, op: TlbFlushOp, scope: TlbScope) {
-        // `Local` on the real CPU: the machine has no CPU `self.cpu`.
-        self.inner.flush_tlb(op, scope);
-    }
-
-    fn current_cpu(&self) -> usize {
-        self.cpu
-    }
-
-    fn rcu_read_lock(&self) {
-        self.inner.rcu_read_lock();
-    }
-
-    unsafe fn rcu_read_unlock(&self) {
-        // SAFETY: the caller's promise is passed on unchanged.
-        unsafe { self.inner.rcu_read_unlock() };
-    }
-
-    fn call_rcu(&self, callback: RcuCallback) {
-        self.inner.call_rcu(callback);
-    }
-
-    fn rcu_barrier(&self) {
-        self.inner.rcu_barrier();
+// SAFETY: no hook unwinds or touches RAM.
+unsafe impl Hooks for FarCpu {
+    fn current_cpu(&self) -> Option<usize> {
+        Some(self.0)
     }
 }
 
 fn space_on_cpu(cpu: usize) -> KernelSpace {
-    let machine = Arc::new(Machine::new(MachineConfig::new(16 << 20)));
-    // SAFETY: a new machine, used by this space alone.
-    let inner = unsafe { SimPlatform::new(machine.clone()) };
-    let map = memory_map_of(&machine);
-    // SAFETY: the machine's own map; its RAM reads as zero.
-    unsafe { KernelSpace::new(Box::new(FarCpu { inner, cpu }), &map, true) }.expect("a space")
+    hooked_space(MachineConfig::new(16 << 20), |_| FarCpu(cpu)).1
 }
 
 mod platform_answers {

@@ -4,3 +4,4 @@
 #[cfg(not(miri))]
 pub mod abort_in_child;
 pub mod counting_rcu;
+pub mod hooked;
