@@ -2095,6 +2095,30 @@ mod mmu {
         assert!(space.inv());
     }
 
+    /// An eager drop that takes back the first page of a right half dropped
+    /// before it (that half's guard for us) flushes that page and its own
+    /// mapped pages in one flush, not one each.
+    #[test]
+    fn an_eager_drop_taking_back_a_page_flushes_once() {
+        let (_machine, recorder, space) = recording_space();
+        let frames = FrameAllocOptions::new_in(&*space).alloc_segment(4).unwrap();
+        let area = space.try_map_frames(4 * P, 0, frames, prop()).unwrap();
+        let (left, right) = area.split(2 * P);
+        let (mapped, page) = (left.mapped_range(), right.start());
+        drop(right);
+        let seen = recorder.events.lock().unwrap().len();
+        drop(left);
+        let flushes: Vec<Range<Vaddr>> = recorder.events.lock().unwrap()[seen..]
+            .iter()
+            .filter_map(|e| match e {
+                Event::Flush { op: TlbFlushOp::Range(r), .. } if r.contains(&page) => Some(r.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(flushes, [mapped.start..page + P], "one flush over the left half and the page");
+        assert_eq!(space.check(), Ok(()));
+    }
+
     /// A right half dropped before its left neighbour leaves its first page
     /// (which it mapped) as the left half's guard, and the left half frees
     /// it. With the halves' drops queued on different CPUs' purge queues,

@@ -564,10 +564,6 @@ impl<L: KernelLayout> Drop for KVirtArea<L> {
                     panic!("dropping the area at {:#x}: {e}", self.range.start);
                 }
             }
-            if !lazy {
-                // Invalidate before anything mapped can be reused.
-                space.phys.platform().flush_tlb(TlbFlushOp::Range(self.mapped.clone()), TlbScope::AllCpus);
-            }
         }
         space.registry.remove(self.range.start);
         // See `SplitLink`: leave the first page to a live left half as its
@@ -590,14 +586,16 @@ impl<L: KernelLayout> Drop for KVirtArea<L> {
         #[cfg(feature = "check-contracts")]
         crate::spec::contracts::drop_ensures_before_free(self, start..end);
         let free = if start < end { start..end } else { start..start };
+        // One flush covers what we mapped and the page taken back (and the
+        // unmapped pages of ours between them).
+        let flush = match taken_back {
+            Some(page) if self.mapped.is_empty() => page,
+            Some(page) => self.mapped.start..page.end,
+            None => self.mapped.clone(),
+        };
         if lazy {
             // The range and what was mapped wait, still ours, for a purge
             // to flush them (see `purge`).
-            let flush = match taken_back {
-                Some(page) if self.mapped.is_empty() => page,
-                Some(page) => self.mapped.start..page.end,
-                None => self.mapped.clone(),
-            };
             let dead = DeadArea { flush, free, taken: ManuallyDrop::into_inner(taken) };
             let cpu = space.phys.platform().current_cpu();
             if space.purger.push(cpu, dead) {
@@ -605,8 +603,9 @@ impl<L: KernelLayout> Drop for KVirtArea<L> {
             }
             return;
         }
-        if let Some(page) = taken_back {
-            space.phys.platform().flush_tlb(TlbFlushOp::Range(page), TlbScope::AllCpus);
+        if !flush.is_empty() {
+            // Invalidate before anything mapped can be reused.
+            space.phys.platform().flush_tlb(TlbFlushOp::Range(flush), TlbScope::AllCpus);
         }
         // Released last, after the range (unmapped and flushed, so free to
         // reuse): dropping frames runs their metadata's drop hooks, and
