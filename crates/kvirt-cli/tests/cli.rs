@@ -86,7 +86,15 @@ fn quick_bench_writes_every_workload_and_impl() {
             assert!(workloads.contains(&format!("{op}-4k-x{n}").as_str()), "{workloads:?}");
         }
     }
-    for w in ["untracked-1g", "area-1p", "area-1p-busy", "area-rand-1-100p", "area-2m-aligned"] {
+    for w in [
+        "untracked-1g",
+        "area-1p",
+        "area-1p-busy",
+        "area-rand-1-100p",
+        "area-2m-aligned",
+        "shared-1p-1thread",
+        "shared-1p-2threads",
+    ] {
         assert!(workloads.contains(&w), "{w} missing from {workloads:?}");
     }
     let results = v["results"].as_array().unwrap();
@@ -104,9 +112,16 @@ fn quick_bench_writes_every_workload_and_impl() {
             }
         }
     }
-    // Every non-area workload is measured for every implementation.
-    for w in workloads.iter().filter(|w| !w.starts_with("area-")) {
+    // Every page workload is measured for every implementation; the
+    // shared-table ones for the page tables.
+    for w in workloads.iter().filter(|w| !w.starts_with("area-") && !w.starts_with("shared-")) {
         assert!(results.iter().filter(|c| c["workload"] == **w).all(|c| c["supported"] == true), "{w}");
+    }
+    for w in workloads.iter().filter(|w| w.starts_with("shared-")) {
+        for c in results.iter().filter(|c| c["workload"] == **w) {
+            let table = ["kvirt-pt", "x86_64", "multiarch"].contains(&c["impl"].as_str().unwrap());
+            assert_eq!(c["supported"], table, "{c}");
+        }
     }
     assert_eq!(v["targets"].as_array().unwrap().len(), 8);
 

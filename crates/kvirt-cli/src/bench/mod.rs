@@ -21,7 +21,9 @@
 //!   10 000 live areas around, 2 MiB aligned, and 1 page from 1 and from 2
 //!   threads at once on one space, and from 2 threads on a space each (the
 //!   most this machine gives two threads) (kvirt only: the peers have no
-//!   virtual-range allocator).
+//!   virtual-range allocator);
+//! * 1-page map + unmap on one table from 1 and from 2 threads at once
+//!   (`kvirt-pt` as it is, each peer behind one lock: [`shared`]).
 //!
 //! Each measurement is the median over several runs after warm-up runs,
 //! timed with `std::time::Instant` around whole batches. Every workload
@@ -32,6 +34,7 @@ pub mod breakdown;
 pub mod impls;
 pub mod mapper;
 pub mod report;
+pub mod shared;
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -118,6 +121,9 @@ pub struct Config {
     pub busy_areas: usize,
     /// Create + drop pairs per thread per run of the threaded workloads.
     pub thread_ops: usize,
+    /// 1-page ranges each thread maps and unmaps per run of the shared-table
+    /// workloads.
+    pub shared_pages: usize,
 }
 
 impl Config {
@@ -134,6 +140,7 @@ impl Config {
             random_area_ops: 10_000,
             busy_areas: 10_000,
             thread_ops: 100_000,
+            shared_pages: 1 << 15,
         }
     }
 
@@ -150,6 +157,7 @@ impl Config {
             random_area_ops: 100,
             busy_areas: 10_000,
             thread_ops: 1000,
+            shared_pages: 1 << 10,
         }
     }
 }
@@ -652,6 +660,8 @@ const CHURN_CPUS: usize = 4;
 const NO_SV48: &str = "n/a: the x86_64 crate has no Sv48 table";
 
 const NO_ALLOCATOR: &str = "n/a: no kernel virtual-range allocator";
+/// Why the shared-table rows have no cell for an implementation.
+const NOT_SHARED: &str = "n/a: the shared-table rows compare page tables (kvirt-pt and the peers)";
 
 /// Runs every workload for every implementation, the whole suite
 /// `rounds` times in turn; each cell's median is over all rounds' runs.
@@ -731,6 +741,7 @@ fn measure_round(cfg: &Config, quick: bool, only: Option<&str>, arch: Arch) -> R
         total: sizes.len() * IMPLS.len()
             + usize::from(run_huge_too) * IMPLS.len()
             + area_workloads.iter().filter(|(w, _)| wanted_areas(&w.id)).count()
+            + ["shared-1p-1thread", "shared-1p-2threads"].into_iter().filter(|id| wanted_areas(id)).count()
             + if wanted_areas("churn") { 4 } else { 0 }
             + usize::from(wanted_areas("breakdown")),
         started: Instant::now(),
@@ -798,6 +809,29 @@ fn measure_round(cfg: &Config, quick: bool, only: Option<&str>, arch: Arch) -> R
                 progress.step(&format!("untracked 1 GiB  {name:<10} {:>9.1} ns/op", stats.ns_per_op));
             }
             cells.push(Measurement { workload: huge.clone(), impl_name: name, result });
+        }
+    }
+
+    let shared_rows = [1, 2].map(|threads| {
+        let plural = if threads == 1 { "" } else { "s" };
+        let title = format!("map+unmap 1 x 4 KiB, one table, {threads} thread{plural}");
+        (workload(format!("shared-1p-{threads}thread{plural}"), title, "page"), threads)
+    });
+    for (w, threads) in shared_rows.iter().filter(|(w, _)| wanted_areas(&w.id)) {
+        let results: [(&'static str, Result<Stats, &'static str>); 5] = [
+            (<KvirtArea>::NAME, Err(NOT_SHARED)),
+            (<KvirtPt>::NAME, Ok(shared::run(&<KvirtPt>::new(), *threads, &cfg)?)),
+            (X86Crate::NAME, Ok(shared::run(&shared::Locked::new(X86Crate::new()), *threads, &cfg)?)),
+            (<Multiarch>::NAME, Ok(shared::run(&shared::Locked::new(<Multiarch>::new()), *threads, &cfg)?)),
+            (Floor::NAME, Err(NOT_SHARED)),
+        ];
+        let shown: Vec<String> = results
+            .iter()
+            .filter_map(|(name, r)| r.as_ref().ok().map(|s| format!("{name} {:.1}", s.ns_per_op)))
+            .collect();
+        progress.step(&format!("{} (ns/page): {}", w.title, shown.join(", ")));
+        for (name, result) in results {
+            cells.push(Measurement { workload: w.clone(), impl_name: name, result });
         }
     }
 

@@ -39,7 +39,36 @@ impl<L: KernelLayout> KvirtPt<L> {
         Self { pt, pool: seg.into_iter().collect(), space }
     }
 
-    fn unmap_range(&self, range: Range<Vaddr>) {
+    /// Maps `frames` at `va` with one cursor: the table is shared, so
+    /// this needs `&self` only.
+    #[inline]
+    pub(crate) fn map_shared<I>(&self, va: Vaddr, frames: I) -> Range<Vaddr>
+    where
+        I: IntoIterator<Item = Frame<dyn AnyFrameMeta>>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let frames = frames.into_iter();
+        let range = va..va + frames.len() * PAGE_SIZE;
+        let mut cursor = self.pt.cursor_mut(&range).expect("a kernel range");
+        cursor.try_map_frames(frames, kvirt_prop()).expect("map_frames");
+        range
+    }
+
+    /// A new handle of pool frame `i` (cyclically).
+    pub(crate) fn pool_frame(&self, i: usize) -> Frame<dyn AnyFrameMeta> {
+        self.pool[i % POOL_FRAMES].clone().into_dyn()
+    }
+
+    /// What `va` translates to, by the lock-free walk.
+    pub(crate) fn translate_addr(&self, va: Vaddr) -> Option<Paddr> {
+        self.pt.translate_addr(va)
+    }
+
+    /// Takes the whole range out of the table, flushes it on every CPU if
+    /// `flush` (the shared-table rows do not: see `bench::shared`), then
+    /// releases what was taken.
+    #[inline]
+    pub(crate) fn unmap_range(&self, range: Range<Vaddr>, flush: bool) {
         // Filled in place, as `KVirtArea`'s drop does (`take_all` returns
         // it by a copy).
         let mut taken = TakenRange::new();
@@ -49,7 +78,9 @@ impl<L: KernelLayout> KvirtPt<L> {
             let mut cursor = self.pt.cursor_mut(&range).expect("a kernel range");
             cursor.try_take_all(range.len(), &mut taken).expect("4 KiB pages need no split");
         }
-        self.space.platform().flush_tlb(TlbFlushOp::Range(range), TlbScope::AllCpus);
+        if flush {
+            self.space.platform().flush_tlb(TlbFlushOp::Range(range), TlbScope::AllCpus);
+        }
         // `taken` is dropped here, in place.
     }
 }
@@ -66,15 +97,12 @@ impl<L: KernelLayout> Mapper for KvirtPt<L> {
     type Mapping = Range<Vaddr>;
 
     fn prepare(&mut self, n: usize) -> Self::Frames {
-        (0..n).map(|i| self.pool[i % POOL_FRAMES].clone().into_dyn()).collect()
+        (0..n).map(|i| self.pool_frame(i)).collect()
     }
 
     #[inline(never)] // a symbol of its own for `cargo xtask instructions`
     fn map(&mut self, va: Vaddr, frames: Self::Frames) -> Range<Vaddr> {
-        let range = va..va + frames.len() * PAGE_SIZE;
-        let mut cursor = self.pt.cursor_mut(&range).expect("a kernel range");
-        cursor.try_map_frames(frames, kvirt_prop()).expect("map_frames");
-        range
+        self.map_shared(va, frames)
     }
 
     fn start(mapping: &Range<Vaddr>) -> Vaddr {
@@ -97,7 +125,7 @@ impl<L: KernelLayout> Mapper for KvirtPt<L> {
 
     #[inline(never)] // as `map`
     fn unmap(&mut self, mapping: Range<Vaddr>) {
-        self.unmap_range(mapping);
+        self.unmap_range(mapping, true);
     }
 
     fn map_huge(&mut self, va: Vaddr, pa: Paddr, len: usize) -> Option<Range<Vaddr>> {

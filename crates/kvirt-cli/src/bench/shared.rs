@@ -1,0 +1,196 @@
+//! One page table, mapped and unmapped from 1 and from 2 threads at once:
+//! what kvirt's node locks and read-side sections buy.
+//!
+//! kvirt's table is shared as it is: a cursor locks only the nodes it
+//! changes, so threads working on different parts of the table do not wait
+//! for each other. A peer's table takes `&mut self` to change, so a kernel
+//! sharing one between CPUs puts it behind one lock; here a `spin::Mutex`,
+//! as a kernel would, held for the map or the unmap of a range.
+//!
+//! Each thread maps `pages` 1-page ranges (laid out as in the 1-page rows,
+//! one unmapped page between ranges, in a 1 GiB region of its own), then
+//! unmaps them. A row's time is per page mapped and unmapped, of the wall
+//! time of all threads: the inverse of the table's throughput.
+//!
+//! No unmap here flushes the TLB (the simulated CPUs never use these
+//! tables, and kvirt-pt releases what it took only after the unmap). The
+//! flush is the machine's work, not the table's, and the simulated one is
+//! a lock and a hash map per CPU: with two threads flushing both CPUs on
+//! every unmap, the rows measured that lock, for every implementation
+//! alike, rather than the tables.
+
+use std::ops::Range;
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use kvirt::frame::{AnyFrameMeta, Frame};
+use kvirt::{Paddr, Vaddr, PAGE_SIZE};
+
+use super::impls::kvirt_pt::KvirtPt;
+use super::mapper::{Mapper, BASE_VA, POOL_FRAMES};
+use super::{ns_per, Config, Stats};
+use crate::{ensure, Error};
+
+/// Where thread `t` maps its `j`-th page: a 1 GiB region each, so that
+/// threads share no leaf and no level-2 node, and one unmapped page between
+/// pages, as in the 1-page rows.
+fn page(t: usize, j: usize) -> Vaddr {
+    BASE_VA + t * (1 << 30) + j * 2 * PAGE_SIZE
+}
+
+/// A page table several threads map and unmap 1-page ranges of at once.
+pub trait SharedTable: Sync {
+    /// The input of one 1-page map (made before the clock starts).
+    type Input: Send;
+    /// A mapped page.
+    type Mapping: Send;
+    /// The inputs of 1-page maps of pool frames `frames`.
+    fn inputs(&self, frames: &[usize]) -> Vec<Self::Input>;
+    /// Maps one page at `va`.
+    fn map_one(&self, va: Vaddr, input: Self::Input) -> Self::Mapping;
+    /// Unmaps one mapped page (no TLB flush: see the module docs).
+    fn unmap_one(&self, mapping: Self::Mapping);
+    /// What `va`, in `mapping`, translates to (to check the workload).
+    fn translate(&self, mapping: &Self::Mapping, va: Vaddr) -> Option<Paddr>;
+    /// The physical address of pool frame `i`.
+    fn frame_pa(&self, i: usize) -> Paddr;
+}
+
+impl SharedTable for KvirtPt {
+    type Input = Frame<dyn AnyFrameMeta>;
+    type Mapping = Range<Vaddr>;
+
+    fn inputs(&self, frames: &[usize]) -> Vec<Self::Input> {
+        frames.iter().map(|&i| self.pool_frame(i)).collect()
+    }
+
+    fn map_one(&self, va: Vaddr, frame: Frame<dyn AnyFrameMeta>) -> Range<Vaddr> {
+        self.map_shared(va, [frame])
+    }
+
+    fn unmap_one(&self, mapping: Range<Vaddr>) {
+        self.unmap_range(mapping, false);
+    }
+
+    fn translate(&self, _mapping: &Range<Vaddr>, va: Vaddr) -> Option<Paddr> {
+        self.translate_addr(va)
+    }
+
+    fn frame_pa(&self, i: usize) -> Paddr {
+        Mapper::frame_pa(self, i)
+    }
+}
+
+/// A peer's table behind one lock.
+#[derive(Debug)]
+pub struct Locked<M>(spin::mutex::TicketMutex<M>);
+
+/// What [`Locked`] needs of a peer: a 1-page map, and an unmap without the
+/// TLB flush.
+pub trait Unflushed: Mapper + Send {
+    /// Maps the 4 KiB page at `va` to `pa`.
+    fn map_one(&mut self, va: Vaddr, pa: Paddr) -> Self::Mapping;
+    /// Unmaps a mapping of 4 KiB pages, without a TLB flush.
+    fn unmap_unflushed(&mut self, mapping: Self::Mapping);
+}
+
+impl<M: Unflushed> Locked<M> {
+    /// `table` behind a lock.
+    pub fn new(table: M) -> Self {
+        Self(spin::mutex::TicketMutex::new(table))
+    }
+}
+
+impl<M: Unflushed> SharedTable for Locked<M>
+where
+    M::Mapping: Send,
+{
+    type Input = Paddr;
+    type Mapping = M::Mapping;
+
+    fn inputs(&self, frames: &[usize]) -> Vec<Paddr> {
+        let table = self.0.lock();
+        frames.iter().map(|&i| table.frame_pa(i)).collect()
+    }
+
+    fn map_one(&self, va: Vaddr, pa: Paddr) -> M::Mapping {
+        self.0.lock().map_one(va, pa)
+    }
+
+    fn unmap_one(&self, mapping: M::Mapping) {
+        self.0.lock().unmap_unflushed(mapping);
+    }
+
+    fn translate(&self, mapping: &M::Mapping, va: Vaddr) -> Option<Paddr> {
+        let table = self.0.lock();
+        let reader = table.reader();
+        table.query(&reader, mapping, va)
+    }
+
+    fn frame_pa(&self, i: usize) -> Paddr {
+        self.0.lock().frame_pa(i)
+    }
+}
+
+/// `threads` threads at once, each mapping `pages` 1-page ranges in its
+/// region of `table` and unmapping them; the wall time from their start to
+/// the last one's end.
+fn once<T: SharedTable>(table: &T, threads: usize, pages: usize) -> Result<Duration, Error> {
+    // Thread `t` maps its own pool frames (each page the next, cyclically),
+    // so that no two threads change one frame's reference count.
+    let share = POOL_FRAMES / threads;
+    let frame = |t: usize, j: usize| t * share + j % share;
+    let barrier = Barrier::new(threads + 1);
+    std::thread::scope(|s| -> Result<Duration, Error> {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let barrier = &barrier;
+                s.spawn(move || -> Result<(), Error> {
+                    kvirt::platform::hosted::set_current_cpu(t);
+                    // Made by this thread, before the clock starts: a map
+                    // consumes its input, and freeing memory another
+                    // thread allocated takes the allocator's shared lock.
+                    let inputs = table.inputs(&(0..pages).map(|j| frame(t, j)).collect::<Vec<_>>());
+                    let mut maps: Vec<T::Mapping> = Vec::with_capacity(pages);
+                    barrier.wait();
+                    for (j, input) in inputs.into_iter().enumerate() {
+                        maps.push(table.map_one(page(t, j), input));
+                    }
+                    let last = maps.len() - 1;
+                    let got = table.translate(&maps[last], page(t, last) + 8);
+                    let want = table.frame_pa(frame(t, last)) + 8;
+                    ensure(got == Some(want), || {
+                        format!("thread {t}: its last page maps {got:x?}, not {want:#x}")
+                    })?;
+                    for mapping in maps {
+                        table.unmap_one(mapping);
+                    }
+                    // The next run maps the same pages again, which every
+                    // implementation refuses (and the run fails) if one
+                    // was left mapped.
+                    Ok(())
+                })
+            })
+            .collect();
+        let start = Instant::now();
+        barrier.wait();
+        for h in handles {
+            h.join().map_err(|_| Error("a benchmark thread panicked".into()))??;
+        }
+        Ok(start.elapsed())
+    })
+}
+
+/// The row of `table` on `threads` threads: ns per page mapped and
+/// unmapped, over all threads' wall time.
+pub fn run<T: SharedTable>(table: &T, threads: usize, cfg: &Config) -> Result<Stats, Error> {
+    let pages = cfg.shared_pages;
+    let mut runs = Vec::new();
+    for run in 0..cfg.warmup + cfg.runs {
+        let elapsed = once(table, threads, pages)?;
+        if run >= cfg.warmup {
+            runs.push(ns_per(elapsed, pages * threads));
+        }
+    }
+    Ok(Stats::from_runs(runs, (pages * threads) as u64))
+}
