@@ -2,6 +2,7 @@
 //! adapted to, so that each workload is written once; and the physical
 //! frame pool the peers use over simulated RAM.
 
+use std::cell::Cell;
 use std::ops::Range;
 
 use kvirt::sim::{Machine, MachineConfig};
@@ -17,10 +18,32 @@ pub fn peer_machine(ram: usize) -> Machine {
     Machine::new(MachineConfig::new(ram).cpus(CPUS))
 }
 
+thread_local! {
+    /// Set on the threads of the shared-table rows, whose unmaps flush no
+    /// TLB (see `bench::shared`).
+    static NO_FLUSH: Cell<bool> = const { Cell::new(false) };
+}
+
+/// From now on, unmaps on this thread flush no TLB, in every
+/// implementation ([`flushing`]).
+pub fn stop_flushing_on_this_thread() {
+    NO_FLUSH.with(|f| f.set(true));
+}
+
+/// Whether an unmap on this thread flushes the TLB: every implementation's
+/// unmap asks before its flush.
+#[must_use]
+pub fn flushing() -> bool {
+    !NO_FLUSH.with(Cell::get)
+}
+
 /// The TLB flush a peer's unmap does after a range: what kvirt's hosted
 /// platform does for `flush_tlb(TlbFlushOp::Range(range), AllCpus)`, so
 /// that an unmap row costs the same flush for everyone.
 pub fn flush_all_cpus(machine: &Machine, range: Range<Vaddr>) {
+    if !flushing() {
+        return;
+    }
     for cpu in 0..machine.nr_cpus() {
         machine.cpu(cpu).flush_range(range.clone());
     }

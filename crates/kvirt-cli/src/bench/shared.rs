@@ -12,12 +12,20 @@
 //! unmaps them. A row's time is per page mapped and unmapped, of the wall
 //! time of all threads: the inverse of the table's throughput.
 //!
-//! No unmap here flushes the TLB (the simulated CPUs never use these
-//! tables, and kvirt-pt releases what it took only after the unmap). The
-//! flush is the machine's work, not the table's, and the simulated one is
-//! a lock and a hash map per CPU: with two threads flushing both CPUs on
-//! every unmap, the rows measured that lock, for every implementation
-//! alike, rather than the tables.
+//! Each map and unmap is the implementation's own, as the page rows run it
+//! (the peers' `Mapper::map` and `Mapper::unmap` under the lock), so that
+//! the page rows' code stays as it was: with one codegen unit, a second
+//! caller of a peer's `map_to` changed how the compiler built its `map`.
+//! Each map takes a 1-frame `Vec`, as a 1-page row's does, made just
+//! before (outside a peer's lock): a heap allocation and free of the same
+//! small block, the same for every implementation.
+//!
+//! No unmap here flushes the TLB (`mapper::stop_flushing_on_this_thread`;
+//! the simulated CPUs never use these tables, and kvirt-pt releases what it
+//! took only after the unmap). The flush is the machine's work, not the
+//! table's, and the simulated one is a lock and a hash map per CPU: with
+//! two threads flushing both CPUs on every unmap, the rows measured that
+//! lock, for every implementation alike, rather than the tables.
 
 use std::ops::Range;
 use std::sync::Barrier;
@@ -27,7 +35,7 @@ use kvirt::frame::{AnyFrameMeta, Frame};
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
 
 use super::impls::kvirt_pt::KvirtPt;
-use super::mapper::{Mapper, BASE_VA, POOL_FRAMES};
+use super::mapper::{stop_flushing_on_this_thread, Mapper, BASE_VA, POOL_FRAMES};
 use super::{ns_per, Config, Stats};
 use crate::{ensure, Error};
 
@@ -48,7 +56,8 @@ pub trait SharedTable: Sync {
     fn inputs(&self, frames: &[usize]) -> Vec<Self::Input>;
     /// Maps one page at `va`.
     fn map_one(&self, va: Vaddr, input: Self::Input) -> Self::Mapping;
-    /// Unmaps one mapped page (no TLB flush: see the module docs).
+    /// Unmaps one mapped page (on these threads, with no TLB flush: see the
+    /// module docs).
     fn unmap_one(&self, mapping: Self::Mapping);
     /// What `va`, in `mapping`, translates to (to check the workload).
     fn translate(&self, mapping: &Self::Mapping, va: Vaddr) -> Option<Paddr>;
@@ -65,11 +74,11 @@ impl SharedTable for KvirtPt {
     }
 
     fn map_one(&self, va: Vaddr, frame: Frame<dyn AnyFrameMeta>) -> Range<Vaddr> {
-        self.map_shared(va, [frame])
+        KvirtPt::map_one(self, va, frame)
     }
 
     fn unmap_one(&self, mapping: Range<Vaddr>) {
-        self.unmap_range(mapping, false);
+        self.unmap_range(mapping);
     }
 
     fn translate(&self, _mapping: &Range<Vaddr>, va: Vaddr) -> Option<Paddr> {
@@ -85,23 +94,14 @@ impl SharedTable for KvirtPt {
 #[derive(Debug)]
 pub struct Locked<M>(spin::mutex::TicketMutex<M>);
 
-/// What [`Locked`] needs of a peer: a 1-page map, and an unmap without the
-/// TLB flush.
-pub trait Unflushed: Mapper + Send {
-    /// Maps the 4 KiB page at `va` to `pa`.
-    fn map_one(&mut self, va: Vaddr, pa: Paddr) -> Self::Mapping;
-    /// Unmaps a mapping of 4 KiB pages, without a TLB flush.
-    fn unmap_unflushed(&mut self, mapping: Self::Mapping);
-}
-
-impl<M: Unflushed> Locked<M> {
+impl<M: Mapper<Frames = Vec<Paddr>> + Send> Locked<M> {
     /// `table` behind a lock.
     pub fn new(table: M) -> Self {
         Self(spin::mutex::TicketMutex::new(table))
     }
 }
 
-impl<M: Unflushed> SharedTable for Locked<M>
+impl<M: Mapper<Frames = Vec<Paddr>> + Send> SharedTable for Locked<M>
 where
     M::Mapping: Send,
 {
@@ -114,11 +114,12 @@ where
     }
 
     fn map_one(&self, va: Vaddr, pa: Paddr) -> M::Mapping {
-        self.0.lock().map_one(va, pa)
+        let input = vec![pa];
+        self.0.lock().map(va, input)
     }
 
     fn unmap_one(&self, mapping: M::Mapping) {
-        self.0.lock().unmap_unflushed(mapping);
+        self.0.lock().unmap(mapping);
     }
 
     fn translate(&self, mapping: &M::Mapping, va: Vaddr) -> Option<Paddr> {
@@ -147,9 +148,8 @@ fn once<T: SharedTable>(table: &T, threads: usize, pages: usize) -> Result<Durat
                 let barrier = &barrier;
                 s.spawn(move || -> Result<(), Error> {
                     kvirt::platform::hosted::set_current_cpu(t);
-                    // Made by this thread, before the clock starts: a map
-                    // consumes its input, and freeing memory another
-                    // thread allocated takes the allocator's shared lock.
+                    stop_flushing_on_this_thread();
+                    // Made by this thread, before the clock starts.
                     let inputs = table.inputs(&(0..pages).map(|j| frame(t, j)).collect::<Vec<_>>());
                     let mut maps: Vec<T::Mapping> = Vec::with_capacity(pages);
                     barrier.wait();

@@ -13,7 +13,7 @@ use kvirt::platform::{TlbFlushOp, TlbScope};
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
 
 use super::{kvirt_machine, kvirt_prop};
-use crate::bench::mapper::{Mapper, POOL_FRAMES};
+use crate::bench::mapper::{flushing, Mapper, POOL_FRAMES};
 
 /// A raw kvirt page table in an isolated hosted space.
 #[derive(Debug)]
@@ -39,18 +39,15 @@ impl<L: KernelLayout> KvirtPt<L> {
         Self { pt, pool: seg.into_iter().collect(), space }
     }
 
-    /// Maps `frames` at `va` with one cursor: the table is shared, so
-    /// this needs `&self` only.
-    #[inline]
-    pub(crate) fn map_shared<I>(&self, va: Vaddr, frames: I) -> Range<Vaddr>
-    where
-        I: IntoIterator<Item = Frame<dyn AnyFrameMeta>>,
-        I::IntoIter: ExactSizeIterator,
-    {
-        let frames = frames.into_iter();
-        let range = va..va + frames.len() * PAGE_SIZE;
+    /// Maps `frame` at `va` with a cursor of its own: the table is shared,
+    /// so this needs `&self` only. The frame comes in a 1-element `Vec`, as
+    /// the peers' inputs do in the shared-table rows, but as an iterator
+    /// adapter over it: a second caller of `map`'s own instance of
+    /// `try_map_frames` changed the code the compiler made of `map`.
+    pub(crate) fn map_one(&self, va: Vaddr, frame: Frame<dyn AnyFrameMeta>) -> Range<Vaddr> {
+        let range = va..va + PAGE_SIZE;
         let mut cursor = self.pt.cursor_mut(&range).expect("a kernel range");
-        cursor.try_map_frames(frames, kvirt_prop()).expect("map_frames");
+        cursor.try_map_frames(vec![frame].into_iter().take(1), kvirt_prop()).expect("map_frames");
         range
     }
 
@@ -64,11 +61,10 @@ impl<L: KernelLayout> KvirtPt<L> {
         self.pt.translate_addr(va)
     }
 
-    /// Takes the whole range out of the table, flushes it on every CPU if
-    /// `flush` (the shared-table rows do not: see `bench::shared`), then
-    /// releases what was taken.
-    #[inline]
-    pub(crate) fn unmap_range(&self, range: Range<Vaddr>, flush: bool) {
+    /// Takes the whole range out of the table, flushes it on every CPU
+    /// (unless this thread does not flush: [`flushing`]), then releases
+    /// what was taken.
+    pub(crate) fn unmap_range(&self, range: Range<Vaddr>) {
         // Filled in place, as `KVirtArea`'s drop does (`take_all` returns
         // it by a copy).
         let mut taken = TakenRange::new();
@@ -78,7 +74,7 @@ impl<L: KernelLayout> KvirtPt<L> {
             let mut cursor = self.pt.cursor_mut(&range).expect("a kernel range");
             cursor.try_take_all(range.len(), &mut taken).expect("4 KiB pages need no split");
         }
-        if flush {
+        if flushing() {
             self.space.platform().flush_tlb(TlbFlushOp::Range(range), TlbScope::AllCpus);
         }
         // `taken` is dropped here, in place.
@@ -102,7 +98,10 @@ impl<L: KernelLayout> Mapper for KvirtPt<L> {
 
     #[inline(never)] // a symbol of its own for `cargo xtask instructions`
     fn map(&mut self, va: Vaddr, frames: Self::Frames) -> Range<Vaddr> {
-        self.map_shared(va, frames)
+        let range = va..va + frames.len() * PAGE_SIZE;
+        let mut cursor = self.pt.cursor_mut(&range).expect("a kernel range");
+        cursor.try_map_frames(frames, kvirt_prop()).expect("map_frames");
+        range
     }
 
     fn start(mapping: &Range<Vaddr>) -> Vaddr {
@@ -125,7 +124,7 @@ impl<L: KernelLayout> Mapper for KvirtPt<L> {
 
     #[inline(never)] // as `map`
     fn unmap(&mut self, mapping: Range<Vaddr>) {
-        self.unmap_range(mapping, true);
+        self.unmap_range(mapping);
     }
 
     fn map_huge(&mut self, va: Vaddr, pa: Paddr, len: usize) -> Option<Range<Vaddr>> {

@@ -8,7 +8,6 @@
 //! flushes the machine's simulated TLBs itself, as kvirt does
 //! ([`flush_all_cpus`]).
 
-use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -21,7 +20,6 @@ use page_table_multiarch::{GenericPTE, MappingFlags, PageSize, PageTable64, Pagi
 
 use super::PEER_RAM;
 use crate::bench::mapper::{flush_all_cpus, peer_machine, peer_ram, Mapper, PhysPool, POOL_FRAMES};
-use crate::bench::shared::Unflushed;
 
 static IN_USE: AtomicBool = AtomicBool::new(false);
 static RAM_BASE: AtomicUsize = AtomicUsize::new(0);
@@ -102,16 +100,6 @@ impl<M: PagingMetaData<VirtAddr = VirtAddr>, E: GenericPTE> Multiarch<M, E> {
         let table = PageTable64::<M, E, SimHandler>::try_new().expect("root table");
         Self { table, pool: data, _global: global, machine }
     }
-
-    /// Unmaps a range of 4 KiB pages and returns it, not flushed yet.
-    #[inline]
-    fn unmap_unflushed(&mut self, mapping: Region) -> Range<Vaddr> {
-        let mut cursor = self.table.cursor();
-        for i in 0..mapping.pages {
-            cursor.unmap(VirtAddr::from(mapping.start + i * PAGE_SIZE)).expect("multiarch unmap");
-        }
-        mapping.start..mapping.start + mapping.pages * PAGE_SIZE
-    }
 }
 
 impl<M: PagingMetaData<VirtAddr = VirtAddr>, E: GenericPTE> Default for Multiarch<M, E> {
@@ -166,8 +154,8 @@ impl<M: PagingMetaData<VirtAddr = VirtAddr>, E: GenericPTE> Mapper for Multiarch
 
     #[inline(never)] // as `map`
     fn unmap(&mut self, mapping: Region) {
+        let mut cursor = self.table.cursor();
         if mapping.huge_len > 0 {
-            let mut cursor = self.table.cursor();
             cursor
                 .unmap_region(VirtAddr::from(mapping.start), mapping.huge_len)
                 .expect("multiarch unmap_region");
@@ -175,8 +163,11 @@ impl<M: PagingMetaData<VirtAddr = VirtAddr>, E: GenericPTE> Mapper for Multiarch
             flush_all_cpus(&self.machine, mapping.start..mapping.start + mapping.huge_len);
             return;
         }
-        let range = self.unmap_unflushed(mapping);
-        flush_all_cpus(&self.machine, range);
+        for i in 0..mapping.pages {
+            cursor.unmap(VirtAddr::from(mapping.start + i * PAGE_SIZE)).expect("multiarch unmap");
+        }
+        drop(cursor);
+        flush_all_cpus(&self.machine, mapping.start..mapping.start + mapping.pages * PAGE_SIZE);
     }
 
     fn map_huge(&mut self, va: Vaddr, pa: Paddr, len: usize) -> Option<Region> {
@@ -193,19 +184,5 @@ impl<M: PagingMetaData<VirtAddr = VirtAddr>, E: GenericPTE> Mapper for Multiarch
 
     fn huge_pa(&self) -> Paddr {
         self.machine.device_window().start as usize
-    }
-}
-
-impl Unflushed for Multiarch {
-    fn map_one(&mut self, va: Vaddr, pa: Paddr) -> Region {
-        self.table
-            .cursor()
-            .map(VirtAddr::from(va), PhysAddr::from(pa), PageSize::Size4K, FLAGS)
-            .expect("multiarch map");
-        Region { start: va, pages: 1, huge_len: 0 }
-    }
-
-    fn unmap_unflushed(&mut self, mapping: Region) {
-        Multiarch::unmap_unflushed(self, mapping);
     }
 }

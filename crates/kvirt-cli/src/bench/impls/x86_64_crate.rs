@@ -6,7 +6,6 @@
 //! `invlpg` cannot run in user mode); instead `unmap` flushes the range on
 //! the machine's simulated TLBs once, as kvirt does ([`flush_all_cpus`]).
 
-use std::ops::Range;
 use std::sync::Arc;
 
 use kvirt::sim::Machine;
@@ -19,7 +18,6 @@ use x86_64::{PhysAddr, VirtAddr};
 
 use super::PEER_RAM;
 use crate::bench::mapper::{flush_all_cpus, peer_machine, peer_ram, Mapper, PhysPool, POOL_FRAMES};
-use crate::bench::shared::Unflushed;
 
 /// The frame allocator the crate asks for new tables.
 #[derive(Debug)]
@@ -95,28 +93,6 @@ pub struct Range4K {
     huge: bool,
 }
 
-impl X86Crate {
-    /// Maps the 4 KiB page at `va` to `pa`.
-    #[inline]
-    fn map_page(&mut self, va: Vaddr, pa: Paddr) {
-        let frame = PhysFrame::<Size4KiB>::containing_address(PhysAddr::new(pa as u64));
-        // SAFETY: the frame is a pool page the benchmark never accesses
-        // through this mapping; the page is not mapped yet.
-        unsafe { self.table.map_to(page(va), frame, FLAGS, &mut self.alloc) }
-            .expect("x86_64 map_to")
-            .ignore();
-    }
-
-    /// Unmaps a range of 4 KiB pages and returns it, not flushed yet.
-    #[inline]
-    fn unmap_unflushed(&mut self, mapping: Range4K) -> Range<Vaddr> {
-        for i in 0..mapping.pages {
-            self.table.unmap(page(mapping.start + i * PAGE_SIZE)).expect("x86_64 unmap").1.ignore();
-        }
-        mapping.start..mapping.start + mapping.pages * PAGE_SIZE
-    }
-}
-
 impl Mapper for X86Crate {
     const NAME: &'static str = "x86_64";
     type Frames = Vec<Paddr>;
@@ -129,7 +105,12 @@ impl Mapper for X86Crate {
     #[inline(never)] // a symbol of its own for `cargo xtask instructions`
     fn map(&mut self, va: Vaddr, frames: Vec<Paddr>) -> Range4K {
         for (i, &pa) in frames.iter().enumerate() {
-            self.map_page(va + i * PAGE_SIZE, pa);
+            let frame = PhysFrame::<Size4KiB>::containing_address(PhysAddr::new(pa as u64));
+            // SAFETY: the frame is a pool page the benchmark never accesses
+            // through this mapping; the page is not mapped yet.
+            unsafe { self.table.map_to(page(va + i * PAGE_SIZE), frame, FLAGS, &mut self.alloc) }
+                .expect("x86_64 map_to")
+                .ignore();
         }
         Range4K { start: va, pages: frames.len(), huge: false }
     }
@@ -158,8 +139,10 @@ impl Mapper for X86Crate {
             flush_all_cpus(&self.machine, mapping.start..mapping.start + (1 << 30));
             return;
         }
-        let range = self.unmap_unflushed(mapping);
-        flush_all_cpus(&self.machine, range);
+        for i in 0..mapping.pages {
+            self.table.unmap(page(mapping.start + i * PAGE_SIZE)).expect("x86_64 unmap").1.ignore();
+        }
+        flush_all_cpus(&self.machine, mapping.start..mapping.start + mapping.pages * PAGE_SIZE);
     }
 
     fn map_huge(&mut self, va: Vaddr, pa: Paddr, len: usize) -> Option<Range4K> {
@@ -177,16 +160,5 @@ impl Mapper for X86Crate {
 
     fn huge_pa(&self) -> Paddr {
         self.machine.device_window().start as usize
-    }
-}
-
-impl Unflushed for X86Crate {
-    fn map_one(&mut self, va: Vaddr, pa: Paddr) -> Range4K {
-        self.map_page(va, pa);
-        Range4K { start: va, pages: 1, huge: false }
-    }
-
-    fn unmap_unflushed(&mut self, mapping: Range4K) {
-        X86Crate::unmap_unflushed(self, mapping);
     }
 }
