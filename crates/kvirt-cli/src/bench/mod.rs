@@ -498,32 +498,40 @@ fn run_area(
 
 /// Runs `create_drop_1p(spaces[t], ops)` on one thread per entry of
 /// `spaces` at once, thread `t` on simulated CPU `t`; returns the wall time
-/// from their start to the last one's end.
+/// from their start to the last one's end ([`timed_threads`]).
+fn churn_threads(spaces: &[&KernelSpace], ops: usize) -> Result<Duration, Error> {
+    timed_threads(spaces.len(), |t, start| {
+        kvirt::platform::hosted::set_current_cpu(t);
+        start.wait();
+        create_drop_1p(spaces[t], ops)
+    })
+}
+
+/// Runs `body(t, start)` on `threads` threads at once, thread `t` with
+/// index `t`; each waits on `start` once its set-up is done, and the clock
+/// runs from their release to the last one's end. Returns that wall time.
 ///
 /// The clock starts before the threads are released: a thread cannot start
 /// before this one reaches the barrier, and with more threads than cores
 /// this one may not run again until they are done.
-fn churn_threads(spaces: &[&KernelSpace], ops: usize) -> Result<Duration, Error> {
-    let barrier = std::sync::Barrier::new(spaces.len() + 1);
+pub(crate) fn timed_threads(
+    threads: usize,
+    body: impl Fn(usize, &std::sync::Barrier) -> Result<(), Error> + Sync,
+) -> Result<Duration, Error> {
+    let start = std::sync::Barrier::new(threads + 1);
     std::thread::scope(|s| -> Result<Duration, Error> {
-        let handles: Vec<_> = spaces
-            .iter()
-            .enumerate()
-            .map(|(t, &space)| {
-                let barrier = &barrier;
-                s.spawn(move || {
-                    kvirt::platform::hosted::set_current_cpu(t);
-                    barrier.wait();
-                    create_drop_1p(space, ops)
-                })
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (start, body) = (&start, &body);
+                s.spawn(move || body(t, start))
             })
             .collect();
-        let start = Instant::now();
-        barrier.wait();
+        let clock = Instant::now();
+        start.wait();
         for h in handles {
             h.join().map_err(|_| Error("a benchmark thread panicked".into()))??;
         }
-        Ok(start.elapsed())
+        Ok(clock.elapsed())
     })
 }
 

@@ -28,15 +28,14 @@
 //! lock, for every implementation alike, rather than the tables.
 
 use std::ops::Range;
-use std::sync::Barrier;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kvirt::frame::{AnyFrameMeta, Frame};
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
 
 use super::impls::kvirt_pt::KvirtPt;
 use super::mapper::{stop_flushing_on_this_thread, Mapper, BASE_VA, POOL_FRAMES};
-use super::{ns_per, Config, Stats};
+use super::{ns_per, timed_threads, Config, Stats};
 use crate::{ensure, Error};
 
 /// Where thread `t` maps its `j`-th page: a 1 GiB region each, so that
@@ -141,43 +140,27 @@ fn once<T: SharedTable>(table: &T, threads: usize, pages: usize) -> Result<Durat
     // so that no two threads change one frame's reference count.
     let share = POOL_FRAMES / threads;
     let frame = |t: usize, j: usize| t * share + j % share;
-    let barrier = Barrier::new(threads + 1);
-    std::thread::scope(|s| -> Result<Duration, Error> {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let barrier = &barrier;
-                s.spawn(move || -> Result<(), Error> {
-                    kvirt::platform::hosted::set_current_cpu(t);
-                    stop_flushing_on_this_thread();
-                    // Made by this thread, before the clock starts.
-                    let inputs = table.inputs(&(0..pages).map(|j| frame(t, j)).collect::<Vec<_>>());
-                    let mut maps: Vec<T::Mapping> = Vec::with_capacity(pages);
-                    barrier.wait();
-                    for (j, input) in inputs.into_iter().enumerate() {
-                        maps.push(table.map_one(page(t, j), input));
-                    }
-                    let last = maps.len() - 1;
-                    let got = table.translate(&maps[last], page(t, last) + 8);
-                    let want = table.frame_pa(frame(t, last)) + 8;
-                    ensure(got == Some(want), || {
-                        format!("thread {t}: its last page maps {got:x?}, not {want:#x}")
-                    })?;
-                    for mapping in maps {
-                        table.unmap_one(mapping);
-                    }
-                    // The next run maps the same pages again, which every
-                    // implementation refuses (and the run fails) if one
-                    // was left mapped.
-                    Ok(())
-                })
-            })
-            .collect();
-        let start = Instant::now();
-        barrier.wait();
-        for h in handles {
-            h.join().map_err(|_| Error("a benchmark thread panicked".into()))??;
+    timed_threads(threads, |t, start| {
+        kvirt::platform::hosted::set_current_cpu(t);
+        stop_flushing_on_this_thread();
+        // Made by this thread, before the clock starts.
+        let inputs = table.inputs(&(0..pages).map(|j| frame(t, j)).collect::<Vec<_>>());
+        let mut maps: Vec<T::Mapping> = Vec::with_capacity(pages);
+        start.wait();
+        for (j, input) in inputs.into_iter().enumerate() {
+            maps.push(table.map_one(page(t, j), input));
         }
-        Ok(start.elapsed())
+        let last = maps.len() - 1;
+        let got = table.translate(&maps[last], page(t, last) + 8);
+        let want = table.frame_pa(frame(t, last)) + 8;
+        ensure(got == Some(want), || format!("thread {t}: its last page maps {got:x?}, not {want:#x}"))?;
+        for mapping in maps {
+            table.unmap_one(mapping);
+        }
+        // The next run maps the same pages again, which every
+        // implementation refuses (and the run fails) if one was left
+        // mapped.
+        Ok(())
     })
 }
 
