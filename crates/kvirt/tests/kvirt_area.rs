@@ -1428,6 +1428,143 @@ mod split {
         drop(hoard);
     }
 
+    /// Frame metadata whose drop hook drops an area it was handed (and
+    /// then purges the space, nested in the purge that runs it).
+    #[derive(Debug)]
+    struct DropsArea {
+        slot: Arc<Mutex<Option<KVirtArea>>>,
+        space: Weak<KernelSpace>,
+        ran: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl AnyFrameMeta for DropsArea {
+        fn on_drop(&mut self, _paddr: Paddr) {
+            self.ran.store(true, std::sync::atomic::Ordering::SeqCst);
+            drop(self.slot.lock().unwrap().take());
+            if let Some(space) = self.space.upgrade() {
+                space.purge();
+            }
+        }
+
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+    }
+
+    /// A hostile drop hook, run by `try_split`'s purge (lazy mode, no free
+    /// page for the nodes), drops the split sibling of the area being split
+    /// and purges again: the sibling's drop locks nodes next to the split
+    /// point, so a cursor held across the purge would deadlock. (From an
+    /// independent review.)
+    #[test]
+    fn a_purge_inside_try_split_may_drop_the_split_sibling() {
+        let space = Arc::new(KernelSpace::new_hosted(MachineConfig::new(16 << 20)));
+        space.set_purge_mode(PurgeMode::Lazy { max_pending_pages: usize::MAX });
+        let dev = device_window(&space).start;
+        let area = untracked(&space, SIZE_1G, 0, dev..dev + SIZE_1G, prop()).unwrap();
+        let (left, right) = area.split(SIZE_2M);
+        let slot = Arc::new(Mutex::new(Some(left)));
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let meta = DropsArea { slot: slot.clone(), space: Arc::downgrade(&space), ran: ran.clone() };
+        let frame = FrameAllocOptions::new_in(&*space).alloc_frame_with(meta).unwrap();
+        let victim = space.try_map_frames(P, 0, [frame], prop()).unwrap();
+        let mut hoard = Vec::new();
+        while let Ok(frame) = FrameAllocOptions::new_in(&*space).alloc_frame() {
+            hoard.push(frame);
+        }
+        drop(victim);
+        assert_eq!(space.phys_stats().free_pages, 0);
+        let (a, b) = right.try_split(SIZE_2M + P).expect("the purge gave back a page");
+        assert!(ran.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(slot.lock().unwrap().is_none());
+        assert!(a.inv(), "{:?}", a.check());
+        assert!(b.inv(), "{:?}", b.check());
+        assert_eq!(space.check(), Ok(()));
+        drop(hoard);
+        drop(a);
+        assert_eq!(space.check(), Ok(()));
+        drop(b);
+        space.synchronize();
+        assert_eq!(space.check(), Ok(()));
+        assert!(space.areas().is_empty());
+    }
+
+    /// Stops the thread `armed` at its first read-side section after the
+    /// area at `start` has left the registry, until released.
+    #[cfg(feature = "check-contracts")]
+    #[derive(Debug, Default)]
+    struct Gate {
+        space: OnceLock<Weak<KernelSpace>>,
+        armed: Mutex<Option<(std::thread::ThreadId, Vaddr)>>,
+        state: Mutex<u8>, // 0 idle, 1 parked, 2 released
+        cv: std::sync::Condvar,
+    }
+
+    // SAFETY: the hook blocks, reads the registry, never unwinds (but on a
+    // poisoned lock after a failure) and touches no RAM.
+    #[cfg(feature = "check-contracts")]
+    unsafe impl Hooks for Arc<Gate> {
+        fn on_read_lock(&self) {
+            let mut armed = self.armed.lock().unwrap();
+            let Some((thread, start)) = *armed else { return };
+            if std::thread::current().id() != thread {
+                return;
+            }
+            let Some(space) = self.space.get().and_then(Weak::upgrade) else { return };
+            if space.areas().iter().any(|a| a.range.start == start) {
+                return;
+            }
+            *armed = None;
+            drop(armed);
+            let mut state = self.state.lock().unwrap();
+            *state = 1;
+            self.cv.notify_all();
+            while *state != 2 {
+                state = self.cv.wait(state).unwrap();
+            }
+        }
+    }
+
+    /// The right half's drop, on another thread, is held at its first
+    /// read-side section after it left the registry (inside the drop
+    /// contract's check), while the left half is dropped. The check once
+    /// ran after the halves settled their shared page: the left half had
+    /// then freed the right half's first page, and the check panicked
+    /// though nothing was wrong. (From an independent review.)
+    #[test]
+    #[cfg(feature = "check-contracts")]
+    fn halves_dropped_at_once_keep_the_drop_contract() {
+        let gate = Arc::new(Gate::default());
+        let (_machine, space) = hooked_space(MachineConfig::new(64 << 20), |_| gate.clone());
+        let space = Arc::new(space);
+        gate.space.set(Arc::downgrade(&space)).unwrap();
+        let frames = FrameAllocOptions::new_in(&*space).alloc_segment(4).unwrap();
+        let area = space.try_map_frames(4 * P, 0, frames, prop()).unwrap();
+        let (left, right) = area.split(2 * P);
+        let r_start = right.start();
+        let g = gate.clone();
+        let t = std::thread::spawn(move || {
+            *g.armed.lock().unwrap() = Some((std::thread::current().id(), r_start));
+            drop(right);
+        });
+        {
+            let mut state = gate.state.lock().unwrap();
+            while *state != 1 && !t.is_finished() {
+                let (s, _) = gate.cv.wait_timeout(state, std::time::Duration::from_millis(50)).unwrap();
+                state = s;
+            }
+        }
+        let parked = *gate.state.lock().unwrap() == 1;
+        drop(left);
+        *gate.state.lock().unwrap() = 2;
+        gate.cv.notify_all();
+        let joined = t.join();
+        assert!(parked, "the right half's drop never paused after leaving the registry");
+        assert!(joined.is_ok(), "the right half's drop panicked");
+        space.synchronize();
+        assert_eq!(space.check(), Ok(()));
+    }
+
     #[test]
     fn try_split_at_a_bad_offset_hands_the_area_back() {
         let space = small_space();

@@ -566,6 +566,11 @@ impl<L: KernelLayout> Drop for KVirtArea<L> {
             }
         }
         space.registry.remove(self.range.start);
+        // Checked while the whole range is still ours: once the links below
+        // are settled, a neighbour dropped at the same time may free the
+        // page we leave it, and another thread take it.
+        #[cfg(feature = "check-contracts")]
+        crate::spec::contracts::drop_ensures_before_free(self);
         // See `SplitLink`: leave the first page to a live left half as its
         // guard; take back the page a dropped right half left to us.
         let start = match &self.left {
@@ -581,11 +586,9 @@ impl<L: KernelLayout> Drop for KVirtArea<L> {
             Some(_) => (self.range.end + GUARD_SIZE, Some(self.range.end..self.range.end + GUARD_SIZE)),
             None => (self.range.end + GUARD_SIZE, None),
         };
-        // Checked while the range is still ours: once it is free, another
-        // thread may take it.
-        #[cfg(feature = "check-contracts")]
-        crate::spec::contracts::drop_ensures_before_free(self, start..end);
         let free = if start < end { start..end } else { start..start };
+        #[cfg(feature = "check-contracts")]
+        crate::spec::contracts::drop_ensures_frees_within(self, &free);
         // One flush covers what we mapped and the page taken back (and the
         // unmapped pages of ours between them).
         let flush = match taken_back {

@@ -411,11 +411,12 @@ pub(crate) fn write_bytes_ensures<L: KernelLayout>(
 }
 
 /// `Drop`'s ensures, checked after the area unmapped everything and left
-/// the registry, and before it frees `to_free` in VMALLOC (after that
-/// another thread may reuse the range): nothing is mapped in the mapped
-/// part, the area is not registered, and its range is still allocated
-/// (the part before `to_free` stays so as the guard of a live left half).
-pub(crate) fn drop_ensures_before_free<L: KernelLayout>(area: &KVirtArea<L>, to_free: Range<Vaddr>) {
+/// the registry, and before it gives up any part of its range: nothing is
+/// mapped in the mapped part, the area is not registered, and its range is
+/// still allocated. Checked before the drop settles with its split
+/// neighbours: once it has, a neighbour dropped at the same time may free
+/// (and another area reuse) the page this drop leaves to it.
+pub(crate) fn drop_ensures_before_free<L: KernelLayout>(area: &KVirtArea<L>) {
     let mapped = area.mapped_range();
     let (unmapped, allocated) = area.with_kernel_space(|space| {
         let unmapped = mapped.is_empty() || kernel_view(space, &mapped).is_empty();
@@ -424,6 +425,12 @@ pub(crate) fn drop_ensures_before_free<L: KernelLayout>(area: &KVirtArea<L>, to_
     assert!(unmapped, "contract violated: a dropped area left a mapping in {mapped:#x?}");
     assert!(area.registry_info().is_none(), "contract violated: a dropped area is still registered");
     assert!(allocated, "contract violated: a dropped area's range was freed before the drop freed it");
+}
+
+/// `Drop`'s ensures on what it frees: its range, less the first page if a
+/// live left half keeps it as its guard, plus the page after it if its
+/// right half has been dropped (`SplitLink`); never anything else.
+pub(crate) fn drop_ensures_frees_within<L: KernelLayout>(area: &KVirtArea<L>, to_free: &Range<Vaddr>) {
     assert!(
         area.start() <= to_free.start && to_free.end <= area.end() + crate::kspace::GUARD_SIZE,
         "contract violated: a dropped area frees {to_free:#x?}, outside its range and guard"
@@ -580,11 +587,14 @@ mod tests {
         let space = space();
         let frame = FrameAllocOptions::new_in(&space).alloc_frame().unwrap();
         let area = space.try_map_frames(PAGE_SIZE, 0, [frame], rw()).unwrap();
-        let message = violation(|| drop_ensures_before_free(&area, area.range()));
+        let message = violation(|| drop_ensures_before_free(&area));
         assert!(message.contains("left a mapping"), "{message}");
         let empty = space.try_map_frames::<()>(PAGE_SIZE, 0, [], rw()).unwrap();
-        let message = violation(|| drop_ensures_before_free(&empty, empty.range()));
+        let message = violation(|| drop_ensures_before_free(&empty));
         assert!(message.contains("still registered"), "{message}");
+        let beyond = empty.start()..empty.end() + 2 * PAGE_SIZE;
+        let message = violation(|| drop_ensures_frees_within(&empty, &beyond));
+        assert!(message.contains("outside its range and guard"), "{message}");
         let message = violation(|| drop_ensures_freed(&empty.range(), &Err(RangeAllocError::DoubleFree)));
         assert!(message.contains("could not free"), "{message}");
     }
