@@ -1535,7 +1535,8 @@ mod split {
     #[cfg(feature = "check-contracts")]
     fn halves_dropped_at_once_keep_the_drop_contract() {
         let gate = Arc::new(Gate::default());
-        let (_machine, space) = hooked_space(MachineConfig::new(64 << 20), |_| gate.clone());
+        // SAFETY: neither the hooks nor the test touch the machine.
+        let (_machine, space) = unsafe { hooked_space(MachineConfig::new(64 << 20), |_| gate.clone()) };
         let space = Arc::new(space);
         gate.space.set(Arc::downgrade(&space)).unwrap();
         let frames = FrameAllocOptions::new_in(&*space).alloc_segment(4).unwrap();
@@ -1973,14 +1974,15 @@ mod mmu {
     }
 
     impl Recorder {
+        /// Records `event`; a lock poisoned by a failed assertion elsewhere
+        /// does not stop the record (a platform hook must not unwind).
         fn push(&self, event: Event) {
-            self.events.lock().unwrap().push(event);
+            self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(event);
         }
     }
 
-    // SAFETY: recording reads VMALLOC counters and touches no RAM; it
-    // unwinds only if the record's lock was poisoned, by a test that has
-    // failed already.
+    // SAFETY: recording reads VMALLOC counters, touches no RAM and does not
+    // unwind (`push` goes on past a poisoned lock).
     unsafe impl Hooks for Arc<Recorder> {
         /// Records the flush with the VMALLOC free bytes at that moment.
         fn on_flush(&self, op: &TlbFlushOp, _scope: TlbScope) {
@@ -2015,16 +2017,21 @@ mod mmu {
     /// A space over a recording platform, with the recorder wired to it.
     fn recording_space() -> (Arc<Machine>, Arc<Recorder>, Arc<KernelSpace>) {
         let mut recorder = None;
-        let (machine, space) = hooked_space(MachineConfig::new(64 << 20), |machine| {
-            let made = Arc::new(Recorder {
-                events: Mutex::new(Vec::new()),
-                machine: machine.clone(),
-                space: OnceLock::new(),
-                watched_va: OnceLock::new(),
-            });
-            recorder = Some(made.clone());
-            made
-        });
+        // SAFETY: the recorder only translates through CPU 0's MMU (the
+        // kernel page table, which a CPU may walk) and reads VMALLOC
+        // counters; the tests that use it do the same.
+        let (machine, space) = unsafe {
+            hooked_space(MachineConfig::new(64 << 20), |machine| {
+                let made = Arc::new(Recorder {
+                    events: Mutex::new(Vec::new()),
+                    machine: machine.clone(),
+                    space: OnceLock::new(),
+                    watched_va: OnceLock::new(),
+                });
+                recorder = Some(made.clone());
+                made
+            })
+        };
         let (recorder, space) = (recorder.expect("made with the space"), Arc::new(space));
         recorder.space.set(Arc::downgrade(&space)).unwrap();
         (machine, recorder, space)
@@ -2445,7 +2452,8 @@ mod panicking_callbacks {
     #[test]
     fn an_area_drop_unwinding_while_releasing_its_pages_still_frees_its_range() {
         let hooks = Arc::new(PanicAfterFlush::default());
-        let (_, space) = hooked_space(MachineConfig::new(64 << 20), |_| hooks.clone());
+        // SAFETY: neither the hooks nor the test touch the machine.
+        let (_, space) = unsafe { hooked_space(MachineConfig::new(64 << 20), |_| hooks.clone()) };
         let before = snapshot(&space);
         // 4 MiB of frames: the mapped part holds a whole 2 MiB-aligned span,
         // whose leaf node the drop takes out as one detached sub-tree.

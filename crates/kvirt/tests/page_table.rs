@@ -2118,7 +2118,8 @@ mod soundness {
     #[test]
     fn check_inv_walks_the_whole_tree_inside_one_read_side_section() {
         let counts = Arc::new(Sections::default());
-        let (_, space) = hooked_space(kvirt_sim::MachineConfig::new(16 << 20), |_| counts.clone());
+        // SAFETY: neither the hooks nor the test touch the machine.
+        let (_, space) = unsafe { hooked_space(kvirt_sim::MachineConfig::new(16 << 20), |_| counts.clone()) };
         let pt = kernel_pt(&space);
         map_untracked(&pt, KVA, UPA, 1, rw());
         let nodes_before = pt.check_inv().expect("intact");

@@ -93,13 +93,21 @@ unsafe impl<H: Hooks> Platform for Hooked<H> {
 /// # Panics
 ///
 /// Panics if the machine cannot hold a kernel space.
-pub fn hooked_space<H: Hooks>(
+///
+/// # Safety
+///
+/// The hooks and the caller, which both get the machine, use it as
+/// `KernelSpace::machine`'s rules say (rules 1 to 3 there): no write to
+/// memory kvirt keeps for itself, no second platform or space over it.
+pub unsafe fn hooked_space<H: Hooks>(
     config: MachineConfig,
     hooks: impl FnOnce(&Arc<Machine>) -> H,
 ) -> (Arc<Machine>, KernelSpace) {
     let machine = Arc::new(Machine::new(config));
     let hooks = hooks(&machine);
-    // SAFETY: a new machine, whose RAM only this space's platform uses.
+    // SAFETY: a new machine, no other platform over it; the hooks and the
+    // caller use it by `KernelSpace::machine`'s rules (this function's
+    // safety rule), which are `SimPlatform::new`'s rule 2.
     let inner = unsafe { SimPlatform::new(machine.clone()) };
     let map = memory_map_of(&machine);
     // SAFETY: the machine's own map; a new machine's RAM reads as zero.
