@@ -500,30 +500,39 @@ fn run_area(
 /// `spaces` at once, thread `t` on simulated CPU `t`; returns the wall time
 /// from their start to the last one's end ([`timed_threads`]).
 fn churn_threads(spaces: &[&KernelSpace], ops: usize) -> Result<Duration, Error> {
-    timed_threads(spaces.len(), |t, start| {
-        kvirt::platform::hosted::set_current_cpu(t);
-        start.wait();
+    timed_threads(spaces.len(), kvirt::platform::hosted::set_current_cpu, |t, ()| {
         create_drop_1p(spaces[t], ops)
     })
 }
 
-/// Runs `body(t, start)` on `threads` threads at once, thread `t` with
-/// index `t`; each waits on `start` once its set-up is done, and the clock
-/// runs from their release to the last one's end. Returns that wall time.
+/// Runs `setup(t)` and then `work(t, ..)` with what it made, on `threads`
+/// threads at once (thread `t` with index `t`); the clock runs from the
+/// moment every set-up is done and the threads are released to the last
+/// one's end. Returns that wall time.
 ///
 /// The clock starts before the threads are released: a thread cannot start
 /// before this one reaches the barrier, and with more threads than cores
-/// this one may not run again until they are done.
-pub(crate) fn timed_threads(
+/// this one may not run again until they are done. A set-up that panics
+/// still reaches the barrier (the panic goes on after it), so that no
+/// thread waits for ever.
+pub(crate) fn timed_threads<S>(
     threads: usize,
-    body: impl Fn(usize, &std::sync::Barrier) -> Result<(), Error> + Sync,
+    setup: impl Fn(usize) -> S + Sync,
+    work: impl Fn(usize, S) -> Result<(), Error> + Sync,
 ) -> Result<Duration, Error> {
     let start = std::sync::Barrier::new(threads + 1);
     std::thread::scope(|s| -> Result<Duration, Error> {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let (start, body) = (&start, &body);
-                s.spawn(move || body(t, start))
+                let (start, setup, work) = (&start, &setup, &work);
+                s.spawn(move || {
+                    let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| setup(t)));
+                    start.wait();
+                    match prepared {
+                        Ok(prepared) => work(t, prepared),
+                        Err(panic) => std::panic::resume_unwind(panic),
+                    }
+                })
             })
             .collect();
         let clock = Instant::now();

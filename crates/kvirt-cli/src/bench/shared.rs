@@ -17,7 +17,8 @@
 //! the page rows' code stays as it was: with one codegen unit, a second
 //! caller of a peer's `map_to` changed how the compiler built its `map`.
 //! Each map takes a 1-frame `Vec`, as a 1-page row's does, made just
-//! before (outside a peer's lock): a heap allocation and free of the same
+//! before (outside a peer's lock) and freed by the map (for a peer under
+//! its lock, as its `map` frees it): a heap allocation and free of the same
 //! small block, the same for every implementation.
 //!
 //! No unmap here flushes the TLB (`mapper::stop_flushing_on_this_thread`;
@@ -134,46 +135,54 @@ where
 
 /// `threads` threads at once, each mapping `pages` 1-page ranges in its
 /// region of `table` and unmapping them; the wall time from their start to
-/// the last one's end.
-fn once<T: SharedTable>(table: &T, threads: usize, pages: usize) -> Result<Duration, Error> {
+/// the last one's end. With `check`, each thread checks every page's
+/// translation once mapped (the clock then measures the check too).
+///
+/// A run also checks the run before it: it maps the same pages again,
+/// which every implementation refuses (and the run fails) if one was left
+/// mapped.
+fn once<T: SharedTable>(table: &T, threads: usize, pages: usize, check: bool) -> Result<Duration, Error> {
     // Thread `t` maps its own pool frames (each page the next, cyclically),
     // so that no two threads change one frame's reference count.
     let share = POOL_FRAMES / threads;
     let frame = |t: usize, j: usize| t * share + j % share;
-    timed_threads(threads, |t, start| {
+    let setup = |t: usize| {
         kvirt::platform::hosted::set_current_cpu(t);
         stop_flushing_on_this_thread();
-        // Made by this thread, before the clock starts.
         let inputs = table.inputs(&(0..pages).map(|j| frame(t, j)).collect::<Vec<_>>());
-        let mut maps: Vec<T::Mapping> = Vec::with_capacity(pages);
-        start.wait();
+        (inputs, Vec::<T::Mapping>::with_capacity(pages))
+    };
+    timed_threads(threads, setup, |t, (inputs, mut maps)| {
         for (j, input) in inputs.into_iter().enumerate() {
             maps.push(table.map_one(page(t, j), input));
         }
-        let last = maps.len() - 1;
-        let got = table.translate(&maps[last], page(t, last) + 8);
-        let want = table.frame_pa(frame(t, last)) + 8;
-        ensure(got == Some(want), || format!("thread {t}: its last page maps {got:x?}, not {want:#x}"))?;
+        if check {
+            for (j, mapping) in maps.iter().enumerate() {
+                let (got, want) = (table.translate(mapping, page(t, j) + 8), table.frame_pa(frame(t, j)) + 8);
+                ensure(got == Some(want), || format!("thread {t}: page {j} maps {got:x?}, not {want:#x}"))?;
+            }
+        }
         for mapping in maps {
             table.unmap_one(mapping);
         }
-        // The next run maps the same pages again, which every
-        // implementation refuses (and the run fails) if one was left
-        // mapped.
         Ok(())
     })
 }
 
 /// The row of `table` on `threads` threads: ns per page mapped and
-/// unmapped, over all threads' wall time.
+/// unmapped, over all threads' wall time. An untimed run first and one
+/// last check every page (the last one also that the last timed run left
+/// nothing mapped).
 pub fn run<T: SharedTable>(table: &T, threads: usize, cfg: &Config) -> Result<Stats, Error> {
     let pages = cfg.shared_pages;
+    once(table, threads, pages, true)?;
     let mut runs = Vec::new();
     for run in 0..cfg.warmup + cfg.runs {
-        let elapsed = once(table, threads, pages)?;
+        let elapsed = once(table, threads, pages, false)?;
         if run >= cfg.warmup {
             runs.push(ns_per(elapsed, pages * threads));
         }
     }
+    once(table, threads, pages, true)?;
     Ok(Stats::from_runs(runs, (pages * threads) as u64))
 }

@@ -67,8 +67,9 @@ impl X86Crate {
         let base = machine.ram_base().as_ptr();
         // SAFETY: `root` is a page of the machine's RAM that nothing else
         // uses; the RAM is valid (and zeroed) for the machine's life, which
-        // `self.machine` extends past the table's (field order). The
-        // benchmark is single-threaded, so this is the only access.
+        // `self.machine` extends past the table's (field order). This
+        // reference is the only access: the table is used through `&mut
+        // self` (the shared-table rows put the adapter behind a lock).
         let l4: &'static mut PageTable = unsafe { &mut *base.wrapping_add(root).cast::<PageTable>() };
         l4.zero();
         // SAFETY: physical address `pa` of the machine's RAM is mapped at
