@@ -141,6 +141,9 @@ pub(super) struct Purger<F: PagingFormat> {
     /// purge has taken it from its queue; queue `i`'s through slot `i`,
     /// so that CPUs dropping areas at once do not write one cache line.
     pending_pages: SplitCounter<QUEUES>,
+    /// Set with `Release` after `max_pending_pages`, read with `Acquire`:
+    /// a drop that sees lazy mode sees its threshold, not the one before
+    /// (0 at first, which would purge on every drop meanwhile).
     lazy: AtomicBool,
     max_pending_pages: AtomicUsize,
     purges: AtomicUsize,
@@ -162,7 +165,7 @@ impl<F: PagingFormat> Purger<F> {
     }
 
     pub(super) fn mode(&self) -> PurgeMode {
-        if self.lazy.load(Ordering::Relaxed) {
+        if self.lazy.load(Ordering::Acquire) {
             PurgeMode::Lazy { max_pending_pages: self.max_pending_pages.load(Ordering::Relaxed) }
         } else {
             PurgeMode::Eager
@@ -170,7 +173,7 @@ impl<F: PagingFormat> Purger<F> {
     }
 
     pub(super) fn is_lazy(&self) -> bool {
-        self.lazy.load(Ordering::Relaxed)
+        self.lazy.load(Ordering::Acquire)
     }
 
     /// Whether anything waits for a purge.
@@ -291,7 +294,7 @@ impl<L: KernelLayout> KernelSpace<L> {
             }
             PurgeMode::Lazy { max_pending_pages } => {
                 purger.max_pending_pages.store(max_pending_pages, Ordering::Relaxed);
-                purger.lazy.store(true, Ordering::Relaxed);
+                purger.lazy.store(true, Ordering::Release);
                 // Frame allocations that would fail purge first. The hook
                 // holds the space weakly (the space owns the allocator, and
                 // a space that is going has nothing to purge); it is set
