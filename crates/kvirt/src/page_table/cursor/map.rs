@@ -151,6 +151,16 @@ impl<C: PageTableConfig> CursorMut<'_, C> {
     /// if it had ended there, and the panic goes on; the table is
     /// consistent and the cursor usable, at an address no further than the
     /// end of what was mapped (`jump` before mapping on).
+    ///
+    /// Memory ordering: a leaf node's run of entries is published with one
+    /// `Release` fence before it, so what this thread wrote before the call
+    /// happens before a lock-free walk (`translate`, another CPU's MMU)
+    /// that reads one of the new entries. What the iterator writes while it
+    /// runs (a frame it allocates or fills as it goes) is not ordered so:
+    /// to publish frame contents through the mapping itself, make the
+    /// frames ready before the call, or order them yourself. (Another CPU
+    /// that learns of the mapping by any synchronising means, such as a
+    /// lock or a channel, sees everything.)
     pub fn try_map_frames<T: AnyFrameMeta + ?Sized>(
         &mut self,
         frames: impl IntoIterator<Item = Frame<T>>,

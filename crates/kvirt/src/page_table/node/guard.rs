@@ -128,7 +128,10 @@ impl<'a> NodeGuard<'a> {
     pub(crate) fn fill_absent(&self, from: usize, to: usize, mut next: impl FnMut() -> Option<u64>) -> usize {
         // One release for the whole fill: whatever this thread wrote before
         // it (a frame's contents, a node's initialisation) is seen by a
-        // walker that reads a new entry with `Acquire`. Each store could be
+        // walker that reads a new entry with `Acquire`. Not what `next`
+        // writes during the fill: a caller's frame iterator that makes or
+        // fills frames as it goes publishes nothing through the entries
+        // (`CursorMut::try_map_frames` says so). Each store could be
         // `Release` instead, but the compiler treats such a store as a write
         // to any memory, and would then keep the caller's iterator and the
         // count in memory across the loop: a store-to-load round trip per
