@@ -4,8 +4,9 @@
 //! kvirt's table is shared as it is: a cursor locks only the nodes it
 //! changes, so threads working on different parts of the table do not wait
 //! for each other. A peer's table takes `&mut self` to change, so a kernel
-//! sharing one between CPUs puts it behind one lock; here a `spin::Mutex`,
-//! as a kernel would, held for the map or the unmap of a range.
+//! sharing one between CPUs puts it behind one lock; here `spin`'s ticket
+//! lock (fair, first come first served, as Linux's queued spinlock), held
+//! for the map or the unmap of a range.
 //!
 //! Each thread maps `pages` 1-page ranges (laid out as in the 1-page rows,
 //! one unmapped page between ranges, in a 1 GiB region of its own), then
@@ -134,9 +135,10 @@ where
 }
 
 /// `threads` threads at once, each mapping `pages` 1-page ranges in its
-/// region of `table` and unmapping them; the wall time from their start to
-/// the last one's end. With `check`, each thread checks every page's
-/// translation once mapped (the clock then measures the check too).
+/// region of `table` and unmapping them; the wall time from the first one's
+/// start to the last one's end, once each has made its inputs. With
+/// `check`, each thread checks every page's translation once mapped (the
+/// clock then measures the check too).
 ///
 /// A run also checks the run before it: it maps the same pages again,
 /// which every implementation refuses (and the run fails) if one was left
