@@ -83,6 +83,16 @@ struct Snapshot {
     vmalloc_view: PageTableView,
 }
 
+/// Takes every free frame of `space`, so that the next allocation runs out
+/// of memory; dropping them gives the memory back.
+fn take_every_free_frame(space: &KernelSpace) -> Vec<Frame<()>> {
+    let mut hoard = Vec::new();
+    while let Ok(frame) = FrameAllocOptions::new_in(space).alloc_frame() {
+        hoard.push(frame);
+    }
+    hoard
+}
+
 fn snapshot(space: &KernelSpace) -> Snapshot {
     space.synchronize();
     Snapshot {
@@ -491,10 +501,7 @@ mod rejected {
     #[test]
     fn running_out_of_page_table_memory_changes_nothing() {
         let space = KernelSpace::new_hosted(MachineConfig::new(16 << 20));
-        let mut hoard = Vec::new();
-        while let Ok(frame) = FrameAllocOptions::new_in(&space).alloc_frame() {
-            hoard.push(frame);
-        }
+        let hoard = take_every_free_frame(&space);
         assert_eq!(space.phys_stats().free_pages, 0);
         let before = snapshot(&space);
         let result = space.try_map_frames(2 * P, P, [hoard[0].clone()], prop()).map(drop);
@@ -517,10 +524,7 @@ mod rejected {
     fn running_out_of_page_table_memory_in_lazy_mode_leaves_nothing_queued() {
         let space = KernelSpace::new_hosted(MachineConfig::new(16 << 20));
         space.set_purge_mode(PurgeMode::Lazy { max_pending_pages: usize::MAX });
-        let mut hoard = Vec::new();
-        while let Ok(frame) = FrameAllocOptions::new_in(&space).alloc_frame() {
-            hoard.push(frame);
-        }
+        let hoard = take_every_free_frame(&space);
         let (vmalloc, phys) = (space.vmalloc_stats(), space.phys_stats());
         // Read at once, without the purge that `snapshot` runs first.
         let result = space.try_map_frames(2 * P, P, [hoard[0].clone()], prop()).map(drop);
@@ -1342,10 +1346,7 @@ mod split {
         let dev = device_window(&space).start;
         let area = untracked(&space, SIZE_1G, 0, dev..dev + SIZE_1G, prop()).unwrap();
         let (left, right) = area.split(SIZE_2M + 5 * P);
-        let mut hoard = Vec::new();
-        while let Ok(frame) = FrameAllocOptions::new_in(&space).alloc_frame() {
-            hoard.push(frame);
-        }
+        let hoard = take_every_free_frame(&space);
         let start = left.start();
         drop(left);
         assert!(space.kernel_translate(start + SIZE_2M + 4 * P).is_none());
@@ -1362,10 +1363,7 @@ mod split {
         let dev = device_window(&space).start;
         let baseline = snapshot(&space);
         let area = untracked(&space, SIZE_2M, 0, dev..dev + SIZE_2M, prop()).unwrap();
-        let mut hoard = Vec::new();
-        while let Ok(frame) = FrameAllocOptions::new_in(&space).alloc_frame() {
-            hoard.push(frame);
-        }
+        let hoard = take_every_free_frame(&space);
         let err = catch_unwind(AssertUnwindSafe(|| area.split(P))).unwrap_err();
         let msg = err.downcast_ref::<&str>().map(|s| s.to_string()).or(err.downcast_ref::<String>().cloned());
         assert!(msg.unwrap().contains("out of memory"));
@@ -1380,10 +1378,7 @@ mod split {
         let dev = device_window(&space).start;
         let mut area = untracked(&space, SIZE_1G, 0, dev..dev + SIZE_1G, prop()).unwrap();
         let range = area.range();
-        let mut hoard = Vec::new();
-        while let Ok(frame) = FrameAllocOptions::new_in(&space).alloc_frame() {
-            hoard.push(frame);
-        }
+        let mut hoard = take_every_free_frame(&space);
         // Splitting the 1 GiB page down to 4 KiB pages at the split point
         // takes two nodes: with none, and with only one, nothing changes.
         for spare in 0..2 {
@@ -1413,10 +1408,7 @@ mod split {
         // purge can give back.
         let frames = FrameAllocOptions::new_in(&space).alloc_segment(2).unwrap();
         let victim = space.try_map_frames(2 * P, 0, frames, prop()).unwrap();
-        let mut hoard = Vec::new();
-        while let Ok(frame) = FrameAllocOptions::new_in(&space).alloc_frame() {
-            hoard.push(frame);
-        }
+        let hoard = take_every_free_frame(&space);
         drop(victim);
         assert_eq!(space.phys_stats().free_pages, 0);
         let purges = space.purge_stats().purges;
@@ -1468,10 +1460,7 @@ mod split {
         let meta = DropsArea { slot: slot.clone(), space: Arc::downgrade(&space), ran: ran.clone() };
         let frame = FrameAllocOptions::new_in(&*space).alloc_frame_with(meta).unwrap();
         let victim = space.try_map_frames(P, 0, [frame], prop()).unwrap();
-        let mut hoard = Vec::new();
-        while let Ok(frame) = FrameAllocOptions::new_in(&*space).alloc_frame() {
-            hoard.push(frame);
-        }
+        let hoard = take_every_free_frame(&space);
         drop(victim);
         assert_eq!(space.phys_stats().free_pages, 0);
         let (a, b) = right.try_split(SIZE_2M + P).expect("the purge gave back a page");
