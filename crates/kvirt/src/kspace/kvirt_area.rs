@@ -311,8 +311,9 @@ impl<L: KernelLayout> KVirtArea<L> {
         // rather than fail, as a constructor does. The failed attempt
         // changed nothing, and no lock is held across the purge (it runs
         // frames' drop hooks).
-        let split = self.split_huge_page_at(mid);
-        if split.is_err() && !(self.space().purge_if_pending() && self.split_huge_page_at(mid).is_ok()) {
+        if self.split_huge_page_at(mid).is_err()
+            && !(self.space().purge_if_pending() && self.split_huge_page_at(mid).is_ok())
+        {
             return Err((self, SplitError::OutOfMemory));
         }
         let (outer_left, outer_right) = (self.left.take(), self.right.take());

@@ -325,9 +325,8 @@ impl<L: KernelLayout> KernelSpace<L> {
         dead.retain(|free| !free.is_empty());
         dead.sort_by_key(|free| free.start);
         let areas = self.areas();
-        let frees = dead.iter();
         let mut last_end = 0;
-        for free in frees {
+        for free in &dead {
             if free.start < last_end {
                 return Err("two dead areas' ranges overlap");
             }
@@ -338,11 +337,10 @@ impl<L: KernelLayout> KernelSpace<L> {
             if areas.iter().any(|a| a.range.start < free.end && free.start < a.range.end) {
                 return Err("a dead area's range overlaps a live area");
             }
-        }
-        // What a dead area still holds is unmapped. (Its flush span may be
-        // larger: a page it left to a live left half as its guard is that
-        // half's, which may since have flushed and freed it for reuse.)
-        for free in &dead {
+            // What a dead area still holds is unmapped. (Its flush span may
+            // be larger: a page it left to a live left half as its guard is
+            // that half's, which may since have flushed and freed it for
+            // reuse.)
             let mut cursor = self.kernel_cursor(free).map_err(|_| "a dead area is outside kernel space")?;
             if cursor.find_next(free.len()).is_some() {
                 return Err("a dead area is still mapped");
