@@ -760,6 +760,11 @@ fn measure_round(cfg: &Config, quick: bool, only: Option<&str>, arch: Arch) -> R
             run_threads_apart,
         ),
     ];
+    let shared_rows = [1, 2].map(|threads| {
+        let plural = if threads == 1 { "" } else { "s" };
+        let title = format!("map+unmap 1 x 4 KiB, one table, {threads} thread{plural}");
+        (workload(format!("shared-1p-{threads}thread{plural}"), title, "page"), threads)
+    });
     let huge = workload("untracked-1g".into(), "untracked 1 GiB map+unmap".into(), "1 GiB");
     let sizes: Vec<usize> =
         SIZES.into_iter().filter(|&n| page_workloads(n).iter().any(|w| wanted(&w.id))).collect();
@@ -769,7 +774,7 @@ fn measure_round(cfg: &Config, quick: bool, only: Option<&str>, arch: Arch) -> R
         total: sizes.len() * IMPLS.len()
             + usize::from(run_huge_too) * IMPLS.len()
             + area_workloads.iter().filter(|(w, _)| wanted_areas(&w.id)).count()
-            + ["shared-1p-1thread", "shared-1p-2threads"].into_iter().filter(|id| wanted_areas(id)).count()
+            + shared_rows.iter().filter(|(w, _)| wanted_areas(&w.id)).count()
             + if wanted_areas("churn") { 4 } else { 0 }
             + usize::from(wanted_areas("breakdown")),
         started: Instant::now(),
@@ -840,11 +845,6 @@ fn measure_round(cfg: &Config, quick: bool, only: Option<&str>, arch: Arch) -> R
         }
     }
 
-    let shared_rows = [1, 2].map(|threads| {
-        let plural = if threads == 1 { "" } else { "s" };
-        let title = format!("map+unmap 1 x 4 KiB, one table, {threads} thread{plural}");
-        (workload(format!("shared-1p-{threads}thread{plural}"), title, "page"), threads)
-    });
     for (w, threads) in shared_rows.iter().filter(|(w, _)| wanted_areas(&w.id)) {
         let results: [(&'static str, Result<Stats, &'static str>); 5] = [
             (<KvirtArea>::NAME, Err(NOT_SHARED)),
