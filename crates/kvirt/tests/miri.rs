@@ -435,6 +435,44 @@ fn cursors_take_mappings_and_reclaim_emptied_nodes() {
     assert_eq!(stats(&space), before);
 }
 
+#[test]
+fn single_pages_map_and_take_without_a_cursor() {
+    let space = space();
+    let before = stats(&space);
+    let pt = PageTable::<UserPtConfig>::empty_in(&space).expect("page table");
+    let nodes = space.phys_stats().page_table_pages;
+    let frames: Vec<_> = FrameAllocOptions::new_in(&space)
+        .alloc_segment(2)
+        .expect("segment")
+        .into_iter()
+        .map(Frame::into_dyn)
+        .collect();
+
+    // The first page through a cursor (no leaf yet), the second into the
+    // leaf it made, a third refused with its frame handed back.
+    pt.try_map_frame(UVA, frames[0].clone(), user_rw()).expect("map");
+    pt.try_map_frame(UVA + P, frames[1].clone(), user_rw()).expect("map");
+    let e = pt.try_map_frame(UVA + P, frames[0].clone(), user_rw()).expect_err("mapped already");
+    assert!(matches!(&e.item, MappedItem::Tracked(f, _) if f.paddr() == frames[0].paddr()));
+    drop(e);
+    assert_eq!(query(&pt, UVA + P).map(|q| q.1), Some(frames[1].paddr()));
+    assert_eq!(frames.iter().map(|f| f.reference_count()).collect::<Vec<_>>(), [2, 2]);
+
+    // Taken in the leaf, then the leaf's last page: the emptied nodes are
+    // reclaimed up to the root.
+    for (va, frame) in [(UVA, &frames[0]), (UVA + P, &frames[1])] {
+        let frag = pt.try_take_page(va).expect("a user page").expect("mapped");
+        assert!(matches!(&frag, PageTableFrag::Mapped { item: MappedItem::Tracked(f, _), .. } if f == frame));
+        flush_and_drop(&space, frag);
+    }
+    assert!(pt.try_take_page(UVA).expect("a user page").is_none());
+    assert_eq!(stats(&space).page_table_pages, nodes, "every emptied node was reclaimed");
+    assert_eq!(pt.check_inv(), Ok(1));
+    assert!(frames.iter().all(|f| f.reference_count() == 1));
+    drop((pt, frames));
+    assert_eq!(stats(&space), before);
+}
+
 /// Flushes what a fragment mapped from every TLB, then releases it.
 fn flush_and_drop(space: &KernelSpace, frag: PageTableFrag) {
     space.platform().flush_tlb(TlbFlushOp::Range(frag.va_range()), TlbScope::AllCpus);

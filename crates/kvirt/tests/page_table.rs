@@ -19,7 +19,7 @@ use kvirt::kspace::KernelSpace;
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
 use kvirt::page_table::{
     vaddr_bounds, KernelPtConfig, MapError, MapErrorKind, MappedItem, MappedItemRef, PageTable,
-    PageTableAllocError, PageTableConfig, PageTableFrag, RangeError, TakenRange, UserPtConfig,
+    PageTableAllocError, PageTableConfig, PageTableFrag, RangeError, TakePageError, TakenRange, UserPtConfig,
 };
 use kvirt::{Paddr, PagingLevel, Vaddr, PAGE_SIZE};
 
@@ -2557,5 +2557,209 @@ mod panicking_callbacks {
         assert!(pt.check_inv().is_ok(), "{:?}", pt.check_inv());
         drop(pt);
         assert_eq!(used_pages(&space), used);
+    }
+}
+
+/// `PageTable::try_map_frame` and `try_take_page`: one page without a
+/// cursor where its leaf node exists, through one otherwise, with the
+/// cursor's results either way (`page_table_model.rs` checks them against
+/// the model in random sequences).
+mod one_page {
+    use super::*;
+
+    /// The pages a fresh leaf node is made for: its L2 and L1 nodes.
+    const NEW_NODES: usize = 2;
+
+    fn tracked_leaf(f: &Frame<dyn AnyFrameMeta>, prop: PageProperty) -> Option<Leaf> {
+        Some(Leaf { pa: f.paddr(), level: 1, prop, tracked: true })
+    }
+
+    #[test]
+    fn map_frame_without_a_leaf_makes_the_nodes() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let nodes = pt_pages(&space);
+        let f = frame(&space);
+        pt.try_map_frame(KVA, f.clone(), rw()).unwrap();
+        assert_eq!(query(&pt, KVA), (KVA..KVA + SZ_4K, tracked_leaf(&f, rw())));
+        assert_eq!(pt.translate_addr(KVA + 8), Some(f.paddr() + 8));
+        assert_eq!(pt_pages(&space), nodes + NEW_NODES);
+        assert_eq!(f.reference_count(), 2, "ours and the entry's");
+    }
+
+    #[test]
+    fn map_frame_into_an_existing_leaf_makes_no_node() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        map_tracked(&pt, KVA, frame(&space), rw());
+        let nodes = pt_pages(&space);
+        let f = frame(&space);
+        pt.try_map_frame(KVA + 511 * SZ_4K, f.clone(), ro()).unwrap();
+        assert_eq!(query(&pt, KVA + 511 * SZ_4K), (KVA + 511 * SZ_4K..KVA + SZ_2M, tracked_leaf(&f, ro())));
+        assert_eq!(pt_pages(&space), nodes);
+        assert_eq!(f.reference_count(), 2);
+    }
+
+    #[test]
+    fn map_frame_over_a_mapping_hands_the_frame_back() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let old = frame(&space);
+        map_tracked(&pt, KVA, old.clone(), rw());
+        // In a leaf node (no cursor), and over a 2 MiB page (no leaf node:
+        // the cursor refuses it).
+        map_untracked(&pt, KVA + SZ_2M, UPA, 2, rw());
+        let nodes = pt_pages(&space);
+        for va in [KVA, KVA + SZ_2M + 5 * SZ_4K] {
+            let f = frame(&space);
+            let e = pt.try_map_frame(va, f.clone(), ro()).unwrap_err();
+            assert_eq!(e.kind, MapErrorKind::AlreadyMapped, "at {va:#x}");
+            match e.item {
+                MappedItem::Tracked(back, prop) => assert_eq!((back, prop), (f.clone(), ro())),
+                other => panic!("{other:?} came back"),
+            }
+            assert_eq!(f.reference_count(), 1, "the refused frame's reference came back and went");
+        }
+        assert_eq!(query(&pt, KVA).1, tracked_leaf(&old, rw()));
+        assert_eq!(query(&pt, KVA + SZ_2M).1, Some(Leaf { pa: UPA, level: 2, prop: rw(), tracked: false }));
+        assert_eq!(pt_pages(&space), nodes);
+    }
+
+    #[test]
+    fn map_frame_of_another_space_is_refused_with_or_without_a_leaf() {
+        let space = new_space();
+        let other = new_space();
+        let pt = kernel_pt(&space);
+        map_tracked(&pt, KVA, frame(&space), rw());
+        let nodes = pt_pages(&space);
+        for va in [KVA + SZ_4K, KVA + SZ_1G] {
+            let foreign = frame(&other);
+            let e = pt.try_map_frame(va, foreign.clone(), rw()).unwrap_err();
+            assert_foreign_frame_handed_back(e, &foreign);
+            assert_eq!(query(&pt, va).1, None, "nothing mapped at {va:#x}");
+        }
+        assert_eq!(pt_pages(&space), nodes, "no node left behind");
+    }
+
+    #[test]
+    fn map_frame_outside_the_table_is_refused() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let nodes = pt_pages(&space);
+        let f = frame(&space);
+        let user_va = 0x40_0000;
+        for (va, kind) in [
+            (KVA + 8, MapErrorKind::Misaligned),
+            (user_va, MapErrorKind::OutOfRange),
+            (LAST_RANGE_END, MapErrorKind::OutOfRange),
+        ] {
+            let e = pt.try_map_frame(va, f.clone(), rw()).unwrap_err();
+            assert_eq!(e.kind, kind, "at {va:#x}");
+            assert!(matches!(&e.item, MappedItem::Tracked(back, _) if *back == f));
+        }
+        assert_eq!(f.reference_count(), 1);
+        assert_eq!(pt_pages(&space), nodes);
+    }
+
+    #[test]
+    fn take_page_keeps_a_leaf_that_still_maps_something() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let (a, b) = (frame(&space), frame(&space));
+        pt.try_map_frame(KVA, a.clone(), rw()).unwrap();
+        pt.try_map_frame(KVA + SZ_4K, b.clone(), ro()).unwrap();
+        let nodes = pt_pages(&space);
+        let frag = pt.try_take_page(KVA + SZ_4K).unwrap().expect("a page was mapped");
+        assert_eq!(frag.va_range(), KVA + SZ_4K..KVA + 2 * SZ_4K);
+        match &frag {
+            PageTableFrag::Mapped { va, item: MappedItem::Tracked(f, prop) } => {
+                assert_eq!((*va, f, *prop), (KVA + SZ_4K, &b, ro()));
+            }
+            other => panic!("took {other:?}"),
+        }
+        assert_eq!(b.reference_count(), 2, "the fragment holds the entry's reference");
+        drop(frag);
+        assert_eq!(b.reference_count(), 1);
+        assert_eq!(query(&pt, KVA + SZ_4K).1, None);
+        assert_eq!(query(&pt, KVA).1, tracked_leaf(&a, rw()));
+        assert_eq!(pt_pages(&space), nodes);
+    }
+
+    #[test]
+    fn take_page_of_a_leafs_last_page_reclaims_the_leaf() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let nodes = pt_pages(&space);
+        let f = frame(&space);
+        pt.try_map_frame(KVA + 7 * SZ_4K, f.clone(), rw()).unwrap();
+        let frag = pt.try_take_page(KVA + 7 * SZ_4K).unwrap();
+        assert!(matches!(frag, Some(PageTableFrag::Mapped { va, .. }) if va == KVA + 7 * SZ_4K));
+        drop(frag);
+        assert_eq!(pt_pages(&space), nodes, "the emptied L1 and L2 nodes are gone");
+        assert_eq!(f.reference_count(), 1);
+    }
+
+    #[test]
+    fn take_page_of_nothing_takes_nothing() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        map_untracked(&pt, KVA, UPA, 1, rw());
+        let nodes = pt_pages(&space);
+        // An absent entry of a leaf node, and no leaf node at all.
+        assert!(pt.try_take_page(KVA + SZ_4K).unwrap().is_none());
+        assert!(pt.try_take_page(KVA + SZ_1G).unwrap().is_none());
+        assert_eq!(query(&pt, KVA).1, Some(Leaf { pa: UPA, level: 1, prop: rw(), tracked: false }));
+        assert_eq!(pt_pages(&space), nodes);
+    }
+
+    #[test]
+    fn take_page_inside_a_huge_page_splits_it() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        map_untracked(&pt, KVA, UPA, 2, rw());
+        let frag = pt.try_take_page(KVA + 3 * SZ_4K).unwrap().expect("inside the 2 MiB page");
+        match frag {
+            PageTableFrag::Mapped { va, item: MappedItem::Untracked(pa, level, prop) } => {
+                assert_eq!((va, pa, level, prop), (KVA + 3 * SZ_4K, UPA + 3 * SZ_4K, 1, rw()));
+            }
+            other => panic!("took {other:?}"),
+        }
+        assert_eq!(query(&pt, KVA + 3 * SZ_4K).1, None);
+        assert_eq!(
+            query(&pt, KVA + 4 * SZ_4K).1,
+            Some(Leaf { pa: UPA + 4 * SZ_4K, level: 1, prop: rw(), tracked: false })
+        );
+        assert_eq!(leaves(&pt, KVA..KVA + SZ_2M).len(), 511);
+    }
+
+    #[test]
+    fn take_page_outside_the_table_is_refused() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        assert_eq!(pt.try_take_page(KVA + 8).unwrap_err(), TakePageError::Range(RangeError::Misaligned));
+        assert_eq!(pt.try_take_page(0x40_0000).unwrap_err(), TakePageError::Range(RangeError::OutOfBounds));
+        assert_eq!(
+            pt.try_take_page(LAST_RANGE_END).unwrap_err(),
+            TakePageError::Range(RangeError::OutOfBounds)
+        );
+    }
+
+    #[test]
+    fn take_page_that_cannot_split_reports_it_and_changes_nothing() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        map_untracked(&pt, KVA, UPA, 2, rw());
+        let nodes = pt_pages(&space);
+        let mut hoard = Vec::new();
+        while let Ok(f) = FrameAllocOptions::new_in(&space).zeroed(false).alloc_frame() {
+            hoard.push(f);
+        }
+        assert_eq!(pt.try_take_page(KVA + SZ_4K).unwrap_err(), TakePageError::OutOfMemory);
+        assert_eq!(
+            query(&pt, KVA + SZ_4K),
+            (KVA..KVA + SZ_2M, Some(Leaf { pa: UPA, level: 2, prop: rw(), tracked: false }))
+        );
+        drop(hoard);
+        assert_eq!(pt_pages(&space), nodes);
     }
 }

@@ -1,7 +1,8 @@
 //! Model-based property test of the page table.
 //!
 //! Random sequences of map (4 KiB tracked or untracked, 2 MiB and 1 GiB
-//! untracked), take_next, take_all, protect_next, query and find_next run inside a
+//! untracked), take_next, take_all, protect_next, query and find_next, and
+//! the cursor-less `PageTable::try_map_frame` and `try_take_page`, run inside a
 //! 4 GiB window of the kernel half, on addresses drawn from a few slots per
 //! level so that operations collide and huge pages get split. A
 //! `BTreeMap<Vaddr, Leaf>` models the leaf mappings. Every operation's
@@ -116,6 +117,12 @@ enum Op {
     /// `find_next` over a cursor's range from a slot inside it (or from the
     /// start), then `query` where it stopped.
     FindNext { range: Range<Vaddr>, from: Slot },
+    /// `PageTable::try_map_frame` of frame `frame` at the slot: a cursor's
+    /// `try_map_frames` of it over the page.
+    MapFrame { at: Slot, frame: usize, prop: usize },
+    /// `PageTable::try_take_page` at the slot: a cursor's
+    /// `take_next(PAGE_SIZE)` over the page.
+    TakePage { at: Slot },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -133,6 +140,8 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (sub_range(), steps, 0..4usize).prop_map(|(range, steps, prop)| Op::Protect { range, steps, prop }),
         2 => (slot(), sub_range()).prop_map(|(at, range)| Op::Query { at, range }),
         2 => (sub_range(), slot()).prop_map(|(range, from)| Op::FindNext { range, from }),
+        5 => (slot(), 0..NR_FRAMES, 0..4usize).prop_map(|(at, frame, prop)| Op::MapFrame { at, frame, prop }),
+        4 => slot().prop_map(|at| Op::TakePage { at }),
     ]
 }
 
@@ -166,6 +175,28 @@ impl World {
             self.frames.iter().any(|f| f.paddr() == pa),
             "a tracked entry maps {pa:#x}, not one of our frames"
         );
+    }
+
+    /// What the model's `take_next` says of a fragment (whose drop
+    /// releases what it took).
+    fn taken_of(&self, frag: PageTableFrag) -> Taken {
+        match frag {
+            PageTableFrag::Mapped { va, item } => {
+                let m = match &item {
+                    MappedItem::Tracked(f, p) => {
+                        self.assert_ours(f.paddr());
+                        Leaf { pa: f.paddr(), size: SZ_4K, prop: *p, tracked: true }
+                    }
+                    MappedItem::Untracked(pa, l, p) => {
+                        Leaf { pa: *pa, size: SZ_4K << (9 * (*l as usize - 1)), prop: *p, tracked: false }
+                    }
+                };
+                Taken::Leaf(va, m)
+            }
+            PageTableFrag::StrayPageTable { va, len, num_frames, .. } => {
+                Taken::SubTree { va, len, num_frames }
+            }
+        }
     }
 
     fn item(&self, kind: &MapKind, prop: PageProperty) -> (MappedItem, Leaf) {
@@ -228,26 +259,7 @@ impl World {
                     let (expected, next) = self.model.take_next(va, range.end);
                     let got = c.take_next(range.end - va);
                     assert_eq!(c.virt_addr(), next, "cursor after take_next from {va:#x}");
-                    let got = got.map(|frag| match frag {
-                        PageTableFrag::Mapped { va, item } => {
-                            let m = match &item {
-                                MappedItem::Tracked(f, p) => {
-                                    self.assert_ours(f.paddr());
-                                    Leaf { pa: f.paddr(), size: SZ_4K, prop: *p, tracked: true }
-                                }
-                                MappedItem::Untracked(pa, l, p) => Leaf {
-                                    pa: *pa,
-                                    size: SZ_4K << (9 * (*l as usize - 1)),
-                                    prop: *p,
-                                    tracked: false,
-                                },
-                            };
-                            Taken::Leaf(va, m)
-                        }
-                        PageTableFrag::StrayPageTable { va, len, num_frames, .. } => {
-                            Taken::SubTree { va, len, num_frames }
-                        }
-                    });
+                    let got = got.map(|frag| self.taken_of(frag));
                     assert_eq!(got, expected, "take_next from {va:#x} to {:#x}", range.end);
                     if got.is_none() {
                         break;
@@ -324,6 +336,33 @@ impl World {
                 let (r, item) = c.query().unwrap();
                 let got = (r, item.as_ref().map(|i| self.leaf_of(i)));
                 assert_eq!(got, self.model.query(va), "query at {va:#x}");
+            }
+            Op::MapFrame { at, frame, prop } => {
+                let (va, frame, prop) = (at.va(), &self.frames[*frame], props[*prop]);
+                let m = Leaf { pa: frame.paddr(), size: SZ_4K, prop, tracked: true };
+                let free = self.model.is_free(va..va + SZ_4K);
+                match self.pt.try_map_frame(va, frame.clone(), prop) {
+                    Ok(()) => {
+                        assert!(free, "mapped a frame at {va:#x} over {:x?}", self.model.covering(va));
+                        self.model.map.insert(va, m);
+                    }
+                    Err(e) => {
+                        assert!(!free, "try_map_frame at {va:#x} failed with {:?}", e.kind);
+                        assert_eq!(e.kind, MapErrorKind::AlreadyMapped);
+                        match e.item {
+                            MappedItem::Tracked(f, p) => {
+                                assert_eq!((&f, p), (frame, prop), "the frame comes back")
+                            }
+                            other => panic!("{other:?} came back for a frame"),
+                        }
+                    }
+                }
+            }
+            Op::TakePage { at } => {
+                let va = at.va();
+                let (expected, _) = self.model.take_next(va, va + SZ_4K);
+                let got = self.pt.try_take_page(va).expect("a page of the window, memory to split");
+                assert_eq!(got.map(|frag| self.taken_of(frag)), expected, "try_take_page at {va:#x}");
             }
             Op::FindNext { range, from } => {
                 let from = if range.contains(&from.va()) { from.va() } else { range.start };
@@ -441,6 +480,19 @@ fn fixed_sequence_refines_the_model() {
         Op::TakeAll { range: s(2, 255, 1).va()..s(3, 511, 0).va(), skip: 0 },
         Op::Map { at: s(1, 1, 1), kind: MapKind::Tracked(3), prop: 0, wide: false },
         Op::TakeAll { range: WIN..WIN_END, skip: 1 },
+        // Without a cursor: the first page of a leaf node made by a cursor
+        // (which try_map_frame falls back to), the second in place, one
+        // refused; a page taken in place, the last one with the node
+        // reclaimed, one absent, and one inside a 2 MiB page (split).
+        Op::MapFrame { at: s(0, 1, 0), frame: 0, prop: 0 },
+        Op::MapFrame { at: s(0, 1, 1), frame: 1, prop: 1 },
+        Op::MapFrame { at: s(0, 1, 1), frame: 2, prop: 2 },
+        Op::TakePage { at: s(0, 1, 0) },
+        Op::TakePage { at: s(0, 1, 0) },
+        Op::TakePage { at: s(0, 1, 1) },
+        Op::Map { at: s(1, 255, 0), kind: MapKind::Untracked2M(3), prop: 3, wide: false },
+        Op::TakePage { at: s(1, 255, 255) },
+        Op::MapFrame { at: s(1, 255, 255), frame: 3, prop: 0 },
     ];
     run(&ops);
 }

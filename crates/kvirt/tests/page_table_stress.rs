@@ -1,7 +1,9 @@
 //! Multi-threaded stress test of the page table's locking and reclamation.
 //!
 //! Two threads each run 100 000 random operations (map, unmap, query of
-//! 4 KiB pages and some 2 MiB pages) on one kernel page table, each
+//! 4 KiB pages and some 2 MiB pages; 4 KiB pages through cursors and
+//! without, by `PageTable::try_map_frame` and `try_take_page`) on one
+//! kernel page table, each
 //! checking every result against its own model of the pages it owns. The
 //! threads' pages are laid out so that they contend:
 //!
@@ -143,9 +145,18 @@ impl Worker<'_> {
             va..va + SZ_4K
         };
         let free = self.model.is_free(va..va + SZ_4K);
-        let mut c = self.pt.cursor_mut(&range).unwrap();
-        c.jump(va).unwrap();
-        match c.try_map(item) {
+        let result = match item {
+            // A third of the frames without a cursor.
+            MappedItem::Tracked(frame, prop) if self.rng.below(3) == 0 => {
+                self.pt.try_map_frame(va, frame, prop)
+            }
+            item => {
+                let mut c = self.pt.cursor_mut(&range).unwrap();
+                c.jump(va).unwrap();
+                c.try_map(item)
+            }
+        };
+        match result {
             Ok(()) => {
                 assert!(free, "mapped over an owned mapping at {va:#x}");
                 self.model.map.insert(va, m);
@@ -183,8 +194,13 @@ impl Worker<'_> {
             Some(Taken::Leaf(at, m)) if at == va => Some(m),
             other => panic!("the model takes {other:?} for 4 KiB at {va:#x}"),
         };
-        let mut c = self.pt.cursor_mut(&(va..va + SZ_4K)).unwrap();
-        let got = c.take_next(SZ_4K).map(|frag| match frag {
+        // Half the time without a cursor.
+        let frag = if self.rng.below(2) == 0 {
+            self.pt.try_take_page(va).expect("memory to split a 2 MiB page")
+        } else {
+            self.pt.cursor_mut(&(va..va + SZ_4K)).unwrap().take_next(SZ_4K)
+        };
+        let got = frag.map(|frag| match frag {
             PageTableFrag::Mapped { va: at, item } => {
                 assert_eq!(at, va);
                 match item {

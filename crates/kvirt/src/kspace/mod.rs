@@ -468,6 +468,22 @@ impl<L: KernelLayout> KernelSpace<L> {
             return Ok(area);
         }
         let mut frames = frames.into_iter();
+        if len == PAGE_SIZE {
+            // One page, the commonest area: mapped without a cursor where
+            // its leaf node exists (`PageTable::try_map_frame`). Only
+            // running out of node memory can fail here (see `map_purging`),
+            // which then purges and retries with the frame handed back.
+            let frame = frames.next().expect("one frame");
+            let Err(e) = self.inner().kernel_pt.try_map_frame(area.mapped_range().start, frame, prop) else {
+                return Ok(area);
+            };
+            debug_assert_eq!(e.kind, MapErrorKind::OutOfMemory, "{}", e.kind);
+            let mut first = Some(e.item);
+            return self.map_purging(area, |cursor, failed| match failed.or_else(|| first.take()) {
+                Some(item) => cursor.try_map(item),
+                None => Ok(()),
+            });
+        }
         self.map_purging(area, |cursor, failed| {
             if let Some(item) = failed {
                 cursor.try_map(item)?;

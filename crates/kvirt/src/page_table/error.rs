@@ -80,7 +80,10 @@ impl core::error::Error for MapError {}
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MapErrorKind {
     /// The page does not fit between the cursor's address and the end of
-    /// its range.
+    /// its range (for [`PageTable::try_map_frame`], which makes no cursor
+    /// first: the page lies outside the addresses the table covers).
+    ///
+    /// [`PageTable::try_map_frame`]: super::PageTable::try_map_frame
     OutOfRange,
     /// The virtual or physical address is not aligned to the page size.
     Misaligned,
@@ -129,3 +132,28 @@ impl fmt::Display for PageTableAllocError {
 }
 
 impl core::error::Error for PageTableAllocError {}
+
+/// Why [`PageTable::try_take_page`](super::PageTable::try_take_page) took
+/// nothing. The table is unchanged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TakePageError {
+    /// The page is not one this table can hold, as
+    /// [`PageTable::cursor_mut`](super::PageTable::cursor_mut) reports it
+    /// for `va..va + PAGE_SIZE` (and `OutOfBounds` for the very last page of
+    /// the address space, which no range can hold).
+    Range(RangeError),
+    /// The page lies in a huge page, and splitting it needed a page-table
+    /// node that could not be allocated.
+    OutOfMemory,
+}
+
+impl fmt::Display for TakePageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TakePageError::Range(e) => fmt::Display::fmt(e, f),
+            TakePageError::OutOfMemory => fmt::Display::fmt(&PageTableAllocError, f),
+        }
+    }
+}
+
+impl core::error::Error for TakePageError {}

@@ -4,6 +4,10 @@
 //! format `C::F` prescribes. All access goes through cursors:
 //! [`Cursor`] (query, find, jump) and [`CursorMut`] (also map, take, protect),
 //! each created over a page-aligned range that it locks for its lifetime.
+//! One 4 KiB page, the commonest case, may also be mapped or taken without
+//! one ([`PageTable::try_map_frame`], [`PageTable::try_take_page`]): under
+//! the same locks, with the same results, at about half a cursor's fixed
+//! cost.
 //!
 //! ## Locking (CortenMM)
 //!
@@ -81,7 +85,8 @@
 //! * `table`: [`PageTable`] itself;
 //! * `walk`, `inv`: lock-free walks and the invariant check;
 //! * `cursor`: cursors, with mapping, taking and reclamation in
-//!   `cursor/{map,take,reclaim}.rs`.
+//!   `cursor/{map,take,reclaim}.rs`, and one page mapped or taken without
+//!   a cursor in `cursor/one.rs`.
 //!
 //! ## Ownership
 //!
@@ -119,7 +124,7 @@ mod walk;
 
 pub use config::{largest_pages, vaddr_bounds, KernelPtConfig, PageTableConfig, UserPtConfig};
 pub use cursor::{Cursor, CursorMut, PageTableFrag, TakenRange};
-pub use error::{MapError, MapErrorKind, OutOfCursorRange, PageTableAllocError, RangeError};
+pub use error::{MapError, MapErrorKind, OutOfCursorRange, PageTableAllocError, RangeError, TakePageError};
 pub use item::{MappedItem, MappedItemRef};
 pub use table::PageTable;
 pub use walk::ReadSection;

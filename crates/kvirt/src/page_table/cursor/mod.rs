@@ -50,6 +50,7 @@ use crate::page_prop::PageProperty;
 use crate::platform::RcuReadGuard;
 
 mod map;
+mod one;
 mod reclaim;
 mod take;
 mod take_all;

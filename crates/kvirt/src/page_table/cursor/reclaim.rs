@@ -366,10 +366,7 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
         let guard_level = c.guard_level;
         // `None` once finished: the locks are gone.
         let guard = c.path[guard_level as usize - 1].as_ref()?;
-        let guard_emptied = self.removed
-            && may_detach::<C>(guard_level)
-            && guard.nr_children() == 0
-            && !(to_queue && c.pt.empty_nodes.is_some() && guard.swap_queued(true));
+        let guard_emptied = self.removed && must_dispose(c.pt, guard, guard_level, to_queue);
         let guard_base = c.base[guard_level as usize - 1];
         self.inner.unlock_all();
 
@@ -400,15 +397,36 @@ impl<'a, C: PageTableConfig> CursorMut<'a, C> {
 impl<C: PageTableConfig> Drop for CursorMut<'_, C> {
     fn drop(&mut self) {
         let Some((base, level)) = self.finish(true) else { return };
-        let pt = self.inner.pt;
-        match &pt.empty_nodes {
-            // Leave the node for a batch: a node emptied now is often
-            // filled again at once (an area dropped and another created in
-            // the same place), and reclaiming it would cost a TLB flush and
-            // a fresh zeroed node.
-            Some(queues) => pt.queue_empty_node(queues, base, level),
-            None => reclaim_empty_node(pt, base, level),
-        }
+        dispose_empty_node(self.inner.pt, base, level);
+    }
+}
+
+/// Whether `guard`, a node at `level` that its holder may have emptied,
+/// must go to [`dispose_empty_node`] once unlocked: it is empty, may be
+/// detached, and, when the holder is done with it (`to_queue`) in a table
+/// that queues emptied nodes, it is not queued already (it is marked
+/// queued now: a node waits in a queue once, however often it empties).
+pub(super) fn must_dispose<C: PageTableConfig>(
+    pt: &PageTable<C>,
+    guard: &NodeGuard<'_>,
+    level: PagingLevel,
+    to_queue: bool,
+) -> bool {
+    may_detach::<C>(level)
+        && guard.nr_children() == 0
+        && !(to_queue && pt.empty_nodes.is_some() && guard.swap_queued(true))
+}
+
+/// Queues the emptied node at `level` mapping from `base`, which its holder
+/// has unlocked, or reclaims it at once in a table that does not queue.
+pub(super) fn dispose_empty_node<C: PageTableConfig>(pt: &PageTable<C>, base: Vaddr, level: PagingLevel) {
+    match &pt.empty_nodes {
+        // Leave the node for a batch: a node emptied now is often filled
+        // again at once (an area dropped and another created in the same
+        // place), and reclaiming it would cost a TLB flush and a fresh
+        // zeroed node.
+        Some(queues) => pt.queue_empty_node(queues, base, level),
+        None => reclaim_empty_node(pt, base, level),
     }
 }
 

@@ -94,6 +94,14 @@ impl<F: PagingFormat> TakenRange<F> {
         *self = Self::new();
     }
 
+    /// Adds one 4 KiB leaf taken at `va`, with the reference to its frame
+    /// if it was tracked.
+    pub(super) fn push_page(&mut self, va: Vaddr, frame: Option<Frame<dyn AnyFrameMeta>>) {
+        self.frames.extend(frame);
+        self.num_mappings += 1;
+        self.cover(va..va + PAGE_SIZE);
+    }
+
     /// Notes that `range` was taken.
     fn cover(&mut self, range: Range<Vaddr>) {
         self.span = Some(match self.span.take() {

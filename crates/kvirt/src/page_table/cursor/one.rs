@@ -1,0 +1,209 @@
+//! One 4 KiB page mapped or taken without a cursor.
+//!
+//! Most of what a kernel maps and unmaps is one page at a time, and a
+//! cursor is more than one page needs: it keeps a path of guards, a list
+//! of the nodes it detaches and the bookkeeping to reclaim them, and it
+//! costs about as much to make and drop as the page's own work.
+//! [`PageTable::try_map_frame`] and [`PageTable::try_take_page`] take the
+//! common case directly, under the same lock protocol:
+//!
+//! 1. enter a read-side section and run `lock_range` over the page, which
+//!    stops at the lowest existing node holding it and locks it;
+//! 2. if that node is the leaf, map (the entry is absent, the frame this
+//!    table's space's) or take right there, through the leaf's guard; a
+//!    leaf the take empties is queued or reclaimed after it is unlocked,
+//!    by the very code a cursor's drop runs;
+//! 3. in any other case (no leaf yet, something in the way, a huge page to
+//!    split, an error), unlock having changed nothing, and do the same
+//!    through a cursor over the page.
+//!
+//! So each call has exactly the effect and the result of its cursor
+//! sequence, which its docs name: the fast path only leaves out work that
+//! cannot arise there (no node to create or split).
+
+use core::ops::Range;
+use core::ptr::NonNull;
+
+use super::reclaim::{dispose_empty_node, must_dispose};
+use super::{node_span, PtTree};
+use crate::addr::{align_down, Vaddr, PAGE_SIZE};
+use crate::arch::{pte_index, PagingFormat, PteKind};
+use crate::frame::{AnyFrameMeta, Frame};
+use crate::page_prop::PageProperty;
+use crate::page_table::config::{check_range, PageTableConfig};
+use crate::page_table::error::{MapError, MapErrorKind, RangeError, TakePageError};
+use crate::page_table::item::MappedItem;
+use crate::page_table::locking::{lock_range, unlock_range};
+use crate::page_table::node::NodeGuard;
+use crate::page_table::table::PageTable;
+use crate::page_table::{PageTableFrag, TakenRange};
+use crate::platform::RcuReadGuard;
+
+impl<C: PageTableConfig> PageTable<C> {
+    /// Maps the tracked `frame` as the 4 KiB page at `va`, creating the
+    /// nodes on the way: what a cursor over `va..va + PAGE_SIZE` does with
+    /// [`try_map_frames`](super::CursorMut::try_map_frames) of this one
+    /// frame, without making one when the leaf node is there already (see
+    /// the module docs). It locks as that cursor would, so a thread holding
+    /// a cursor whose nodes it needs waits for ever (see "Locking" in the
+    /// `page_table` module docs).
+    ///
+    /// # Errors
+    ///
+    /// The cursor's errors, which carry the frame back: `Misaligned` if `va`
+    /// is not page aligned, `OutOfRange` if the page lies outside the
+    /// addresses this table covers (or is the very last page of the address
+    /// space, which no range can hold), and `try_map_frames`' own
+    /// (`AlreadyMapped`, `ForeignFrame`, `OutOfMemory`). The table is then
+    /// unchanged.
+    pub fn try_map_frame<T: AnyFrameMeta + ?Sized>(
+        &self,
+        va: Vaddr,
+        frame: Frame<T>,
+        prop: PageProperty,
+    ) -> Result<(), MapError> {
+        let range = match page_range::<C>(va) {
+            Ok(range) => range,
+            Err(e) => {
+                let kind = match e {
+                    RangeError::Misaligned => MapErrorKind::Misaligned,
+                    _ => MapErrorKind::OutOfRange,
+                };
+                return Err(MapError { kind, item: MappedItem::Tracked(Frame::into_dyn(frame), prop) });
+            }
+        };
+        let Some(frame) = self.map_in_leaf(&range, frame, prop) else {
+            return Ok(());
+        };
+        let mut cursor = self.cursor_mut(&range).expect("the range was checked");
+        cursor.try_map_frames(core::iter::once(frame), prop)
+    }
+
+    /// Step 1 and 2 of the module docs for a map: maps `frame` at
+    /// `range.start` if its leaf node exists and nothing is in the way;
+    /// otherwise changes nothing and hands `frame` back.
+    #[inline]
+    fn map_in_leaf<T: AnyFrameMeta + ?Sized>(
+        &self,
+        range: &Range<Vaddr>,
+        frame: Frame<T>,
+        prop: PageProperty,
+    ) -> Option<Frame<T>> {
+        let _rcu = RcuReadGuard::new(self.phys().platform());
+        let Some(leaf) = lock_leaf(self, range) else {
+            return Some(frame);
+        };
+        let index = pte_index::<C::F>(range.start, 1);
+        if leaf.read(index) != 0 {
+            return Some(frame);
+        }
+        let Some(pa) = frame.paddr_in(self.phys().slot_map()) else {
+            return Some(frame);
+        };
+        // The entry takes over the frame's reference.
+        core::mem::forget(frame);
+        leaf.write(index, C::F::page_encoder(1, prop, true)(pa));
+        None
+    }
+
+    /// Removes the mapping of the 4 KiB page at `va`, splitting a huge page
+    /// that holds it: what a cursor over `va..va + PAGE_SIZE` does with
+    /// [`try_take_next`](super::CursorMut::try_take_next)`(PAGE_SIZE)`,
+    /// without making one when the page is one of several in an existing
+    /// leaf node (see the module docs). Returns `None` if nothing is mapped
+    /// there. It locks as that cursor would (see
+    /// [`try_map_frame`](Self::try_map_frame)).
+    ///
+    /// What is returned still owns what was mapped: flush the TLB for its
+    /// [`va_range`](PageTableFrag::va_range) before dropping it.
+    ///
+    /// # Errors
+    ///
+    /// [`TakePageError::Range`] if `va` is not a page of this table (as
+    /// [`cursor_mut`](Self::cursor_mut) reports it), and
+    /// [`TakePageError::OutOfMemory`] if splitting a huge page needed a node
+    /// that could not be allocated. The table is then unchanged.
+    pub fn try_take_page(&self, va: Vaddr) -> Result<Option<PageTableFrag<C::F>>, TakePageError> {
+        let range = page_range::<C>(va).map_err(TakePageError::Range)?;
+        if let Some(item) = self.take_in_leaf(&range) {
+            return Ok(item.map(|item| PageTableFrag::Mapped { va, item }));
+        }
+        let mut cursor = self.cursor_mut(&range).expect("the range was checked");
+        cursor.try_take_next(PAGE_SIZE).map_err(|_| TakePageError::OutOfMemory)
+    }
+
+    /// [`try_take_page`](Self::try_take_page) of the page `range` (checked)
+    /// into `taken`, if the fast path can take it: returns `false`, having
+    /// changed nothing, where a cursor must (the caller then takes the
+    /// range with one). What `KVirtArea`'s drop does with a 1-page area.
+    pub(crate) fn take_page_into(&self, range: &Range<Vaddr>, taken: &mut TakenRange<C::F>) -> bool {
+        if range.len() != PAGE_SIZE {
+            return false;
+        }
+        match self.take_in_leaf(range) {
+            Some(Some(MappedItem::Tracked(frame, _))) => taken.push_page(range.start, Some(frame)),
+            Some(Some(MappedItem::Untracked(..))) => taken.push_page(range.start, None),
+            Some(None) => {}
+            None => return false,
+        }
+        true
+    }
+
+    /// Step 1 and 2 of the module docs for a take: `Some` with what the
+    /// cursor would take (the item, or `None` if nothing is mapped there),
+    /// if the leaf node exists and holds no huge page there; otherwise
+    /// `None`, having changed nothing. A leaf this empties goes where a
+    /// cursor's drop would send it (`dispose_empty_node`).
+    #[inline(always)]
+    fn take_in_leaf(&self, range: &Range<Vaddr>) -> Option<Option<MappedItem>> {
+        let _rcu = RcuReadGuard::new(self.phys().platform());
+        let leaf = lock_leaf(self, range)?;
+        let index = pte_index::<C::F>(range.start, 1);
+        let PteKind::Page { pa, prop, tracked } = C::F::decode(leaf.read(index), 1) else {
+            // Absent (a leaf node's entries are pages, never tables).
+            return Some(None);
+        };
+        leaf.write(index, 0);
+        let emptied = must_dispose(self, &leaf, 1, true);
+        drop(leaf);
+        if emptied {
+            dispose_empty_node(self, align_down(range.start, node_span::<C::F>(1)), 1);
+        }
+        Some(Some(if tracked {
+            let slot = NonNull::from(self.phys().slot(pa));
+            // SAFETY: the entry owned one reference to the frame; it moves
+            // to the handle.
+            MappedItem::Tracked(unsafe { Frame::<dyn AnyFrameMeta>::from_slot(slot) }, prop)
+        } else {
+            MappedItem::Untracked(pa, 1, prop)
+        }))
+    }
+}
+
+/// `va..va + PAGE_SIZE`, checked as [`PageTable::cursor_mut`] checks a
+/// range.
+fn page_range<C: PageTableConfig>(va: Vaddr) -> Result<Range<Vaddr>, RangeError> {
+    let range = va..va.checked_add(PAGE_SIZE).ok_or(RangeError::OutOfBounds)?;
+    check_range::<C>(&range)?;
+    Ok(range)
+}
+
+/// Locks the leaf node holding the page `range` (checked), if it exists;
+/// otherwise locks nothing. Called inside a read-side section, which
+/// `lock_range` needs for its walk.
+#[inline(always)]
+fn lock_leaf<'a, C: PageTableConfig>(pt: &'a PageTable<C>, range: &Range<Vaddr>) -> Option<NodeGuard<'a>> {
+    let tree = PtTree(pt);
+    let guard = lock_range(&tree, range, 1);
+    if guard.level != 1 {
+        // No leaf yet: the guard is a higher node (and, for a range inside
+        // one of its entries, the only node locked).
+        unlock_range(&tree, &guard, range);
+        return None;
+    }
+    // SAFETY: `lock_range` locked the leaf and gave up its guard
+    // (`PtTree::lock`); nothing below a leaf is locked, and this is the
+    // only guard made again, which unlocks it when dropped, as
+    // `unlock_range` of a leaf guard does.
+    Some(unsafe { NodeGuard::from_raw(guard.node) })
+}
