@@ -6,7 +6,7 @@
 //! | name | what |
 //! |---|---|
 //! | `kvirt-area` | `KVirtArea::map_frames` / `query` / drop (the public API) |
-//! | `kvirt-pt` | kvirt's raw `PageTable` + one `CursorMut` per range; queries by the lock-free `translate_addr` walk, one `ReadSection` per run of queries |
+//! | `kvirt-pt` | kvirt's raw `PageTable` + one `CursorMut` per range (a single page without one: `try_map_frame`, `try_take_page`); queries by the lock-free `translate_addr` walk, one `ReadSection` per run of queries |
 //! | `x86_64` | the `x86_64` crate's `OffsetPageTable` |
 //! | `multiarch` | `page_table_multiarch`'s `X64PageTable` |
 //! | `floor` | raw PTE stores into pre-allocated leaves; a raw 4-level walk |

@@ -2,7 +2,9 @@
 //! and one `CursorMut` over each range, mapping with
 //! `CursorMut::try_map_frames`; unmapping takes the whole range
 //! (`CursorMut::try_take_all`), flushes the TLB for it, then drops what it took (what
-//! `KVirtArea`'s drop does, minus the area bookkeeping).
+//! `KVirtArea`'s drop does, minus the area bookkeeping). A single page is
+//! mapped and taken without a cursor, as a kernel would: by
+//! `PageTable::try_map_frame` and `PageTable::try_take_page`.
 
 use std::ops::Range;
 
@@ -39,16 +41,14 @@ impl<L: KernelLayout> KvirtPt<L> {
         Self { pt, pool: seg.into_iter().collect(), space }
     }
 
-    /// Maps `frame` at `va` with a cursor of its own: the table is shared,
-    /// so this needs `&self` only. The frame comes in a 1-element `Vec`, as
-    /// the peers' inputs do in the shared-table rows, but as an iterator
-    /// adapter over it: a second caller of `map`'s own instance of
-    /// `try_map_frames` changed the code the compiler made of `map`.
+    /// Maps `frame` at `va` by [`PageTable::try_map_frame`]: the table is
+    /// shared, so this needs `&self` only. The frame comes in a 1-element
+    /// `Vec`, as the peers' inputs do in the shared-table rows.
     pub(crate) fn map_one(&self, va: Vaddr, frame: Frame<dyn AnyFrameMeta>) -> Range<Vaddr> {
-        let range = va..va + PAGE_SIZE;
-        let mut cursor = self.pt.cursor_mut(&range).expect("a kernel range");
-        cursor.try_map_frames(vec![frame].into_iter().take(1), kvirt_prop()).expect("map_frames");
-        range
+        let mut input = vec![frame];
+        let frame = input.pop().expect("one frame");
+        self.pt.try_map_frame(va, frame, kvirt_prop()).expect("map_frame");
+        va..va + PAGE_SIZE
     }
 
     /// A new handle of pool frame `i` (cyclically).
@@ -65,6 +65,15 @@ impl<L: KernelLayout> KvirtPt<L> {
     /// (unless this thread does not flush: [`flushing`]), then releases
     /// what was taken.
     pub(crate) fn unmap_range(&self, range: Range<Vaddr>) {
+        if range.len() == PAGE_SIZE {
+            // One page: no cursor (`PageTable::try_take_page`).
+            let taken = self.pt.try_take_page(range.start).expect("a 4 KiB page of the table");
+            if flushing() {
+                self.space.platform().flush_tlb(TlbFlushOp::Range(range), TlbScope::AllCpus);
+            }
+            drop(taken);
+            return;
+        }
         // Filled in place, as `KVirtArea`'s drop does (`take_all` returns
         // it by a copy).
         let mut taken = TakenRange::new();
@@ -97,8 +106,15 @@ impl<L: KernelLayout> Mapper for KvirtPt<L> {
     }
 
     #[inline(never)] // a symbol of its own for `cargo xtask instructions`
-    fn map(&mut self, va: Vaddr, frames: Self::Frames) -> Range<Vaddr> {
+    fn map(&mut self, va: Vaddr, mut frames: Self::Frames) -> Range<Vaddr> {
         let range = va..va + frames.len() * PAGE_SIZE;
+        if frames.len() == 1 {
+            // One page: no cursor (`PageTable::try_map_frame`). The `Vec`
+            // is freed here all the same, as the peers free theirs.
+            let frame = frames.pop().expect("one frame");
+            self.pt.try_map_frame(va, frame, kvirt_prop()).expect("map_frame");
+            return range;
+        }
         let mut cursor = self.pt.cursor_mut(&range).expect("a kernel range");
         cursor.try_map_frames(frames, kvirt_prop()).expect("map_frames");
         range
