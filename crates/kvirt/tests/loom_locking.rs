@@ -13,6 +13,9 @@
 //!        └─ C (L1) entries 2 | 3
 //! ```
 //!
+//! `lock_leaf`, the protocol's shortcut for one page whose leaf exists, is
+//! run against `lock_range` over the same page and over the whole tree.
+//!
 //! Every lock holder writes to the `data` cell of every node it holds; loom
 //! reports any two unsynchronised accesses, so a protocol that let two
 //! overlapping ranges run at once fails the test. A thread that detaches a
@@ -22,7 +25,7 @@
 
 use std::ops::Range;
 
-use kvirt::page_table::locking::{lock_range, unlock_range, Guard, LockTree};
+use kvirt::page_table::locking::{lock_leaf, lock_range, unlock_range, Guard, LockTree};
 use loom::cell::UnsafeCell;
 use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use loom::sync::Arc;
@@ -182,6 +185,52 @@ fn walker_never_works_under_a_detached_node() {
         });
         let guard = critical_section(&tree, 0..1);
         assert!(guard.node == B || guard.node == ROOT, "locked {} for 0..1", guard.node);
+        detacher.join().unwrap();
+    });
+}
+
+/// Locks the leaf of page `va` with `lock_leaf`, works under it, unlocks;
+/// returns the leaf, if there was one.
+fn leaf_section(tree: &Tree, va: usize) -> Option<usize> {
+    let leaf = lock_leaf(tree, va)?;
+    tree.touch_held(leaf, 1, va, &(va..va + 1));
+    tree.unlock(leaf);
+    Some(leaf)
+}
+
+#[test]
+fn a_leaf_locked_alone_excludes_a_range_over_it() {
+    loom::model(|| {
+        let tree = Tree::new();
+        let t = tree.clone();
+        let other = loom::thread::spawn(move || critical_section(&t, 0..2));
+        assert_eq!(leaf_section(&tree, 1), Some(B));
+        assert_eq!(other.join().unwrap().node, A);
+    });
+}
+
+#[test]
+fn a_leaf_walker_never_works_under_a_detached_node() {
+    loom::model(|| {
+        let tree = Tree::new();
+        let t = tree.clone();
+        // Detach A (and B, C below it) while another thread locks B's page.
+        let detacher = loom::thread::spawn(move || {
+            let range = 0..4;
+            let guard = lock_range(&*t, &range, 1);
+            t.touch_held(guard.node, guard.level, guard.base, &range);
+            t.nodes[ROOT].entries[0].store(0, Ordering::Release);
+            for n in [A, B, C] {
+                t.nodes[n].stray.store(true, Ordering::Release);
+            }
+            for n in [C, B, A] {
+                t.unlock(n);
+            }
+            unlock_range(&*t, &guard, &range);
+        });
+        // Before the detach: B; after it: no leaf, and nothing locked.
+        let leaf = leaf_section(&tree, 0);
+        assert!(leaf == Some(B) || leaf.is_none(), "locked {leaf:?} for page 0");
         detacher.join().unwrap();
     });
 }

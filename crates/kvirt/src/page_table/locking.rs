@@ -105,6 +105,33 @@ pub fn lock_range<T: LockTree>(tree: &T, range: &Range<usize>, min_level: u8) ->
     }
 }
 
+/// Steps 1 and 2 of the protocol for the one smallest entry at `va` (a
+/// range no entry above level 1 can hold whole), when they end at a leaf:
+/// descends from the root through tables only and locks the leaf node
+/// reached, starting again if it is stray. Nothing lies below a leaf, so
+/// step 3 locks nothing: this is what [`lock_range`] locks for such a
+/// range, with less to compute. Returns `None`, having locked nothing, if
+/// some entry on the way is not a table (where `lock_range` would lock a
+/// higher node).
+///
+/// The caller releases the leaf with [`LockTree::unlock`].
+pub fn lock_leaf<T: LockTree>(tree: &T, va: usize) -> Option<T::Node> {
+    'walk: loop {
+        let mut node = tree.root();
+        let mut level = tree.nr_levels();
+        while level > 1 {
+            node = tree.child(node, level, tree.index(va, level))?;
+            level -= 1;
+        }
+        tree.lock(node);
+        if tree.is_stray(node) {
+            tree.unlock(node);
+            continue 'walk;
+        }
+        return Some(node);
+    }
+}
+
 /// Releases what [`lock_range`] (and the lock holder since) locked.
 pub fn unlock_range<T: LockTree>(tree: &T, guard: &Guard<T::Node>, range: &Range<usize>) {
     if guard.level == 1 {

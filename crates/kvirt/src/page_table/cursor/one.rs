@@ -7,15 +7,16 @@
 //! [`PageTable::try_map_frame`] and [`PageTable::try_take_page`] take the
 //! common case directly, under the same lock protocol:
 //!
-//! 1. enter a read-side section and run `lock_range` over the page, which
-//!    stops at the lowest existing node holding it and locks it;
-//! 2. if that node is the leaf, map (the entry is absent, the frame this
+//! 1. enter a read-side section and walk down to the page's leaf node as
+//!    `lock_range` over the page would, and lock it (`locking::lock_leaf`:
+//!    the same protocol, for the one case where it ends at a leaf);
+//! 2. if the leaf node exists, map (the entry is absent, the frame this
 //!    table's space's) or take right there, through the leaf's guard; a
 //!    leaf the take empties is queued or reclaimed after it is unlocked,
 //!    by the very code a cursor's drop runs;
 //! 3. in any other case (no leaf yet, something in the way, a huge page to
-//!    split, an error), unlock having changed nothing, and do the same
-//!    through a cursor over the page.
+//!    split, an error), unlock (if the leaf was locked) having changed
+//!    nothing, and do the same through a cursor over the page.
 //!
 //! So each call has exactly the effect and the result of its cursor
 //! sequence, which its docs name: the fast path only leaves out work that
@@ -33,7 +34,7 @@ use crate::page_prop::PageProperty;
 use crate::page_table::config::{check_range, PageTableConfig};
 use crate::page_table::error::{MapError, MapErrorKind, RangeError, TakePageError};
 use crate::page_table::item::MappedItem;
-use crate::page_table::locking::{lock_range, unlock_range};
+use crate::page_table::locking;
 use crate::page_table::node::NodeGuard;
 use crate::page_table::table::PageTable;
 use crate::page_table::{PageTableFrag, TakenRange};
@@ -189,21 +190,13 @@ fn page_range<C: PageTableConfig>(va: Vaddr) -> Result<Range<Vaddr>, RangeError>
 }
 
 /// Locks the leaf node holding the page `range` (checked), if it exists;
-/// otherwise locks nothing. Called inside a read-side section, which
-/// `lock_range` needs for its walk.
+/// otherwise locks nothing. Called inside a read-side section, which the
+/// lock-free walk down needs.
 #[inline(always)]
 fn lock_leaf<'a, C: PageTableConfig>(pt: &'a PageTable<C>, range: &Range<Vaddr>) -> Option<NodeGuard<'a>> {
-    let tree = PtTree(pt);
-    let guard = lock_range(&tree, range, 1);
-    if guard.level != 1 {
-        // No leaf yet: the guard is a higher node (and, for a range inside
-        // one of its entries, the only node locked).
-        unlock_range(&tree, &guard, range);
-        return None;
-    }
-    // SAFETY: `lock_range` locked the leaf and gave up its guard
-    // (`PtTree::lock`); nothing below a leaf is locked, and this is the
-    // only guard made again, which unlocks it when dropped, as
-    // `unlock_range` of a leaf guard does.
-    Some(unsafe { NodeGuard::from_raw(guard.node) })
+    let leaf = locking::lock_leaf(&PtTree(pt), range.start)?;
+    // SAFETY: `lock_leaf` locked the leaf and gave up its guard
+    // (`PtTree::lock`); this is the only guard made again, which unlocks
+    // it when dropped, as `PtTree::unlock` would.
+    Some(unsafe { NodeGuard::from_raw(leaf) })
 }
