@@ -70,6 +70,16 @@ pub struct Guard<N> {
 /// node (used to lock the parent of a node whose span no `Range` can
 /// express, at the very top of the address space).
 pub fn lock_range<T: LockTree>(tree: &T, range: &Range<usize>, min_level: u8) -> Guard<T::Node> {
+    // A range inside one leaf node's span, short of all of it (most
+    // cursors): the loop below would descend all the way, so where the
+    // leaf exists `lock_leaf` locks the very node it would, with nothing
+    // below to lock, for a third of the work.
+    let leaf_span = tree.entry_size(2);
+    if min_level <= 1 && range.len() < leaf_span && range.start / leaf_span == (range.end - 1) / leaf_span {
+        if let Some(node) = lock_leaf(tree, range.start) {
+            return Guard { node, level: 1, base: tree.canonical(range.start / leaf_span * leaf_span) };
+        }
+    }
     loop {
         let mut node = tree.root();
         let mut level = tree.nr_levels();
