@@ -12,6 +12,7 @@
 //! | `cursor` | a `CursorMut` over the page, created and dropped: its read-side section, the walk down and the node lock |
 //! | `untracked` | mapping an untracked page and taking it back: the PTE stores |
 //! | `tracked` | the same with a tracked frame: its reference count, up and down |
+//! | `no-cursor` | `tracked`'s map and take without a cursor (`PageTable::try_map_frame`, `try_take_page`): the leaf node locked alone |
 //! | `reclaim` | the same with no neighbour in the leaf node, so the node is allocated at the map and reclaimed at the unmap |
 //! | `flush` | the unmap's shoot-down of the page on both CPUs, alone |
 //! | `area` | `KVirtArea::map_frames` of one page and its drop: all of the above plus VMALLOC, the area registry and the area's own bookkeeping |
@@ -48,11 +49,16 @@ pub struct Step {
 }
 
 /// The steps, in order (see the module documentation).
-pub const STEPS: [(&str, &[&str], &str); 9] = [
+pub const STEPS: [(&str, &[&str], &str); 10] = [
     ("rcu", &[], "a read-side section entered and left (hosted: a per-thread counter, no locked instruction)"),
     ("cursor", &["rcu"], "CursorMut over the page, created and dropped (+ walk down, node lock)"),
     ("untracked", &["cursor"], "+ map an untracked page and take it back (PTE stores)"),
     ("tracked", &["untracked"], "+ a tracked frame instead (reference count up and down)"),
+    (
+        "no-cursor",
+        &["rcu"],
+        "`tracked` without a cursor: `PageTable::try_map_frame` + `try_take_page` (the leaf node locked alone)",
+    ),
     ("reclaim", &["tracked"], "+ no neighbour: the leaf node allocated and reclaimed"),
     ("flush", &[], "the unmap's shoot-down of the page on both CPUs, alone"),
     ("area", &["reclaim", "flush"], "KVirtArea::map_frames of 1 page + drop (adds VMALLOC, registry, area)"),
@@ -114,6 +120,10 @@ pub fn measure(cfg: &Config) -> Result<Vec<Step>, Error> {
         each(cfg, ops, 1, || drop(black_box(pt.cursor_mut(&page).expect("a kernel range"))))?,
         each(cfg, ops, 1, || map_take(va, MappedItem::Untracked(pa, 1, prop)))?,
         each(cfg, ops, 1, || map_take(va, MappedItem::Tracked(frame.clone().into_dyn(), prop)))?,
+        each(cfg, ops, 1, || {
+            pt.try_map_frame(va, frame.clone(), prop).expect("a free page");
+            drop(black_box(pt.try_take_page(va).expect("a kernel page")));
+        })?,
         each(cfg, ops, 1, || map_take(lone, MappedItem::Tracked(frame.clone().into_dyn(), prop)))?,
         each(cfg, ops, 1, || platform.flush_tlb(TlbFlushOp::Range(page.clone()), TlbScope::AllCpus))?,
         each(cfg, ops, 1, || {
