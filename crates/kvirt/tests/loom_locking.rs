@@ -138,6 +138,25 @@ fn critical_section(tree: &Tree, range: Range<usize>) -> Guard<usize> {
     guard
 }
 
+/// Detaches A (and B and C below it) as a cursor over `0..4` would: locks
+/// the range, unhooks A from the root, marks the three stray and unlocks
+/// them.
+fn detach_a(t: &Tree) {
+    let range = 0..4;
+    let guard = lock_range(t, &range, 1);
+    assert_eq!(guard.node, ROOT, "a range covering a whole entry locks the node holding it");
+    t.touch_held(guard.node, guard.level, guard.base, &range);
+    t.nodes[ROOT].entries[0].store(0, Ordering::Release);
+    for n in [A, B, C] {
+        t.nodes[n].stray.store(true, Ordering::Release);
+    }
+    for n in [C, B, A] {
+        t.unlock(n);
+    }
+    // A, B and C are gone from the tree: only the root is left to unlock.
+    unlock_range(t, &guard, &range);
+}
+
 #[test]
 fn overlapping_ranges_exclude_each_other() {
     loom::model(|| {
@@ -167,22 +186,7 @@ fn walker_never_works_under_a_detached_node() {
         let tree = Tree::new();
         let t = tree.clone();
         // Detach A (and B, C below it) while another thread walks to B.
-        let detacher = loom::thread::spawn(move || {
-            let range = 0..4;
-            let guard = lock_range(&*t, &range, 1);
-            assert_eq!(guard.node, ROOT, "a range covering a whole entry locks the node holding it");
-            t.touch_held(guard.node, guard.level, guard.base, &range);
-            t.nodes[ROOT].entries[0].store(0, Ordering::Release);
-            for n in [A, B, C] {
-                t.nodes[n].stray.store(true, Ordering::Release);
-            }
-            for n in [C, B, A] {
-                t.unlock(n);
-            }
-            // A, B and C are gone from the tree: only the root is left to
-            // unlock.
-            unlock_range(&*t, &guard, &range);
-        });
+        let detacher = loom::thread::spawn(move || detach_a(&t));
         let guard = critical_section(&tree, 0..1);
         assert!(guard.node == B || guard.node == ROOT, "locked {} for 0..1", guard.node);
         detacher.join().unwrap();
@@ -215,19 +219,7 @@ fn a_leaf_walker_never_works_under_a_detached_node() {
         let tree = Tree::new();
         let t = tree.clone();
         // Detach A (and B, C below it) while another thread locks B's page.
-        let detacher = loom::thread::spawn(move || {
-            let range = 0..4;
-            let guard = lock_range(&*t, &range, 1);
-            t.touch_held(guard.node, guard.level, guard.base, &range);
-            t.nodes[ROOT].entries[0].store(0, Ordering::Release);
-            for n in [A, B, C] {
-                t.nodes[n].stray.store(true, Ordering::Release);
-            }
-            for n in [C, B, A] {
-                t.unlock(n);
-            }
-            unlock_range(&*t, &guard, &range);
-        });
+        let detacher = loom::thread::spawn(move || detach_a(&t));
         // Before the detach: B; after it: no leaf, and nothing locked.
         let leaf = leaf_section(&tree, 0);
         assert!(leaf == Some(B) || leaf.is_none(), "locked {leaf:?} for page 0");
