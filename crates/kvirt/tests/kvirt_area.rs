@@ -25,6 +25,7 @@ use kvirt::{Paddr, Vaddr, PAGE_SIZE};
 mod support;
 
 use support::hooked::{hooked_space, Hooks};
+use support::memory::take_every_free_frame;
 
 const P: usize = PAGE_SIZE;
 const SIZE_2M: usize = 2 << 20;
@@ -81,16 +82,6 @@ struct Snapshot {
     vmalloc: VmallocStats,
     areas: Vec<AreaInfo>,
     vmalloc_view: PageTableView,
-}
-
-/// Takes every free frame of `space`, so that the next allocation runs out
-/// of memory; dropping them gives the memory back.
-fn take_every_free_frame(space: &KernelSpace) -> Vec<Frame<()>> {
-    let mut hoard = Vec::new();
-    while let Ok(frame) = FrameAllocOptions::new_in(space).alloc_frame() {
-        hoard.push(frame);
-    }
-    hoard
 }
 
 fn snapshot(space: &KernelSpace) -> Snapshot {

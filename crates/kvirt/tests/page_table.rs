@@ -36,6 +36,7 @@ const LAST_RANGE_END: Vaddr = usize::MAX - (SZ_4K - 1);
 
 mod support;
 use support::counting_rcu;
+use support::memory::take_every_free_frame;
 
 fn new_space() -> KernelSpace {
     KernelSpace::new_hosted(kvirt_sim::MachineConfig::new(64 << 20))
@@ -1251,10 +1252,7 @@ mod take_all {
         map_tracked(&pt, KVA, f.clone(), rw());
         map_untracked(&pt, KVA + SZ_1G, UPA, 3, rw());
         let nodes = pt_pages(&space);
-        let mut hoard = Vec::new();
-        while let Ok(g) = FrameAllocOptions::new_in(&space).zeroed(false).alloc_frame() {
-            hoard.push(g);
-        }
+        let hoard = take_every_free_frame(&space);
         // Ends inside the 1 GiB page, which cannot be split.
         let range = KVA..KVA + SZ_1G + SZ_4K;
         let mut c = pt.cursor_mut(&range).unwrap();
@@ -2326,10 +2324,7 @@ mod more_cursor_behaviour {
         let pt = kernel_pt(&space);
         let nodes = pt_pages(&space);
         // Take every free page.
-        let mut hoard = Vec::new();
-        while let Ok(f) = FrameAllocOptions::new_in(&space).zeroed(false).alloc_frame() {
-            hoard.push(f);
-        }
+        let mut hoard = take_every_free_frame(&space);
         assert_eq!(space.phys_stats().free_pages, 0);
         let va = KVA + 5 * SZ_1G + 3 * SZ_4K;
         let mut c = pt.cursor_mut(&(va..va + SZ_4K)).unwrap();
@@ -2364,10 +2359,7 @@ mod more_cursor_behaviour {
         let pt = kernel_pt(&space);
         map_untracked(&pt, KVA, UPA, 3, rw());
         let nodes = pt_pages(&space);
-        let mut hoard = Vec::new();
-        while let Ok(f) = FrameAllocOptions::new_in(&space).zeroed(false).alloc_frame() {
-            hoard.push(f);
-        }
+        let mut hoard = take_every_free_frame(&space);
         // A 4 KiB hole in a 1 GiB page needs two new nodes; with none, and
         // with only one, both operations fail and leave the table as it was.
         let va = KVA + SZ_2M + 3 * SZ_4K;
@@ -2750,10 +2742,7 @@ mod one_page {
         let pt = kernel_pt(&space);
         map_untracked(&pt, KVA, UPA, 2, rw());
         let nodes = pt_pages(&space);
-        let mut hoard = Vec::new();
-        while let Ok(f) = FrameAllocOptions::new_in(&space).zeroed(false).alloc_frame() {
-            hoard.push(f);
-        }
+        let hoard = take_every_free_frame(&space);
         assert_eq!(pt.try_take_page(KVA + SZ_4K).unwrap_err(), TakePageError::OutOfMemory);
         assert_eq!(
             query(&pt, KVA + SZ_4K),

@@ -5,3 +5,4 @@
 pub mod abort_in_child;
 pub mod counting_rcu;
 pub mod hooked;
+pub mod memory;
