@@ -554,8 +554,9 @@ impl<L: KernelLayout> Drop for KVirtArea<L> {
         // returned, a CPU may still reach it: if anything before unwinds,
         // it is leaked rather than released.
         let mut taken: ManuallyDrop<TakenRange<L::Format>> = ManuallyDrop::new(TakenRange::new());
-        // One page without a cursor where it can (`take_page_into`).
-        if !self.mapped.is_empty() && !space.kernel_pt.take_page_into(&self.mapped, &mut taken) {
+        // Without a cursor where the mapped part lies in one existing leaf
+        // node (`take_in_leaf_into`): most areas.
+        if !self.mapped.is_empty() && !space.kernel_pt.take_in_leaf_into(&self.mapped, &mut taken) {
             {
                 let mut cursor =
                     space.kernel_pt.cursor_mut(&self.mapped).expect("an area lies in kernel space");

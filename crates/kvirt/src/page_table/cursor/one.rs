@@ -133,28 +133,32 @@ impl<C: PageTableConfig> PageTable<C> {
         cursor.try_take_next(PAGE_SIZE).map_err(|_| TakePageError::OutOfMemory)
     }
 
-    /// [`try_take_page`](Self::try_take_page) of the page `range` (checked)
-    /// into `taken`, if the fast path can take it: returns `false`, having
-    /// changed nothing, where a cursor must (the caller then takes the
-    /// range with one). What `KVirtArea`'s drop does with a 1-page area.
-    pub(crate) fn take_page_into(&self, range: &Range<Vaddr>, taken: &mut TakenRange<C::F>) -> bool {
-        if range.len() != PAGE_SIZE {
+    /// Takes everything mapped in `range` (page aligned, in this table)
+    /// into `taken`, as a cursor's [`try_take_all`](super::CursorMut::try_take_all)
+    /// would, if the range lies inside one leaf node's span (short of all
+    /// of it) and that node exists; returns `false`, having changed
+    /// nothing, otherwise (the caller then takes the range with a cursor).
+    /// `taken`'s range then covers all of `range` if anything was taken
+    /// (the cursor's starts at the first page it took). What `KVirtArea`'s
+    /// drop does first.
+    pub(crate) fn take_in_leaf_into(&self, range: &Range<Vaddr>, taken: &mut TakenRange<C::F>) -> bool {
+        let span = node_span::<C::F>(1);
+        if range.is_empty() || range.len() >= span || range.start / span != (range.end - 1) / span {
             return false;
         }
-        match self.take_in_leaf(range) {
-            Some(Some(MappedItem::Tracked(frame, _))) => taken.push_page(range.start, Some(frame)),
-            Some(Some(MappedItem::Untracked(..))) => taken.push_page(range.start, None),
-            Some(None) => {}
-            None => return false,
+        let _rcu = RcuReadGuard::new(self.phys().platform());
+        let Some(leaf) = lock_leaf(self, range) else {
+            return false;
+        };
+        if taken.take_from_leaf(&leaf, range.clone()) != 0 {
+            self.release_taken_leaf(leaf, range.start);
         }
         true
     }
 
     /// Step 1 and 2 of the module docs for a take: `Some` with what the
     /// cursor would take (the item, or `None` if nothing is mapped there),
-    /// if the leaf node exists and holds no huge page there; otherwise
-    /// `None`, having changed nothing. A leaf this empties goes where a
-    /// cursor's drop would send it (`dispose_empty_node`).
+    /// if the leaf node exists; otherwise `None`, having changed nothing.
     #[inline(always)]
     fn take_in_leaf(&self, range: &Range<Vaddr>) -> Option<Option<MappedItem>> {
         let _rcu = RcuReadGuard::new(self.phys().platform());
@@ -165,11 +169,7 @@ impl<C: PageTableConfig> PageTable<C> {
             return Some(None);
         };
         leaf.write(index, 0);
-        let emptied = must_dispose(self, &leaf, 1, true);
-        drop(leaf);
-        if emptied {
-            dispose_empty_node(self, align_down(range.start, node_span::<C::F>(1)), 1);
-        }
+        self.release_taken_leaf(leaf, range.start);
         Some(Some(if tracked {
             let slot = NonNull::from(self.phys().slot(pa));
             // SAFETY: the entry owned one reference to the frame; it moves
@@ -178,6 +178,17 @@ impl<C: PageTableConfig> PageTable<C> {
         } else {
             MappedItem::Untracked(pa, 1, prop)
         }))
+    }
+
+    /// Unlocks `leaf`, the leaf node holding `va`, after a take removed
+    /// something from it; a leaf that emptied goes where a cursor's drop
+    /// would send it (queued or reclaimed: `dispose_empty_node`).
+    fn release_taken_leaf(&self, leaf: NodeGuard<'_>, va: Vaddr) {
+        let emptied = must_dispose(self, &leaf, 1, true);
+        drop(leaf);
+        if emptied {
+            dispose_empty_node(self, align_down(va, node_span::<C::F>(1)), 1);
+        }
     }
 }
 

@@ -23,10 +23,11 @@ use super::reclaim::StraySubtree;
 use super::{node_span, CursorMut, Present};
 use crate::addr::{Vaddr, PAGE_SIZE};
 use crate::arch::x86_64::X86_64;
-use crate::arch::{PagingFormat, PteKind};
+use crate::arch::{pte_index, PagingFormat, PteKind};
 use crate::frame::{AnyFrameMeta, Frame};
 use crate::page_table::config::PageTableConfig;
 use crate::page_table::error::PageTableAllocError;
+use crate::page_table::node::NodeGuard;
 
 /// Tracked frames a [`TakenRange`] holds without allocating: 128 bytes of
 /// handles, so that unmapping an area of up to 16 pages (64 KiB) needs no
@@ -94,12 +95,29 @@ impl<F: PagingFormat> TakenRange<F> {
         *self = Self::new();
     }
 
-    /// Adds one 4 KiB leaf taken at `va`, with the reference to its frame
-    /// if it was tracked.
-    pub(super) fn push_page(&mut self, va: Vaddr, frame: Option<Frame<dyn AnyFrameMeta>>) {
-        self.frames.extend(frame);
-        self.num_mappings += 1;
-        self.cover(va..va + PAGE_SIZE);
+    /// Clears every present entry of `leaf`, a level-1 node its caller
+    /// holds, in `range` (which lies in it), and takes over what they
+    /// owned; returns how many it cleared. All of `range` counts as taken
+    /// (for the flush) if anything was.
+    pub(super) fn take_from_leaf(&mut self, leaf: &NodeGuard<'_>, range: Range<Vaddr>) -> usize {
+        let from = pte_index::<F>(range.start, 1);
+        let to = from + range.len() / PAGE_SIZE;
+        // Reserved first, so that no push below allocates.
+        self.frames.reserve(to - from);
+        let (phys, frames) = (leaf.phys(), &mut self.frames);
+        let cleared = leaf.clear_present(from, to, |raw| {
+            if let PteKind::Page { pa, tracked: true, .. } = F::decode(raw, 1) {
+                let slot = NonNull::from(phys.slot(pa));
+                // SAFETY: the entry owned one reference to the frame; it
+                // moves to the handle.
+                frames.push(unsafe { Frame::<dyn AnyFrameMeta>::from_slot(slot) });
+            }
+        });
+        if cleared != 0 {
+            self.num_mappings += cleared;
+            self.cover(range);
+        }
+        cleared
     }
 
     /// Notes that `range` was taken.
@@ -218,20 +236,7 @@ impl<C: PageTableConfig> CursorMut<'_, C> {
                     // The rest of this leaf node in one pass: 4 KiB leaves
                     // never straddle the search range.
                     let limit = c.base[0].saturating_add(node_span::<C::F>(1)).min(end);
-                    let from = c.cur_index();
-                    let to = from + (limit - c.va) / PAGE_SIZE;
-                    // Reserved first, so that no push below allocates.
-                    taken.frames.reserve(to - from);
-                    let (phys, frames) = (c.phys(), &mut taken.frames);
-                    taken.num_mappings += c.cur_node().clear_present(from, to, |raw| {
-                        if let PteKind::Page { pa, tracked: true, .. } = C::F::decode(raw, 1) {
-                            let slot = NonNull::from(phys.slot(pa));
-                            // SAFETY: the entry owned one reference to the
-                            // frame; it moves to the handle.
-                            frames.push(unsafe { Frame::<dyn AnyFrameMeta>::from_slot(slot) });
-                        }
-                    });
-                    taken.cover(c.va..limit);
+                    taken.take_from_leaf(c.cur_node(), c.va..limit);
                     self.end_take(limit);
                     continue;
                 }
