@@ -467,28 +467,29 @@ impl<L: KernelLayout> KernelSpace<L> {
         if frames.is_empty() {
             return Ok(area);
         }
+        // Most areas lie in one existing leaf node: mapped without a
+        // cursor (`fill_in_leaf`). The cursor maps what that does not,
+        // from where it stopped; only running out of node memory can fail
+        // there (see `map_purging`), which then purges and retries.
         let mut frames = frames.into_iter();
-        if len == PAGE_SIZE {
-            // One page, the commonest area: mapped without a cursor where
-            // its leaf node exists (`PageTable::try_map_frame`). Only
-            // running out of node memory can fail here (see `map_purging`),
-            // which then purges and retries with the frame handed back.
-            let frame = frames.next().expect("one frame");
-            let Err(e) = self.inner().kernel_pt.try_map_frame(area.mapped_range().start, frame, prop) else {
-                return Ok(area);
-            };
-            debug_assert_eq!(e.kind, MapErrorKind::OutOfMemory, "{}", e.kind);
-            let mut first = Some(e.item);
-            return self.map_purging(area, |cursor, failed| match failed.or_else(|| first.take()) {
-                Some(item) => cursor.try_map(item),
-                None => Ok(()),
-            });
-        }
+        let mapped = area.mapped_range();
+        let mut rest = None;
+        let resume = match self.inner().kernel_pt.fill_in_leaf(&mapped, &mut frames, &mut rest, prop) {
+            Some(n) if n * PAGE_SIZE == mapped.len() => return Ok(area),
+            // Not for a new area, whose range maps nothing and whose frames
+            // were checked; the cursor would report what stopped the fill.
+            Some(n) => mapped.start + n * PAGE_SIZE,
+            None => mapped.start,
+        };
+        let mut resume = Some(resume);
         self.map_purging(area, |cursor, failed| {
+            if let Some(va) = resume.take() {
+                cursor.jump(va).expect("inside the area");
+            }
             if let Some(item) = failed {
                 cursor.try_map(item)?;
             }
-            cursor.try_map_frames(frames.by_ref(), prop)
+            cursor.try_map_frames(rest.take().into_iter().chain(frames.by_ref()), prop)
         })
     }
 

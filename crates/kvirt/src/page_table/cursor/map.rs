@@ -27,7 +27,7 @@ use crate::page_prop::PageProperty;
 use crate::page_table::config::PageTableConfig;
 use crate::page_table::error::{MapError, MapErrorKind};
 use crate::page_table::item::MappedItem;
-use crate::page_table::node::alloc_node;
+use crate::page_table::node::{alloc_node, NodeGuard};
 
 impl<C: PageTableConfig> CursorMut<'_, C> {
     /// Maps `item` at the current address and moves past it.
@@ -205,19 +205,35 @@ impl<C: PageTableConfig> CursorMut<'_, C> {
         if c.va >= limit {
             return;
         }
-        let slots = c.phys().slot_map();
         let from = pte_index::<C::F>(c.va, 1);
         let to = from + (limit - c.va) / PAGE_SIZE;
-        let written = c.cur_node().fill_absent(from, to, || {
-            let frame = frames.next()?;
-            let Some(pa) = frame.paddr_in(slots) else {
-                *rest = Some(frame);
-                return None;
-            };
-            // The entry takes over the frame's reference.
-            core::mem::forget(frame);
-            Some(encode(pa))
-        });
-        c.va += written * PAGE_SIZE;
+        c.va += fill_frames(c.cur_node(), from, to, frames, rest, encode) * PAGE_SIZE;
     }
+}
+
+/// Maps `frames` into the entries from `from` to `to` (exclusive) of
+/// `leaf`, a level-1 node its caller holds, in order, for as long as the
+/// frames last, are ours and the entries absent; returns how many it
+/// mapped. A frame taken that is not ours goes to `rest`. The fill of every
+/// run of frames, through a cursor or not.
+#[inline(always)]
+pub(super) fn fill_frames<T: AnyFrameMeta + ?Sized>(
+    leaf: &NodeGuard<'_>,
+    from: usize,
+    to: usize,
+    frames: &mut impl Iterator<Item = Frame<T>>,
+    rest: &mut Option<Frame<T>>,
+    encode: impl Fn(Paddr) -> u64,
+) -> usize {
+    let slots = leaf.phys().slot_map();
+    leaf.fill_absent(from, to, || {
+        let frame = frames.next()?;
+        let Some(pa) = frame.paddr_in(slots) else {
+            *rest = Some(frame);
+            return None;
+        };
+        // The entry takes over the frame's reference.
+        core::mem::forget(frame);
+        Some(encode(pa))
+    })
 }

@@ -25,6 +25,7 @@
 use core::ops::Range;
 use core::ptr::NonNull;
 
+use super::map::fill_frames;
 use super::reclaim::{dispose_empty_node, must_dispose};
 use super::{node_span, PtTree};
 use crate::addr::{align_down, Vaddr, PAGE_SIZE};
@@ -90,21 +91,37 @@ impl<C: PageTableConfig> PageTable<C> {
         frame: Frame<T>,
         prop: PageProperty,
     ) -> Option<Frame<T>> {
-        let _rcu = RcuReadGuard::new(self.phys().platform());
-        let Some(leaf) = lock_leaf(self, range) else {
-            return Some(frame);
-        };
-        let index = pte_index::<C::F>(range.start, 1);
-        if leaf.read(index) != 0 {
-            return Some(frame);
+        let (mut frames, mut rest) = (core::iter::once(frame), None);
+        match self.fill_in_leaf(range, &mut frames, &mut rest, prop) {
+            Some(1) => None,
+            _ => rest.or_else(|| frames.next()),
         }
-        let Some(pa) = frame.paddr_in(self.phys().slot_map()) else {
-            return Some(frame);
-        };
-        // The entry takes over the frame's reference.
-        core::mem::forget(frame);
-        leaf.write(index, C::F::page_encoder(1, prop, true)(pa));
-        None
+    }
+
+    /// Maps `frames` into `range` (page aligned, in this table), in order,
+    /// without a cursor, if the range lies inside one leaf node's span
+    /// (short of all of it) and that node exists: as a cursor's
+    /// [`try_map_frames`](super::CursorMut::try_map_frames) over `range`
+    /// would, up to where it stops (the frames run out, a frame is not of
+    /// this table's space and goes to `rest`, or an entry is present).
+    /// Returns how many pages it mapped, or `None`, having changed nothing,
+    /// where a cursor must (no leaf node, or a range beyond one). What a
+    /// `KVirtArea`'s creation does first.
+    pub(crate) fn fill_in_leaf<T: AnyFrameMeta + ?Sized>(
+        &self,
+        range: &Range<Vaddr>,
+        frames: &mut impl Iterator<Item = Frame<T>>,
+        rest: &mut Option<Frame<T>>,
+        prop: PageProperty,
+    ) -> Option<usize> {
+        if !in_one_leaf::<C>(range) {
+            return None;
+        }
+        let _rcu = RcuReadGuard::new(self.phys().platform());
+        let leaf = lock_leaf(self, range)?;
+        let from = pte_index::<C::F>(range.start, 1);
+        let to = from + range.len() / PAGE_SIZE;
+        Some(fill_frames(&leaf, from, to, frames, rest, C::F::page_encoder(1, prop, true)))
     }
 
     /// Removes the mapping of the 4 KiB page at `va`, splitting a huge page
@@ -142,8 +159,7 @@ impl<C: PageTableConfig> PageTable<C> {
     /// (the cursor's starts at the first page it took). What `KVirtArea`'s
     /// drop does first.
     pub(crate) fn take_in_leaf_into(&self, range: &Range<Vaddr>, taken: &mut TakenRange<C::F>) -> bool {
-        let span = node_span::<C::F>(1);
-        if range.is_empty() || range.len() >= span || range.start / span != (range.end - 1) / span {
+        if !in_one_leaf::<C>(range) {
             return false;
         }
         let _rcu = RcuReadGuard::new(self.phys().platform());
@@ -190,6 +206,13 @@ impl<C: PageTableConfig> PageTable<C> {
             dispose_empty_node(self, align_down(va, node_span::<C::F>(1)), 1);
         }
     }
+}
+
+/// Whether `range` is non-empty and lies inside one leaf node's span,
+/// short of all of it: where a cursor's guard would be that leaf node.
+fn in_one_leaf<C: PageTableConfig>(range: &Range<Vaddr>) -> bool {
+    let span = node_span::<C::F>(1);
+    !range.is_empty() && range.len() < span && range.start / span == (range.end - 1) / span
 }
 
 /// `va..va + PAGE_SIZE`, checked as [`PageTable::cursor_mut`] checks a
