@@ -226,3 +226,43 @@ fn a_leaf_walker_never_works_under_a_detached_node() {
         detacher.join().unwrap();
     });
 }
+
+/// Reclaims B alone, as the reclamation of an emptied leaf does: locks its
+/// parent A with the guard forced to level 2 (over B's span), unhooks B,
+/// marks it stray and unlocks it.
+fn reclaim_b(t: &Tree) {
+    let range = 0..2;
+    let guard = lock_range(t, &range, 2);
+    assert_eq!(guard.node, A, "the guard forced up to B's parent");
+    t.touch_held(guard.node, guard.level, guard.base, &range);
+    t.nodes[A].entries[0].store(0, Ordering::Release);
+    t.nodes[B].stray.store(true, Ordering::Release);
+    t.unlock(B);
+    unlock_range(t, &guard, &range);
+}
+
+#[test]
+fn a_leaf_walker_never_works_under_its_reclaimed_leaf() {
+    loom::model(|| {
+        let tree = Tree::new();
+        let t = tree.clone();
+        let reclaimer = loom::thread::spawn(move || reclaim_b(&t));
+        let leaf = leaf_section(&tree, 1);
+        assert!(leaf == Some(B) || leaf.is_none(), "locked {leaf:?} for page 1");
+        reclaimer.join().unwrap();
+    });
+}
+
+#[test]
+fn a_range_inside_a_leaf_never_works_under_its_reclaimed_leaf() {
+    loom::model(|| {
+        let tree = Tree::new();
+        let t = tree.clone();
+        let reclaimer = loom::thread::spawn(move || reclaim_b(&t));
+        // `lock_range`'s shortcut while B is there, its loop (guard A)
+        // once B is gone.
+        let guard = critical_section(&tree, 0..1);
+        assert!(guard.node == B || guard.node == A, "locked {} for 0..1", guard.node);
+        reclaimer.join().unwrap();
+    });
+}

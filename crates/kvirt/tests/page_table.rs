@@ -2725,6 +2725,45 @@ mod one_page {
     }
 
     #[test]
+    fn a_misaligned_address_is_misaligned_even_in_the_last_page() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let f = frame(&space);
+        let e = pt.try_map_frame(LAST_RANGE_END + 8, f, rw()).unwrap_err();
+        assert_eq!(e.kind, MapErrorKind::Misaligned);
+        assert_eq!(
+            pt.try_take_page(LAST_RANGE_END + 8).unwrap_err(),
+            TakePageError::Range(RangeError::Misaligned)
+        );
+    }
+
+    #[test]
+    fn map_frame_out_of_memory_half_way_changes_nothing() {
+        let space = new_space();
+        let kernel = kernel_pt(&space);
+        let user = kernel.create_user_page_table().unwrap();
+        let user_rw = PageProperty::new_user(PageFlags::RW, CachePolicy::Writeback);
+        let f = frame(&space);
+        let nodes = pt_pages(&space);
+        for (table, va, prop) in [("kernel", KVA, rw()), ("user", 0x40_0000_0000, user_rw)] {
+            // One free page: the first new node is made, the next is not.
+            let mut hoard = take_every_free_frame(&space);
+            drop(hoard.pop());
+            let e = match table {
+                "kernel" => kernel.try_map_frame(va, f.clone(), prop),
+                _ => user.try_map_frame(va, f.clone(), prop),
+            }
+            .unwrap_err();
+            assert_eq!(e.kind, MapErrorKind::OutOfMemory, "{table} table");
+            assert!(matches!(&e.item, MappedItem::Tracked(back, _) if *back == f));
+            drop((e, hoard));
+            assert_eq!(f.reference_count(), 1, "{table} table");
+            assert_eq!(pt_pages(&space), nodes, "{table} table: the made node is given back");
+        }
+        assert!(kernel.check_inv().is_ok() && user.check_inv().is_ok());
+    }
+
+    #[test]
     fn take_page_outside_the_table_is_refused() {
         let space = new_space();
         let pt = kernel_pt(&space);

@@ -482,14 +482,18 @@ impl<L: KernelLayout> KernelSpace<L> {
             None => mapped.start,
         };
         let mut resume = Some(resume);
+        // A frame the fill took but could not map goes first (as an item:
+        // chained before the others, it would cost the cursor's fill a
+        // test per frame).
+        let mut first = rest.map(|frame| MappedItem::Tracked(Frame::into_dyn(frame), prop));
         self.map_purging(area, |cursor, failed| {
             if let Some(va) = resume.take() {
                 cursor.jump(va).expect("inside the area");
             }
-            if let Some(item) = failed {
+            if let Some(item) = failed.or_else(|| first.take()) {
                 cursor.try_map(item)?;
             }
-            cursor.try_map_frames(rest.take().into_iter().chain(frames.by_ref()), prop)
+            cursor.try_map_frames(frames.by_ref(), prop)
         })
     }
 

@@ -28,7 +28,7 @@ use core::ptr::NonNull;
 use super::map::fill_frames;
 use super::reclaim::{dispose_empty_node, must_dispose};
 use super::{node_span, PtTree};
-use crate::addr::{align_down, Vaddr, PAGE_SIZE};
+use crate::addr::{align_down, is_page_aligned, Vaddr, PAGE_SIZE};
 use crate::arch::{pte_index, PagingFormat, PteKind};
 use crate::frame::{AnyFrameMeta, Frame};
 use crate::page_prop::PageProperty;
@@ -216,8 +216,12 @@ fn in_one_leaf<C: PageTableConfig>(range: &Range<Vaddr>) -> bool {
 }
 
 /// `va..va + PAGE_SIZE`, checked as [`PageTable::cursor_mut`] checks a
-/// range.
+/// range (a misaligned `va` is `Misaligned` even where `va + PAGE_SIZE`
+/// would overflow).
 fn page_range<C: PageTableConfig>(va: Vaddr) -> Result<Range<Vaddr>, RangeError> {
+    if !is_page_aligned(va) {
+        return Err(RangeError::Misaligned);
+    }
     let range = va..va.checked_add(PAGE_SIZE).ok_or(RangeError::OutOfBounds)?;
     check_range::<C>(&range)?;
     Ok(range)
