@@ -167,7 +167,12 @@ fn markdown(table: &BTreeMap<(&str, usize), BTreeMap<&str, f64>>) -> String {
          include the flush of both simulated CPUs' TLBs that every implementation does. Work kvirt defers to an \
          RCU callback (freeing the frames of a whole page-table node taken at once, as the 65536-page unmaps do) \
          runs where the hosted RCU finds its grace period over: mostly inside a later unmap, when a batch of \
-         callbacks is handed over, so these counts include most of it; the timed runs include all of it.\n\n",
+         callbacks is handed over, so these counts include most of it; the timed runs include all of it. \
+         Callgrind counts each byte a `rep stosb` stores as an instruction: zeroing a new 4 KiB page-table \
+         node (glibc's `memset` uses `rep stosb` at that size) counts about 4100 instructions where the CPU \
+         spends some hundred cycles. kvirt's maps allocate the nodes the peers keep (its unmaps give back a \
+         node they empty), so its map counts include this: about 16 of the instructions per page of the \
+         512-page maps (two leaf nodes a range).\n\n",
     );
     out.push_str("| op | pages per range |");
     for (name, _) in IMPLS {
