@@ -6,7 +6,8 @@
 //!   every physical page, typed frame handles, contiguous segments and a
 //!   buddy allocator;
 //! * **a multi-level page table** (`page_table`) with cursors that lock only
-//!   the sub-tree they cover;
+//!   the sub-tree they cover, and single pages mapped or taken without one
+//!   (locking only their leaf node);
 //! * **kernel virtual areas** ([`kspace`]): ranges of the VMALLOC region that
 //!   own what they map, following Asterinas OSTD's `KVirtArea` as specified
 //!   by its formally verified port;
