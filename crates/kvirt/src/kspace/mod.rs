@@ -468,33 +468,20 @@ impl<L: KernelLayout> KernelSpace<L> {
             return Ok(area);
         }
         // Most areas lie in one existing leaf node: mapped without a
-        // cursor (`fill_in_leaf`). The cursor maps what that does not,
-        // from where it stopped; only running out of node memory can fail
-        // there (see `map_purging`), which then purges and retries.
+        // cursor (`fill_in_leaf`). A cursor maps what that did not, from
+        // where it stopped (for a new area, whose range maps nothing and
+        // whose frames were checked, only a missing leaf stops it before the
+        // end), starting with a frame it took but could not map.
         let mut frames = frames.into_iter();
         let mapped = area.mapped_range();
         let mut rest = None;
-        let resume = match self.inner().kernel_pt.fill_in_leaf(&mapped, &mut frames, &mut rest, prop) {
+        let from = match self.inner().kernel_pt.fill_in_leaf(&mapped, &mut frames, &mut rest, prop) {
             Some(n) if n * PAGE_SIZE == mapped.len() => return Ok(area),
-            // Not for a new area, whose range maps nothing and whose frames
-            // were checked; the cursor would report what stopped the fill.
             Some(n) => mapped.start + n * PAGE_SIZE,
             None => mapped.start,
         };
-        let mut resume = Some(resume);
-        // A frame the fill took but could not map goes first (as an item:
-        // chained before the others, it would cost the cursor's fill a
-        // test per frame).
-        let mut first = rest.map(|frame| MappedItem::Tracked(Frame::into_dyn(frame), prop));
-        self.map_purging(area, |cursor, failed| {
-            if let Some(va) = resume.take() {
-                cursor.jump(va).expect("inside the area");
-            }
-            if let Some(item) = failed.or_else(|| first.take()) {
-                cursor.try_map(item)?;
-            }
-            cursor.try_map_frames(frames.by_ref(), prop)
-        })
+        let first = rest.map(|frame| MappedItem::Tracked(Frame::into_dyn(frame), prop));
+        self.map_purging(area, from, first, |cursor| cursor.try_map_frames(frames.by_ref(), prop))
     }
 
     /// [`KVirtArea::try_map_untracked_frames`] in this space.
@@ -575,31 +562,28 @@ impl<L: KernelLayout> KernelSpace<L> {
         if len == 0 {
             return Ok(area);
         }
-        let mut pages = largest_pages::<L::Format>(area.mapped_range().start, pa_range.start, len);
-        self.map_purging(area, |cursor, failed| {
-            if let Some(item) = failed {
-                cursor.try_map(item)?;
-            }
+        let from = area.mapped_range().start;
+        let mut pages = largest_pages::<L::Format>(from, pa_range.start, len);
+        self.map_purging(area, from, None, |cursor| {
             pages.by_ref().try_for_each(|(pa, level)| cursor.try_map(MappedItem::Untracked(pa, level, prop)))
         })
     }
 
-    /// Fills a new area: runs `map` with a cursor over its mapped part. If
-    /// page-table memory runs out while lazily dropped areas wait for a
-    /// purge, purges them and runs `map` once more from where it stopped,
-    /// handing it the item that failed. If that fails too, drops the area
-    /// (which unmaps what was mapped and frees the range) and, in lazy
-    /// mode, where the drop only queues it, purges: the refused call
-    /// leaves no range or frame of its own behind, and memory is short.
+    /// Fills a new area: with a cursor over its mapped part, standing at
+    /// `from`, maps `first` (if any) and then runs `map`. If page-table
+    /// memory runs out while lazily dropped areas wait for a purge, purges
+    /// them and goes on from where it stopped, mapping the item that
+    /// failed first. If that fails too, drops the area (which unmaps what
+    /// was mapped and frees the range) and, in lazy mode, where the drop
+    /// only queues it, purges: the refused call leaves no range or frame of
+    /// its own behind, and memory is short.
     fn map_purging(
         &self,
         area: KVirtArea<L>,
-        mut map: impl FnMut(
-            &mut CursorMut<'_, KernelPtConfig<L::Format>>,
-            Option<MappedItem>,
-        ) -> Result<(), MapError>,
+        mut from: Vaddr,
+        mut first: Option<MappedItem>,
+        mut map: impl FnMut(&mut CursorMut<'_, KernelPtConfig<L::Format>>) -> Result<(), MapError>,
     ) -> Result<KVirtArea<L>, KVirtAreaError> {
-        let mut failed: Option<(Vaddr, MappedItem)> = None;
         let mut purged = false;
         loop {
             let mut cursor = self
@@ -607,18 +591,20 @@ impl<L: KernelLayout> KernelSpace<L> {
                 .kernel_pt
                 .cursor_mut(&area.mapped_range())
                 .expect("an area lies in kernel space");
-            let item = failed.take().map(|(va, item)| {
-                cursor.jump(va).expect("the failed item lies in the area");
-                item
-            });
-            let Err(e) = map(&mut cursor, item) else {
+            cursor.jump(from).expect("the area's mapped part holds where mapping goes on");
+            let mapped = match first.take() {
+                Some(item) => cursor.try_map(item).and_then(|()| map(&mut cursor)),
+                None => map(&mut cursor),
+            };
+            let Err(e) = mapped else {
                 return Ok(area);
             };
             // Only running out of page-table memory can fail here: the
             // area's range is new (nodes emptied there map nothing and give
             // way to huge pages) and the arguments were checked.
             debug_assert_eq!(e.kind, MapErrorKind::OutOfMemory, "{}", e.kind);
-            let va = cursor.virt_addr();
+            // A rejected item leaves the cursor at its address.
+            from = cursor.virt_addr();
             // A purge releases frames, whose drop hooks may lock the table.
             drop(cursor);
             if purged || !self.inner().purge_if_pending() {
@@ -628,7 +614,7 @@ impl<L: KernelLayout> KernelSpace<L> {
                 return Err(KVirtAreaError::OutOfMemory);
             }
             purged = true;
-            failed = Some((va, e.item));
+            first = Some(e.item);
         }
     }
 
