@@ -196,7 +196,7 @@ fn walker_never_works_under_a_detached_node() {
 /// Locks the leaf of page `va` with `lock_leaf`, works under it, unlocks;
 /// returns the leaf, if there was one.
 fn leaf_section(tree: &Tree, va: usize) -> Option<usize> {
-    let leaf = lock_leaf(tree, va)?;
+    let leaf = lock_leaf(tree, &(va..va + 1))?;
     tree.touch_held(leaf, 1, va, &(va..va + 1));
     tree.unlock(leaf);
     Some(leaf)

@@ -70,14 +70,13 @@ pub struct Guard<N> {
 /// node (used to lock the parent of a node whose span no `Range` can
 /// express, at the very top of the address space).
 pub fn lock_range<T: LockTree>(tree: &T, range: &Range<usize>, min_level: u8) -> Guard<T::Node> {
-    // A range inside one leaf node's span, short of all of it (most
-    // cursors): the loop below would descend all the way, so where the
-    // leaf exists `lock_leaf` locks the very node it would, with nothing
+    // Most cursors' ranges lie inside one leaf node: where it exists,
+    // `lock_leaf` locks the very node the loop below would, with nothing
     // below to lock, for a third of the work.
-    let leaf_span = tree.entry_size(2);
-    if min_level <= 1 && range.len() < leaf_span && range.start / leaf_span == (range.end - 1) / leaf_span {
-        if let Some(node) = lock_leaf(tree, range.start) {
-            return Guard { node, level: 1, base: tree.canonical(range.start / leaf_span * leaf_span) };
+    if min_level <= 1 {
+        if let Some(node) = lock_leaf(tree, range) {
+            let span = tree.entry_size(2);
+            return Guard { node, level: 1, base: tree.canonical(range.start / span * span) };
         }
     }
     loop {
@@ -115,22 +114,26 @@ pub fn lock_range<T: LockTree>(tree: &T, range: &Range<usize>, min_level: u8) ->
     }
 }
 
-/// Steps 1 and 2 of the protocol for the one smallest entry at `va` (a
-/// range no entry above level 1 can hold whole), when they end at a leaf:
-/// descends from the root through tables only and locks the leaf node
-/// reached, starting again if it is stray. Nothing lies below a leaf, so
-/// step 3 locks nothing: this is what [`lock_range`] locks for such a
-/// range, with less to compute. Returns `None`, having locked nothing, if
-/// some entry on the way is not a table (where `lock_range` would lock a
-/// higher node).
+/// Steps 1 and 2 of the protocol for a range inside one leaf node's span,
+/// short of all of it (so inside one entry, and shorter than it, at every
+/// level above), when they end at a leaf: descends from the root through
+/// tables only and locks the leaf node reached, starting again if it is
+/// stray. Nothing lies below a leaf, so step 3 locks nothing: this is what
+/// [`lock_range`] locks for such a range, with less to compute. Returns
+/// `None`, having locked nothing, for any other range, or if some entry on
+/// the way is not a table (where `lock_range` would lock a higher node).
 ///
 /// The caller releases the leaf with [`LockTree::unlock`].
-pub fn lock_leaf<T: LockTree>(tree: &T, va: usize) -> Option<T::Node> {
+pub fn lock_leaf<T: LockTree>(tree: &T, range: &Range<usize>) -> Option<T::Node> {
+    let span = tree.entry_size(2);
+    if range.is_empty() || range.len() >= span || range.start / span != (range.end - 1) / span {
+        return None;
+    }
     'walk: loop {
         let mut node = tree.root();
         let mut level = tree.nr_levels();
         while level > 1 {
-            node = tree.child(node, level, tree.index(va, level))?;
+            node = tree.child(node, level, tree.index(range.start, level))?;
             level -= 1;
         }
         tree.lock(node);

@@ -114,9 +114,6 @@ impl<C: PageTableConfig> PageTable<C> {
         rest: &mut Option<Frame<T>>,
         prop: PageProperty,
     ) -> Option<usize> {
-        if !in_one_leaf::<C>(range) {
-            return None;
-        }
         let _rcu = RcuReadGuard::new(self.phys().platform());
         let leaf = lock_leaf(self, range)?;
         let from = pte_index::<C::F>(range.start, 1);
@@ -159,9 +156,6 @@ impl<C: PageTableConfig> PageTable<C> {
     /// (the cursor's starts at the first page it took). What `KVirtArea`'s
     /// drop does first.
     pub(crate) fn take_in_leaf_into(&self, range: &Range<Vaddr>, taken: &mut TakenRange<C::F>) -> bool {
-        if !in_one_leaf::<C>(range) {
-            return false;
-        }
         let _rcu = RcuReadGuard::new(self.phys().platform());
         let Some(leaf) = lock_leaf(self, range) else {
             return false;
@@ -208,13 +202,6 @@ impl<C: PageTableConfig> PageTable<C> {
     }
 }
 
-/// Whether `range` is non-empty and lies inside one leaf node's span,
-/// short of all of it: where a cursor's guard would be that leaf node.
-fn in_one_leaf<C: PageTableConfig>(range: &Range<Vaddr>) -> bool {
-    let span = node_span::<C::F>(1);
-    !range.is_empty() && range.len() < span && range.start / span == (range.end - 1) / span
-}
-
 /// `va..va + PAGE_SIZE`, checked as [`PageTable::cursor_mut`] checks a
 /// range (a misaligned `va` is `Misaligned` even where `va + PAGE_SIZE`
 /// would overflow).
@@ -227,12 +214,13 @@ fn page_range<C: PageTableConfig>(va: Vaddr) -> Result<Range<Vaddr>, RangeError>
     Ok(range)
 }
 
-/// Locks the leaf node holding the page `range` (checked), if it exists;
-/// otherwise locks nothing. Called inside a read-side section, which the
-/// lock-free walk down needs.
+/// Locks the leaf node holding `range` (checked), if the range lies inside
+/// one leaf node's span, short of all of it, and that node exists;
+/// otherwise locks nothing (`locking::lock_leaf`). Called inside a
+/// read-side section, which the lock-free walk down needs.
 #[inline(always)]
 fn lock_leaf<'a, C: PageTableConfig>(pt: &'a PageTable<C>, range: &Range<Vaddr>) -> Option<NodeGuard<'a>> {
-    let leaf = locking::lock_leaf(&PtTree(pt), range.start)?;
+    let leaf = locking::lock_leaf(&PtTree(pt), range)?;
     // SAFETY: `lock_leaf` locked the leaf and gave up its guard
     // (`PtTree::lock`); this is the only guard made again, which unlocks
     // it when dropped, as `PtTree::unlock` would.
