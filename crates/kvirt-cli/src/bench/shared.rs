@@ -75,7 +75,8 @@ impl SharedTable for KvirtPt {
     }
 
     fn map_one(&self, va: Vaddr, frame: Frame<dyn AnyFrameMeta>) -> Range<Vaddr> {
-        KvirtPt::map_one(self, va, frame)
+        // In a 1-element `Vec`, as the peers' inputs are (`Locked::map_one`).
+        self.map_frames(va, vec![frame])
     }
 
     fn unmap_one(&self, mapping: Range<Vaddr>) {

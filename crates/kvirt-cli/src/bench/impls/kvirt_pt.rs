@@ -41,14 +41,21 @@ impl<L: KernelLayout> KvirtPt<L> {
         Self { pt, pool: seg.into_iter().collect(), space }
     }
 
-    /// Maps `frame` at `va` by [`PageTable::try_map_frame`]: the table is
-    /// shared, so this needs `&self` only. The frame comes in a 1-element
-    /// `Vec`, as the peers' inputs do in the shared-table rows.
-    pub(crate) fn map_one(&self, va: Vaddr, frame: Frame<dyn AnyFrameMeta>) -> Range<Vaddr> {
-        let mut input = vec![frame];
-        let frame = input.pop().expect("one frame");
-        self.pt.try_map_frame(va, frame, kvirt_prop()).expect("map_frame");
-        va..va + PAGE_SIZE
+    /// Maps `frames` from `va`: a single page without a cursor
+    /// ([`PageTable::try_map_frame`]), more through one. The table is
+    /// shared, so this needs `&self` only. The `Vec` is freed here, as the
+    /// peers free theirs.
+    #[inline(always)] // each caller its own copy, as before they shared it
+    pub(crate) fn map_frames(&self, va: Vaddr, mut frames: Vec<Frame<dyn AnyFrameMeta>>) -> Range<Vaddr> {
+        let range = va..va + frames.len() * PAGE_SIZE;
+        if frames.len() == 1 {
+            let frame = frames.pop().expect("one frame");
+            self.pt.try_map_frame(va, frame, kvirt_prop()).expect("map_frame");
+            return range;
+        }
+        let mut cursor = self.pt.cursor_mut(&range).expect("a kernel range");
+        cursor.try_map_frames(frames, kvirt_prop()).expect("map_frames");
+        range
     }
 
     /// A new handle of pool frame `i` (cyclically).
@@ -106,18 +113,8 @@ impl<L: KernelLayout> Mapper for KvirtPt<L> {
     }
 
     #[inline(never)] // a symbol of its own for `cargo xtask instructions`
-    fn map(&mut self, va: Vaddr, mut frames: Self::Frames) -> Range<Vaddr> {
-        let range = va..va + frames.len() * PAGE_SIZE;
-        if frames.len() == 1 {
-            // One page: no cursor (`PageTable::try_map_frame`). The `Vec`
-            // is freed here all the same, as the peers free theirs.
-            let frame = frames.pop().expect("one frame");
-            self.pt.try_map_frame(va, frame, kvirt_prop()).expect("map_frame");
-            return range;
-        }
-        let mut cursor = self.pt.cursor_mut(&range).expect("a kernel range");
-        cursor.try_map_frames(frames, kvirt_prop()).expect("map_frames");
-        range
+    fn map(&mut self, va: Vaddr, frames: Self::Frames) -> Range<Vaddr> {
+        self.map_frames(va, frames)
     }
 
     fn start(mapping: &Range<Vaddr>) -> Vaddr {
