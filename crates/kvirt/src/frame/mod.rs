@@ -513,6 +513,23 @@ impl PhysMem {
         unsafe { &*slot }
     }
 
+    /// The handle that takes over the reference a tracked page-table entry
+    /// mapping `pa` owned: what unmapping the entry gives back.
+    ///
+    /// # Safety
+    ///
+    /// - The entry mapped `pa` as a tracked frame of this `PhysMem`, and
+    ///   owned one reference to it.
+    /// - The entry was cleared (or can no longer be reached), and the
+    ///   caller hands its reference to the result, once.
+    #[inline]
+    pub(crate) unsafe fn frame_of_entry(&self, pa: Paddr) -> Frame<dyn AnyFrameMeta> {
+        // SAFETY: the reference moves from the entry to the handle (caller
+        // contract); every slot's metadata can be viewed as `dyn
+        // AnyFrameMeta`.
+        unsafe { Frame::from_slot(NonNull::from(self.slot(pa))) }
+    }
+
     /// The physical address of the page a slot of this array describes.
     #[inline]
     pub(crate) fn slot_paddr(&self, slot: &MetaSlot) -> Paddr {

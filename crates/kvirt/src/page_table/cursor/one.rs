@@ -23,7 +23,6 @@
 //! cannot arise there (no node to create or split).
 
 use core::ops::Range;
-use core::ptr::NonNull;
 
 use super::map::fill_frames;
 use super::reclaim::{dispose_empty_node, must_dispose};
@@ -181,10 +180,9 @@ impl<C: PageTableConfig> PageTable<C> {
         leaf.write(index, 0);
         self.release_taken_leaf(leaf, range.start);
         Some(Some(if tracked {
-            let slot = NonNull::from(self.phys().slot(pa));
-            // SAFETY: the entry owned one reference to the frame; it moves
-            // to the handle.
-            MappedItem::Tracked(unsafe { Frame::<dyn AnyFrameMeta>::from_slot(slot) }, prop)
+            // SAFETY: the tracked entry just cleared owned one reference to
+            // the frame; it moves to the handle.
+            MappedItem::Tracked(unsafe { self.phys().frame_of_entry(pa) }, prop)
         } else {
             MappedItem::Untracked(pa, 1, prop)
         }))

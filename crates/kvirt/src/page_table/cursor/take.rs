@@ -13,7 +13,6 @@
 //! The nodes taking empties are detached by `reclaim.rs`.
 
 use core::ops::Range;
-use core::ptr::NonNull;
 
 use super::reclaim::StraySubtree;
 use super::{CursorMut, Present, MAX_LEVELS};
@@ -172,12 +171,9 @@ impl<C: PageTableConfig> CursorMut<'_, C> {
     pub(super) fn take_leaf(&mut self, pa: Paddr, tracked: bool) -> Option<Frame<dyn AnyFrameMeta>> {
         let c = &mut self.inner;
         c.cur_node().write(c.cur_index(), 0);
-        tracked.then(|| {
-            let slot = NonNull::from(c.phys().slot(pa));
-            // SAFETY: the entry owned one reference to the frame; it moves to
-            // the result.
-            unsafe { Frame::<dyn AnyFrameMeta>::from_slot(slot) }
-        })
+        // SAFETY: the tracked entry just cleared owned one reference to
+        // the frame; it moves to the result.
+        tracked.then(|| unsafe { c.phys().frame_of_entry(pa) })
     }
 
     /// Changes the property of the next mapping in `va..va + len` with `op`

@@ -15,7 +15,6 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::mem::ManuallyDrop;
 use core::ops::{Deref, DerefMut, Range};
-use core::ptr::NonNull;
 
 use smallvec::SmallVec;
 
@@ -107,10 +106,9 @@ impl<F: PagingFormat> TakenRange<F> {
         let (phys, frames) = (leaf.phys(), &mut self.frames);
         let cleared = leaf.clear_present(from, to, |raw| {
             if let PteKind::Page { pa, tracked: true, .. } = F::decode(raw, 1) {
-                let slot = NonNull::from(phys.slot(pa));
-                // SAFETY: the entry owned one reference to the frame; it
-                // moves to the handle.
-                frames.push(unsafe { Frame::<dyn AnyFrameMeta>::from_slot(slot) });
+                // SAFETY: the tracked entry just cleared owned one
+                // reference to the frame; it moves to the handle.
+                frames.push(unsafe { phys.frame_of_entry(pa) });
             }
         });
         if cleared != 0 {

@@ -13,7 +13,7 @@ use core::ptr::NonNull;
 use super::{NodeGuard, NodeRef, PtNodeMeta};
 use crate::addr::PagingLevel;
 use crate::arch::{PagingFormat, PteKind};
-use crate::frame::{AnyFrameMeta, Frame, PhysMem};
+use crate::frame::{Frame, PhysMem};
 use crate::page_table::error::PageTableAllocError;
 
 /// Allocates a zeroed node at `level`, returned locked.
@@ -62,8 +62,9 @@ pub(crate) unsafe fn release_entry<F: PagingFormat>(phys: &PhysMem, raw: u64, le
     match F::decode(raw, level) {
         PteKind::Absent | PteKind::Page { tracked: false, .. } => {}
         PteKind::Page { pa, tracked: true, .. } => {
-            // SAFETY: a tracked entry owns one reference to its frame.
-            drop(unsafe { Frame::<dyn AnyFrameMeta>::from_slot(NonNull::from(phys.slot(pa))) });
+            // SAFETY: the tracked entry, removed and owned by the caller,
+            // owned one reference to its frame.
+            drop(unsafe { phys.frame_of_entry(pa) });
         }
         PteKind::Table(child) => {
             // SAFETY: the caller owns the sub-tree, which no one else can
