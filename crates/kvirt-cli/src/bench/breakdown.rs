@@ -18,11 +18,16 @@
 //! | `area` | `KVirtArea::map_frames` of one page and its drop: all of the above plus VMALLOC, the area registry and the area's own bookkeeping |
 //! | `512-untracked` | per page, 512 untracked pages mapped through one cursor and taken back (no flush) |
 //! | `512-tracked` | the same with 512 distinct tracked frames: the reference counts of frames whose metadata is not in cache |
+//! | `512-fill` | per page, the map alone of 512 tracked frames by one cursor's `try_map_frames`, as `kvirt-pt`'s 512-page map, into two leaf nodes that exist (as the floor's do) |
 //!
 //! The leaf node of the first four steps stays alive (a neighbour page is
-//! mapped) except in `reclaim`.
+//! mapped) except in `reclaim`. `512-fill`'s range straddles two leaf
+//! nodes, as the benchmark's 512-page ranges do, and a page mapped on
+//! either side keeps both alive; only its map is timed (the frames' new
+//! handles are made before it, and the range is taken back after).
 
 use std::hint::black_box;
+use std::time::{Duration, Instant};
 
 use kvirt::frame::{Frame, FrameAllocOptions};
 use kvirt::page_table::{KernelPtConfig, MappedItem, PageTable};
@@ -49,7 +54,7 @@ pub struct Step {
 }
 
 /// The steps, in order (see the module documentation).
-pub const STEPS: [(&str, &[&str], &str); 10] = [
+pub const STEPS: [(&str, &[&str], &str); 11] = [
     ("rcu", &[], "a read-side section entered and left (hosted: a per-thread counter, no locked instruction)"),
     ("cursor", &["rcu"], "CursorMut over the page, created and dropped (+ walk down, node lock)"),
     ("untracked", &["cursor"], "+ map an untracked page and take it back (PTE stores)"),
@@ -68,6 +73,11 @@ pub const STEPS: [(&str, &[&str], &str); 10] = [
         &["512-untracked"],
         "per page: the same with 512 distinct tracked frames (their reference counts)",
     ),
+    (
+        "512-fill",
+        &[],
+        "per page: the map alone of 512 tracked frames by one cursor's `try_map_frames`, into two leaf nodes that exist",
+    ),
 ];
 
 /// Pages of the last two steps' ranges.
@@ -79,6 +89,34 @@ fn each(cfg: &Config, times: usize, ops_per_call: usize, mut step: impl FnMut())
         (0..times).for_each(|_| step());
         Ok(())
     })
+}
+
+/// Times the `map` of `times` rounds of `pages` pages each: every round
+/// makes its input with `prepare` and undoes the map with `undo`, neither
+/// of them timed.
+fn each_map<T>(
+    cfg: &Config,
+    times: usize,
+    pages: usize,
+    mut prepare: impl FnMut() -> T,
+    mut map: impl FnMut(T),
+    mut undo: impl FnMut(),
+) -> Stats {
+    let mut runs = Vec::new();
+    for run in 0..cfg.warmup + cfg.runs {
+        let mut spent = Duration::ZERO;
+        for _ in 0..times {
+            let input = prepare();
+            let t = Instant::now();
+            map(input);
+            spent += t.elapsed();
+            undo();
+        }
+        if run >= cfg.warmup {
+            runs.push(super::ns_per(spent, times * pages));
+        }
+    }
+    Stats::from_runs(runs, (times * pages) as u64)
 }
 
 /// Measures every step.
@@ -153,6 +191,25 @@ pub fn measure(cfg: &Config) -> Result<Vec<Step>, Error> {
     results.push(each(cfg, ranges, RANGE, || map_take_range(false))?);
     results.push(each(cfg, ranges, RANGE, || map_take_range(true))?);
     unpin_node(range.end);
+    // Half a leaf node's span into the next: both nodes kept by the pages
+    // around the range.
+    let half = RANGE / 2 * PAGE_SIZE;
+    let fill = BASE_VA + (16 << 20) + half..BASE_VA + (16 << 20) + half + RANGE * PAGE_SIZE;
+    pin_node(fill.start - PAGE_SIZE);
+    pin_node(fill.end);
+    results.push(each_map(
+        cfg,
+        ranges,
+        RANGE,
+        || pool.iter().map(|f| f.clone().into_dyn()).collect::<Vec<_>>(),
+        |frames| {
+            let mut cursor = pt.cursor_mut(&fill).expect("a kernel range");
+            cursor.try_map_frames(frames, prop).expect("free pages");
+        },
+        || drop(black_box(pt.cursor_mut(&fill).expect("a kernel range").take_all(fill.len()))),
+    ));
+    unpin_node(fill.end);
+    unpin_node(fill.start - PAGE_SIZE);
     drop(pool);
     unpin_node(neighbour);
     space.synchronize();

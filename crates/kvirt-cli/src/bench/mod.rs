@@ -896,7 +896,7 @@ fn measure_round(cfg: &Config, quick: bool, only: Option<&str>, arch: Arch) -> R
     if wanted_areas("breakdown") {
         parts = breakdown::measure(&cfg)?;
         let shown: Vec<String> =
-            parts.iter().map(|p| format!("{} {:.1}", p.name, p.stats.ns_per_op)).collect();
+            parts.iter().map(|p| format!("{} {}", p.name, report::fmt_ns(p.stats.ns_per_op))).collect();
         progress.step(&format!("breakdown of a 1-page map+unmap (ns): {}", shown.join(", ")));
     }
     Ok(Results { quick, config: cfg, cells, machine, churn, breakdown: parts, arch })
