@@ -1,7 +1,8 @@
 //! The operations the model applies to a kernel space: creating tracked and
 //! untracked areas (with valid and hostile arguments), splitting, querying,
 //! reading and writing bytes, dropping areas and frame handles, allocating
-//! frames, and raw cursor sessions on a user page table of the space.
+//! frames, raw cursor sessions on a user page table of the space, and
+//! single pages mapped and taken there without a cursor.
 //!
 //! Operands that depend on the state are resolved when the operation runs:
 //! an area or handle index is taken modulo the number of live ones (an
@@ -143,6 +144,27 @@ pub enum Op {
         page: usize,
         /// How many pages.
         pages: usize,
+    },
+    /// `PageTable::try_map_frame` of a fresh tracked frame (4 KiB) at the
+    /// address `page * PAGE_SIZE + misalign` (wrapping) of the user page
+    /// table, with no cursor: mapped where the page is free, else refused
+    /// with the error the model predicts (a misaligned address, a page
+    /// outside the table, a page mapped already, by itself or inside a
+    /// huge page) and the frame handed back and dropped.
+    PtMapFrame {
+        /// The page index of the virtual address.
+        page: usize,
+        /// Bytes added to the page's address (non-zero must be refused).
+        misalign: usize,
+    },
+    /// `PageTable::try_take_page` at `page * PAGE_SIZE + misalign`
+    /// (wrapping): the page's mapping taken (a huge page holding it split
+    /// first), nothing if it is absent, or the predicted range error.
+    PtTakePage {
+        /// The page index of the virtual address.
+        page: usize,
+        /// Bytes added to the page's address (non-zero must be refused).
+        misalign: usize,
     },
     /// `protect_next` (to read-only) over `pages` pages from `page`.
     PtProtect {
@@ -353,6 +375,16 @@ fn prop_str(p: &PageProperty) -> String {
     format!("{:?} {:?} {:?}", p.flags, p.cache, p.priv_flags)
 }
 
+/// The misalignment and the address of a single-page operation.
+fn at_str(page: usize, misalign: usize) -> String {
+    let va = page.wrapping_mul(kvirt::PAGE_SIZE).wrapping_add(misalign);
+    if misalign == 0 {
+        format!(" at {va:#x}")
+    } else {
+        format!(" + {misalign:#x} bytes at {va:#x}")
+    }
+}
+
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -392,6 +424,12 @@ impl fmt::Display for Op {
                 }
             ),
             Op::PtUnmap { page, pages } => write!(f, "pt.unmap(page {page}, {pages} pages)"),
+            Op::PtMapFrame { page, misalign } => {
+                write!(f, "pt.map_frame(page {page}{}, a tracked frame)", at_str(*page, *misalign))
+            }
+            Op::PtTakePage { page, misalign } => {
+                write!(f, "pt.take_page(page {page}{})", at_str(*page, *misalign))
+            }
             Op::PtProtect { page, pages } => write!(f, "pt.protect(page {page}, {pages} pages, R)"),
             Op::PtQuery { page } => write!(f, "pt.query(page {page})"),
         }

@@ -1,9 +1,12 @@
 //! The model's own tests: a tour of every kind of operation passes on both
-//! layouts, a wrong model or a leak is a typed failure (not a panic), and a
-//! session decoded as it goes sees where the cursor is.
+//! layouts, a wrong model or a leak is a typed failure (not a panic), a
+//! session decoded as it goes sees where the cursor is, and single pages
+//! mapped and taken without a cursor go through each case they tell apart.
 
 use kvirt::frame::FrameAllocOptions;
-use kvirt::kspace::{KernelSpace, TinyLayout, X86_64Layout};
+use kvirt::kspace::{
+    Aarch64Layout, KernelLayout, KernelSpace, Sv39Layout, Sv48Layout, TinyLayout, X86_64Layout,
+};
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
 use kvirt::sim::MachineConfig;
 use kvirt::PAGE_SIZE;
@@ -60,6 +63,9 @@ fn tour() -> Vec<Op> {
         Op::PtProtect { page: 8, pages: 1 },
         Op::PtUnmap { page: 9, pages: 2 },
         Op::PtQuery { page: 5 },
+        Op::PtMapFrame { page: 6, misalign: 0 },
+        Op::PtTakePage { page: 8, misalign: 0 },
+        Op::PtTakePage { page: 6, misalign: 0 },
         Op::PtSession {
             range: 0..16 * P,
             ops: vec![
@@ -134,4 +140,90 @@ fn a_session_decoded_as_it_goes_sees_the_cursor() {
     assert_eq!(seen, [(2 << 20, 0), (4 << 20, 1), (4 << 20, 1)], "the cursor moves past the 2 MiB page");
     model.check(Checks::Full).expect("the model follows the table");
     model.finish(Checks::Full).expect("nothing leaked");
+}
+
+/// Single pages without a cursor (`PageTable::try_map_frame`,
+/// `try_take_page`) through each case they tell apart, on a layout whose
+/// level-2 pages hold `huge` 4 KiB pages: every step must give the result
+/// the model predicts (`Model::step`), pass every check, and leave the
+/// table as asserted here.
+fn single_pages<L: KernelLayout>(huge: usize) {
+    let space = KernelSpace::<L>::hosted_with_layout(MachineConfig::new(16 << 20));
+    let mut model = Model::new(&space, None);
+    let table_pages = || {
+        space.synchronize();
+        space.phys_stats().page_table_pages
+    };
+    let empty = table_pages();
+    let step = |model: &mut Model<'_, L>, op: Op| {
+        model.step(&op).unwrap_or_else(|f| panic!("{op}: {f}"));
+        model.check(Checks::Full).unwrap_or_else(|f| panic!("after {op}: {f}"));
+    };
+    let leaves = |model: &Model<'_, L>| -> Vec<(usize, usize, bool)> {
+        model.pt_model().map.iter().map(|(&va, l)| (va / P, l.size / P, l.tracked)).collect()
+    };
+    let (a, b) = (huge + 1, huge + 2);
+
+    // Onto an absent page (no leaf node yet: through a cursor): mapped,
+    // with the nodes down to a leaf.
+    step(&mut model, Op::PtMapFrame { page: a, misalign: 0 });
+    assert_eq!(leaves(&model), [(a, 1, true)]);
+    assert!(table_pages() > empty, "nodes were made for the page");
+    let pa = model.pt_model().map[&(a * P)].pa;
+    // Onto the present page: refused, the new frame handed back and freed
+    // (the checks count it), the old one still mapped.
+    step(&mut model, Op::PtMapFrame { page: a, misalign: 0 });
+    assert_eq!(leaves(&model), [(a, 1, true)]);
+    assert_eq!(model.pt_model().map[&(a * P)].pa, pa, "the first frame stays");
+    // A second page of the same leaf node (locked alone, no cursor).
+    step(&mut model, Op::PtMapFrame { page: b, misalign: 0 });
+    assert_eq!(leaves(&model), [(a, 1, true), (b, 1, true)]);
+    // Take a present page: the leaf node keeps the other one.
+    let with_two = table_pages();
+    step(&mut model, Op::PtTakePage { page: a, misalign: 0 });
+    assert_eq!(leaves(&model), [(b, 1, true)]);
+    assert_eq!(table_pages(), with_two, "the leaf node stays");
+    // Take an absent page: nothing.
+    step(&mut model, Op::PtTakePage { page: a, misalign: 0 });
+    assert_eq!(leaves(&model), [(b, 1, true)]);
+    // Take the last page of its leaf node: the emptied nodes are reclaimed.
+    step(&mut model, Op::PtTakePage { page: b, misalign: 0 });
+    assert_eq!(leaves(&model), []);
+    assert_eq!(table_pages(), empty, "every emptied node is reclaimed");
+
+    // A huge page (through a cursor); a page inside it is mapped already.
+    let h = 2 * huge;
+    step(&mut model, Op::PtMap { page: h, level: 2, tracked: false });
+    assert_eq!(leaves(&model), [(h, huge, false)]);
+    step(&mut model, Op::PtMapFrame { page: h + 3, misalign: 0 });
+    assert_eq!(leaves(&model), [(h, huge, false)]);
+    // Taking a page inside it splits it and takes that piece alone.
+    step(&mut model, Op::PtTakePage { page: h + 3, misalign: 0 });
+    let rest = leaves(&model);
+    assert_eq!(rest.len(), huge - 1);
+    assert!(rest.iter().all(|&(page, size, tracked)| size == 1 && !tracked && page != h + 3));
+    // Its neighbour's leaf node now exists: taken there without a cursor.
+    step(&mut model, Op::PtTakePage { page: h + 2, misalign: 0 });
+    assert_eq!(leaves(&model).len(), huge - 2);
+
+    // Misaligned, the last page of the address space, beyond the table:
+    // typed errors, nothing changed.
+    let before = (leaves(&model), table_pages());
+    for (page, misalign) in
+        [(h, 8), (h + 3, P - 1), (usize::MAX / P, 0), (1 << 40, 0), (usize::MAX / P, P - 1)]
+    {
+        step(&mut model, Op::PtMapFrame { page, misalign });
+        step(&mut model, Op::PtTakePage { page, misalign });
+        assert_eq!((leaves(&model), table_pages()), before, "page {page:#x} + {misalign:#x}");
+    }
+    model.finish(Checks::Full).expect("nothing leaked");
+}
+
+#[test]
+fn single_pages_without_a_cursor_are_predicted_on_every_layout() {
+    single_pages::<TinyLayout>(4);
+    single_pages::<X86_64Layout>(512);
+    single_pages::<Sv39Layout>(512);
+    single_pages::<Sv48Layout>(512);
+    single_pages::<Aarch64Layout>(512);
 }

@@ -19,6 +19,7 @@ mod areas;
 mod checks;
 mod frames;
 mod session;
+mod single;
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
@@ -375,6 +376,8 @@ impl<'s, L: KernelLayout> Model<'s, L> {
             }
             Op::PtMap { page, level, tracked } => self.pt_map(*page, *level, *tracked),
             Op::PtUnmap { page, pages } => self.pt_unmap(*page, *pages, false),
+            Op::PtMapFrame { page, misalign } => self.pt_map_frame(*page, *misalign),
+            Op::PtTakePage { page, misalign } => self.pt_take_page(*page, *misalign),
             Op::PtProtect { page, pages } => self.pt_unmap(*page, *pages, true),
             Op::PtQuery { page } => self.pt_query(*page),
         }

@@ -39,7 +39,7 @@ pub struct SessionView<'a, F: PagingFormat> {
 
 /// The error `cursor` / `cursor_mut` must return for `range` in a table
 /// covering `bounds` (first and last address).
-fn expect_range_error(range: &Range<Vaddr>, (first, last): (Vaddr, Vaddr)) -> Option<RangeError> {
+pub(super) fn expect_range_error(range: &Range<Vaddr>, (first, last): (Vaddr, Vaddr)) -> Option<RangeError> {
     if range.start == range.end {
         Some(RangeError::Empty)
     } else if range.start > range.end {
@@ -119,7 +119,7 @@ fn check_query<F: PagingFormat>(
 
 impl<L: KernelLayout> Model<'_, L> {
     /// The user page table's bounds.
-    fn pt_bounds() -> (Vaddr, Vaddr) {
+    pub(super) fn pt_bounds() -> (Vaddr, Vaddr) {
         vaddr_bounds::<UserPtConfig<L::Format>>()
     }
 
@@ -510,7 +510,7 @@ impl<L: KernelLayout> Model<'_, L> {
 
     /// After a session over `range`: the leaves the table shows there equal
     /// the model's, and page-table pages changed as the model's nodes did.
-    fn check_pt_session(
+    pub(super) fn check_pt_session(
         &self,
         range: &Range<Vaddr>,
         nodes_before: usize,
@@ -541,7 +541,7 @@ impl<L: KernelLayout> Model<'_, L> {
 }
 
 /// A fragment as the model has it.
-fn taken_of<F: PagingFormat>(frag: &PageTableFrag<F>) -> Taken {
+pub(super) fn taken_of<F: PagingFormat>(frag: &PageTableFrag<F>) -> Taken {
     match frag {
         PageTableFrag::Mapped { va, item } => {
             let leaf = match item {
@@ -561,7 +561,12 @@ fn taken_of<F: PagingFormat>(frag: &PageTableFrag<F>) -> Taken {
 /// After a `try_take_next` or `try_protect_next` that ran out of memory
 /// (the model is back as it was): memory must be short, and the cursor, at
 /// `va`, must stand in a huge page it had to split.
-fn refused_split<F: PagingFormat>(ck: Checker<'_>, model: &PtModel<F>, va: Vaddr, scarce: bool) -> Outcome {
+pub(super) fn refused_split<F: PagingFormat>(
+    ck: Checker<'_>,
+    model: &PtModel<F>,
+    va: Vaddr,
+    scarce: bool,
+) -> Outcome {
     let huge = model.map.range(..=va).next_back().filter(|(start, leaf)| va < *start + leaf.size);
     ck.expect(
         scarce && huge.is_some_and(|(_, leaf)| leaf.size > PAGE_SIZE),
