@@ -3,8 +3,9 @@
 //! Each sequence runs on a fresh, small, isolated kernel space through the
 //! model of `kvirt-model` ([`kvirt_model::run_sequence`]): its operations
 //! create tracked and untracked areas (invalid arguments included), split,
-//! query, write and read bytes through areas, and drop areas and frame
-//! handles. After every operation every check of the model runs
+//! query, write and read bytes through areas, drop areas and frame
+//! handles, and map and take single pages of a user page table without a
+//! cursor (next to huge pages mapped and unmapped through one). After every operation every check of the model runs
 //! ([`kvirt_model::Checks::Full`]): every `inv()`, the registry,
 //! refinement of the page table against the model's mappings, reference
 //! counts, page and VMALLOC accounting, and the results of the operation
@@ -106,7 +107,7 @@ pub fn gen_op(rng: &mut Rng) -> Op {
     };
     let misalign = |rng: &mut Rng| if rng.chance(1, 12) { rng.range(1, PAGE_SIZE - 1) } else { 0 };
     let big = |rng: &mut Rng| rng.next_u64() as usize;
-    match rng.below(100) {
+    match rng.below(116) {
         0..=24 => {
             let area_pages = rng.range(0, 8);
             let offset_pages = if rng.chance(1, 2) { 0 } else { rng.range(0, area_pages.max(1)) };
@@ -187,7 +188,33 @@ pub fn gen_op(rng: &mut Rng) -> Op {
             len: if rng.chance(4, 5) { rng.range(1, 64) } else { rng.range(1, 9000) },
         },
         82..=94 => Op::Drop { area: big(rng) },
-        _ => Op::DropHeld { which: big(rng) },
+        95..=99 => Op::DropHeld { which: big(rng) },
+        _ => gen_pt_op(rng),
+    }
+}
+
+/// A random operation on the model's user page table: mostly single pages
+/// mapped and taken without a cursor (`PageTable::try_map_frame`,
+/// `try_take_page`) in two 2 MiB slots, at the ends of their leaf nodes and
+/// next to them, sometimes misaligned or outside the table; and, so that
+/// those meet huge pages and cursors' work, 2 MiB pages of device memory
+/// mapped over a slot and whole slots unmapped through a cursor.
+fn gen_pt_op(rng: &mut Rng) -> Op {
+    /// 4 KiB pages in a 2 MiB page.
+    const HUGE: usize = 512;
+    let slot = rng.range(1, 2) * HUGE;
+    let (page, misalign) = match rng.below(16) {
+        0 => (slot + rng.below(4), rng.range(1, PAGE_SIZE - 1)),
+        // The last page of the address space, and a page beyond any user
+        // half.
+        1 => (*rng.pick(&[usize::MAX / PAGE_SIZE, 1 << 40]), 0),
+        _ => (slot + *rng.pick(&[0, 1, HUGE - 1]), 0),
+    };
+    match rng.below(20) {
+        0..=7 => Op::PtMapFrame { page, misalign },
+        8..=15 => Op::PtTakePage { page, misalign },
+        16..=17 => Op::PtMap { page: slot, level: 2, tracked: false },
+        _ => Op::PtUnmap { page: slot, pages: HUGE },
     }
 }
 
@@ -341,6 +368,18 @@ fn simpler(op: &Op) -> Vec<Op> {
             }
         }
         Op::PtQuery { page } if *page > 0 => out.push(Op::PtQuery { page: 0 }),
+        Op::PtMapFrame { page, misalign } | Op::PtTakePage { page, misalign } => {
+            let same = |page, misalign| match op {
+                Op::PtMapFrame { .. } => Op::PtMapFrame { page, misalign },
+                _ => Op::PtTakePage { page, misalign },
+            };
+            if *misalign > 0 {
+                out.push(same(*page, 0));
+            }
+            if *page > 0 {
+                out.push(same(0, *misalign));
+            }
+        }
         _ => {}
     }
     out
