@@ -15,8 +15,9 @@
 //! The checker enumerates **every** sequence of length `1..=depth` over
 //! [`alphabet`]: area creation (tracked and untracked, valid and invalid),
 //! split, query, byte reads and writes, drop of areas and of frame handles;
-//! and the raw cursor's map, unmap (`take_next`), protect and query on a
-//! user page table of the same space. Each sequence runs on a fresh space; after every operation the
+//! and on a user page table of the same space, a single page mapped and
+//! taken without a cursor, and the raw cursor's map, unmap (`take_next`),
+//! protect and query. Each sequence runs on a fresh space; after every operation the
 //! checker verifies every `inv()`, the registry, refinement of the page
 //! table against the model, reference counts and accounting, and at the end
 //! of each sequence that dropping everything leaves no leak. It reports how
@@ -78,17 +79,28 @@ pub fn alphabet() -> Vec<Op> {
     .collect()
 }
 
-/// The raw-cursor operations on a user page table of the space, for a
+/// The raw page-table operations on a user page table of the space, for a
 /// format whose level-2 pages hold `huge` 4 KiB pages (4 on the tiny
-/// format, 512 on the others): a tracked frame, a huge page (overlapping
-/// it when both are mapped), a misaligned huge page, and unmap / protect /
-/// query that cut into the huge page.
+/// format, 512 on the others): a tracked frame mapped without a cursor
+/// (`try_map_frame`; through the cursor's `try_map_frames` where no leaf
+/// node is there yet), a huge page through a cursor (overlapping the
+/// frame when both are mapped: the second is refused), the frame's page
+/// taken without a cursor (`try_take_page`: the frame, the last page of
+/// its leaf node, or a piece of the huge page, split), and unmap /
+/// protect / query through a cursor that cut into the huge page.
+///
+/// Six operations, as before the single-page calls came (the depth-4 run
+/// takes as long): they took the places of a tracked frame mapped by the
+/// cursor's `try_map` (the same cursor path as the fallback above) and a
+/// misaligned huge page (a refusal whatever the state, which the fuzzer
+/// and the page-table tests check); the run reaches more distinct states
+/// than before.
 #[must_use]
 pub fn page_table_alphabet(huge: usize) -> Vec<Op> {
     vec![
-        Op::PtMap { page: huge + 1, level: 1, tracked: true },
+        Op::PtMapFrame { page: huge + 1, misalign: 0 },
         Op::PtMap { page: huge, level: 2, tracked: false },
-        Op::PtMap { page: huge / 2, level: 2, tracked: false },
+        Op::PtTakePage { page: huge + 1, misalign: 0 },
         Op::PtUnmap { page: huge + 1, pages: 2 },
         Op::PtProtect { page: huge, pages: 1 },
         Op::PtQuery { page: huge + 1 },
