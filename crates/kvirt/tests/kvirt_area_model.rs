@@ -9,7 +9,9 @@
 //! frames, reversed, misaligned and too-high ranges), with sizes and
 //! offsets around what they map, sometimes invalid; split at valid and bad
 //! offsets through `split` and `try_split`; query; read and write bytes;
-//! drop. After every step [`kvirt_model::Model::check`] runs every check of
+//! drop; and on a user page table of the space, map and take single pages
+//! without a cursor, next to 2 MiB pages mapped and unmapped through one.
+//! After every step [`kvirt_model::Model::check`] runs every check of
 //! the model:
 //!
 //! * every invariant: each area's `inv()` and the space's `inv()`;
@@ -149,6 +151,29 @@ fn untracked() -> impl Strategy<Value = Op> {
     })
 }
 
+/// An operation on the model's user page table: single pages mapped and
+/// taken without a cursor (`PageTable::try_map_frame`, `try_take_page`) in
+/// two 2 MiB slots, at the ends of their leaf nodes and next to them,
+/// sometimes misaligned or outside the table; and 2 MiB pages of device
+/// memory mapped over a slot and whole slots unmapped through a cursor, so
+/// that the single pages meet huge pages to split and leaf nodes made by a
+/// cursor.
+fn pt_op() -> impl Strategy<Value = Op> {
+    const HUGE: usize = SIZE_2M / P;
+    let slot = (1..3usize).prop_map(|s| s * HUGE);
+    let at = prop_oneof![
+        14 => (slot.clone(), prop::sample::select(vec![0usize, 1, HUGE - 1])).prop_map(|(s, i)| (s + i, 0)),
+        1 => (slot.clone(), 1..P).prop_map(|(s, misalign)| (s, misalign)),
+        1 => prop::sample::select(vec![usize::MAX / P, 1 << 40]).prop_map(|page| (page, 0)),
+    ];
+    prop_oneof![
+        4 => at.clone().prop_map(|(page, misalign)| Op::PtMapFrame { page, misalign }),
+        4 => at.prop_map(|(page, misalign)| Op::PtTakePage { page, misalign }),
+        1 => slot.clone().prop_map(|page| Op::PtMap { page, level: 2, tracked: false }),
+        1 => slot.prop_map(|page| Op::PtUnmap { page, pages: HUGE }),
+    ]
+}
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => tracked(),
@@ -168,6 +193,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (any::<usize>(), any::<usize>(), 0..3 * P)
             .prop_map(|(area, at, len)| Op::Read { area, offset: Offset::Wrap { offset: at, extra: 2 }, len }),
         3 => any::<usize>().prop_map(|area| Op::Drop { area }),
+        3 => pt_op(),
     ]
 }
 
