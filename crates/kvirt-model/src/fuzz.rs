@@ -39,7 +39,10 @@
 //! * sessions of raw cursor operations on a user page table of the space:
 //!   cursor creation over any range, then `jump`, `try_map` of hostile
 //!   items, `take_next`, `protect_next`, `query` and `find_next`, decoded
-//!   one by one as the session goes. (The byte format is the one of the
+//!   one by one as the session goes; and single pages mapped and taken
+//!   there without a cursor (`PageTable::try_map_frame`, `try_take_page`),
+//!   at pages the table maps, inside huge pages, misaligned and outside
+//!   the table (selector bytes 240 to 254, added last). (The byte format is the one of the
 //!   private kernel-half table sessions ran on before: the window the
 //!   decoder aims at is at the same offsets in the user half, and the
 //!   table always exists, where the old one could fail to be made.)
@@ -440,27 +443,34 @@ impl<'a> Decoder<'a> {
             if self.inp.is_empty() {
                 break;
             }
-            match self.inp.below(20) {
-                0 | 1 => {
-                    let frames = 1 + self.inp.below(8);
-                    self.step(model, &Op::Alloc { frames })?;
-                }
-                2 => self.hog(model)?,
-                3 | 4 => self.map_frames(model)?,
-                5 | 6 => self.map_untracked(model)?,
-                7 | 8 => self.query(model)?,
-                9 => self.split(model)?,
-                10 => self.access(model, false)?,
-                11 => self.access(model, true)?,
-                12 => {
-                    if let Some((p, area)) = self.pick_area(model) {
-                        self.step(model, &Op::Drop { area })?;
-                        self.order.swap_remove(p);
+            // The selector byte: its value modulo 20, except 240..=254,
+            // which were the uneven tail of that modulo and select the
+            // single-page calls, added last (no saved input used them, so
+            // every saved input decodes as it did before).
+            match self.inp.u8() {
+                b @ 240..=254 => self.single_page(model, b % 2 == 0)?,
+                b => match b % 20 {
+                    0 | 1 => {
+                        let frames = 1 + self.inp.below(8);
+                        self.step(model, &Op::Alloc { frames })?;
                     }
-                }
-                13 => self.drop_frames(model)?,
-                14..=18 => self.session(model)?,
-                _ => full_check = true,
+                    2 => self.hog(model)?,
+                    3 | 4 => self.map_frames(model)?,
+                    5 | 6 => self.map_untracked(model)?,
+                    7 | 8 => self.query(model)?,
+                    9 => self.split(model)?,
+                    10 => self.access(model, false)?,
+                    11 => self.access(model, true)?,
+                    12 => {
+                        if let Some((p, area)) = self.pick_area(model) {
+                            self.step(model, &Op::Drop { area })?;
+                            self.order.swap_remove(p);
+                        }
+                    }
+                    13 => self.drop_frames(model)?,
+                    14..=18 => self.session(model)?,
+                    _ => full_check = true,
+                },
             }
             model.check(Checks::Light)?;
         }
@@ -720,6 +730,43 @@ impl<'a> Decoder<'a> {
             }
             Op::DropHog { which: inp.below(hogs) }
         };
+        self.step(model, &op)
+    }
+
+    /// A single page of the user page table mapped (a fresh frame) or
+    /// taken without a cursor: in the window sessions use, at the first,
+    /// second or last page of a leaf the model has (inside a huge page, or
+    /// next to a 4 KiB one), misaligned, at the ends of the table and of
+    /// the address space, or anywhere.
+    fn single_page(&mut self, model: &mut Model<'_>, map: bool) -> Result<(), Failure> {
+        let (first, last) = vaddr_bounds::<UserPtConfig>();
+        let top = last & !(PAGE_SIZE - 1);
+        let inp = &mut self.inp;
+        let va = match inp.below(8) {
+            0..=2 => window_va(inp),
+            3 | 4 => {
+                let leaves = &model.pt_model().map;
+                match leaves.iter().nth(inp.below(leaves.len().max(1))) {
+                    Some((&start, leaf)) => start + [0, PAGE_SIZE, leaf.size - PAGE_SIZE][inp.below(3)],
+                    None => window_va(inp),
+                }
+            }
+            5 => window_va(inp) + 1 + inp.below(PAGE_SIZE - 1),
+            6 => {
+                let anchors = [
+                    first,
+                    top,
+                    top + PAGE_SIZE,
+                    FAR.start,
+                    first.wrapping_sub(PAGE_SIZE),
+                    usize::MAX & !(PAGE_SIZE - 1),
+                ];
+                anchors[inp.below(anchors.len())]
+            }
+            _ => inp.u64() as usize,
+        };
+        let (page, misalign) = (va / PAGE_SIZE, va % PAGE_SIZE);
+        let op = if map { Op::PtMapFrame { page, misalign } } else { Op::PtTakePage { page, misalign } };
         self.step(model, &op)
     }
 
