@@ -211,9 +211,9 @@ fn gen_pt_op(rng: &mut Rng) -> Op {
         _ => (slot + *rng.pick(&[0, 1, HUGE - 1]), 0),
     };
     match rng.below(20) {
-        0..=7 => Op::PtMapFrame { page, misalign },
-        8..=15 => Op::PtTakePage { page, misalign },
-        16..=17 => Op::PtMap { page: slot, level: 2, tracked: false },
+        0..=6 => Op::PtMapFrame { page, misalign },
+        7..=13 => Op::PtTakePage { page, misalign },
+        14..=17 => Op::PtMap { page: slot, level: 2, tracked: false },
         _ => Op::PtUnmap { page: slot, pages: HUGE },
     }
 }
