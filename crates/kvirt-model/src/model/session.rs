@@ -535,7 +535,9 @@ impl<L: KernelLayout> Model<'_, L> {
             self.pt_model.nodes() as isize - model_nodes_before as isize,
         );
         self.expect(got == want, "page-table pages follow the model's nodes", || {
-            format!("page-table pages changed by {got} in a session over {range:#x?}, the model's nodes by {want}")
+            format!(
+                "page-table pages changed by {got} in calls over {range:#x?}, the model's nodes by {want}"
+            )
         })
     }
 }
