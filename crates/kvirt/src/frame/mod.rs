@@ -441,6 +441,7 @@ impl PhysMem {
             // (contract 2) and that we have not shared yet.
             unsafe { core::ptr::write_bytes(slots.as_ptr().cast::<u8>(), 0, meta_bytes) };
         }
+        let total_pages = allocatable.iter().map(|r| r.len() / PAGE_SIZE).sum();
         Ok(Self {
             platform,
             base,
@@ -450,7 +451,7 @@ impl PhysMem {
             ram: runs,
             allocatable,
             allocator: CachePadded::new(spin::Mutex::new(allocator)),
-            page_cache: PageCache::new(),
+            page_cache: PageCache::new(total_pages),
             page_table_pages: PerCpuCount::default(),
             pressure_hook: spin::Once::new(),
         })
@@ -614,6 +615,20 @@ impl PhysMem {
         } else {
             self.allocator.lock().dealloc(pa / PAGE_SIZE, count);
         }
+    }
+
+    /// Lets this CPU's list of free pages keep up to `pages` more single
+    /// pages than it usually does, until as many are allocated on this CPU
+    /// (see the `page_cache` module): called by a lazy purge before it
+    /// frees a batch of frames, which this CPU's next areas will want.
+    pub(crate) fn keep_freed_pages(&self, pages: usize) {
+        self.page_cache.keep(self.platform.current_cpu(), pages);
+    }
+
+    /// How many free pages `cpu`'s list holds.
+    #[cfg(test)]
+    pub(crate) fn cached_pages(&self, cpu: usize) -> usize {
+        self.page_cache.len(cpu)
     }
 
     /// Counts a page-table node made (`1`) or freed (`-1`).

@@ -10,9 +10,27 @@
 //!   alloc one page:  pop from this CPU's list; an empty list first takes
 //!                    BATCH pages from the buddy allocator
 //!   free one page:   push onto this CPU's list; a list longer than HIGH
-//!                    gives its BATCH oldest pages back
+//!                    (+ its allowance) gives its BATCH oldest pages back
+//!   keep(n):         the list may hold n pages more than HIGH, until n
+//!                    pages have been allocated from it
 //!   anything else:   the buddy allocator, as before
 //! ```
+//!
+//! The allowance is for bursts. A lazy purge frees thousands of frames
+//! on one CPU at once, which that CPU's next areas will want back; with
+//! only `HIGH` pages kept, nearly all of them went to the buddy allocator
+//! and came back from it a batch at a time, and two CPUs churning areas
+//! on one space met on its lock and its lines (in `perf`, the buddy
+//! allocator's share of the time doubled against two spaces apart). The
+//! purge announces its batch (`keep`), the list holds it, and each page
+//! allocated from the list uses up one page of the allowance, so a list
+//! grows past `HIGH` only by what a burst freed and its CPU has not taken
+//! back yet. Linux tunes its per-CPU lists' high mark up after many frees
+//! for the same reason. The allowance is capped (`max_extra`: a
+//! sixteenth of memory spread over the lists, at most `MAX_EXTRA` pages
+//! each), the room for it is reserved when it is granted (a free never
+//! grows a list's vector: no heap allocation under its lock), and a drain
+//! forgets it.
 //!
 //! A page on a list is free: its slot is unused and `PhysMem::stats` counts
 //! it (the invariant check drains the lists before it compares slots with
@@ -41,31 +59,54 @@ const BATCH: usize = 32;
 const HIGH: usize = 4 * BATCH;
 /// Lists: CPU `i` uses list `i % LISTS`.
 const LISTS: usize = 8;
+/// The most pages a list keeps beyond `HIGH` after a burst of frees
+/// (`PageCache::keep`): 32 MiB of 4 KiB pages, whatever the memory.
+const MAX_EXTRA: usize = 8192;
+
+/// One CPU's list.
+#[derive(Debug)]
+struct List {
+    /// Page frame numbers; the most recently freed last. Invariant: never
+    /// longer than `HIGH + extra` between calls, and its capacity is at
+    /// least `HIGH + extra + 1`, so a free never grows it (no heap
+    /// allocation under the lock).
+    pages: Vec<usize>,
+    /// Pages beyond `HIGH` the list may hold: what a burst of frees on this
+    /// CPU announced ([`PageCache::keep`]) and allocations here have not
+    /// used up since. Invariant: at most the cache's `max_extra`.
+    extra: usize,
+}
 
 /// The per-CPU lists of one allocator (see the module documentation).
 #[derive(Debug)]
 pub(super) struct PageCache {
-    /// Page frame numbers; the most recently freed last.
-    lists: [CachePadded<spin::Mutex<Vec<usize>>>; LISTS],
+    lists: [CachePadded<spin::Mutex<List>>; LISTS],
+    /// The most a list may hold beyond `HIGH` after a burst.
+    max_extra: usize,
 }
 
 impl PageCache {
-    pub(super) fn new() -> Self {
+    /// Lists for an allocator of `total_pages` pages.
+    pub(super) fn new(total_pages: usize) -> Self {
         Self {
-            lists: core::array::from_fn(|_| CachePadded::new(spin::Mutex::new(Vec::with_capacity(HIGH + 1)))),
+            lists: core::array::from_fn(|_| {
+                CachePadded::new(spin::Mutex::new(List { pages: Vec::with_capacity(HIGH + 1), extra: 0 }))
+            }),
+            max_extra: (total_pages / (2 * LISTS)).min(MAX_EXTRA),
         }
     }
 
     /// One free page for `cpu`, or `None` if there is no free page at all.
     pub(super) fn alloc(&self, cpu: usize, buddy: &spin::Mutex<BuddyAllocator>) -> Option<usize> {
         let mut list = self.lists[cpu % LISTS].lock();
-        if list.is_empty() {
+        if list.pages.is_empty() {
             let mut buddy = buddy.lock();
-            list.extend(core::iter::from_fn(|| buddy.alloc(1)).take(BATCH));
+            list.pages.extend(core::iter::from_fn(|| buddy.alloc(1)).take(BATCH));
             // Taken in address order; hand out the lowest first.
-            list.reverse();
+            list.pages.reverse();
         }
-        if let Some(pfn) = list.pop() {
+        if let Some(pfn) = list.pages.pop() {
+            list.extra = list.extra.saturating_sub(1);
             return Some(pfn);
         }
         drop(list);
@@ -76,21 +117,51 @@ impl PageCache {
     /// Frees one page, on `cpu`'s list.
     pub(super) fn dealloc(&self, cpu: usize, pfn: usize, buddy: &spin::Mutex<BuddyAllocator>) {
         let mut list = self.lists[cpu % LISTS].lock();
-        list.push(pfn);
-        if list.len() > HIGH {
+        debug_assert!(list.pages.len() < list.pages.capacity(), "a free would grow a page list");
+        list.pages.push(pfn);
+        if list.pages.len() > HIGH + list.extra {
             let mut buddy = buddy.lock();
-            for pfn in list.drain(..BATCH) {
+            for pfn in list.pages.drain(..BATCH) {
                 buddy.dealloc(pfn, 1);
             }
         }
     }
 
-    /// Gives every cached page back to the buddy allocator.
+    /// Lets `cpu`'s list keep up to `pages` more freed pages than `HIGH`
+    /// (at most `max_extra` in all), until as many are allocated on that
+    /// CPU: what a lazy purge announces before it frees a batch of frames
+    /// that the same CPU's next areas will want back.
+    pub(super) fn keep(&self, cpu: usize, pages: usize) {
+        let slot = &self.lists[cpu % LISTS];
+        let extra = (slot.lock().extra.saturating_add(pages)).min(self.max_extra);
+        let mut list = slot.lock();
+        if list.pages.capacity() <= HIGH + extra {
+            // Grown outside the lock: the heap may take its memory from
+            // this very allocator.
+            drop(list);
+            let mut bigger = Vec::with_capacity(HIGH + extra + 1);
+            list = slot.lock();
+            if list.pages.capacity() < bigger.capacity() {
+                bigger.extend_from_slice(&list.pages);
+                core::mem::swap(&mut list.pages, &mut bigger);
+            }
+            list.extra = list.extra.max(extra.min(list.pages.capacity() - HIGH - 1));
+            drop(list);
+            // The old vector (or the unused new one), freed unlocked.
+            drop(bigger);
+            return;
+        }
+        list.extra = list.extra.max(extra);
+    }
+
+    /// Gives every cached page back to the buddy allocator, and forgets
+    /// every list's allowance beyond `HIGH`.
     pub(super) fn drain(&self, buddy: &spin::Mutex<BuddyAllocator>) {
         for list in &self.lists {
             let mut list = list.lock();
+            list.extra = 0;
             let mut buddy = buddy.lock();
-            for pfn in list.drain(..) {
+            for pfn in list.pages.drain(..) {
                 buddy.dealloc(pfn, 1);
             }
         }
@@ -104,14 +175,20 @@ impl PageCache {
         f: impl FnOnce(usize, &BuddyAllocator) -> R,
     ) -> R {
         let lists: Vec<_> = self.lists.iter().map(|l| l.lock()).collect();
-        let cached = lists.iter().map(|l| l.len()).sum();
+        let cached = lists.iter().map(|l| l.pages.len()).sum();
         f(cached, &buddy.lock())
+    }
+
+    /// How many pages `cpu`'s list holds.
+    #[cfg(test)]
+    pub(super) fn len(&self, cpu: usize) -> usize {
+        self.lists[cpu % LISTS].lock().pages.len()
     }
 
     /// Whether page `pfn` is on a list.
     #[cfg(test)]
     fn contains(&self, pfn: usize) -> bool {
-        self.lists.iter().any(|l| l.lock().contains(&pfn))
+        self.lists.iter().any(|l| l.lock().pages.contains(&pfn))
     }
 }
 
@@ -131,7 +208,7 @@ mod tests {
 
     #[test]
     fn an_empty_list_takes_a_batch_and_hands_out_the_lowest_page_first() {
-        let (c, b) = (PageCache::new(), buddy(64));
+        let (c, b) = (PageCache::new(1 << 20), buddy(64));
         assert_eq!(c.alloc(0, &b), Some(0));
         assert_eq!(c.alloc(0, &b), Some(1));
         assert_eq!(cached(&c, &b), (BATCH - 2, 64 - BATCH));
@@ -139,7 +216,7 @@ mod tests {
 
     #[test]
     fn a_freed_page_is_the_next_one_handed_out_on_that_cpu() {
-        let (c, b) = (PageCache::new(), buddy(64));
+        let (c, b) = (PageCache::new(1 << 20), buddy(64));
         let pfn = c.alloc(3, &b).unwrap();
         c.dealloc(3, pfn, &b);
         assert!(c.contains(pfn));
@@ -149,7 +226,7 @@ mod tests {
 
     #[test]
     fn cpus_use_their_own_lists() {
-        let (c, b) = (PageCache::new(), buddy(64));
+        let (c, b) = (PageCache::new(1 << 20), buddy(64));
         let (p0, p1) = (c.alloc(0, &b).unwrap(), c.alloc(1, &b).unwrap());
         assert_eq!((p0, p1), (0, BATCH), "CPU 1 took its own batch");
         c.dealloc(1, p0, &b);
@@ -160,7 +237,7 @@ mod tests {
     #[test]
     fn a_list_longer_than_high_gives_its_oldest_batch_back() {
         let total = 2 * HIGH;
-        let (c, b) = (PageCache::new(), buddy(total));
+        let (c, b) = (PageCache::new(1 << 20), buddy(total));
         let pages: Vec<_> = (0..HIGH + 1).map(|_| b.lock().alloc(1).unwrap()).collect();
         for &pfn in &pages {
             c.dealloc(0, pfn, &b);
@@ -170,9 +247,77 @@ mod tests {
         assert!(pages[BATCH..].iter().all(|&p| c.contains(p)));
     }
 
+    /// Frees `n` pages on `cpu`, taken straight from the buddy allocator.
+    fn free_fresh(c: &PageCache, b: &spin::Mutex<BuddyAllocator>, cpu: usize, n: usize) -> Vec<usize> {
+        let pages: Vec<_> = (0..n).map(|_| b.lock().alloc(1).unwrap()).collect();
+        for &pfn in &pages {
+            c.dealloc(cpu, pfn, b);
+        }
+        pages
+    }
+
+    #[test]
+    fn a_burst_announced_by_keep_stays_on_the_list_until_it_is_used() {
+        let total = 4 * HIGH;
+        let (c, b) = (PageCache::new(1 << 20), buddy(total));
+        c.keep(0, 300);
+        free_fresh(&c, &b, 0, HIGH + 300);
+        assert_eq!(cached(&c, &b), (HIGH + 300, total - HIGH - 300), "nothing went back");
+        // 300 pages handed out use the allowance up: the next free over
+        // HIGH gives a batch back again.
+        for _ in 0..300 {
+            c.alloc(0, &b).unwrap();
+        }
+        assert_eq!(cached(&c, &b).0, HIGH);
+        free_fresh(&c, &b, 0, 1);
+        assert_eq!(cached(&c, &b).0, HIGH + 1 - BATCH);
+    }
+
+    #[test]
+    fn the_allowance_is_the_list_s_own() {
+        let total = 4 * HIGH;
+        let (c, b) = (PageCache::new(1 << 20), buddy(total));
+        c.keep(0, 300);
+        free_fresh(&c, &b, 1, HIGH + 1);
+        assert_eq!(cached(&c, &b).0, HIGH + 1 - BATCH, "CPU 1's list keeps HIGH pages only");
+    }
+
+    #[test]
+    fn the_allowance_is_capped_by_the_memory_size() {
+        let total = 4 * HIGH;
+        // Memory of 16 * 2 * LISTS pages: an allowance of 16 a list at most.
+        let (c, b) = (PageCache::new(16 * 2 * LISTS), buddy(total));
+        c.keep(0, 300);
+        free_fresh(&c, &b, 0, HIGH + 16);
+        assert_eq!(cached(&c, &b).0, HIGH + 16);
+        free_fresh(&c, &b, 0, 1);
+        assert_eq!(cached(&c, &b).0, HIGH + 17 - BATCH, "past the cap a batch goes back");
+    }
+
+    #[test]
+    fn a_drain_forgets_the_allowance() {
+        let total = 4 * HIGH;
+        let (c, b) = (PageCache::new(1 << 20), buddy(total));
+        c.keep(0, 300);
+        free_fresh(&c, &b, 0, HIGH + 100);
+        c.drain(&b);
+        assert_eq!(cached(&c, &b), (0, total));
+        free_fresh(&c, &b, 0, HIGH + 1);
+        assert_eq!(cached(&c, &b).0, HIGH + 1 - BATCH);
+    }
+
+    #[test]
+    fn keep_reserves_the_room_it_grants() {
+        let c = PageCache::new(1 << 20);
+        c.keep(2, 1000);
+        let list = c.lists[2].lock();
+        assert_eq!(list.extra, 1000);
+        assert!(list.pages.capacity() > HIGH + list.extra, "a free must never grow the vector");
+    }
+
     #[test]
     fn when_the_allocator_runs_dry_the_lists_are_drained() {
-        let (c, b) = (PageCache::new(), buddy(BATCH));
+        let (c, b) = (PageCache::new(1 << 20), buddy(BATCH));
         // CPU 0 caches every page, then frees one; CPU 1 still gets it.
         let pfn = c.alloc(0, &b).unwrap();
         assert_eq!(cached(&c, &b), (BATCH - 1, 0));

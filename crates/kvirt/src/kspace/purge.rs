@@ -250,7 +250,11 @@ impl<L: KernelLayout> SpaceInner<L> {
                     crate::spec::contracts::drop_ensures_freed(range, &Err(*e));
                 }
                 debug_assert!(freed.is_ok(), "freeing a dead area's range failed: {freed:?}");
-                // Then what was unmapped, in place.
+                // Then what was unmapped, in place. Its frames stay on this
+                // CPU's list of free pages, for the areas this CPU makes
+                // next, instead of going back to the allocator that every
+                // CPU shares (a page per mapped page: at most one frame each).
+                self.phys.keep_freed_pages(dead.iter().map(|d| d.flush.len() / PAGE_SIZE).sum());
                 drop(dead);
             },
         );
@@ -399,6 +403,28 @@ mod tests {
         assert_eq!(pages(2), 2 * mib32);
         assert_eq!(pages(4), 3 * mib32);
         assert_eq!(pages(64), 7 * mib32);
+    }
+
+    #[test]
+    fn a_purge_keeps_the_frames_it_frees_on_its_cpu_s_list() {
+        // 16384 pages: each CPU's list may keep up to 1024 beyond its usual
+        // 128 after a purge.
+        let space = KernelSpace::new_hosted(MachineConfig::new(64 << 20));
+        lazy_without_threshold(&space);
+        let areas: Vec<_> = (0..600)
+            .map(|_| {
+                let frame = FrameAllocOptions::new_in(&space).zeroed(false).alloc_frame().unwrap();
+                space.try_map_frames(P, 0, [frame], rw()).unwrap()
+            })
+            .collect();
+        let before = space.phys_stats();
+        drop(areas);
+        space.purge();
+        let cached = space.phys().cached_pages(0);
+        assert!(cached >= 600, "the purge's 600 frames stay on CPU 0's list, which holds {cached}");
+        // They are free all the same: counted so, and anyone's to take.
+        assert_eq!(space.phys_stats().free_pages, before.free_pages + 600);
+        assert!(space.inv());
     }
 
     #[test]
