@@ -137,9 +137,13 @@ impl PageCache {
         let mut list = slot.lock();
         if list.pages.capacity() <= HIGH + extra {
             // Grown outside the lock: the heap may take its memory from
-            // this very allocator.
+            // this very allocator. Without the memory (a purge may run
+            // because memory is short) the list keeps what it has room for.
             drop(list);
-            let mut bigger = Vec::with_capacity(HIGH + extra + 1);
+            let mut bigger = Vec::new();
+            if bigger.try_reserve_exact(HIGH + extra + 1).is_err() {
+                return;
+            }
             list = slot.lock();
             if list.pages.capacity() < bigger.capacity() {
                 bigger.extend_from_slice(&list.pages);
