@@ -242,10 +242,7 @@ mod tests {
     fn a_list_longer_than_high_gives_its_oldest_batch_back() {
         let total = 2 * HIGH;
         let (c, b) = (PageCache::new(1 << 20), buddy(total));
-        let pages: Vec<_> = (0..HIGH + 1).map(|_| b.lock().alloc(1).unwrap()).collect();
-        for &pfn in &pages {
-            c.dealloc(0, pfn, &b);
-        }
+        let pages = free_fresh(&c, &b, 0, HIGH + 1);
         assert_eq!(cached(&c, &b), (HIGH + 1 - BATCH, total - (HIGH + 1) + BATCH));
         assert!(pages[..BATCH].iter().all(|&p| !c.contains(p)), "the oldest went back");
         assert!(pages[BATCH..].iter().all(|&p| c.contains(p)));
