@@ -1175,6 +1175,39 @@ mod query {
     }
 
     #[test]
+    #[should_panic(expected = "outside the area")]
+    fn query_of_a_left_half_at_the_right_half_s_mapped_page_panics() {
+        let space = small_space();
+        let frames = FrameAllocOptions::new_in(&space).alloc_segment(4).unwrap();
+        let area = space.try_map_frames(4 * P, 0, frames, prop()).unwrap();
+        let (left, right) = area.split(2 * P);
+        assert!(right.query(right.start()).is_some());
+        assert!(left.query(left.end() - 1).is_some());
+        let _ = left.query(right.start());
+    }
+
+    #[test]
+    #[should_panic(expected = "outside the area")]
+    fn query_of_a_right_half_at_the_left_half_s_mapped_page_panics() {
+        let space = small_space();
+        let frames = FrameAllocOptions::new_in(&space).alloc_segment(4).unwrap();
+        let area = space.try_map_frames(4 * P, 0, frames, prop()).unwrap();
+        let (left, right) = area.split(2 * P);
+        let _ = right.query(left.end() - 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "outside the area")]
+    fn query_far_past_a_partly_mapped_area_panics() {
+        let space = small_space();
+        let frames = FrameAllocOptions::new_in(&space).alloc_segment(1).unwrap();
+        let area = space.try_map_frames(3 * P, P, frames, prop()).unwrap();
+        assert!(area.query(area.start()).is_none());
+        assert!(area.query(area.end() - 1).is_none());
+        let _ = area.query(usize::MAX);
+    }
+
+    #[test]
     fn query_at_the_last_byte_returns_the_last_page() {
         let space = small_space();
         let frames = FrameAllocOptions::new_in(&space).alloc_segment(3).unwrap();

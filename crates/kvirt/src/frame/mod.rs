@@ -523,6 +523,10 @@ impl PhysMem {
     ///   owned one reference to it.
     /// - The entry was cleared (or can no longer be reached), and the
     ///   caller hands its reference to the result, once.
+    ///
+    /// The frame may still be cached in a TLB: the caller drops the result
+    /// only after a flush that covers the page (or hands it to someone who
+    /// does).
     #[inline]
     pub(crate) unsafe fn frame_of_entry(&self, pa: Paddr) -> Frame<dyn AnyFrameMeta> {
         // SAFETY: the reference moves from the entry to the handle (caller
@@ -579,10 +583,7 @@ impl PhysMem {
             self.page_cache.alloc(self.platform.current_cpu(), &self.allocator)
         } else {
             let pfn = self.allocator.lock().alloc(count);
-            pfn.or_else(|| {
-                self.page_cache.drain(&self.allocator);
-                self.allocator.lock().alloc(count)
-            })
+            pfn.or_else(|| self.page_cache.drain_and_alloc(&self.allocator, count))
         };
         let pa = pfn.ok_or(FrameAllocError::OutOfMemory)? * PAGE_SIZE;
         if zeroed {
@@ -617,12 +618,17 @@ impl PhysMem {
         }
     }
 
-    /// Lets this CPU's list of free pages keep up to `pages` more single
-    /// pages than it usually does, until as many are allocated on this CPU
-    /// (see the `page_cache` module): called by a lazy purge before it
-    /// frees a batch of frames, which this CPU's next areas will want.
-    pub(crate) fn keep_freed_pages(&self, pages: usize) {
-        self.page_cache.keep(self.platform.current_cpu(), pages);
+    /// Runs `free`, which frees up to `pages` single pages on this CPU, with
+    /// this CPU's list of free pages allowed to keep them beyond its usual
+    /// length, until as many are allocated on this CPU (see the
+    /// `page_cache` module): a lazy purge's release, whose frames this
+    /// CPU's next areas will want.
+    pub(crate) fn freeing_pages<R>(&self, pages: usize, free: impl FnOnce() -> R) -> R {
+        let cpu = self.platform.current_cpu();
+        self.page_cache.keep(cpu, pages);
+        let result = free();
+        self.page_cache.settle(cpu);
+        result
     }
 
     /// How many free pages `cpu`'s list holds.

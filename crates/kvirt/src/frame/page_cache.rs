@@ -25,12 +25,18 @@
 //! purge announces its batch (`keep`), the list holds it, and each page
 //! allocated from the list uses up one page of the allowance, so a list
 //! grows past `HIGH` only by what a burst freed and its CPU has not taken
-//! back yet. Linux tunes its per-CPU lists' high mark up after many frees
-//! for the same reason. The allowance is capped (`max_extra`: a
-//! sixteenth of memory spread over the lists, at most `MAX_EXTRA` pages
-//! each), the room for it is reserved when it is granted (a free never
-//! grows a list's vector: no heap allocation under its lock), and a drain
-//! forgets it.
+//! back yet: when the burst is over (`settle`), the allowance shrinks to
+//! what the list holds beyond `HIGH`, so frees the purge announced but did
+//! not make (frames still referenced elsewhere, untracked mappings) leave
+//! no room behind. Linux tunes its per-CPU lists' high mark up after many
+//! frees for the same reason. The allowance is capped (`max_extra`: a
+//! sixteenth of memory a list, and at most `MAX_EXTRA` pages), the room
+//! for it is reserved when it is granted (a free never grows a list's
+//! vector: no heap allocation under its lock; without the memory, the
+//! allowance is what the vector has room for), and a drain forgets it. An
+//! allocation that finds no page drains every list and allocates with
+//! all of them locked (`drain_and_alloc`), so no page a burst keeps can
+//! be missed by it.
 //!
 //! A page on a list is free: its slot is unused and `PhysMem::stats` counts
 //! it (the invariant check drains the lists before it compares slots with
@@ -110,8 +116,7 @@ impl PageCache {
             return Some(pfn);
         }
         drop(list);
-        self.drain(buddy);
-        buddy.lock().alloc(1)
+        self.drain_and_alloc(buddy, 1)
     }
 
     /// Frees one page, on `cpu`'s list.
@@ -142,6 +147,10 @@ impl PageCache {
             drop(list);
             let mut bigger = Vec::new();
             if bigger.try_reserve_exact(HIGH + extra + 1).is_err() {
+                // What the vector has room for already.
+                let mut list = slot.lock();
+                let room = list.pages.capacity() - HIGH - 1;
+                list.extra = list.extra.max(extra.min(room));
                 return;
             }
             list = slot.lock();
@@ -156,6 +165,34 @@ impl PageCache {
             return;
         }
         list.extra = list.extra.max(extra);
+    }
+
+    /// Ends a burst on `cpu`'s list (after the frees [`keep`](Self::keep)
+    /// announced): the allowance shrinks to what the list holds beyond
+    /// `HIGH`, so frees the burst announced but did not make (a frame
+    /// still referenced elsewhere, an untracked mapping) leave no room for
+    /// later ones.
+    pub(super) fn settle(&self, cpu: usize) {
+        let mut list = self.lists[cpu % LISTS].lock();
+        list.extra = list.extra.min(list.pages.len().saturating_sub(HIGH));
+    }
+
+    /// Gives every cached page back to the buddy allocator and takes
+    /// `count` contiguous pages from it, every list locked throughout: a
+    /// page another CPU frees meanwhile waits for the lock, instead of
+    /// landing on a list the drain has passed while the allocation fails.
+    /// The last try of an allocation that found no page.
+    pub(super) fn drain_and_alloc(&self, buddy: &spin::Mutex<BuddyAllocator>, count: usize) -> Option<usize> {
+        // In list order, then the allocator: the order of every other path.
+        let mut lists: [_; LISTS] = core::array::from_fn(|i| self.lists[i].lock());
+        let mut buddy = buddy.lock();
+        for list in &mut lists {
+            list.extra = 0;
+            for pfn in list.pages.drain(..) {
+                buddy.dealloc(pfn, 1);
+            }
+        }
+        buddy.alloc(count)
     }
 
     /// Gives every cached page back to the buddy allocator, and forgets
@@ -178,9 +215,12 @@ impl PageCache {
         buddy: &spin::Mutex<BuddyAllocator>,
         f: impl FnOnce(usize, &BuddyAllocator) -> R,
     ) -> R {
-        let lists: Vec<_> = self.lists.iter().map(|l| l.lock()).collect();
+        // Guards in an array, not a `Vec`: no heap memory is freed while
+        // the allocator's lock is held (the guards outlive it).
+        let lists: [_; LISTS] = core::array::from_fn(|i| self.lists[i].lock());
         let cached = lists.iter().map(|l| l.pages.len()).sum();
-        f(cached, &buddy.lock())
+        let buddy = buddy.lock();
+        f(cached, &buddy)
     }
 
     /// How many pages `cpu`'s list holds.
@@ -314,6 +354,84 @@ mod tests {
         let list = c.lists[2].lock();
         assert_eq!(list.extra, 1000);
         assert!(list.pages.capacity() > HIGH + list.extra, "a free must never grow the vector");
+    }
+
+    #[test]
+    fn settling_a_burst_leaves_only_the_room_it_used() {
+        let total = 4 * HIGH;
+        let (c, b) = (PageCache::new(1 << 20), buddy(total));
+        c.keep(0, 300);
+        free_fresh(&c, &b, 0, HIGH + 100);
+        c.settle(0);
+        assert_eq!(c.lists[0].lock().extra, 100, "the 200 pages announced and not freed are no room");
+        free_fresh(&c, &b, 0, 1);
+        assert_eq!(cached(&c, &b).0, HIGH + 101 - BATCH);
+    }
+
+    #[test]
+    fn a_tiny_memory_gives_no_allowance() {
+        let (c, b) = (PageCache::new(15), buddy(4 * HIGH));
+        c.keep(0, usize::MAX);
+        free_fresh(&c, &b, 0, HIGH + 1);
+        assert_eq!(cached(&c, &b).0, HIGH + 1 - BATCH);
+    }
+
+    #[test]
+    fn several_pages_are_found_on_the_lists_when_the_allocator_has_none() {
+        let (c, b) = (PageCache::new(1 << 20), buddy(BATCH));
+        c.keep(0, 10);
+        let pfn = c.alloc(0, &b).unwrap();
+        assert_eq!(cached(&c, &b), (BATCH - 1, 0), "every other page is on CPU 0's list");
+        let run = c.drain_and_alloc(&b, 4).expect("four pages from the drained list");
+        assert!(run % 4 == 0 && !(run..run + 4).contains(&pfn));
+        assert_eq!(cached(&c, &b), (0, BATCH - 1 - 4));
+        assert_eq!(c.lists[0].lock().extra, 0, "a drain forgets the allowance");
+    }
+
+    #[cfg(feature = "std")]
+    #[test]
+    fn keep_alloc_dealloc_and_drain_racing_on_one_list_keep_its_invariants() {
+        extern crate std;
+        let total = 4096;
+        let (c, b) = (PageCache::new(1 << 20), buddy(total));
+        std::thread::scope(|s| {
+            for t in 0..4usize {
+                let (c, b) = (&c, &b);
+                s.spawn(move || {
+                    // CPUs 0, LISTS, 2 * LISTS ...: all on list 0.
+                    let cpu = t * LISTS;
+                    let mut held = Vec::with_capacity(2048);
+                    for i in 0..3000usize {
+                        match (i * 7 + t) % 11 {
+                            0 => c.keep(cpu, [0, 1, 500, usize::MAX][i % 4]),
+                            1 if t == 0 && i % 97 == 0 => c.drain(b),
+                            1 if i % 5 == 0 => c.settle(cpu),
+                            2..=5 => {
+                                if let Some(p) = c.alloc(cpu, b) {
+                                    held.push(p);
+                                }
+                            }
+                            _ => {
+                                if let Some(p) = held.pop() {
+                                    c.dealloc(cpu, p, b);
+                                }
+                            }
+                        }
+                        let l = c.lists[0].lock();
+                        assert!(l.pages.len() <= HIGH + l.extra, "len {} extra {}", l.pages.len(), l.extra);
+                        assert!(l.pages.capacity() > HIGH + l.extra, "a free could grow the vector");
+                        assert!(l.extra <= c.max_extra);
+                    }
+                    for p in held {
+                        c.dealloc(cpu, p, b);
+                    }
+                });
+            }
+        });
+        let (cached_pages, free) = cached(&c, &b);
+        assert_eq!(cached_pages + free, total, "no page lost or counted twice");
+        c.drain(&b);
+        assert_eq!(cached(&c, &b), (0, total));
     }
 
     #[test]

@@ -253,9 +253,10 @@ impl<L: KernelLayout> SpaceInner<L> {
                 // Then what was unmapped, in place. Its frames stay on this
                 // CPU's list of free pages, for the areas this CPU makes
                 // next, instead of going back to the allocator that every
-                // CPU shares (a page per mapped page: at most one frame each).
-                self.phys.keep_freed_pages(dead.iter().map(|d| d.flush.len() / PAGE_SIZE).sum());
-                drop(dead);
+                // CPU shares (announced as a page per flushed page: at most
+                // one frame each; what is not freed leaves no room behind).
+                let pages = dead.iter().map(|d| d.flush.len() / PAGE_SIZE).sum();
+                self.phys.freeing_pages(pages, || drop(dead));
             },
         );
         if purged != 0 {
@@ -424,6 +425,27 @@ mod tests {
         assert!(cached >= 600, "the purge's 600 frames stay on CPU 0's list, which holds {cached}");
         // They are free all the same: counted so, and anyone's to take.
         assert_eq!(space.phys_stats().free_pages, before.free_pages + 600);
+        assert!(space.inv());
+    }
+
+    #[test]
+    fn a_purge_that_frees_no_frame_leaves_no_room_on_its_list() {
+        // The purge announces a page per mapped page, but frees no frame of
+        // an area whose frames are still referenced: frees after it that
+        // are no part of it must not pile up past the usual 128.
+        let space = KernelSpace::new_hosted(MachineConfig::new(64 << 20));
+        lazy_without_threshold(&space);
+        let opts = FrameAllocOptions::new_in(&space).zeroed(false);
+        // Allocated first, so that taking them uses up no allowance.
+        let others: Vec<_> = (0..400).map(|_| opts.alloc_frame().unwrap()).collect();
+        let seg = opts.alloc_segment(512).unwrap();
+        let area = space.try_map_frames(512 * P, 0, seg.clone(), rw()).unwrap();
+        drop(area);
+        space.purge();
+        drop(others);
+        let cached = space.phys().cached_pages(0);
+        drop(seg);
+        assert!(cached <= 128, "a purge that freed no frame let CPU 0's list hold {cached} pages");
         assert!(space.inv());
     }
 
