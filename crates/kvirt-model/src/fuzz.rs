@@ -61,7 +61,7 @@
 //! page-table pages, VMALLOC, the registry, the foreign space's frames); if
 //! it is not, the input that left it so fails. The checks that walk the
 //! whole space cost as much as hundreds of operations, so under libFuzzer
-//! one input in [`WHOLE_SPACE_CHECK_EVERY`] gets them, chosen by a hash of
+//! one input in `WHOLE_SPACE_CHECK_EVERY` (32) gets them, chosen by a hash of
 //! its bytes (the same input always gets the same checks): the space's
 //! `inv()` and nothing mapped in VMALLOC after it, and, if the input asks
 //! for the full checks, every `inv()` and refinement of all of VMALLOC at

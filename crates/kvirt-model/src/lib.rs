@@ -21,7 +21,7 @@
 //! * [`view`]: the expected leaves of VMALLOC and how huge pages split.
 //! * [`run`]: a whole sequence on a fresh space, every check after every
 //!   operation.
-//! * [`panic`]: documented panics, caught without the panic hook.
+//! * [`panic`](mod@panic): documented panics, caught without the panic hook.
 //! * [`rng`]: a small seedable PRNG.
 
 pub mod fuzz;
