@@ -658,15 +658,20 @@ impl PhysMem {
         unsafe { Frame::from_slot(NonNull::from(slot)) }
     }
 
-    /// Runs `f` with whether the allocator's internal invariant holds
-    /// (O(n)) and a test of whether a page is free, for a check that walks
-    /// every page: the per-CPU page lists are drained first, so the
-    /// allocator alone knows every free page, and its lock is taken once
-    /// for the whole walk.
-    pub(crate) fn with_free_pages<R>(&self, f: impl FnOnce(bool, &dyn Fn(Paddr) -> bool) -> R) -> R {
+    /// Runs `f` with the invariants of the per-CPU page lists and of the
+    /// allocator (O(n); the first clause broken, if any) and a test of
+    /// whether a page is free, for a check that walks every page: the
+    /// lists are checked and then drained, so the allocator alone knows
+    /// every free page, and its lock is taken once for the whole walk.
+    pub(crate) fn with_free_pages<R>(
+        &self,
+        f: impl FnOnce(Result<(), &'static str>, &dyn Fn(Paddr) -> bool) -> R,
+    ) -> R {
+        use crate::inv::Inv;
+        let lists = self.page_cache.check();
         self.page_cache.drain(&self.allocator);
         let allocator = self.allocator.lock();
-        f(crate::inv::Inv::inv(&*allocator), &|pa| allocator.is_free(pa / PAGE_SIZE))
+        f(lists.and_then(|()| allocator.check()), &|pa| allocator.is_free(pa / PAGE_SIZE))
     }
 
     /// The sorted allocatable ranges.

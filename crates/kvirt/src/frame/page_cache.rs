@@ -53,6 +53,7 @@ use alloc::vec::Vec;
 use crossbeam_utils::CachePadded;
 
 use super::buddy::BuddyAllocator;
+use crate::inv::Inv;
 
 /// Pages a list takes from or gives back to the buddy allocator at once.
 /// A lazy purge frees thousands of pages on one CPU while the others
@@ -81,6 +82,16 @@ struct List {
     /// CPU announced ([`PageCache::keep`]) and allocations here have not
     /// used up since. Invariant: at most the cache's `max_extra`.
     extra: usize,
+}
+
+impl List {
+    /// Gives every page back to `buddy` and forgets the allowance.
+    fn give_back(&mut self, buddy: &mut BuddyAllocator) {
+        self.extra = 0;
+        for pfn in self.pages.drain(..) {
+            buddy.dealloc(pfn, 1);
+        }
+    }
 }
 
 /// The per-CPU lists of one allocator (see the module documentation).
@@ -138,33 +149,28 @@ impl PageCache {
     /// that the same CPU's next areas will want back.
     pub(super) fn keep(&self, cpu: usize, pages: usize) {
         let slot = &self.lists[cpu % LISTS];
-        let extra = (slot.lock().extra.saturating_add(pages)).min(self.max_extra);
-        let mut list = slot.lock();
-        if list.pages.capacity() <= HIGH + extra {
-            // Grown outside the lock: the heap may take its memory from
-            // this very allocator. Without the memory (a purge may run
-            // because memory is short) the list keeps what it has room for.
-            drop(list);
-            let mut bigger = Vec::new();
-            if bigger.try_reserve_exact(HIGH + extra + 1).is_err() {
-                // What the vector has room for already.
-                let mut list = slot.lock();
-                let room = list.pages.capacity() - HIGH - 1;
-                list.extra = list.extra.max(extra.min(room));
-                return;
-            }
-            list = slot.lock();
-            if list.pages.capacity() < bigger.capacity() {
-                bigger.extend_from_slice(&list.pages);
-                core::mem::swap(&mut list.pages, &mut bigger);
-            }
-            list.extra = list.extra.max(extra.min(list.pages.capacity() - HIGH - 1));
-            drop(list);
-            // The old vector (or the unused new one), freed unlocked.
-            drop(bigger);
-            return;
+        let (extra, capacity) = {
+            let list = slot.lock();
+            (list.extra.saturating_add(pages).min(self.max_extra), list.pages.capacity())
+        };
+        // The room for it, made outside the lock: the heap may take its
+        // memory from this very allocator. Without the memory (a purge may
+        // run because memory is short) the allowance is what the vector has
+        // room for already.
+        let mut bigger = Vec::new();
+        if capacity <= HIGH + extra {
+            let _ = bigger.try_reserve_exact(HIGH + extra + 1);
         }
-        list.extra = list.extra.max(extra);
+        let mut list = slot.lock();
+        if bigger.capacity() > list.pages.capacity() {
+            bigger.extend_from_slice(&list.pages);
+            core::mem::swap(&mut list.pages, &mut bigger);
+        }
+        let room = list.pages.capacity() - HIGH - 1;
+        list.extra = list.extra.max(extra.min(room));
+        drop(list);
+        // The old vector (or the unused new one), freed unlocked.
+        drop(bigger);
     }
 
     /// Ends a burst on `cpu`'s list (after the frees [`keep`](Self::keep)
@@ -187,10 +193,7 @@ impl PageCache {
         let mut lists: [_; LISTS] = core::array::from_fn(|i| self.lists[i].lock());
         let mut buddy = buddy.lock();
         for list in &mut lists {
-            list.extra = 0;
-            for pfn in list.pages.drain(..) {
-                buddy.dealloc(pfn, 1);
-            }
+            list.give_back(&mut buddy);
         }
         buddy.alloc(count)
     }
@@ -200,11 +203,7 @@ impl PageCache {
     pub(super) fn drain(&self, buddy: &spin::Mutex<BuddyAllocator>) {
         for list in &self.lists {
             let mut list = list.lock();
-            list.extra = 0;
-            let mut buddy = buddy.lock();
-            for pfn in list.pages.drain(..) {
-                buddy.dealloc(pfn, 1);
-            }
+            list.give_back(&mut buddy.lock());
         }
     }
 
@@ -236,6 +235,27 @@ impl PageCache {
     }
 }
 
+impl Inv for PageCache {
+    /// Every list's invariant (see `List`): its allowance within the cap,
+    /// no longer than `HIGH` and its allowance, and room for one more
+    /// page.
+    fn check(&self) -> Result<(), &'static str> {
+        for list in &self.lists {
+            let list = list.lock();
+            if list.extra > self.max_extra {
+                return Err("a free-page list's allowance is over its cap");
+            }
+            if list.pages.len() > HIGH + list.extra {
+                return Err("a free-page list is longer than HIGH and its allowance");
+            }
+            if list.pages.capacity() <= HIGH + list.extra {
+                return Err("a free-page list has no room reserved for its allowance");
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,13 +266,19 @@ mod tests {
         spin::Mutex::new(b)
     }
 
+    /// Lists over an allocator of `pages` free pages, in a memory large
+    /// enough for any allowance these tests grant.
+    fn setup(pages: usize) -> (PageCache, spin::Mutex<BuddyAllocator>) {
+        (PageCache::new(1 << 20), buddy(pages))
+    }
+
     fn cached(c: &PageCache, b: &spin::Mutex<BuddyAllocator>) -> (usize, usize) {
         c.with_all(b, |cached, buddy| (cached, buddy.free_pages()))
     }
 
     #[test]
     fn an_empty_list_takes_a_batch_and_hands_out_the_lowest_page_first() {
-        let (c, b) = (PageCache::new(1 << 20), buddy(64));
+        let (c, b) = setup(64);
         assert_eq!(c.alloc(0, &b), Some(0));
         assert_eq!(c.alloc(0, &b), Some(1));
         assert_eq!(cached(&c, &b), (BATCH - 2, 64 - BATCH));
@@ -260,7 +286,7 @@ mod tests {
 
     #[test]
     fn a_freed_page_is_the_next_one_handed_out_on_that_cpu() {
-        let (c, b) = (PageCache::new(1 << 20), buddy(64));
+        let (c, b) = setup(64);
         let pfn = c.alloc(3, &b).unwrap();
         c.dealloc(3, pfn, &b);
         assert!(c.contains(pfn));
@@ -270,7 +296,7 @@ mod tests {
 
     #[test]
     fn cpus_use_their_own_lists() {
-        let (c, b) = (PageCache::new(1 << 20), buddy(64));
+        let (c, b) = setup(64);
         let (p0, p1) = (c.alloc(0, &b).unwrap(), c.alloc(1, &b).unwrap());
         assert_eq!((p0, p1), (0, BATCH), "CPU 1 took its own batch");
         c.dealloc(1, p0, &b);
@@ -281,7 +307,7 @@ mod tests {
     #[test]
     fn a_list_longer_than_high_gives_its_oldest_batch_back() {
         let total = 2 * HIGH;
-        let (c, b) = (PageCache::new(1 << 20), buddy(total));
+        let (c, b) = setup(total);
         let pages = free_fresh(&c, &b, 0, HIGH + 1);
         assert_eq!(cached(&c, &b), (HIGH + 1 - BATCH, total - (HIGH + 1) + BATCH));
         assert!(pages[..BATCH].iter().all(|&p| !c.contains(p)), "the oldest went back");
@@ -300,7 +326,7 @@ mod tests {
     #[test]
     fn a_burst_announced_by_keep_stays_on_the_list_until_it_is_used() {
         let total = 4 * HIGH;
-        let (c, b) = (PageCache::new(1 << 20), buddy(total));
+        let (c, b) = setup(total);
         c.keep(0, 300);
         free_fresh(&c, &b, 0, HIGH + 300);
         assert_eq!(cached(&c, &b), (HIGH + 300, total - HIGH - 300), "nothing went back");
@@ -317,7 +343,7 @@ mod tests {
     #[test]
     fn the_allowance_is_the_list_s_own() {
         let total = 4 * HIGH;
-        let (c, b) = (PageCache::new(1 << 20), buddy(total));
+        let (c, b) = setup(total);
         c.keep(0, 300);
         free_fresh(&c, &b, 1, HIGH + 1);
         assert_eq!(cached(&c, &b).0, HIGH + 1 - BATCH, "CPU 1's list keeps HIGH pages only");
@@ -338,7 +364,7 @@ mod tests {
     #[test]
     fn a_drain_forgets_the_allowance() {
         let total = 4 * HIGH;
-        let (c, b) = (PageCache::new(1 << 20), buddy(total));
+        let (c, b) = setup(total);
         c.keep(0, 300);
         free_fresh(&c, &b, 0, HIGH + 100);
         c.drain(&b);
@@ -359,7 +385,7 @@ mod tests {
     #[test]
     fn settling_a_burst_leaves_only_the_room_it_used() {
         let total = 4 * HIGH;
-        let (c, b) = (PageCache::new(1 << 20), buddy(total));
+        let (c, b) = setup(total);
         c.keep(0, 300);
         free_fresh(&c, &b, 0, HIGH + 100);
         c.settle(0);
@@ -378,7 +404,7 @@ mod tests {
 
     #[test]
     fn several_pages_are_found_on_the_lists_when_the_allocator_has_none() {
-        let (c, b) = (PageCache::new(1 << 20), buddy(BATCH));
+        let (c, b) = setup(BATCH);
         c.keep(0, 10);
         let pfn = c.alloc(0, &b).unwrap();
         assert_eq!(cached(&c, &b), (BATCH - 1, 0), "every other page is on CPU 0's list");
@@ -393,7 +419,7 @@ mod tests {
     fn keep_alloc_dealloc_and_drain_racing_on_one_list_keep_its_invariants() {
         extern crate std;
         let total = 4096;
-        let (c, b) = (PageCache::new(1 << 20), buddy(total));
+        let (c, b) = setup(total);
         std::thread::scope(|s| {
             for t in 0..4usize {
                 let (c, b) = (&c, &b);
@@ -417,10 +443,9 @@ mod tests {
                                 }
                             }
                         }
-                        let l = c.lists[0].lock();
-                        assert!(l.pages.len() <= HIGH + l.extra, "len {} extra {}", l.pages.len(), l.extra);
-                        assert!(l.pages.capacity() > HIGH + l.extra, "a free could grow the vector");
-                        assert!(l.extra <= c.max_extra);
+                        if let Err(clause) = c.check() {
+                            panic!("{clause}");
+                        }
                     }
                     for p in held {
                         c.dealloc(cpu, p, b);
@@ -435,8 +460,27 @@ mod tests {
     }
 
     #[test]
+    fn the_invariant_check_names_each_broken_clause() {
+        // A list after a burst, broken by `f` (as no call ever leaves it).
+        let broken = |f: fn(&mut List)| {
+            let (c, b) = setup(4 * HIGH);
+            c.keep(0, 300);
+            free_fresh(&c, &b, 0, HIGH + 300);
+            assert_eq!(c.check(), Ok(()));
+            f(&mut c.lists[0].lock());
+            c.check()
+        };
+        assert_eq!(broken(|l| l.extra = 1 << 30), Err("a free-page list's allowance is over its cap"));
+        assert_eq!(broken(|l| l.extra = 0), Err("a free-page list is longer than HIGH and its allowance"));
+        assert_eq!(
+            broken(|l| l.pages.shrink_to_fit()),
+            Err("a free-page list has no room reserved for its allowance")
+        );
+    }
+
+    #[test]
     fn when_the_allocator_runs_dry_the_lists_are_drained() {
-        let (c, b) = (PageCache::new(1 << 20), buddy(BATCH));
+        let (c, b) = setup(BATCH);
         // CPU 0 caches every page, then frees one; CPU 1 still gets it.
         let pfn = c.alloc(0, &b).unwrap();
         assert_eq!(cached(&c, &b), (BATCH - 1, 0));

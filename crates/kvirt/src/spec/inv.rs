@@ -40,7 +40,8 @@ impl<L: KernelLayout> Inv for KernelSpace<L> {
     /// The kernel page table's structure (`PageTable::check_inv`), the frame
     /// metadata (every allocatable page is free in the allocator exactly
     /// when its slot is `UNUSED`; used slots count `1..=MAX`), the
-    /// allocator's and VMALLOC's internal invariants, and the registry
+    /// allocator's (its per-CPU free-page lists' too) and VMALLOC's internal
+    /// invariants, and the registry
     /// (areas disjoint, inside VMALLOC, allocated there), and the lazily
     /// dropped areas waiting for a purge (ranges still allocated, apart
     /// from everything else, unmapped).
@@ -58,10 +59,8 @@ impl<L: KernelLayout> Inv for KernelSpace<L> {
         self.kernel_pt().check_inv()?;
         self.check_pending()?;
         let phys = self.phys();
-        phys.with_free_pages(|allocator_ok, is_free| {
-            if !allocator_ok {
-                return Err("the frame allocator's invariant is broken");
-            }
+        phys.with_free_pages(|allocator, is_free| {
+            allocator?;
             for range in phys.allocatable() {
                 for pa in range.clone().step_by(PAGE_SIZE) {
                     let rc = phys.slot(pa).ref_count();
