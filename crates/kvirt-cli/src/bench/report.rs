@@ -501,13 +501,18 @@ fn map_floor_note(r: &Results) -> Option<String> {
     ))
 }
 
-/// What the tracked frames' reference counts cost per page (a count taken
-/// at map and given back at unmap, each a locked read-modify-write of the
-/// frame's metadata), from the breakdown, as a clause for the targets the
-/// peers meet by not counting: they map raw physical addresses.
+/// What the tracked frames' reference counts cost per page, up and down
+/// (a count taken at map and given back at unmap, each a locked
+/// read-modify-write of the frame's metadata): the breakdown's
+/// `512-tracked` less `512-untracked`.
+fn reference_count_cost(r: &Results) -> Option<f64> {
+    breakdown_own(r, r.breakdown.iter().find(|s| s.name == "512-tracked")?)
+}
+
+/// [`reference_count_cost`] as a clause for the targets the peers meet by
+/// not counting: they map raw physical addresses.
 fn reference_count_note(r: &Results) -> Option<String> {
-    let step = r.breakdown.iter().find(|s| s.name == "512-tracked")?;
-    let own = breakdown_own(r, step)?;
+    let own = reference_count_cost(r)?;
     Some(format!(
         "; the frames' reference counts, which the peers do not keep, cost kvirt {own:.1} ns per page here, up and down, {:.1} ns per change (the breakdown's `512-tracked` less `512-untracked`): an unmap gives one back per page",
         own / 2.0
@@ -517,13 +522,12 @@ fn reference_count_note(r: &Results) -> Option<String> {
 /// What kvirt-pt's map and unmap rows do that the peers' do not, priced
 /// from the breakdown where it can be, as a clause for target (e).
 fn peer_free_work_note(r: &Results) -> String {
-    let step = |name: &str| r.breakdown.iter().find(|s| s.name == name);
-    let (Some(tracked), Some(untracked)) = (step("512-tracked"), step("512-untracked")) else {
+    let Some(own) = reference_count_cost(r) else {
         return String::new();
     };
-    let per_change = (tracked.stats.ns_per_op - untracked.stats.ns_per_op) / 2.0;
     format!(
-        "; what the peers do not do: each unmap gives back a reference per frame, a locked read-modify-write of the frame's metadata ({per_change:.1} ns each: the breakdown's `512-tracked` less `512-untracked`, halved), and each map and unmap locks the leaf node it changes inside a read-side section, so that several CPUs can change one table at once (the shared-table rows)"
+        "; what the peers do not do: each unmap gives back a reference per frame, a locked read-modify-write of the frame's metadata ({:.1} ns each: the breakdown's `512-tracked` less `512-untracked`, halved), and each map and unmap locks the leaf node it changes inside a read-side section, so that several CPUs can change one table at once (the shared-table rows)",
+        own / 2.0
     )
 }
 
@@ -940,8 +944,11 @@ mod tests {
         }
         let note = reference_count_note(&r).expect("the breakdown ran");
         assert!(note.contains("cost kvirt 8.5 ns per page here, up and down, 4.2 ns per change"), "{note}");
+        let peer_note = peer_free_work_note(&r);
+        assert!(peer_note.contains("(4.2 ns each"), "{peer_note}");
         r.breakdown.clear();
         assert_eq!(reference_count_note(&r), None);
+        assert_eq!(peer_free_work_note(&r), "");
     }
 
     /// The map's split against the floor: the fill is the breakdown's
