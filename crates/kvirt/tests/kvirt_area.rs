@@ -1174,25 +1174,28 @@ mod query {
         let _ = area.query(area.end());
     }
 
+    /// The halves of a wholly mapped 4-page area split in the middle, each
+    /// mapped all through, with their space.
+    fn mapped_halves() -> (KernelSpace, KVirtArea, KVirtArea) {
+        let space = small_space();
+        let frames = FrameAllocOptions::new_in(&space).alloc_segment(4).unwrap();
+        let (left, right) = space.try_map_frames(4 * P, 0, frames, prop()).unwrap().split(2 * P);
+        assert!(left.query(left.start()).is_some() && left.query(left.end() - 1).is_some());
+        assert!(right.query(right.start()).is_some() && right.query(right.end() - 1).is_some());
+        (space, left, right)
+    }
+
     #[test]
     #[should_panic(expected = "outside the area")]
     fn query_of_a_left_half_at_the_right_half_s_mapped_page_panics() {
-        let space = small_space();
-        let frames = FrameAllocOptions::new_in(&space).alloc_segment(4).unwrap();
-        let area = space.try_map_frames(4 * P, 0, frames, prop()).unwrap();
-        let (left, right) = area.split(2 * P);
-        assert!(right.query(right.start()).is_some());
-        assert!(left.query(left.end() - 1).is_some());
+        let (_space, left, right) = mapped_halves();
         let _ = left.query(right.start());
     }
 
     #[test]
     #[should_panic(expected = "outside the area")]
     fn query_of_a_right_half_at_the_left_half_s_mapped_page_panics() {
-        let space = small_space();
-        let frames = FrameAllocOptions::new_in(&space).alloc_segment(4).unwrap();
-        let area = space.try_map_frames(4 * P, 0, frames, prop()).unwrap();
-        let (left, right) = area.split(2 * P);
+        let (_space, left, right) = mapped_halves();
         let _ = right.query(left.end() - 1);
     }
 
