@@ -495,6 +495,13 @@ impl PhysMem {
         &self.ram
     }
 
+    /// Where the platform window starts: physical address `pa` is reached
+    /// at `ram_base() + pa` ([`phys_ptr`](Self::phys_ptr)).
+    #[inline]
+    pub(crate) fn ram_base(&self) -> NonNull<u8> {
+        self.base
+    }
+
     /// A pointer to physical address `pa` through the platform window.
     ///
     /// The pointer is valid (Platform contract 1) when `pa` is RAM.

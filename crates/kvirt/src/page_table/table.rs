@@ -12,12 +12,13 @@ use alloc::boxed::Box;
 use core::fmt;
 use core::marker::PhantomData;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::AtomicU64;
 
 use super::config::{KernelPtConfig, PageTableConfig, UserPtConfig};
 use super::cursor::EmptyNodeQueues;
 use super::error::PageTableAllocError;
-use super::node::{alloc_node, free_node, release_entry, NodeRef};
+use super::node::{alloc_node, free_node, release_entry, NodeRef, RamBase};
+use super::walk::Walker;
 use crate::addr::{Paddr, PAGE_SIZE};
 use crate::arch::PagingFormat;
 use crate::frame::PhysMem;
@@ -127,16 +128,15 @@ impl<C: PageTableConfig> PageTable<C> {
         unsafe { NodeRef::new(self.phys(), self.root) }
     }
 
-    /// Reads the root's entry `index` (allowed without the lock, as
-    /// `NodeRef::read`): what `root_node().read(index)` reads.
-    #[inline]
-    pub(super) fn read_root(&self, index: usize) -> u64 {
+    /// Where this table's lock-free walks start (see [`Walker`]).
+    #[inline(always)]
+    pub(super) fn walker(&self) -> Walker<'_, C> {
         // SAFETY: `root_entries` is where `phys` reaches the root (field
         // invariant), a node page the table owns as long as it lives: RAM
         // (Platform contract 1), only ever accessed atomically while it is
         // a node.
-        let entries = unsafe { self.root_entries.as_ref() };
-        entries[index].load(Ordering::Acquire)
+        let root = unsafe { self.root_entries.as_ref() };
+        Walker::new(root, RamBase::of(self.phys()))
     }
 
     /// Points `root_entries` at node `pa` instead of the root, breaking its

@@ -1,15 +1,19 @@
 //! Lock-free walks: how the hardware reads the table.
 //!
 //! A walk reads entries from the root down without taking any lock, as a
-//! CPU's MMU does; only [`NodeRef::read`] is needed, which is allowed on an
-//! unlocked node. What keeps the nodes it passes alive is the caller's
+//! CPU's MMU does: [`RamBase::read`], which is allowed on an unlocked node
+//! (it is [`NodeRef::read`](super::node::NodeRef) with where memory starts
+//! kept in a register). A [`Walker`] holds what a walk starts from. What keeps the nodes it passes alive is the caller's
 //! business: an RCU read-side section (a [`ReadSection`], public), or
 //! owning the mapping walked to (a kernel virtual area's queries).
 
 use super::config::{vaddr_bounds, PageTableConfig};
-use super::node::NodeRef;
+use core::marker::PhantomData;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use super::node::RamBase;
 use super::table::PageTable;
-use crate::addr::{Paddr, PagingLevel, Vaddr};
+use crate::addr::{Paddr, PagingLevel, Vaddr, PAGE_SIZE};
 use crate::arch::{offset_mask, pte_index, PagingFormat, PteKind};
 use crate::page_prop::PageProperty;
 use crate::platform::RcuReadGuard;
@@ -58,7 +62,7 @@ impl<C: PageTableConfig> PageTable<C> {
     /// one of their own (see [`ReadSection`]).
     #[inline(always)] // two calls into the platform, and a pair of pointers
     pub fn read_section(&self) -> ReadSection<'_, C> {
-        ReadSection { table: self, _rcu: RcuReadGuard::new(self.phys().platform()) }
+        ReadSection { walker: self.walker(), table: self, _rcu: RcuReadGuard::new(self.phys().platform()) }
     }
 
     /// Walks to the leaf mapping `va` without locks.
@@ -71,25 +75,55 @@ impl<C: PageTableConfig> PageTable<C> {
     /// path holds an entry leading to it and cannot be emptied).
     #[inline]
     pub(crate) unsafe fn walk_unlocked(&self, va: Vaddr) -> Option<Leaf> {
+        // SAFETY: the caller's contract is the walk's.
+        unsafe { self.walker().walk(va) }
+    }
+}
+
+/// Where one table's lock-free walks start, read out of the table once:
+/// the root's entries and where physical memory is reached. A walk then
+/// loads entries and nothing else. A [`ReadSection`] keeps one for all its
+/// walks; without it, each walk would first load the table's fields (the
+/// root's entries behind the table's address, where memory starts behind
+/// its `PhysMem`) and, at each level, where memory starts once more.
+pub(crate) struct Walker<'a, C: PageTableConfig> {
+    /// The table's root entries.
+    root: &'a [AtomicU64; PAGE_SIZE / 8],
+    /// Where the table's nodes are reached.
+    ram: RamBase,
+    _config: PhantomData<C>,
+}
+
+impl<'a, C: PageTableConfig> Walker<'a, C> {
+    /// The walker of a table whose root's entries are `root` and whose
+    /// nodes are reached from `ram`.
+    #[inline(always)]
+    pub(super) fn new(root: &'a [AtomicU64; PAGE_SIZE / 8], ram: RamBase) -> Self {
+        Self { root, ram, _config: PhantomData }
+    }
+
+    /// Walks to the leaf mapping `va` without locks.
+    ///
+    /// # Safety
+    ///
+    /// As for [`PageTable::walk_unlocked`] on the walker's table.
+    #[inline(always)]
+    pub(crate) unsafe fn walk(&self, va: Vaddr) -> Option<Leaf> {
         let (first, last) = vaddr_bounds::<C>();
         if !(first..=last).contains(&va) {
             return None;
         }
-        // Read once: each entry read is an Acquire load, after which the
-        // compiler would otherwise load the table's fields again.
-        let phys = self.phys();
         let mut level = C::F::NR_LEVELS;
-        let mut raw = self.read_root(pte_index::<C::F>(va, level));
+        let mut raw = self.root[pte_index::<C::F>(va, level)].load(Ordering::Acquire);
         loop {
             match C::F::decode(raw, level) {
                 PteKind::Absent => return None,
                 PteKind::Page { pa, prop, tracked } => return Some(Leaf { pa, level, prop, tracked }),
                 PteKind::Table(child) => {
-                    // SAFETY: the node is not freed during the call (caller
-                    // contract).
-                    let node = unsafe { NodeRef::new(phys, child) };
                     level -= 1;
-                    raw = node.read(pte_index::<C::F>(va, level));
+                    // SAFETY: `child` is a node of the table, not freed
+                    // during the call (caller contract).
+                    raw = unsafe { self.ram.read(child, pte_index::<C::F>(va, level)) };
                 }
             }
         }
@@ -128,6 +162,8 @@ impl<C: PageTableConfig> PageTable<C> {
 ///   it should not last long.
 #[must_use = "a read-side section ends when dropped"]
 pub struct ReadSection<'a, C: PageTableConfig> {
+    /// The table's walks start here: read out of it once, for all of them.
+    walker: Walker<'a, C>,
     table: &'a PageTable<C>,
     _rcu: RcuReadGuard<'a>,
 }
@@ -139,7 +175,7 @@ impl<C: PageTableConfig> ReadSection<'_, C> {
     pub fn translate(&self, va: Vaddr) -> Option<(Paddr, PageProperty)> {
         // SAFETY: we are in a read-side section, so a node reachable now is
         // not freed before it ends.
-        let leaf = unsafe { self.table.walk_unlocked(va) }?;
+        let leaf = unsafe { self.walker.walk(va) }?;
         Some((leaf.pa + (va & offset_mask::<C::F>(leaf.level)), leaf.prop))
     }
 
@@ -148,7 +184,7 @@ impl<C: PageTableConfig> ReadSection<'_, C> {
     #[inline(always)] // as `PageTable::translate`
     pub fn translate_addr(&self, va: Vaddr) -> Option<Paddr> {
         // SAFETY: as in `translate`.
-        let leaf = unsafe { self.table.walk_unlocked(va) }?;
+        let leaf = unsafe { self.walker.walk(va) }?;
         Some(leaf.pa + (va & offset_mask::<C::F>(leaf.level)))
     }
 }

@@ -20,6 +20,7 @@
 //! nodes and releases what entries own.
 
 use core::cell::UnsafeCell;
+use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::addr::{Paddr, PagingLevel};
@@ -73,6 +74,40 @@ impl PtNodeMeta {
             nr_children: UnsafeCell::new(0),
             queued: UnsafeCell::new(false),
         }
+    }
+}
+
+/// Where a table's physical memory is reached ([`PhysMem::ram_base`]),
+/// copied out of its `PhysMem`: a loop that reads many nodes (a lock-free
+/// walk) keeps it in a register instead of loading it for each node, as
+/// [`NodeRef::read`] does.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RamBase(NonNull<u8>);
+
+impl RamBase {
+    #[inline]
+    pub(crate) fn of(phys: &PhysMem) -> Self {
+        Self(phys.ram_base())
+    }
+
+    /// Reads entry `index` of the node at `pa`, as [`NodeRef::read`] would
+    /// (allowed without the lock).
+    ///
+    /// # Safety
+    ///
+    /// As for [`NodeRef::new`], for the `PhysMem` this was copied from: the
+    /// page at `pa` is one of its page-table nodes, alive (or at least
+    /// unreused) during the call.
+    #[inline(always)]
+    pub(crate) unsafe fn read(self, pa: Paddr, index: usize) -> u64 {
+        let ptr = self.0.as_ptr().wrapping_add(pa).cast::<AtomicU64>();
+        // SAFETY: the node's page is RAM (Platform contract 1), reached at
+        // `ram_base + pa` (`PhysMem::phys_ptr`), page (so 8-byte) aligned,
+        // holds `PAGE_SIZE / 8` words, and is only ever accessed atomically
+        // while it is a node, which it stays during the call (caller
+        // contract).
+        let entries = unsafe { core::slice::from_raw_parts(ptr, crate::addr::PAGE_SIZE / 8) };
+        entries[index].load(Ordering::Acquire)
     }
 }
 
