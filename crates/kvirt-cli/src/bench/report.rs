@@ -243,12 +243,14 @@ fn peer_targets(r: &Results) -> Vec<Target> {
         target(
             "(f)",
             "KVirtArea::query throughput (random queries) at most 1.0x the faster peer's, at every size",
-            within(r, "kvirt-area", &rows(&["query"]), 1.0, peer),
+            within(r, "kvirt-area", &rows(&["query"]), 1.0, peer)
+                .map(|(pass, measured)| (pass, format!("{measured}{}", handle_note(r, "query")))),
         ),
         target(
             "(g)",
             "KVirtArea::query latency (chained queries) at most 1.1x the raw walk, at every size",
-            within(r, "kvirt-area", &rows(&["query-chain"]), 1.1, floor),
+            within(r, "kvirt-area", &rows(&["query-chain"]), 1.1, floor)
+                .map(|(pass, measured)| (pass, format!("{measured}{}", handle_note(r, "query-chain")))),
         ),
         target(
             "(h)",
@@ -499,6 +501,30 @@ fn map_floor_note(r: &Results) -> Option<String> {
         fmt_ns(pt - fill),
         fmt_ns(area - pt),
     ))
+}
+
+/// What an area query adds to kvirt-pt's walk of the same address (the
+/// walk an area query makes, after reading the area's handle), row by row,
+/// beside how many handles a run picks from at random: a clause for the
+/// targets on `KVirtArea::query`, `op` being `query` or `query-chain`.
+fn handle_note(r: &Results, op: &str) -> String {
+    let size = core::mem::size_of::<kvirt::kspace::KVirtArea>();
+    let parts: Vec<String> = crate::bench::SIZES
+        .iter()
+        .filter_map(|&n| {
+            let w = format!("{op}-4k-x{n}");
+            let (area, pt) = (ns(r, &w, "kvirt-area")?, ns(r, &w, "kvirt-pt")?);
+            let handles = (r.config.pages_per_round / n).max(1);
+            Some(format!("{handles} ({} KiB): {:+.1} ns", (handles * size).div_ceil(1024), area - pt))
+        })
+        .collect();
+    if parts.is_empty() {
+        return String::new();
+    }
+    format!(
+        "; an area query first reads the area's handle ({size} bytes), then walks as kvirt-pt's query by address does; what it adds to kvirt-pt's row, by the number of handles a run picks from at random: {}",
+        parts.join(", ")
+    )
 }
 
 /// What the tracked frames' reference counts cost per page, up and down
@@ -981,6 +1007,40 @@ mod tests {
         ] {
             assert!(note.contains(part), "{part:?} not in {note}");
         }
+    }
+
+    /// The handle clause gives, for each size measured, kvirt-area's row
+    /// less kvirt-pt's beside how many handles a run picks from (pages per
+    /// run over pages per area) and their size; without both rows there is
+    /// no clause.
+    #[test]
+    fn the_handle_clause_is_the_area_row_less_the_walk_by_address() {
+        let mut r = measure_round(&Config::quick(), true, Some("no such workload"), Arch::X86_64).unwrap();
+        assert_eq!(handle_note(&r, "query"), "");
+        let cell = |id: &str, impl_name, ns| crate::bench::Measurement {
+            workload: crate::bench::Workload { id: id.into(), title: "query".into(), unit: "query" },
+            impl_name,
+            result: Ok(Stats::from_runs(vec![ns], 1)),
+        };
+        r.cells = vec![
+            cell("query-4k-x1", "kvirt-area", 16.5),
+            cell("query-4k-x1", "kvirt-pt", 7.0),
+            cell("query-4k-x512", "kvirt-area", 6.0),
+            cell("query-4k-x512", "kvirt-pt", 5.5),
+            cell("query-chain-4k-x1", "kvirt-area", 30.0),
+        ];
+        let size = core::mem::size_of::<kvirt::kspace::KVirtArea>();
+        let pages = r.config.pages_per_round;
+        let note = handle_note(&r, "query");
+        for part in [
+            format!("reads the area's handle ({size} bytes)"),
+            format!("{pages} ({} KiB): +9.5 ns", (pages * size).div_ceil(1024)),
+            format!("{} ({} KiB): +0.5 ns", pages / 512, (pages / 512 * size).div_ceil(1024)),
+        ] {
+            assert!(note.contains(&part), "{part:?} not in {note}");
+        }
+        assert_eq!(note.matches(" KiB): ").count(), 2, "only the sizes with both rows: {note}");
+        assert_eq!(handle_note(&r, "query-chain"), "", "kvirt-pt's chained row is missing");
     }
 
     /// The churn's scaling column divides the one-thread time of the same
