@@ -148,6 +148,17 @@ impl PageCache {
     /// CPU: what a lazy purge announces before it frees a batch of frames
     /// that the same CPU's next areas will want back.
     pub(super) fn keep(&self, cpu: usize, pages: usize) {
+        self.keep_with(cpu, pages, |len| {
+            let mut bigger = Vec::new();
+            let _ = bigger.try_reserve_exact(len);
+            bigger
+        });
+    }
+
+    /// [`keep`](Self::keep), with the vector that would hold `len` pages
+    /// made by `reserve`, which may give less room (none when the heap has
+    /// no memory): the allowance is then what the list has room for.
+    fn keep_with(&self, cpu: usize, pages: usize, reserve: impl FnOnce(usize) -> Vec<usize>) {
         let slot = &self.lists[cpu % LISTS];
         let (extra, capacity) = {
             let list = slot.lock();
@@ -157,10 +168,7 @@ impl PageCache {
         // memory from this very allocator. Without the memory (a purge may
         // run because memory is short) the allowance is what the vector has
         // room for already.
-        let mut bigger = Vec::new();
-        if capacity <= HIGH + extra {
-            let _ = bigger.try_reserve_exact(HIGH + extra + 1);
-        }
+        let mut bigger = if capacity <= HIGH + extra { reserve(HIGH + extra + 1) } else { Vec::new() };
         let mut list = slot.lock();
         if bigger.capacity() > list.pages.capacity() {
             bigger.extend_from_slice(&list.pages);
@@ -380,6 +388,34 @@ mod tests {
         let list = c.lists[2].lock();
         assert_eq!(list.extra, 1000);
         assert!(list.pages.capacity() > HIGH + list.extra, "a free must never grow the vector");
+    }
+
+    #[test]
+    fn without_heap_memory_a_burst_keeps_only_the_room_the_list_has() {
+        let (c, b) = setup(4 * (HIGH + 1000));
+        // No memory for a bigger vector: the allowance is the room there
+        // is, and a free never grows the vector under the lock.
+        let room = {
+            let list = c.lists[1].lock();
+            list.pages.capacity().saturating_sub(HIGH + 1)
+        };
+        let mut asked = 0;
+        c.keep_with(1, 1000, |len| {
+            asked = len;
+            Vec::new()
+        });
+        assert_eq!(asked, HIGH + 1000 + 1, "the room asked for is the whole burst");
+        let (extra, capacity) = {
+            let list = c.lists[1].lock();
+            (list.extra, list.pages.capacity())
+        };
+        assert_eq!(extra, room, "the allowance is the room the vector has");
+        free_fresh(&c, &b, 1, HIGH + 1000);
+        let list = c.lists[1].lock();
+        assert_eq!(list.pages.capacity(), capacity, "no free grew the vector");
+        assert!(list.pages.len() <= HIGH + room + 1, "{} pages kept", list.pages.len());
+        drop(list);
+        c.check().unwrap();
     }
 
     #[test]
