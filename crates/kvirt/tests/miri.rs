@@ -479,6 +479,37 @@ fn flush_and_drop(space: &KernelSpace, frag: PageTableFrag) {
     drop(frag);
 }
 
+/// Lock-free walks of a user table in one read-side section while cursors
+/// change it: a mapping made after the section opened (a root entry
+/// written since) is seen, and the nodes a take detaches wait for the
+/// section before they are freed.
+#[test]
+fn a_read_section_walks_a_user_table_while_cursors_change_it() {
+    let space = space();
+    let before = stats(&space);
+    let pt = PageTable::<UserPtConfig>::empty_in(&space).expect("page table");
+    let nodes = space.phys_stats().page_table_pages;
+    let section = pt.read_section();
+    assert_eq!(section.translate_addr(UVA), None);
+    let mut cursor = pt.cursor_mut(&(UVA..UVA + SIZE_2M)).expect("cursor");
+    cursor.map(MappedItem::Untracked(UPA, 1, user_rw()));
+    drop(cursor);
+    assert_eq!(section.translate(UVA + 9), Some((UPA + 9, user_rw())), "mapped after the section opened");
+    assert_eq!(section.translate_addr(UVA + P), None);
+
+    let mut cursor = pt.cursor_mut(&(UVA..UVA + SIZE_2M)).expect("cursor");
+    let frag = cursor.take_next(SIZE_2M).expect("the mapping");
+    flush_and_drop(&space, frag);
+    drop(cursor);
+    assert_eq!(section.translate_addr(UVA), None, "a walk in the section sees the take");
+    assert_eq!(space.phys_stats().page_table_pages, nodes + 3, "the detached nodes wait for the section");
+    drop(section);
+    assert_eq!(stats(&space).page_table_pages, nodes, "and are freed once it ends");
+    assert_eq!(pt.check_inv(), Ok(1));
+    drop(pt);
+    assert_eq!(stats(&space), before);
+}
+
 #[test]
 fn kernel_virtual_areas_map_query_split_and_release() {
     let space = space();

@@ -17,8 +17,7 @@ use core::sync::atomic::AtomicU64;
 use super::config::{KernelPtConfig, PageTableConfig, UserPtConfig};
 use super::cursor::EmptyNodeQueues;
 use super::error::PageTableAllocError;
-use super::node::{alloc_node, free_node, release_entry, NodeRef, RamBase};
-use super::walk::Walker;
+use super::node::{alloc_node, free_node, release_entry, NodeRef};
 use crate::addr::{Paddr, PAGE_SIZE};
 use crate::arch::PagingFormat;
 use crate::frame::PhysMem;
@@ -128,15 +127,15 @@ impl<C: PageTableConfig> PageTable<C> {
         unsafe { NodeRef::new(self.phys(), self.root) }
     }
 
-    /// Where this table's lock-free walks start (see [`Walker`]).
+    /// The root's entries, where `phys` reaches them: where a lock-free
+    /// walk starts (see `walk`).
     #[inline(always)]
-    pub(super) fn walker(&self) -> Walker<'_, C> {
+    pub(super) fn root_entries(&self) -> &[AtomicU64; WORDS_PER_NODE] {
         // SAFETY: `root_entries` is where `phys` reaches the root (field
         // invariant), a node page the table owns as long as it lives: RAM
         // (Platform contract 1), only ever accessed atomically while it is
         // a node.
-        let root = unsafe { self.root_entries.as_ref() };
-        Walker::new(root, RamBase::of(self.phys()))
+        unsafe { self.root_entries.as_ref() }
     }
 
     /// Points `root_entries` at node `pa` instead of the root, breaking its

@@ -2,15 +2,16 @@
 //!
 //! A walk reads entries from the root down without taking any lock, as a
 //! CPU's MMU does: [`RamBase::read`], which is allowed on an unlocked node
-//! (it is [`NodeRef::read`](super::node::NodeRef) with where memory starts
-//! kept in a register). A [`Walker`] holds what a walk starts from. What keeps the nodes it passes alive is the caller's
-//! business: an RCU read-side section (a [`ReadSection`], public), or
-//! owning the mapping walked to (a kernel virtual area's queries).
+//! (it is `NodeRef::read` with where memory starts kept in a register). A
+//! [`Walker`] holds what a walk starts from. What keeps the nodes it
+//! passes alive is the caller's business: an RCU read-side section (a
+//! [`ReadSection`], public), or owning the mapping walked to (a kernel
+//! virtual area's queries).
 
-use super::config::{vaddr_bounds, PageTableConfig};
 use core::marker::PhantomData;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use super::config::{vaddr_bounds, PageTableConfig};
 use super::node::RamBase;
 use super::table::PageTable;
 use crate::addr::{Paddr, PagingLevel, Vaddr, PAGE_SIZE};
@@ -60,7 +61,7 @@ impl<C: PageTableConfig> PageTable<C> {
 
     /// Opens a read-side section in which any number of walks run without
     /// one of their own (see [`ReadSection`]).
-    #[inline(always)] // two calls into the platform, and a pair of pointers
+    #[inline(always)] // two calls into the platform, and a few pointers
     pub fn read_section(&self) -> ReadSection<'_, C> {
         ReadSection { walker: self.walker(), table: self, _rcu: RcuReadGuard::new(self.phys().platform()) }
     }
@@ -86,22 +87,27 @@ impl<C: PageTableConfig> PageTable<C> {
 /// walks; without it, each walk would first load the table's fields (the
 /// root's entries behind the table's address, where memory starts behind
 /// its `PhysMem`) and, at each level, where memory starts once more.
+///
+/// Type invariant: `root` and `ram` are those of one table of
+/// configuration `C` (its root's entries, its `PhysMem`), borrowed for
+/// `'a`; [`PageTable::walker`] is the only way to make a `Walker`.
 pub(crate) struct Walker<'a, C: PageTableConfig> {
     /// The table's root entries.
     root: &'a [AtomicU64; PAGE_SIZE / 8],
     /// Where the table's nodes are reached.
-    ram: RamBase,
+    ram: RamBase<'a>,
     _config: PhantomData<C>,
 }
 
-impl<'a, C: PageTableConfig> Walker<'a, C> {
-    /// The walker of a table whose root's entries are `root` and whose
-    /// nodes are reached from `ram`.
+impl<C: PageTableConfig> PageTable<C> {
+    /// Where this table's lock-free walks start (see [`Walker`]).
     #[inline(always)]
-    pub(super) fn new(root: &'a [AtomicU64; PAGE_SIZE / 8], ram: RamBase) -> Self {
-        Self { root, ram, _config: PhantomData }
+    fn walker(&self) -> Walker<'_, C> {
+        Walker { root: self.root_entries(), ram: RamBase::of(self.phys()), _config: PhantomData }
     }
+}
 
+impl<C: PageTableConfig> Walker<'_, C> {
     /// Walks to the leaf mapping `va` without locks.
     ///
     /// # Safety
@@ -121,8 +127,9 @@ impl<'a, C: PageTableConfig> Walker<'a, C> {
                 PteKind::Page { pa, prop, tracked } => return Some(Leaf { pa, level, prop, tracked }),
                 PteKind::Table(child) => {
                     level -= 1;
-                    // SAFETY: `child` is a node of the table, not freed
-                    // during the call (caller contract).
+                    // SAFETY: `child` is a node of the walker's table, whose
+                    // `PhysMem` `ram` was copied from (type invariant), not
+                    // freed during the call (caller contract).
                     raw = unsafe { self.ram.read(child, pte_index::<C::F>(va, level)) };
                 }
             }
@@ -192,5 +199,38 @@ impl<C: PageTableConfig> ReadSection<'_, C> {
 impl<C: PageTableConfig> core::fmt::Debug for ReadSection<'_, C> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("ReadSection").field("root", &self.table.root_paddr()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use alloc::format;
+    use alloc::string::String;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+
+    use super::*;
+    use crate::arch::x86_64::X86_64;
+    use crate::kspace::KernelSpace;
+    use crate::page_table::UserPtConfig;
+
+    /// In debug builds a walk checks that each node it reaches is RAM, as
+    /// `PhysMem::phys_ptr` does: an entry leading outside RAM (a kvirt bug)
+    /// panics instead of reading outside physical memory.
+    #[cfg(debug_assertions)]
+    #[test]
+    fn a_walk_to_a_node_outside_ram_panics_in_debug_builds() {
+        let space = KernelSpace::new_hosted(kvirt_sim::MachineConfig::new(16 << 20));
+        let pt = PageTable::<UserPtConfig<X86_64>>::empty(space.phys()).unwrap();
+        let va = 0x4000_0000;
+        let index = pte_index::<X86_64>(va, X86_64::NR_LEVELS);
+        let outside = space.phys().max_paddr();
+        pt.root_node().lock().write(index, X86_64::encode_table(outside));
+        let walk = catch_unwind(AssertUnwindSafe(|| pt.translate(va)));
+        pt.root_node().lock().write(index, 0);
+        let payload = walk.expect_err("the walk reached past RAM without a panic");
+        assert_eq!(
+            payload.downcast_ref::<String>().map(String::as_str),
+            Some(format!("physical address {outside:#x} is not RAM").as_str())
+        );
     }
 }

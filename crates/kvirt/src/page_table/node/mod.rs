@@ -80,14 +80,18 @@ impl PtNodeMeta {
 /// Where a table's physical memory is reached ([`PhysMem::ram_base`]),
 /// copied out of its `PhysMem`: a loop that reads many nodes (a lock-free
 /// walk) keeps it in a register instead of loading it for each node, as
-/// [`NodeRef::read`] does.
+/// [`NodeRef::read`] does. Borrows the `PhysMem`, which debug builds also
+/// check each node against, as [`PhysMem::phys_ptr`] does.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct RamBase(NonNull<u8>);
+pub(crate) struct RamBase<'a> {
+    base: NonNull<u8>,
+    phys: &'a PhysMem,
+}
 
-impl RamBase {
+impl<'a> RamBase<'a> {
     #[inline]
-    pub(crate) fn of(phys: &PhysMem) -> Self {
-        Self(phys.ram_base())
+    pub(crate) fn of(phys: &'a PhysMem) -> Self {
+        Self { base: phys.ram_base(), phys }
     }
 
     /// Reads entry `index` of the node at `pa`, as [`NodeRef::read`] would
@@ -95,17 +99,18 @@ impl RamBase {
     ///
     /// # Safety
     ///
-    /// As for [`NodeRef::new`], for the `PhysMem` this was copied from: the
-    /// page at `pa` is one of its page-table nodes, alive (or at least
-    /// unreused) during the call.
+    /// As for [`NodeRef::new`]: the page at `pa` is a page-table node of
+    /// the `PhysMem` this was copied from, alive (or at least unreused)
+    /// during the call.
     #[inline(always)]
     pub(crate) unsafe fn read(self, pa: Paddr, index: usize) -> u64 {
-        let ptr = self.0.as_ptr().wrapping_add(pa).cast::<AtomicU64>();
-        // SAFETY: the node's page is RAM (Platform contract 1), reached at
-        // `ram_base + pa` (`PhysMem::phys_ptr`), page (so 8-byte) aligned,
-        // holds `PAGE_SIZE / 8` words, and is only ever accessed atomically
-        // while it is a node, which it stays during the call (caller
-        // contract).
+        debug_assert!(self.phys.is_ram(&(pa..pa + 1)), "physical address {pa:#x} is not RAM");
+        let ptr = self.base.as_ptr().wrapping_add(pa).cast::<AtomicU64>();
+        // SAFETY: the node's page is RAM of `phys` (caller contract), which
+        // is borrowed, so `ram_base + pa` reaches it (`PhysMem::phys_ptr`,
+        // Platform contract 1); it is page (so 8-byte) aligned, holds
+        // `PAGE_SIZE / 8` words, and is only ever accessed atomically while
+        // it is a node, which it stays during the call (caller contract).
         let entries = unsafe { core::slice::from_raw_parts(ptr, crate::addr::PAGE_SIZE / 8) };
         entries[index].load(Ordering::Acquire)
     }
