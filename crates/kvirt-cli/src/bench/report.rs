@@ -503,10 +503,13 @@ fn map_floor_note(r: &Results) -> Option<String> {
     ))
 }
 
-/// What an area query adds to kvirt-pt's walk of the same address (the
-/// walk an area query makes, after reading the area's handle), row by row,
-/// beside how many handles a run picks from at random: a clause for the
-/// targets on `KVirtArea::query`, `op` being `query` or `query-chain`.
+/// What an area query adds to kvirt-pt's walk of the same address, row by
+/// row, beside how many handles a run picks from at random: a clause for
+/// the targets on `KVirtArea::query`, `op` being `query` or `query-chain`.
+/// Besides the area's handle, the difference holds what an area query
+/// reads from its space for each walk (where the kernel table's walk
+/// starts, which kvirt-pt's read-side section reads once per run) and the
+/// metadata slot of the tracked frame it finds.
 fn handle_note(r: &Results, op: &str) -> String {
     let size = core::mem::size_of::<kvirt::kspace::KVirtArea>();
     let parts: Vec<String> = crate::bench::SIZES
@@ -522,7 +525,7 @@ fn handle_note(r: &Results, op: &str) -> String {
         return String::new();
     }
     format!(
-        "; an area query first reads the area's handle ({size} bytes), then walks as kvirt-pt's query by address does; what it adds to kvirt-pt's row, by the number of handles a run picks from at random: {}",
+        "; an area query first reads the area's handle ({size} bytes) and, from its space, where the kernel table's walk starts (which kvirt-pt's read-side section reads once per run), then walks as kvirt-pt's query by address does and finds the tracked frame's metadata slot; what it adds to kvirt-pt's row, by the number of handles a run picks from at random: {}",
         parts.join(", ")
     )
 }
@@ -1041,6 +1044,16 @@ mod tests {
         }
         assert_eq!(note.matches(" KiB): ").count(), 2, "only the sizes with both rows: {note}");
         assert_eq!(handle_note(&r, "query-chain"), "", "kvirt-pt's chained row is missing");
+        // The targets on area queries carry the clause.
+        let measured =
+            |r: &Results, id| peer_targets(r).into_iter().find(|t| t.id == id).expect("the target").measured;
+        r.cells.push(cell("query-4k-x1", "multiarch", 8.0));
+        let f = measured(&r, "(f)");
+        assert!(f.contains("reads the area's handle") && f.contains("+9.5 ns"), "{f}");
+        r.cells.push(cell("query-chain-4k-x1", "kvirt-pt", 21.0));
+        r.cells.push(cell("query-chain-4k-x1", "floor", 20.0));
+        let g = measured(&r, "(g)");
+        assert!(g.contains("+9.0 ns"), "{g}");
     }
 
     /// The churn's scaling column divides the one-thread time of the same
