@@ -94,24 +94,36 @@ impl<'a> RamBase<'a> {
         Self { base: phys.ram_base(), phys }
     }
 
-    /// Reads entry `index` of the node at `pa`, as [`NodeRef::read`] would
-    /// (allowed without the lock).
+    /// All the words of the node's page at `pa`, as entries: the one place
+    /// a node's entries are reached, for [`NodeRef`] and lock-free walks.
     ///
     /// # Safety
     ///
     /// As for [`NodeRef::new`]: the page at `pa` is a page-table node of
     /// the `PhysMem` this was copied from, alive (or at least unreused)
-    /// during the call.
+    /// for `'a`.
     #[inline(always)]
-    pub(crate) unsafe fn read(self, pa: Paddr, index: usize) -> u64 {
+    pub(crate) unsafe fn entries(self, pa: Paddr) -> &'a [AtomicU64] {
         debug_assert!(self.phys.is_ram(&(pa..pa + 1)), "physical address {pa:#x} is not RAM");
         let ptr = self.base.as_ptr().wrapping_add(pa).cast::<AtomicU64>();
         // SAFETY: the node's page is RAM of `phys` (caller contract), which
         // is borrowed, so `ram_base + pa` reaches it (`PhysMem::phys_ptr`,
         // Platform contract 1); it is page (so 8-byte) aligned, holds
         // `PAGE_SIZE / 8` words, and is only ever accessed atomically while
-        // it is a node, which it stays during the call (caller contract).
-        let entries = unsafe { core::slice::from_raw_parts(ptr, crate::addr::PAGE_SIZE / 8) };
+        // it is a node, which it stays for `'a` (caller contract).
+        unsafe { core::slice::from_raw_parts(ptr, crate::addr::PAGE_SIZE / 8) }
+    }
+
+    /// Reads entry `index` of the node at `pa`, as [`NodeRef::read`] does
+    /// (allowed without the lock).
+    ///
+    /// # Safety
+    ///
+    /// As for [`entries`](Self::entries), during the call.
+    #[inline(always)]
+    pub(crate) unsafe fn read(self, pa: Paddr, index: usize) -> u64 {
+        // SAFETY: the caller's contract is `entries`'.
+        let entries = unsafe { self.entries(pa) };
         entries[index].load(Ordering::Acquire)
     }
 }
@@ -165,11 +177,9 @@ impl<'a> NodeRef<'a> {
     /// All the words of the node's page, as entries.
     #[inline]
     fn entries(self) -> &'a [AtomicU64] {
-        let ptr = self.phys.phys_ptr(self.pa).cast::<AtomicU64>();
-        // SAFETY: the node's page is RAM (Platform contract 1), page (so
-        // 8-byte) aligned, holds `PAGE_SIZE / 8` words, and is only ever
-        // accessed atomically while it is a node.
-        unsafe { core::slice::from_raw_parts(ptr, crate::addr::PAGE_SIZE / 8) }
+        // SAFETY: the page is a node of `phys`, alive while `self` is used
+        // (type invariant: `NodeRef::new`'s contract).
+        unsafe { RamBase::of(self.phys).entries(self.pa) }
     }
 
     /// Reads entry `index` (allowed without the lock).
