@@ -197,8 +197,7 @@ impl PageCache {
     /// landing on a list the drain has passed while the allocation fails.
     /// The last try of an allocation that found no page.
     pub(super) fn drain_and_alloc(&self, buddy: &spin::Mutex<BuddyAllocator>, count: usize) -> Option<usize> {
-        // In list order, then the allocator: the order of every other path.
-        let mut lists: [_; LISTS] = core::array::from_fn(|i| self.lists[i].lock());
+        let mut lists = self.lock_all();
         let mut buddy = buddy.lock();
         for list in &mut lists {
             list.give_back(&mut buddy);
@@ -222,12 +221,18 @@ impl PageCache {
         buddy: &spin::Mutex<BuddyAllocator>,
         f: impl FnOnce(usize, &BuddyAllocator) -> R,
     ) -> R {
-        // Guards in an array, not a `Vec`: no heap memory is freed while
-        // the allocator's lock is held (the guards outlive it).
-        let lists: [_; LISTS] = core::array::from_fn(|i| self.lists[i].lock());
+        let lists = self.lock_all();
         let cached = lists.iter().map(|l| l.pages.len()).sum();
         let buddy = buddy.lock();
         f(cached, &buddy)
+    }
+
+    /// Every list locked, in list order: the order of every path that
+    /// takes more than one list, each before the buddy allocator. The
+    /// guards are in an array, not a `Vec`, so a caller that then locks the
+    /// allocator frees no heap memory under its lock when they go.
+    fn lock_all(&self) -> [spin::MutexGuard<'_, List>; LISTS] {
+        core::array::from_fn(|i| self.lists[i].lock())
     }
 
     /// How many pages `cpu`'s list holds.
