@@ -630,12 +630,21 @@ impl PhysMem {
     /// length, until as many are allocated on this CPU (see the
     /// `page_cache` module): a lazy purge's release, whose frames this
     /// CPU's next areas will want.
+    ///
+    /// The burst is settled even if `free` panics (a frame's metadata drop
+    /// hook is the caller's code), so no room it announced outlives it.
     pub(crate) fn freeing_pages<R>(&self, pages: usize, free: impl FnOnce() -> R) -> R {
+        /// Settles `cpu`'s list when dropped, unwinding or not.
+        struct Settle<'a>(&'a PageCache, usize);
+        impl Drop for Settle<'_> {
+            fn drop(&mut self) {
+                self.0.settle(self.1);
+            }
+        }
         let cpu = self.platform.current_cpu();
         self.page_cache.keep(cpu, pages);
-        let result = free();
-        self.page_cache.settle(cpu);
-        result
+        let _settle = Settle(&self.page_cache, cpu);
+        free()
     }
 
     /// How many free pages `cpu`'s list holds.
