@@ -13,6 +13,8 @@
 //! | `untracked` | mapping an untracked page and taking it back: the PTE stores |
 //! | `tracked` | the same with a tracked frame: its reference count, up and down |
 //! | `no-cursor` | `tracked`'s map and take without a cursor (`PageTable::try_map_frame`, `try_take_page`): the leaf node locked alone |
+//! | `walk` | a lock-free walk to a page mapped in an existing leaf node (`PageTable::translate_addr`): a read-side section and the entries on the way |
+//! | `leaf-lock` | `PageTable::try_take_page` of a page that is not mapped, in an existing leaf node: the same section, the walk down by the lock protocol, and the leaf node locked (a locked compare-exchange), checked not to be stray and unlocked; its own cost (less `walk`) is what locking the leaf adds to a lock-free walk |
 //! | `reclaim` | the same with no neighbour in the leaf node, so the node is allocated at the map and reclaimed at the unmap |
 //! | `flush` | the unmap's shoot-down of the page on both CPUs, alone |
 //! | `area` | `KVirtArea::map_frames` of one page and its drop: all of the above plus VMALLOC, the area registry and the area's own bookkeeping |
@@ -54,7 +56,7 @@ pub struct Step {
 }
 
 /// The steps, in order (see the module documentation).
-pub const STEPS: [(&str, &[&str], &str); 11] = [
+pub const STEPS: [(&str, &[&str], &str); 13] = [
     ("rcu", &[], "a read-side section entered and left (hosted: a per-thread counter, no locked instruction)"),
     ("cursor", &["rcu"], "CursorMut over the page, created and dropped (+ walk down, node lock)"),
     ("untracked", &["cursor"], "+ map an untracked page and take it back (PTE stores)"),
@@ -63,6 +65,12 @@ pub const STEPS: [(&str, &[&str], &str); 11] = [
         "no-cursor",
         &["rcu"],
         "`tracked` without a cursor: `PageTable::try_map_frame` + `try_take_page` (the leaf node locked alone)",
+    ),
+    ("walk", &[], "a lock-free walk to a mapped page (`PageTable::translate_addr`: a read-side section, the entries on the way)"),
+    (
+        "leaf-lock",
+        &["walk"],
+        "`PageTable::try_take_page` of a page not mapped, in an existing leaf node: + the leaf node found by the lock protocol, locked, checked and unlocked",
     ),
     ("reclaim", &["tracked"], "+ no neighbour: the leaf node allocated and reclaimed"),
     ("flush", &[], "the unmap's shoot-down of the page on both CPUs, alone"),
@@ -161,6 +169,12 @@ pub fn measure(cfg: &Config) -> Result<Vec<Step>, Error> {
         each(cfg, ops, 1, || {
             pt.try_map_frame(va, frame.clone(), prop).expect("a free page");
             drop(black_box(pt.try_take_page(va).expect("a kernel page")));
+        })?,
+        // The neighbour is mapped (untracked, at physical address 0); `va`
+        // is not, in the same leaf node.
+        each(cfg, ops, 1, || assert_eq!(black_box(pt.translate_addr(black_box(neighbour))), Some(0)))?,
+        each(cfg, ops, 1, || {
+            assert!(black_box(pt.try_take_page(black_box(va))).expect("a kernel page").is_none())
         })?,
         each(cfg, ops, 1, || map_take(lone, MappedItem::Tracked(frame.clone().into_dyn(), prop)))?,
         each(cfg, ops, 1, || platform.flush_tlb(TlbFlushOp::Range(page.clone()), TlbScope::AllCpus))?,
