@@ -19,7 +19,8 @@ use kvirt::kspace::KernelSpace;
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
 use kvirt::page_table::{
     vaddr_bounds, KernelPtConfig, MapError, MapErrorKind, MappedItem, MappedItemRef, PageTable,
-    PageTableAllocError, PageTableConfig, PageTableFrag, RangeError, TakePageError, TakenRange, UserPtConfig,
+    PageTableAllocError, PageTableConfig, PageTableFrag, RangeError, TakePageError, TakeRangeError,
+    TakenRange, UserPtConfig,
 };
 use kvirt::{Paddr, PagingLevel, Vaddr, PAGE_SIZE};
 
@@ -2789,5 +2790,154 @@ mod one_page {
         );
         drop(hoard);
         assert_eq!(pt_pages(&space), nodes);
+    }
+}
+
+/// `PageTable::try_take_range`: a range inside one existing leaf node
+/// without a cursor, any other through one, with a cursor's `try_take_all`
+/// results either way (`page_table_model.rs` checks them against the model
+/// in random sequences).
+mod range_without_a_cursor {
+    use super::*;
+
+    #[test]
+    fn take_range_inside_a_leaf_takes_every_mapping_and_keeps_its_neighbours() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let frames: Vec<_> = (0..6).map(|_| frame(&space)).collect();
+        for (i, f) in frames.iter().enumerate() {
+            pt.try_map_frame(KVA + 2 * i * SZ_4K, f.clone(), rw()).unwrap();
+        }
+        let nodes = pt_pages(&space);
+        // Pages 2, 4 and 6 of the frames mapped at 0, 2, .., 10.
+        let range = KVA + SZ_4K..KVA + 7 * SZ_4K;
+        let mut taken = TakenRange::new();
+        pt.try_take_range(&range, &mut taken).unwrap();
+        assert_eq!(taken.num_mappings(), 3);
+        assert_eq!(taken.va_range(), Some(range.clone()), "the flush covers the whole range");
+        for (i, f) in frames.iter().enumerate() {
+            let inside = range.contains(&(KVA + 2 * i * SZ_4K));
+            assert_eq!(f.reference_count(), 2, "frame {i}: ours, and the entry's or the taken one");
+            assert_eq!(query(&pt, KVA + 2 * i * SZ_4K).1.is_some(), !inside, "page {}", 2 * i);
+        }
+        drop(taken);
+        for (i, f) in frames.iter().enumerate() {
+            let inside = range.contains(&(KVA + 2 * i * SZ_4K));
+            assert_eq!(f.reference_count(), if inside { 1 } else { 2 }, "frame {i}");
+        }
+        assert_eq!(pt_pages(&space), nodes, "the leaf still maps its neighbours");
+    }
+
+    #[test]
+    fn take_range_of_a_leafs_last_pages_reclaims_the_leaf() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let nodes = pt_pages(&space);
+        let f = frame(&space);
+        pt.try_map_frame(KVA + 3 * SZ_4K, f.clone(), rw()).unwrap();
+        let mut taken = TakenRange::new();
+        pt.try_take_range(&(KVA..KVA + 8 * SZ_4K), &mut taken).unwrap();
+        assert_eq!(taken.num_mappings(), 1);
+        drop(taken);
+        assert_eq!(pt_pages(&space), nodes, "the emptied L1 and L2 nodes are gone");
+        assert_eq!(f.reference_count(), 1);
+    }
+
+    #[test]
+    fn take_range_of_nothing_takes_nothing() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        map_untracked(&pt, KVA, UPA, 1, rw());
+        let nodes = pt_pages(&space);
+        // Absent entries of a leaf node, no leaf node at all, and several.
+        for range in
+            [KVA + SZ_4K..KVA + 9 * SZ_4K, KVA + SZ_1G..KVA + SZ_1G + SZ_4K, KVA + SZ_2M..KVA + SZ_1G]
+        {
+            let mut taken = TakenRange::new();
+            pt.try_take_range(&range, &mut taken).unwrap();
+            assert!(taken.is_empty() && taken.va_range().is_none(), "{range:#x?}");
+        }
+        assert_eq!(query(&pt, KVA).1, Some(Leaf { pa: UPA, level: 1, prop: rw(), tracked: false }));
+        assert_eq!(pt_pages(&space), nodes);
+    }
+
+    #[test]
+    fn take_range_across_leaves_and_huge_pages_goes_through_a_cursor() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let nodes = pt_pages(&space);
+        let f = frame(&space);
+        pt.try_map_frame(KVA + SZ_2M - SZ_4K, f.clone(), rw()).unwrap();
+        map_untracked(&pt, KVA + SZ_2M, UPA, 2, rw());
+        // The last page of one leaf node, and the first 3 pages of a 2 MiB
+        // page (split).
+        let mut taken = TakenRange::new();
+        pt.try_take_range(&(KVA + SZ_2M - SZ_4K..KVA + SZ_2M + 3 * SZ_4K), &mut taken).unwrap();
+        assert_eq!(taken.num_mappings(), 4);
+        drop(taken);
+        assert_eq!(f.reference_count(), 1);
+        assert_eq!(leaves(&pt, KVA..KVA + SZ_1G).len(), 512 - 3, "the rest of the split page");
+        assert_eq!(
+            query(&pt, KVA + SZ_2M + 3 * SZ_4K).1,
+            Some(Leaf { pa: UPA + 3 * SZ_4K, level: 1, prop: rw(), tracked: false })
+        );
+        assert_eq!(pt_pages(&space), nodes + 2, "the split page's leaf node and its parent");
+    }
+
+    #[test]
+    fn take_range_outside_the_table_is_refused_and_changes_nothing() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        map_untracked(&pt, KVA, UPA, 1, rw());
+        let nodes = pt_pages(&space);
+        let user_va = 0x40_0000;
+        for (range, e) in [
+            (KVA..KVA, RangeError::Empty),
+            (KVA + 8..KVA + SZ_4K, RangeError::Misaligned),
+            (KVA..KVA + 8, RangeError::Misaligned),
+            (user_va..user_va + SZ_4K, RangeError::OutOfBounds),
+            (user_va..KVA + SZ_4K, RangeError::OutOfBounds),
+        ] {
+            let mut taken = TakenRange::new();
+            assert_eq!(pt.try_take_range(&range, &mut taken), Err(TakeRangeError::Range(e)), "{range:#x?}");
+            assert!(taken.is_empty());
+        }
+        #[allow(clippy::reversed_empty_ranges, reason = "the reversed range is the input under test")]
+        let reversed = KVA + SZ_4K..KVA;
+        assert_eq!(
+            pt.try_take_range(&reversed, &mut TakenRange::new()),
+            Err(TakeRangeError::Range(RangeError::Reversed))
+        );
+        assert_eq!(query(&pt, KVA).1, Some(Leaf { pa: UPA, level: 1, prop: rw(), tracked: false }));
+        assert_eq!(pt_pages(&space), nodes);
+    }
+
+    #[test]
+    fn take_range_that_cannot_split_a_huge_page_stops_there() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let f = frame(&space);
+        pt.try_map_frame(KVA, f.clone(), rw()).unwrap();
+        map_untracked(&pt, KVA + SZ_2M, UPA, 2, rw());
+        let nodes = pt_pages(&space);
+        let hoard = take_every_free_frame(&space);
+        let huge = Some(Leaf { pa: UPA, level: 2, prop: rw(), tracked: false });
+        // Cut at its start: nothing taken.
+        let mut taken = TakenRange::new();
+        let cut_start = KVA + SZ_2M + SZ_4K..KVA + 2 * SZ_2M;
+        assert_eq!(pt.try_take_range(&cut_start, &mut taken), Err(TakeRangeError::OutOfMemory));
+        assert!(taken.is_empty());
+        // Cut at its end: what lies before it taken, the huge page left.
+        let cut_end = KVA..KVA + SZ_2M + SZ_4K;
+        assert_eq!(pt.try_take_range(&cut_end, &mut taken), Err(TakeRangeError::OutOfMemory));
+        assert_eq!(taken.num_mappings(), 1, "the page before the huge page");
+        assert_eq!(query(&pt, KVA).1, None);
+        assert_eq!(query(&pt, KVA + SZ_2M), (KVA + SZ_2M..KVA + 2 * SZ_2M, huge));
+        // The leaf node before the huge page was taken whole: its frames
+        // go back after a grace period.
+        drop((taken, hoard));
+        space.synchronize();
+        assert_eq!(f.reference_count(), 1);
+        assert!(pt_pages(&space) <= nodes, "no node made");
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Random sequences of map (4 KiB tracked or untracked, 2 MiB and 1 GiB
 //! untracked), take_next, take_all, protect_next, query and find_next, and
-//! the cursor-less `PageTable::try_map_frame` and `try_take_page`, run inside a
+//! the cursor-less `PageTable::try_map_frame`, `try_take_page` and
+//! `try_take_range` (a cursor's `take_all` where it needs one), run inside a
 //! 4 GiB window of the kernel half, on addresses drawn from a few slots per
 //! level so that operations collide and huge pages get split. A
 //! `BTreeMap<Vaddr, Leaf>` models the leaf mappings. Every operation's
@@ -27,7 +28,9 @@ use std::ops::Range;
 use kvirt::frame::{AnyFrameMeta, Frame, FrameAllocOptions};
 use kvirt::kspace::KernelSpace;
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
-use kvirt::page_table::{KernelPtConfig, MapErrorKind, MappedItem, MappedItemRef, PageTable, PageTableFrag};
+use kvirt::page_table::{
+    KernelPtConfig, MapErrorKind, MappedItem, MappedItemRef, PageTable, PageTableFrag, TakenRange,
+};
 use kvirt::{Paddr, Vaddr, PAGE_SIZE};
 use proptest::prelude::*;
 
@@ -123,6 +126,19 @@ enum Op {
     /// `PageTable::try_take_page` at the slot: a cursor's
     /// `take_next(PAGE_SIZE)` over the page.
     TakePage { at: Slot },
+    /// `PageTable::try_take_range` of the range: a cursor's `take_all`
+    /// over it.
+    TakeRange { range: Range<Vaddr> },
+}
+
+/// A range of `1..=8` pages from a slot, cut at the end of its leaf
+/// node's span: inside one leaf node, where `try_take_range` needs no
+/// cursor if the node exists.
+fn leaf_range() -> impl Strategy<Value = Range<Vaddr>> {
+    (slot(), 1..=8usize).prop_map(|(at, pages)| {
+        let start = at.va();
+        start..(start + pages * SZ_4K).min(align_down(start, SZ_2M) + SZ_2M)
+    })
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -142,6 +158,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (sub_range(), slot()).prop_map(|(range, from)| Op::FindNext { range, from }),
         5 => (slot(), 0..NR_FRAMES, 0..4usize).prop_map(|(at, frame, prop)| Op::MapFrame { at, frame, prop }),
         4 => slot().prop_map(|at| Op::TakePage { at }),
+        3 => prop_oneof![leaf_range(), sub_range()].prop_map(|range| Op::TakeRange { range }),
     ]
 }
 
@@ -275,42 +292,11 @@ impl World {
                     assert_eq!(got.is_some(), expected.is_some(), "take_next from {va:#x}");
                     assert_eq!(c.virt_addr(), next, "cursor after take_next from {va:#x}");
                 }
-                // The model's prediction: what take_next would hand out, one
-                // fragment after another, to the end of the range.
                 let from = c.virt_addr();
-                let (mut at, mut mappings, mut spans) = (from, 0, Vec::new());
-                while let (Some(frag), next) = self.model.take_next(at, range.end) {
-                    match frag {
-                        Taken::Leaf(va, m) => {
-                            mappings += 1;
-                            spans.push(va..va + m.size);
-                        }
-                        Taken::SubTree { va, len, num_frames } => {
-                            mappings += num_frames;
-                            spans.push(va..va + len);
-                        }
-                    }
-                    at = next;
-                }
+                let expected = model_take_all(&mut self.model, from, range.end);
                 let taken = c.take_all(range.end - from);
                 assert_eq!(c.virt_addr(), range.end, "cursor after take_all from {from:#x}");
-                assert_eq!(taken.num_mappings(), mappings, "take_all from {from:#x} to {:#x}", range.end);
-                assert_eq!(taken.is_empty(), spans.is_empty());
-                match taken.va_range() {
-                    None => assert!(spans.is_empty(), "take_all took {spans:#x?} but covers nothing"),
-                    Some(cover) => {
-                        assert!(
-                            from <= cover.start && cover.end <= range.end,
-                            "{cover:#x?} outside the search"
-                        );
-                        for span in &spans {
-                            assert!(
-                                cover.start <= span.start && span.end <= cover.end,
-                                "{span:#x?} not covered"
-                            );
-                        }
-                    }
-                }
+                check_taken(&taken, &expected, &(from..range.end));
                 // Dropped here: the reference counts checked after the step
                 // show each tracked frame got its reference back.
             }
@@ -357,6 +343,12 @@ impl World {
                         }
                     }
                 }
+            }
+            Op::TakeRange { range } => {
+                let expected = model_take_all(&mut self.model, range.start, range.end);
+                let mut taken = TakenRange::new();
+                self.pt.try_take_range(range, &mut taken).expect("a range of the window, memory to split");
+                check_taken(&taken, &expected, range);
             }
             Op::TakePage { at } => {
                 let va = at.va();
@@ -411,6 +403,44 @@ impl World {
                 1 + entries as u64,
                 "frame {i}: our handle plus {entries} entries"
             );
+        }
+    }
+}
+
+/// What the model's `take_all` from `from` to `end` takes: the
+/// fragments `take_next` would hand out, one after another (the model
+/// takes them), as the mappings they hold and the spans they cover.
+fn model_take_all(model: &mut PtModel, from: Vaddr, end: Vaddr) -> (usize, Vec<Range<Vaddr>>) {
+    let (mut at, mut mappings, mut spans) = (from, 0, Vec::new());
+    while let (Some(frag), next) = model.take_next(at, end) {
+        match frag {
+            Taken::Leaf(va, m) => {
+                mappings += 1;
+                spans.push(va..va + m.size);
+            }
+            Taken::SubTree { va, len, num_frames } => {
+                mappings += num_frames;
+                spans.push(va..va + len);
+            }
+        }
+        at = next;
+    }
+    (mappings, spans)
+}
+
+/// Checks what a `take_all` over `search` took against the model's
+/// prediction ([`model_take_all`]): as many mappings, and a cover
+/// inside the search that holds every span taken.
+fn check_taken(taken: &TakenRange, (mappings, spans): &(usize, Vec<Range<Vaddr>>), search: &Range<Vaddr>) {
+    assert_eq!(taken.num_mappings(), *mappings, "take_all of {search:#x?}");
+    assert_eq!(taken.is_empty(), spans.is_empty());
+    match taken.va_range() {
+        None => assert!(spans.is_empty(), "take_all took {spans:#x?} but covers nothing"),
+        Some(cover) => {
+            assert!(search.start <= cover.start && cover.end <= search.end, "{cover:#x?} outside the search");
+            for span in spans {
+                assert!(cover.start <= span.start && span.end <= cover.end, "{span:#x?} not covered");
+            }
         }
     }
 }
@@ -493,6 +523,17 @@ fn fixed_sequence_refines_the_model() {
         Op::Map { at: s(1, 255, 0), kind: MapKind::Untracked2M(3), prop: 3, wide: false },
         Op::TakePage { at: s(1, 255, 255) },
         Op::MapFrame { at: s(1, 255, 255), frame: 3, prop: 0 },
+        // Ranges inside one leaf node, without a cursor: part of it, then
+        // the rest with the node reclaimed; one inside a 2 MiB page
+        // (through a cursor, which splits it), and one across leaf nodes.
+        Op::MapFrame { at: s(0, 1, 1), frame: 0, prop: 0 },
+        Op::MapFrame { at: s(0, 1, 2), frame: 1, prop: 1 },
+        Op::MapFrame { at: s(0, 1, 4), frame: 2, prop: 2 },
+        Op::TakeRange { range: s(0, 1, 2).va()..s(0, 1, 4).va() },
+        Op::TakeRange { range: s(0, 1, 0).va()..s(0, 1, 255).va() },
+        Op::Map { at: s(2, 1, 0), kind: MapKind::Untracked2M(1), prop: 0, wide: false },
+        Op::TakeRange { range: s(2, 1, 1).va()..s(2, 1, 3).va() },
+        Op::TakeRange { range: s(1, 255, 1).va()..s(2, 1, 255).va() },
     ];
     run(&ops);
 }

@@ -568,17 +568,14 @@ impl<L: KernelLayout> Drop for KVirtArea<L> {
         // it is leaked rather than released.
         let mut taken: ManuallyDrop<TakenRange<L::Format>> = ManuallyDrop::new(TakenRange::new());
         // Without a cursor where the mapped part lies in one existing leaf
-        // node (`take_in_leaf_into`): most areas.
-        if !self.mapped.is_empty() && !space.kernel_pt.take_in_leaf_into(&self.mapped, &mut taken) {
-            {
-                let mut cursor =
-                    space.kernel_pt.cursor_mut(&self.mapped).expect("an area lies in kernel space");
-                // Filled in place (`take_all` would return it by a copy).
-                if let Err(e) = cursor.try_take_all(self.mapped.len(), &mut taken) {
-                    // Areas split their huge pages when they are split, so
-                    // this needs no memory; what was taken stays leaked.
-                    panic!("dropping the area at {:#x}: {e}", self.range.start);
-                }
+        // node: most areas. Filled in place (`take_all` would return it by
+        // a copy).
+        if !self.mapped.is_empty() {
+            if let Err(e) = space.kernel_pt.try_take_range(&self.mapped, &mut taken) {
+                // The mapped part lies in kernel space, and areas split their
+                // huge pages when they are split, so this needs no memory;
+                // what was taken stays leaked.
+                panic!("dropping the area at {:#x}: {e}", self.range.start);
             }
         }
         space.registry.remove(self.range.start);

@@ -157,3 +157,32 @@ impl fmt::Display for TakePageError {
 }
 
 impl core::error::Error for TakePageError {}
+
+/// Why [`PageTable::try_take_range`](super::PageTable::try_take_range)
+/// stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TakeRangeError {
+    /// The range is not one [`PageTable::cursor_mut`](super::PageTable::cursor_mut)
+    /// accepts (empty, misaligned, or not in this table's part of the
+    /// address space). Nothing was taken; the table is unchanged.
+    Range(RangeError),
+    /// A huge page reaching past an end of the range had to be split, and
+    /// a page-table node could not be allocated. As with
+    /// [`CursorMut::try_take_all`](super::CursorMut::try_take_all): the
+    /// mappings from that huge page on are unchanged, and what was taken
+    /// before it is in the caller's `TakenRange` (flush it before dropping
+    /// it). Only a range whose end cuts a huge page can stop half way; one
+    /// whose start does stops before taking anything.
+    OutOfMemory,
+}
+
+impl fmt::Display for TakeRangeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TakeRangeError::Range(e) => fmt::Display::fmt(e, f),
+            TakeRangeError::OutOfMemory => fmt::Display::fmt(&PageTableAllocError, f),
+        }
+    }
+}
+
+impl core::error::Error for TakeRangeError {}

@@ -5,9 +5,10 @@
 //! [`Cursor`] (query, find, jump) and [`CursorMut`] (also map, take, protect),
 //! each created over a page-aligned range that it locks for its lifetime.
 //! One 4 KiB page, the commonest case, may also be mapped or taken without
-//! one ([`PageTable::try_map_frame`], [`PageTable::try_take_page`]): under
-//! the same locks, with the same results, at about half a cursor's fixed
-//! cost.
+//! one ([`PageTable::try_map_frame`], [`PageTable::try_take_page`]), and a
+//! range inside one leaf node taken ([`PageTable::try_take_range`], which
+//! goes through a cursor for any other range): under the same locks, with
+//! the same results, at about half a cursor's fixed cost.
 //!
 //! ## Locking (CortenMM)
 //!
@@ -124,7 +125,9 @@ mod walk;
 
 pub use config::{largest_pages, vaddr_bounds, KernelPtConfig, PageTableConfig, UserPtConfig};
 pub use cursor::{Cursor, CursorMut, PageTableFrag, TakenRange};
-pub use error::{MapError, MapErrorKind, OutOfCursorRange, PageTableAllocError, RangeError, TakePageError};
+pub use error::{
+    MapError, MapErrorKind, OutOfCursorRange, PageTableAllocError, RangeError, TakePageError, TakeRangeError,
+};
 pub use item::{MappedItem, MappedItemRef};
 pub use table::PageTable;
 pub use walk::ReadSection;

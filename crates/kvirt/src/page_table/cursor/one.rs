@@ -5,18 +5,21 @@
 //! of the nodes it detaches and the bookkeeping to reclaim them, and it
 //! costs about as much to make and drop as the page's own work.
 //! [`PageTable::try_map_frame`] and [`PageTable::try_take_page`] take the
-//! common case directly, under the same lock protocol:
+//! common case directly, under the same lock protocol, and so does
+//! [`PageTable::try_take_range`] for a range inside one leaf node (most
+//! small kernel areas):
 //!
 //! 1. enter a read-side section and walk down to the page's leaf node as
 //!    `lock_range` over the page would, and lock it (`locking::lock_leaf`:
 //!    the same protocol, for the one case where it ends at a leaf);
 //! 2. if the leaf node exists, map (the entry is absent, the frame this
-//!    table's space's) or take right there, through the leaf's guard; a
+//!    table's space's) or take (the range) right there, through the leaf's guard; a
 //!    leaf the take empties is queued or reclaimed after it is unlocked,
 //!    by the very code a cursor's drop runs;
 //! 3. in any other case (no leaf yet, something in the way, a huge page to
 //!    split, an error), unlock (if the leaf was locked) having changed
-//!    nothing, and do the same through a cursor over the page.
+//!    nothing, and do the same through a cursor over the page (the
+//!    range).
 //!
 //! So each call has exactly the effect and the result of its cursor
 //! sequence, which its docs name: the fast path only leaves out work that
@@ -32,7 +35,9 @@ use crate::arch::{pte_index, PagingFormat, PteKind};
 use crate::frame::{AnyFrameMeta, Frame};
 use crate::page_prop::PageProperty;
 use crate::page_table::config::{check_range, PageTableConfig};
-use crate::page_table::error::{MapError, MapErrorKind, RangeError, TakePageError};
+use crate::page_table::error::{
+    MapError, MapErrorKind, PageTableAllocError, RangeError, TakePageError, TakeRangeError,
+};
 use crate::page_table::item::MappedItem;
 use crate::page_table::locking;
 use crate::page_table::node::NodeGuard;
@@ -146,15 +151,44 @@ impl<C: PageTableConfig> PageTable<C> {
         cursor.try_take_next(PAGE_SIZE).map_err(|_| TakePageError::OutOfMemory)
     }
 
-    /// Takes everything mapped in `range` (page aligned, in this table)
-    /// into `taken`, as a cursor's [`try_take_all`](super::CursorMut::try_take_all)
-    /// would, if the range lies inside one leaf node's span (short of all
-    /// of it) and that node exists; returns `false`, having changed
-    /// nothing, otherwise (the caller then takes the range with a cursor).
-    /// `taken`'s range then covers all of `range` if anything was taken
-    /// (the cursor's starts at the first page it took). What `KVirtArea`'s
-    /// drop does first.
-    pub(crate) fn take_in_leaf_into(&self, range: &Range<Vaddr>, taken: &mut TakenRange<C::F>) -> bool {
+    /// Removes every mapping in `range` into `taken`: what a cursor over
+    /// `range` does with [`try_take_all`](super::CursorMut::try_take_all)`(range.len(), taken)`,
+    /// without making one when the range lies inside one leaf node's span
+    /// (short of all of it) and that node exists (see the module docs).
+    /// Unmapping a small kernel area is this call. It locks as that cursor
+    /// would (see [`try_map_frame`](Self::try_map_frame)).
+    ///
+    /// What `taken` receives still owns what was mapped: flush the TLB for
+    /// its [`va_range`](TakenRange::va_range) before dropping it. Where no
+    /// cursor was needed that range is all of `range` if anything was
+    /// taken; a cursor's starts at the first mapping it took.
+    ///
+    /// # Errors
+    ///
+    /// [`TakeRangeError::Range`] if `range` is not one
+    /// [`cursor_mut`](Self::cursor_mut) accepts (the table is unchanged),
+    /// and [`TakeRangeError::OutOfMemory`] if a huge page that `range` cuts
+    /// could not be split, with the cursor's partial result (see there).
+    pub fn try_take_range(
+        &self,
+        range: &Range<Vaddr>,
+        taken: &mut TakenRange<C::F>,
+    ) -> Result<(), TakeRangeError> {
+        check_range::<C>(range).map_err(TakeRangeError::Range)?;
+        if self.take_in_leaf_into(range, taken) {
+            return Ok(());
+        }
+        let mut cursor = self.cursor_mut(range).expect("the range was checked");
+        cursor.try_take_all(range.len(), taken).map_err(|PageTableAllocError| TakeRangeError::OutOfMemory)
+    }
+
+    /// Step 1 and 2 of the module docs for [`try_take_range`](Self::try_take_range)
+    /// of `range` (checked): takes everything mapped in it into `taken`, as
+    /// a cursor's [`try_take_all`](super::CursorMut::try_take_all) would, if
+    /// the range lies inside one leaf node's span (short of all of it) and
+    /// that node exists; returns `false`, having changed nothing, otherwise.
+    /// `taken`'s range then covers all of `range` if anything was taken.
+    fn take_in_leaf_into(&self, range: &Range<Vaddr>, taken: &mut TakenRange<C::F>) -> bool {
         let _rcu = RcuReadGuard::new(self.phys().platform());
         let Some(leaf) = lock_leaf(self, range) else {
             return false;
