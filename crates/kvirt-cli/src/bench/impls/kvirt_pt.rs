@@ -1,9 +1,10 @@
 //! kvirt's raw page-table API: an independent `PageTable<KernelPtConfig>`
 //! and one `CursorMut` over each range, mapping with
 //! `CursorMut::try_map_frames`; unmapping takes the whole range
-//! (`CursorMut::try_take_all`), flushes the TLB for it, then drops what it took (what
-//! `KVirtArea`'s drop does, minus the area bookkeeping). A single page is
-//! mapped and taken without a cursor, as a kernel would: by
+//! (`PageTable::try_take_range`: without a cursor inside one leaf node,
+//! through one otherwise), flushes the TLB for it, then drops what it took
+//! (what `KVirtArea`'s drop does, minus the area bookkeeping). A single
+//! page is mapped and taken without a cursor, as a kernel would: by
 //! `PageTable::try_map_frame` and `PageTable::try_take_page`.
 
 use std::ops::Range;
@@ -84,12 +85,7 @@ impl<L: KernelLayout> KvirtPt<L> {
         // Filled in place, as `KVirtArea`'s drop does (`take_all` returns
         // it by a copy).
         let mut taken = TakenRange::new();
-        {
-            // Dropped in place at the end of the block: `drop(cursor)`
-            // would first copy the cursor (some 200 bytes) into `drop`.
-            let mut cursor = self.pt.cursor_mut(&range).expect("a kernel range");
-            cursor.try_take_all(range.len(), &mut taken).expect("4 KiB pages need no split");
-        }
+        self.pt.try_take_range(&range, &mut taken).expect("4 KiB pages need no split");
         if flushing() {
             self.space.platform().flush_tlb(TlbFlushOp::Range(range), TlbScope::AllCpus);
         }
