@@ -196,9 +196,11 @@ pub fn gen_op(rng: &mut Rng) -> Op {
 /// A random operation on the model's user page table: mostly single pages
 /// mapped and taken without a cursor (`PageTable::try_map_frame`,
 /// `try_take_page`) in two 2 MiB slots, at the ends of their leaf nodes and
-/// next to them, sometimes misaligned or outside the table; and, so that
-/// those meet huge pages and cursors' work, 2 MiB pages of device memory
-/// mapped over a slot and whole slots unmapped through a cursor.
+/// next to them, sometimes misaligned or outside the table, and short
+/// ranges taken from there (`try_take_range`: inside a leaf node, or
+/// across the end of a slot); and, so that those meet huge pages and
+/// cursors' work, 2 MiB pages of device memory mapped over a slot and whole
+/// slots unmapped through a cursor.
 fn gen_pt_op(rng: &mut Rng) -> Op {
     /// 4 KiB pages in a 2 MiB page.
     const HUGE: usize = 512;
@@ -210,11 +212,12 @@ fn gen_pt_op(rng: &mut Rng) -> Op {
         1 => (*rng.pick(&[usize::MAX / PAGE_SIZE, 1 << 40]), 0),
         _ => (slot + *rng.pick(&[0, 1, HUGE - 1]), 0),
     };
-    match rng.below(20) {
+    match rng.below(24) {
         0..=6 => Op::PtMapFrame { page, misalign },
         7..=13 => Op::PtTakePage { page, misalign },
         14..=17 => Op::PtMap { page: slot, level: 2, tracked: false },
-        _ => Op::PtUnmap { page: slot, pages: HUGE },
+        18 | 19 => Op::PtUnmap { page: slot, pages: HUGE },
+        _ => Op::PtTakeRange { page, pages: *rng.pick(&[1, 2, 3, HUGE]) },
     }
 }
 
@@ -355,9 +358,10 @@ fn simpler(op: &Op) -> Vec<Op> {
         Op::PtMap { page, level, tracked } if *page > 0 => {
             out.push(Op::PtMap { page: 0, level: *level, tracked: *tracked });
         }
-        Op::PtUnmap { page, pages } | Op::PtProtect { page, pages } => {
+        Op::PtUnmap { page, pages } | Op::PtProtect { page, pages } | Op::PtTakeRange { page, pages } => {
             let same = |page, pages| match op {
                 Op::PtUnmap { .. } => Op::PtUnmap { page, pages },
+                Op::PtTakeRange { .. } => Op::PtTakeRange { page, pages },
                 _ => Op::PtProtect { page, pages },
             };
             if *pages > 1 {

@@ -166,6 +166,17 @@ pub enum Op {
         /// Bytes added to the page's address (non-zero must be refused).
         misalign: usize,
     },
+    /// `PageTable::try_take_range` of `pages` pages from `page` (clipped
+    /// to the user page table): every mapping in the range taken (without
+    /// a cursor inside one existing leaf node, through one otherwise),
+    /// what the model predicts, or the range error; with memory short, a
+    /// huge page cut by the range may stop it.
+    PtTakeRange {
+        /// The first page.
+        page: usize,
+        /// How many pages.
+        pages: usize,
+    },
     /// `protect_next` (to read-only) over `pages` pages from `page`.
     PtProtect {
         /// The first page.
@@ -430,6 +441,7 @@ impl fmt::Display for Op {
             Op::PtTakePage { page, misalign } => {
                 write!(f, "pt.take_page(page {page}{})", at_str(*page, *misalign))
             }
+            Op::PtTakeRange { page, pages } => write!(f, "pt.take_range(page {page}, {pages} pages)"),
             Op::PtProtect { page, pages } => write!(f, "pt.protect(page {page}, {pages} pages, R)"),
             Op::PtQuery { page } => write!(f, "pt.query(page {page})"),
         }

@@ -66,6 +66,7 @@ fn tour() -> Vec<Op> {
         Op::PtMapFrame { page: 6, misalign: 0 },
         Op::PtTakePage { page: 8, misalign: 0 },
         Op::PtTakePage { page: 6, misalign: 0 },
+        Op::PtTakeRange { page: 4, pages: 6 },
         Op::PtSession {
             range: 0..16 * P,
             ops: vec![
@@ -142,8 +143,8 @@ fn a_session_decoded_as_it_goes_sees_the_cursor() {
     model.finish(Checks::Full).expect("nothing leaked");
 }
 
-/// Single pages without a cursor (`PageTable::try_map_frame`,
-/// `try_take_page`) through each case they tell apart, on a layout whose
+/// Single pages and ranges without a cursor (`PageTable::try_map_frame`,
+/// `try_take_page`, `try_take_range`) through each case they tell apart, on a layout whose
 /// level-2 pages hold `huge` 4 KiB pages: every step must give the result
 /// the model predicts (`Model::step`), pass every check, and leave the
 /// table as asserted here.
@@ -205,6 +206,43 @@ fn single_pages<L: KernelLayout>(huge: usize) {
     // Its neighbour's leaf node now exists: taken there without a cursor.
     step(&mut model, Op::PtTakePage { page: h + 2, misalign: 0 });
     assert_eq!(leaves(&model).len(), huge - 2);
+
+    // A range inside that leaf node (without a cursor), and one across the
+    // end of the split page into the next 2 MiB, where nothing is mapped
+    // (through a cursor): every page in them taken.
+    for (page, pages) in [(h, 2), (h + huge - 1, 2)] {
+        let before = leaves(&model);
+        step(&mut model, Op::PtTakeRange { page, pages });
+        let kept: Vec<_> = before.into_iter().filter(|&(p, ..)| !(page..page + pages).contains(&p)).collect();
+        assert_eq!(leaves(&model), kept, "{pages} pages from {page}");
+    }
+    // An empty range, and one beyond the table: typed errors.
+    step(&mut model, Op::PtTakeRange { page: h, pages: 0 });
+    step(&mut model, Op::PtTakeRange { page: 1 << 40, pages: 1 });
+    // With no memory left, a range that cuts a huge page stops there:
+    // before taking anything where it cuts the page's start, after taking
+    // what lies before the page where it cuts its end.
+    let g = 3 * huge;
+    step(&mut model, Op::PtMap { page: g, level: 2, tracked: false });
+    step(&mut model, Op::PtMapFrame { page: g - 1, misalign: 0 });
+    let mut hogs = 0;
+    while space.phys_stats().free_pages > 0 {
+        let free = space.phys_stats().free_pages;
+        let mut pages = free;
+        while space.phys_stats().free_pages == free {
+            step(&mut model, Op::Hog { pages });
+            pages = pages.div_ceil(2);
+        }
+        hogs += 1;
+    }
+    let huge_page = (g, huge, false);
+    step(&mut model, Op::PtTakeRange { page: g + 1, pages: 2 });
+    assert!(leaves(&model).contains(&huge_page) && leaves(&model).contains(&(g - 1, 1, true)));
+    step(&mut model, Op::PtTakeRange { page: g - 1, pages: 3 });
+    assert!(leaves(&model).contains(&huge_page) && !leaves(&model).contains(&(g - 1, 1, true)));
+    for which in (0..hogs).rev() {
+        step(&mut model, Op::DropHog { which });
+    }
 
     // Misaligned, the last page of the address space, beyond the table:
     // typed errors, nothing changed.

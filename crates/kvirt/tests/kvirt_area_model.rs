@@ -168,7 +168,8 @@ fn pt_op() -> impl Strategy<Value = Op> {
     ];
     prop_oneof![
         4 => at.clone().prop_map(|(page, misalign)| Op::PtMapFrame { page, misalign }),
-        4 => at.prop_map(|(page, misalign)| Op::PtTakePage { page, misalign }),
+        4 => at.clone().prop_map(|(page, misalign)| Op::PtTakePage { page, misalign }),
+        2 => (at, prop::sample::select(vec![1usize, 2, 3, HUGE])).prop_map(|((page, _), pages)| Op::PtTakeRange { page, pages }),
         1 => slot.clone().prop_map(|page| Op::PtMap { page, level: 2, tracked: false }),
         1 => slot.prop_map(|page| Op::PtUnmap { page, pages: HUGE }),
     ]

@@ -378,6 +378,7 @@ impl<'s, L: KernelLayout> Model<'s, L> {
             Op::PtUnmap { page, pages } => self.pt_unmap(*page, *pages, false),
             Op::PtMapFrame { page, misalign } => self.pt_map_frame(*page, *misalign),
             Op::PtTakePage { page, misalign } => self.pt_take_page(*page, *misalign),
+            Op::PtTakeRange { page, pages } => self.pt_take_range(*page, *pages),
             Op::PtProtect { page, pages } => self.pt_unmap(*page, *pages, true),
             Op::PtQuery { page } => self.pt_query(*page),
         }

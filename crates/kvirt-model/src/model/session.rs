@@ -124,7 +124,7 @@ impl<L: KernelLayout> Model<'_, L> {
     }
 
     /// `pages` pages from page `page`, clipped to the user page table.
-    fn pt_range(page: usize, pages: usize) -> Range<Vaddr> {
+    pub(super) fn pt_range(page: usize, pages: usize) -> Range<Vaddr> {
         let (_, last) = Self::pt_bounds();
         let va = page.saturating_mul(PAGE_SIZE);
         va.min(last + 1)..va.saturating_add(pages.saturating_mul(PAGE_SIZE)).min(last + 1)

@@ -1,8 +1,10 @@
-//! Single pages on the model's user page table without a cursor:
-//! `PageTable::try_map_frame` and `PageTable::try_take_page`. Each has
-//! exactly the effect and the errors of the cursor sequence its docs name
-//! (a cursor over `va..va + PAGE_SIZE`, then `try_map_frames` of the one
-//! frame, or `try_take_next(PAGE_SIZE)`), so [`PtModel`](crate::PtModel)
+//! Single pages and ranges on the model's user page table without a
+//! cursor: `PageTable::try_map_frame`, `PageTable::try_take_page` and
+//! `PageTable::try_take_range`. Each has exactly the effect and the errors
+//! of the cursor sequence its docs name (a cursor over `va..va +
+//! PAGE_SIZE`, then `try_map_frames` of the one frame, or
+//! `try_take_next(PAGE_SIZE)`; a cursor over the range, then
+//! `try_take_all` of all of it), so [`PtModel`](crate::PtModel)
 //! predicts it as it predicts that sequence: the result (which error, the
 //! frame handed back, which leaf taken, a huge page split), and afterwards
 //! the page table's view of the page and its node count, as after a raw
@@ -14,7 +16,7 @@ use kvirt::arch::effective_property;
 use kvirt::frame::FrameAllocOptions;
 use kvirt::kspace::KernelLayout;
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
-use kvirt::page_table::{MapErrorKind, MappedItem, RangeError, TakePageError};
+use kvirt::page_table::{MapErrorKind, MappedItem, RangeError, TakePageError, TakeRangeError, TakenRange};
 use kvirt::platform::{TlbFlushOp, TlbScope};
 use kvirt::{Vaddr, PAGE_SIZE};
 
@@ -159,6 +161,107 @@ impl<L: KernelLayout> Model<'_, L> {
             }
         }
         self.check_single_page(page_range.ok(), nodes_before, model_nodes_before)
+    }
+
+    /// `try_take_range` of `pages` pages from page `page`, clipped to the
+    /// table (so possibly empty).
+    pub(super) fn pt_take_range(&mut self, page: usize, pages: usize) -> Outcome {
+        let range = Self::pt_range(page, pages);
+        let expected = expect_range_error(&range, Self::pt_bounds());
+        self.space.synchronize();
+        let nodes_before = self.space.phys_stats().page_table_pages;
+        let model_nodes_before = self.pt_model.nodes();
+        let scarce = self.scarce();
+        // A huge page the range cuts at its start: split first, so where
+        // the take stops if memory runs out there.
+        let cut_start = self
+            .pt_model
+            .map
+            .range(..=range.start)
+            .next_back()
+            .is_some_and(|(&start, leaf)| start < range.start && range.start < start + leaf.size);
+        let pt = self.pt.as_ref().expect("the page table lives until `finish`");
+        let mut taken = TakenRange::new();
+        let got = pt.try_take_range(&range, &mut taken);
+        let stop = match (&got, &expected) {
+            (Err(TakeRangeError::Range(e)), Some(want)) => {
+                self.expect(e == want, "pt take_range agrees with the model", || {
+                    format!("try_take_range of {range:#x?}: got {e:?}, the model predicts {want:?}")
+                })?;
+                self.expect(taken.is_empty(), "a refused take_range takes nothing", || {
+                    format!("{taken:x?}")
+                })?;
+                return self.check_single_page(None, nodes_before, model_nodes_before);
+            }
+            (Ok(()), None) => range.end,
+            (Err(TakeRangeError::OutOfMemory), None) => {
+                // Stopped in the huge page cut at the start if it is still
+                // whole (nothing taken), else in the one cut at the end:
+                // everything before that was taken.
+                let whole_at_start = cut_start && {
+                    let mut c = pt.cursor(&range).map_err(|e| self.fail("pt cursor", format!("{e:?}")))?;
+                    c.query().is_ok_and(|(r, _)| r.start < range.start)
+                };
+                let stop = if whole_at_start {
+                    range.start
+                } else {
+                    self.pt_model.map.range(..range.end).next_back().map_or(range.end, |(&start, _)| start)
+                };
+                refused_split(self.checker(), &self.pt_model, stop.max(range.start), scarce)?;
+                stop
+            }
+            (got, want) => {
+                return Err(self.fail(
+                    "pt take_range agrees with the model",
+                    format!("try_take_range of {range:#x?}: got {got:?}, the model predicts {want:?}"),
+                ));
+            }
+        };
+        // The model takes what the table took: everything in the range up
+        // to where it stopped.
+        let (mut va, mut mappings, mut spans) = (range.start, 0, Vec::new());
+        loop {
+            let before = self.pt_model.clone();
+            let (frag, next) = self.pt_model.take_next(va, stop.max(range.start));
+            let Some(frag) = frag else { break };
+            let span = match frag {
+                Taken::Leaf(at, leaf) => {
+                    mappings += 1;
+                    at..at + leaf.size
+                }
+                Taken::SubTree { va: at, len, num_frames } => {
+                    mappings += num_frames;
+                    at..at + len
+                }
+            };
+            for (_, leaf) in before.map.range(span.clone()).filter(|(_, l)| l.tracked) {
+                self.drop_ref(leaf.pa);
+            }
+            spans.push(span);
+            va = next;
+        }
+        self.expect(taken.num_mappings() == mappings, "pt take_range agrees with the model", || {
+            format!(
+                "try_take_range of {range:#x?}: took {} mappings, the model {mappings}",
+                taken.num_mappings()
+            )
+        })?;
+        let covered = match taken.va_range() {
+            None => spans.is_empty(),
+            Some(cover) => {
+                range.start <= cover.start
+                    && cover.end <= range.end
+                    && spans.iter().all(|s| cover.start <= s.start && s.end <= cover.end)
+            }
+        };
+        self.expect(covered, "take_range's range covers what it took, inside the range", || {
+            format!("try_take_range of {range:#x?} covers {:x?}, took {spans:x?}", taken.va_range())
+        })?;
+        if let Some(cover) = taken.va_range() {
+            self.space.platform().flush_tlb(TlbFlushOp::Range(cover), TlbScope::AllCpus);
+        }
+        drop(taken);
+        self.check_pt_session(&range, nodes_before, model_nodes_before)
     }
 
     /// After a single-page call: as after a session over the page, if it is
