@@ -1000,7 +1000,16 @@ pub fn markdown(r: &Results, targets: &[Target], svg_link: Option<&str>, include
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::{measure_round, Arch, Config};
+    use crate::bench::{measure_round, Arch, Config, Measurement, Workload};
+
+    /// A made-up cell: `impl_name` took `ns` per op on workload `id`.
+    fn cell(id: &str, impl_name: &'static str, ns: f64) -> Measurement {
+        Measurement {
+            workload: Workload { id: id.into(), title: id.into(), unit: "op" },
+            impl_name,
+            result: Ok(Stats::from_runs(vec![ns], 1)),
+        }
+    }
 
     /// The reference-count clause reads the breakdown's `512-tracked` step
     /// less `512-untracked`, and is left out when the breakdown was not run.
@@ -1038,11 +1047,6 @@ mod tests {
             step("512-untracked", &[], 12.0),
             step("512-tracked", &["512-untracked"], 24.0),
         ];
-        let cell = |id: &str, impl_name, ns| crate::bench::Measurement {
-            workload: crate::bench::Workload { id: id.into(), title: id.into(), unit: "page" },
-            impl_name,
-            result: Ok(Stats::from_runs(vec![ns], 1)),
-        };
         r.cells = vec![
             cell("map-4k-x1", "kvirt-pt", 40.0),
             cell("map-4k-x1", "multiarch", 28.0),
@@ -1088,12 +1092,8 @@ mod tests {
     #[test]
     fn the_map_floor_clause_splits_the_area_map_into_fill_nodes_and_area() {
         let mut r = measure_round(&Config::quick(), true, Some("no such workload"), Arch::X86_64).unwrap();
-        let cell = |impl_name, ns| crate::bench::Measurement {
-            workload: crate::bench::Workload { id: "map-4k-x512".into(), title: "map".into(), unit: "page" },
-            impl_name,
-            result: Ok(Stats::from_runs(vec![ns], 1)),
-        };
-        r.cells = vec![cell("kvirt-area", 1.7), cell("kvirt-pt", 1.3), cell("floor", 0.25)];
+        let map = "map-4k-x512";
+        r.cells = vec![cell(map, "kvirt-area", 1.7), cell(map, "kvirt-pt", 1.3), cell(map, "floor", 0.25)];
         r.breakdown.clear();
         assert_eq!(map_floor_note(&r), None);
         r.breakdown = vec![Step {
@@ -1121,11 +1121,6 @@ mod tests {
     fn the_handle_clause_is_the_area_row_less_the_walk_by_address() {
         let mut r = measure_round(&Config::quick(), true, Some("no such workload"), Arch::X86_64).unwrap();
         assert_eq!(handle_note(&r, "query"), "");
-        let cell = |id: &str, impl_name, ns| crate::bench::Measurement {
-            workload: crate::bench::Workload { id: id.into(), title: "query".into(), unit: "query" },
-            impl_name,
-            result: Ok(Stats::from_runs(vec![ns], 1)),
-        };
         r.cells = vec![
             cell("query-4k-x1", "kvirt-area", 16.5),
             cell("query-4k-x1", "kvirt-pt", 7.0),

@@ -428,40 +428,8 @@ impl<L: KernelLayout> Model<'_, L> {
                     // the whole search, or up to the huge page it could not
                     // split.
                     let stop = c.virt_addr();
-                    let (mut mappings, mut spans) = (0, Vec::new());
-                    loop {
-                        let before = model.clone();
-                        let (frag, next) = model.take_next(va, stop);
-                        let Some(frag) = frag else { break };
-                        let span = match frag {
-                            Taken::Leaf(at, l) => {
-                                mappings += 1;
-                                at..at + l.size
-                            }
-                            Taken::SubTree { va: at, len, num_frames } => {
-                                mappings += num_frames;
-                                at..at + len
-                            }
-                        };
-                        for (_, l) in before.map.range(span.clone()).filter(|(_, l)| l.tracked) {
-                            add_ref(l.pa, -1);
-                        }
-                        spans.push(span);
-                        va = next;
-                    }
-                    ck.expect(taken.num_mappings() == mappings, "pt take_all agrees with the model", || {
-                        format!(
-                            "take_all to {stop:#x}: took {} mappings, the model {mappings}",
-                            taken.num_mappings()
-                        )
-                    })?;
-                    let covered = match taken.va_range() {
-                        None => spans.is_empty(),
-                        Some(cover) => spans.iter().all(|s| cover.start <= s.start && s.end <= cover.end),
-                    };
-                    ck.expect(covered, "take_all's range covers what it took", || {
-                        format!("take_all covers {:x?}, took {spans:x?}", taken.va_range())
-                    })?;
+                    let took = take_all(model, va..stop, &mut |pa| add_ref(pa, -1));
+                    check_taken(ck, &taken, &took, &(va..end))?;
                     va = stop;
                     match got {
                         Ok(()) => ck.expect(stop == end, "take_all ends at the end of its search", || {
@@ -540,6 +508,65 @@ impl<L: KernelLayout> Model<'_, L> {
             )
         })
     }
+}
+
+/// What `take_all` over `range` takes from `model`, taken: the fragments
+/// `take_next` hands out one after another, counted as mappings (a
+/// sub-tree's frames each) and as the spans they cover. `dropped` gets the
+/// frame of each tracked page taken, whose reference goes with it.
+pub(super) fn take_all<F: PagingFormat>(
+    model: &mut PtModel<F>,
+    range: Range<Vaddr>,
+    dropped: &mut dyn FnMut(Paddr),
+) -> (usize, Vec<Range<Vaddr>>) {
+    let (mut va, mut mappings, mut spans) = (range.start, 0, Vec::new());
+    loop {
+        let before = model.clone();
+        let (frag, next) = model.take_next(va, range.end);
+        let Some(frag) = frag else { break };
+        let span = match frag {
+            Taken::Leaf(at, l) => {
+                mappings += 1;
+                at..at + l.size
+            }
+            Taken::SubTree { va: at, len, num_frames } => {
+                mappings += num_frames;
+                at..at + len
+            }
+        };
+        for (_, l) in before.map.range(span.clone()).filter(|(_, l)| l.tracked) {
+            dropped(l.pa);
+        }
+        spans.push(span);
+        va = next;
+    }
+    (mappings, spans)
+}
+
+/// Checks what a `take_all` over `search` (a cursor's, or
+/// `try_take_range`'s) put in `taken` against what the model took there
+/// ([`take_all`]): as many mappings, and a range to flush that covers
+/// every span taken, inside the search.
+pub(super) fn check_taken<F: PagingFormat>(
+    ck: Checker<'_>,
+    taken: &TakenRange<F>,
+    (mappings, spans): &(usize, Vec<Range<Vaddr>>),
+    search: &Range<Vaddr>,
+) -> Outcome {
+    ck.expect(taken.num_mappings() == *mappings, "pt take_all agrees with the model", || {
+        format!("take_all in {search:#x?}: took {} mappings, the model {mappings}", taken.num_mappings())
+    })?;
+    let covered = match taken.va_range() {
+        None => spans.is_empty(),
+        Some(cover) => {
+            search.start <= cover.start
+                && cover.end <= search.end
+                && spans.iter().all(|s| cover.start <= s.start && s.end <= cover.end)
+        }
+    };
+    ck.expect(covered, "take_all's range covers what it took, inside its search", || {
+        format!("take_all in {search:#x?} covers {:x?}, took {spans:x?}", taken.va_range())
+    })
 }
 
 /// A fragment as the model has it.

@@ -20,7 +20,7 @@ use kvirt::page_table::{MapErrorKind, MappedItem, RangeError, TakePageError, Tak
 use kvirt::platform::{TlbFlushOp, TlbScope};
 use kvirt::{Vaddr, PAGE_SIZE};
 
-use super::session::{expect_range_error, refused_split, taken_of};
+use super::session::{check_taken, expect_range_error, refused_split, take_all, taken_of};
 use super::{Model, Outcome};
 use crate::pt::{Leaf, Taken};
 
@@ -219,44 +219,13 @@ impl<L: KernelLayout> Model<'_, L> {
         };
         // The model takes what the table took: everything in the range up
         // to where it stopped.
-        let (mut va, mut mappings, mut spans) = (range.start, 0, Vec::new());
-        loop {
-            let before = self.pt_model.clone();
-            let (frag, next) = self.pt_model.take_next(va, stop.max(range.start));
-            let Some(frag) = frag else { break };
-            let span = match frag {
-                Taken::Leaf(at, leaf) => {
-                    mappings += 1;
-                    at..at + leaf.size
-                }
-                Taken::SubTree { va: at, len, num_frames } => {
-                    mappings += num_frames;
-                    at..at + len
-                }
-            };
-            for (_, leaf) in before.map.range(span.clone()).filter(|(_, l)| l.tracked) {
-                self.drop_ref(leaf.pa);
-            }
-            spans.push(span);
-            va = next;
+        let mut dropped = Vec::new();
+        let took =
+            take_all(&mut self.pt_model, range.start..stop.max(range.start), &mut |pa| dropped.push(pa));
+        for pa in dropped {
+            self.drop_ref(pa);
         }
-        self.expect(taken.num_mappings() == mappings, "pt take_range agrees with the model", || {
-            format!(
-                "try_take_range of {range:#x?}: took {} mappings, the model {mappings}",
-                taken.num_mappings()
-            )
-        })?;
-        let covered = match taken.va_range() {
-            None => spans.is_empty(),
-            Some(cover) => {
-                range.start <= cover.start
-                    && cover.end <= range.end
-                    && spans.iter().all(|s| cover.start <= s.start && s.end <= cover.end)
-            }
-        };
-        self.expect(covered, "take_range's range covers what it took, inside the range", || {
-            format!("try_take_range of {range:#x?} covers {:x?}, took {spans:x?}", taken.va_range())
-        })?;
+        check_taken(self.checker(), &taken, &took, &range)?;
         if let Some(cover) = taken.va_range() {
             self.space.platform().flush_tlb(TlbFlushOp::Range(cover), TlbScope::AllCpus);
         }
