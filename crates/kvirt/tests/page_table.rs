@@ -2913,6 +2913,62 @@ mod range_without_a_cursor {
     }
 
     #[test]
+    fn take_range_adds_to_what_taken_holds() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let (f, g) = (frame(&space), frame(&space));
+        pt.try_map_frame(KVA + SZ_4K, f.clone(), rw()).unwrap();
+        pt.try_map_frame(KVA + 10 * SZ_2M + SZ_4K, g.clone(), rw()).unwrap();
+        let mut taken = TakenRange::new();
+        pt.try_take_range(&(KVA..KVA + 4 * SZ_4K), &mut taken).unwrap();
+        let far = KVA + 10 * SZ_2M..KVA + 10 * SZ_2M + 4 * SZ_4K;
+        pt.try_take_range(&far, &mut taken).unwrap();
+        assert_eq!(taken.num_mappings(), 2);
+        assert_eq!(taken.va_range(), Some(KVA..far.end), "the first call's range and the second's");
+        // A refused range leaves it as it was.
+        assert_eq!(pt.try_take_range(&(KVA..KVA), &mut taken), Err(TakeRangeError::Range(RangeError::Empty)));
+        assert_eq!((taken.num_mappings(), taken.va_range()), (2, Some(KVA..far.end)));
+        drop(taken);
+        assert_eq!((f.reference_count(), g.reference_count()), (1, 1));
+    }
+
+    #[test]
+    fn take_range_in_the_last_leaf_and_on_a_user_table() {
+        let space = new_space();
+        let pt = kernel_pt(&space);
+        let user = space.create_user_page_table().unwrap();
+        let nodes = pt_pages(&space);
+        // The highest range a table can hold: the last leaf node less its
+        // last page, taken in place, the leaf and its parents reclaimed.
+        let last_leaf = LAST_RANGE_END - (SZ_2M - SZ_4K);
+        let f = frame(&space);
+        pt.try_map_frame(LAST_RANGE_END - SZ_4K, f.clone(), rw()).unwrap();
+        let mut taken = TakenRange::new();
+        pt.try_take_range(&(last_leaf..LAST_RANGE_END), &mut taken).unwrap();
+        assert_eq!((taken.num_mappings(), taken.va_range()), (1, Some(last_leaf..LAST_RANGE_END)));
+        drop(taken);
+        assert_eq!(pt_pages(&space), nodes);
+        // A user table: its half only; a range inside one of its leaf nodes
+        // taken in place, the nodes reclaimed at once.
+        let user_rw = PageProperty::new_user(PageFlags::RW, CachePolicy::Writeback);
+        user.try_map_frame(0x40_1000, f.clone(), user_rw).unwrap();
+        let top = vaddr_bounds::<UserPtConfig>().1 + 1;
+        for range in [KVA..KVA + SZ_4K, top - SZ_4K..top + SZ_4K] {
+            assert_eq!(
+                user.try_take_range(&range, &mut TakenRange::new()),
+                Err(TakeRangeError::Range(RangeError::OutOfBounds)),
+                "{range:#x?}"
+            );
+        }
+        let mut taken = TakenRange::new();
+        user.try_take_range(&(0x40_0000..0x40_3000), &mut taken).unwrap();
+        assert_eq!((taken.num_mappings(), taken.va_range()), (1, Some(0x40_0000..0x40_3000)));
+        drop(taken);
+        assert_eq!(f.reference_count(), 1);
+        assert_eq!(pt_pages(&space), nodes);
+    }
+
+    #[test]
     fn take_range_that_cannot_split_a_huge_page_stops_there() {
         let space = new_space();
         let pt = kernel_pt(&space);
@@ -2938,6 +2994,6 @@ mod range_without_a_cursor {
         drop((taken, hoard));
         space.synchronize();
         assert_eq!(f.reference_count(), 1);
-        assert!(pt_pages(&space) <= nodes, "no node made");
+        assert_eq!(pt_pages(&space), nodes - 1, "no node made; the leaf node taken whole is freed");
     }
 }

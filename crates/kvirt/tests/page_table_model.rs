@@ -349,6 +349,20 @@ impl World {
                 let mut taken = TakenRange::new();
                 self.pt.try_take_range(range, &mut taken).expect("a range of the window, memory to split");
                 check_taken(&taken, &expected, range);
+                // What the flush covers, as documented: all of a range
+                // inside one leaf node's span (taken in place, or after a
+                // huge page around it was split); a cursor's from the first
+                // mapping it took.
+                let in_one_leaf = range.len() < SZ_2M && range.start / SZ_2M == (range.end - 1) / SZ_2M;
+                if let (Some(cover), Some(first)) =
+                    (taken.va_range(), expected.1.iter().map(|s| s.start).min())
+                {
+                    let start = if in_one_leaf { range.start } else { first };
+                    assert_eq!(cover.start, start, "try_take_range of {range:#x?} covers {cover:#x?}");
+                    if in_one_leaf {
+                        assert_eq!(cover.end, range.end, "try_take_range of {range:#x?} covers {cover:#x?}");
+                    }
+                }
             }
             Op::TakePage { at } => {
                 let va = at.va();

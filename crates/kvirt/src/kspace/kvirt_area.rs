@@ -567,14 +567,14 @@ impl<L: KernelLayout> Drop for KVirtArea<L> {
         // returned, a CPU may still reach it: if anything before unwinds,
         // it is leaked rather than released.
         let mut taken: ManuallyDrop<TakenRange<L::Format>> = ManuallyDrop::new(TakenRange::new());
-        // Without a cursor where the mapped part lies in one existing leaf
-        // node: most areas. Filled in place (`take_all` would return it by
-        // a copy).
+        // `PageTable::try_take_range` of the mapped part, a kernel range
+        // (not checked again): without a cursor where it lies in one
+        // existing leaf node, most areas. Filled in place (`take_all` would
+        // return it by a copy).
         if !self.mapped.is_empty() {
-            if let Err(e) = space.kernel_pt.try_take_range(&self.mapped, &mut taken) {
-                // The mapped part lies in kernel space, and areas split their
-                // huge pages when they are split, so this needs no memory;
-                // what was taken stays leaked.
+            if let Err(e) = space.kernel_pt.take_range_into(&self.mapped, &mut taken) {
+                // Areas split their huge pages when they are split, so this
+                // needs no memory; what was taken stays leaked.
                 panic!("dropping the area at {:#x}: {e}", self.range.start);
             }
         }

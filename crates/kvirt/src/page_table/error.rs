@@ -163,8 +163,9 @@ impl core::error::Error for TakePageError {}
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TakeRangeError {
     /// The range is not one [`PageTable::cursor_mut`](super::PageTable::cursor_mut)
-    /// accepts (empty, misaligned, or not in this table's part of the
-    /// address space). Nothing was taken; the table is unchanged.
+    /// accepts (empty, reversed, misaligned, or not in this table's part of
+    /// the address space). Nothing was taken; the table and the caller's
+    /// `TakenRange` are unchanged.
     Range(RangeError),
     /// A huge page reaching past an end of the range had to be split, and
     /// a page-table node could not be allocated. As with

@@ -8,7 +8,8 @@
 //! one ([`PageTable::try_map_frame`], [`PageTable::try_take_page`]), and a
 //! range inside one leaf node taken ([`PageTable::try_take_range`], which
 //! goes through a cursor for any other range): under the same locks, with
-//! the same results, at about half a cursor's fixed cost.
+//! the same results (a range taken in place reports all of itself for the
+//! flush), for less than a cursor's fixed cost.
 //!
 //! ## Locking (CortenMM)
 //!

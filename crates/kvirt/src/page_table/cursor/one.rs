@@ -22,8 +22,10 @@
 //!    range).
 //!
 //! So each call has exactly the effect and the result of its cursor
-//! sequence, which its docs name: the fast path only leaves out work that
-//! cannot arise there (no node to create or split).
+//! sequence, which its docs name (but for the range a `try_take_range` in
+//! place reports for the flush: all of the range, not from its first
+//! mapping): the fast path only leaves out work that cannot arise there (no
+//! node to create or split).
 
 use core::ops::Range;
 
@@ -159,9 +161,14 @@ impl<C: PageTableConfig> PageTable<C> {
     /// would (see [`try_map_frame`](Self::try_map_frame)).
     ///
     /// What `taken` receives still owns what was mapped: flush the TLB for
-    /// its [`va_range`](TakenRange::va_range) before dropping it. Where no
-    /// cursor was needed that range is all of `range` if anything was
-    /// taken; a cursor's starts at the first mapping it took.
+    /// its [`va_range`](TakenRange::va_range) before dropping it. If
+    /// anything was taken, that range covers all of `range` when `range`
+    /// lies inside one leaf node's span (with or without a cursor: a huge
+    /// page around it is split first), which is more than `try_take_all`'s
+    /// where the first pages are unmapped; otherwise, as `try_take_all`'s,
+    /// it starts at the first mapping taken. A `taken` that already holds
+    /// something keeps it: what this call takes is added, and its range
+    /// grows to cover both.
     ///
     /// # Errors
     ///
@@ -175,11 +182,23 @@ impl<C: PageTableConfig> PageTable<C> {
         taken: &mut TakenRange<C::F>,
     ) -> Result<(), TakeRangeError> {
         check_range::<C>(range).map_err(TakeRangeError::Range)?;
+        self.take_range_into(range, taken).map_err(|PageTableAllocError| TakeRangeError::OutOfMemory)
+    }
+
+    /// [`try_take_range`](Self::try_take_range) of a range already checked
+    /// as [`cursor_mut`](Self::cursor_mut) checks one (an area's mapped
+    /// part): what `KVirtArea`'s drop does, without checking it again.
+    #[inline]
+    pub(crate) fn take_range_into(
+        &self,
+        range: &Range<Vaddr>,
+        taken: &mut TakenRange<C::F>,
+    ) -> Result<(), PageTableAllocError> {
         if self.take_in_leaf_into(range, taken) {
             return Ok(());
         }
         let mut cursor = self.cursor_mut(range).expect("the range was checked");
-        cursor.try_take_all(range.len(), taken).map_err(|PageTableAllocError| TakeRangeError::OutOfMemory)
+        cursor.try_take_all(range.len(), taken)
     }
 
     /// Step 1 and 2 of the module docs for [`try_take_range`](Self::try_take_range)

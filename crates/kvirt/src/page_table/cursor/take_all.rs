@@ -56,7 +56,9 @@ pub struct TakenRange<F: PagingFormat = X86_64> {
 }
 
 impl<F: PagingFormat> TakenRange<F> {
-    /// An empty collection, for [`CursorMut::try_take_all`] to fill.
+    /// An empty collection, for [`CursorMut::try_take_all`] or
+    /// [`PageTable::try_take_range`](crate::page_table::PageTable::try_take_range)
+    /// to fill.
     pub const fn new() -> Self {
         Self {
             frames: SmallVec::new_const(),
