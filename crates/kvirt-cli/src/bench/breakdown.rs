@@ -14,7 +14,8 @@
 //! | `tracked` | the same with a tracked frame: its reference count, up and down |
 //! | `no-cursor` | `tracked`'s map and take without a cursor (`PageTable::try_map_frame`, `try_take_page`): the leaf node locked alone |
 //! | `walk` | a lock-free walk to a page mapped in an existing leaf node (`PageTable::translate_addr`): a read-side section and the entries on the way |
-//! | `leaf-lock` | `PageTable::try_take_page` of a page that is not mapped, in an existing leaf node: the same section, the walk down by the lock protocol, and the leaf node locked (a locked compare-exchange), checked not to be stray and unlocked; its own cost (less `walk`) is what locking the leaf adds to a lock-free walk |
+//! | `leaf-lock` | `PageTable::try_take_page` of a page that is not mapped, in an existing leaf node: the same section, the walk down by the lock protocol, and the leaf node locked (a locked compare-exchange), checked not to be stray and unlocked; its own cost (less `walk`) is what this adds to a lock-free walk: the lock, and the lock protocol's walk down, which costs more than `translate_addr`'s (so an upper bound of the lock's price; `lock-op` is the lock alone) |
+//! | `lock-op` | the node lock's own instructions, on a byte in cache: a compare-exchange (acquire) taking it and a release store giving it back, what locking a node costs wherever it is found |
 //! | `reclaim` | the same with no neighbour in the leaf node, so the node is allocated at the map and reclaimed at the unmap |
 //! | `flush` | the unmap's shoot-down of the page on both CPUs, alone |
 //! | `area` | `KVirtArea::map_frames` of one page and its drop: all of the above plus VMALLOC, the area registry and the area's own bookkeeping |
@@ -29,6 +30,7 @@
 //! handles are made before it, and the range is taken back after).
 
 use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use kvirt::frame::{Frame, FrameAllocOptions};
@@ -56,7 +58,7 @@ pub struct Step {
 }
 
 /// The steps, in order (see the module documentation).
-pub const STEPS: [(&str, &[&str], &str); 13] = [
+pub const STEPS: [(&str, &[&str], &str); 14] = [
     ("rcu", &[], "a read-side section entered and left (hosted: a per-thread counter, no locked instruction)"),
     ("cursor", &["rcu"], "CursorMut over the page, created and dropped (+ walk down, node lock)"),
     ("untracked", &["cursor"], "+ map an untracked page and take it back (PTE stores)"),
@@ -72,6 +74,7 @@ pub const STEPS: [(&str, &[&str], &str); 13] = [
         &["walk"],
         "`PageTable::try_take_page` of a page not mapped, in an existing leaf node: + the leaf node found by the lock protocol, locked, checked and unlocked",
     ),
+    ("lock-op", &[], "a node lock's instructions alone: a compare-exchange taking it, a release store giving it back"),
     ("reclaim", &["tracked"], "+ no neighbour: the leaf node allocated and reclaimed"),
     ("flush", &[], "the unmap's shoot-down of the page on both CPUs, alone"),
     ("area", &["reclaim", "flush"], "KVirtArea::map_frames of 1 page + drop (adds VMALLOC, registry, area)"),
@@ -157,6 +160,7 @@ pub fn measure(cfg: &Config) -> Result<Vec<Step>, Error> {
     let ops = cfg.area_ops;
     let pa = frame.paddr();
     let platform = space.platform();
+    let lock_byte = AtomicBool::new(false);
     let mut results = vec![
         each(cfg, ops, 1, || {
             platform.rcu_read_lock();
@@ -175,6 +179,12 @@ pub fn measure(cfg: &Config) -> Result<Vec<Step>, Error> {
         each(cfg, ops, 1, || assert_eq!(black_box(pt.translate_addr(black_box(neighbour))), Some(0)))?,
         each(cfg, ops, 1, || {
             assert!(black_box(pt.try_take_page(black_box(va))).expect("a kernel page").is_none())
+        })?,
+        // What `NodeRef::lock` and a guard's drop do to the node's lock.
+        each(cfg, ops, 1, || {
+            let lock = black_box(&lock_byte);
+            while lock.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {}
+            lock.store(false, Ordering::Release);
         })?,
         each(cfg, ops, 1, || map_take(lone, MappedItem::Tracked(frame.clone().into_dyn(), prop)))?,
         each(cfg, ops, 1, || platform.flush_tlb(TlbFlushOp::Range(page.clone()), TlbScope::AllCpus))?,
