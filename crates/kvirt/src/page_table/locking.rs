@@ -124,6 +124,7 @@ pub fn lock_range<T: LockTree>(tree: &T, range: &Range<usize>, min_level: u8) ->
 /// the way is not a table (where `lock_range` would lock a higher node).
 ///
 /// The caller releases the leaf with [`LockTree::unlock`].
+#[inline]
 pub fn lock_leaf<T: LockTree>(tree: &T, range: &Range<usize>) -> Option<T::Node> {
     let span = tree.entry_size(2);
     if range.is_empty() || range.len() >= span || range.start / span != (range.end - 1) / span {

@@ -41,7 +41,7 @@ use super::config::{check_range, sign_extend, PageTableConfig};
 use super::error::{OutOfCursorRange, RangeError};
 use super::item::MappedItemRef;
 use super::locking::{lock_range, unlock_range, Guard, LockTree};
-use super::node::{NodeGuard, NodeRef};
+use super::node::{NodeGuard, NodeRef, RamBase};
 use super::table::PageTable;
 use crate::addr::{align_down, is_page_aligned, Paddr, PagingLevel, Vaddr};
 use crate::arch::{page_size, pte_index, PagingFormat, PteKind};
@@ -143,7 +143,7 @@ impl<'a, C: PageTableConfig> Cursor<'a, C> {
     ) -> Result<Self, RangeError> {
         check_range::<C>(range)?;
         let rcu = RcuReadGuard::new(pt.phys().platform());
-        let guard = lock_range(&PtTree(pt), range, min_guard_level);
+        let guard = lock_range(&PtTree::new(pt), range, min_guard_level);
         let guard_level = guard.level;
         let mut path = ManuallyDrop::new([const { None }; MAX_LEVELS]);
         let mut base = [0; MAX_LEVELS];
@@ -455,7 +455,7 @@ impl<'a, C: PageTableConfig> Cursor<'a, C> {
             level: self.guard_level,
             base: self.base[self.guard_level as usize - 1],
         };
-        unlock_range(&PtTree(self.pt), &guard, &self.barrier);
+        unlock_range(&PtTree::new(self.pt), &guard, &self.barrier);
     }
 }
 
@@ -482,13 +482,25 @@ impl<C: PageTableConfig> fmt::Debug for Cursor<'_, C> {
 /// `unlock` makes one again to drop it. Only the cursor drives the protocol
 /// over this adapter (it is private to this module), and the protocol
 /// unlocks exactly the nodes it locked.
-struct PtTree<'a, C: PageTableConfig>(&'a PageTable<C>);
+struct PtTree<'a, C: PageTableConfig> {
+    pt: &'a PageTable<C>,
+    /// Where the table's memory is reached, read out of it once for the
+    /// walk down ([`LockTree::child`]).
+    ram: RamBase<'a>,
+}
+
+impl<'a, C: PageTableConfig> PtTree<'a, C> {
+    #[inline(always)]
+    fn new(pt: &'a PageTable<C>) -> Self {
+        Self { pt, ram: RamBase::of(pt.phys()) }
+    }
+}
 
 impl<'a, C: PageTableConfig> LockTree for PtTree<'a, C> {
     type Node = NodeRef<'a>;
 
     fn root(&self) -> NodeRef<'a> {
-        self.0.root_node()
+        self.pt.root_node()
     }
 
     fn nr_levels(&self) -> u8 {
@@ -512,11 +524,14 @@ impl<'a, C: PageTableConfig> LockTree for PtTree<'a, C> {
     }
 
     fn child(&self, node: NodeRef<'a>, level: u8, index: usize) -> Option<NodeRef<'a>> {
-        match C::F::decode(node.read(index), level) {
+        // SAFETY: `node` is a node of this table, whose `PhysMem` `ram` was
+        // copied from, alive during the call (`NodeRef`'s invariant).
+        let raw = unsafe { self.ram.read(node.pa(), index) };
+        match C::F::decode(raw, level) {
             // SAFETY: the protocol runs inside the cursor's read-side
             // section, so a node reachable now is not reused before it ends;
             // a child of a node the caller holds cannot even be detached.
-            PteKind::Table(child) => Some(unsafe { NodeRef::new(self.0.phys(), child) }),
+            PteKind::Table(child) => Some(unsafe { NodeRef::new(self.pt.phys(), child) }),
             PteKind::Absent | PteKind::Page { .. } => None,
         }
     }

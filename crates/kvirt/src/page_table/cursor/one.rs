@@ -271,7 +271,7 @@ fn page_range<C: PageTableConfig>(va: Vaddr) -> Result<Range<Vaddr>, RangeError>
 /// read-side section, which the lock-free walk down needs.
 #[inline(always)]
 fn lock_leaf<'a, C: PageTableConfig>(pt: &'a PageTable<C>, range: &Range<Vaddr>) -> Option<NodeGuard<'a>> {
-    let leaf = locking::lock_leaf(&PtTree(pt), range)?;
+    let leaf = locking::lock_leaf(&PtTree::new(pt), range)?;
     // SAFETY: `lock_leaf` locked the leaf and gave up its guard
     // (`PtTree::lock`); this is the only guard made again, which unlocks
     // it when dropped, as `PtTree::unlock` would.

@@ -163,7 +163,9 @@ impl<'a> NodeRef<'a> {
 
     #[inline]
     fn meta(self) -> &'a PtNodeMeta {
-        let slot = self.phys.slot(self.pa);
+        // SAFETY: the page is a page-table node of `phys` (type invariant),
+        // a page `phys` handed out, which has a slot.
+        let slot = unsafe { self.phys.slot_unchecked(self.pa) };
         // SAFETY: the page is a node (type invariant), so its slot holds a
         // `PtNodeMeta` at the start of the storage, alive as long as the
         // node is.
