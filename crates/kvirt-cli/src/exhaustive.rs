@@ -86,15 +86,18 @@ pub fn alphabet() -> Vec<Op> {
 /// node is there yet), a huge page through a cursor (overlapping the
 /// frame when both are mapped: the second is refused), the frame's page
 /// taken without a cursor (`try_take_page`: the frame, the last page of
-/// its leaf node, or a piece of the huge page, split), and unmap /
-/// protect / query through a cursor that cut into the huge page.
+/// its leaf node, or a piece of the huge page, split), unmap / protect /
+/// query through a cursor that cut into the huge page, and the first three
+/// pages of the huge page's span taken at once (`try_take_range`: in place
+/// where a leaf node is there, through a cursor that splits the huge page
+/// otherwise).
 ///
-/// Six operations, as before the single-page calls came (the depth-4 run
-/// takes as long): they took the places of a tracked frame mapped by the
+/// Six operations before the range take came, as before the single-page
+/// calls came: those took the places of a tracked frame mapped by the
 /// cursor's `try_map` (the same cursor path as the fallback above) and a
 /// misaligned huge page (a refusal whatever the state, which the fuzzer
-/// and the page-table tests check); the run reaches more distinct states
-/// than before.
+/// and the page-table tests check). The range take makes seven, and the
+/// depth-4 run a fifth longer.
 #[must_use]
 pub fn page_table_alphabet(huge: usize) -> Vec<Op> {
     vec![
@@ -104,6 +107,7 @@ pub fn page_table_alphabet(huge: usize) -> Vec<Op> {
         Op::PtUnmap { page: huge + 1, pages: 2 },
         Op::PtProtect { page: huge, pages: 1 },
         Op::PtQuery { page: huge + 1 },
+        Op::PtTakeRange { page: huge, pages: 3 },
     ]
 }
 
