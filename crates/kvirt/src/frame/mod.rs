@@ -515,10 +515,8 @@ impl PhysMem {
     #[inline]
     pub(crate) fn slot(&self, pa: Paddr) -> &MetaSlot {
         assert!(pa < self.max_paddr, "physical address {pa:#x} has no metadata slot");
-        let slot = self.slots.as_ptr().wrapping_add(pa / PAGE_SIZE);
-        // SAFETY: `pa / PAGE_SIZE < nr_pages`, so the slot is inside the
-        // metadata array, which lives as long as `self`.
-        unsafe { &*slot }
+        // SAFETY: just checked.
+        unsafe { self.slot_unchecked(pa) }
     }
 
     /// The slot of the page at `pa`, which the caller knows has one:
