@@ -190,6 +190,40 @@ impl<F: PagingFormat> PtModel<F> {
         }
     }
 
+    /// What a `take_all` over `range` takes, taken: the fragments
+    /// [`take_next`](Self::take_next) hands out one after another, counted
+    /// as mappings (a sub-tree's frames each) and as the spans they cover.
+    /// `dropped` gets the frame of each tracked page taken, whose reference
+    /// goes with it.
+    pub fn take_all(
+        &mut self,
+        range: Range<Vaddr>,
+        dropped: &mut dyn FnMut(Paddr),
+    ) -> (usize, Vec<Range<Vaddr>>) {
+        let (mut va, mut mappings, mut spans) = (range.start, 0, Vec::new());
+        loop {
+            let before = self.clone();
+            let (frag, next) = self.take_next(va, range.end);
+            let Some(frag) = frag else { break };
+            let span = match frag {
+                Taken::Leaf(at, l) => {
+                    mappings += 1;
+                    at..at + l.size
+                }
+                Taken::SubTree { va: at, len, num_frames } => {
+                    mappings += num_frames;
+                    at..at + len
+                }
+            };
+            for (_, l) in before.map.range(span.clone()).filter(|(_, l)| l.tracked) {
+                dropped(l.pa);
+            }
+            spans.push(span);
+            va = next;
+        }
+        (mappings, spans)
+    }
+
     /// `take_next` from `va` with the search ending at `end`: what is taken
     /// and where the cursor ends.
     pub fn take_next(&mut self, va: Vaddr, end: Vaddr) -> (Option<Taken>, Vaddr) {

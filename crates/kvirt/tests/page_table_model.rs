@@ -293,7 +293,7 @@ impl World {
                     assert_eq!(c.virt_addr(), next, "cursor after take_next from {va:#x}");
                 }
                 let from = c.virt_addr();
-                let expected = model_take_all(&mut self.model, from, range.end);
+                let expected = self.model.take_all(from..range.end, &mut |_| {});
                 let taken = c.take_all(range.end - from);
                 assert_eq!(c.virt_addr(), range.end, "cursor after take_all from {from:#x}");
                 check_taken(&taken, &expected, &(from..range.end));
@@ -345,7 +345,7 @@ impl World {
                 }
             }
             Op::TakeRange { range } => {
-                let expected = model_take_all(&mut self.model, range.start, range.end);
+                let expected = self.model.take_all(range.clone(), &mut |_| {});
                 let mut taken = TakenRange::new();
                 self.pt.try_take_range(range, &mut taken).expect("a range of the window, memory to split");
                 check_taken(&taken, &expected, range);
@@ -421,29 +421,8 @@ impl World {
     }
 }
 
-/// What the model's `take_all` from `from` to `end` takes: the
-/// fragments `take_next` would hand out, one after another (the model
-/// takes them), as the mappings they hold and the spans they cover.
-fn model_take_all(model: &mut PtModel, from: Vaddr, end: Vaddr) -> (usize, Vec<Range<Vaddr>>) {
-    let (mut at, mut mappings, mut spans) = (from, 0, Vec::new());
-    while let (Some(frag), next) = model.take_next(at, end) {
-        match frag {
-            Taken::Leaf(va, m) => {
-                mappings += 1;
-                spans.push(va..va + m.size);
-            }
-            Taken::SubTree { va, len, num_frames } => {
-                mappings += num_frames;
-                spans.push(va..va + len);
-            }
-        }
-        at = next;
-    }
-    (mappings, spans)
-}
-
 /// Checks what a `take_all` over `search` took against the model's
-/// prediction ([`model_take_all`]): as many mappings, and a cover
+/// prediction (`PtModel::take_all`): as many mappings, and a cover
 /// inside the search that holds every span taken.
 fn check_taken(taken: &TakenRange, (mappings, spans): &(usize, Vec<Range<Vaddr>>), search: &Range<Vaddr>) {
     assert_eq!(taken.num_mappings(), *mappings, "take_all of {search:#x?}");

@@ -428,7 +428,7 @@ impl<L: KernelLayout> Model<'_, L> {
                     // the whole search, or up to the huge page it could not
                     // split.
                     let stop = c.virt_addr();
-                    let took = take_all(model, va..stop, &mut |pa| add_ref(pa, -1));
+                    let took = model.take_all(va..stop, &mut |pa| add_ref(pa, -1));
                     check_taken(ck, &taken, &took, &(va..end))?;
                     va = stop;
                     match got {
@@ -508,39 +508,6 @@ impl<L: KernelLayout> Model<'_, L> {
             )
         })
     }
-}
-
-/// What `take_all` over `range` takes from `model`, taken: the fragments
-/// `take_next` hands out one after another, counted as mappings (a
-/// sub-tree's frames each) and as the spans they cover. `dropped` gets the
-/// frame of each tracked page taken, whose reference goes with it.
-pub(super) fn take_all<F: PagingFormat>(
-    model: &mut PtModel<F>,
-    range: Range<Vaddr>,
-    dropped: &mut dyn FnMut(Paddr),
-) -> (usize, Vec<Range<Vaddr>>) {
-    let (mut va, mut mappings, mut spans) = (range.start, 0, Vec::new());
-    loop {
-        let before = model.clone();
-        let (frag, next) = model.take_next(va, range.end);
-        let Some(frag) = frag else { break };
-        let span = match frag {
-            Taken::Leaf(at, l) => {
-                mappings += 1;
-                at..at + l.size
-            }
-            Taken::SubTree { va: at, len, num_frames } => {
-                mappings += num_frames;
-                at..at + len
-            }
-        };
-        for (_, l) in before.map.range(span.clone()).filter(|(_, l)| l.tracked) {
-            dropped(l.pa);
-        }
-        spans.push(span);
-        va = next;
-    }
-    (mappings, spans)
 }
 
 /// Checks what a `take_all` over `search` (a cursor's, or

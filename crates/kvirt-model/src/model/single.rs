@@ -20,7 +20,7 @@ use kvirt::page_table::{MapErrorKind, MappedItem, RangeError, TakePageError, Tak
 use kvirt::platform::{TlbFlushOp, TlbScope};
 use kvirt::{Vaddr, PAGE_SIZE};
 
-use super::session::{check_taken, expect_range_error, refused_split, take_all, taken_of};
+use super::session::{check_taken, expect_range_error, refused_split, taken_of};
 use super::{Model, Outcome};
 use crate::pt::{Leaf, Taken};
 
@@ -220,8 +220,7 @@ impl<L: KernelLayout> Model<'_, L> {
         // The model takes what the table took: everything in the range up
         // to where it stopped.
         let mut dropped = Vec::new();
-        let took =
-            take_all(&mut self.pt_model, range.start..stop.max(range.start), &mut |pa| dropped.push(pa));
+        let took = self.pt_model.take_all(range.start..stop.max(range.start), &mut |pa| dropped.push(pa));
         for pa in dropped {
             self.drop_ref(pa);
         }
