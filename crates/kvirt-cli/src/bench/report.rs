@@ -549,40 +549,53 @@ fn reference_count_note(r: &Results) -> Option<String> {
     ))
 }
 
-/// What a `kvirt-pt` row pays per page (per query) for work the peers do
-/// not do, priced from the breakdown: each range's read-side section and
-/// the lock of its leaf node (`rcu`; `lock-op`: the lock's own
-/// instructions), spread over its pages, and for an unmap one reference
-/// given back per page (`512-tracked` less `512-untracked`, halved).
-/// `None` for the queries, which take no lock and one section per run,
-/// and where the breakdown did not run.
-fn peer_free_work(r: &Results, workload: &str) -> Option<f64> {
-    let step = |name: &str| r.breakdown.iter().find(|s| s.name == name);
-    let section = step("rcu")?.stats.ns_per_op;
-    let lock = step("lock-op")?.stats.ns_per_op;
-    let give_back = reference_count_cost(r)? / 2.0;
-    let (op, pages) = workload.rsplit_once("-4k-x")?;
-    let per_range = (section + lock) / pages.parse::<f64>().ok()?;
-    match op {
-        "map" => Some(per_range),
-        "unmap" => Some(per_range + give_back),
-        _ => None,
+/// What the work the peers do not do costs, from the breakdown: a
+/// read-side section (`rcu`) and a leaf node's lock (`lock-op`: the lock's
+/// own instructions) per range, and one reference given back per page
+/// unmapped (`512-tracked` less `512-untracked`, halved).
+struct PeerFreePrices {
+    section: f64,
+    lock: f64,
+    give_back: f64,
+}
+
+impl PeerFreePrices {
+    /// `None` where the breakdown did not run.
+    fn of(r: &Results) -> Option<Self> {
+        let step = |name: &str| r.breakdown.iter().find(|s| s.name == name).map(|s| s.stats.ns_per_op);
+        Some(Self {
+            section: step("rcu")?,
+            lock: step("lock-op")?,
+            give_back: reference_count_cost(r)? / 2.0,
+        })
+    }
+
+    /// What a `kvirt-pt` row pays per page for that work: the range's
+    /// section and lock spread over its pages, and for an unmap the
+    /// reference of each page. `None` for the queries, which take no lock
+    /// and one section per run.
+    fn per_page(&self, workload: &str) -> Option<f64> {
+        let (op, pages) = workload.rsplit_once("-4k-x")?;
+        let per_range = (self.section + self.lock) / pages.parse::<f64>().ok()?;
+        match op {
+            "map" => Some(per_range),
+            "unmap" => Some(per_range + self.give_back),
+            _ => None,
+        }
     }
 }
 
 /// For target (e): what the peers do not do, priced
-/// ([`peer_free_work`]), and each map or unmap row over the faster peer
+/// ([`PeerFreePrices`]), and each map or unmap row over the faster peer
 /// with that taken off, worst first: whether the row is over because of it.
 /// Beside the lock, what kvirt's whole path to a locked leaf adds to a
 /// lock-free walk (`leaf-lock` less `walk`): the lock, and kvirt's own cost
 /// of finding the leaf by the lock protocol, which is not priced.
 fn peer_free_work_note(r: &Results, workloads: &[String]) -> String {
-    let step = |name: &str| r.breakdown.iter().find(|s| s.name == name);
-    let (Some(rcu), Some(lock), Some(counts)) = (step("rcu"), step("lock-op"), reference_count_cost(r))
-    else {
+    let Some(prices) = PeerFreePrices::of(r) else {
         return String::new();
     };
-    let path = step("leaf-lock").and_then(|s| breakdown_own(r, s)).map_or_else(String::new, |path| {
+    let path = r.breakdown.iter().find(|s| s.name == "leaf-lock").and_then(|s| breakdown_own(r, s)).map_or_else(String::new, |path| {
         format!(
             "; kvirt's whole path to the locked leaf adds {} ns to a lock-free walk (`leaf-lock` less `walk`), the rest of it kvirt's own cost of finding the leaf by the lock protocol, not priced here",
             fmt_ns(path)
@@ -591,7 +604,7 @@ fn peer_free_work_note(r: &Results, workloads: &[String]) -> String {
     let mut over: Vec<(f64, String)> = workloads
         .iter()
         .filter_map(|w| {
-            let (k, p, free) = (ns(r, w, "kvirt-pt")?, faster_peer(r, w)?, peer_free_work(r, w)?);
+            let (k, p, free) = (ns(r, w, "kvirt-pt")?, faster_peer(r, w)?, prices.per_page(w)?);
             (k > p).then(|| {
                 let rest = k - free;
                 (k / p, format!("{w} {k:.1} - {free:.1} = {rest:.1} ns = {:.2}x", rest / p))
@@ -607,9 +620,9 @@ fn peer_free_work_note(r: &Results, workloads: &[String]) -> String {
     };
     format!(
         "; what the peers do not do, priced from the breakdown: each range's read-side section ({} ns, `rcu`) and the lock of the leaf node it changes ({} ns, `lock-op`: the lock's compare-exchange and release store{path}), so that several CPUs can change one table at once (the shared-table rows), and, for each page an unmap takes, the reference it gives back to the frame ({:.1} ns, a locked read-modify-write of its metadata: `512-tracked` less `512-untracked`, halved){rows}",
-        fmt_ns(rcu.stats.ns_per_op),
-        fmt_ns(lock.stats.ns_per_op),
-        counts / 2.0,
+        fmt_ns(prices.section),
+        fmt_ns(prices.lock),
+        prices.give_back,
     )
 }
 
