@@ -993,7 +993,7 @@ pub fn markdown(r: &Results, targets: &[Target], svg_link: Option<&str>, include
     }
     if !r.breakdown.is_empty() {
         let _ = writeln!(out, "\n## Breakdown: where a 1-page map and unmap go\n");
-        let _ = writeln!(out, "kvirt's 1-page map and unmap measured with one more piece of work at a time, on `kvirt-pt`'s raw table of a hosted space with two simulated CPUs (`bench/breakdown.rs`). `ns` is the step's whole time per map+unmap (per page for the 512-page steps); `own` is what it adds to the step it builds on (for `no-cursor`: to `rcu`, to compare with `tracked` less `rcu`; for `leaf-lock`: to `walk`; for `area`: to `reclaim` plus `flush`; for `512-tracked`: to `512-untracked`), the cost the step names. `512-fill` times a map alone, per page.\n");
+        let _ = writeln!(out, "kvirt's 1-page map and unmap measured with one more piece of work at a time, on `kvirt-pt`'s raw table of a hosted space with two simulated CPUs (`bench/breakdown.rs`). `ns` is the step's whole time per map+unmap (per page for the 512-page steps); `own` is what it adds to the step it builds on (for `no-cursor`: to `rcu`, to compare with `tracked` less `rcu`; for `leaf-lock`: to `walk`; for `area`: to `no-cursor` plus `flush`; for `512-tracked`: to `512-untracked`), the cost the step names. `512-fill` times a map alone, per page.\n");
         let _ = writeln!(out, "| step | what | ns | own |\n|---|---|---:|---:|");
         for row in breakdown_rows(r) {
             let _ = writeln!(out, "| {} | {} | {} | {} |", row[0], row[1], row[2], row[3]);
