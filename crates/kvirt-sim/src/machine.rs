@@ -94,6 +94,11 @@ impl Machine {
         self.cpus.len()
     }
 
+    /// Every CPU, in order of their numbers.
+    pub fn cpus(&self) -> &[Cpu] {
+        &self.cpus
+    }
+
     /// CPU number `index`.
     ///
     /// # Panics

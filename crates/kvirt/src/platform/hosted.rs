@@ -209,14 +209,18 @@ unsafe impl Platform for SimPlatform {
     }
 
     fn flush_tlb(&self, op: TlbFlushOp, scope: TlbScope) {
-        let flush_one = |cpu: &kvirt_sim::Cpu| match &op {
-            TlbFlushOp::Page(va) => cpu.flush_page(*va),
-            TlbFlushOp::Range(range) => cpu.flush_range(range.clone()),
-            TlbFlushOp::All => cpu.flush_all(),
+        // The CPUs as a slice and the operation matched once: what a
+        // benchmark's peer calls on the simulated CPUs directly, with no
+        // more around it.
+        let cpus = self.machine.cpus();
+        let cpus = match scope {
+            TlbScope::Local => core::slice::from_ref(&cpus[self.current_cpu()]),
+            TlbScope::AllCpus => cpus,
         };
-        match scope {
-            TlbScope::Local => flush_one(self.machine.cpu(self.current_cpu())),
-            TlbScope::AllCpus => (0..self.machine.nr_cpus()).for_each(|i| flush_one(self.machine.cpu(i))),
+        match op {
+            TlbFlushOp::Page(va) => cpus.iter().for_each(|cpu| cpu.flush_page(va)),
+            TlbFlushOp::Range(range) => cpus.iter().for_each(|cpu| cpu.flush_range(range.clone())),
+            TlbFlushOp::All => cpus.iter().for_each(kvirt_sim::Cpu::flush_all),
         }
     }
 
