@@ -42,7 +42,10 @@
 //!   one by one as the session goes; and single pages mapped and taken
 //!   there without a cursor (`PageTable::try_map_frame`, `try_take_page`),
 //!   at pages the table maps, inside huge pages, misaligned and outside
-//!   the table (selector bytes 240 to 254, added last). (The byte format is the one of the
+//!   the table (selector bytes 240 to 249, added last), and ranges taken
+//!   without a cursor (`PageTable::try_take_range`, selector bytes 250 to
+//!   254, added after them) from such pages, of one to a few pages, up to
+//!   and just past a leaf node's span, or any length. (The byte format is the one of the
 //!   private kernel-half table sessions ran on before: the window the
 //!   decoder aims at is at the same offsets in the user half, and the
 //!   table always exists, where the old one could fail to be made.)
@@ -445,10 +448,13 @@ impl<'a> Decoder<'a> {
             }
             // The selector byte: its value modulo 20, except 240..=254,
             // which were the uneven tail of that modulo and select the
-            // single-page calls, added last (no saved input used them, so
-            // every saved input decodes as it did before).
+            // calls without a cursor, added last: single pages (240..=249)
+            // and then ranges (250..=254). No saved input used them when
+            // each was added, so every saved input decodes as it did
+            // before.
             match self.inp.u8() {
-                b @ 240..=254 => self.single_page(model, b % 2 == 0)?,
+                b @ 240..=249 => self.single_page(model, b % 2 == 0)?,
+                250..=254 => self.take_range(model)?,
                 b => match b % 20 {
                     0 | 1 => {
                         let frames = 1 + self.inp.below(8);
@@ -739,10 +745,21 @@ impl<'a> Decoder<'a> {
     /// next to a 4 KiB one), misaligned, at the ends of the table and of
     /// the address space, or anywhere.
     fn single_page(&mut self, model: &mut Model<'_>, map: bool) -> Result<(), Failure> {
+        let va = self.pick_page(model);
+        let (page, misalign) = (va / PAGE_SIZE, va % PAGE_SIZE);
+        let op = if map { Op::PtMapFrame { page, misalign } } else { Op::PtTakePage { page, misalign } };
+        self.step(model, &op)
+    }
+
+    /// An address for a call without a cursor: mostly in the window
+    /// sessions use, or at a leaf the table maps (its first, second or
+    /// last page), else misaligned, at the edges of the table's addresses
+    /// and beyond, or anywhere.
+    fn pick_page(&mut self, model: &Model<'_>) -> Vaddr {
         let (first, last) = vaddr_bounds::<UserPtConfig>();
         let top = last & !(PAGE_SIZE - 1);
         let inp = &mut self.inp;
-        let va = match inp.below(8) {
+        match inp.below(8) {
             0..=2 => window_va(inp),
             3 | 4 => {
                 let leaves = &model.pt_model().map;
@@ -764,10 +781,22 @@ impl<'a> Decoder<'a> {
                 anchors[inp.below(anchors.len())]
             }
             _ => inp.u64() as usize,
+        }
+    }
+
+    /// `PageTable::try_take_range` of a range from a page as
+    /// [`single_page`](Self::single_page) picks them (a misaligned pick is
+    /// rounded down: the call takes pages), of 1, 2, 3, 511 or 512 pages,
+    /// a huge page's worth, or any count.
+    fn take_range(&mut self, model: &mut Model<'_>) -> Result<(), Failure> {
+        let page = self.pick_page(model) / PAGE_SIZE;
+        let inp = &mut self.inp;
+        let pages = match inp.below(4) {
+            0 | 1 => [1, 2, 3, 511, 512, SZ_2M / PAGE_SIZE + 1][inp.below(6)],
+            2 => 1 + inp.below(1024),
+            _ => inp.u64() as usize,
         };
-        let (page, misalign) = (va / PAGE_SIZE, va % PAGE_SIZE);
-        let op = if map { Op::PtMapFrame { page, misalign } } else { Op::PtTakePage { page, misalign } };
-        self.step(model, &op)
+        self.step(model, &Op::PtTakeRange { page, pages })
     }
 
     fn session(&mut self, model: &mut Model<'_>) -> Result<(), Failure> {
