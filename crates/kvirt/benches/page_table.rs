@@ -13,13 +13,22 @@
 //! does), but not for higher levels. Only the measured operation is timed:
 //! the mapping before an unmap and the unmapping after a map are not.
 //!
+//! `map_frames_4k` maps 512 tracked frames with one cursor's
+//! `try_map_frames`, from the two iterators a caller holding a `Vec` of
+//! frames has at hand: the `Vec` itself (`into_iter`, whose buffer the map
+//! frees at its end) and `drain(..)` (the caller keeps the buffer). The
+//! fill keeps either iterator's position in registers; before it did, the
+//! `Drain` mapped at half the speed.
+//!
 //! `cargo bench -p kvirt --bench page_table -- --test` runs each benchmark
 //! once, as a smoke test.
 
+use std::cell::RefCell;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use kvirt::frame::{AnyFrameMeta, Frame, FrameAllocOptions};
 use kvirt::kspace::KernelSpace;
 use kvirt::page_prop::{CachePolicy, PageFlags, PageProperty};
 use kvirt::page_table::{KernelPtConfig, MappedItem, PageTable};
@@ -176,5 +185,34 @@ fn unmap(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, map, query, unmap);
+fn map_frames(c: &mut Criterion) {
+    const N: usize = 512;
+    let f = Fixture::new();
+    let pool: Vec<Frame<()>> =
+        FrameAllocOptions::new_in(&f.space).alloc_segment(N).expect("frames").into_iter().collect();
+    let range = BASE..BASE + N * PAGE_SIZE;
+    let frames: RefCell<Vec<Frame<dyn AnyFrameMeta>>> = RefCell::new(Vec::with_capacity(N));
+    let make = || frames.borrow_mut().extend(pool.iter().map(|frame| frame.clone().into_dyn()));
+    let map = |from: Vec<Frame<dyn AnyFrameMeta>>| {
+        let mut cursor = f.pt.cursor_mut(&range).expect("a kernel range");
+        cursor.try_map_frames(from, prop()).expect("free pages");
+    };
+    let map_drain = || {
+        let mut cursor = f.pt.cursor_mut(&range).expect("a kernel range");
+        cursor.try_map_frames(frames.borrow_mut().drain(..), prop()).expect("free pages");
+    };
+    // A table no CPU uses: no TLB flush needed.
+    let unmap = || drop(black_box(f.pt.cursor_mut(&range).expect("a kernel range").take_all(range.len())));
+    let mut group = c.benchmark_group("page_table/map_frames_4k");
+    group.throughput(Throughput::Elements(N as u64));
+    group.bench_function(BenchmarkId::new("into_iter", N), |b| {
+        b.iter_custom(|iters| timed(iters, make, || map(std::mem::take(&mut *frames.borrow_mut())), unmap));
+    });
+    group.bench_function(BenchmarkId::new("drain", N), |b| {
+        b.iter_custom(|iters| timed(iters, make, map_drain, unmap));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, map, query, unmap, map_frames);
 criterion_main!(benches);

@@ -436,6 +436,54 @@ fn cursors_take_mappings_and_reclaim_emptied_nodes() {
 }
 
 #[test]
+fn a_fill_from_a_drain_or_a_panicking_iterator_leaves_the_iterator_whole() {
+    let space = space();
+    let before = stats(&space);
+    let pt = PageTable::<UserPtConfig>::empty_in(&space).expect("page table");
+    let mut frames: Vec<Frame<dyn AnyFrameMeta>> = FrameAllocOptions::new_in(&space)
+        .alloc_segment(4)
+        .expect("segment")
+        .into_iter()
+        .map(Frame::into_dyn)
+        .collect();
+    let paddrs: Vec<Paddr> = frames.iter().map(Frame::paddr).collect();
+    let range = UVA..UVA + 4 * P;
+    // A map that runs out of room: the drain keeps what it did not take.
+    let mut cursor = pt.cursor_mut(&(UVA..UVA + 2 * P)).expect("cursor");
+    cursor.map(MappedItem::Untracked(UPA, 1, user_rw()));
+    let mut drain = frames.drain(..);
+    let refused = cursor.try_map_frames(drain.by_ref(), user_rw()).expect_err("one page is free, not two");
+    assert_eq!(drain.len(), 2, "one mapped, one handed back, two left");
+    drop(drain);
+    drop(refused);
+    drop(cursor);
+    assert_eq!(query(&pt, UVA + P).map(|q| q.1), Some(paddrs[0]));
+    // An iterator that panics after two frames: those two stay mapped, and
+    // the rest of the iterator is dropped whole as the panic goes on.
+    let more: Vec<_> = FrameAllocOptions::new_in(&space)
+        .alloc_segment(3)
+        .expect("segment")
+        .into_iter()
+        .map(Frame::into_dyn)
+        .collect();
+    let more_paddrs: Vec<Paddr> = more.iter().map(Frame::paddr).collect();
+    let mut cursor = pt.cursor_mut(&(UVA + 2 * P..range.end)).expect("cursor");
+    let mut yielded = 0;
+    let panicking = more.into_iter().inspect(|_| {
+        yielded += 1;
+        assert!(yielded <= 2, "the third frame");
+    });
+    assert!(catch_unwind(AssertUnwindSafe(|| cursor.try_map_frames(panicking, user_rw()))).is_err());
+    drop(cursor);
+    assert_eq!(query(&pt, UVA + 2 * P).map(|q| q.1), Some(more_paddrs[0]));
+    assert_eq!(query(&pt, UVA + 3 * P).map(|q| q.1), Some(more_paddrs[1]));
+    assert_eq!(pt.check_inv(), Ok(4));
+    drop(pt);
+    space.synchronize();
+    assert_eq!(stats(&space), before, "every frame and node came back");
+}
+
+#[test]
 fn single_pages_map_and_take_without_a_cursor() {
     let space = space();
     let before = stats(&space);

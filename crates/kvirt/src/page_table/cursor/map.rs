@@ -19,6 +19,7 @@
 //! needed, and reports whatever stops a fill. So a small map inside an
 //! existing leaf node is one fill: no `try_map` at all.
 
+use super::on_local::on_local;
 use super::{entry_range, may_detach, node_span, CursorMut};
 use crate::addr::{is_aligned, Paddr, PagingLevel, PAGE_SIZE};
 use crate::arch::{page_size, pte_index, PagingFormat, PteKind};
@@ -226,14 +227,18 @@ pub(super) fn fill_frames<T: AnyFrameMeta + ?Sized>(
     encode: impl Fn(Paddr) -> u64,
 ) -> usize {
     let slots = leaf.phys().slot_map();
-    leaf.fill_absent(from, to, || {
-        let frame = frames.next()?;
-        let Some(pa) = frame.paddr_in(slots) else {
-            *rest = Some(frame);
-            return None;
-        };
-        // The entry takes over the frame's reference.
-        core::mem::forget(frame);
-        Some(encode(pa))
+    // The loop's stores would otherwise keep `frames`' position in memory
+    // (see `on_local`).
+    on_local(frames, |frames| {
+        leaf.fill_absent(from, to, || {
+            let frame = frames.next()?;
+            let Some(pa) = frame.paddr_in(slots) else {
+                *rest = Some(frame);
+                return None;
+            };
+            // The entry takes over the frame's reference.
+            core::mem::forget(frame);
+            Some(encode(pa))
+        })
     })
 }

@@ -50,6 +50,7 @@ use crate::page_prop::PageProperty;
 use crate::platform::RcuReadGuard;
 
 mod map;
+mod on_local;
 mod one;
 mod reclaim;
 mod take;
