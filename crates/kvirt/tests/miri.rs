@@ -71,6 +71,16 @@ fn stats(space: &KernelSpace) -> PhysStats {
     space.phys_stats()
 }
 
+/// `n` new frames of `space`, as handles of any metadata.
+fn dyn_frames(space: &KernelSpace, n: usize) -> Vec<Frame<dyn AnyFrameMeta>> {
+    FrameAllocOptions::new_in(space)
+        .alloc_segment(n)
+        .expect("segment")
+        .into_iter()
+        .map(Frame::into_dyn)
+        .collect()
+}
+
 fn rw() -> PageProperty {
     PageProperty::new_kernel(PageFlags::RW, CachePolicy::Writeback)
 }
@@ -367,12 +377,7 @@ fn cursors_take_mappings_and_reclaim_emptied_nodes() {
     let before = stats(&space);
     let pt = PageTable::<UserPtConfig>::empty_in(&space).expect("page table");
     let nodes = space.phys_stats().page_table_pages;
-    let frames: Vec<_> = FrameAllocOptions::new_in(&space)
-        .alloc_segment(3)
-        .expect("segment")
-        .into_iter()
-        .map(Frame::into_dyn)
-        .collect();
+    let frames: Vec<_> = dyn_frames(&space, 3);
 
     let range = UVA..UVA + 2 * SIZE_2M;
     let mut cursor = pt.cursor_mut(&range).expect("cursor");
@@ -440,12 +445,7 @@ fn a_fill_from_a_drain_or_a_panicking_iterator_leaves_the_iterator_whole() {
     let space = space();
     let before = stats(&space);
     let pt = PageTable::<UserPtConfig>::empty_in(&space).expect("page table");
-    let mut frames: Vec<Frame<dyn AnyFrameMeta>> = FrameAllocOptions::new_in(&space)
-        .alloc_segment(4)
-        .expect("segment")
-        .into_iter()
-        .map(Frame::into_dyn)
-        .collect();
+    let mut frames: Vec<Frame<dyn AnyFrameMeta>> = dyn_frames(&space, 4);
     let paddrs: Vec<Paddr> = frames.iter().map(Frame::paddr).collect();
     let range = UVA..UVA + 4 * P;
     // A map that runs out of room: the drain keeps what it did not take.
@@ -460,12 +460,7 @@ fn a_fill_from_a_drain_or_a_panicking_iterator_leaves_the_iterator_whole() {
     assert_eq!(query(&pt, UVA + P).map(|q| q.1), Some(paddrs[0]));
     // An iterator that panics after two frames: those two stay mapped, and
     // the rest of the iterator is dropped whole as the panic goes on.
-    let more: Vec<_> = FrameAllocOptions::new_in(&space)
-        .alloc_segment(3)
-        .expect("segment")
-        .into_iter()
-        .map(Frame::into_dyn)
-        .collect();
+    let more: Vec<_> = dyn_frames(&space, 3);
     let more_paddrs: Vec<Paddr> = more.iter().map(Frame::paddr).collect();
     let mut cursor = pt.cursor_mut(&(UVA + 2 * P..range.end)).expect("cursor");
     let mut yielded = 0;
