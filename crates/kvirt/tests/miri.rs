@@ -445,33 +445,43 @@ fn a_fill_from_a_drain_or_a_panicking_iterator_leaves_the_iterator_whole() {
     let space = space();
     let before = stats(&space);
     let pt = PageTable::<UserPtConfig>::empty_in(&space).expect("page table");
-    let mut frames: Vec<Frame<dyn AnyFrameMeta>> = dyn_frames(&space, 4);
+    let mut frames: Vec<Frame<dyn AnyFrameMeta>> = dyn_frames(&space, 6);
     let paddrs: Vec<Paddr> = frames.iter().map(Frame::paddr).collect();
-    let range = UVA..UVA + 4 * P;
-    // A map that runs out of room: the drain keeps what it did not take.
-    let mut cursor = pt.cursor_mut(&(UVA..UVA + 2 * P)).expect("cursor");
+    let range = UVA..UVA + 8 * P;
+    // A map that runs out of room from a drain lent by reference (the fill
+    // moves the reference): the drain keeps what it did not take.
+    let mut cursor = pt.cursor_mut(&(UVA..UVA + 3 * P)).expect("cursor");
     cursor.map(MappedItem::Untracked(UPA, 1, user_rw()));
-    let mut drain = frames.drain(..);
-    let refused = cursor.try_map_frames(drain.by_ref(), user_rw()).expect_err("one page is free, not two");
-    assert_eq!(drain.len(), 2, "one mapped, one handed back, two left");
-    drop(drain);
-    drop(refused);
+    let mut drain = frames.drain(..4);
+    let refused =
+        cursor.try_map_frames(drain.by_ref(), user_rw()).expect_err("two pages are free, not three");
+    assert_eq!(drain.len(), 1, "two mapped, one handed back, one left");
+    drop((drain, refused, cursor));
+    // A drain given by value (the fill moves the drain itself in and out).
+    let mut cursor = pt.cursor_mut(&(UVA + 3 * P..UVA + 5 * P)).expect("cursor");
+    cursor.try_map_frames(frames.drain(..), user_rw()).expect("two free pages");
     drop(cursor);
-    assert_eq!(query(&pt, UVA + P).map(|q| q.1), Some(paddrs[0]));
-    // An iterator that panics after two frames: those two stay mapped, and
-    // the rest of the iterator is dropped whole as the panic goes on.
-    let more: Vec<_> = dyn_frames(&space, 3);
+    assert!(frames.is_empty());
+    for (page, i) in [(1, 0), (2, 1), (3, 4), (4, 5)] {
+        assert_eq!(query(&pt, UVA + page * P).map(|q| q.1), Some(paddrs[i]));
+    }
+    // A drain that panics at its third frame, given by value: two frames
+    // stay mapped, and the drain goes back whole and is dropped as the
+    // panic goes on.
+    let mut more: Vec<_> = dyn_frames(&space, 3);
     let more_paddrs: Vec<Paddr> = more.iter().map(Frame::paddr).collect();
-    let mut cursor = pt.cursor_mut(&(UVA + 2 * P..range.end)).expect("cursor");
+    let mut cursor = pt.cursor_mut(&(UVA + 5 * P..range.end)).expect("cursor");
     let mut yielded = 0;
-    let panicking = more.into_iter().inspect(|_| {
+    let panicking = more.drain(..).inspect(|_| {
         yielded += 1;
         assert!(yielded <= 2, "the third frame");
     });
     assert!(catch_unwind(AssertUnwindSafe(|| cursor.try_map_frames(panicking, user_rw()))).is_err());
     drop(cursor);
-    assert_eq!(query(&pt, UVA + 2 * P).map(|q| q.1), Some(more_paddrs[0]));
-    assert_eq!(query(&pt, UVA + 3 * P).map(|q| q.1), Some(more_paddrs[1]));
+    assert!(more.is_empty());
+    assert_eq!(query(&pt, UVA + 5 * P).map(|q| q.1), Some(more_paddrs[0]));
+    assert_eq!(query(&pt, UVA + 6 * P).map(|q| q.1), Some(more_paddrs[1]));
+    assert_eq!(query(&pt, UVA + 7 * P), None);
     assert_eq!(pt.check_inv(), Ok(4));
     drop(pt);
     space.synchronize();

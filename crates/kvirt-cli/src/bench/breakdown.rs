@@ -18,7 +18,7 @@
 //! | `lock-op` | the node lock's own instructions, on a byte in cache: a compare-exchange (acquire) taking it and a release store giving it back, what locking a node costs wherever it is found |
 //! | `reclaim` | the same with no neighbour in the leaf node, so the node is allocated at the map and reclaimed at the unmap |
 //! | `flush` | the unmap's shoot-down of the page on both CPUs, alone |
-//! | `area` | `KVirtArea::map_frames` of one page and its drop: `no-cursor`'s map and take (which the area's creation and drop make) and `flush`'s shoot-down, plus VMALLOC, the area registry and the area's own bookkeeping; a kernel space keeps an emptied leaf node for a batch, so no node is allocated or reclaimed per area |
+//! | `area` | `KVirtArea::map_frames` of one page and its drop: the same leaf-only map and take as `no-cursor` (an area's creation and drop map and take a page inside an existing leaf node without a cursor) and `flush`'s shoot-down, plus VMALLOC, the area registry and the area's own bookkeeping; a kernel space keeps an emptied leaf node for a batch, so no node is allocated or reclaimed per area |
 //! | `512-untracked` | per page, 512 untracked pages mapped through one cursor and taken back (no flush) |
 //! | `512-tracked` | the same with 512 distinct tracked frames: the reference counts of frames whose metadata is not in cache |
 //! | `512-fill` | per page, the map alone of 512 tracked frames by one cursor's `try_map_frames`, as `kvirt-pt`'s 512-page map, into two leaf nodes that exist (as the floor's do) |
