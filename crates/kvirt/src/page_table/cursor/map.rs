@@ -23,7 +23,7 @@ use super::on_local::on_local;
 use super::{entry_range, may_detach, node_span, CursorMut};
 use crate::addr::{is_aligned, Paddr, PagingLevel, PAGE_SIZE};
 use crate::arch::{page_size, pte_index, PagingFormat, PteKind};
-use crate::frame::{AnyFrameMeta, Frame};
+use crate::frame::{AnyFrameMeta, Frame, SlotMap};
 use crate::page_prop::PageProperty;
 use crate::page_table::config::PageTableConfig;
 use crate::page_table::error::{MapError, MapErrorKind};
@@ -228,15 +228,12 @@ pub(super) fn fill_frames<T: AnyFrameMeta + ?Sized, I: Iterator<Item = Frame<T>>
 ) -> usize {
     let slots = leaf.phys().slot_map();
     let mut fill = |frames: &mut I| {
-        leaf.fill_absent(from, to, || {
-            let frame = frames.next()?;
-            let Some(pa) = frame.paddr_in(slots) else {
+        leaf.fill_absent(from, to, || match claim_frame(frames.next()?, slots) {
+            Ok(pa) => Some(encode(pa)),
+            Err(frame) => {
                 *rest = Some(frame);
-                return None;
-            };
-            // The entry takes over the frame's reference.
-            core::mem::forget(frame);
-            Some(encode(pa))
+                None
+            }
         })
     };
     // The loop's stores would otherwise keep `frames`' position in memory
@@ -248,4 +245,18 @@ pub(super) fn fill_frames<T: AnyFrameMeta + ?Sized, I: Iterator<Item = Frame<T>>
     } else {
         fill(frames)
     }
+}
+
+/// The physical address of `frame`, whose reference the entry about to be
+/// written for it takes over, if the frame is one of the table's (`slots`);
+/// otherwise the frame, handed back. What every map of a tracked frame
+/// does between finding the entry absent and writing it.
+#[inline(always)]
+pub(super) fn claim_frame<T: ?Sized>(frame: Frame<T>, slots: SlotMap) -> Result<Paddr, Frame<T>> {
+    let Some(pa) = frame.paddr_in(slots) else {
+        return Err(frame);
+    };
+    // The entry takes over the frame's reference.
+    core::mem::forget(frame);
+    Ok(pa)
 }

@@ -29,7 +29,7 @@
 
 use core::ops::Range;
 
-use super::map::fill_frames;
+use super::map::{claim_frame, fill_frames};
 use super::reclaim::{dispose_empty_node, must_dispose};
 use super::{node_span, PtTree};
 use crate::addr::{align_down, is_page_aligned, Vaddr, PAGE_SIZE};
@@ -111,11 +111,10 @@ impl<C: PageTableConfig> PageTable<C> {
         if leaf.read(index) != 0 {
             return Some(frame);
         }
-        let Some(pa) = frame.paddr_in(leaf.phys().slot_map()) else {
-            return Some(frame);
+        let pa = match claim_frame(frame, leaf.phys().slot_map()) {
+            Ok(pa) => pa,
+            Err(frame) => return Some(frame),
         };
-        // The entry takes over the frame's reference.
-        core::mem::forget(frame);
         leaf.write(index, C::F::encode_page(pa, 1, prop, true));
         None
     }
