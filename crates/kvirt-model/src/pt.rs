@@ -200,9 +200,13 @@ impl<F: PagingFormat> PtModel<F> {
         range: Range<Vaddr>,
         dropped: &mut dyn FnMut(Paddr),
     ) -> (usize, Vec<Range<Vaddr>>) {
+        // Tracked pages are 4 KiB (never split, never part of a page that
+        // starts before the range): the ones a fragment takes are the ones
+        // that start in its span, known before the first.
+        let tracked: Vec<(Vaddr, Paddr)> =
+            self.map.range(range.clone()).filter(|(_, l)| l.tracked).map(|(&va, l)| (va, l.pa)).collect();
         let (mut va, mut mappings, mut spans) = (range.start, 0, Vec::new());
         loop {
-            let before = self.clone();
             let (frag, next) = self.take_next(va, range.end);
             let Some(frag) = frag else { break };
             let span = match frag {
@@ -215,8 +219,12 @@ impl<F: PagingFormat> PtModel<F> {
                     at..at + len
                 }
             };
-            for (_, l) in before.map.range(span.clone()).filter(|(_, l)| l.tracked) {
-                dropped(l.pa);
+            let (lo, hi) = (
+                tracked.partition_point(|&(at, _)| at < span.start),
+                tracked.partition_point(|&(at, _)| at < span.end),
+            );
+            for &(_, pa) in &tracked[lo..hi] {
+                dropped(pa);
             }
             spans.push(span);
             va = next;

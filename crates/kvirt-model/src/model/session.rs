@@ -512,7 +512,7 @@ impl<L: KernelLayout> Model<'_, L> {
 
 /// Checks what a `take_all` over `search` (a cursor's, or
 /// `try_take_range`'s) put in `taken` against what the model took there
-/// ([`take_all`]): as many mappings, and a range to flush that covers
+/// ([`PtModel::take_all`](crate::pt::PtModel::take_all)): as many mappings, and a range to flush that covers
 /// every span taken, inside the search.
 pub(super) fn check_taken<F: PagingFormat>(
     ck: Checker<'_>,
