@@ -57,20 +57,26 @@ use super::{KernelLayout, KernelSpace, SpaceInner, X86_64Layout};
 use crate::addr::{Paddr, Vaddr, PAGE_SIZE};
 use crate::frame::{AnyFrameMeta, Frame, FrameRef};
 use crate::page_prop::{PageFlags, PageProperty};
-use crate::page_table::{MappedItemRef, PageTableAllocError, TakenRange};
+use crate::page_table::{MappedItemRef, PageTableAllocError, TakenRange, WalkStart};
 use crate::platform::{TlbFlushOp, TlbScope};
 
 /// A kernel virtual area (see the module documentation).
 ///
-/// `repr(C)` keeps the two fields a [`query`](Self::query) reads, `mapped`
-/// and `space`, first and side by side: 24 bytes, which a handle picked at
-/// random among many (in a `Vec`, say) has in one cache line far more
-/// often than the whole 56.
+/// `repr(C)` keeps the three fields a [`query`](Self::query) reads,
+/// `mapped`, `walk_start` and `space`, first and side by side: 32 bytes,
+/// which a handle picked at random among many (in a `Vec`, say) has in
+/// one cache line far more often than the whole 64.
 #[repr(C)]
 pub struct KVirtArea<L: KernelLayout = X86_64Layout> {
     /// The part mapped at creation; only this part is ever mapped.
     /// Invariant: inside `range`, page aligned (possibly empty).
     mapped: Range<Vaddr>,
+    /// Where queries of the mapped part start their walks. Invariant: a
+    /// node of the space's kernel table on the path of every page of
+    /// `mapped`: its root, or (once all of `mapped` is mapped) one that
+    /// `PageTable::walk_start_for` found for `mapped` or for a range
+    /// holding it. The area's own mappings keep it alive.
+    walk_start: WalkStart,
     /// A handle to the area's space, which lives until the area's drop
     /// has finished with it (fields are dropped after `Drop::drop`, and
     /// the others do not need the space): counted, unless the space is
@@ -248,12 +254,15 @@ impl<L: KernelLayout> KVirtArea<L> {
     /// anything else queries `None` without a walk. Inside it, the area owns
     /// the mapping at `addr` and nothing else can remove it while `self` is
     /// borrowed, so every node on the path stays alive and the lock-free walk
-    /// needs neither locks nor a read-side section.
+    /// needs neither locks nor a read-side section. It starts at
+    /// `walk_start`, on the path of every mapped page: for an area inside
+    /// one leaf node's 2 MiB (on x86-64), that node, so a query loads one
+    /// entry instead of one per level.
     ///
     /// The mapped part lies in the area (type invariant), so an address in
     /// it needs no bounds check: the check of the area's bounds runs only
-    /// for the others, and a query of a mapped page reads `mapped` and
-    /// `space` alone.
+    /// for the others, and a query of a mapped page reads `mapped`,
+    /// `walk_start` and `space` alone.
     #[inline(always)]
     fn query_inner(&self, addr: Vaddr) -> Option<MappedItemRef<'_>> {
         if !self.mapped.contains(&addr) {
@@ -265,11 +274,18 @@ impl<L: KernelLayout> KVirtArea<L> {
             return None;
         }
         let space = self.space();
-        // SAFETY: the area owns the mapping at `addr` (see above).
-        let leaf = unsafe { space.kernel_pt.walk_unlocked(addr) };
+        // SAFETY: the area owns the mapping at `addr`, present, which no
+        // one else can remove (see above); `walk_start` is the root or was
+        // found for `mapped` (or, before a split, a range holding it) once
+        // it was all mapped (type invariant), and an area neither removes
+        // nor replaces its mappings before its drop (a split only splits
+        // its huge pages).
+        let leaf = unsafe { space.kernel_pt.walk_unlocked_from(self.walk_start, addr) };
         let leaf = leaf.expect("the mapped part of an area is mapped");
         Some(if leaf.tracked {
-            let slot = NonNull::from(space.phys.slot(leaf.pa));
+            // SAFETY: a tracked entry maps a frame of the space's
+            // `PhysMem`, which has a slot.
+            let slot = NonNull::from(unsafe { space.phys.slot_unchecked(leaf.pa) });
             // SAFETY: the entry owns a reference to the frame, and only this
             // area can change the entries of its range: they stay while
             // `self` is borrowed.
@@ -345,6 +361,7 @@ impl<L: KernelLayout> KVirtArea<L> {
         let right_range = mid..this.range.end;
         let left = KVirtArea {
             mapped: clamp(&left_range),
+            walk_start: this.walk_start,
             range: left_range,
             right: Some(link.clone()),
             left: outer_left,
@@ -352,6 +369,7 @@ impl<L: KernelLayout> KVirtArea<L> {
         };
         let right = KVirtArea {
             mapped: clamp(&right_range),
+            walk_start: this.walk_start,
             range: right_range,
             right: outer_right,
             left: Some(link),
@@ -508,7 +526,29 @@ impl<L: KernelLayout> KVirtArea<L> {
     /// The area `range` of `space`, allocated in its VMALLOC and registered
     /// already, whose mapped part will be `mapped` (nothing is mapped yet).
     pub(super) fn registered(range: Range<Vaddr>, mapped: Range<Vaddr>, space: SpaceRef<L>) -> Self {
-        KVirtArea { range, mapped, right: None, left: None, space }
+        let walk_start = space.kernel_pt.root_walk_start();
+        KVirtArea { range, mapped, walk_start, right: None, left: None, space }
+    }
+
+    /// Once all of the mapped part is mapped: starts its queries' walks at
+    /// the lowest node on the path of each of its pages, instead of the
+    /// root.
+    pub(super) fn mapped_in_full(mut self) -> Self {
+        if !self.mapped.is_empty() {
+            // SAFETY: the area owns the mappings of its mapped part, all
+            // present, which no one else can remove while it is borrowed.
+            self.walk_start = unsafe { self.space().kernel_pt.walk_start_for(&self.mapped) };
+        }
+        self
+    }
+
+    /// [`mapped_in_full`](Self::mapped_in_full) where all of the mapped
+    /// part was mapped into one leaf node: walks start at `leaf`, that
+    /// node.
+    pub(super) fn mapped_in_leaf(mut self, leaf: WalkStart) -> Self {
+        debug_assert_eq!(leaf.level(), 1);
+        self.walk_start = leaf;
+        self
     }
 
     /// The rest of `Inv::check`: what only the space can tell.
@@ -517,6 +557,11 @@ impl<L: KernelLayout> KVirtArea<L> {
         match space.registry.get(self.range.start) {
             Some(info) if info.range == self.range && info.mapped == self.mapped => {}
             _ => return Err("the area is not registered as it is"),
+        }
+        let (first, last) = (self.mapped.start, self.mapped.end.wrapping_sub(PAGE_SIZE));
+        let on_path = |va| space.kernel_pt.is_on_path(self.walk_start, va);
+        if !(self.mapped.is_empty() || on_path(first) && on_path(last)) {
+            return Err("queries would start their walks off the path of a mapped page");
         }
         let window = self.range.start..self.range.end + self.guard();
         if !space.vmalloc.is_allocated(window.clone()) {
@@ -648,3 +693,7 @@ impl<L: KernelLayout> fmt::Debug for KVirtArea<L> {
 /// The invariant checkers of areas and spaces catch each corruption.
 #[cfg(test)]
 mod inv_tests;
+
+/// Where queries start their walks, through splits and drops.
+#[cfg(test)]
+mod walk_start_tests;

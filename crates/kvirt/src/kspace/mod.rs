@@ -476,8 +476,8 @@ impl<L: KernelLayout> KernelSpace<L> {
         let mapped = area.mapped_range();
         let mut rest = None;
         let from = match self.inner().kernel_pt.fill_in_leaf(&mapped, &mut frames, &mut rest, prop) {
-            Some(n) if n * PAGE_SIZE == mapped.len() => return Ok(area),
-            Some(n) => mapped.start + n * PAGE_SIZE,
+            Some((n, leaf)) if n * PAGE_SIZE == mapped.len() => return Ok(area.mapped_in_leaf(leaf)),
+            Some((n, _)) => mapped.start + n * PAGE_SIZE,
             None => mapped.start,
         };
         let first = rest.map(|frame| MappedItem::Tracked(Frame::into_dyn(frame), prop));
@@ -597,7 +597,8 @@ impl<L: KernelLayout> KernelSpace<L> {
                 None => map(&mut cursor),
             };
             let Err(e) = mapped else {
-                return Ok(area);
+                drop(cursor);
+                return Ok(area.mapped_in_full());
             };
             // Only running out of page-table memory can fail here: the
             // area's range is new (nodes emptied there map nothing and give

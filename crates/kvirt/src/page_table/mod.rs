@@ -132,3 +132,4 @@ pub use error::{
 pub use item::{MappedItem, MappedItemRef};
 pub use table::PageTable;
 pub use walk::ReadSection;
+pub(crate) use walk::WalkStart;

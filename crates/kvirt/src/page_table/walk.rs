@@ -7,12 +7,21 @@
 //! passes alive is the caller's business: an RCU read-side section (a
 //! [`ReadSection`], public), or owning the mapping walked to (a kernel
 //! virtual area's queries).
+//!
+//! A walk need not start at the root. Whoever owns the mappings of a range
+//! can keep a [`WalkStart`]: the lowest node on the path of each of its
+//! pages, found once they are all mapped. While they stay mapped, that
+//! node stays on their path and alive (emptying it, or a node above it,
+//! would take them away), so walks of the range start there and skip the
+//! levels above: a kernel virtual area inside one leaf node's span reads
+//! one entry per query instead of one per level.
 
 use core::marker::PhantomData;
+use core::ops::Range;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::config::{vaddr_bounds, PageTableConfig};
-use super::node::RamBase;
+use super::node::{NodeGuard, RamBase};
 use super::table::PageTable;
 use crate::addr::{Paddr, PagingLevel, Vaddr, PAGE_SIZE};
 use crate::arch::{offset_mask, pte_index, PagingFormat, PteKind};
@@ -66,18 +75,177 @@ impl<C: PageTableConfig> PageTable<C> {
         ReadSection { walker: self.walker(), table: self, _rcu: RcuReadGuard::new(self.phys().platform()) }
     }
 
-    /// Walks to the leaf mapping `va` without locks.
+    /// Where every walk can start: the root.
+    #[inline]
+    pub(crate) fn root_walk_start(&self) -> WalkStart {
+        WalkStart::new(self.root_entries(), C::F::NR_LEVELS)
+    }
+
+    /// The lowest node on the path of every page of `range`, a non-empty,
+    /// page-aligned range of the table's: walks of any address in `range`
+    /// may start there ([`walk_unlocked_from`](Self::walk_unlocked_from))
+    /// while every page of `range` stays mapped. It stops above a level
+    /// where `range` spans two entries, at a huge page and at an absent
+    /// entry.
     ///
     /// # Safety
     ///
-    /// No node on the path to `va` may be freed during the call: either the
-    /// caller is inside an RCU read-side section of the platform, or it owns
-    /// a mapping at `va` that no one else can remove (then every node on the
-    /// path holds an entry leading to it and cannot be emptied).
-    #[inline]
-    pub(crate) unsafe fn walk_unlocked(&self, va: Vaddr) -> Option<Leaf> {
-        // SAFETY: the caller's contract is the walk's.
-        unsafe { self.walker().walk(va) }
+    /// No node on the path of a page of `range` may be freed during the
+    /// call: the caller owns the mappings of `range`, all present, and no
+    /// one else can remove them (then every node on the path of one holds
+    /// an entry leading to it and cannot be emptied).
+    pub(crate) unsafe fn walk_start_for(&self, range: &Range<Vaddr>) -> WalkStart {
+        debug_assert!(!range.is_empty() && range.start % PAGE_SIZE == 0 && range.end % PAGE_SIZE == 0);
+        let (first, last) = (range.start, range.end - PAGE_SIZE);
+        let ram = RamBase::of(self.phys());
+        let mut start = self.root_walk_start();
+        while start.level() > 1
+            && pte_index::<C::F>(first, start.level()) == pte_index::<C::F>(last, start.level())
+        {
+            // SAFETY: `start` is a node of this table on the path of
+            // `first` (the root, then a child of one), and it and its child
+            // there stay alive (caller contract).
+            match unsafe { start.child::<C::F>(ram, first) } {
+                Some(child) => start = child,
+                None => break,
+            }
+        }
+        start
+    }
+
+    /// Whether `start` is the node at its level on the path of `va`: for
+    /// the invariant checks of those who keep one.
+    pub(crate) fn is_on_path(&self, start: WalkStart, va: Vaddr) -> bool {
+        let _rcu = RcuReadGuard::new(self.phys().platform());
+        let ram = RamBase::of(self.phys());
+        let mut node = self.root_walk_start();
+        while node.level() > start.level() {
+            // SAFETY: `node` is a node of this table (the root, then a child
+            // of one), reached from the root inside a read-side section, as
+            // its child is: neither is freed before the section ends.
+            match unsafe { node.child::<C::F>(ram, va) } {
+                Some(child) => node = child,
+                None => return false,
+            }
+        }
+        node == start
+    }
+
+    /// Walks to the leaf mapping `va` without locks, starting at `start`
+    /// instead of the root.
+    ///
+    /// # Safety
+    ///
+    /// - `start` is this table's [`root_walk_start`](Self::root_walk_start),
+    ///   or was made by its [`walk_start_for`](Self::walk_start_for) for a
+    ///   range holding `va`, and the mapping at `va` has been neither
+    ///   removed nor replaced since (a huge page split into smaller ones
+    ///   that map the same counts as kept).
+    /// - The caller owns the mapping at `va`, present, and no one else can
+    ///   remove it during the call.
+    #[inline(always)]
+    pub(crate) unsafe fn walk_unlocked_from(&self, start: WalkStart, va: Vaddr) -> Option<Leaf> {
+        // SAFETY: `start` is a node of this table on the path of `va`
+        // (first point): the root is on every path, and a node found on
+        // the path of a page stays there while the page stays mapped, since
+        // only removing it could empty that node, or one on its way from
+        // the root. So it is alive, and for the same reason every node from
+        // it down to `va`'s present entry stays alive during the call
+        // (second point).
+        let entries = unsafe { start.entries() };
+        // SAFETY: as just said.
+        unsafe { self.walker().walk_from(entries, start.level(), va) }
+    }
+}
+
+/// A node of a table where lock-free walks of one range can start instead
+/// of the root, skipping the levels above it: made by
+/// [`PageTable::walk_start_for`] once the range is mapped, it stays on the
+/// path of every page of the range, and alive, as long as they stay
+/// mapped. A kernel virtual area keeps one for its queries.
+///
+/// One word: the node's level is kept in the low bits of the address of
+/// its entries, which are 8-byte aligned, so that an area's handle stays
+/// 64 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct WalkStart {
+    /// Where the node's table's `PhysMem` reaches the node's entries, plus
+    /// the node's level (`1..=7`, [`LEVEL_BITS`]).
+    tagged: *const AtomicU64,
+}
+
+/// The low bits of [`WalkStart::tagged`] that hold the level: free in the
+/// address of an `AtomicU64`, 8-byte aligned.
+const LEVEL_BITS: usize = 0b111;
+const _: () = assert!(core::mem::align_of::<AtomicU64>() > LEVEL_BITS);
+
+// SAFETY: a `WalkStart` is an address and a level; it is only dereferenced
+// by `PageTable::walk_unlocked_from` and `walk_start_for`, whose callers
+// vouch that the node is alive, and a node's entries are atomics, read and
+// written from any thread.
+unsafe impl Send for WalkStart {}
+// SAFETY: as for `Send`: shared, it gives access to nothing.
+unsafe impl Sync for WalkStart {}
+
+impl WalkStart {
+    #[inline(always)]
+    fn new(entries: &[AtomicU64; PAGE_SIZE / 8], level: PagingLevel) -> Self {
+        debug_assert!((1..=LEVEL_BITS).contains(&usize::from(level)));
+        let entries: *const AtomicU64 = entries.as_ptr();
+        Self { tagged: entries.map_addr(|a| a | usize::from(level)) }
+    }
+
+    /// Where walks of the part of a range that `node` (a node of the table
+    /// of a [`PageTable::walk_start_for`] of the range, on the path of
+    /// each of its pages) maps can start. The node stays alive while
+    /// those mappings stay.
+    #[inline(always)]
+    pub(crate) fn at_leaf(node: &NodeGuard<'_>) -> Self {
+        debug_assert_eq!(node.level(), 1);
+        // SAFETY: the node is alive: we hold its lock.
+        let entries = unsafe { RamBase::of(node.phys()).entries(node.pa()) };
+        let entries = <&[AtomicU64; PAGE_SIZE / 8]>::try_from(entries).expect("a node is a page of entries");
+        Self::new(entries, 1)
+    }
+
+    /// The child node on the path of `va`, if the entry there leads to
+    /// one.
+    ///
+    /// # Safety
+    ///
+    /// The node is one of a table of format `F` over the `PhysMem` `ram`
+    /// was made of, and it and the child stay alive during the call.
+    #[inline(always)]
+    unsafe fn child<F: PagingFormat>(self, ram: RamBase<'_>, va: Vaddr) -> Option<Self> {
+        let level = self.level();
+        // SAFETY: the node is alive (caller contract).
+        let raw = unsafe { self.entries() }[pte_index::<F>(va, level)].load(Ordering::Acquire);
+        let PteKind::Table(child) = F::decode(raw, level) else { return None };
+        // SAFETY: `child` is a node of the same table (an entry of one of
+        // its nodes leads to it), alive (caller contract).
+        let child = unsafe { ram.entries(child) };
+        let child = <&[AtomicU64; PAGE_SIZE / 8]>::try_from(child).expect("a node is a page of entries");
+        Some(Self::new(child, level - 1))
+    }
+
+    /// The node's entries.
+    ///
+    /// # Safety
+    ///
+    /// The node is alive, as long as the result is used.
+    #[inline(always)]
+    unsafe fn entries<'a>(self) -> &'a [AtomicU64; PAGE_SIZE / 8] {
+        let entries = self.tagged.map_addr(|a| a & !LEVEL_BITS).cast::<[AtomicU64; PAGE_SIZE / 8]>();
+        // SAFETY: `entries` is where the node's entries are reached (field
+        // invariant), a page of them, alive (caller contract).
+        unsafe { &*entries }
+    }
+
+    /// The node's level.
+    #[inline(always)]
+    pub(crate) fn level(self) -> PagingLevel {
+        // At most 7, so the cast is exact.
+        (self.tagged.addr() & LEVEL_BITS) as PagingLevel
     }
 }
 
@@ -112,15 +280,37 @@ impl<C: PageTableConfig> Walker<'_, C> {
     ///
     /// # Safety
     ///
-    /// As for [`PageTable::walk_unlocked`] on the walker's table.
+    /// No node on the path to `va` may be freed during the call: either the
+    /// caller is inside an RCU read-side section of the platform, or it owns
+    /// a mapping at `va` that no one else can remove (then every node on the
+    /// path holds an entry leading to it and cannot be emptied).
     #[inline(always)]
     pub(crate) unsafe fn walk(&self, va: Vaddr) -> Option<Leaf> {
         let (first, last) = vaddr_bounds::<C>();
         if !(first..=last).contains(&va) {
             return None;
         }
-        let mut level = C::F::NR_LEVELS;
-        let mut raw = self.root[pte_index::<C::F>(va, level)].load(Ordering::Acquire);
+        // SAFETY: the root is a node of the walker's table on every path
+        // (type invariant), alive as long as the table; the rest is the
+        // caller's contract.
+        unsafe { self.walk_from(self.root, C::F::NR_LEVELS, va) }
+    }
+
+    /// Walks to the leaf mapping `va` from `entries`, those of a node at
+    /// `level` on its path.
+    ///
+    /// # Safety
+    ///
+    /// `entries` are those of a node of the walker's table at `level` on
+    /// the path of `va`; and as for [`walk`](Self::walk).
+    #[inline(always)]
+    unsafe fn walk_from(
+        &self,
+        entries: &[AtomicU64; PAGE_SIZE / 8],
+        mut level: PagingLevel,
+        va: Vaddr,
+    ) -> Option<Leaf> {
+        let mut raw = entries[pte_index::<C::F>(va, level)].load(Ordering::Acquire);
         loop {
             match C::F::decode(raw, level) {
                 PteKind::Absent => return None,

@@ -186,6 +186,7 @@ fn forged(
     core::mem::ManuallyDrop::new(KVirtArea {
         range,
         mapped,
+        walk_start: space.inner().kernel_pt.root_walk_start(),
         right: None,
         left: None,
         space: SpaceRef::new(&space.inner),

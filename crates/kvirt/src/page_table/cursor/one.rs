@@ -44,7 +44,7 @@ use crate::page_table::item::MappedItem;
 use crate::page_table::locking;
 use crate::page_table::node::NodeGuard;
 use crate::page_table::table::PageTable;
-use crate::page_table::{PageTableFrag, TakenRange};
+use crate::page_table::{PageTableFrag, TakenRange, WalkStart};
 use crate::platform::RcuReadGuard;
 
 impl<C: PageTableConfig> PageTable<C> {
@@ -125,7 +125,8 @@ impl<C: PageTableConfig> PageTable<C> {
     /// [`try_map_frames`](super::CursorMut::try_map_frames) over `range`
     /// would, up to where it stops (the frames run out, a frame is not of
     /// this table's space and goes to `rest`, or an entry is present).
-    /// Returns how many pages it mapped, or `None`, having changed nothing,
+    /// Returns how many pages it mapped and where walks of them can start
+    /// (the leaf node), or `None`, having changed nothing,
     /// where a cursor must (no leaf node, or a range beyond one). What a
     /// `KVirtArea`'s creation does first.
     pub(crate) fn fill_in_leaf<T: AnyFrameMeta + ?Sized>(
@@ -134,12 +135,13 @@ impl<C: PageTableConfig> PageTable<C> {
         frames: &mut impl Iterator<Item = Frame<T>>,
         rest: &mut Option<Frame<T>>,
         prop: PageProperty,
-    ) -> Option<usize> {
+    ) -> Option<(usize, WalkStart)> {
         let _rcu = RcuReadGuard::new(self.phys().platform());
         let leaf = lock_leaf(self, range)?;
         let from = pte_index::<C::F>(range.start, 1);
         let to = from + range.len() / PAGE_SIZE;
-        Some(fill_frames(&leaf, from, to, frames, rest, C::F::page_encoder(1, prop, true)))
+        let mapped = fill_frames(&leaf, from, to, frames, rest, C::F::page_encoder(1, prop, true));
+        Some((mapped, WalkStart::at_leaf(&leaf)))
     }
 
     /// Removes the mapping of the 4 KiB page at `va`, splitting a huge page
