@@ -12,10 +12,14 @@
 //!   fences where `membarrier` is missing). Callbacks are gathered in a
 //!   batch per simulated CPU and handed over 64 at a time (handing over
 //!   costs a `membarrier`, a few microseconds); deferring longer than
-//!   needed is always safe. A count of pending callbacks per CPU lets
-//!   [`Platform::rcu_barrier`] wait for exactly ours, from any thread.
-//!   Batches and counts are per CPU, each in its own cache line, so that
-//!   CPUs freeing page-table nodes at once do not meet on them.
+//!   needed is always safe. [`Platform::rcu_barrier`] hands every batch
+//!   over and waits for a marker it defers after them: deferred functions
+//!   run oldest first, so by then every callback queued before the barrier
+//!   has run, and those other CPUs queue meanwhile do not hold it up (as a
+//!   kernel's `rcu_barrier`). A count of pending callbacks per CPU shows in
+//!   the platform's `Debug`. Batches and counts are per CPU, each in its
+//!   own cache line, so that CPUs freeing page-table nodes at once do not
+//!   meet on them.
 //! * A callback that panics does not stop the others: each runs under
 //!   `catch_unwind`, the rest of its batch still runs, and the count drops
 //!   as for any callback, so `rcu_barrier` never waits for it. No panic
@@ -34,7 +38,7 @@ use alloc::vec::Vec;
 use core::any::Any;
 use core::cell::Cell;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
@@ -256,8 +260,17 @@ unsafe impl Platform for SimPlatform {
         // say so at once, whether or not a callback is pending.
         assert!(!rcu::in_section(), "rcu_barrier inside a read-side section would wait for that section");
         (0..self.batches.len()).for_each(|cpu| self.hand_over_batch(cpu));
+        // Deferred functions run oldest first (`rcu::poll`): once this
+        // marker has run, so has every batch handed over before it, which
+        // holds every callback queued before the barrier. Waiting for no
+        // callback to be pending instead would also wait for those that
+        // other CPUs queue meanwhile, in batches no one hands over: for as
+        // long as they go on.
+        let done = Arc::new(AtomicBool::new(false));
+        let marker = done.clone();
+        rcu::defer(Box::new(move || marker.store(true, Ordering::Release)));
         let started = Instant::now();
-        while self.pending() != 0 {
+        while !done.load(Ordering::Acquire) {
             rcu::poll();
             if started.elapsed() > Duration::from_secs(30) {
                 panic!("rcu_barrier: a read-side section has not ended for 30 s");
@@ -335,6 +348,51 @@ mod tests {
         platform.rcu_barrier();
         assert_eq!(ran_later.load(Ordering::SeqCst), 1);
         assert!(started.elapsed() < Duration::from_secs(10), "rcu_barrier waited {:?}", started.elapsed());
+    }
+
+    #[test]
+    fn rcu_barrier_waits_for_the_callbacks_queued_before_it_not_for_those_queued_meanwhile() {
+        // SAFETY: a new machine; the test only queues callbacks on it.
+        let platform = Arc::new(unsafe {
+            SimPlatform::new(Arc::new(Machine::new(kvirt_sim::MachineConfig::new(16 << 20))))
+        });
+        let ran = Arc::new(AtomicUsize::new(0));
+        let r = ran.clone();
+        platform.call_rcu(Box::new(move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        }));
+        // A reader holds the barrier up until a callback has been queued
+        // while it waits (once it has handed the batches over), in a batch
+        // no one hands over.
+        let (entered, wait_entered) = std::sync::mpsc::channel();
+        let (leave, wait_leave) = std::sync::mpsc::channel::<()>();
+        let reader = std::thread::spawn(move || {
+            rcu::read_lock();
+            entered.send(()).unwrap();
+            wait_leave.recv().unwrap();
+            rcu::read_unlock();
+        });
+        wait_entered.recv().unwrap();
+        let meanwhile = {
+            let platform = platform.clone();
+            std::thread::spawn(move || {
+                while !lock(&platform.batches[0]).is_empty() {
+                    std::thread::yield_now();
+                }
+                platform.call_rcu(Box::new(|| {}));
+                leave.send(()).unwrap();
+            })
+        };
+        let started = Instant::now();
+        platform.rcu_barrier();
+        let waited = started.elapsed();
+        meanwhile.join().unwrap();
+        reader.join().unwrap();
+        assert_eq!(ran.load(Ordering::SeqCst), 1, "the callback queued before the barrier ran");
+        assert!(waited < Duration::from_secs(10), "rcu_barrier waited {waited:?}");
+        assert_eq!(platform.pending(), 1, "the one queued meanwhile waits for the next barrier");
+        platform.rcu_barrier();
+        assert_eq!(platform.pending(), 0);
     }
 
     #[test]
