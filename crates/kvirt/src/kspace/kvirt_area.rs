@@ -71,11 +71,14 @@ pub struct KVirtArea<L: KernelLayout = X86_64Layout> {
     /// The part mapped at creation; only this part is ever mapped.
     /// Invariant: inside `range`, page aligned (possibly empty).
     mapped: Range<Vaddr>,
-    /// Where queries of the mapped part start their walks. Invariant: a
-    /// node of the space's kernel table on the path of every page of
-    /// `mapped`: its root, or (once all of `mapped` is mapped) one that
-    /// `PageTable::walk_start_for` found for `mapped` or for a range
-    /// holding it. The area's own mappings keep it alive.
+    /// Where queries of the mapped part start their walks. Invariant, if
+    /// `mapped` is not empty: a node of the space's kernel table on the
+    /// path of every page of `mapped`: its root, or (once all of `mapped`
+    /// was mapped) the one `PageTable::walk_start_for` found for `mapped`,
+    /// or for the area it was split from (the leaf node the fill locked,
+    /// where all of it went into one). The area's own mappings keep it
+    /// alive. With nothing mapped it is never read, and may be a node a
+    /// split neighbour's drop has freed.
     walk_start: WalkStart,
     /// A handle to the area's space, which lives until the area's drop
     /// has finished with it (fields are dropped after `Drop::drop`, and
@@ -277,9 +280,9 @@ impl<L: KernelLayout> KVirtArea<L> {
         // SAFETY: the area owns the mapping at `addr`, present, which no
         // one else can remove (see above); `walk_start` is the root or was
         // found for `mapped` (or, before a split, a range holding it) once
-        // it was all mapped (type invariant), and an area neither removes
-        // nor replaces its mappings before its drop (a split only splits
-        // its huge pages).
+        // it was all mapped, by `walk_start_for` or `WalkStart::at_leaf`
+        // (type invariant), and an area neither removes nor replaces its
+        // mappings before its drop (a split only splits its huge pages).
         let leaf = unsafe { space.kernel_pt.walk_unlocked_from(self.walk_start, addr) };
         let leaf = leaf.expect("the mapped part of an area is mapped");
         Some(if leaf.tracked {

@@ -84,9 +84,9 @@ impl<C: PageTableConfig> PageTable<C> {
     /// The lowest node on the path of every page of `range`, a non-empty,
     /// page-aligned range of the table's: walks of any address in `range`
     /// may start there ([`walk_unlocked_from`](Self::walk_unlocked_from))
-    /// while every page of `range` stays mapped. It stops above a level
-    /// where `range` spans two entries, at a huge page and at an absent
-    /// entry.
+    /// while every page of `range` stays mapped. It stops at the node
+    /// where the first and last page of `range` lie under different
+    /// entries, and at one whose entry for them is a huge page or absent.
     ///
     /// # Safety
     ///
@@ -138,7 +138,9 @@ impl<C: PageTableConfig> PageTable<C> {
     ///
     /// - `start` is this table's [`root_walk_start`](Self::root_walk_start),
     ///   or was made by its [`walk_start_for`](Self::walk_start_for) for a
-    ///   range holding `va`, and the mapping at `va` has been neither
+    ///   range holding `va` (or by [`WalkStart::at_leaf`] of a leaf node
+    ///   of this table into which all of such a range was mapped), and the
+    ///   mapping at `va` has been neither
     ///   removed nor replaced since (a huge page split into smaller ones
     ///   that map the same counts as kept).
     /// - The caller owns the mapping at `va`, present, and no one else can
@@ -195,10 +197,9 @@ impl WalkStart {
         Self { tagged: entries.map_addr(|a| a | usize::from(level)) }
     }
 
-    /// Where walks of the part of a range that `node` (a node of the table
-    /// of a [`PageTable::walk_start_for`] of the range, on the path of
-    /// each of its pages) maps can start. The node stays alive while
-    /// those mappings stay.
+    /// Where walks of a range can start once all of it was mapped into
+    /// `node`, a leaf node its caller locked: what
+    /// [`PageTable::walk_start_for`] of the range would find then.
     #[inline(always)]
     pub(crate) fn at_leaf(node: &NodeGuard<'_>) -> Self {
         debug_assert_eq!(node.level(), 1);
