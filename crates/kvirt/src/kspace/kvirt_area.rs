@@ -549,7 +549,6 @@ impl<L: KernelLayout> KVirtArea<L> {
     /// part was mapped into one leaf node: walks start at `leaf`, that
     /// node.
     pub(super) fn mapped_in_leaf(mut self, leaf: WalkStart) -> Self {
-        debug_assert_eq!(leaf.level(), 1);
         self.walk_start = leaf;
         self
     }

@@ -160,11 +160,10 @@ impl<C: PageTableConfig> PageTable<C> {
     }
 }
 
-/// A node of a table where lock-free walks of one range can start instead
-/// of the root, skipping the levels above it: made by
-/// [`PageTable::walk_start_for`] once the range is mapped, it stays on the
-/// path of every page of the range, and alive, as long as they stay
-/// mapped. A kernel virtual area keeps one for its queries.
+/// A node of a table where lock-free walks can start instead of the root,
+/// and its level (see the module docs for when that is allowed): the
+/// root ([`PageTable::root_walk_start`]), or a node found for a range
+/// ([`PageTable::walk_start_for`], [`WalkStart::at_leaf`]).
 ///
 /// One word: the node's level is kept in the low bits of the address of
 /// its entries, which are 8-byte aligned, so that an area's handle stays
@@ -181,10 +180,10 @@ pub(crate) struct WalkStart {
 const LEVEL_BITS: usize = 0b111;
 const _: () = assert!(core::mem::align_of::<AtomicU64>() > LEVEL_BITS);
 
-// SAFETY: a `WalkStart` is an address and a level; it is only dereferenced
-// by `PageTable::walk_unlocked_from` and `walk_start_for`, whose callers
-// vouch that the node is alive, and a node's entries are atomics, read and
-// written from any thread.
+// SAFETY: a `WalkStart` is an address and a level; it is dereferenced only
+// through its unsafe `entries`, whose callers vouch that the node is
+// alive, and a node's entries are atomics, read and written from any
+// thread.
 unsafe impl Send for WalkStart {}
 // SAFETY: as for `Send`: shared, it gives access to nothing.
 unsafe impl Sync for WalkStart {}
@@ -203,10 +202,23 @@ impl WalkStart {
     #[inline(always)]
     pub(crate) fn at_leaf(node: &NodeGuard<'_>) -> Self {
         debug_assert_eq!(node.level(), 1);
-        // SAFETY: the node is alive: we hold its lock.
-        let entries = unsafe { RamBase::of(node.phys()).entries(node.pa()) };
+        // SAFETY: the node is one of `node.phys()`'s, alive: we hold its
+        // lock.
+        unsafe { Self::at(RamBase::of(node.phys()), node.pa(), 1) }
+    }
+
+    /// The node at `pa`, of level `level`.
+    ///
+    /// # Safety
+    ///
+    /// The page at `pa` is a page-table node of the `PhysMem` `ram` was
+    /// made of, alive during the call.
+    #[inline(always)]
+    unsafe fn at(ram: RamBase<'_>, pa: Paddr, level: PagingLevel) -> Self {
+        // SAFETY: the caller's contract is `entries`'.
+        let entries = unsafe { ram.entries(pa) };
         let entries = <&[AtomicU64; PAGE_SIZE / 8]>::try_from(entries).expect("a node is a page of entries");
-        Self::new(entries, 1)
+        Self::new(entries, level)
     }
 
     /// The child node on the path of `va`, if the entry there leads to
@@ -224,9 +236,7 @@ impl WalkStart {
         let PteKind::Table(child) = F::decode(raw, level) else { return None };
         // SAFETY: `child` is a node of the same table (an entry of one of
         // its nodes leads to it), alive (caller contract).
-        let child = unsafe { ram.entries(child) };
-        let child = <&[AtomicU64; PAGE_SIZE / 8]>::try_from(child).expect("a node is a page of entries");
-        Some(Self::new(child, level - 1))
+        Some(unsafe { Self::at(ram, child, level - 1) })
     }
 
     /// The node's entries.
