@@ -74,11 +74,7 @@ impl<L: KernelLayout> Live<L> {
         for i in pages {
             let (pa, va) = (self.pas[i], mapped.start + i * P);
             let item = self.area.query(va + i % P).expect("a mapped page");
-            let got = match &item {
-                MappedItemRef::Tracked(frame, _) => frame.paddr(),
-                &MappedItemRef::Untracked(base, level, _) => base + va % (P << (9 * (level as usize - 1))),
-            };
-            assert_eq!(got, pa, "page {i} of {:?}", self.area);
+            assert_eq!(page_of(&item, va), pa, "page {i} of {:?}", self.area);
             assert_eq!(item.prop(), effective_property::<L::Format>(prop()));
         }
         if mapped.start > self.area.start() {
@@ -87,6 +83,15 @@ impl<L: KernelLayout> Live<L> {
         for f in &self.frames {
             assert_eq!(f.reference_count(), 2, "a frame's count is not its handle plus its entry");
         }
+    }
+}
+
+/// The physical page `item`, what a query at the page-aligned `va` found,
+/// maps there: the frame, or the page of `va` in an untracked one.
+fn page_of(item: &MappedItemRef<'_>, va: usize) -> Paddr {
+    match *item {
+        MappedItemRef::Tracked(ref frame, _) => frame.paddr(),
+        MappedItemRef::Untracked(base, level, _) => base + va % (P << (9 * (level as usize - 1))),
     }
 }
 
@@ -402,13 +407,7 @@ fn a_half_queries_while_its_neighbours_go<L: KernelLayout>(iterations: usize, la
             while !others_gone.load(Ordering::Acquire) || rounds < 2 {
                 for &(va, pa) in &pages {
                     let item = area.query(va + 1).expect("a mapped page");
-                    let got = match item {
-                        MappedItemRef::Tracked(frame, _) => frame.paddr(),
-                        MappedItemRef::Untracked(base, level, _) => {
-                            base + va % (P << (9 * (level as usize - 1)))
-                        }
-                    };
-                    assert_eq!(got, pa, "{va:#x} of {area:?}");
+                    assert_eq!(page_of(&item, va), pa, "{va:#x} of {area:?}");
                 }
                 rounds += 1;
             }

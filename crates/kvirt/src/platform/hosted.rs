@@ -364,15 +364,7 @@ mod tests {
         // A reader holds the barrier up until a callback has been queued
         // while it waits (once it has handed the batches over), in a batch
         // no one hands over.
-        let (entered, wait_entered) = std::sync::mpsc::channel();
-        let (leave, wait_leave) = std::sync::mpsc::channel::<()>();
-        let reader = std::thread::spawn(move || {
-            rcu::read_lock();
-            entered.send(()).unwrap();
-            wait_leave.recv().unwrap();
-            rcu::read_unlock();
-        });
-        wait_entered.recv().unwrap();
+        let (reader, leave) = rcu::reader_in_section();
         let meanwhile = {
             let platform = platform.clone();
             std::thread::spawn(move || {

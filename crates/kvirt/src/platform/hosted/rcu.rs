@@ -335,6 +335,23 @@ mod membarrier {
     }
 }
 
+/// A thread inside a read-side section, once this returns; sending on
+/// the sender lets it leave and end. For the tests of this RCU and of the
+/// platform over it.
+#[cfg(test)]
+pub(super) fn reader_in_section() -> (std::thread::JoinHandle<()>, std::sync::mpsc::Sender<()>) {
+    let (entered, wait_entered) = std::sync::mpsc::channel();
+    let (leave, wait_leave) = std::sync::mpsc::channel::<()>();
+    let reader = std::thread::spawn(move || {
+        read_lock();
+        entered.send(()).unwrap();
+        wait_leave.recv().unwrap();
+        read_unlock();
+    });
+    wait_entered.recv().unwrap();
+    (reader, leave)
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicBool, AtomicUsize};
@@ -358,21 +375,6 @@ mod tests {
             poll();
             assert!(!ran.load(Ordering::SeqCst), "{why}");
         }
-    }
-
-    /// A thread inside a read-side section, once this returns; sending on
-    /// the sender lets it leave and end.
-    fn reader_in_section() -> (std::thread::JoinHandle<()>, mpsc::Sender<()>) {
-        let (entered, wait_entered) = mpsc::channel();
-        let (leave, wait_leave) = mpsc::channel::<()>();
-        let reader = std::thread::spawn(move || {
-            read_lock();
-            entered.send(()).unwrap();
-            wait_leave.recv().unwrap();
-            read_unlock();
-        });
-        wait_entered.recv().unwrap();
-        (reader, leave)
     }
 
     /// Polls until `done` or 10 s.
