@@ -5,6 +5,7 @@
 
 use std::process::ExitCode;
 
+mod ablation;
 mod fuzz;
 mod instructions;
 mod miri;
@@ -41,6 +42,14 @@ tasks:
                           map and unmap in `kvirt bench` with Valgrind's callgrind
                           (hardware counters for perf stat are often missing in VMs);
                           writes docs/instructions.md, which docs/BENCHMARKS.md includes
+  ablation [--rounds N] [--check]
+                          what each piece of kvirt's work the peers do not do costs in
+                          `kvirt bench`'s 1-page map and unmap and 512-page map: builds
+                          `kvirt` with docs/ablation.patch applied, once per variant (a
+                          piece taken out), in a worktree under target/ablation, runs
+                          the variants' benches round-robin (default 5 rounds) and
+                          writes docs/ablation.md (about 20 minutes on 2 cores);
+                          --check only applies the patch and compiles every switch
   help                    print this message
 ";
 
@@ -67,6 +76,7 @@ fn main() -> ExitCode {
         "miri" => miri::parse_args(rest).and_then(|()| miri::run()),
         "verus" => verus::parse_args(rest).and_then(|options| verus::run(&options)),
         "instructions" => instructions::parse_args(rest).and_then(|options| instructions::run(&options)),
+        "ablation" => ablation::parse_args(rest).and_then(|options| ablation::run(&options)),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())

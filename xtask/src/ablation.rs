@@ -1,0 +1,313 @@
+//! `cargo xtask ablation`: what each piece of the work kvirt does and the
+//! peers do not costs in `kvirt bench`'s 1-page map and unmap and 512-page
+//! map, measured by taking it out.
+//!
+//! `docs/ablation.patch` adds one `cfg` switch per piece (the read-side
+//! section, the node lock, the frame's reference count, the child count,
+//! the map's checks, and every implementation's TLB flush). Each switch
+//! makes kvirt unsound or leak, so the switches are not in the library: the
+//! task checks the committed tree out into `target/ablation/src` (a git
+//! worktree of `HEAD`), applies the patch there, builds one `kvirt` per
+//! variant with its switches in `RUSTFLAGS`, then runs the variants' benches
+//! one after the other, round after round, so that a slow spell of the
+//! machine hits every variant alike, and writes the medians to
+//! `docs/ablation.md`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The variants: name, the `cfg`s set, and what they take out.
+const VARIANTS: [(&str, &[&str], &str); 9] = [
+    ("base", &[], "nothing: the code as committed"),
+    ("rcu", &["ablation_rcu"], "the read-side section around the 1-page map's and unmap's walk"),
+    (
+        "lock",
+        &["ablation_lock"],
+        "the node lock's compare-exchange (a plain store instead) and the stray check",
+    ),
+    (
+        "ref",
+        &["ablation_ref"],
+        "the reference the 1-page unmap gives back to the frame (the handle is forgotten)",
+    ),
+    ("count", &["ablation_count"], "the child count kept to reclaim emptied nodes"),
+    ("checks", &["ablation_checks"], "the map's checks: the entry is absent, the frame is the space's"),
+    ("noflush", &["ablation_noflush"], "every implementation's TLB flush (the peers' too)"),
+    (
+        "all",
+        &["ablation_rcu", "ablation_lock", "ablation_ref", "ablation_count", "ablation_checks"],
+        "rcu, lock, ref, count and checks together",
+    ),
+    (
+        "all-noflush",
+        &[
+            "ablation_rcu",
+            "ablation_lock",
+            "ablation_ref",
+            "ablation_count",
+            "ablation_checks",
+            "ablation_noflush",
+        ],
+        "all of the above, and every implementation's flush",
+    ),
+];
+
+/// The `--only` filters each variant runs with, per round.
+const RUNS: [&str; 2] = ["map-4k-x1$", "map-4k-x512$"];
+
+/// The rows reported: (workload, column title).
+const ROWS: [(&str, &str); 3] = [
+    ("map-4k-x1", "map 1 page"),
+    ("unmap-4k-x1", "unmap 1 page"),
+    ("map-4k-x512", "map 512 pages, per page"),
+];
+
+/// The peers, as `kvirt bench` names them.
+const PEERS: [&str; 2] = ["x86_64", "multiarch"];
+
+/// Options of the task.
+#[derive(Debug)]
+pub struct Options {
+    /// Rounds of every variant's runs.
+    pub rounds: usize,
+    /// Where to write the Markdown page.
+    pub out: PathBuf,
+    /// Only check that the patch applies and that every switch compiles
+    /// (what CI runs, so that the patch cannot rot unnoticed).
+    pub check: bool,
+}
+
+/// Parses the arguments after `ablation`.
+pub fn parse_args(args: &[String]) -> Result<Options, String> {
+    let mut options =
+        Options { rounds: 5, out: crate::project_root().join("docs/ablation.md"), check: false };
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--rounds" => {
+                let n = args.next().ok_or("--rounds needs a number")?;
+                options.rounds = n.parse().ok().filter(|&n| n > 0).ok_or(format!("bad --rounds `{n}`"))?;
+            }
+            "--out" => options.out = PathBuf::from(args.next().ok_or("--out needs a path")?),
+            "--check" => options.check = true,
+            other => return Err(format!("ablation: unknown option `{other}`")),
+        }
+    }
+    Ok(options)
+}
+
+/// Builds the variants, runs them and writes the page.
+pub fn run(options: &Options) -> Result<(), String> {
+    let root = crate::project_root();
+    let work = root.join("target/ablation");
+    let src = work.join("src");
+    let commit = git(&root, &["rev-parse", "--short", "HEAD"])?;
+    if src.exists() {
+        git(&root, &["worktree", "remove", "--force", &src.to_string_lossy()])?;
+    }
+    git(&root, &["worktree", "add", "--detach", &src.to_string_lossy(), "HEAD"])?;
+    git(&src, &["apply", &root.join("docs/ablation.patch").to_string_lossy()])?;
+    if options.check {
+        // Warnings denied too: a switch the patch misspells is an
+        // `unexpected_cfgs` warning, and would silently take out nothing.
+        let (name, cfgs, _) = VARIANTS[VARIANTS.len() - 1];
+        cargo(&src, &work, name, &[cfgs, &["-D warnings"]].concat(), "check")?;
+        println!("xtask: the patch applies, and kvirt-cli compiles with every switch set");
+        return git(&root, &["worktree", "remove", "--force", &src.to_string_lossy()]).map(drop);
+    }
+    let mut binaries = Vec::new();
+    for (name, cfgs, _) in VARIANTS {
+        binaries.push(build(&src, &work, name, cfgs)?);
+        println!("xtask: built the `{name}` variant");
+    }
+    // (variant, workload, impl) -> ns per op of each round
+    let mut times: BTreeMap<(&str, String, String), Vec<f64>> = BTreeMap::new();
+    for round in 1..=options.rounds {
+        for ((name, _, _), kvirt) in VARIANTS.iter().zip(&binaries) {
+            for only in RUNS {
+                for (workload, implementation, ns) in bench(kvirt, only, &work)? {
+                    times.entry((name, workload, implementation)).or_default().push(ns);
+                }
+            }
+        }
+        println!("xtask: round {round} of {} done", options.rounds);
+    }
+    let medians: BTreeMap<_, f64> = times.into_iter().map(|(k, v)| (k, median(v))).collect();
+    let text = markdown(&medians, &commit, options.rounds);
+    std::fs::write(&options.out, &text).map_err(|e| format!("writing {}: {e}", options.out.display()))?;
+    print!("{text}");
+    println!("xtask: wrote {}", options.out.display());
+    git(&root, &["worktree", "remove", "--force", &src.to_string_lossy()])?;
+    Ok(())
+}
+
+/// Runs `git args` in `dir`; its trimmed output.
+fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("git {} failed ({})", args.join(" "), out.status));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Builds `kvirt` from `src` with `cfgs` set; where the binary was copied.
+fn build(src: &Path, work: &Path, name: &str, cfgs: &[&str]) -> Result<PathBuf, String> {
+    cargo(src, work, name, cfgs, "build")?;
+    let binary = work.join(format!("kvirt-{name}"));
+    let built = work.join("target/release/kvirt");
+    std::fs::copy(built, &binary).map_err(|e| format!("copying the `{name}` binary: {e}"))?;
+    Ok(binary)
+}
+
+/// `cargo command --release -p kvirt-cli` in `src` with `cfgs` set.
+fn cargo(src: &Path, work: &Path, name: &str, cfgs: &[&str], command: &str) -> Result<(), String> {
+    let rustflags: Vec<String> = cfgs
+        .iter()
+        .map(|c| if c.starts_with('-') { (*c).to_string() } else { format!("--cfg {c}") })
+        .collect();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(src)
+        .env("RUSTFLAGS", rustflags.join(" "))
+        .env("CARGO_TARGET_DIR", work.join("target"))
+        .args([command, "--release", "-q", "-p", "kvirt-cli"])
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("cargo {command} of the `{name}` variant failed ({status})"));
+    }
+    Ok(())
+}
+
+/// One `kvirt bench --only only` run: (workload, implementation, ns per op)
+/// of each result.
+fn bench(kvirt: &Path, only: &str, work: &Path) -> Result<Vec<(String, String, f64)>, String> {
+    let json = work.join("run.json");
+    let status = Command::new(kvirt)
+        .args(["bench", "--only", only, "--json"])
+        .arg(&json)
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run {}: {e}", kvirt.display()))?;
+    if !status.success() {
+        return Err(format!("{} bench --only {only} failed ({status})", kvirt.display()));
+    }
+    let text = std::fs::read_to_string(&json).map_err(|e| format!("reading {}: {e}", json.display()))?;
+    parse_results(&text)
+}
+
+/// The `results` of a `kvirt bench --json` file: each one's workload,
+/// implementation and median ns per op, as `kvirt bench` writes them (one
+/// object per line, its keys in a fixed order).
+pub fn parse_results(text: &str) -> Result<Vec<(String, String, f64)>, String> {
+    let field = |line: &str, key: &str| -> Option<String> {
+        let rest = &line[line.find(&format!("\"{key}\": "))? + key.len() + 4..];
+        let end = rest.find([',', '}'])?;
+        Some(rest[..end].trim_matches('"').to_string())
+    };
+    let results = text.split("\"results\":").nth(1).ok_or("no `results` in the bench's JSON")?;
+    let results = results.split("\"targets\":").next().unwrap_or(results);
+    let mut out = Vec::new();
+    for line in
+        results.lines().filter(|l| l.contains("\"workload\": ") && !l.contains("\"supported\": false"))
+    {
+        let parsed = (|| {
+            Some((field(line, "workload")?, field(line, "impl")?, field(line, "ns_per_op")?.parse().ok()?))
+        })();
+        out.push(parsed.ok_or_else(|| format!("cannot read the bench result `{line}`"))?);
+    }
+    Ok(out)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// The page.
+fn markdown(medians: &BTreeMap<(&str, String, String), f64>, commit: &str, rounds: usize) -> String {
+    let get = |variant: &str, workload: &str, implementation: &str| {
+        medians.get(&(variant, workload.to_string(), implementation.to_string())).copied()
+    };
+    let peer = |variant: &str, workload: &str| {
+        PEERS.iter().filter_map(|p| get(variant, workload, p)).min_by(f64::total_cmp)
+    };
+    let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+    let mut out = format!(
+        "# What kvirt's map and unmap pay for: an ablation\n\n\
+         Written by `cargo xtask ablation` (see `xtask/src/ablation.rs`) at commit `{commit}`: ns per page, \
+         the median over {rounds} rounds of the run's own median, of `kvirt-pt` (kvirt's page table, used \
+         directly) and of the faster peer (`x86_64` or `multiarch`) in the same runs. Each variant is `kvirt` \
+         built with `docs/ablation.patch` applied and some of its switches set: each switch takes out one \
+         piece of what kvirt does and the peers do not, making kvirt unsound or leaky, which is why the \
+         switches live in a patch and never in the library. `kvirt bench --only 'map-4k-x1$'` times the 1-page \
+         rows, `--only 'map-4k-x512$'` the 512-page ones, as in `docs/BENCHMARKS.md`. A variant's change from \
+         `base` is what the piece it takes out costs in that row; pieces that wait on one another (locked \
+         instructions drain the store buffer) cost more together than the sum of their own changes, which \
+         `all` shows.\n\n\
+         | variant | takes out |"
+    );
+    for (_, title) in ROWS {
+        out.push_str(&format!(" {title}: kvirt-pt | faster peer |"));
+    }
+    out.push_str("\n|---|---|");
+    out.push_str(&"---:|---:|".repeat(ROWS.len()));
+    out.push('\n');
+    for (name, _, what) in VARIANTS {
+        out.push_str(&format!("| {name} | {what} |"));
+        for (workload, _) in ROWS {
+            let kvirt = get(name, workload, "kvirt-pt");
+            let change = match (kvirt, get("base", workload, "kvirt-pt")) {
+                (Some(v), Some(base)) if name != "base" => format!(" ({:+.2})", v - base),
+                _ => String::new(),
+            };
+            out.push_str(&format!(" {}{change} | {} |", cell(kvirt), cell(peer(name, workload))));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_are_read_from_the_results_array_only() {
+        let text = "{\n  \"tool\": \"kvirt bench\",\n  \"results\": [\n\
+            {\"workload\": \"map-4k-x1\", \"impl\": \"kvirt-pt\", \"supported\": true, \"ns_per_op\": 34.5, \"runs\": [1]},\n\
+            {\"workload\": \"unmap-4k-x1\", \"impl\": \"x86_64\", \"supported\": true, \"ns_per_op\": 55}\n  ],\n\
+            \"targets\": [{\"workload\": \"ignored\", \"impl\": \"x\", \"ns_per_op\": 1}]\n}";
+        let results = parse_results(text).unwrap();
+        assert_eq!(
+            results,
+            vec![
+                ("map-4k-x1".into(), "kvirt-pt".into(), 34.5),
+                ("unmap-4k-x1".into(), "x86_64".into(), 55.0)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_result_without_its_time_is_an_error() {
+        let text = "\"results\": [\n{\"workload\": \"map-4k-x1\", \"impl\": \"kvirt-pt\"}\n]";
+        assert!(parse_results(text).is_err());
+    }
+
+    #[test]
+    fn the_median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+    }
+}
