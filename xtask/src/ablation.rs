@@ -11,7 +11,7 @@
 //! variant with its switches in `RUSTFLAGS`, then runs the variants' benches
 //! one after the other, round after round, so that a slow spell of the
 //! machine hits every variant alike, and writes the medians to
-//! `docs/ablation.md`.
+//! `docs/ablation.md`, a section `docs/BENCHMARKS.md` includes.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -245,7 +245,7 @@ fn markdown(medians: &BTreeMap<(&str, String, String), f64>, commit: &str, round
     };
     let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
     let mut out = format!(
-        "# What kvirt's map and unmap pay for: an ablation\n\n\
+        "## What kvirt's map and unmap pay for: an ablation\n\n\
          Written by `cargo xtask ablation` (see `xtask/src/ablation.rs`) at commit `{commit}`: ns per page, \
          the median over {rounds} rounds of the run's own median, of `kvirt-pt` (kvirt's page table, used \
          directly) and of the faster peer (`x86_64` or `multiarch`) in the same runs. Each variant is `kvirt` \

@@ -495,7 +495,7 @@ fn map_floor_note(r: &Results) -> Option<String> {
     let (area, pt, floor) = (ns(r, map, "kvirt-area")?, ns(r, map, "kvirt-pt")?, ns(r, map, "floor")?);
     let fill = r.breakdown.iter().find(|s| s.name == "512-fill")?.stats.ns_per_op;
     Some(format!(
-        "; where kvirt-area's {} ns a page go: the fill alone, into leaf nodes that exist (the breakdown's `512-fill`: per page an absent check, the frame's ownership check, the entry's encoding and an atomic store), {} ns = {:.1}x floor; the rest of kvirt-pt's map, mostly the leaf node a range needs, allocated and zeroed where the floor's are built beforehand (kvirt-pt's row less the fill), {} ns; the area's VMALLOC range, registry entry and handle (kvirt-area's row less kvirt-pt's), {} ns",
+        "; where kvirt-area's {} ns a page go: the fill alone, into leaf nodes that exist (the breakdown's `512-fill`: per page an absent check, the frame's ownership check, the entry's encoding and an atomic store; the ablation section below times the 512-page map without the two checks), {} ns = {:.1}x floor; the rest of kvirt-pt's map, mostly the leaf node a range needs, allocated and zeroed where the floor's are built beforehand (kvirt-pt's row less the fill), {} ns; the area's VMALLOC range, registry entry and handle (kvirt-area's row less kvirt-pt's), {} ns",
         fmt_ns(area),
         fmt_ns(fill),
         fill / floor,
@@ -618,7 +618,7 @@ fn peer_free_work_note(r: &Results, workloads: &[String]) -> String {
         format!("; the map and unmap rows over, less it: {}", rows.join("; "))
     };
     format!(
-        "; what the peers do not do, priced from the breakdown: each range's read-side section ({} ns, `rcu`) and the lock of the leaf node it changes ({} ns, `lock-op`: the lock's compare-exchange and release store{path}), so that several CPUs can change one table at once (the shared-table rows), and, for each page an unmap takes, the reference it gives back to the frame ({:.1} ns, a locked read-modify-write of its metadata: `512-tracked` less `512-untracked`, halved){rows}",
+        "; what the peers do not do, priced from the breakdown: each range's read-side section ({} ns, `rcu`) and the lock of the leaf node it changes ({} ns, `lock-op`: the lock's compare-exchange and release store{path}), so that several CPUs can change one table at once (the shared-table rows), and, for each page an unmap takes, the reference it gives back to the frame ({:.1} ns, a locked read-modify-write of its metadata: `512-tracked` less `512-untracked`, halved){rows}; the ablation section below times the 1-page rows again with each of these taken out of kvirt's code (`cargo xtask ablation`)",
         fmt_ns(prices.section),
         fmt_ns(prices.lock),
         prices.give_back,
@@ -913,9 +913,11 @@ pub const REGENERATE_SV48: &str = "cargo run --release -p kvirt-cli -- bench --a
 /// Files, next to the Markdown page, whose texts the page includes as
 /// sections of their own, in this order, when they exist: measurements
 /// `kvirt bench` cannot take itself. `instructions.md` is written by `cargo
-/// xtask instructions` (callgrind); `kernel-churn.md` holds the demo
-/// kernel's SMP churn under QEMU, copied from its report.
-pub const INCLUDED: [&str; 2] = ["instructions.md", "kernel-churn.md"];
+/// xtask instructions` (callgrind); `ablation.md` by `cargo xtask
+/// ablation` (the rows timed again with one piece of kvirt's work taken out
+/// at a time); `kernel-churn.md` holds the demo kernel's SMP churn under
+/// QEMU, copied from its report.
+pub const INCLUDED: [&str; 3] = ["instructions.md", "ablation.md", "kernel-churn.md"];
 
 /// docs/BENCHMARKS.md; `included` are the texts of the [`INCLUDED`] files
 /// that exist.
