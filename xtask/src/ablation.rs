@@ -1,6 +1,6 @@
 //! `cargo xtask ablation`: what each piece of the work kvirt does and the
-//! peers do not costs in `kvirt bench`'s 1-page map and unmap and 512-page
-//! map, measured by taking it out.
+//! peers do not costs in `kvirt bench`'s 1-page and 512-page map and
+//! unmap, measured by taking it out.
 //!
 //! `docs/ablation.patch` adds one `cfg` switch per piece (the read-side
 //! section, the node lock, the frame's reference count, the child count,
@@ -117,7 +117,7 @@ pub fn run(options: &Options) -> Result<(), String> {
         // Warnings denied too: a switch the patch misspells is an
         // `unexpected_cfgs` warning, and would silently take out nothing.
         let (name, cfgs, _) = VARIANTS[VARIANTS.len() - 1];
-        cargo(&src, &work, name, &[cfgs, &["-D warnings"]].concat(), "check")?;
+        cargo(&src, &work, name, &format!("{} -D warnings", rustflags(cfgs)), "check")?;
         println!("xtask: the patch applies, and kvirt-cli compiles with every switch set");
         return git(&root, &["worktree", "remove", "--force", &src.to_string_lossy()]).map(drop);
     }
@@ -163,23 +163,24 @@ fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
 
 /// Builds `kvirt` from `src` with `cfgs` set; where the binary was copied.
 fn build(src: &Path, work: &Path, name: &str, cfgs: &[&str]) -> Result<PathBuf, String> {
-    cargo(src, work, name, cfgs, "build")?;
+    cargo(src, work, name, &rustflags(cfgs), "build")?;
     let binary = work.join(format!("kvirt-{name}"));
     let built = work.join("target/release/kvirt");
     std::fs::copy(built, &binary).map_err(|e| format!("copying the `{name}` binary: {e}"))?;
     Ok(binary)
 }
 
-/// `cargo command --release -p kvirt-cli` in `src` with `cfgs` set.
-fn cargo(src: &Path, work: &Path, name: &str, cfgs: &[&str], command: &str) -> Result<(), String> {
-    let rustflags: Vec<String> = cfgs
-        .iter()
-        .map(|c| if c.starts_with('-') { (*c).to_string() } else { format!("--cfg {c}") })
-        .collect();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
+/// The `RUSTFLAGS` that set `cfgs`.
+fn rustflags(cfgs: &[&str]) -> String {
+    cfgs.iter().map(|c| format!("--cfg {c}")).collect::<Vec<_>>().join(" ")
+}
+
+/// `cargo command --release -p kvirt-cli` in `src` with `rustflags`, for
+/// the variant `name`.
+fn cargo(src: &Path, work: &Path, name: &str, rustflags: &str, command: &str) -> Result<(), String> {
+    let status = crate::cargo()
         .current_dir(src)
-        .env("RUSTFLAGS", rustflags.join(" "))
+        .env("RUSTFLAGS", rustflags)
         .env("CARGO_TARGET_DIR", work.join("target"))
         .args([command, "--release", "-q", "-p", "kvirt-cli"])
         .status()

@@ -99,8 +99,7 @@ pub fn run(options: &Options) -> Result<(), String> {
     if !crate::on_path("valgrind") {
         return Err("valgrind not found on PATH (on Debian: apt-get install valgrind)".into());
     }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
+    let status = crate::cargo()
         .current_dir(&root)
         .args(["build", "--release", "-p", "kvirt-cli"])
         .status()

@@ -44,7 +44,7 @@ tasks:
                           writes docs/instructions.md, which docs/BENCHMARKS.md includes
   ablation [--rounds N] [--check]
                           what each piece of kvirt's work the peers do not do costs in
-                          `kvirt bench`'s 1-page map and unmap and 512-page map: builds
+                          `kvirt bench`'s 1-page and 512-page map and unmap: builds
                           `kvirt` with docs/ablation.patch applied, once per variant (a
                           piece taken out), in a worktree under target/ablation, runs
                           the variants' benches round-robin (default 5 rounds) and
@@ -56,6 +56,12 @@ tasks:
 /// The repository root (the parent of `xtask/`).
 fn project_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ has a parent").to_path_buf()
+}
+
+/// The cargo that runs this task (`CARGO`), to build with the same
+/// toolchain; `cargo` on `PATH` if it is not set.
+fn cargo() -> std::process::Command {
+    std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
 /// Whether `program` is an executable file in a directory of `PATH`.

@@ -228,9 +228,8 @@ pub fn run(options: &Options) -> Result<(), String> {
 fn build_kernel(root: &Path, arch: Arch) -> Result<PathBuf, String> {
     let kernel_dir = root.join(arch.dir);
     let target_dir = kernel_dir.join("target");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     println!("xtask: building the kernel in {}", kernel_dir.display());
-    let status = Command::new(cargo)
+    let status = crate::cargo()
         .current_dir(&kernel_dir)
         .args(["build", "--release", "--target", arch.target, "--target-dir"])
         .arg(&target_dir)
