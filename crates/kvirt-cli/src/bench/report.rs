@@ -495,7 +495,7 @@ fn map_floor_note(r: &Results) -> Option<String> {
     let (area, pt, floor) = (ns(r, map, "kvirt-area")?, ns(r, map, "kvirt-pt")?, ns(r, map, "floor")?);
     let fill = r.breakdown.iter().find(|s| s.name == "512-fill")?.stats.ns_per_op;
     Some(format!(
-        "; where kvirt-area's {} ns a page go: the fill alone, into leaf nodes that exist (the breakdown's `512-fill`: per page an absent check, the frame's ownership check, the entry's encoding and an atomic store; the ablation section below times the 512-page map without the two checks), {} ns = {:.1}x floor; the rest of kvirt-pt's map, mostly the leaf node a range needs, allocated and zeroed where the floor's are built beforehand (kvirt-pt's row less the fill), {} ns; the area's VMALLOC range, registry entry and handle (kvirt-area's row less kvirt-pt's), {} ns",
+        "; where kvirt-area's {} ns a page go: the fill alone, into leaf nodes that exist (the breakdown's `512-fill`: per page an absent check, the frame's ownership check, the entry's encoding and an atomic store; the ablation (`docs/ablation.md`, `cargo xtask ablation`) times the 512-page map without the two checks), {} ns = {:.1}x floor; the rest of kvirt-pt's map, mostly the leaf node a range needs, allocated and zeroed where the floor's are built beforehand (kvirt-pt's row less the fill), {} ns; the area's VMALLOC range, registry entry and handle (kvirt-area's row less kvirt-pt's), {} ns",
         fmt_ns(area),
         fmt_ns(fill),
         fill / floor,
@@ -618,7 +618,7 @@ fn peer_free_work_note(r: &Results, workloads: &[String]) -> String {
         format!("; the map and unmap rows over, less it: {}", rows.join("; "))
     };
     format!(
-        "; what the peers do not do, priced from the breakdown: each range's read-side section ({} ns, `rcu`) and the lock of the leaf node it changes ({} ns, `lock-op`: the lock's compare-exchange and release store{path}), so that several CPUs can change one table at once (the shared-table rows), and, for each page an unmap takes, the reference it gives back to the frame ({:.1} ns, a locked read-modify-write of its metadata: `512-tracked` less `512-untracked`, halved){rows}; the ablation section below times the 1-page and 512-page rows again with each of these taken out of kvirt's code (`cargo xtask ablation`)",
+        "; what the peers do not do, priced from the breakdown: each range's read-side section ({} ns, `rcu`) and the lock of the leaf node it changes ({} ns, `lock-op`: the lock's compare-exchange and release store{path}), so that several CPUs can change one table at once (the shared-table rows), and, for each page an unmap takes, the reference it gives back to the frame ({:.1} ns, a locked read-modify-write of its metadata: `512-tracked` less `512-untracked`, halved){rows}; the ablation (`docs/ablation.md`, `cargo xtask ablation`) times the 1-page and 512-page rows again with each of these taken out of kvirt's code",
         fmt_ns(prices.section),
         fmt_ns(prices.lock),
         prices.give_back,
