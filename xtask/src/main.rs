@@ -44,11 +44,11 @@ tasks:
                           writes docs/instructions.md, which docs/BENCHMARKS.md includes
   ablation [--rounds N] [--check]
                           what each piece of kvirt's work the peers do not do costs in
-                          `kvirt bench`'s 1-page and 512-page map and unmap: builds
+                          `kvirt bench`'s 1-, 16- and 512-page map and unmap: builds
                           `kvirt` with docs/ablation.patch applied, once per variant (a
                           piece taken out), in a worktree under target/ablation, runs
                           the variants' benches round-robin (default 5 rounds) and
-                          writes docs/ablation.md (about 20 minutes on 2 cores);
+                          writes docs/ablation.md (about 15 minutes on 2 cores);
                           --check only applies the patch and compiles every switch
   help                    print this message
 ";

@@ -618,7 +618,7 @@ fn peer_free_work_note(r: &Results, workloads: &[String]) -> String {
         format!("; the map and unmap rows over, less it: {}", rows.join("; "))
     };
     format!(
-        "; what the peers do not do, priced from the breakdown: each range's read-side section ({} ns, `rcu`) and the lock of the leaf node it changes ({} ns, `lock-op`: the lock's compare-exchange and release store{path}), so that several CPUs can change one table at once (the shared-table rows), and, for each page an unmap takes, the reference it gives back to the frame ({:.1} ns, a locked read-modify-write of its metadata: `512-tracked` less `512-untracked`, halved){rows}; the ablation (`docs/ablation.md`, `cargo xtask ablation`) times the 1-page and 512-page rows again with each of these taken out of kvirt's code",
+        "; what the peers do not do, priced from the breakdown: each range's read-side section ({} ns, `rcu`) and the lock of the leaf node it changes ({} ns, `lock-op`: the lock's compare-exchange and release store{path}), so that several CPUs can change one table at once (the shared-table rows), and, for each page an unmap takes, the reference it gives back to the frame ({:.1} ns, a locked read-modify-write of its metadata: `512-tracked` less `512-untracked`, halved){rows}; the ablation (`docs/ablation.md`, `cargo xtask ablation`) times the 1-, 16- and 512-page rows again with each of these taken out of kvirt's code",
         fmt_ns(prices.section),
         fmt_ns(prices.lock),
         prices.give_back,
