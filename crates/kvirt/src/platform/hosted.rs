@@ -20,8 +20,8 @@
 //!   line, so that CPUs freeing page-table nodes at once do not meet on
 //!   them.
 //! * A callback that panics does not stop the others: each runs under
-//!   `catch_unwind` and the rest of its batch still runs, so `rcu_barrier`'s
-//!   marker, deferred after the batch, runs too. No panic
+//!   `catch_unwind` and the rest of its batch still runs, so
+//!   `rcu_barrier`'s marker, deferred after the batch, runs too. No panic
 //!   unwinds out of whatever thread happened to run the batch; the first
 //!   one is raised again by the next [`Platform::rcu_barrier`] on this
 //!   platform, once every callback queued before it has run (unless that
@@ -158,8 +158,9 @@ impl SimPlatform {
         let callback_panic = self.callback_panic.clone();
         rcu::defer(Box::new(move || {
             for callback in batch {
-                // A panic does not stop the batch (see the module docs). The callback is consumed either way; any
-                // state it shares is left as after any other panic.
+                // A panic does not stop the batch (see the module docs). The
+                // callback is consumed either way; any state it shares is
+                // left as after any other panic.
                 if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(callback)) {
                     lock(&callback_panic).get_or_insert(payload);
                 }
