@@ -219,27 +219,21 @@ fn bench(kvirt: &Path, only: &str, work: &Path) -> Result<Vec<(String, String, f
     parse_results(&text)
 }
 
-/// The `results` of a `kvirt bench --json` file: each one's workload,
-/// implementation and median ns per op, as `kvirt bench` writes them (one
-/// object per line, its keys in a fixed order).
+/// The `results` of a `kvirt bench --json` file: each supported one's
+/// workload, implementation and median ns per op.
 pub fn parse_results(text: &str) -> Result<Vec<(String, String, f64)>, String> {
-    let field = |line: &str, key: &str| -> Option<String> {
-        let rest = &line[line.find(&format!("\"{key}\": "))? + key.len() + 4..];
-        let end = rest.find([',', '}'])?;
-        Some(rest[..end].trim_matches('"').to_string())
-    };
-    let results = text.split("\"results\":").nth(1).ok_or("no `results` in the bench's JSON")?;
-    let results = results.split("\"targets\":").next().unwrap_or(results);
-    let mut out = Vec::new();
-    for line in
-        results.lines().filter(|l| l.contains("\"workload\": ") && !l.contains("\"supported\": false"))
-    {
-        let parsed = (|| {
-            Some((field(line, "workload")?, field(line, "impl")?, field(line, "ns_per_op")?.parse().ok()?))
-        })();
-        out.push(parsed.ok_or_else(|| format!("cannot read the bench result `{line}`"))?);
-    }
-    Ok(out)
+    let json: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("the bench's JSON does not parse: {e}"))?;
+    let results = json["results"].as_array().ok_or("no `results` array in the bench's JSON")?;
+    results
+        .iter()
+        .filter(|r| r["supported"] != false)
+        .map(|r| {
+            let text = |key: &str| r[key].as_str().map(str::to_string);
+            (|| Some((text("workload")?, text("impl")?, r["ns_per_op"].as_f64()?)))()
+                .ok_or_else(|| format!("cannot read the bench result `{r}`"))
+        })
+        .collect()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -310,10 +304,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn results_are_read_from_the_results_array_only() {
+    fn supported_results_are_read_from_the_results_array_only() {
         let text = "{\n  \"tool\": \"kvirt bench\",\n  \"results\": [\n\
             {\"workload\": \"map-4k-x1\", \"impl\": \"kvirt-pt\", \"supported\": true, \"ns_per_op\": 34.5, \"runs\": [1]},\n\
-            {\"workload\": \"unmap-4k-x1\", \"impl\": \"x86_64\", \"supported\": true, \"ns_per_op\": 55}\n  ],\n\
+            {\"workload\": \"unmap-4k-x1\", \"impl\": \"x86_64\", \"supported\": true, \"ns_per_op\": 55},\n\
+            {\"workload\": \"shared-1p-1thread\", \"impl\": \"floor\", \"supported\": false, \"reason\": \"n/a\"}\n  ],\n\
             \"targets\": [{\"workload\": \"ignored\", \"impl\": \"x\", \"ns_per_op\": 1}]\n}";
         let results = parse_results(text).unwrap();
         assert_eq!(
@@ -327,8 +322,10 @@ mod tests {
 
     #[test]
     fn a_result_without_its_time_is_an_error() {
-        let text = "\"results\": [\n{\"workload\": \"map-4k-x1\", \"impl\": \"kvirt-pt\"}\n]";
-        assert!(parse_results(text).is_err());
+        let text =
+            "{\"results\": [{\"workload\": \"map-4k-x1\", \"impl\": \"kvirt-pt\", \"supported\": true}]}";
+        let err = parse_results(text).unwrap_err();
+        assert!(err.starts_with("cannot read the bench result"), "{err}");
     }
 
     #[test]
