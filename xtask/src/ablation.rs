@@ -120,7 +120,7 @@ pub fn run(options: &Options) -> Result<(), String> {
     let src = work.join("src");
     let commit = git(&root, &["rev-parse", "--short", "HEAD"])?;
     if src.exists() {
-        git(&root, &["worktree", "remove", "--force", &src.to_string_lossy()])?;
+        remove_worktree(&root, &src)?;
     }
     git(&root, &["worktree", "add", "--detach", &src.to_string_lossy(), "HEAD"])?;
     git(&src, &["apply", &root.join("docs/ablation.patch").to_string_lossy()])?;
@@ -130,7 +130,7 @@ pub fn run(options: &Options) -> Result<(), String> {
         let (name, cfgs, _) = VARIANTS[VARIANTS.len() - 1];
         cargo(&src, &work, name, &format!("{} -D warnings", rustflags(cfgs)), "check")?;
         println!("xtask: the patch applies, and kvirt-cli compiles with every switch set");
-        return git(&root, &["worktree", "remove", "--force", &src.to_string_lossy()]).map(drop);
+        return remove_worktree(&root, &src);
     }
     let mut binaries = Vec::new();
     for (name, cfgs, _) in VARIANTS {
@@ -154,8 +154,13 @@ pub fn run(options: &Options) -> Result<(), String> {
     std::fs::write(&options.out, &text).map_err(|e| format!("writing {}: {e}", options.out.display()))?;
     print!("{text}");
     println!("xtask: wrote {}", options.out.display());
-    git(&root, &["worktree", "remove", "--force", &src.to_string_lossy()])?;
-    Ok(())
+    remove_worktree(&root, &src)
+}
+
+/// Removes the worktree at `src` (with the patch applied to it) from the
+/// repository at `root`.
+fn remove_worktree(root: &Path, src: &Path) -> Result<(), String> {
+    git(root, &["worktree", "remove", "--force", &src.to_string_lossy()]).map(drop)
 }
 
 /// Runs `git args` in `dir`; its trimmed output.
