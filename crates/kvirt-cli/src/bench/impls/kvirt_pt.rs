@@ -75,11 +75,9 @@ impl<L: KernelLayout> KvirtPt<L> {
     pub(crate) fn unmap_range(&self, range: Range<Vaddr>) {
         if range.len() == PAGE_SIZE {
             // One page: no cursor (`PageTable::try_take_page`).
-            // Held as returned, in its `Result`, until after the flush:
-            // moved out at once (`expect`), it is copied with 16-byte loads
-            // right behind the 8-byte stores that wrote it, which the CPU
-            // cannot forward, and the row took 6 ns longer (see
-            // `try_take_page`'s docs).
+            // Held in its `Result` until after the flush, as
+            // `try_take_page`'s docs advise (moved out at once, this row
+            // took 6 ns longer).
             let taken = self.pt.try_take_page(range.start);
             assert!(taken.is_ok(), "a 4 KiB page of the table");
             if flushing() {
